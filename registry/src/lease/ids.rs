@@ -1,0 +1,74 @@
+//! Identity newtypes of the lease domain: worker IDs, fencing tokens, holders, log positions.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::TOKEN_SLOT_BITS;
+
+/// One worker ID: the middle field of every minted ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WorkerId(pub u32);
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Position of one command in the replicated log: `log_index << TOKEN_SLOT_BITS | slot`.
+/// Deterministic on every replica and strictly increasing along the log, so it can serve as
+/// a fencing token (for grants) and as the identity of a renewal (for the expiry CAS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct LogPos(pub u64);
+
+impl LogPos {
+    /// The position of command `slot` inside the entry at `log_index`.
+    pub fn new(log_index: u64, slot: usize) -> LogPos {
+        assert!(slot < (1 << TOKEN_SLOT_BITS), "slot {slot} outside the token slot space");
+        assert!(log_index < (1 << (64 - TOKEN_SLOT_BITS)), "log index {log_index} overflows tokens");
+        LogPos((log_index << TOKEN_SLOT_BITS) | slot as u64)
+    }
+
+    /// The Raft log index this position lies in.
+    pub fn log_index(self) -> u64 {
+        self.0 >> TOKEN_SLOT_BITS
+    }
+}
+
+/// Fencing token of a grant: the `LogPos` of its grant command. `Token(0)` means "never granted".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Token(pub u64);
+
+impl Token {
+    /// The token a worker ID has before its first grant.
+    pub const NONE: Token = Token(0);
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Identity of one worker process. Validated (non-empty, bounded) at the RPC boundary.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HolderId(pub String);
+
+impl fmt::Display for HolderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_positions_order_by_index_then_slot() {
+        assert!(LogPos::new(5, 4095) < LogPos::new(6, 0));
+        assert!(LogPos::new(6, 0) < LogPos::new(6, 1));
+        assert_eq!(LogPos::new(77, 3).log_index(), 77);
+    }
+}

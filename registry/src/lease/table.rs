@@ -1,0 +1,362 @@
+//! The lease table: per worker ID its holder, fencing token, high-water mark and quarantine,
+//! plus the audit log. Pure and deterministic: no clock, no IO; time arrives in commands.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{ClusterConfig, Command, GrantExpectation, LeaseGrant, Outcome, Rejection};
+use super::ids::{HolderId, LogPos, Token, WorkerId};
+use crate::limits::{AUDIT_ENTRIES_MAX, REASON_LEN_MAX};
+
+/// Everything the registry knows about one worker ID that has ever been touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// The current holder; `None` once released (the token stays, so stale renewals fence).
+    pub holder: Option<HolderId>,
+    /// Fencing token of the latest grant.
+    pub token: Token,
+    pub ttl_ms: u64,
+    /// Position of the latest grant or renewal: the second half of the grant CAS.
+    pub last_renew: LogPos,
+    /// Mechanism 4: no timestamp minted by any holder so far can be at or past this... plus
+    /// one: the next holder mints nothing until its wall clock is past it.
+    pub high_water_ms: u64,
+    /// The `not_before` handed to the current holder (the canary compares stale mints with it).
+    pub not_before_ms: u64,
+    /// Largest timestamp the current holder reported having minted.
+    pub max_minted_ms: u64,
+    /// Set by an operator or a canary hit; blocks grants and renewals.
+    pub quarantine: Option<String>,
+}
+
+impl LeaseRecord {
+    fn fresh() -> LeaseRecord {
+        LeaseRecord {
+            holder: None,
+            token: Token::NONE,
+            ttl_ms: 0,
+            last_renew: LogPos::default(),
+            high_water_ms: 0,
+            not_before_ms: 0,
+            max_minted_ms: 0,
+            quarantine: None,
+        }
+    }
+
+    /// What the leader must still see to grant this ID (the CAS compare).
+    pub fn expectation(&self) -> GrantExpectation {
+        GrantExpectation { token: self.token, last_renew: self.last_renew }
+    }
+}
+
+/// One proven or declared overlap, for the operator's audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub worker_id: WorkerId,
+    pub stale_token: Token,
+    pub current_token: Token,
+    pub current_holder: Option<HolderId>,
+    pub overlap_from_ms: u64,
+    pub overlap_to_ms: u64,
+    pub detected_at_ms: u64,
+    pub kind: AuditKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditKind {
+    /// A stale-token renewal reported mints inside the current holder's window.
+    Canary,
+    /// An operator quarantined the ID by hand.
+    Operator,
+}
+
+/// The replicated lease table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTable {
+    config: Option<ClusterConfig>,
+    records: BTreeMap<WorkerId, LeaseRecord>,
+    audit: VecDeque<AuditEntry>,
+    /// The largest token ever granted: tokens only grow (asserted on every grant).
+    last_token: Token,
+    /// Index holder → worker ID, derived from `records` (rebuilt after deserializing).
+    #[serde(skip)]
+    holders: BTreeMap<HolderId, WorkerId>,
+}
+
+impl LeaseTable {
+    /// Rebuild derived indexes after deserializing a snapshot or stored table.
+    pub fn reindex(&mut self) {
+        self.holders = self
+            .records
+            .iter()
+            .filter_map(|(w, r)| r.holder.clone().map(|h| (h, *w)))
+            .collect();
+        self.check_invariants();
+    }
+
+    pub fn config(&self) -> Option<&ClusterConfig> {
+        self.config.as_ref()
+    }
+
+    pub fn record(&self, worker_id: WorkerId) -> Option<&LeaseRecord> {
+        self.records.get(&worker_id)
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = (WorkerId, &LeaseRecord)> {
+        self.records.iter().map(|(w, r)| (*w, r))
+    }
+
+    pub fn audit(&self) -> impl Iterator<Item = &AuditEntry> {
+        self.audit.iter()
+    }
+
+    /// The worker ID `holder` currently holds, if any.
+    pub fn held_by(&self, holder: &HolderId) -> Option<WorkerId> {
+        self.holders.get(holder).copied()
+    }
+
+    /// Worker IDs that are free right now without any expiry decision: never held, or
+    /// released, and not quarantined. Lowest first.
+    pub fn free_ids(&self) -> impl Iterator<Item = WorkerId> + '_ {
+        let count = self.config.as_ref().map_or(0, ClusterConfig::worker_id_count);
+        (0..count).map(WorkerId).filter(|w| match self.records.get(w) {
+            None => true,
+            Some(r) => r.holder.is_none() && r.quarantine.is_none(),
+        })
+    }
+
+    /// Apply one command at log position `pos`. Deterministic: same table, same inputs, same result.
+    pub fn apply(&mut self, pos: LogPos, leader_wall_ms: u64, command: &Command) -> Outcome {
+        let outcome = match command {
+            Command::Configure(config) => {
+                let applied = self.config.get_or_insert_with(|| config.clone());
+                Outcome::Configured(applied.clone())
+            }
+            Command::Grant { worker_id, holder, ttl_ms, expect, specific } => {
+                self.grant(pos, leader_wall_ms, *worker_id, holder, *ttl_ms, *expect, *specific)
+            }
+            Command::Renew { worker_id, token, wall_ms_at_send, max_minted_ts_ms } => {
+                self.renew(pos, leader_wall_ms, *worker_id, *token, *wall_ms_at_send, *max_minted_ts_ms)
+            }
+            Command::Release { worker_id, token, last_ts_ms } => {
+                self.release(*worker_id, *token, *last_ts_ms)
+            }
+            Command::Quarantine { worker_id, reason } => {
+                self.set_quarantine(leader_wall_ms, *worker_id, Some(reason))
+            }
+            Command::Unquarantine { worker_id } => self.set_quarantine(leader_wall_ms, *worker_id, None),
+        };
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
+        outcome
+    }
+
+    fn check_range(&self, worker_id: WorkerId) -> Result<&ClusterConfig, Rejection> {
+        let config = self.config.as_ref().ok_or(Rejection::NotConfigured)?;
+        if worker_id.0 >= config.worker_id_count() {
+            return Err(Rejection::OutOfRange { worker_id, count: config.worker_id_count() });
+        }
+        Ok(config)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grant(
+        &mut self,
+        pos: LogPos,
+        leader_wall_ms: u64,
+        worker_id: WorkerId,
+        holder: &HolderId,
+        ttl_ms: u64,
+        expect: GrantExpectation,
+        specific: bool,
+    ) -> Outcome {
+        let config = match self.check_range(worker_id) {
+            Ok(config) => config,
+            Err(rejection) => return Outcome::Rejected(rejection),
+        };
+        if ttl_ms == 0 || ttl_ms > config.ttl_ms_max {
+            return Outcome::Rejected(Rejection::BadTtl { ttl_ms, ttl_ms_max: config.ttl_ms_max });
+        }
+        // A holder that already holds a lease gets it back, renewed: its Acquire may have
+        // committed while the reply was lost, and a retry must not take a second ID.
+        if let Some(held) = self.held_by(holder) {
+            if specific && held != worker_id {
+                return Outcome::Rejected(Rejection::HolderHoldsOther { worker_id: held });
+            }
+            let record = self.records.get_mut(&held).expect("holders index points at a record");
+            if let Some(reason) = &record.quarantine {
+                return Outcome::Rejected(Rejection::Quarantined { reason: reason.clone() });
+            }
+            record.last_renew = pos;
+            record.ttl_ms = ttl_ms;
+            record.high_water_ms = record.high_water_ms.max(leader_wall_ms.saturating_add(ttl_ms));
+            return Outcome::Granted(grant_view(held, record));
+        }
+        let record = self.records.entry(worker_id).or_insert_with(LeaseRecord::fresh);
+        if let Some(reason) = &record.quarantine {
+            return Outcome::Rejected(Rejection::Quarantined { reason: reason.clone() });
+        }
+        if record.expectation() != expect {
+            return Outcome::Rejected(Rejection::AlreadyHeld { holder: record.holder.clone(), specific });
+        }
+        let token = Token(pos.0);
+        assert!(token > self.last_token, "fencing token {token} not above {}", self.last_token);
+        self.last_token = token;
+        if let Some(previous) = record.holder.replace(holder.clone()) {
+            self.holders.remove(&previous);
+        }
+        record.token = token;
+        record.ttl_ms = ttl_ms;
+        record.last_renew = pos;
+        record.not_before_ms = record.high_water_ms;
+        record.max_minted_ms = 0;
+        record.high_water_ms = record.high_water_ms.max(leader_wall_ms.saturating_add(ttl_ms));
+        self.holders.insert(holder.clone(), worker_id);
+        Outcome::Granted(grant_view(worker_id, record))
+    }
+
+    fn renew(
+        &mut self,
+        pos: LogPos,
+        leader_wall_ms: u64,
+        worker_id: WorkerId,
+        token: Token,
+        wall_ms_at_send: u64,
+        max_minted_ts_ms: u64,
+    ) -> Outcome {
+        if let Err(rejection) = self.check_range(worker_id) {
+            return Outcome::Rejected(rejection);
+        }
+        let Some(record) = self.records.get_mut(&worker_id) else {
+            return Outcome::Rejected(Rejection::Fenced { current: Token::NONE });
+        };
+        if token != record.token {
+            // The canary: a stale holder reports a mint inside the current holder's window.
+            // Two processes have minted with this worker ID at overlapping times.
+            let overlap = token < record.token
+                && record.holder.is_some()
+                && max_minted_ts_ms > 0
+                && max_minted_ts_ms >= record.not_before_ms;
+            if !overlap {
+                return Outcome::Rejected(Rejection::Fenced { current: record.token });
+            }
+            let current = record.token;
+            record
+                .quarantine
+                .get_or_insert_with(|| format!("canary: stale token {token} minted at {max_minted_ts_ms}"));
+            let entry = AuditEntry {
+                worker_id,
+                stale_token: token,
+                current_token: current,
+                current_holder: record.holder.clone(),
+                overlap_from_ms: record.not_before_ms,
+                overlap_to_ms: max_minted_ts_ms,
+                detected_at_ms: leader_wall_ms,
+                kind: AuditKind::Canary,
+            };
+            self.push_audit(entry);
+            return Outcome::CanaryHit { current };
+        }
+        if let Some(reason) = &record.quarantine {
+            return Outcome::Rejected(Rejection::Quarantined { reason: reason.clone() });
+        }
+        if record.holder.is_none() {
+            return Outcome::Rejected(Rejection::Expired);
+        }
+        record.last_renew = pos;
+        record.max_minted_ms = record.max_minted_ms.max(max_minted_ts_ms);
+        record.high_water_ms = record
+            .high_water_ms
+            .max(wall_ms_at_send.saturating_add(record.ttl_ms))
+            .max(max_minted_ts_ms.saturating_add(1));
+        Outcome::Renewed(grant_view(worker_id, record))
+    }
+
+    fn release(&mut self, worker_id: WorkerId, token: Token, last_ts_ms: u64) -> Outcome {
+        if let Err(rejection) = self.check_range(worker_id) {
+            return Outcome::Rejected(rejection);
+        }
+        let Some(record) = self.records.get_mut(&worker_id) else {
+            return Outcome::Rejected(Rejection::Fenced { current: Token::NONE });
+        };
+        if token != record.token {
+            return Outcome::Rejected(Rejection::Fenced { current: record.token });
+        }
+        // Releasing twice (a retried Release) is answered like the first.
+        if let Some(holder) = record.holder.take() {
+            self.holders.remove(&holder);
+            // The holder certifies it minted nothing after last_ts_ms and never will, so the
+            // next holder only has to wait past what was really minted, not past the TTL.
+            record.high_water_ms = record
+                .not_before_ms
+                .max(record.max_minted_ms.saturating_add(1))
+                .max(last_ts_ms.saturating_add(1));
+        }
+        Outcome::Released
+    }
+
+    fn set_quarantine(&mut self, leader_wall_ms: u64, worker_id: WorkerId, reason: Option<&String>) -> Outcome {
+        if let Err(rejection) = self.check_range(worker_id) {
+            return Outcome::Rejected(rejection);
+        }
+        let record = self.records.entry(worker_id).or_insert_with(LeaseRecord::fresh);
+        match reason {
+            Some(reason) => {
+                let mut reason = reason.clone();
+                reason.truncate(REASON_LEN_MAX);
+                let entry = AuditEntry {
+                    worker_id,
+                    stale_token: Token::NONE,
+                    current_token: record.token,
+                    current_holder: record.holder.clone(),
+                    overlap_from_ms: 0,
+                    overlap_to_ms: 0,
+                    detected_at_ms: leader_wall_ms,
+                    kind: AuditKind::Operator,
+                };
+                record.quarantine = Some(reason);
+                self.push_audit(entry);
+            }
+            None => record.quarantine = None,
+        }
+        Outcome::QuarantineSet
+    }
+
+    fn push_audit(&mut self, entry: AuditEntry) {
+        if self.audit.len() == AUDIT_ENTRIES_MAX {
+            self.audit.pop_front();
+        }
+        self.audit.push_back(entry);
+    }
+
+    /// Invariants that only a bug or corruption can break; crash loudly if one does.
+    pub fn check_invariants(&self) {
+        let mut held = 0;
+        for (worker_id, record) in &self.records {
+            assert!(record.token <= self.last_token, "worker {worker_id}: token above last_token");
+            assert!(record.last_renew.0 >= record.token.0, "worker {worker_id}: renewal before grant");
+            if let Some(holder) = &record.holder {
+                held += 1;
+                assert_eq!(self.holders.get(holder), Some(worker_id), "holder index out of sync");
+                assert!(record.high_water_ms >= record.not_before_ms, "worker {worker_id}: high water fell");
+            }
+        }
+        assert_eq!(held, self.holders.len(), "holder index has stale entries");
+    }
+}
+
+fn grant_view(worker_id: WorkerId, record: &LeaseRecord) -> LeaseGrant {
+    LeaseGrant {
+        worker_id,
+        token: record.token,
+        holder: record.holder.clone().expect("a granted or renewed lease has a holder"),
+        ttl_ms: record.ttl_ms,
+        not_before_ms: record.not_before_ms,
+    }
+}
+
+#[cfg(test)]
+#[path = "table_tests.rs"]
+mod tests;

@@ -1,0 +1,216 @@
+//! Unit tests of the lease table: each mechanism has a test that fails if it breaks.
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+const WALL: u64 = 1_700_000_000_000;
+
+fn configured() -> LeaseTable {
+    let mut t = LeaseTable::default();
+    let config = ClusterConfig { epoch_ms: 0, worker_id_bits: 2, ttl_ms_max: 60_000, cool_down_ms: 1000 };
+    t.apply(LogPos::new(1, 0), WALL, &Command::Configure(config));
+    t
+}
+
+fn grant(t: &mut LeaseTable, idx: u64, w: u32, holder: &str) -> Outcome {
+    let expect = t.record(WorkerId(w)).map_or(
+        GrantExpectation { token: Token::NONE, last_renew: LogPos::default() },
+        LeaseRecord::expectation,
+    );
+    let cmd = Command::Grant {
+        worker_id: WorkerId(w),
+        holder: HolderId(holder.into()),
+        ttl_ms: 10_000,
+        expect,
+        specific: true,
+    };
+    t.apply(LogPos::new(idx, 0), WALL, &cmd)
+}
+
+fn renew(t: &mut LeaseTable, idx: u64, w: u32, token: Token, wall: u64, minted: u64) -> Outcome {
+    let cmd = Command::Renew { worker_id: WorkerId(w), token, wall_ms_at_send: wall, max_minted_ts_ms: minted };
+    t.apply(LogPos::new(idx, 0), WALL, &cmd)
+}
+
+fn granted(o: Outcome) -> LeaseGrant {
+    match o {
+        Outcome::Granted(g) | Outcome::Renewed(g) => g,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+fn release(t: &mut LeaseTable, idx: u64, w: u32, token: Token, last_ts_ms: u64) -> Outcome {
+    t.apply(LogPos::new(idx, 0), WALL, &Command::Release { worker_id: WorkerId(w), token, last_ts_ms })
+}
+
+#[test]
+fn token_is_the_log_position_of_the_grant_and_only_grows() {
+    let mut t = configured();
+    let a = granted(grant(&mut t, 2, 0, "a"));
+    let b = granted(grant(&mut t, 3, 1, "b"));
+    assert_eq!(a.token, Token(LogPos::new(2, 0).0));
+    assert!(b.token > a.token);
+    release(&mut t, 4, 0, a.token, WALL);
+    let c = granted(grant(&mut t, 5, 0, "c"));
+    assert!(c.token > b.token, "a re-grant must carry a larger token");
+}
+
+#[test]
+fn stale_token_renewal_is_fenced() {
+    let mut t = configured();
+    let a = granted(grant(&mut t, 2, 0, "a"));
+    release(&mut t, 3, 0, a.token, 0);
+    let b = granted(grant(&mut t, 4, 0, "b"));
+    assert_eq!(renew(&mut t, 5, 0, a.token, WALL, 0), Outcome::Rejected(Rejection::Fenced { current: b.token }));
+    assert!(matches!(renew(&mut t, 6, 0, b.token, WALL, 0), Outcome::Renewed(_)));
+}
+
+#[test]
+fn grant_compares_the_last_renewal_not_only_the_token() {
+    let mut t = configured();
+    let a = granted(grant(&mut t, 2, 0, "a"));
+    // The leader decides "expired" from this expectation...
+    let seen = t.record(WorkerId(0)).unwrap().expectation();
+    // ...but a renewal appended before its grant commits first.
+    assert!(matches!(renew(&mut t, 3, 0, a.token, WALL, 0), Outcome::Renewed(_)));
+    let cmd = Command::Grant {
+        worker_id: WorkerId(0),
+        holder: HolderId("b".into()),
+        ttl_ms: 10_000,
+        expect: seen,
+        specific: false,
+    };
+    let outcome = t.apply(LogPos::new(4, 0), WALL, &cmd);
+    assert!(matches!(outcome, Outcome::Rejected(Rejection::AlreadyHeld { .. })), "{outcome:?}");
+    assert_eq!(t.record(WorkerId(0)).unwrap().holder, Some(HolderId("a".into())));
+}
+
+#[test]
+fn a_retried_acquire_returns_the_lease_already_held() {
+    let mut t = configured();
+    let first = granted(grant(&mut t, 2, 0, "a"));
+    // Same holder asks again (its first reply was lost), for any ID: it gets ID 0 back.
+    let expect = GrantExpectation { token: Token::NONE, last_renew: LogPos::default() };
+    let cmd =
+        Command::Grant { worker_id: WorkerId(1), holder: HolderId("a".into()), ttl_ms: 10_000, expect, specific: false };
+    let again = granted(t.apply(LogPos::new(3, 0), WALL, &cmd));
+    assert_eq!(again.worker_id, WorkerId(0));
+    assert_eq!(again.token, first.token);
+    assert!(t.record(WorkerId(1)).is_none(), "no second ID leaked");
+    // The re-acquire counts as a renewal, so the leader's expiry clock restarts.
+    assert_eq!(t.record(WorkerId(0)).unwrap().last_renew, LogPos::new(3, 0));
+    // Asking for a different specific ID while holding one is refused.
+    let cmd =
+        Command::Grant { worker_id: WorkerId(1), holder: HolderId("a".into()), ttl_ms: 10_000, expect, specific: true };
+    assert_eq!(
+        t.apply(LogPos::new(4, 0), WALL, &cmd),
+        Outcome::Rejected(Rejection::HolderHoldsOther { worker_id: WorkerId(0) })
+    );
+}
+
+#[test]
+fn high_water_mark_orders_successive_holders() {
+    let mut t = configured();
+    let a = granted(grant(&mut t, 2, 0, "a"));
+    // Holder a's clock runs 5 s ahead of the leader's: its window reaches wall + 5 s + ttl.
+    renew(&mut t, 3, 0, a.token, WALL + 5_000, WALL + 5_000);
+    let hw = t.record(WorkerId(0)).unwrap().high_water_ms;
+    assert_eq!(hw, WALL + 5_000 + 10_000);
+    // Expired without release: the next holder must not mint before that.
+    let b = granted(grant(&mut t, 4, 0, "b"));
+    assert_eq!(b.not_before_ms, hw);
+}
+
+#[test]
+fn release_lowers_the_high_water_to_what_was_minted() {
+    let mut t = configured();
+    let a = granted(grant(&mut t, 2, 0, "a"));
+    renew(&mut t, 3, 0, a.token, WALL, WALL + 100);
+    assert_eq!(release(&mut t, 4, 0, a.token, WALL + 250), Outcome::Released);
+    // A retried release answers the same and changes nothing.
+    assert_eq!(release(&mut t, 5, 0, a.token, WALL + 250), Outcome::Released);
+    let b = granted(grant(&mut t, 6, 0, "b"));
+    assert_eq!(b.not_before_ms, WALL + 251);
+    // The old token can neither renew nor release any more.
+    assert!(matches!(renew(&mut t, 7, 0, a.token, WALL, 0), Outcome::Rejected(Rejection::Fenced { .. })));
+    assert!(matches!(release(&mut t, 8, 0, a.token, 0), Outcome::Rejected(Rejection::Fenced { .. })));
+}
+
+#[test]
+fn renewal_after_release_is_expired() {
+    let mut t = configured();
+    let a = granted(grant(&mut t, 2, 0, "a"));
+    release(&mut t, 3, 0, a.token, 0);
+    assert_eq!(renew(&mut t, 4, 0, a.token, WALL, 0), Outcome::Rejected(Rejection::Expired));
+}
+
+#[test]
+fn canary_quarantines_on_proven_overlap_only() {
+    let mut t = configured();
+    let a = granted(grant(&mut t, 2, 0, "a"));
+    renew(&mut t, 3, 0, a.token, WALL, WALL + 10);
+    let b = granted(grant(&mut t, 4, 0, "b"));
+    // A stale renewal whose mints end before b's not_before proves nothing: plain FENCED.
+    let before = b.not_before_ms - 1;
+    assert_eq!(renew(&mut t, 5, 0, a.token, WALL, before), Outcome::Rejected(Rejection::Fenced { current: b.token }));
+    assert!(t.record(WorkerId(0)).unwrap().quarantine.is_none());
+    // One at or past b's not_before proves an overlap.
+    assert_eq!(renew(&mut t, 6, 0, a.token, WALL, b.not_before_ms), Outcome::CanaryHit { current: b.token });
+    let record = t.record(WorkerId(0)).unwrap();
+    assert!(record.quarantine.is_some());
+    let audit: Vec<_> = t.audit().collect();
+    assert_eq!(audit.len(), 1);
+    assert_eq!((audit[0].stale_token, audit[0].current_token), (a.token, b.token));
+    assert_eq!(audit[0].overlap_from_ms, b.not_before_ms);
+    // The current holder is parked by its next renewal, and nobody gets the ID.
+    assert!(matches!(renew(&mut t, 7, 0, b.token, WALL, 0), Outcome::Rejected(Rejection::Quarantined { .. })));
+}
+
+#[test]
+fn quarantine_blocks_grants_until_cleared() {
+    let mut t = configured();
+    let q = Command::Quarantine { worker_id: WorkerId(2), reason: "suspect".into() };
+    assert_eq!(t.apply(LogPos::new(2, 0), WALL, &q), Outcome::QuarantineSet);
+    assert!(!t.free_ids().any(|w| w == WorkerId(2)));
+    assert!(matches!(grant(&mut t, 3, 2, "a"), Outcome::Rejected(Rejection::Quarantined { .. })));
+    t.apply(LogPos::new(4, 0), WALL, &Command::Unquarantine { worker_id: WorkerId(2) });
+    assert!(matches!(grant(&mut t, 5, 2, "a"), Outcome::Granted(_)));
+}
+
+#[test]
+fn bad_inputs_are_rejected_not_applied() {
+    let mut t = LeaseTable::default();
+    assert_eq!(grant(&mut t, 1, 0, "a"), Outcome::Rejected(Rejection::NotConfigured));
+    let mut t = configured();
+    assert_eq!(grant(&mut t, 2, 4, "a"), Outcome::Rejected(Rejection::OutOfRange { worker_id: WorkerId(4), count: 4 }));
+    let expect = GrantExpectation { token: Token::NONE, last_renew: LogPos::default() };
+    for ttl_ms in [0, 60_001] {
+        let cmd =
+            Command::Grant { worker_id: WorkerId(0), holder: HolderId("a".into()), ttl_ms, expect, specific: true };
+        assert_eq!(
+            t.apply(LogPos::new(3, 0), WALL, &cmd),
+            Outcome::Rejected(Rejection::BadTtl { ttl_ms, ttl_ms_max: 60_000 })
+        );
+    }
+    assert_eq!(t.free_ids().count(), 4);
+}
+
+#[test]
+fn first_configuration_wins() {
+    let mut t = configured();
+    let other = ClusterConfig { epoch_ms: 5, worker_id_bits: 10, ttl_ms_max: 1, cool_down_ms: 1 };
+    let Outcome::Configured(applied) = t.apply(LogPos::new(2, 0), WALL, &Command::Configure(other)) else {
+        panic!("configure must answer Configured");
+    };
+    assert_eq!(applied.worker_id_bits, 2);
+}
+
+#[test]
+fn reindex_restores_the_holder_index_after_a_round_trip() {
+    let mut t = configured();
+    granted(grant(&mut t, 2, 1, "a"));
+    let mut copy: LeaseTable = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+    copy.reindex();
+    assert_eq!(copy.held_by(&HolderId("a".into())), Some(WorkerId(1)));
+    assert_eq!(copy, t);
+}

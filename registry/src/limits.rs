@@ -1,0 +1,33 @@
+//! Named limits of a registry node: every bound the registry enforces lives here.
+
+/// Longest accepted holder identity, in bytes. A holder names one worker process
+/// (e.g. `host/pid/boot-nonce`); anything longer is a client bug, not an identity.
+pub const HOLDER_LEN_MAX: usize = 256;
+
+/// Largest worker-ID field the registry will manage (2^16 IDs); the default layout uses 10.
+pub const WORKER_ID_BITS_MAX: u8 = 16;
+
+/// Longest quarantine reason kept in the table and the audit log, in bytes.
+pub const REASON_LEN_MAX: usize = 512;
+
+/// Commands packed into one Raft entry by the proposer. One entry costs one fsync on each
+/// replica, so batching is what lets renewals scale; the bound keeps an entry small.
+pub const COMMANDS_PER_ENTRY_MAX: usize = 1024;
+
+/// Slots of the log position reserved per entry: a fencing token is
+/// `log_index << TOKEN_SLOT_BITS | slot`, so every command in a batch gets its own token.
+pub const TOKEN_SLOT_BITS: u32 = 12;
+
+/// Audit entries kept (oldest dropped first); each is a proven overlap and pages a human,
+/// so this is far more than any sane cluster will see.
+pub const AUDIT_ENTRIES_MAX: usize = 4096;
+
+/// Proposals waiting for the batcher; beyond this, callers get `UNAVAILABLE` (back-pressure)
+/// instead of an unbounded queue.
+pub const PROPOSAL_QUEUE_MAX: usize = 16 * 1024;
+
+/// Encoded Raft payloads accepted on the peer port (snapshots are chunked well below this).
+pub const PEER_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+const _: () = assert!(COMMANDS_PER_ENTRY_MAX <= 1 << TOKEN_SLOT_BITS);
+const _: () = assert!(WORKER_ID_BITS_MAX <= 22);

@@ -1,0 +1,1 @@
+//! Fenceflake worker: minting core, clock guard, persisted ceiling.
