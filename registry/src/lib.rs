@@ -5,3 +5,5 @@ pub mod clock;
 pub mod expiry;
 pub mod lease;
 pub mod limits;
+pub mod raft;
+pub mod storage;

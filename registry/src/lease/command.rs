@@ -59,6 +59,20 @@ pub enum Command {
     Unquarantine { worker_id: WorkerId },
 }
 
+impl Command {
+    /// The worker ID this command is about (`None` for cluster-wide commands).
+    pub fn worker_id(&self) -> Option<WorkerId> {
+        match self {
+            Command::Configure(_) => None,
+            Command::Grant { worker_id, .. }
+            | Command::Renew { worker_id, .. }
+            | Command::Release { worker_id, .. }
+            | Command::Quarantine { worker_id, .. }
+            | Command::Unquarantine { worker_id } => Some(*worker_id),
+        }
+    }
+}
+
 /// A batch of commands in one Raft entry, stamped by the leader that proposed it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {

@@ -7,4 +7,4 @@ pub mod table;
 
 pub use command::{Batch, ClusterConfig, Command, GrantExpectation, LeaseGrant, Outcome, Rejection};
 pub use ids::{HolderId, LogPos, Token, WorkerId};
-pub use table::{AuditEntry, AuditKind, LeaseRecord, LeaseTable};
+pub use table::{AuditEntry, AuditKind, LeaseRecord, LeaseTable, TableGlobals};

@@ -71,6 +71,13 @@ pub enum AuditKind {
     Operator,
 }
 
+/// The table's scalar state, stored apart from the per-ID records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableGlobals {
+    pub config: Option<ClusterConfig>,
+    pub last_token: Token,
+}
+
 /// The replicated lease table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseTable {
@@ -93,6 +100,27 @@ impl LeaseTable {
             .filter_map(|(w, r)| r.holder.clone().map(|h| (h, *w)))
             .collect();
         self.check_invariants();
+    }
+
+    /// Reassemble a table from what `globals`, `records` and `audit` returned.
+    pub fn from_parts(
+        globals: TableGlobals,
+        records: impl IntoIterator<Item = (WorkerId, LeaseRecord)>,
+        audit: impl IntoIterator<Item = AuditEntry>,
+    ) -> LeaseTable {
+        let mut table = LeaseTable {
+            config: globals.config,
+            records: records.into_iter().collect(),
+            audit: audit.into_iter().collect(),
+            last_token: globals.last_token,
+            holders: BTreeMap::new(),
+        };
+        table.reindex();
+        table
+    }
+
+    pub fn globals(&self) -> TableGlobals {
+        TableGlobals { config: self.config.clone(), last_token: self.last_token }
     }
 
     pub fn config(&self) -> Option<&ClusterConfig> {

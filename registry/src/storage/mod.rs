@@ -1,0 +1,98 @@
+//! sled-backed storage of one registry node: the data dir's identity, the Raft log and vote,
+//! and the state machine. One `sled::Db` per data dir; a flush of any tree flushes all of them.
+
+pub mod codec;
+pub mod log_store;
+pub mod state_machine;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::expiry::ExpiryTracker;
+use crate::raft::types::NodeId;
+pub use log_store::LogStore;
+pub use state_machine::{SharedState, SmState, StateMachine};
+
+/// sled's page cache: the whole table is ~100 KB, so the default 1 GiB would only waste memory.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+const KEY_IDENTITY: &[u8] = b"identity";
+
+/// Which node and cluster a data dir belongs to, written on first start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataDirIdentity {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the sled database in {path}: {source} (another fenceflake registry may be running on this data dir; if the files are corrupt, treat this node as lost: remove it from the cluster, wipe the dir, and add it back under a new node id)")]
+    Sled { path: PathBuf, source: sled::Error },
+    #[error("data dir {path} belongs to node {found} of cluster {found_cluster:?}, not node {wanted}: refusing to start (pass the right --data-dir or --node-id)")]
+    WrongNode { path: PathBuf, found: NodeId, found_cluster: String, wanted: NodeId },
+    #[error("data dir {path} belongs to cluster {found:?}, not {wanted:?}: refusing to start (pass the right --data-dir or --cluster-id)")]
+    WrongCluster { path: PathBuf, found: String, wanted: String },
+    #[error("data dir {path} has an unreadable identity: {why}")]
+    BadIdentity { path: PathBuf, why: String },
+    #[error("state machine in {path} cannot be loaded: {source}")]
+    StateMachine { path: PathBuf, source: crate::raft::types::StorageError },
+}
+
+/// An opened data dir.
+#[derive(Debug)]
+pub struct OpenedStorage {
+    pub log_store: LogStore,
+    pub state_machine: StateMachine,
+    /// Whether this data dir held Raft state before (the node rejoins with it).
+    pub had_state: bool,
+}
+
+/// Open (or create) the data dir of node `node_id` in cluster `cluster_id`; refuse a dir that
+/// belongs to another node or cluster.
+pub fn open(path: &Path, identity: &DataDirIdentity, tracker: ExpiryTracker) -> Result<OpenedStorage, OpenError> {
+    let sled_err = |source| OpenError::Sled { path: path.to_path_buf(), source };
+    let db = sled::Config::new()
+        .path(path)
+        .cache_capacity(CACHE_BYTES)
+        .mode(sled::Mode::LowSpace)
+        .open()
+        .map_err(sled_err)?;
+    let meta = db.open_tree("identity").map_err(sled_err)?;
+    let had_state = match meta.get(KEY_IDENTITY).map_err(sled_err)? {
+        Some(bytes) => {
+            let found: DataDirIdentity = codec::decode(&bytes)
+                .map_err(|e| OpenError::BadIdentity { path: path.to_path_buf(), why: e.to_string() })?;
+            if found.cluster_id != identity.cluster_id {
+                return Err(OpenError::WrongCluster {
+                    path: path.to_path_buf(),
+                    found: found.cluster_id,
+                    wanted: identity.cluster_id.clone(),
+                });
+            }
+            if found.node_id != identity.node_id {
+                return Err(OpenError::WrongNode {
+                    path: path.to_path_buf(),
+                    found: found.node_id,
+                    found_cluster: found.cluster_id,
+                    wanted: identity.node_id,
+                });
+            }
+            true
+        }
+        None => {
+            let bytes = codec::encode(identity)
+                .map_err(|e| OpenError::BadIdentity { path: path.to_path_buf(), why: e.to_string() })?;
+            meta.insert(KEY_IDENTITY, bytes).map_err(sled_err)?;
+            db.flush().map_err(sled_err)?;
+            false
+        }
+    };
+    let log_store = LogStore::open(&db).map_err(sled_err)?;
+    let state_machine = StateMachine::open(&db, tracker)
+        .map_err(|source| OpenError::StateMachine { path: path.to_path_buf(), source })?;
+    Ok(OpenedStorage { log_store, state_machine, had_state })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,303 @@
+//! The replicated state machine (openraft storage v2 `RaftStateMachine`): applies batches of
+//! lease commands to the `LeaseTable`, persists what changed to sled in one atomic batch, and
+//! builds and installs snapshots.
+
+use std::collections::BTreeSet;
+use std::io::Cursor;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+use super::codec::{decode, encode};
+use crate::expiry::ExpiryTracker;
+use crate::lease::{Command, LeaseTable, LogPos, Outcome, WorkerId};
+use crate::raft::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_GLOBALS: &[u8] = b"globals";
+const KEY_AUDIT: &[u8] = b"audit";
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// Prefix of per-worker-ID records: `r` + worker ID (big-endian u32).
+const RECORD_PREFIX: u8 = b'r';
+
+fn record_key(worker_id: WorkerId) -> [u8; 5] {
+    let [a, b, c, d] = worker_id.0.to_be_bytes();
+    [RECORD_PREFIX, a, b, c, d]
+}
+
+/// Everything applied so far. Readers (the gRPC service) take short read locks; no lock is
+/// ever held across an `.await`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SmState {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub table: LeaseTable,
+}
+
+/// Shared, read-mostly handle on the applied state.
+#[derive(Debug, Clone, Default)]
+pub struct SharedState(Arc<RwLock<SmState>>);
+
+impl SharedState {
+    pub fn read(&self) -> RwLockReadGuard<'_, SmState> {
+        // Every writer replaces whole values, so a panicked writer leaves no torn state behind.
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, SmState> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// The applied position, the table's globals, its audit log and one key per worker ID live in
+/// the `sm` tree. Each apply writes the position and only what it changed in one atomic
+/// `apply_batch`, so after a crash position and data always agree.
+#[derive(Debug)]
+pub struct StateMachine {
+    tree: sled::Tree,
+    db: sled::Db,
+    state: SharedState,
+    tracker: ExpiryTracker,
+    snapshots_built: u64,
+}
+
+/// What one apply call changed, so only that is written.
+#[derive(Debug, Default)]
+struct Changes {
+    records: BTreeSet<WorkerId>,
+    audit: bool,
+}
+
+impl Changes {
+    fn note(&mut self, command: &Command, outcome: &Outcome) {
+        if let Some(worker_id) = command.worker_id() {
+            self.records.insert(worker_id);
+        }
+        if let Outcome::Granted(grant) = outcome {
+            // A retried Acquire returns (and renews) the ID the holder already has.
+            self.records.insert(grant.worker_id);
+        }
+        self.audit |= matches!(outcome, Outcome::CanaryHit { .. })
+            || matches!(command, Command::Quarantine { .. });
+    }
+}
+
+fn load_table(tree: &sled::Tree) -> Result<LeaseTable, StorageError> {
+    let err = |e| StorageIOError::read_state_machine(&e);
+    let globals = match tree.get(KEY_GLOBALS).map_err(|e| StorageIOError::read_state_machine(&e))? {
+        Some(bytes) => decode(&bytes).map_err(err)?,
+        None => return Ok(LeaseTable::default()),
+    };
+    let audit = match tree.get(KEY_AUDIT).map_err(|e| StorageIOError::read_state_machine(&e))? {
+        Some(bytes) => decode(&bytes).map_err(err)?,
+        None => Vec::new(),
+    };
+    let mut records = Vec::new();
+    for item in tree.scan_prefix([RECORD_PREFIX]) {
+        let (key, value) = item.map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let id: [u8; 4] = key[1..]
+            .try_into()
+            .map_err(|_| StorageIOError::read_state_machine(&std::io::Error::other("bad record key")))?;
+        records.push((WorkerId(u32::from_be_bytes(id)), decode(&value).map_err(err)?));
+    }
+    Ok(LeaseTable::from_parts(globals, records, audit))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AppliedPosition {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+impl StateMachine {
+    pub fn open(db: &sled::Db, tracker: ExpiryTracker) -> Result<StateMachine, StorageError> {
+        let tree = db.open_tree("sm").map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let mut state = SmState::default();
+        if let Some(bytes) = tree.get(KEY_APPLIED).map_err(|e| StorageIOError::read_state_machine(&e))? {
+            let pos: AppliedPosition = decode(&bytes).map_err(|e| StorageIOError::read_state_machine(&e))?;
+            state.last_applied = pos.last_applied;
+            state.membership = pos.membership;
+        }
+        state.table = load_table(&tree)?;
+        Ok(StateMachine {
+            tree,
+            db: db.clone(),
+            state: SharedState(Arc::new(RwLock::new(state))),
+            tracker,
+            snapshots_built: 0,
+        })
+    }
+
+    pub fn shared(&self) -> SharedState {
+        self.state.clone()
+    }
+
+    fn persist(&self, state: &SmState, changed: &Changes) -> Result<(), StorageError> {
+        let err = |e| StorageIOError::write_state_machine(&e);
+        let position = AppliedPosition { last_applied: state.last_applied, membership: state.membership.clone() };
+        let mut batch = sled::Batch::default();
+        batch.insert(KEY_APPLIED, encode(&position).map_err(err)?);
+        batch.insert(KEY_GLOBALS, encode(&state.table.globals()).map_err(err)?);
+        for worker_id in &changed.records {
+            if let Some(record) = state.table.record(*worker_id) {
+                batch.insert(&record_key(*worker_id), encode(record).map_err(err)?);
+            }
+        }
+        if changed.audit {
+            let audit: Vec<_> = state.table.audit().collect();
+            batch.insert(KEY_AUDIT, encode(&audit).map_err(err)?);
+        }
+        // No flush here: the log entries being applied are already durable on a quorum, and a
+        // crash that loses this batch only makes openraft re-apply them (apply is deterministic).
+        // The next log append or snapshot flushes the whole Db anyway.
+        self.tree.apply_batch(batch).map_err(|e| StorageIOError::write_state_machine(&e).into())
+    }
+
+    fn encode_snapshot(state: &SmState) -> Result<Vec<u8>, StorageError> {
+        encode(state).map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachineSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let state = self.state.read();
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Outcome>>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut responses = Vec::new();
+        let mut renewed = BTreeSet::new();
+        let mut changes = Changes::default();
+        {
+            let mut state = self.state.write();
+            for entry in entries {
+                state.last_applied = Some(entry.log_id);
+                let outcomes = match entry.payload {
+                    EntryPayload::Blank => Vec::new(),
+                    EntryPayload::Membership(membership) => {
+                        state.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Vec::new()
+                    }
+                    EntryPayload::Normal(batch) => {
+                        let mut outcomes = Vec::with_capacity(batch.commands.len());
+                        for (slot, command) in batch.commands.iter().enumerate() {
+                            let pos = LogPos::new(entry.log_id.index, slot);
+                            let outcome = state.table.apply(pos, batch.leader_wall_ms, command);
+                            changes.note(command, &outcome);
+                            if let Outcome::Granted(g) | Outcome::Renewed(g) = &outcome {
+                                renewed.insert(g.worker_id);
+                            }
+                            outcomes.push(outcome);
+                        }
+                        outcomes
+                    }
+                };
+                // One response per entry, in order: openraft matches them to waiting clients
+                // by position and only debug-asserts the count.
+                responses.push(outcomes);
+            }
+            self.persist(&state, &changes)?;
+        }
+        for worker_id in renewed {
+            self.tracker.note_renewal(worker_id);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        StateMachineSnapshotBuilder {
+            tree: self.tree.clone(),
+            db: self.db.clone(),
+            state: self.state.clone(),
+            counter: self.snapshots_built,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let signature = Some(meta.signature());
+        let mut state: SmState =
+            decode(&data).map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        state.table.reindex();
+        state.last_applied = meta.last_log_id;
+        state.membership = meta.last_membership.clone();
+        // Replace everything in one atomic batch: no key of the old state survives.
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let mut batch = sled::Batch::default();
+        for key in self.tree.iter().keys() {
+            batch.remove(key.map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?);
+        }
+        let position = AppliedPosition { last_applied: state.last_applied, membership: state.membership.clone() };
+        let encode_err = |e| StorageIOError::write_snapshot(signature.clone(), &e);
+        batch.insert(KEY_APPLIED, encode(&position).map_err(encode_err)?);
+        batch.insert(KEY_GLOBALS, encode(&state.table.globals()).map_err(encode_err)?);
+        let audit: Vec<_> = state.table.audit().collect();
+        batch.insert(KEY_AUDIT, encode(&audit).map_err(encode_err)?);
+        for (worker_id, record) in state.table.records() {
+            batch.insert(&record_key(worker_id), encode(record).map_err(encode_err)?);
+        }
+        batch.insert(KEY_SNAPSHOT, encode(&stored).map_err(encode_err)?);
+        self.tree.apply_batch(batch).map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        self.db.flush_async().await.map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        *self.state.write() = state;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let Some(bytes) = self.tree.get(KEY_SNAPSHOT).map_err(|e| StorageIOError::read_snapshot(None, &e))? else {
+            return Ok(None);
+        };
+        let stored: StoredSnapshot = decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}
+
+/// Builds snapshots from a copy of the shared state, concurrently with later applies.
+#[derive(Debug)]
+pub struct StateMachineSnapshotBuilder {
+    tree: sled::Tree,
+    db: sled::Db,
+    state: SharedState,
+    counter: u64,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let state = self.state.read().clone();
+        let data = StateMachine::encode_snapshot(&state)?;
+        self.counter += 1;
+        let snapshot_id = match state.last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, self.counter),
+            None => format!("empty-{}", self.counter),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: state.last_applied,
+            last_membership: state.membership.clone(),
+            snapshot_id,
+        };
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        let bytes = encode(&stored).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        self.tree.insert(KEY_SNAPSHOT, bytes).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        // openraft purges the log behind this snapshot next: it must be on disk first.
+        self.db.flush_async().await.map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
