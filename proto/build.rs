@@ -5,11 +5,7 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "fenceflake/v1/registry.proto",
-        "fenceflake/v1/raft.proto",
-        "fenceflake/v1/generator.proto",
-    ];
+    let files = ["fenceflake/v1/registry.proto", "fenceflake/v1/raft.proto", "fenceflake/v1/generator.proto"];
     let fds = protox::compile(files, ["."])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     // compile_fds does not write the descriptor set itself, so reflection gets it from here.

@@ -1,1 +1,58 @@
-fn main() {}
+//! The `fenceflake` binary: one CLI for every part of the product.
+
+mod ctl;
+mod duration;
+mod logging;
+mod registry_cmd;
+mod signals;
+
+use clap::{Parser, Subcommand};
+
+/// Fenceflake: 64-bit, time-ordered IDs that are never duplicated, from workers holding
+/// fenced leases granted by a 5-node Raft registry.
+#[derive(Debug, Parser)]
+#[command(name = "fenceflake", version, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr (filter with RUST_LOG, e.g. RUST_LOG=fenceflake_registry=debug).
+    #[arg(long, global = true, env = "FENCEFLAKE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: logging::LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one registry node.
+    Registry(Box<registry_cmd::RegistryArgs>),
+    /// Inspect and administer a registry cluster.
+    Ctl(ctl::CtlArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_filter = match &cli.command {
+        Command::Ctl(_) => "warn",
+        _ => "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn",
+    };
+    logging::init(cli.log_format, default_filter);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Registry(args) => registry_cmd::run(*args).await,
+            Command::Ctl(args) => ctl::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -97,10 +97,8 @@ impl ExpiryTracker {
         let now = self.clock.mono();
         let inner = self.lock();
         let leadership = inner.leadership.filter(|l| l.confirmed)?;
-        let since = inner
-            .renewal_seen_at
-            .get(&worker_id)
-            .map_or(leadership.began_at, |seen| (*seen).max(leadership.began_at));
+        let since =
+            inner.renewal_seen_at.get(&worker_id).map_or(leadership.began_at, |seen| (*seen).max(leadership.began_at));
         let needed = Duration::from_millis(ttl_ms.saturating_add(cool_down_ms));
         let elapsed = now.since(since);
         Some(if elapsed >= needed { Expiry::Expired } else { Expiry::LiveFor(needed - elapsed) })

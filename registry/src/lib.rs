@@ -2,8 +2,18 @@
 //! sled storage, the Raft transport and the public `Registry` gRPC service.
 
 pub mod clock;
+pub mod config;
+pub mod error;
 pub mod expiry;
+pub mod leader;
 pub mod lease;
 pub mod limits;
+pub mod metrics;
+pub mod metrics_http;
+pub mod node;
+pub mod proposal;
+pub mod proposer;
 pub mod raft;
+pub mod server;
+pub mod service;
 pub mod storage;

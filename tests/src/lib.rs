@@ -1,1 +1,49 @@
-//! Helpers for process-level tests.
+//! Helpers for process-level tests: start real `fenceflake` binaries on loopback, kill them
+//! with SIGKILL, restart them, and talk to them over gRPC.
+//!
+//! The binary is found at `$FENCEFLAKE_BIN`, else next to the test executable's `deps/`
+//! directory (`target/<profile>/fenceflake`); `scripts/test-all` builds it first.
+
+pub mod cluster;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Path of the `fenceflake` binary under test.
+pub fn fenceflake_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("FENCEFLAKE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable has a path");
+    let profile_dir =
+        exe.parent().and_then(|deps| deps.parent()).expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("fenceflake");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build -p fenceflake-cli`, or run `scripts/test-all`), or set FENCEFLAKE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("bound socket has an address").port()
+}
+
+/// Poll `f` every 50 ms until it returns `Some`, or fail after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = f().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

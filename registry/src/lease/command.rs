@@ -51,12 +51,26 @@ pub enum Command {
         specific: bool,
     },
     /// Extend the lease `(worker_id, token)`.
-    Renew { worker_id: WorkerId, token: Token, wall_ms_at_send: u64, max_minted_ts_ms: u64 },
+    Renew {
+        worker_id: WorkerId,
+        token: Token,
+        wall_ms_at_send: u64,
+        max_minted_ts_ms: u64,
+    },
     /// Give the lease back; `last_ts_ms` is the exact last timestamp minted under it.
-    Release { worker_id: WorkerId, token: Token, last_ts_ms: u64 },
+    Release {
+        worker_id: WorkerId,
+        token: Token,
+        last_ts_ms: u64,
+    },
     /// Operator: stop all grants and renewals of `worker_id` until unquarantined.
-    Quarantine { worker_id: WorkerId, reason: String },
-    Unquarantine { worker_id: WorkerId },
+    Quarantine {
+        worker_id: WorkerId,
+        reason: String,
+    },
+    Unquarantine {
+        worker_id: WorkerId,
+    },
 }
 
 impl Command {
@@ -123,6 +137,8 @@ pub enum Outcome {
     /// Quarantine state changed (or was already so).
     QuarantineSet,
     /// A stale renewal proved an overlap: the ID is now quarantined (and this renewal fenced).
-    CanaryHit { current: Token },
+    CanaryHit {
+        current: Token,
+    },
     Rejected(Rejection),
 }

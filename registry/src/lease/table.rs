@@ -94,11 +94,7 @@ pub struct LeaseTable {
 impl LeaseTable {
     /// Rebuild derived indexes after deserializing a snapshot or stored table.
     pub fn reindex(&mut self) {
-        self.holders = self
-            .records
-            .iter()
-            .filter_map(|(w, r)| r.holder.clone().map(|h| (h, *w)))
-            .collect();
+        self.holders = self.records.iter().filter_map(|(w, r)| r.holder.clone().map(|h| (h, *w))).collect();
         self.check_invariants();
     }
 
@@ -167,12 +163,8 @@ impl LeaseTable {
             Command::Renew { worker_id, token, wall_ms_at_send, max_minted_ts_ms } => {
                 self.renew(pos, leader_wall_ms, *worker_id, *token, *wall_ms_at_send, *max_minted_ts_ms)
             }
-            Command::Release { worker_id, token, last_ts_ms } => {
-                self.release(*worker_id, *token, *last_ts_ms)
-            }
-            Command::Quarantine { worker_id, reason } => {
-                self.set_quarantine(leader_wall_ms, *worker_id, Some(reason))
-            }
+            Command::Release { worker_id, token, last_ts_ms } => self.release(*worker_id, *token, *last_ts_ms),
+            Command::Quarantine { worker_id, reason } => self.set_quarantine(leader_wall_ms, *worker_id, Some(reason)),
             Command::Unquarantine { worker_id } => self.set_quarantine(leader_wall_ms, *worker_id, None),
         };
         if cfg!(debug_assertions) {
@@ -317,10 +309,8 @@ impl LeaseTable {
             self.holders.remove(&holder);
             // The holder certifies it minted nothing after last_ts_ms and never will, so the
             // next holder only has to wait past what was really minted, not past the TTL.
-            record.high_water_ms = record
-                .not_before_ms
-                .max(record.max_minted_ms.saturating_add(1))
-                .max(last_ts_ms.saturating_add(1));
+            record.high_water_ms =
+                record.not_before_ms.max(record.max_minted_ms.saturating_add(1)).max(last_ts_ms.saturating_add(1));
         }
         Outcome::Released
     }

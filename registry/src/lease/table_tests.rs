@@ -13,10 +13,9 @@ fn configured() -> LeaseTable {
 }
 
 fn grant(t: &mut LeaseTable, idx: u64, w: u32, holder: &str) -> Outcome {
-    let expect = t.record(WorkerId(w)).map_or(
-        GrantExpectation { token: Token::NONE, last_renew: LogPos::default() },
-        LeaseRecord::expectation,
-    );
+    let expect = t
+        .record(WorkerId(w))
+        .map_or(GrantExpectation { token: Token::NONE, last_renew: LogPos::default() }, LeaseRecord::expectation);
     let cmd = Command::Grant {
         worker_id: WorkerId(w),
         holder: HolderId(holder.into()),
@@ -91,8 +90,13 @@ fn a_retried_acquire_returns_the_lease_already_held() {
     let first = granted(grant(&mut t, 2, 0, "a"));
     // Same holder asks again (its first reply was lost), for any ID: it gets ID 0 back.
     let expect = GrantExpectation { token: Token::NONE, last_renew: LogPos::default() };
-    let cmd =
-        Command::Grant { worker_id: WorkerId(1), holder: HolderId("a".into()), ttl_ms: 10_000, expect, specific: false };
+    let cmd = Command::Grant {
+        worker_id: WorkerId(1),
+        holder: HolderId("a".into()),
+        ttl_ms: 10_000,
+        expect,
+        specific: false,
+    };
     let again = granted(t.apply(LogPos::new(3, 0), WALL, &cmd));
     assert_eq!(again.worker_id, WorkerId(0));
     assert_eq!(again.token, first.token);

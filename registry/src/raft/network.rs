@@ -1,1 +1,215 @@
-//! Client side of the Raft transport: openraft's `RaftNetwork` over gRPC to peers' peer ports.
+//! Client side of the peer port: openraft's `RaftNetwork` over gRPC, plus the cached channels
+//! that followers also use to forward client proposals to the leader.
+//!
+//! Every payload names the cluster and the target node; a peer that is someone else (another
+//! cluster reusing the port, a replaced node) refuses it, so it can never vote in our elections.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use fenceflake_proto::v1::raft_transport_client::RaftTransportClient;
+use fenceflake_proto::v1::RaftPayload;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::types::{NodeId, PeerNode, TypeConfig};
+use crate::limits::PEER_MESSAGE_BYTES_MAX;
+
+/// How long a connection attempt to a peer may take. A dead peer behind a DROP rule would
+/// otherwise hold a replication stream for the OS connect timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
+/// HTTP/2 keepalive: a half-dead connection to a partitioned or restarted peer is noticed fast.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Which peer RPC a payload is for.
+#[derive(Debug, Clone, Copy)]
+pub enum PeerRpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    Forward,
+}
+
+/// Why a peer call failed, before openraft's error types are involved.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerCallError {
+    #[error("peer {addr} unreachable: {status}")]
+    Unreachable { addr: String, status: tonic::Status },
+    #[error("peer {addr} failed: {status}")]
+    Failed { addr: String, status: tonic::Status },
+    #[error("peer {addr} did not answer within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+    #[error("bad peer address {addr:?}: {why}")]
+    BadAddress { addr: String, why: String },
+    #[error("peer payload does not encode/decode: {0}")]
+    Codec(#[from] serde_json::Error),
+}
+
+/// Cached gRPC channels to peers, by peer address. Channels are lazy and reconnect by
+/// themselves, so one per address is enough; creating one per call floods sockets.
+#[derive(Debug, Clone)]
+pub struct PeerClients {
+    cluster_id: String,
+    my_id: NodeId,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerClients {
+    pub fn new(cluster_id: String, my_id: NodeId) -> PeerClients {
+        PeerClients { cluster_id, my_id, channels: Arc::default() }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, PeerCallError> {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let bad = |why: String| PeerCallError::BadAddress { addr: addr.to_string(), why };
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Send `request` to node `target` at `addr` and decode its answer, within `timeout`.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        rpc: PeerRpc,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerCallError> {
+        let payload = RaftPayload {
+            cluster_id: self.cluster_id.clone(),
+            target_node_id: target,
+            sender_node_id: self.my_id,
+            data: serde_json::to_vec(request)?,
+        };
+        let mut client = RaftTransportClient::new(self.channel(addr)?)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+        let mut request = tonic::Request::new(payload);
+        request.set_timeout(timeout);
+        let call = async {
+            match rpc {
+                PeerRpc::AppendEntries => client.append_entries(request).await,
+                PeerRpc::Vote => client.vote(request).await,
+                PeerRpc::InstallSnapshot => client.install_snapshot(request).await,
+                PeerRpc::Forward => client.forward(request).await,
+            }
+        };
+        let addr = addr.to_string();
+        let response = match tokio::time::timeout(timeout, call).await {
+            Err(_) => return Err(PeerCallError::Timeout { addr, timeout }),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                return Err(PeerCallError::Unreachable { addr, status })
+            }
+            Ok(Err(status)) => return Err(PeerCallError::Failed { addr, status }),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        Ok(serde_json::from_slice(&response.data)?)
+    }
+}
+
+/// openraft's factory: one `PeerNetwork` per replication stream, vote or read round.
+#[derive(Debug, Clone)]
+pub struct NetworkFactory {
+    clients: PeerClients,
+}
+
+impl NetworkFactory {
+    pub fn new(clients: PeerClients) -> NetworkFactory {
+        NetworkFactory { clients }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> PeerNetwork {
+        PeerNetwork { clients: self.clients.clone(), target, addr: node.peer_addr.clone() }
+    }
+}
+
+/// The connection to one peer, as openraft sees it.
+#[derive(Debug)]
+pub struct PeerNetwork {
+    clients: PeerClients,
+    target: NodeId,
+    addr: String,
+}
+
+impl PeerNetwork {
+    async fn send<Req, Resp, E>(
+        &self,
+        rpc: PeerRpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, PeerNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<Resp, RaftError<NodeId, E>> =
+            self.clients.call(self.target, &self.addr, rpc, request, option.hard_ttl()).await.map_err(|e| match e {
+                // Only Unreachable makes openraft back off; a refused connection is the
+                // typical dead peer, so it goes there.
+                PeerCallError::Unreachable { .. } | PeerCallError::BadAddress { .. } => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
+                _ => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
+        self.send(PeerRpc::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.send(PeerRpc::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
+        self.send(PeerRpc::Vote, &rpc, &option).await
+    }
+
+    /// 25 → 50 → 100 → 200 ms, then 200 ms: openraft's 500 ms default starves a restarted
+    /// follower of heartbeats past its election timeout, and its term bump then deposes a
+    /// healthy leader (0.9 has no Pre-Vote).
+    fn backoff(&self) -> Backoff {
+        Backoff::new([25, 50, 100].into_iter().chain(std::iter::repeat(200)).map(Duration::from_millis))
+    }
+}

@@ -28,9 +28,8 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 fn key_index(key: &[u8]) -> Result<u64, StorageError> {
-    let bytes: [u8; 8] = key
-        .try_into()
-        .map_err(|_| StorageIOError::read_logs(&std::io::Error::other("log key is not 8 bytes")))?;
+    let bytes: [u8; 8] =
+        key.try_into().map_err(|_| StorageIOError::read_logs(&std::io::Error::other("log key is not 8 bytes")))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -42,6 +41,11 @@ impl LogStore {
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         let value = self.meta.get(key).map_err(|e| StorageIOError::read(&e))?;
         value.map(|v| decode(&v)).transpose().map_err(|e| StorageIOError::read(&e).into())
+    }
+
+    /// The database this store lives in (for size metrics).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
     }
 
     async fn flush(&self) -> Result<(), sled::Error> {

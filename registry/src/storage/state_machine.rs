@@ -85,8 +85,7 @@ impl Changes {
             // A retried Acquire returns (and renews) the ID the holder already has.
             self.records.insert(grant.worker_id);
         }
-        self.audit |= matches!(outcome, Outcome::CanaryHit { .. })
-            || matches!(command, Command::Quarantine { .. });
+        self.audit |= matches!(outcome, Outcome::CanaryHit { .. }) || matches!(command, Command::Quarantine { .. });
     }
 }
 
@@ -231,11 +230,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let signature = Some(meta.signature());
-        let mut state: SmState =
-            decode(&data).map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        let mut state: SmState = decode(&data).map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
         state.table.reindex();
         state.last_applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
@@ -288,11 +290,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineSnapshotBuilder {
             Some(id) => format!("{}-{}-{}", id.leader_id, id.index, self.counter),
             None => format!("empty-{}", self.counter),
         };
-        let meta = SnapshotMeta {
-            last_log_id: state.last_applied,
-            last_membership: state.membership.clone(),
-            snapshot_id,
-        };
+        let meta =
+            SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership.clone(), snapshot_id };
         let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
         let bytes = encode(&stored).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         self.tree.insert(KEY_SNAPSHOT, bytes).map_err(|e| StorageIOError::write_snapshot(None, &e))?;

@@ -1,0 +1,145 @@
+//! `fenceflake registry`: run one registry node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use fenceflake_registry::clock::SystemClock;
+use fenceflake_registry::config::{parse_initial_cluster, InitialClusterState, NodeConfig, RaftTiming};
+use fenceflake_registry::lease::ClusterConfig;
+use fenceflake_registry::raft::types::PeerNode;
+use fenceflake_registry::server::{self, Listeners};
+
+use crate::duration::parse_duration;
+use crate::signals::shutdown_signal;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// Run one node of the 5-node registry that grants fenced worker-ID leases.
+///
+/// A fresh cluster bootstraps once: start all nodes with the same --initial-cluster; the
+/// lowest node id initializes it. A node that finds state in --data-dir rejoins with it.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// This node's id (> 0, unique in the cluster, never reused after a node is lost).
+    #[arg(long, env = "FENCEFLAKE_NODE_ID")]
+    node_id: u64,
+    /// Address to serve the public Registry API (and health, reflection) on.
+    #[arg(long, env = "FENCEFLAKE_CLIENT_ADDR", default_value = "127.0.0.1:2379")]
+    client_addr: SocketAddr,
+    /// Address to serve Raft traffic and forwarded requests on (peers only).
+    #[arg(long, env = "FENCEFLAKE_PEER_ADDR", default_value = "127.0.0.1:2380")]
+    peer_addr: SocketAddr,
+    /// Peer address other nodes use to reach this one, if not --peer-addr (e.g. a DNS name).
+    #[arg(long, env = "FENCEFLAKE_ADVERTISE_PEER_ADDR")]
+    advertise_peer_addr: Option<String>,
+    /// Client address shown to operators, if not --client-addr.
+    #[arg(long, env = "FENCEFLAKE_ADVERTISE_CLIENT_ADDR")]
+    advertise_client_addr: Option<String>,
+    /// Directory of this node's sled database (created if missing).
+    #[arg(long, env = "FENCEFLAKE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// All initial members: ID=HOST:PEERPORT[/HOST:CLIENTPORT],... (same on every node).
+    #[arg(long, env = "FENCEFLAKE_INITIAL_CLUSTER")]
+    initial_cluster: String,
+    /// `new` bootstraps a cluster from --initial-cluster; `existing` waits to be added.
+    #[arg(long, env = "FENCEFLAKE_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
+    initial_cluster_state: ClusterState,
+    /// Cluster name, stored in the data dir and checked on every peer message.
+    #[arg(long, env = "FENCEFLAKE_CLUSTER_ID", default_value = "fenceflake")]
+    cluster_id: String,
+    /// Serve Prometheus metrics on HOST:PORT (/metrics).
+    #[arg(long, env = "FENCEFLAKE_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// ID time origin, ms since the Unix epoch (fixed forever once the cluster is configured).
+    #[arg(long, env = "FENCEFLAKE_EPOCH_MS", default_value_t = 1_704_067_200_000)]
+    epoch_ms: u64,
+    /// Worker-ID bits of the ID layout (10 = 1024 worker IDs).
+    #[arg(long, env = "FENCEFLAKE_WORKER_ID_BITS", default_value_t = 10)]
+    worker_id_bits: u8,
+    /// Longest lease TTL a worker may ask for.
+    #[arg(long, env = "FENCEFLAKE_MAX_TTL", default_value = "60s", value_parser = parse_duration)]
+    max_ttl: Duration,
+    /// Extra wait on top of the TTL before an unrenewed worker ID is re-granted.
+    #[arg(long, env = "FENCEFLAKE_COOL_DOWN", default_value = "1s", value_parser = parse_duration)]
+    cool_down: Duration,
+    /// Raft heartbeat interval (also the replication RPC timeout).
+    #[arg(long, env = "FENCEFLAKE_HEARTBEAT", default_value = "50ms", value_parser = parse_duration)]
+    heartbeat: Duration,
+    /// Raft election timeout, lower bound.
+    #[arg(long, env = "FENCEFLAKE_ELECTION_TIMEOUT_MIN", default_value = "150ms", value_parser = parse_duration)]
+    election_timeout_min: Duration,
+    /// Raft election timeout, upper bound (also the leader lease for admission control).
+    #[arg(long, env = "FENCEFLAKE_ELECTION_TIMEOUT_MAX", default_value = "300ms", value_parser = parse_duration)]
+    election_timeout_max: Duration,
+    /// Bound on every client request (waiting for a leader, a quorum, a commit).
+    #[arg(long, env = "FENCEFLAKE_REQUEST_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Log entries between snapshots; the log is purged behind each one.
+    #[arg(long, env = "FENCEFLAKE_SNAPSHOT_LOGS", default_value_t = 5000)]
+    snapshot_logs: u64,
+}
+
+impl RegistryArgs {
+    fn into_config(self) -> anyhow::Result<NodeConfig> {
+        let initial_cluster = parse_initial_cluster(&self.initial_cluster)?;
+        let advertise = PeerNode {
+            peer_addr: self.advertise_peer_addr.unwrap_or_else(|| self.peer_addr.to_string()),
+            client_addr: self.advertise_client_addr.unwrap_or_else(|| self.client_addr.to_string()),
+        };
+        Ok(NodeConfig {
+            node_id: self.node_id,
+            cluster_id: self.cluster_id,
+            advertise,
+            data_dir: self.data_dir,
+            initial_cluster,
+            initial_cluster_state: match self.initial_cluster_state {
+                ClusterState::New => InitialClusterState::New,
+                ClusterState::Existing => InitialClusterState::Existing,
+            },
+            cluster_config: ClusterConfig {
+                epoch_ms: self.epoch_ms,
+                worker_id_bits: self.worker_id_bits,
+                ttl_ms_max: self.max_ttl.as_millis() as u64,
+                cool_down_ms: self.cool_down.as_millis() as u64,
+            },
+            timing: RaftTiming {
+                heartbeat_ms: self.heartbeat.as_millis() as u64,
+                election_min_ms: self.election_timeout_min.as_millis() as u64,
+                election_max_ms: self.election_timeout_max.as_millis() as u64,
+            },
+            request_timeout: self.request_timeout,
+            snapshot_logs: self.snapshot_logs,
+            metrics_addr: self.metrics_addr,
+        })
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {what} {addr} (in use by another process?)"))
+}
+
+pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
+    let (client_addr, peer_addr) = (args.client_addr, args.peer_addr);
+    let config = args.into_config()?;
+    config.validate()?;
+    let listeners = Listeners {
+        client: bind(client_addr, "--client-addr").await?,
+        peer: bind(peer_addr, "--peer-addr").await?,
+        metrics: match config.metrics_addr {
+            Some(addr) => Some(bind(addr, "--metrics-addr").await?),
+            None => None,
+        },
+    };
+    server::run(config, listeners, Arc::new(SystemClock), shutdown_signal()).await?;
+    Ok(())
+}

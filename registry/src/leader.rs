@@ -1,0 +1,402 @@
+//! What the leader does with a proposal: confirm its leadership (mechanism 3: no grant before
+//! `ensure_linearizable` succeeded in this leadership; refuse writes fast when no quorum has
+//! answered lately), decide expiry on its own monotonic clock, and propose compare-and-set
+//! grants, renewals and admin commands through the batching proposer.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+
+use crate::clock::Clock;
+use crate::error::RegistryError;
+use crate::expiry::{Expiry, ExpiryTracker, LeadershipId};
+use crate::lease::{
+    ClusterConfig, Command, GrantExpectation, HolderId, LeaseGrant, LeaseTable, Outcome, Rejection, WorkerId,
+};
+use crate::proposal::{LeaseReply, LeaseState, LeaseView, Proposal, Reply};
+use crate::proposer::{write_error, Proposer};
+use crate::raft::types::{NodeId, PeerNode, Raft};
+use crate::storage::SharedState;
+
+/// Grant attempts for an Acquire without a worker ID: each lost compare-and-set (another
+/// grant took the candidate first) moves on to the next candidate.
+const ACQUIRE_ATTEMPTS_MAX: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct LeaderSettings {
+    pub node_id: NodeId,
+    /// The config a leader commits if the cluster has none yet.
+    pub cluster_config: ClusterConfig,
+    /// openraft's `election_timeout_max`: a leader that has not heard from a quorum for longer
+    /// may already have been replaced, so it takes no writes.
+    pub leader_lease: Duration,
+    /// Bound on every wait (confirmation, commit).
+    pub request_timeout: Duration,
+}
+
+/// The leader-side logic of one node (idle unless the node leads).
+#[derive(Clone)]
+pub struct Leader {
+    raft: Raft,
+    state: SharedState,
+    tracker: ExpiryTracker,
+    proposer: Proposer,
+    clock: Arc<dyn Clock>,
+    settings: Arc<LeaderSettings>,
+    /// Worker IDs with a grant in flight: concurrent "any ID" acquires skip them instead of all
+    /// racing for the lowest free ID.
+    reserved: Arc<Mutex<HashSet<WorkerId>>>,
+}
+
+impl std::fmt::Debug for Leader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leader").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+/// Releases a reserved worker ID when the grant attempt ends, however it ends.
+struct Reservation<'a> {
+    reserved: &'a Mutex<HashSet<WorkerId>>,
+    worker_id: WorkerId,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.reserved.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.worker_id);
+    }
+}
+
+impl Leader {
+    pub fn new(
+        raft: Raft,
+        state: SharedState,
+        tracker: ExpiryTracker,
+        proposer: Proposer,
+        clock: Arc<dyn Clock>,
+        settings: LeaderSettings,
+    ) -> Leader {
+        Leader { raft, state, tracker, proposer, clock, settings: Arc::new(settings), reserved: Arc::default() }
+    }
+
+    /// Execute `proposal` on this node, which must be the leader.
+    pub async fn execute(&self, proposal: Proposal) -> Result<Reply, RegistryError> {
+        let confirmed_now = self.ensure_serving_leader().await?;
+        match proposal {
+            Proposal::Acquire { holder, worker_id, ttl_ms } => {
+                let grant = self.acquire(holder, worker_id, ttl_ms).await?;
+                self.lease_reply(grant)
+            }
+            Proposal::Renew { worker_id, token, wall_ms_at_send, max_minted_ts_ms } => {
+                match self
+                    .proposer
+                    .propose(Command::Renew { worker_id, token, wall_ms_at_send, max_minted_ts_ms })
+                    .await?
+                {
+                    Outcome::Renewed(grant) => self.lease_reply(grant),
+                    Outcome::CanaryHit { current } => {
+                        tracing::error!(worker_id = worker_id.0, token = token.0, current_token = current.0, max_minted_ts_ms, "canary hit: two holders minted with one worker ID at overlapping times; ID quarantined, audit entry written");
+                        Err(RegistryError::Canary { current })
+                    }
+                    other => Err(unexpected(other)),
+                }
+            }
+            Proposal::Release { worker_id, token, last_ts_ms } => {
+                match self.proposer.propose(Command::Release { worker_id, token, last_ts_ms }).await? {
+                    Outcome::Released => Ok(Reply::Released),
+                    other => Err(unexpected(other)),
+                }
+            }
+            Proposal::Quarantine { worker_id, reason } => {
+                self.admin(Command::Quarantine { worker_id, reason }).await?;
+                Ok(Reply::LeaseInfo(self.view(worker_id)))
+            }
+            Proposal::Unquarantine { worker_id } => {
+                self.admin(Command::Unquarantine { worker_id }).await?;
+                Ok(Reply::LeaseInfo(self.view(worker_id)))
+            }
+            Proposal::GetLease { worker_id } => {
+                self.linearizable_read(confirmed_now).await?;
+                let count = self.config()?.worker_id_count();
+                if worker_id.0 >= count {
+                    return Err(RegistryError::Rejected(Rejection::OutOfRange { worker_id, count }));
+                }
+                Ok(Reply::LeaseInfo(self.view(worker_id)))
+            }
+            Proposal::ListLeases { include_free } => {
+                self.linearizable_read(confirmed_now).await?;
+                Ok(Reply::Leases(self.views(include_free)?))
+            }
+            Proposal::ListAudit => {
+                self.linearizable_read(confirmed_now).await?;
+                Ok(Reply::Audit(self.state.read().table.audit().cloned().collect()))
+            }
+            Proposal::AddLearner { node_id, node } => self.add_learner(node_id, node).await,
+            Proposal::PromoteMember { node_id } => {
+                self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id]))).await
+            }
+            Proposal::RemoveMember { node_id } => {
+                if node_id == self.settings.node_id {
+                    return Err(RegistryError::Membership(format!(
+                        "node {node_id} is the leader; remove it through another node after it steps down, or stop it first"
+                    )));
+                }
+                self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))).await
+            }
+        }
+    }
+
+    /// Confirm a fresh leadership (and commit the cluster config) before the first client
+    /// asks, so the first request after a failover does not pay for it.
+    pub async fn warm_up(&self) {
+        if let Err(e) = self.ensure_serving_leader().await {
+            tracing::debug!(error = %e, "leadership warm-up failed; the next request retries it");
+        }
+    }
+
+    /// The current leadership of this node, or NotLeader.
+    fn leadership(&self) -> Result<(LeadershipId, Option<u64>), RegistryError> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader_id = m.vote.leader_id();
+        if m.state != ServerState::Leader || !m.vote.is_committed() || leader_id.node_id != self.settings.node_id {
+            return Err(RegistryError::NotLeader { leader: m.current_leader });
+        }
+        Ok((LeadershipId { term: leader_id.term, node_id: leader_id.node_id }, m.millis_since_quorum_ack))
+    }
+
+    /// Admission control, and confirmation of a new leadership. Returns whether this call
+    /// confirmed it (then a read needs no second heartbeat round).
+    async fn ensure_serving_leader(&self) -> Result<bool, RegistryError> {
+        let (id, since_quorum_ack_ms) = self.leadership()?;
+        let lease_ms = self.settings.leader_lease.as_millis() as u64;
+        if let Some(ms) = since_quorum_ack_ms.filter(|ms| *ms > lease_ms) {
+            // openraft 0.9 has no CheckQuorum: without this a cut-off leader would let writes hang.
+            return Err(RegistryError::NoQuorum {
+                why: format!("no quorum acknowledged this leader for {ms} ms (> {lease_ms} ms)"),
+            });
+        }
+        if self.tracker.observe_leader(id) {
+            return Ok(false);
+        }
+        self.confirm_quorum().await?;
+        self.tracker.confirm(id);
+        tracing::info!(term = id.term, node_id = id.node_id, "leadership confirmed by a quorum; serving grants");
+        if self.state.read().table.config().is_none() {
+            let config = self.settings.cluster_config.clone();
+            match self.proposer.propose(Command::Configure(config)).await? {
+                Outcome::Configured(applied) => tracing::info!(?applied, "cluster config committed"),
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// One `ensure_linearizable` round within the request timeout: a quorum still follows us
+    /// and everything committed before now is applied here.
+    async fn confirm_quorum(&self) -> Result<(), RegistryError> {
+        let timeout = self.settings.request_timeout;
+        match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(RegistryError::NoQuorum { why: format!("no quorum answered within {timeout:?}") }),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(RegistryError::NotLeader { leader: f.leader_id })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+                Err(RegistryError::NoQuorum { why: q.to_string() })
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(RegistryError::Fatal(f.to_string())),
+        }
+    }
+
+    async fn linearizable_read(&self, confirmed_now: bool) -> Result<(), RegistryError> {
+        if confirmed_now {
+            return Ok(());
+        }
+        self.confirm_quorum().await
+    }
+
+    fn config(&self) -> Result<ClusterConfig, RegistryError> {
+        self.state.read().table.config().cloned().ok_or(RegistryError::NotConfigured)
+    }
+
+    fn lease_reply(&self, grant: LeaseGrant) -> Result<Reply, RegistryError> {
+        Ok(Reply::Lease(LeaseReply { grant, registry_time_ms: self.clock.wall_ms(), config: self.config()? }))
+    }
+
+    async fn admin(&self, command: Command) -> Result<(), RegistryError> {
+        match self.proposer.propose(command).await? {
+            Outcome::QuarantineSet => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn acquire(
+        &self,
+        holder: HolderId,
+        wanted: Option<WorkerId>,
+        ttl_ms: u64,
+    ) -> Result<LeaseGrant, RegistryError> {
+        for _ in 0..ACQUIRE_ATTEMPTS_MAX {
+            let (worker_id, expect) = self.plan_grant(&holder, wanted)?;
+            let _reservation = self.reserve(worker_id);
+            let command =
+                Command::Grant { worker_id, holder: holder.clone(), ttl_ms, expect, specific: wanted.is_some() };
+            match self.proposer.propose(command).await? {
+                Outcome::Granted(grant) => {
+                    tracing::info!(worker_id = grant.worker_id.0, token = grant.token.0, holder = %grant.holder, ttl_ms, not_before_ms = grant.not_before_ms, "lease granted");
+                    return Ok(grant);
+                }
+                // Lost the compare-and-set to a concurrent grant or a late renewal: re-plan.
+                Outcome::Rejected(Rejection::AlreadyHeld { .. }) if wanted.is_none() => continue,
+                Outcome::Rejected(rejection) => return Err(RegistryError::Rejected(rejection)),
+                other => return Err(unexpected(other)),
+            }
+        }
+        Err(RegistryError::Indeterminate {
+            waited_ms: 0,
+            why: format!("lost {ACQUIRE_ATTEMPTS_MAX} grant races in a row; retry"),
+        })
+    }
+
+    fn reserve(&self, worker_id: WorkerId) -> Reservation<'_> {
+        self.reserved.lock().unwrap_or_else(PoisonError::into_inner).insert(worker_id);
+        Reservation { reserved: &self.reserved, worker_id }
+    }
+
+    /// Pick the worker ID to grant and what it must still look like (the CAS compare).
+    fn plan_grant(
+        &self,
+        holder: &HolderId,
+        wanted: Option<WorkerId>,
+    ) -> Result<(WorkerId, GrantExpectation), RegistryError> {
+        let state = self.state.read();
+        let table = &state.table;
+        let config = table.config().ok_or(RegistryError::NotConfigured)?;
+        if let Some(held) = table.held_by(holder) {
+            // The apply returns (and renews) the lease the holder already has.
+            return Ok((held, expectation(table, held)));
+        }
+        if let Some(worker_id) = wanted {
+            return self.plan_specific(table, config, worker_id).map(|e| (worker_id, e));
+        }
+        let reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(free) = table.free_ids().find(|w| !reserved.contains(w)) {
+            return Ok((free, expectation(table, free)));
+        }
+        let expired = table.records().find(|(w, r)| {
+            r.holder.is_some()
+                && r.quarantine.is_none()
+                && !reserved.contains(w)
+                && self.tracker.expiry(*w, r.ttl_ms, config.cool_down_ms) == Some(Expiry::Expired)
+        });
+        match expired {
+            Some((worker_id, record)) => Ok((worker_id, record.expectation())),
+            None => Err(RegistryError::Exhausted { count: config.worker_id_count() }),
+        }
+    }
+
+    fn plan_specific(
+        &self,
+        table: &LeaseTable,
+        config: &ClusterConfig,
+        worker_id: WorkerId,
+    ) -> Result<GrantExpectation, RegistryError> {
+        if worker_id.0 >= config.worker_id_count() {
+            return Err(RegistryError::Rejected(Rejection::OutOfRange { worker_id, count: config.worker_id_count() }));
+        }
+        let Some(record) = table.record(worker_id) else {
+            return Ok(expectation(table, worker_id));
+        };
+        if let Some(reason) = &record.quarantine {
+            return Err(RegistryError::Rejected(Rejection::Quarantined { reason: reason.clone() }));
+        }
+        let Some(current) = &record.holder else {
+            return Ok(record.expectation());
+        };
+        match self.tracker.expiry(worker_id, record.ttl_ms, config.cool_down_ms) {
+            Some(Expiry::Expired) => Ok(record.expectation()),
+            _ => Err(RegistryError::Rejected(Rejection::AlreadyHeld { holder: Some(current.clone()), specific: true })),
+        }
+    }
+
+    fn view(&self, worker_id: WorkerId) -> LeaseView {
+        let state = self.state.read();
+        let cool_down_ms = state.table.config().map_or(0, |c| c.cool_down_ms);
+        self.view_of(&state.table, worker_id, cool_down_ms)
+    }
+
+    fn view_of(&self, table: &LeaseTable, worker_id: WorkerId, cool_down_ms: u64) -> LeaseView {
+        let record = table.record(worker_id).cloned();
+        let state = match &record {
+            None => LeaseState::Free,
+            Some(r) if r.quarantine.is_some() => LeaseState::Quarantined,
+            Some(r) if r.holder.is_none() => LeaseState::Free,
+            Some(r) => match self.tracker.expiry(worker_id, r.ttl_ms, cool_down_ms) {
+                Some(Expiry::Expired) => LeaseState::Expired,
+                _ => LeaseState::Held,
+            },
+        };
+        let since_renew_ms = self.tracker.since_renewal(worker_id).map(|d| d.as_millis() as u64);
+        LeaseView { worker_id, state, record, since_renew_ms }
+    }
+
+    fn views(&self, include_free: bool) -> Result<Vec<LeaseView>, RegistryError> {
+        let state = self.state.read();
+        let config = state.table.config().ok_or(RegistryError::NotConfigured)?;
+        let ids: Vec<WorkerId> = if include_free {
+            (0..config.worker_id_count()).map(WorkerId).collect()
+        } else {
+            state.table.records().map(|(w, _)| w).collect()
+        };
+        Ok(ids.into_iter().map(|w| self.view_of(&state.table, w, config.cool_down_ms)).collect())
+    }
+
+    async fn add_learner(&self, node_id: NodeId, node: PeerNode) -> Result<Reply, RegistryError> {
+        let timeout = self.settings.request_timeout;
+        // Non-blocking: the learner catches up (by snapshot if far behind) in the background;
+        // `ctl members` shows its progress, and promote waits for nothing but a quorum.
+        match tokio::time::timeout(timeout, self.raft.add_learner(node_id, node, false)).await {
+            Err(_) => Err(indeterminate(timeout, "add-learner did not commit in time")),
+            Ok(Err(e)) => Err(write_error(e)),
+            Ok(Ok(_)) => Ok(Reply::MembershipChanged),
+        }
+    }
+
+    async fn change_membership(&self, change: ChangeMembers<NodeId, PeerNode>) -> Result<Reply, RegistryError> {
+        let timeout = self.settings.request_timeout;
+        match tokio::time::timeout(timeout, self.raft.change_membership(change, false)).await {
+            Err(_) => Err(indeterminate(timeout, "membership change did not commit in time")),
+            Ok(Err(e)) => Err(write_error(e)),
+            Ok(Ok(_)) => Ok(Reply::MembershipChanged),
+        }
+    }
+}
+
+fn expectation(table: &LeaseTable, worker_id: WorkerId) -> GrantExpectation {
+    table
+        .record(worker_id)
+        .map_or(GrantExpectation { token: Default::default(), last_renew: Default::default() }, |r| r.expectation())
+}
+
+fn indeterminate(timeout: Duration, why: &str) -> RegistryError {
+    RegistryError::Indeterminate { waited_ms: timeout.as_millis() as u64, why: why.to_string() }
+}
+
+fn unexpected(outcome: Outcome) -> RegistryError {
+    match outcome {
+        Outcome::Rejected(rejection) => RegistryError::Rejected(rejection),
+        other => RegistryError::Fatal(format!("state machine answered {other:?} to the wrong command")),
+    }
+}
+
+/// Members and their roles, for ClusterStatus (any node can answer from its own view).
+pub fn member_roles(raft: &Raft) -> BTreeMap<NodeId, (PeerNode, bool)> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    membership.nodes().map(|(id, node)| (*id, (node.clone(), voters.contains(id)))).collect()
+}

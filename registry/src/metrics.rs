@@ -1,0 +1,207 @@
+//! Every metric the registry exports, with its name and help text, rendered in the
+//! Prometheus text format. Names are `fenceflake_registry_<name>_<unit>`; labels come only
+//! from small fixed sets (RPC names, states), never from holders or addresses.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the request latency histogram buckets.
+const LATENCY_BUCKETS_S: [f64; 14] =
+    [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+
+/// The RPCs whose latency is recorded (the label set of the histogram).
+pub const RPC_NAMES: [&str; 12] = [
+    "Acquire",
+    "Renew",
+    "Release",
+    "GetLease",
+    "ListLeases",
+    "ClusterStatus",
+    "Quarantine",
+    "Unquarantine",
+    "ListAudit",
+    "AddLearner",
+    "PromoteMember",
+    "RemoveMember",
+];
+
+/// Metric names, in one place so alerts and dashboards can be checked against them.
+pub mod names {
+    pub const GRANTS: &str = "fenceflake_registry_grants_total";
+    pub const RENEWALS: &str = "fenceflake_registry_renewals_total";
+    pub const RELEASES: &str = "fenceflake_registry_releases_total";
+    pub const FENCED_RENEWALS: &str = "fenceflake_registry_fenced_renewals_total";
+    pub const CANARY_HITS: &str = "fenceflake_registry_canary_hits_total";
+    pub const DUPLICATE_CLAIMS: &str = "fenceflake_registry_duplicate_claims_total";
+    pub const EXHAUSTED: &str = "fenceflake_registry_acquire_exhausted_total";
+    pub const NO_QUORUM: &str = "fenceflake_registry_no_quorum_rejections_total";
+    pub const REQUEST_SECONDS: &str = "fenceflake_registry_request_duration_seconds";
+    pub const REQUEST_ERRORS: &str = "fenceflake_registry_request_errors_total";
+    pub const TERM: &str = "fenceflake_registry_raft_term";
+    pub const LEADER_ID: &str = "fenceflake_registry_raft_leader_id";
+    pub const IS_LEADER: &str = "fenceflake_registry_raft_is_leader";
+    pub const COMMIT_INDEX: &str = "fenceflake_registry_raft_commit_index";
+    pub const APPLIED_INDEX: &str = "fenceflake_registry_raft_applied_index";
+    pub const LAST_LOG_INDEX: &str = "fenceflake_registry_raft_last_log_index";
+    pub const QUORUM_ACK_AGE: &str = "fenceflake_registry_raft_quorum_ack_age_seconds";
+    pub const LEASES: &str = "fenceflake_registry_leases";
+    pub const DB_BYTES: &str = "fenceflake_registry_db_size_bytes";
+}
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Counters and histograms updated on the request path (lock-free).
+#[derive(Debug, Default)]
+pub struct RegistryMetrics {
+    pub grants: AtomicU64,
+    pub renewals: AtomicU64,
+    pub releases: AtomicU64,
+    pub fenced_renewals: AtomicU64,
+    pub canary_hits: AtomicU64,
+    pub duplicate_claims: AtomicU64,
+    pub exhausted: AtomicU64,
+    pub no_quorum: AtomicU64,
+    rpcs: [Histogram; RPC_NAMES.len()],
+}
+
+/// Point-in-time values read at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct Gauges {
+    pub term: u64,
+    pub leader_id: u64,
+    pub is_leader: bool,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+    pub quorum_ack_age: Option<Duration>,
+    pub leases_held: u64,
+    pub leases_free: u64,
+    pub leases_quarantined: u64,
+    pub db_bytes: u64,
+}
+
+pub fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl RegistryMetrics {
+    /// Record one RPC's latency and whether it failed.
+    pub fn observe(&self, rpc: &str, elapsed: Duration, failed: bool) {
+        let Some(i) = RPC_NAMES.iter().position(|n| *n == rpc) else { return };
+        let h = &self.rpcs[i];
+        let seconds = elapsed.as_secs_f64();
+        if let Some(b) = LATENCY_BUCKETS_S.iter().position(|le| seconds <= *le) {
+            h.buckets[b].fetch_add(1, Ordering::Relaxed);
+        }
+        h.count.fetch_add(1, Ordering::Relaxed);
+        h.sum_us.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        if failed {
+            h.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::with_capacity(8192);
+        let counters = [
+            (names::GRANTS, "Leases granted (new grants, and re-acquires by the same holder).", &self.grants),
+            (names::RENEWALS, "Leases renewed.", &self.renewals),
+            (names::RELEASES, "Leases released.", &self.releases),
+            (
+                names::FENCED_RENEWALS,
+                "Renewals or releases refused because their token was stale (FENCED).",
+                &self.fenced_renewals,
+            ),
+            (
+                names::CANARY_HITS,
+                "Stale renewals that proved two holders minted at overlapping times (the ID is quarantined).",
+                &self.canary_hits,
+            ),
+            (
+                names::DUPLICATE_CLAIMS,
+                "Acquires of a specific worker ID that another holder holds (copy-pasted manifests).",
+                &self.duplicate_claims,
+            ),
+            (names::EXHAUSTED, "Acquires refused because no worker ID was free.", &self.exhausted),
+            (names::NO_QUORUM, "Requests refused because the leader could not confirm a quorum.", &self.no_quorum),
+        ];
+        for (name, help, value) in counters {
+            let _ =
+                writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+        }
+        self.render_histograms(&mut out);
+        let gauges: [(&str, &str, f64); 8] = [
+            (names::TERM, "Current Raft term of this node.", g.term as f64),
+            (names::LEADER_ID, "Node id of the leader this node knows (0: none).", g.leader_id as f64),
+            (names::IS_LEADER, "1 if this node is the leader.", f64::from(u8::from(g.is_leader))),
+            (names::COMMIT_INDEX, "Raft commit index known to this node.", g.commit_index as f64),
+            (names::APPLIED_INDEX, "Last Raft log index applied to the lease table.", g.applied_index as f64),
+            (names::LAST_LOG_INDEX, "Last Raft log index stored on this node.", g.last_log_index as f64),
+            (
+                names::QUORUM_ACK_AGE,
+                "Leader only: seconds since a quorum last acknowledged this leader (-1 elsewhere).",
+                g.quorum_ack_age.map_or(-1.0, |d| d.as_secs_f64()),
+            ),
+            (names::DB_BYTES, "Size of this node's sled database on disk.", g.db_bytes as f64),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        let name = names::LEASES;
+        let _ = writeln!(out, "# HELP {name} Worker IDs by state, as applied on this node.\n# TYPE {name} gauge");
+        for (state, value) in [("held", g.leases_held), ("free", g.leases_free), ("quarantined", g.leases_quarantined)]
+        {
+            let _ = writeln!(out, "{name}{{state=\"{state}\"}} {value}");
+        }
+        out
+    }
+
+    fn render_histograms(&self, out: &mut String) {
+        let name = names::REQUEST_SECONDS;
+        let _ = writeln!(out, "# HELP {name} Latency of registry RPCs served on this node (including forwarding).\n# TYPE {name} histogram");
+        for (rpc, h) in RPC_NAMES.iter().zip(&self.rpcs) {
+            let mut cumulative = 0;
+            for (le, bucket) in LATENCY_BUCKETS_S.iter().zip(&h.buckets) {
+                cumulative += bucket.load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}_bucket{{rpc=\"{rpc}\",le=\"{le}\"}} {cumulative}");
+            }
+            let count = h.count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{rpc=\"{rpc}\",le=\"+Inf\"}} {count}");
+            let sum = h.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "{name}_sum{{rpc=\"{rpc}\"}} {sum}\n{name}_count{{rpc=\"{rpc}\"}} {count}");
+        }
+        let name = names::REQUEST_ERRORS;
+        let _ = writeln!(out, "# HELP {name} Registry RPCs that returned an error status.\n# TYPE {name} counter");
+        for (rpc, h) in RPC_NAMES.iter().zip(&self.rpcs) {
+            let _ = writeln!(out, "{name}{{rpc=\"{rpc}\"}} {}", h.errors.load(Ordering::Relaxed));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_every_name_is_exported() {
+        let m = RegistryMetrics::default();
+        m.observe("Renew", Duration::from_micros(700), false);
+        m.observe("Renew", Duration::from_millis(30), true);
+        inc(&m.canary_hits);
+        let text = m.render(&Gauges::default());
+        assert!(text.contains("fenceflake_registry_request_duration_seconds_bucket{rpc=\"Renew\",le=\"0.001\"} 1"));
+        assert!(text.contains("fenceflake_registry_request_duration_seconds_bucket{rpc=\"Renew\",le=\"0.05\"} 2"));
+        assert!(text.contains("fenceflake_registry_request_errors_total{rpc=\"Renew\"} 1"));
+        assert!(text.contains("fenceflake_registry_canary_hits_total 1"));
+        for name in [names::TERM, names::LEADER_ID, names::COMMIT_INDEX, names::LEASES, names::DUPLICATE_CLAIMS] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! One running registry node: routes each client proposal to the leader (itself, or one hop
+//! over the peer port), and reports its own view of the cluster.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+
+use crate::error::RegistryError;
+use crate::leader::{member_roles, Leader};
+use crate::lease::LeaseTable;
+use crate::metrics::{Gauges, RegistryMetrics};
+use crate::proposal::{Proposal, Reply};
+use crate::raft::network::{PeerCallError, PeerClients, PeerRpc};
+use crate::raft::types::{NodeId, PeerNode, Raft};
+use crate::storage::SharedState;
+
+/// A member as this node sees it.
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    pub node_id: NodeId,
+    pub node: PeerNode,
+    pub voter: bool,
+    pub role: &'static str,
+    pub matched_index: Option<u64>,
+}
+
+/// This node's view of the cluster (any node can answer; it is not linearizable).
+#[derive(Debug, Clone)]
+pub struct StatusView {
+    pub node_id: NodeId,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+    pub snapshot_index: u64,
+    pub members: Vec<MemberView>,
+}
+
+#[derive(Clone)]
+pub struct RegistryNode {
+    pub raft: Raft,
+    pub state: SharedState,
+    pub leader: Leader,
+    pub peers: PeerClients,
+    pub metrics: Arc<RegistryMetrics>,
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    pub request_timeout: Duration,
+    pub db: sled::Db,
+}
+
+impl std::fmt::Debug for RegistryNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryNode").field("node_id", &self.node_id).finish_non_exhaustive()
+    }
+}
+
+impl RegistryNode {
+    /// Execute a client proposal wherever the leader is, within the request timeout.
+    pub async fn execute(&self, proposal: Proposal) -> Result<Reply, RegistryError> {
+        let started = Instant::now();
+        let deadline = started + self.request_timeout;
+        let leader = self.wait_for_leader(deadline).await?;
+        if leader == self.node_id {
+            return self.leader.execute(proposal).await;
+        }
+        let addr = self.member_addr(leader).ok_or(RegistryError::NotLeader { leader: Some(leader) })?;
+        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+        let answer: Result<Result<Reply, RegistryError>, PeerCallError> =
+            self.peers.call(leader, &addr, PeerRpc::Forward, &proposal, remaining).await;
+        match answer {
+            Ok(result) => result,
+            // The leader never saw it: definite, safe to retry.
+            Err(PeerCallError::Unreachable { .. } | PeerCallError::BadAddress { .. }) => {
+                Err(RegistryError::NotLeader { leader: Some(leader) })
+            }
+            Err(e) => Err(RegistryError::Indeterminate {
+                waited_ms: started.elapsed().as_millis() as u64,
+                why: format!("forwarding to leader {leader} failed: {e}"),
+            }),
+        }
+    }
+
+    /// Execute a proposal forwarded by a follower: only as leader, never forwarding again.
+    pub async fn execute_forwarded(&self, proposal: Proposal) -> Result<Reply, RegistryError> {
+        self.leader.execute(proposal).await
+    }
+
+    async fn wait_for_leader(&self, deadline: Instant) -> Result<NodeId, RegistryError> {
+        let started = Instant::now();
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(leader) = metrics.borrow_and_update().current_leader {
+                return Ok(leader);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let changed = tokio::time::timeout(remaining, metrics.changed()).await;
+            if !matches!(changed, Ok(Ok(()))) {
+                return Err(RegistryError::NoLeader { waited_ms: started.elapsed().as_millis() as u64 });
+            }
+        }
+    }
+
+    fn member_addr(&self, node_id: NodeId) -> Option<String> {
+        member_roles(&self.raft).get(&node_id).map(|(node, _)| node.peer_addr.clone())
+    }
+
+    pub async fn status(&self) -> StatusView {
+        let commit_index =
+            self.raft.with_raft_state(|st| st.committed.map_or(0, |c| c.index)).await.unwrap_or_default();
+        let m = self.raft.metrics().borrow().clone();
+        let replication = m.replication.clone().unwrap_or_default();
+        let members = member_roles(&self.raft)
+            .into_iter()
+            .map(|(node_id, (node, voter))| {
+                let role = if Some(node_id) == m.current_leader {
+                    "LEADER"
+                } else if !voter {
+                    "LEARNER"
+                } else if node_id == self.node_id {
+                    role_name(m.state)
+                } else {
+                    "FOLLOWER"
+                };
+                let matched_index = replication.get(&node_id).and_then(|l| l.map(|l| l.index));
+                MemberView { node_id, node, voter, role, matched_index }
+            })
+            .collect();
+        StatusView {
+            node_id: self.node_id,
+            leader_id: m.current_leader,
+            term: m.current_term,
+            commit_index,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            members,
+        }
+    }
+
+    /// Gauges for the metrics endpoint.
+    pub async fn gauges(&self) -> Gauges {
+        let status = self.status().await;
+        let m = self.raft.metrics().borrow().clone();
+        let (held, free, quarantined) = count_leases(&self.state.read().table);
+        Gauges {
+            term: status.term,
+            leader_id: status.leader_id.unwrap_or(0),
+            is_leader: m.state == ServerState::Leader,
+            commit_index: status.commit_index,
+            applied_index: status.applied_index,
+            last_log_index: status.last_log_index,
+            quorum_ack_age: m.millis_since_quorum_ack.map(Duration::from_millis),
+            leases_held: held,
+            leases_free: free,
+            leases_quarantined: quarantined,
+            db_bytes: self.db.size_on_disk().unwrap_or(0),
+        }
+    }
+}
+
+fn count_leases(table: &LeaseTable) -> (u64, u64, u64) {
+    let total = table.config().map_or(0, |c| u64::from(c.worker_id_count()));
+    let mut held = 0;
+    let mut quarantined = 0;
+    for (_, record) in table.records() {
+        if record.quarantine.is_some() {
+            quarantined += 1;
+        } else if record.holder.is_some() {
+            held += 1;
+        }
+    }
+    (held, total.saturating_sub(held + quarantined), quarantined)
+}
+
+fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "LEADER",
+        ServerState::Follower => "FOLLOWER",
+        ServerState::Candidate => "CANDIDATE",
+        ServerState::Learner => "LEARNER",
+        ServerState::Shutdown => "UNKNOWN",
+    }
+}

@@ -1,0 +1,240 @@
+//! Starts a registry node: opens the data dir, starts openraft, serves the client and peer
+//! ports (and metrics), bootstraps a new cluster once, and stops cleanly on shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use fenceflake_proto::v1::raft_transport_server::RaftTransportServer;
+use fenceflake_proto::v1::registry_server::RegistryServer;
+use openraft::error::{InitializeError, RaftError};
+use openraft::ServerState;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::clock::Clock;
+use crate::config::{ConfigError, InitialClusterState, NodeConfig};
+use crate::expiry::ExpiryTracker;
+use crate::leader::{Leader, LeaderSettings};
+use crate::limits::PEER_MESSAGE_BYTES_MAX;
+use crate::metrics::RegistryMetrics;
+use crate::node::RegistryNode;
+use crate::proposer::Proposer;
+use crate::raft::network::{NetworkFactory, PeerClients};
+use crate::raft::types::Raft;
+use crate::service::peer::PeerService;
+use crate::service::registry::RegistryService;
+use crate::storage::{self, DataDirIdentity, OpenError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] OpenError),
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+    #[error("raft stopped with a fatal error: {0} (storage failure? check the disk; the supervisor should restart this node)")]
+    Fatal(String),
+    #[error("{port} port server failed: {source}")]
+    Serve { port: &'static str, source: tonic::transport::Error },
+    #[error("reflection service: {0}")]
+    Reflection(String),
+}
+
+/// The sockets a node serves on, bound by the caller (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    pub client: TcpListener,
+    pub peer: TcpListener,
+    pub metrics: Option<TcpListener>,
+}
+
+/// Run a registry node until `shutdown` resolves or Raft stops with a fatal error.
+pub async fn run(
+    config: NodeConfig,
+    listeners: Listeners,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let raft_config = Arc::new(config.raft_config()?);
+    let tracker = ExpiryTracker::new(clock.clone());
+    let identity = DataDirIdentity { node_id: config.node_id, cluster_id: config.cluster_id.clone() };
+    let opened = storage::open(&config.data_dir, &identity, tracker.clone())?;
+    let db = opened.log_store.db().clone();
+    let state = opened.state_machine.shared();
+    if opened.had_state {
+        tracing::info!(data_dir = %config.data_dir.display(), "found existing state; rejoining with it");
+    }
+    let peers = PeerClients::new(config.cluster_id.clone(), config.node_id);
+    let raft = Raft::new(
+        config.node_id,
+        raft_config,
+        NetworkFactory::new(peers.clone()),
+        opened.log_store,
+        opened.state_machine,
+    )
+    .await
+    .map_err(|e| ServerError::Raft(e.to_string()))?;
+    let proposer = Proposer::start(raft.clone(), clock.clone(), config.request_timeout);
+    let settings = LeaderSettings {
+        node_id: config.node_id,
+        cluster_config: config.cluster_config.clone(),
+        leader_lease: std::time::Duration::from_millis(config.timing.election_max_ms),
+        request_timeout: config.request_timeout,
+    };
+    let leader = Leader::new(raft.clone(), state.clone(), tracker.clone(), proposer, clock, settings);
+    let node = RegistryNode {
+        raft: raft.clone(),
+        state,
+        leader,
+        peers,
+        metrics: Arc::new(RegistryMetrics::default()),
+        node_id: config.node_id,
+        cluster_id: config.cluster_id.clone(),
+        request_timeout: config.request_timeout,
+        db,
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fenceflake_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let client_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(RegistryServer::new(RegistryService::new(node.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.client), stopped());
+    let peer_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(std::time::Duration::from_millis(500)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(1)))
+        .add_service(
+            RaftTransportServer::new(PeerService::new(node.clone()))
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.peer), stopped());
+    let client_task = tokio::spawn(client_server);
+    let peer_task = tokio::spawn(peer_server);
+    if let Some(listener) = listeners.metrics {
+        tokio::spawn(crate::metrics_http::serve(listener, node.clone(), stopped()));
+    }
+    tokio::spawn(watch_leadership(node.clone(), health_reporter, tracker));
+    bootstrap(&config, &raft).await?;
+    tracing::info!(
+        node_id = config.node_id,
+        client_addr = %config.advertise.client_addr,
+        peer_addr = %config.advertise.peer_addr,
+        "registry node serving"
+    );
+
+    let fatal = wait_fatal(raft.clone());
+    tokio::pin!(fatal);
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        reason = &mut fatal => Err(ServerError::Fatal(reason)),
+    };
+    tracing::info!(node_id = config.node_id, "registry node stopping");
+    let _ = stop_tx.send(true);
+    let _ = raft.shutdown().await;
+    for (port, task) in [("client", client_task), ("peer", peer_task)] {
+        if let Ok(Err(source)) = task.await {
+            return Err(ServerError::Serve { port, source });
+        }
+    }
+    result
+}
+
+/// Initialize a new cluster on its lowest-numbered node, exactly once.
+async fn bootstrap(config: &NodeConfig, raft: &Raft) -> Result<(), ServerError> {
+    let initialized = raft.is_initialized().await.map_err(|e| ServerError::Raft(e.to_string()))?;
+    if initialized {
+        return Ok(());
+    }
+    match config.initial_cluster_state {
+        InitialClusterState::Existing => {
+            tracing::info!(
+                node_id = config.node_id,
+                "empty data dir, joining an existing cluster: waiting to be added (`fenceflake ctl add-member`)"
+            );
+            Ok(())
+        }
+        InitialClusterState::New => {
+            let first = config.initial_cluster.keys().next().copied();
+            if first != Some(config.node_id) {
+                tracing::info!(node_id = config.node_id, bootstrapper = ?first, "new cluster: waiting for the bootstrapping node to contact us");
+                return Ok(());
+            }
+            match raft.initialize(config.initial_cluster.clone()).await {
+                Ok(()) => {
+                    tracing::info!(members = ?config.initial_cluster.keys().collect::<Vec<_>>(), "bootstrapped a new cluster");
+                    Ok(())
+                }
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+                Err(e) => Err(ServerError::Raft(format!("cannot initialize the cluster: {e}"))),
+            }
+        }
+    }
+}
+
+/// Keep health and the expiry tracker in step with this node's role, and log changes.
+async fn watch_leadership(node: RegistryNode, health: tonic_health::server::HealthReporter, tracker: ExpiryTracker) {
+    let mut metrics = node.raft.server_metrics();
+    let mut last: Option<(ServerState, Option<u64>)> = None;
+    loop {
+        let (state, leader, term) = {
+            let m = metrics.borrow_and_update();
+            (m.state, m.current_leader, m.vote.leader_id().term)
+        };
+        if last != Some((state, leader)) {
+            match (state, leader) {
+                (ServerState::Leader, _) => {
+                    tracing::info!(node_id = node.node_id, term, "this node is the leader");
+                    let leader = node.leader.clone();
+                    tokio::spawn(async move { leader.warm_up().await });
+                }
+                (_, Some(leader)) => tracing::info!(node_id = node.node_id, term, leader, "following leader"),
+                (_, None) => tracing::warn!(
+                    node_id = node.node_id,
+                    term,
+                    "no leader known (election in progress or quorum lost)"
+                ),
+            }
+            if state != ServerState::Leader {
+                tracker.step_down();
+            }
+            let status = if leader.is_some() { ServingStatus::Serving } else { ServingStatus::NotServing };
+            health.set_service_status("", status).await;
+            health.set_service_status("fenceflake.v1.Registry", status).await;
+            last = Some((state, leader));
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Resolves with the reason once openraft reports a fatal error (storage failure).
+async fn wait_fatal(raft: Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "raft metrics channel closed".to_string();
+        }
+    }
+}

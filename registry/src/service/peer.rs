@@ -1,0 +1,73 @@
+//! The internal `RaftTransport` service on the peer port: Raft RPCs into openraft, and
+//! proposals forwarded by followers. Payloads for another cluster or node are refused.
+
+use fenceflake_proto::v1 as pb;
+use fenceflake_proto::v1::RaftPayload;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use crate::node::RegistryNode;
+use crate::proposal::Proposal;
+
+#[derive(Debug, Clone)]
+pub struct PeerService {
+    node: RegistryNode,
+}
+
+impl PeerService {
+    pub fn new(node: RegistryNode) -> PeerService {
+        PeerService { node }
+    }
+
+    /// Check the envelope and decode the body.
+    fn open<T: DeserializeOwned>(&self, payload: &RaftPayload) -> Result<T, Status> {
+        if payload.cluster_id != self.node.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "cluster id mismatch: this node is in {:?}, the sender (node {}) in {:?}",
+                self.node.cluster_id, payload.sender_node_id, payload.cluster_id
+            )));
+        }
+        if payload.target_node_id != self.node.node_id {
+            return Err(Status::failed_precondition(format!(
+                "wrong node: this is node {}, the sender (node {}) meant node {}",
+                self.node.node_id, payload.sender_node_id, payload.target_node_id
+            )));
+        }
+        serde_json::from_slice(&payload.data)
+            .map_err(|e| Status::invalid_argument(format!("undecodable peer payload: {e}")))
+    }
+
+    fn seal<T: Serialize>(&self, body: &T) -> Result<Response<RaftPayload>, Status> {
+        let data = serde_json::to_vec(body).map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
+        Ok(Response::new(RaftPayload {
+            cluster_id: self.node.cluster_id.clone(),
+            target_node_id: 0,
+            sender_node_id: self.node.node_id,
+            data,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raft_transport_server::RaftTransport for PeerService {
+    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = self.open(request.get_ref())?;
+        self.seal(&self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = self.open(request.get_ref())?;
+        self.seal(&self.node.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = self.open(request.get_ref())?;
+        self.seal(&self.node.raft.install_snapshot(rpc).await)
+    }
+
+    async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let proposal: Proposal = self.open(request.get_ref())?;
+        self.seal(&self.node.execute_forwarded(proposal).await)
+    }
+}

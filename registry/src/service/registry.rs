@@ -1,0 +1,310 @@
+//! The public `fenceflake.v1.Registry` gRPC service on the client port: validates every field,
+//! hands the proposal to the node (which forwards to the leader), and maps the answer.
+
+use std::time::Instant;
+
+use fenceflake_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::validate;
+use crate::error::RegistryError;
+use crate::lease::{AuditEntry, AuditKind, ClusterConfig, Rejection};
+use crate::metrics::inc;
+use crate::node::{RegistryNode, StatusView};
+use crate::proposal::{LeaseReply, LeaseView, Proposal, Reply};
+use crate::raft::types::PeerNode;
+
+#[derive(Debug, Clone)]
+pub struct RegistryService {
+    node: RegistryNode,
+}
+
+impl RegistryService {
+    pub fn new(node: RegistryNode) -> RegistryService {
+        RegistryService { node }
+    }
+
+    fn config(&self) -> Option<ClusterConfig> {
+        self.node.state.read().table.config().cloned()
+    }
+
+    /// Run one proposal, recording latency, outcome counters and errors.
+    async fn run(&self, proposal: Proposal) -> Result<Reply, Status> {
+        let rpc = proposal.name();
+        let started = Instant::now();
+        let result = self.node.execute(proposal).await;
+        self.count(rpc, &result);
+        self.node.metrics.observe(rpc, started.elapsed(), result.is_err());
+        result.map_err(|e| e.to_status())
+    }
+
+    fn count(&self, rpc: &str, result: &Result<Reply, RegistryError>) {
+        let m = &self.node.metrics;
+        match (rpc, result) {
+            ("Acquire", Ok(_)) => inc(&m.grants),
+            ("Renew", Ok(_)) => inc(&m.renewals),
+            ("Release", Ok(_)) => inc(&m.releases),
+            (_, Err(RegistryError::Rejected(Rejection::Fenced { .. }))) => inc(&m.fenced_renewals),
+            (_, Err(RegistryError::Canary { .. })) => {
+                inc(&m.fenced_renewals);
+                inc(&m.canary_hits);
+            }
+            ("Acquire", Err(RegistryError::Rejected(Rejection::AlreadyHeld { specific: true, .. }))) => {
+                inc(&m.duplicate_claims)
+            }
+            (_, Err(RegistryError::Exhausted { .. })) => inc(&m.exhausted),
+            (_, Err(RegistryError::NoQuorum { .. } | RegistryError::NoLeader { .. })) => inc(&m.no_quorum),
+            _ => {}
+        }
+    }
+
+    async fn lease(&self, proposal: Proposal) -> Result<Response<pb::Lease>, Status> {
+        match self.run(proposal).await? {
+            Reply::Lease(reply) => Ok(Response::new(lease_pb(&reply))),
+            other => Err(wrong_reply(&other)),
+        }
+    }
+
+    async fn lease_info(&self, proposal: Proposal) -> Result<LeaseView, Status> {
+        match self.run(proposal).await? {
+            Reply::LeaseInfo(view) => Ok(view),
+            other => Err(wrong_reply(&other)),
+        }
+    }
+
+    async fn membership(&self, proposal: Proposal) -> Result<Response<pb::MembershipResponse>, Status> {
+        match self.run(proposal).await? {
+            Reply::MembershipChanged => {
+                let status = self.node.status().await;
+                Ok(Response::new(pb::MembershipResponse {
+                    status: Some(status_pb(&status, self.config(), &self.node.cluster_id)),
+                }))
+            }
+            other => Err(wrong_reply(&other)),
+        }
+    }
+}
+
+fn invalid(e: RegistryError) -> Status {
+    e.to_status()
+}
+
+fn wrong_reply(reply: &Reply) -> Status {
+    Status::internal(format!("registry answered with the wrong reply kind: {reply:?}"))
+}
+
+fn lease_pb(reply: &LeaseReply) -> pb::Lease {
+    pb::Lease {
+        worker_id: reply.grant.worker_id.0,
+        token: reply.grant.token.0,
+        holder: reply.grant.holder.0.clone(),
+        ttl_ms: reply.grant.ttl_ms,
+        not_before_ms: reply.grant.not_before_ms,
+        registry_time_ms: reply.registry_time_ms,
+        epoch_ms: reply.config.epoch_ms,
+        worker_id_bits: u32::from(reply.config.worker_id_bits),
+    }
+}
+
+pub fn lease_info_pb(view: &LeaseView) -> pb::LeaseInfo {
+    let record = view.record.as_ref();
+    pb::LeaseInfo {
+        worker_id: view.worker_id.0,
+        state: view.state.as_str().to_string(),
+        holder: record.and_then(|r| r.holder.as_ref()).map(|h| h.0.clone()).unwrap_or_default(),
+        token: record.map_or(0, |r| r.token.0),
+        ttl_ms: record.map_or(0, |r| r.ttl_ms),
+        high_water_ms: record.map_or(0, |r| r.high_water_ms),
+        not_before_ms: record.map_or(0, |r| r.not_before_ms),
+        quarantined: record.is_some_and(|r| r.quarantine.is_some()),
+        quarantine_reason: record.and_then(|r| r.quarantine.clone()).unwrap_or_default(),
+        since_renew_ms: view.since_renew_ms.unwrap_or(0),
+    }
+}
+
+fn audit_pb(entry: &AuditEntry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        worker_id: entry.worker_id.0,
+        stale_token: entry.stale_token.0,
+        current_token: entry.current_token.0,
+        stale_holder: String::new(),
+        current_holder: entry.current_holder.as_ref().map(|h| h.0.clone()).unwrap_or_default(),
+        overlap_from_ms: entry.overlap_from_ms,
+        overlap_to_ms: entry.overlap_to_ms,
+        detected_at_ms: entry.detected_at_ms,
+        kind: match entry.kind {
+            AuditKind::Canary => "canary",
+            AuditKind::Operator => "operator",
+        }
+        .to_string(),
+    }
+}
+
+pub fn status_pb(status: &StatusView, config: Option<ClusterConfig>, cluster_id: &str) -> pb::ClusterStatusResponse {
+    let config = config.unwrap_or(ClusterConfig { epoch_ms: 0, worker_id_bits: 0, ttl_ms_max: 0, cool_down_ms: 0 });
+    pb::ClusterStatusResponse {
+        leader_id: status.leader_id.unwrap_or(0),
+        term: status.term,
+        members: status
+            .members
+            .iter()
+            .map(|m| pb::Member {
+                node_id: m.node_id,
+                role: m.role.to_string(),
+                peer_addr: m.node.peer_addr.clone(),
+                client_addr: m.node.client_addr.clone(),
+                voter: m.voter,
+                matched_index: m.matched_index.unwrap_or(0),
+            })
+            .collect(),
+        commit_index: status.commit_index,
+        applied_index: status.applied_index,
+        node_id: status.node_id,
+        cluster_id: cluster_id.to_string(),
+        epoch_ms: config.epoch_ms,
+        worker_id_bits: u32::from(config.worker_id_bits),
+        max_ttl_ms: config.ttl_ms_max,
+        cool_down_ms: config.cool_down_ms,
+        last_log_index: status.last_log_index,
+        snapshot_index: status.snapshot_index,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::registry_server::Registry for RegistryService {
+    async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::Lease>, Status> {
+        let r = request.into_inner();
+        let config = self.config();
+        let holder = validate::holder(&r.holder).map_err(invalid)?;
+        let worker_id = r.worker_id.map(|w| validate::worker_id(w, config.as_ref())).transpose().map_err(invalid)?;
+        let ttl_ms = validate::ttl_ms(r.ttl_ms, config.as_ref()).map_err(invalid)?;
+        self.lease(Proposal::Acquire { holder, worker_id, ttl_ms }).await
+    }
+
+    async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::Lease>, Status> {
+        let r = request.into_inner();
+        let config = self.config();
+        let worker_id = validate::worker_id(r.worker_id, config.as_ref()).map_err(invalid)?;
+        let token = validate::token(r.token).map_err(invalid)?;
+        let proposal = Proposal::Renew {
+            worker_id,
+            token,
+            wall_ms_at_send: r.wall_ms_at_send,
+            max_minted_ts_ms: r.max_minted_ts_ms,
+        };
+        let result = self.lease(proposal).await;
+        if let Err(status) = &result {
+            if status.code() == tonic::Code::FailedPrecondition {
+                tracing::warn!(worker_id = worker_id.0, token = token.0, reason = status.message(), "renewal refused");
+            }
+        }
+        result
+    }
+
+    async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let r = request.into_inner();
+        let config = self.config();
+        let worker_id = validate::worker_id(r.worker_id, config.as_ref()).map_err(invalid)?;
+        let token = validate::token(r.token).map_err(invalid)?;
+        match self.run(Proposal::Release { worker_id, token, last_ts_ms: r.last_ts_ms }).await? {
+            Reply::Released => {
+                tracing::info!(worker_id = worker_id.0, token = token.0, last_ts_ms = r.last_ts_ms, "lease released");
+                Ok(Response::new(pb::ReleaseResponse {}))
+            }
+            other => Err(wrong_reply(&other)),
+        }
+    }
+
+    async fn get_lease(&self, request: Request<pb::GetLeaseRequest>) -> Result<Response<pb::LeaseInfo>, Status> {
+        let worker_id = validate::worker_id(request.into_inner().worker_id, self.config().as_ref()).map_err(invalid)?;
+        let view = self.lease_info(Proposal::GetLease { worker_id }).await?;
+        Ok(Response::new(lease_info_pb(&view)))
+    }
+
+    async fn list_leases(
+        &self,
+        request: Request<pb::ListLeasesRequest>,
+    ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        let include_free = request.into_inner().include_free;
+        match self.run(Proposal::ListLeases { include_free }).await? {
+            Reply::Leases(views) => {
+                Ok(Response::new(pb::ListLeasesResponse { leases: views.iter().map(lease_info_pb).collect() }))
+            }
+            other => Err(wrong_reply(&other)),
+        }
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let started = Instant::now();
+        let status = self.node.status().await;
+        self.node.metrics.observe("ClusterStatus", started.elapsed(), false);
+        Ok(Response::new(status_pb(&status, self.config(), &self.node.cluster_id)))
+    }
+
+    async fn quarantine(
+        &self,
+        request: Request<pb::QuarantineRequest>,
+    ) -> Result<Response<pb::QuarantineResponse>, Status> {
+        let r = request.into_inner();
+        let worker_id = validate::worker_id(r.worker_id, self.config().as_ref()).map_err(invalid)?;
+        let reason = validate::reason(&r.reason).map_err(invalid)?;
+        let view = self.lease_info(Proposal::Quarantine { worker_id, reason: reason.clone() }).await?;
+        tracing::warn!(worker_id = worker_id.0, reason, "worker ID quarantined by an operator");
+        Ok(Response::new(pb::QuarantineResponse { lease: Some(lease_info_pb(&view)) }))
+    }
+
+    async fn unquarantine(
+        &self,
+        request: Request<pb::UnquarantineRequest>,
+    ) -> Result<Response<pb::QuarantineResponse>, Status> {
+        let worker_id = validate::worker_id(request.into_inner().worker_id, self.config().as_ref()).map_err(invalid)?;
+        let view = self.lease_info(Proposal::Unquarantine { worker_id }).await?;
+        tracing::warn!(worker_id = worker_id.0, "worker ID unquarantined by an operator");
+        Ok(Response::new(pb::QuarantineResponse { lease: Some(lease_info_pb(&view)) }))
+    }
+
+    async fn list_audit(
+        &self,
+        _request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        match self.run(Proposal::ListAudit).await? {
+            Reply::Audit(entries) => {
+                Ok(Response::new(pb::ListAuditResponse { entries: entries.iter().map(audit_pb).collect() }))
+            }
+            other => Err(wrong_reply(&other)),
+        }
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let r = request.into_inner();
+        let node_id = validate::node_id(r.node_id).map_err(invalid)?;
+        let peer_addr = validate::address("peer_addr", &r.peer_addr, true).map_err(invalid)?;
+        let client_addr = validate::address("client_addr", &r.client_addr, false).map_err(invalid)?;
+        tracing::info!(node_id, peer_addr, client_addr, "adding learner");
+        self.membership(Proposal::AddLearner { node_id, node: PeerNode { peer_addr, client_addr } }).await
+    }
+
+    async fn promote_member(
+        &self,
+        request: Request<pb::PromoteMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let node_id = validate::node_id(request.into_inner().node_id).map_err(invalid)?;
+        tracing::info!(node_id, "promoting learner to voter");
+        self.membership(Proposal::PromoteMember { node_id }).await
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let node_id = validate::node_id(request.into_inner().node_id).map_err(invalid)?;
+        tracing::info!(node_id, "removing member");
+        self.membership(Proposal::RemoveMember { node_id }).await
+    }
+}

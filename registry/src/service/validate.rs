@@ -1,0 +1,131 @@
+//! Field validation for every public RPC: a bad value gets `INVALID_ARGUMENT` naming the
+//! field and the value, before anything reaches Raft.
+
+use crate::error::RegistryError;
+use crate::lease::{ClusterConfig, HolderId, Token, WorkerId};
+use crate::limits::{HOLDER_LEN_MAX, REASON_LEN_MAX};
+use crate::raft::types::NodeId;
+
+pub fn holder(value: &str) -> Result<HolderId, RegistryError> {
+    if value.is_empty() {
+        return Err(RegistryError::invalid(
+            "holder",
+            "must not be empty (name the worker process, e.g. host/pid/nonce)",
+        ));
+    }
+    if value.len() > HOLDER_LEN_MAX {
+        return Err(RegistryError::invalid(
+            "holder",
+            format!("{} bytes is over the {HOLDER_LEN_MAX}-byte limit", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(RegistryError::invalid("holder", format!("{value:?} contains control characters")));
+    }
+    Ok(HolderId(value.to_string()))
+}
+
+/// A worker ID within the configured range (unchecked if this node has no config yet: the
+/// leader's state machine checks it again anyway).
+pub fn worker_id(value: u32, config: Option<&ClusterConfig>) -> Result<WorkerId, RegistryError> {
+    if let Some(config) = config {
+        if value >= config.worker_id_count() {
+            return Err(RegistryError::invalid(
+                "worker_id",
+                format!(
+                    "{value} is outside 0..{} ({} worker-ID bits)",
+                    config.worker_id_count(),
+                    config.worker_id_bits
+                ),
+            ));
+        }
+    }
+    Ok(WorkerId(value))
+}
+
+pub fn ttl_ms(value: u64, config: Option<&ClusterConfig>) -> Result<u64, RegistryError> {
+    if value == 0 {
+        return Err(RegistryError::invalid("ttl_ms", "0 is not a lease (use e.g. 10000)"));
+    }
+    if let Some(config) = config {
+        if value > config.ttl_ms_max {
+            return Err(RegistryError::invalid(
+                "ttl_ms",
+                format!("{value} is above the cluster maximum {}", config.ttl_ms_max),
+            ));
+        }
+    }
+    Ok(value)
+}
+
+pub fn token(value: u64) -> Result<Token, RegistryError> {
+    if value == 0 {
+        return Err(RegistryError::invalid("token", "0 is never a granted token"));
+    }
+    Ok(Token(value))
+}
+
+pub fn reason(value: &str) -> Result<String, RegistryError> {
+    if value.trim().is_empty() {
+        return Err(RegistryError::invalid("reason", "must not be empty: say why, for the audit log"));
+    }
+    if value.len() > REASON_LEN_MAX {
+        return Err(RegistryError::invalid(
+            "reason",
+            format!("{} bytes is over the {REASON_LEN_MAX}-byte limit", value.len()),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+pub fn node_id(value: u64) -> Result<NodeId, RegistryError> {
+    if value == 0 {
+        return Err(RegistryError::invalid("node_id", "must be > 0"));
+    }
+    Ok(value)
+}
+
+pub fn address(field: &str, value: &str, required: bool) -> Result<String, RegistryError> {
+    if value.is_empty() && !required {
+        return Ok(String::new());
+    }
+    let ok = value.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !ok {
+        return Err(RegistryError::invalid(field, format!("{value:?} is not HOST:PORT")));
+    }
+    Ok(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ClusterConfig {
+        ClusterConfig { epoch_ms: 0, worker_id_bits: 10, ttl_ms_max: 60_000, cool_down_ms: 0 }
+    }
+
+    fn field_of(e: RegistryError) -> String {
+        match e {
+            RegistryError::Invalid { field, .. } => field,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_bad_value_names_its_field() {
+        let c = config();
+        assert_eq!(field_of(holder("").unwrap_err()), "holder");
+        assert_eq!(field_of(holder(&"x".repeat(HOLDER_LEN_MAX + 1)).unwrap_err()), "holder");
+        assert_eq!(field_of(holder("a\nb").unwrap_err()), "holder");
+        assert_eq!(field_of(worker_id(1024, Some(&c)).unwrap_err()), "worker_id");
+        assert_eq!(field_of(ttl_ms(0, Some(&c)).unwrap_err()), "ttl_ms");
+        assert_eq!(field_of(ttl_ms(60_001, Some(&c)).unwrap_err()), "ttl_ms");
+        assert_eq!(field_of(token(0).unwrap_err()), "token");
+        assert_eq!(field_of(reason(" ").unwrap_err()), "reason");
+        assert_eq!(field_of(node_id(0).unwrap_err()), "node_id");
+        assert_eq!(field_of(address("peer_addr", "nope", true).unwrap_err()), "peer_addr");
+        assert!(worker_id(1023, Some(&c)).is_ok());
+        assert!(ttl_ms(60_000, Some(&c)).is_ok());
+        assert!(holder("host-1/4242/7f3a").is_ok());
+    }
+}

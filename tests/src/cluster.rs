@@ -1,0 +1,175 @@
+//! A registry cluster of real `fenceflake registry` processes on loopback.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fenceflake_proto::v1 as pb;
+use fenceflake_proto::v1::registry_client::RegistryClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{eventually, fenceflake_bin, free_port};
+
+/// One registry process and where it lives.
+#[derive(Debug)]
+pub struct RegistryProcess {
+    pub node_id: u64,
+    pub client_addr: String,
+    pub peer_addr: String,
+    pub data_dir: PathBuf,
+    /// Extra arguments for this node only (e.g. `--initial-cluster-state existing`).
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+/// A cluster under test. Dropping it SIGKILLs every node; on a test failure the directory
+/// with data and logs is kept and its path printed.
+#[derive(Debug)]
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, RegistryProcess>,
+    initial_cluster: String,
+    /// Arguments given to every node (timings, TTL bounds).
+    common_args: Vec<String>,
+}
+
+/// Short TTL bounds and cool-down keep expiry tests fast.
+pub const TEST_COOL_DOWN_MS: u64 = 500;
+
+impl Cluster {
+    /// Start `size` nodes as a new cluster and wait for a leader.
+    pub async fn start(size: u64, common_args: &[&str]) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("fenceflake-cluster-").tempdir().expect("create a temp dir");
+        let mut nodes = BTreeMap::new();
+        for node_id in 1..=size {
+            nodes.insert(node_id, Self::describe(&dir, node_id));
+        }
+        let initial_cluster = nodes
+            .values()
+            .map(|n| format!("{}={}/{}", n.node_id, n.peer_addr, n.client_addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut args = vec!["--cool-down".to_string(), format!("{TEST_COOL_DOWN_MS}ms")];
+        args.extend(common_args.iter().map(|s| s.to_string()));
+        let mut cluster = Cluster { dir, nodes, initial_cluster, common_args: args };
+        for node_id in 1..=size {
+            cluster.spawn(node_id);
+        }
+        cluster.wait_leader(Duration::from_secs(15)).await;
+        cluster
+    }
+
+    fn describe(dir: &tempfile::TempDir, node_id: u64) -> RegistryProcess {
+        RegistryProcess {
+            node_id,
+            client_addr: format!("127.0.0.1:{}", free_port()),
+            peer_addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: dir.path().join(format!("node-{node_id}")),
+            extra_args: Vec::new(),
+            child: None,
+        }
+    }
+
+    /// Start (or restart) node `node_id` with its data dir as it is.
+    pub fn spawn(&mut self, node_id: u64) {
+        let log_path = self.dir.path().join(format!("node-{node_id}.log"));
+        let node = self.nodes.get_mut(&node_id).expect("node exists");
+        assert!(node.child.is_none(), "node {node_id} is already running");
+        let log = File::options().create(true).append(true).open(&log_path).expect("open node log");
+        let child = Command::new(fenceflake_bin())
+            .arg("registry")
+            .args(["--node-id", &node_id.to_string()])
+            .args(["--client-addr", &node.client_addr])
+            .args(["--peer-addr", &node.peer_addr])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(&self.common_args)
+            .args(&node.extra_args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn fenceflake registry");
+        node.child = Some(child);
+    }
+
+    /// Add a fresh node (not started) that will join with `--initial-cluster-state existing`.
+    pub fn add_node(&mut self, node_id: u64) -> &RegistryProcess {
+        let mut node = Self::describe(&self.dir, node_id);
+        node.extra_args = vec!["--initial-cluster-state".into(), "existing".into()];
+        self.nodes.insert(node_id, node);
+        &self.nodes[&node_id]
+    }
+
+    /// SIGKILL node `node_id` and reap it.
+    pub fn kill(&mut self, node_id: u64) {
+        if let Some(mut child) = self.nodes.get_mut(&node_id).and_then(|n| n.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Delete a (stopped) node's data dir: a lost disk.
+    pub fn wipe(&mut self, node_id: u64) {
+        let node = &self.nodes[&node_id];
+        assert!(node.child.is_none(), "stop node {node_id} before wiping it");
+        let _ = std::fs::remove_dir_all(&node.data_dir);
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.node_id).collect()
+    }
+
+    pub fn client_addrs(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.client_addr.clone()).collect()
+    }
+
+    /// A client of node `node_id`'s public API (lazy: connecting never fails here).
+    pub fn client(&self, node_id: u64) -> RegistryClient<Channel> {
+        let addr = &self.nodes[&node_id].client_addr;
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("valid address")
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+        RegistryClient::new(channel)
+    }
+
+    /// Status as node `node_id` sees it, if it answers.
+    pub async fn status(&self, node_id: u64) -> Option<pb::ClusterStatusResponse> {
+        let mut client = self.client(node_id);
+        client.cluster_status(pb::ClusterStatusRequest {}).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Wait until some running node reports a leader that is running, and return it.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        eventually(timeout, "a registry leader", || async {
+            for node_id in self.running() {
+                if let Some(s) = self.status(node_id).await {
+                    if s.leader_id != 0 && self.running().contains(&s.leader_id) && s.epoch_ms != 0 {
+                        return Some(s.leader_id);
+                    }
+                }
+            }
+            None
+        })
+        .await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+        if std::thread::panicking() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
+            eprintln!("cluster data and node logs kept in {}", kept.display());
+        }
+    }
+}
