@@ -1,0 +1,89 @@
+//! The `fenceflake` CLI refuses bad flags and foreign data dirs with messages naming the
+//! problem, and `ctl` prints tables and stable JSON.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fenceflake_tests::cluster::Cluster;
+use fenceflake_tests::{fenceflake_bin, free_port};
+
+fn registry_cmd(node_id: u64, data_dir: &std::path::Path, initial_cluster: &str) -> Command {
+    let mut cmd = Command::new(fenceflake_bin());
+    let peer = free_port();
+    cmd.arg("registry")
+        .args(["--node-id", &node_id.to_string()])
+        .args(["--client-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--peer-addr", &format!("127.0.0.1:{peer}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--initial-cluster", &initial_cluster.replace("PEER", &format!("127.0.0.1:{peer}"))]);
+    cmd
+}
+
+/// Run a command that must fail fast; kill it if it is still running after 20 s.
+fn stderr_of(cmd: &mut Command) -> String {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("run fenceflake");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("poll child").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("fenceflake kept running instead of refusing to start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("collect output");
+    assert!(!out.status.success(), "expected failure, got {:?}", out.status);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Goal: bad flag values are refused before anything starts, naming the value.
+#[test]
+fn bad_flags_are_refused_naming_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = stderr_of(&mut registry_cmd(1, dir.path(), "1=nohost"));
+    assert!(err.contains("1=nohost"), "{err}");
+    let err = stderr_of(&mut registry_cmd(1, dir.path(), "2=127.0.0.1:1"));
+    assert!(err.contains("does not name this node (1)"), "{err}");
+    let err = stderr_of(registry_cmd(1, dir.path(), "1=PEER").args(["--cool-down", "soon"]));
+    assert!(err.contains("soon"), "{err}");
+    let err = stderr_of(registry_cmd(1, dir.path(), "1=PEER").args(["--worker-id-bits", "40"]));
+    assert!(err.contains("--worker-id-bits"), "{err}");
+}
+
+/// Goal: a data dir that belongs to another node id or cluster is refused, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_data_dir_is_refused() {
+    let mut cluster = Cluster::start(1, &[]).await;
+    let data_dir = cluster.nodes[&1].data_dir.clone();
+    cluster.kill(1);
+    let err = stderr_of(&mut registry_cmd(2, &data_dir, "2=PEER"));
+    assert!(err.contains("belongs to node 1"), "{err}");
+    let err = stderr_of(registry_cmd(1, &data_dir, "1=PEER").args(["--cluster-id", "other"]));
+    assert!(err.contains("belongs to cluster"), "{err}");
+}
+
+/// Goal: `ctl` answers through any listed node, skipping dead ones, in tables and JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_status_and_leases_in_table_and_json() {
+    let cluster = Cluster::start(3, &[]).await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let registry = format!("{dead},{}", cluster.client_addrs().join(","));
+    let ctl = |args: &[&str]| {
+        let out = Command::new(fenceflake_bin()).args(["ctl", "--registry", &registry]).args(args).output().unwrap();
+        assert!(out.status.success(), "ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = ctl(&["status"]);
+    assert!(table.contains("LEADER") && table.contains("NODE"), "{table}");
+    let status: serde_json::Value = serde_json::from_str(&ctl(&["status", "--json"])).unwrap();
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+    assert!(status["leader_id"].as_u64().unwrap() > 0);
+    ctl(&["quarantine", "3", "--reason", "suspected duplicate"]);
+    let lease: serde_json::Value = serde_json::from_str(&ctl(&["lease", "3", "--json"])).unwrap();
+    assert_eq!(lease["state"], "QUARANTINED");
+    let audit: serde_json::Value = serde_json::from_str(&ctl(&["audit", "--json"])).unwrap();
+    assert_eq!(audit[0]["kind"], "operator");
+    ctl(&["unquarantine", "3"]);
+    let leases: serde_json::Value = serde_json::from_str(&ctl(&["leases", "--all", "--json"])).unwrap();
+    assert_eq!(leases.as_array().map(Vec::len), Some(1024));
+}
