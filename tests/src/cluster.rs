@@ -33,6 +33,8 @@ pub struct Cluster {
     initial_cluster: String,
     /// Arguments given to every node (timings, TTL bounds).
     common_args: Vec<String>,
+    /// Environment given to every node (e.g. libfaketime's preload).
+    common_env: Vec<(String, String)>,
 }
 
 /// Short TTL bounds and cool-down keep expiry tests fast.
@@ -41,6 +43,11 @@ pub const TEST_COOL_DOWN_MS: u64 = 500;
 impl Cluster {
     /// Start `size` nodes as a new cluster and wait for a leader.
     pub async fn start(size: u64, common_args: &[&str]) -> Cluster {
+        Self::start_with_env(size, common_args, &[]).await
+    }
+
+    /// Like `start`, with extra environment variables for every node.
+    pub async fn start_with_env(size: u64, common_args: &[&str], env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::Builder::new().prefix("fenceflake-cluster-").tempdir().expect("create a temp dir");
         let mut nodes = BTreeMap::new();
         for node_id in 1..=size {
@@ -53,7 +60,8 @@ impl Cluster {
             .join(",");
         let mut args = vec!["--cool-down".to_string(), format!("{TEST_COOL_DOWN_MS}ms")];
         args.extend(common_args.iter().map(|s| s.to_string()));
-        let mut cluster = Cluster { dir, nodes, initial_cluster, common_args: args };
+        let common_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut cluster = Cluster { dir, nodes, initial_cluster, common_args: args, common_env };
         for node_id in 1..=size {
             cluster.spawn(node_id);
         }
@@ -89,6 +97,7 @@ impl Cluster {
             .args(&self.common_args)
             .args(&node.extra_args)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.common_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)

@@ -47,3 +47,11 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// libfaketime's preload library, if installed (Debian `libfaketime`).
+pub fn libfaketime() -> Option<PathBuf> {
+    ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}

@@ -158,3 +158,39 @@ async fn wiped_node_is_replaced_and_catches_up_by_snapshot() {
     assert!(leases.values().all(|l| l.token < lease.token));
     assert_leases_intact(&cluster, 6, &leases).await;
 }
+
+/// Goal: a wall-clock step on every registry node (an hour forward, then back) expires no
+/// lease early: expiry runs on the monotonic clock only. libfaketime steps the wall clock of
+/// the real processes; the leader's `registry_time_ms` proves the step took effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registry_wall_clock_steps_do_not_expire_leases_early() {
+    let Some(lib) = fenceflake_tests::libfaketime() else {
+        eprintln!("SKIPPED: libfaketime is not installed (apt-get install libfaketime); .ci/run installs it");
+        return;
+    };
+    let offset_file = tempfile::NamedTempFile::new().expect("offset file");
+    std::fs::write(offset_file.path(), "+0\n").expect("write offset");
+    let env = [
+        ("LD_PRELOAD", lib.to_str().expect("utf-8 path")),
+        ("FAKETIME_TIMESTAMP_FILE", offset_file.path().to_str().expect("utf-8 path")),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let cluster = Cluster::start_with_env(5, &[], &env).await;
+    let ttl_ms = 4000;
+    let request = pb::AcquireRequest { holder: "a".into(), worker_id: Some(3), ttl_ms };
+    let held = cluster.client(1).acquire(request).await.expect("acquire").into_inner();
+    let acquired_at = Instant::now();
+    for step in ["+3600", "-3600"] {
+        std::fs::write(offset_file.path(), format!("{step}\n")).expect("step the clocks");
+        let request = pb::AcquireRequest { holder: format!("probe{step}"), worker_id: None, ttl_ms };
+        let probe = cluster.client(2).acquire(request).await.expect("probe acquire").into_inner();
+        let skew_s = (probe.registry_time_ms as i64 - held.registry_time_ms as i64) / 1000;
+        let expected_s: i64 = step.parse().expect("offset");
+        assert!((skew_s - expected_s).abs() < 30, "the registry clock did not step {step} s (moved {skew_s} s)");
+        let request = pb::AcquireRequest { holder: "b".into(), worker_id: Some(3), ttl_ms };
+        let err = cluster.client(3).acquire(request).await.expect_err("worker 3 must still be held");
+        assert_eq!(err.code(), Code::AlreadyExists, "after a {step} s step: {err:?}");
+    }
+    assert!(acquired_at.elapsed() < Duration::from_millis(ttl_ms), "test too slow to prove anything");
+}
