@@ -87,3 +87,32 @@ async fn ctl_status_and_leases_in_table_and_json() {
     let leases: serde_json::Value = serde_json::from_str(&ctl(&["leases", "--all", "--json"])).unwrap();
     assert_eq!(leases.as_array().map(Vec::len), Some(1024));
 }
+
+/// Goal: `--metrics-addr` serves the Prometheus text with the raft and lease metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_serves_prometheus_text() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cluster = Cluster::start(1, &["--metrics-addr", &addr]).await;
+    let mut client = cluster.client(1);
+    let request = fenceflake_proto::v1::AcquireRequest { holder: "m".into(), worker_id: None, ttl_ms: 5000 };
+    client.acquire(request).await.expect("acquire");
+    let body = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect to metrics");
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").expect("send");
+        let mut body = String::new();
+        stream.read_to_string(&mut body).expect("read");
+        body
+    })
+    .await
+    .expect("metrics fetch");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    for line in [
+        "fenceflake_registry_grants_total 1",
+        "fenceflake_registry_raft_leader_id 1",
+        "fenceflake_registry_leases{state=\"held\"} 1",
+        "fenceflake_registry_request_duration_seconds_count{rpc=\"Acquire\"} 1",
+    ] {
+        assert!(body.contains(line), "missing {line:?} in\n{body}");
+    }
+}
