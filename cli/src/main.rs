@@ -1,10 +1,14 @@
 //! The `fenceflake` binary: one CLI for every part of the product.
 
 mod ctl;
+mod decode_cmd;
+mod dev_cmd;
 mod duration;
 mod logging;
+mod mint_cmd;
 mod registry_cmd;
 mod signals;
+mod worker_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -26,12 +30,21 @@ enum Command {
     Registry(Box<registry_cmd::RegistryArgs>),
     /// Inspect and administer a registry cluster.
     Ctl(ctl::CtlArgs),
+    /// Run one generator worker.
+    Worker(Box<worker_cmd::WorkerArgs>),
+    /// Run a 5-node registry and 2 workers in this process, for trying things out.
+    Dev(dev_cmd::DevArgs),
+    /// Mint IDs from workers and print them.
+    Mint(mint_cmd::MintArgs),
+    /// Decode IDs into timestamp, worker ID and sequence.
+    Decode(decode_cmd::DecodeArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_filter = match &cli.command {
-        Command::Ctl(_) => "warn",
+        Command::Ctl(_) | Command::Mint(_) | Command::Decode(_) => "warn",
+        Command::Dev(_) => "warn,openraft=error,fenceflake_registry=error",
         _ => "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn",
     };
     logging::init(cli.log_format, default_filter);
@@ -46,6 +59,10 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Registry(args) => registry_cmd::run(*args).await,
             Command::Ctl(args) => ctl::run(args).await,
+            Command::Worker(args) => worker_cmd::run(*args).await,
+            Command::Dev(args) => dev_cmd::run(args).await,
+            Command::Mint(args) => mint_cmd::run(args).await,
+            Command::Decode(args) => decode_cmd::run(args),
         }
     });
     match result {

@@ -9,10 +9,11 @@
 //!
 //! File format, one line: `v1 <ms> <exact:0|1> <crc32 of "v1 <ms> <exact>" as 8 hex>`.
 
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::durable_file;
 use crate::limits::{CEILING_FILE_MAX_BYTES, DEFAULT_FLUSH_INTERVAL_MS, MAX_FLUSH_INTERVAL_MS};
 
 /// Name of the ceiling file in the state directory.
@@ -75,20 +76,14 @@ impl CeilingStore {
     pub fn open(dir: &Path) -> Result<(CeilingStore, Loaded), CeilingError> {
         fs::create_dir_all(dir).map_err(|source| CeilingError::CreateDir { dir: dir.to_path_buf(), source })?;
         let path = dir.join(CEILING_FILE_NAME);
-        let loaded = match File::open(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Loaded::Missing,
-            Err(source) => return Err(CeilingError::Read { path, source }),
-            Ok(file) => {
-                let mut bytes = Vec::new();
-                // One byte past the limit, so an oversized file is seen as such.
-                file.take(CEILING_FILE_MAX_BYTES + 1)
-                    .read_to_end(&mut bytes)
-                    .map_err(|source| CeilingError::Read { path: path.clone(), source })?;
-                match parse(&bytes) {
-                    Ok((ceiling_ms, exact)) => Loaded::Found { ceiling_ms, exact },
-                    Err(why) => Loaded::Corrupt { why },
-                }
-            }
+        let bytes = durable_file::read_bounded(&path, CEILING_FILE_MAX_BYTES)
+            .map_err(|source| CeilingError::Read { path: path.clone(), source })?;
+        let loaded = match bytes {
+            None => Loaded::Missing,
+            Some(bytes) => match parse(&bytes) {
+                Ok((ceiling_ms, exact)) => Loaded::Found { ceiling_ms, exact },
+                Err(why) => Loaded::Corrupt { why },
+            },
         };
         let store = CeilingStore { dir: dir.to_path_buf(), bound_ms: loaded.bound_ms() };
         Ok((store, loaded))
@@ -117,23 +112,11 @@ impl CeilingStore {
         Ok(())
     }
 
-    /// Write to a temp file, fsync it, rename it over the ceiling, fsync the directory: a
-    /// crash at any point leaves either the old or the new ceiling, never a torn one, and a
-    /// returned `Ok` survives power loss.
+    /// Durably replace the ceiling file ([`durable_file::replace`]): a crash leaves either
+    /// the old or the new ceiling, never a torn one.
     fn write(&self, ms: u64, exact: bool) -> Result<(), CeilingError> {
-        let tmp = self.dir.join(CEILING_TMP_FILE_NAME);
-        let path = self.dir.join(CEILING_FILE_NAME);
-        let err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| CeilingError::Write { path, source }
-        };
-        let mut file = File::create(&tmp).map_err(err(&tmp))?;
-        file.write_all(format_line(ms, exact).as_bytes()).map_err(err(&tmp))?;
-        file.sync_all().map_err(err(&tmp))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(err(&path))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(err(&self.dir))?;
-        Ok(())
+        durable_file::replace(&self.dir, CEILING_FILE_NAME, CEILING_TMP_FILE_NAME, format_line(ms, exact).as_bytes())
+            .map_err(|e| CeilingError::Write { path: e.path, source: e.source })
     }
 }
 

@@ -1,4 +1,5 @@
-//! Fenceflake worker: the pure minting core and the safety mechanisms around it.
+//! Fenceflake worker: the pure minting core, the safety mechanisms around it, and the
+//! process around those — lease keeper, gRPC service, library mode and a balancing client.
 //!
 //! The pieces, from the inside out:
 //! - [`layout`]: the bit layout `0 | timestamp | worker ID | sequence`, encode and decode.
@@ -11,24 +12,60 @@
 //! - [`deadline`]: the lease deadline on the monotonic clock, counted from the request's
 //!   send time (safety mechanism 2).
 //! - [`clock`]: the only place time is read; [`ManualClock`] drives tests and simulation.
-//! - [`limits`]: every bound above, named and cross-checked at compile time.
+//! - [`limits`]: every bound above and below, named and cross-checked at compile time.
+//! - [`boot`]: from which millisecond a booting worker may mint (ceiling, `not_before`) and
+//!   whether its clock is trusted.
+//! - [`mint_state`]: one minting step under the lock — park checks, the guard ladder, the
+//!   ceiling flush and the deadline re-check after the wall clock was read.
+//! - [`state_dir`], [`holder`], [`durable_file`]: the locked state directory with the
+//!   ceiling and the persisted holder ID.
+//! - [`registry_client`]: the registry API behind a trait, over gRPC with node failover.
+//! - [`keeper`]: renews the lease, extends the deadline, parks on FENCED/QUARANTINED.
+//! - [`generator`]: library mode — [`Generator`] runs all of the above in-process.
+//! - [`service`], [`rate_limit`], [`server`], [`metrics`]: the gRPC service with per-caller
+//!   limits and health, the Prometheus metrics.
+//! - [`client`]: a client over many workers that routes to serving ones and fails over.
 //!
-//! Architecture invariant: nothing here uses tokio or the network. The lease keeper and the
-//! gRPC service sit on top and do the waiting, counting and logging these modules decide.
+//! Architecture invariant: the modules up to [`limits`] use no tokio and no network; the
+//! ones after them do the waiting, counting and logging those modules decide.
 
+pub mod boot;
 pub mod ceiling;
+pub mod client;
 pub mod clock;
 pub mod clock_guard;
+pub mod config;
 pub mod deadline;
+pub mod durable_file;
+pub mod generator;
+pub mod holder;
+pub mod keeper;
 pub mod layout;
+pub mod lease;
 pub mod limits;
+pub mod metrics;
+pub mod mint_state;
 pub mod minter;
+pub mod park;
+pub mod rate_limit;
+pub mod registry_client;
+pub mod server;
+pub mod service;
+pub mod state_dir;
 pub mod worker_id;
 
 pub use ceiling::{boot_wait_until, CeilingError, CeilingPolicy, CeilingStore, Loaded};
+pub use client::{ClientError, WorkerClient};
 pub use clock::{Clock, ManualClock, MonoTime, SystemClock};
 pub use clock_guard::{check_skew, ClockGuardPolicy, GuardAction, ParkReason, SkewError};
+pub use config::{ConfigError, WorkerConfig, WorkerIdSpec};
 pub use deadline::{DeadlineError, LeaseDeadline};
+pub use generator::{Batch, Generator, StartError, WorkerStatus};
+pub use holder::HolderId;
 pub use layout::{DecodedId, EncodeError, Layout, LayoutError};
+pub use lease::{LeaseGrant, Token};
+pub use mint_state::GenerateError;
 pub use minter::{IdRun, MintOutcome, Minter, MinterError};
+pub use park::ParkCause;
+pub use rate_limit::{RateLimitConfig, RateLimiter};
 pub use worker_id::WorkerId;

@@ -59,6 +59,73 @@ pub const MAX_BOOT_WAIT_MS: u64 = 30_000;
 /// bigger is corruption and is not read into memory.
 pub const CEILING_FILE_MAX_BYTES: u64 = 128;
 
+/// Default lease TTL asked of the registry: renewals every ~3.3 s, and a registry outage
+/// shorter than `ttl - margin` (9 s) costs nothing.
+pub const DEFAULT_LEASE_TTL_MS: u64 = 10_000;
+
+/// Default safety margin subtracted from the TTL on the worker's monotonic clock: absorbs the
+/// drift between the worker's and the registry's monotonic clocks over one TTL.
+pub const DEFAULT_MARGIN_MS: u64 = 1_000;
+
+/// Longest TTL a worker asks for: the registry's default maximum. Longer leases only delay
+/// the re-grant of a dead worker's ID.
+pub const MAX_LEASE_TTL_MS: u64 = 60_000;
+
+/// Shortest TTL: renewals every `ttl/3` must leave room for a few round trips and retries.
+pub const MIN_LEASE_TTL_MS: u64 = 300;
+
+/// Renewal jitter: each renewal waits `ttl/3` minus up to this percentage, so workers started
+/// together do not renew in lockstep, and never later than `ttl/3`.
+pub const RENEW_JITTER_PERCENT: u64 = 20;
+
+/// Bounds on the timeout of one registry RPC; the timeout itself is `ttl/4` clamped to them,
+/// so a hanging node leaves time to try the others before the deadline.
+pub const REGISTRY_RPC_TIMEOUT_MIN_MS: u64 = 200;
+pub const REGISTRY_RPC_TIMEOUT_MAX_MS: u64 = 2_000;
+
+/// Connect timeout to one registry node: loopback or a LAN; a node that does not accept in
+/// this long is treated as down and the next one is tried.
+pub const REGISTRY_CONNECT_TIMEOUT_MS: u64 = 250;
+
+/// Backoff between sweeps over all registry nodes: starts here, doubles, with jitter.
+pub const REGISTRY_BACKOFF_MIN_MS: u64 = 50;
+
+/// Backoff cap: short enough that a healed registry is noticed within a second.
+pub const REGISTRY_BACKOFF_MAX_MS: u64 = 1_000;
+
+/// Most registry addresses a worker accepts: a registry has five nodes; more means a
+/// misconfiguration.
+pub const MAX_REGISTRY_ADDRS: usize = 16;
+
+/// How long a booting worker keeps trying to acquire its lease before giving up (and letting
+/// its supervisor restart it).
+pub const ACQUIRE_TIMEOUT_MS: u64 = 30_000;
+
+/// How long a stopping worker tries to release its lease; past this the lease simply expires.
+pub const RELEASE_TIMEOUT_MS: u64 = 3_000;
+
+/// Longest one Generate/GenerateBatch call may take (spins, sequence exhaustion, ceiling
+/// fsyncs included) before it gives up with UNAVAILABLE.
+pub const GENERATE_TIMEOUT_MS: u64 = 2_000;
+
+/// How often the worker re-evaluates whether it is serving (lease deadline passed, clock
+/// recovered) when nothing else happens, to update health and metrics.
+pub const STATE_POLL_MS: u64 = 50;
+
+/// Default per-caller rate limit, in IDs per second: a quarter of one worker's hard ceiling
+/// (4,096,000 IDs/s), so one caller cannot starve the others.
+pub const DEFAULT_RATE_LIMIT_IDS_PER_SEC: u64 = 1_000_000;
+
+/// Default per-caller burst: one maximal batch, so any valid batch can succeed.
+pub const DEFAULT_RATE_LIMIT_BURST: u64 = MAX_BATCH_COUNT as u64;
+
+/// Callers tracked by the rate limiter; past this the longest-idle buckets are dropped (they
+/// were full anyway, or nearly so). Bounds memory against callers that vary `x-caller`.
+pub const MAX_RATE_LIMITED_CALLERS: usize = 10_000;
+
+/// Longest `x-caller` value honoured; longer ones are cut, bounding per-caller memory.
+pub const MAX_CALLER_KEY_BYTES: usize = 128;
+
 const _: () = assert!(DEFAULT_TIMESTAMP_BITS + DEFAULT_WORKER_ID_BITS + DEFAULT_SEQUENCE_BITS == ID_PAYLOAD_BITS);
 const _: () = assert!(DEFAULT_WORKER_ID_BITS <= WORKER_ID_BITS_MAX);
 const _: () = assert!(DEFAULT_SEQUENCE_BITS <= SEQUENCE_BITS_MAX);
@@ -74,3 +141,13 @@ const _: () = assert!(DEFAULT_FLUSH_INTERVAL_MS <= MAX_FLUSH_INTERVAL_MS);
 // A crash costs a boot wait of up to one flush interval; that must not already exceed the
 // boot-wait limit, or every crash would need a human.
 const _: () = assert!(MAX_FLUSH_INTERVAL_MS <= MAX_BOOT_WAIT_MS);
+const _: () = assert!(MIN_LEASE_TTL_MS <= DEFAULT_LEASE_TTL_MS && DEFAULT_LEASE_TTL_MS <= MAX_LEASE_TTL_MS);
+// The default margin leaves two renewal intervals of slack before the deadline.
+const _: () = assert!(DEFAULT_MARGIN_MS * 3 < DEFAULT_LEASE_TTL_MS);
+const _: () = assert!(REGISTRY_RPC_TIMEOUT_MIN_MS <= REGISTRY_RPC_TIMEOUT_MAX_MS);
+const _: () = assert!(REGISTRY_BACKOFF_MIN_MS <= REGISTRY_BACKOFF_MAX_MS);
+const _: () = assert!(RENEW_JITTER_PERCENT < 100);
+// A spin must fit inside one call, or every regression would time callers out.
+const _: () = assert!(MAX_SPIN_MS < GENERATE_TIMEOUT_MS);
+// A maximal batch must fit in the default burst, or it could never be served.
+const _: () = assert!(DEFAULT_RATE_LIMIT_BURST >= MAX_BATCH_COUNT as u64);

@@ -1,0 +1,146 @@
+//! `fenceflake worker`: run one generator worker — lease a worker ID from the registry and
+//! serve fenced Snowflake IDs over gRPC until SIGTERM, then release the lease and exit 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use fenceflake_worker::limits::{DEFAULT_RATE_LIMIT_BURST, DEFAULT_RATE_LIMIT_IDS_PER_SEC, DEFAULT_SEQUENCE_BITS};
+use fenceflake_worker::server::{self, Listeners};
+use fenceflake_worker::{Generator, RateLimitConfig, RateLimiter, SystemClock, WorkerConfig, WorkerIdSpec};
+
+use crate::duration::parse_duration;
+use crate::signals::shutdown_signal;
+
+/// Run one generator worker.
+///
+/// It acquires a fenced lease on a worker ID, renews it every ttl/3, mints only while the
+/// lease is provably its own (parks otherwise), and persists a timestamp ceiling in
+/// --state-dir so a restart never repeats an ID. Give each worker its own --state-dir.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Registry client addresses, HOST:PORT[,HOST:PORT...]; any node will do.
+    #[arg(long, env = "FENCEFLAKE_REGISTRY", value_delimiter = ',', required = true)]
+    pub registry: Vec<String>,
+    /// Address to serve the Generator API and grpc.health.v1 on.
+    #[arg(long, env = "FENCEFLAKE_LISTEN", default_value = "127.0.0.1:7379")]
+    pub listen: SocketAddr,
+    /// Directory for the ceiling, the holder ID and a lock (created if missing).
+    #[arg(long, env = "FENCEFLAKE_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// auto (any free ID), ordinal (N from a hostname `name-N`), or a number.
+    #[arg(long, env = "FENCEFLAKE_WORKER_ID", default_value = "auto")]
+    pub worker_id: WorkerIdSpec,
+    /// Lease TTL asked of the registry; renewed every third of it.
+    #[arg(long, env = "FENCEFLAKE_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// Safety margin: minting stops at last renewal's send time + TTL - margin.
+    #[arg(long, env = "FENCEFLAKE_MARGIN", default_value = "1s", value_parser = parse_duration)]
+    pub margin: Duration,
+    /// Longest wall-clock regression waited out instead of parking (CLOCK_REGRESSED).
+    #[arg(long, env = "FENCEFLAKE_MAX_SPIN", default_value = "20ms", value_parser = parse_duration)]
+    pub max_spin: Duration,
+    /// On a regression, first serve the rest of the frozen millisecond's sequence.
+    #[arg(long, env = "FENCEFLAKE_GRACE")]
+    pub grace: bool,
+    /// Largest tolerated difference from the registry leader's wall clock (else CLOCK_SKEW).
+    #[arg(long, env = "FENCEFLAKE_MAX_SKEW", default_value = "500ms", value_parser = parse_duration)]
+    pub max_skew: Duration,
+    /// How far each persisted ceiling runs ahead (fsyncs per second vs. boot wait after a crash).
+    #[arg(long, env = "FENCEFLAKE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+    /// Serve Prometheus metrics on HOST:PORT (/metrics).
+    #[arg(long, env = "FENCEFLAKE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Sequence bits of the ID layout (the epoch and worker-ID bits come from the registry).
+    #[arg(long, env = "FENCEFLAKE_SEQUENCE_BITS", default_value_t = DEFAULT_SEQUENCE_BITS)]
+    pub sequence_bits: u8,
+    /// Host name used in the holder ID and for --worker-id ordinal (default: $HOSTNAME, else
+    /// the kernel's host name).
+    #[arg(long, env = "FENCEFLAKE_HOSTNAME")]
+    pub hostname: Option<String>,
+    /// Per-caller limit in IDs per second (caller: x-caller metadata, else peer IP); 0 = off.
+    #[arg(long, env = "FENCEFLAKE_RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT_IDS_PER_SEC)]
+    pub rate_limit: u64,
+    /// Per-caller burst in IDs (at least one maximal batch, 100000).
+    #[arg(long, env = "FENCEFLAKE_RATE_LIMIT_BURST", default_value_t = DEFAULT_RATE_LIMIT_BURST)]
+    pub rate_limit_burst: u64,
+}
+
+/// The machine's host name: `$HOSTNAME` (set in containers and by most shells), else the
+/// kernel's.
+pub fn detect_hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+impl WorkerArgs {
+    fn config(&self) -> WorkerConfig {
+        let hostname = self.hostname.clone().unwrap_or_else(detect_hostname);
+        let mut config = WorkerConfig::new(self.registry.clone(), self.state_dir.clone(), hostname);
+        config.worker_id = self.worker_id.clone();
+        config.lease_ttl = self.lease_ttl;
+        config.margin = self.margin;
+        config.max_spin = self.max_spin;
+        config.grace = self.grace;
+        config.max_skew = self.max_skew;
+        config.flush_interval = self.flush_interval;
+        config.sequence_bits = self.sequence_bits;
+        config
+    }
+
+    fn rate_limit(&self) -> RateLimitConfig {
+        RateLimitConfig { ids_per_sec: self.rate_limit, burst: self.rate_limit_burst }
+    }
+}
+
+/// A broken minting invariant must stop the process (and let its supervisor restart it
+/// through the boot wait), not just the task that tripped it.
+fn abort_on_panic() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
+}
+
+pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {what} {addr} (in use by another process?)"))
+}
+
+pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    abort_on_panic();
+    let config = args.config();
+    config.validate()?;
+    let limiter = Arc::new(RateLimiter::new(args.rate_limit(), Arc::new(SystemClock))?);
+    // Bound before the lease is acquired, so a busy port does not cost a lease.
+    let listeners = Listeners {
+        grpc: bind(args.listen, "--listen").await?,
+        metrics: match args.metrics_addr {
+            Some(addr) => Some(bind(addr, "--metrics-addr").await?),
+            None => None,
+        },
+    };
+    let generator = Generator::start(config, Arc::new(SystemClock)).await?;
+    let status = generator.status();
+    tracing::info!(
+        worker_id = %status.worker_id,
+        token = %status.token,
+        holder = %status.holder,
+        listen = %args.listen,
+        "worker serving"
+    );
+    server::run(generator, listeners, limiter, shutdown_signal()).await?;
+    tracing::info!("worker stopped");
+    Ok(())
+}

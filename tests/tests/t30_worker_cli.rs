@@ -1,0 +1,85 @@
+//! The worker-side CLI end to end: `fenceflake dev` starts a registry and two workers in one
+//! process, `fenceflake mint` draws IDs from them (waiting out rate limits), `fenceflake
+//! decode` reads them back, and Ctrl-C stops everything cleanly.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use fenceflake_tests::fenceflake_bin;
+
+fn run_ok(args: &[&str]) -> String {
+    let out = Command::new(fenceflake_bin()).args(args).output().expect("run fenceflake");
+    assert!(out.status.success(), "fenceflake {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Goal: `fenceflake dev` prints its addresses and next commands; minting through the
+/// printed workers yields unique IDs (a batch larger than the per-caller burst waits out
+/// the limit), they decode to the workers' IDs, and SIGINT stops it with exit 0.
+#[test]
+fn dev_mint_decode_round_trip() {
+    let mut dev = Command::new(fenceflake_bin())
+        .arg("dev")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fenceflake dev");
+    let stdout = dev.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    while !printed.last().is_some_and(|l: &String| l.contains("Press Ctrl-C")) {
+        let line = rx.recv_timeout(Duration::from_secs(30));
+        if line.is_err() {
+            let _ = dev.kill();
+            panic!("dev printed no summary in time; got:\n{}", printed.join("\n"));
+        }
+        printed.extend(line);
+    }
+    let field = |prefix: &str| -> Vec<String> {
+        printed
+            .iter()
+            .filter_map(|l| l.trim().strip_prefix(prefix))
+            .map(|r| r.split_whitespace().next().unwrap_or("").to_string())
+            .collect()
+    };
+    let workers = field("worker:").join(",");
+    assert_eq!(field("worker:").len(), 2, "{printed:?}");
+    assert!(printed.iter().any(|l| l.contains("fenceflake mint --workers")), "{printed:?}");
+
+    let single: Vec<u64> =
+        run_ok(&["mint", "--workers", &workers, "-n", "5"]).lines().map(|l| l.parse().expect("an ID")).collect();
+    let batch: Vec<u64> = run_ok(&["mint", "--workers", &workers, "-n", "150000", "--batch"])
+        .lines()
+        .map(|l| l.parse().expect("an ID"))
+        .collect();
+    assert_eq!((single.len(), batch.len()), (5, 150_000));
+    let unique: BTreeSet<u64> = single.iter().chain(&batch).copied().collect();
+    assert_eq!(unique.len(), single.len() + batch.len(), "an ID repeated");
+
+    let decoded = run_ok(&["decode", "--json", &single[0].to_string()]);
+    let json: serde_json::Value = serde_json::from_str(decoded.trim()).expect("decode --json");
+    assert!(json["worker_id"].as_u64().is_some_and(|w| w <= 1), "{json}");
+    assert!(json["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{json}");
+
+    let _ = Command::new("kill").args(["-s", "INT", &dev.id().to_string()]).status();
+    let exit = (0..300).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        dev.try_wait().expect("poll dev")
+    });
+    let Some(exit) = exit else {
+        let _ = dev.kill();
+        panic!("dev did not stop within 15 s of SIGINT");
+    };
+    assert!(exit.success(), "dev exited with {exit:?}");
+}

@@ -1,0 +1,201 @@
+//! The worker's configuration as a plain struct (the CLI and library users build it), and
+//! `validate()`, which checks the relations between its fields.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::ceiling::{CeilingPolicy, CeilingPolicyError};
+use crate::clock_guard::{ClockGuardPolicy, ClockGuardPolicyError};
+use crate::limits::{
+    DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_LEASE_TTL_MS, DEFAULT_MARGIN_MS, DEFAULT_MAX_SKEW_MS, DEFAULT_MAX_SPIN_MS,
+    DEFAULT_SEQUENCE_BITS, MAX_LEASE_TTL_MS, MAX_REGISTRY_ADDRS, MIN_LEASE_TTL_MS,
+};
+use crate::worker_id::WorkerId;
+
+/// How the worker picks its worker ID; every choice is leased and fenced the same way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkerIdSpec {
+    /// Any free worker ID.
+    Auto,
+    /// N from a StatefulSet-style hostname `name-N`.
+    Ordinal,
+    /// Exactly this one; refused (the worker exits) if another holder has it.
+    Fixed(WorkerId),
+}
+
+impl FromStr for WorkerIdSpec {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<WorkerIdSpec, ConfigError> {
+        match text {
+            "auto" => Ok(WorkerIdSpec::Auto),
+            "ordinal" => Ok(WorkerIdSpec::Ordinal),
+            number => number
+                .parse::<u16>()
+                .map(|n| WorkerIdSpec::Fixed(WorkerId::new(n)))
+                .map_err(|_| ConfigError::WorkerIdSpec { text: text.to_string() }),
+        }
+    }
+}
+
+impl WorkerIdSpec {
+    /// The worker ID to ask the registry for (`None`: any), resolving `ordinal` from
+    /// `hostname`.
+    pub fn resolve(&self, hostname: &str) -> Result<Option<WorkerId>, ConfigError> {
+        match self {
+            WorkerIdSpec::Auto => Ok(None),
+            WorkerIdSpec::Fixed(id) => Ok(Some(*id)),
+            WorkerIdSpec::Ordinal => hostname
+                .rsplit_once('-')
+                .and_then(|(name, n)| (!name.is_empty()).then_some(n))
+                .and_then(|n| n.parse::<u16>().ok())
+                .map(|n| Some(WorkerId::new(n)))
+                .ok_or_else(|| ConfigError::NoOrdinal { hostname: hostname.to_string() }),
+        }
+    }
+}
+
+/// Everything a worker (process or embedded [`crate::Generator`]) needs.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Registry client addresses (`host:port`); any node will do, followers forward.
+    pub registry: Vec<String>,
+    /// Holds the ceiling, the holder ID and a lock; one per worker process.
+    pub state_dir: PathBuf,
+    pub worker_id: WorkerIdSpec,
+    /// Names this process in its holder ID and resolves `ordinal`.
+    pub hostname: String,
+    /// TTL asked of the registry.
+    pub lease_ttl: Duration,
+    /// Subtracted from the TTL: the deadline is `send time + ttl - margin`.
+    pub margin: Duration,
+    /// Longest clock regression waited out instead of parking.
+    pub max_spin: Duration,
+    /// Whether a regression may be served from the rest of the frozen millisecond.
+    pub grace: bool,
+    /// Largest tolerated difference from the registry leader's wall clock.
+    pub max_skew: Duration,
+    /// How far each persisted ceiling runs ahead (also the boot wait after a crash).
+    pub flush_interval: Duration,
+    /// Width of the sequence field; the epoch and the worker-ID width come from the registry.
+    pub sequence_bits: u8,
+}
+
+impl WorkerConfig {
+    /// A configuration with every documented default.
+    pub fn new(registry: Vec<String>, state_dir: PathBuf, hostname: String) -> WorkerConfig {
+        WorkerConfig {
+            registry,
+            state_dir,
+            worker_id: WorkerIdSpec::Auto,
+            hostname,
+            lease_ttl: Duration::from_millis(DEFAULT_LEASE_TTL_MS),
+            margin: Duration::from_millis(DEFAULT_MARGIN_MS),
+            max_spin: Duration::from_millis(DEFAULT_MAX_SPIN_MS),
+            grace: false,
+            max_skew: Duration::from_millis(DEFAULT_MAX_SKEW_MS),
+            flush_interval: Duration::from_millis(DEFAULT_FLUSH_INTERVAL_MS),
+            sequence_bits: DEFAULT_SEQUENCE_BITS,
+        }
+    }
+
+    /// Check every field and the relations between them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.registry.is_empty() || self.registry.len() > MAX_REGISTRY_ADDRS {
+            return Err(ConfigError::RegistryCount { count: self.registry.len() });
+        }
+        let ttl_ms = self.lease_ttl.as_millis();
+        if !(u128::from(MIN_LEASE_TTL_MS)..=u128::from(MAX_LEASE_TTL_MS)).contains(&ttl_ms) {
+            return Err(ConfigError::LeaseTtl { ttl: self.lease_ttl });
+        }
+        // The lease must survive one missed renewal: after a renewal at ttl/3 fails, the
+        // next try at 2·ttl/3 must still be before the deadline at ttl - margin.
+        if self.margin.is_zero() || self.margin * 3 >= self.lease_ttl {
+            return Err(ConfigError::Margin { margin: self.margin, ttl: self.lease_ttl });
+        }
+        self.guard_policy()?;
+        self.ceiling_policy()?;
+        self.worker_id.resolve(&self.hostname)?;
+        Ok(())
+    }
+
+    pub fn guard_policy(&self) -> Result<ClockGuardPolicy, ConfigError> {
+        Ok(ClockGuardPolicy::new(self.max_spin.as_millis() as u64, self.grace)?)
+    }
+
+    pub fn ceiling_policy(&self) -> Result<CeilingPolicy, ConfigError> {
+        Ok(CeilingPolicy::new(self.flush_interval.as_millis() as u64)?)
+    }
+
+    /// How often the lease is renewed (before jitter).
+    pub fn renew_interval(&self) -> Duration {
+        self.lease_ttl / 3
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--worker-id {text:?}: expected auto, ordinal or a number")]
+    WorkerIdSpec { text: String },
+    #[error("--worker-id ordinal: hostname {hostname:?} does not end in -N (StatefulSet style)")]
+    NoOrdinal { hostname: String },
+    #[error("--registry: {count} addresses given, expected 1..={MAX_REGISTRY_ADDRS}")]
+    RegistryCount { count: usize },
+    #[error("--lease-ttl {ttl:?} outside {MIN_LEASE_TTL_MS}ms..={MAX_LEASE_TTL_MS}ms")]
+    LeaseTtl { ttl: Duration },
+    #[error("--margin {margin:?} must be above 0 and below a third of --lease-ttl {ttl:?}, so one missed renewal does not park the worker")]
+    Margin { margin: Duration, ttl: Duration },
+    #[error("--max-spin: {0}")]
+    Spin(#[from] ClockGuardPolicyError),
+    #[error("--flush-interval: {0}")]
+    Flush(#[from] CeilingPolicyError),
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn config() -> WorkerConfig {
+        WorkerConfig::new(vec!["127.0.0.1:1".into()], "/tmp/x".into(), "gen-4".into())
+    }
+
+    /// Goal: the three worker-ID forms parse, and `ordinal` takes N from `name-N` only.
+    #[test]
+    fn worker_id_specs_parse_and_resolve() {
+        assert_eq!("auto".parse::<WorkerIdSpec>().unwrap().resolve("h").unwrap(), None);
+        assert_eq!("17".parse::<WorkerIdSpec>().unwrap().resolve("h").unwrap(), Some(WorkerId::new(17)));
+        let ordinal: WorkerIdSpec = "ordinal".parse().unwrap();
+        assert_eq!(ordinal.resolve("fenceflake-worker-12").unwrap(), Some(WorkerId::new(12)));
+        for bad in ["worker", "worker-", "-3", "worker-x", "w-99999"] {
+            assert!(ordinal.resolve(bad).is_err(), "{bad}");
+        }
+        assert_eq!("seven".parse::<WorkerIdSpec>(), Err(ConfigError::WorkerIdSpec { text: "seven".into() }));
+    }
+
+    /// Goal: defaults validate; each broken relation is refused naming the flag.
+    #[test]
+    fn validate_checks_relations() {
+        config().validate().unwrap();
+        let cases: Vec<(WorkerConfig, &str)> = vec![
+            (WorkerConfig { registry: vec![], ..config() }, "--registry"),
+            (WorkerConfig { lease_ttl: Duration::from_millis(100), ..config() }, "--lease-ttl"),
+            (WorkerConfig { lease_ttl: Duration::from_secs(61), ..config() }, "--lease-ttl"),
+            (WorkerConfig { margin: Duration::from_secs(4), ..config() }, "--margin"),
+            (WorkerConfig { margin: Duration::ZERO, ..config() }, "--margin"),
+            (WorkerConfig { max_spin: Duration::from_secs(5), ..config() }, "--max-spin"),
+            (WorkerConfig { flush_interval: Duration::ZERO, ..config() }, "--flush-interval"),
+            (WorkerConfig { worker_id: WorkerIdSpec::Ordinal, hostname: "solo".into(), ..config() }, "ordinal"),
+        ];
+        for (cfg, flag) in cases {
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(flag), "{flag}: {err}");
+        }
+        let short = WorkerConfig { lease_ttl: Duration::from_secs(2), margin: Duration::from_millis(500), ..config() };
+        short.validate().unwrap();
+        assert_eq!(short.renew_interval().as_millis(), 666);
+    }
+}

@@ -1,0 +1,482 @@
+//! Library mode: [`Generator`], the whole worker in-process — lease acquisition, the boot
+//! wait, the lease keeper, the clock guard and the ceiling — behind `generate()` calls. The
+//! gRPC service ([`crate::service`]) is a thin layer over it.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use fenceflake_worker::{Generator, SystemClock, WorkerConfig};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = WorkerConfig::new(
+//!     vec!["10.0.0.1:2379".into(), "10.0.0.2:2379".into()],
+//!     "/var/lib/my-service/fenceflake".into(),
+//!     "my-service-0".into(),
+//! );
+//! let generator = Generator::start(config, Arc::new(SystemClock)).await?;
+//! generator.wait_serving(std::time::Duration::from_secs(5)).await?;
+//! let id = generator.generate().await?;
+//! let batch = generator.generate_batch(10_000).await?;
+//! println!("{id} and {} more from worker {}", batch.count(), batch.worker_id);
+//! generator.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::boot::{plan_boot, BootError};
+use crate::clock::{Clock, MonoTime};
+use crate::config::{ConfigError, WorkerConfig};
+use crate::deadline::{DeadlineError, LeaseDeadline};
+use crate::holder::HolderId;
+use crate::keeper::{self, Backoff};
+use crate::layout::{Layout, LayoutError};
+use crate::lease::{LeaseGrant, Token};
+use crate::limits::{
+    ACQUIRE_TIMEOUT_MS, GENERATE_TIMEOUT_MS, MAX_BATCH_COUNT, MAX_BOOT_WAIT_MS, REGISTRY_RPC_TIMEOUT_MAX_MS,
+    REGISTRY_RPC_TIMEOUT_MIN_MS, RELEASE_TIMEOUT_MS, STATE_POLL_MS,
+};
+use crate::metrics::{Gauges, Rpc, WorkerMetrics};
+use crate::mint_state::{GenerateError, MintSetup, MintState, Step};
+use crate::minter::{IdRun, Minter, MinterError};
+use crate::park::ParkCause;
+use crate::registry_client::{GrpcRegistry, LeaseRegistry, RegistryAddrError, RegistryCallError};
+use crate::state_dir::{StateDir, StateDirError};
+use crate::worker_id::WorkerId;
+
+/// Why a generator could not start. All are fatal for a worker process: exit non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    RegistryAddr(#[from] RegistryAddrError),
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
+    #[error("worker ID {worker_id} is already held by another worker: {message}")]
+    WorkerIdHeld { worker_id: WorkerId, message: String },
+    #[error("could not acquire a lease within {waited_ms} ms: {last}")]
+    AcquireTimedOut { waited_ms: u64, last: RegistryCallError },
+    #[error("the registry refused the lease: {0}")]
+    AcquireRefused(RegistryCallError),
+    #[error("the registry's layout cannot be used: {0}")]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Minter(#[from] MinterError),
+    #[error(transparent)]
+    Deadline(#[from] DeadlineError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+}
+
+/// IDs from one `generate_batch` call: one run per millisecond used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub runs: Vec<IdRun>,
+    pub worker_id: WorkerId,
+    pub token: Token,
+}
+
+impl Batch {
+    /// How many IDs the runs hold together.
+    pub fn count(&self) -> u64 {
+        self.runs.iter().map(|r| u64::from(r.count)).sum()
+    }
+}
+
+/// A snapshot of the worker for `Status` and operators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerStatus {
+    pub worker_id: WorkerId,
+    pub token: Token,
+    pub holder: HolderId,
+    /// `None` while serving.
+    pub park: Option<ParkCause>,
+    pub lease_remaining: Duration,
+    pub ids_minted: u64,
+    pub layout: Layout,
+}
+
+/// The worker in-process; cheap to clone (all clones are one worker).
+#[derive(Clone)]
+pub struct Generator {
+    inner: Arc<Inner>,
+}
+
+/// What the tasks and all clones share.
+pub(crate) struct Inner {
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) registry: Arc<dyn LeaseRegistry>,
+    pub(crate) state: Mutex<MintState>,
+    pub(crate) metrics: Arc<WorkerMetrics>,
+    pub(crate) config: WorkerConfig,
+    holder: HolderId,
+    layout: Layout,
+    /// The park cause as last published; the health service follows it.
+    pub(crate) serving: watch::Sender<Option<ParkCause>>,
+    /// Tells the keeper and the monitor to stop.
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator").field("holder", &self.inner.holder).field("layout", &self.inner.layout).finish()
+    }
+}
+
+impl Inner {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, MintState> {
+        // A poisoned lock means a minting assertion fired while it was held: the state may be
+        // broken, and continuing could duplicate IDs.
+        self.state.lock().expect("mint state lock poisoned: a minting invariant broke")
+    }
+
+    /// Recompute the park cause and publish it if it changed.
+    pub(crate) fn publish(&self) -> Option<ParkCause> {
+        let cause = {
+            let mut state = self.lock();
+            if state.refresh(self.clock.wall_ms()) {
+                tracing::info!(worker_id = %state.worker_id(), token = %state.token(), "boot wait over; minting");
+            }
+            state.park_cause(self.clock.mono())
+        };
+        self.serving.send_if_modified(|published| {
+            if *published == cause {
+                return false;
+            }
+            match cause {
+                None => tracing::info!(was = ?published, "serving"),
+                Some(c) if c.is_permanent() => {}
+                Some(c) => tracing::warn!(reason = %c, "parked"),
+            }
+            *published = cause;
+            true
+        });
+        cause
+    }
+}
+
+/// Timeout of one registry RPC for a lease of `ttl`: short enough to try other nodes before
+/// the deadline.
+fn registry_rpc_timeout(ttl: Duration) -> Duration {
+    (ttl / 4)
+        .clamp(Duration::from_millis(REGISTRY_RPC_TIMEOUT_MIN_MS), Duration::from_millis(REGISTRY_RPC_TIMEOUT_MAX_MS))
+}
+
+impl Generator {
+    /// Start a worker against the registry nodes in `config`: lock the state directory,
+    /// acquire a lease (retrying for up to [`ACQUIRE_TIMEOUT_MS`]), check the clock, plan the
+    /// boot wait and start the lease keeper. Returns while still booting (`BOOTING`) if the
+    /// wall clock has not yet passed the ceiling or `not_before`; see [`Generator::wait_serving`].
+    pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> Result<Generator, StartError> {
+        let registry = GrpcRegistry::new(&config.registry, registry_rpc_timeout(config.lease_ttl))?;
+        Generator::start_with_registry(config, clock, Arc::new(registry)).await
+    }
+
+    /// [`Generator::start`] with any registry behind the [`LeaseRegistry`] trait.
+    pub async fn start_with_registry(
+        config: WorkerConfig,
+        clock: Arc<dyn Clock>,
+        registry: Arc<dyn LeaseRegistry>,
+    ) -> Result<Generator, StartError> {
+        config.validate()?;
+        let wanted = config.worker_id.resolve(&config.hostname)?;
+        let mut state_dir = StateDir::open(&config.state_dir, &config.hostname)?;
+        log_state_dir(&state_dir);
+        let (grant, sent_at, mid_wall_ms) = acquire(&config, &*clock, &*registry, &mut state_dir, wanted).await?;
+        let worker_id = grant.worker_id;
+        let token = grant.token;
+        let layout = Layout::new(grant.epoch_ms, grant.worker_id_bits, config.sequence_bits)?;
+        let plan = plan_boot(
+            &state_dir.loaded,
+            grant.not_before_ms,
+            grant.registry_time_ms,
+            mid_wall_ms,
+            config.max_skew.as_millis() as u64,
+            MAX_BOOT_WAIT_MS,
+        )?;
+        if let Err(skew) = &plan.skew {
+            tracing::error!(%worker_id, %token, %skew, "refusing to mint: wall clock too far from the registry's (CLOCK_SKEW); fix NTP");
+        }
+        tracing::info!(
+            %worker_id, %token, holder = %state_dir.holder(), ttl_ms = grant.ttl.as_millis() as u64,
+            not_before_ms = grant.not_before_ms, floor_ms = plan.floor_ms, boot_wait_ms = plan.wait_ms,
+            epoch_ms = layout.epoch_ms(), worker_id_bits = layout.worker_id_bits(), sequence_bits = layout.sequence_bits(),
+            "lease granted"
+        );
+        let holder = state_dir.holder().clone();
+        let metrics = Arc::new(WorkerMetrics::default());
+        metrics.set_boot_wait(plan.wait_ms);
+        let state = MintState::new(MintSetup {
+            minter: Minter::new(layout, worker_id)?,
+            token,
+            state_dir,
+            ceiling_policy: config.ceiling_policy()?,
+            guard: config.guard_policy()?,
+            deadline: LeaseDeadline::from_send(sent_at, grant.ttl, config.margin)?,
+            floor_ms: plan.floor_ms,
+            skewed: plan.skew.is_err(),
+        });
+        let (stop, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            clock,
+            registry,
+            state: Mutex::new(state),
+            metrics,
+            config,
+            holder,
+            layout,
+            serving: watch::channel(Some(ParkCause::Booting)).0,
+            stop,
+            tasks: Mutex::new(Vec::new()),
+        });
+        inner.publish();
+        let keeper = tokio::spawn(keeper::run(inner.clone(), inner.stop.subscribe()));
+        let monitor = tokio::spawn(monitor(inner.clone(), inner.stop.subscribe()));
+        inner.tasks.lock().expect("task list lock is never held across a panic").extend([keeper, monitor]);
+        Ok(Generator { inner })
+    }
+
+    /// One ID.
+    pub async fn generate(&self) -> Result<u64, GenerateError> {
+        let started = self.inner.clock.mono();
+        let runs = self.mint(NonZeroU32::MIN).await;
+        self.inner.metrics.observe_request(Rpc::Generate, self.inner.clock.mono().duration_since(started));
+        Ok(runs?[0].first)
+    }
+
+    /// `count` IDs (1..=[`MAX_BATCH_COUNT`]), as one run per millisecond used.
+    pub async fn generate_batch(&self, count: u32) -> Result<Batch, GenerateError> {
+        let want = NonZeroU32::new(count)
+            .filter(|c| c.get() <= MAX_BATCH_COUNT)
+            .ok_or(GenerateError::InvalidCount { count, max: MAX_BATCH_COUNT })?;
+        let started = self.inner.clock.mono();
+        let runs = self.mint(want).await;
+        self.inner.metrics.observe_request(Rpc::GenerateBatch, self.inner.clock.mono().duration_since(started));
+        let state = self.inner.lock();
+        Ok(Batch { runs: runs?, worker_id: state.worker_id(), token: state.token() })
+    }
+
+    /// Step the mint state until `want` IDs are minted, waiting (lock released) for the wall
+    /// clock when the sequence is used up or the clock guard spins.
+    async fn mint(&self, want: NonZeroU32) -> Result<Vec<IdRun>, GenerateError> {
+        let inner = &self.inner;
+        let started = inner.clock.mono();
+        let mut runs = Vec::new();
+        let mut left = want.get();
+        let mut spin_since: Option<MonoTime> = None;
+        while let Some(still) = NonZeroU32::new(left) {
+            let step = inner.lock().step(&*inner.clock, still, &mut spin_since, &inner.metrics);
+            match step {
+                Err(e) => {
+                    if matches!(e, GenerateError::Parked(_)) {
+                        inner.publish();
+                    }
+                    return Err(e);
+                }
+                Ok(Step::Minted(run)) => {
+                    left -= run.count;
+                    runs.push(run);
+                    spin_since = None;
+                }
+                Ok(Step::WaitForWall { until_ms, spin }) => {
+                    let waited = inner.clock.mono().duration_since(started);
+                    if waited > Duration::from_millis(GENERATE_TIMEOUT_MS) {
+                        return Err(GenerateError::TimedOut { waited_ms: waited.as_millis() as u64 });
+                    }
+                    let before = inner.clock.mono();
+                    let gap_ms = until_ms.saturating_sub(inner.clock.wall_ms()).min(STATE_POLL_MS);
+                    if gap_ms == 0 {
+                        tokio::task::yield_now().await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+                    }
+                    if spin {
+                        inner.metrics.add_spin_wait(inner.clock.mono().duration_since(before));
+                    }
+                }
+            }
+        }
+        inner.metrics.ids_minted.fetch_add(u64::from(want.get()), std::sync::atomic::Ordering::Relaxed);
+        Ok(runs)
+    }
+
+    pub fn status(&self) -> WorkerStatus {
+        let park = self.inner.publish();
+        let state = self.inner.lock();
+        WorkerStatus {
+            worker_id: state.worker_id(),
+            token: state.token(),
+            holder: self.inner.holder.clone(),
+            park,
+            lease_remaining: state.lease_remaining(self.inner.clock.mono()),
+            ids_minted: state.ids_minted(),
+            layout: self.inner.layout,
+        }
+    }
+
+    /// Follow the park cause (`None`: serving) as it changes; for health reporting.
+    pub fn subscribe(&self) -> watch::Receiver<Option<ParkCause>> {
+        self.inner.serving.subscribe()
+    }
+
+    /// Wait until the worker serves (boot wait over, lease live, clock trusted), or fail with
+    /// the cause it is parked for after `timeout`.
+    pub async fn wait_serving(&self, timeout: Duration) -> Result<(), GenerateError> {
+        let mut rx = self.subscribe();
+        let serving = tokio::time::timeout(timeout, rx.wait_for(|cause| cause.is_none())).await;
+        match serving {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(GenerateError::Parked(self.status().park.unwrap_or(ParkCause::Booting))),
+        }
+    }
+
+    /// The metrics of this worker in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let status = self.status();
+        self.inner.metrics.render(&Gauges { lease_remaining: status.lease_remaining, parked: status.park })
+    }
+
+    pub(crate) fn metrics(&self) -> &WorkerMetrics {
+        &self.inner.metrics
+    }
+
+    /// Clean shutdown: refuse further mints, stop renewing, persist the exact last timestamp
+    /// and release the lease (bounded by [`RELEASE_TIMEOUT_MS`]; past that it just expires).
+    /// Idempotent.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        let (last_ts, release_ts, worker_id, token, holds) = {
+            let mut state = inner.lock();
+            let last_ts = state.stop();
+            (last_ts, state.release_ts_ms(), state.worker_id(), state.token(), state.holds_lease())
+        };
+        let _ = inner.stop.send(true);
+        let tasks: Vec<_> =
+            std::mem::take(&mut *inner.tasks.lock().expect("task list lock is never held across a panic"));
+        if tasks.is_empty() {
+            return;
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        inner.publish();
+        if let Some(last_ts_ms) = last_ts {
+            match inner.lock().persist_exact(last_ts_ms) {
+                Ok(()) => tracing::info!(%worker_id, %token, last_ts_ms, "persisted the exact last timestamp"),
+                Err(error) => {
+                    tracing::error!(%worker_id, %token, %error, "cannot persist the last timestamp; the next boot waits past the ceiling instead")
+                }
+            }
+        }
+        if !holds {
+            return;
+        }
+        let mut backoff = Backoff::new();
+        let deadline = inner.clock.mono().saturating_add(Duration::from_millis(RELEASE_TIMEOUT_MS));
+        loop {
+            match inner.registry.release(worker_id, token, release_ts).await {
+                Ok(()) => {
+                    tracing::info!(%worker_id, %token, last_ts_ms = release_ts, "lease released");
+                    return;
+                }
+                Err(e) if e.is_retryable() && inner.clock.mono() < deadline => {
+                    tokio::time::sleep(backoff.next_pause()).await
+                }
+                Err(error) => {
+                    tracing::warn!(%worker_id, %token, %error, "could not release the lease; it will expire");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn log_state_dir(state_dir: &StateDir) {
+    let dir = state_dir.path().display();
+    match &state_dir.loaded {
+        crate::ceiling::Loaded::Found { ceiling_ms, exact } => {
+            tracing::info!(state_dir = %dir, ceiling_ms, exact, holder_reused = state_dir.holder_reused(), "state dir read")
+        }
+        crate::ceiling::Loaded::Missing => tracing::warn!(
+            state_dir = %dir,
+            "no ceiling in the state dir (first boot or lost disk): relying on the registry's not_before alone, with a new holder ID"
+        ),
+        crate::ceiling::Loaded::Corrupt { why } => tracing::warn!(
+            state_dir = %dir, why = %why,
+            "ceiling file is corrupt: relying on the registry's not_before alone, with a new holder ID; check the disk"
+        ),
+    }
+}
+
+/// Acquire the lease, retrying unavailable registries for up to [`ACQUIRE_TIMEOUT_MS`].
+/// Returns the grant, the monotonic send time of the Acquire that committed, and the wall
+/// clock at the midpoint of its round trip.
+async fn acquire(
+    config: &WorkerConfig,
+    clock: &dyn Clock,
+    registry: &dyn LeaseRegistry,
+    state_dir: &mut StateDir,
+    wanted: Option<WorkerId>,
+) -> Result<(LeaseGrant, MonoTime, u64), StartError> {
+    let started = clock.mono();
+    let mut backoff = Backoff::new();
+    loop {
+        let sent_at = clock.mono();
+        let sent_wall_ms = clock.wall_ms();
+        match (registry.acquire(state_dir.holder(), wanted, config.lease_ttl).await, wanted) {
+            (Ok(grant), _) => {
+                assert!(
+                    wanted.is_none_or(|w| w == grant.worker_id),
+                    "registry granted worker ID {} when {wanted:?} was asked for",
+                    grant.worker_id
+                );
+                let mid_wall_ms = sent_wall_ms.midpoint(clock.wall_ms());
+                return Ok((grant, sent_at, mid_wall_ms));
+            }
+            (Err(RegistryCallError::AlreadyHeld { message }), Some(worker_id)) => {
+                return Err(StartError::WorkerIdHeld { worker_id, message });
+            }
+            (Err(RegistryCallError::HolderHoldsOther { message }), _) if state_dir.holder_reused() => {
+                // The previous incarnation held another worker ID than the one now asked for:
+                // become a stranger; that lease expires on its own.
+                tracing::warn!(%message, "the state dir's holder holds another worker ID; continuing with a new holder ID");
+                state_dir.replace_holder(&config.hostname)?;
+            }
+            // Without a specific ID, ALREADY_EXISTS only means a free ID changed hands while
+            // the registry picked it: try again.
+            (Err(last), _) if last.is_retryable() || matches!(last, RegistryCallError::AlreadyHeld { .. }) => {
+                let waited = clock.mono().duration_since(started);
+                if waited > Duration::from_millis(ACQUIRE_TIMEOUT_MS) {
+                    return Err(StartError::AcquireTimedOut { waited_ms: waited.as_millis() as u64, last });
+                }
+                tracing::warn!(error = %last, "registry unavailable; retrying the acquire");
+                tokio::time::sleep(backoff.next_pause()).await;
+            }
+            (Err(other), _) => return Err(StartError::AcquireRefused(other)),
+        }
+    }
+}
+
+/// Publish the park cause every [`STATE_POLL_MS`]: ends the boot wait, notices the deadline
+/// passing and the clock recovering even when no call comes in.
+async fn monitor(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(STATE_POLL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => { inner.publish(); }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "generator_tests.rs"]
+mod tests;

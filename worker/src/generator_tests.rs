@@ -1,0 +1,302 @@
+//! Tests of library mode against a fake registry and a manual clock: the boot wait for
+//! `not_before`, skew refusal, duplicate IDs, parking at the deadline and resuming on a
+//! committed renewal, parking for good on FENCED, release on shutdown.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::registry_client::{BoxFuture, LostReason, RenewRequest};
+
+const T0: u64 = 1_700_000_000_000;
+const EPOCH_MS: u64 = 1_600_000_000_000;
+
+/// What the fake registry answers, set by the test.
+struct FakeState {
+    acquire: Result<LeaseGrant, RegistryCallError>,
+    renew: Result<(), RegistryCallError>,
+    renewals: u32,
+    released: Option<(WorkerId, Token, u64)>,
+}
+
+struct FakeRegistry {
+    clock: Arc<ManualClock>,
+    state: Mutex<FakeState>,
+}
+
+fn grant(not_before_ms: u64, registry_time_ms: u64) -> LeaseGrant {
+    LeaseGrant {
+        worker_id: WorkerId::new(5),
+        token: Token::new(4096),
+        holder: "h".into(),
+        ttl: Duration::from_millis(600),
+        not_before_ms,
+        registry_time_ms,
+        epoch_ms: EPOCH_MS,
+        worker_id_bits: 10,
+    }
+}
+
+impl FakeRegistry {
+    fn new(clock: Arc<ManualClock>, acquire: Result<LeaseGrant, RegistryCallError>) -> Arc<FakeRegistry> {
+        let state = FakeState { acquire, renew: Ok(()), renewals: 0, released: None };
+        Arc::new(FakeRegistry { clock, state: Mutex::new(state) })
+    }
+
+    fn set_renew(&self, renew: Result<(), RegistryCallError>) {
+        self.state.lock().unwrap().renew = renew;
+    }
+
+    fn renewals(&self) -> u32 {
+        self.state.lock().unwrap().renewals
+    }
+}
+
+impl LeaseRegistry for FakeRegistry {
+    fn acquire<'a>(
+        &'a self,
+        _holder: &'a HolderId,
+        _worker_id: Option<WorkerId>,
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<LeaseGrant, RegistryCallError>> {
+        let answer = self.state.lock().unwrap().acquire.clone();
+        Box::pin(async move { answer })
+    }
+
+    fn renew(&self, _request: RenewRequest) -> BoxFuture<'_, Result<LeaseGrant, RegistryCallError>> {
+        let mut state = self.state.lock().unwrap();
+        let answer = state.renew.clone().map(|()| grant(0, self.clock.wall_ms()));
+        if answer.is_ok() {
+            state.renewals += 1;
+        }
+        Box::pin(async move { answer })
+    }
+
+    fn release(
+        &self,
+        worker_id: WorkerId,
+        token: Token,
+        last_ts_ms: u64,
+    ) -> BoxFuture<'_, Result<(), RegistryCallError>> {
+        self.state.lock().unwrap().released = Some((worker_id, token, last_ts_ms));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    registry: Arc<FakeRegistry>,
+    config: WorkerConfig,
+}
+
+fn fixture(acquire: Result<LeaseGrant, RegistryCallError>) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let registry = FakeRegistry::new(clock.clone(), acquire);
+    let mut config = WorkerConfig::new(vec!["fake:1".into()], dir.path().join("state"), "gen-5".into());
+    config.lease_ttl = Duration::from_millis(600);
+    config.margin = Duration::from_millis(100);
+    Fixture { _dir: dir, clock, registry, config }
+}
+
+impl Fixture {
+    async fn start(&self) -> Result<Generator, StartError> {
+        Generator::start_with_registry(self.config.clone(), self.clock.clone(), self.registry.clone()).await
+    }
+}
+
+/// Poll `f` (real time) until it holds; the keeper and monitor run on real timers.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Goal: a grant whose `not_before` is ahead of the wall clock keeps the worker BOOTING —
+/// nothing minted — until the wall clock is past it; the first ID is stamped after it.
+#[tokio::test]
+async fn boot_waits_until_the_wall_clock_passes_not_before() {
+    let f = fixture(Ok(grant(T0 + 200, T0)));
+    let g = f.start().await.unwrap();
+    assert_eq!(g.generate().await, Err(GenerateError::Parked(ParkCause::Booting)));
+    assert_eq!(g.status().park, Some(ParkCause::Booting));
+    f.clock.advance(Duration::from_millis(200));
+    assert_eq!(g.generate().await, Err(GenerateError::Parked(ParkCause::Booting)), "minted at not_before itself");
+    f.clock.advance(Duration::from_millis(1));
+    g.wait_serving(Duration::from_secs(2)).await.unwrap();
+    let id = g.generate().await.unwrap();
+    assert_eq!(g.status().layout.decode(id).ts_ms, T0 + 201);
+    g.shutdown().await;
+}
+
+/// Goal: a local clock further than --max-skew from the registry's at grant time refuses to
+/// mint (CLOCK_SKEW), and a later renewal that finds it within bounds lifts that.
+#[tokio::test]
+async fn skew_at_grant_refuses_to_mint_until_a_renewal_clears_it() {
+    let f = fixture(Ok(grant(0, T0 + 10_000)));
+    let g = f.start().await.unwrap();
+    assert_eq!(g.generate().await, Err(GenerateError::Parked(ParkCause::ClockSkew)));
+    // Renewals answer with the registry time equal to ours (see FakeRegistry::renew).
+    until("a renewal to clear the skew", || g.status().park.is_none()).await;
+    g.generate().await.unwrap();
+    g.shutdown().await;
+}
+
+/// Goal: an explicit worker ID held by another holder fails start naming the ID and holder.
+#[tokio::test]
+async fn a_held_explicit_id_is_refused_naming_id_and_holder() {
+    let mut f = fixture(Err(RegistryCallError::AlreadyHeld { message: "worker ID is held by \"other/1/ab\"".into() }));
+    f.config.worker_id = crate::config::WorkerIdSpec::Fixed(WorkerId::new(5));
+    let err = f.start().await.unwrap_err().to_string();
+    assert!(err.contains("worker ID 5") && err.contains("other/1/ab"), "{err}");
+}
+
+/// Goal: mechanism 2 end to end — with renewals failing, the worker parks LEASE_EXPIRED
+/// once its deadline passes; when a renewal commits it resumes with the same worker ID and
+/// token. FENCED then parks it for good.
+#[tokio::test]
+async fn parks_at_the_deadline_resumes_on_renewal_and_stops_for_good_when_fenced() {
+    let f = fixture(Ok(grant(0, T0)));
+    let g = f.start().await.unwrap();
+    let before = g.generate_batch(3).await.unwrap();
+    f.registry.set_renew(Err(RegistryCallError::Unavailable { last: "down".into() }));
+    f.clock.advance(Duration::from_millis(500));
+    assert_eq!(g.generate().await, Err(GenerateError::Parked(ParkCause::LeaseExpired)));
+    let mut health = g.subscribe();
+    health.wait_for(|c| *c == Some(ParkCause::LeaseExpired)).await.unwrap();
+
+    f.registry.set_renew(Ok(()));
+    until("a committed renewal to resume", || g.status().park.is_none()).await;
+    let after = g.generate_batch(3).await.unwrap();
+    assert_eq!((after.worker_id, after.token), (before.worker_id, before.token));
+    assert!(after.runs[0].first > before.runs[0].first);
+
+    let renewals = f.registry.renewals();
+    f.registry.set_renew(Err(RegistryCallError::Lost { reason: LostReason::Fenced, message: "FENCED: x".into() }));
+    until("the keeper to see FENCED", || g.status().park == Some(ParkCause::Fenced)).await;
+    f.registry.set_renew(Ok(()));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(f.registry.renewals(), renewals, "kept renewing a fenced lease");
+    assert_eq!(g.generate().await, Err(GenerateError::Parked(ParkCause::Fenced)));
+    g.shutdown().await;
+    assert_eq!(f.registry.state.lock().unwrap().released, None, "released a lease it no longer holds");
+}
+
+/// Goal: shutdown refuses further mints, persists the exact last timestamp and releases
+/// with it, so the next holder's not_before is just past what was minted.
+#[tokio::test]
+async fn shutdown_persists_the_exact_last_timestamp_and_releases() {
+    let f = fixture(Ok(grant(0, T0)));
+    let g = f.start().await.unwrap();
+    f.clock.advance(Duration::from_millis(7));
+    let id = g.generate().await.unwrap();
+    let ts_ms = g.status().layout.decode(id).ts_ms;
+    g.shutdown().await;
+    assert_eq!(g.generate().await, Err(GenerateError::Parked(ParkCause::Stopping)));
+    let released = f.registry.state.lock().unwrap().released;
+    assert_eq!(released, Some((WorkerId::new(5), Token::new(4096), ts_ms)));
+    let (_, loaded) = crate::ceiling::CeilingStore::open(&f.config.state_dir).unwrap();
+    assert_eq!(loaded, crate::ceiling::Loaded::Found { ceiling_ms: ts_ms, exact: true });
+}
+
+/// Goal: the gRPC layer over a generator — the balancing client fails over from a dead
+/// endpoint; per-caller limits answer RESOURCE_EXHAUSTED with a retry hint (other callers
+/// unaffected); a bad count is INVALID_ARGUMENT; grpc.health.v1 follows the park state
+/// (NOT_SERVING once the deadline passes) and parked calls name the reason; the metrics
+/// endpoint shows it; shutdown releases the lease.
+#[tokio::test]
+async fn grpc_service_health_limits_metrics_and_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    use crate::client::{ClientError, WorkerClient};
+    use crate::rate_limit::{RateLimitConfig, RateLimiter};
+    use crate::server::{run, Listeners};
+
+    let f = fixture(Ok(grant(0, T0)));
+    let g = f.start().await.unwrap();
+    // Let time pass on the manual clock as it does in reality, so a batch can span
+    // milliseconds.
+    let ticking = f.clock.clone();
+    let ticker = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        loop {
+            tick.tick().await;
+            ticking.advance(Duration::from_millis(1));
+        }
+    });
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, metrics_addr) = (grpc.local_addr().unwrap().to_string(), metrics.local_addr().unwrap());
+    // One ID per second after the burst: the caller that used its burst stays limited.
+    let limits = RateLimitConfig { ids_per_sec: 1, burst: 100_000 };
+    let limiter = Arc::new(RateLimiter::new(limits, f.clock.clone()).unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(run(g.clone(), Listeners { grpc, metrics: Some(metrics) }, limiter, async {
+        let _ = stopped.await;
+    }));
+
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let balanced = WorkerClient::new(&[dead, addr.clone()], Some("tester")).unwrap();
+    balanced.generate().await.expect("failed over from the dead endpoint");
+    let tester = WorkerClient::new(std::slice::from_ref(&addr), Some("tester")).unwrap();
+    let batch = tester.generate_batch(99_999).await.unwrap();
+    assert_eq!(batch.ranges.iter().map(|r| u64::from(r.count)).sum::<u64>(), 99_999);
+    match tester.generate().await {
+        Err(ClientError::RateLimited { retry_after_ms }) => assert!((1..=1_000).contains(&retry_after_ms)),
+        other => panic!("expected a rate limit, got {other:?}"),
+    }
+    let other = WorkerClient::new(std::slice::from_ref(&addr), Some("other")).unwrap();
+    other.generate().await.expect("another caller is not limited");
+    assert!(matches!(
+        other.generate_batch(0).await,
+        Err(ClientError::Refused { code: tonic::Code::InvalidArgument, .. })
+    ));
+
+    let mut health =
+        HealthClient::new(tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy());
+    let check = |mut h: HealthClient<tonic::transport::Channel>| async move {
+        let request = HealthCheckRequest { service: "fenceflake.v1.Generator".into() };
+        h.check(request).await.unwrap().into_inner().status
+    };
+    assert_eq!(check(health.clone()).await, ServingStatus::Serving as i32);
+    f.registry.set_renew(Err(RegistryCallError::Unavailable { last: "down".into() }));
+    f.clock.advance(Duration::from_millis(600));
+    for _ in 0..100 {
+        if check(health.clone()).await == ServingStatus::NotServing as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(check(health.clone()).await, ServingStatus::NotServing as i32);
+    match other.generate().await {
+        Err(ClientError::NoWorkerServed { failures }) => {
+            assert!(failures[0].ends_with("parked (LEASE_EXPIRED)"), "{failures:?}")
+        }
+        other => panic!("a parked worker served: {other:?}"),
+    }
+
+    let mut http = tokio::net::TcpStream::connect(metrics_addr).await.unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).await.unwrap();
+    assert!(text.contains("fenceflake_worker_parked{reason=\"lease_expired\"} 1"), "{text}");
+    assert!(text.contains("fenceflake_worker_rate_limited_total{rpc=\"Generate\"} 1"), "{text}");
+    assert!(text.contains("fenceflake_worker_ids_minted_total 100001"), "{text}");
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    ticker.abort();
+    assert!(f.registry.state.lock().unwrap().released.is_some(), "shutdown did not release");
+    health.check(HealthCheckRequest { service: String::new() }).await.expect_err("still serving after shutdown");
+}

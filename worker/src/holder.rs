@@ -1,0 +1,72 @@
+//! `HolderId`: the registry's name for one worker process, unique per process incarnation
+//! unless deliberately reused from the state directory (see [`crate::state_dir`]).
+
+use std::fmt;
+
+use rand::Rng;
+
+/// Longest holder ID the worker creates or accepts from its state directory; the registry
+/// refuses much longer ones, and a hostname is cut to fit.
+pub const HOLDER_ID_MAX_BYTES: usize = 128;
+
+/// Longest hostname part of a generated holder ID.
+const HOSTNAME_PART_MAX_BYTES: usize = 64;
+
+/// The holder of a lease: `hostname/pid/nonce`. Readable in `fenceflake ctl leases` (which
+/// host, which process) and unique thanks to the random nonce even when pids repeat across
+/// containers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HolderId(String);
+
+impl HolderId {
+    /// A fresh holder ID for this process on `hostname`.
+    pub fn generate(hostname: &str) -> HolderId {
+        let host: String = hostname
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+            .take(HOSTNAME_PART_MAX_BYTES)
+            .collect();
+        let host = if host.is_empty() { "unknown-host".to_string() } else { host };
+        let nonce: u64 = rand::thread_rng().gen();
+        HolderId(format!("{host}/{}/{nonce:016x}", std::process::id()))
+    }
+
+    /// A holder ID read back from disk, if it is one this code could have written.
+    pub fn parse(text: &str) -> Option<HolderId> {
+        let valid = !text.is_empty() && text.len() <= HOLDER_ID_MAX_BYTES && text.chars().all(|c| c.is_ascii_graphic());
+        valid.then(|| HolderId(text.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for HolderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Goal: generated IDs are unique, readable, parseable, and bounded whatever the hostname.
+    #[test]
+    fn generated_ids_are_unique_bounded_and_parse() {
+        let a = HolderId::generate("gen-3.example");
+        let b = HolderId::generate("gen-3.example");
+        assert_ne!(a, b, "two processes' holder IDs collided");
+        assert!(a.as_str().starts_with(&format!("gen-3.example/{}/", std::process::id())), "{a}");
+        assert_eq!(HolderId::parse(a.as_str()), Some(a));
+        let odd = HolderId::generate(&format!("héllo wörld{}", "x".repeat(500)));
+        assert!(odd.as_str().len() <= HOLDER_ID_MAX_BYTES && HolderId::parse(odd.as_str()).is_some(), "{odd}");
+        assert!(HolderId::generate("").as_str().starts_with("unknown-host/"));
+        for bad in ["", "has space", &"x".repeat(HOLDER_ID_MAX_BYTES + 1)] {
+            assert_eq!(HolderId::parse(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The lease keeper: renews every `ttl/3` (minus jitter), retries with backoff across every
+//! registry node until a renewal commits, extends the deadline only from a committed
+//! renewal's send time, and parks the worker for good on FENCED or QUARANTINED.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::watch;
+
+use crate::clock_guard::check_skew;
+use crate::generator::Inner;
+use crate::limits::{REGISTRY_BACKOFF_MAX_MS, REGISTRY_BACKOFF_MIN_MS, RENEW_JITTER_PERCENT};
+use crate::metrics::inc;
+use crate::park::ParkCause;
+use crate::registry_client::{LostReason, RegistryCallError};
+
+/// Exponential backoff with jitter between sweeps over the registry nodes.
+#[derive(Debug)]
+pub struct Backoff {
+    next_ms: u64,
+}
+
+impl Backoff {
+    pub fn new() -> Backoff {
+        Backoff { next_ms: REGISTRY_BACKOFF_MIN_MS }
+    }
+
+    /// The next pause: uniformly in `[d/2, d]` for a `d` that doubles up to the cap, so
+    /// workers retrying together spread out.
+    pub fn next_pause(&mut self) -> Duration {
+        let d = self.next_ms;
+        self.next_ms = (d * 2).min(REGISTRY_BACKOFF_MAX_MS);
+        Duration::from_millis(rand::thread_rng().gen_range(d / 2..=d))
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff::new()
+    }
+}
+
+/// `interval` minus up to [`RENEW_JITTER_PERCENT`], never more than `interval`.
+fn jittered(interval: Duration) -> Duration {
+    let cut = rand::thread_rng().gen_range(0..=RENEW_JITTER_PERCENT);
+    interval * (100 - cut as u32) / 100
+}
+
+/// Keep the lease until `stop` fires or the lease is lost.
+pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    let interval = inner.config.renew_interval();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(jittered(interval)) => {}
+            _ = stop.changed() => return,
+        }
+        tokio::select! {
+            kept = renew_until_committed(&inner) => if !kept { return },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Renew until one renewal commits (true) or the lease is lost for good (false).
+async fn renew_until_committed(inner: &Inner) -> bool {
+    let mut backoff = Backoff::new();
+    let mut failures = 0u32;
+    loop {
+        let (request, sent_at) = {
+            let state = inner.lock();
+            (state.renew_request(inner.clock.wall_ms()), inner.clock.mono())
+        };
+        let (worker_id, token) = (request.worker_id, request.token);
+        match inner.registry.renew(request).await {
+            Ok(grant) => {
+                let now = inner.clock.mono();
+                inner.metrics.observe_renew(now.duration_since(sent_at));
+                let mid_wall_ms = request.wall_ms_at_send.midpoint(inner.clock.wall_ms());
+                let skew = check_skew(mid_wall_ms, grant.registry_time_ms, inner.config.max_skew.as_millis() as u64);
+                let (renewed, remaining) = {
+                    let mut state = inner.lock();
+                    let renewed = state.on_renewed(sent_at, now, &grant, &skew);
+                    (renewed, state.lease_remaining(now))
+                };
+                if renewed.resumed {
+                    tracing::info!(%worker_id, %token, failures, "renewal committed after the deadline had passed; resuming with the same worker ID and token");
+                } else if failures > 0 {
+                    tracing::info!(%worker_id, %token, failures, remaining_ms = remaining.as_millis() as u64, "renewal committed after retries");
+                }
+                match (renewed.skew_changed, &skew) {
+                    (Some(true), Err(e)) => {
+                        tracing::error!(%worker_id, %token, skew = %e, "wall clock too far from the registry's; parked (CLOCK_SKEW)")
+                    }
+                    (Some(false), _) => {
+                        tracing::info!(%worker_id, %token, "wall clock back within max skew of the registry's")
+                    }
+                    _ => {}
+                }
+                inner.publish();
+                return true;
+            }
+            Err(RegistryCallError::Lost { reason, message }) => {
+                let cause = match reason {
+                    LostReason::Quarantined => ParkCause::Quarantined,
+                    LostReason::Fenced | LostReason::Expired => ParkCause::Fenced,
+                };
+                inner.lock().lose(cause);
+                tracing::error!(%worker_id, %token, reason = %cause, registry = %message, "lease lost; parked for good (restart the worker to get a new lease)");
+                inner.publish();
+                return false;
+            }
+            Err(error) => {
+                // Unavailable is the expected case; anything else on a renewal is a registry
+                // bug, and retrying is still safe: the deadline stops minting meanwhile.
+                inc(&inner.metrics.renew_failures);
+                failures += 1;
+                let remaining = inner.lock().lease_remaining(inner.clock.mono());
+                if failures == 1 || !error.is_retryable() {
+                    tracing::warn!(%worker_id, %token, %error, remaining_ms = remaining.as_millis() as u64, "renewal failed; retrying with backoff across registry nodes");
+                } else {
+                    tracing::debug!(%worker_id, %token, %error, failures, "renewal failed again");
+                }
+                inner.publish();
+                tokio::time::sleep(backoff.next_pause()).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: backoff grows to its cap and stays within [d/2, d]; jitter only shortens.
+    #[test]
+    fn backoff_and_jitter_bounds() {
+        let mut b = Backoff::new();
+        let mut last_cap = 0;
+        for _ in 0..20 {
+            let cap = b.next_ms;
+            let d = b.next_pause().as_millis() as u64;
+            assert!((cap / 2..=cap).contains(&d), "{d} outside [{}, {cap}]", cap / 2);
+            assert!(cap >= last_cap && cap <= REGISTRY_BACKOFF_MAX_MS);
+            last_cap = cap;
+        }
+        assert_eq!(last_cap, REGISTRY_BACKOFF_MAX_MS);
+        let interval = Duration::from_millis(1000);
+        for _ in 0..100 {
+            let j = jittered(interval);
+            assert!(j <= interval && j >= interval * (100 - RENEW_JITTER_PERCENT as u32) / 100, "{j:?}");
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The worker's view of a lease: the fencing token and what a committed Acquire or Renew
+//! told it, with newtypes instead of the wire's bare integers.
+
+use std::fmt;
+use std::time::Duration;
+
+use fenceflake_proto::v1 as pb;
+
+use crate::worker_id::WorkerId;
+
+/// Fencing token of a grant (DESIGN.md "Safety", mechanism 1): strictly increasing across
+/// grants cluster-wide; renewals and the release carry it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Token(u64);
+
+impl Token {
+    pub const fn new(raw: u64) -> Token {
+        Token(raw)
+    }
+
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A committed Acquire or Renew answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseGrant {
+    pub worker_id: WorkerId,
+    pub token: Token,
+    pub holder: String,
+    pub ttl: Duration,
+    /// The holder mints nothing until its wall clock is past this (ms since the Unix epoch).
+    pub not_before_ms: u64,
+    /// The registry leader's wall clock when it handled the request, for the skew check.
+    pub registry_time_ms: u64,
+    /// The deployment's ID epoch and worker-ID width: the layout comes from the registry so
+    /// no worker can mint with a different one.
+    pub epoch_ms: u64,
+    pub worker_id_bits: u8,
+}
+
+/// A registry answer that cannot be a lease.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseDecodeError {
+    #[error("registry granted worker ID {worker_id}, which does not fit in 16 bits")]
+    WorkerIdTooLarge { worker_id: u32 },
+    #[error("registry reports worker_id_bits {bits}, which does not fit in 8 bits")]
+    WorkerIdBitsTooLarge { bits: u32 },
+    #[error("registry returned token 0, which no grant carries")]
+    ZeroToken,
+}
+
+impl TryFrom<pb::Lease> for LeaseGrant {
+    type Error = LeaseDecodeError;
+
+    fn try_from(lease: pb::Lease) -> Result<LeaseGrant, LeaseDecodeError> {
+        let worker_id = u16::try_from(lease.worker_id)
+            .map_err(|_| LeaseDecodeError::WorkerIdTooLarge { worker_id: lease.worker_id })?;
+        let worker_id_bits = u8::try_from(lease.worker_id_bits)
+            .map_err(|_| LeaseDecodeError::WorkerIdBitsTooLarge { bits: lease.worker_id_bits })?;
+        if lease.token == 0 {
+            return Err(LeaseDecodeError::ZeroToken);
+        }
+        Ok(LeaseGrant {
+            worker_id: WorkerId::new(worker_id),
+            token: Token(lease.token),
+            holder: lease.holder,
+            ttl: Duration::from_millis(lease.ttl_ms),
+            not_before_ms: lease.not_before_ms,
+            registry_time_ms: lease.registry_time_ms,
+            epoch_ms: lease.epoch_ms,
+            worker_id_bits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Goal: a wire lease converts field by field, and values no grant can carry are refused
+    /// instead of being truncated into another worker ID.
+    #[test]
+    fn converts_and_refuses_impossible_values() {
+        let wire = pb::Lease {
+            worker_id: 7,
+            token: 42,
+            holder: "h".into(),
+            ttl_ms: 2_000,
+            not_before_ms: 5,
+            registry_time_ms: 6,
+            epoch_ms: 1,
+            worker_id_bits: 10,
+        };
+        let grant = LeaseGrant::try_from(wire.clone()).unwrap();
+        assert_eq!(
+            (grant.worker_id, grant.token, grant.ttl),
+            (WorkerId::new(7), Token::new(42), Duration::from_secs(2))
+        );
+        assert_eq!((grant.not_before_ms, grant.registry_time_ms, grant.worker_id_bits), (5, 6, 10));
+        let too_big = pb::Lease { worker_id: 70_000, ..wire.clone() };
+        assert_eq!(LeaseGrant::try_from(too_big), Err(LeaseDecodeError::WorkerIdTooLarge { worker_id: 70_000 }));
+        assert_eq!(LeaseGrant::try_from(pb::Lease { token: 0, ..wire }), Err(LeaseDecodeError::ZeroToken));
+    }
+}

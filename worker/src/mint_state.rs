@@ -1,0 +1,527 @@
+//! The minting path of one worker, under one lock: park checks, the clock-guard ladder, the
+//! ceiling flush, and the deadline re-check after the wall clock was read. Never waits and
+//! never reads time except through the [`Clock`] it is given, so tests drive it by hand;
+//! [`crate::Generator`] does the waiting between steps.
+
+use std::num::NonZeroU32;
+
+use crate::ceiling::CeilingPolicy;
+use crate::clock::{Clock, MonoTime};
+use crate::clock_guard::{ClockGuardPolicy, GuardAction, SkewError};
+use crate::deadline::LeaseDeadline;
+use crate::layout::EncodeError;
+use crate::lease::{LeaseGrant, Token};
+use crate::metrics::{inc, WorkerMetrics};
+use crate::minter::{IdRun, MintOutcome, Minter};
+use crate::park::ParkCause;
+use crate::registry_client::RenewRequest;
+use crate::state_dir::StateDir;
+use crate::worker_id::WorkerId;
+
+/// Why a mint call failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GenerateError {
+    /// Retry on another worker (or later): this one is parked.
+    #[error("worker is parked: {0}")]
+    Parked(ParkCause),
+    #[error("count {count} outside 1..={max}")]
+    InvalidCount { count: u32, max: u32 },
+    /// The wall clock is outside what the layout can encode: a wrong epoch or a wild clock.
+    #[error("wall clock cannot be encoded in an ID: {0}")]
+    Unencodable(EncodeError),
+    /// Waiting for the clock (spin or sequence exhaustion) took longer than one call may.
+    #[error("gave up after {waited_ms} ms waiting for the wall clock")]
+    TimedOut { waited_ms: u64 },
+}
+
+/// What one step produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// IDs that may be returned: below the persisted ceiling and stamped before the deadline.
+    Minted(IdRun),
+    /// Nothing minted: try again once the wall clock reads at least `until_ms`. `spin` says
+    /// whether the wait is the clock guard waiting out a regression (it counts against
+    /// `max_spin`) or sequence exhaustion.
+    WaitForWall { until_ms: u64, spin: bool },
+}
+
+/// A keeper-visible change of the lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Renewed {
+    /// The deadline had passed and now it has not: minting resumes.
+    pub resumed: bool,
+    /// The skew check's verdict changed (`Some(true)`: now skewed).
+    pub skew_changed: Option<bool>,
+}
+
+/// Everything the minting path decides with, guarded by the generator's mutex.
+#[derive(Debug)]
+pub struct MintState {
+    minter: Minter,
+    token: Token,
+    state_dir: StateDir,
+    ceiling_policy: CeilingPolicy,
+    guard: ClockGuardPolicy,
+    deadline: LeaseDeadline,
+    /// First millisecond minting may use: past the old ceiling and the grant's not_before.
+    floor_ms: u64,
+    /// Until the wall clock first reaches `floor_ms`.
+    booting: bool,
+    /// The last grant or renewal found the wall clock too far from the registry's.
+    skewed: bool,
+    /// The clock guard parked on a regression; cleared once the clock is past the last
+    /// minted millisecond again.
+    regressed: bool,
+    /// Parked for good (FENCED, QUARANTINED, state dir failure).
+    lost: Option<ParkCause>,
+    stopping: bool,
+    /// IDs returned by this process.
+    ids_minted: u64,
+}
+
+/// What [`MintState::new`] needs beyond the grant.
+#[derive(Debug)]
+pub struct MintSetup {
+    pub minter: Minter,
+    pub token: Token,
+    pub state_dir: StateDir,
+    pub ceiling_policy: CeilingPolicy,
+    pub guard: ClockGuardPolicy,
+    pub deadline: LeaseDeadline,
+    pub floor_ms: u64,
+    pub skewed: bool,
+}
+
+impl MintState {
+    pub fn new(setup: MintSetup) -> MintState {
+        MintState {
+            minter: setup.minter,
+            token: setup.token,
+            state_dir: setup.state_dir,
+            ceiling_policy: setup.ceiling_policy,
+            guard: setup.guard,
+            deadline: setup.deadline,
+            floor_ms: setup.floor_ms,
+            booting: true,
+            skewed: setup.skewed,
+            regressed: false,
+            lost: None,
+            stopping: false,
+            ids_minted: 0,
+        }
+    }
+
+    pub fn worker_id(&self) -> WorkerId {
+        self.minter.worker_id()
+    }
+
+    pub fn token(&self) -> Token {
+        self.token
+    }
+
+    pub fn ids_minted(&self) -> u64 {
+        self.ids_minted
+    }
+
+    pub fn lease_remaining(&self, now: MonoTime) -> std::time::Duration {
+        self.deadline.remaining(now)
+    }
+
+    /// Clear the park causes that end by themselves with time: the boot wait once the wall
+    /// clock reaches the floor, a regression once it is past the last minted millisecond.
+    /// Returns true when the boot wait just ended.
+    pub fn refresh(&mut self, wall_ms: u64) -> bool {
+        if self.regressed && self.minter.last_ts_ms().is_none_or(|last| wall_ms >= last) {
+            self.regressed = false;
+        }
+        let boot_ended = self.booting && wall_ms >= self.floor_ms;
+        if boot_ended {
+            self.booting = false;
+        }
+        boot_ended
+    }
+
+    /// Why the worker is not serving, if it is not: the most fundamental cause first.
+    pub fn park_cause(&self, now: MonoTime) -> Option<ParkCause> {
+        self.blocking_cause(now).or(self.regressed.then_some(ParkCause::ClockRegressed))
+    }
+
+    /// The causes that refuse a mint outright; a regression is re-examined by each attempt.
+    fn blocking_cause(&self, now: MonoTime) -> Option<ParkCause> {
+        if self.stopping {
+            Some(ParkCause::Stopping)
+        } else if let Some(cause) = self.lost {
+            Some(cause)
+        } else if self.booting {
+            Some(ParkCause::Booting)
+        } else if self.skewed {
+            Some(ParkCause::ClockSkew)
+        } else if !self.deadline.is_live(now) {
+            Some(ParkCause::LeaseExpired)
+        } else {
+            None
+        }
+    }
+
+    /// One attempt at up to `want` IDs from one millisecond. `spin_since` is the caller's
+    /// memory of when the current regression wait started (`None`: not spinning).
+    pub fn step(
+        &mut self,
+        clock: &dyn Clock,
+        want: NonZeroU32,
+        spin_since: &mut Option<MonoTime>,
+        metrics: &WorkerMetrics,
+    ) -> Result<Step, GenerateError> {
+        let now_ms = clock.wall_ms();
+        self.refresh(now_ms);
+        if let Some(cause) = self.blocking_cause(clock.mono()) {
+            return Err(GenerateError::Parked(cause));
+        }
+        // Before the first mint the boot floor stands in for the last minted millisecond, so
+        // a clock that steps back right after boot cannot mint below it.
+        if self.minter.last_ts_ms().is_none() && now_ms < self.floor_ms {
+            return self.on_regression(clock, self.floor_ms, self.floor_ms - now_ms, want, spin_since, metrics);
+        }
+        match self.minter.mint_batch(now_ms, want) {
+            MintOutcome::Minted(run) => self.finish(clock, run),
+            MintOutcome::Exhausted { ts_ms } => {
+                inc(&metrics.sequence_exhausted);
+                Ok(Step::WaitForWall { until_ms: ts_ms + 1, spin: false })
+            }
+            MintOutcome::Regressed { last_ts_ms, by_ms } => {
+                self.on_regression(clock, last_ts_ms, by_ms, want, spin_since, metrics)
+            }
+            MintOutcome::OutOfRange(e) => Err(GenerateError::Unencodable(e)),
+        }
+    }
+
+    /// The clock-guard ladder for a wall clock `by_ms` behind `last_ts_ms`.
+    fn on_regression(
+        &mut self,
+        clock: &dyn Clock,
+        last_ts_ms: u64,
+        by_ms: u64,
+        want: NonZeroU32,
+        spin_since: &mut Option<MonoTime>,
+        metrics: &WorkerMetrics,
+    ) -> Result<Step, GenerateError> {
+        if spin_since.is_none() {
+            metrics.count_regression(by_ms);
+        }
+        match self.guard.decide(last_ts_ms, by_ms, self.minter.remaining_in_last_ms()) {
+            // `decide` proceeds only without a regression; there is one, so look again.
+            GuardAction::Proceed => Ok(Step::WaitForWall { until_ms: last_ts_ms, spin: true }),
+            GuardAction::BorrowFrozen => {
+                inc(&metrics.frozen_borrows);
+                let run =
+                    self.minter.mint_frozen(want).expect("decide borrows only while the frozen ms has sequence left");
+                self.finish(clock, run)
+            }
+            GuardAction::SpinUntil(until_ms) => {
+                let started = *spin_since.get_or_insert(clock.mono());
+                // The wall clock may step again while we wait; the spin is bounded on the
+                // monotonic clock.
+                if clock.mono().duration_since(started).as_millis() > u128::from(self.guard.max_spin_ms()) {
+                    return Err(self.park_regressed(last_ts_ms, by_ms));
+                }
+                Ok(Step::WaitForWall { until_ms, spin: true })
+            }
+            GuardAction::Park(_) => Err(self.park_regressed(last_ts_ms, by_ms)),
+        }
+    }
+
+    fn park_regressed(&mut self, last_ts_ms: u64, by_ms: u64) -> GenerateError {
+        if !self.regressed {
+            tracing::error!(
+                worker_id = %self.worker_id(),
+                token = %self.token,
+                last_ts_ms,
+                regression_ms = by_ms,
+                max_spin_ms = self.guard.max_spin_ms(),
+                "wall clock went back further than the clock guard waits out; parked (CLOCK_REGRESSED) until it is past the last minted millisecond"
+            );
+        }
+        self.regressed = true;
+        GenerateError::Parked(ParkCause::ClockRegressed)
+    }
+
+    /// Make a freshly minted run returnable: persist the ceiling first if the run reaches it
+    /// (mechanism 5), then re-check the deadline — after the wall clock was read and after
+    /// the fsync — so a stall anywhere in between can never return an ID stamped at or after
+    /// the deadline (mechanism 2). Refused runs are burned, never returned.
+    fn finish(&mut self, clock: &dyn Clock, run: IdRun) -> Result<Step, GenerateError> {
+        assert!(run.ts_ms >= self.floor_ms, "minted ms {} below the boot floor {}", run.ts_ms, self.floor_ms);
+        if let Some(ceiling_ms) = self.ceiling_policy.needs_flush(self.state_dir.ceiling.bound_ms(), run.ts_ms) {
+            if let Err(error) = self.state_dir.ceiling.persist(ceiling_ms) {
+                tracing::error!(worker_id = %self.worker_id(), token = %self.token, %error, "cannot persist the ceiling; parked for good (a restart could replay IDs)");
+                self.lost = Some(ParkCause::StateDirFailed);
+                return Err(GenerateError::Parked(ParkCause::StateDirFailed));
+            }
+        }
+        if !self.deadline.is_live(clock.mono()) {
+            return Err(GenerateError::Parked(ParkCause::LeaseExpired));
+        }
+        self.regressed = false;
+        self.ids_minted += u64::from(run.count);
+        Ok(Step::Minted(run))
+    }
+
+    /// The next renewal's content, sent at wall time `wall_ms`.
+    pub fn renew_request(&self, wall_ms: u64) -> RenewRequest {
+        RenewRequest {
+            worker_id: self.worker_id(),
+            token: self.token,
+            wall_ms_at_send: wall_ms,
+            max_minted_ts_ms: self.minter.last_ts_ms().unwrap_or(0),
+        }
+    }
+
+    /// A renewal sent at `sent_at` committed; extend the deadline from its send time (never
+    /// from anything else) and take the skew verdict of its registry time.
+    pub fn on_renewed(
+        &mut self,
+        sent_at: MonoTime,
+        now: MonoTime,
+        grant: &LeaseGrant,
+        skew: &Result<(), SkewError>,
+    ) -> Renewed {
+        assert_eq!(
+            (grant.worker_id, grant.token),
+            (self.worker_id(), self.token),
+            "registry renewed a different lease than the one asked for"
+        );
+        let was_live = self.deadline.is_live(now);
+        self.deadline.extend_from(sent_at);
+        let skewed = skew.is_err();
+        let skew_changed = (skewed != self.skewed).then_some(skewed);
+        self.skewed = skewed;
+        Renewed { resumed: !was_live && self.deadline.is_live(now), skew_changed }
+    }
+
+    /// The registry will never renew this lease again.
+    pub fn lose(&mut self, cause: ParkCause) {
+        assert!(cause.is_permanent(), "{cause} is not a permanent park");
+        self.lost.get_or_insert(cause);
+    }
+
+    /// Refuse every mint from now on, and return the exact last minted millisecond of this
+    /// process, if it minted anything.
+    pub fn stop(&mut self) -> Option<u64> {
+        self.stopping = true;
+        self.minter.last_ts_ms()
+    }
+
+    /// The largest timestamp any holder of this lease may have minted: this process's last
+    /// one, or, if it minted nothing, just below its floor (a previous incarnation with the
+    /// same holder may have minted up to its ceiling). Reported on release, which makes it
+    /// the next holder's `not_before`.
+    pub fn release_ts_ms(&self) -> u64 {
+        self.minter.last_ts_ms().unwrap_or(self.floor_ms.saturating_sub(1))
+    }
+
+    /// Whether the registry still considers the lease ours (it was not lost).
+    pub fn holds_lease(&self) -> bool {
+        self.lost.is_none_or(|c| c == ParkCause::StateDirFailed)
+    }
+
+    /// On clean shutdown, after [`MintState::stop`]: persist the exact last timestamp.
+    pub fn persist_exact(&mut self, last_ts_ms: u64) -> Result<(), crate::ceiling::CeilingError> {
+        self.state_dir.ceiling.persist_exact(last_ts_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::layout::Layout;
+
+    const EPOCH_MS: u64 = 1_600_000_000_000;
+    const T0: u64 = 1_700_000_000_000;
+    const TTL: Duration = Duration::from_secs(2);
+    const MARGIN: Duration = Duration::from_millis(500);
+
+    fn n(v: u32) -> NonZeroU32 {
+        NonZeroU32::new(v).unwrap()
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        clock: Arc<ManualClock>,
+        state: MintState,
+        metrics: WorkerMetrics,
+    }
+
+    /// A booted state: the lease was granted (sent) at the clock's start, floor = T0.
+    fn fixture(grace: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let layout = Layout::new(EPOCH_MS, 10, 2).unwrap();
+        let mut state = MintState::new(MintSetup {
+            minter: Minter::new(layout, WorkerId::new(3)).unwrap(),
+            token: Token::new(77),
+            state_dir: StateDir::open(dir.path(), "test").unwrap(),
+            ceiling_policy: CeilingPolicy::new(100).unwrap(),
+            guard: ClockGuardPolicy::new(20, grace).unwrap(),
+            deadline: LeaseDeadline::from_send(clock.mono(), TTL, MARGIN).unwrap(),
+            floor_ms: T0,
+            skewed: false,
+        });
+        assert!(state.refresh(T0), "boot wait did not end at the floor");
+        Fixture { _dir: dir, clock, state, metrics: WorkerMetrics::default() }
+    }
+
+    impl Fixture {
+        fn step_with(&mut self, clock: &dyn Clock, want: u32) -> Result<Step, GenerateError> {
+            self.state.step(clock, n(want), &mut None, &self.metrics)
+        }
+
+        fn step(&mut self, want: u32) -> Result<Step, GenerateError> {
+            let clock = self.clock.clone();
+            self.step_with(&*clock, want)
+        }
+    }
+
+    /// A clock that stalls (lets `stall` of real time pass) right after the wall clock is
+    /// read: the task was descheduled between reading the time and returning the IDs.
+    struct StallingClock {
+        inner: Arc<ManualClock>,
+        stall: Duration,
+    }
+
+    impl Clock for StallingClock {
+        fn wall_ms(&self) -> u64 {
+            let wall = self.inner.wall_ms();
+            self.inner.advance(self.stall);
+            wall
+        }
+
+        fn mono(&self) -> MonoTime {
+            self.inner.mono()
+        }
+    }
+
+    /// Goal: mechanism 2 — no ID is returned once the deadline has passed, checked before the
+    /// mint and again after the wall clock was read, so a stall between check and return
+    /// burns the IDs instead of returning IDs stamped at or after the deadline.
+    #[test]
+    fn no_id_is_returned_at_or_after_the_deadline_even_across_a_stall() {
+        let mut f = fixture(false);
+        assert!(matches!(f.step(1), Ok(Step::Minted(_))));
+        // 1 ns before the deadline a plain mint still works.
+        f.clock.advance(TTL - MARGIN - Duration::from_nanos(1));
+        assert!(matches!(f.step(1), Ok(Step::Minted(_))));
+        // A stall of 1 ns right after the wall read reaches the deadline: refused.
+        let stalling = StallingClock { inner: f.clock.clone(), stall: Duration::from_nanos(1) };
+        assert!(f.state.deadline.is_live(f.clock.mono()), "precondition: live before the stall");
+        assert_eq!(f.step_with(&stalling, 2), Err(GenerateError::Parked(ParkCause::LeaseExpired)));
+        assert_eq!(f.step(1), Err(GenerateError::Parked(ParkCause::LeaseExpired)));
+        assert_eq!(f.state.ids_minted(), 2, "burned IDs were counted as returned");
+        assert_eq!(f.state.park_cause(f.clock.mono()), Some(ParkCause::LeaseExpired));
+    }
+
+    /// Goal: a committed renewal extends the deadline from its *send* time and resumes a
+    /// lease-expired worker with the same worker ID and token; an old (reordered) renewal
+    /// moves nothing.
+    #[test]
+    fn renewal_resumes_from_its_send_time() {
+        let mut f = fixture(false);
+        let sent_at = f.clock.mono();
+        f.clock.advance(TTL);
+        assert_eq!(f.step(1), Err(GenerateError::Parked(ParkCause::LeaseExpired)));
+        let grant = LeaseGrant {
+            worker_id: WorkerId::new(3),
+            token: Token::new(77),
+            holder: "h".into(),
+            ttl: TTL,
+            not_before_ms: 0,
+            registry_time_ms: T0,
+            epoch_ms: EPOCH_MS,
+            worker_id_bits: 10,
+        };
+        // Sent at the start: its deadline is already behind us, nothing resumes.
+        let r = f.state.on_renewed(sent_at, f.clock.mono(), &grant, &Ok(()));
+        assert_eq!(r, Renewed { resumed: false, skew_changed: None });
+        let late_send = f.clock.mono();
+        f.clock.advance(Duration::from_millis(300));
+        let r = f.state.on_renewed(late_send, f.clock.mono(), &grant, &Ok(()));
+        assert!(r.resumed);
+        assert_eq!(f.state.lease_remaining(f.clock.mono()), TTL - MARGIN - Duration::from_millis(300));
+        let Ok(Step::Minted(run)) = f.step(1) else { panic!("did not resume") };
+        assert_eq!(f.state.minter.layout().decode(run.first).worker_id, WorkerId::new(3));
+    }
+
+    /// Goal: the ceiling is on disk before an ID at or past the old one is returned, and a
+    /// state dir that cannot be written parks the worker for good.
+    #[test]
+    fn ceiling_is_persisted_before_ids_past_it_are_returned() {
+        let mut f = fixture(false);
+        assert_eq!(f.state.state_dir.ceiling.bound_ms(), 0);
+        let Ok(Step::Minted(run)) = f.step(1) else { panic!("no mint") };
+        let (_, on_disk) = crate::ceiling::CeilingStore::open(f.state.state_dir.path()).unwrap();
+        assert!(run.ts_ms < on_disk.bound_ms(), "ts {} not under the persisted bound", run.ts_ms);
+        f.clock.advance(Duration::from_millis(150));
+        std::fs::remove_dir_all(f.state.state_dir.path()).unwrap();
+        assert_eq!(f.step(1), Err(GenerateError::Parked(ParkCause::StateDirFailed)));
+        assert_eq!(f.state.park_cause(f.clock.mono()), Some(ParkCause::StateDirFailed));
+    }
+
+    /// Goal: before the first mint, a wall clock below the boot floor (not_before / ceiling)
+    /// is a regression: waited out if small, parked if large — never minted below the floor.
+    #[test]
+    fn the_boot_floor_is_never_undercut() {
+        let mut f = fixture(false);
+        f.clock.step_wall_ms(-5);
+        assert_eq!(f.step(1), Ok(Step::WaitForWall { until_ms: T0, spin: true }));
+        f.clock.step_wall_ms(-100);
+        assert_eq!(f.step(1), Err(GenerateError::Parked(ParkCause::ClockRegressed)));
+        f.clock.step_wall_ms(105);
+        let Ok(Step::Minted(run)) = f.step(1) else { panic!("did not recover") };
+        assert_eq!(run.ts_ms, T0);
+    }
+
+    /// Goal: a spin is bounded on the monotonic clock: a wall clock that stays behind for
+    /// longer than max_spin parks the worker, which resumes once the clock is past again.
+    #[test]
+    fn spin_is_bounded_then_parks_then_recovers() {
+        let mut f = fixture(false);
+        f.step(1).unwrap();
+        f.clock.step_wall_ms(-10);
+        let mut spin = None;
+        let want = n(1);
+        assert!(matches!(f.state.step(&*f.clock, want, &mut spin, &f.metrics), Ok(Step::WaitForWall { .. })));
+        // Real time passes but the wall clock is stepped back again by as much.
+        f.clock.advance(Duration::from_millis(21));
+        f.clock.step_wall_ms(-21);
+        assert_eq!(
+            f.state.step(&*f.clock, want, &mut spin, &f.metrics),
+            Err(GenerateError::Parked(ParkCause::ClockRegressed))
+        );
+        assert_eq!(f.state.park_cause(f.clock.mono()), Some(ParkCause::ClockRegressed));
+        f.clock.step_wall_ms(10);
+        f.state.refresh(f.clock.wall_ms());
+        assert_eq!(f.state.park_cause(f.clock.mono()), None);
+        assert!(matches!(f.step(1), Ok(Step::Minted(_))));
+        assert_eq!(f.metrics.clock_regressions.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    /// Goal: skew and boot are park causes, permanent losses outrank them, and the release
+    /// timestamp covers a previous incarnation when nothing was minted.
+    #[test]
+    fn park_causes_and_release_timestamp() {
+        let mut f = fixture(false);
+        assert_eq!(f.state.release_ts_ms(), T0 - 1);
+        f.state.skewed = true;
+        assert_eq!(f.step(1), Err(GenerateError::Parked(ParkCause::ClockSkew)));
+        f.state.lose(ParkCause::Fenced);
+        assert_eq!(f.step(1), Err(GenerateError::Parked(ParkCause::Fenced)));
+        assert!(!f.state.holds_lease());
+        assert_eq!(f.state.stop(), None);
+        assert_eq!(f.step(1), Err(GenerateError::Parked(ParkCause::Stopping)));
+    }
+}
