@@ -44,7 +44,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_filter = match &cli.command {
         Command::Ctl(_) | Command::Mint(_) | Command::Decode(_) => "warn",
-        Command::Dev(_) => "warn,openraft=error,fenceflake_registry=error",
+        // openraft logs every refused connection while the embedded nodes start and stop.
+        Command::Dev(_) => "warn,openraft=off,fenceflake_registry=error",
         _ => "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn",
     };
     logging::init(cli.log_format, default_filter);
