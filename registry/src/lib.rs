@@ -9,7 +9,6 @@ pub mod leader;
 pub mod lease;
 pub mod limits;
 pub mod metrics;
-pub mod metrics_http;
 pub mod node;
 pub mod proposal;
 pub mod proposer;

@@ -6,9 +6,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the request latency histogram buckets.
-const LATENCY_BUCKETS_S: [f64; 14] =
-    [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+use fenceflake_proto::metrics::{preamble, single, Histogram};
 
 /// The RPCs whose latency is recorded (the label set of the histogram).
 pub const RPC_NAMES: [&str; 12] = [
@@ -49,11 +47,10 @@ pub mod names {
     pub const DB_BYTES: &str = "fenceflake_registry_db_size_bytes";
 }
 
+/// Latency of one RPC, and how many of its calls failed.
 #[derive(Debug, Default)]
-struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
+struct RpcStats {
+    latency: Histogram,
     errors: AtomicU64,
 }
 
@@ -68,7 +65,7 @@ pub struct RegistryMetrics {
     pub duplicate_claims: AtomicU64,
     pub exhausted: AtomicU64,
     pub no_quorum: AtomicU64,
-    rpcs: [Histogram; RPC_NAMES.len()],
+    rpcs: [RpcStats; RPC_NAMES.len()],
 }
 
 /// Point-in-time values read at scrape time.
@@ -95,15 +92,10 @@ impl RegistryMetrics {
     /// Record one RPC's latency and whether it failed.
     pub fn observe(&self, rpc: &str, elapsed: Duration, failed: bool) {
         let Some(i) = RPC_NAMES.iter().position(|n| *n == rpc) else { return };
-        let h = &self.rpcs[i];
-        let seconds = elapsed.as_secs_f64();
-        if let Some(b) = LATENCY_BUCKETS_S.iter().position(|le| seconds <= *le) {
-            h.buckets[b].fetch_add(1, Ordering::Relaxed);
-        }
-        h.count.fetch_add(1, Ordering::Relaxed);
-        h.sum_us.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        let stats = &self.rpcs[i];
+        stats.latency.observe(elapsed);
         if failed {
-            h.errors.fetch_add(1, Ordering::Relaxed);
+            stats.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -152,10 +144,10 @@ impl RegistryMetrics {
             (names::DB_BYTES, "Size of this node's sled database on disk.", g.db_bytes as f64),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            single(&mut out, name, "gauge", help, value);
         }
         let name = names::LEASES;
-        let _ = writeln!(out, "# HELP {name} Worker IDs by state, as applied on this node.\n# TYPE {name} gauge");
+        preamble(&mut out, name, "gauge", "Worker IDs by state, as applied on this node.");
         for (state, value) in [("held", g.leases_held), ("free", g.leases_free), ("quarantined", g.leases_quarantined)]
         {
             let _ = writeln!(out, "{name}{{state=\"{state}\"}} {value}");
@@ -165,22 +157,14 @@ impl RegistryMetrics {
 
     fn render_histograms(&self, out: &mut String) {
         let name = names::REQUEST_SECONDS;
-        let _ = writeln!(out, "# HELP {name} Latency of registry RPCs served on this node (including forwarding).\n# TYPE {name} histogram");
-        for (rpc, h) in RPC_NAMES.iter().zip(&self.rpcs) {
-            let mut cumulative = 0;
-            for (le, bucket) in LATENCY_BUCKETS_S.iter().zip(&h.buckets) {
-                cumulative += bucket.load(Ordering::Relaxed);
-                let _ = writeln!(out, "{name}_bucket{{rpc=\"{rpc}\",le=\"{le}\"}} {cumulative}");
-            }
-            let count = h.count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{rpc=\"{rpc}\",le=\"+Inf\"}} {count}");
-            let sum = h.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "{name}_sum{{rpc=\"{rpc}\"}} {sum}\n{name}_count{{rpc=\"{rpc}\"}} {count}");
+        preamble(out, name, "histogram", "Latency of registry RPCs served on this node (including forwarding).");
+        for (rpc, stats) in RPC_NAMES.iter().zip(&self.rpcs) {
+            stats.latency.render(out, name, &format!("rpc=\"{rpc}\""));
         }
         let name = names::REQUEST_ERRORS;
-        let _ = writeln!(out, "# HELP {name} Registry RPCs that returned an error status.\n# TYPE {name} counter");
-        for (rpc, h) in RPC_NAMES.iter().zip(&self.rpcs) {
-            let _ = writeln!(out, "{name}{{rpc=\"{rpc}\"}} {}", h.errors.load(Ordering::Relaxed));
+        preamble(out, name, "counter", "Registry RPCs that returned an error status.");
+        for (rpc, stats) in RPC_NAMES.iter().zip(&self.rpcs) {
+            let _ = writeln!(out, "{name}{{rpc=\"{rpc}\"}} {}", stats.errors.load(Ordering::Relaxed));
         }
     }
 }

@@ -129,7 +129,12 @@ pub async fn run(
     let client_task = tokio::spawn(client_server);
     let peer_task = tokio::spawn(peer_server);
     if let Some(listener) = listeners.metrics {
-        tokio::spawn(crate::metrics_http::serve(listener, node.clone(), stopped()));
+        let scraped = node.clone();
+        let render = move || {
+            let node = scraped.clone();
+            async move { node.metrics.render(&node.gauges().await) }
+        };
+        tokio::spawn(fenceflake_proto::metrics::serve_http(listener, render, stopped()));
     }
     tokio::spawn(watch_leadership(node.clone(), health_reporter, tracker));
     bootstrap(&config, &raft).await?;
