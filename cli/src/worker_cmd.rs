@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use fenceflake_worker::config::DeadlineCheck;
 use fenceflake_worker::limits::{DEFAULT_RATE_LIMIT_BURST, DEFAULT_RATE_LIMIT_IDS_PER_SEC, DEFAULT_SEQUENCE_BITS};
 use fenceflake_worker::server::{self, Listeners};
 use fenceflake_worker::{Generator, RateLimitConfig, RateLimiter, SystemClock, WorkerConfig, WorkerIdSpec};
@@ -55,6 +56,10 @@ pub struct WorkerArgs {
     /// Serve Prometheus metrics on HOST:PORT (/metrics).
     #[arg(long, env = "FENCEFLAKE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// UNSAFE, harness self-test only: mint past the lease deadline (mechanism 2 off), to
+    /// prove the harness catches the duplicates that follows.
+    #[arg(long, env = "FENCEFLAKE_UNSAFE_DISABLE_DEADLINE_CHECK", hide = true)]
+    pub unsafe_disable_deadline_check: bool,
     /// Sequence bits of the ID layout (the epoch and worker-ID bits come from the registry).
     #[arg(long, env = "FENCEFLAKE_SEQUENCE_BITS", default_value_t = DEFAULT_SEQUENCE_BITS)]
     pub sequence_bits: u8,
@@ -94,6 +99,10 @@ impl WorkerArgs {
         config.max_skew = self.max_skew;
         config.flush_interval = self.flush_interval;
         config.sequence_bits = self.sequence_bits;
+        if self.unsafe_disable_deadline_check {
+            tracing::error!("UNSAFE: the lease deadline check is disabled; this worker WILL mint duplicates (harness self-test only)");
+            config.deadline_check = DeadlineCheck::DisabledUnsafe;
+        }
         config
     }
 

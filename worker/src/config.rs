@@ -80,6 +80,18 @@ pub struct WorkerConfig {
     pub flush_interval: Duration,
     /// Width of the sequence field; the epoch and the worker-ID width come from the registry.
     pub sequence_bits: u8,
+    /// Whether mechanism 2 is enforced. Only the harness turns it off, to prove that its
+    /// checkers catch the duplicates a worker without its deadline mints.
+    pub deadline_check: DeadlineCheck,
+}
+
+/// Mechanism 2 on (always, in production) or off (harness self-test only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlineCheck {
+    Enforced,
+    /// UNSAFE: mints past the lease deadline. Exists so a harness run can show that a
+    /// broken worker is caught; never use it anywhere else.
+    DisabledUnsafe,
 }
 
 impl WorkerConfig {
@@ -97,6 +109,7 @@ impl WorkerConfig {
             max_skew: Duration::from_millis(DEFAULT_MAX_SKEW_MS),
             flush_interval: Duration::from_millis(DEFAULT_FLUSH_INTERVAL_MS),
             sequence_bits: DEFAULT_SEQUENCE_BITS,
+            deadline_check: DeadlineCheck::Enforced,
         }
     }
 

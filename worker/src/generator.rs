@@ -98,6 +98,9 @@ pub struct WorkerStatus {
     /// `None` while serving.
     pub park: Option<ParkCause>,
     pub lease_remaining: Duration,
+    /// The deadline on this worker's wall clock (now + remaining): the last instant any ID
+    /// it returns may be stamped before. The harness checks minted timestamps against it.
+    pub deadline_wall_ms: u64,
     pub ids_minted: u64,
     pub layout: Layout,
 }
@@ -220,6 +223,7 @@ impl Generator {
             ceiling_policy: config.ceiling_policy()?,
             guard: config.guard_policy()?,
             deadline: LeaseDeadline::from_send(sent_at, grant.ttl, config.margin)?,
+            deadline_check: config.deadline_check,
             floor_ms: plan.floor_ms,
             skewed: plan.skew.is_err(),
         });
@@ -310,12 +314,14 @@ impl Generator {
     pub fn status(&self) -> WorkerStatus {
         let park = self.inner.publish();
         let state = self.inner.lock();
+        let lease_remaining = state.lease_remaining(self.inner.clock.mono());
         WorkerStatus {
             worker_id: state.worker_id(),
             token: state.token(),
             holder: self.inner.holder.clone(),
             park,
-            lease_remaining: state.lease_remaining(self.inner.clock.mono()),
+            lease_remaining,
+            deadline_wall_ms: self.inner.clock.wall_ms() + lease_remaining.as_millis() as u64,
             ids_minted: state.ids_minted(),
             layout: self.inner.layout,
         }

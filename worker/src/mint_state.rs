@@ -8,6 +8,7 @@ use std::num::NonZeroU32;
 use crate::ceiling::CeilingPolicy;
 use crate::clock::{Clock, MonoTime};
 use crate::clock_guard::{ClockGuardPolicy, GuardAction, SkewError};
+use crate::config::DeadlineCheck;
 use crate::deadline::LeaseDeadline;
 use crate::layout::EncodeError;
 use crate::lease::{LeaseGrant, Token};
@@ -63,6 +64,8 @@ pub struct MintState {
     ceiling_policy: CeilingPolicy,
     guard: ClockGuardPolicy,
     deadline: LeaseDeadline,
+    /// Enforced everywhere but in the harness's self-test.
+    deadline_check: DeadlineCheck,
     /// First millisecond minting may use: past the old ceiling and the grant's not_before.
     floor_ms: u64,
     /// Until the wall clock first reaches `floor_ms`.
@@ -88,6 +91,7 @@ pub struct MintSetup {
     pub ceiling_policy: CeilingPolicy,
     pub guard: ClockGuardPolicy,
     pub deadline: LeaseDeadline,
+    pub deadline_check: DeadlineCheck,
     pub floor_ms: u64,
     pub skewed: bool,
 }
@@ -101,6 +105,7 @@ impl MintState {
             ceiling_policy: setup.ceiling_policy,
             guard: setup.guard,
             deadline: setup.deadline,
+            deadline_check: setup.deadline_check,
             floor_ms: setup.floor_ms,
             booting: true,
             skewed: setup.skewed,
@@ -121,6 +126,11 @@ impl MintState {
 
     pub fn ids_minted(&self) -> u64 {
         self.ids_minted
+    }
+
+    /// Mechanism 2: may this worker mint at `now`?
+    fn lease_live(&self, now: MonoTime) -> bool {
+        self.deadline.is_live(now) || self.deadline_check == DeadlineCheck::DisabledUnsafe
     }
 
     pub fn lease_remaining(&self, now: MonoTime) -> std::time::Duration {
@@ -156,7 +166,7 @@ impl MintState {
             Some(ParkCause::Booting)
         } else if self.skewed {
             Some(ParkCause::ClockSkew)
-        } else if !self.deadline.is_live(now) {
+        } else if !self.lease_live(now) {
             Some(ParkCause::LeaseExpired)
         } else {
             None
@@ -258,7 +268,7 @@ impl MintState {
                 return Err(GenerateError::Parked(ParkCause::StateDirFailed));
             }
         }
-        if !self.deadline.is_live(clock.mono()) {
+        if !self.lease_live(clock.mono()) {
             return Err(GenerateError::Parked(ParkCause::LeaseExpired));
         }
         self.regressed = false;
@@ -359,6 +369,10 @@ mod tests {
 
     /// A booted state: the lease was granted (sent) at the clock's start, floor = T0.
     fn fixture(grace: bool) -> Fixture {
+        fixture_with(grace, DeadlineCheck::Enforced)
+    }
+
+    fn fixture_with(grace: bool, deadline_check: DeadlineCheck) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let layout = Layout::new(EPOCH_MS, 10, 2).unwrap();
@@ -369,6 +383,7 @@ mod tests {
             ceiling_policy: CeilingPolicy::new(100).unwrap(),
             guard: ClockGuardPolicy::new(20, grace).unwrap(),
             deadline: LeaseDeadline::from_send(clock.mono(), TTL, MARGIN).unwrap(),
+            deadline_check,
             floor_ms: T0,
             skewed: false,
         });
@@ -403,6 +418,17 @@ mod tests {
 
         fn mono(&self) -> MonoTime {
             self.inner.mono()
+        }
+    }
+
+    /// Goal: the harness's self-test switch really turns mechanism 2 off (so a harness run
+    /// with it proves the checkers catch what follows), and only it does.
+    #[test]
+    fn the_unsafe_switch_mints_past_the_deadline_and_nothing_else_does() {
+        for (check, mints) in [(DeadlineCheck::Enforced, false), (DeadlineCheck::DisabledUnsafe, true)] {
+            let mut f = fixture_with(false, check);
+            f.clock.advance(TTL);
+            assert_eq!(matches!(f.step(1), Ok(Step::Minted(_))), mints, "{check:?}");
         }
     }
 

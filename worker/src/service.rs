@@ -105,6 +105,7 @@ impl pb::generator_server::Generator for GeneratorService {
             state: if s.park.is_none() { "SERVING" } else { "PARKED" }.to_string(),
             park_reason: s.park.map(|c| c.as_wire().to_string()).unwrap_or_default(),
             lease_remaining_ms: s.lease_remaining.as_millis() as u64,
+            deadline_wall_ms: s.deadline_wall_ms,
             ids_minted: s.ids_minted,
             holder: s.holder.to_string(),
             epoch_ms: s.layout.epoch_ms(),
