@@ -54,7 +54,9 @@ fn crate_dependency_edges_are_the_allowed_ones() {
     let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata is JSON");
     for package in metadata["packages"].as_array().expect("packages") {
         let name = package["name"].as_str().expect("package name");
-        let edges = allowed.get(name).unwrap_or_else(|| panic!("new crate {name}: add its allowed edges here and in ARCHITECTURE.md"));
+        let edges = allowed
+            .get(name)
+            .unwrap_or_else(|| panic!("new crate {name}: add its allowed edges here and in ARCHITECTURE.md"));
         for dep in package["dependencies"].as_array().expect("dependencies") {
             let dep_name = dep["name"].as_str().expect("dependency name");
             if dep_name.starts_with("fenceflake-") && dep["kind"].is_null() {

@@ -80,6 +80,9 @@ pub struct Batch {
     pub runs: Vec<IdRun>,
     pub worker_id: WorkerId,
     pub token: Token,
+    /// The lease deadline on this worker's wall clock when the batch was returned. Deadlines
+    /// only move forward, so every ID in `runs` is stamped before it (the harness checks).
+    pub deadline_wall_ms: u64,
 }
 
 impl Batch {
@@ -249,10 +252,12 @@ impl Generator {
 
     /// One ID.
     pub async fn generate(&self) -> Result<u64, GenerateError> {
-        let started = self.inner.clock.mono();
-        let runs = self.mint(NonZeroU32::MIN).await;
-        self.inner.metrics.observe_request(Rpc::Generate, self.inner.clock.mono().duration_since(started));
-        Ok(runs?[0].first)
+        Ok(self.generate_with_lease().await?.runs[0].first)
+    }
+
+    /// One ID, with the lease it was minted under.
+    pub async fn generate_with_lease(&self) -> Result<Batch, GenerateError> {
+        self.mint_batch(NonZeroU32::MIN, Rpc::Generate).await
     }
 
     /// `count` IDs (1..=[`MAX_BATCH_COUNT`]), as one run per millisecond used.
@@ -260,11 +265,17 @@ impl Generator {
         let want = NonZeroU32::new(count)
             .filter(|c| c.get() <= MAX_BATCH_COUNT)
             .ok_or(GenerateError::InvalidCount { count, max: MAX_BATCH_COUNT })?;
+        self.mint_batch(want, Rpc::GenerateBatch).await
+    }
+
+    async fn mint_batch(&self, want: NonZeroU32, rpc: Rpc) -> Result<Batch, GenerateError> {
         let started = self.inner.clock.mono();
         let runs = self.mint(want).await;
-        self.inner.metrics.observe_request(Rpc::GenerateBatch, self.inner.clock.mono().duration_since(started));
+        self.inner.metrics.observe_request(rpc, self.inner.clock.mono().duration_since(started));
         let state = self.inner.lock();
-        Ok(Batch { runs: runs?, worker_id: state.worker_id(), token: state.token() })
+        let deadline_wall_ms =
+            self.inner.clock.wall_ms() + state.lease_remaining(self.inner.clock.mono()).as_millis() as u64;
+        Ok(Batch { runs: runs?, worker_id: state.worker_id(), token: state.token(), deadline_wall_ms })
     }
 
     /// Step the mint state until `want` IDs are minted, waiting (lock released) for the wall

@@ -76,8 +76,13 @@ impl GeneratorService {
 impl pb::generator_server::Generator for GeneratorService {
     async fn generate(&self, request: Request<pb::GenerateRequest>) -> Result<Response<pb::GenerateResponse>, Status> {
         self.admit(&request, Rpc::Generate, 1)?;
-        let id = self.generator.generate().await.map_err(|e| to_status(&e))?;
-        Ok(Response::new(pb::GenerateResponse { id }))
+        let batch = self.generator.generate_with_lease().await.map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::GenerateResponse {
+            id: batch.runs[0].first,
+            worker_id: u32::from(batch.worker_id.get()),
+            token: batch.token.get(),
+            deadline_wall_ms: batch.deadline_wall_ms,
+        }))
     }
 
     async fn generate_batch(
@@ -94,6 +99,7 @@ impl pb::generator_server::Generator for GeneratorService {
             ranges: batch.runs.iter().map(|r| pb::IdRange { first: r.first, count: r.count }).collect(),
             worker_id: u32::from(batch.worker_id.get()),
             token: batch.token.get(),
+            deadline_wall_ms: batch.deadline_wall_ms,
         }))
     }
 

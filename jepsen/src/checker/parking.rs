@@ -1,0 +1,251 @@
+//! Parking under registry outage: during each fault window (nemesis names starting with a
+//! configured prefix, `quorum-loss` by default) every worker stops minting by its deadline
+//! plus ε, its lease is not extended while the registry has no quorum, and after the fault
+//! heals every worker that was serving before serves again within a bound.
+//!
+//! "Its deadline" is the one it knew when the fault began: the latest lease event stating a
+//! deadline at or before `start + commit_grace` (a renewal sent before the fault may still
+//! commit as it begins). ε absorbs millisecond rounding between the worker's monotonic
+//! deadline check and the wall-clock timestamp in the ID.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::checker::lease_log::LeaseLog;
+use crate::checker::{describe_op, CheckResult, Evidence, IdLayout, Valid};
+use crate::history::{self, ClientOp, Event, Invocation, LeaseEventKind, NemesisWindow, Phase};
+
+pub const NAME: &str = "parking";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Nemesis names that take the registry's quorum away.
+    pub fault_prefixes: Vec<String>,
+    pub epsilon_ms: u64,
+    pub commit_grace_ms: u64,
+    /// How soon after the heal each worker must serve again.
+    pub resume_within_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            fault_prefixes: vec!["quorum-loss".to_string()],
+            epsilon_ms: 50,
+            commit_grace_ms: 500,
+            resume_within_ms: 15_000,
+        }
+    }
+}
+
+const MS: u64 = 1_000_000;
+
+/// One worker's ok ops and all its invocations, for the per-fault questions.
+#[derive(Default)]
+struct WorkerOps<'h, 'a> {
+    ok: Vec<&'a Invocation<'h, ClientOp>>,
+    invoked_ns: Vec<u64>,
+}
+
+pub fn check(events: &[Event], layout: &IdLayout, config: &Config) -> CheckResult {
+    let faults: Vec<NemesisWindow> = history::nemesis_windows(events)
+        .into_iter()
+        .filter(|w| config.fault_prefixes.iter().any(|p| w.name.starts_with(p.as_str())))
+        .collect();
+    if faults.is_empty() {
+        let summary = format!("not exercised: no fault windows named {:?}", config.fault_prefixes);
+        return CheckResult { name: NAME.to_string(), valid: Valid::True, summary, evidence: Vec::new() };
+    }
+    let log = LeaseLog::new(events);
+    let ops = history::client_ops(events);
+    let mut by_worker: BTreeMap<&str, WorkerOps> = BTreeMap::new();
+    for op in &ops {
+        let entry = by_worker.entry(op.invoke.worker.as_str()).or_default();
+        entry.invoked_ns.push(op.invoke_ns());
+        if op.outcome() == Phase::Ok {
+            entry.ok.push(op);
+        }
+    }
+    let workers: BTreeSet<&str> = by_worker.keys().copied().chain(log.workers()).collect();
+    let end_ns = events.iter().map(Event::time_ns).max().unwrap_or(0);
+    let empty = WorkerOps::default();
+
+    let mut violations = Evidence::default();
+    let mut doubts = Evidence::default();
+    for fault in &faults {
+        for &worker in &workers {
+            let ops = by_worker.get(worker).unwrap_or(&empty);
+            check_stop(fault, worker, ops, &log, layout, config, (&mut violations, &mut doubts));
+            check_resume(fault, worker, ops, end_ns, config, (&mut violations, &mut doubts));
+        }
+    }
+
+    let counts = format!("{} fault windows, {} workers", faults.len(), workers.len());
+    let (valid, summary, evidence) = if violations.total() > 0 {
+        (Valid::False, format!("{} parking violations; {counts}", violations.total()), violations)
+    } else if doubts.total() > 0 {
+        (Valid::Unknown, format!("{} questions the history cannot answer; {counts}", doubts.total()), doubts)
+    } else {
+        let summary = format!(
+            "{counts}: all stopped by deadline + {} ms and resumed within {} ms",
+            config.epsilon_ms, config.resume_within_ms
+        );
+        (Valid::True, summary, violations)
+    };
+    CheckResult { name: NAME.to_string(), valid, summary, evidence: evidence.into_items() }
+}
+
+/// No mint past the deadline known at the fault's start, and no lease extension inside it.
+fn check_stop(
+    fault: &NemesisWindow,
+    worker: &str,
+    ops: &WorkerOps,
+    log: &LeaseLog,
+    layout: &IdLayout,
+    config: &Config,
+    (violations, doubts): (&mut Evidence, &mut Evidence),
+) {
+    let settled_ns = fault.start_ns.saturating_add(config.commit_grace_ms * MS);
+    let known = log.deadline_at(worker, None, settled_ns).and_then(|e| e.deadline_wall_ms);
+    for op in ops.ok.iter().filter(|op| fault.contains(op.invoke_ns())) {
+        let Some((_, max_id)) = op.id_bounds() else { continue };
+        let ts = layout.timestamp_ms(max_id);
+        match known {
+            Some(deadline) if ts > deadline.saturating_add(config.epsilon_ms) => violations.push(json!({
+                "violation": "minted-past-deadline-during-fault",
+                "fault": fault,
+                "max_ts_ms": ts,
+                "deadline_wall_ms": deadline,
+                "late_by_ms": ts - deadline,
+                "op": describe_op(op),
+            })),
+            Some(_) => {}
+            None => doubts.push(json!({
+                "doubt": "no deadline known at the fault's start",
+                "fault": fault,
+                "op": describe_op(op),
+            })),
+        }
+    }
+    let extended = log.events(worker).iter().filter(|e| {
+        matches!(e.event, LeaseEventKind::Acquired | LeaseEventKind::Renewed)
+            && e.time_ns > settled_ns
+            && fault.contains(e.time_ns)
+    });
+    for event in extended {
+        violations.push(json!({"violation": "lease-extended-during-fault", "fault": fault, "lease_event": event}));
+    }
+}
+
+/// A worker that served before the fault serves again within the bound after it heals.
+fn check_resume(
+    fault: &NemesisWindow,
+    worker: &str,
+    ops: &WorkerOps,
+    end_ns: u64,
+    config: &Config,
+    (violations, doubts): (&mut Evidence, &mut Evidence),
+) {
+    let Some(stop) = fault.stop_ns else { return };
+    let served_before = ops.ok.iter().any(|op| op.complete_ns().is_some_and(|c| c < fault.start_ns));
+    if !served_before {
+        return;
+    }
+    let bound = stop.saturating_add(config.resume_within_ms * MS);
+    let within = |t: u64| t >= stop && t <= bound;
+    if ops.ok.iter().any(|op| op.complete_ns().is_some_and(within)) {
+        return;
+    }
+    let item = json!({"worker": worker, "fault": fault, "resume_by_ns": bound});
+    if end_ns < bound {
+        doubts.push(json!({"doubt": "the run ended before the resume bound", "detail": item}));
+    } else if !ops.invoked_ns.iter().any(|&t| within(t)) {
+        doubts.push(json!({"doubt": "no request reached this worker after the heal", "detail": item}));
+    } else {
+        violations.push(json!({"violation": "did-not-resume", "detail": item}));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::testkit::{id, H};
+    use crate::history::LeaseEventKind::{Acquired, Parked, Renewed, Resumed};
+    use crate::history::NemesisPhase::{Start, Stop};
+
+    /// w1 holds worker ID 1 with deadline 2000 when quorum is lost at 1000 (healed at 5000),
+    /// mints until its deadline, parks, and resumes after the heal.
+    fn outage() -> H {
+        let mut h = H::default();
+        h.lease("w1", Acquired, (1, 100), Some(1000), 0);
+        h.ok("w1", 1, (100, 101), &[(id(100, 1, 0), 1)], None);
+        h.lease("w1", Renewed, (1, 100), Some(2000), 900);
+        h.nemesis(Start, "quorum-loss-3", 1000);
+        h.ok("w1", 1, (1200, 1201), &[(id(1200, 1, 0), 1)], None);
+        h.lease("w1", Parked, (1, 100), Some(2000), 2000);
+        h.not_ok("w1", 1, (2100, 2101), Phase::Fail);
+        h.nemesis(Stop, "quorum-loss-3", 5000);
+        h.lease("w1", Resumed, (1, 100), Some(7000), 5200);
+        h.ok("w1", 1, (5300, 5301), &[(id(5300, 1, 0), 1)], None);
+        h.nemesis(Start, "partition-halves", 30_000);
+        h
+    }
+
+    /// Goal: a worker that parks at its deadline and resumes after the heal passes.
+    #[test]
+    fn parking_and_resuming_in_time_is_valid() {
+        let r = check(&outage().events, &IdLayout::default(), &Config::default());
+        assert_eq!(r.valid, Valid::True, "{}: {:?}", r.summary, r.evidence);
+    }
+
+    /// Goal: minting during quorum loss past the deadline (+ε) is caught.
+    #[test]
+    fn minting_past_the_deadline_during_quorum_loss_is_caught() {
+        let mut h = outage();
+        h.ok("w1", 2, (2060, 2061), &[(id(2060, 1, 0), 1)], None);
+        let r = check(&h.events, &IdLayout::default(), &Config::default());
+        assert_eq!(r.valid, Valid::False);
+        assert_eq!(r.evidence[0]["violation"], "minted-past-deadline-during-fault");
+        assert_eq!(r.evidence[0]["late_by_ms"], 60);
+    }
+
+    /// Goal: a renewal that commits while the registry has no quorum is caught.
+    #[test]
+    fn a_lease_extended_during_quorum_loss_is_caught() {
+        let mut h = outage();
+        h.lease("w1", Renewed, (1, 100), Some(4000), 3000);
+        let r = check(&h.events, &IdLayout::default(), &Config::default());
+        assert_eq!(r.evidence[0]["violation"], "lease-extended-during-fault");
+    }
+
+    /// Goal: a worker that keeps failing long after the heal is caught; one the run stopped
+    /// watching too early is Unknown.
+    #[test]
+    fn not_resuming_is_caught() {
+        let mut h = H::default();
+        h.lease("w1", Acquired, (1, 100), Some(2000), 0);
+        h.ok("w1", 1, (100, 101), &[(id(100, 1, 0), 1)], None);
+        h.nemesis(Start, "quorum-loss", 1000).nemesis(Stop, "quorum-loss", 5000);
+        h.not_ok("w1", 1, (6000, 6001), Phase::Fail);
+        let early = check(&h.events, &IdLayout::default(), &Config::default());
+        assert_eq!(early.valid, Valid::Unknown, "{:?}", early.evidence);
+        h.not_ok("w1", 1, (25_000, 25_001), Phase::Fail);
+        let r = check(&h.events, &IdLayout::default(), &Config::default());
+        assert_eq!(r.valid, Valid::False);
+        assert_eq!(r.evidence[0]["violation"], "did-not-resume");
+    }
+
+    /// Goal: minting during a fault with no known deadline is Unknown; runs without a
+    /// quorum-loss fault are not exercised.
+    #[test]
+    fn missing_information_and_absent_faults() {
+        let mut h = H::default();
+        h.nemesis(Start, "quorum-loss", 0);
+        h.ok("w1", 1, (10, 11), &[(id(10, 1, 0), 1)], None);
+        assert_eq!(check(&h.events, &IdLayout::default(), &Config::default()).valid, Valid::Unknown);
+        let r = check(&outage().events[..2], &IdLayout::default(), &Config::default());
+        assert!(r.valid == Valid::True && r.summary.starts_with("not exercised"));
+    }
+}

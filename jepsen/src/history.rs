@@ -1,0 +1,487 @@
+//! The run history: every client, registry, nemesis and lease event as one JSON object per
+//! line (`history.jsonl`), the writer and loader, and the pairing of invocations with their
+//! completions that every checker starts from.
+//!
+//! Times: `time_ns` is the harness's monotonic clock in nanoseconds since the run started
+//! (the one clock all events share, so it orders them); `wall_ms` is a wall clock in ms since
+//! the Unix epoch, for humans and for comparing with the timestamps inside IDs.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One line of `history.jsonl`, tagged by `"kind"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    /// A client call to a worker's `Generate` / `GenerateBatch`.
+    Op(ClientOp),
+    /// A call to the registry's lease API, for the linearizability checker.
+    Registry(RegistryOp),
+    /// A fault the nemesis started or stopped.
+    Nemesis(NemesisEvent),
+    /// A lease change a worker reported (collected from its log or status by the harness).
+    Lease(LeaseEvent),
+}
+
+impl Event {
+    pub fn time_ns(&self) -> u64 {
+        match self {
+            Event::Op(e) => e.time_ns,
+            Event::Registry(e) => e.time_ns,
+            Event::Nemesis(e) => e.time_ns,
+            Event::Lease(e) => e.time_ns,
+        }
+    }
+}
+
+/// Where an operation is in its life. `fail` means it definitely did not take effect (e.g.
+/// `UNAVAILABLE` from a parked worker); `info` means it may or may not have (a timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Invoke,
+    Ok,
+    Fail,
+    Info,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GenerateFn {
+    Generate,
+    GenerateBatch,
+}
+
+/// A run of consecutive IDs `first..first+count`, written as `[first, count]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "(u64, u64)", into = "(u64, u64)")]
+pub struct IdRange {
+    pub first: u64,
+    pub count: u64,
+}
+
+impl From<(u64, u64)> for IdRange {
+    fn from((first, count): (u64, u64)) -> IdRange {
+        IdRange { first, count }
+    }
+}
+
+impl From<IdRange> for (u64, u64) {
+    fn from(r: IdRange) -> (u64, u64) {
+        (r.first, r.count)
+    }
+}
+
+impl IdRange {
+    /// The last ID of the range; `None` for an empty range.
+    pub fn last(&self) -> Option<u64> {
+        self.count.checked_sub(1).map(|n| self.first.saturating_add(n))
+    }
+}
+
+/// The value of an ok client op: every ID it returned, as ranges (a single `Generate` is one
+/// range of count 1).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct IdRanges {
+    pub ranges: Vec<IdRange>,
+}
+
+/// A client call to one worker process. `op_id` is unique per `process`; the invoke and its
+/// completion share both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientOp {
+    pub phase: Phase,
+    pub process: u64,
+    pub op_id: u64,
+    pub f: GenerateFn,
+    /// The worker process's name in the harness ("w1"), not its worker ID.
+    pub worker: String,
+    pub time_ns: u64,
+    pub wall_ms: u64,
+    /// The requested count of a `generate_batch` invoke.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// Ok only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<IdRanges>,
+    /// Ok only, and only when the response carries them (`GenerateBatch` does, `Generate` not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
+    /// Fail and info: `"CODE: message"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ClientOp {
+    /// The invoke event of a new op.
+    pub fn invoke(process: u64, op_id: u64, f: GenerateFn, worker: &str, time_ns: u64, wall_ms: u64) -> ClientOp {
+        ClientOp {
+            phase: Phase::Invoke,
+            process,
+            op_id,
+            f,
+            worker: worker.to_string(),
+            time_ns,
+            wall_ms,
+            count: None,
+            value: None,
+            worker_id: None,
+            token: None,
+            error: None,
+        }
+    }
+
+    /// The ok completion of this invoke.
+    pub fn ok(&self, time_ns: u64, wall_ms: u64, ranges: Vec<IdRange>, lease: Option<(u32, u64)>) -> ClientOp {
+        ClientOp {
+            phase: Phase::Ok,
+            time_ns,
+            wall_ms,
+            count: None,
+            value: Some(IdRanges { ranges }),
+            worker_id: lease.map(|(w, _)| w),
+            token: lease.map(|(_, t)| t),
+            ..self.clone()
+        }
+    }
+
+    /// A fail or info completion of this invoke.
+    pub fn failed(&self, phase: Phase, time_ns: u64, wall_ms: u64, error: &str) -> ClientOp {
+        ClientOp { phase, time_ns, wall_ms, count: None, error: Some(error.to_string()), ..self.clone() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistryFn {
+    Acquire,
+    Renew,
+    Release,
+    Get,
+}
+
+/// A call to the registry's lease API. Inputs (`worker_id`, `holder`, `token`) are repeated
+/// on the completion; `result` is present on ok, and on a fail that the registry answered
+/// with a lease rejection (which says something about the lease table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryOp {
+    pub phase: Phase,
+    pub process: u64,
+    pub op_id: u64,
+    pub f: RegistryFn,
+    /// `None` only for an Acquire of any free ID; its ok result names the ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<u32>,
+    /// Acquire only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// Renew and Release only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
+    pub time_ns: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<RegistryResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the registry answered, tagged by `"outcome"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum RegistryResult {
+    /// Acquire ok.
+    Granted { worker_id: u32, token: u64 },
+    /// Renew ok.
+    Renewed { token: u64 },
+    /// Release ok.
+    Released,
+    /// GetLease ok. `holder` is `null` when the ID is FREE (never held or released); an
+    /// EXPIRED or QUARANTINED lease still names its holder.
+    Lease { holder: Option<String>, token: u64 },
+    /// A definite answer that the operation was refused (phase `fail`).
+    Rejected { reason: Rejection },
+}
+
+/// Why the registry refused: `ALREADY_EXISTS` → `already_held`, `FAILED_PRECONDITION` with
+/// `FENCED:` / `EXPIRED:` → `fenced` / `expired`; anything else (quarantine, bad TTL, the
+/// holder holds another ID) is `other`, which the model does not check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rejection {
+    AlreadyHeld,
+    Fenced,
+    Expired,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NemesisPhase {
+    Start,
+    Stop,
+}
+
+/// A fault the nemesis applied (`start`) or healed (`stop`); start and stop share `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NemesisEvent {
+    pub phase: NemesisPhase,
+    pub name: String,
+    pub time_ns: u64,
+    #[serde(default)]
+    pub wall_ms: u64,
+    #[serde(default)]
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseEventKind {
+    Acquired,
+    Renewed,
+    Released,
+    Parked,
+    Resumed,
+}
+
+/// A lease change of one worker process. `time_ns` must be when the worker made the change
+/// (its log line's time mapped onto the harness clock), not when the harness collected it:
+/// the checkers take "the deadline known at time t" from the latest event at or before t.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseEvent {
+    pub worker: String,
+    pub event: LeaseEventKind,
+    pub worker_id: u32,
+    pub token: u64,
+    /// The lease deadline as the worker knew it at that moment, on the worker's wall clock
+    /// (ms since the Unix epoch). `None` when the source did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_wall_ms: Option<u64>,
+    /// The same deadline on the harness clock (ns since run start), when the harness could
+    /// compute it (e.g. from a status poll's `lease_remaining_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_mono_ns: Option<u64>,
+    /// Parked only: the park reason (`LEASE_EXPIRED`, `FENCED`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub time_ns: u64,
+    #[serde(default)]
+    pub wall_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("history {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("history {path} line {line}: {source}")]
+    Parse { path: PathBuf, line: usize, source: serde_json::Error },
+    #[error("cannot encode a history event: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// Appends events to `history.jsonl`, one JSON object per line.
+#[derive(Debug)]
+pub struct HistoryWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl HistoryWriter {
+    /// Opens `path` for appending, creating it if needed.
+    pub fn open(path: &Path) -> Result<HistoryWriter, HistoryError> {
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| io_error(path, e))?;
+        Ok(HistoryWriter { path: path.to_path_buf(), out: BufWriter::new(file) })
+    }
+
+    /// Buffers one event; call [`HistoryWriter::flush`] to make it durable.
+    pub fn append(&mut self, event: &Event) -> Result<(), HistoryError> {
+        let line = serde_json::to_string(event).map_err(HistoryError::Encode)?;
+        writeln!(self.out, "{line}").map_err(|e| io_error(&self.path, e))
+    }
+
+    /// Writes buffered events and fsyncs, so a harness crash loses nothing appended before.
+    pub fn flush(&mut self) -> Result<(), HistoryError> {
+        self.out.flush().map_err(|e| io_error(&self.path, e))?;
+        self.out.get_ref().sync_data().map_err(|e| io_error(&self.path, e))
+    }
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> HistoryError {
+    HistoryError::Io { path: path.to_path_buf(), source }
+}
+
+/// Reads every event of a `history.jsonl`, in file order. Blank lines are skipped; any other
+/// line that does not parse is an error naming its line number.
+pub fn load(path: &Path) -> Result<Vec<Event>, HistoryError> {
+    let file = File::open(path).map_err(|e| io_error(path, e))?;
+    let mut events = Vec::new();
+    for (index, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| io_error(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event = serde_json::from_str(&line).map_err(|e| HistoryError::Parse {
+            path: path.to_path_buf(),
+            line: index + 1,
+            source: e,
+        })?;
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// What pairing needs from an operation event.
+pub trait Operation {
+    fn process(&self) -> u64;
+    fn op_id(&self) -> u64;
+    fn phase(&self) -> Phase;
+    fn time_ns(&self) -> u64;
+}
+
+macro_rules! impl_operation {
+    ($($t:ty),*) => {$(
+        impl Operation for $t {
+            fn process(&self) -> u64 { self.process }
+            fn op_id(&self) -> u64 { self.op_id }
+            fn phase(&self) -> Phase { self.phase }
+            fn time_ns(&self) -> u64 { self.time_ns }
+        }
+    )*};
+}
+impl_operation!(ClientOp, RegistryOp);
+
+/// An invoke with its completion, if one was recorded.
+#[derive(Debug, Clone, Copy)]
+pub struct Invocation<'a, T> {
+    pub invoke: &'a T,
+    pub completion: Option<&'a T>,
+}
+
+impl<T: Operation> Invocation<'_, T> {
+    /// How it ended; an op that never completed counts as `info` (it may have taken effect).
+    pub fn outcome(&self) -> Phase {
+        self.completion.map_or(Phase::Info, |c| c.phase())
+    }
+
+    pub fn invoke_ns(&self) -> u64 {
+        self.invoke.time_ns()
+    }
+
+    /// When it completed; `None` if it never did (it may take effect at any later time).
+    pub fn complete_ns(&self) -> Option<u64> {
+        self.completion.map(|c| c.time_ns())
+    }
+}
+
+impl Invocation<'_, ClientOp> {
+    /// The IDs of an ok op (empty otherwise).
+    pub fn ranges(&self) -> &[IdRange] {
+        match self.completion {
+            Some(c) if c.phase == Phase::Ok => c.value.as_ref().map_or(&[], |v| &v.ranges),
+            _ => &[],
+        }
+    }
+
+    /// The smallest and largest ID of an ok op, if it returned any.
+    pub fn id_bounds(&self) -> Option<(u64, u64)> {
+        let ranges = self.ranges().iter().filter(|r| r.count > 0);
+        let min = ranges.clone().map(|r| r.first).min()?;
+        let max = ranges.filter_map(IdRange::last).max()?;
+        Some((min, max))
+    }
+}
+
+/// Pairs each invoke with the next completion of the same `(process, op_id)`, in invoke
+/// order. A completion without an earlier invoke is dropped (the harness writes the invoke
+/// first, so that would be a harness bug, not a system behaviour).
+pub fn pair<'a, T: Operation>(ops: impl IntoIterator<Item = &'a T>) -> Vec<Invocation<'a, T>> {
+    let mut out: Vec<Invocation<'a, T>> = Vec::new();
+    let mut open: HashMap<(u64, u64), usize> = HashMap::new();
+    for op in ops {
+        let key = (op.process(), op.op_id());
+        if op.phase() == Phase::Invoke {
+            open.insert(key, out.len());
+            out.push(Invocation { invoke: op, completion: None });
+        } else if let Some(index) = open.remove(&key) {
+            out[index].completion = Some(op);
+        }
+    }
+    out
+}
+
+/// All client ops of a history, paired.
+pub fn client_ops(events: &[Event]) -> Vec<Invocation<'_, ClientOp>> {
+    pair(events.iter().filter_map(|e| match e {
+        Event::Op(op) => Some(op),
+        _ => None,
+    }))
+}
+
+/// All registry ops of a history, paired.
+pub fn registry_ops(events: &[Event]) -> Vec<Invocation<'_, RegistryOp>> {
+    pair(events.iter().filter_map(|e| match e {
+        Event::Registry(op) => Some(op),
+        _ => None,
+    }))
+}
+
+/// All lease events of a history, in file order.
+pub fn lease_events(events: &[Event]) -> impl Iterator<Item = &LeaseEvent> {
+    events.iter().filter_map(|e| match e {
+        Event::Lease(l) => Some(l),
+        _ => None,
+    })
+}
+
+/// One fault interval: a nemesis `start` and the next `stop` of the same name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NemesisWindow {
+    pub name: String,
+    pub start_ns: u64,
+    /// `None` if the run ended with the fault still in place.
+    pub stop_ns: Option<u64>,
+    pub detail: String,
+}
+
+impl NemesisWindow {
+    /// Whether `t` falls inside `[start, stop)`.
+    pub fn contains(&self, t: u64) -> bool {
+        t >= self.start_ns && self.stop_ns.is_none_or(|stop| t < stop)
+    }
+}
+
+/// Every nemesis interval of a history, ordered by start.
+pub fn nemesis_windows(events: &[Event]) -> Vec<NemesisWindow> {
+    let mut windows: Vec<NemesisWindow> = Vec::new();
+    let mut open: HashMap<&str, usize> = HashMap::new();
+    for event in events {
+        let Event::Nemesis(n) = event else { continue };
+        match n.phase {
+            NemesisPhase::Start => {
+                open.insert(&n.name, windows.len());
+                windows.push(NemesisWindow {
+                    name: n.name.clone(),
+                    start_ns: n.time_ns,
+                    stop_ns: None,
+                    detail: n.detail.clone(),
+                });
+            }
+            NemesisPhase::Stop => {
+                if let Some(index) = open.remove(n.name.as_str()) {
+                    windows[index].stop_ns = Some(n.time_ns);
+                }
+            }
+        }
+    }
+    windows.sort_by_key(|w| w.start_ns);
+    windows
+}
+
+#[cfg(test)]
+#[path = "history_tests.rs"]
+mod tests;

@@ -1,0 +1,240 @@
+//! `fenceflake-jepsen`: runs Fenceflake in network namespaces under a nemesis, records the
+//! history, checks it, and writes a report. `list` shows scenarios, `test` runs them,
+//! `cleanup` removes what a crashed run left behind, `check` re-judges a recorded history.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use fenceflake_jepsen::checker::{check_all, CheckConfig, Valid};
+use fenceflake_jepsen::clock::RunClock;
+use fenceflake_jepsen::history::{self, HistoryWriter};
+use fenceflake_jepsen::run::{run, RunOptions};
+use fenceflake_jepsen::scenario::{self, SCENARIOS};
+use fenceflake_jepsen::{net, report, workload};
+
+/// Jepsen-style tests for Fenceflake: real registry and worker processes in network
+/// namespaces, partitions, crashes, pauses and clock faults, and checkers that prove no ID
+/// was ever minted twice. Needs root (namespaces, nftables).
+#[derive(Debug, Parser)]
+#[command(name = "fenceflake-jepsen", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the scenarios.
+    List,
+    /// Run one scenario, or all of them; exit 1 if any checker finds a violation.
+    Test {
+        /// A scenario name (see `list`) or `all`.
+        #[arg(long, env = "FENCEFLAKE_JEPSEN_SCENARIO")]
+        scenario: String,
+        /// Length of each run, in seconds.
+        #[arg(long, env = "FENCEFLAKE_JEPSEN_TIME_LIMIT", default_value = "30s", value_parser = parse_secs)]
+        time_limit: Duration,
+        /// Seed of the nemesis schedule and the workload (printed in the reproduce command).
+        #[arg(long, env = "FENCEFLAKE_JEPSEN_SEED")]
+        seed: Option<u64>,
+        /// Worker processes.
+        #[arg(long, env = "FENCEFLAKE_JEPSEN_WORKERS", default_value_t = 6)]
+        workers: usize,
+        /// Client calls per second across all workers.
+        #[arg(long, env = "FENCEFLAKE_JEPSEN_RATE", default_value_t = 2000)]
+        rate: u32,
+        /// Where runs are stored: <store>/<scenario>/<time>/.
+        #[arg(long, env = "FENCEFLAKE_JEPSEN_STORE", default_value = "store")]
+        store: PathBuf,
+        /// The fenceflake binary under test (default: next to this binary).
+        #[arg(long, env = "FENCEFLAKE_BIN")]
+        fenceflake: Option<PathBuf>,
+        /// Self-test: workers mint past their lease deadline. The run must then be invalid.
+        #[arg(long)]
+        unsafe_disable_deadline_check: bool,
+    },
+    /// Remove namespaces left by crashed runs.
+    Cleanup,
+    /// Re-check a recorded history and rewrite its report.
+    Check {
+        history: PathBuf,
+        /// Where to write results.json and report.html (default: beside the history).
+        out_dir: Option<PathBuf>,
+    },
+    /// (internal) The workload, run by `test` inside the client namespace.
+    #[command(hide = true)]
+    Workload {
+        #[arg(long, value_delimiter = ',')]
+        workers: Vec<String>,
+        #[arg(long, value_delimiter = ',')]
+        registry: Vec<String>,
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        duration_ms: u64,
+        #[arg(long)]
+        seed: u64,
+        #[arg(long)]
+        origin_ns: u64,
+        #[arg(long)]
+        history: PathBuf,
+        /// WORKER_INDEX:AT_MS:IDS_PER_CALL:CALLS
+        #[arg(long)]
+        burst: Vec<String>,
+    },
+}
+
+fn parse_secs(text: &str) -> Result<Duration, String> {
+    let digits = text.trim_end_matches('s');
+    digits.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("{text:?} is not a number of seconds like 30s"))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber_init();
+    match dispatch(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Logs go to stderr (the workload's stderr is its log file), filtered by `RUST_LOG`.
+fn tracing_subscriber_init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn exit_code(valid: Valid) -> ExitCode {
+    // The Jepsen tradition: 0 valid, 1 invalid, 2 unknown (or could not run).
+    ExitCode::from(match valid {
+        Valid::True => 0,
+        Valid::False => 1,
+        Valid::Unknown => 2,
+    })
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::List => {
+            for s in SCENARIOS {
+                println!("{:<20} {}", s.name, s.about);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cleanup => {
+            for ns in net::leftover_namespaces()? {
+                net::run("ip", &["netns", "del", &ns])?;
+                println!("deleted namespace {ns}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { history: path, out_dir } => {
+            let out_dir = out_dir.unwrap_or_else(|| path.parent().map_or_else(|| PathBuf::from("."), PathBuf::from));
+            let events = history::load(&path)?;
+            let analysis = check_all(&events, &CheckConfig::default());
+            let reproduce = format!("fenceflake-jepsen check {}", path.display());
+            let paths = report::write(&out_dir, &events, &analysis, &reproduce)?;
+            for r in &analysis.results {
+                println!("{:<24} {:<8} {}", r.name, r.valid.as_str(), r.summary);
+            }
+            println!("report: {}", paths.report_html.display());
+            Ok(exit_code(analysis.valid()))
+        }
+        Command::Workload { workers, registry, rate, duration_ms, seed, origin_ns, history: path, burst } => {
+            let workers = workers
+                .iter()
+                .map(|w| {
+                    w.split_once('=').map(|(n, a)| (n.to_string(), a.to_string())).context("--workers takes NAME=ADDR")
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let bursts = burst
+                .iter()
+                .map(|b| {
+                    let parts: Vec<u64> = b.split(':').filter_map(|p| p.parse().ok()).collect();
+                    match parts[..] {
+                        [w, at, ids, calls] => Ok((w as usize, Duration::from_millis(at), ids as u32, calls as u32)),
+                        _ => bail!("--burst takes WORKER:AT_MS:IDS:CALLS, got {b:?}"),
+                    }
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let plan = workload::Plan {
+                workers,
+                registry,
+                rate_per_sec: rate,
+                duration: Duration::from_millis(duration_ms),
+                seed,
+                clock: RunClock { origin_ns },
+                bursts,
+            };
+            let writer = HistoryWriter::open(&path)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            runtime.block_on(workload::run(plan, writer))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Test {
+            scenario,
+            time_limit,
+            seed,
+            workers,
+            rate,
+            store,
+            fenceflake,
+            unsafe_disable_deadline_check,
+        } => {
+            if !nix::unistd::geteuid().is_root() {
+                eprintln!(
+                    "fenceflake-jepsen needs root: it creates network namespaces and nftables rules (run it with sudo)"
+                );
+                return Ok(ExitCode::from(77));
+            }
+            anyhow::ensure!(workers >= 2, "--workers must be at least 2 (got {workers})");
+            let harness = std::env::current_exe()?;
+            let fenceflake = match fenceflake {
+                Some(path) => path,
+                None => harness.with_file_name("fenceflake"),
+            };
+            anyhow::ensure!(
+                fenceflake.exists(),
+                "{} not found: build it (`cargo build -p fenceflake-cli`) or pass --fenceflake",
+                fenceflake.display()
+            );
+            let scenarios: Vec<&'static scenario::Scenario> = if scenario == "all" {
+                SCENARIOS.iter().collect()
+            } else {
+                vec![scenario::find(&scenario)
+                    .with_context(|| format!("unknown scenario {scenario:?}; see `fenceflake-jepsen list`"))?]
+            };
+            let seed = seed.unwrap_or_else(|| fenceflake_jepsen::clock::mono_ns() % 1_000_000);
+            let mut worst = Valid::True;
+            let mut summary = Vec::new();
+            for scenario in scenarios {
+                let options = RunOptions {
+                    scenario,
+                    time_limit,
+                    seed,
+                    workers,
+                    rate,
+                    store: store.clone(),
+                    fenceflake: fenceflake.clone(),
+                    harness: harness.clone(),
+                    unsafe_disable_deadline_check,
+                };
+                let outcome = run(&options)?;
+                for r in &outcome.results {
+                    println!("  {:<20} {:<8} {}", r.name, r.valid.as_str(), r.summary);
+                }
+                println!("{} {}: {}", scenario.name, outcome.valid.as_str(), outcome.dir.join("report.html").display());
+                summary.push(format!("{:<20} {}", scenario.name, outcome.valid.as_str()));
+                worst = worst.and(outcome.valid);
+            }
+            println!("\n{}", summary.join("\n"));
+            Ok(exit_code(worst))
+        }
+    }
+}

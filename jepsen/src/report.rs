@@ -1,0 +1,236 @@
+//! The run's report: `results.json` (verdicts, evidence and numbers for machines) and a
+//! self-contained `report.html` (inline CSS and SVG, no scripts, no network) for humans:
+//! verdict table with evidence, performance per phase, latency and throughput over time,
+//! parked intervals, lease spans, the fault list, and the command that reproduces the run.
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::checker::perf::{PerfStats, Tally};
+use crate::checker::{Analysis, CheckResult};
+use crate::history::Event;
+
+mod charts;
+mod svg;
+
+use svg::escape;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("cannot write {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot encode results: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// Where the report files went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportPaths {
+    pub results_json: PathBuf,
+    pub report_html: PathBuf,
+}
+
+/// The machine-readable results: overall verdict, reproduce command, every check, the perf
+/// numbers.
+pub fn results_json(analysis: &Analysis, reproduce: &str) -> Value {
+    json!({
+        "valid": analysis.valid(),
+        "reproduce": reproduce,
+        "checks": analysis.results,
+        "perf": analysis.perf,
+    })
+}
+
+/// Writes `results.json` and `report.html` into `dir` (which must exist).
+pub fn write(dir: &Path, events: &[Event], analysis: &Analysis, reproduce: &str) -> Result<ReportPaths, ReportError> {
+    let paths = ReportPaths { results_json: dir.join("results.json"), report_html: dir.join("report.html") };
+    let results = serde_json::to_string_pretty(&results_json(analysis, reproduce)).map_err(ReportError::Encode)?;
+    write_file(&paths.results_json, &results)?;
+    write_file(&paths.report_html, &render_html(events, analysis, reproduce))?;
+    Ok(paths)
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), ReportError> {
+    std::fs::write(path, text).map_err(|source| ReportError::Io { path: path.to_path_buf(), source })
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:1000px;color:#222}\
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}\
+.v-true{background:#d4edda}.v-false{background:#f8d7da}.v-unknown{background:#fff3cd}\
+code,pre{background:#f4f4f4;padding:2px 4px}pre{white-space:pre-wrap;max-height:30em;overflow:auto}\
+h1 span{padding:2px 8px;border-radius:4px}";
+
+/// The whole HTML page.
+pub fn render_html(events: &[Event], analysis: &Analysis, reproduce: &str) -> String {
+    let verdict = analysis.valid();
+    let mut html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Fenceflake Jepsen report</title>\
+         <style>{STYLE}</style></head><body>\
+         <h1>Fenceflake Jepsen run: <span class=\"v-{v}\">valid = {v}</span></h1>\
+         <p id=\"reproduce\">Reproduce: <code>{}</code></p>",
+        escape(reproduce),
+        v = verdict.as_str(),
+    );
+    html.push_str("<h2 id=\"checks\">Checks</h2>");
+    html.push_str(&checks_table(&analysis.results));
+    html.push_str("<h2 id=\"performance\">Performance per phase</h2>");
+    html.push_str(&perf_table(&analysis.perf));
+    let sections = [
+        ("latency", "Latency over time", charts::latency(&analysis.perf)),
+        ("throughput", "Throughput over time", charts::throughput(&analysis.perf)),
+        ("parked", "Parked workers", charts::parked(events, &analysis.perf)),
+        ("leases", "Lease timeline per worker ID", charts::leases(events, &analysis.perf)),
+    ];
+    for (id, title, svg) in sections {
+        let _ = write!(html, "<h2 id=\"{id}\">{title}</h2>{svg}");
+    }
+    html.push_str("<h2 id=\"faults\">Faults</h2>");
+    html.push_str(&faults_table(&analysis.perf));
+    let _ = write!(html, "<p>{} events in the history.</p></body></html>", events.len());
+    html
+}
+
+fn checks_table(results: &[CheckResult]) -> String {
+    let mut html = String::from("<table><tr><th>check</th><th>valid</th><th>summary</th><th>evidence</th></tr>");
+    for r in results {
+        let evidence = if r.evidence.is_empty() {
+            String::new()
+        } else {
+            let items: Vec<String> =
+                r.evidence.iter().map(|e| serde_json::to_string_pretty(e).unwrap_or_default()).collect();
+            format!(
+                "<details><summary>{} items</summary><pre>{}</pre></details>",
+                r.evidence.len(),
+                escape(&items.join("\n"))
+            )
+        };
+        let _ = write!(
+            html,
+            "<tr class=\"v-{v}\"><td>{}</td><td>{v}</td><td>{}</td><td>{evidence}</td></tr>",
+            escape(&r.name),
+            escape(&r.summary),
+            v = r.valid.as_str()
+        );
+    }
+    html.push_str("</table>");
+    html
+}
+
+fn perf_table(perf: &PerfStats) -> String {
+    let mut html = String::from(
+        "<table><tr><th>phase</th><th>ok</th><th>fail</th><th>info</th><th>availability</th>\
+         <th>p50 ms</th><th>p99 ms</th><th>max ms</th><th>IDs</th></tr>",
+    );
+    let ms = |t: &Tally, pick: fn(&crate::checker::perf::Latency) -> f64| {
+        t.latency.map_or("-".into(), |l| format!("{:.2}", pick(&l)))
+    };
+    for p in &perf.phases {
+        let t = &p.tally;
+        let availability = t.availability.map_or("-".to_string(), |a| format!("{:.3}%", a * 100.0));
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{availability}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            p.phase,
+            t.ok,
+            t.fail,
+            t.info,
+            ms(t, |l| l.p50_ms),
+            ms(t, |l| l.p99_ms),
+            ms(t, |l| l.max_ms),
+            t.ids
+        );
+    }
+    html.push_str("</table>");
+    html
+}
+
+fn faults_table(perf: &PerfStats) -> String {
+    if perf.nemesis.is_empty() {
+        return "<p>No faults were injected.</p>".to_string();
+    }
+    let mut html = String::from("<table><tr><th>nemesis</th><th>start s</th><th>stop s</th><th>detail</th></tr>");
+    for w in &perf.nemesis {
+        let stop = w.stop_ns.map_or("(still on at the end)".to_string(), |s| format!("{:.3}", s as f64 / 1e9));
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{:.3}</td><td>{stop}</td><td>{}</td></tr>",
+            escape(&w.name),
+            w.start_ns as f64 / 1e9,
+            escape(&w.detail)
+        );
+    }
+    html.push_str("</table>");
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::testkit::{id, H};
+    use crate::checker::{check_all, CheckConfig};
+    use crate::history::LeaseEventKind::{Acquired, Parked, Resumed};
+    use crate::history::NemesisPhase::{Start, Stop};
+
+    fn sample() -> Vec<Event> {
+        let mut h = H::default();
+        h.lease("w1", Acquired, (1, 100), Some(3000), 0).mono_deadline(3000);
+        h.ok("w1", 1, (100, 102), &[(id(100, 1, 0), 10)], Some((1, 100)));
+        h.nemesis(Start, "quorum-loss", 1000);
+        h.lease("w1", Parked, (1, 100), Some(3000), 3000);
+        h.not_ok("w1", 1, (3100, 3101), crate::history::Phase::Fail);
+        h.nemesis(Stop, "quorum-loss", 4000);
+        h.lease("w1", Resumed, (1, 100), Some(9000), 4200).mono_deadline(9000);
+        h.ok("w1", 1, (4300, 4302), &[(id(4300, 1, 0), 10)], Some((1, 100)));
+        h.events
+    }
+
+    /// Goal: both files are written, the HTML has every section with real SVG content, and
+    /// the reproduce line is escaped verbatim.
+    #[test]
+    fn report_files_contain_the_key_sections() {
+        let events = sample();
+        let analysis = check_all(&events, &CheckConfig::default());
+        let dir = tempfile::tempdir().unwrap();
+        let reproduce = "fenceflake-jepsen run --scenario quorum-loss --seed 42 --time-limit 60 <x>";
+        let paths = write(dir.path(), &events, &analysis, reproduce).unwrap();
+
+        let html = std::fs::read_to_string(&paths.report_html).unwrap();
+        for section in
+            ["id=\"checks\"", "id=\"latency\"", "id=\"throughput\"", "id=\"parked\"", "id=\"leases\"", "id=\"faults\""]
+        {
+            assert!(html.contains(section), "missing {section}");
+        }
+        assert_eq!(html.matches("<svg").count(), 4);
+        assert!(html.contains("--seed 42 --time-limit 60 &lt;x&gt;"));
+        assert!(html.contains("class=\"fault\""), "nemesis intervals are shaded");
+        assert!(html.contains("LEASE_EXPIRED"), "the parked interval is drawn with its reason");
+        assert!(html.contains("w1 t100"), "the lease span is labelled");
+        for name in
+            ["unique-ids", "monotonic-per-worker", "lease-fencing", "registry-linearizable", "parking", "performance"]
+        {
+            assert!(html.contains(name), "verdict table lacks {name}");
+        }
+        assert!(!html.contains("<script") && !html.contains("https://"), "self-contained");
+        assert_eq!(html.matches("http://").count(), html.matches("http://www.w3.org/2000/svg").count());
+
+        let results: Value = serde_json::from_str(&std::fs::read_to_string(&paths.results_json).unwrap()).unwrap();
+        assert_eq!(results["reproduce"], reproduce);
+        assert_eq!(results["checks"].as_array().map(Vec::len), Some(6));
+        assert_eq!(results["valid"], "true", "{}", serde_json::to_string_pretty(&results["checks"]).unwrap());
+    }
+
+    /// Goal: a failing check shows up as such, with its evidence in the page.
+    #[test]
+    fn violations_are_shown_with_evidence() {
+        let mut events = sample();
+        let mut h = H::default();
+        h.ok("w2", 2, (200, 201), &[(id(100, 1, 5), 1)], None);
+        events.extend(h.events);
+        let analysis = check_all(&events, &CheckConfig::default());
+        let html = render_html(&events, &analysis, "cmd");
+        assert!(html.contains("valid = false"));
+        assert!(html.contains("duplicate-ids"));
+    }
+}

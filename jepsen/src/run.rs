@@ -1,0 +1,660 @@
+//! One harness run: build the namespaces, start 5 registry nodes and the workers as real
+//! processes, start the workload in the client namespace, play the scenario's nemesis
+//! schedule, heal, stop everything, then check the history and write the report.
+//!
+//! The controller itself stays in the root namespace and never opens a connection to a
+//! test address: everything that talks to the cluster (`ctl`, the workload) runs inside the
+//! client namespace through `ip netns exec`.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::checker::{check_all, CheckConfig, CheckResult, Valid};
+use crate::clock::{wall_ms, RunClock};
+use crate::history::{self, Event, HistoryWriter, NemesisEvent, NemesisPhase};
+use crate::net::{Faults, Network};
+use crate::process::{Managed, Spec};
+use crate::scenario::{schedule, Action, Scenario, Shape, Sizes, Step};
+
+const REGISTRY_CLIENT_PORT: u16 = 2379;
+const REGISTRY_PEER_PORT: u16 = 2380;
+const WORKER_PORT: u16 = 7379;
+/// Workers' lease: short, so pauses and outages longer than it fit in a 20–30 s run.
+const WORKER_TTL: Duration = Duration::from_secs(3);
+const WORKER_MARGIN: &str = "500ms";
+
+/// Everything a run needs to know; printed as the command that reproduces it.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub scenario: &'static Scenario,
+    pub time_limit: Duration,
+    pub seed: u64,
+    pub workers: usize,
+    pub rate: u32,
+    pub store: PathBuf,
+    /// The `fenceflake` binary under test.
+    pub fenceflake: PathBuf,
+    /// This harness binary (re-executed as the workload inside the client namespace).
+    pub harness: PathBuf,
+    /// Self-test: run workers with their deadline check off; the run must then fail.
+    pub unsafe_disable_deadline_check: bool,
+}
+
+impl RunOptions {
+    pub fn reproduce(&self) -> String {
+        let mut cmd = format!(
+            "fenceflake-jepsen test --scenario {} --time-limit {}s --seed {} --workers {} --rate {}",
+            self.scenario.name,
+            self.time_limit.as_secs(),
+            self.seed,
+            self.workers,
+            self.rate
+        );
+        if self.unsafe_disable_deadline_check {
+            cmd.push_str(" --unsafe-disable-deadline-check");
+        }
+        cmd
+    }
+}
+
+/// The outcome of one run.
+#[derive(Debug)]
+pub struct Outcome {
+    pub dir: PathBuf,
+    pub valid: Valid,
+    pub results: Vec<CheckResult>,
+}
+
+struct Cluster {
+    network: Network,
+    registries: Vec<Managed>,
+    workers: Vec<Managed>,
+    /// Extra processes a nemesis started (duplicate manifests).
+    extras: Vec<Managed>,
+    clock_files: Vec<PathBuf>,
+    dir: PathBuf,
+    fenceflake: PathBuf,
+    nemesis: HistoryWriter,
+    clock: RunClock,
+    /// Faults currently applied to the network (healed together).
+    faults: Faults,
+    active: BTreeMap<String, String>,
+    extra_results: Vec<CheckResult>,
+}
+
+fn ip_of(managed: &Managed) -> Ipv4Addr {
+    managed.spec.host.ip
+}
+
+pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
+    let stamp = wall_ms();
+    let dir = options.store.join(options.scenario.name).join(stamp.to_string());
+    std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("create {}", dir.display()))?;
+    std::fs::write(dir.join("command.txt"), format!("{}\n", options.reproduce()))?;
+    let sizes = Sizes { registries: 5, workers: options.workers, ttl: WORKER_TTL };
+    let steps = schedule(options.scenario, sizes, options.time_limit, options.seed);
+    std::fs::write(dir.join("schedule.json"), serde_json::to_string_pretty(&steps)?)?;
+    println!("run {} → {}", options.reproduce(), dir.display());
+
+    let mut names: Vec<String> = (1..=5).map(|i| format!("n{i}")).collect();
+    names.extend((1..=options.workers).map(|i| format!("w{i}")));
+    names.push("client".into());
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let run_id = u8::try_from(std::process::id() % 200 + 20).unwrap_or(20);
+    let network = Network::create(run_id, &name_refs).context("create the test network (are you root?)")?;
+    let clock = RunClock::start();
+    let mut cluster = Cluster {
+        network,
+        registries: Vec::new(),
+        workers: Vec::new(),
+        extras: Vec::new(),
+        clock_files: Vec::new(),
+        nemesis: HistoryWriter::open(&dir.join("nemesis.jsonl"))?,
+        dir: dir.clone(),
+        fenceflake: options.fenceflake.clone(),
+        clock,
+        faults: Faults::default(),
+        active: BTreeMap::new(),
+        extra_results: Vec::new(),
+    };
+    let result = cluster.drive(options, &steps);
+    cluster.stop_all();
+    drop(cluster);
+    result?;
+
+    let mut events = history::load(&dir.join("workload.jsonl")).unwrap_or_default();
+    events.extend(history::load(&dir.join("nemesis.jsonl"))?);
+    events.sort_by_key(Event::time_ns);
+    let mut merged = HistoryWriter::open(&dir.join("history.jsonl"))?;
+    for event in &events {
+        merged.append(event)?;
+    }
+    merged.flush()?;
+    let mut analysis = check_all(&events, &CheckConfig::default());
+    let extra = std::mem::take(&mut analysis.results);
+    analysis.results = extra;
+    let outcome_results = {
+        let mut r = analysis.results.clone();
+        r.extend(read_extra(&dir));
+        r
+    };
+    analysis.results = outcome_results.clone();
+    crate::report::write(&dir, &events, &analysis, &options.reproduce())?;
+    Ok(Outcome { dir, valid: analysis.valid(), results: outcome_results })
+}
+
+/// Controller-side verdicts (e.g. the duplicate manifest was refused), saved during the run.
+fn read_extra(dir: &Path) -> Vec<CheckResult> {
+    std::fs::read_to_string(dir.join("controller-checks.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
+}
+
+impl Cluster {
+    fn drive(&mut self, options: &RunOptions, steps: &[Step]) -> anyhow::Result<()> {
+        self.start_registries()?;
+        self.wait_leader(Duration::from_secs(20))?;
+        let clock_faults = steps.iter().any(|s| matches!(s.action, Action::ClockStep { .. }));
+        self.start_workers(options, clock_faults)?;
+        self.wait_workers_serving(Duration::from_secs(20))?;
+        let mut workload = self.start_workload(options, steps)?;
+        let mut rng = StdRng::seed_from_u64(options.seed ^ 0x5eed);
+        for step in steps {
+            self.sleep_until(step.at);
+            if let Err(e) = self.apply(&step.action, &mut rng) {
+                println!("  nemesis {:?} failed: {e:#}", step.action);
+            }
+        }
+        self.sleep_until(options.time_limit * 8 / 10);
+        self.heal_everything()?;
+        let deadline = std::time::Instant::now() + options.time_limit + Duration::from_secs(30);
+        while workload.is_running() {
+            if std::time::Instant::now() > deadline {
+                workload.kill();
+                bail!("the workload did not finish in time");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::fs::write(self.dir.join("controller-checks.json"), serde_json::to_string(&self.extra_results)?)?;
+        Ok(())
+    }
+
+    fn sleep_until(&self, offset: Duration) {
+        let target = offset.as_nanos() as u64;
+        let now = self.clock.now_ns();
+        if target > now {
+            std::thread::sleep(Duration::from_nanos(target - now));
+        }
+    }
+
+    fn spec(&self, name: &str, args: Vec<String>, env: Vec<(String, String)>) -> anyhow::Result<Spec> {
+        let host = self.network.host(name).with_context(|| format!("no host {name}"))?.clone();
+        Ok(Spec {
+            name: name.to_string(),
+            host,
+            program: self.fenceflake.clone(),
+            args,
+            env,
+            log: self.dir.join("logs").join(format!("{name}.log")),
+        })
+    }
+
+    fn registry_client_addrs(&self) -> Vec<String> {
+        (1..=5)
+            .filter_map(|i| self.network.host(&format!("n{i}")))
+            .map(|h| format!("{}:{REGISTRY_CLIENT_PORT}", h.ip))
+            .collect()
+    }
+
+    fn start_registries(&mut self) -> anyhow::Result<()> {
+        let initial: Vec<String> = (1..=5)
+            .filter_map(|i| self.network.host(&format!("n{i}")).map(|h| (i, h.ip)))
+            .map(|(i, ip)| format!("{i}={ip}:{REGISTRY_PEER_PORT}/{ip}:{REGISTRY_CLIENT_PORT}"))
+            .collect();
+        for i in 1..=5 {
+            let name = format!("n{i}");
+            let ip = self.network.host(&name).context("registry host")?.ip;
+            let args = vec![
+                "registry".into(),
+                "--node-id".into(),
+                i.to_string(),
+                "--client-addr".into(),
+                format!("{ip}:{REGISTRY_CLIENT_PORT}"),
+                "--peer-addr".into(),
+                format!("{ip}:{REGISTRY_PEER_PORT}"),
+                "--data-dir".into(),
+                self.dir.join("data").join(&name).display().to_string(),
+                "--initial-cluster".into(),
+                initial.join(","),
+            ];
+            let mut managed =
+                Managed::new(self.spec(&name, args, vec![("RUST_LOG".into(), "info,openraft=warn".into())])?);
+            managed.start()?;
+            self.registries.push(managed);
+        }
+        Ok(())
+    }
+
+    fn start_workers(&mut self, options: &RunOptions, clock_faults: bool) -> anyhow::Result<()> {
+        let faketime = crate::faketime_library();
+        if clock_faults && faketime.is_none() {
+            bail!("this scenario needs libfaketime (apt-get install libfaketime)");
+        }
+        for i in 1..=options.workers {
+            let name = format!("w{i}");
+            let ip = self.network.host(&name).context("worker host")?.ip;
+            let clock_file = self.dir.join(format!("clock-{name}"));
+            std::fs::write(&clock_file, "+0\n")?;
+            let mut args = vec![
+                "worker".into(),
+                "--registry".into(),
+                self.registry_client_addrs().join(","),
+                "--listen".into(),
+                format!("{ip}:{WORKER_PORT}"),
+                "--state-dir".into(),
+                self.dir.join("data").join(&name).display().to_string(),
+                "--hostname".into(),
+                name.clone(),
+                "--lease-ttl".into(),
+                format!("{}ms", WORKER_TTL.as_millis()),
+                "--margin".into(),
+                WORKER_MARGIN.into(),
+                "--log-format".into(),
+                "json".into(),
+            ];
+            if options.unsafe_disable_deadline_check {
+                args.push("--unsafe-disable-deadline-check".into());
+            }
+            let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
+            if let (true, Some(lib)) = (clock_faults, &faketime) {
+                env.extend([
+                    ("LD_PRELOAD".to_string(), lib.display().to_string()),
+                    ("FAKETIME_TIMESTAMP_FILE".to_string(), clock_file.display().to_string()),
+                    ("FAKETIME_NO_CACHE".to_string(), "1".to_string()),
+                    ("DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+                ]);
+            }
+            let mut managed = Managed::new(self.spec(&name, args, env)?);
+            managed.start()?;
+            self.workers.push(managed);
+            self.clock_files.push(clock_file);
+        }
+        Ok(())
+    }
+
+    fn start_workload(&mut self, options: &RunOptions, steps: &[Step]) -> anyhow::Result<Managed> {
+        let workers: Vec<String> =
+            self.workers.iter().map(|w| format!("{}={}:{WORKER_PORT}", w.spec.name, ip_of(w))).collect();
+        let mut args = vec![
+            "workload".into(),
+            "--workers".into(),
+            workers.join(","),
+            "--registry".into(),
+            self.registry_client_addrs().join(","),
+            "--rate".into(),
+            options.rate.to_string(),
+            "--duration-ms".into(),
+            (options.time_limit.as_millis() as u64).saturating_sub(self.clock.now_ns() / 1_000_000).to_string(),
+            "--seed".into(),
+            options.seed.to_string(),
+            "--origin-ns".into(),
+            self.clock.origin_ns.to_string(),
+            "--history".into(),
+            self.dir.join("workload.jsonl").display().to_string(),
+        ];
+        for step in steps {
+            if let Action::Burst { worker, ids_per_call, calls } = step.action {
+                args.push("--burst".into());
+                args.push(format!("{worker}:{}:{ids_per_call}:{calls}", step.at.as_millis()));
+            }
+        }
+        let host = self.network.host("client").context("client host")?.clone();
+        let spec = Spec {
+            name: "workload".into(),
+            host,
+            program: options.harness.clone(),
+            args,
+            env: vec![("RUST_LOG".into(), "warn".into())],
+            log: self.dir.join("logs").join("workload.log"),
+        };
+        let mut workload = Managed::new(spec);
+        workload.start()?;
+        Ok(workload)
+    }
+
+    /// `fenceflake ctl ... --json` from inside the client namespace.
+    fn ctl(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let client = self.network.host("client").context("client host")?;
+        let registry = self.registry_client_addrs().join(",");
+        let fenceflake = self.fenceflake.display().to_string();
+        let mut all =
+            vec!["netns", "exec", &client.netns, &fenceflake, "ctl", "--registry", &registry, "--timeout", "2s"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let out = crate::net::run("ip", &all)?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    fn leader_index(&self) -> Option<usize> {
+        let status = self.ctl(&["status"]).ok()?;
+        let leader = status["leader_id"].as_u64()?;
+        (leader > 0).then(|| leader as usize - 1)
+    }
+
+    fn wait_leader(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.leader_index().is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("no registry leader within {timeout:?}; see {}", self.dir.join("logs").display())
+    }
+
+    fn worker_ids(&self) -> BTreeMap<String, u64> {
+        let mut ids = BTreeMap::new();
+        if let Ok(serde_json::Value::Array(leases)) = self.ctl(&["leases"]) {
+            for lease in leases {
+                let holder = lease["holder"].as_str().unwrap_or("");
+                if let (Some(name), Some(id)) = (holder.split('/').next(), lease["worker_id"].as_u64()) {
+                    if lease["state"] == "HELD" {
+                        ids.insert(name.to_string(), id);
+                    }
+                }
+            }
+        }
+        ids
+    }
+
+    fn wait_workers_serving(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            let ids = self.worker_ids();
+            if self.workers.iter().all(|w| ids.contains_key(&w.spec.name)) {
+                // Leave the boot wait (past not_before / the ceiling) behind.
+                std::thread::sleep(Duration::from_millis(500));
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("workers did not all get a lease within {timeout:?}; see {}", self.dir.join("logs").display())
+    }
+
+    fn record(&mut self, phase: NemesisPhase, name: &str, detail: String) {
+        println!("  {:>6} ms  nemesis {:?} {name} {detail}", self.clock.now_ns() / 1_000_000, phase);
+        let event =
+            NemesisEvent { phase, name: name.to_string(), time_ns: self.clock.now_ns(), wall_ms: wall_ms(), detail };
+        if let Err(e) = self.nemesis.append(&Event::Nemesis(event)).and_then(|()| self.nemesis.flush()) {
+            println!("  cannot record the nemesis event: {e}");
+        }
+        match phase {
+            NemesisPhase::Start => {
+                self.active.insert(name.to_string(), String::new());
+            }
+            NemesisPhase::Stop => {
+                self.active.remove(name);
+            }
+        }
+    }
+
+    fn stop_active(&mut self, prefix: &str) {
+        let names: Vec<String> = self.active.keys().filter(|n| n.starts_with(prefix)).cloned().collect();
+        for name in names {
+            self.record(NemesisPhase::Stop, &name, String::new());
+        }
+    }
+
+    fn registry_ips(&self) -> Vec<Ipv4Addr> {
+        self.registries.iter().map(ip_of).collect()
+    }
+
+    fn worker_ips(&self) -> Vec<Ipv4Addr> {
+        self.workers.iter().map(ip_of).collect()
+    }
+
+    fn apply(&mut self, action: &Action, rng: &mut StdRng) -> anyhow::Result<()> {
+        match action {
+            Action::Partition(shape) => self.partition(shape, rng),
+            Action::Loss(percent) => {
+                let all: Vec<Ipv4Addr> = self.registry_ips().into_iter().chain(self.worker_ips()).collect();
+                for a in &all {
+                    for b in &all {
+                        if a != b {
+                            self.faults.lossy.insert((*a, *b));
+                        }
+                    }
+                }
+                self.faults.loss_percent = *percent;
+                self.network.apply(&self.faults)?;
+                self.record(NemesisPhase::Start, "packet-loss", format!("{percent}%"));
+                Ok(())
+            }
+            Action::Heal => {
+                self.faults = Faults::default();
+                self.network.apply(&self.faults)?;
+                self.stop_active("partition");
+                self.stop_active("packet-loss");
+                self.stop_active("quorum-loss");
+                Ok(())
+            }
+            Action::KillRegistry { node } => {
+                self.registries[*node].kill();
+                self.record(NemesisPhase::Start, &format!("kill-n{}", node + 1), "SIGKILL".into());
+                Ok(())
+            }
+            Action::KillLeader => {
+                let leader = self.leader_index().context("no leader to kill")?;
+                self.registries[leader].kill();
+                self.record(NemesisPhase::Start, &format!("kill-n{}", leader + 1), "SIGKILL of the leader".into());
+                Ok(())
+            }
+            Action::RestartRegistries => {
+                for i in 0..self.registries.len() {
+                    if !self.registries[i].is_running() {
+                        self.registries[i].start()?;
+                        self.record(NemesisPhase::Stop, &format!("kill-n{}", i + 1), "restarted".into());
+                    }
+                }
+                Ok(())
+            }
+            Action::KillWorker { worker, wipe_state } => {
+                self.workers[*worker].kill();
+                let name = self.workers[*worker].spec.name.clone();
+                if *wipe_state {
+                    let _ = std::fs::remove_dir_all(self.dir.join("data").join(&name));
+                }
+                let detail = if *wipe_state { "SIGKILL, state dir wiped" } else { "SIGKILL" };
+                self.record(NemesisPhase::Start, &format!("kill-{name}"), detail.into());
+                // Restart at once: the hot-millisecond replay case.
+                self.workers[*worker].start()?;
+                self.record(NemesisPhase::Stop, &format!("kill-{name}"), "restarted".into());
+                Ok(())
+            }
+            Action::RestartWorkers => {
+                for i in 0..self.workers.len() {
+                    if !self.workers[i].is_running() {
+                        self.workers[i].start()?;
+                    }
+                }
+                Ok(())
+            }
+            Action::Pause { worker } => {
+                self.workers[*worker].pause()?;
+                let name = format!("pause-{}", self.workers[*worker].spec.name);
+                self.record(NemesisPhase::Start, &name, "SIGSTOP".into());
+                Ok(())
+            }
+            Action::ResumeAll => {
+                for i in 0..self.workers.len() {
+                    if self.workers[i].paused {
+                        self.workers[i].resume()?;
+                        let name = format!("pause-{}", self.workers[i].spec.name);
+                        self.record(NemesisPhase::Stop, &name, "SIGCONT".into());
+                    }
+                }
+                Ok(())
+            }
+            Action::ClockStep { worker, offset_ms } => {
+                let seconds = *offset_ms as f64 / 1000.0;
+                std::fs::write(&self.clock_files[*worker], format!("{seconds:+}\n"))?;
+                let name = format!("clock-{}", self.workers[*worker].spec.name);
+                self.record(NemesisPhase::Start, &name, format!("wall clock offset {offset_ms:+} ms"));
+                Ok(())
+            }
+            Action::ClockReset => {
+                for file in &self.clock_files {
+                    std::fs::write(file, "+0\n")?;
+                }
+                self.stop_active("clock-");
+                Ok(())
+            }
+            Action::DuplicateManifest { worker } => self.duplicate_manifest(*worker),
+            // Bursts run inside the workload (it was told at start).
+            Action::Burst { worker, ids_per_call, calls } => {
+                let name = format!("burst-w{}", worker + 1);
+                self.record(NemesisPhase::Start, &name, format!("{calls} calls of {ids_per_call} IDs"));
+                Ok(())
+            }
+        }
+    }
+
+    fn partition(&mut self, shape: &Shape, rng: &mut StdRng) -> anyhow::Result<()> {
+        let regs = self.registry_ips();
+        let workers = self.worker_ips();
+        let mut faults = Faults::default();
+        let name = match shape {
+            Shape::Halves => {
+                let mut order = regs.clone();
+                order.shuffle(rng);
+                let (minority, majority) = order.split_at(2);
+                faults.cut_between(minority, majority);
+                faults.cut_between(minority, &workers);
+                format!("partition-halves {minority:?} | {majority:?}")
+            }
+            Shape::MajoritiesRing => {
+                for i in 0..regs.len() {
+                    let far = (i + 2) % regs.len();
+                    faults.cut_between(&[regs[i]], &[regs[far]]);
+                }
+                "partition-ring".into()
+            }
+            Shape::IsolateLeader => {
+                let leader = self.leader_index().context("no leader to isolate")?;
+                let others: Vec<Ipv4Addr> =
+                    regs.iter().chain(&workers).copied().filter(|ip| *ip != regs[leader]).collect();
+                faults.cut_between(&[regs[leader]], &others);
+                format!("partition-leader n{}", leader + 1)
+            }
+            Shape::Bridge => {
+                let mut order = regs.clone();
+                order.shuffle(rng);
+                faults.cut_between(&order[..2], &order[3..]);
+                format!("partition-bridge via {}", order[2])
+            }
+            Shape::WorkerCut { worker } => {
+                faults.cut_between(&[workers[*worker]], &regs);
+                format!("partition-worker w{}", worker + 1)
+            }
+            Shape::QuorumLoss => {
+                let groups = [&regs[..2], &regs[2..4], &regs[4..]];
+                for (i, a) in groups.iter().enumerate() {
+                    for b in &groups[i + 1..] {
+                        faults.cut_between(a, b);
+                    }
+                }
+                "quorum-loss".into()
+            }
+        };
+        faults.lossy = self.faults.lossy.clone();
+        faults.loss_percent = self.faults.loss_percent;
+        self.network.apply(&faults)?;
+        self.faults = faults;
+        let (label, detail) = name.split_once(' ').map_or((name.as_str(), ""), |(l, d)| (l, d));
+        let label = label.to_string();
+        self.record(NemesisPhase::Start, &label, detail.to_string());
+        Ok(())
+    }
+
+    /// Start a second worker claiming `worker`'s ID explicitly; it must refuse to start.
+    fn duplicate_manifest(&mut self, worker: usize) -> anyhow::Result<()> {
+        let name = self.workers[worker].spec.name.clone();
+        let id = *self.worker_ids().get(&name).context("the original worker holds no ID")?;
+        let ip = ip_of(&self.workers[worker]);
+        let args = vec![
+            "worker".into(),
+            "--registry".into(),
+            self.registry_client_addrs().join(","),
+            "--listen".into(),
+            format!("{ip}:{}", WORKER_PORT + 1),
+            "--state-dir".into(),
+            self.dir.join("data").join(format!("{name}-duplicate")).display().to_string(),
+            "--hostname".into(),
+            format!("{name}-duplicate"),
+            "--worker-id".into(),
+            id.to_string(),
+        ];
+        let mut spec = self.spec(&name, args, vec![])?;
+        spec.name = format!("{name}-duplicate");
+        spec.log = self.dir.join("logs").join(format!("{name}-duplicate.log"));
+        let log = spec.log.clone();
+        let mut duplicate = Managed::new(spec);
+        duplicate.start()?;
+        self.record(NemesisPhase::Start, "duplicate-manifest", format!("second worker claims worker ID {id}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while duplicate.is_running() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let refused = !duplicate.is_running();
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        let names_holder = said.contains(&format!("{name}/"));
+        duplicate.kill();
+        self.extras.push(duplicate);
+        let valid = if refused && names_holder { Valid::True } else { Valid::False };
+        let summary = if refused {
+            format!("the duplicate claim of worker ID {id} exited; message names the holder: {names_holder}")
+        } else {
+            format!("the duplicate claim of worker ID {id} was still running after 15 s")
+        };
+        self.record(NemesisPhase::Stop, "duplicate-manifest", summary.clone());
+        self.extra_results.push(CheckResult {
+            name: "duplicate-manifest".into(),
+            valid,
+            summary,
+            evidence: vec![serde_json::json!({ "log": log.display().to_string() })],
+        });
+        Ok(())
+    }
+
+    fn heal_everything(&mut self) -> anyhow::Result<()> {
+        let mut rng = StdRng::seed_from_u64(0);
+        for action in
+            [Action::Heal, Action::ResumeAll, Action::ClockReset, Action::RestartRegistries, Action::RestartWorkers]
+        {
+            self.apply(&action, &mut rng)?;
+        }
+        self.stop_active("");
+        Ok(())
+    }
+
+    fn stop_all(&mut self) {
+        for worker in &mut self.workers {
+            worker.terminate(Duration::from_secs(5));
+        }
+        for extra in &mut self.extras {
+            extra.kill();
+        }
+        for registry in &mut self.registries {
+            registry.terminate(Duration::from_secs(5));
+        }
+        let _ = self.nemesis.flush();
+    }
+}

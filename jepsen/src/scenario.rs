@@ -1,0 +1,246 @@
+//! The scenarios a run can use, and the nemesis schedule each one produces for a seed. A
+//! schedule is data (a list of timed actions), so it is printed, recorded and reproducible.
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// Which registry nodes a partition separates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Shape {
+    /// Two random halves (2 | 3) of the registry nodes; workers stay with the majority.
+    Halves,
+    /// Each node sees a different majority: n_i talks only to its ring neighbours ±1, ±2.
+    MajoritiesRing,
+    /// The current leader alone.
+    IsolateLeader,
+    /// Two halves joined by one bridge node that sees both.
+    Bridge,
+    /// One worker cut off from every registry node (it must park at its deadline).
+    WorkerCut { worker: usize },
+    /// Every worker cut off from every registry node: a registry outage, seen by workers.
+    QuorumLoss,
+}
+
+/// One thing the nemesis does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    Partition(Shape),
+    /// Random loss (percent) between every pair of registry nodes and workers.
+    Loss(u8),
+    /// Remove every partition and loss rule.
+    Heal,
+    KillRegistry {
+        node: usize,
+    },
+    KillLeader,
+    /// Restart every registry node that is down.
+    RestartRegistries,
+    KillWorker {
+        worker: usize,
+        wipe_state: bool,
+    },
+    RestartWorkers,
+    /// SIGSTOP a worker (past its TTL if the pause lasts long enough).
+    Pause {
+        worker: usize,
+    },
+    ResumeAll,
+    /// Step a worker's wall clock by this many milliseconds (libfaketime offset file).
+    ClockStep {
+        worker: usize,
+        offset_ms: i64,
+    },
+    /// Reset every worker's clock offset to zero.
+    ClockReset,
+    /// Start a second worker process claiming the same explicit worker ID as `worker`.
+    DuplicateManifest {
+        worker: usize,
+    },
+    /// One caller asks a worker for more than its per-millisecond ceiling.
+    Burst {
+        worker: usize,
+        ids_per_call: u32,
+        calls: u32,
+    },
+}
+
+/// An action at an offset from the start of the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub at: Duration,
+    pub action: Action,
+}
+
+/// A named scenario: what it exercises, and its schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario { name: "partition-halves", about: "registry split into two random halves, then healed" },
+    Scenario { name: "partition-ring", about: "majorities ring: every node sees a different majority" },
+    Scenario { name: "partition-leader", about: "the registry leader isolated from everyone" },
+    Scenario { name: "partition-bridge", about: "two halves joined by one bridge node" },
+    Scenario { name: "worker-cut", about: "one worker cut off from the registry: it parks at its deadline" },
+    Scenario { name: "packet-loss", about: "10% random loss between every registry node and worker" },
+    Scenario { name: "kill-registry", about: "SIGKILL and restart of random registry nodes" },
+    Scenario { name: "kill-leader", about: "SIGKILL of the registry leader, then restart" },
+    Scenario { name: "kill-worker", about: "SIGKILL of a worker and immediate restart (restart replays a hot ms?)" },
+    Scenario { name: "pause", about: "SIGSTOP a worker past its TTL (the GC pause), then SIGCONT" },
+    Scenario { name: "clock-step", about: "worker wall clocks step back 5 ms, 50 ms, 2 s, and forward" },
+    Scenario { name: "clock-strobe", about: "a worker's wall clock jumps back and forth every 200 ms" },
+    Scenario { name: "disk-loss", about: "a worker's state dir wiped before its restart" },
+    Scenario { name: "duplicate-manifest", about: "a second worker started with an explicit ID already held" },
+    Scenario {
+        name: "quorum-loss",
+        about: "every worker cut from the registry longer than the TTL: park in waves, resume",
+    },
+    Scenario { name: "burst", about: "one caller above a worker's per-millisecond ceiling" },
+    Scenario { name: "random-mix", about: "a seeded random mix of all of the above" },
+];
+
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
+
+/// Sizes the schedule needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub registries: usize,
+    pub workers: usize,
+    /// The workers' lease TTL: pauses and outages are sized against it.
+    pub ttl: Duration,
+}
+
+/// The schedule of `scenario` for a run of `limit`, seeded. Faults start after a nominal
+/// phase (a fifth of the run) and everything is healed by 70% of it, so the rest shows
+/// recovery.
+pub fn schedule(scenario: &Scenario, sizes: Sizes, limit: Duration, seed: u64) -> Vec<Step> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let start = limit / 5;
+    let heal_by = limit * 7 / 10;
+    let at = |f: f64| start + (heal_by - start).mul_f64(f);
+    let outage = (sizes.ttl * 2).min(heal_by - start);
+    let worker = rng.gen_range(0..sizes.workers);
+    let step = |at: Duration, action: Action| Step { at, action };
+    match scenario.name {
+        "partition-halves" => cycle(at, &[Action::Partition(Shape::Halves)], Action::Heal),
+        "partition-ring" => cycle(at, &[Action::Partition(Shape::MajoritiesRing)], Action::Heal),
+        "partition-leader" => cycle(at, &[Action::Partition(Shape::IsolateLeader)], Action::Heal),
+        "partition-bridge" => cycle(at, &[Action::Partition(Shape::Bridge)], Action::Heal),
+        "worker-cut" => {
+            vec![step(start, Action::Partition(Shape::WorkerCut { worker })), step(start + outage, Action::Heal)]
+        }
+        "packet-loss" => vec![step(start, Action::Loss(10)), step(heal_by, Action::Heal)],
+        "kill-registry" => {
+            let mut nodes: Vec<usize> = (0..sizes.registries).collect();
+            nodes.shuffle(&mut rng);
+            vec![
+                step(at(0.0), Action::KillRegistry { node: nodes[0] }),
+                step(at(0.3), Action::RestartRegistries),
+                step(at(0.5), Action::KillRegistry { node: nodes[1] }),
+                step(at(0.5), Action::KillRegistry { node: nodes[2] }),
+                step(at(0.8), Action::RestartRegistries),
+            ]
+        }
+        "kill-leader" => cycle(at, &[Action::KillLeader], Action::RestartRegistries),
+        "kill-worker" => cycle(at, &[Action::KillWorker { worker, wipe_state: false }], Action::RestartWorkers),
+        "disk-loss" => cycle(at, &[Action::KillWorker { worker, wipe_state: true }], Action::RestartWorkers),
+        "pause" => vec![step(start, Action::Pause { worker }), step(start + outage, Action::ResumeAll)],
+        "clock-step" => vec![
+            step(at(0.0), Action::ClockStep { worker, offset_ms: -5 }),
+            step(at(0.2), Action::ClockStep { worker, offset_ms: -50 }),
+            step(at(0.4), Action::ClockStep { worker: (worker + 1) % sizes.workers, offset_ms: -2000 }),
+            step(at(0.6), Action::ClockStep { worker, offset_ms: 1500 }),
+            step(at(1.0), Action::ClockReset),
+        ],
+        "clock-strobe" => {
+            let mut steps = Vec::new();
+            let mut t = start;
+            let mut back = true;
+            while t < heal_by {
+                steps.push(step(t, Action::ClockStep { worker, offset_ms: if back { -100 } else { 0 } }));
+                back = !back;
+                t += Duration::from_millis(200);
+            }
+            steps.push(step(heal_by, Action::ClockReset));
+            steps
+        }
+        "duplicate-manifest" => vec![step(start, Action::DuplicateManifest { worker })],
+        "quorum-loss" => vec![step(start, Action::Partition(Shape::QuorumLoss)), step(start + outage, Action::Heal)],
+        "burst" => vec![step(start, Action::Burst { worker, ids_per_call: 4096, calls: 2000 })],
+        _ => random_mix(&mut rng, sizes, start, heal_by),
+    }
+}
+
+/// Fault, heal, fault, heal: two rounds inside the fault window.
+fn cycle(at: impl Fn(f64) -> Duration, faults: &[Action], heal: Action) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for round in [0.0, 0.5] {
+        for fault in faults {
+            steps.push(Step { at: at(round), action: fault.clone() });
+        }
+        steps.push(Step { at: at(round + 0.3), action: heal.clone() });
+    }
+    steps
+}
+
+fn random_mix(rng: &mut StdRng, sizes: Sizes, start: Duration, heal_by: Duration) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut t = start;
+    let slot = sizes.ttl.max(Duration::from_secs(2));
+    while t + slot < heal_by {
+        let worker = rng.gen_range(0..sizes.workers);
+        let (fault, heal) = match rng.gen_range(0..8) {
+            0 => (Action::Partition(Shape::Halves), Action::Heal),
+            1 => (Action::Partition(Shape::IsolateLeader), Action::Heal),
+            2 => (Action::KillLeader, Action::RestartRegistries),
+            3 => (Action::KillWorker { worker, wipe_state: rng.gen_bool(0.3) }, Action::RestartWorkers),
+            4 => (Action::Pause { worker }, Action::ResumeAll),
+            5 => (Action::ClockStep { worker, offset_ms: -rng.gen_range(5..2000) }, Action::ClockReset),
+            6 => (Action::Loss(rng.gen_range(5..30)), Action::Heal),
+            _ => (Action::Partition(Shape::WorkerCut { worker }), Action::Heal),
+        };
+        steps.push(Step { at: t, action: fault });
+        steps.push(Step { at: t + slot, action: heal });
+        t += slot + slot / 2;
+    }
+    steps.push(Step { at: heal_by, action: Action::Heal });
+    steps.push(Step { at: heal_by, action: Action::ResumeAll });
+    steps.push(Step { at: heal_by, action: Action::ClockReset });
+    steps.push(Step { at: heal_by, action: Action::RestartRegistries });
+    steps.push(Step { at: heal_by, action: Action::RestartWorkers });
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes() -> Sizes {
+        Sizes { registries: 5, workers: 4, ttl: Duration::from_secs(3) }
+    }
+
+    #[test]
+    fn every_scenario_has_a_schedule_that_heals_and_is_reproducible() {
+        let limit = Duration::from_secs(30);
+        for scenario in SCENARIOS {
+            let a = schedule(scenario, sizes(), limit, 7);
+            assert_eq!(a, schedule(scenario, sizes(), limit, 7), "{} is not deterministic", scenario.name);
+            assert!(!a.is_empty(), "{} does nothing", scenario.name);
+            assert!(a.iter().all(|s| s.at < limit), "{} acts after the run", scenario.name);
+        }
+    }
+
+    #[test]
+    fn quorum_loss_outlasts_the_ttl() {
+        let steps = schedule(find("quorum-loss").unwrap(), sizes(), Duration::from_secs(30), 1);
+        assert!(steps[1].at - steps[0].at > sizes().ttl);
+    }
+}

@@ -1,0 +1,467 @@
+//! The workload: runs inside the harness's client namespace (never the root one), calls
+//! `Generate` / `GenerateBatch` across the workers at the set rate, polls each worker's
+//! `Status` to record its lease changes, runs a small registry workload for the
+//! linearizability checker, and appends everything to its history file.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use fenceflake_proto::v1 as pb;
+use fenceflake_proto::v1::generator_client::GeneratorClient;
+use fenceflake_proto::v1::registry_client::RegistryClient;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::clock::{wall_ms, RunClock};
+use crate::history::{
+    ClientOp, Event, GenerateFn, HistoryWriter, IdRange, LeaseEvent, LeaseEventKind, Phase, RegistryFn, RegistryOp,
+    RegistryResult, Rejection,
+};
+
+/// How long one client call may take before its outcome is recorded as unknown (`info`).
+const OP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often each worker's `Status` is polled for lease changes.
+const STATUS_POLL: Duration = Duration::from_millis(20);
+/// Concurrent client calls in flight at most.
+const IN_FLIGHT_MAX: usize = 16;
+/// Largest `GenerateBatch` count the workload asks for in normal operation.
+const BATCH_COUNT_MAX: u32 = 200;
+/// Worker IDs reserved for the registry workload (harness workers take low IDs, `auto`):
+/// each of its processes owns one block and moves to a fresh ID every few rounds, because
+/// the linearizability search grows with the history of one ID.
+pub const REGISTRY_WORKLOAD_IDS: [u32; 2] = [1000, 1012];
+const REGISTRY_IDS_PER_PROCESS: u32 = 12;
+const REGISTRY_ROUNDS_PER_ID: u64 = 30;
+
+/// What to run; passed on the command line from the controller.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub workers: Vec<(String, String)>,
+    pub registry: Vec<String>,
+    pub rate_per_sec: u32,
+    pub duration: Duration,
+    pub seed: u64,
+    pub clock: RunClock,
+    /// (worker index, start offset, IDs per call, calls): one caller above a worker's ceiling.
+    pub bursts: Vec<(usize, Duration, u32, u32)>,
+}
+
+type Shared = Arc<Mutex<HistoryWriter>>;
+
+/// The last lease deadline each worker reported in a reply, so a change is recorded once.
+type Deadlines = Arc<Mutex<HashMap<String, (u32, u64, u64)>>>;
+
+fn record(history: &Shared, event: Event) {
+    let mut writer = history.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Err(e) = writer.append(&event) {
+        tracing::error!(error = %e, "cannot append to the history");
+    }
+}
+
+fn channel(addr: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(300))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+fn status_text(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+/// Run the plan to completion, writing to `history`.
+pub async fn run(plan: Plan, history: HistoryWriter) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !crate::net::has_default_route()?,
+        "refusing to run the workload in a network namespace with a default route: test addresses would leave the machine (it runs inside the harness's client namespace, started by `fenceflake-jepsen test`)"
+    );
+    let history: Shared = Arc::new(Mutex::new(history));
+    let mut clients = Vec::new();
+    for (name, addr) in &plan.workers {
+        clients.push((name.clone(), GeneratorClient::new(channel(addr)?)));
+    }
+    let end_ns = plan.clock.now_ns() + plan.duration.as_nanos() as u64;
+    let mut tasks = Vec::new();
+    for (name, client) in &clients {
+        tasks.push(tokio::spawn(poll_status(name.clone(), client.clone(), plan.clock, end_ns, history.clone())));
+    }
+    for (process, worker_id) in REGISTRY_WORKLOAD_IDS.iter().enumerate() {
+        let registry = plan.registry.clone();
+        tasks.push(tokio::spawn(registry_workload(
+            process as u64 + 1000,
+            *worker_id,
+            registry,
+            plan.clock,
+            end_ns,
+            history.clone(),
+        )));
+    }
+    for (i, (worker, at, ids, calls)) in plan.bursts.iter().copied().enumerate() {
+        if let Some((name, client)) = clients.get(worker).cloned() {
+            let burst = Burst { process: 2000 + i as u64, worker: name, client, at, ids, calls };
+            tasks.push(tokio::spawn(burst.run(plan.clock, history.clone(), Deadlines::default())));
+        }
+    }
+    let deadlines = Deadlines::default();
+    generate_load(&plan, &clients, end_ns, &history, &deadlines).await;
+    for task in tasks {
+        let _ = task.await;
+    }
+    history.lock().unwrap_or_else(PoisonError::into_inner).flush()?;
+    Ok(())
+}
+
+/// Open-loop load at the set rate, bounded in flight.
+async fn generate_load(
+    plan: &Plan,
+    clients: &[(String, GeneratorClient<Channel>)],
+    end_ns: u64,
+    history: &Shared,
+    deadlines: &Deadlines,
+) {
+    let mut rng = StdRng::seed_from_u64(plan.seed);
+    let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MAX));
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / plan.rate_per_sec.max(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut op_id = 0;
+    while plan.clock.now_ns() < end_ns {
+        tick.tick().await;
+        let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
+        op_id += 1;
+        let (name, client) = clients[rng.gen_range(0..clients.len())].clone();
+        let batch = rng.gen_bool(0.3).then(|| rng.gen_range(1..=BATCH_COUNT_MAX));
+        let process = op_id % IN_FLIGHT_MAX as u64;
+        let history = history.clone();
+        let deadlines = deadlines.clone();
+        let clock = plan.clock;
+        tokio::spawn(async move {
+            call(process, op_id, &name, client, batch, clock, &history, &deadlines).await;
+            drop(permit);
+        });
+    }
+    let _ = permits.acquire_many(IN_FLIGHT_MAX as u32).await;
+}
+
+/// One Generate (batch = None) or GenerateBatch call, recorded invoke → ok/fail/info.
+#[allow(clippy::too_many_arguments)]
+async fn call(
+    process: u64,
+    op_id: u64,
+    worker: &str,
+    mut client: GeneratorClient<Channel>,
+    batch: Option<u32>,
+    clock: RunClock,
+    history: &Shared,
+    deadlines: &Deadlines,
+) {
+    let f = if batch.is_some() { GenerateFn::GenerateBatch } else { GenerateFn::Generate };
+    let mut invoke = ClientOp::invoke(process, op_id, f, worker, clock.now_ns(), wall_ms());
+    invoke.count = batch;
+    record(history, Event::Op(invoke.clone()));
+    let completion = match batch {
+        None => {
+            let r = tokio::time::timeout(OP_TIMEOUT, client.generate(pb::GenerateRequest {})).await;
+            match r {
+                Ok(Ok(resp)) => {
+                    let resp = resp.into_inner();
+                    let done_ns = clock.now_ns();
+                    let lease = (resp.worker_id, resp.token);
+                    note_deadline(worker, lease, resp.deadline_wall_ms, done_ns, history, deadlines);
+                    invoke.ok(done_ns, wall_ms(), vec![IdRange { first: resp.id, count: 1 }], Some(lease))
+                }
+                Ok(Err(status)) => failed(&invoke, &status, clock),
+                Err(_) => invoke.failed(Phase::Info, clock.now_ns(), wall_ms(), "timeout"),
+            }
+        }
+        Some(count) => {
+            let r = tokio::time::timeout(OP_TIMEOUT, client.generate_batch(pb::GenerateBatchRequest { count })).await;
+            match r {
+                Ok(Ok(resp)) => {
+                    let resp = resp.into_inner();
+                    let done_ns = clock.now_ns();
+                    let lease = (resp.worker_id, resp.token);
+                    note_deadline(worker, lease, resp.deadline_wall_ms, done_ns, history, deadlines);
+                    let ranges =
+                        resp.ranges.iter().map(|r| IdRange { first: r.first, count: u64::from(r.count) }).collect();
+                    invoke.ok(done_ns, wall_ms(), ranges, Some(lease))
+                }
+                Ok(Err(status)) => failed(&invoke, &status, clock),
+                Err(_) => invoke.failed(Phase::Info, clock.now_ns(), wall_ms(), "timeout"),
+            }
+        }
+    };
+    record(history, Event::Op(completion));
+}
+
+/// Record the deadline a worker's reply stated for its lease, when it changed. Polls of
+/// `Status` lag a renewal by up to a poll interval; the reply states the deadline in force
+/// when the IDs were returned, so the checker never judges a mint by a stale deadline.
+fn note_deadline(
+    worker: &str,
+    lease: (u32, u64),
+    deadline_wall_ms: u64,
+    at_ns: u64,
+    history: &Shared,
+    deadlines: &Deadlines,
+) {
+    let current = (lease.0, lease.1, deadline_wall_ms);
+    let changed =
+        deadlines.lock().unwrap_or_else(PoisonError::into_inner).insert(worker.to_string(), current) != Some(current);
+    if changed {
+        let event = LeaseEvent {
+            worker: worker.to_string(),
+            event: LeaseEventKind::Renewed,
+            worker_id: lease.0,
+            token: lease.1,
+            deadline_wall_ms: Some(deadline_wall_ms),
+            deadline_mono_ns: None,
+            reason: None,
+            time_ns: at_ns,
+            wall_ms: wall_ms(),
+        };
+        record(history, Event::Lease(event));
+    }
+}
+
+/// A gRPC error is a definite failure when the worker said so (it minted nothing), else unknown.
+fn failed(invoke: &ClientOp, status: &tonic::Status, clock: RunClock) -> ClientOp {
+    let definite = matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument
+    ) && !status.message().contains("transport");
+    let phase = if definite { Phase::Fail } else { Phase::Info };
+    invoke.failed(phase, clock.now_ns(), wall_ms(), &status_text(status))
+}
+
+/// One caller far above a worker's per-millisecond ceiling.
+struct Burst {
+    process: u64,
+    worker: String,
+    client: GeneratorClient<Channel>,
+    at: Duration,
+    ids: u32,
+    calls: u32,
+}
+
+impl Burst {
+    async fn run(self, clock: RunClock, history: Shared, deadlines: Deadlines) {
+        let start_ns = self.at.as_nanos() as u64;
+        while clock.now_ns() < start_ns {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for i in 0..self.calls {
+            let op_id = 1_000_000_000 + u64::from(i);
+            let client = self.client.clone();
+            call(self.process, op_id, &self.worker, client, Some(self.ids), clock, &history, &deadlines).await;
+        }
+    }
+}
+
+/// What the workload last saw of a worker.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Seen {
+    worker_id: u32,
+    token: u64,
+    serving: bool,
+    deadline_wall_ms: u64,
+}
+
+async fn poll_status(
+    worker: String,
+    mut client: GeneratorClient<Channel>,
+    clock: RunClock,
+    end_ns: u64,
+    history: Shared,
+) {
+    let mut last: Option<Seen> = None;
+    while clock.now_ns() < end_ns {
+        let sent_ns = clock.now_ns();
+        let Ok(Ok(status)) = tokio::time::timeout(OP_TIMEOUT, client.status(pb::StatusRequest {})).await else {
+            tokio::time::sleep(STATUS_POLL).await;
+            continue;
+        };
+        let s = status.into_inner();
+        let now = Seen {
+            worker_id: s.worker_id,
+            token: s.token,
+            serving: s.state == "SERVING",
+            deadline_wall_ms: s.deadline_wall_ms,
+        };
+        let kinds = lease_changes(last.as_ref(), &now);
+        for kind in kinds {
+            let event = LeaseEvent {
+                worker: worker.clone(),
+                event: kind,
+                worker_id: now.worker_id,
+                token: now.token,
+                deadline_wall_ms: Some(now.deadline_wall_ms),
+                deadline_mono_ns: Some(sent_ns + s.lease_remaining_ms * 1_000_000),
+                reason: (kind == LeaseEventKind::Parked).then(|| s.park_reason.clone()),
+                // The poll's send time: the worker's state is at least this fresh.
+                time_ns: sent_ns,
+                wall_ms: wall_ms(),
+            };
+            record(&history, Event::Lease(event));
+        }
+        last = Some(now);
+        tokio::time::sleep(STATUS_POLL).await;
+    }
+}
+
+/// The lease events implied by going from `before` to `now`.
+fn lease_changes(before: Option<&Seen>, now: &Seen) -> Vec<LeaseEventKind> {
+    let mut kinds = Vec::new();
+    match before {
+        Some(b) if b.token == now.token && b.worker_id == now.worker_id => {
+            if now.deadline_wall_ms > b.deadline_wall_ms + 5 {
+                kinds.push(LeaseEventKind::Renewed);
+            }
+            if b.serving && !now.serving {
+                kinds.push(LeaseEventKind::Parked);
+            } else if !b.serving && now.serving {
+                kinds.push(LeaseEventKind::Resumed);
+            }
+        }
+        _ => {
+            kinds.push(LeaseEventKind::Acquired);
+            if !now.serving {
+                kinds.push(LeaseEventKind::Parked);
+            }
+        }
+    }
+    kinds
+}
+
+/// Acquire a reserved worker ID, renew it, read it, release it, over and over, through
+/// random registry nodes: the history the linearizability checker judges.
+async fn registry_workload(
+    process: u64,
+    first_id: u32,
+    registry: Vec<String>,
+    clock: RunClock,
+    end_ns: u64,
+    history: Shared,
+) {
+    let mut rng = StdRng::seed_from_u64(process);
+    let clients: Vec<RegistryClient<Channel>> =
+        match registry.iter().map(|a| channel(a)).collect::<anyhow::Result<Vec<Channel>>>() {
+            Ok(channels) => channels.into_iter().map(RegistryClient::new).collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::error!(error = %e, "bad registry address; no registry workload");
+                return;
+            }
+        };
+    let mut op_id = 0u64;
+    let mut round = 0u64;
+    while clock.now_ns() < end_ns {
+        round += 1;
+        let worker_id = first_id + (round / REGISTRY_ROUNDS_PER_ID % u64::from(REGISTRY_IDS_PER_PROCESS)) as u32;
+        let holder = format!("jepsen-{process}-{round}");
+        let mut token = None;
+        for f in [RegistryFn::Acquire, RegistryFn::Renew, RegistryFn::Get, RegistryFn::Renew, RegistryFn::Release] {
+            if matches!(f, RegistryFn::Renew | RegistryFn::Release) && token.is_none() {
+                continue;
+            }
+            let client = clients[rng.gen_range(0..clients.len())].clone();
+            op_id += 1;
+            let op = RegistryOp {
+                phase: Phase::Invoke,
+                process,
+                op_id,
+                f,
+                worker_id: Some(worker_id),
+                holder: (f == RegistryFn::Acquire).then(|| holder.clone()),
+                token: if matches!(f, RegistryFn::Renew | RegistryFn::Release) { token } else { None },
+                time_ns: clock.now_ns(),
+                result: None,
+                error: None,
+            };
+            record(&history, Event::Registry(op.clone()));
+            let done = registry_call(client, &op).await;
+            let completed = RegistryOp { time_ns: clock.now_ns(), ..done };
+            if let Some(RegistryResult::Granted { token: t, .. }) = &completed.result {
+                token = Some(*t);
+            }
+            record(&history, Event::Registry(completed));
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(5..50))).await;
+    }
+}
+
+async fn registry_call(mut client: RegistryClient<Channel>, op: &RegistryOp) -> RegistryOp {
+    let worker_id = op.worker_id.unwrap_or_default();
+    let token = op.token.unwrap_or_default();
+    let result: Result<RegistryResult, tonic::Status> = match op.f {
+        RegistryFn::Acquire => {
+            let req = pb::AcquireRequest {
+                holder: op.holder.clone().unwrap_or_default(),
+                worker_id: Some(worker_id),
+                ttl_ms: 5000,
+            };
+            timed(client.acquire(req)).await.map(|l| RegistryResult::Granted { worker_id: l.worker_id, token: l.token })
+        }
+        RegistryFn::Renew => {
+            let req = pb::RenewRequest { worker_id, token, wall_ms_at_send: wall_ms(), max_minted_ts_ms: 0 };
+            timed(client.renew(req)).await.map(|l| RegistryResult::Renewed { token: l.token })
+        }
+        RegistryFn::Release => {
+            let req = pb::ReleaseRequest { worker_id, token, last_ts_ms: 0 };
+            timed(client.release(req)).await.map(|_| RegistryResult::Released)
+        }
+        RegistryFn::Get => {
+            timed(client.get_lease(pb::GetLeaseRequest { worker_id })).await.map(|l| RegistryResult::Lease {
+                holder: (!l.holder.is_empty() && l.state != "FREE").then_some(l.holder),
+                token: l.token,
+            })
+        }
+    };
+    match result {
+        Ok(result) => RegistryOp { phase: Phase::Ok, result: Some(result), ..op.clone() },
+        Err(status) => {
+            let rejection = match status.code() {
+                tonic::Code::AlreadyExists => Some(Rejection::AlreadyHeld),
+                tonic::Code::FailedPrecondition if status.message().starts_with("FENCED:") => Some(Rejection::Fenced),
+                tonic::Code::FailedPrecondition if status.message().starts_with("EXPIRED:") => Some(Rejection::Expired),
+                tonic::Code::FailedPrecondition => Some(Rejection::Other),
+                _ => None,
+            };
+            // UNAVAILABLE may follow a commit whose reply was lost: unknown, not failed.
+            let phase = if rejection.is_some() { Phase::Fail } else { Phase::Info };
+            RegistryOp {
+                phase,
+                result: rejection.map(|reason| RegistryResult::Rejected { reason }),
+                error: Some(status_text(&status)),
+                ..op.clone()
+            }
+        }
+    }
+}
+
+async fn timed<T>(
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(OP_TIMEOUT * 3, call).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded("harness timeout")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_changes_follow_status_transitions() {
+        let serving = Seen { worker_id: 1, token: 5, serving: true, deadline_wall_ms: 100 };
+        assert_eq!(lease_changes(None, &serving), vec![LeaseEventKind::Acquired]);
+        let renewed = Seen { deadline_wall_ms: 200, ..serving.clone() };
+        assert_eq!(lease_changes(Some(&serving), &renewed), vec![LeaseEventKind::Renewed]);
+        let parked = Seen { serving: false, ..renewed.clone() };
+        assert_eq!(lease_changes(Some(&renewed), &parked), vec![LeaseEventKind::Parked]);
+        assert_eq!(lease_changes(Some(&parked), &renewed), vec![LeaseEventKind::Resumed]);
+        let regranted = Seen { token: 9, ..serving };
+        assert_eq!(lease_changes(Some(&renewed), &regranted), vec![LeaseEventKind::Acquired]);
+    }
+}
