@@ -78,6 +78,12 @@ struct Cluster {
     workers: Vec<Managed>,
     /// Extra processes a nemesis started (duplicate manifests).
     extras: Vec<Managed>,
+    /// The standby worker of the pause scenario (listed in the workload from the start).
+    standby: Option<Managed>,
+    /// Worker IDs seen held by each worker before a pause.
+    paused_ids: BTreeMap<usize, u64>,
+    /// Self-test: workers (the standby included) run without their deadline check.
+    unsafe_deadline: bool,
     clock_files: Vec<PathBuf>,
     dir: PathBuf,
     fenceflake: PathBuf,
@@ -115,6 +121,9 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
         registries: Vec::new(),
         workers: Vec::new(),
         extras: Vec::new(),
+        standby: None,
+        paused_ids: BTreeMap::new(),
+        unsafe_deadline: options.unsafe_disable_deadline_check,
         clock_files: Vec::new(),
         nemesis: HistoryWriter::open(&dir.join("nemesis.jsonl"))?,
         dir: dir.clone(),
@@ -291,8 +300,13 @@ impl Cluster {
     }
 
     fn start_workload(&mut self, options: &RunOptions, steps: &[Step]) -> anyhow::Result<Managed> {
-        let workers: Vec<String> =
+        let mut workers: Vec<String> =
             self.workers.iter().map(|w| format!("{}={}:{WORKER_PORT}", w.spec.name, ip_of(w))).collect();
+        for step in steps {
+            if let Action::ClaimPaused { worker } = step.action {
+                workers.push(format!("standby={}:{}", ip_of(&self.workers[worker]), WORKER_PORT + 1));
+            }
+        }
         let mut args = vec![
             "workload".into(),
             "--workers".into(),
@@ -488,6 +502,9 @@ impl Cluster {
                 Ok(())
             }
             Action::Pause { worker } => {
+                if let Some(id) = self.worker_ids().get(&self.workers[*worker].spec.name) {
+                    self.paused_ids.insert(*worker, *id);
+                }
                 self.workers[*worker].pause()?;
                 let name = format!("pause-{}", self.workers[*worker].spec.name);
                 self.record(NemesisPhase::Start, &name, "SIGSTOP".into());
@@ -518,6 +535,7 @@ impl Cluster {
                 Ok(())
             }
             Action::DuplicateManifest { worker } => self.duplicate_manifest(*worker),
+            Action::ClaimPaused { worker } => self.claim_paused(*worker),
             // Bursts run inside the workload (it was told at start).
             Action::Burst { worker, ids_per_call, calls } => {
                 let name = format!("burst-w{}", worker + 1);
@@ -581,6 +599,50 @@ impl Cluster {
         let (label, detail) = name.split_once(' ').map_or((name.as_str(), ""), |(l, d)| (l, d));
         let label = label.to_string();
         self.record(NemesisPhase::Start, &label, detail.to_string());
+        Ok(())
+    }
+
+    /// Start the standby worker with the paused worker's ID; until the registry re-grants
+    /// the ID it exits (ALREADY_EXISTS), so retry for up to two TTLs.
+    fn claim_paused(&mut self, worker: usize) -> anyhow::Result<()> {
+        let id = *self.paused_ids.get(&worker).context("the paused worker's ID is unknown")?;
+        let name = self.workers[worker].spec.name.clone();
+        let ip = ip_of(&self.workers[worker]);
+        let mut args = vec![
+            "worker".into(),
+            "--registry".into(),
+            self.registry_client_addrs().join(","),
+            "--listen".into(),
+            format!("{ip}:{}", WORKER_PORT + 1),
+            "--state-dir".into(),
+            self.dir.join("data").join("standby").display().to_string(),
+            "--hostname".into(),
+            "standby".into(),
+            "--worker-id".into(),
+            id.to_string(),
+            "--lease-ttl".into(),
+            format!("{}ms", WORKER_TTL.as_millis()),
+            "--margin".into(),
+            WORKER_MARGIN.into(),
+        ];
+        if self.unsafe_deadline {
+            args.push("--unsafe-disable-deadline-check".into());
+        }
+        let mut spec = self.spec(&name, args, vec![("RUST_LOG".into(), "info".into())])?;
+        spec.name = "standby".into();
+        spec.log = self.dir.join("logs").join("standby.log");
+        let mut standby = Managed::new(spec);
+        let deadline = std::time::Instant::now() + WORKER_TTL * 2;
+        loop {
+            standby.start()?;
+            std::thread::sleep(Duration::from_millis(700));
+            if standby.is_running() {
+                break;
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "the standby never got worker ID {id}");
+        }
+        self.record(NemesisPhase::Start, "standby", format!("standby worker claimed worker ID {id}"));
+        self.standby = Some(standby);
         Ok(())
     }
 
@@ -651,6 +713,9 @@ impl Cluster {
         }
         for extra in &mut self.extras {
             extra.kill();
+        }
+        if let Some(standby) = self.standby.as_mut() {
+            standby.terminate(Duration::from_secs(5));
         }
         for registry in &mut self.registries {
             registry.terminate(Duration::from_secs(5));

@@ -48,6 +48,11 @@ pub enum Action {
     Pause {
         worker: usize,
     },
+    /// Start the standby worker claiming the paused `worker`'s ID explicitly, retrying until
+    /// the registry re-grants it (the "a new node claims 7" half of the GC-pause case).
+    ClaimPaused {
+        worker: usize,
+    },
     ResumeAll,
     /// Step a worker's wall clock by this many milliseconds (libfaketime offset file).
     ClockStep {
@@ -152,7 +157,11 @@ pub fn schedule(scenario: &Scenario, sizes: Sizes, limit: Duration, seed: u64) -
         "kill-leader" => cycle(at, &[Action::KillLeader], Action::RestartRegistries),
         "kill-worker" => cycle(at, &[Action::KillWorker { worker, wipe_state: false }], Action::RestartWorkers),
         "disk-loss" => cycle(at, &[Action::KillWorker { worker, wipe_state: true }], Action::RestartWorkers),
-        "pause" => vec![step(start, Action::Pause { worker }), step(start + outage, Action::ResumeAll)],
+        "pause" => vec![
+            step(start, Action::Pause { worker }),
+            step(start + sizes.ttl + sizes.ttl / 2, Action::ClaimPaused { worker }),
+            step(start + (sizes.ttl * 3).min(heal_by - start), Action::ResumeAll),
+        ],
         "clock-step" => vec![
             step(at(0.0), Action::ClockStep { worker, offset_ms: -5 }),
             step(at(0.2), Action::ClockStep { worker, offset_ms: -50 }),
