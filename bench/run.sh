@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Fenceflake registry benchmark against etcd 3.4, on this machine, in one run (BENCHMARKS.md):
+#   1. installs Debian's etcd-server, etcd-client (and protoc, which the peers' loadgen build needs);
+#   2. builds target/release/{fenceflake,fenceflake-bench} and the peers' etcd load generator;
+#   3. measures our 5-node loopback registry: acquire and renew at 16 and 64 closed-loop clients,
+#      the leader-failover gap (5 SIGKILLs) with the default Raft timing and tuned ones, and the
+#      64-client load again under each tuned timing (stability: does the term move?);
+#   4. measures a 5-member etcd with ../shared/bench/peers (copied to /tmp/ffbench first, it is
+#      read-only): lease keepalive, txn claim (and grant) at 16 and 64 clients, failover probe;
+#   5. prints the comparison tables (ratios, targets) and leaves everything in $FFBENCH_RESULTS.
+#
+#   bash bench/run.sh                 # all of it (~10 min of measuring on 2 cores, plus builds)
+#   bash bench/run.sh ours|etcd|compare   # one stage; set FFBENCH_RESULTS to reuse a results dir
+#   ALT_BIN=/path/to/other/fenceflake ALT_LABEL=patched bash bench/run.sh
+#       # also runs the 16/64-client load against another registry build (e.g. a candidate fix),
+#       # labelled ALT_LABEL, in the same run and tables
+#
+# Only 127.0.0.1 is used. Every server started is stopped by the tool that started it (our
+# fenceflake-bench and peers.py both stop their clusters on exit, SIGINT and SIGTERM).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SHARED="${FFBENCH_SHARED:-$ROOT/../shared/bench}"
+PEERS_COPY="${FFBENCH_COPY:-/tmp/ffbench}"
+PEERS_TARGET="${FFBENCH_PEERS_TARGET:-/tmp/ffbench-target}"
+RESULTS="${FFBENCH_RESULTS:-/tmp/ffbench-results/$(date +%Y%m%d-%H%M%S)}"
+DURATION="${DURATION:-10}"   # recorded seconds per load run (both systems)
+WARMUP="${WARMUP:-5}"        # unrecorded seconds per load run (both systems; peers.py's default)
+TRIALS="${TRIALS:-5}"        # leader kills per failover configuration
+BENCH="$ROOT/target/release/fenceflake-bench"
+# Tuned Raft timings tried for the failover target: "label heartbeat min max".
+TUNED=("hb30-el100-200 30ms 100ms 200ms" "hb20-el60-120 20ms 60ms 120ms")
+
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+# Busy CPU cores of the whole machine over the next $1 seconds (from /proc/stat).
+busy_cores() {
+    local a b
+    a=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+    sleep "$1"
+    b=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+    echo "$a $b" | awk -v s="$1" '{printf "%.2f", ($3 - $1) / 100 / s}'
+}
+
+# The machine is shared (builds, tests): wait up to QUIET_WAIT s for it to be idle (< 0.3
+# busy cores) before a measurement, and say so if it never was.
+quiet() {
+    local waited=0 busy
+    while busy=$(busy_cores 1) && awk -v b="$busy" 'BEGIN {exit !(b >= 0.3)}'; do
+        if [ "$waited" -ge "${QUIET_WAIT:-180}" ]; then
+            log "WARNING: machine still busy ($busy cores) after ${waited}s; measuring anyway"
+            return 0
+        fi
+        [ "$waited" -eq 0 ] && log "machine busy ($busy cores of foreign load): waiting for it to be idle"
+        waited=$((waited + 1))
+    done
+}
+
+# Background record of the machine's busy cores every 2 s and of foreign CPU hogs, so a
+# contaminated window can be recognised afterwards ($RESULTS/machine.log).
+SAMPLER=""
+start_sampler() {
+    (
+        while true; do
+            b=$(busy_cores 2)
+            hogs=$(ps -eo pcpu=,comm= --sort=-pcpu | awk '$1 > 25 && $2 !~ /fenceflake|etcd|loadgen|python|peers/ {printf "%s(%s) ", $2, $1}')
+            echo "$(date +%H:%M:%S) busy=$b ${hogs}"
+        done
+    ) >>"$RESULTS/machine.log" 2>&1 &
+    SAMPLER=$!
+}
+stop_sampler() {
+    if [ -n "$SAMPLER" ]; then
+        kill "$SAMPLER" 2>/dev/null || true
+        wait "$SAMPLER" 2>/dev/null || true
+        SAMPLER=""
+    fi
+}
+
+# Run one step as a child we can forward SIGINT/SIGTERM to (its own handler stops its servers).
+CHILD=""
+step() {
+    quiet
+    log "$*"
+    "$@" &
+    CHILD=$!
+    local rc=0
+    wait "$CHILD" || rc=$?
+    CHILD=""
+    return "$rc"
+}
+on_signal() {
+    stop_sampler
+    if [ -n "$CHILD" ]; then
+        kill -TERM "$CHILD" 2>/dev/null || true
+        wait "$CHILD" 2>/dev/null || true
+    fi
+    exit 130
+}
+trap on_signal INT TERM
+
+install() {
+    if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v protoc >/dev/null; then
+        log "installing etcd-server etcd-client protobuf-compiler"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client protobuf-compiler >/dev/null
+    fi
+    etcd --version | head -1
+}
+
+build() {
+    (cd "$ROOT" && cargo build --release -p fenceflake-cli -p fenceflake-bench)
+    rm -rf "$PEERS_COPY"
+    cp -r "$SHARED" "$PEERS_COPY"
+    chmod -R u+w "$PEERS_COPY"
+    (cd "$PEERS_COPY/peers/loadgen" && CARGO_TARGET_DIR="$PEERS_TARGET" cargo build --release --locked)
+    # peers.py looks for the loadgen under loadgen/target/release.
+    mkdir -p "$PEERS_COPY/peers/loadgen/target/release"
+    ln -sf "$PEERS_TARGET/release/loadgen" "$PEERS_COPY/peers/loadgen/target/release/loadgen"
+}
+
+environment() {
+    mkdir -p "$RESULTS"
+    {
+        echo "date: $(date -Is)"
+        echo "kernel: $(uname -r)"
+        echo "cpus: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+        echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
+        echo "disk of /tmp: $(df -h /tmp | awk 'NR==2 {print $1, $6}')"
+        echo "rustc: $(rustc --version)"
+        echo "etcd: $(etcd --version 2>/dev/null | head -1)"
+        echo "fenceflake: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?') (work tree, release build)"
+    } | tee "$RESULTS/environment.txt" >&2
+}
+
+ours() {
+    mkdir -p "$RESULTS"
+    local out="$RESULTS/ours.jsonl"
+    local load=(--duration "${DURATION}s" --warmup "${WARMUP}s" --out "$out")
+    for op in acquire renew; do
+        for clients in 16 64; do
+            step "$BENCH" registry --clients "$clients" --op "$op" "${load[@]}" >/dev/null
+        done
+    done
+    step "$BENCH" failover --trials "$TRIALS" --out "$out" >/dev/null
+    for t in "${TUNED[@]}"; do
+        read -r label hb emin emax <<<"$t"
+        local timing=(--profile "$label" --heartbeat "$hb" --election-timeout-min "$emin" --election-timeout-max "$emax")
+        step "$BENCH" failover --trials "$TRIALS" "${timing[@]}" --out "$out" >/dev/null
+        for op in acquire renew; do
+            step "$BENCH" registry --clients 64 --op "$op" "${timing[@]}" "${load[@]}" >/dev/null
+        done
+    done
+    if [ -n "${ALT_BIN:-}" ]; then
+        for op in acquire renew; do
+            for clients in 16 64; do
+                step "$BENCH" registry --clients "$clients" --op "$op" --fenceflake-bin "$ALT_BIN" \
+                    --profile "${ALT_LABEL:-alt}" "${load[@]}" >/dev/null
+            done
+        done
+    fi
+}
+
+etcd_peers() {
+    mkdir -p "$RESULTS/peers"
+    cd "$PEERS_COPY/peers"
+    export FBENCH_RESULTS="$RESULTS/peers"
+    step ./peers.py env >/dev/null
+    for clients in 16 64; do
+        step ./peers.py etcd --reps 1 --clients "$clients" --duration "$DURATION" --warmup "$WARMUP"
+    done
+    step ./peers.py failover --systems etcd --reps 1 --trials "$TRIALS" --modes probe --etcd-ops claim \
+        --etcd-profiles default,tuned
+    cd "$ROOT"
+}
+
+compare() {
+    local profiles="default"
+    [ -n "${ALT_BIN:-}" ] && profiles="default,${ALT_LABEL:-alt}"
+    "$BENCH" compare --ours "$RESULTS/ours.jsonl" --peers "$RESULTS/peers" --profile "$profiles" \
+        | tee "$RESULTS/COMPARISON.md"
+    log "results: $RESULTS (ours.jsonl, peers/*.jsonl, COMPARISON.md)"
+}
+
+started=$SECONDS
+case "${1:-all}" in
+    install) install ;;
+    build) build ;;
+    ours) ours ;;
+    etcd) etcd_peers ;;
+    compare) compare ;;
+    all)
+        install
+        build
+        environment
+        log "measuring (results in $RESULTS)"
+        measured=$SECONDS
+        start_sampler
+        ours
+        etcd_peers
+        stop_sampler
+        compare
+        log "measuring took $((SECONDS - measured)) s; everything $((SECONDS - started)) s"
+        ;;
+    *)
+        echo "usage: $0 [all|install|build|ours|etcd|compare]" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,179 @@
+//! Leader-failover gap: a probe launches an Acquire (fresh holder, any worker ID, then a
+//! Release) every `interval` through the nodes that are *not* the leader; after `pre` the
+//! leader is SIGKILLed. The gap is the time from the kill to the completion of the first
+//! successful probe that *started* after the kill (probes in flight at the kill do not
+//! count), the same definition as the etcd/ZooKeeper probe mode of ../shared/bench/peers.
+//! A watcher also records when a survivor first names a new leader (the election part of
+//! the gap). The killed node is restarted on its data dir before the next trial.
+
+use std::time::{Duration, Instant};
+
+use fenceflake_proto::v1 as pb;
+use fenceflake_proto::v1::registry_client::RegistryClient;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::cluster::{self, holder_name, Cluster};
+use crate::stats::{median, round};
+
+#[derive(Debug, Clone, Copy)]
+pub struct FailCfg {
+    /// Probing before the kill.
+    pub pre: Duration,
+    /// One probe every `interval`, round robin over the survivors.
+    pub interval: Duration,
+    /// Keep probing this long after the first post-kill success.
+    pub settle: Duration,
+    /// Give up this long after the kill.
+    pub post_max: Duration,
+    /// Client deadline of one probe (long: the server-side window is what is measured).
+    pub probe_timeout: Duration,
+    /// Pause between a healthy cluster and the next kill.
+    pub rest: Duration,
+}
+
+struct Done {
+    t0: Instant,
+    t1: Instant,
+    result: Result<(), String>,
+}
+
+async fn probe(channel: Channel, timeout: Duration, tx: mpsc::UnboundedSender<Done>) {
+    let mut client = RegistryClient::new(channel);
+    let t0 = Instant::now();
+    let req = pb::AcquireRequest { holder: holder_name("bench-failover"), worker_id: None, ttl_ms: 10_000 };
+    let r = tokio::time::timeout(timeout, client.acquire(req)).await;
+    let t1 = Instant::now();
+    let (result, lease) = match r {
+        Ok(Ok(lease)) => (Ok(()), Some(lease.into_inner())),
+        Ok(Err(s)) => (Err(format!("{:?}: {}", s.code(), s.message())), None),
+        Err(_) => (Err(format!("client timeout {timeout:?}")), None),
+    };
+    let _ = tx.send(Done { t0, t1, result });
+    if let Some(lease) = lease {
+        // Give the ID back so trials never exhaust the 1024 IDs; best effort.
+        let rel = pb::ReleaseRequest { worker_id: lease.worker_id, token: lease.token, last_ts_ms: 0 };
+        let _ = tokio::time::timeout(timeout, client.release(rel)).await;
+    }
+}
+
+/// Poll the survivors until one names a leader other than `old`; returns when (and who).
+async fn watch_new_leader(channels: Vec<Channel>, old: u64, give_up: Duration) -> Option<(Instant, u64)> {
+    let deadline = Instant::now() + give_up;
+    while Instant::now() < deadline {
+        for c in &channels {
+            if let Some(s) = cluster::status(c).await {
+                if s.leader_id != 0 && s.leader_id != old {
+                    return Some((Instant::now(), s.leader_id));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
+}
+
+fn note(samples: &mut Vec<String>, msg: String) {
+    let mut msg = msg;
+    msg.truncate(160);
+    if samples.len() < 5 && !samples.contains(&msg) {
+        samples.push(msg);
+    }
+}
+
+/// One trial on a healthy cluster: kill its leader, measure, restart the node.
+pub async fn trial(cluster: &mut Cluster, cfg: FailCfg) -> anyhow::Result<Value> {
+    let leader = cluster.wait_healthy(Duration::from_secs(60)).await?;
+    tokio::time::sleep(cfg.rest).await;
+    let before = cluster::view(&cluster.running_channels()).await;
+    anyhow::ensure!(before.agreed && before.leader_id == leader, "leader moved before the kill: {before:?}");
+    let survivors: Vec<Channel> =
+        cluster.running().into_iter().filter(|id| *id != leader).filter_map(|id| cluster.channel_of(id).ok()).collect();
+    anyhow::ensure!(!survivors.is_empty(), "no survivors to probe");
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<Done>();
+    let kill_due = Instant::now() + cfg.pre;
+    let mut killed: Option<Instant> = None;
+    let mut watcher = None;
+    let mut first_ok: Option<Instant> = None;
+    let (mut before_ok, mut before_err, mut launched_after, mut failed_after) = (0u64, 0u64, 0u64, 0u64);
+    let mut last_failed_end: Option<Instant> = None;
+    let mut samples = Vec::new();
+    let mut ticker = tokio::time::interval(cfg.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut i = 0usize;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let now = Instant::now();
+                if killed.is_none() && now >= kill_due {
+                    killed = Some(Instant::now());
+                    cluster.kill(leader)?;
+                    watcher = Some(tokio::spawn(watch_new_leader(survivors.clone(), leader, cfg.post_max)));
+                }
+                if let Some(k) = killed {
+                    if first_ok.is_some_and(|f| now >= f + cfg.settle) || now >= k + cfg.post_max {
+                        break;
+                    }
+                    launched_after += 1;
+                }
+                tokio::spawn(probe(survivors[i % survivors.len()].clone(), cfg.probe_timeout, tx.clone()));
+                i += 1;
+            }
+            Some(d) = rx.recv() => match killed.filter(|k| d.t0 >= *k) {
+                None => match d.result {
+                    Ok(()) => before_ok += 1,
+                    Err(_) => before_err += 1,
+                },
+                Some(k) => match d.result {
+                    Ok(()) => first_ok = Some(first_ok.map_or(d.t1, |f| f.min(d.t1))),
+                    Err(e) => {
+                        failed_after += 1;
+                        last_failed_end = Some(last_failed_end.map_or(d.t1, |l| l.max(d.t1)));
+                        note(&mut samples, format!("{e} (+{} ms)", (d.t1 - k).as_millis()));
+                    }
+                },
+            },
+        }
+    }
+    let k = killed.ok_or_else(|| anyhow::anyhow!("the loop ends only after the kill"))?;
+    let ms = |t: Instant| round((t - k).as_secs_f64() * 1000.0, 1);
+    let seen = match watcher {
+        Some(h) => h.await?,
+        None => None,
+    };
+    let after = cluster::view(&cluster.running_channels()).await;
+    cluster.spawn(leader)?;
+    Ok(json!({
+        "killed": leader,
+        "gap_ms": first_ok.map(ms),
+        "new_leader_seen_ms": seen.map(|(t, _)| ms(t)),
+        "new_leader": seen.map(|(_, id)| id),
+        "term_before": before.term,
+        "term_after": after.term,
+        "probes_ok_before_kill": before_ok,
+        "probes_failed_before_kill": before_err,
+        "probes_after_kill": launched_after,
+        "failed_after_kill": failed_after,
+        "last_failure_end_ms": last_failed_end.map(ms),
+        "error_samples": samples,
+    }))
+}
+
+/// Median / min / max over the trials' gaps (those that recovered).
+pub fn summarize(trials: &[Value]) -> Value {
+    let gaps: Vec<f64> = trials.iter().filter_map(|t| t["gap_ms"].as_f64()).collect();
+    let seen: Vec<f64> = trials.iter().filter_map(|t| t["new_leader_seen_ms"].as_f64()).collect();
+    let min = gaps.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = gaps.iter().copied().fold(0.0, f64::max);
+    json!({
+        "trials": trials.len(),
+        "unrecovered": trials.len() - gaps.len(),
+        "gaps_ms": gaps,
+        "median_ms": median(&gaps),
+        "min_ms": if gaps.is_empty() { Value::Null } else { json!(min) },
+        "max_ms": if gaps.is_empty() { Value::Null } else { json!(max) },
+        "new_leader_seen_median_ms": median(&seen),
+    })
+}

@@ -1,0 +1,268 @@
+//! Closed-loop load on the registry: each client issues its next request when the previous
+//! one ended, over one gRPC connection per node (client `i` uses node `i % 5`, so followers
+//! forward to the leader, as etcd's benchmark spreads `--conns` over `--endpoints`).
+//!
+//! * `acquire`: Acquire any worker ID with a fresh holder (recorded), then Release it (recorded
+//!   apart), so the 1024-ID space never runs out. Throughput counts acquires only.
+//! * `renew`: each client holds one lease and renews it in a loop.
+//!
+//! Only requests that *start* inside the measured window are recorded; ops/s = recorded / window.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::ValueEnum;
+use fenceflake_proto::v1 as pb;
+use fenceflake_proto::v1::registry_client::RegistryClient;
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+use crate::cluster::{self, holder_name, View};
+use crate::stats::{round, Lat};
+
+/// Pause after a failed request, so a failing client does not spin.
+const ERROR_BACKOFF: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Op {
+    Acquire,
+    Renew,
+    Both,
+}
+
+impl Op {
+    pub fn expand(self) -> Vec<Op> {
+        match self {
+            Op::Both => vec![Op::Acquire, Op::Renew],
+            one => vec![one],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Acquire => "acquire",
+            Op::Renew => "renew",
+            Op::Both => "both",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LoadCfg {
+    pub clients: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub ttl_ms: u64,
+    pub op_timeout: Duration,
+}
+
+/// The processes whose CPU is accounted (empty when the cluster is not ours).
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub channels: Vec<Channel>,
+    pub server_pids: Vec<u32>,
+}
+
+enum Worker {
+    Acquire { client: RegistryClient<Channel>, tag: String },
+    Renew { client: RegistryClient<Channel>, worker_id: u32, token: u64 },
+}
+
+struct Rec {
+    main: Lat,
+    release: Lat,
+    /// Whether this client's node was the leader when the run started (no forwarding hop).
+    via_leader: bool,
+}
+
+fn status_msg(s: &tonic::Status) -> String {
+    let mut msg = format!("{:?}: {}", s.code(), s.message());
+    msg.truncate(200);
+    msg
+}
+
+async fn call<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(status_msg(&s)),
+        Err(_) => Err(format!("client timeout {timeout:?}")),
+    }
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn drive(mut w: Worker, via_leader: bool, cfg: LoadCfg, t_measure: Instant, t_end: Instant) -> (Rec, Worker) {
+    let mut rec = Rec { main: Lat::new(), release: Lat::new(), via_leader };
+    loop {
+        let t0 = Instant::now();
+        if t0 >= t_end {
+            break;
+        }
+        let measured = t0 >= t_measure;
+        let ok = match &mut w {
+            Worker::Acquire { client, tag } => {
+                let req = pb::AcquireRequest { holder: holder_name(tag), worker_id: None, ttl_ms: cfg.ttl_ms };
+                let r = call(cfg.op_timeout, client.acquire(req)).await;
+                let t1 = Instant::now();
+                match r {
+                    Ok(lease) => {
+                        if measured {
+                            rec.main.record(t1 - t0);
+                        }
+                        let rel = pb::ReleaseRequest { worker_id: lease.worker_id, token: lease.token, last_ts_ms: 0 };
+                        let r = call(cfg.op_timeout, client.release(rel)).await;
+                        match (r, measured) {
+                            (Ok(_), true) => rec.release.record(t1.elapsed()),
+                            (Err(e), true) => rec.release.error(e),
+                            _ => {}
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        if measured {
+                            rec.main.error(e);
+                        }
+                        false
+                    }
+                }
+            }
+            Worker::Renew { client, worker_id, token } => {
+                let req = pb::RenewRequest {
+                    worker_id: *worker_id,
+                    token: *token,
+                    wall_ms_at_send: wall_ms(),
+                    max_minted_ts_ms: 0,
+                };
+                let r = call(cfg.op_timeout, client.renew(req)).await;
+                let t1 = Instant::now();
+                let ok = r.is_ok();
+                match (r, measured) {
+                    (Ok(_), true) => rec.main.record(t1 - t0),
+                    (Err(e), true) => rec.main.error(e),
+                    _ => {}
+                }
+                ok
+            }
+        };
+        if !ok {
+            tokio::time::sleep(ERROR_BACKOFF).await;
+        }
+    }
+    (rec, w)
+}
+
+fn cpu_sum(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|p| cluster::cpu_seconds(*p)).sum()
+}
+
+/// One closed-loop run of `op` with `cfg.clients` clients; returns the JSON result row
+/// (without the identifying fields the caller adds).
+pub async fn run(op: Op, target: &Target, cfg: LoadCfg) -> anyhow::Result<Value> {
+    anyhow::ensure!(!target.channels.is_empty(), "no endpoints");
+    anyhow::ensure!(op != Op::Both, "run one op at a time");
+    let tag = format!("bench-{}", op.name());
+    let before = cluster::view(&target.channels).await;
+    let mut node_ids = Vec::with_capacity(target.channels.len());
+    for c in &target.channels {
+        node_ids.push(cluster::status(c).await.map_or(0, |s| s.node_id));
+    }
+    let mut workers = Vec::with_capacity(cfg.clients);
+    for i in 0..cfg.clients {
+        let client = RegistryClient::new(target.channels[i % target.channels.len()].clone());
+        workers.push(match op {
+            Op::Acquire => Worker::Acquire { client, tag: format!("{tag}/c{i}") },
+            _ => {
+                let mut client = client;
+                let req = pb::AcquireRequest {
+                    holder: holder_name(&format!("{tag}/c{i}")),
+                    worker_id: None,
+                    ttl_ms: cfg.ttl_ms,
+                };
+                let lease = call(cfg.op_timeout, client.acquire(req))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("acquiring the lease of renew client {i}: {e}"))?;
+                Worker::Renew { client, worker_id: lease.worker_id, token: lease.token }
+            }
+        });
+    }
+
+    let start = Instant::now();
+    let (t_measure, t_end) = (start + cfg.warmup, start + cfg.warmup + cfg.duration);
+    let handles: Vec<_> = workers
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let via_leader = node_ids[i % node_ids.len()] == before.leader_id;
+            tokio::spawn(drive(w, via_leader, cfg, t_measure, t_end))
+        })
+        .collect();
+
+    tokio::time::sleep_until(t_measure.into()).await;
+    let at_measure = cluster::view(&target.channels).await;
+    let (srv0, cli0, wall0) = (cpu_sum(&target.server_pids), cluster::self_cpu_seconds(), Instant::now());
+    let busy0 = cluster::machine_busy_seconds();
+    tokio::time::sleep_until(t_end.into()).await;
+    let at_end = cluster::view(&target.channels).await;
+    let (srv1, cli1, wall) = (cpu_sum(&target.server_pids), cluster::self_cpu_seconds(), wall0.elapsed());
+    let busy = busy0.zip(cluster::machine_busy_seconds()).map(|(b0, b1)| (b1 - b0) / wall.as_secs_f64());
+    let (servers_cores, client_cores) = ((srv1 - srv0) / wall.as_secs_f64(), (cli1 - cli0) / wall.as_secs_f64());
+
+    let (mut main, mut release, mut via_leader, mut via_follower) = (Lat::new(), Lat::new(), Lat::new(), Lat::new());
+    let mut back = Vec::with_capacity(handles.len());
+    for h in handles {
+        let (rec, w) = h.await?;
+        main.merge(&rec.main);
+        release.merge(&rec.release);
+        if rec.via_leader {
+            via_leader.merge(&rec.main);
+        } else {
+            via_follower.merge(&rec.main);
+        }
+        back.push(w);
+    }
+    let after = cluster::view(&target.channels).await;
+    // Give the renew leases back (best effort): a reused cluster then starts empty again.
+    for w in back {
+        if let Worker::Renew { mut client, worker_id, token } = w {
+            let _ = call(cfg.op_timeout, client.release(pb::ReleaseRequest { worker_id, token, last_ts_ms: 0 })).await;
+        }
+    }
+
+    let window = cfg.duration.as_secs_f64();
+    let commands = main.count() + release.count();
+    let entries = at_end.commit_index.saturating_sub(at_measure.commit_index);
+    let mut out = json!({
+        "result": main.summary(window),
+        "raft": {
+            "entries_in_window": entries,
+            "commands_in_window": commands,
+            "commands_per_entry": if entries > 0 { round(commands as f64 / entries as f64, 2) } else { 0.0 },
+            "before": view_json(&before),
+            "after": view_json(&after),
+            "term_changes": after.term.saturating_sub(before.term),
+            "leader_changed": before.leader_id != after.leader_id,
+        },
+        "via_leader": via_leader.summary(window),
+        "via_follower": via_follower.summary(window),
+        "cpu": {
+            "servers_cores": if target.server_pids.is_empty() { Value::Null } else { json!(round(servers_cores, 2)) },
+            "client_cores": round(client_cores, 2),
+            "machine_busy_cores": busy.map(|b| round(b, 2)),
+            // Anything else running on the machine during the window (another build, say).
+            "other_cores": busy.filter(|_| !target.server_pids.is_empty()).map(|b| round((b - servers_cores - client_cores).max(0.0), 2)),
+        },
+    });
+    if op == Op::Acquire {
+        out["release"] = release.summary(window);
+        out["raft_writes_per_s"] = json!(round(commands as f64 / window, 1));
+    }
+    Ok(out)
+}
+
+fn view_json(v: &View) -> Value {
+    json!({"leader_id": v.leader_id, "term": v.term, "commit_index": v.commit_index, "answered": v.answered})
+}

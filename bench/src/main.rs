@@ -1,0 +1,391 @@
+//! `fenceflake-bench`: closed-loop load (HDR histograms) and leader-failover gap of a 5-node
+//! Fenceflake registry of real processes on loopback, plus `compare` against the etcd numbers
+//! measured in the same run. Results are JSON lines on stdout (and `--out`); a readable line
+//! per run goes to stderr. See BENCHMARKS.md and bench/run.sh.
+
+mod cluster;
+mod compare;
+mod failover;
+mod load;
+mod stats;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::cluster::{Cluster, ClusterOpts};
+use crate::load::{LoadCfg, Op, Target};
+
+#[derive(Debug, Parser)]
+#[command(name = "fenceflake-bench", about = "Load and failover benchmarks of the Fenceflake registry")]
+struct Cli {
+    /// Tokio worker threads of the load generator (it shares the machine with the servers).
+    #[arg(long, env = "BENCH_THREADS", default_value_t = 2, global = true)]
+    threads: usize,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Closed-loop acquire and/or renew load; a fresh 5-node cluster per (op, clients).
+    Registry(RegistryArgs),
+    /// SIGKILL the leader while probing acquires through the other nodes; report the gap.
+    Failover(FailoverArgs),
+    /// Markdown tables: our JSON lines against the peers' etcd results of the same run.
+    Compare(compare::CompareArgs),
+}
+
+#[derive(Debug, Args)]
+struct RegistryArgs {
+    /// Use this running cluster (client addresses, comma-separated) instead of starting one.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// Concurrent closed-loop clients; one run per value.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    clients: Vec<usize>,
+    /// Recorded window per run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unrecorded warm-up per run.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    warmup: Duration,
+    #[arg(long, value_enum, default_value = "both")]
+    op: Op,
+    /// TTL of every lease asked for.
+    #[arg(long, default_value_t = 60_000)]
+    ttl_ms: u64,
+    /// Client deadline of one request.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    op_timeout: Duration,
+    /// Append the JSON lines to this file too.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Redo a run (up to --retries times) when other processes used more than this many
+    /// cores during its window: the machine is shared with builds and tests.
+    #[arg(long, default_value_t = 0.15)]
+    max_other_cores: f64,
+    #[arg(long, default_value_t = 2)]
+    retries: usize,
+    #[command(flatten)]
+    cluster: ClusterOpts,
+}
+
+#[derive(Debug, Args)]
+struct FailoverArgs {
+    /// Leader kills (each followed by a restart of the killed node).
+    #[arg(long, default_value_t = 5)]
+    trials: usize,
+    /// One acquire probe every this long.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    probe_interval: Duration,
+    /// Probing before each kill.
+    #[arg(long, default_value = "1500ms", value_parser = parse_duration)]
+    pre: Duration,
+    /// Probing after the first success.
+    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    settle: Duration,
+    /// Give up on a trial this long after the kill.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    post_max: Duration,
+    /// Deadline of one probe.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    probe_timeout: Duration,
+    /// Pause between a healthy cluster and the next kill.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    rest: Duration,
+    /// Append the JSON lines to this file too.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: ClusterOpts,
+}
+
+/// `250ms`, `1.5s`, `2m`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a duration like 250ms, 10s, 2m"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("{s:?} is not a non-negative duration"));
+    }
+    Ok(Duration::from_secs_f64(v * scale))
+}
+
+/// JSON lines to stdout, and appended to a file if asked.
+struct Output {
+    file: Option<std::fs::File>,
+}
+
+impl Output {
+    fn new(path: Option<&PathBuf>) -> anyhow::Result<Output> {
+        let file = match path {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("opening {}", p.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Output { file })
+    }
+
+    fn emit(&mut self, row: &Value) -> anyhow::Result<()> {
+        let line = row.to_string();
+        println!("{line}");
+        if let Some(f) = &mut self.file {
+            writeln!(f, "{line}").context("writing the --out file")?;
+        }
+        Ok(())
+    }
+}
+
+fn timing_label(c: &ClusterOpts) -> String {
+    let or = |v: &Option<String>, d: &str| v.clone().unwrap_or_else(|| d.to_string());
+    format!(
+        "heartbeat {} / election {}–{}",
+        or(&c.heartbeat, "50ms"),
+        or(&c.election_timeout_min, "150ms"),
+        or(&c.election_timeout_max, "300ms")
+    )
+}
+
+async fn registry(a: RegistryArgs) -> anyhow::Result<()> {
+    let mut out = Output::new(a.out.as_ref())?;
+    for op in a.op.expand() {
+        for &clients in &a.clients {
+            let cfg =
+                LoadCfg { clients, warmup: a.warmup, duration: a.duration, ttl_ms: a.ttl_ms, op_timeout: a.op_timeout };
+            let mut attempt = 0;
+            let mut row = loop {
+                let (cluster, target) = if a.endpoints.is_empty() {
+                    let c = Cluster::start(&a.cluster).await?;
+                    let t = Target { channels: c.channels(), server_pids: c.pids() };
+                    (Some(c), t)
+                } else {
+                    let channels = a.endpoints.iter().map(|e| cluster::channel(e)).collect::<anyhow::Result<_>>()?;
+                    (None, Target { channels, server_pids: Vec::new() })
+                };
+                let row = load::run(op, &target, cfg).await?;
+                drop(cluster);
+                let other = row["cpu"]["other_cores"].as_f64().unwrap_or(0.0);
+                if other <= a.max_other_cores || attempt >= a.retries {
+                    break row;
+                }
+                attempt += 1;
+                eprintln!(
+                    "fenceflake {} c={clients}: {other} cores of foreign load during the window; measuring again ({attempt}/{})",
+                    op.name(),
+                    a.retries
+                );
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            };
+            row["attempts"] = json!(attempt + 1);
+            let r = &row["result"];
+            let raft = &row["raft"];
+            let mut line = format!(
+                "fenceflake {} c={clients} [{}]: {} ops/s  p50 {} p99 {} p999 {} max {} ms  errors {}",
+                op.name(),
+                a.cluster.profile,
+                r["ops_per_s"],
+                r["p50_ms"],
+                r["p99_ms"],
+                r["p999_ms"],
+                r["max_ms"],
+                r["errors"]
+            );
+            if op == Op::Acquire {
+                let rel = &row["release"];
+                line += &format!(
+                    " | release p50 {} p99 {} ms errors {} | {} Raft writes/s",
+                    rel["p50_ms"], rel["p99_ms"], rel["errors"], row["raft_writes_per_s"]
+                );
+            }
+            line += &format!(
+                " | {} entries, {} commands/entry | term {} -> {} | cpu servers {} client {} other {}",
+                raft["entries_in_window"],
+                raft["commands_per_entry"],
+                raft["before"]["term"],
+                raft["after"]["term"],
+                row["cpu"]["servers_cores"],
+                row["cpu"]["client_cores"],
+                row["cpu"]["other_cores"]
+            );
+            eprintln!("{line}");
+            if let Some(samples) = r["error_samples"].as_array().filter(|s| !s.is_empty()) {
+                eprintln!("  errors: {samples:?}");
+            }
+            let fields = json!({
+                "kind": "load",
+                "system": "fenceflake",
+                "op": op.name(),
+                "clients": clients,
+                "profile": a.cluster.profile,
+                "timing": timing_label(&a.cluster),
+                "node_args": a.cluster.node_args,
+                "external_cluster": !a.endpoints.is_empty(),
+                "warmup_s": a.warmup.as_secs_f64(),
+                "window_s": a.duration.as_secs_f64(),
+            });
+            if let (Value::Object(row), Value::Object(fields)) = (&mut row, fields) {
+                for (k, v) in fields {
+                    row.insert(k, v);
+                }
+            }
+            out.emit(&row)?;
+        }
+    }
+    Ok(())
+}
+
+async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
+    let mut out = Output::new(a.out.as_ref())?;
+    let cfg = failover::FailCfg {
+        pre: a.pre,
+        interval: a.probe_interval,
+        settle: a.settle,
+        post_max: a.post_max,
+        probe_timeout: a.probe_timeout,
+        rest: a.rest,
+    };
+    let timing = timing_label(&a.cluster);
+    let mut cluster = Cluster::start(&a.cluster).await?;
+    let mut trials = Vec::with_capacity(a.trials);
+    for t in 1..=a.trials {
+        let mut row = failover::trial(&mut cluster, cfg).await?;
+        eprintln!(
+            "fenceflake failover [{}] trial {t}: killed node {} -> gap {} ms (new leader {} seen at {} ms), {} failed probes, term {} -> {}",
+            a.cluster.profile,
+            row["killed"],
+            row["gap_ms"],
+            row["new_leader"],
+            row["new_leader_seen_ms"],
+            row["failed_after_kill"],
+            row["term_before"],
+            row["term_after"]
+        );
+        row["kind"] = json!("failover-trial");
+        row["system"] = json!("fenceflake");
+        row["profile"] = json!(a.cluster.profile);
+        row["timing"] = json!(timing);
+        row["trial"] = json!(t);
+        out.emit(&row)?;
+        trials.push(row);
+    }
+    cluster.wait_healthy(Duration::from_secs(60)).await?;
+    drop(cluster);
+    let mut summary = failover::summarize(&trials);
+    summary["kind"] = json!("failover");
+    summary["system"] = json!("fenceflake");
+    summary["profile"] = json!(a.cluster.profile);
+    summary["timing"] = json!(timing);
+    summary["probe_interval_ms"] = json!(a.probe_interval.as_millis() as u64);
+    eprintln!(
+        "fenceflake failover [{}] ({timing}): median {} ms, min {} ms, max {} ms over {} trials ({} unrecovered); new leader seen median {} ms",
+        a.cluster.profile,
+        summary["median_ms"],
+        summary["min_ms"],
+        summary["max_ms"],
+        summary["trials"],
+        summary["unrecovered"],
+        summary["new_leader_seen_median_ms"]
+    );
+    out.emit(&summary)?;
+    Ok(())
+}
+
+async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Registry(a) => registry(a).await,
+        Cmd::Failover(a) => failover(a).await,
+        Cmd::Compare(a) => {
+            print!("{}", compare::run(&a)?);
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM, so that the clusters (dropped on return) are stopped.
+async fn interrupted() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async {
+        tokio::select! {
+            r = dispatch(cli.cmd) => r,
+            r = interrupted() => {
+                r?;
+                anyhow::bail!("interrupted; the benchmark's servers were stopped")
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "fenceflake-bench",
+            "registry",
+            "--clients",
+            "16,64",
+            "--op",
+            "renew",
+            "--heartbeat",
+            "30ms",
+            "--node-arg=--snapshot-logs=20000",
+        ])
+        .expect("parses");
+        match cli.cmd {
+            Cmd::Registry(a) => {
+                assert_eq!(a.clients, vec![16, 64]);
+                assert_eq!(a.op, Op::Renew);
+                assert_eq!(a.cluster.node_args, vec!["--snapshot-logs=20000".to_string()]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}
