@@ -33,7 +33,7 @@ const BATCH_COUNT_MAX: u32 = 200;
 /// the linearizability search grows with the history of one ID.
 pub const REGISTRY_WORKLOAD_IDS: [u32; 2] = [1000, 1012];
 const REGISTRY_IDS_PER_PROCESS: u32 = 12;
-const REGISTRY_ROUNDS_PER_ID: u64 = 30;
+const REGISTRY_ROUNDS_PER_ID: u64 = 15;
 
 /// What to run; passed on the command line from the controller.
 #[derive(Debug, Clone)]
@@ -206,9 +206,23 @@ fn note_deadline(
     history: &Shared,
     deadlines: &Deadlines,
 ) {
-    let current = (lease.0, lease.1, deadline_wall_ms);
-    let changed =
-        deadlines.lock().unwrap_or_else(PoisonError::into_inner).insert(worker.to_string(), current) != Some(current);
+    if deadline_wall_ms == 0 {
+        // The deadline passed while the reply was built: it states nothing usable.
+        return;
+    }
+    // Each reply computes `wall + remaining + 2`, never below the true deadline but jittering
+    // by a ms or two: keep the first value of a deadline and record only real extensions.
+    let changed = {
+        let mut known = deadlines.lock().unwrap_or_else(PoisonError::into_inner);
+        let moved = match known.get(worker) {
+            Some(&(w, t, d)) => (w, t) != lease || deadline_wall_ms > d + 5,
+            None => true,
+        };
+        if moved {
+            known.insert(worker.to_string(), (lease.0, lease.1, deadline_wall_ms));
+        }
+        moved
+    };
     if changed {
         let event = LeaseEvent {
             worker: worker.to_string(),
@@ -289,6 +303,8 @@ async fn poll_status(
             serving: s.state == "SERVING",
             deadline_wall_ms: s.deadline_wall_ms,
         };
+        // A passed deadline (0) is not a deadline: it neither renews nor bounds anything.
+        let live = s.deadline_wall_ms > 0;
         let kinds = lease_changes(last.as_ref(), &now);
         for kind in kinds {
             let event = LeaseEvent {
@@ -296,8 +312,8 @@ async fn poll_status(
                 event: kind,
                 worker_id: now.worker_id,
                 token: now.token,
-                deadline_wall_ms: Some(now.deadline_wall_ms),
-                deadline_mono_ns: Some(sent_ns + s.lease_remaining_ms * 1_000_000),
+                deadline_wall_ms: live.then_some(now.deadline_wall_ms),
+                deadline_mono_ns: live.then(|| sent_ns + s.lease_remaining_ms * 1_000_000),
                 reason: (kind == LeaseEventKind::Parked).then(|| s.park_reason.clone()),
                 // The poll's send time: the worker's state is at least this fresh.
                 time_ns: sent_ns,
@@ -315,7 +331,8 @@ fn lease_changes(before: Option<&Seen>, now: &Seen) -> Vec<LeaseEventKind> {
     let mut kinds = Vec::new();
     match before {
         Some(b) if b.token == now.token && b.worker_id == now.worker_id => {
-            if now.deadline_wall_ms > b.deadline_wall_ms + 5 {
+            // Status states `now + remaining`, which jitters by a few ms between polls.
+            if now.deadline_wall_ms > b.deadline_wall_ms + 5 && b.deadline_wall_ms > 0 {
                 kinds.push(LeaseEventKind::Renewed);
             }
             if b.serving && !now.serving {

@@ -137,6 +137,18 @@ impl std::fmt::Debug for Generator {
 }
 
 impl Inner {
+    /// The lease deadline on the wall clock, as an exclusive bound on minted timestamps:
+    /// `wall + remaining` with both truncated to ms can fall up to 2 ms before the real
+    /// instant, and an ID stamped in that ms was still minted before the deadline. `0` once
+    /// the deadline has passed (the wall-clock moment is then no longer known exactly).
+    fn deadline_wall_ms(&self, state: &MintState) -> u64 {
+        let remaining = state.lease_remaining(self.clock.mono());
+        if remaining.is_zero() {
+            return 0;
+        }
+        self.clock.wall_ms() + remaining.as_millis() as u64 + 2
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, MintState> {
         // A poisoned lock means a minting assertion fired while it was held: the state may be
         // broken, and continuing could duplicate IDs.
@@ -273,8 +285,7 @@ impl Generator {
         let runs = self.mint(want).await;
         self.inner.metrics.observe_request(rpc, self.inner.clock.mono().duration_since(started));
         let state = self.inner.lock();
-        let deadline_wall_ms =
-            self.inner.clock.wall_ms() + state.lease_remaining(self.inner.clock.mono()).as_millis() as u64;
+        let deadline_wall_ms = self.inner.deadline_wall_ms(&state);
         Ok(Batch { runs: runs?, worker_id: state.worker_id(), token: state.token(), deadline_wall_ms })
     }
 
@@ -326,13 +337,14 @@ impl Generator {
         let park = self.inner.publish();
         let state = self.inner.lock();
         let lease_remaining = state.lease_remaining(self.inner.clock.mono());
+        let deadline_wall_ms = self.inner.deadline_wall_ms(&state);
         WorkerStatus {
             worker_id: state.worker_id(),
             token: state.token(),
             holder: self.inner.holder.clone(),
             park,
             lease_remaining,
-            deadline_wall_ms: self.inner.clock.wall_ms() + lease_remaining.as_millis() as u64,
+            deadline_wall_ms,
             ids_minted: state.ids_minted(),
             layout: self.inner.layout,
         }
