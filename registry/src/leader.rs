@@ -25,6 +25,9 @@ use crate::storage::SharedState;
 /// grant took the candidate first) moves on to the next candidate.
 const ACQUIRE_ATTEMPTS_MAX: usize = 16;
 
+/// Pause between attempts to confirm a new leadership.
+const WARM_UP_RETRY: Duration = Duration::from_millis(100);
+
 #[derive(Debug, Clone)]
 pub struct LeaderSettings {
     pub node_id: NodeId,
@@ -150,9 +153,17 @@ impl Leader {
 
     /// Confirm a fresh leadership (and commit the cluster config) before the first client
     /// asks, so the first request after a failover does not pay for it.
+    /// Retries while this node stays leader: on a loaded machine the first quorum round can
+    /// time out, and nobody else would commit the cluster config of a fresh cluster.
     pub async fn warm_up(&self) {
-        if let Err(e) = self.ensure_serving_leader().await {
-            tracing::debug!(error = %e, "leadership warm-up failed; the next request retries it");
+        loop {
+            match self.ensure_serving_leader().await {
+                Ok(_) | Err(RegistryError::NotLeader { .. } | RegistryError::Fatal(_)) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "leadership warm-up failed; retrying");
+                    tokio::time::sleep(WARM_UP_RETRY).await;
+                }
+            }
         }
     }
 
@@ -182,6 +193,7 @@ impl Leader {
             return Ok(false);
         }
         self.confirm_quorum().await?;
+        self.catch_up_own_log().await?;
         self.tracker.confirm(id);
         tracing::info!(term = id.term, node_id = id.node_id, "leadership confirmed by a quorum; serving grants");
         if self.state.read().table.config().is_none() {
@@ -209,6 +221,22 @@ impl Leader {
             }
             Ok(Err(RaftError::Fatal(f))) => Err(RegistryError::Fatal(f.to_string())),
         }
+    }
+
+    /// Wait until everything in this leader's log is applied. A leader restarted from disk
+    /// resumes in its old term without a new blank entry, and its commit index restarts at
+    /// its last applied entry: `ensure_linearizable` alone can then answer from a state
+    /// machine that lacks entries a previous incarnation acknowledged. Applying its whole
+    /// log first (entries of its own term commit as soon as a quorum holds them) closes that.
+    async fn catch_up_own_log(&self) -> Result<(), RegistryError> {
+        let last = self.raft.metrics().borrow().last_log_index;
+        let timeout = self.settings.request_timeout;
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(last, "leader applies its own log")
+            .await
+            .map(drop)
+            .map_err(|e| RegistryError::NoQuorum { why: format!("own log not applied within {timeout:?}: {e}") })
     }
 
     async fn linearizable_read(&self, confirmed_now: bool) -> Result<(), RegistryError> {
