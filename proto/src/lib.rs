@@ -7,6 +7,7 @@ pub mod v1 {
     tonic::include_proto!("fenceflake.v1");
 }
 
+pub mod incoming;
 pub mod metrics;
 
 /// Encoded `FileDescriptorSet` of every fenceflake proto, for `tonic-reflection`.

@@ -10,7 +10,6 @@ use openraft::error::{InitializeError, RaftError};
 use openraft::ServerState;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::clock::Clock;
@@ -115,7 +114,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(RegistryServer::new(RegistryService::new(node.clone())))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.client), stopped());
+        .serve_with_incoming_shutdown(fenceflake_proto::incoming::nodelay(listeners.client), stopped());
     let peer_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_millis(500)))
@@ -125,7 +124,7 @@ pub async fn run(
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.peer), stopped());
+        .serve_with_incoming_shutdown(fenceflake_proto::incoming::nodelay(listeners.peer), stopped());
     let client_task = tokio::spawn(client_server);
     let peer_task = tokio::spawn(peer_server);
     if let Some(listener) = listeners.metrics {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use fenceflake_proto::v1::generator_server::GeneratorServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::generator::Generator;
@@ -51,7 +50,7 @@ pub async fn run(
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(GeneratorServer::new(GeneratorService::new(generator.clone(), limiter)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), shutdown)
+        .serve_with_incoming_shutdown(fenceflake_proto::incoming::nodelay(listeners.grpc), shutdown)
         .await;
     tracing::info!("stopped serving; shutting the generator down");
     let _ = stop_tx.send(true);
