@@ -11,6 +11,8 @@
 #
 #   bash bench/run.sh                 # all of it (~10 min of measuring on 2 cores, plus builds)
 #   bash bench/run.sh ours|etcd|compare   # one stage; set FFBENCH_RESULTS to reuse a results dir
+#   bash bench/run.sh worker              # one worker against its ceiling, a no-op gRPC server and
+#                                         # UUIDv7 (BENCHMARKS.md "Worker"; ~1 min, not part of `all`)
 #   ALT_BIN=/path/to/other/fenceflake ALT_LABEL=patched bash bench/run.sh
 #       # also runs the 16/64-client load against another registry build (e.g. a candidate fix),
 #       # labelled ALT_LABEL, in the same run and tables
@@ -161,6 +163,11 @@ ours() {
     fi
 }
 
+worker_bench() {
+    mkdir -p "$RESULTS"
+    step "$BENCH" worker --out "$RESULTS/worker.jsonl" >/dev/null
+}
+
 etcd_peers() {
     mkdir -p "$RESULTS/peers"
     cd "$PEERS_COPY/peers"
@@ -189,6 +196,7 @@ case "${1:-all}" in
     ours) ours ;;
     etcd) etcd_peers ;;
     compare) compare ;;
+    worker) worker_bench ;;
     all)
         install
         build
@@ -203,7 +211,7 @@ case "${1:-all}" in
         log "measuring took $((SECONDS - measured)) s; everything $((SECONDS - started)) s"
         ;;
     *)
-        echo "usage: $0 [all|install|build|ours|etcd|compare]" >&2
+        echo "usage: $0 [all|install|build|ours|etcd|compare|worker]" >&2
         exit 2
         ;;
 esac

@@ -1,13 +1,16 @@
 //! `fenceflake-bench`: closed-loop load (HDR histograms) and leader-failover gap of a 5-node
 //! Fenceflake registry of real processes on loopback, plus `compare` against the etcd numbers
-//! measured in the same run. Results are JSON lines on stdout (and `--out`); a readable line
-//! per run goes to stderr. See BENCHMARKS.md and bench/run.sh.
+//! measured in the same run, and `worker`: one worker's throughput, latency and memory against
+//! its ceiling and a no-op gRPC baseline. Results are JSON lines on stdout (and `--out`); a
+//! readable line per run goes to stderr. See BENCHMARKS.md and bench/run.sh.
 
 mod cluster;
 mod compare;
 mod failover;
 mod load;
+mod noop_server;
 mod stats;
+mod worker_bench;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -38,6 +41,8 @@ enum Cmd {
     Failover(FailoverArgs),
     /// Markdown tables: our JSON lines against the peers' etcd results of the same run.
     Compare(compare::CompareArgs),
+    /// One worker (library mode and gRPC) against its ceiling, a no-op gRPC server and UUIDv7.
+    Worker(worker_bench::WorkerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -312,6 +317,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Registry(a) => registry(a).await,
         Cmd::Failover(a) => failover(a).await,
+        Cmd::Worker(a) => worker_bench::run(a).await,
         Cmd::Compare(a) => {
             print!("{}", compare::run(&a)?);
             Ok(())

@@ -42,7 +42,7 @@ fn crate_dependency_edges_are_the_allowed_ones() {
         ("fenceflake-worker", BTreeSet::from(["fenceflake-proto"])),
         ("fenceflake-cli", BTreeSet::from(["fenceflake-proto", "fenceflake-registry", "fenceflake-worker"])),
         ("fenceflake-tests", BTreeSet::from(["fenceflake-proto"])),
-        ("fenceflake-bench", BTreeSet::from(["fenceflake-proto"])),
+        ("fenceflake-bench", BTreeSet::from(["fenceflake-proto", "fenceflake-worker"])),
         ("fenceflake-jepsen", BTreeSet::from(["fenceflake-proto"])),
     ]);
     let out = std::process::Command::new(env!("CARGO"))
