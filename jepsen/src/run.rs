@@ -262,26 +262,8 @@ impl Cluster {
             let ip = self.network.host(&name).context("worker host")?.ip;
             let clock_file = self.dir.join(format!("clock-{name}"));
             std::fs::write(&clock_file, "+0\n")?;
-            let mut args = vec![
-                "worker".into(),
-                "--registry".into(),
-                self.registry_client_addrs().join(","),
-                "--listen".into(),
-                format!("{ip}:{WORKER_PORT}"),
-                "--state-dir".into(),
-                self.dir.join("data").join(&name).display().to_string(),
-                "--hostname".into(),
-                name.clone(),
-                "--lease-ttl".into(),
-                format!("{}ms", WORKER_TTL.as_millis()),
-                "--margin".into(),
-                WORKER_MARGIN.into(),
-                "--log-format".into(),
-                "json".into(),
-            ];
-            if options.unsafe_disable_deadline_check {
-                args.push("--unsafe-disable-deadline-check".into());
-            }
+            let mut args = self.worker_args(&name, &format!("{ip}:{WORKER_PORT}"), None);
+            args.extend(["--log-format".into(), "json".into()]);
             let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
             if let (true, Some(lib)) = (clock_faults, &faketime) {
                 env.extend([
@@ -602,32 +584,40 @@ impl Cluster {
         Ok(())
     }
 
+    /// Arguments of a `fenceflake worker` named `hostname` (also its state dir) listening on
+    /// `listen`, with an explicit worker ID or `auto`.
+    fn worker_args(&self, hostname: &str, listen: &str, worker_id: Option<u64>) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "worker".into(),
+            "--registry".into(),
+            self.registry_client_addrs().join(","),
+            "--listen".into(),
+            listen.into(),
+            "--state-dir".into(),
+            self.dir.join("data").join(hostname).display().to_string(),
+            "--hostname".into(),
+            hostname.into(),
+            "--lease-ttl".into(),
+            format!("{}ms", WORKER_TTL.as_millis()),
+            "--margin".into(),
+            WORKER_MARGIN.into(),
+        ];
+        if let Some(id) = worker_id {
+            args.extend(["--worker-id".into(), id.to_string()]);
+        }
+        if self.unsafe_deadline {
+            args.push("--unsafe-disable-deadline-check".into());
+        }
+        args
+    }
+
     /// Start the standby worker with the paused worker's ID; until the registry re-grants
     /// the ID it exits (ALREADY_EXISTS), so retry for up to two TTLs.
     fn claim_paused(&mut self, worker: usize) -> anyhow::Result<()> {
         let id = *self.paused_ids.get(&worker).context("the paused worker's ID is unknown")?;
         let name = self.workers[worker].spec.name.clone();
         let ip = ip_of(&self.workers[worker]);
-        let mut args = vec![
-            "worker".into(),
-            "--registry".into(),
-            self.registry_client_addrs().join(","),
-            "--listen".into(),
-            format!("{ip}:{}", WORKER_PORT + 1),
-            "--state-dir".into(),
-            self.dir.join("data").join("standby").display().to_string(),
-            "--hostname".into(),
-            "standby".into(),
-            "--worker-id".into(),
-            id.to_string(),
-            "--lease-ttl".into(),
-            format!("{}ms", WORKER_TTL.as_millis()),
-            "--margin".into(),
-            WORKER_MARGIN.into(),
-        ];
-        if self.unsafe_deadline {
-            args.push("--unsafe-disable-deadline-check".into());
-        }
+        let args = self.worker_args("standby", &format!("{ip}:{}", WORKER_PORT + 1), Some(id));
         let mut spec = self.spec(&name, args, vec![("RUST_LOG".into(), "info".into())])?;
         spec.name = "standby".into();
         spec.log = self.dir.join("logs").join("standby.log");
@@ -651,19 +641,7 @@ impl Cluster {
         let name = self.workers[worker].spec.name.clone();
         let id = *self.worker_ids().get(&name).context("the original worker holds no ID")?;
         let ip = ip_of(&self.workers[worker]);
-        let args = vec![
-            "worker".into(),
-            "--registry".into(),
-            self.registry_client_addrs().join(","),
-            "--listen".into(),
-            format!("{ip}:{}", WORKER_PORT + 1),
-            "--state-dir".into(),
-            self.dir.join("data").join(format!("{name}-duplicate")).display().to_string(),
-            "--hostname".into(),
-            format!("{name}-duplicate"),
-            "--worker-id".into(),
-            id.to_string(),
-        ];
+        let args = self.worker_args(&format!("{name}-duplicate"), &format!("{ip}:{}", WORKER_PORT + 1), Some(id));
         let mut spec = self.spec(&name, args, vec![])?;
         spec.name = format!("{name}-duplicate");
         spec.log = self.dir.join("logs").join(format!("{name}-duplicate.log"));

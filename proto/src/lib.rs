@@ -7,8 +7,8 @@ pub mod v1 {
     tonic::include_proto!("fenceflake.v1");
 }
 
-pub mod incoming;
 pub mod metrics;
+pub mod serving;
 
 /// Encoded `FileDescriptorSet` of every fenceflake proto, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fenceflake_descriptor");

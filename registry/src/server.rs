@@ -9,7 +9,6 @@ use fenceflake_proto::v1::registry_server::RegistryServer;
 use openraft::error::{InitializeError, RaftError};
 use openraft::ServerState;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tonic_health::ServingStatus;
 
 use crate::clock::Clock;
@@ -97,13 +96,7 @@ pub async fn run(
         db,
     };
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let (stop, stopped) = fenceflake_proto::serving::stop_signal();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(fenceflake_proto::FILE_DESCRIPTOR_SET)
@@ -114,7 +107,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(RegistryServer::new(RegistryService::new(node.clone())))
-        .serve_with_incoming_shutdown(fenceflake_proto::incoming::nodelay(listeners.client), stopped());
+        .serve_with_incoming_shutdown(fenceflake_proto::serving::nodelay(listeners.client), stopped.clone().wait());
     let peer_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_millis(500)))
@@ -124,7 +117,7 @@ pub async fn run(
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
         )
-        .serve_with_incoming_shutdown(fenceflake_proto::incoming::nodelay(listeners.peer), stopped());
+        .serve_with_incoming_shutdown(fenceflake_proto::serving::nodelay(listeners.peer), stopped.clone().wait());
     let client_task = tokio::spawn(client_server);
     let peer_task = tokio::spawn(peer_server);
     if let Some(listener) = listeners.metrics {
@@ -133,7 +126,7 @@ pub async fn run(
             let node = scraped.clone();
             async move { node.metrics.render(&node.gauges().await) }
         };
-        tokio::spawn(fenceflake_proto::metrics::serve_http(listener, render, stopped()));
+        tokio::spawn(fenceflake_proto::metrics::serve_http(listener, render, stopped.clone().wait()));
     }
     tokio::spawn(watch_leadership(node.clone(), health_reporter, tracker));
     bootstrap(&config, &raft).await?;
@@ -151,7 +144,7 @@ pub async fn run(
         reason = &mut fatal => Err(ServerError::Fatal(reason)),
     };
     tracing::info!(node_id = config.node_id, "registry node stopping");
-    let _ = stop_tx.send(true);
+    stop.stop();
     let _ = raft.shutdown().await;
     for (port, task) in [("client", client_task), ("peer", peer_task)] {
         if let Ok(Err(source)) = task.await {

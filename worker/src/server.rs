@@ -29,13 +29,7 @@ pub async fn run(
     limiter: Arc<RateLimiter>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let (stop, stopped) = fenceflake_proto::serving::stop_signal();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(follow_health(generator.subscribe(), health_reporter));
     if let Some(listener) = listeners.metrics {
@@ -44,16 +38,16 @@ pub async fn run(
             let g = g.clone();
             async move { g.render_metrics() }
         };
-        tokio::spawn(fenceflake_proto::metrics::serve_http(listener, render, stopped()));
+        tokio::spawn(fenceflake_proto::metrics::serve_http(listener, render, stopped.clone().wait()));
     }
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(GeneratorServer::new(GeneratorService::new(generator.clone(), limiter)))
-        .serve_with_incoming_shutdown(fenceflake_proto::incoming::nodelay(listeners.grpc), shutdown)
+        .serve_with_incoming_shutdown(fenceflake_proto::serving::nodelay(listeners.grpc), shutdown)
         .await;
     tracing::info!("stopped serving; shutting the generator down");
-    let _ = stop_tx.send(true);
+    stop.stop();
     generator.shutdown().await;
     result
 }
