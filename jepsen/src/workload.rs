@@ -160,37 +160,29 @@ async fn call(
     let mut invoke = ClientOp::invoke(process, op_id, f, worker, clock.now_ns(), wall_ms());
     invoke.count = batch;
     record(history, Event::Op(invoke.clone()));
-    let completion = match batch {
-        None => {
-            let r = tokio::time::timeout(OP_TIMEOUT, client.generate(pb::GenerateRequest {})).await;
-            match r {
-                Ok(Ok(resp)) => {
-                    let resp = resp.into_inner();
-                    let done_ns = clock.now_ns();
-                    let lease = (resp.worker_id, resp.token);
-                    note_deadline(worker, lease, resp.deadline_wall_ms, done_ns, history, deadlines);
-                    invoke.ok(done_ns, wall_ms(), vec![IdRange { first: resp.id, count: 1 }], Some(lease))
-                }
-                Ok(Err(status)) => failed(&invoke, &status, clock),
-                Err(_) => invoke.failed(Phase::Info, clock.now_ns(), wall_ms(), "timeout"),
-            }
+    // Both RPCs answer with ranges, the lease and its deadline; normalize, then record once.
+    let reply = tokio::time::timeout(OP_TIMEOUT, async {
+        match batch {
+            None => client.generate(pb::GenerateRequest {}).await.map(|r| {
+                let r = r.into_inner();
+                (vec![IdRange { first: r.id, count: 1 }], (r.worker_id, r.token), r.deadline_wall_ms)
+            }),
+            Some(count) => client.generate_batch(pb::GenerateBatchRequest { count }).await.map(|r| {
+                let r = r.into_inner();
+                let ranges = r.ranges.iter().map(|x| IdRange { first: x.first, count: u64::from(x.count) }).collect();
+                (ranges, (r.worker_id, r.token), r.deadline_wall_ms)
+            }),
         }
-        Some(count) => {
-            let r = tokio::time::timeout(OP_TIMEOUT, client.generate_batch(pb::GenerateBatchRequest { count })).await;
-            match r {
-                Ok(Ok(resp)) => {
-                    let resp = resp.into_inner();
-                    let done_ns = clock.now_ns();
-                    let lease = (resp.worker_id, resp.token);
-                    note_deadline(worker, lease, resp.deadline_wall_ms, done_ns, history, deadlines);
-                    let ranges =
-                        resp.ranges.iter().map(|r| IdRange { first: r.first, count: u64::from(r.count) }).collect();
-                    invoke.ok(done_ns, wall_ms(), ranges, Some(lease))
-                }
-                Ok(Err(status)) => failed(&invoke, &status, clock),
-                Err(_) => invoke.failed(Phase::Info, clock.now_ns(), wall_ms(), "timeout"),
-            }
+    })
+    .await;
+    let completion = match reply {
+        Ok(Ok((ranges, lease, deadline_wall_ms))) => {
+            let done_ns = clock.now_ns();
+            note_deadline(worker, lease, deadline_wall_ms, done_ns, history, deadlines);
+            invoke.ok(done_ns, wall_ms(), ranges, Some(lease))
         }
+        Ok(Err(status)) => failed(&invoke, &status, clock),
+        Err(_) => invoke.failed(Phase::Info, clock.now_ns(), wall_ms(), "timeout"),
     };
     record(history, Event::Op(completion));
 }
