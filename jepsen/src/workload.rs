@@ -370,7 +370,7 @@ async fn registry_workload(
     let mut slot = 0u64;
     while clock.now_ns() < end_ns {
         round += 1;
-        if round % REGISTRY_ROUNDS_PER_ID == 0 {
+        if round.is_multiple_of(REGISTRY_ROUNDS_PER_ID) {
             slot += 1;
         }
         let worker_id = first_id + (slot % u64::from(REGISTRY_IDS_PER_PROCESS)) as u32;
