@@ -6,9 +6,9 @@
 //! test address: everything that talks to the cluster (`ctl`, the workload) runs inside the
 //! client namespace through `ip netns exec`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -91,7 +91,8 @@ struct Cluster {
     clock: RunClock,
     /// Faults currently applied to the network (healed together).
     faults: Faults,
-    active: BTreeMap<String, String>,
+    /// Names of the faults started and not yet stopped.
+    active: BTreeSet<String>,
     extra_results: Vec<CheckResult>,
 }
 
@@ -130,11 +131,12 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
         fenceflake: options.fenceflake.clone(),
         clock,
         faults: Faults::default(),
-        active: BTreeMap::new(),
+        active: BTreeSet::new(),
         extra_results: Vec::new(),
     };
     let result = cluster.drive(options, &steps);
     cluster.stop_all();
+    let controller_checks = std::mem::take(&mut cluster.extra_results);
     drop(cluster);
     result?;
 
@@ -147,24 +149,10 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
     }
     merged.flush()?;
     let mut analysis = check_all(&events, &CheckConfig::default());
-    let extra = std::mem::take(&mut analysis.results);
-    analysis.results = extra;
-    let outcome_results = {
-        let mut r = analysis.results.clone();
-        r.extend(read_extra(&dir));
-        r
-    };
-    analysis.results = outcome_results.clone();
+    // Controller-side verdicts (e.g. the duplicate manifest was refused) join the checkers'.
+    analysis.results.extend(controller_checks);
     crate::report::write(&dir, &events, &analysis, &options.reproduce())?;
-    Ok(Outcome { dir, valid: analysis.valid(), results: outcome_results })
-}
-
-/// Controller-side verdicts (e.g. the duplicate manifest was refused), saved during the run.
-fn read_extra(dir: &Path) -> Vec<CheckResult> {
-    std::fs::read_to_string(dir.join("controller-checks.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default()
+    Ok(Outcome { dir, valid: analysis.valid(), results: analysis.results })
 }
 
 impl Cluster {
@@ -192,7 +180,6 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        std::fs::write(self.dir.join("controller-checks.json"), serde_json::to_string(&self.extra_results)?)?;
         Ok(())
     }
 
@@ -394,7 +381,7 @@ impl Cluster {
         }
         match phase {
             NemesisPhase::Start => {
-                self.active.insert(name.to_string(), String::new());
+                self.active.insert(name.to_string());
             }
             NemesisPhase::Stop => {
                 self.active.remove(name);
@@ -403,7 +390,7 @@ impl Cluster {
     }
 
     fn stop_active(&mut self, prefix: &str) {
-        let names: Vec<String> = self.active.keys().filter(|n| n.starts_with(prefix)).cloned().collect();
+        let names: Vec<String> = self.active.iter().filter(|n| n.starts_with(prefix)).cloned().collect();
         for name in names {
             self.record(NemesisPhase::Stop, &name, String::new());
         }
