@@ -1,6 +1,6 @@
 //! A registry cluster of real `fenceflake registry` processes on loopback.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -41,7 +41,7 @@ pub struct Cluster {
 pub const TEST_COOL_DOWN_MS: u64 = 500;
 
 impl Cluster {
-    /// Start `size` nodes as a new cluster and wait for a leader.
+    /// Start `size` nodes as a new cluster and wait until every node serves and knows the leader.
     pub async fn start(size: u64, common_args: &[&str]) -> Cluster {
         Self::start_with_env(size, common_args, &[]).await
     }
@@ -65,7 +65,7 @@ impl Cluster {
         for node_id in 1..=size {
             cluster.spawn(node_id);
         }
-        cluster.wait_leader(Duration::from_secs(15)).await;
+        cluster.wait_all_know_the_leader(Duration::from_secs(15)).await;
         cluster
     }
 
@@ -152,6 +152,22 @@ impl Cluster {
     pub async fn status(&self, node_id: u64) -> Option<pb::ClusterStatusResponse> {
         let mut client = self.client(node_id);
         client.cluster_status(pb::ClusterStatusRequest {}).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Wait until every running node answers on its client port and names the same running
+    /// leader. Waiting for just one node is not enough: on a loaded machine a slower process
+    /// may not have bound its client port yet when the test sends it its first request.
+    pub async fn wait_all_know_the_leader(&self, timeout: Duration) -> u64 {
+        eventually(timeout, "every node serving with one leader", || async {
+            let mut leaders = BTreeSet::new();
+            for node_id in self.running() {
+                let s = self.status(node_id).await?;
+                leaders.insert(s.leader_id);
+            }
+            let leader = *leaders.first()?;
+            (leaders.len() == 1 && leader != 0 && self.running().contains(&leader)).then_some(leader)
+        })
+        .await
     }
 
     /// Wait until some running node reports a leader that is running, and return it.
