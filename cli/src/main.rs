@@ -4,6 +4,7 @@ mod ctl;
 mod decode_cmd;
 mod dev_cmd;
 mod duration;
+mod hostname;
 mod logging;
 mod mint_cmd;
 mod registry_cmd;

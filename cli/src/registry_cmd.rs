@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +13,44 @@ use fenceflake_registry::config::{parse_initial_cluster, InitialClusterState, No
 use fenceflake_registry::lease::ClusterConfig;
 use fenceflake_registry::raft::types::PeerNode;
 use fenceflake_registry::server::{self, Listeners};
+use fenceflake_worker::config::statefulset_ordinal;
 
 use crate::duration::parse_duration;
 use crate::signals::shutdown_signal;
+
+/// `--node-id`: a number, or `ordinal` (N+1 from a StatefulSet host name `name-N`, so that
+/// pods `registry-0..4` are nodes 1..5 without a shell in the image to compute it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeIdSpec {
+    Ordinal,
+    Fixed(u64),
+}
+
+impl FromStr for NodeIdSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<NodeIdSpec, String> {
+        match text {
+            "ordinal" => Ok(NodeIdSpec::Ordinal),
+            number => match number.parse::<u64>() {
+                Ok(0) => Err("0 is not a node id (ids start at 1)".to_string()),
+                Ok(id) => Ok(NodeIdSpec::Fixed(id)),
+                Err(_) => Err(format!("{text:?} is neither a node id (1, 2, ...) nor `ordinal`")),
+            },
+        }
+    }
+}
+
+impl NodeIdSpec {
+    fn resolve(self, hostname: &str) -> anyhow::Result<u64> {
+        match self {
+            NodeIdSpec::Fixed(id) => Ok(id),
+            NodeIdSpec::Ordinal => statefulset_ordinal(hostname).map(|n| n + 1).with_context(|| {
+                format!("--node-id ordinal: host name {hostname:?} does not end in -N (StatefulSet style); set --hostname")
+            }),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ClusterState {
@@ -28,9 +64,13 @@ pub enum ClusterState {
 /// lowest node id initializes it. A node that finds state in --data-dir rejoins with it.
 #[derive(Debug, Args)]
 pub struct RegistryArgs {
-    /// This node's id (> 0, unique in the cluster, never reused after a node is lost).
+    /// This node's id (> 0, unique in the cluster, never reused after a node is lost), or
+    /// `ordinal`: N+1 from a StatefulSet host name `name-N` (see --hostname).
     #[arg(long, env = "FENCEFLAKE_NODE_ID")]
-    node_id: u64,
+    node_id: NodeIdSpec,
+    /// Host name for --node-id ordinal (default: $HOSTNAME, else the kernel's host name).
+    #[arg(long, env = "FENCEFLAKE_HOSTNAME")]
+    hostname: Option<String>,
     /// Address to serve the public Registry API (and health, reflection) on.
     #[arg(long, env = "FENCEFLAKE_CLIENT_ADDR", default_value = "127.0.0.1:2379")]
     client_addr: SocketAddr,
@@ -94,8 +134,9 @@ impl RegistryArgs {
             peer_addr: self.advertise_peer_addr.unwrap_or_else(|| self.peer_addr.to_string()),
             client_addr: self.advertise_client_addr.unwrap_or_else(|| self.client_addr.to_string()),
         };
+        let hostname = self.hostname.unwrap_or_else(crate::hostname::detect);
         Ok(NodeConfig {
-            node_id: self.node_id,
+            node_id: self.node_id.resolve(&hostname)?,
             cluster_id: self.cluster_id,
             advertise,
             data_dir: self.data_dir,
@@ -142,4 +183,26 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
     };
     server::run(config, listeners, Arc::new(SystemClock), shutdown_signal()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: `--node-id` takes a positive number or `ordinal`, and `ordinal` maps pod `name-N`
+    /// to node N+1, refusing host names without the suffix.
+    #[test]
+    fn node_id_spec_parses_and_resolves() {
+        assert_eq!("3".parse::<NodeIdSpec>().unwrap(), NodeIdSpec::Fixed(3));
+        assert!("0".parse::<NodeIdSpec>().unwrap_err().contains("start at 1"));
+        assert!("three".parse::<NodeIdSpec>().unwrap_err().contains("\"three\""));
+        let ordinal: NodeIdSpec = "ordinal".parse().unwrap();
+        assert_eq!(ordinal.resolve("fenceflake-registry-0").unwrap(), 1);
+        assert_eq!(ordinal.resolve("fenceflake-registry-4").unwrap(), 5);
+        assert_eq!(NodeIdSpec::Fixed(7).resolve("anything").unwrap(), 7);
+        for bad in ["registry", "registry-", "-3", "registry-x1"] {
+            let err = ordinal.resolve(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
 }

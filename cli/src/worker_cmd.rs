@@ -75,21 +75,9 @@ pub struct WorkerArgs {
     pub rate_limit_burst: u64,
 }
 
-/// The machine's host name: `$HOSTNAME` (set in containers and by most shells), else the
-/// kernel's.
-pub fn detect_hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
-}
-
 impl WorkerArgs {
     fn config(&self) -> WorkerConfig {
-        let hostname = self.hostname.clone().unwrap_or_else(detect_hostname);
+        let hostname = self.hostname.clone().unwrap_or_else(crate::hostname::detect);
         let mut config = WorkerConfig::new(self.registry.clone(), self.state_dir.clone(), hostname);
         config.worker_id = self.worker_id.clone();
         config.lease_ttl = self.lease_ttl;

@@ -46,14 +46,21 @@ impl WorkerIdSpec {
         match self {
             WorkerIdSpec::Auto => Ok(None),
             WorkerIdSpec::Fixed(id) => Ok(Some(*id)),
-            WorkerIdSpec::Ordinal => hostname
-                .rsplit_once('-')
-                .and_then(|(name, n)| (!name.is_empty()).then_some(n))
-                .and_then(|n| n.parse::<u16>().ok())
+            WorkerIdSpec::Ordinal => statefulset_ordinal(hostname)
+                .and_then(|n| u16::try_from(n).ok())
                 .map(|n| Some(WorkerId::new(n)))
                 .ok_or_else(|| ConfigError::NoOrdinal { hostname: hostname.to_string() }),
         }
     }
+}
+
+/// N from a StatefulSet-style host name `name-N` (`None` if it has no such suffix). Shared by
+/// `--worker-id ordinal` and the registry's `--node-id ordinal`.
+pub fn statefulset_ordinal(hostname: &str) -> Option<u64> {
+    hostname
+        .rsplit_once('-')
+        .and_then(|(name, n)| (!name.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(n))
+        .and_then(|n| n.parse::<u64>().ok())
 }
 
 /// Everything a worker (process or embedded [`crate::Generator`]) needs.
