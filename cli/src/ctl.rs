@@ -1,6 +1,8 @@
 //! `fenceflake ctl`: inspect and administer a registry cluster through any of its nodes.
 //! Human tables by default; `--json` prints one stable JSON document per command.
 
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -65,7 +67,25 @@ enum CtlCommand {
     PromoteMember { node_id: u64 },
     /// Remove a member (voter or learner). Never reuse its node id afterwards.
     RemoveMember { node_id: u64 },
+    /// Back up the lease table, or restore it into a new cluster.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
 }
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Write a linearizable backup of the lease table to FILE (atomically: temp file, fsync,
+    /// rename). Safe while the cluster serves.
+    Export { file: PathBuf },
+    /// Restore FILE into a freshly bootstrapped cluster that has never granted a lease.
+    /// Tokens move to a new generation and EVERY worker ID stays embargoed for max TTL +
+    /// cool-down, since holders of the lost cluster may still be minting until then. Stop
+    /// (or fence off) the old cluster first.
+    Import { file: PathBuf },
+}
+
+/// Largest message ctl accepts or sends (a backup is the largest there is).
+const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// The first node that answers (a node that is down or has no leader makes us try the next).
 struct Cluster {
@@ -80,7 +100,9 @@ impl Cluster {
             .connect_timeout(Duration::from_secs(1))
             .timeout(self.timeout)
             .connect_lazy();
-        Ok(RegistryClient::new(channel))
+        Ok(RegistryClient::new(channel)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX))
     }
 
     async fn call<T, F, Fut>(&self, f: F) -> anyhow::Result<T>
@@ -180,12 +202,61 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 .unwrap_or_default();
             Output::new(status_json(&s), members_table(&s))
         }
+        CtlCommand::Snapshot(SnapshotCommand::Export { file }) => {
+            let r = cluster.call(|mut c| async move { c.export_snapshot(pb::ExportSnapshotRequest {}).await }).await?;
+            write_atomically(&file, &r.data)?;
+            let json = json!({"file": file, "bytes": r.data.len(), "applied_index": r.applied_index,
+                              "records": r.records, "exported_at_ms": r.exported_at_ms});
+            let table = format!(
+                "exported {} worker-ID records as of applied index {} to {} ({} bytes)\n",
+                r.records,
+                r.applied_index,
+                file.display(),
+                r.data.len()
+            );
+            Output::new(json, table)
+        }
+        CtlCommand::Snapshot(SnapshotCommand::Import { file }) => {
+            let data = std::fs::read(&file).with_context(|| format!("cannot read backup {}", file.display()))?;
+            let r = cluster
+                .call(|mut c| {
+                    let data = data.clone();
+                    async move { c.import_snapshot(pb::ImportSnapshotRequest { data }).await }
+                })
+                .await?;
+            let json = json!({"file": file, "generation": r.generation, "worker_ids": r.worker_ids,
+                              "records": r.records, "embargo_until_ms": r.embargo_until_ms});
+            let table = format!(
+                "restored {} records from {}; token generation {}; all {} worker IDs embargoed until {} (leader wall clock, ms)\n",
+                r.records,
+                file.display(),
+                r.generation,
+                r.worker_ids,
+                r.embargo_until_ms
+            );
+            Output::new(json, table)
+        }
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&output.json)?);
     } else {
         print!("{}", output.table);
     }
+    Ok(())
+}
+
+/// Write `data` to `path` so that a crash leaves either the old file or the whole new one.
+fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
+    let temp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let mut file = std::fs::File::create(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
+    file.write_all(data).and_then(|()| file.sync_all()).with_context(|| format!("cannot write {}", temp.display()))?;
+    std::fs::rename(&temp, path).with_context(|| format!("cannot rename {} to {}", temp.display(), path.display()))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))?;
     Ok(())
 }
 

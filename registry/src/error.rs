@@ -123,6 +123,12 @@ fn rejection_status(rejection: &Rejection) -> (tonic::Code, Option<&'static str>
         Rejection::BadTtl { ttl_ms, ttl_ms_max } => {
             (Code::InvalidArgument, None, format!("invalid ttl_ms: {ttl_ms} is outside 1..={ttl_ms_max}"))
         }
+        Rejection::NotEmpty { last_token } => (
+            Code::FailedPrecondition,
+            None,
+            format!("this cluster has already granted leases (last token {last_token}); restore only into a freshly bootstrapped cluster"),
+        ),
+        Rejection::BadBackup { why } => (Code::InvalidArgument, None, format!("invalid backup: {why}")),
         Rejection::NotConfigured => (
             Code::Unavailable,
             None,

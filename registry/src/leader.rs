@@ -136,6 +136,26 @@ impl Leader {
                 self.linearizable_read(confirmed_now).await?;
                 Ok(Reply::Audit(self.state.read().table.audit().cloned().collect()))
             }
+            Proposal::ExportSnapshot => {
+                self.linearizable_read(confirmed_now).await?;
+                let state = self.state.read();
+                let backup = state.table.backup().ok_or(RegistryError::NotConfigured)?;
+                let applied_index = state.last_applied.map_or(0, |id| id.index);
+                Ok(Reply::Backup { backup: Box::new(backup), applied_index, wall_ms: self.clock.wall_ms() })
+            }
+            Proposal::ImportSnapshot { backup } => match self.proposer.propose(Command::Restore(backup)).await? {
+                Outcome::Restored { generation, worker_ids, records, embargo_until_ms } => {
+                    tracing::warn!(
+                        generation,
+                        worker_ids,
+                        records,
+                        embargo_until_ms,
+                        "backup restored; every worker ID is embargoed for max TTL + cool-down"
+                    );
+                    Ok(Reply::Restored { generation, worker_ids, records, embargo_until_ms })
+                }
+                other => Err(unexpected(other)),
+            },
             Proposal::AddLearner { node_id, node } => self.add_learner(node_id, node).await,
             Proposal::PromoteMember { node_id } => {
                 self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id]))).await

@@ -1,6 +1,7 @@
 //! One Fenceflake registry node: the pure lease table, leader-side expiry, openraft glue on
 //! sled storage, the Raft transport and the public `Registry` gRPC service.
 
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -18,6 +18,18 @@ pub const COMMANDS_PER_ENTRY_MAX: usize = 1024;
 /// `log_index << TOKEN_SLOT_BITS | slot`, so every command in a batch gets its own token.
 pub const TOKEN_SLOT_BITS: u32 = 12;
 
+/// A fencing token is `generation << TOKEN_GENERATION_SHIFT | log position`. Each restore from
+/// a backup starts a new generation, so the restored cluster's tokens are above every token the
+/// lost cluster could have issued after the backup was taken (it cannot know them).
+pub const TOKEN_GENERATION_SHIFT: u32 = 56;
+
+/// Largest backup `ctl snapshot import` accepts, in bytes: the restore travels as one Raft
+/// entry, which must fit a peer message with room to spare.
+pub const BACKUP_BYTES_MAX: usize = PEER_MESSAGE_BYTES_MAX / 2;
+
+/// Largest message on the client port: a backup plus its envelope.
+pub const CLIENT_MESSAGE_BYTES_MAX: usize = BACKUP_BYTES_MAX + 64 * 1024;
+
 /// Audit entries kept (oldest dropped first); each is a proven overlap and pages a human,
 /// so this is far more than any sane cluster will see.
 pub const AUDIT_ENTRIES_MAX: usize = 4096;
@@ -31,3 +43,4 @@ pub const PEER_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 const _: () = assert!(COMMANDS_PER_ENTRY_MAX <= 1 << TOKEN_SLOT_BITS);
 const _: () = assert!(WORKER_ID_BITS_MAX <= 22);
+const _: () = assert!(TOKEN_SLOT_BITS < TOKEN_GENERATION_SHIFT);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use fenceflake_proto::metrics::{preamble, single, Histogram};
 
 /// The RPCs whose latency is recorded (the label set of the histogram).
-pub const RPC_NAMES: [&str; 12] = [
+pub const RPC_NAMES: [&str; 14] = [
     "Acquire",
     "Renew",
     "Release",
@@ -22,6 +22,8 @@ pub const RPC_NAMES: [&str; 12] = [
     "AddLearner",
     "PromoteMember",
     "RemoveMember",
+    "ExportSnapshot",
+    "ImportSnapshot",
 ];
 
 /// Metric names, in one place so alerts and dashboards can be checked against them.

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::lease::{AuditEntry, ClusterConfig, HolderId, LeaseGrant, LeaseRecord, Token, WorkerId};
+use crate::lease::{AuditEntry, ClusterConfig, HolderId, LeaseGrant, LeaseRecord, TableBackup, Token, WorkerId};
 use crate::raft::types::{NodeId, PeerNode};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +19,8 @@ pub enum Proposal {
     AddLearner { node_id: NodeId, node: PeerNode },
     PromoteMember { node_id: NodeId },
     RemoveMember { node_id: NodeId },
+    ExportSnapshot,
+    ImportSnapshot { backup: Box<TableBackup> },
 }
 
 impl Proposal {
@@ -36,6 +38,8 @@ impl Proposal {
             Proposal::AddLearner { .. } => "AddLearner",
             Proposal::PromoteMember { .. } => "PromoteMember",
             Proposal::RemoveMember { .. } => "RemoveMember",
+            Proposal::ExportSnapshot => "ExportSnapshot",
+            Proposal::ImportSnapshot { .. } => "ImportSnapshot",
         }
     }
 }
@@ -85,4 +89,16 @@ pub enum Reply {
     Leases(Vec<LeaseView>),
     Audit(Vec<AuditEntry>),
     MembershipChanged,
+    /// A linearizable copy of the table, as of `applied_index`, at the leader's `wall_ms`.
+    Backup {
+        backup: Box<TableBackup>,
+        applied_index: u64,
+        wall_ms: u64,
+    },
+    Restored {
+        generation: u8,
+        worker_ids: u32,
+        records: usize,
+        embargo_until_ms: u64,
+    },
 }

@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::config::{ConfigError, InitialClusterState, NodeConfig};
 use crate::expiry::ExpiryTracker;
 use crate::leader::{Leader, LeaderSettings};
-use crate::limits::PEER_MESSAGE_BYTES_MAX;
+use crate::limits::{CLIENT_MESSAGE_BYTES_MAX, PEER_MESSAGE_BYTES_MAX};
 use crate::metrics::RegistryMetrics;
 use crate::node::RegistryNode;
 use crate::proposer::Proposer;
@@ -106,7 +106,12 @@ pub async fn run(
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(RegistryServer::new(RegistryService::new(node.clone())))
+        .add_service(
+            // Room for a backup on import and export; every other message is far smaller.
+            RegistryServer::new(RegistryService::new(node.clone()))
+                .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
+        )
         .serve_with_incoming_shutdown(fenceflake_proto::serving::nodelay(listeners.client), stopped.clone().wait());
     let peer_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::backup::TableBackup;
 use super::ids::{HolderId, LogPos, Token, WorkerId};
 
 /// Cluster-wide parameters, fixed by the first leader and replicated like any command.
@@ -71,13 +72,16 @@ pub enum Command {
     Unquarantine {
         worker_id: WorkerId,
     },
+    /// Operator: load a backup into a cluster that has never granted a lease, under a new
+    /// token generation, with every worker ID embargoed for `ttl_ms_max + cool_down_ms`.
+    Restore(Box<TableBackup>),
 }
 
 impl Command {
     /// The worker ID this command is about (`None` for cluster-wide commands).
     pub fn worker_id(&self) -> Option<WorkerId> {
         match self {
-            Command::Configure(_) => None,
+            Command::Configure(_) | Command::Restore(_) => None,
             Command::Grant { worker_id, .. }
             | Command::Renew { worker_id, .. }
             | Command::Release { worker_id, .. }
@@ -125,6 +129,10 @@ pub enum Rejection {
     NotConfigured,
     /// A ttl outside `1..=ttl_ms_max`.
     BadTtl { ttl_ms: u64, ttl_ms_max: u64 },
+    /// A restore into a table that has already granted leases (it would merge two histories).
+    NotEmpty { last_token: Token },
+    /// A backup that fails `TableBackup::check`.
+    BadBackup { why: String },
 }
 
 /// The outcome of one applied command.
@@ -136,6 +144,14 @@ pub enum Outcome {
     Released,
     /// Quarantine state changed (or was already so).
     QuarantineSet,
+    /// A backup was loaded; every worker ID is embargoed until `embargo_until_ms` (leader wall
+    /// clock, for the operator: the embargo itself runs on each leader's monotonic clock).
+    Restored {
+        generation: u8,
+        worker_ids: u32,
+        records: usize,
+        embargo_until_ms: u64,
+    },
     /// A stale renewal proved an overlap: the ID is now quarantined (and this renewal fenced).
     CanaryHit {
         current: Token,

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::TOKEN_SLOT_BITS;
+use crate::limits::{TOKEN_GENERATION_SHIFT, TOKEN_SLOT_BITS};
 
 /// One worker ID: the middle field of every minted ID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -26,7 +26,10 @@ impl LogPos {
     /// The position of command `slot` inside the entry at `log_index`.
     pub fn new(log_index: u64, slot: usize) -> LogPos {
         assert!(slot < (1 << TOKEN_SLOT_BITS), "slot {slot} outside the token slot space");
-        assert!(log_index < (1 << (64 - TOKEN_SLOT_BITS)), "log index {log_index} overflows tokens");
+        assert!(
+            log_index < (1 << (TOKEN_GENERATION_SHIFT - TOKEN_SLOT_BITS)),
+            "log index {log_index} overflows tokens"
+        );
         LogPos((log_index << TOKEN_SLOT_BITS) | slot as u64)
     }
 
@@ -36,13 +39,25 @@ impl LogPos {
     }
 }
 
-/// Fencing token of a grant: the `LogPos` of its grant command. `Token(0)` means "never granted".
+/// Fencing token of a grant: the table's restore generation above the `LogPos` of its grant
+/// command. `Token(0)` means "never granted".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct Token(pub u64);
 
 impl Token {
     /// The token a worker ID has before its first grant.
     pub const NONE: Token = Token(0);
+
+    /// The token of a grant at `pos` in restore generation `generation` (0: never restored).
+    pub fn granted(generation: u8, pos: LogPos) -> Token {
+        debug_assert!(pos.0 < (1 << TOKEN_GENERATION_SHIFT), "position {} reaches the generation bits", pos.0);
+        Token((u64::from(generation) << TOKEN_GENERATION_SHIFT) | pos.0)
+    }
+
+    /// The log position of the grant this token came from (without the generation).
+    pub fn position(self) -> LogPos {
+        LogPos(self.0 & ((1 << TOKEN_GENERATION_SHIFT) - 1))
+    }
 }
 
 impl fmt::Display for Token {
@@ -51,9 +66,25 @@ impl fmt::Display for Token {
     }
 }
 
-/// Identity of one worker process. Validated (non-empty, bounded) at the RPC boundary.
+/// Identity of one worker process. Validated (non-empty, bounded, not reserved) at the RPC
+/// boundary.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct HolderId(pub String);
+
+impl HolderId {
+    /// Holders starting with this are the registry's own: a restore parks every worker ID on
+    /// such a holder until the embargo expires. No client may claim one.
+    pub const RESERVED_PREFIX: &'static str = "fenceflake:";
+
+    /// The holder a restore leaves `worker_id` with (one per ID: the holder index is 1:1).
+    pub fn restore_embargo(worker_id: WorkerId) -> HolderId {
+        HolderId(format!("{}restore-embargo/{worker_id}", Self::RESERVED_PREFIX))
+    }
+
+    pub fn is_reserved(&self) -> bool {
+        self.0.starts_with(Self::RESERVED_PREFIX)
+    }
+}
 
 impl fmt::Display for HolderId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -70,5 +101,16 @@ mod tests {
         assert!(LogPos::new(5, 4095) < LogPos::new(6, 0));
         assert!(LogPos::new(6, 0) < LogPos::new(6, 1));
         assert_eq!(LogPos::new(77, 3).log_index(), 77);
+    }
+
+    /// Goal: a later generation's tokens are above every token of an earlier one, and the
+    /// position survives the generation bits.
+    #[test]
+    fn generations_order_tokens_above_any_earlier_position() {
+        let late_in_gen0 = Token::granted(0, LogPos::new((1 << 44) - 1, 4095));
+        let early_in_gen1 = Token::granted(1, LogPos::new(1, 0));
+        assert!(early_in_gen1 > late_in_gen0);
+        assert_eq!(early_in_gen1.position(), LogPos::new(1, 0));
+        assert_eq!(Token::granted(0, LogPos(77)), Token(77));
     }
 }

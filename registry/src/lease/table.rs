@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use super::backup::TableBackup;
 use super::command::{ClusterConfig, Command, GrantExpectation, LeaseGrant, Outcome, Rejection};
 use super::ids::{HolderId, LogPos, Token, WorkerId};
 use crate::limits::{AUDIT_ENTRIES_MAX, REASON_LEN_MAX};
@@ -76,6 +77,9 @@ pub enum AuditKind {
 pub struct TableGlobals {
     pub config: Option<ClusterConfig>,
     pub last_token: Token,
+    /// Restores this table descends from (tables stored before restores existed have none).
+    #[serde(default)]
+    pub generation: u8,
 }
 
 /// The replicated lease table.
@@ -86,6 +90,9 @@ pub struct LeaseTable {
     audit: VecDeque<AuditEntry>,
     /// The largest token ever granted: tokens only grow (asserted on every grant).
     last_token: Token,
+    /// Restore generation: the high bits of every token this table grants.
+    #[serde(default)]
+    generation: u8,
     /// Index holder → worker ID, derived from `records` (rebuilt after deserializing).
     #[serde(skip)]
     holders: BTreeMap<HolderId, WorkerId>,
@@ -109,6 +116,7 @@ impl LeaseTable {
             records: records.into_iter().collect(),
             audit: audit.into_iter().collect(),
             last_token: globals.last_token,
+            generation: globals.generation,
             holders: BTreeMap::new(),
         };
         table.reindex();
@@ -116,7 +124,22 @@ impl LeaseTable {
     }
 
     pub fn globals(&self) -> TableGlobals {
-        TableGlobals { config: self.config.clone(), last_token: self.last_token }
+        TableGlobals { config: self.config.clone(), last_token: self.last_token, generation: self.generation }
+    }
+
+    pub fn generation(&self) -> u8 {
+        self.generation
+    }
+
+    /// The table as a backup carries it (`None` before the cluster is configured).
+    pub fn backup(&self) -> Option<TableBackup> {
+        Some(TableBackup {
+            config: self.config.clone()?,
+            generation: self.generation,
+            last_token: self.last_token,
+            records: self.records.iter().map(|(w, r)| (*w, r.clone())).collect(),
+            audit: self.audit.iter().cloned().collect(),
+        })
     }
 
     pub fn config(&self) -> Option<&ClusterConfig> {
@@ -166,6 +189,7 @@ impl LeaseTable {
             Command::Release { worker_id, token, last_ts_ms } => self.release(*worker_id, *token, *last_ts_ms),
             Command::Quarantine { worker_id, reason } => self.set_quarantine(leader_wall_ms, *worker_id, Some(reason)),
             Command::Unquarantine { worker_id } => self.set_quarantine(leader_wall_ms, *worker_id, None),
+            Command::Restore(backup) => self.restore(pos, leader_wall_ms, backup),
         };
         if cfg!(debug_assertions) {
             self.check_invariants();
@@ -221,7 +245,7 @@ impl LeaseTable {
         if record.expectation() != expect {
             return Outcome::Rejected(Rejection::AlreadyHeld { holder: record.holder.clone(), specific });
         }
-        let token = Token(pos.0);
+        let token = Token::granted(self.generation, pos);
         assert!(token > self.last_token, "fencing token {token} not above {}", self.last_token);
         self.last_token = token;
         if let Some(previous) = record.holder.replace(holder.clone()) {
@@ -255,8 +279,10 @@ impl LeaseTable {
         if token != record.token {
             // The canary: a stale holder reports a mint inside the current holder's window.
             // Two processes have minted with this worker ID at overlapping times.
+            // The embargo holder of a restore mints nothing: a lost cluster's holder renewing
+            // against it is only stale, not overlapping.
             let overlap = token < record.token
-                && record.holder.is_some()
+                && record.holder.as_ref().is_some_and(|h| !h.is_reserved())
                 && max_minted_ts_ms > 0
                 && max_minted_ts_ms >= record.not_before_ms;
             if !overlap {
@@ -342,6 +368,54 @@ impl LeaseTable {
         Outcome::QuarantineSet
     }
 
+    /// Load `backup` into a table that has never granted a lease. The lost cluster may have
+    /// granted any worker ID, with any token, after the backup was taken, and its holders may
+    /// still be minting until their deadlines. So: tokens move to the next generation (above
+    /// anything the lost cluster issued); every worker ID is held by a registry-owned embargo
+    /// holder with the maximum TTL, which the normal expiry (mechanism 3) releases only after
+    /// a leader has itself seen `ttl_ms_max + cool_down_ms` pass; and each high-water mark is
+    /// raised past any timestamp a lost holder could have minted before its deadline.
+    fn restore(&mut self, pos: LogPos, leader_wall_ms: u64, backup: &TableBackup) -> Outcome {
+        if self.last_token != Token::NONE || !self.records.is_empty() {
+            return Outcome::Rejected(Rejection::NotEmpty { last_token: self.last_token });
+        }
+        if let Err(why) = backup.check() {
+            return Outcome::Rejected(Rejection::BadBackup { why });
+        }
+        let config = backup.config.clone();
+        let generation = backup.generation + 1;
+        let token = Token::granted(generation, pos);
+        let embargo_until_ms = leader_wall_ms.saturating_add(config.ttl_ms_max).saturating_add(config.cool_down_ms);
+        let mut backed_up: BTreeMap<WorkerId, &LeaseRecord> = backup.records.iter().map(|(w, r)| (*w, r)).collect();
+        for worker_id in (0..config.worker_id_count()).map(WorkerId) {
+            let old = backed_up.remove(&worker_id);
+            let high_water_ms =
+                old.map_or(0, |r| r.high_water_ms.max(r.max_minted_ms.saturating_add(1))).max(embargo_until_ms);
+            let record = LeaseRecord {
+                holder: Some(HolderId::restore_embargo(worker_id)),
+                token,
+                ttl_ms: config.ttl_ms_max,
+                last_renew: pos,
+                high_water_ms,
+                not_before_ms: 0,
+                max_minted_ms: 0,
+                quarantine: old.and_then(|r| r.quarantine.clone()),
+            };
+            self.records.insert(worker_id, record);
+        }
+        self.audit = backup.audit.iter().cloned().collect();
+        self.last_token = token;
+        self.generation = generation;
+        self.config = Some(config);
+        self.reindex();
+        Outcome::Restored {
+            generation,
+            worker_ids: self.records.len() as u32,
+            records: backup.records.len(),
+            embargo_until_ms,
+        }
+    }
+
     fn push_audit(&mut self, entry: AuditEntry) {
         if self.audit.len() == AUDIT_ENTRIES_MAX {
             self.audit.pop_front();
@@ -354,7 +428,7 @@ impl LeaseTable {
         let mut held = 0;
         for (worker_id, record) in &self.records {
             assert!(record.token <= self.last_token, "worker {worker_id}: token above last_token");
-            assert!(record.last_renew.0 >= record.token.0, "worker {worker_id}: renewal before grant");
+            assert!(record.last_renew >= record.token.position(), "worker {worker_id}: renewal before grant");
             if let Some(holder) = &record.holder {
                 held += 1;
                 assert_eq!(self.holders.get(holder), Some(worker_id), "holder index out of sync");

@@ -218,3 +218,55 @@ fn reindex_restores_the_holder_index_after_a_round_trip() {
     assert_eq!(copy.held_by(&HolderId("a".into())), Some(WorkerId(1)));
     assert_eq!(copy, t);
 }
+
+/// Goal (restore): a backup loads only into a table that never granted; afterwards every
+/// worker ID is held by its embargo holder with a next-generation token above every token the
+/// lost cluster could have issued, quarantines and audit survive, high-water marks cover what
+/// lost holders minted, and a lost holder renewing is fenced (not a canary: the embargo holder
+/// mints nothing).
+#[test]
+fn restore_embargoes_every_id_under_a_new_token_generation() {
+    let mut old = configured();
+    let a = granted(grant(&mut old, 2, 0, "a"));
+    granted(renew(&mut old, 3, 0, a.token, WALL, WALL + 70_000));
+    old.apply(LogPos::new(4, 0), WALL, &Command::Quarantine { worker_id: WorkerId(3), reason: "by hand".into() });
+    let backup = old.backup().unwrap();
+    // The lost cluster went on granting after the backup, up to some huge log position.
+    let lost_token = granted(grant(&mut old, 1 << 40, 1, "lost")).token;
+
+    let mut fresh = configured();
+    let restore_at = LogPos::new(2, 0);
+    let outcome = fresh.apply(restore_at, WALL + 5, &Command::Restore(Box::new(backup.clone())));
+    let Outcome::Restored { generation, worker_ids, records, embargo_until_ms } = outcome else {
+        panic!("expected Restored, got {outcome:?}");
+    };
+    assert_eq!((generation, worker_ids, records), (1, 4, 2));
+    assert_eq!(embargo_until_ms, WALL + 5 + 60_000 + 1000);
+    for (worker_id, record) in fresh.records() {
+        assert_eq!(record.holder, Some(HolderId::restore_embargo(worker_id)));
+        assert!(record.token > lost_token, "restored token must beat every lost token");
+        assert_eq!(record.ttl_ms, 60_000);
+        assert!(record.high_water_ms >= embargo_until_ms);
+    }
+    assert_eq!(fresh.record(WorkerId(0)).unwrap().high_water_ms, WALL + 70_001, "minted timestamps are covered");
+    assert_eq!(fresh.record(WorkerId(3)).unwrap().quarantine.as_deref(), Some("by hand"));
+    assert_eq!(fresh.audit().count(), 1);
+    assert_eq!(fresh.free_ids().count(), 0, "nothing is free during the embargo");
+
+    let stale = renew(&mut fresh, 3, 1, lost_token, WALL, WALL + 10);
+    assert!(matches!(stale, Outcome::Rejected(Rejection::Fenced { .. })), "{stale:?}");
+    assert!(fresh.record(WorkerId(1)).unwrap().quarantine.is_none(), "a lost holder is not a canary");
+
+    // After the embargo (the leader's expiry decides; here: the CAS on the embargo record),
+    // a grant carries the new generation and waits past the high-water mark.
+    let g = granted(grant(&mut fresh, 4, 0, "new"));
+    assert!(g.token > lost_token && g.token.position() == LogPos::new(4, 0));
+    assert_eq!(g.not_before_ms, WALL + 70_001);
+
+    let again = fresh.apply(LogPos::new(5, 0), WALL, &Command::Restore(Box::new(backup.clone())));
+    assert!(matches!(again, Outcome::Rejected(Rejection::NotEmpty { .. })), "{again:?}");
+    let mut broken = backup;
+    broken.last_token = Token::NONE;
+    let bad = configured().apply(LogPos::new(2, 0), WALL, &Command::Restore(Box::new(broken)));
+    assert!(matches!(bad, Outcome::Rejected(Rejection::BadBackup { .. })), "{bad:?}");
+}

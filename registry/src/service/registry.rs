@@ -7,6 +7,7 @@ use fenceflake_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::validate;
+use crate::backup::{self, Provenance};
 use crate::error::RegistryError;
 use crate::lease::{AuditEntry, AuditKind, ClusterConfig, Rejection};
 use crate::metrics::inc;
@@ -273,6 +274,54 @@ impl pb::registry_server::Registry for RegistryService {
         match self.run(Proposal::ListAudit).await? {
             Reply::Audit(entries) => {
                 Ok(Response::new(pb::ListAuditResponse { entries: entries.iter().map(audit_pb).collect() }))
+            }
+            other => Err(wrong_reply(&other)),
+        }
+    }
+
+    async fn export_snapshot(
+        &self,
+        _request: Request<pb::ExportSnapshotRequest>,
+    ) -> Result<Response<pb::ExportSnapshotResponse>, Status> {
+        match self.run(Proposal::ExportSnapshot).await? {
+            Reply::Backup { backup, applied_index, wall_ms } => {
+                let provenance =
+                    Provenance { cluster_id: self.node.cluster_id.clone(), applied_index, exported_at_ms: wall_ms };
+                let data = backup::encode(&backup, provenance)
+                    .map_err(|e| Status::internal(format!("cannot encode the backup: {e}")))?;
+                tracing::info!(applied_index, records = backup.records.len(), bytes = data.len(), "backup exported");
+                Ok(Response::new(pb::ExportSnapshotResponse {
+                    data,
+                    applied_index,
+                    records: backup.records.len() as u32,
+                    exported_at_ms: wall_ms,
+                }))
+            }
+            other => Err(wrong_reply(&other)),
+        }
+    }
+
+    async fn import_snapshot(
+        &self,
+        request: Request<pb::ImportSnapshotRequest>,
+    ) -> Result<Response<pb::ImportSnapshotResponse>, Status> {
+        let data = request.into_inner().data;
+        let (table, provenance) =
+            backup::decode(&data).map_err(|e| invalid(RegistryError::invalid("data", e.to_string())))?;
+        tracing::warn!(
+            from_cluster = provenance.cluster_id,
+            from_applied_index = provenance.applied_index,
+            exported_at_ms = provenance.exported_at_ms,
+            "restoring a backup"
+        );
+        match self.run(Proposal::ImportSnapshot { backup: Box::new(table) }).await? {
+            Reply::Restored { generation, worker_ids, records, embargo_until_ms } => {
+                Ok(Response::new(pb::ImportSnapshotResponse {
+                    generation: u32::from(generation),
+                    worker_ids,
+                    records: records as u32,
+                    embargo_until_ms,
+                }))
             }
             other => Err(wrong_reply(&other)),
         }

@@ -22,7 +22,14 @@ pub fn holder(value: &str) -> Result<HolderId, RegistryError> {
     if value.chars().any(char::is_control) {
         return Err(RegistryError::invalid("holder", format!("{value:?} contains control characters")));
     }
-    Ok(HolderId(value.to_string()))
+    let holder = HolderId(value.to_string());
+    if holder.is_reserved() {
+        return Err(RegistryError::invalid(
+            "holder",
+            format!("{value:?} starts with {:?}, which is reserved for the registry", HolderId::RESERVED_PREFIX),
+        ));
+    }
+    Ok(holder)
 }
 
 /// A worker ID within the configured range (unchecked if this node has no config yet: the
@@ -117,6 +124,7 @@ mod tests {
         assert_eq!(field_of(holder("").unwrap_err()), "holder");
         assert_eq!(field_of(holder(&"x".repeat(HOLDER_LEN_MAX + 1)).unwrap_err()), "holder");
         assert_eq!(field_of(holder("a\nb").unwrap_err()), "holder");
+        assert_eq!(field_of(holder("fenceflake:restore-embargo/7").unwrap_err()), "holder");
         assert_eq!(field_of(worker_id(1024, Some(&c)).unwrap_err()), "worker_id");
         assert_eq!(field_of(ttl_ms(0, Some(&c)).unwrap_err()), "ttl_ms");
         assert_eq!(field_of(ttl_ms(60_001, Some(&c)).unwrap_err()), "ttl_ms");

@@ -77,9 +77,13 @@ struct Changes {
 }
 
 impl Changes {
-    fn note(&mut self, command: &Command, outcome: &Outcome) {
+    fn note(&mut self, table: &LeaseTable, command: &Command, outcome: &Outcome) {
         if let Some(worker_id) = command.worker_id() {
             self.records.insert(worker_id);
+        }
+        if let Outcome::Restored { .. } = outcome {
+            self.records.extend(table.records().map(|(w, _)| w));
+            self.audit = true;
         }
         if let Outcome::Granted(grant) = outcome {
             // A retried Acquire returns (and renews) the ID the holder already has.
@@ -196,9 +200,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         for (slot, command) in batch.commands.iter().enumerate() {
                             let pos = LogPos::new(entry.log_id.index, slot);
                             let outcome = state.table.apply(pos, batch.leader_wall_ms, command);
-                            changes.note(command, &outcome);
-                            if let Outcome::Granted(g) | Outcome::Renewed(g) = &outcome {
-                                renewed.insert(g.worker_id);
+                            changes.note(&state.table, command, &outcome);
+                            match &outcome {
+                                Outcome::Granted(g) | Outcome::Renewed(g) => {
+                                    renewed.insert(g.worker_id);
+                                }
+                                // The embargo runs from here on every node's expiry clock.
+                                Outcome::Restored { .. } => renewed.extend(state.table.records().map(|(w, _)| w)),
+                                _ => {}
                             }
                             outcomes.push(outcome);
                         }
