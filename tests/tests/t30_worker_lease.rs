@@ -1,13 +1,55 @@
 //! Worker lease keeping against a real 5-node registry: a leader kill costs nothing, and a
-//! registry outage longer than the TTL parks the workers, which resume with the same worker
-//! ID and token once the registry is back.
+//! rolling restart of every registry node costs nothing, and a registry outage longer than the
+//! TTL parks the workers, which resume with the same worker ID and token once the registry is
+//! back.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fenceflake_proto::v1 as pb;
 use fenceflake_tests::cluster::Cluster;
+use fenceflake_tests::eventually;
 use fenceflake_tests::worker::{WorkerProcess, SHORT_LEASE};
+use tokio::task::JoinHandle;
 use tonic::Code;
+
+/// Mints and checks that the worker reports SERVING every 50 ms, in the background, until
+/// `finish`: the proof that a registry event cost the worker nothing.
+struct ServingWatch {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<Result<u64, String>>,
+}
+
+impl ServingWatch {
+    fn start(worker: &WorkerProcess) -> ServingWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut client = worker.client();
+        let stopped = Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let mut minted = 0;
+            while !stopped.load(Ordering::Relaxed) {
+                let generated = client.generate(pb::GenerateRequest {}).await;
+                generated.map_err(|e| format!("Generate failed after {minted} IDs: {e:?}"))?;
+                let status = client.status(pb::StatusRequest {}).await.map_err(|e| format!("status: {e:?}"))?;
+                let status = status.into_inner();
+                if status.state != "SERVING" {
+                    return Err(format!("parked after {minted} IDs: {status:?}"));
+                }
+                minted += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(minted)
+        });
+        ServingWatch { stop, task }
+    }
+
+    /// Stop watching; panics if the worker ever failed a Generate or was not SERVING.
+    async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("watch task").unwrap_or_else(|e| panic!("{e}"))
+    }
+}
 
 /// Goal: SIGKILL of the registry leader does not park a worker: every Generate during the
 /// failover succeeds and Status never reports PARKED (the TTL outlasts an election).
@@ -22,22 +64,48 @@ async fn leader_kill_does_not_park_a_worker() {
     );
     let before = worker.wait_serving(Duration::from_secs(15)).await;
     eprintln!("phase: worker {} serving; killing the leader", before.worker_id);
+    let watch = ServingWatch::start(&worker);
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
     cluster.kill(leader);
-    // Mint and watch for longer than a whole TTL, so several renewals go to the new leader.
-    let mut client = worker.client();
-    let watch_until = tokio::time::Instant::now() + Duration::from_secs(7);
-    let mut minted = 0;
-    while tokio::time::Instant::now() < watch_until {
-        client.generate(pb::GenerateRequest {}).await.expect("Generate during the failover");
-        let status = worker.status().await.expect("status");
-        assert_eq!(status.state, "SERVING", "parked during the failover: {status:?}");
-        minted += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Watch for longer than a whole TTL, so several renewals go to the new leader.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let minted = watch.finish().await;
     let after = worker.status().await.expect("status");
     assert_eq!((after.worker_id, after.token), (before.worker_id, before.token));
     eprintln!("phase: {minted} IDs minted across the failover, never parked");
+}
+
+/// Goal: a rolling restart of every registry node (the upgrade procedure of
+/// docs/operations.md: followers first, one at a time, each caught up before the next, the
+/// leader last) parks no worker and keeps its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_restart_of_the_registry_parks_no_worker() {
+    let mut cluster = Cluster::start(5, &[]).await;
+    // Renewals every second, so that several of them meet a node that is down.
+    let lease = ["--lease-ttl", "3s", "--margin", "500ms"];
+    let worker = WorkerProcess::spawn(cluster.dir.path(), "w", &cluster.client_addrs(), &lease);
+    let before = worker.wait_serving(Duration::from_secs(15)).await;
+    let watch = ServingWatch::start(&worker);
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    let mut order: Vec<u64> = (1..=5).filter(|n| *n != leader).collect();
+    order.push(leader);
+    for node_id in order {
+        eprintln!("phase: restarting node {node_id}");
+        cluster.kill(node_id);
+        // The upgrade itself: the node stays down long enough for an election and renewals.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cluster.spawn(node_id);
+        let leader = cluster.wait_all_know_the_leader(Duration::from_secs(15)).await;
+        eventually(Duration::from_secs(15), "the restarted node to catch up", || async {
+            let commit = cluster.status(leader).await?.commit_index;
+            (cluster.status(node_id).await?.applied_index >= commit).then_some(())
+        })
+        .await;
+    }
+    let minted = watch.finish().await;
+    let after = worker.status().await.expect("status");
+    assert_eq!((after.worker_id, after.token), (before.worker_id, before.token));
+    eprintln!("phase: {minted} IDs minted across the rolling restart, never parked");
 }
 
 /// Goal: with every registry node down for longer than the TTL, workers park
