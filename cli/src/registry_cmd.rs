@@ -46,7 +46,9 @@ impl NodeIdSpec {
         match self {
             NodeIdSpec::Fixed(id) => Ok(id),
             NodeIdSpec::Ordinal => statefulset_ordinal(hostname).map(|n| n + 1).with_context(|| {
-                format!("--node-id ordinal: host name {hostname:?} does not end in -N (StatefulSet style); set --hostname")
+                format!(
+                    "--node-id ordinal: host name {hostname:?} does not end in -N (StatefulSet style); set --hostname"
+                )
             }),
         }
     }
