@@ -302,7 +302,7 @@ fn status_json(s: &pb::ClusterStatusResponse) -> Value {
         "cluster_id": s.cluster_id, "node_id": s.node_id, "leader_id": s.leader_id, "term": s.term,
         "commit_index": s.commit_index, "applied_index": s.applied_index, "last_log_index": s.last_log_index,
         "snapshot_index": s.snapshot_index, "epoch_ms": s.epoch_ms, "worker_id_bits": s.worker_id_bits,
-        "max_ttl_ms": s.max_ttl_ms, "cool_down_ms": s.cool_down_ms,
+        "max_ttl_ms": s.max_ttl_ms, "cool_down_ms": s.cool_down_ms, "served_node_ids": s.served_node_ids,
         "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
     })
 }

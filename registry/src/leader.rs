@@ -156,6 +156,10 @@ impl Leader {
                 }
                 other => Err(unexpected(other)),
             },
+            Proposal::NoteServed { node_id } => match self.proposer.propose(Command::NodeServed { node_id }).await? {
+                Outcome::NodeServedNoted => Ok(Reply::Noted),
+                other => Err(unexpected(other)),
+            },
             Proposal::AddLearner { node_id, node } => self.add_learner(node_id, node).await,
             Proposal::PromoteMember { node_id } => {
                 self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id]))).await

@@ -14,6 +14,7 @@ pub mod node;
 pub mod proposal;
 pub mod proposer;
 pub mod raft;
+pub mod served;
 pub mod server;
 pub mod service;
 pub mod storage;

@@ -36,6 +36,8 @@ pub struct StatusView {
     pub last_log_index: u64,
     pub snapshot_index: u64,
     pub members: Vec<MemberView>,
+    /// Nodes recorded as having served (as this node has applied).
+    pub served_node_ids: Vec<NodeId>,
 }
 
 #[derive(Clone)]
@@ -137,6 +139,7 @@ impl RegistryNode {
             last_log_index: m.last_log_index.unwrap_or(0),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             members,
+            served_node_ids: self.state.read().table.served_nodes().collect(),
         }
     }
 

@@ -8,19 +8,54 @@ use crate::raft::types::{NodeId, PeerNode};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Proposal {
-    Acquire { holder: HolderId, worker_id: Option<WorkerId>, ttl_ms: u64 },
-    Renew { worker_id: WorkerId, token: Token, wall_ms_at_send: u64, max_minted_ts_ms: u64 },
-    Release { worker_id: WorkerId, token: Token, last_ts_ms: u64 },
-    Quarantine { worker_id: WorkerId, reason: String },
-    Unquarantine { worker_id: WorkerId },
-    GetLease { worker_id: WorkerId },
-    ListLeases { include_free: bool },
+    Acquire {
+        holder: HolderId,
+        worker_id: Option<WorkerId>,
+        ttl_ms: u64,
+    },
+    Renew {
+        worker_id: WorkerId,
+        token: Token,
+        wall_ms_at_send: u64,
+        max_minted_ts_ms: u64,
+    },
+    Release {
+        worker_id: WorkerId,
+        token: Token,
+        last_ts_ms: u64,
+    },
+    Quarantine {
+        worker_id: WorkerId,
+        reason: String,
+    },
+    Unquarantine {
+        worker_id: WorkerId,
+    },
+    GetLease {
+        worker_id: WorkerId,
+    },
+    ListLeases {
+        include_free: bool,
+    },
     ListAudit,
-    AddLearner { node_id: NodeId, node: PeerNode },
-    PromoteMember { node_id: NodeId },
-    RemoveMember { node_id: NodeId },
+    AddLearner {
+        node_id: NodeId,
+        node: PeerNode,
+    },
+    PromoteMember {
+        node_id: NodeId,
+    },
+    RemoveMember {
+        node_id: NodeId,
+    },
     ExportSnapshot,
-    ImportSnapshot { backup: Box<TableBackup> },
+    ImportSnapshot {
+        backup: Box<TableBackup>,
+    },
+    /// A node announces (once) that it has served; see `Command::NodeServed`.
+    NoteServed {
+        node_id: NodeId,
+    },
 }
 
 impl Proposal {
@@ -40,6 +75,7 @@ impl Proposal {
             Proposal::RemoveMember { .. } => "RemoveMember",
             Proposal::ExportSnapshot => "ExportSnapshot",
             Proposal::ImportSnapshot { .. } => "ImportSnapshot",
+            Proposal::NoteServed { .. } => "NoteServed",
         }
     }
 }
@@ -101,4 +137,5 @@ pub enum Reply {
         records: usize,
         embargo_until_ms: u64,
     },
+    Noted,
 }

@@ -21,6 +21,7 @@ use crate::node::RegistryNode;
 use crate::proposer::Proposer;
 use crate::raft::network::{NetworkFactory, PeerClients};
 use crate::raft::types::Raft;
+use crate::served;
 use crate::service::peer::PeerService;
 use crate::service::registry::RegistryService;
 use crate::storage::{self, DataDirIdentity, OpenError};
@@ -35,6 +36,8 @@ pub enum ServerError {
     Raft(String),
     #[error("raft stopped with a fatal error: {0} (storage failure? check the disk; the supervisor should restart this node)")]
     Fatal(String),
+    #[error("node {node_id} starts with an empty data dir {}, but peer {peer_id} remembers node {node_id} serving in this cluster: its disk was lost. Restarted empty under its old id it could help elect a leader that lacks acknowledged leases, so it refuses. Remove it (`fenceflake ctl remove-member {node_id}`) and add a replacement under a NEW node id (docs/operations.md, Membership)", data_dir.display())]
+    LostDisk { node_id: u64, peer_id: u64, data_dir: std::path::PathBuf },
     #[error("{port} port server failed: {source}")]
     Serve { port: &'static str, source: tonic::transport::Error },
     #[error("reflection service: {0}")]
@@ -60,13 +63,18 @@ pub async fn run(
     let raft_config = Arc::new(config.raft_config()?);
     let tracker = ExpiryTracker::new(clock.clone());
     let identity = DataDirIdentity { node_id: config.node_id, cluster_id: config.cluster_id.clone() };
+    let peers = PeerClients::new(config.cluster_id.clone(), config.node_id);
+    if served::is_empty_data_dir(&config.data_dir) {
+        if let Some(peer_id) = served::peer_remembering(&config, &peers).await {
+            return Err(ServerError::LostDisk { node_id: config.node_id, peer_id, data_dir: config.data_dir.clone() });
+        }
+    }
     let opened = storage::open(&config.data_dir, &identity, tracker.clone())?;
     let db = opened.log_store.db().clone();
     let state = opened.state_machine.shared();
     if opened.had_state {
         tracing::info!(data_dir = %config.data_dir.display(), "found existing state; rejoining with it");
     }
-    let peers = PeerClients::new(config.cluster_id.clone(), config.node_id);
     let raft = Raft::new(
         config.node_id,
         raft_config,
@@ -135,6 +143,7 @@ pub async fn run(
     }
     tokio::spawn(watch_leadership(node.clone(), health_reporter, tracker));
     bootstrap(&config, &raft).await?;
+    tokio::spawn(served::announce(node.clone()));
     tracing::info!(
         node_id = config.node_id,
         client_addr = %config.advertise.client_addr,

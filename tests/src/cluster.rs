@@ -122,6 +122,29 @@ impl Cluster {
         }
     }
 
+    /// Wait up to `timeout` for node `node_id` to exit by itself; its exit status, or `None`
+    /// if it is still running.
+    pub async fn wait_exit(&mut self, node_id: u64, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let node = self.nodes.get_mut(&node_id).expect("node exists");
+            let child = node.child.as_mut().expect("node was started");
+            if let Some(status) = child.try_wait().expect("poll child") {
+                node.child = None;
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything node `node_id` logged so far.
+    pub fn log(&self, node_id: u64) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{node_id}.log"))).unwrap_or_default()
+    }
+
     /// Delete a (stopped) node's data dir: a lost disk.
     pub fn wipe(&mut self, node_id: u64) {
         let node = &self.nodes[&node_id];

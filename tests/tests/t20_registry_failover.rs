@@ -116,17 +116,26 @@ async fn no_quorum_requests_fail_unavailable_in_bounded_time() {
     assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
 }
 
-/// Goal: replace a member. Node 5 is lost with its disk: remove it, start a fresh node 6
-/// (never reuse an id), add it; it catches up by snapshot (the log behind the snapshot is
-/// purged) and then carries the quorum when two original nodes die.
+/// Goal: replace a member. Node 5 is lost with its disk: restarted empty under its old id it
+/// refuses to start (a peer remembers it serving); so remove it, start a fresh node 6 (never
+/// reuse an id), add it; it catches up by snapshot (the log behind the snapshot is purged)
+/// and then carries the quorum when two original nodes die.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wiped_node_is_replaced_and_catches_up_by_snapshot() {
     let mut cluster = Cluster::start(5, &["--snapshot-logs", "20"]).await;
     let leases = acquire_many(&cluster, "snap", 60).await;
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
     let lost = if leader == 5 { 4 } else { 5 };
+    eventually(Duration::from_secs(10), "the lost node to be recorded as having served", || async {
+        cluster.status(leader).await.filter(|s| s.served_node_ids.contains(&lost))
+    })
+    .await;
     cluster.kill(lost);
     cluster.wipe(lost);
+    cluster.spawn(lost);
+    let exit = cluster.wait_exit(lost, Duration::from_secs(10)).await;
+    assert!(exit.is_some_and(|e| !e.success()), "an empty disk under an old id must not start: {exit:?}");
+    assert!(cluster.log(lost).contains("its disk was lost"), "{}", cluster.log(lost));
     cluster.client(leader).remove_member(pb::RemoveMemberRequest { node_id: lost }).await.expect("remove lost node");
 
     let fresh = cluster.add_node(6);

@@ -75,13 +75,18 @@ pub enum Command {
     /// Operator: load a backup into a cluster that has never granted a lease, under a new
     /// token generation, with every worker ID embargoed for `ttl_ms_max + cool_down_ms`.
     Restore(Box<TableBackup>),
+    /// Registry node `node_id` has served in this cluster (joined and applied its log). An
+    /// empty data dir under that id later means a lost disk, and the node refuses to start.
+    NodeServed {
+        node_id: u64,
+    },
 }
 
 impl Command {
     /// The worker ID this command is about (`None` for cluster-wide commands).
     pub fn worker_id(&self) -> Option<WorkerId> {
         match self {
-            Command::Configure(_) | Command::Restore(_) => None,
+            Command::Configure(_) | Command::Restore(_) | Command::NodeServed { .. } => None,
             Command::Grant { worker_id, .. }
             | Command::Renew { worker_id, .. }
             | Command::Release { worker_id, .. }
@@ -152,6 +157,7 @@ pub enum Outcome {
         records: usize,
         embargo_until_ms: u64,
     },
+    NodeServedNoted,
     /// A stale renewal proved an overlap: the ID is now quarantined (and this renewal fenced).
     CanaryHit {
         current: Token,

@@ -1,7 +1,7 @@
 //! The lease table: per worker ID its holder, fencing token, high-water mark and quarantine,
 //! plus the audit log. Pure and deterministic: no clock, no IO; time arrives in commands.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +80,8 @@ pub struct TableGlobals {
     /// Restores this table descends from (tables stored before restores existed have none).
     #[serde(default)]
     pub generation: u8,
+    #[serde(default)]
+    pub served_nodes: BTreeSet<u64>,
 }
 
 /// The replicated lease table.
@@ -93,6 +95,9 @@ pub struct LeaseTable {
     /// Restore generation: the high bits of every token this table grants.
     #[serde(default)]
     generation: u8,
+    /// Registry nodes that have served in this cluster (never removed: node ids are not reused).
+    #[serde(default)]
+    served_nodes: BTreeSet<u64>,
     /// Index holder → worker ID, derived from `records` (rebuilt after deserializing).
     #[serde(skip)]
     holders: BTreeMap<HolderId, WorkerId>,
@@ -117,6 +122,7 @@ impl LeaseTable {
             audit: audit.into_iter().collect(),
             last_token: globals.last_token,
             generation: globals.generation,
+            served_nodes: globals.served_nodes,
             holders: BTreeMap::new(),
         };
         table.reindex();
@@ -124,7 +130,21 @@ impl LeaseTable {
     }
 
     pub fn globals(&self) -> TableGlobals {
-        TableGlobals { config: self.config.clone(), last_token: self.last_token, generation: self.generation }
+        TableGlobals {
+            config: self.config.clone(),
+            last_token: self.last_token,
+            generation: self.generation,
+            served_nodes: self.served_nodes.clone(),
+        }
+    }
+
+    /// Whether registry node `node_id` has served in this cluster.
+    pub fn has_served(&self, node_id: u64) -> bool {
+        self.served_nodes.contains(&node_id)
+    }
+
+    pub fn served_nodes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.served_nodes.iter().copied()
     }
 
     pub fn generation(&self) -> u8 {
@@ -190,6 +210,10 @@ impl LeaseTable {
             Command::Quarantine { worker_id, reason } => self.set_quarantine(leader_wall_ms, *worker_id, Some(reason)),
             Command::Unquarantine { worker_id } => self.set_quarantine(leader_wall_ms, *worker_id, None),
             Command::Restore(backup) => self.restore(pos, leader_wall_ms, backup),
+            Command::NodeServed { node_id } => {
+                self.served_nodes.insert(*node_id);
+                Outcome::NodeServedNoted
+            }
         };
         if cfg!(debug_assertions) {
             self.check_invariants();

@@ -270,3 +270,14 @@ fn restore_embargoes_every_id_under_a_new_token_generation() {
     let bad = configured().apply(LogPos::new(2, 0), WALL, &Command::Restore(Box::new(broken)));
     assert!(matches!(bad, Outcome::Rejected(Rejection::BadBackup { .. })), "{bad:?}");
 }
+
+/// Goal: a node recorded as having served stays recorded, through the stored globals (which
+/// is how a restarted peer still remembers it).
+#[test]
+fn served_nodes_are_remembered_through_the_stored_globals() {
+    let mut t = configured();
+    assert!(!t.has_served(3));
+    assert_eq!(t.apply(LogPos::new(2, 0), WALL, &Command::NodeServed { node_id: 3 }), Outcome::NodeServedNoted);
+    let reloaded = LeaseTable::from_parts(t.globals(), Vec::new(), Vec::new());
+    assert!(reloaded.has_served(3) && !reloaded.has_served(4));
+}

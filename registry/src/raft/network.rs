@@ -37,6 +37,7 @@ pub enum PeerRpc {
     Vote,
     InstallSnapshot,
     Forward,
+    NodeHistory,
 }
 
 /// Why a peer call failed, before openraft's error types are involved.
@@ -112,6 +113,7 @@ impl PeerClients {
                 PeerRpc::Vote => client.vote(request).await,
                 PeerRpc::InstallSnapshot => client.install_snapshot(request).await,
                 PeerRpc::Forward => client.forward(request).await,
+                PeerRpc::NodeHistory => client.node_history(request).await,
             }
         };
         let addr = addr.to_string();

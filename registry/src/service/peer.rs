@@ -70,4 +70,10 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
         let proposal: Proposal = self.open(request.get_ref())?;
         self.seal(&self.node.execute_forwarded(proposal).await)
     }
+
+    async fn node_history(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let node_id: u64 = self.open(request.get_ref())?;
+        let served = self.node.state.read().table.has_served(node_id);
+        self.seal(&served)
+    }
 }

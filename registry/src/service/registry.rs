@@ -168,6 +168,7 @@ pub fn status_pb(status: &StatusView, config: Option<ClusterConfig>, cluster_id:
         cool_down_ms: config.cool_down_ms,
         last_log_index: status.last_log_index,
         snapshot_index: status.snapshot_index,
+        served_node_ids: status.served_node_ids.clone(),
     }
 }
 
