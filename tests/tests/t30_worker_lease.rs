@@ -82,7 +82,7 @@ async fn leader_kill_does_not_park_a_worker() {
 async fn rolling_restart_of_the_registry_parks_no_worker() {
     let mut cluster = Cluster::start(5, &[]).await;
     // Renewals every second, so that several of them meet a node that is down.
-    let lease = ["--lease-ttl", "3s", "--margin", "500ms"];
+    let lease = ["--lease-ttl", "4s", "--margin", "500ms"];
     let worker = WorkerProcess::spawn(cluster.dir.path(), "w", &cluster.client_addrs(), &lease);
     let before = worker.wait_serving(Duration::from_secs(15)).await;
     let watch = ServingWatch::start(&worker);
