@@ -13,6 +13,7 @@ use openraft::{ChangeMembers, ServerState};
 use crate::clock::Clock;
 use crate::error::RegistryError;
 use crate::expiry::{Expiry, ExpiryTracker, LeadershipId};
+use crate::grant_plan;
 use crate::lease::{
     ClusterConfig, Command, GrantExpectation, HolderId, LeaseGrant, LeaseTable, Outcome, Rejection, WorkerId,
 };
@@ -325,53 +326,8 @@ impl Leader {
         wanted: Option<WorkerId>,
     ) -> Result<(WorkerId, GrantExpectation), RegistryError> {
         let state = self.state.read();
-        let table = &state.table;
-        let config = table.config().ok_or(RegistryError::NotConfigured)?;
-        if let Some(held) = table.held_by(holder) {
-            // The apply returns (and renews) the lease the holder already has.
-            return Ok((held, expectation(table, held)));
-        }
-        if let Some(worker_id) = wanted {
-            return self.plan_specific(table, config, worker_id).map(|e| (worker_id, e));
-        }
         let reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(free) = table.free_ids().find(|w| !reserved.contains(w)) {
-            return Ok((free, expectation(table, free)));
-        }
-        let expired = table.records().find(|(w, r)| {
-            r.holder.is_some()
-                && r.quarantine.is_none()
-                && !reserved.contains(w)
-                && self.tracker.expiry(*w, r.ttl_ms, config.cool_down_ms) == Some(Expiry::Expired)
-        });
-        match expired {
-            Some((worker_id, record)) => Ok((worker_id, record.expectation())),
-            None => Err(RegistryError::Exhausted { count: config.worker_id_count() }),
-        }
-    }
-
-    fn plan_specific(
-        &self,
-        table: &LeaseTable,
-        config: &ClusterConfig,
-        worker_id: WorkerId,
-    ) -> Result<GrantExpectation, RegistryError> {
-        if worker_id.0 >= config.worker_id_count() {
-            return Err(RegistryError::Rejected(Rejection::OutOfRange { worker_id, count: config.worker_id_count() }));
-        }
-        let Some(record) = table.record(worker_id) else {
-            return Ok(expectation(table, worker_id));
-        };
-        if let Some(reason) = &record.quarantine {
-            return Err(RegistryError::Rejected(Rejection::Quarantined { reason: reason.clone() }));
-        }
-        let Some(current) = &record.holder else {
-            return Ok(record.expectation());
-        };
-        match self.tracker.expiry(worker_id, record.ttl_ms, config.cool_down_ms) {
-            Some(Expiry::Expired) => Ok(record.expectation()),
-            _ => Err(RegistryError::Rejected(Rejection::AlreadyHeld { holder: Some(current.clone()), specific: true })),
-        }
+        grant_plan::plan_grant(&state.table, &self.tracker, &reserved, holder, wanted)
     }
 
     fn view(&self, worker_id: WorkerId) -> LeaseView {
@@ -425,12 +381,6 @@ impl Leader {
             Ok(Ok(_)) => Ok(Reply::MembershipChanged),
         }
     }
-}
-
-fn expectation(table: &LeaseTable, worker_id: WorkerId) -> GrantExpectation {
-    table
-        .record(worker_id)
-        .map_or(GrantExpectation { token: Default::default(), last_renew: Default::default() }, |r| r.expectation())
 }
 
 fn indeterminate(timeout: Duration, why: &str) -> RegistryError {

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod expiry;
+pub mod grant_plan;
 pub mod leader;
 pub mod lease;
 pub mod limits;

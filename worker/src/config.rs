@@ -96,8 +96,8 @@ pub struct WorkerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeadlineCheck {
     Enforced,
-    /// UNSAFE: mints past the lease deadline. Exists so a harness run can show that a
-    /// broken worker is caught; never use it anywhere else.
+    /// UNSAFE: mints past the lease deadline and past the lease's `mint_until`. Exists so a
+    /// harness run can show that a broken worker is caught; never use it anywhere else.
     DisabledUnsafe,
 }
 

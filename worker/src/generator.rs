@@ -240,6 +240,7 @@ impl Generator {
             deadline: LeaseDeadline::from_send(sent_at, grant.ttl, config.margin)?,
             deadline_check: config.deadline_check,
             floor_ms: plan.floor_ms,
+            mint_until_ms: grant.mint_until_ms,
             skewed: plan.skew.is_err(),
         });
         let (stop, _) = watch::channel(false);

@@ -37,6 +37,7 @@ fn grant(not_before_ms: u64, registry_time_ms: u64) -> LeaseGrant {
         registry_time_ms,
         epoch_ms: EPOCH_MS,
         worker_id_bits: 10,
+        mint_until_ms: registry_time_ms + 600,
     }
 }
 

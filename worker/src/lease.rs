@@ -44,6 +44,9 @@ pub struct LeaseGrant {
     /// no worker can mint with a different one.
     pub epoch_ms: u64,
     pub worker_id_bits: u8,
+    /// Exclusive bound on this lease's timestamps: the registry's high-water mark, which the
+    /// next holder's `not_before` will be at least. `u64::MAX` if the registry did not say.
+    pub mint_until_ms: u64,
 }
 
 /// A registry answer that cannot be a lease.
@@ -77,6 +80,7 @@ impl TryFrom<pb::Lease> for LeaseGrant {
             registry_time_ms: lease.registry_time_ms,
             epoch_ms: lease.epoch_ms,
             worker_id_bits,
+            mint_until_ms: if lease.mint_until_ms == 0 { u64::MAX } else { lease.mint_until_ms },
         })
     }
 }
@@ -100,6 +104,7 @@ mod tests {
             registry_time_ms: 6,
             epoch_ms: 1,
             worker_id_bits: 10,
+            mint_until_ms: 9,
         };
         let grant = LeaseGrant::try_from(wire.clone()).unwrap();
         assert_eq!(
@@ -107,6 +112,9 @@ mod tests {
             (WorkerId::new(7), Token::new(42), Duration::from_secs(2))
         );
         assert_eq!((grant.not_before_ms, grant.registry_time_ms, grant.worker_id_bits), (5, 6, 10));
+        assert_eq!(grant.mint_until_ms, 9);
+        let unstated = LeaseGrant::try_from(pb::Lease { mint_until_ms: 0, ..wire.clone() }).unwrap();
+        assert_eq!(unstated.mint_until_ms, u64::MAX, "an older registry states no bound");
         let too_big = pb::Lease { worker_id: 70_000, ..wire.clone() };
         assert_eq!(LeaseGrant::try_from(too_big), Err(LeaseDecodeError::WorkerIdTooLarge { worker_id: 70_000 }));
         assert_eq!(LeaseGrant::try_from(pb::Lease { token: 0, ..wire }), Err(LeaseDecodeError::ZeroToken));

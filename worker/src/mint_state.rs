@@ -68,6 +68,15 @@ pub struct MintState {
     deadline_check: DeadlineCheck,
     /// First millisecond minting may use: past the old ceiling and the grant's not_before.
     floor_ms: u64,
+    /// Exclusive bound on minted timestamps: the registry's high-water mark for this lease,
+    /// which the next holder's not_before will be at least. Holds even when the wall clock
+    /// jumps forward between renewals, which the monotonic deadline cannot see.
+    mint_until_ms: u64,
+    /// The wall clock has reached `mint_until_ms`; a renewal (reporting the new wall time)
+    /// raises the bound again.
+    past_mint_until: bool,
+    /// This episode of `past_mint_until` with a live lease was logged.
+    past_mint_until_logged: bool,
     /// Until the wall clock first reaches `floor_ms`.
     booting: bool,
     /// The last grant or renewal found the wall clock too far from the registry's.
@@ -93,6 +102,8 @@ pub struct MintSetup {
     pub deadline: LeaseDeadline,
     pub deadline_check: DeadlineCheck,
     pub floor_ms: u64,
+    /// From the grant: see [`MintState`]'s field.
+    pub mint_until_ms: u64,
     pub skewed: bool,
 }
 
@@ -107,6 +118,9 @@ impl MintState {
             deadline: setup.deadline,
             deadline_check: setup.deadline_check,
             floor_ms: setup.floor_ms,
+            mint_until_ms: setup.mint_until_ms,
+            past_mint_until: false,
+            past_mint_until_logged: false,
             booting: true,
             skewed: setup.skewed,
             regressed: false,
@@ -133,6 +147,11 @@ impl MintState {
         self.deadline.is_live(now) || self.deadline_check == DeadlineCheck::DisabledUnsafe
     }
 
+    /// Mechanism 2 on the wall clock: may this worker stamp `ts_ms`?
+    fn below_mint_until(&self, ts_ms: u64) -> bool {
+        ts_ms < self.mint_until_ms || self.deadline_check == DeadlineCheck::DisabledUnsafe
+    }
+
     pub fn lease_remaining(&self, now: MonoTime) -> std::time::Duration {
         self.deadline.remaining(now)
     }
@@ -144,6 +163,8 @@ impl MintState {
         if self.regressed && self.minter.last_ts_ms().is_none_or(|last| wall_ms >= last) {
             self.regressed = false;
         }
+        self.past_mint_until = !self.below_mint_until(wall_ms);
+        self.past_mint_until_logged &= self.past_mint_until;
         let boot_ended = self.booting && wall_ms >= self.floor_ms;
         if boot_ended {
             self.booting = false;
@@ -168,6 +189,8 @@ impl MintState {
             Some(ParkCause::ClockSkew)
         } else if !self.lease_live(now) {
             Some(ParkCause::LeaseExpired)
+        } else if self.past_mint_until {
+            Some(ParkCause::ClockSkew)
         } else {
             None
         }
@@ -184,6 +207,17 @@ impl MintState {
     ) -> Result<Step, GenerateError> {
         let now_ms = clock.wall_ms();
         self.refresh(now_ms);
+        if self.past_mint_until && !self.past_mint_until_logged && self.lease_live(clock.mono()) {
+            // With the lease expired this is the normal end of a lease, not worth a page.
+            self.past_mint_until_logged = true;
+            tracing::error!(
+                worker_id = %self.worker_id(),
+                token = %self.token,
+                wall_ms = now_ms,
+                mint_until_ms = self.mint_until_ms,
+                "wall clock reached the lease's mint_until (the registry's high-water mark) before a renewal raised it: it jumped forward or runs fast; parked (CLOCK_SKEW) until a renewal reports the new time"
+            );
+        }
         if let Some(cause) = self.blocking_cause(clock.mono()) {
             return Err(GenerateError::Parked(cause));
         }
@@ -261,6 +295,11 @@ impl MintState {
     /// the deadline (mechanism 2). Refused runs are burned, never returned.
     fn finish(&mut self, clock: &dyn Clock, run: IdRun) -> Result<Step, GenerateError> {
         assert!(run.ts_ms >= self.floor_ms, "minted ms {} below the boot floor {}", run.ts_ms, self.floor_ms);
+        if !self.below_mint_until(run.ts_ms) {
+            // The next holder may start at mint_until_ms: burn the run.
+            self.past_mint_until = true;
+            return Err(GenerateError::Parked(ParkCause::ClockSkew));
+        }
         if let Some(ceiling_ms) = self.ceiling_policy.needs_flush(self.state_dir.ceiling.bound_ms(), run.ts_ms) {
             if let Err(error) = self.state_dir.ceiling.persist(ceiling_ms) {
                 tracing::error!(worker_id = %self.worker_id(), token = %self.token, %error, "cannot persist the ceiling; parked for good (a restart could replay IDs)");
@@ -302,6 +341,7 @@ impl MintState {
         );
         let was_live = self.deadline.is_live(now);
         self.deadline.extend_from(sent_at);
+        self.mint_until_ms = self.mint_until_ms.max(grant.mint_until_ms);
         let skewed = skew.is_err();
         let skew_changed = (skewed != self.skewed).then_some(skewed);
         self.skewed = skewed;
@@ -385,6 +425,7 @@ mod tests {
             deadline: LeaseDeadline::from_send(clock.mono(), TTL, MARGIN).unwrap(),
             deadline_check,
             floor_ms: T0,
+            mint_until_ms: T0 + TTL.as_millis() as u64,
             skewed: false,
         });
         assert!(state.refresh(T0), "boot wait did not end at the floor");
@@ -469,6 +510,7 @@ mod tests {
             registry_time_ms: T0,
             epoch_ms: EPOCH_MS,
             worker_id_bits: 10,
+            mint_until_ms: T0 + 2 * TTL.as_millis() as u64,
         };
         // Sent at the start: its deadline is already behind us, nothing resumes.
         let r = f.state.on_renewed(sent_at, f.clock.mono(), &grant, &Ok(()));
@@ -480,6 +522,36 @@ mod tests {
         assert_eq!(f.state.lease_remaining(f.clock.mono()), TTL - MARGIN - Duration::from_millis(300));
         let Ok(Step::Minted(run)) = f.step(1) else { panic!("did not resume") };
         assert_eq!(f.state.minter.layout().decode(run.first).worker_id, WorkerId::new(3));
+    }
+
+    /// Goal: a wall clock that jumps forward between renewals never mints at or past the
+    /// lease's mint_until (where the next holder may start), although the monotonic deadline
+    /// is still far; the worker parks CLOCK_SKEW, and a renewal that raises the bound
+    /// resumes it. Without the bound this is a duplicate with the next holder.
+    #[test]
+    fn forward_wall_step_stops_at_mint_until_until_a_renewal_raises_it() {
+        let mut f = fixture(false);
+        assert!(matches!(f.step(1), Ok(Step::Minted(_))));
+        f.clock.advance(Duration::from_millis(300));
+        f.clock.step_wall_ms(1_800); // T0 + 2100: past mint_until = T0 + 2000
+        assert!(f.state.lease_remaining(f.clock.mono()) > Duration::ZERO, "the deadline alone would mint");
+        assert_eq!(f.step(1), Err(GenerateError::Parked(ParkCause::ClockSkew)));
+        assert_eq!(f.state.park_cause(f.clock.mono()), Some(ParkCause::ClockSkew));
+        let grant = LeaseGrant {
+            worker_id: WorkerId::new(3),
+            token: Token::new(77),
+            holder: "h".into(),
+            ttl: TTL,
+            not_before_ms: 0,
+            registry_time_ms: f.clock.wall_ms(),
+            epoch_ms: EPOCH_MS,
+            worker_id_bits: 10,
+            mint_until_ms: f.clock.wall_ms() + TTL.as_millis() as u64,
+        };
+        f.state.on_renewed(f.clock.mono(), f.clock.mono(), &grant, &Ok(()));
+        let Ok(Step::Minted(run)) = f.step(1) else { panic!("a renewal must resume minting") };
+        assert_eq!(run.ts_ms, T0 + 2_100);
+        assert_eq!(f.state.park_cause(f.clock.mono()), None);
     }
 
     /// Goal: the ceiling is on disk before an ID at or past the old one is returned, and a

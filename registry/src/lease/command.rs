@@ -113,6 +113,9 @@ pub struct LeaseGrant {
     pub holder: HolderId,
     pub ttl_ms: u64,
     pub not_before_ms: u64,
+    /// The high-water mark now recorded: the holder must not mint at or past it (the next
+    /// holder's `not_before` will be at least this).
+    pub mint_until_ms: u64,
 }
 
 /// Why a command did not take effect. These are domain answers, not errors.

@@ -470,6 +470,7 @@ fn grant_view(worker_id: WorkerId, record: &LeaseRecord) -> LeaseGrant {
         holder: record.holder.clone().expect("a granted or renewed lease has a holder"),
         ttl_ms: record.ttl_ms,
         not_before_ms: record.not_before_ms,
+        mint_until_ms: record.high_water_ms,
     }
 }
 

@@ -281,3 +281,18 @@ fn served_nodes_are_remembered_through_the_stored_globals() {
     let reloaded = LeaseTable::from_parts(t.globals(), Vec::new(), Vec::new());
     assert!(reloaded.has_served(3) && !reloaded.has_served(4));
 }
+
+/// Goal: every grant and renewal states `mint_until` = the high-water mark, and the next
+/// holder's `not_before` is at least the last `mint_until` the previous holder was told, so a
+/// holder that honours it cannot overlap its successor whatever its wall clock does.
+#[test]
+fn mint_until_never_exceeds_the_next_holders_not_before() {
+    let mut t = configured();
+    let a = granted(grant(&mut t, 2, 0, "a"));
+    assert_eq!(a.mint_until_ms, WALL + 10_000, "leader wall + ttl");
+    let renewed = granted(renew(&mut t, 3, 0, a.token, WALL + 4_000, WALL + 3_000));
+    assert_eq!(renewed.mint_until_ms, WALL + 14_000, "the holder's send wall + ttl");
+    // Expired, then re-granted by CAS to b: b starts at or after everything a was allowed.
+    let b = granted(grant(&mut t, 4, 0, "b"));
+    assert!(b.not_before_ms >= renewed.mint_until_ms, "{} < {}", b.not_before_ms, renewed.mint_until_ms);
+}

@@ -101,6 +101,7 @@ fn lease_pb(reply: &LeaseReply) -> pb::Lease {
         holder: reply.grant.holder.0.clone(),
         ttl_ms: reply.grant.ttl_ms,
         not_before_ms: reply.grant.not_before_ms,
+        mint_until_ms: reply.grant.mint_until_ms,
         registry_time_ms: reply.registry_time_ms,
         epoch_ms: reply.config.epoch_ms,
         worker_id_bits: u32::from(reply.config.worker_id_bits),
