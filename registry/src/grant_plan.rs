@@ -1,7 +1,7 @@
 //! The leader's grant decision, pure: which worker ID an Acquire gets and what that ID must
 //! still look like when the grant applies (the compare of the compare-and-set). Expiry is
-//! decided only through the [`ExpiryTracker`] (mechanism 3). Shared by the leader and the
-//! simulation, which drives it with manual clocks.
+//! decided only through the [`ExpiryTracker`] (mechanism 3). Pure, so that it can be driven
+//! with manual clocks apart from Raft.
 
 use std::collections::HashSet;
 
