@@ -80,8 +80,9 @@ struct Cluster {
     extras: Vec<Managed>,
     /// The standby worker of the pause scenario (listed in the workload from the start).
     standby: Option<Managed>,
-    /// Worker IDs seen held by each worker before a pause.
-    paused_ids: BTreeMap<usize, u64>,
+    /// Worker IDs seen held by each worker before a pause or a cut (a standby may claim them
+    /// later, when the worker no longer reports its ID).
+    claimable_ids: BTreeMap<usize, u64>,
     /// Self-test: workers (the standby included) run without their deadline check.
     unsafe_deadline: bool,
     clock_files: Vec<PathBuf>,
@@ -123,7 +124,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
         workers: Vec::new(),
         extras: Vec::new(),
         standby: None,
-        paused_ids: BTreeMap::new(),
+        claimable_ids: BTreeMap::new(),
         unsafe_deadline: options.unsafe_disable_deadline_check,
         clock_files: Vec::new(),
         nemesis: HistoryWriter::open(&dir.join("nemesis.jsonl"))?,
@@ -272,7 +273,7 @@ impl Cluster {
         let mut workers: Vec<String> =
             self.workers.iter().map(|w| format!("{}={}:{WORKER_PORT}", w.spec.name, ip_of(w))).collect();
         for step in steps {
-            if let Action::ClaimPaused { worker } = step.action {
+            if let Action::ClaimId { worker } = step.action {
                 workers.push(format!("standby={}:{}", ip_of(&self.workers[worker]), WORKER_PORT + 1));
             }
         }
@@ -471,9 +472,7 @@ impl Cluster {
                 Ok(())
             }
             Action::Pause { worker } => {
-                if let Some(id) = self.worker_ids().get(&self.workers[*worker].spec.name) {
-                    self.paused_ids.insert(*worker, *id);
-                }
+                self.note_claimable(*worker);
                 self.workers[*worker].pause()?;
                 let name = format!("pause-{}", self.workers[*worker].spec.name);
                 self.record(NemesisPhase::Start, &name, "SIGSTOP".into());
@@ -504,7 +503,7 @@ impl Cluster {
                 Ok(())
             }
             Action::DuplicateManifest { worker } => self.duplicate_manifest(*worker),
-            Action::ClaimPaused { worker } => self.claim_paused(*worker),
+            Action::ClaimId { worker } => self.claim_id(*worker),
             // Bursts run inside the workload (it was told at start).
             Action::Burst { worker, ids_per_call, calls } => {
                 let name = format!("burst-w{}", worker + 1);
@@ -548,6 +547,7 @@ impl Cluster {
                 format!("partition-bridge via {}", order[2])
             }
             Shape::WorkerCut { worker } => {
+                self.note_claimable(*worker);
                 faults.cut_between(&[workers[*worker]], &regs);
                 format!("partition-worker w{}", worker + 1)
             }
@@ -600,9 +600,16 @@ impl Cluster {
 
     /// Start the standby worker with the paused worker's ID; until the registry re-grants
     /// the ID it exits (ALREADY_EXISTS), so retry for up to two TTLs.
-    fn claim_paused(&mut self, worker: usize) -> anyhow::Result<()> {
-        let id = *self.paused_ids.get(&worker).context("the paused worker's ID is unknown")?;
+    /// Remember the worker ID `worker` holds now, for a later [`Action::ClaimId`].
+    fn note_claimable(&mut self, worker: usize) {
+        if let Some(id) = self.worker_ids().get(&self.workers[worker].spec.name) {
+            self.claimable_ids.insert(worker, *id);
+        }
+    }
+
+    fn claim_id(&mut self, worker: usize) -> anyhow::Result<()> {
         let name = self.workers[worker].spec.name.clone();
+        let id = *self.claimable_ids.get(&worker).context("no worker ID was recorded for the worker to claim from")?;
         let ip = ip_of(&self.workers[worker]);
         let args = self.worker_args("standby", &format!("{ip}:{}", WORKER_PORT + 1), Some(id));
         let mut spec = self.spec(&name, args, vec![("RUST_LOG".into(), "info".into())])?;

@@ -48,9 +48,10 @@ pub enum Action {
     Pause {
         worker: usize,
     },
-    /// Start the standby worker claiming the paused `worker`'s ID explicitly, retrying until
-    /// the registry re-grants it (the "a new node claims 7" half of the GC-pause case).
-    ClaimPaused {
+    /// Start the standby worker claiming the ID `worker` held when it was paused or cut off,
+    /// retrying until the registry re-grants it (the "a new node claims 7" half of the
+    /// GC-pause case).
+    ClaimId {
         worker: usize,
     },
     ResumeAll,
@@ -100,6 +101,10 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario { name: "pause", about: "SIGSTOP a worker past its TTL (the GC pause), then SIGCONT" },
     Scenario { name: "clock-step", about: "worker wall clocks step back 5 ms, 50 ms, 2 s, and forward" },
     Scenario { name: "clock-strobe", about: "a worker's wall clock jumps back and forth every 200 ms" },
+    Scenario {
+        name: "clock-jump-cut",
+        about: "a worker cut off from the registry, its clock 10 s forward; a standby claims its ID",
+    },
     Scenario { name: "disk-loss", about: "a worker's state dir wiped before its restart" },
     Scenario { name: "duplicate-manifest", about: "a second worker started with an explicit ID already held" },
     Scenario {
@@ -159,7 +164,7 @@ pub fn schedule(scenario: &Scenario, sizes: Sizes, limit: Duration, seed: u64) -
         "disk-loss" => cycle(at, &[Action::KillWorker { worker, wipe_state: true }], Action::RestartWorkers),
         "pause" => vec![
             step(start, Action::Pause { worker }),
-            step(start + sizes.ttl + sizes.ttl / 2, Action::ClaimPaused { worker }),
+            step(start + sizes.ttl + sizes.ttl / 2, Action::ClaimId { worker }),
             step(start + (sizes.ttl * 3).min(heal_by - start), Action::ResumeAll),
         ],
         "clock-step" => vec![
@@ -181,6 +186,16 @@ pub fn schedule(scenario: &Scenario, sizes: Sizes, limit: Duration, seed: u64) -
             steps.push(step(heal_by, Action::ClockReset));
             steps
         }
+        // Cut off, then the wall clock jumps forward by far more than the margin: the
+        // monotonic deadline does not notice, only `mint_until` keeps the worker below the
+        // standby's not_before.
+        "clock-jump-cut" => vec![
+            step(start, Action::Partition(Shape::WorkerCut { worker })),
+            step(start + Duration::from_millis(50), Action::ClockStep { worker, offset_ms: 10_000 }),
+            step(start + sizes.ttl + sizes.ttl / 2, Action::ClaimId { worker }),
+            step(start + (sizes.ttl * 3).min(heal_by - start), Action::Heal),
+            step(heal_by, Action::ClockReset),
+        ],
         "duplicate-manifest" => vec![step(start, Action::DuplicateManifest { worker })],
         "quorum-loss" => vec![step(start, Action::Partition(Shape::QuorumLoss)), step(start + outage, Action::Heal)],
         "burst" => vec![step(start, Action::Burst { worker, ids_per_call: 4096, calls: 2000 })],
