@@ -432,6 +432,21 @@ mod tests {
         Fixture { _dir: dir, clock, state, metrics: WorkerMetrics::default() }
     }
 
+    /// The fixture's lease as a renewal answers it.
+    fn renewal(registry_time_ms: u64, mint_until_ms: u64) -> LeaseGrant {
+        LeaseGrant {
+            worker_id: WorkerId::new(3),
+            token: Token::new(77),
+            holder: "h".into(),
+            ttl: TTL,
+            not_before_ms: 0,
+            registry_time_ms,
+            epoch_ms: EPOCH_MS,
+            worker_id_bits: 10,
+            mint_until_ms,
+        }
+    }
+
     impl Fixture {
         fn step_with(&mut self, clock: &dyn Clock, want: u32) -> Result<Step, GenerateError> {
             self.state.step(clock, n(want), &mut None, &self.metrics)
@@ -501,17 +516,7 @@ mod tests {
         let sent_at = f.clock.mono();
         f.clock.advance(TTL);
         assert_eq!(f.step(1), Err(GenerateError::Parked(ParkCause::LeaseExpired)));
-        let grant = LeaseGrant {
-            worker_id: WorkerId::new(3),
-            token: Token::new(77),
-            holder: "h".into(),
-            ttl: TTL,
-            not_before_ms: 0,
-            registry_time_ms: T0,
-            epoch_ms: EPOCH_MS,
-            worker_id_bits: 10,
-            mint_until_ms: T0 + 2 * TTL.as_millis() as u64,
-        };
+        let grant = renewal(T0, T0 + 2 * TTL.as_millis() as u64);
         // Sent at the start: its deadline is already behind us, nothing resumes.
         let r = f.state.on_renewed(sent_at, f.clock.mono(), &grant, &Ok(()));
         assert_eq!(r, Renewed { resumed: false, skew_changed: None });
@@ -537,17 +542,7 @@ mod tests {
         assert!(f.state.lease_remaining(f.clock.mono()) > Duration::ZERO, "the deadline alone would mint");
         assert_eq!(f.step(1), Err(GenerateError::Parked(ParkCause::ClockSkew)));
         assert_eq!(f.state.park_cause(f.clock.mono()), Some(ParkCause::ClockSkew));
-        let grant = LeaseGrant {
-            worker_id: WorkerId::new(3),
-            token: Token::new(77),
-            holder: "h".into(),
-            ttl: TTL,
-            not_before_ms: 0,
-            registry_time_ms: f.clock.wall_ms(),
-            epoch_ms: EPOCH_MS,
-            worker_id_bits: 10,
-            mint_until_ms: f.clock.wall_ms() + TTL.as_millis() as u64,
-        };
+        let grant = renewal(f.clock.wall_ms(), f.clock.wall_ms() + TTL.as_millis() as u64);
         f.state.on_renewed(f.clock.mono(), f.clock.mono(), &grant, &Ok(()));
         let Ok(Step::Minted(run)) = f.step(1) else { panic!("a renewal must resume minting") };
         assert_eq!(run.ts_ms, T0 + 2_100);
