@@ -1,4 +1,4 @@
-//! The persisted timestamp ceiling (DESIGN.md "Safety", mechanism 5): a restart never
+//! The persisted timestamp ceiling (docs/design.md "Safety", mechanism 5): a restart never
 //! replays a millisecond, even one it crashed in the middle of.
 //!
 //! Invariant kept with the caller: every timestamp in an ID returned to anyone is below the

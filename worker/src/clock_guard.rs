@@ -1,4 +1,4 @@
-//! The clock guard ladder (DESIGN.md "Clock guard"): what to do when the wall clock reads
+//! The clock guard ladder (docs/design.md "Clock guard"): what to do when the wall clock reads
 //! before the last minted millisecond, and the skew check against the registry's clock.
 //!
 //! Pure decisions only. The caller does the waiting, the counting and the logging, so the

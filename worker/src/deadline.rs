@@ -1,4 +1,4 @@
-//! The worker-side lease deadline (DESIGN.md "Safety", mechanism 2): when this worker must
+//! The worker-side lease deadline (docs/design.md "Safety", mechanism 2): when this worker must
 //! stop minting, computed on its own monotonic clock from the *send* time of a request.
 //!
 //! Counting from the send time, not the receive time, means the deadline can only be early,

@@ -1,4 +1,4 @@
-//! The bit layout of an ID: `0 | timestamp | worker ID | sequence` (DESIGN.md "ID layout").
+//! The bit layout of an ID: `0 | timestamp | worker ID | sequence` (docs/design.md "ID layout").
 //!
 //! Pure: no clock, no IO. The top bit is always 0 so IDs stay positive as signed 64-bit
 //! integers (Java, Postgres `bigint`).

@@ -8,7 +8,7 @@ use fenceflake_proto::v1 as pb;
 
 use crate::worker_id::WorkerId;
 
-/// Fencing token of a grant (DESIGN.md "Safety", mechanism 1): strictly increasing across
+/// Fencing token of a grant (docs/design.md "Safety", mechanism 1): strictly increasing across
 /// grants cluster-wide; renewals and the release carry it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Token(u64);

@@ -31,7 +31,7 @@ pub const ID_PAYLOAD_BITS: u8 = 63;
 /// at least one whole millisecond of the default layout so a full ms is one range.
 pub const MAX_BATCH_COUNT: u32 = 100_000;
 
-/// Default longest clock regression the guard waits out instead of parking (DESIGN.md
+/// Default longest clock regression the guard waits out instead of parking (docs/design.md
 /// "Clock guard"). Spinning blocks minting, so it must stay short.
 pub const DEFAULT_MAX_SPIN_MS: u64 = 20;
 
@@ -133,7 +133,7 @@ const _: () = assert!(DEFAULT_TIMESTAMP_BITS >= TIMESTAMP_BITS_MIN);
 // A worker ID must fit the `u16` it travels in, and a sequence value the `u32`.
 const _: () = assert!(WORKER_ID_BITS_MAX <= 16);
 const _: () = assert!(SEQUENCE_BITS_MAX < 32);
-// A whole millisecond of the default layout fits one batch (DESIGN.md "Liveness").
+// A whole millisecond of the default layout fits one batch (docs/design.md "Liveness").
 const _: () = assert!(MAX_BATCH_COUNT as u64 >= 1u64 << DEFAULT_SEQUENCE_BITS);
 const _: () = assert!(DEFAULT_MAX_SPIN_MS <= MAX_SPIN_MS);
 const _: () = assert!(DEFAULT_FLUSH_INTERVAL_MS >= 1);

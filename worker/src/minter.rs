@@ -1,7 +1,7 @@
 //! The minting core: turns "now" into runs of IDs for one worker ID, never reading a clock.
 //!
 //! Pure and deterministic: time is an argument, so the simulation can replay any schedule.
-//! Within one lease the worker's `(ts, seq)` strictly increases (DESIGN.md "Safety"); the
+//! Within one lease the worker's `(ts, seq)` strictly increases (docs/design.md "Safety"); the
 //! minter asserts that on every run, because a violation means a duplicate ID is in flight.
 
 use std::num::NonZeroU32;

@@ -1,4 +1,4 @@
-//! Per-caller token buckets in IDs per second (DESIGN.md "Liveness"): one greedy caller
+//! Per-caller token buckets in IDs per second (docs/design.md "Liveness"): one greedy caller
 //! cannot use up a worker's sequence space for everyone. Time comes from the worker's
 //! [`Clock`], so tests drive it by hand.
 

@@ -24,7 +24,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Metadata key in which the registry names why a renewal failed.
 const REASON_METADATA_KEY: &str = "fenceflake-reason";
 
-/// What a renewal tells the registry (DESIGN.md mechanism 4).
+/// What a renewal tells the registry (docs/design.md mechanism 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RenewRequest {
     pub worker_id: WorkerId,

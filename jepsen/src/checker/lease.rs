@@ -17,7 +17,7 @@
 //! lease was still used after the newer one existed (`token-went-down`);
 //! `granted_by(L2) < end(L1)` proves a grant before the old holder's deadline
 //! (`windows-overlap`); and every timestamp minted under `L1` must be below every one minted
-//! under `L2` (`mint-windows-overlap`, the property uniqueness rests on, DESIGN.md).
+//! under `L2` (`mint-windows-overlap`, the property uniqueness rests on, docs/design.md).
 //!
 //! The deadline check: an ok op is attributed to the `(worker_id, token)` it carries, else to
 //! its worker process's latest lease event at or before its completion (ambiguous, hence

@@ -1,5 +1,5 @@
 //! The pure lease domain: identities, commands, and the deterministic lease table
-//! (DESIGN.md mechanisms 1, 3's compare-and-set, and 4). No tokio, openraft, tonic or clock here.
+//! (docs/design.md mechanisms 1, 3's compare-and-set, and 4). No tokio, openraft, tonic or clock here.
 
 pub mod backup;
 pub mod command;
