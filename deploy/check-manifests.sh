@@ -70,17 +70,40 @@ for f in "${k8s_files[@]}" "${units[@]}" "${envs[@]}" "$chrony_conf"; do
 done
 
 # --- the pinned venv -----------------------------------------------------------------------
+# Creating it is set-up, not a check: when that cannot be done here (no python3 with its venv
+# module, PyPI unreachable) one line says so and the script exits 77 (skipped), or 1 (failed)
+# under CI=true or FENCEFLAKE_REQUIRE_ALL=1, as scripts/test-all expects.
+cannot_set_up() {
+    if [[ ${CI:-} == true || ${CI:-} == 1 || ${FENCEFLAKE_REQUIRE_ALL:-0} == 1 ]]; then
+        echo "FAILED: the deployment file check (deploy/check-manifests.sh) needs $1 (CI=${CI:-}, FENCEFLAKE_REQUIRE_ALL=${FENCEFLAKE_REQUIRE_ALL:-}: what cannot run fails)"
+        exit 1
+    fi
+    echo "SKIPPED: the deployment file check (deploy/check-manifests.sh) needs $1"
+    exit 77
+}
 venv=target/venv-deploy
 stamp=$venv/.fenceflake-requirements
 want_stamp=$(printf '%s\n' "${PY_REQS[@]}")
 if [[ ! -x $venv/bin/python || ! -f $stamp || "$(cat "$stamp")" != "$want_stamp" ]]; then
-    echo "== creating $venv (${PY_REQS[0]})"
+    echo "== creating $venv (${PY_REQS[0]} and its pinned dependencies, from PyPI)"
     rm -rf "$venv"
-    if ! { python3 -m venv "$venv" &&
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "${PY_REQS[@]}" &&
-        "$venv/bin/python" -m pip check --disable-pip-version-check >/dev/null; }; then
+    setup_log=$tmp/venv-setup.log
+    command -v python3 >/dev/null 2>&1 || cannot_set_up "python3 (apt-get install python3-venv)"
+    if ! python3 -m venv "$venv" >"$setup_log" 2>&1; then
+        grep -v '^[[:space:]]*$' "$setup_log" | tail -n 3 | sed 's/^/  venv: /' >&2
         rm -rf "$venv"
-        echo "FAIL deploy/check-manifests.sh: could not create $venv with ${PY_REQS[*]}" >&2
+        cannot_set_up "python3's venv module with ensurepip (apt-get install python3-venv)"
+    fi
+    if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+        --timeout 30 --retries 2 "${PY_REQS[@]}" >"$setup_log" 2>&1; then
+        grep -v '^[[:space:]]*$' "$setup_log" | tail -n 3 | sed 's/^/  pip: /' >&2
+        rm -rf "$venv"
+        cannot_set_up "PyPI (or PIP_INDEX_URL) to install ${PY_REQS[0]} and its pinned dependencies into $venv"
+    fi
+    if ! "$venv/bin/python" -m pip check --disable-pip-version-check >"$setup_log" 2>&1; then
+        cat "$setup_log" >&2
+        rm -rf "$venv"
+        echo "FAIL deploy/check-manifests.sh: the pinned PY_REQS are inconsistent (pip check, above)" >&2
         exit 1
     fi
     printf '%s\n' "$want_stamp" >"$stamp"

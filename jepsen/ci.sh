@@ -1,34 +1,91 @@
 #!/usr/bin/env bash
 # The harness part of the test suite: every scenario briefly, then the self-test that proves
 # a green run means something (workers without their deadline check must make `pause` fail).
-# Needs root; without it the harness tests are reported as skipped, never as passed.
+# Scenarios run one process each (the same seed and schedule as `--scenario all`), so one that
+# cannot start does not stop the others; a table of them closes the output.
+#
+# Needs root, nftables and iproute2; the clock scenarios need libfaketime. What cannot run is
+# reported as `SKIPPED: ... needs ...` (exit 77 if nothing ran), never as passed; under CI=true
+# or FENCEFLAKE_REQUIRE_ALL=1 it is a failure instead (scripts/lib/setup.sh).
+# FENCEFLAKE_JEPSEN_CI_TIME_LIMIT (default 20s) and FENCEFLAKE_JEPSEN_SEED (default 42).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit
+# shellcheck source=scripts/lib/setup.sh
+. scripts/lib/setup.sh
 bin=target/debug/fenceflake-jepsen
 store=target/jepsen-store
 time_limit=${FENCEFLAKE_JEPSEN_CI_TIME_LIMIT:-20s}
+seed=${FENCEFLAKE_JEPSEN_SEED:-42}
 
 if [ "$(id -u)" != 0 ]; then
-    echo "SKIPPED: harness tests (fenceflake-jepsen) need root for network namespaces and nftables"
-    exit 0
+    ff_cannot_run "the harness (jepsen/ci.sh)" "root (network namespaces, nftables)"
+    exit
 fi
+missing=()
+ff_have nft || missing+=(nftables)
+ff_have ip || missing+=(iproute2)
+if ((${#missing[@]})); then
+    ff_cannot_run "the harness (jepsen/ci.sh)" "${missing[*]} (apt-get install ${missing[*]})"
+    exit
+fi
+if [ ! -x "$bin" ]; then
+    echo "FAILED: harness: $bin is not built (cargo build -p fenceflake-cli -p fenceflake-jepsen)"
+    exit 1
+fi
+mapfile -t scenarios < <("$bin" list | awk '{print $1}')
+if ((${#scenarios[@]} == 0)); then
+    echo "FAILED: harness: \`$bin list\` names no scenario"
+    exit 1
+fi
+faketime=1
+ff_libfaketime >/dev/null || faketime=0
 "$bin" cleanup >/dev/null
 
-passed=0 failed=0
-if "$bin" test --scenario all --time-limit "$time_limit" --seed "${FENCEFLAKE_JEPSEN_SEED:-42}" --store "$store"; then
-    passed=$((passed + 1))
-else
-    echo "FAILED: a harness scenario is invalid or unknown; reports under $store/"
-    failed=$((failed + 1))
-fi
-"$bin" test --scenario pause --time-limit "$time_limit" --seed 7 --store "$store/self-test" --unsafe-disable-deadline-check
-code=$?
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+passed=0 failed=0 rows=() needs_faketime=()
+# run ARGS...: one `fenceflake-jepsen test`; sets $code, $secs and $needs (libfaketime missing).
+run() {
+    local t0=$SECONDS
+    "$bin" test --time-limit "$time_limit" "$@" 2>&1 | tee "$out"
+    code=${PIPESTATUS[0]} secs=$((SECONDS - t0)) needs=0
+    if [ "$code" != 0 ] && [ "$faketime" = 0 ] && grep -q "needs libfaketime" "$out"; then needs=1; fi
+    # A run that errored may leave namespaces behind.
+    [ "$code" = 0 ] || "$bin" cleanup >/dev/null 2>&1
+}
+row() { rows+=("$(printf '%-20s %-10s %4ss' "$1" "$2" "$3")"); }
+
+for scenario in "${scenarios[@]}"; do
+    run --scenario "$scenario" --seed "$seed" --store "$store"
+    if [ "$code" = 0 ]; then
+        row "$scenario" PASSED "$secs"
+        passed=$((passed + 1))
+    elif [ "$needs" = 1 ]; then
+        row "$scenario" SKIPPED "$secs"
+        needs_faketime+=("$scenario")
+    else
+        echo "FAILED: harness scenario $scenario is invalid, unknown or could not run (exit $code); reports under $store/$scenario/"
+        row "$scenario" "FAILED($code)" "$secs"
+        failed=$((failed + 1))
+    fi
+done
+
+run --scenario pause --seed 7 --store "$store/self-test" --unsafe-disable-deadline-check
 if [ "$code" = 1 ]; then
     echo "self-test: with the deadline check off, the pause scenario is invalid, as it must be"
+    row self-test PASSED "$secs"
     passed=$((passed + 1))
 else
     echo "FAILED self-test: with the deadline check off the pause scenario exited $code, not 1 (invalid)"
+    row self-test "FAILED($code)" "$secs"
     failed=$((failed + 1))
 fi
-echo "harness: $passed passed, $failed failed"
+
+echo
+printf '%s\n' "${rows[@]}"
+if ((${#needs_faketime[@]})); then
+    ff_cannot_run "the harness's run of ${needs_faketime[*]}" "libfaketime (apt-get install libfaketime)" ||
+        { [ $? = 1 ] && failed=$((failed + 1)); }
+fi
+echo "harness: $passed passed, $failed failed, ${#needs_faketime[@]} skipped"
 [ "$failed" = 0 ]
