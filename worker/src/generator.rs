@@ -23,11 +23,10 @@
 //! ```
 
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::boot::{plan_boot, BootError};
 use crate::clock::{Clock, MonoTime};
@@ -46,6 +45,7 @@ use crate::mint_state::{GenerateError, MintSetup, MintState, Step};
 use crate::minter::{IdRun, Minter, MinterError};
 use crate::park::ParkCause;
 use crate::registry_client::{GrpcRegistry, LeaseRegistry, RegistryAddrError, RegistryCallError};
+use crate::shared::WorkerShared;
 use crate::state_dir::{StateDir, StateDirError};
 use crate::worker_id::WorkerId;
 
@@ -111,72 +111,12 @@ pub struct WorkerStatus {
 /// The worker in-process; cheap to clone (all clones are one worker).
 #[derive(Clone)]
 pub struct Generator {
-    inner: Arc<Inner>,
-}
-
-/// What the tasks and all clones share.
-pub(crate) struct Inner {
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) registry: Arc<dyn LeaseRegistry>,
-    pub(crate) state: Mutex<MintState>,
-    pub(crate) metrics: Arc<WorkerMetrics>,
-    pub(crate) config: WorkerConfig,
-    holder: HolderId,
-    layout: Layout,
-    /// The park cause as last published; the health service follows it.
-    pub(crate) serving: watch::Sender<Option<ParkCause>>,
-    /// Tells the keeper and the monitor to stop.
-    stop: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    shared: Arc<WorkerShared>,
 }
 
 impl std::fmt::Debug for Generator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Generator").field("holder", &self.inner.holder).field("layout", &self.inner.layout).finish()
-    }
-}
-
-impl Inner {
-    /// The lease deadline on the wall clock, as an exclusive bound on minted timestamps:
-    /// `wall + remaining` with both truncated to ms can fall up to 2 ms before the real
-    /// instant, and an ID stamped in that ms was still minted before the deadline. `0` once
-    /// the deadline has passed (the wall-clock moment is then no longer known exactly).
-    fn deadline_wall_ms(&self, state: &MintState) -> u64 {
-        let remaining = state.lease_remaining(self.clock.mono());
-        if remaining.is_zero() {
-            return 0;
-        }
-        self.clock.wall_ms() + remaining.as_millis() as u64 + 2
-    }
-
-    pub(crate) fn lock(&self) -> MutexGuard<'_, MintState> {
-        // A poisoned lock means a minting assertion fired while it was held: the state may be
-        // broken, and continuing could duplicate IDs.
-        self.state.lock().expect("mint state lock poisoned: a minting invariant broke")
-    }
-
-    /// Recompute the park cause and publish it if it changed.
-    pub(crate) fn publish(&self) -> Option<ParkCause> {
-        let cause = {
-            let mut state = self.lock();
-            if state.refresh(self.clock.wall_ms()) {
-                tracing::info!(worker_id = %state.worker_id(), token = %state.token(), "boot wait over; minting");
-            }
-            state.park_cause(self.clock.mono())
-        };
-        self.serving.send_if_modified(|published| {
-            if *published == cause {
-                return false;
-            }
-            match cause {
-                None => tracing::info!(was = ?published, "serving"),
-                Some(c) if c.is_permanent() => {}
-                Some(c) => tracing::warn!(reason = %c, "parked"),
-            }
-            *published = cause;
-            true
-        });
-        cause
+        f.debug_struct("Generator").field("holder", &self.shared.holder).field("layout", &self.shared.layout).finish()
     }
 }
 
@@ -244,7 +184,7 @@ impl Generator {
             skewed: plan.skew.is_err(),
         });
         let (stop, _) = watch::channel(false);
-        let inner = Arc::new(Inner {
+        let shared = Arc::new(WorkerShared {
             clock,
             registry,
             state: Mutex::new(state),
@@ -256,11 +196,11 @@ impl Generator {
             stop,
             tasks: Mutex::new(Vec::new()),
         });
-        inner.publish();
-        let keeper = tokio::spawn(keeper::run(inner.clone(), inner.stop.subscribe()));
-        let monitor = tokio::spawn(monitor(inner.clone(), inner.stop.subscribe()));
-        inner.tasks.lock().expect("task list lock is never held across a panic").extend([keeper, monitor]);
-        Ok(Generator { inner })
+        shared.publish();
+        let keeper = tokio::spawn(keeper::run(shared.clone(), shared.stop.subscribe()));
+        let monitor = tokio::spawn(monitor(shared.clone(), shared.stop.subscribe()));
+        shared.tasks.lock().expect("task list lock is never held across a panic").extend([keeper, monitor]);
+        Ok(Generator { shared })
     }
 
     /// One ID.
@@ -282,28 +222,28 @@ impl Generator {
     }
 
     async fn mint_batch(&self, want: NonZeroU32, rpc: Rpc) -> Result<Batch, GenerateError> {
-        let started = self.inner.clock.mono();
+        let started = self.shared.clock.mono();
         let runs = self.mint(want).await;
-        self.inner.metrics.observe_request(rpc, self.inner.clock.mono().duration_since(started));
-        let state = self.inner.lock();
-        let deadline_wall_ms = self.inner.deadline_wall_ms(&state);
+        self.shared.metrics.observe_request(rpc, self.shared.clock.mono().duration_since(started));
+        let state = self.shared.lock();
+        let deadline_wall_ms = self.shared.deadline_wall_ms(&state);
         Ok(Batch { runs: runs?, worker_id: state.worker_id(), token: state.token(), deadline_wall_ms })
     }
 
     /// Step the mint state until `want` IDs are minted, waiting (lock released) for the wall
     /// clock when the sequence is used up or the clock guard spins.
     async fn mint(&self, want: NonZeroU32) -> Result<Vec<IdRun>, GenerateError> {
-        let inner = &self.inner;
-        let started = inner.clock.mono();
+        let shared = &self.shared;
+        let started = shared.clock.mono();
         let mut runs = Vec::new();
         let mut left = want.get();
         let mut spin_since: Option<MonoTime> = None;
         while let Some(still) = NonZeroU32::new(left) {
-            let step = inner.lock().step(&*inner.clock, still, &mut spin_since, &inner.metrics);
+            let step = shared.lock().step(&*shared.clock, still, &mut spin_since, &shared.metrics);
             match step {
                 Err(e) => {
                     if matches!(e, GenerateError::Parked(_)) {
-                        inner.publish();
+                        shared.publish();
                     }
                     return Err(e);
                 }
@@ -313,12 +253,12 @@ impl Generator {
                     spin_since = None;
                 }
                 Ok(Step::WaitForWall { until_ms, spin }) => {
-                    let waited = inner.clock.mono().duration_since(started);
+                    let waited = shared.clock.mono().duration_since(started);
                     if waited > Duration::from_millis(GENERATE_TIMEOUT_MS) {
                         return Err(GenerateError::TimedOut { waited_ms: waited.as_millis() as u64 });
                     }
-                    let before = inner.clock.mono();
-                    let gap_ms = until_ms.saturating_sub(inner.clock.wall_ms()).min(STATE_POLL_MS);
+                    let before = shared.clock.mono();
+                    let gap_ms = until_ms.saturating_sub(shared.clock.wall_ms()).min(STATE_POLL_MS);
                     // tokio's timer wakes a 1 ms sleep about 2 ms later, which lost every other
                     // millisecond at full rate (BENCHMARKS.md): sleep all but the last ms, then
                     // yield until the wall clock ticks.
@@ -328,35 +268,35 @@ impl Generator {
                         tokio::time::sleep(Duration::from_millis(gap_ms - 1)).await;
                     }
                     if spin {
-                        inner.metrics.add_spin_wait(inner.clock.mono().duration_since(before));
+                        shared.metrics.add_spin_wait(shared.clock.mono().duration_since(before));
                     }
                 }
             }
         }
-        inner.metrics.ids_minted.fetch_add(u64::from(want.get()), std::sync::atomic::Ordering::Relaxed);
+        shared.metrics.ids_minted.fetch_add(u64::from(want.get()), std::sync::atomic::Ordering::Relaxed);
         Ok(runs)
     }
 
     pub fn status(&self) -> WorkerStatus {
-        let park = self.inner.publish();
-        let state = self.inner.lock();
-        let lease_remaining = state.lease_remaining(self.inner.clock.mono());
-        let deadline_wall_ms = self.inner.deadline_wall_ms(&state);
+        let park = self.shared.publish();
+        let state = self.shared.lock();
+        let lease_remaining = state.lease_remaining(self.shared.clock.mono());
+        let deadline_wall_ms = self.shared.deadline_wall_ms(&state);
         WorkerStatus {
             worker_id: state.worker_id(),
             token: state.token(),
-            holder: self.inner.holder.clone(),
+            holder: self.shared.holder.clone(),
             park,
             lease_remaining,
             deadline_wall_ms,
             ids_minted: state.ids_minted(),
-            layout: self.inner.layout,
+            layout: self.shared.layout,
         }
     }
 
     /// Follow the park cause (`None`: serving) as it changes; for health reporting.
     pub fn subscribe(&self) -> watch::Receiver<Option<ParkCause>> {
-        self.inner.serving.subscribe()
+        self.shared.serving.subscribe()
     }
 
     /// Wait until the worker serves (boot wait over, lease live, clock trusted), or fail with
@@ -373,35 +313,35 @@ impl Generator {
     /// The metrics of this worker in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
         let status = self.status();
-        self.inner.metrics.render(&Gauges { lease_remaining: status.lease_remaining, parked: status.park })
+        self.shared.metrics.render(&Gauges { lease_remaining: status.lease_remaining, parked: status.park })
     }
 
     pub(crate) fn metrics(&self) -> &WorkerMetrics {
-        &self.inner.metrics
+        &self.shared.metrics
     }
 
     /// Clean shutdown: refuse further mints, stop renewing, persist the exact last timestamp
     /// and release the lease (bounded by [`RELEASE_TIMEOUT_MS`]; past that it just expires).
     /// Idempotent.
     pub async fn shutdown(&self) {
-        let inner = &self.inner;
+        let shared = &self.shared;
         let (last_ts, release_ts, worker_id, token, holds) = {
-            let mut state = inner.lock();
+            let mut state = shared.lock();
             let last_ts = state.stop();
             (last_ts, state.release_ts_ms(), state.worker_id(), state.token(), state.holds_lease())
         };
-        let _ = inner.stop.send(true);
+        let _ = shared.stop.send(true);
         let tasks: Vec<_> =
-            std::mem::take(&mut *inner.tasks.lock().expect("task list lock is never held across a panic"));
+            std::mem::take(&mut *shared.tasks.lock().expect("task list lock is never held across a panic"));
         if tasks.is_empty() {
             return;
         }
         for task in tasks {
             let _ = task.await;
         }
-        inner.publish();
+        shared.publish();
         if let Some(last_ts_ms) = last_ts {
-            match inner.lock().persist_exact(last_ts_ms) {
+            match shared.lock().persist_exact(last_ts_ms) {
                 Ok(()) => tracing::info!(%worker_id, %token, last_ts_ms, "persisted the exact last timestamp"),
                 Err(error) => {
                     tracing::error!(%worker_id, %token, %error, "cannot persist the last timestamp; the next boot waits past the ceiling instead")
@@ -412,14 +352,14 @@ impl Generator {
             return;
         }
         let mut backoff = Backoff::new();
-        let deadline = inner.clock.mono().saturating_add(Duration::from_millis(RELEASE_TIMEOUT_MS));
+        let deadline = shared.clock.mono().saturating_add(Duration::from_millis(RELEASE_TIMEOUT_MS));
         loop {
-            match inner.registry.release(worker_id, token, release_ts).await {
+            match shared.registry.release(worker_id, token, release_ts).await {
                 Ok(()) => {
                     tracing::info!(%worker_id, %token, last_ts_ms = release_ts, "lease released");
                     return;
                 }
-                Err(e) if e.is_retryable() && inner.clock.mono() < deadline => {
+                Err(e) if e.is_retryable() && shared.clock.mono() < deadline => {
                     tokio::time::sleep(backoff.next_pause()).await
                 }
                 Err(error) => {
@@ -499,12 +439,12 @@ async fn acquire(
 
 /// Publish the park cause every [`STATE_POLL_MS`]: ends the boot wait, notices the deadline
 /// passing and the clock recovering even when no call comes in.
-async fn monitor(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+async fn monitor(shared: Arc<WorkerShared>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(STATE_POLL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => { inner.publish(); }
+            _ = tick.tick() => { shared.publish(); }
             _ = stop.changed() => return,
         }
     }

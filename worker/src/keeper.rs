@@ -9,11 +9,11 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use crate::clock_guard::check_skew;
-use crate::generator::Inner;
 use crate::limits::{REGISTRY_BACKOFF_MAX_MS, REGISTRY_BACKOFF_MIN_MS, RENEW_JITTER_PERCENT};
 use crate::metrics::inc;
 use crate::park::ParkCause;
 use crate::registry_client::{LostReason, RegistryCallError};
+use crate::shared::WorkerShared;
 
 /// Exponential backoff with jitter between sweeps over the registry nodes.
 #[derive(Debug)]
@@ -48,38 +48,38 @@ fn jittered(interval: Duration) -> Duration {
 }
 
 /// Keep the lease until `stop` fires or the lease is lost.
-pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
-    let interval = inner.config.renew_interval();
+pub(crate) async fn run(shared: Arc<WorkerShared>, mut stop: watch::Receiver<bool>) {
+    let interval = shared.config.renew_interval();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(jittered(interval)) => {}
             _ = stop.changed() => return,
         }
         tokio::select! {
-            kept = renew_until_committed(&inner) => if !kept { return },
+            kept = renew_until_committed(&shared) => if !kept { return },
             _ = stop.changed() => return,
         }
     }
 }
 
 /// Renew until one renewal commits (true) or the lease is lost for good (false).
-async fn renew_until_committed(inner: &Inner) -> bool {
+async fn renew_until_committed(shared: &WorkerShared) -> bool {
     let mut backoff = Backoff::new();
     let mut failures = 0u32;
     loop {
         let (request, sent_at) = {
-            let state = inner.lock();
-            (state.renew_request(inner.clock.wall_ms()), inner.clock.mono())
+            let state = shared.lock();
+            (state.renew_request(shared.clock.wall_ms()), shared.clock.mono())
         };
         let (worker_id, token) = (request.worker_id, request.token);
-        match inner.registry.renew(request).await {
+        match shared.registry.renew(request).await {
             Ok(grant) => {
-                let now = inner.clock.mono();
-                inner.metrics.observe_renew(now.duration_since(sent_at));
-                let mid_wall_ms = request.wall_ms_at_send.midpoint(inner.clock.wall_ms());
-                let skew = check_skew(mid_wall_ms, grant.registry_time_ms, inner.config.max_skew.as_millis() as u64);
+                let now = shared.clock.mono();
+                shared.metrics.observe_renew(now.duration_since(sent_at));
+                let mid_wall_ms = request.wall_ms_at_send.midpoint(shared.clock.wall_ms());
+                let skew = check_skew(mid_wall_ms, grant.registry_time_ms, shared.config.max_skew.as_millis() as u64);
                 let (renewed, remaining) = {
-                    let mut state = inner.lock();
+                    let mut state = shared.lock();
                     let renewed = state.on_renewed(sent_at, now, &grant, &skew);
                     (renewed, state.lease_remaining(now))
                 };
@@ -97,7 +97,7 @@ async fn renew_until_committed(inner: &Inner) -> bool {
                     }
                     _ => {}
                 }
-                inner.publish();
+                shared.publish();
                 return true;
             }
             Err(RegistryCallError::Lost { reason, message }) => {
@@ -105,23 +105,23 @@ async fn renew_until_committed(inner: &Inner) -> bool {
                     LostReason::Quarantined => ParkCause::Quarantined,
                     LostReason::Fenced | LostReason::Expired => ParkCause::Fenced,
                 };
-                inner.lock().lose(cause);
+                shared.lock().lose(cause);
                 tracing::error!(%worker_id, %token, reason = %cause, registry = %message, "lease lost; parked for good (restart the worker to get a new lease)");
-                inner.publish();
+                shared.publish();
                 return false;
             }
             Err(error) => {
                 // Unavailable is the expected case; anything else on a renewal is a registry
                 // bug, and retrying is still safe: the deadline stops minting meanwhile.
-                inc(&inner.metrics.renew_failures);
+                inc(&shared.metrics.renew_failures);
                 failures += 1;
-                let remaining = inner.lock().lease_remaining(inner.clock.mono());
+                let remaining = shared.lock().lease_remaining(shared.clock.mono());
                 if failures == 1 || !error.is_retryable() {
                     tracing::warn!(%worker_id, %token, %error, remaining_ms = remaining.as_millis() as u64, "renewal failed; retrying with backoff across registry nodes");
                 } else {
                     tracing::debug!(%worker_id, %token, %error, failures, "renewal failed again");
                 }
-                inner.publish();
+                shared.publish();
                 tokio::time::sleep(backoff.next_pause()).await;
             }
         }

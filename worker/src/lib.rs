@@ -20,6 +20,8 @@
 //! - [`state_dir`], [`holder`], [`durable_file`]: the locked state directory with the
 //!   ceiling and the persisted holder ID.
 //! - [`registry_client`]: the registry API behind a trait, over gRPC with node failover.
+//! - `shared`: what a running worker's handles and tasks share (the mint state under its
+//!   lock, the registry, the published park cause); below both the keeper and the generator.
 //! - [`keeper`]: renews the lease, extends the deadline, parks on FENCED/QUARANTINED.
 //! - [`generator`]: library mode — [`Generator`] runs all of the above in-process.
 //! - [`service`], [`rate_limit`], [`server`], [`metrics`]: the gRPC service with per-caller
@@ -51,6 +53,7 @@ pub mod rate_limit;
 pub mod registry_client;
 pub mod server;
 pub mod service;
+mod shared;
 pub mod state_dir;
 pub mod worker_id;
 

@@ -1,0 +1,80 @@
+//! [`WorkerShared`]: what one running worker's handles ([`crate::Generator`] and its clones)
+//! and its background tasks (the lease keeper, the park monitor) share — the mint state
+//! under its lock, the registry, the clock, the config and the published park cause.
+//!
+//! It sits below both [`crate::generator`] and [`crate::keeper`], so neither imports the
+//! other's internals: generator → keeper → shared, generator → shared.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::config::WorkerConfig;
+use crate::holder::HolderId;
+use crate::layout::Layout;
+use crate::metrics::WorkerMetrics;
+use crate::mint_state::MintState;
+use crate::park::ParkCause;
+use crate::registry_client::LeaseRegistry;
+
+/// The state of one running worker, shared by its handles and its tasks.
+pub(crate) struct WorkerShared {
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) registry: Arc<dyn LeaseRegistry>,
+    pub(crate) state: Mutex<MintState>,
+    pub(crate) metrics: Arc<WorkerMetrics>,
+    pub(crate) config: WorkerConfig,
+    pub(crate) holder: HolderId,
+    pub(crate) layout: Layout,
+    /// The park cause as last published; the health service follows it.
+    pub(crate) serving: watch::Sender<Option<ParkCause>>,
+    /// Tells the keeper and the monitor to stop.
+    pub(crate) stop: watch::Sender<bool>,
+    pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl WorkerShared {
+    /// The lease deadline on the wall clock, as an exclusive bound on minted timestamps:
+    /// `wall + remaining` with both truncated to ms can fall up to 2 ms before the real
+    /// instant, and an ID stamped in that ms was still minted before the deadline. `0` once
+    /// the deadline has passed (the wall-clock moment is then no longer known exactly).
+    pub(crate) fn deadline_wall_ms(&self, state: &MintState) -> u64 {
+        let remaining = state.lease_remaining(self.clock.mono());
+        if remaining.is_zero() {
+            return 0;
+        }
+        self.clock.wall_ms() + remaining.as_millis() as u64 + 2
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, MintState> {
+        // A poisoned lock means a minting assertion fired while it was held: the state may be
+        // broken, and continuing could duplicate IDs.
+        self.state.lock().expect("mint state lock poisoned: a minting invariant broke")
+    }
+
+    /// Recompute the park cause and publish it if it changed.
+    pub(crate) fn publish(&self) -> Option<ParkCause> {
+        let cause = {
+            let mut state = self.lock();
+            if state.refresh(self.clock.wall_ms()) {
+                tracing::info!(worker_id = %state.worker_id(), token = %state.token(), "boot wait over; minting");
+            }
+            state.park_cause(self.clock.mono())
+        };
+        self.serving.send_if_modified(|published| {
+            if *published == cause {
+                return false;
+            }
+            match cause {
+                None => tracing::info!(was = ?published, "serving"),
+                Some(c) if c.is_permanent() => {}
+                Some(c) => tracing::warn!(reason = %c, "parked"),
+            }
+            *published = cause;
+            true
+        });
+        cause
+    }
+}
