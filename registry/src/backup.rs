@@ -97,7 +97,7 @@ mod tests {
         t.apply(
             LogPos::new(2, 0),
             5,
-            &Command::Quarantine { worker_id: crate::lease::WorkerId(2), reason: "x".into() },
+            &Command::Quarantine(crate::lease::Quarantine { worker_id: crate::lease::WorkerId(2), reason: "x".into() }),
         );
         t.backup().expect("configured")
     }

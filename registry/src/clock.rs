@@ -14,6 +14,11 @@ impl MonoTime {
     pub fn since(self, earlier: MonoTime) -> Duration {
         self.0.saturating_sub(earlier.0)
     }
+
+    /// The point `by` after this one (a deadline).
+    pub fn plus(self, by: Duration) -> MonoTime {
+        MonoTime(self.0.saturating_add(by))
+    }
 }
 
 /// Time as the registry sees it; injected so clock faults are unit-testable.

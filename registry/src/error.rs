@@ -1,13 +1,16 @@
-//! The registry's one error type and its one mapping to gRPC status codes (clients apply
-//! the same table in reverse). Each variant says whether a retry is safe.
+//! The registry's one error type and its one mapping to gRPC statuses: each error names a
+//! [`Reason`] (the shared wire contract in `fenceflake_proto::wire`), which fixes the code and
+//! travels in the `fenceflake-reason` metadata; clients branch on that, never on the message.
+//! Each variant says whether a retry is safe.
 
+use std::fmt;
+
+use fenceflake_proto::wire::Reason;
 use serde::{Deserialize, Serialize};
 
+use crate::grant_plan::NoGrant;
 use crate::lease::Rejection;
 use crate::raft::types::NodeId;
-
-/// Metadata key carrying the machine-readable reason of a failed renewal.
-pub const REASON_METADATA_KEY: &str = "fenceflake-reason";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum RegistryError {
@@ -15,7 +18,7 @@ pub enum RegistryError {
     #[error("invalid {field}: {why}")]
     Invalid { field: String, why: String },
     /// Definite: the state machine said no.
-    #[error("{0:?}")]
+    #[error("{0}")]
     Rejected(Rejection),
     /// Definite: a stale renewal proved an overlap (the canary); the ID is now quarantined.
     #[error("canary hit: token is stale (current {current}) and reported mints overlap the current holder")]
@@ -24,7 +27,7 @@ pub enum RegistryError {
     #[error("no free worker ID: all {count} are held or quarantined")]
     Exhausted { count: u32 },
     /// Definite: this node is not the leader (a forwarded request does not hop twice).
-    #[error("node is not the leader (leader: {leader:?}); retry through any node")]
+    #[error("node is not the leader (leader: {}); retry through any node", leader.map_or("unknown".to_string(), |id| format!("node {id}")))]
     NotLeader { leader: Option<NodeId> },
     /// Definite: no leader is known.
     #[error("no registry leader within {waited_ms} ms (quorum lost or election in progress); retry later")]
@@ -54,93 +57,148 @@ impl RegistryError {
         RegistryError::Invalid { field: field.to_string(), why: why.into() }
     }
 
-    /// The gRPC status for this error. Failed renewals get a message prefix (`FENCED:`,
-    /// `QUARANTINED:`, `EXPIRED:`) and the same word in the `fenceflake-reason` metadata.
-    pub fn to_status(&self) -> tonic::Status {
-        use tonic::Code;
-        let (code, reason, message) = match self {
-            RegistryError::Invalid { .. } => (Code::InvalidArgument, None, self.to_string()),
-            RegistryError::Rejected(rejection) => rejection_status(rejection),
-            RegistryError::Canary { current } => (
-                Code::FailedPrecondition,
-                Some("FENCED"),
-                format!("FENCED: token is stale (current token {current}) and your mints overlap the current holder's window: the worker ID is quarantined; stop minting and page an operator"),
-            ),
-            RegistryError::Exhausted { .. } => (Code::ResourceExhausted, None, self.to_string()),
-            RegistryError::NotLeader { .. }
-            | RegistryError::NoLeader { .. }
-            | RegistryError::NoQuorum { .. }
-            | RegistryError::Indeterminate { .. }
-            | RegistryError::Overloaded { .. }
-            | RegistryError::NotConfigured => (Code::Unavailable, None, self.to_string()),
-            RegistryError::Membership(_) => (Code::FailedPrecondition, None, self.to_string()),
-            RegistryError::Fatal(_) => (Code::Internal, None, self.to_string()),
-        };
-        let mut status = tonic::Status::new(code, message);
-        if let Some(reason) = reason {
-            if let Ok(value) = reason.parse() {
-                status.metadata_mut().insert(REASON_METADATA_KEY, value);
-            }
+    /// The machine-readable reason a client branches on (its gRPC code follows from it).
+    pub fn reason(&self) -> Reason {
+        match self {
+            RegistryError::Invalid { .. } => Reason::Invalid,
+            RegistryError::Rejected(rejection) => rejection.reason(),
+            RegistryError::Canary { .. } => Reason::Fenced,
+            RegistryError::Exhausted { .. } => Reason::Exhausted,
+            RegistryError::NotLeader { .. } => Reason::NotLeader,
+            RegistryError::NoLeader { .. } => Reason::NoLeader,
+            RegistryError::NoQuorum { .. } => Reason::NoQuorum,
+            RegistryError::Indeterminate { .. } => Reason::OutcomeUnknown,
+            RegistryError::Overloaded { .. } => Reason::Overloaded,
+            RegistryError::NotConfigured => Reason::NotConfigured,
+            RegistryError::Membership(_) => Reason::Membership,
+            RegistryError::Fatal(_) => Reason::Fatal,
         }
-        status
+    }
+
+    /// The gRPC status for this error: the reason's code, the reason word in the
+    /// `fenceflake-reason` metadata, and a message for people. Lost-lease messages also start
+    /// with the reason word (`FENCED: …`) so logs read well; clients must use the metadata.
+    pub fn to_status(&self) -> tonic::Status {
+        let message = match self {
+            RegistryError::Canary { current } => format!(
+                "FENCED: token is stale (current token {current}) and your mints overlap the current holder's window: the worker ID is quarantined; stop minting and page an operator"
+            ),
+            other => other.to_string(),
+        };
+        self.reason().status(message)
     }
 }
 
-fn rejection_status(rejection: &Rejection) -> (tonic::Code, Option<&'static str>, String) {
-    use tonic::Code;
-    match rejection {
-        Rejection::Fenced { current } => (
-            Code::FailedPrecondition,
-            Some("FENCED"),
-            format!("FENCED: token is stale (current token {current}); stop minting with this worker ID"),
-        ),
-        Rejection::Expired => (
-            Code::FailedPrecondition,
-            Some("EXPIRED"),
-            "EXPIRED: the lease was released; acquire a new one".to_string(),
-        ),
-        Rejection::Quarantined { reason } => (
-            Code::FailedPrecondition,
-            Some("QUARANTINED"),
-            format!("QUARANTINED: worker ID is quarantined ({reason}); an operator must clear it"),
-        ),
-        Rejection::AlreadyHeld { holder, specific: _ } => (
-            Code::AlreadyExists,
-            None,
-            match holder {
-                Some(holder) => format!("worker ID is held by {holder:?}"),
-                None => "worker ID changed hands meanwhile; retry".to_string(),
-            },
-        ),
-        Rejection::HolderHoldsOther { worker_id } => (
-            Code::FailedPrecondition,
-            None,
-            format!("this holder already holds worker ID {worker_id}; release it first or use another holder identity"),
-        ),
-        Rejection::OutOfRange { worker_id, count } => {
-            (Code::InvalidArgument, None, format!("invalid worker_id: {worker_id} is outside 0..{count}"))
+impl From<NoGrant> for RegistryError {
+    fn from(no_grant: NoGrant) -> RegistryError {
+        match no_grant {
+            NoGrant::NotConfigured => RegistryError::NotConfigured,
+            NoGrant::Exhausted { count } => RegistryError::Exhausted { count },
+            NoGrant::Rejected(rejection) => RegistryError::Rejected(rejection),
         }
-        Rejection::BadTtl { ttl_ms, ttl_ms_max } => {
-            (Code::InvalidArgument, None, format!("invalid ttl_ms: {ttl_ms} is outside 1..={ttl_ms_max}"))
+    }
+}
+
+impl Rejection {
+    /// The wire reason of this domain answer.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Rejection::Fenced { .. } => Reason::Fenced,
+            Rejection::Expired => Reason::Expired,
+            Rejection::Quarantined { .. } => Reason::Quarantined,
+            Rejection::AlreadyHeld { .. } => Reason::AlreadyHeld,
+            Rejection::HolderHoldsOther { .. } => Reason::HolderHoldsOther,
+            Rejection::OutOfRange { .. } | Rejection::BadTtl { .. } | Rejection::BadBackup { .. } => Reason::Invalid,
+            Rejection::NotEmpty { .. } => Reason::NotEmpty,
+            Rejection::NotConfigured => Reason::NotConfigured,
         }
-        Rejection::NotEmpty { last_token } => (
-            Code::FailedPrecondition,
-            None,
-            format!("this cluster has already granted leases (last token {last_token}); restore only into a freshly bootstrapped cluster"),
-        ),
-        Rejection::BadBackup { why } => (Code::InvalidArgument, None, format!("invalid backup: {why}")),
-        Rejection::NotConfigured => (
-            Code::Unavailable,
-            None,
-            "cluster not configured yet (no leader has committed the cluster config)".to_string(),
-        ),
+    }
+}
+
+/// What a person reads for each domain answer (also the gRPC message).
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::Fenced { current } => {
+                write!(f, "FENCED: token is stale (current token {current}); stop minting with this worker ID")
+            }
+            Rejection::Expired => f.write_str("EXPIRED: the lease was released; acquire a new one"),
+            Rejection::Quarantined { reason } => {
+                write!(f, "QUARANTINED: worker ID is quarantined ({reason}); an operator must clear it")
+            }
+            Rejection::AlreadyHeld { holder: Some(holder), .. } => write!(f, "worker ID is held by {holder}"),
+            Rejection::AlreadyHeld { holder: None, .. } => f.write_str("worker ID changed hands meanwhile; retry"),
+            Rejection::HolderHoldsOther { worker_id } => write!(
+                f,
+                "this holder already holds worker ID {worker_id}; release it first or use another holder identity"
+            ),
+            Rejection::OutOfRange { worker_id, count } => {
+                write!(f, "invalid worker_id: {worker_id} is outside 0..{count}")
+            }
+            Rejection::BadTtl { ttl_ms, ttl_ms_max } => {
+                write!(f, "invalid ttl_ms: {ttl_ms} is outside 1..={ttl_ms_max}")
+            }
+            Rejection::NotEmpty { last_token } => write!(
+                f,
+                "this cluster has already granted leases (last token {last_token}); restore only into a freshly bootstrapped cluster"
+            ),
+            Rejection::BadBackup { why } => write!(f, "invalid backup: {why}"),
+            Rejection::NotConfigured => {
+                f.write_str("cluster not configured yet (no leader has committed the cluster config)")
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use fenceflake_proto::wire::REASON_METADATA_KEY;
+
     use super::*;
-    use crate::lease::Token;
+    use crate::lease::{HolderId, Token, WorkerId};
+
+    fn every_error() -> Vec<RegistryError> {
+        let rejections = [
+            Rejection::Fenced { current: Token(9) },
+            Rejection::Expired,
+            Rejection::Quarantined { reason: "x".into() },
+            Rejection::AlreadyHeld { holder: Some(HolderId("w-1".into())), specific: true },
+            Rejection::AlreadyHeld { holder: None, specific: false },
+            Rejection::HolderHoldsOther { worker_id: WorkerId(3) },
+            Rejection::OutOfRange { worker_id: WorkerId(9), count: 4 },
+            Rejection::NotConfigured,
+            Rejection::BadTtl { ttl_ms: 0, ttl_ms_max: 5 },
+            Rejection::NotEmpty { last_token: Token(4) },
+            Rejection::BadBackup { why: "x".into() },
+        ];
+        let mut errors: Vec<_> = rejections.into_iter().map(RegistryError::Rejected).collect();
+        errors.extend([
+            RegistryError::invalid("holder", "empty"),
+            RegistryError::Canary { current: Token(9) },
+            RegistryError::Exhausted { count: 4 },
+            RegistryError::NotLeader { leader: Some(2) },
+            RegistryError::NotLeader { leader: None },
+            RegistryError::NoLeader { waited_ms: 1 },
+            RegistryError::NoQuorum { why: "x".into() },
+            RegistryError::Indeterminate { waited_ms: 1, why: "x".into() },
+            RegistryError::Overloaded { queued: 1 },
+            RegistryError::NotConfigured,
+            RegistryError::Membership("x".into()),
+            RegistryError::Fatal("x".into()),
+        ]);
+        errors
+    }
+
+    /// Goal: every error status carries its reason, and the code agrees with it.
+    #[test]
+    fn every_error_carries_a_reason_in_its_status() {
+        for error in every_error() {
+            let status = error.to_status();
+            assert_eq!(Reason::of(&status), Some(error.reason()), "{error:?}");
+            assert_eq!(status.code(), error.reason().code(), "{error:?}");
+            assert!(!status.message().contains("Some(") && !status.message().contains("(\""), "{}", status.message());
+        }
+    }
 
     #[test]
     fn failed_renewals_carry_a_machine_readable_reason() {
@@ -149,20 +207,32 @@ mod tests {
         assert!(status.message().starts_with("FENCED:"), "{}", status.message());
         assert_eq!(status.metadata().get(REASON_METADATA_KEY).map(|v| v.to_str().ok()), Some(Some("FENCED")));
         let status = RegistryError::Rejected(Rejection::Quarantined { reason: "x".into() }).to_status();
-        assert!(status.message().starts_with("QUARANTINED:"));
-        let status = RegistryError::Rejected(Rejection::Expired).to_status();
-        assert!(status.message().starts_with("EXPIRED:"));
+        assert_eq!(Reason::of(&status), Some(Reason::Quarantined));
+        assert_eq!(Reason::of(&RegistryError::Canary { current: Token(2) }.to_status()), Some(Reason::Fenced));
     }
 
+    /// Goal: an unknown outcome is told apart from a definite "not now" on the wire.
     #[test]
-    fn no_quorum_and_unknown_outcomes_are_unavailable() {
-        for e in [
-            RegistryError::NoLeader { waited_ms: 1 },
-            RegistryError::NoQuorum { why: "x".into() },
-            RegistryError::Indeterminate { waited_ms: 1, why: "x".into() },
+    fn unknown_outcomes_are_told_apart_from_definite_unavailability() {
+        for (e, indeterminate) in [
+            (RegistryError::NoLeader { waited_ms: 1 }, false),
+            (RegistryError::NoQuorum { why: "x".into() }, false),
+            (RegistryError::NotLeader { leader: Some(1) }, false),
+            (RegistryError::Overloaded { queued: 3 }, false),
+            (RegistryError::Indeterminate { waited_ms: 1, why: "x".into() }, true),
         ] {
-            assert_eq!(e.to_status().code(), tonic::Code::Unavailable);
+            let status = e.to_status();
+            assert_eq!(status.code(), tonic::Code::Unavailable);
+            assert_eq!(Reason::of(&status).map(Reason::is_indeterminate), Some(indeterminate), "{e:?}");
         }
-        assert_eq!(RegistryError::Exhausted { count: 4 }.to_status().code(), tonic::Code::ResourceExhausted);
+    }
+
+    /// Goal: people never read Rust debug formatting (`HolderId("…")`, `Some(2)`).
+    #[test]
+    fn messages_name_values_plainly() {
+        let held =
+            RegistryError::Rejected(Rejection::AlreadyHeld { holder: Some(HolderId("w-1".into())), specific: true });
+        assert_eq!(held.to_status().message(), "worker ID is held by w-1");
+        assert!(RegistryError::NotLeader { leader: Some(2) }.to_string().contains("(leader: node 2)"));
     }
 }

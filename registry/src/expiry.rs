@@ -28,8 +28,10 @@ struct Leadership {
     confirmed: bool,
 }
 
+/// What a leader knows about renewals and its own leadership: pure, time is an argument, so
+/// every expiry decision can be computed (and tested) at any instant.
 #[derive(Debug, Default)]
-struct Inner {
+pub struct Renewals {
     renewal_seen_at: HashMap<WorkerId, MonoTime>,
     leadership: Option<Leadership>,
 }
@@ -42,11 +44,49 @@ pub enum Expiry {
     Expired,
 }
 
-/// Shared between the state machine (which reports applied renewals) and the leader logic.
+impl Renewals {
+    /// A grant or renewal of `worker_id` was applied on this node at `now`.
+    pub fn note_renewal(&mut self, worker_id: WorkerId, now: MonoTime) {
+        self.renewal_seen_at.insert(worker_id, now);
+    }
+
+    /// This process is leader under `id` at `now`. Starts a new, unconfirmed leadership if
+    /// `id` differs from the current one. Returns whether the leadership is confirmed.
+    pub fn observe_leader(&mut self, id: LeadershipId, now: MonoTime) -> bool {
+        match self.leadership {
+            Some(l) if l.id == id => l.confirmed,
+            _ => {
+                self.leadership = Some(Leadership { id, began_at: now, confirmed: false });
+                false
+            }
+        }
+    }
+
+    /// `ensure_linearizable` succeeded in leadership `id`.
+    pub fn confirm(&mut self, id: LeadershipId) {
+        if let Some(l) = self.leadership.as_mut().filter(|l| l.id == id) {
+            l.confirmed = true;
+        }
+    }
+
+    /// The expiry at `now` of `worker_id` whose last renewal asked for `ttl_ms`. `None` if no
+    /// leadership is confirmed: only a confirmed leader may decide anything expired.
+    pub fn expiry(&self, now: MonoTime, worker_id: WorkerId, ttl_ms: u64, cool_down_ms: u64) -> Option<Expiry> {
+        let leadership = self.leadership.filter(|l| l.confirmed)?;
+        let since =
+            self.renewal_seen_at.get(&worker_id).map_or(leadership.began_at, |seen| (*seen).max(leadership.began_at));
+        let needed = Duration::from_millis(ttl_ms.saturating_add(cool_down_ms));
+        let elapsed = now.since(since);
+        Some(if elapsed >= needed { Expiry::Expired } else { Expiry::LiveFor(needed - elapsed) })
+    }
+}
+
+/// [`Renewals`] behind a lock with the node's clock: shared between the state machine (which
+/// reports applied renewals) and the leader logic.
 #[derive(Debug, Clone)]
 pub struct ExpiryTracker {
     clock: Arc<dyn Clock>,
-    inner: Arc<Mutex<Inner>>,
+    inner: Arc<Mutex<Renewals>>,
 }
 
 impl ExpiryTracker {
@@ -54,7 +94,7 @@ impl ExpiryTracker {
         ExpiryTracker { clock, inner: Arc::default() }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Renewals> {
         // A panic elsewhere cannot leave this map half-updated (each update is one insert).
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -62,28 +102,18 @@ impl ExpiryTracker {
     /// A grant or renewal of `worker_id` was applied on this node just now.
     pub fn note_renewal(&self, worker_id: WorkerId) {
         let now = self.clock.mono();
-        self.lock().renewal_seen_at.insert(worker_id, now);
+        self.lock().note_renewal(worker_id, now);
     }
 
-    /// Record that this process is leader under `id`. Starts a new, unconfirmed leadership if
-    /// `id` differs from the current one. Returns whether the leadership is confirmed.
+    /// See [`Renewals::observe_leader`], at the clock's now.
     pub fn observe_leader(&self, id: LeadershipId) -> bool {
         let now = self.clock.mono();
-        let mut inner = self.lock();
-        match inner.leadership {
-            Some(l) if l.id == id => l.confirmed,
-            _ => {
-                inner.leadership = Some(Leadership { id, began_at: now, confirmed: false });
-                false
-            }
-        }
+        self.lock().observe_leader(id, now)
     }
 
     /// `ensure_linearizable` succeeded in leadership `id`.
     pub fn confirm(&self, id: LeadershipId) {
-        if let Some(l) = self.lock().leadership.as_mut().filter(|l| l.id == id) {
-            l.confirmed = true;
-        }
+        self.lock().confirm(id);
     }
 
     /// This process is no longer leader: forget the leadership (not the renewals).
@@ -91,17 +121,16 @@ impl ExpiryTracker {
         self.lock().leadership = None;
     }
 
-    /// The expiry of `worker_id` whose last renewal asked for `ttl_ms`. `None` if this process
-    /// holds no confirmed leadership: only a confirmed leader may decide anything expired.
+    /// See [`Renewals::expiry`], at the clock's now.
     pub fn expiry(&self, worker_id: WorkerId, ttl_ms: u64, cool_down_ms: u64) -> Option<Expiry> {
         let now = self.clock.mono();
-        let inner = self.lock();
-        let leadership = inner.leadership.filter(|l| l.confirmed)?;
-        let since =
-            inner.renewal_seen_at.get(&worker_id).map_or(leadership.began_at, |seen| (*seen).max(leadership.began_at));
-        let needed = Duration::from_millis(ttl_ms.saturating_add(cool_down_ms));
-        let elapsed = now.since(since);
-        Some(if elapsed >= needed { Expiry::Expired } else { Expiry::LiveFor(needed - elapsed) })
+        self.lock().expiry(now, worker_id, ttl_ms, cool_down_ms)
+    }
+
+    /// Run a pure decision `decide(renewals, now)` under the lock, at the clock's now.
+    pub fn decide<R>(&self, decide: impl FnOnce(&Renewals, MonoTime) -> R) -> R {
+        let now = self.clock.mono();
+        decide(&self.lock(), now)
     }
 
     /// Time since this node last saw `worker_id` renewed (for operators), if it ever did.

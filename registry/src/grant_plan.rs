@@ -1,68 +1,88 @@
 //! The leader's grant decision, pure: which worker ID an Acquire gets and what that ID must
 //! still look like when the grant applies (the compare of the compare-and-set). Expiry is
-//! decided only through the [`ExpiryTracker`] (mechanism 3). Pure, so that it can be driven
-//! with manual clocks apart from Raft.
+//! decided only through [`Renewals::expiry`] at the instant `now` given (mechanism 3). No
+//! clock, lock, IO or gRPC here, so every branch is tested below with hand-made instants.
 
 use std::collections::HashSet;
 
-use crate::error::RegistryError;
-use crate::expiry::{Expiry, ExpiryTracker};
+use crate::clock::MonoTime;
+use crate::expiry::{Expiry, Renewals};
 use crate::lease::{ClusterConfig, GrantExpectation, HolderId, LeaseTable, Rejection, WorkerId};
 
-/// Pick the worker ID for `holder` (`wanted`, or any), skipping `reserved` IDs that have a
-/// grant in flight: the holder's own lease first (a retried Acquire), then a free ID, then one
-/// the tracker says has expired.
+/// Why no grant can be planned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoGrant {
+    #[error("cluster not configured yet")]
+    NotConfigured,
+    #[error("no free worker ID: all {count} are held or quarantined")]
+    Exhausted { count: u32 },
+    #[error("{0}")]
+    Rejected(Rejection),
+}
+
+/// What the planner reads: the table, the leader's renewal knowledge at `now`, and the IDs
+/// with a grant in flight (skipped, so concurrent acquires do not all race for one ID).
+#[derive(Debug, Clone, Copy)]
+pub struct GrantInputs<'a> {
+    pub table: &'a LeaseTable,
+    pub renewals: &'a Renewals,
+    pub now: MonoTime,
+    pub reserved: &'a HashSet<WorkerId>,
+}
+
+/// Pick the worker ID for `holder` (`wanted`, or any): the holder's own lease first (a
+/// retried Acquire), then a free ID, then one whose lease has expired at `now`.
 pub fn plan_grant(
-    table: &LeaseTable,
-    tracker: &ExpiryTracker,
-    reserved: &HashSet<WorkerId>,
+    inputs: GrantInputs<'_>,
     holder: &HolderId,
     wanted: Option<WorkerId>,
-) -> Result<(WorkerId, GrantExpectation), RegistryError> {
-    let config = table.config().ok_or(RegistryError::NotConfigured)?;
+) -> Result<(WorkerId, GrantExpectation), NoGrant> {
+    let GrantInputs { table, renewals, now, reserved } = inputs;
+    let config = table.config().ok_or(NoGrant::NotConfigured)?;
     if let Some(held) = table.held_by(holder) {
         // The apply returns (and renews) the lease the holder already has.
         return Ok((held, expectation(table, held)));
     }
+    let expired = |worker_id: WorkerId, ttl_ms: u64| {
+        renewals.expiry(now, worker_id, ttl_ms, config.cool_down_ms) == Some(Expiry::Expired)
+    };
     if let Some(worker_id) = wanted {
-        return plan_specific(table, tracker, config, worker_id).map(|e| (worker_id, e));
+        return plan_specific(table, config, worker_id, expired).map(|e| (worker_id, e));
     }
     if let Some(free) = table.free_ids().find(|w| !reserved.contains(w)) {
         return Ok((free, expectation(table, free)));
     }
-    let expired = table.records().find(|(w, r)| {
-        r.holder.is_some()
-            && r.quarantine.is_none()
-            && !reserved.contains(w)
-            && tracker.expiry(*w, r.ttl_ms, config.cool_down_ms) == Some(Expiry::Expired)
-    });
-    match expired {
+    let reclaimable = table
+        .records()
+        .find(|(w, r)| r.holder.is_some() && r.quarantine.is_none() && !reserved.contains(w) && expired(*w, r.ttl_ms));
+    match reclaimable {
         Some((worker_id, record)) => Ok((worker_id, record.expectation())),
-        None => Err(RegistryError::Exhausted { count: config.worker_id_count() }),
+        None => Err(NoGrant::Exhausted { count: config.worker_id_count() }),
     }
 }
 
 fn plan_specific(
     table: &LeaseTable,
-    tracker: &ExpiryTracker,
     config: &ClusterConfig,
     worker_id: WorkerId,
-) -> Result<GrantExpectation, RegistryError> {
-    if worker_id.0 >= config.worker_id_count() {
-        return Err(RegistryError::Rejected(Rejection::OutOfRange { worker_id, count: config.worker_id_count() }));
+    expired: impl Fn(WorkerId, u64) -> bool,
+) -> Result<GrantExpectation, NoGrant> {
+    let count = config.worker_id_count();
+    if worker_id.0 >= count {
+        return Err(NoGrant::Rejected(Rejection::OutOfRange { worker_id, count }));
     }
     let Some(record) = table.record(worker_id) else {
         return Ok(expectation(table, worker_id));
     };
     if let Some(reason) = &record.quarantine {
-        return Err(RegistryError::Rejected(Rejection::Quarantined { reason: reason.clone() }));
+        return Err(NoGrant::Rejected(Rejection::Quarantined { reason: reason.clone() }));
     }
-    let Some(current) = &record.holder else {
-        return Ok(record.expectation());
-    };
-    match tracker.expiry(worker_id, record.ttl_ms, config.cool_down_ms) {
-        Some(Expiry::Expired) => Ok(record.expectation()),
-        _ => Err(RegistryError::Rejected(Rejection::AlreadyHeld { holder: Some(current.clone()), specific: true })),
+    match &record.holder {
+        None => Ok(record.expectation()),
+        Some(_) if expired(worker_id, record.ttl_ms) => Ok(record.expectation()),
+        Some(current) => {
+            Err(NoGrant::Rejected(Rejection::AlreadyHeld { holder: Some(current.clone()), specific: true }))
+        }
     }
 }
 
@@ -70,4 +90,154 @@ fn expectation(table: &LeaseTable, worker_id: WorkerId) -> GrantExpectation {
     table
         .record(worker_id)
         .map_or(GrantExpectation { token: Default::default(), last_renew: Default::default() }, |r| r.expectation())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::expiry::LeadershipId;
+    use crate::lease::{Command, LogPos, Outcome, Quarantine};
+
+    const TTL_MS: u64 = 1_000;
+    const COOL_DOWN_MS: u64 = 500;
+    const LEADER: LeadershipId = LeadershipId { term: 2, node_id: 1 };
+
+    /// A table of 4 worker IDs, and a leader confirmed at the manual clock's start.
+    struct Fixture {
+        clock: Arc<ManualClock>,
+        table: LeaseTable,
+        renewals: Renewals,
+        next_index: u64,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+            let mut table = LeaseTable::default();
+            let config =
+                ClusterConfig { epoch_ms: 0, worker_id_bits: 2, ttl_ms_max: 60_000, cool_down_ms: COOL_DOWN_MS };
+            table.apply(LogPos::new(1, 0), 0, &Command::Configure(config));
+            let mut renewals = Renewals::default();
+            renewals.observe_leader(LEADER, clock.mono());
+            renewals.confirm(LEADER);
+            Fixture { clock, table, renewals, next_index: 2 }
+        }
+
+        fn apply(&mut self, command: Command) -> Outcome {
+            self.next_index += 1;
+            self.table.apply(LogPos::new(self.next_index, 0), 0, &command)
+        }
+
+        /// Grant `worker_id` to `holder` as the leader would, and note the renewal now.
+        fn grant(&mut self, holder: &str, worker_id: u32) {
+            let (planned, expect) = self.plan(holder, Some(worker_id)).unwrap();
+            let holder = HolderId(holder.into());
+            let cmd = Command::Grant { worker_id: planned, holder, ttl_ms: TTL_MS, expect, specific: true };
+            assert!(matches!(self.apply(cmd), Outcome::Granted(_)));
+            self.renewals.note_renewal(planned, self.clock.mono());
+        }
+
+        fn plan_reserving(
+            &self,
+            holder: &str,
+            wanted: Option<u32>,
+            reserved: &HashSet<WorkerId>,
+        ) -> Result<(WorkerId, GrantExpectation), NoGrant> {
+            let inputs = GrantInputs { table: &self.table, renewals: &self.renewals, now: self.clock.mono(), reserved };
+            plan_grant(inputs, &HolderId(holder.into()), wanted.map(WorkerId))
+        }
+
+        fn plan(&self, holder: &str, wanted: Option<u32>) -> Result<(WorkerId, GrantExpectation), NoGrant> {
+            self.plan_reserving(holder, wanted, &HashSet::new())
+        }
+    }
+
+    #[test]
+    fn free_ids_go_lowest_first_skipping_reserved_ones() {
+        let mut f = Fixture::new();
+        assert_eq!(f.plan("a", None).unwrap().0, WorkerId(0));
+        f.grant("a", 0);
+        assert_eq!(f.plan("b", None).unwrap().0, WorkerId(1));
+        let reserved = HashSet::from([WorkerId(1), WorkerId(2)]);
+        assert_eq!(f.plan_reserving("b", None, &reserved).unwrap().0, WorkerId(3));
+    }
+
+    /// Goal: a retried Acquire gets the holder's own lease back, whatever it asked for.
+    #[test]
+    fn a_holder_gets_its_own_lease_back() {
+        let mut f = Fixture::new();
+        f.grant("a", 2);
+        let (worker_id, expect) = f.plan("a", None).unwrap();
+        assert_eq!(worker_id, WorkerId(2));
+        assert_eq!(expect, f.table.record(WorkerId(2)).unwrap().expectation());
+    }
+
+    /// Goal (mechanism 3): a held ID is reclaimed only once ttl + cool-down has passed on the
+    /// leader's monotonic clock since the last renewal it saw, and a wall step changes nothing.
+    #[test]
+    fn a_held_id_is_reclaimed_only_after_ttl_plus_cool_down() {
+        let mut f = Fixture::new();
+        for (i, holder) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            f.grant(holder, i as u32);
+        }
+        assert_eq!(f.plan("e", None), Err(NoGrant::Exhausted { count: 4 }));
+        f.clock.step_wall_ms(3_600_000);
+        f.clock.advance(Duration::from_millis(TTL_MS + COOL_DOWN_MS - 1));
+        assert_eq!(f.plan("e", None), Err(NoGrant::Exhausted { count: 4 }));
+        assert!(matches!(f.plan("e", Some(1)), Err(NoGrant::Rejected(Rejection::AlreadyHeld { specific: true, .. }))));
+        f.clock.advance(Duration::from_millis(1));
+        let (worker_id, expect) = f.plan("e", None).unwrap();
+        assert_eq!(worker_id, WorkerId(0));
+        assert_eq!(expect, f.table.record(WorkerId(0)).unwrap().expectation(), "the CAS compares the old lease");
+        assert_eq!(f.plan("e", Some(3)).unwrap().0, WorkerId(3));
+    }
+
+    /// Goal: a renewal seen late restarts the wait for that ID only.
+    #[test]
+    fn a_renewal_restarts_that_ids_wait() {
+        let mut f = Fixture::new();
+        for (i, holder) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            f.grant(holder, i as u32);
+        }
+        f.clock.advance(Duration::from_millis(TTL_MS));
+        f.renewals.note_renewal(WorkerId(0), f.clock.mono());
+        f.clock.advance(Duration::from_millis(COOL_DOWN_MS));
+        assert_eq!(f.plan("e", None).unwrap().0, WorkerId(1));
+    }
+
+    /// Goal: nothing is reclaimed by an unconfirmed leadership, however much time passed.
+    #[test]
+    fn an_unconfirmed_leader_reclaims_nothing() {
+        let mut f = Fixture::new();
+        for (i, holder) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            f.grant(holder, i as u32);
+        }
+        f.clock.advance(Duration::from_secs(3600));
+        f.renewals.observe_leader(LeadershipId { term: 3, node_id: 1 }, f.clock.mono());
+        f.clock.advance(Duration::from_secs(3600));
+        assert_eq!(f.plan("e", None), Err(NoGrant::Exhausted { count: 4 }));
+    }
+
+    #[test]
+    fn specific_claims_are_checked_for_range_and_quarantine() {
+        let mut f = Fixture::new();
+        assert_eq!(
+            f.plan("a", Some(4)),
+            Err(NoGrant::Rejected(Rejection::OutOfRange { worker_id: WorkerId(4), count: 4 }))
+        );
+        f.apply(Command::Quarantine(Quarantine { worker_id: WorkerId(1), reason: "suspect".into() }));
+        assert_eq!(f.plan("a", Some(1)), Err(NoGrant::Rejected(Rejection::Quarantined { reason: "suspect".into() })));
+        assert_eq!(f.plan("a", None).unwrap().0, WorkerId(0), "a quarantined ID is not free");
+    }
+
+    #[test]
+    fn nothing_is_planned_before_the_cluster_is_configured() {
+        let f = Fixture { table: LeaseTable::default(), ..Fixture::new() };
+        assert_eq!(f.plan("a", None), Err(NoGrant::NotConfigured));
+    }
 }

@@ -13,7 +13,7 @@ use openraft::{ChangeMembers, ServerState};
 use crate::clock::Clock;
 use crate::error::RegistryError;
 use crate::expiry::{Expiry, ExpiryTracker, LeadershipId};
-use crate::grant_plan;
+use crate::grant_plan::{self, GrantInputs};
 use crate::lease::{
     ClusterConfig, Command, GrantExpectation, HolderId, LeaseGrant, LeaseTable, Outcome, Rejection, WorkerId,
 };
@@ -93,33 +93,26 @@ impl Leader {
                 let grant = self.acquire(holder, worker_id, ttl_ms).await?;
                 self.lease_reply(grant)
             }
-            Proposal::Renew { worker_id, token, wall_ms_at_send, max_minted_ts_ms } => {
-                match self
-                    .proposer
-                    .propose(Command::Renew { worker_id, token, wall_ms_at_send, max_minted_ts_ms })
-                    .await?
-                {
-                    Outcome::Renewed(grant) => self.lease_reply(grant),
-                    Outcome::CanaryHit { current } => {
-                        tracing::error!(worker_id = worker_id.0, token = token.0, current_token = current.0, max_minted_ts_ms, "canary hit: two holders minted with one worker ID at overlapping times; ID quarantined, audit entry written");
-                        Err(RegistryError::Canary { current })
-                    }
-                    other => Err(unexpected(other)),
+            Proposal::Renew(renew) => match self.proposer.propose(Command::Renew(renew)).await? {
+                Outcome::Renewed(grant) => self.lease_reply(grant),
+                Outcome::CanaryHit { current } => {
+                    tracing::error!(worker_id = renew.worker_id.0, token = renew.token.0, current_token = current.0, max_minted_ts_ms = renew.max_minted_ts_ms, "canary hit: two holders minted with one worker ID at overlapping times; ID quarantined, audit entry written");
+                    Err(RegistryError::Canary { current })
                 }
-            }
-            Proposal::Release { worker_id, token, last_ts_ms } => {
-                match self.proposer.propose(Command::Release { worker_id, token, last_ts_ms }).await? {
-                    Outcome::Released => Ok(Reply::Released),
-                    other => Err(unexpected(other)),
-                }
-            }
-            Proposal::Quarantine { worker_id, reason } => {
-                self.admin(Command::Quarantine { worker_id, reason }).await?;
+                other => Err(unexpected(other)),
+            },
+            Proposal::Release(release) => match self.proposer.propose(Command::Release(release)).await? {
+                Outcome::Released => Ok(Reply::Released),
+                other => Err(unexpected(other)),
+            },
+            Proposal::Quarantine(quarantine) => {
+                let worker_id = quarantine.worker_id;
+                self.admin(Command::Quarantine(quarantine)).await?;
                 Ok(Reply::LeaseInfo(self.view(worker_id)))
             }
-            Proposal::Unquarantine { worker_id } => {
-                self.admin(Command::Unquarantine { worker_id }).await?;
-                Ok(Reply::LeaseInfo(self.view(worker_id)))
+            Proposal::Unquarantine(unquarantine) => {
+                self.admin(Command::Unquarantine(unquarantine)).await?;
+                Ok(Reply::LeaseInfo(self.view(unquarantine.worker_id)))
             }
             Proposal::GetLease { worker_id } => {
                 self.linearizable_read(confirmed_now).await?;
@@ -327,7 +320,11 @@ impl Leader {
     ) -> Result<(WorkerId, GrantExpectation), RegistryError> {
         let state = self.state.read();
         let reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
-        grant_plan::plan_grant(&state.table, &self.tracker, &reserved, holder, wanted)
+        let plan = self.tracker.decide(|renewals, now| {
+            let inputs = GrantInputs { table: &state.table, renewals, now, reserved: &reserved };
+            grant_plan::plan_grant(inputs, holder, wanted)
+        });
+        Ok(plan?)
     }
 
     fn view(&self, worker_id: WorkerId) -> LeaseView {

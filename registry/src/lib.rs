@@ -15,6 +15,7 @@ pub mod node;
 pub mod proposal;
 pub mod proposer;
 pub mod raft;
+pub mod rpc;
 pub mod served;
 pub mod server;
 pub mod service;

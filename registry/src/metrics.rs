@@ -8,23 +8,7 @@ use std::time::Duration;
 
 use fenceflake_proto::metrics::{preamble, single, Histogram};
 
-/// The RPCs whose latency is recorded (the label set of the histogram).
-pub const RPC_NAMES: [&str; 14] = [
-    "Acquire",
-    "Renew",
-    "Release",
-    "GetLease",
-    "ListLeases",
-    "ClusterStatus",
-    "Quarantine",
-    "Unquarantine",
-    "ListAudit",
-    "AddLearner",
-    "PromoteMember",
-    "RemoveMember",
-    "ExportSnapshot",
-    "ImportSnapshot",
-];
+use crate::rpc::Rpc;
 
 /// Metric names, in one place so alerts and dashboards can be checked against them.
 pub mod names {
@@ -67,7 +51,7 @@ pub struct RegistryMetrics {
     pub duplicate_claims: AtomicU64,
     pub exhausted: AtomicU64,
     pub no_quorum: AtomicU64,
-    rpcs: [RpcStats; RPC_NAMES.len()],
+    rpcs: [RpcStats; Rpc::ALL.len()],
 }
 
 /// Point-in-time values read at scrape time.
@@ -92,9 +76,8 @@ pub fn inc(counter: &AtomicU64) {
 
 impl RegistryMetrics {
     /// Record one RPC's latency and whether it failed.
-    pub fn observe(&self, rpc: &str, elapsed: Duration, failed: bool) {
-        let Some(i) = RPC_NAMES.iter().position(|n| *n == rpc) else { return };
-        let stats = &self.rpcs[i];
+    pub fn observe(&self, rpc: Rpc, elapsed: Duration, failed: bool) {
+        let stats = &self.rpcs[rpc.index()];
         stats.latency.observe(elapsed);
         if failed {
             stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -160,13 +143,13 @@ impl RegistryMetrics {
     fn render_histograms(&self, out: &mut String) {
         let name = names::REQUEST_SECONDS;
         preamble(out, name, "histogram", "Latency of registry RPCs served on this node (including forwarding).");
-        for (rpc, stats) in RPC_NAMES.iter().zip(&self.rpcs) {
-            stats.latency.render(out, name, &format!("rpc=\"{rpc}\""));
+        for (rpc, stats) in Rpc::ALL.iter().zip(&self.rpcs) {
+            stats.latency.render(out, name, &format!("rpc=\"{}\"", rpc.name()));
         }
         let name = names::REQUEST_ERRORS;
         preamble(out, name, "counter", "Registry RPCs that returned an error status.");
-        for (rpc, stats) in RPC_NAMES.iter().zip(&self.rpcs) {
-            let _ = writeln!(out, "{name}{{rpc=\"{rpc}\"}} {}", stats.errors.load(Ordering::Relaxed));
+        for (rpc, stats) in Rpc::ALL.iter().zip(&self.rpcs) {
+            let _ = writeln!(out, "{name}{{rpc=\"{}\"}} {}", rpc.name(), stats.errors.load(Ordering::Relaxed));
         }
     }
 }
@@ -178,8 +161,8 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative_and_every_name_is_exported() {
         let m = RegistryMetrics::default();
-        m.observe("Renew", Duration::from_micros(700), false);
-        m.observe("Renew", Duration::from_millis(30), true);
+        m.observe(Rpc::Renew, Duration::from_micros(700), false);
+        m.observe(Rpc::Renew, Duration::from_millis(30), true);
         inc(&m.canary_hits);
         let text = m.render(&Gauges::default());
         assert!(text.contains("fenceflake_registry_request_duration_seconds_bucket{rpc=\"Renew\",le=\"0.001\"} 1"));

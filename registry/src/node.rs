@@ -2,10 +2,11 @@
 //! over the peer port), and reports its own view of the cluster.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::ServerState;
 
+use crate::clock::{Clock, MonoTime};
 use crate::error::RegistryError;
 use crate::leader::{member_roles, Leader};
 use crate::lease::LeaseTable;
@@ -50,6 +51,8 @@ pub struct RegistryNode {
     pub node_id: NodeId,
     pub cluster_id: String,
     pub request_timeout: Duration,
+    /// Times requests (their deadlines and waits); the registry's only window onto time.
+    pub clock: Arc<dyn Clock>,
     pub db: sled::Db,
 }
 
@@ -62,14 +65,14 @@ impl std::fmt::Debug for RegistryNode {
 impl RegistryNode {
     /// Execute a client proposal wherever the leader is, within the request timeout.
     pub async fn execute(&self, proposal: Proposal) -> Result<Reply, RegistryError> {
-        let started = Instant::now();
-        let deadline = started + self.request_timeout;
+        let started = self.clock.mono();
+        let deadline = started.plus(self.request_timeout);
         let leader = self.wait_for_leader(deadline).await?;
         if leader == self.node_id {
             return self.leader.execute(proposal).await;
         }
         let addr = self.member_addr(leader).ok_or(RegistryError::NotLeader { leader: Some(leader) })?;
-        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+        let remaining = deadline.since(self.clock.mono()).max(Duration::from_millis(10));
         let answer: Result<Result<Reply, RegistryError>, PeerCallError> =
             self.peers.call(leader, &addr, PeerRpc::Forward, &proposal, remaining).await;
         match answer {
@@ -79,7 +82,7 @@ impl RegistryNode {
                 Err(RegistryError::NotLeader { leader: Some(leader) })
             }
             Err(e) => Err(RegistryError::Indeterminate {
-                waited_ms: started.elapsed().as_millis() as u64,
+                waited_ms: self.clock.mono().since(started).as_millis() as u64,
                 why: format!("forwarding to leader {leader} failed: {e}"),
             }),
         }
@@ -90,17 +93,17 @@ impl RegistryNode {
         self.leader.execute(proposal).await
     }
 
-    async fn wait_for_leader(&self, deadline: Instant) -> Result<NodeId, RegistryError> {
-        let started = Instant::now();
+    async fn wait_for_leader(&self, deadline: MonoTime) -> Result<NodeId, RegistryError> {
+        let started = self.clock.mono();
         let mut metrics = self.raft.metrics();
         loop {
             if let Some(leader) = metrics.borrow_and_update().current_leader {
                 return Ok(leader);
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let remaining = deadline.since(self.clock.mono());
             let changed = tokio::time::timeout(remaining, metrics.changed()).await;
             if !matches!(changed, Ok(Ok(()))) {
-                return Err(RegistryError::NoLeader { waited_ms: started.elapsed().as_millis() as u64 });
+                return Err(RegistryError::NoLeader { waited_ms: self.clock.mono().since(started).as_millis() as u64 });
             }
         }
     }

@@ -3,8 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::lease::{AuditEntry, ClusterConfig, HolderId, LeaseGrant, LeaseRecord, TableBackup, Token, WorkerId};
+use crate::lease::{
+    AuditEntry, ClusterConfig, HolderId, LeaseGrant, LeaseRecord, Quarantine, Release, Renew, TableBackup,
+    Unquarantine, WorkerId,
+};
 use crate::raft::types::{NodeId, PeerNode};
+use crate::rpc::Rpc;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Proposal {
@@ -13,24 +17,14 @@ pub enum Proposal {
         worker_id: Option<WorkerId>,
         ttl_ms: u64,
     },
-    Renew {
-        worker_id: WorkerId,
-        token: Token,
-        wall_ms_at_send: u64,
-        max_minted_ts_ms: u64,
-    },
-    Release {
-        worker_id: WorkerId,
-        token: Token,
-        last_ts_ms: u64,
-    },
-    Quarantine {
-        worker_id: WorkerId,
-        reason: String,
-    },
-    Unquarantine {
-        worker_id: WorkerId,
-    },
+    /// Passed into the log as it is (`Command::Renew`).
+    Renew(Renew),
+    /// Passed into the log as it is (`Command::Release`).
+    Release(Release),
+    /// Passed into the log as it is (`Command::Quarantine`).
+    Quarantine(Quarantine),
+    /// Passed into the log as it is (`Command::Unquarantine`).
+    Unquarantine(Unquarantine),
     GetLease {
         worker_id: WorkerId,
     },
@@ -59,23 +53,23 @@ pub enum Proposal {
 }
 
 impl Proposal {
-    /// The RPC name this proposal came from (metric label).
-    pub fn name(&self) -> &'static str {
+    /// The RPC this proposal came from (metric label).
+    pub fn rpc(&self) -> Rpc {
         match self {
-            Proposal::Acquire { .. } => "Acquire",
-            Proposal::Renew { .. } => "Renew",
-            Proposal::Release { .. } => "Release",
-            Proposal::Quarantine { .. } => "Quarantine",
-            Proposal::Unquarantine { .. } => "Unquarantine",
-            Proposal::GetLease { .. } => "GetLease",
-            Proposal::ListLeases { .. } => "ListLeases",
-            Proposal::ListAudit => "ListAudit",
-            Proposal::AddLearner { .. } => "AddLearner",
-            Proposal::PromoteMember { .. } => "PromoteMember",
-            Proposal::RemoveMember { .. } => "RemoveMember",
-            Proposal::ExportSnapshot => "ExportSnapshot",
-            Proposal::ImportSnapshot { .. } => "ImportSnapshot",
-            Proposal::NoteServed { .. } => "NoteServed",
+            Proposal::Acquire { .. } => Rpc::Acquire,
+            Proposal::Renew(_) => Rpc::Renew,
+            Proposal::Release(_) => Rpc::Release,
+            Proposal::Quarantine(_) => Rpc::Quarantine,
+            Proposal::Unquarantine(_) => Rpc::Unquarantine,
+            Proposal::GetLease { .. } => Rpc::GetLease,
+            Proposal::ListLeases { .. } => Rpc::ListLeases,
+            Proposal::ListAudit => Rpc::ListAudit,
+            Proposal::AddLearner { .. } => Rpc::AddLearner,
+            Proposal::PromoteMember { .. } => Rpc::PromoteMember,
+            Proposal::RemoveMember { .. } => Rpc::RemoveMember,
+            Proposal::ExportSnapshot => Rpc::ExportSnapshot,
+            Proposal::ImportSnapshot { .. } => Rpc::ImportSnapshot,
+            Proposal::NoteServed { .. } => Rpc::NoteServed,
         }
     }
 }

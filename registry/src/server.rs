@@ -91,7 +91,7 @@ pub async fn run(
         leader_lease: std::time::Duration::from_millis(config.timing.election_max_ms),
         request_timeout: config.request_timeout,
     };
-    let leader = Leader::new(raft.clone(), state.clone(), tracker.clone(), proposer, clock, settings);
+    let leader = Leader::new(raft.clone(), state.clone(), tracker.clone(), proposer, clock.clone(), settings);
     let node = RegistryNode {
         raft: raft.clone(),
         state,
@@ -101,6 +101,7 @@ pub async fn run(
         node_id: config.node_id,
         cluster_id: config.cluster_id.clone(),
         request_timeout: config.request_timeout,
+        clock,
         db,
     };
 

@@ -5,9 +5,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::command::ClusterConfig;
 use super::ids::{Token, WorkerId};
-use super::table::{AuditEntry, LeaseRecord};
+use super::record::{AuditEntry, ClusterConfig, LeaseRecord};
 use crate::limits::{AUDIT_ENTRIES_MAX, WORKER_ID_BITS_MAX};
 
 /// Everything a restore needs from the table it was exported from.

@@ -4,36 +4,41 @@
 use serde::{Deserialize, Serialize};
 
 use super::backup::TableBackup;
-use super::ids::{HolderId, LogPos, Token, WorkerId};
+use super::ids::{HolderId, Token, WorkerId};
+use super::record::{ClusterConfig, GrantExpectation};
 
-/// Cluster-wide parameters, fixed by the first leader and replicated like any command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterConfig {
-    /// The ID time origin (ms since the Unix epoch); never changes once set.
-    pub epoch_ms: u64,
-    /// Width of the worker-ID field: worker IDs are `0..2^worker_id_bits`.
-    pub worker_id_bits: u8,
-    /// Largest TTL a lease may ask for.
-    pub ttl_ms_max: u64,
-    /// Extra time, on top of the TTL, a leader waits before re-granting an unrenewed ID.
-    pub cool_down_ms: u64,
-}
-
-impl ClusterConfig {
-    /// Number of worker IDs the layout has room for.
-    pub fn worker_id_count(&self) -> u32 {
-        1u32 << self.worker_id_bits
-    }
-}
-
-/// What the leader expects a worker ID to look like when it grants it (the compare of the
-/// compare-and-set): its token *and* the position of its last renewal. The renewal position
-/// matters: a renewal appended before the grant but applied after the leader decided
-/// "expired" commits first and extends the old holder, so the grant must then fail.
+/// A holder extends its lease `(worker_id, token)`. Passed unchanged from the client's
+/// request through the proposal into the log (the structs keep the serialized form of the
+/// earlier struct variants, so logs written before stay readable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GrantExpectation {
+pub struct Renew {
+    pub worker_id: WorkerId,
     pub token: Token,
-    pub last_renew: LogPos,
+    /// The holder's wall clock when it sent the renewal.
+    pub wall_ms_at_send: u64,
+    /// The largest timestamp the holder minted so far (0: none).
+    pub max_minted_ts_ms: u64,
+}
+
+/// A holder gives its lease back; `last_ts_ms` is the exact last timestamp minted under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub worker_id: WorkerId,
+    pub token: Token,
+    pub last_ts_ms: u64,
+}
+
+/// An operator quarantines a worker ID, saying why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    pub worker_id: WorkerId,
+    pub reason: String,
+}
+
+/// An operator lifts a quarantine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unquarantine {
+    pub worker_id: WorkerId,
 }
 
 /// One command in a replicated batch.
@@ -52,26 +57,12 @@ pub enum Command {
         specific: bool,
     },
     /// Extend the lease `(worker_id, token)`.
-    Renew {
-        worker_id: WorkerId,
-        token: Token,
-        wall_ms_at_send: u64,
-        max_minted_ts_ms: u64,
-    },
-    /// Give the lease back; `last_ts_ms` is the exact last timestamp minted under it.
-    Release {
-        worker_id: WorkerId,
-        token: Token,
-        last_ts_ms: u64,
-    },
-    /// Operator: stop all grants and renewals of `worker_id` until unquarantined.
-    Quarantine {
-        worker_id: WorkerId,
-        reason: String,
-    },
-    Unquarantine {
-        worker_id: WorkerId,
-    },
+    Renew(Renew),
+    /// Give the lease back.
+    Release(Release),
+    /// Operator: stop all grants and renewals of a worker ID until unquarantined.
+    Quarantine(Quarantine),
+    Unquarantine(Unquarantine),
     /// Operator: load a backup into a cluster that has never granted a lease, under a new
     /// token generation, with every worker ID embargoed for `ttl_ms_max + cool_down_ms`.
     Restore(Box<TableBackup>),
@@ -88,10 +79,10 @@ impl Command {
         match self {
             Command::Configure(_) | Command::Restore(_) | Command::NodeServed { .. } => None,
             Command::Grant { worker_id, .. }
-            | Command::Renew { worker_id, .. }
-            | Command::Release { worker_id, .. }
-            | Command::Quarantine { worker_id, .. }
-            | Command::Unquarantine { worker_id } => Some(*worker_id),
+            | Command::Renew(Renew { worker_id, .. })
+            | Command::Release(Release { worker_id, .. })
+            | Command::Quarantine(Quarantine { worker_id, .. })
+            | Command::Unquarantine(Unquarantine { worker_id }) => Some(*worker_id),
         }
     }
 }
@@ -166,4 +157,41 @@ pub enum Outcome {
         current: Token,
     },
     Rejected(Rejection),
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Goal: logs and forwarded proposals written before Renew, Release, Quarantine and
+    /// Unquarantine became structs still decode, and encode the same way (a newtype variant
+    /// holding a struct serializes like the struct variant it replaced).
+    #[test]
+    fn commands_keep_their_serialized_form() {
+        let cases = [
+            (
+                r#"{"Renew":{"worker_id":3,"token":8192,"wall_ms_at_send":5,"max_minted_ts_ms":4}}"#,
+                Command::Renew(Renew {
+                    worker_id: WorkerId(3),
+                    token: Token(8192),
+                    wall_ms_at_send: 5,
+                    max_minted_ts_ms: 4,
+                }),
+            ),
+            (
+                r#"{"Release":{"worker_id":3,"token":8192,"last_ts_ms":7}}"#,
+                Command::Release(Release { worker_id: WorkerId(3), token: Token(8192), last_ts_ms: 7 }),
+            ),
+            (
+                r#"{"Quarantine":{"worker_id":1,"reason":"x"}}"#,
+                Command::Quarantine(Quarantine { worker_id: WorkerId(1), reason: "x".into() }),
+            ),
+            (r#"{"Unquarantine":{"worker_id":1}}"#, Command::Unquarantine(Unquarantine { worker_id: WorkerId(1) })),
+        ];
+        for (json, command) in cases {
+            assert_eq!(serde_json::from_str::<Command>(json).unwrap(), command);
+            assert_eq!(serde_json::to_string(&command).unwrap(), json);
+        }
+    }
 }

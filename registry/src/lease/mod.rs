@@ -4,9 +4,11 @@
 pub mod backup;
 pub mod command;
 pub mod ids;
+pub mod record;
 pub mod table;
 
 pub use backup::TableBackup;
-pub use command::{Batch, ClusterConfig, Command, GrantExpectation, LeaseGrant, Outcome, Rejection};
+pub use command::{Batch, Command, LeaseGrant, Outcome, Quarantine, Rejection, Release, Renew, Unquarantine};
 pub use ids::{HolderId, LogPos, Token, WorkerId};
-pub use table::{AuditEntry, AuditKind, LeaseRecord, LeaseTable, TableGlobals};
+pub use record::{AuditEntry, AuditKind, ClusterConfig, GrantExpectation, LeaseRecord, TableGlobals};
+pub use table::LeaseTable;

@@ -6,83 +6,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::backup::TableBackup;
-use super::command::{ClusterConfig, Command, GrantExpectation, LeaseGrant, Outcome, Rejection};
+use super::command::{Command, LeaseGrant, Outcome, Quarantine, Rejection, Release, Renew, Unquarantine};
 use super::ids::{HolderId, LogPos, Token, WorkerId};
+use super::record::{AuditEntry, AuditKind, ClusterConfig, GrantExpectation, LeaseRecord, TableGlobals};
 use crate::limits::{AUDIT_ENTRIES_MAX, REASON_LEN_MAX};
-
-/// Everything the registry knows about one worker ID that has ever been touched.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseRecord {
-    /// The current holder; `None` once released (the token stays, so stale renewals fence).
-    pub holder: Option<HolderId>,
-    /// Fencing token of the latest grant.
-    pub token: Token,
-    pub ttl_ms: u64,
-    /// Position of the latest grant or renewal: the second half of the grant CAS.
-    pub last_renew: LogPos,
-    /// Mechanism 4: no timestamp minted by any holder so far can be at or past this... plus
-    /// one: the next holder mints nothing until its wall clock is past it.
-    pub high_water_ms: u64,
-    /// The `not_before` handed to the current holder (the canary compares stale mints with it).
-    pub not_before_ms: u64,
-    /// Largest timestamp the current holder reported having minted.
-    pub max_minted_ms: u64,
-    /// Set by an operator or a canary hit; blocks grants and renewals.
-    pub quarantine: Option<String>,
-}
-
-impl LeaseRecord {
-    fn fresh() -> LeaseRecord {
-        LeaseRecord {
-            holder: None,
-            token: Token::NONE,
-            ttl_ms: 0,
-            last_renew: LogPos::default(),
-            high_water_ms: 0,
-            not_before_ms: 0,
-            max_minted_ms: 0,
-            quarantine: None,
-        }
-    }
-
-    /// What the leader must still see to grant this ID (the CAS compare).
-    pub fn expectation(&self) -> GrantExpectation {
-        GrantExpectation { token: self.token, last_renew: self.last_renew }
-    }
-}
-
-/// One proven or declared overlap, for the operator's audit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    pub worker_id: WorkerId,
-    pub stale_token: Token,
-    pub current_token: Token,
-    pub current_holder: Option<HolderId>,
-    pub overlap_from_ms: u64,
-    pub overlap_to_ms: u64,
-    pub detected_at_ms: u64,
-    pub kind: AuditKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AuditKind {
-    /// A stale-token renewal reported mints inside the current holder's window.
-    Canary,
-    /// An operator quarantined the ID by hand.
-    Operator,
-}
-
-/// The table's scalar state, stored apart from the per-ID records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TableGlobals {
-    pub config: Option<ClusterConfig>,
-    pub last_token: Token,
-    /// Restores this table descends from (tables stored before restores existed have none).
-    #[serde(default)]
-    pub generation: u8,
-    #[serde(default)]
-    pub served_nodes: BTreeSet<u64>,
-}
 
 /// The replicated lease table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,12 +130,12 @@ impl LeaseTable {
             Command::Grant { worker_id, holder, ttl_ms, expect, specific } => {
                 self.grant(pos, leader_wall_ms, *worker_id, holder, *ttl_ms, *expect, *specific)
             }
-            Command::Renew { worker_id, token, wall_ms_at_send, max_minted_ts_ms } => {
-                self.renew(pos, leader_wall_ms, *worker_id, *token, *wall_ms_at_send, *max_minted_ts_ms)
+            Command::Renew(renew) => self.renew(pos, leader_wall_ms, *renew),
+            Command::Release(release) => self.release(*release),
+            Command::Quarantine(Quarantine { worker_id, reason }) => {
+                self.set_quarantine(leader_wall_ms, *worker_id, Some(reason))
             }
-            Command::Release { worker_id, token, last_ts_ms } => self.release(*worker_id, *token, *last_ts_ms),
-            Command::Quarantine { worker_id, reason } => self.set_quarantine(leader_wall_ms, *worker_id, Some(reason)),
-            Command::Unquarantine { worker_id } => self.set_quarantine(leader_wall_ms, *worker_id, None),
+            Command::Unquarantine(Unquarantine { worker_id }) => self.set_quarantine(leader_wall_ms, *worker_id, None),
             Command::Restore(backup) => self.restore(pos, leader_wall_ms, backup),
             Command::NodeServed { node_id } => {
                 self.served_nodes.insert(*node_id);
@@ -285,15 +212,8 @@ impl LeaseTable {
         Outcome::Granted(grant_view(worker_id, record))
     }
 
-    fn renew(
-        &mut self,
-        pos: LogPos,
-        leader_wall_ms: u64,
-        worker_id: WorkerId,
-        token: Token,
-        wall_ms_at_send: u64,
-        max_minted_ts_ms: u64,
-    ) -> Outcome {
+    fn renew(&mut self, pos: LogPos, leader_wall_ms: u64, renew: Renew) -> Outcome {
+        let Renew { worker_id, token, wall_ms_at_send, max_minted_ts_ms } = renew;
         if let Err(rejection) = self.check_range(worker_id) {
             return Outcome::Rejected(rejection);
         }
@@ -344,7 +264,8 @@ impl LeaseTable {
         Outcome::Renewed(grant_view(worker_id, record))
     }
 
-    fn release(&mut self, worker_id: WorkerId, token: Token, last_ts_ms: u64) -> Outcome {
+    fn release(&mut self, release: Release) -> Outcome {
+        let Release { worker_id, token, last_ts_ms } = release;
         if let Err(rejection) = self.check_range(worker_id) {
             return Outcome::Rejected(rejection);
         }
@@ -372,8 +293,7 @@ impl LeaseTable {
         let record = self.records.entry(worker_id).or_insert_with(LeaseRecord::fresh);
         match reason {
             Some(reason) => {
-                let mut reason = reason.clone();
-                reason.truncate(REASON_LEN_MAX);
+                let reason = truncated(reason, REASON_LEN_MAX);
                 let entry = AuditEntry {
                     worker_id,
                     stale_token: Token::NONE,
@@ -477,3 +397,13 @@ fn grant_view(worker_id: WorkerId, record: &LeaseRecord) -> LeaseGrant {
 #[cfg(test)]
 #[path = "table_tests.rs"]
 mod tests;
+
+/// `text` cut to at most `max_bytes`, at a character boundary: `String::truncate` panics inside
+/// a multibyte character, and a panic in apply would stop every replica on the same entry.
+fn truncated(text: &str, max_bytes: usize) -> String {
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}

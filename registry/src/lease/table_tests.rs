@@ -27,7 +27,7 @@ fn grant(t: &mut LeaseTable, idx: u64, w: u32, holder: &str) -> Outcome {
 }
 
 fn renew(t: &mut LeaseTable, idx: u64, w: u32, token: Token, wall: u64, minted: u64) -> Outcome {
-    let cmd = Command::Renew { worker_id: WorkerId(w), token, wall_ms_at_send: wall, max_minted_ts_ms: minted };
+    let cmd = Command::Renew(Renew { worker_id: WorkerId(w), token, wall_ms_at_send: wall, max_minted_ts_ms: minted });
     t.apply(LogPos::new(idx, 0), WALL, &cmd)
 }
 
@@ -39,7 +39,7 @@ fn granted(o: Outcome) -> LeaseGrant {
 }
 
 fn release(t: &mut LeaseTable, idx: u64, w: u32, token: Token, last_ts_ms: u64) -> Outcome {
-    t.apply(LogPos::new(idx, 0), WALL, &Command::Release { worker_id: WorkerId(w), token, last_ts_ms })
+    t.apply(LogPos::new(idx, 0), WALL, &Command::Release(Release { worker_id: WorkerId(w), token, last_ts_ms }))
 }
 
 #[test]
@@ -173,11 +173,11 @@ fn canary_quarantines_on_proven_overlap_only() {
 #[test]
 fn quarantine_blocks_grants_until_cleared() {
     let mut t = configured();
-    let q = Command::Quarantine { worker_id: WorkerId(2), reason: "suspect".into() };
+    let q = Command::Quarantine(Quarantine { worker_id: WorkerId(2), reason: "suspect".into() });
     assert_eq!(t.apply(LogPos::new(2, 0), WALL, &q), Outcome::QuarantineSet);
     assert!(!t.free_ids().any(|w| w == WorkerId(2)));
     assert!(matches!(grant(&mut t, 3, 2, "a"), Outcome::Rejected(Rejection::Quarantined { .. })));
-    t.apply(LogPos::new(4, 0), WALL, &Command::Unquarantine { worker_id: WorkerId(2) });
+    t.apply(LogPos::new(4, 0), WALL, &Command::Unquarantine(Unquarantine { worker_id: WorkerId(2) }));
     assert!(matches!(grant(&mut t, 5, 2, "a"), Outcome::Granted(_)));
 }
 
@@ -229,7 +229,11 @@ fn restore_embargoes_every_id_under_a_new_token_generation() {
     let mut old = configured();
     let a = granted(grant(&mut old, 2, 0, "a"));
     granted(renew(&mut old, 3, 0, a.token, WALL, WALL + 70_000));
-    old.apply(LogPos::new(4, 0), WALL, &Command::Quarantine { worker_id: WorkerId(3), reason: "by hand".into() });
+    old.apply(
+        LogPos::new(4, 0),
+        WALL,
+        &Command::Quarantine(Quarantine { worker_id: WorkerId(3), reason: "by hand".into() }),
+    );
     let backup = old.backup().unwrap();
     // The lost cluster went on granting after the backup, up to some huge log position.
     let lost_token = granted(grant(&mut old, 1 << 40, 1, "lost")).token;
@@ -295,4 +299,17 @@ fn mint_until_never_exceeds_the_next_holders_not_before() {
     // Expired, then re-granted by CAS to b: b starts at or after everything a was allowed.
     let b = granted(grant(&mut t, 4, 0, "b"));
     assert!(b.not_before_ms >= renewed.mint_until_ms, "{} < {}", b.not_before_ms, renewed.mint_until_ms);
+}
+
+/// Goal: a quarantine reason cut at the byte limit never splits a character (a panic in apply
+/// would stop every replica at the same entry).
+#[test]
+fn a_long_multibyte_reason_is_cut_at_a_character_boundary() {
+    let mut t = configured();
+    let reason = format!("a{}", "é".repeat(REASON_LEN_MAX));
+    let q = Command::Quarantine(Quarantine { worker_id: WorkerId(1), reason });
+    assert_eq!(t.apply(LogPos::new(2, 0), WALL, &q), Outcome::QuarantineSet);
+    let kept = t.record(WorkerId(1)).unwrap().quarantine.clone().unwrap();
+    assert!(kept.len() <= REASON_LEN_MAX && kept.len() >= REASON_LEN_MAX - 1, "{}", kept.len());
+    assert!(kept.starts_with("aé"));
 }

@@ -1,5 +1,4 @@
 //! openraft glue: type config, the Raft network over gRPC, and the peer-port service.
 
 pub mod network;
-pub mod transport;
 pub mod types;

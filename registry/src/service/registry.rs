@@ -1,19 +1,18 @@
 //! The public `fenceflake.v1.Registry` gRPC service on the client port: validates every field,
 //! hands the proposal to the node (which forwards to the leader), and maps the answer.
 
-use std::time::Instant;
-
 use fenceflake_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::validate;
 use crate::backup::{self, Provenance};
 use crate::error::RegistryError;
-use crate::lease::{AuditEntry, AuditKind, ClusterConfig, Rejection};
+use crate::lease::{AuditEntry, AuditKind, ClusterConfig, Quarantine, Rejection, Release, Renew, Unquarantine};
 use crate::metrics::inc;
 use crate::node::{RegistryNode, StatusView};
 use crate::proposal::{LeaseReply, LeaseView, Proposal, Reply};
 use crate::raft::types::PeerNode;
+use crate::rpc::Rpc;
 
 #[derive(Debug, Clone)]
 pub struct RegistryService {
@@ -31,26 +30,26 @@ impl RegistryService {
 
     /// Run one proposal, recording latency, outcome counters and errors.
     async fn run(&self, proposal: Proposal) -> Result<Reply, Status> {
-        let rpc = proposal.name();
-        let started = Instant::now();
+        let rpc = proposal.rpc();
+        let started = self.node.clock.mono();
         let result = self.node.execute(proposal).await;
         self.count(rpc, &result);
-        self.node.metrics.observe(rpc, started.elapsed(), result.is_err());
+        self.node.metrics.observe(rpc, self.node.clock.mono().since(started), result.is_err());
         result.map_err(|e| e.to_status())
     }
 
-    fn count(&self, rpc: &str, result: &Result<Reply, RegistryError>) {
+    fn count(&self, rpc: Rpc, result: &Result<Reply, RegistryError>) {
         let m = &self.node.metrics;
         match (rpc, result) {
-            ("Acquire", Ok(_)) => inc(&m.grants),
-            ("Renew", Ok(_)) => inc(&m.renewals),
-            ("Release", Ok(_)) => inc(&m.releases),
+            (Rpc::Acquire, Ok(_)) => inc(&m.grants),
+            (Rpc::Renew, Ok(_)) => inc(&m.renewals),
+            (Rpc::Release, Ok(_)) => inc(&m.releases),
             (_, Err(RegistryError::Rejected(Rejection::Fenced { .. }))) => inc(&m.fenced_renewals),
             (_, Err(RegistryError::Canary { .. })) => {
                 inc(&m.fenced_renewals);
                 inc(&m.canary_hits);
             }
-            ("Acquire", Err(RegistryError::Rejected(Rejection::AlreadyHeld { specific: true, .. }))) => {
+            (Rpc::Acquire, Err(RegistryError::Rejected(Rejection::AlreadyHeld { specific: true, .. }))) => {
                 inc(&m.duplicate_claims)
             }
             (_, Err(RegistryError::Exhausted { .. })) => inc(&m.exhausted),
@@ -189,12 +188,12 @@ impl pb::registry_server::Registry for RegistryService {
         let config = self.config();
         let worker_id = validate::worker_id(r.worker_id, config.as_ref()).map_err(invalid)?;
         let token = validate::token(r.token).map_err(invalid)?;
-        let proposal = Proposal::Renew {
+        let proposal = Proposal::Renew(Renew {
             worker_id,
             token,
             wall_ms_at_send: r.wall_ms_at_send,
             max_minted_ts_ms: r.max_minted_ts_ms,
-        };
+        });
         let result = self.lease(proposal).await;
         if let Err(status) = &result {
             if status.code() == tonic::Code::FailedPrecondition {
@@ -209,7 +208,7 @@ impl pb::registry_server::Registry for RegistryService {
         let config = self.config();
         let worker_id = validate::worker_id(r.worker_id, config.as_ref()).map_err(invalid)?;
         let token = validate::token(r.token).map_err(invalid)?;
-        match self.run(Proposal::Release { worker_id, token, last_ts_ms: r.last_ts_ms }).await? {
+        match self.run(Proposal::Release(Release { worker_id, token, last_ts_ms: r.last_ts_ms })).await? {
             Reply::Released => {
                 tracing::info!(worker_id = worker_id.0, token = token.0, last_ts_ms = r.last_ts_ms, "lease released");
                 Ok(Response::new(pb::ReleaseResponse {}))
@@ -241,9 +240,9 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         _request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        let started = Instant::now();
+        let started = self.node.clock.mono();
         let status = self.node.status().await;
-        self.node.metrics.observe("ClusterStatus", started.elapsed(), false);
+        self.node.metrics.observe(Rpc::ClusterStatus, self.node.clock.mono().since(started), false);
         Ok(Response::new(status_pb(&status, self.config(), &self.node.cluster_id)))
     }
 
@@ -254,7 +253,7 @@ impl pb::registry_server::Registry for RegistryService {
         let r = request.into_inner();
         let worker_id = validate::worker_id(r.worker_id, self.config().as_ref()).map_err(invalid)?;
         let reason = validate::reason(&r.reason).map_err(invalid)?;
-        let view = self.lease_info(Proposal::Quarantine { worker_id, reason: reason.clone() }).await?;
+        let view = self.lease_info(Proposal::Quarantine(Quarantine { worker_id, reason: reason.clone() })).await?;
         tracing::warn!(worker_id = worker_id.0, reason, "worker ID quarantined by an operator");
         Ok(Response::new(pb::QuarantineResponse { lease: Some(lease_info_pb(&view)) }))
     }
@@ -264,7 +263,7 @@ impl pb::registry_server::Registry for RegistryService {
         request: Request<pb::UnquarantineRequest>,
     ) -> Result<Response<pb::QuarantineResponse>, Status> {
         let worker_id = validate::worker_id(request.into_inner().worker_id, self.config().as_ref()).map_err(invalid)?;
-        let view = self.lease_info(Proposal::Unquarantine { worker_id }).await?;
+        let view = self.lease_info(Proposal::Unquarantine(Unquarantine { worker_id })).await?;
         tracing::warn!(worker_id = worker_id.0, "worker ID unquarantined by an operator");
         Ok(Response::new(pb::QuarantineResponse { lease: Some(lease_info_pb(&view)) }))
     }

@@ -69,11 +69,13 @@ pub struct StateMachine {
     snapshots_built: u64,
 }
 
-/// What one apply call changed, so only that is written.
+/// What one apply call changed, so only that is written, and which worker IDs the expiry
+/// tracker must now count as just renewed.
 #[derive(Debug, Default)]
 struct Changes {
     records: BTreeSet<WorkerId>,
     audit: bool,
+    renewed: BTreeSet<WorkerId>,
 }
 
 impl Changes {
@@ -89,7 +91,36 @@ impl Changes {
             // A retried Acquire returns (and renews) the ID the holder already has.
             self.records.insert(grant.worker_id);
         }
-        self.audit |= matches!(outcome, Outcome::CanaryHit { .. }) || matches!(command, Command::Quarantine { .. });
+        self.audit |= matches!(outcome, Outcome::CanaryHit { .. }) || matches!(command, Command::Quarantine(_));
+        match outcome {
+            Outcome::Granted(g) | Outcome::Renewed(g) => {
+                self.renewed.insert(g.worker_id);
+            }
+            // The embargo runs from here on every node's expiry clock.
+            Outcome::Restored { .. } => self.renewed.extend(table.records().map(|(w, _)| w)),
+            _ => {}
+        }
+    }
+}
+
+/// Apply one log entry to the state; the outcomes of its commands, in order.
+fn apply_entry(state: &mut SmState, entry: Entry, changes: &mut Changes) -> Vec<Outcome> {
+    state.last_applied = Some(entry.log_id);
+    match entry.payload {
+        EntryPayload::Blank => Vec::new(),
+        EntryPayload::Membership(membership) => {
+            state.membership = StoredMembership::new(Some(entry.log_id), membership);
+            Vec::new()
+        }
+        EntryPayload::Normal(batch) => {
+            let index = entry.log_id.index;
+            let apply_one = |(slot, command): (usize, &Command)| {
+                let outcome = state.table.apply(LogPos::new(index, slot), batch.leader_wall_ms, command);
+                changes.note(&state.table, command, &outcome);
+                outcome
+            };
+            batch.commands.iter().enumerate().map(apply_one).collect()
+        }
     }
 }
 
@@ -182,45 +213,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut responses = Vec::new();
-        let mut renewed = BTreeSet::new();
         let mut changes = Changes::default();
-        {
+        let responses = {
             let mut state = self.state.write();
-            for entry in entries {
-                state.last_applied = Some(entry.log_id);
-                let outcomes = match entry.payload {
-                    EntryPayload::Blank => Vec::new(),
-                    EntryPayload::Membership(membership) => {
-                        state.membership = StoredMembership::new(Some(entry.log_id), membership);
-                        Vec::new()
-                    }
-                    EntryPayload::Normal(batch) => {
-                        let mut outcomes = Vec::with_capacity(batch.commands.len());
-                        for (slot, command) in batch.commands.iter().enumerate() {
-                            let pos = LogPos::new(entry.log_id.index, slot);
-                            let outcome = state.table.apply(pos, batch.leader_wall_ms, command);
-                            changes.note(&state.table, command, &outcome);
-                            match &outcome {
-                                Outcome::Granted(g) | Outcome::Renewed(g) => {
-                                    renewed.insert(g.worker_id);
-                                }
-                                // The embargo runs from here on every node's expiry clock.
-                                Outcome::Restored { .. } => renewed.extend(state.table.records().map(|(w, _)| w)),
-                                _ => {}
-                            }
-                            outcomes.push(outcome);
-                        }
-                        outcomes
-                    }
-                };
-                // One response per entry, in order: openraft matches them to waiting clients
-                // by position and only debug-asserts the count.
-                responses.push(outcomes);
-            }
+            // One response per entry, in order: openraft matches them to waiting clients by
+            // position and only debug-asserts the count.
+            let responses: Vec<_> =
+                entries.into_iter().map(|entry| apply_entry(&mut state, entry, &mut changes)).collect();
             self.persist(&state, &changes)?;
-        }
-        for worker_id in renewed {
+            responses
+        };
+        for worker_id in changes.renewed {
             self.tracker.note_renewal(worker_id);
         }
         Ok(responses)

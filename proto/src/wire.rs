@@ -1,0 +1,218 @@
+//! The contract both sides share beyond the protobuf messages: the machine-readable reason
+//! a registry error carries, the metadata keys, and the limits both sides must agree on.
+//!
+//! Clients branch on [`Reason`] (read with [`Reason::of`]), never on a status message: the
+//! messages are prose for people and may change. Every error status the registry returns
+//! carries a reason, so a client never has to guess what a bare code meant.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Metadata key carrying the [`Reason`] of a failed registry call.
+pub const REASON_METADATA_KEY: &str = "fenceflake-reason";
+/// Metadata key carrying why a worker refused to mint (its park cause, e.g. `FENCED`).
+pub const PARK_REASON_METADATA_KEY: &str = "fenceflake-park-reason";
+/// Metadata key carrying how long a rate-limited caller should wait, in ms.
+pub const RETRY_AFTER_METADATA_KEY: &str = "fenceflake-retry-after-ms";
+/// Metadata key naming the caller a worker's per-caller rate limit keys on.
+pub const CALLER_METADATA_KEY: &str = "x-caller";
+
+/// Widest worker-ID field any layout may have: the registry refuses a cluster config above
+/// it and the worker a grant above it, so both must read the same number.
+pub const WORKER_ID_BITS_MAX: u8 = 16;
+
+/// Why a registry call failed, as a word in the [`REASON_METADATA_KEY`] metadata.
+///
+/// Grouped by what a client may do next: the lease is gone for good; the request was refused
+/// and will be refused again; the cluster could not serve it and nothing was applied; or the
+/// outcome is unknown (the command may still commit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The token is stale: another holder has the worker ID (or the canary fired).
+    Fenced,
+    /// The lease was released; acquire a new one.
+    Expired,
+    /// The worker ID is quarantined until an operator clears it.
+    Quarantined,
+    /// The specific worker ID asked for is held by another holder.
+    AlreadyHeld,
+    /// This holder already holds another worker ID.
+    HolderHoldsOther,
+    /// Every worker ID is held or quarantined.
+    Exhausted,
+    /// A field of the request is malformed or out of range.
+    Invalid,
+    /// A restore was refused: the cluster has granted leases already.
+    NotEmpty,
+    /// A membership change was refused.
+    Membership,
+    /// Definite, nothing applied: the node asked is not the leader and did not forward.
+    NotLeader,
+    /// Definite, nothing applied: no leader is known (election, or quorum lost).
+    NoLeader,
+    /// Definite, nothing applied: the leader cannot confirm a quorum.
+    NoQuorum,
+    /// Definite, nothing applied: the proposal queue is full.
+    Overloaded,
+    /// Definite, nothing applied: no leader has committed the cluster config yet.
+    NotConfigured,
+    /// Indeterminate: the command was proposed and may still commit; a retry is safe.
+    OutcomeUnknown,
+    /// The node hit a fatal storage error and is stopping.
+    Fatal,
+}
+
+impl Reason {
+    /// Every reason, for exhaustive tests and documentation.
+    pub const ALL: [Reason; 16] = [
+        Reason::Fenced,
+        Reason::Expired,
+        Reason::Quarantined,
+        Reason::AlreadyHeld,
+        Reason::HolderHoldsOther,
+        Reason::Exhausted,
+        Reason::Invalid,
+        Reason::NotEmpty,
+        Reason::Membership,
+        Reason::NotLeader,
+        Reason::NoLeader,
+        Reason::NoQuorum,
+        Reason::Overloaded,
+        Reason::NotConfigured,
+        Reason::OutcomeUnknown,
+        Reason::Fatal,
+    ];
+
+    /// The word on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Fenced => "FENCED",
+            Reason::Expired => "EXPIRED",
+            Reason::Quarantined => "QUARANTINED",
+            Reason::AlreadyHeld => "ALREADY_HELD",
+            Reason::HolderHoldsOther => "HOLDER_HOLDS_OTHER",
+            Reason::Exhausted => "EXHAUSTED",
+            Reason::Invalid => "INVALID",
+            Reason::NotEmpty => "NOT_EMPTY",
+            Reason::Membership => "MEMBERSHIP",
+            Reason::NotLeader => "NOT_LEADER",
+            Reason::NoLeader => "NO_LEADER",
+            Reason::NoQuorum => "NO_QUORUM",
+            Reason::Overloaded => "OVERLOADED",
+            Reason::NotConfigured => "NOT_CONFIGURED",
+            Reason::OutcomeUnknown => "OUTCOME_UNKNOWN",
+            Reason::Fatal => "FATAL",
+        }
+    }
+
+    /// The gRPC code a status with this reason has.
+    pub fn code(self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Reason::Fenced
+            | Reason::Expired
+            | Reason::Quarantined
+            | Reason::HolderHoldsOther
+            | Reason::NotEmpty
+            | Reason::Membership => Code::FailedPrecondition,
+            Reason::AlreadyHeld => Code::AlreadyExists,
+            Reason::Exhausted => Code::ResourceExhausted,
+            Reason::Invalid => Code::InvalidArgument,
+            Reason::NotLeader
+            | Reason::NoLeader
+            | Reason::NoQuorum
+            | Reason::Overloaded
+            | Reason::NotConfigured
+            | Reason::OutcomeUnknown => Code::Unavailable,
+            Reason::Fatal => Code::Internal,
+        }
+    }
+
+    /// Whether the lease named in the request can never be renewed again.
+    pub fn lease_is_lost(self) -> bool {
+        matches!(self, Reason::Fenced | Reason::Expired | Reason::Quarantined)
+    }
+
+    /// Whether the registry could not say if the command took effect: only
+    /// [`Reason::OutcomeUnknown`]. Every other reason is a definite answer.
+    pub fn is_indeterminate(self) -> bool {
+        self == Reason::OutcomeUnknown
+    }
+
+    /// A status with this reason's code, `message`, and the reason in its metadata.
+    pub fn status(self, message: impl Into<String>) -> tonic::Status {
+        let mut status = tonic::Status::new(self.code(), message);
+        status.metadata_mut().insert(REASON_METADATA_KEY, tonic::metadata::MetadataValue::from_static(self.as_str()));
+        status
+    }
+
+    /// The reason a status carries; `None` when it carries none (a transport error, an
+    /// older registry) or one this build does not know.
+    pub fn of(status: &tonic::Status) -> Option<Reason> {
+        status.metadata().get(REASON_METADATA_KEY)?.to_str().ok()?.parse().ok()
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A reason word this build does not know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownReason(pub String);
+
+impl fmt::Display for UnknownReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown registry reason {:?}", self.0)
+    }
+}
+
+impl std::error::Error for UnknownReason {}
+
+impl FromStr for Reason {
+    type Err = UnknownReason;
+
+    fn from_str(word: &str) -> Result<Reason, UnknownReason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == word).ok_or_else(|| UnknownReason(word.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: every reason survives the trip through a status, and words are unique.
+    #[test]
+    fn every_reason_round_trips_through_a_status() {
+        for reason in Reason::ALL {
+            let status = reason.status("x");
+            assert_eq!(status.code(), reason.code());
+            assert_eq!(Reason::of(&status), Some(reason));
+            assert_eq!(reason.as_str().parse::<Reason>(), Ok(reason));
+        }
+        let words: std::collections::BTreeSet<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(words.len(), Reason::ALL.len());
+    }
+
+    /// Goal: only OUTCOME_UNKNOWN is indeterminate; the definite UNAVAILABLE reasons are not.
+    #[test]
+    fn unknown_outcomes_are_told_apart_from_definite_unavailability() {
+        let unavailable: Vec<_> = Reason::ALL.into_iter().filter(|r| r.code() == tonic::Code::Unavailable).collect();
+        assert!(unavailable.len() > 1);
+        for reason in unavailable {
+            assert_eq!(reason.is_indeterminate(), reason == Reason::OutcomeUnknown, "{reason}");
+        }
+    }
+
+    /// Goal: a reasonless or unknown reason reads as none, never as a guess.
+    #[test]
+    fn missing_or_foreign_reasons_are_none() {
+        assert_eq!(Reason::of(&tonic::Status::failed_precondition("held")), None);
+        let mut status = tonic::Status::failed_precondition("x");
+        status.metadata_mut().insert(REASON_METADATA_KEY, tonic::metadata::MetadataValue::from_static("NEW_WORD"));
+        assert_eq!(Reason::of(&status), None);
+        assert_eq!("fenced".parse::<Reason>(), Err(UnknownReason("fenced".into())));
+    }
+}

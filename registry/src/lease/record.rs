@@ -1,0 +1,113 @@
+//! What the lease table stores: the cluster config, one record per worker ID, the audit log's
+//! entries, and the table's scalar globals. Plain data shared by the table, its commands and
+//! its backups (so none of those three needs another to name what it holds).
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{HolderId, LogPos, Token, WorkerId};
+
+/// Cluster-wide parameters, fixed by the first leader and replicated like any command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// The ID time origin (ms since the Unix epoch); never changes once set.
+    pub epoch_ms: u64,
+    /// Width of the worker-ID field: worker IDs are `0..2^worker_id_bits`.
+    pub worker_id_bits: u8,
+    /// Largest TTL a lease may ask for.
+    pub ttl_ms_max: u64,
+    /// Extra time, on top of the TTL, a leader waits before re-granting an unrenewed ID.
+    pub cool_down_ms: u64,
+}
+
+impl ClusterConfig {
+    /// Number of worker IDs the layout has room for.
+    pub fn worker_id_count(&self) -> u32 {
+        1u32 << self.worker_id_bits
+    }
+}
+
+/// What the leader expects a worker ID to look like when it grants it (the compare of the
+/// compare-and-set): its token *and* the position of its last renewal. The renewal position
+/// matters: a renewal appended before the grant but applied after the leader decided
+/// "expired" commits first and extends the old holder, so the grant must then fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantExpectation {
+    pub token: Token,
+    pub last_renew: LogPos,
+}
+
+/// Everything the registry knows about one worker ID that has ever been touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// The current holder; `None` once released (the token stays, so stale renewals fence).
+    pub holder: Option<HolderId>,
+    /// Fencing token of the latest grant.
+    pub token: Token,
+    pub ttl_ms: u64,
+    /// Position of the latest grant or renewal: the second half of the grant CAS.
+    pub last_renew: LogPos,
+    /// Mechanism 4: no timestamp minted by any holder so far can be at or past this... plus
+    /// one: the next holder mints nothing until its wall clock is past it.
+    pub high_water_ms: u64,
+    /// The `not_before` handed to the current holder (the canary compares stale mints with it).
+    pub not_before_ms: u64,
+    /// Largest timestamp the current holder reported having minted.
+    pub max_minted_ms: u64,
+    /// Set by an operator or a canary hit; blocks grants and renewals.
+    pub quarantine: Option<String>,
+}
+
+impl LeaseRecord {
+    pub(super) fn fresh() -> LeaseRecord {
+        LeaseRecord {
+            holder: None,
+            token: Token::NONE,
+            ttl_ms: 0,
+            last_renew: LogPos::default(),
+            high_water_ms: 0,
+            not_before_ms: 0,
+            max_minted_ms: 0,
+            quarantine: None,
+        }
+    }
+
+    /// What the leader must still see to grant this ID (the CAS compare).
+    pub fn expectation(&self) -> GrantExpectation {
+        GrantExpectation { token: self.token, last_renew: self.last_renew }
+    }
+}
+
+/// One proven or declared overlap, for the operator's audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub worker_id: WorkerId,
+    pub stale_token: Token,
+    pub current_token: Token,
+    pub current_holder: Option<HolderId>,
+    pub overlap_from_ms: u64,
+    pub overlap_to_ms: u64,
+    pub detected_at_ms: u64,
+    pub kind: AuditKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditKind {
+    /// A stale-token renewal reported mints inside the current holder's window.
+    Canary,
+    /// An operator quarantined the ID by hand.
+    Operator,
+}
+
+/// The table's scalar state, stored apart from the per-ID records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableGlobals {
+    pub config: Option<ClusterConfig>,
+    pub last_token: Token,
+    /// Restores this table descends from (tables stored before restores existed have none).
+    #[serde(default)]
+    pub generation: u8,
+    #[serde(default)]
+    pub served_nodes: BTreeSet<u64>,
+}
