@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::generator_client::GeneratorClient;
+use fenceflake_proto::wire::{CALLER_METADATA_KEY, PARK_REASON_METADATA_KEY, RETRY_AFTER_METADATA_KEY};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::clock::{Clock, SystemClock};
 use crate::limits::{GENERATE_TIMEOUT_MS, MAX_REGISTRY_ADDRS, REGISTRY_CONNECT_TIMEOUT_MS};
-use crate::service::{CALLER_METADATA_KEY, PARK_REASON_METADATA_KEY, RETRY_AFTER_METADATA_KEY};
 
 /// How long a worker that failed is skipped: long enough not to hammer a parked worker, short
 /// enough to notice it resumed (leases resume within a renewal interval).

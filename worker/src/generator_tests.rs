@@ -168,7 +168,7 @@ async fn parks_at_the_deadline_resumes_on_renewal_and_stops_for_good_when_fenced
     let f = fixture(Ok(grant(0, T0)));
     let g = f.start().await.unwrap();
     let before = g.generate_batch(3).await.unwrap();
-    f.registry.set_renew(Err(RegistryCallError::Unavailable { last: "down".into() }));
+    f.registry.set_renew(Err(RegistryCallError::Unavailable { last: "down".into(), indeterminate: false }));
     f.clock.advance(Duration::from_millis(500));
     assert_eq!(g.generate().await, Err(GenerateError::Parked(ParkCause::LeaseExpired)));
     let mut health = g.subscribe();
@@ -271,7 +271,7 @@ async fn grpc_service_health_limits_metrics_and_client() {
         h.check(request).await.unwrap().into_inner().status
     };
     assert_eq!(check(health.clone()).await, ServingStatus::Serving as i32);
-    f.registry.set_renew(Err(RegistryCallError::Unavailable { last: "down".into() }));
+    f.registry.set_renew(Err(RegistryCallError::Unavailable { last: "down".into(), indeterminate: false }));
     f.clock.advance(Duration::from_millis(600));
     for _ in 0..100 {
         if check(health.clone()).await == ServingStatus::NotServing as i32 {

@@ -13,8 +13,9 @@ pub const DEFAULT_SEQUENCE_BITS: u8 = 12;
 pub const DEFAULT_TIMESTAMP_BITS: u8 = 41;
 
 /// Largest worker-ID field: worker IDs travel as `u16`, and more than 65,536 workers would
-/// outgrow what one registry can lease and renew.
-pub const WORKER_ID_BITS_MAX: u8 = 16;
+/// outgrow what one registry can lease and renew. Defined once in the wire contract, since
+/// the registry refuses a cluster config above it and the worker a grant above it.
+pub use fenceflake_proto::wire::WORKER_ID_BITS_MAX;
 
 /// Largest sequence field: 4M IDs per millisecond is far beyond what one process can hand
 /// out, and the sequence travels as `u32`.

@@ -1,7 +1,8 @@
 //! The worker's side of the registry API: the [`LeaseRegistry`] trait the lease keeper talks
 //! to (so tests can put a fake behind it), and [`GrpcRegistry`], which sweeps the registry
-//! nodes until one answers and maps gRPC statuses back to [`RegistryCallError`] — the
-//! registry's error table (`registry/src/error.rs`) applied in reverse.
+//! nodes until one answers and maps gRPC statuses back to [`RegistryCallError`] by the
+//! [`Reason`] each carries (`fenceflake_proto::wire`) — the registry's error table applied
+//! in reverse.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::registry_client::RegistryClient;
+use fenceflake_proto::wire::Reason;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
@@ -20,9 +22,6 @@ use crate::worker_id::WorkerId;
 
 /// A boxed future, so [`LeaseRegistry`] can be a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Metadata key in which the registry names why a renewal failed.
-const REASON_METADATA_KEY: &str = "fenceflake-reason";
 
 /// What a renewal tells the registry (docs/design.md mechanism 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,10 +65,13 @@ pub enum LostReason {
 /// A failed registry call, classified the way the caller branches.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryCallError {
-    /// No node could answer, or the answer's outcome is unknown: retrying is safe (Acquire
-    /// returns the lease the holder already holds; Renew and Release are idempotent).
-    #[error("no registry node answered: {last}")]
-    Unavailable { last: String },
+    /// No node could serve the call. Retrying is safe either way (Acquire returns the lease
+    /// the holder already holds; Renew and Release are idempotent), but the logs say which:
+    /// `indeterminate == false` when every node answered with a definite "nothing applied"
+    /// reason (no leader, no quorum, overloaded...); `true` when any attempt may still commit
+    /// (OUTCOME_UNKNOWN, a timeout, a transport error, a status without a reason).
+    #[error("registry unavailable ({}): {last}", outcome_words(*indeterminate))]
+    Unavailable { last: String, indeterminate: bool },
     /// Definite: the lease is gone for good.
     #[error("{message}")]
     Lost { reason: LostReason, message: String },
@@ -82,12 +84,21 @@ pub enum RegistryCallError {
     /// Definite: this holder already holds another worker ID than the one asked for.
     #[error("{message}")]
     HolderHoldsOther { message: String },
-    /// Definite: the registry refused the request itself (bad TTL, bad worker ID...).
-    #[error("registry refused the request ({code:?}): {message}")]
-    Refused { code: Code, message: String },
+    /// Definite: the registry refused the request itself (bad TTL, bad worker ID...), or
+    /// answered a refusal code without a reason this build knows.
+    #[error("registry refused the request ({code:?}{}): {message}", reason.map(|r| format!(", {r}")).unwrap_or_default())]
+    Refused { code: Code, reason: Option<Reason>, message: String },
     /// The registry answered with something that cannot be a lease: a registry bug.
     #[error("registry answered with a malformed lease: {0}")]
     BadLease(#[from] LeaseDecodeError),
+}
+
+fn outcome_words(indeterminate: bool) -> &'static str {
+    if indeterminate {
+        "outcome unknown; a retry is safe"
+    } else {
+        "nothing applied"
+    }
 }
 
 impl RegistryCallError {
@@ -95,30 +106,57 @@ impl RegistryCallError {
         matches!(self, RegistryCallError::Unavailable { .. })
     }
 
-    /// The registry's status mapping in reverse.
+    /// Whether the call may have taken effect although it failed: only an `Unavailable`
+    /// whose outcome is unknown.
+    pub fn is_indeterminate(&self) -> bool {
+        matches!(self, RegistryCallError::Unavailable { indeterminate: true, .. })
+    }
+
+    /// The registry's status table in reverse, read from the status's [`Reason`] (never its
+    /// message). A status without a reason this build knows (a transport error, a timeout,
+    /// a newer registry's word) is classified by its code alone and never guessed into a
+    /// specific class: a refusal code is `Refused`, anything else is `Unavailable` with an
+    /// unknown outcome.
     pub fn from_status(status: &tonic::Status) -> RegistryCallError {
         let message = status.message().to_string();
-        match status.code() {
-            Code::FailedPrecondition => {
-                let reason = status.metadata().get(REASON_METADATA_KEY).and_then(|v| v.to_str().ok());
-                match reason {
-                    Some("FENCED") => RegistryCallError::Lost { reason: LostReason::Fenced, message },
-                    Some("QUARANTINED") => RegistryCallError::Lost { reason: LostReason::Quarantined, message },
-                    Some("EXPIRED") => RegistryCallError::Lost { reason: LostReason::Expired, message },
-                    _ => RegistryCallError::HolderHoldsOther { message },
-                }
+        let unavailable = |indeterminate| RegistryCallError::Unavailable {
+            last: format!("{:?}: {}", status.code(), status.message()),
+            indeterminate,
+        };
+        let Some(reason) = Reason::of(status) else {
+            return match status.code() {
+                code @ (Code::InvalidArgument
+                | Code::FailedPrecondition
+                | Code::AlreadyExists
+                | Code::ResourceExhausted
+                | Code::OutOfRange
+                | Code::PermissionDenied
+                | Code::Unauthenticated
+                | Code::Unimplemented
+                | Code::NotFound) => RegistryCallError::Refused { code, reason: None, message },
+                // Unavailable, DeadlineExceeded, Cancelled, Unknown, Internal, Aborted: a
+                // transport failure or a reply we cannot read; another node, or a later try,
+                // may work, and the command may have been applied.
+                _ => unavailable(true),
+            };
+        };
+        match reason {
+            Reason::Fenced => RegistryCallError::Lost { reason: LostReason::Fenced, message },
+            Reason::Quarantined => RegistryCallError::Lost { reason: LostReason::Quarantined, message },
+            Reason::Expired => RegistryCallError::Lost { reason: LostReason::Expired, message },
+            Reason::AlreadyHeld => RegistryCallError::AlreadyHeld { message },
+            Reason::Exhausted => RegistryCallError::Exhausted { message },
+            Reason::HolderHoldsOther => RegistryCallError::HolderHoldsOther { message },
+            Reason::Invalid | Reason::NotEmpty | Reason::Membership => {
+                RegistryCallError::Refused { code: status.code(), reason: Some(reason), message }
             }
-            Code::AlreadyExists => RegistryCallError::AlreadyHeld { message },
-            Code::ResourceExhausted => RegistryCallError::Exhausted { message },
-            code @ (Code::InvalidArgument
-            | Code::OutOfRange
-            | Code::PermissionDenied
-            | Code::Unauthenticated
-            | Code::Unimplemented
-            | Code::NotFound) => RegistryCallError::Refused { code, message },
-            // Unavailable (no leader, no quorum), DeadlineExceeded (indeterminate), transport
-            // failures (Unknown, Internal, Cancelled): another node, or a later try, may work.
-            code => RegistryCallError::Unavailable { last: format!("{code:?}: {message}") },
+            Reason::NotLeader | Reason::NoLeader | Reason::NoQuorum | Reason::Overloaded | Reason::NotConfigured => {
+                unavailable(false)
+            }
+            Reason::OutcomeUnknown => unavailable(true),
+            // The node is stopping on a storage error, possibly after proposing the command:
+            // try another node, and count the outcome as unknown.
+            Reason::Fatal => unavailable(true),
         }
     }
 }
@@ -170,7 +208,9 @@ impl GrpcRegistry {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let start = self.preferred.load(Ordering::Relaxed);
-        let mut last = RegistryCallError::Unavailable { last: "no node tried".into() };
+        let mut last = String::from("no node tried");
+        // Whether any attempt may have applied the command: then so may the whole call.
+        let mut indeterminate = false;
         for i in 0..self.nodes.len() {
             let index = (start + i) % self.nodes.len();
             let (addr, client) = &self.nodes[index];
@@ -181,21 +221,21 @@ impl GrpcRegistry {
                 }
                 Ok(Err(status)) => {
                     let error = RegistryCallError::from_status(&status);
-                    if !error.is_retryable() {
+                    let RegistryCallError::Unavailable { last: why, indeterminate: unknown } = error else {
                         return Err(error);
-                    }
-                    tracing::debug!(registry = %addr, %error, "registry node did not answer; trying the next");
-                    last = error;
+                    };
+                    tracing::debug!(registry = %addr, error = %why, indeterminate = unknown, "registry node could not serve; trying the next");
+                    indeterminate |= unknown;
+                    last = format!("{addr}: {why}");
                 }
                 Err(_) => {
                     tracing::debug!(registry = %addr, timeout = ?self.rpc_timeout, "registry node timed out");
-                    last = RegistryCallError::Unavailable {
-                        last: format!("{addr} timed out after {:?}", self.rpc_timeout),
-                    };
+                    indeterminate = true;
+                    last = format!("{addr} timed out after {:?}", self.rpc_timeout);
                 }
             }
         }
-        Err(last)
+        Err(RegistryCallError::Unavailable { last, indeterminate })
     }
 }
 
@@ -249,37 +289,73 @@ impl LeaseRegistry for GrpcRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn with_reason(reason: &str) -> tonic::Status {
-        let mut status = tonic::Status::failed_precondition(format!("{reason}: nope"));
-        status.metadata_mut().insert(REASON_METADATA_KEY, reason.parse().expect("ascii"));
-        status
-    }
+    use fenceflake_proto::wire::REASON_METADATA_KEY;
 
     /// Goal: every registry status lands in the class the keeper branches on — the
-    /// registry's error table in reverse.
+    /// registry's error table in reverse, read from the reason alone.
     #[test]
-    fn statuses_map_back_to_classes() {
+    fn statuses_map_back_to_classes_by_reason() {
         let lost = |s: &tonic::Status| match RegistryCallError::from_status(s) {
             RegistryCallError::Lost { reason, .. } => Some(reason),
             _ => None,
         };
-        assert_eq!(lost(&with_reason("FENCED")), Some(LostReason::Fenced));
-        assert_eq!(lost(&with_reason("QUARANTINED")), Some(LostReason::Quarantined));
-        assert_eq!(lost(&with_reason("EXPIRED")), Some(LostReason::Expired));
-        let cases = [
-            (tonic::Status::failed_precondition("this holder already holds worker ID 3"), "HolderHoldsOther"),
-            (tonic::Status::already_exists("worker ID is held by \"x\""), "AlreadyHeld"),
-            (tonic::Status::resource_exhausted("no free worker ID"), "Exhausted"),
-            (tonic::Status::invalid_argument("invalid ttl_ms"), "Refused"),
-            (tonic::Status::unavailable("no leader"), "Unavailable"),
-            (tonic::Status::deadline_exceeded("outcome unknown"), "Unavailable"),
-            (tonic::Status::unknown("transport error"), "Unavailable"),
+        assert_eq!(lost(&Reason::Fenced.status("FENCED: stale")), Some(LostReason::Fenced));
+        assert_eq!(lost(&Reason::Quarantined.status("x")), Some(LostReason::Quarantined));
+        assert_eq!(lost(&Reason::Expired.status("x")), Some(LostReason::Expired));
+        let class = |e: &RegistryCallError| format!("{e:?}").split([' ', '(']).next().unwrap_or_default().to_string();
+        for reason in Reason::ALL {
+            let got = RegistryCallError::from_status(&reason.status("msg"));
+            let want = match reason {
+                Reason::Fenced | Reason::Expired | Reason::Quarantined => "Lost",
+                Reason::AlreadyHeld => "AlreadyHeld",
+                Reason::HolderHoldsOther => "HolderHoldsOther",
+                Reason::Exhausted => "Exhausted",
+                Reason::Invalid | Reason::NotEmpty | Reason::Membership => "Refused",
+                _ => "Unavailable",
+            };
+            assert_eq!(class(&got), want, "{reason}: {got:?}");
+            assert_eq!(got.is_retryable(), want == "Unavailable", "{reason}");
+            let unknown = matches!(reason, Reason::OutcomeUnknown | Reason::Fatal);
+            assert_eq!(got.is_indeterminate(), unknown, "{reason}: {got}");
+        }
+        let definite = RegistryCallError::from_status(&Reason::NoQuorum.status("no quorum"));
+        assert!(definite.to_string().contains("nothing applied"), "{definite}");
+        let unknown = RegistryCallError::from_status(&Reason::OutcomeUnknown.status("timed out"));
+        assert!(unknown.to_string().contains("outcome unknown"), "{unknown}");
+    }
+
+    /// Goal: a status without a (known) reason is classified by its code, never guessed: a
+    /// reasonless FAILED_PRECONDITION is not "holder holds another ID", and a reasonless
+    /// UNAVAILABLE (a transport error) has an unknown outcome.
+    #[test]
+    fn reasonless_statuses_are_never_guessed() {
+        let mut foreign = tonic::Status::failed_precondition("held");
+        foreign.metadata_mut().insert(REASON_METADATA_KEY, "SOME_NEW_WORD".parse().expect("ascii"));
+        let refusals = [
+            tonic::Status::failed_precondition("this holder already holds worker ID 3"),
+            foreign,
+            tonic::Status::already_exists("worker ID is held by \"x\""),
+            tonic::Status::resource_exhausted("no free worker ID"),
+            tonic::Status::invalid_argument("invalid ttl_ms"),
         ];
-        for (status, want) in cases {
+        for status in refusals {
             let got = RegistryCallError::from_status(&status);
-            assert!(format!("{got:?}").starts_with(want), "{status:?} -> {got:?}");
-            assert_eq!(got.is_retryable(), want == "Unavailable");
+            assert!(
+                matches!(&got, RegistryCallError::Refused { code, reason: None, .. } if *code == status.code()),
+                "{status:?} -> {got:?}"
+            );
+            assert!(!got.is_retryable());
+        }
+        let unknowns = [
+            tonic::Status::unavailable("transport error"),
+            tonic::Status::deadline_exceeded("timeout"),
+            tonic::Status::cancelled("cancelled"),
+            tonic::Status::unknown("h2 protocol error"),
+            tonic::Status::internal("broken pipe"),
+        ];
+        for status in unknowns {
+            let got = RegistryCallError::from_status(&status);
+            assert!(got.is_retryable() && got.is_indeterminate(), "{status:?} -> {got:?}");
         }
     }
 
@@ -302,7 +378,7 @@ mod tests {
             wall_ms_at_send: 0,
             max_minted_ts_ms: 0,
         });
-        assert!(err.await.is_err_and(|e| e.is_retryable()));
+        assert!(err.await.is_err_and(|e| e.is_retryable() && e.is_indeterminate()));
         assert!(GrpcRegistry::new(&["bad addr with spaces".to_string()], Duration::from_secs(1)).is_err());
         assert!(GrpcRegistry::new(&[], Duration::from_secs(1)).is_err());
     }

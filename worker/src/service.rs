@@ -1,10 +1,14 @@
 //! The public `fenceflake.v1.Generator` gRPC service over a [`Generator`], and the worker's
-//! one table from errors to gRPC statuses ([`crate::client`] applies it in reverse).
+//! one table from errors to gRPC statuses ([`crate::client`] applies it in reverse). The
+//! metadata keys are the shared ones of `fenceflake_proto::wire`: a parked worker names its
+//! park cause in `PARK_REASON_METADATA_KEY`, a rate limit its retry hint in
+//! `RETRY_AFTER_METADATA_KEY`, and callers name themselves in `CALLER_METADATA_KEY`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use fenceflake_proto::v1 as pb;
+use fenceflake_proto::wire::{CALLER_METADATA_KEY, PARK_REASON_METADATA_KEY, RETRY_AFTER_METADATA_KEY};
 use tonic::{Code, Request, Response, Status};
 
 use crate::generator::Generator;
@@ -12,13 +16,6 @@ use crate::limits::{MAX_BATCH_COUNT, MAX_CALLER_KEY_BYTES};
 use crate::metrics::Rpc;
 use crate::mint_state::GenerateError;
 use crate::rate_limit::RateLimiter;
-
-/// Metadata naming why a worker answered UNAVAILABLE (a [`crate::ParkCause`] wire name).
-pub const PARK_REASON_METADATA_KEY: &str = "fenceflake-park-reason";
-/// Metadata with the milliseconds after which a rate-limited caller may retry.
-pub const RETRY_AFTER_METADATA_KEY: &str = "fenceflake-retry-after-ms";
-/// Metadata a caller sets to name itself for rate limiting (else its IP address is used).
-pub const CALLER_METADATA_KEY: &str = "x-caller";
 
 /// The service; cheap to clone.
 #[derive(Clone, Debug)]
