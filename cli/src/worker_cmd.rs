@@ -38,9 +38,11 @@ pub struct WorkerArgs {
     /// Lease TTL asked of the registry; renewed every third of it.
     #[arg(long, env = "FENCEFLAKE_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
-    /// Safety margin: minting stops at last renewal's send time + TTL - margin.
-    #[arg(long, env = "FENCEFLAKE_MARGIN", default_value = "1s", value_parser = parse_duration)]
-    pub margin: Duration,
+    /// Safety margin: minting stops at last renewal's send time + TTL - margin. Default:
+    /// min(1s, TTL/10), i.e. 1s for the default 10s TTL and 300ms for a 3s one. A value
+    /// given must be above 0 and below a third of the TTL.
+    #[arg(long, env = "FENCEFLAKE_MARGIN", value_parser = parse_duration)]
+    pub margin: Option<Duration>,
     /// Longest wall-clock regression waited out instead of parking (CLOCK_REGRESSED).
     #[arg(long, env = "FENCEFLAKE_MAX_SPIN", default_value = "20ms", value_parser = parse_duration)]
     pub max_spin: Duration,
@@ -140,4 +142,38 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     server::run(generator, listeners, limiter, shutdown_signal()).await?;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+
+    fn config(flags: &[&str]) -> Result<WorkerConfig, String> {
+        let base = ["fenceflake", "--registry", "127.0.0.1:1", "--state-dir", "/tmp/x", "--hostname", "h"];
+        let cli = Cli::try_parse_from(base.iter().chain(flags)).map_err(|e| e.to_string())?;
+        let config = cli.worker.config();
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    /// Goal: `--lease-ttl 3s` alone starts (the margin follows the TTL: 300ms), the default
+    /// TTL keeps 1s, and an explicit margin is used as given and still refused when too large.
+    #[test]
+    fn margin_follows_the_ttl_unless_given() {
+        assert_eq!(config(&["--lease-ttl", "3s"]).unwrap().effective_margin(), Duration::from_millis(300));
+        assert_eq!(config(&[]).unwrap().effective_margin(), Duration::from_secs(1));
+        assert_eq!(config(&["--lease-ttl", "60s"]).unwrap().effective_margin(), Duration::from_secs(1));
+        let given = config(&["--lease-ttl", "3s", "--margin", "200ms"]).unwrap();
+        assert_eq!(given.effective_margin(), Duration::from_millis(200));
+        let err = config(&["--lease-ttl", "3s", "--margin", "1s"]).unwrap_err();
+        assert!(err.contains("--margin") && err.contains("third"), "{err}");
+    }
 }

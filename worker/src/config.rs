@@ -8,8 +8,9 @@ use std::time::Duration;
 use crate::ceiling::{CeilingPolicy, CeilingPolicyError};
 use crate::clock_guard::{ClockGuardPolicy, ClockGuardPolicyError};
 use crate::limits::{
-    DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_LEASE_TTL_MS, DEFAULT_MARGIN_MS, DEFAULT_MAX_SKEW_MS, DEFAULT_MAX_SPIN_MS,
-    DEFAULT_SEQUENCE_BITS, MAX_LEASE_TTL_MS, MAX_REGISTRY_ADDRS, MIN_LEASE_TTL_MS,
+    DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_LEASE_TTL_MS, DEFAULT_MARGIN_MAX_MS, DEFAULT_MARGIN_TTL_DIVISOR,
+    DEFAULT_MAX_SKEW_MS, DEFAULT_MAX_SPIN_MS, DEFAULT_SEQUENCE_BITS, MAX_LEASE_TTL_MS, MAX_REGISTRY_ADDRS,
+    MIN_LEASE_TTL_MS,
 };
 use crate::worker_id::WorkerId;
 
@@ -63,6 +64,13 @@ pub fn statefulset_ordinal(hostname: &str) -> Option<u64> {
         .and_then(|n| n.parse::<u64>().ok())
 }
 
+/// The margin a worker uses when none is given: `min(1s, ttl/10)` — 1 s for the default
+/// 10 s lease, 300 ms for a 3 s one. Always valid for a valid TTL (above 0, below `ttl/3`),
+/// so a short `--lease-ttl` alone is enough.
+pub fn default_margin(ttl: Duration) -> Duration {
+    Duration::from_millis(DEFAULT_MARGIN_MAX_MS).min(ttl / DEFAULT_MARGIN_TTL_DIVISOR)
+}
+
 /// Everything a worker (process or embedded [`crate::Generator`]) needs.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -75,8 +83,9 @@ pub struct WorkerConfig {
     pub hostname: String,
     /// TTL asked of the registry.
     pub lease_ttl: Duration,
-    /// Subtracted from the TTL: the deadline is `send time + ttl - margin`.
-    pub margin: Duration,
+    /// Subtracted from the TTL: the deadline is `send time + ttl - margin`. `None`:
+    /// [`default_margin`] of `lease_ttl` (see [`WorkerConfig::effective_margin`]).
+    pub margin: Option<Duration>,
     /// Longest clock regression waited out instead of parking.
     pub max_spin: Duration,
     /// Whether a regression may be served from the rest of the frozen millisecond.
@@ -110,7 +119,7 @@ impl WorkerConfig {
             worker_id: WorkerIdSpec::Auto,
             hostname,
             lease_ttl: Duration::from_millis(DEFAULT_LEASE_TTL_MS),
-            margin: Duration::from_millis(DEFAULT_MARGIN_MS),
+            margin: None,
             max_spin: Duration::from_millis(DEFAULT_MAX_SPIN_MS),
             grace: false,
             max_skew: Duration::from_millis(DEFAULT_MAX_SKEW_MS),
@@ -131,8 +140,9 @@ impl WorkerConfig {
         }
         // The lease must survive one missed renewal: after a renewal at ttl/3 fails, the
         // next try at 2·ttl/3 must still be before the deadline at ttl - margin.
-        if self.margin.is_zero() || self.margin * 3 >= self.lease_ttl {
-            return Err(ConfigError::Margin { margin: self.margin, ttl: self.lease_ttl });
+        let margin = self.effective_margin();
+        if margin.is_zero() || margin * 3 >= self.lease_ttl {
+            return Err(ConfigError::Margin { margin, ttl: self.lease_ttl });
         }
         self.guard_policy()?;
         self.ceiling_policy()?;
@@ -146,6 +156,11 @@ impl WorkerConfig {
 
     pub fn ceiling_policy(&self) -> Result<CeilingPolicy, ConfigError> {
         Ok(CeilingPolicy::new(self.flush_interval.as_millis() as u64)?)
+    }
+
+    /// The margin in force: the one given, else [`default_margin`] of the TTL.
+    pub fn effective_margin(&self) -> Duration {
+        self.margin.unwrap_or_else(|| default_margin(self.lease_ttl))
     }
 
     /// How often the lease is renewed (before jitter).
@@ -165,7 +180,7 @@ pub enum ConfigError {
     RegistryCount { count: usize },
     #[error("--lease-ttl {ttl:?} outside {MIN_LEASE_TTL_MS}ms..={MAX_LEASE_TTL_MS}ms")]
     LeaseTtl { ttl: Duration },
-    #[error("--margin {margin:?} must be above 0 and below a third of --lease-ttl {ttl:?}, so one missed renewal does not park the worker")]
+    #[error("--margin {margin:?} must be above 0 and below a third of --lease-ttl {ttl:?}, so one missed renewal does not park the worker (leave --margin out for the default, min(1s, TTL/10))")]
     Margin { margin: Duration, ttl: Duration },
     #[error("--max-spin: {0}")]
     Spin(#[from] ClockGuardPolicyError),
@@ -204,8 +219,8 @@ mod tests {
             (WorkerConfig { registry: vec![], ..config() }, "--registry"),
             (WorkerConfig { lease_ttl: Duration::from_millis(100), ..config() }, "--lease-ttl"),
             (WorkerConfig { lease_ttl: Duration::from_secs(61), ..config() }, "--lease-ttl"),
-            (WorkerConfig { margin: Duration::from_secs(4), ..config() }, "--margin"),
-            (WorkerConfig { margin: Duration::ZERO, ..config() }, "--margin"),
+            (WorkerConfig { margin: Some(Duration::from_secs(4)), ..config() }, "--margin"),
+            (WorkerConfig { margin: Some(Duration::ZERO), ..config() }, "--margin"),
             (WorkerConfig { max_spin: Duration::from_secs(5), ..config() }, "--max-spin"),
             (WorkerConfig { flush_interval: Duration::ZERO, ..config() }, "--flush-interval"),
             (WorkerConfig { worker_id: WorkerIdSpec::Ordinal, hostname: "solo".into(), ..config() }, "ordinal"),
@@ -214,8 +229,33 @@ mod tests {
             let err = cfg.validate().unwrap_err().to_string();
             assert!(err.contains(flag), "{flag}: {err}");
         }
-        let short = WorkerConfig { lease_ttl: Duration::from_secs(2), margin: Duration::from_millis(500), ..config() };
+        let short =
+            WorkerConfig { lease_ttl: Duration::from_secs(2), margin: Some(Duration::from_millis(500)), ..config() };
         short.validate().unwrap();
         assert_eq!(short.renew_interval().as_millis(), 666);
+        assert_eq!(short.effective_margin(), Duration::from_millis(500));
+    }
+
+    /// Goal: without --margin the margin follows the TTL, min(1s, ttl/10), so a short lease
+    /// alone starts; an explicit margin is still checked against the TTL.
+    #[test]
+    fn default_margin_follows_the_ttl() {
+        assert_eq!(default_margin(Duration::from_secs(3)), Duration::from_millis(300));
+        assert_eq!(default_margin(Duration::from_secs(10)), Duration::from_secs(1));
+        assert_eq!(default_margin(Duration::from_secs(60)), Duration::from_secs(1));
+        assert_eq!(default_margin(Duration::from_millis(MIN_LEASE_TTL_MS)), Duration::from_millis(30));
+        assert_eq!(config().effective_margin(), Duration::from_secs(1));
+
+        let three = WorkerConfig { lease_ttl: Duration::from_secs(3), ..config() };
+        three.validate().unwrap();
+        assert_eq!(three.effective_margin(), Duration::from_millis(300));
+        for ttl_ms in [MIN_LEASE_TTL_MS, 301, 999, 1_000, 2_999, 59_999, MAX_LEASE_TTL_MS] {
+            WorkerConfig { lease_ttl: Duration::from_millis(ttl_ms), ..config() }.validate().unwrap();
+        }
+
+        let too_large = WorkerConfig { margin: Some(Duration::from_secs(1)), ..three };
+        let err = too_large.validate().unwrap_err();
+        assert_eq!(err, ConfigError::Margin { margin: Duration::from_secs(1), ttl: Duration::from_secs(3) });
+        assert!(err.to_string().contains("--margin"), "{err}");
     }
 }

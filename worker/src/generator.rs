@@ -177,7 +177,7 @@ impl Generator {
             state_dir,
             ceiling_policy: config.ceiling_policy()?,
             guard: config.guard_policy()?,
-            deadline: LeaseDeadline::from_send(sent_at, grant.ttl, config.margin)?,
+            deadline: LeaseDeadline::from_send(sent_at, grant.ttl, config.effective_margin())?,
             deadline_check: config.deadline_check,
             floor_ms: plan.floor_ms,
             mint_until_ms: grant.mint_until_ms,

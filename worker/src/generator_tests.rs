@@ -100,7 +100,7 @@ fn fixture(acquire: Result<LeaseGrant, RegistryCallError>) -> Fixture {
     let registry = FakeRegistry::new(clock.clone(), acquire);
     let mut config = WorkerConfig::new(vec!["fake:1".into()], dir.path().join("state"), "gen-5".into());
     config.lease_ttl = Duration::from_millis(600);
-    config.margin = Duration::from_millis(100);
+    config.margin = Some(Duration::from_millis(100));
     Fixture { _dir: dir, clock, registry, config }
 }
 

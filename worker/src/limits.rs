@@ -64,9 +64,15 @@ pub const CEILING_FILE_MAX_BYTES: u64 = 128;
 /// shorter than `ttl - margin` (9 s) costs nothing.
 pub const DEFAULT_LEASE_TTL_MS: u64 = 10_000;
 
-/// Default safety margin subtracted from the TTL on the worker's monotonic clock: absorbs the
-/// drift between the worker's and the registry's monotonic clocks over one TTL.
-pub const DEFAULT_MARGIN_MS: u64 = 1_000;
+/// Cap of the default safety margin subtracted from the TTL on the worker's monotonic clock:
+/// absorbs the drift between the worker's and the registry's monotonic clocks over one TTL.
+/// The default is `min(this, ttl / DEFAULT_MARGIN_TTL_DIVISOR)` (`config::default_margin`):
+/// 1 s for the default 10 s lease, a tenth of shorter ones.
+pub const DEFAULT_MARGIN_MAX_MS: u64 = 1_000;
+
+/// The default margin is at most this fraction (`1/n`) of the TTL, so a short lease still
+/// keeps the margin below a third of it (one missed renewal must not park the worker).
+pub const DEFAULT_MARGIN_TTL_DIVISOR: u32 = 10;
 
 /// Longest TTL a worker asks for: the registry's default maximum. Longer leases only delay
 /// the re-grant of a dead worker's ID.
@@ -143,8 +149,12 @@ const _: () = assert!(DEFAULT_FLUSH_INTERVAL_MS <= MAX_FLUSH_INTERVAL_MS);
 // boot-wait limit, or every crash would need a human.
 const _: () = assert!(MAX_FLUSH_INTERVAL_MS <= MAX_BOOT_WAIT_MS);
 const _: () = assert!(MIN_LEASE_TTL_MS <= DEFAULT_LEASE_TTL_MS && DEFAULT_LEASE_TTL_MS <= MAX_LEASE_TTL_MS);
-// The default margin leaves two renewal intervals of slack before the deadline.
-const _: () = assert!(DEFAULT_MARGIN_MS * 3 < DEFAULT_LEASE_TTL_MS);
+// The default margin leaves two renewal intervals of slack before the deadline, for every
+// TTL: it is at most a tenth of the TTL (below the third `validate` demands), and above zero
+// for the shortest TTL.
+const _: () = assert!(DEFAULT_MARGIN_MAX_MS * 3 < DEFAULT_LEASE_TTL_MS);
+const _: () = assert!(DEFAULT_MARGIN_TTL_DIVISOR > 3);
+const _: () = assert!(MIN_LEASE_TTL_MS / DEFAULT_MARGIN_TTL_DIVISOR as u64 > 0);
 const _: () = assert!(REGISTRY_RPC_TIMEOUT_MIN_MS <= REGISTRY_RPC_TIMEOUT_MAX_MS);
 const _: () = assert!(REGISTRY_BACKOFF_MIN_MS <= REGISTRY_BACKOFF_MAX_MS);
 const _: () = assert!(RENEW_JITTER_PERCENT < 100);
