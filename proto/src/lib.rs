@@ -4,7 +4,7 @@
 //! Prometheus text and serving helpers every server shares.
 
 /// The `fenceflake.v1` package: public Registry and Generator services, internal Raft transport.
-#[allow(clippy::all, missing_docs)]
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("fenceflake.v1");
 }

@@ -15,7 +15,8 @@ use crate::error::RegistryError;
 use crate::expiry::{Expiry, ExpiryTracker, LeadershipId};
 use crate::grant_plan::{self, GrantInputs};
 use crate::lease::{
-    ClusterConfig, Command, GrantExpectation, HolderId, LeaseGrant, LeaseTable, Outcome, Rejection, WorkerId,
+    ClusterConfig, Command, GrantExpectation, HolderId, LeaseGrant, LeaseTable, Outcome, Rejection, Renew, TableBackup,
+    WorkerId,
 };
 use crate::proposal::{LeaseReply, LeaseState, LeaseView, Proposal, Reply};
 use crate::proposer::{write_error, Proposer};
@@ -93,14 +94,7 @@ impl Leader {
                 let grant = self.acquire(holder, worker_id, ttl_ms).await?;
                 self.lease_reply(grant)
             }
-            Proposal::Renew(renew) => match self.proposer.propose(Command::Renew(renew)).await? {
-                Outcome::Renewed(grant) => self.lease_reply(grant),
-                Outcome::CanaryHit { current } => {
-                    tracing::error!(worker_id = renew.worker_id.0, token = renew.token.0, current_token = current.0, max_minted_ts_ms = renew.max_minted_ts_ms, "canary hit: two holders minted with one worker ID at overlapping times; ID quarantined, audit entry written");
-                    Err(RegistryError::Canary { current })
-                }
-                other => Err(unexpected(other)),
-            },
+            Proposal::Renew(renew) => self.renew(renew).await,
             Proposal::Release(release) => match self.proposer.propose(Command::Release(release)).await? {
                 Outcome::Released => Ok(Reply::Released),
                 other => Err(unexpected(other)),
@@ -116,11 +110,7 @@ impl Leader {
             }
             Proposal::GetLease { worker_id } => {
                 self.linearizable_read(confirmed_now).await?;
-                let count = self.config()?.worker_id_count();
-                if worker_id.0 >= count {
-                    return Err(RegistryError::Rejected(Rejection::OutOfRange { worker_id, count }));
-                }
-                Ok(Reply::LeaseInfo(self.view(worker_id)))
+                self.lease_info(worker_id)
             }
             Proposal::ListLeases { include_free } => {
                 self.linearizable_read(confirmed_now).await?;
@@ -132,24 +122,9 @@ impl Leader {
             }
             Proposal::ExportSnapshot => {
                 self.linearizable_read(confirmed_now).await?;
-                let state = self.state.read();
-                let backup = state.table.backup().ok_or(RegistryError::NotConfigured)?;
-                let applied_index = state.last_applied.map_or(0, |id| id.index);
-                Ok(Reply::Backup { backup: Box::new(backup), applied_index, wall_ms: self.clock.wall_ms() })
+                self.export()
             }
-            Proposal::ImportSnapshot { backup } => match self.proposer.propose(Command::Restore(backup)).await? {
-                Outcome::Restored { generation, worker_ids, records, embargo_until_ms } => {
-                    tracing::warn!(
-                        generation,
-                        worker_ids,
-                        records,
-                        embargo_until_ms,
-                        "backup restored; every worker ID is embargoed for max TTL + cool-down"
-                    );
-                    Ok(Reply::Restored { generation, worker_ids, records, embargo_until_ms })
-                }
-                other => Err(unexpected(other)),
-            },
+            Proposal::ImportSnapshot { backup } => self.restore(backup).await,
             Proposal::NoteServed { node_id } => match self.proposer.propose(Command::NodeServed { node_id }).await? {
                 Outcome::NodeServedNoted => Ok(Reply::Noted),
                 other => Err(unexpected(other)),
@@ -166,6 +141,48 @@ impl Leader {
                 }
                 self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))).await
             }
+        }
+    }
+
+    async fn renew(&self, renew: Renew) -> Result<Reply, RegistryError> {
+        match self.proposer.propose(Command::Renew(renew)).await? {
+            Outcome::Renewed(grant) => self.lease_reply(grant),
+            Outcome::CanaryHit { current } => {
+                tracing::error!(worker_id = renew.worker_id.0, token = renew.token.0, current_token = current.0, max_minted_ts_ms = renew.max_minted_ts_ms, "canary hit: two holders minted with one worker ID at overlapping times; ID quarantined, audit entry written");
+                Err(RegistryError::Canary { current })
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn lease_info(&self, worker_id: WorkerId) -> Result<Reply, RegistryError> {
+        let count = self.config()?.worker_id_count();
+        if worker_id.0 >= count {
+            return Err(RegistryError::Rejected(Rejection::OutOfRange { worker_id, count }));
+        }
+        Ok(Reply::LeaseInfo(self.view(worker_id)))
+    }
+
+    fn export(&self) -> Result<Reply, RegistryError> {
+        let state = self.state.read();
+        let backup = state.table.backup().ok_or(RegistryError::NotConfigured)?;
+        let applied_index = state.last_applied.map_or(0, |id| id.index);
+        Ok(Reply::Backup { backup: Box::new(backup), applied_index, wall_ms: self.clock.wall_ms() })
+    }
+
+    async fn restore(&self, backup: Box<TableBackup>) -> Result<Reply, RegistryError> {
+        match self.proposer.propose(Command::Restore(backup)).await? {
+            Outcome::Restored { generation, worker_ids, records, embargo_until_ms } => {
+                tracing::warn!(
+                    generation,
+                    worker_ids,
+                    records,
+                    embargo_until_ms,
+                    "backup restored; every worker ID is embargoed for max TTL + cool-down"
+                );
+                Ok(Reply::Restored { generation, worker_ids, records, embargo_until_ms })
+            }
+            other => Err(unexpected(other)),
         }
     }
 

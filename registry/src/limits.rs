@@ -5,7 +5,7 @@
 pub const HOLDER_LEN_MAX: usize = 256;
 
 /// Largest worker-ID field the registry will manage (2^16 IDs); the default layout uses 10.
-pub const WORKER_ID_BITS_MAX: u8 = 16;
+pub use fenceflake_proto::wire::WORKER_ID_BITS_MAX;
 
 /// Longest quarantine reason kept in the table and the audit log, in bytes.
 pub const REASON_LEN_MAX: usize = 512;

@@ -4,12 +4,15 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use fenceflake_proto::serving::Stopped;
 use fenceflake_proto::v1::raft_transport_server::RaftTransportServer;
 use fenceflake_proto::v1::registry_server::RegistryServer;
 use openraft::error::{InitializeError, RaftError};
 use openraft::ServerState;
 use tokio::net::TcpListener;
+use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::ServingStatus;
+use tonic_reflection::pb::v1::server_reflection_server::{ServerReflection, ServerReflectionServer};
 
 use crate::clock::Clock;
 use crate::config::{ConfigError, InitialClusterState, NodeConfig};
@@ -52,6 +55,9 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
 }
 
+/// One serving port's task.
+type ServeTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
 /// Run a registry node until `shutdown` resolves or Raft stops with a fatal error.
 pub async fn run(
     config: NodeConfig,
@@ -60,12 +66,54 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
-    let raft_config = Arc::new(config.raft_config()?);
     let tracker = ExpiryTracker::new(clock.clone());
+    let node = start_node(&config, clock, tracker.clone()).await?;
+    let raft = node.raft.clone();
+    let (stop, stopped) = fenceflake_proto::serving::stop_signal();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fenceflake_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let (client_task, peer_task) = serve_ports(&node, listeners, health_service, reflection, &stopped);
+    tokio::spawn(watch_leadership(node.clone(), health_reporter, tracker));
+    bootstrap(&config, &raft).await?;
+    tokio::spawn(served::announce(node.clone()));
+    tracing::info!(
+        node_id = config.node_id,
+        client_addr = %config.advertise.client_addr,
+        peer_addr = %config.advertise.peer_addr,
+        "registry node serving"
+    );
+
+    let fatal = wait_fatal(raft.clone());
+    tokio::pin!(fatal);
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        reason = &mut fatal => Err(ServerError::Fatal(reason)),
+    };
+    tracing::info!(node_id = config.node_id, "registry node stopping");
+    stop.stop();
+    let _ = raft.shutdown().await;
+    for (port, task) in [("client", client_task), ("peer", peer_task)] {
+        if let Ok(Err(source)) = task.await {
+            return Err(ServerError::Serve { port, source });
+        }
+    }
+    result
+}
+
+/// Open the data dir (refusing a lost disk), start Raft, and assemble the node.
+async fn start_node(
+    config: &NodeConfig,
+    clock: Arc<dyn Clock>,
+    tracker: ExpiryTracker,
+) -> Result<RegistryNode, ServerError> {
+    let raft_config = Arc::new(config.raft_config()?);
     let identity = DataDirIdentity { node_id: config.node_id, cluster_id: config.cluster_id.clone() };
     let peers = PeerClients::new(config.cluster_id.clone(), config.node_id);
     if served::is_empty_data_dir(&config.data_dir) {
-        if let Some(peer_id) = served::peer_remembering(&config, &peers).await {
+        if let Some(peer_id) = served::peer_remembering(config, &peers).await {
             return Err(ServerError::LostDisk { node_id: config.node_id, peer_id, data_dir: config.data_dir.clone() });
         }
     }
@@ -92,7 +140,7 @@ pub async fn run(
         request_timeout: config.request_timeout,
     };
     let leader = Leader::new(raft.clone(), state.clone(), tracker.clone(), proposer, clock.clone(), settings);
-    let node = RegistryNode {
+    Ok(RegistryNode {
         raft: raft.clone(),
         state,
         leader,
@@ -103,14 +151,18 @@ pub async fn run(
         request_timeout: config.request_timeout,
         clock,
         db,
-    };
+    })
+}
 
-    let (stop, stopped) = fenceflake_proto::serving::stop_signal();
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(fenceflake_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+/// Serve the client port (Registry, health, reflection), the peer port and, if asked, metrics,
+/// until `stopped` fires. Returns the two port tasks, whose errors the caller reports.
+fn serve_ports(
+    node: &RegistryNode,
+    listeners: Listeners,
+    health_service: HealthServer<impl Health>,
+    reflection: ServerReflectionServer<impl ServerReflection>,
+    stopped: &Stopped,
+) -> (ServeTask, ServeTask) {
     let client_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
@@ -142,31 +194,7 @@ pub async fn run(
         };
         tokio::spawn(fenceflake_proto::metrics::serve_http(listener, render, stopped.clone().wait()));
     }
-    tokio::spawn(watch_leadership(node.clone(), health_reporter, tracker));
-    bootstrap(&config, &raft).await?;
-    tokio::spawn(served::announce(node.clone()));
-    tracing::info!(
-        node_id = config.node_id,
-        client_addr = %config.advertise.client_addr,
-        peer_addr = %config.advertise.peer_addr,
-        "registry node serving"
-    );
-
-    let fatal = wait_fatal(raft.clone());
-    tokio::pin!(fatal);
-    let result = tokio::select! {
-        _ = shutdown => Ok(()),
-        reason = &mut fatal => Err(ServerError::Fatal(reason)),
-    };
-    tracing::info!(node_id = config.node_id, "registry node stopping");
-    stop.stop();
-    let _ = raft.shutdown().await;
-    for (port, task) in [("client", client_task), ("peer", peer_task)] {
-        if let Ok(Err(source)) = task.await {
-            return Err(ServerError::Serve { port, source });
-        }
-    }
-    result
+    (client_task, peer_task)
 }
 
 /// Initialize a new cluster on its lowest-numbered node, exactly once.

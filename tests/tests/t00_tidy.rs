@@ -66,10 +66,11 @@ fn crate_dependency_edges_are_the_allowed_ones() {
     }
 }
 
-/// Goal: the registry and worker libraries read the wall clock only in their `clock.rs`, so
-/// clock faults are injectable everywhere else.
+/// Goal: the registry and worker libraries read time (wall or monotonic) only in their
+/// `clock.rs`, so every clock fault is injectable everywhere else. Tools and tests may read
+/// clocks.
 #[test]
-fn wall_clock_is_read_only_in_clock_modules() {
+fn clocks_are_read_only_in_clock_modules() {
     for file in rust_files() {
         let rel = file.strip_prefix(workspace_root()).expect("inside workspace").to_string_lossy().into_owned();
         let in_library = rel.starts_with("registry/src/") || rel.starts_with("worker/src/");
@@ -77,8 +78,33 @@ fn wall_clock_is_read_only_in_clock_modules() {
             continue;
         }
         let text = std::fs::read_to_string(&file).expect("read source");
-        assert!(!text.contains("SystemTime::now"), "{rel} reads the wall clock; go through its Clock");
+        for read in ["SystemTime::now", "Instant::now"] {
+            assert!(!text.contains(read), "{rel} calls {read}; go through its Clock");
+        }
     }
+}
+
+/// Goal: the registry's lease domain stays pure: no runtime, Raft, gRPC or clock under
+/// `registry/src/lease/` (time arrives in commands).
+#[test]
+fn the_lease_domain_imports_no_runtime_raft_grpc_or_clock() {
+    let dir = workspace_root().join("registry/src/lease");
+    let mut checked = 0;
+    for file in rust_files().into_iter().filter(|f| f.starts_with(&dir)) {
+        let text = std::fs::read_to_string(&file).expect("read source");
+        let code = text.lines().filter(|line| !line.trim_start().starts_with("//"));
+        for line in code {
+            for banned in ["tokio", "openraft", "tonic", "crate::clock", "Instant", "SystemTime"] {
+                assert!(
+                    !line.contains(banned),
+                    "{}: `{line}` uses {banned}; the lease domain stays pure",
+                    file.display()
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 5, "expected the lease module's files under {}", dir.display());
 }
 
 /// Goal: no unfinished work ships.
