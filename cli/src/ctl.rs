@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
+use fenceflake_proto::duration::parse_duration;
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::registry_client::RegistryClient;
 use serde_json::{json, Value};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::duration::parse_duration;
-
 #[derive(Debug, Args)]
+#[command(after_help = crate::DURATION_HELP)]
 pub struct CtlArgs {
     /// Registry client addresses, HOST:PORT[,HOST:PORT...]; tried in order until one answers.
     #[arg(long, env = "FENCEFLAKE_REGISTRY", value_delimiter = ',', required = true)]

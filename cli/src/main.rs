@@ -3,7 +3,6 @@
 mod ctl;
 mod decode_cmd;
 mod dev_cmd;
-mod duration;
 mod hostname;
 mod logging;
 mod mint_cmd;
@@ -12,6 +11,9 @@ mod signals;
 mod worker_cmd;
 
 use clap::{Parser, Subcommand};
+
+/// The one duration syntax of every flag (`fenceflake_proto::duration`), for `--help`.
+const DURATION_HELP: &str = "Durations take a unit: 250ms, 1.5s, 2m, 1h (us, ms, s, m, h); a bare number is refused.";
 
 /// Fenceflake: 64-bit, time-ordered IDs that are never duplicated, from workers holding
 /// fenced leases granted by a 5-node Raft registry.

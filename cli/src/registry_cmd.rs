@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use fenceflake_proto::duration::parse_duration;
 use fenceflake_registry::clock::SystemClock;
 use fenceflake_registry::config::{parse_initial_cluster, InitialClusterState, NodeConfig, RaftTiming};
 use fenceflake_registry::lease::ClusterConfig;
@@ -15,7 +16,6 @@ use fenceflake_registry::raft::types::PeerNode;
 use fenceflake_registry::server::{self, Listeners};
 use fenceflake_worker::config::statefulset_ordinal;
 
-use crate::duration::parse_duration;
 use crate::signals::shutdown_signal;
 
 /// `--node-id`: a number, or `ordinal` (N+1 from a StatefulSet host name `name-N`, so that
@@ -65,6 +65,7 @@ pub enum ClusterState {
 /// A fresh cluster bootstraps once: start all nodes with the same --initial-cluster; the
 /// lowest node id initializes it. A node that finds state in --data-dir rejoins with it.
 #[derive(Debug, Args)]
+#[command(after_help = crate::DURATION_HELP)]
 pub struct RegistryArgs {
     /// This node's id (> 0, unique in the cluster, never reused after a node is lost), or
     /// `ordinal`: N+1 from a StatefulSet host name `name-N` (see --hostname).

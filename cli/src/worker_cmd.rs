@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use fenceflake_proto::duration::parse_duration;
 use fenceflake_worker::config::DeadlineCheck;
 use fenceflake_worker::limits::{DEFAULT_RATE_LIMIT_BURST, DEFAULT_RATE_LIMIT_IDS_PER_SEC, DEFAULT_SEQUENCE_BITS};
 use fenceflake_worker::server::{self, Listeners};
 use fenceflake_worker::{Generator, RateLimitConfig, RateLimiter, SystemClock, WorkerConfig, WorkerIdSpec};
 
-use crate::duration::parse_duration;
 use crate::signals::shutdown_signal;
 
 /// Run one generator worker.
@@ -22,6 +22,7 @@ use crate::signals::shutdown_signal;
 /// lease is provably its own (parks otherwise), and persists a timestamp ceiling in
 /// --state-dir so a restart never repeats an ID. Give each worker its own --state-dir.
 #[derive(Debug, Args)]
+#[command(after_help = crate::DURATION_HELP)]
 pub struct WorkerArgs {
     /// Registry client addresses, HOST:PORT[,HOST:PORT...]; any node will do.
     #[arg(long, env = "FENCEFLAKE_REGISTRY", value_delimiter = ',', required = true)]
@@ -165,7 +166,8 @@ mod tests {
     }
 
     /// Goal: `--lease-ttl 3s` alone starts (the margin follows the TTL: 300ms), the default
-    /// TTL keeps 1s, and an explicit margin is used as given and still refused when too large.
+    /// TTL keeps 1s, an explicit margin is used as given and still refused when too large,
+    /// and a bare number is refused naming the units.
     #[test]
     fn margin_follows_the_ttl_unless_given() {
         assert_eq!(config(&["--lease-ttl", "3s"]).unwrap().effective_margin(), Duration::from_millis(300));
@@ -175,5 +177,7 @@ mod tests {
         assert_eq!(given.effective_margin(), Duration::from_millis(200));
         let err = config(&["--lease-ttl", "3s", "--margin", "1s"]).unwrap_err();
         assert!(err.contains("--margin") && err.contains("third"), "{err}");
+        let err = config(&["--lease-ttl", "3"]).unwrap_err();
+        assert!(err.contains("no unit") && err.contains("ms, s, m, h"), "{err}");
     }
 }

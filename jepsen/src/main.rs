@@ -14,6 +14,7 @@ use fenceflake_jepsen::history::{self, HistoryWriter};
 use fenceflake_jepsen::run::{run, RunOptions};
 use fenceflake_jepsen::scenario::{self, SCENARIOS};
 use fenceflake_jepsen::{net, report, workload};
+use fenceflake_proto::duration::parse_duration;
 
 /// Jepsen-style tests for Fenceflake: real registry and worker processes in network
 /// namespaces, partitions, crashes, pauses and clock faults, and checkers that prove no ID
@@ -34,8 +35,8 @@ enum Command {
         /// A scenario name (see `list`) or `all`.
         #[arg(long, env = "FENCEFLAKE_JEPSEN_SCENARIO")]
         scenario: String,
-        /// Length of each run, in seconds.
-        #[arg(long, env = "FENCEFLAKE_JEPSEN_TIME_LIMIT", default_value = "30s", value_parser = parse_secs)]
+        /// Length of each run, with a unit: 30s, 2m, 1h.
+        #[arg(long, env = "FENCEFLAKE_JEPSEN_TIME_LIMIT", default_value = "30s", value_parser = parse_duration)]
         time_limit: Duration,
         /// Seed of the nemesis schedule and the workload (printed in the reproduce command).
         #[arg(long, env = "FENCEFLAKE_JEPSEN_SEED")]
@@ -85,11 +86,6 @@ enum Command {
         #[arg(long)]
         burst: Vec<String>,
     },
-}
-
-fn parse_secs(text: &str) -> Result<Duration, String> {
-    let digits = text.trim_end_matches('s');
-    digits.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("{text:?} is not a number of seconds like 30s"))
 }
 
 fn main() -> ExitCode {

@@ -193,7 +193,7 @@ mod tests {
         let events = sample();
         let analysis = check_all(&events, &CheckConfig::default());
         let dir = tempfile::tempdir().unwrap();
-        let reproduce = "fenceflake-jepsen run --scenario quorum-loss --seed 42 --time-limit 60 <x>";
+        let reproduce = "fenceflake-jepsen run --scenario quorum-loss --seed 42 --time-limit 60s <x>";
         let paths = write(dir.path(), &events, &analysis, reproduce).unwrap();
 
         let html = std::fs::read_to_string(&paths.report_html).unwrap();
@@ -203,7 +203,7 @@ mod tests {
             assert!(html.contains(section), "missing {section}");
         }
         assert_eq!(html.matches("<svg").count(), 4);
-        assert!(html.contains("--seed 42 --time-limit 60 &lt;x&gt;"));
+        assert!(html.contains("--seed 42 --time-limit 60s &lt;x&gt;"));
         assert!(html.contains("class=\"fault\""), "nemesis intervals are shaded");
         assert!(html.contains("LEASE_EXPIRED"), "the parked interval is drawn with its reason");
         assert!(html.contains("w1 t100"), "the lease span is labelled");

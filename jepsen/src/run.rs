@@ -47,12 +47,23 @@ pub struct RunOptions {
     pub unsafe_disable_deadline_check: bool,
 }
 
+/// `d` as a flag value `parse_duration` reads back: `30s`, else `1500ms`, else in µs.
+fn duration_flag(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.subsec_nanos() % 1_000_000 == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}us", d.as_micros())
+    }
+}
+
 impl RunOptions {
     pub fn reproduce(&self) -> String {
         let mut cmd = format!(
-            "fenceflake-jepsen test --scenario {} --time-limit {}s --seed {} --workers {} --rate {}",
+            "fenceflake-jepsen test --scenario {} --time-limit {} --seed {} --workers {} --rate {}",
             self.scenario.name,
-            self.time_limit.as_secs(),
+            duration_flag(self.time_limit),
             self.seed,
             self.workers,
             self.rate
@@ -693,5 +704,21 @@ impl Cluster {
             registry.terminate(Duration::from_secs(5));
         }
         let _ = self.nemesis.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fenceflake_proto::duration::parse_duration;
+
+    use super::*;
+
+    /// Goal: the reproduce command's --time-limit reads back as the same duration.
+    #[test]
+    fn duration_flags_read_back() {
+        for d in [Duration::from_secs(30), Duration::from_millis(1500), Duration::from_micros(2_000_250)] {
+            assert_eq!(parse_duration(&duration_flag(d)), Ok(d), "{}", duration_flag(d));
+        }
+        assert_eq!(duration_flag(Duration::from_secs(600)), "600s");
     }
 }
