@@ -208,9 +208,10 @@ pub enum RegistryResult {
     Rejected { reason: Rejection },
 }
 
-/// Why the registry refused: `ALREADY_EXISTS` → `already_held`, `FAILED_PRECONDITION` with
-/// `FENCED:` / `EXPIRED:` → `fenced` / `expired`; anything else (quarantine, bad TTL, the
-/// holder holds another ID) is `other`, which the model does not check.
+/// Why the registry refused, from the reason on its status (`fenceflake_proto::wire::Reason`):
+/// `ALREADY_HELD` → `already_held`, `FENCED` / `EXPIRED` → `fenced` / `expired`; any other
+/// refusal (quarantine, bad TTL, the holder holds another ID) is `other`, which the model
+/// does not check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rejection {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::generator_client::GeneratorClient;
 use fenceflake_proto::v1::registry_client::RegistryClient;
+use fenceflake_proto::wire::{Reason, PARK_REASON_METADATA_KEY, RETRY_AFTER_METADATA_KEY};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::transport::{Channel, Endpoint};
@@ -70,8 +71,21 @@ fn channel(addr: &str) -> anyhow::Result<Channel> {
         .connect_lazy())
 }
 
+/// The status as the history records it: code, the reason word the registry or the worker
+/// put in its metadata (if any), and the message.
 fn status_text(status: &tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    let word = Reason::of(status)
+        .map(|r| r.as_str().to_string())
+        .or_else(|| park_reason(status).map(|r| format!("parked {r}")));
+    match word {
+        Some(word) => format!("{:?} [{word}]: {}", status.code(), status.message()),
+        None => format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
+/// The park cause a worker names when it refuses to mint.
+fn park_reason(status: &tonic::Status) -> Option<&str> {
+    status.metadata().get(PARK_REASON_METADATA_KEY).and_then(|v| v.to_str().ok())
 }
 
 /// Run the plan to completion, writing to `history`.
@@ -234,14 +248,27 @@ fn note_deadline(
     }
 }
 
-/// A gRPC error is a definite failure when the worker said so (it minted nothing), else unknown.
 fn failed(invoke: &ClientOp, status: &tonic::Status, clock: RunClock) -> ClientOp {
-    let definite = matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument
-    ) && !status.message().contains("transport");
-    let phase = if definite { Phase::Fail } else { Phase::Info };
-    invoke.failed(phase, clock.now_ns(), wall_ms(), &status_text(status))
+    invoke.failed(generate_phase(status), clock.now_ns(), wall_ms(), &status_text(status))
+}
+
+/// How a failed Generate/GenerateBatch ends: `fail` (it minted nothing) only when the worker
+/// itself said why it refused — parked (`UNAVAILABLE` naming its park cause), rate limited
+/// (`RESOURCE_EXHAUSTED` with its retry hint), or a bad count (`INVALID_ARGUMENT`, checked
+/// before minting). Everything else is `info`: a transport error, a cancelled call, our own
+/// timeout, a worker-side timeout, a status without the worker's metadata.
+fn generate_phase(status: &tonic::Status) -> Phase {
+    let definite = match status.code() {
+        tonic::Code::Unavailable => park_reason(status).is_some(),
+        tonic::Code::ResourceExhausted => status.metadata().get(RETRY_AFTER_METADATA_KEY).is_some(),
+        tonic::Code::InvalidArgument => true,
+        _ => false,
+    };
+    if definite {
+        Phase::Fail
+    } else {
+        Phase::Info
+    }
 }
 
 /// One caller far above a worker's per-millisecond ceiling.
@@ -441,15 +468,7 @@ async fn registry_call(mut client: RegistryClient<Channel>, op: &RegistryOp) -> 
     match result {
         Ok(result) => RegistryOp { phase: Phase::Ok, result: Some(result), ..op.clone() },
         Err(status) => {
-            let rejection = match status.code() {
-                tonic::Code::AlreadyExists => Some(Rejection::AlreadyHeld),
-                tonic::Code::FailedPrecondition if status.message().starts_with("FENCED:") => Some(Rejection::Fenced),
-                tonic::Code::FailedPrecondition if status.message().starts_with("EXPIRED:") => Some(Rejection::Expired),
-                tonic::Code::FailedPrecondition => Some(Rejection::Other),
-                _ => None,
-            };
-            // UNAVAILABLE may follow a commit whose reply was lost: unknown, not failed.
-            let phase = if rejection.is_some() { Phase::Fail } else { Phase::Info };
+            let (phase, rejection) = registry_outcome(&status);
             RegistryOp {
                 phase,
                 result: rejection.map(|reason| RegistryResult::Rejected { reason }),
@@ -457,6 +476,38 @@ async fn registry_call(mut client: RegistryClient<Channel>, op: &RegistryOp) -> 
                 ..op.clone()
             }
         }
+    }
+}
+
+/// How a failed registry call ends in the history, read from the [`Reason`] the registry
+/// puts on every error status (never from the message):
+/// - a refusal (`fail`): FENCED, EXPIRED and ALREADY_HELD are what the linearizability model
+///   checks; any other refusal (quarantined, holder holds another ID, invalid...) is `other`;
+/// - a definite unavailability (`fail`, no result: nothing was applied): NOT_LEADER,
+///   NO_LEADER, NO_QUORUM, OVERLOADED, NOT_CONFIGURED;
+/// - unknown (`info`: it may still take effect): OUTCOME_UNKNOWN; FATAL (the node stopped on
+///   a storage error, possibly after proposing the command); and every status without a
+///   reason this build knows — a transport error, a cancelled call, the harness's own
+///   timeout (`DEADLINE_EXCEEDED`), a newer registry's word. A status with no reason did not
+///   come from the registry's error table, so it proves nothing about the outcome.
+fn registry_outcome(status: &tonic::Status) -> (Phase, Option<Rejection>) {
+    let Some(reason) = Reason::of(status) else {
+        return (Phase::Info, None);
+    };
+    match reason {
+        Reason::Fenced => (Phase::Fail, Some(Rejection::Fenced)),
+        Reason::Expired => (Phase::Fail, Some(Rejection::Expired)),
+        Reason::AlreadyHeld => (Phase::Fail, Some(Rejection::AlreadyHeld)),
+        Reason::OutcomeUnknown | Reason::Fatal => (Phase::Info, None),
+        Reason::NotLeader | Reason::NoLeader | Reason::NoQuorum | Reason::Overloaded | Reason::NotConfigured => {
+            (Phase::Fail, None)
+        }
+        Reason::Quarantined
+        | Reason::HolderHoldsOther
+        | Reason::Exhausted
+        | Reason::Invalid
+        | Reason::NotEmpty
+        | Reason::Membership => (Phase::Fail, Some(Rejection::Other)),
     }
 }
 
@@ -472,6 +523,69 @@ async fn timed<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Goal: registry errors are classified by their reason alone — rejections and definite
+    /// unavailability are `fail` (nothing applied), OUTCOME_UNKNOWN is `info`, and a status
+    /// without a reason (transport error, cancelled, our own timeout), whatever its code or
+    /// message, stays `info`: it proves nothing about the outcome.
+    #[test]
+    fn registry_errors_are_classified_by_reason() {
+        let of = |status: tonic::Status| registry_outcome(&status);
+        assert_eq!(of(Reason::Fenced.status("stale token")), (Phase::Fail, Some(Rejection::Fenced)));
+        assert_eq!(of(Reason::Expired.status("released")), (Phase::Fail, Some(Rejection::Expired)));
+        assert_eq!(of(Reason::AlreadyHeld.status("held by x")), (Phase::Fail, Some(Rejection::AlreadyHeld)));
+        for other in [Reason::Quarantined, Reason::HolderHoldsOther, Reason::Exhausted, Reason::Invalid] {
+            assert_eq!(of(other.status("no")), (Phase::Fail, Some(Rejection::Other)), "{other}");
+        }
+        for definite in
+            [Reason::NotLeader, Reason::NoLeader, Reason::NoQuorum, Reason::Overloaded, Reason::NotConfigured]
+        {
+            assert_eq!(of(definite.status("try later")), (Phase::Fail, None), "{definite}");
+        }
+        assert_eq!(of(Reason::OutcomeUnknown.status("timed out")), (Phase::Info, None));
+        assert_eq!(of(Reason::Fatal.status("disk")), (Phase::Info, None));
+        // No reason: never read from the code or the message.
+        for reasonless in [
+            tonic::Status::unavailable("transport error: connection reset"),
+            tonic::Status::unavailable("NO_QUORUM: looks definite but carries no reason"),
+            tonic::Status::failed_precondition("FENCED: a message prefix is not a reason"),
+            tonic::Status::already_exists("held"),
+            tonic::Status::cancelled("client went away"),
+            tonic::Status::deadline_exceeded("harness timeout"),
+            tonic::Status::unknown("h2 error"),
+        ] {
+            assert_eq!(of(reasonless.clone()), (Phase::Info, None), "{reasonless:?}");
+        }
+        let mut foreign = tonic::Status::unavailable("x");
+        foreign.metadata_mut().insert(fenceflake_proto::wire::REASON_METADATA_KEY, "SOME_NEW_WORD".parse().unwrap());
+        assert_eq!(of(foreign), (Phase::Info, None));
+        let text = status_text(&Reason::NoQuorum.status("leader cannot confirm a quorum"));
+        assert_eq!(text, "Unavailable [NO_QUORUM]: leader cannot confirm a quorum");
+    }
+
+    /// Goal: a Generate error is `fail` only when the worker named why it refused (park
+    /// cause, rate-limit hint) or the count was bad; transport errors and timeouts are `info`,
+    /// whatever their message says.
+    #[test]
+    fn generate_errors_are_definite_only_with_the_workers_word() {
+        let mut parked = tonic::Status::unavailable("parked: lease expired");
+        parked.metadata_mut().insert(PARK_REASON_METADATA_KEY, "LEASE_EXPIRED".parse().unwrap());
+        assert_eq!(generate_phase(&parked), Phase::Fail);
+        assert_eq!(status_text(&parked), "Unavailable [parked LEASE_EXPIRED]: parked: lease expired");
+        let mut limited = tonic::Status::resource_exhausted("rate limited");
+        limited.metadata_mut().insert(RETRY_AFTER_METADATA_KEY, "5".parse().unwrap());
+        assert_eq!(generate_phase(&limited), Phase::Fail);
+        assert_eq!(generate_phase(&tonic::Status::invalid_argument("count 0")), Phase::Fail);
+        for unknown in [
+            tonic::Status::unavailable("tcp connect error"),
+            tonic::Status::unavailable("no transport word here either"),
+            tonic::Status::resource_exhausted("message too large"),
+            tonic::Status::deadline_exceeded("timeout"),
+            tonic::Status::cancelled("cancelled"),
+        ] {
+            assert_eq!(generate_phase(&unknown), Phase::Info, "{unknown:?}");
+        }
+    }
 
     #[test]
     fn lease_changes_follow_status_transitions() {
