@@ -4,8 +4,9 @@ use clap::Args;
 use fenceflake_worker::limits::{DEFAULT_SEQUENCE_BITS, DEFAULT_WORKER_ID_BITS};
 use fenceflake_worker::Layout;
 
-/// The registry's default ID epoch: 2024-01-01T00:00:00Z.
-const DEFAULT_EPOCH_MS: u64 = 1_704_067_200_000;
+/// The registry's default ID epoch: 2024-01-01T00:00:00Z (also `fenceflake dev`'s, so the
+/// IDs it prints decode with the defaults).
+pub const DEFAULT_EPOCH_MS: u64 = 1_704_067_200_000;
 
 /// Decode IDs into timestamp, worker ID and sequence.
 #[derive(Debug, Args)]

@@ -120,7 +120,7 @@ where
             initial_cluster: members.clone(),
             initial_cluster_state: InitialClusterState::New,
             cluster_config: ClusterConfig {
-                epoch_ms: 1_704_067_200_000,
+                epoch_ms: decode_cmd::DEFAULT_EPOCH_MS,
                 worker_id_bits: 10,
                 ttl_ms_max: 60_000,
                 cool_down_ms: 1_000,
@@ -207,15 +207,62 @@ async fn print_summary(
     let layout = generators[0].status().layout;
     println!("\nA few IDs, minted through the balancing client and decoded:");
     println!("  {}", decode_cmd::header());
+    let mut last_id = 0;
     for _ in 0..DEMO_IDS {
-        println!("  {}", decode_cmd::row(&layout, client.generate().await?));
+        last_id = client.generate().await?;
+        println!("  {}", decode_cmd::row(&layout, last_id));
     }
+    // Every line must work when pasted into a shell: name this very binary, which need not
+    // be on PATH (e.g. target/debug/fenceflake).
+    let exe = std::env::current_exe().context("cannot find the path of this fenceflake binary")?;
+    let bin = shell_word(&exe.display().to_string());
     println!("\nTry:");
-    println!("  fenceflake ctl --registry {registry} status");
-    println!("  fenceflake ctl --registry {registry} leases");
-    println!("  fenceflake mint --workers {workers} -n 5");
-    println!("  fenceflake mint --workers {workers} -n 10000 --batch | tail -1");
-    println!("  fenceflake decode <ID>");
+    for command in try_commands(&bin, &registry, &workers, last_id) {
+        println!("  {command}");
+    }
     println!("\nPress Ctrl-C to stop.");
     Ok(())
+}
+
+/// The commands `dev` suggests, each starting with `bin` (the running binary's path).
+fn try_commands(bin: &str, registry: &str, workers: &str, id: u64) -> Vec<String> {
+    vec![
+        format!("{bin} ctl --registry {registry} status"),
+        format!("{bin} ctl --registry {registry} leases"),
+        format!("{bin} mint --workers {workers} -n 5"),
+        format!("{bin} mint --workers {workers} -n 10000 --batch | tail -1"),
+        format!("{bin} decode {id}"),
+    ]
+}
+
+/// `text` as one shell word: as is when it has no character a shell treats specially, else
+/// in single quotes.
+fn shell_word(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:,=@%".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: every suggested command starts with the binary's path (quoted when needed) and
+    /// has no placeholder a shell would misread.
+    #[test]
+    fn try_commands_name_the_binary_and_paste_as_they_are() {
+        let commands = try_commands("/work/target/debug/fenceflake", "127.0.0.1:1,127.0.0.1:2", "127.0.0.1:3", 42);
+        assert_eq!(commands.len(), 5);
+        for command in &commands {
+            assert!(command.starts_with("/work/target/debug/fenceflake "), "{command}");
+            assert!(!command.contains('<') && !command.contains('>'), "{command}");
+        }
+        assert!(commands[4].ends_with("decode 42"));
+        assert_eq!(shell_word("/usr/bin/fenceflake"), "/usr/bin/fenceflake");
+        assert_eq!(shell_word("/home/a b/fenceflake"), "'/home/a b/fenceflake'");
+        assert_eq!(shell_word("/tmp/it's"), r"'/tmp/it'\''s'");
+    }
 }

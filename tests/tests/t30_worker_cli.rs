@@ -16,18 +16,27 @@ fn run_ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
-/// Goal: `fenceflake dev` prints its addresses and next commands; minting through the
-/// printed workers yields unique IDs (a batch larger than the per-caller burst waits out
+/// Goal: `fenceflake dev` prints its addresses and next commands, each naming this very
+/// binary by its path (it need not be on PATH) so it works when pasted into a shell; its
+/// first boot logs no warning (no "lost disk" for the state it just created); minting through
+/// the printed workers yields unique IDs (a batch larger than the per-caller burst waits out
 /// the limit), they decode to the workers' IDs, and SIGINT stops it with exit 0.
 #[test]
 fn dev_mint_decode_round_trip() {
     let mut dev = Command::new(fenceflake_bin())
         .arg("dev")
+        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn fenceflake dev");
+    let stderr = dev.stderr.take().expect("piped stderr");
+    let logged = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        text
+    });
     let stdout = dev.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -57,6 +66,21 @@ fn dev_mint_decode_round_trip() {
     assert_eq!(field("worker:").len(), 2, "{printed:?}");
     assert!(printed.iter().any(|l| l.contains("fenceflake mint --workers")), "{printed:?}");
 
+    let try_from = printed.iter().position(|l| l == "Try:").expect("a Try: section") + 1;
+    let commands: Vec<&str> = printed[try_from..].iter().map(|l| l.trim()).take_while(|l| !l.is_empty()).collect();
+    assert!(commands.len() >= 5, "{printed:?}");
+    let bin = std::fs::canonicalize(fenceflake_bin()).expect("the binary's real path");
+    for command in &commands {
+        let program = command.split_whitespace().next().unwrap_or_default();
+        assert_eq!(std::fs::canonicalize(program).ok().as_ref(), Some(&bin), "not this binary: {command}");
+    }
+    // Pasted as printed into a shell whose PATH has no fenceflake on it.
+    for command in commands.iter().filter(|c| c.contains(" ctl ") || c.contains(" decode ")) {
+        let out = Command::new("sh").args(["-c", command]).env("PATH", "/usr/bin:/bin").output().expect("run sh");
+        assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!out.stdout.is_empty(), "{command} printed nothing");
+    }
+
     let single: Vec<u64> =
         run_ok(&["mint", "--workers", &workers, "-n", "5"]).lines().map(|l| l.parse().expect("an ID")).collect();
     let batch: Vec<u64> = run_ok(&["mint", "--workers", &workers, "-n", "150000", "--batch"])
@@ -82,4 +106,6 @@ fn dev_mint_decode_round_trip() {
         panic!("dev did not stop within 15 s of SIGINT");
     };
     assert!(exit.success(), "dev exited with {exit:?}");
+    let logged = logged.join().expect("stderr reader");
+    assert!(!logged.contains("lost disk") && !logged.contains("WARN"), "dev's first boot warned:\n{logged}");
 }

@@ -377,9 +377,13 @@ fn log_state_dir(state_dir: &StateDir) {
         crate::ceiling::Loaded::Found { ceiling_ms, exact } => {
             tracing::info!(state_dir = %dir, ceiling_ms, exact, holder_reused = state_dir.holder_reused(), "state dir read")
         }
+        crate::ceiling::Loaded::Missing if state_dir.is_fresh() => tracing::info!(
+            state_dir = %dir,
+            "new, empty state dir (first boot, or an empty replacement disk): no ceiling yet; the registry's not_before bounds the first mint"
+        ),
         crate::ceiling::Loaded::Missing => tracing::warn!(
             state_dir = %dir,
-            "no ceiling in the state dir (first boot or lost disk): relying on the registry's not_before alone, with a new holder ID"
+            "no ceiling in a state dir that was used before (nothing minted yet, or the ceiling file was lost): relying on the registry's not_before alone, with a new holder ID"
         ),
         crate::ceiling::Loaded::Corrupt { why } => tracing::warn!(
             state_dir = %dir, why = %why,

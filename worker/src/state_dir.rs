@@ -58,12 +58,24 @@ pub struct StateDir {
     holder: HolderId,
     /// Whether `holder` came from the previous incarnation (see the module docs).
     holder_reused: bool,
+    /// Whether the directory was missing or empty before this open: a first boot (or a disk
+    /// replaced by an empty one, which looks the same), so a missing ceiling is expected.
+    fresh: bool,
+}
+
+/// Whether `dir` holds nothing yet: missing, or an empty directory.
+fn is_missing_or_empty(dir: &Path) -> bool {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    }
 }
 
 impl StateDir {
     /// Lock `dir` (creating it), read the ceiling, and pick the holder ID: the stored one if
     /// the ceiling is intact, else a fresh one for `hostname`, persisted before it is used.
     pub fn open(dir: &Path, hostname: &str) -> Result<StateDir, StateDirError> {
+        let fresh = is_missing_or_empty(dir);
         fs::create_dir_all(dir).map_err(|source| StateDirError::Create { dir: dir.to_path_buf(), source })?;
         let lock = OpenOptions::new()
             .create(true)
@@ -91,6 +103,7 @@ impl StateDir {
             holder: HolderId::generate(hostname),
             holder_reused: false,
             loaded,
+            fresh,
         };
         match stored {
             Some(holder) if matches!(state.loaded, Loaded::Found { .. }) => {
@@ -108,6 +121,11 @@ impl StateDir {
 
     pub fn holder_reused(&self) -> bool {
         self.holder_reused
+    }
+
+    /// Whether the directory was missing or empty when opened (a first boot).
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
     }
 
     pub fn path(&self) -> &Path {
@@ -166,6 +184,23 @@ mod tests {
         assert!(matches!(fourth.loaded, Loaded::Corrupt { .. }));
         assert!(!fourth.holder_reused());
         assert_ne!(fourth.holder(), &h2);
+    }
+
+    /// Goal: a missing or empty directory opens as fresh (a first boot, where no ceiling is
+    /// expected); once a worker has used it, it is not fresh even without a ceiling.
+    #[test]
+    fn missing_or_empty_dirs_are_fresh_used_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("new");
+        let first = StateDir::open(&missing, "host").unwrap();
+        assert!(first.is_fresh() && matches!(first.loaded, Loaded::Missing));
+        drop(first);
+        let reopened = StateDir::open(&missing, "host").unwrap();
+        assert!(!reopened.is_fresh() && matches!(reopened.loaded, Loaded::Missing));
+        drop(reopened);
+        let empty = dir.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        assert!(StateDir::open(&empty, "host").unwrap().is_fresh());
     }
 
     /// Goal: a second process (here: a second open) cannot use a locked directory, and
