@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fenceflake_proto::v1 as pb;
+use fenceflake_proto::wire::PARK_REASON_METADATA_KEY;
 use fenceflake_tests::cluster::Cluster;
 use fenceflake_tests::eventually;
 use fenceflake_tests::worker::{WorkerProcess, SHORT_LEASE};
@@ -126,7 +127,8 @@ async fn quorum_loss_parks_workers_and_restart_resumes_them() {
         w.wait_parked("LEASE_EXPIRED", Duration::from_secs(10)).await;
         let err = w.client().generate(pb::GenerateRequest {}).await.expect_err("minted while parked");
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-        assert_eq!(err.metadata().get("fenceflake-park-reason").and_then(|v| v.to_str().ok()), Some("LEASE_EXPIRED"));
+        let reason = err.metadata().get(PARK_REASON_METADATA_KEY).and_then(|v| v.to_str().ok());
+        assert_eq!(reason, Some("LEASE_EXPIRED"));
     }
     eprintln!("phase: both parked; restarting the registry");
     for node_id in 1..=5 {
@@ -138,4 +140,16 @@ async fn quorum_loss_parks_workers_and_restart_resumes_them() {
         assert_eq!((after.worker_id, after.token), (before.worker_id, before.token), "{}", w.name);
         w.client().generate(pb::GenerateRequest {}).await.expect("Generate after resuming");
     }
+}
+
+/// Goal: `--lease-ttl 3s` alone starts a worker: without `--margin` the margin follows the
+/// TTL (min(1s, ttl/10) = 300ms) instead of the 1s that a 3s lease cannot fit, and the worker
+/// serves with a deadline at most ttl - margin = 2.7s ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lease_alone_starts_with_a_margin_that_fits() {
+    let cluster = Cluster::start(1, &[]).await;
+    let worker = WorkerProcess::spawn(cluster.dir.path(), "w", &cluster.client_addrs(), &["--lease-ttl", "3s"]);
+    let status = worker.wait_serving(Duration::from_secs(15)).await;
+    assert!((1..=2_700).contains(&status.lease_remaining_ms), "{status:?}");
+    worker.client().generate(pb::GenerateRequest {}).await.expect("Generate with a 3s lease");
 }
