@@ -50,6 +50,26 @@ fn bad_flags_are_refused_naming_the_value() {
     assert!(err.contains("--worker-id-bits"), "{err}");
 }
 
+/// Goal: one duration syntax — a bare number given to a duration flag (registry, worker,
+/// ctl) is refused before anything starts, naming the value and the units, never read as
+/// ms or s.
+#[test]
+fn bare_number_durations_are_refused_naming_the_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_unit = |err: &str, value: &str| {
+        assert!(err.contains(&format!("\"{value}\" has no unit")) && err.contains("ms, s, m, h"), "{err}");
+    };
+    no_unit(&stderr_of(registry_cmd(1, dir.path(), "1=PEER").args(["--cool-down", "500"])), "500");
+    let mut worker = Command::new(fenceflake_bin());
+    worker.args(["worker", "--registry", "127.0.0.1:1", "--state-dir"]).arg(dir.path().join("w"));
+    no_unit(&stderr_of(worker.args(["--lease-ttl", "3"])), "3");
+    let mut ctl = Command::new(fenceflake_bin());
+    no_unit(&stderr_of(ctl.args(["ctl", "--registry", "127.0.0.1:1", "--timeout", "5", "status"])), "5");
+    let mut env = Command::new(fenceflake_bin());
+    env.args(["ctl", "--registry", "127.0.0.1:1", "status"]).env("FENCEFLAKE_CTL_TIMEOUT", "250");
+    no_unit(&stderr_of(&mut env), "250");
+}
+
 /// Goal: a data dir that belongs to another node id or cluster is refused, saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_data_dir_is_refused() {
