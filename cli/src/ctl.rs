@@ -167,24 +167,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             Output::new(json!(r.entries.iter().map(audit_json).collect::<Vec<_>>()), audit_table(&r.entries))
         }
         CtlCommand::AddMember { node_id, peer_addr, client_addr, learner } => {
-            let request = pb::AddMemberRequest { node_id, peer_addr, client_addr };
-            let mut s = cluster
-                .call(|mut c| {
-                    let request = request.clone();
-                    async move { c.add_learner(request).await }
-                })
-                .await?
-                .status
-                .unwrap_or_default();
-            if !learner {
-                wait_caught_up(&cluster, node_id).await?;
-                s = cluster
-                    .call(|mut c| async move { c.promote_member(pb::PromoteMemberRequest { node_id }).await })
-                    .await?
-                    .status
-                    .unwrap_or_default();
-            }
-            Output::new(status_json(&s), members_table(&s))
+            add_member(&cluster, pb::AddMemberRequest { node_id, peer_addr, client_addr }, learner).await?
         }
         CtlCommand::PromoteMember { node_id } => {
             let s = cluster
@@ -202,40 +185,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 .unwrap_or_default();
             Output::new(status_json(&s), members_table(&s))
         }
-        CtlCommand::Snapshot(SnapshotCommand::Export { file }) => {
-            let r = cluster.call(|mut c| async move { c.export_snapshot(pb::ExportSnapshotRequest {}).await }).await?;
-            write_atomically(&file, &r.data)?;
-            let json = json!({"file": file, "bytes": r.data.len(), "applied_index": r.applied_index,
-                              "records": r.records, "exported_at_ms": r.exported_at_ms});
-            let table = format!(
-                "exported {} worker-ID records as of applied index {} to {} ({} bytes)\n",
-                r.records,
-                r.applied_index,
-                file.display(),
-                r.data.len()
-            );
-            Output::new(json, table)
-        }
-        CtlCommand::Snapshot(SnapshotCommand::Import { file }) => {
-            let data = std::fs::read(&file).with_context(|| format!("cannot read backup {}", file.display()))?;
-            let r = cluster
-                .call(|mut c| {
-                    let data = data.clone();
-                    async move { c.import_snapshot(pb::ImportSnapshotRequest { data }).await }
-                })
-                .await?;
-            let json = json!({"file": file, "generation": r.generation, "worker_ids": r.worker_ids,
-                              "records": r.records, "embargo_until_ms": r.embargo_until_ms});
-            let table = format!(
-                "restored {} records from {}; token generation {}; all {} worker IDs embargoed until {} (leader wall clock, ms)\n",
-                r.records,
-                file.display(),
-                r.generation,
-                r.worker_ids,
-                r.embargo_until_ms
-            );
-            Output::new(json, table)
-        }
+        CtlCommand::Snapshot(SnapshotCommand::Export { file }) => export(&cluster, &file).await?,
+        CtlCommand::Snapshot(SnapshotCommand::Import { file }) => import(&cluster, &file).await?,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&output.json)?);
@@ -243,6 +194,66 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         print!("{}", output.table);
     }
     Ok(())
+}
+
+/// `add-member`: add the node as a learner and, unless `learner`, promote it once caught up.
+async fn add_member(cluster: &Cluster, request: pb::AddMemberRequest, learner: bool) -> anyhow::Result<Output> {
+    let node_id = request.node_id;
+    let mut s = cluster
+        .call(|mut c| {
+            let request = request.clone();
+            async move { c.add_learner(request).await }
+        })
+        .await?
+        .status
+        .unwrap_or_default();
+    if !learner {
+        wait_caught_up(cluster, node_id).await?;
+        s = cluster
+            .call(|mut c| async move { c.promote_member(pb::PromoteMemberRequest { node_id }).await })
+            .await?
+            .status
+            .unwrap_or_default();
+    }
+    Ok(Output::new(status_json(&s), members_table(&s)))
+}
+
+/// `snapshot export`: the backup, written atomically to `file`.
+async fn export(cluster: &Cluster, file: &Path) -> anyhow::Result<Output> {
+    let r = cluster.call(|mut c| async move { c.export_snapshot(pb::ExportSnapshotRequest {}).await }).await?;
+    write_atomically(file, &r.data)?;
+    let json = json!({"file": file, "bytes": r.data.len(), "applied_index": r.applied_index,
+                      "records": r.records, "exported_at_ms": r.exported_at_ms});
+    let table = format!(
+        "exported {} worker-ID records as of applied index {} to {} ({} bytes)\n",
+        r.records,
+        r.applied_index,
+        file.display(),
+        r.data.len()
+    );
+    Ok(Output::new(json, table))
+}
+
+/// `snapshot import`: restore `file` into a cluster that never granted.
+async fn import(cluster: &Cluster, file: &Path) -> anyhow::Result<Output> {
+    let data = std::fs::read(file).with_context(|| format!("cannot read backup {}", file.display()))?;
+    let r = cluster
+        .call(|mut c| {
+            let data = data.clone();
+            async move { c.import_snapshot(pb::ImportSnapshotRequest { data }).await }
+        })
+        .await?;
+    let json = json!({"file": file, "generation": r.generation, "worker_ids": r.worker_ids,
+                      "records": r.records, "embargo_until_ms": r.embargo_until_ms});
+    let table = format!(
+        "restored {} records from {}; token generation {}; all {} worker IDs embargoed until {} (leader wall clock, ms)\n",
+        r.records,
+        file.display(),
+        r.generation,
+        r.worker_ids,
+        r.embargo_until_ms
+    );
+    Ok(Output::new(json, table))
 }
 
 /// Write `data` to `path` so that a crash leaves either the old file or the whole new one.

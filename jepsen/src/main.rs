@@ -31,32 +31,7 @@ enum Command {
     /// List the scenarios.
     List,
     /// Run one scenario, or all of them; exit 1 if any checker finds a violation.
-    Test {
-        /// A scenario name (see `list`) or `all`.
-        #[arg(long, env = "FENCEFLAKE_JEPSEN_SCENARIO")]
-        scenario: String,
-        /// Length of each run, with a unit: 30s, 2m, 1h.
-        #[arg(long, env = "FENCEFLAKE_JEPSEN_TIME_LIMIT", default_value = "30s", value_parser = parse_duration)]
-        time_limit: Duration,
-        /// Seed of the nemesis schedule and the workload (printed in the reproduce command).
-        #[arg(long, env = "FENCEFLAKE_JEPSEN_SEED")]
-        seed: Option<u64>,
-        /// Worker processes.
-        #[arg(long, env = "FENCEFLAKE_JEPSEN_WORKERS", default_value_t = 6)]
-        workers: usize,
-        /// Client calls per second across all workers.
-        #[arg(long, env = "FENCEFLAKE_JEPSEN_RATE", default_value_t = 2000)]
-        rate: u32,
-        /// Where runs are stored: <store>/<scenario>/<time>/.
-        #[arg(long, env = "FENCEFLAKE_JEPSEN_STORE", default_value = "store")]
-        store: PathBuf,
-        /// The fenceflake binary under test (default: next to this binary).
-        #[arg(long, env = "FENCEFLAKE_BIN")]
-        fenceflake: Option<PathBuf>,
-        /// Self-test: workers mint past their lease deadline. The run must then be invalid.
-        #[arg(long)]
-        unsafe_disable_deadline_check: bool,
-    },
+    Test(TestArgs),
     /// Remove namespaces left by crashed runs.
     Cleanup,
     /// Re-check a recorded history and rewrite its report.
@@ -67,25 +42,58 @@ enum Command {
     },
     /// (internal) The workload, run by `test` inside the client namespace.
     #[command(hide = true)]
-    Workload {
-        #[arg(long, value_delimiter = ',')]
-        workers: Vec<String>,
-        #[arg(long, value_delimiter = ',')]
-        registry: Vec<String>,
-        #[arg(long)]
-        rate: u32,
-        #[arg(long)]
-        duration_ms: u64,
-        #[arg(long)]
-        seed: u64,
-        #[arg(long)]
-        origin_ns: u64,
-        #[arg(long)]
-        history: PathBuf,
-        /// WORKER_INDEX:AT_MS:IDS_PER_CALL:CALLS
-        #[arg(long)]
-        burst: Vec<String>,
-    },
+    Workload(WorkloadArgs),
+}
+
+// The flags of `test` (the variant's doc is its help).
+#[derive(Debug, clap::Args)]
+struct TestArgs {
+    /// A scenario name (see `list`) or `all`.
+    #[arg(long, env = "FENCEFLAKE_JEPSEN_SCENARIO")]
+    scenario: String,
+    /// Length of each run, with a unit: 30s, 2m, 1h.
+    #[arg(long, env = "FENCEFLAKE_JEPSEN_TIME_LIMIT", default_value = "30s", value_parser = parse_duration)]
+    time_limit: Duration,
+    /// Seed of the nemesis schedule and the workload (printed in the reproduce command).
+    #[arg(long, env = "FENCEFLAKE_JEPSEN_SEED")]
+    seed: Option<u64>,
+    /// Worker processes.
+    #[arg(long, env = "FENCEFLAKE_JEPSEN_WORKERS", default_value_t = 6)]
+    workers: usize,
+    /// Client calls per second across all workers.
+    #[arg(long, env = "FENCEFLAKE_JEPSEN_RATE", default_value_t = 2000)]
+    rate: u32,
+    /// Where runs are stored: <store>/<scenario>/<time>/.
+    #[arg(long, env = "FENCEFLAKE_JEPSEN_STORE", default_value = "store")]
+    store: PathBuf,
+    /// The fenceflake binary under test (default: next to this binary).
+    #[arg(long, env = "FENCEFLAKE_BIN")]
+    fenceflake: Option<PathBuf>,
+    /// Self-test: workers mint past their lease deadline. The run must then be invalid.
+    #[arg(long)]
+    unsafe_disable_deadline_check: bool,
+}
+
+// The flags of the internal `workload`: the client side of one run, in the client namespace.
+#[derive(Debug, clap::Args)]
+struct WorkloadArgs {
+    #[arg(long, value_delimiter = ',')]
+    workers: Vec<String>,
+    #[arg(long, value_delimiter = ',')]
+    registry: Vec<String>,
+    #[arg(long)]
+    rate: u32,
+    #[arg(long)]
+    duration_ms: u64,
+    #[arg(long)]
+    seed: u64,
+    #[arg(long)]
+    origin_ns: u64,
+    #[arg(long)]
+    history: PathBuf,
+    /// WORKER_INDEX:AT_MS:IDS_PER_CALL:CALLS
+    #[arg(long)]
+    burst: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -130,107 +138,101 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { history: path, out_dir } => {
-            let out_dir = out_dir.unwrap_or_else(|| path.parent().map_or_else(|| PathBuf::from("."), PathBuf::from));
-            let events = history::load(&path)?;
-            let analysis = check_all(&events, &CheckConfig::default());
-            let reproduce = format!("fenceflake-jepsen check {}", path.display());
-            let paths = report::write(&out_dir, &events, &analysis, &reproduce)?;
-            for r in &analysis.results {
-                println!("{:<24} {:<8} {}", r.name, r.valid.as_str(), r.summary);
+        Command::Check { history, out_dir } => check(&history, out_dir),
+        Command::Workload(args) => run_workload(args),
+        Command::Test(args) => test(args),
+    }
+}
+
+/// Re-judge a recorded history and rewrite its report.
+fn check(path: &std::path::Path, out_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let out_dir = out_dir.unwrap_or_else(|| path.parent().map_or_else(|| PathBuf::from("."), PathBuf::from));
+    let events = history::load(path)?;
+    let analysis = check_all(&events, &CheckConfig::default());
+    let reproduce = format!("fenceflake-jepsen check {}", path.display());
+    let paths = report::write(&out_dir, &events, &analysis, &reproduce)?;
+    for r in &analysis.results {
+        println!("{:<24} {:<8} {}", r.name, r.valid.as_str(), r.summary);
+    }
+    println!("report: {}", paths.report_html.display());
+    Ok(exit_code(analysis.valid()))
+}
+
+fn run_workload(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
+    let WorkloadArgs { workers, registry, rate, duration_ms, seed, origin_ns, history: path, burst } = args;
+    let workers = workers
+        .iter()
+        .map(|w| w.split_once('=').map(|(n, a)| (n.to_string(), a.to_string())).context("--workers takes NAME=ADDR"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let bursts = burst
+        .iter()
+        .map(|b| {
+            let parts: Vec<u64> = b.split(':').filter_map(|p| p.parse().ok()).collect();
+            match parts[..] {
+                [w, at, ids, calls] => Ok((w as usize, Duration::from_millis(at), ids as u32, calls as u32)),
+                _ => bail!("--burst takes WORKER:AT_MS:IDS:CALLS, got {b:?}"),
             }
-            println!("report: {}", paths.report_html.display());
-            Ok(exit_code(analysis.valid()))
-        }
-        Command::Workload { workers, registry, rate, duration_ms, seed, origin_ns, history: path, burst } => {
-            let workers = workers
-                .iter()
-                .map(|w| {
-                    w.split_once('=').map(|(n, a)| (n.to_string(), a.to_string())).context("--workers takes NAME=ADDR")
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let bursts = burst
-                .iter()
-                .map(|b| {
-                    let parts: Vec<u64> = b.split(':').filter_map(|p| p.parse().ok()).collect();
-                    match parts[..] {
-                        [w, at, ids, calls] => Ok((w as usize, Duration::from_millis(at), ids as u32, calls as u32)),
-                        _ => bail!("--burst takes WORKER:AT_MS:IDS:CALLS, got {b:?}"),
-                    }
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let plan = workload::Plan {
-                workers,
-                registry,
-                rate_per_sec: rate,
-                duration: Duration::from_millis(duration_ms),
-                seed,
-                clock: RunClock { origin_ns },
-                bursts,
-            };
-            let writer = HistoryWriter::open(&path)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            runtime.block_on(workload::run(plan, writer))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Test {
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let plan = workload::Plan {
+        workers,
+        registry,
+        rate_per_sec: rate,
+        duration: Duration::from_millis(duration_ms),
+        seed,
+        clock: RunClock { origin_ns },
+        bursts,
+    };
+    let writer = HistoryWriter::open(&path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(workload::run(plan, writer))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run the scenarios of `args` one after the other; the exit code of the worst.
+fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
+    let TestArgs { scenario, time_limit, seed, workers, rate, store, fenceflake, unsafe_disable_deadline_check } = args;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("fenceflake-jepsen needs root: it creates network namespaces and nftables rules (run it with sudo)");
+        return Ok(ExitCode::from(77));
+    }
+    anyhow::ensure!(workers >= 2, "--workers must be at least 2 (got {workers})");
+    let harness = std::env::current_exe()?;
+    let fenceflake = fenceflake.unwrap_or_else(|| harness.with_file_name("fenceflake"));
+    anyhow::ensure!(
+        fenceflake.exists(),
+        "{} not found: build it (`cargo build -p fenceflake-cli`) or pass --fenceflake",
+        fenceflake.display()
+    );
+    let scenarios: Vec<&'static scenario::Scenario> = if scenario == "all" {
+        SCENARIOS.iter().collect()
+    } else {
+        vec![scenario::find(&scenario)
+            .with_context(|| format!("unknown scenario {scenario:?}; see `fenceflake-jepsen list`"))?]
+    };
+    let seed = seed.unwrap_or_else(|| fenceflake_jepsen::clock::mono_ns() % 1_000_000);
+    let mut worst = Valid::True;
+    let mut summary = Vec::new();
+    for scenario in scenarios {
+        let options = RunOptions {
             scenario,
             time_limit,
             seed,
             workers,
             rate,
-            store,
-            fenceflake,
+            store: store.clone(),
+            fenceflake: fenceflake.clone(),
+            harness: harness.clone(),
             unsafe_disable_deadline_check,
-        } => {
-            if !nix::unistd::geteuid().is_root() {
-                eprintln!(
-                    "fenceflake-jepsen needs root: it creates network namespaces and nftables rules (run it with sudo)"
-                );
-                return Ok(ExitCode::from(77));
-            }
-            anyhow::ensure!(workers >= 2, "--workers must be at least 2 (got {workers})");
-            let harness = std::env::current_exe()?;
-            let fenceflake = match fenceflake {
-                Some(path) => path,
-                None => harness.with_file_name("fenceflake"),
-            };
-            anyhow::ensure!(
-                fenceflake.exists(),
-                "{} not found: build it (`cargo build -p fenceflake-cli`) or pass --fenceflake",
-                fenceflake.display()
-            );
-            let scenarios: Vec<&'static scenario::Scenario> = if scenario == "all" {
-                SCENARIOS.iter().collect()
-            } else {
-                vec![scenario::find(&scenario)
-                    .with_context(|| format!("unknown scenario {scenario:?}; see `fenceflake-jepsen list`"))?]
-            };
-            let seed = seed.unwrap_or_else(|| fenceflake_jepsen::clock::mono_ns() % 1_000_000);
-            let mut worst = Valid::True;
-            let mut summary = Vec::new();
-            for scenario in scenarios {
-                let options = RunOptions {
-                    scenario,
-                    time_limit,
-                    seed,
-                    workers,
-                    rate,
-                    store: store.clone(),
-                    fenceflake: fenceflake.clone(),
-                    harness: harness.clone(),
-                    unsafe_disable_deadline_check,
-                };
-                let outcome = run(&options)?;
-                for r in &outcome.results {
-                    println!("  {:<20} {:<8} {}", r.name, r.valid.as_str(), r.summary);
-                }
-                println!("{} {}: {}", scenario.name, outcome.valid.as_str(), outcome.dir.join("report.html").display());
-                summary.push(format!("{:<20} {}", scenario.name, outcome.valid.as_str()));
-                worst = worst.and(outcome.valid);
-            }
-            println!("\n{}", summary.join("\n"));
-            Ok(exit_code(worst))
+        };
+        let outcome = run(&options)?;
+        for r in &outcome.results {
+            println!("  {:<20} {:<8} {}", r.name, r.valid.as_str(), r.summary);
         }
+        println!("{} {}: {}", scenario.name, outcome.valid.as_str(), outcome.dir.join("report.html").display());
+        summary.push(format!("{:<20} {}", scenario.name, outcome.valid.as_str()));
+        worst = worst.and(outcome.valid);
     }
+    println!("\n{}", summary.join("\n"));
+    Ok(exit_code(worst))
 }

@@ -51,7 +51,7 @@ pub struct RunOptions {
 fn duration_flag(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
-    } else if d.subsec_nanos() % 1_000_000 == 0 {
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{}ms", d.as_millis())
     } else {
         format!("{}us", d.as_micros())
@@ -419,28 +419,8 @@ impl Cluster {
     fn apply(&mut self, action: &Action, rng: &mut StdRng) -> anyhow::Result<()> {
         match action {
             Action::Partition(shape) => self.partition(shape, rng),
-            Action::Loss(percent) => {
-                let all: Vec<Ipv4Addr> = self.registry_ips().into_iter().chain(self.worker_ips()).collect();
-                for a in &all {
-                    for b in &all {
-                        if a != b {
-                            self.faults.lossy.insert((*a, *b));
-                        }
-                    }
-                }
-                self.faults.loss_percent = *percent;
-                self.network.apply(&self.faults)?;
-                self.record(NemesisPhase::Start, "packet-loss", format!("{percent}%"));
-                Ok(())
-            }
-            Action::Heal => {
-                self.faults = Faults::default();
-                self.network.apply(&self.faults)?;
-                self.stop_active("partition");
-                self.stop_active("packet-loss");
-                self.stop_active("quorum-loss");
-                Ok(())
-            }
+            Action::Loss(percent) => self.packet_loss(*percent),
+            Action::Heal => self.heal(),
             Action::KillRegistry { node } => {
                 self.registries[*node].kill();
                 self.record(NemesisPhase::Start, &format!("kill-n{}", node + 1), "SIGKILL".into());
@@ -452,28 +432,8 @@ impl Cluster {
                 self.record(NemesisPhase::Start, &format!("kill-n{}", leader + 1), "SIGKILL of the leader".into());
                 Ok(())
             }
-            Action::RestartRegistries => {
-                for i in 0..self.registries.len() {
-                    if !self.registries[i].is_running() {
-                        self.registries[i].start()?;
-                        self.record(NemesisPhase::Stop, &format!("kill-n{}", i + 1), "restarted".into());
-                    }
-                }
-                Ok(())
-            }
-            Action::KillWorker { worker, wipe_state } => {
-                self.workers[*worker].kill();
-                let name = self.workers[*worker].spec.name.clone();
-                if *wipe_state {
-                    let _ = std::fs::remove_dir_all(self.dir.join("data").join(&name));
-                }
-                let detail = if *wipe_state { "SIGKILL, state dir wiped" } else { "SIGKILL" };
-                self.record(NemesisPhase::Start, &format!("kill-{name}"), detail.into());
-                // Restart at once: the hot-millisecond replay case.
-                self.workers[*worker].start()?;
-                self.record(NemesisPhase::Stop, &format!("kill-{name}"), "restarted".into());
-                Ok(())
-            }
+            Action::RestartRegistries => self.restart_registries(),
+            Action::KillWorker { worker, wipe_state } => self.kill_worker(*worker, *wipe_state),
             Action::RestartWorkers => {
                 for i in 0..self.workers.len() {
                     if !self.workers[i].is_running() {
@@ -489,23 +449,8 @@ impl Cluster {
                 self.record(NemesisPhase::Start, &name, "SIGSTOP".into());
                 Ok(())
             }
-            Action::ResumeAll => {
-                for i in 0..self.workers.len() {
-                    if self.workers[i].paused {
-                        self.workers[i].resume()?;
-                        let name = format!("pause-{}", self.workers[i].spec.name);
-                        self.record(NemesisPhase::Stop, &name, "SIGCONT".into());
-                    }
-                }
-                Ok(())
-            }
-            Action::ClockStep { worker, offset_ms } => {
-                let seconds = *offset_ms as f64 / 1000.0;
-                std::fs::write(&self.clock_files[*worker], format!("{seconds:+}\n"))?;
-                let name = format!("clock-{}", self.workers[*worker].spec.name);
-                self.record(NemesisPhase::Start, &name, format!("wall clock offset {offset_ms:+} ms"));
-                Ok(())
-            }
+            Action::ResumeAll => self.resume_all(),
+            Action::ClockStep { worker, offset_ms } => self.clock_step(*worker, *offset_ms),
             Action::ClockReset => {
                 for file in &self.clock_files {
                     std::fs::write(file, "+0\n")?;
@@ -522,6 +467,77 @@ impl Cluster {
                 Ok(())
             }
         }
+    }
+
+    /// Drop `percent` of the packets between every pair of hosts.
+    fn packet_loss(&mut self, percent: u8) -> anyhow::Result<()> {
+        let all: Vec<Ipv4Addr> = self.registry_ips().into_iter().chain(self.worker_ips()).collect();
+        for a in &all {
+            for b in &all {
+                if a != b {
+                    self.faults.lossy.insert((*a, *b));
+                }
+            }
+        }
+        self.faults.loss_percent = percent;
+        self.network.apply(&self.faults)?;
+        self.record(NemesisPhase::Start, "packet-loss", format!("{percent}%"));
+        Ok(())
+    }
+
+    /// Lift every network fault.
+    fn heal(&mut self) -> anyhow::Result<()> {
+        self.faults = Faults::default();
+        self.network.apply(&self.faults)?;
+        self.stop_active("partition");
+        self.stop_active("packet-loss");
+        self.stop_active("quorum-loss");
+        Ok(())
+    }
+
+    fn restart_registries(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.registries.len() {
+            if !self.registries[i].is_running() {
+                self.registries[i].start()?;
+                self.record(NemesisPhase::Stop, &format!("kill-n{}", i + 1), "restarted".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILL a worker (wiping its state dir if asked) and restart it at once: the
+    /// hot-millisecond replay case.
+    fn kill_worker(&mut self, worker: usize, wipe_state: bool) -> anyhow::Result<()> {
+        self.workers[worker].kill();
+        let name = self.workers[worker].spec.name.clone();
+        if wipe_state {
+            let _ = std::fs::remove_dir_all(self.dir.join("data").join(&name));
+        }
+        let detail = if wipe_state { "SIGKILL, state dir wiped" } else { "SIGKILL" };
+        self.record(NemesisPhase::Start, &format!("kill-{name}"), detail.into());
+        self.workers[worker].start()?;
+        self.record(NemesisPhase::Stop, &format!("kill-{name}"), "restarted".into());
+        Ok(())
+    }
+
+    fn resume_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.workers.len() {
+            if self.workers[i].paused {
+                self.workers[i].resume()?;
+                let name = format!("pause-{}", self.workers[i].spec.name);
+                self.record(NemesisPhase::Stop, &name, "SIGCONT".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Move a worker's wall clock by `offset_ms` (libfaketime reads the file).
+    fn clock_step(&mut self, worker: usize, offset_ms: i64) -> anyhow::Result<()> {
+        let seconds = offset_ms as f64 / 1000.0;
+        std::fs::write(&self.clock_files[worker], format!("{seconds:+}\n"))?;
+        let name = format!("clock-{}", self.workers[worker].spec.name);
+        self.record(NemesisPhase::Start, &name, format!("wall clock offset {offset_ms:+} ms"));
+        Ok(())
     }
 
     fn partition(&mut self, shape: &Shape, rng: &mut StdRng) -> anyhow::Result<()> {

@@ -259,71 +259,18 @@ mod tests {
             want: u32,
             ended: Ended,
         }
+        // (name, grace, IDs minted at T0 before the step, step, IDs wanted after it, how it ends)
+        let case =
+            |name, grace, used_before, step_ms, want, ended| Case { name, grace, used_before, step_ms, want, ended };
         let cases = [
-            Case {
-                name: "no step",
-                grace: false,
-                used_before: 1,
-                step_ms: 0,
-                want: 2,
-                ended: Ended::Minted { ts_ms: T0, count: 2, spun_ms: 0 },
-            },
-            Case {
-                name: "forward step",
-                grace: false,
-                used_before: 1,
-                step_ms: 7,
-                want: 9,
-                ended: Ended::Minted { ts_ms: T0 + 7, count: 4, spun_ms: 0 },
-            },
-            Case {
-                name: "small step back spins",
-                grace: false,
-                used_before: 1,
-                step_ms: -5,
-                want: 3,
-                ended: Ended::Minted { ts_ms: T0, count: 3, spun_ms: 5 },
-            },
-            Case {
-                name: "spin then next ms",
-                grace: false,
-                used_before: 4,
-                step_ms: -20,
-                want: 1,
-                ended: Ended::Minted { ts_ms: T0 + 1, count: 1, spun_ms: 21 },
-            },
-            Case {
-                name: "large step back parks",
-                grace: false,
-                used_before: 1,
-                step_ms: -21,
-                want: 1,
-                ended: Ended::Parked(ParkReason::ClockRegressed),
-            },
-            Case {
-                name: "grace borrows the rest only",
-                grace: true,
-                used_before: 1,
-                step_ms: -500,
-                want: 10,
-                ended: Ended::Minted { ts_ms: T0, count: 3, spun_ms: 0 },
-            },
-            Case {
-                name: "grace used up parks",
-                grace: true,
-                used_before: 4,
-                step_ms: -500,
-                want: 1,
-                ended: Ended::Parked(ParkReason::ClockRegressed),
-            },
-            Case {
-                name: "grace used up spins",
-                grace: true,
-                used_before: 4,
-                step_ms: -3,
-                want: 1,
-                ended: Ended::Minted { ts_ms: T0 + 1, count: 1, spun_ms: 4 },
-            },
+            case("no step", false, 1, 0, 2, Ended::Minted { ts_ms: T0, count: 2, spun_ms: 0 }),
+            case("forward step", false, 1, 7, 9, Ended::Minted { ts_ms: T0 + 7, count: 4, spun_ms: 0 }),
+            case("small step back spins", false, 1, -5, 3, Ended::Minted { ts_ms: T0, count: 3, spun_ms: 5 }),
+            case("spin then next ms", false, 4, -20, 1, Ended::Minted { ts_ms: T0 + 1, count: 1, spun_ms: 21 }),
+            case("large step back parks", false, 1, -21, 1, Ended::Parked(ParkReason::ClockRegressed)),
+            case("grace borrows the rest only", true, 1, -500, 10, Ended::Minted { ts_ms: T0, count: 3, spun_ms: 0 }),
+            case("grace used up parks", true, 4, -500, 1, Ended::Parked(ParkReason::ClockRegressed)),
+            case("grace used up spins", true, 4, -3, 1, Ended::Minted { ts_ms: T0 + 1, count: 1, spun_ms: 4 }),
         ];
         for c in cases {
             let clock = ManualClock::new(T0);
