@@ -433,7 +433,7 @@ async fn acquire(
                 if waited > Duration::from_millis(ACQUIRE_TIMEOUT_MS) {
                     return Err(StartError::AcquireTimedOut { waited_ms: waited.as_millis() as u64, last });
                 }
-                tracing::warn!(error = %last, "registry unavailable; retrying the acquire");
+                tracing::warn!(error = %last, indeterminate = last.is_indeterminate(), "registry unavailable; retrying the acquire");
                 tokio::time::sleep(backoff.next_pause()).await;
             }
             (Err(other), _) => return Err(StartError::AcquireRefused(other)),

@@ -117,9 +117,9 @@ async fn renew_until_committed(shared: &WorkerShared) -> bool {
                 failures += 1;
                 let remaining = shared.lock().lease_remaining(shared.clock.mono());
                 if failures == 1 || !error.is_retryable() {
-                    tracing::warn!(%worker_id, %token, %error, remaining_ms = remaining.as_millis() as u64, "renewal failed; retrying with backoff across registry nodes");
+                    tracing::warn!(%worker_id, %token, %error, indeterminate = error.is_indeterminate(), remaining_ms = remaining.as_millis() as u64, "renewal failed; retrying with backoff across registry nodes");
                 } else {
-                    tracing::debug!(%worker_id, %token, %error, failures, "renewal failed again");
+                    tracing::debug!(%worker_id, %token, %error, indeterminate = error.is_indeterminate(), failures, "renewal failed again");
                 }
                 shared.publish();
                 tokio::time::sleep(backoff.next_pause()).await;
