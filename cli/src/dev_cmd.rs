@@ -37,6 +37,8 @@ const DEMO_IDS: usize = 4;
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Keep registry and worker state here (default: a temporary directory, deleted on exit).
+    /// To run again on kept state, give the same --base-port both times: the registry
+    /// remembers its members by address.
     #[arg(long, env = "FENCEFLAKE_DEV_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// First of 12 consecutive ports (registry clients, peers, workers); 0 picks free ports.
@@ -56,7 +58,15 @@ fn addr_of(listener: &TcpListener) -> anyhow::Result<String> {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let (data_dir, temp) = match &args.data_dir {
-        Some(dir) => (dir.clone(), None),
+        Some(dir) => {
+            let kept_registry = dir.join("registry-1");
+            anyhow::ensure!(
+                args.base_port != 0 || std::fs::read_dir(&kept_registry).map_or(true, |mut d| d.next().is_none()),
+                "{} holds a dev registry from an earlier run, which remembers its members by address: run with the same --base-port as then (random ports cannot be reused), or use a new --data-dir",
+                dir.display()
+            );
+            (dir.clone(), None)
+        }
         None => {
             let temp = tempfile::Builder::new().prefix("fenceflake-dev-").tempdir()?;
             (temp.path().to_path_buf(), Some(temp))
