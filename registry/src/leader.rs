@@ -20,8 +20,10 @@ use crate::lease::{
 };
 use crate::proposal::{LeaseReply, LeaseState, LeaseView, Proposal, Reply};
 use crate::proposer::{write_error, Proposer};
+use crate::raft::network::PeerClients;
 use crate::raft::types::{NodeId, PeerNode, Raft};
 use crate::storage::SharedState;
+use crate::transfer::{ElectionHold, HandOver, HandOverPlan};
 
 /// Grant attempts for an Acquire without a worker ID: each lost compare-and-set (another
 /// grant took the candidate first) moves on to the next candidate.
@@ -54,6 +56,9 @@ pub struct Leader {
     /// Worker IDs with a grant in flight: concurrent "any ID" acquires skip them instead of all
     /// racing for the lowest free ID.
     reserved: Arc<Mutex<HashSet<WorkerId>>>,
+    /// Stepping aside on request (`TransferLeader`), and this node's own election hold.
+    hand_over: HandOver,
+    hold: ElectionHold,
 }
 
 impl std::fmt::Debug for Leader {
@@ -82,8 +87,25 @@ impl Leader {
         proposer: Proposer,
         clock: Arc<dyn Clock>,
         settings: LeaderSettings,
+        peers: PeerClients,
     ) -> Leader {
-        Leader { raft, state, tracker, proposer, clock, settings: Arc::new(settings), reserved: Arc::default() }
+        // A new leader normally wins within one or two election timeouts; allow ten, plus a
+        // request timeout for the hold calls.
+        let window = settings.leader_lease * 10 + settings.request_timeout;
+        let hand_over = HandOver::new(raft.clone(), peers, window, settings.request_timeout);
+        let hold = ElectionHold::new(raft.clone());
+        let settings = Arc::new(settings);
+        Leader { raft, state, tracker, proposer, clock, settings, reserved: Arc::default(), hand_over, hold }
+    }
+
+    /// The leader lease this node holds itself to (openraft's `election_timeout_max`).
+    pub fn leader_lease(&self) -> Duration {
+        self.settings.leader_lease
+    }
+
+    /// A leader asked this node not to campaign for `hold_ms` (0: campaign again).
+    pub fn hold_elections(&self, hold_ms: u64) {
+        self.hold.hold(Duration::from_millis(hold_ms));
     }
 
     /// Execute `proposal` on this node, which must be the leader.
@@ -136,10 +158,53 @@ impl Leader {
             Proposal::RemoveMember { node_id } => {
                 if node_id == self.settings.node_id {
                     return Err(RegistryError::Membership(format!(
-                        "node {node_id} is the leader; remove it through another node after it steps down, or stop it first"
+                        "node {node_id} is the leader; move leadership first (fenceflake ctl --registry <addr> transfer-leader), then remove it"
                     )));
                 }
                 self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))).await
+            }
+            Proposal::TransferLeader { to } => self.transfer(to).await,
+        }
+    }
+
+    /// Hand leadership to `to` (or any voter): checked here, carried out by [`HandOver`].
+    async fn transfer(&self, to: Option<NodeId>) -> Result<Reply, RegistryError> {
+        let me = self.settings.node_id;
+        let members = member_roles(&self.raft);
+        let others: Vec<_> = members
+            .iter()
+            .filter(|(id, (_, voter))| *voter && **id != me)
+            .map(|(id, (node, _))| (*id, node.peer_addr.clone()))
+            .collect();
+        if let Some(to) = to {
+            self.check_transfer_target(to, &members)?;
+        } else if others.is_empty() {
+            return Err(RegistryError::Membership("no other voter to hand leadership to".into()));
+        }
+        let (leader, term) = self.hand_over.run(HandOverPlan { me, to, others }).await?;
+        Ok(Reply::LeaderMoved { from: me, leader, term })
+    }
+
+    fn check_transfer_target(
+        &self,
+        to: NodeId,
+        members: &BTreeMap<NodeId, (PeerNode, bool)>,
+    ) -> Result<(), RegistryError> {
+        let refuse = |why: String| Err(RegistryError::Membership(why));
+        match members.get(&to) {
+            _ if to == self.settings.node_id => refuse(format!("node {to} already leads")),
+            None => refuse(format!("node {to} is not a member")),
+            Some((_, false)) => refuse(format!("node {to} is a learner; promote it first (ctl promote-member {to})")),
+            Some((_, true)) => {
+                let m = self.raft.metrics().borrow().clone();
+                let last = m.last_log_index.unwrap_or(0);
+                let matched = m.replication.and_then(|r| r.get(&to).copied().flatten()).map_or(0, |l| l.index);
+                if matched < last {
+                    return refuse(format!(
+                        "node {to} is behind (matched log index {matched} of {last}); retry once it has caught up"
+                    ));
+                }
+                Ok(())
             }
         }
     }
@@ -209,6 +274,9 @@ impl Leader {
         let leader_id = m.vote.leader_id();
         if m.state != ServerState::Leader || !m.vote.is_committed() || leader_id.node_id != self.settings.node_id {
             return Err(RegistryError::NotLeader { leader: m.current_leader });
+        }
+        if self.hand_over.in_progress() {
+            return Err(RegistryError::NotLeader { leader: None });
         }
         Ok((LeadershipId { term: leader_id.term, node_id: leader_id.node_id }, m.millis_since_quorum_ack))
     }

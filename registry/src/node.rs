@@ -24,6 +24,8 @@ pub struct MemberView {
     pub voter: bool,
     pub role: &'static str,
     pub matched_index: Option<u64>,
+    /// Leader only: how long ago this member last answered the leader.
+    pub last_ack: Option<Duration>,
 }
 
 /// This node's view of the cluster (any node can answer; it is not linearizable).
@@ -39,6 +41,12 @@ pub struct StatusView {
     pub members: Vec<MemberView>,
     /// Nodes recorded as having served (as this node has applied).
     pub served_node_ids: Vec<NodeId>,
+    /// This node's own Raft state.
+    pub state: &'static str,
+    /// Leader only: time since a quorum last acknowledged this leader.
+    pub quorum_ack_age: Option<Duration>,
+    /// How long a leader serves without a quorum acknowledgement.
+    pub leader_lease: Duration,
 }
 
 #[derive(Clone)]
@@ -130,7 +138,9 @@ impl RegistryNode {
                     "FOLLOWER"
                 };
                 let matched_index = replication.get(&node_id).and_then(|l| l.map(|l| l.index));
-                MemberView { node_id, node, voter, role, matched_index }
+                let leads = m.state == ServerState::Leader;
+                let last_ack = if leads && node_id != self.node_id { self.peers.since_answer(node_id) } else { None };
+                MemberView { node_id, node, voter, role, matched_index, last_ack }
             })
             .collect();
         StatusView {
@@ -143,6 +153,12 @@ impl RegistryNode {
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             members,
             served_node_ids: self.state.read().table.served_nodes().collect(),
+            state: role_name(m.state),
+            quorum_ack_age: m
+                .millis_since_quorum_ack
+                .filter(|_| m.state == ServerState::Leader)
+                .map(Duration::from_millis),
+            leader_lease: self.leader.leader_lease(),
         }
     }
 
@@ -187,6 +203,6 @@ fn role_name(state: ServerState) -> &'static str {
         ServerState::Follower => "FOLLOWER",
         ServerState::Candidate => "CANDIDATE",
         ServerState::Learner => "LEARNER",
-        ServerState::Shutdown => "UNKNOWN",
+        ServerState::Shutdown => "SHUTDOWN",
     }
 }

@@ -46,6 +46,10 @@ pub enum Proposal {
     ImportSnapshot {
         backup: Box<TableBackup>,
     },
+    /// Move leadership away from the leader (to `to` if given); see `crate::transfer`.
+    TransferLeader {
+        to: Option<NodeId>,
+    },
     /// A node announces (once) that it has served; see `Command::NodeServed`.
     NoteServed {
         node_id: NodeId,
@@ -69,6 +73,7 @@ impl Proposal {
             Proposal::RemoveMember { .. } => Rpc::RemoveMember,
             Proposal::ExportSnapshot => Rpc::ExportSnapshot,
             Proposal::ImportSnapshot { .. } => Rpc::ImportSnapshot,
+            Proposal::TransferLeader { .. } => Rpc::TransferLeader,
             Proposal::NoteServed { .. } => Rpc::NoteServed,
         }
     }
@@ -132,4 +137,9 @@ pub enum Reply {
         embargo_until_ms: u64,
     },
     Noted,
+    LeaderMoved {
+        from: NodeId,
+        leader: NodeId,
+        term: u64,
+    },
 }

@@ -20,12 +20,13 @@ pub enum Rpc {
     RemoveMember,
     ExportSnapshot,
     ImportSnapshot,
+    TransferLeader,
     NoteServed,
 }
 
 impl Rpc {
     /// Every RPC, in declaration order (`ALL[rpc.index()] == rpc`).
-    pub const ALL: [Rpc; 15] = [
+    pub const ALL: [Rpc; 16] = [
         Rpc::Acquire,
         Rpc::Renew,
         Rpc::Release,
@@ -40,6 +41,7 @@ impl Rpc {
         Rpc::RemoveMember,
         Rpc::ExportSnapshot,
         Rpc::ImportSnapshot,
+        Rpc::TransferLeader,
         Rpc::NoteServed,
     ];
 
@@ -60,6 +62,7 @@ impl Rpc {
             Rpc::RemoveMember => "RemoveMember",
             Rpc::ExportSnapshot => "ExportSnapshot",
             Rpc::ImportSnapshot => "ImportSnapshot",
+            Rpc::TransferLeader => "TransferLeader",
             Rpc::NoteServed => "NoteServed",
         }
     }

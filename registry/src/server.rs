@@ -111,7 +111,7 @@ async fn start_node(
 ) -> Result<RegistryNode, ServerError> {
     let raft_config = Arc::new(config.raft_config()?);
     let identity = DataDirIdentity { node_id: config.node_id, cluster_id: config.cluster_id.clone() };
-    let peers = PeerClients::new(config.cluster_id.clone(), config.node_id);
+    let peers = PeerClients::new(config.cluster_id.clone(), config.node_id, clock.clone());
     if served::is_empty_data_dir(&config.data_dir) {
         if let Some(peer_id) = served::peer_remembering(config, &peers).await {
             return Err(ServerError::LostDisk { node_id: config.node_id, peer_id, data_dir: config.data_dir.clone() });
@@ -139,7 +139,8 @@ async fn start_node(
         leader_lease: std::time::Duration::from_millis(config.timing.election_max_ms),
         request_timeout: config.request_timeout,
     };
-    let leader = Leader::new(raft.clone(), state.clone(), tracker.clone(), proposer, clock.clone(), settings);
+    let leader =
+        Leader::new(raft.clone(), state.clone(), tracker.clone(), proposer, clock.clone(), settings, peers.clone());
     Ok(RegistryNode {
         raft: raft.clone(),
         state,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fenceflake_proto::v1 as pb;
-use fenceflake_proto::wire::PARK_REASON_METADATA_KEY;
+use fenceflake_proto::wire::{Reason, PARK_REASON_METADATA_KEY};
 use fenceflake_tests::cluster::Cluster;
 use fenceflake_tests::eventually;
 use fenceflake_tests::worker::{WorkerProcess, SHORT_LEASE};
@@ -107,6 +107,51 @@ async fn rolling_restart_of_the_registry_parks_no_worker() {
     let after = worker.status().await.expect("status");
     assert_eq!((after.worker_id, after.token), (before.worker_id, before.token));
     eprintln!("phase: {minted} IDs minted across the rolling restart, never parked");
+}
+
+/// Goal: `TransferLeader` (openraft 0.9 has none; the leader steps aside and the other voters
+/// hold their elections) puts the named voter in charge, a second transfer without a target
+/// moves leadership again, nonsense targets are refused with the MEMBERSHIP reason, and none
+/// of it parks a worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transfer_leader_lands_on_the_named_voter_and_parks_no_worker() {
+    let cluster = Cluster::start(5, &[]).await;
+    let lease = ["--lease-ttl", "4s", "--margin", "500ms"];
+    let worker = WorkerProcess::spawn(cluster.dir.path(), "w", &cluster.client_addrs(), &lease);
+    let before = worker.wait_serving(Duration::from_secs(15)).await;
+    let watch = ServingWatch::start(&worker);
+    let leader = cluster.wait_all_know_the_leader(Duration::from_secs(5)).await;
+    let target = (1..=5).find(|n| *n != leader).expect("a follower");
+    let via = (1..=5).find(|n| *n != leader && *n != target).expect("a third node");
+    // Asked through a follower: forwarded to the leader like any proposal.
+    let moved = cluster
+        .client(via)
+        .transfer_leader(pb::TransferLeaderRequest { to_node_id: Some(target) })
+        .await
+        .expect("transfer to the named voter")
+        .into_inner();
+    eprintln!("phase: {moved:?}");
+    assert_eq!((moved.from_node_id, moved.leader_id), (leader, target));
+    assert_eq!(cluster.wait_all_know_the_leader(Duration::from_secs(10)).await, target);
+    let again = cluster.client(target).transfer_leader(pb::TransferLeaderRequest { to_node_id: None }).await;
+    let again = again.expect("transfer to any voter").into_inner();
+    assert_eq!(again.from_node_id, target);
+    assert_ne!(again.leader_id, target);
+    assert!(again.term > moved.term, "{again:?} after {moved:?}");
+    let now_leader = cluster.wait_all_know_the_leader(Duration::from_secs(10)).await;
+    for (to, why) in [(now_leader, "already leads"), (9, "not a member")] {
+        let mut client = cluster.client(now_leader);
+        let refused = client.transfer_leader(pb::TransferLeaderRequest { to_node_id: Some(to) }).await;
+        let refused = refused.expect_err("refused");
+        assert_eq!(Reason::of(&refused), Some(Reason::Membership), "{refused:?}");
+        assert!(refused.message().contains(why), "{}", refused.message());
+    }
+    // Renewals meet the new leaders for longer than a TTL.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let minted = watch.finish().await;
+    let after = worker.status().await.expect("status");
+    assert_eq!((after.worker_id, after.token), (before.worker_id, before.token));
+    eprintln!("phase: {minted} IDs minted across two leadership transfers, never parked");
 }
 
 /// Goal: with every registry node down for longer than the TTL, workers park

@@ -21,6 +21,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use super::types::{NodeId, PeerNode, TypeConfig};
+use crate::clock::{Clock, MonoTime};
 use crate::limits::PEER_MESSAGE_BYTES_MAX;
 
 /// How long a connection attempt to a peer may take. A dead peer behind a DROP rule would
@@ -29,6 +30,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 /// HTTP/2 keepalive: a half-dead connection to a partitioned or restarted peer is noticed fast.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// At most one warning per peer in this interval for repeated call failures.
+const PEER_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Which peer RPC a payload is for.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +41,7 @@ pub enum PeerRpc {
     InstallSnapshot,
     Forward,
     NodeHistory,
+    HoldElections,
 }
 
 /// Why a peer call failed, before openraft's error types are involved.
@@ -51,22 +55,43 @@ pub enum PeerCallError {
     Timeout { addr: String, timeout: Duration },
     #[error("bad peer address {addr:?}: {why}")]
     BadAddress { addr: String, why: String },
+    /// The node at `addr` is not the one the membership names for it (a typo in
+    /// `--initial-cluster`, or an address reused by another node).
+    #[error("peer address {addr} answers as node {found}, but the membership says node {expected} is there; fix the member's address (ctl remove-member / add-member) or that node's flags")]
+    WrongNode { addr: String, expected: NodeId, found: NodeId },
     #[error("peer payload does not encode/decode: {0}")]
     Codec(#[from] serde_json::Error),
 }
 
 /// Cached gRPC channels to peers, by peer address. Channels are lazy and reconnect by
 /// themselves, so one per address is enough; creating one per call floods sockets.
+/// Also remembers when each peer last answered (the leader's per-member reachability).
 #[derive(Debug, Clone)]
 pub struct PeerClients {
     cluster_id: String,
     my_id: NodeId,
+    clock: Arc<dyn Clock>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    answered_at: Arc<Mutex<HashMap<NodeId, MonoTime>>>,
+    warned_at: Arc<Mutex<HashMap<NodeId, MonoTime>>>,
 }
 
 impl PeerClients {
-    pub fn new(cluster_id: String, my_id: NodeId) -> PeerClients {
-        PeerClients { cluster_id, my_id, channels: Arc::default() }
+    pub fn new(cluster_id: String, my_id: NodeId, clock: Arc<dyn Clock>) -> PeerClients {
+        PeerClients {
+            cluster_id,
+            my_id,
+            clock,
+            channels: Arc::default(),
+            answered_at: Arc::default(),
+            warned_at: Arc::default(),
+        }
+    }
+
+    /// How long ago node `node_id` last answered a peer call of this node (None: never).
+    pub fn since_answer(&self, node_id: NodeId) -> Option<Duration> {
+        let at = *self.answered_at.lock().unwrap_or_else(PoisonError::into_inner).get(&node_id)?;
+        Some(self.clock.mono().since(at))
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, PeerCallError> {
@@ -85,6 +110,17 @@ impl PeerClients {
             .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
+    }
+
+    /// Log a failed call to `target` at most once per [`PEER_WARN_EVERY`]: a misaddressed or
+    /// dead member fails every replication attempt, and one line per attempt drowns the log.
+    fn warn_limited(&self, target: NodeId, error: &PeerCallError) {
+        let now = self.clock.mono();
+        let mut warned = self.warned_at.lock().unwrap_or_else(PoisonError::into_inner);
+        if warned.get(&target).is_none_or(|at| now.since(*at) >= PEER_WARN_EVERY) {
+            warned.insert(target, now);
+            tracing::warn!(target_node = target, error = %error, "peer call failed (repeats are logged at most every {PEER_WARN_EVERY:?})");
+        }
     }
 
     /// Send `request` to node `target` at `addr` and decode its answer, within `timeout`.
@@ -114,6 +150,7 @@ impl PeerClients {
                 PeerRpc::InstallSnapshot => client.install_snapshot(request).await,
                 PeerRpc::Forward => client.forward(request).await,
                 PeerRpc::NodeHistory => client.node_history(request).await,
+                PeerRpc::HoldElections => client.hold_elections(request).await,
             }
         };
         let addr = addr.to_string();
@@ -125,6 +162,12 @@ impl PeerClients {
             Ok(Err(status)) => return Err(PeerCallError::Failed { addr, status }),
             Ok(Ok(response)) => response.into_inner(),
         };
+        // The reply names its sender: a different node at this address must not count as
+        // `target` (nor as having acknowledged anything).
+        if response.sender_node_id != target {
+            return Err(PeerCallError::WrongNode { addr, expected: target, found: response.sender_node_id });
+        }
+        self.answered_at.lock().unwrap_or_else(PoisonError::into_inner).insert(target, self.clock.mono());
         Ok(serde_json::from_slice(&response.data)?)
     }
 }
@@ -172,8 +215,14 @@ impl PeerNetwork {
         let answer: Result<Resp, RaftError<NodeId, E>> =
             self.clients.call(self.target, &self.addr, rpc, request, option.hard_ttl()).await.map_err(|e| match e {
                 // Only Unreachable makes openraft back off; a refused connection is the
-                // typical dead peer, so it goes there.
-                PeerCallError::Unreachable { .. } | PeerCallError::BadAddress { .. } => {
+                // typical dead peer, so it goes there, and so does a node that is not the one
+                // the membership names or that refuses us (another cluster, another id):
+                // retrying those at full speed floods the log and burns a core.
+                PeerCallError::Unreachable { .. }
+                | PeerCallError::BadAddress { .. }
+                | PeerCallError::WrongNode { .. }
+                | PeerCallError::Failed { .. } => {
+                    self.clients.warn_limited(self.target, &e);
                     RPCError::Unreachable(Unreachable::new(&e))
                 }
                 _ => RPCError::Network(NetworkError::new(&e)),

@@ -76,4 +76,15 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
         let served = self.node.state.read().table.has_served(node_id);
         self.seal(&served)
     }
+
+    async fn hold_elections(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let hold_ms: u64 = self.open(request.get_ref())?;
+        tracing::info!(
+            leader = request.get_ref().sender_node_id,
+            hold_ms,
+            "leader asked this node to hold its elections"
+        );
+        self.node.leader.hold_elections(hold_ms);
+        self.seal(&())
+    }
 }

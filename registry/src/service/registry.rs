@@ -156,6 +156,7 @@ pub fn status_pb(status: &StatusView, config: Option<ClusterConfig>, cluster_id:
                 client_addr: m.node.client_addr.clone(),
                 voter: m.voter,
                 matched_index: m.matched_index.unwrap_or(0),
+                last_ack_ms: m.last_ack.map(|d| d.as_millis() as u64),
             })
             .collect(),
         commit_index: status.commit_index,
@@ -169,6 +170,9 @@ pub fn status_pb(status: &StatusView, config: Option<ClusterConfig>, cluster_id:
         last_log_index: status.last_log_index,
         snapshot_index: status.snapshot_index,
         served_node_ids: status.served_node_ids.clone(),
+        state: status.state.to_string(),
+        quorum_ack_age_ms: status.quorum_ack_age.map(|d| d.as_millis() as u64),
+        leader_lease_ms: status.leader_lease.as_millis() as u64,
     }
 }
 
@@ -356,5 +360,19 @@ impl pb::registry_server::Registry for RegistryService {
         let node_id = validate::node_id(request.into_inner().node_id).map_err(invalid)?;
         tracing::info!(node_id, "removing member");
         self.membership(Proposal::RemoveMember { node_id }).await
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let to = request.into_inner().to_node_id.map(validate::node_id).transpose().map_err(invalid)?;
+        tracing::warn!(to = ?to, "leadership transfer requested");
+        match self.run(Proposal::TransferLeader { to }).await? {
+            Reply::LeaderMoved { from, leader, term } => {
+                Ok(Response::new(pb::TransferLeaderResponse { from_node_id: from, leader_id: leader, term }))
+            }
+            other => Err(wrong_reply(&other)),
+        }
     }
 }

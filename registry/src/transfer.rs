@@ -1,0 +1,174 @@
+//! Moving leadership on purpose. openraft 0.9.25 has no leadership-transfer API, so the
+//! leader steps aside with the two switches it does have (its runtime config's `heartbeat`
+//! and `elect`): it stops sending heartbeats and stops campaigning, so the followers' leader
+//! leases run out and one of them wins the next election. To land on a chosen voter, the
+//! leader first asks every *other* voter to hold its elections (`HoldElections` on the peer
+//! port), so the chosen one is the only candidate. Holds lift themselves on a timer, so a
+//! leader that dies mid-transfer leaves no voter unable to campaign for long.
+//!
+//! While it steps aside the leader refuses every request (NOT_LEADER): replicating new
+//! entries would renew the followers' leases and keep it leader. Requests retried during
+//! the hand-over (one election, normally well under a second) reach the new leader.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::ServerState;
+
+use crate::error::RegistryError;
+use crate::raft::network::{PeerClients, PeerRpc};
+use crate::raft::types::{NodeId, Raft};
+
+/// Longest hold a voter accepts on its own elections, whatever a leader asks: a lost "lift"
+/// message must not keep a voter from campaigning for long.
+pub const ELECTION_HOLD_MAX: Duration = Duration::from_secs(30);
+
+/// This node's hold on its own elections: set by a leader's `HoldElections`, lifted by the
+/// timer it starts or by a later call. Each call supersedes the previous one.
+#[derive(Clone)]
+pub struct ElectionHold {
+    raft: Raft,
+    generation: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for ElectionHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElectionHold").field("generation", &self.generation).finish_non_exhaustive()
+    }
+}
+
+impl ElectionHold {
+    pub fn new(raft: Raft) -> ElectionHold {
+        ElectionHold { raft, generation: Arc::default() }
+    }
+
+    /// Start no election for `hold` (capped at [`ELECTION_HOLD_MAX`]); zero lifts a hold.
+    /// This node still votes for others.
+    pub fn hold(&self, hold: Duration) {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        if hold.is_zero() {
+            self.raft.runtime_config().elect(true);
+            return;
+        }
+        let hold = hold.min(ELECTION_HOLD_MAX);
+        tracing::info!(hold_ms = hold.as_millis() as u64, "holding elections for a leadership transfer");
+        self.raft.runtime_config().elect(false);
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            if this.generation.load(Ordering::SeqCst) == generation {
+                this.raft.runtime_config().elect(true);
+            }
+        });
+    }
+}
+
+/// Where a hand-over may go: the voters (other than this node) and their peer addresses.
+#[derive(Debug, Clone)]
+pub struct HandOverPlan {
+    pub me: NodeId,
+    pub to: Option<NodeId>,
+    /// Every voter but this node, with its peer address.
+    pub others: Vec<(NodeId, String)>,
+}
+
+/// The leader's side of a hand-over.
+#[derive(Clone)]
+pub struct HandOver {
+    raft: Raft,
+    peers: PeerClients,
+    /// How long to wait for a new leader before giving up (and serving on).
+    window: Duration,
+    /// Bound on each `HoldElections` call.
+    call_timeout: Duration,
+    in_progress: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for HandOver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandOver").field("window", &self.window).finish_non_exhaustive()
+    }
+}
+
+/// Puts the leader's switches back however the hand-over ends (also on cancellation).
+struct Restore<'a>(&'a HandOver);
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        let config = self.0.raft.runtime_config();
+        config.heartbeat(true);
+        config.elect(true);
+        self.0.in_progress.store(false, Ordering::SeqCst);
+    }
+}
+
+impl HandOver {
+    pub fn new(raft: Raft, peers: PeerClients, window: Duration, call_timeout: Duration) -> HandOver {
+        HandOver { raft, peers, window, call_timeout, in_progress: Arc::default() }
+    }
+
+    /// Whether this node is stepping aside right now (it must refuse requests meanwhile).
+    pub fn in_progress(&self) -> bool {
+        self.in_progress.load(Ordering::SeqCst)
+    }
+
+    /// Step aside and wait for another node to lead. Returns the new leader and its term.
+    pub async fn run(&self, plan: HandOverPlan) -> Result<(NodeId, u64), RegistryError> {
+        if self.in_progress.swap(true, Ordering::SeqCst) {
+            return Err(RegistryError::Membership("a leadership transfer is already in progress".into()));
+        }
+        let _restore = Restore(self);
+        let held: Vec<_> = plan.others.iter().filter(|(id, _)| Some(*id) != plan.to).cloned().collect();
+        if plan.to.is_some() {
+            self.hold_others(&held, self.window).await;
+        }
+        tracing::warn!(node_id = plan.me, to = ?plan.to, "stepping aside: leadership transfer requested");
+        let config = self.raft.runtime_config();
+        config.heartbeat(false);
+        config.elect(false);
+        let outcome = self.wait_for_new_leader(plan.me).await;
+        if plan.to.is_some() {
+            self.hold_others(&held, Duration::ZERO).await;
+        }
+        match outcome {
+            Some((leader, term)) => {
+                tracing::info!(from = plan.me, leader, term, "leadership transferred");
+                Ok((leader, term))
+            }
+            None => Err(RegistryError::NoLeader { waited_ms: self.window.as_millis() as u64 }),
+        }
+    }
+
+    /// Ask `voters` to hold their elections for `hold` (zero: lift). Best effort: a voter
+    /// that does not answer may campaign, which still moves leadership, just not to the target.
+    async fn hold_others(&self, voters: &[(NodeId, String)], hold: Duration) {
+        let hold_ms = hold.as_millis() as u64;
+        for (node_id, addr) in voters {
+            let call = self.peers.call::<u64, ()>(*node_id, addr, PeerRpc::HoldElections, &hold_ms, self.call_timeout);
+            if let Err(e) = call.await {
+                tracing::warn!(node_id, error = %e, hold_ms, "could not set a voter's election hold");
+            }
+        }
+    }
+
+    async fn wait_for_new_leader(&self, me: NodeId) -> Option<(NodeId, u64)> {
+        let mut metrics = self.raft.metrics();
+        let wait = async {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    if let Some(leader) = m.current_leader.filter(|l| *l != me) {
+                        if m.state != ServerState::Leader {
+                            return Some((leader, m.current_term));
+                        }
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(self.window, wait).await.ok().flatten()
+    }
+}
