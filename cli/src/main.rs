@@ -61,16 +61,17 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Registry(args) => registry_cmd::run(*args).await,
+            Command::Registry(args) => registry_cmd::run(*args).await.map(|()| 0),
+            // ctl chooses its exit status (`ctl status`: 3 when the cluster cannot commit).
             Command::Ctl(args) => ctl::run(args).await,
-            Command::Worker(args) => worker_cmd::run(*args).await,
-            Command::Dev(args) => dev_cmd::run(args).await,
-            Command::Mint(args) => mint_cmd::run(args).await,
-            Command::Decode(args) => decode_cmd::run(args),
+            Command::Worker(args) => worker_cmd::run(*args).await.map(|()| 0),
+            Command::Dev(args) => dev_cmd::run(args).await.map(|()| 0),
+            Command::Mint(args) => mint_cmd::run(args).await.map(|()| 0),
+            Command::Decode(args) => decode_cmd::run(args).map(|()| 0),
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

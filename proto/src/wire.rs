@@ -58,7 +58,8 @@ pub enum Reason {
     NotConfigured,
     /// Indeterminate: the command was proposed and may still commit; a retry is safe.
     OutcomeUnknown,
-    /// The node hit a fatal storage error and is stopping.
+    /// The node hit a fatal storage error and is stopping; the command may or may not have
+    /// been proposed before (indeterminate).
     Fatal,
 }
 
@@ -133,10 +134,11 @@ impl Reason {
         matches!(self, Reason::Fenced | Reason::Expired | Reason::Quarantined)
     }
 
-    /// Whether the registry could not say if the command took effect: only
-    /// [`Reason::OutcomeUnknown`]. Every other reason is a definite answer.
+    /// Whether the registry could not say if the command took effect: an unknown outcome,
+    /// or a node that failed fatally (it may have proposed the command before stopping).
+    /// Every other reason is a definite answer.
     pub fn is_indeterminate(self) -> bool {
-        self == Reason::OutcomeUnknown
+        matches!(self, Reason::OutcomeUnknown | Reason::Fatal)
     }
 
     /// A status with this reason's code, `message`, and the reason in its metadata.
@@ -196,7 +198,8 @@ mod tests {
         assert_eq!(words.len(), Reason::ALL.len());
     }
 
-    /// Goal: only OUTCOME_UNKNOWN is indeterminate; the definite UNAVAILABLE reasons are not.
+    /// Goal: only OUTCOME_UNKNOWN (and FATAL) are indeterminate; the definite UNAVAILABLE
+    /// reasons are not.
     #[test]
     fn unknown_outcomes_are_told_apart_from_definite_unavailability() {
         let unavailable: Vec<_> = Reason::ALL.into_iter().filter(|r| r.code() == tonic::Code::Unavailable).collect();

@@ -39,7 +39,7 @@ pub enum ServerError {
     Raft(String),
     #[error("raft stopped with a fatal error: {0} (storage failure? check the disk; the supervisor should restart this node)")]
     Fatal(String),
-    #[error("node {node_id} starts with an empty data dir {}, but peer {peer_id} remembers node {node_id} serving in this cluster: its disk was lost. Restarted empty under its old id it could help elect a leader that lacks acknowledged leases, so it refuses. Remove it (`fenceflake ctl remove-member {node_id}`) and add a replacement under a NEW node id (docs/operations.md, Membership)", data_dir.display())]
+    #[error("node {node_id} starts with an empty data dir {}, but peer {peer_id} remembers node {node_id} serving in this cluster: its disk was lost. Restarted empty under its old id it could help elect a leader that lacks acknowledged leases, so it refuses. Remove it (`fenceflake ctl --registry <a live node's client address> remove-member {node_id}`) and add a replacement under a NEW node id (docs/operations.md, Membership)", data_dir.display())]
     LostDisk { node_id: u64, peer_id: u64, data_dir: std::path::PathBuf },
     #[error("{port} port server failed: {source}")]
     Serve { port: &'static str, source: tonic::transport::Error },
