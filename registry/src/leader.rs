@@ -433,6 +433,25 @@ impl Leader {
         LeaseView { worker_id, state, record, since_renew_ms }
     }
 
+    /// Worker IDs by state exactly as `ctl leases` shows them (`expired` only where this node
+    /// is a confirmed leader: nobody else may decide it): held, free, expired, quarantined.
+    pub fn lease_counts(&self) -> [u64; 4] {
+        let state = self.state.read();
+        let Some(config) = state.table.config() else { return [0; 4] };
+        let mut counts = [0u64, u64::from(config.worker_id_count()), 0, 0];
+        for (worker_id, _) in state.table.records() {
+            let slot = match self.view_of(&state.table, worker_id, config.cool_down_ms).state {
+                LeaseState::Free => continue,
+                LeaseState::Held => 0,
+                LeaseState::Expired => 2,
+                LeaseState::Quarantined => 3,
+            };
+            counts[1] -= 1;
+            counts[slot] += 1;
+        }
+        counts
+    }
+
     fn views(&self, include_free: bool) -> Result<Vec<LeaseView>, RegistryError> {
         let state = self.state.read();
         let config = state.table.config().ok_or(RegistryError::NotConfigured)?;

@@ -66,6 +66,8 @@ pub struct Gauges {
     pub quorum_ack_age: Option<Duration>,
     pub leases_held: u64,
     pub leases_free: u64,
+    /// Held, but this (leader) node has seen no renewal for ttl + cool-down: grantable.
+    pub leases_expired: u64,
     pub leases_quarantined: u64,
     pub db_bytes: u64,
 }
@@ -132,9 +134,19 @@ impl RegistryMetrics {
             single(&mut out, name, "gauge", help, value);
         }
         let name = names::LEASES;
-        preamble(&mut out, name, "gauge", "Worker IDs by state, as applied on this node.");
-        for (state, value) in [("held", g.leases_held), ("free", g.leases_free), ("quarantined", g.leases_quarantined)]
-        {
+        preamble(
+            &mut out,
+            name,
+            "gauge",
+            "Worker IDs by state, as `ctl leases` shows them on this node (expired: only on the leader, which alone decides expiry; grantable like free).",
+        );
+        let states = [
+            ("held", g.leases_held),
+            ("free", g.leases_free),
+            ("expired", g.leases_expired),
+            ("quarantined", g.leases_quarantined),
+        ];
+        for (state, value) in states {
             let _ = writeln!(out, "{name}{{state=\"{state}\"}} {value}");
         }
         out

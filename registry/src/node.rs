@@ -9,7 +9,6 @@ use openraft::ServerState;
 use crate::clock::{Clock, MonoTime};
 use crate::error::RegistryError;
 use crate::leader::{member_roles, Leader};
-use crate::lease::LeaseTable;
 use crate::metrics::{Gauges, RegistryMetrics};
 use crate::proposal::{Proposal, Reply};
 use crate::raft::network::{PeerCallError, PeerClients, PeerRpc};
@@ -166,7 +165,7 @@ impl RegistryNode {
     pub async fn gauges(&self) -> Gauges {
         let status = self.status().await;
         let m = self.raft.metrics().borrow().clone();
-        let (held, free, quarantined) = count_leases(&self.state.read().table);
+        let [held, free, expired, quarantined] = self.leader.lease_counts();
         Gauges {
             term: status.term,
             leader_id: status.leader_id.unwrap_or(0),
@@ -177,24 +176,11 @@ impl RegistryNode {
             quorum_ack_age: m.millis_since_quorum_ack.map(Duration::from_millis),
             leases_held: held,
             leases_free: free,
+            leases_expired: expired,
             leases_quarantined: quarantined,
             db_bytes: self.db.size_on_disk().unwrap_or(0),
         }
     }
-}
-
-fn count_leases(table: &LeaseTable) -> (u64, u64, u64) {
-    let total = table.config().map_or(0, |c| u64::from(c.worker_id_count()));
-    let mut held = 0;
-    let mut quarantined = 0;
-    for (_, record) in table.records() {
-        if record.quarantine.is_some() {
-            quarantined += 1;
-        } else if record.holder.is_some() {
-            held += 1;
-        }
-    }
-    (held, total.saturating_sub(held + quarantined), quarantined)
 }
 
 fn role_name(state: ServerState) -> &'static str {
