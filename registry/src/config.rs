@@ -177,6 +177,28 @@ impl NodeConfig {
     }
 }
 
+/// Where `--initial-cluster` disagrees with the committed membership: one message per node
+/// id listed in both at different peer addresses. The membership wins (it was fixed when the
+/// cluster bootstrapped), so a disagreement is either a stale flag or a typo committed by the
+/// bootstrapping node; either way an operator must hear of it.
+pub fn initial_cluster_mismatches(
+    flags: &BTreeMap<NodeId, PeerNode>,
+    membership: &BTreeMap<NodeId, PeerNode>,
+) -> Vec<String> {
+    flags
+        .iter()
+        .filter_map(|(id, flagged)| {
+            let member = membership.get(id)?;
+            (member.peer_addr != flagged.peer_addr).then(|| {
+                format!(
+                    "--initial-cluster says node {id} is at {}, but the cluster's membership says {}: the membership is used. If the membership is wrong, replace the member (ctl remove-member {id}, then ctl add-member under a new id); otherwise fix this node's --initial-cluster",
+                    flagged.peer_addr, member.peer_addr
+                )
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -196,5 +218,15 @@ mod tests {
             assert!(matches!(parse_initial_cluster(bad), Err(ConfigError::BadClusterEntry { .. })), "{bad}");
         }
         assert_eq!(parse_initial_cluster("1=a:1,1=b:2"), Err(ConfigError::DuplicateNode(1)));
+    }
+
+    #[test]
+    fn initial_cluster_disagreements_name_both_addresses() {
+        let flags = parse_initial_cluster("1=127.0.0.1:2380,2=127.0.0.1:2381,3=127.0.0.1:2382").unwrap();
+        let membership = parse_initial_cluster("1=127.0.0.1:2380,2=127.0.0.1:2391,4=127.0.0.1:2384").unwrap();
+        let found = initial_cluster_mismatches(&flags, &membership);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("node 2 is at 127.0.0.1:2381") && found[0].contains("says 127.0.0.1:2391"));
+        assert!(initial_cluster_mismatches(&flags, &flags).is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! Starts a registry node: opens the data dir, starts openraft, serves the client and peer
 //! ports (and metrics), bootstraps a new cluster once, and stops cleanly on shutdown.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -15,15 +16,15 @@ use tonic_health::ServingStatus;
 use tonic_reflection::pb::v1::server_reflection_server::{ServerReflection, ServerReflectionServer};
 
 use crate::clock::Clock;
-use crate::config::{ConfigError, InitialClusterState, NodeConfig};
+use crate::config::{initial_cluster_mismatches, ConfigError, InitialClusterState, NodeConfig};
 use crate::expiry::ExpiryTracker;
-use crate::leader::{Leader, LeaderSettings};
+use crate::leader::{member_roles, Leader, LeaderSettings};
 use crate::limits::{CLIENT_MESSAGE_BYTES_MAX, PEER_MESSAGE_BYTES_MAX};
 use crate::metrics::RegistryMetrics;
 use crate::node::RegistryNode;
 use crate::proposer::Proposer;
 use crate::raft::network::{NetworkFactory, PeerClients};
-use crate::raft::types::Raft;
+use crate::raft::types::{NodeId, PeerNode, Raft};
 use crate::served;
 use crate::service::peer::PeerService;
 use crate::service::registry::RegistryService;
@@ -78,6 +79,9 @@ pub async fn run(
     let (client_task, peer_task) = serve_ports(&node, listeners, health_service, reflection, &stopped);
     tokio::spawn(watch_leadership(node.clone(), health_reporter, tracker));
     bootstrap(&config, &raft).await?;
+    if config.initial_cluster_state == InitialClusterState::New {
+        tokio::spawn(compare_initial_cluster(raft.clone(), config.initial_cluster.clone()));
+    }
     tokio::spawn(served::announce(node.clone()));
     tracing::info!(
         node_id = config.node_id,
@@ -199,6 +203,25 @@ fn serve_ports(
 }
 
 /// Initialize a new cluster on its lowest-numbered node, exactly once.
+/// Once a membership is known, say loudly where this node's `--initial-cluster` disagrees
+/// with it (a typo on the bootstrapping node is committed; on the others it is ignored).
+async fn compare_initial_cluster(raft: Raft, flags: BTreeMap<NodeId, PeerNode>) {
+    let mut metrics = raft.metrics();
+    loop {
+        let members = member_roles(&raft);
+        if !members.is_empty() {
+            let membership = members.into_iter().map(|(id, (node, _))| (id, node)).collect();
+            for mismatch in initial_cluster_mismatches(&flags, &membership) {
+                tracing::error!("{mismatch}");
+            }
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn bootstrap(config: &NodeConfig, raft: &Raft) -> Result<(), ServerError> {
     let initialized = raft.is_initialized().await.map_err(|e| ServerError::Raft(e.to_string()))?;
     if initialized {
