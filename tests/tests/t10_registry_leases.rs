@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use fenceflake_proto::v1 as pb;
+use fenceflake_proto::wire::Reason;
 use fenceflake_tests::cluster::{Cluster, TEST_COOL_DOWN_MS};
 use fenceflake_tests::eventually;
 use tonic::Code;
@@ -74,7 +75,7 @@ async fn stale_tokens_are_fenced_and_retries_do_not_leak_ids() {
     let err = c.renew(renew(&a, 0)).await.expect_err("stale renew");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().starts_with("FENCED:"), "{err:?}");
-    assert_eq!(err.metadata().get("fenceflake-reason").and_then(|v| v.to_str().ok()), Some("FENCED"));
+    assert_eq!(Reason::of(&err), Some(Reason::Fenced), "{err:?}");
     let renewed = cluster.client(5).renew(renew(&b, 0)).await.expect("current holder renews").into_inner();
     assert_eq!(renewed.token, b.token);
 }

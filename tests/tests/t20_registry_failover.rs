@@ -174,7 +174,7 @@ async fn wiped_node_is_replaced_and_catches_up_by_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn registry_wall_clock_steps_do_not_expire_leases_early() {
     let Some(lib) = fenceflake_tests::libfaketime() else {
-        eprintln!("SKIPPED: libfaketime is not installed (apt-get install libfaketime); .ci/run installs it");
+        fenceflake_tests::skip_unless_required("the registry wall-clock step test", "libfaketime (Debian libfaketime)");
         return;
     };
     let offset_file = tempfile::NamedTempFile::new().expect("offset file");
