@@ -9,6 +9,7 @@ pub mod v1 {
     tonic::include_proto!("fenceflake.v1");
 }
 
+pub mod clock_offset;
 pub mod duration;
 pub mod metrics;
 pub mod serving;
