@@ -5,6 +5,9 @@
 //! ladder can be tested rung by rung and replayed by the simulation.
 
 use std::fmt;
+use std::time::Duration;
+
+use fenceflake_proto::clock_offset::{OffsetBounds, ProvenSkew};
 
 use crate::limits::{DEFAULT_MAX_SPIN_MS, MAX_SPIN_MS};
 
@@ -108,14 +111,15 @@ impl ClockGuardPolicy {
     }
 }
 
-/// The worker's wall clock is too far from the registry leader's to trust (`CLOCK_SKEW`).
+/// The worker's wall clock is provably too far from the registry leader's to trust
+/// (`CLOCK_SKEW`): every offset consistent with the round trip is beyond the bound.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SkewError {
     #[error(
-        "local wall clock {local_wall_ms} ms is {skew_ms} ms from the registry's \
-         {registry_time_ms} ms (max {max_skew_ms} ms)"
+        "local wall clock is {proven} the registry's: local − registry is {offset} over the round trip \
+         (registry read {registry_time_ms} ms), beyond the max skew of {max_skew_ms} ms"
     )]
-    TooFar { local_wall_ms: u64, registry_time_ms: u64, skew_ms: u64, max_skew_ms: u64 },
+    TooFar { offset: OffsetBounds, registry_time_ms: u64, proven: ProvenSkew, max_skew_ms: u64 },
 }
 
 impl SkewError {
@@ -125,19 +129,44 @@ impl SkewError {
     }
 }
 
+/// One registry call's wall-clock evidence for the skew check: the local wall clock just
+/// before sending and just after receiving, the call's duration on the monotonic clock, and
+/// the registry leader's wall clock stamped in the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundTrip {
+    pub send_wall_ms: u64,
+    pub receive_wall_ms: u64,
+    pub elapsed: Duration,
+    pub registry_time_ms: u64,
+}
+
+impl RoundTrip {
+    /// What the round trip proves about `local − registry`
+    /// ([`OffsetBounds::from_timed_round_trip`]: a wall step during the call widens it).
+    pub fn offset(&self) -> OffsetBounds {
+        let elapsed_ms = u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX);
+        OffsetBounds::from_timed_round_trip(self.send_wall_ms, self.receive_wall_ms, elapsed_ms, self.registry_time_ms)
+    }
+}
+
 /// Check at boot and on every grant that the local wall clock is within `max_skew_ms` of the
 /// registry leader's (stamped into each response). Either direction counts: ahead burns
 /// timestamp range and inflates `not_before` for the next holder; behind means waiting out
 /// `not_before` and, with a lost disk, the risk of replaying an old window.
 ///
-/// The registry time is stamped somewhere within the round trip, so `max_skew_ms` must
-/// exceed the expected round-trip time.
-pub fn check_skew(local_wall_ms: u64, registry_time_ms: u64, max_skew_ms: u64) -> Result<(), SkewError> {
-    let skew_ms = local_wall_ms.abs_diff(registry_time_ms);
-    if skew_ms > max_skew_ms {
-        return Err(SkewError::TooFar { local_wall_ms, registry_time_ms, skew_ms, max_skew_ms });
+/// The registry stamps its time somewhere within the round trip, so the offset is only known
+/// to lie in an interval as wide as the call ([`fenceflake_proto::clock_offset`]); the worker
+/// parks only when the whole interval is beyond the bound. A slow call (an election) widens
+/// the interval and so can hide a real skew for that one call, never invent one: a worker on
+/// the registry's own host never parks for skew.
+pub fn check_skew(round_trip: &RoundTrip, max_skew_ms: u64) -> Result<(), SkewError> {
+    let offset = round_trip.offset();
+    match offset.provably_beyond(max_skew_ms) {
+        None => Ok(()),
+        Some(proven) => {
+            Err(SkewError::TooFar { offset, registry_time_ms: round_trip.registry_time_ms, proven, max_skew_ms })
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -286,20 +315,53 @@ mod tests {
         }
     }
 
+    fn round_trip(send_wall_ms: u64, receive_wall_ms: u64, registry_time_ms: u64) -> RoundTrip {
+        let elapsed = Duration::from_millis(receive_wall_ms.saturating_sub(send_wall_ms));
+        RoundTrip { send_wall_ms, receive_wall_ms, elapsed, registry_time_ms }
+    }
+
     /// Goal: skew within the limit passes in both directions (edge included); beyond it the
-    /// worker refuses with `CLOCK_SKEW` and the numbers to log.
+    /// worker refuses with `CLOCK_SKEW`, naming the measured interval and the bound; a slow
+    /// round trip never turns a correct clock into a skewed one.
     #[test]
     fn skew_check() {
-        assert_eq!(check_skew(10_000, 10_500, 500), Ok(()));
-        assert_eq!(check_skew(10_500, 10_000, 500), Ok(()));
-        let err = check_skew(10_000, 10_501, 500).unwrap_err();
+        assert_eq!(check_skew(&round_trip(10_000, 10_000, 10_500), 500), Ok(()));
+        assert_eq!(check_skew(&round_trip(10_500, 10_500, 10_000), 500), Ok(()));
+        let err = check_skew(&round_trip(10_000, 10_000, 10_501), 500).unwrap_err();
+        let SkewError::TooFar { offset, registry_time_ms, proven, max_skew_ms } = &err;
+        assert_eq!((offset.min_ms(), offset.max_ms(), *registry_time_ms, *max_skew_ms), (-501, -501, 10_501, 500));
+        assert_eq!(proven.at_least_ms, 501);
         assert_eq!(
-            err,
-            SkewError::TooFar { local_wall_ms: 10_000, registry_time_ms: 10_501, skew_ms: 501, max_skew_ms: 500 }
+            err.to_string(),
+            "local wall clock is at least 501 ms behind the registry's: local − registry is -501 ms over the \
+             round trip (registry read 10501 ms), beyond the max skew of 500 ms"
         );
         assert_eq!(err.park_reason(), ParkReason::ClockSkew);
-        assert!(check_skew(20_000, 10_000, 500).is_err());
+        assert!(check_skew(&round_trip(20_000, 20_000, 10_000), 500).is_err());
+        // Same host, a 2 s renewal during an election, the registry read at its middle: the
+        // single-reading check saw 1 s of "skew" here.
+        assert_eq!(check_skew(&round_trip(10_000, 12_000, 11_000), 500), Ok(()));
+        // Ten minutes ahead over the same slow call is still proven.
+        let err = check_skew(&round_trip(700_000, 702_000, 101_000), 500).unwrap_err();
+        assert!(err.to_string().contains("at least 599000 ms ahead of the registry's"), "{err}");
+        assert!(err.to_string().contains("+599000..+601000 ms"), "{err}");
         assert_eq!(ParkReason::ClockSkew.to_string(), "clock_skew");
         assert_eq!(ParkReason::ClockRegressed.as_label(), "clock_regressed");
+    }
+
+    /// Goal: the monotonic duration widens the interval when the wall clock stepped back
+    /// during the call, so the step alone does not prove a skew.
+    #[test]
+    fn a_wall_step_during_the_call_is_not_proof_of_skew() {
+        // 200 ms call; the wall clock stepped back 1 s in the middle of it; the registry read
+        // its clock (equal to ours before the step) just before our step.
+        let stepped = RoundTrip {
+            send_wall_ms: 10_000,
+            receive_wall_ms: 9_200,
+            elapsed: Duration::from_millis(200),
+            registry_time_ms: 10_090,
+        };
+        assert_eq!((stepped.offset().min_ms(), stepped.offset().max_ms()), (-1_090, 110));
+        assert_eq!(check_skew(&stepped, 500), Ok(()));
     }
 }

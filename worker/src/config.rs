@@ -8,20 +8,22 @@ use std::time::Duration;
 use crate::ceiling::{CeilingPolicy, CeilingPolicyError};
 use crate::clock_guard::{ClockGuardPolicy, ClockGuardPolicyError};
 use crate::limits::{
-    DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_LEASE_TTL_MS, DEFAULT_MARGIN_MAX_MS, DEFAULT_MARGIN_TTL_DIVISOR,
-    DEFAULT_MAX_SKEW_MS, DEFAULT_MAX_SPIN_MS, DEFAULT_SEQUENCE_BITS, MAX_LEASE_TTL_MS, MAX_REGISTRY_ADDRS,
-    MIN_LEASE_TTL_MS,
+    DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_ID_WAIT_MS, DEFAULT_LEASE_TTL_MS, DEFAULT_MARGIN_MAX_MS,
+    DEFAULT_MARGIN_TTL_DIVISOR, DEFAULT_MAX_SKEW_MS, DEFAULT_MAX_SPIN_MS, DEFAULT_SEQUENCE_BITS, MAX_ID_WAIT_MS,
+    MAX_LEASE_TTL_MS, MAX_REGISTRY_ADDRS, MIN_LEASE_TTL_MS,
 };
 use crate::worker_id::WorkerId;
 
 /// How the worker picks its worker ID; every choice is leased and fenced the same way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WorkerIdSpec {
-    /// Any free worker ID.
+    /// Any free worker ID. A restart with its state dir gets its own still-live lease back;
+    /// if that worker ID was quarantined meanwhile, it takes another one.
     Auto,
     /// N from a StatefulSet-style hostname `name-N`.
     Ordinal,
-    /// Exactly this one; refused (the worker exits) if another holder has it.
+    /// Exactly this one; refused (the worker exits) if another worker holds it or it is
+    /// quarantined. Held by the registry's restore embargo, it is waited for (`id_wait`).
     Fixed(WorkerId),
 }
 
@@ -96,6 +98,11 @@ pub struct WorkerConfig {
     pub flush_interval: Duration,
     /// Width of the sequence field; the epoch and the worker-ID width come from the registry.
     pub sequence_bits: u8,
+    /// How long start waits while the registry says no worker ID can be had now: every ID
+    /// held or quarantined (`RESOURCE_EXHAUSTED`), or the one asked for held by the registry's
+    /// restore embargo. Zero: give up at the first such answer. See [`crate::Generator::start`]
+    /// for the whole bound on start.
+    pub id_wait: Duration,
     /// Whether mechanism 2 is enforced. Only the harness turns it off, to prove that its
     /// checkers catch the duplicates a worker without its deadline mints.
     pub deadline_check: DeadlineCheck,
@@ -125,6 +132,7 @@ impl WorkerConfig {
             max_skew: Duration::from_millis(DEFAULT_MAX_SKEW_MS),
             flush_interval: Duration::from_millis(DEFAULT_FLUSH_INTERVAL_MS),
             sequence_bits: DEFAULT_SEQUENCE_BITS,
+            id_wait: Duration::from_millis(DEFAULT_ID_WAIT_MS),
             deadline_check: DeadlineCheck::Enforced,
         }
     }
@@ -143,6 +151,9 @@ impl WorkerConfig {
         let margin = self.effective_margin();
         if margin.is_zero() || margin * 3 >= self.lease_ttl {
             return Err(ConfigError::Margin { margin, ttl: self.lease_ttl });
+        }
+        if self.id_wait > Duration::from_millis(MAX_ID_WAIT_MS) {
+            return Err(ConfigError::IdWait { id_wait: self.id_wait });
         }
         self.guard_policy()?;
         self.ceiling_policy()?;
@@ -182,6 +193,8 @@ pub enum ConfigError {
     LeaseTtl { ttl: Duration },
     #[error("--margin {margin:?} must be above 0 and below a third of --lease-ttl {ttl:?}, so one missed renewal does not park the worker (leave --margin out for the default, min(1s, TTL/10))")]
     Margin { margin: Duration, ttl: Duration },
+    #[error("--id-wait {id_wait:?} exceeds the limit of {MAX_ID_WAIT_MS}ms")]
+    IdWait { id_wait: Duration },
     #[error("--max-spin: {0}")]
     Spin(#[from] ClockGuardPolicyError),
     #[error("--flush-interval: {0}")]
@@ -223,12 +236,15 @@ mod tests {
             (WorkerConfig { margin: Some(Duration::ZERO), ..config() }, "--margin"),
             (WorkerConfig { max_spin: Duration::from_secs(5), ..config() }, "--max-spin"),
             (WorkerConfig { flush_interval: Duration::ZERO, ..config() }, "--flush-interval"),
+            (WorkerConfig { id_wait: Duration::from_secs(3_601), ..config() }, "--id-wait"),
             (WorkerConfig { worker_id: WorkerIdSpec::Ordinal, hostname: "solo".into(), ..config() }, "ordinal"),
         ];
         for (cfg, flag) in cases {
             let err = cfg.validate().unwrap_err().to_string();
             assert!(err.contains(flag), "{flag}: {err}");
         }
+        WorkerConfig { id_wait: Duration::ZERO, ..config() }.validate().unwrap();
+        assert_eq!(config().id_wait, Duration::from_secs(300));
         let short =
             WorkerConfig { lease_ttl: Duration::from_secs(2), margin: Some(Duration::from_millis(500)), ..config() };
         short.validate().unwrap();

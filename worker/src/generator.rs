@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::acquire::{acquire, Acquired};
 use crate::boot::{plan_boot, BootError};
 use crate::clock::{Clock, MonoTime};
 use crate::config::{ConfigError, WorkerConfig};
@@ -35,10 +36,10 @@ use crate::deadline::{DeadlineError, LeaseDeadline};
 use crate::holder::HolderId;
 use crate::keeper::{self, Backoff};
 use crate::layout::{Layout, LayoutError};
-use crate::lease::{LeaseGrant, Token};
+use crate::lease::Token;
 use crate::limits::{
-    ACQUIRE_TIMEOUT_MS, GENERATE_TIMEOUT_MS, MAX_BATCH_COUNT, MAX_BOOT_WAIT_MS, REGISTRY_RPC_TIMEOUT_MAX_MS,
-    REGISTRY_RPC_TIMEOUT_MIN_MS, RELEASE_TIMEOUT_MS, STATE_POLL_MS,
+    GENERATE_TIMEOUT_MS, MAX_BATCH_COUNT, MAX_BOOT_WAIT_MS, REGISTRY_RPC_TIMEOUT_MAX_MS, REGISTRY_RPC_TIMEOUT_MIN_MS,
+    RELEASE_TIMEOUT_MS, STATE_POLL_MS,
 };
 use crate::metrics::{Gauges, Rpc, WorkerMetrics};
 use crate::mint_state::{GenerateError, MintSetup, MintState, Step};
@@ -60,8 +61,16 @@ pub enum StartError {
     StateDir(#[from] StateDirError),
     #[error("worker ID {worker_id} is already held by another worker: {message}")]
     WorkerIdHeld { worker_id: WorkerId, message: String },
+    #[error(
+        "worker ID {worker_id} is quarantined ({message}); refusing to start with it: an operator clears it with \
+         `fenceflake ctl unquarantine {worker_id}` after auditing, or start this worker with another --worker-id \
+         (or auto)"
+    )]
+    WorkerIdQuarantined { worker_id: WorkerId, message: String },
     #[error("could not acquire a lease within {waited_ms} ms: {last}")]
     AcquireTimedOut { waited_ms: u64, last: RegistryCallError },
+    #[error("no worker ID could be had within {waited_ms} ms (--id-wait {id_wait:?}): {last}")]
+    NoWorkerId { waited_ms: u64, id_wait: Duration, last: RegistryCallError },
     #[error("the registry refused the lease: {0}")]
     AcquireRefused(RegistryCallError),
     #[error("the registry's layout cannot be used: {0}")]
@@ -129,9 +138,18 @@ fn registry_rpc_timeout(ttl: Duration) -> Duration {
 
 impl Generator {
     /// Start a worker against the registry nodes in `config`: lock the state directory,
-    /// acquire a lease (retrying for up to [`ACQUIRE_TIMEOUT_MS`]), check the clock, plan the
-    /// boot wait and start the lease keeper. Returns while still booting (`BOOTING`) if the
-    /// wall clock has not yet passed the ceiling or `not_before`; see [`Generator::wait_serving`].
+    /// acquire a lease, check the clock, plan the boot wait and start the lease keeper.
+    /// Returns while still booting (`BOOTING`) if the wall clock has not yet passed the
+    /// ceiling or `not_before`; see [`Generator::wait_serving`].
+    ///
+    /// How long it may take: an unavailable registry is retried for up to
+    /// [`ACQUIRE_TIMEOUT_MS`](crate::limits::ACQUIRE_TIMEOUT_MS) (30 s). When the registry answers that no worker ID can be had
+    /// now — every ID held or quarantined, or the explicit one held by the restore embargo
+    /// after a backup restore — start waits and retries for up to `config.id_wait` (default 5
+    /// minutes; zero fails at once, as before). So start returns, `Ok` or `Err`, within
+    /// max(30 s, `id_wait`) plus one registry call. An explicit worker ID held by another
+    /// worker or quarantined fails at once. The future may also be dropped at any point (e.g.
+    /// under `tokio::time::timeout`): a lease granted meanwhile simply expires.
     pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> Result<Generator, StartError> {
         let registry = GrpcRegistry::new(&config.registry, registry_rpc_timeout(config.lease_ttl))?;
         Generator::start_with_registry(config, clock, Arc::new(registry)).await
@@ -147,20 +165,15 @@ impl Generator {
         let wanted = config.worker_id.resolve(&config.hostname)?;
         let mut state_dir = StateDir::open(&config.state_dir, &config.hostname)?;
         log_state_dir(&state_dir);
-        let (grant, sent_at, mid_wall_ms) = acquire(&config, &*clock, &*registry, &mut state_dir, wanted).await?;
+        let Acquired { grant, sent_at, round_trip } =
+            acquire(&config, &*clock, &*registry, &mut state_dir, wanted).await?;
         let worker_id = grant.worker_id;
         let token = grant.token;
         let layout = Layout::new(grant.epoch_ms, grant.worker_id_bits, config.sequence_bits)?;
-        let plan = plan_boot(
-            &state_dir.loaded,
-            grant.not_before_ms,
-            grant.registry_time_ms,
-            mid_wall_ms,
-            config.max_skew.as_millis() as u64,
-            MAX_BOOT_WAIT_MS,
-        )?;
+        let max_skew_ms = config.max_skew.as_millis() as u64;
+        let plan = plan_boot(&state_dir.loaded, grant.not_before_ms, &round_trip, max_skew_ms, MAX_BOOT_WAIT_MS)?;
         if let Err(skew) = &plan.skew {
-            tracing::error!(%worker_id, %token, %skew, "refusing to mint: wall clock too far from the registry's (CLOCK_SKEW); fix NTP");
+            tracing::error!(%worker_id, %token, %skew, "refusing to mint: wall clock provably too far from the registry's (CLOCK_SKEW); fix NTP");
         }
         tracing::info!(
             %worker_id, %token, holder = %state_dir.holder(), ttl_ms = grant.ttl.as_millis() as u64,
@@ -389,55 +402,6 @@ fn log_state_dir(state_dir: &StateDir) {
             state_dir = %dir, why = %why,
             "ceiling file is corrupt: relying on the registry's not_before alone, with a new holder ID; check the disk"
         ),
-    }
-}
-
-/// Acquire the lease, retrying unavailable registries for up to [`ACQUIRE_TIMEOUT_MS`].
-/// Returns the grant, the monotonic send time of the Acquire that committed, and the wall
-/// clock at the midpoint of its round trip.
-async fn acquire(
-    config: &WorkerConfig,
-    clock: &dyn Clock,
-    registry: &dyn LeaseRegistry,
-    state_dir: &mut StateDir,
-    wanted: Option<WorkerId>,
-) -> Result<(LeaseGrant, MonoTime, u64), StartError> {
-    let started = clock.mono();
-    let mut backoff = Backoff::new();
-    loop {
-        let sent_at = clock.mono();
-        let sent_wall_ms = clock.wall_ms();
-        match (registry.acquire(state_dir.holder(), wanted, config.lease_ttl).await, wanted) {
-            (Ok(grant), _) => {
-                assert!(
-                    wanted.is_none_or(|w| w == grant.worker_id),
-                    "registry granted worker ID {} when {wanted:?} was asked for",
-                    grant.worker_id
-                );
-                let mid_wall_ms = sent_wall_ms.midpoint(clock.wall_ms());
-                return Ok((grant, sent_at, mid_wall_ms));
-            }
-            (Err(RegistryCallError::AlreadyHeld { message }), Some(worker_id)) => {
-                return Err(StartError::WorkerIdHeld { worker_id, message });
-            }
-            (Err(RegistryCallError::HolderHoldsOther { message }), _) if state_dir.holder_reused() => {
-                // The previous incarnation held another worker ID than the one now asked for:
-                // become a stranger; that lease expires on its own.
-                tracing::warn!(%message, "the state dir's holder holds another worker ID; continuing with a new holder ID");
-                state_dir.replace_holder(&config.hostname)?;
-            }
-            // Without a specific ID, ALREADY_EXISTS only means a free ID changed hands while
-            // the registry picked it: try again.
-            (Err(last), _) if last.is_retryable() || matches!(last, RegistryCallError::AlreadyHeld { .. }) => {
-                let waited = clock.mono().duration_since(started);
-                if waited > Duration::from_millis(ACQUIRE_TIMEOUT_MS) {
-                    return Err(StartError::AcquireTimedOut { waited_ms: waited.as_millis() as u64, last });
-                }
-                tracing::warn!(error = %last, indeterminate = last.is_indeterminate(), "registry unavailable; retrying the acquire");
-                tokio::time::sleep(backoff.next_pause()).await;
-            }
-            (Err(other), _) => return Err(StartError::AcquireRefused(other)),
-        }
     }
 }
 

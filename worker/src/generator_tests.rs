@@ -1,22 +1,32 @@
 //! Tests of library mode against a fake registry and a manual clock: the boot wait for
-//! `not_before`, skew refusal, duplicate IDs, parking at the deadline and resuming on a
-//! committed renewal, parking for good on FENCED, release on shutdown.
+//! `not_before`, skew refusal, duplicate IDs, waiting out a restore embargo, `auto` leaving a
+//! quarantined remembered ID, parking at the deadline and resuming on a committed renewal,
+//! parking for good on FENCED, release on shutdown.
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
 use crate::clock::ManualClock;
-use crate::registry_client::{BoxFuture, LostReason, RenewRequest};
+use crate::lease::LeaseGrant;
+use crate::registry_client::{BoxFuture, IdView, LostReason, RenewRequest};
 
 const T0: u64 = 1_700_000_000_000;
 const EPOCH_MS: u64 = 1_600_000_000_000;
 
 /// What the fake registry answers, set by the test.
 struct FakeState {
+    /// Answered first, one per Acquire, before `acquire`.
+    script: VecDeque<Result<LeaseGrant, RegistryCallError>>,
     acquire: Result<LeaseGrant, RegistryCallError>,
+    /// Each Acquire: the holder and the worker ID asked for.
+    asked: Vec<(String, Option<WorkerId>)>,
+    /// How long each Acquire takes on the manual clock.
+    acquire_takes: Duration,
+    inspect: Result<IdView, RegistryCallError>,
     renew: Result<(), RegistryCallError>,
     renewals: u32,
     released: Option<(WorkerId, Token, u64)>,
@@ -43,8 +53,30 @@ fn grant(not_before_ms: u64, registry_time_ms: u64) -> LeaseGrant {
 
 impl FakeRegistry {
     fn new(clock: Arc<ManualClock>, acquire: Result<LeaseGrant, RegistryCallError>) -> Arc<FakeRegistry> {
-        let state = FakeState { acquire, renew: Ok(()), renewals: 0, released: None };
+        let state = FakeState {
+            script: VecDeque::new(),
+            acquire,
+            asked: Vec::new(),
+            acquire_takes: Duration::ZERO,
+            inspect: Ok(id_view("HELD", "other/1/ab")),
+            renew: Ok(()),
+            renewals: 0,
+            released: None,
+        };
         Arc::new(FakeRegistry { clock, state: Mutex::new(state) })
+    }
+
+    /// Answer the next Acquires with `answers`, in order, before the standing answer.
+    fn script(&self, answers: impl IntoIterator<Item = Result<LeaseGrant, RegistryCallError>>) {
+        self.state.lock().unwrap().script.extend(answers);
+    }
+
+    fn set_inspect(&self, view: IdView) {
+        self.state.lock().unwrap().inspect = Ok(view);
+    }
+
+    fn asked(&self) -> Vec<(String, Option<WorkerId>)> {
+        self.state.lock().unwrap().asked.clone()
     }
 
     fn set_renew(&self, renew: Result<(), RegistryCallError>) {
@@ -59,11 +91,19 @@ impl FakeRegistry {
 impl LeaseRegistry for FakeRegistry {
     fn acquire<'a>(
         &'a self,
-        _holder: &'a HolderId,
-        _worker_id: Option<WorkerId>,
+        holder: &'a HolderId,
+        worker_id: Option<WorkerId>,
         _ttl: Duration,
     ) -> BoxFuture<'a, Result<LeaseGrant, RegistryCallError>> {
-        let answer = self.state.lock().unwrap().acquire.clone();
+        let mut state = self.state.lock().unwrap();
+        state.asked.push((holder.to_string(), worker_id));
+        self.clock.advance(state.acquire_takes);
+        let answer = state.script.pop_front().unwrap_or_else(|| state.acquire.clone());
+        Box::pin(async move { answer })
+    }
+
+    fn inspect(&self, _worker_id: WorkerId) -> BoxFuture<'_, Result<IdView, RegistryCallError>> {
+        let answer = self.state.lock().unwrap().inspect.clone();
         Box::pin(async move { answer })
     }
 
@@ -85,6 +125,27 @@ impl LeaseRegistry for FakeRegistry {
         self.state.lock().unwrap().released = Some((worker_id, token, last_ts_ms));
         Box::pin(async { Ok(()) })
     }
+}
+
+/// The registry's view of worker ID 5 held by `holder`.
+fn id_view(state: &str, holder: &str) -> IdView {
+    IdView {
+        worker_id: WorkerId::new(5),
+        state: state.into(),
+        holder: holder.into(),
+        ttl_ms: 2_000,
+        since_renew_ms: 500,
+        cool_down_ms: Some(500),
+    }
+}
+
+fn exhausted() -> RegistryCallError {
+    RegistryCallError::Exhausted { message: "no free worker ID: all 1024 are held or quarantined".into() }
+}
+
+fn quarantined() -> RegistryCallError {
+    let message = "QUARANTINED: worker ID is quarantined (audit); an operator must clear it".into();
+    RegistryCallError::Lost { reason: LostReason::Quarantined, message }
 }
 
 struct Fixture {
@@ -158,6 +219,92 @@ async fn a_held_explicit_id_is_refused_naming_id_and_holder() {
     f.config.worker_id = crate::config::WorkerIdSpec::Fixed(WorkerId::new(5));
     let err = f.start().await.unwrap_err().to_string();
     assert!(err.contains("worker ID 5") && err.contains("other/1/ab"), "{err}");
+}
+
+/// Goal: issue 14 — during a restore embargo (every Acquire answers EXHAUSTED) an `auto`
+/// worker does not give up: it retries with backoff and starts once the embargo lifts.
+#[tokio::test]
+async fn auto_waits_out_an_embargo_and_starts_when_it_lifts() {
+    let f = fixture(Ok(grant(0, T0)));
+    f.registry.set_inspect(id_view("HELD", "fenceflake:restore-embargo/0"));
+    f.registry.script([Err(exhausted()), Err(exhausted())]);
+    let g = f.start().await.unwrap();
+    assert_eq!(f.registry.asked().len(), 3, "two refusals waited out, then granted");
+    g.wait_serving(Duration::from_secs(2)).await.unwrap();
+    g.shutdown().await;
+}
+
+/// Goal: an explicit worker ID held by the registry's embargo holder is waited for; one held
+/// by another worker still fails at once (a duplicate claim is a misconfiguration).
+#[tokio::test]
+async fn an_explicit_id_waits_for_the_embargo_but_not_for_another_worker() {
+    let mut f = fixture(Ok(grant(0, T0)));
+    f.config.worker_id = crate::config::WorkerIdSpec::Fixed(WorkerId::new(5));
+    let embargoed =
+        RegistryCallError::AlreadyHeld { message: "worker ID is held by fenceflake:restore-embargo/5".into() };
+    f.registry.set_inspect(id_view("HELD", "fenceflake:restore-embargo/5"));
+    f.registry.script([Err(embargoed)]);
+    let g = f.start().await.unwrap();
+    assert_eq!(f.registry.asked(), vec![(f.registry.asked()[0].0.clone(), Some(WorkerId::new(5))); 2]);
+    g.shutdown().await;
+
+    let f2 = fixture(Err(RegistryCallError::AlreadyHeld { message: "worker ID is held by gen-9/1/ab".into() }));
+    let mut config = f2.config.clone();
+    config.worker_id = crate::config::WorkerIdSpec::Fixed(WorkerId::new(5));
+    f2.registry.set_inspect(id_view("HELD", "gen-9/1/ab"));
+    let err = Generator::start_with_registry(config, f2.clock.clone(), f2.registry.clone()).await.unwrap_err();
+    assert!(matches!(err, StartError::WorkerIdHeld { .. }), "{err}");
+    assert_eq!(f2.registry.asked().len(), 1, "a real holder is refused at once");
+}
+
+/// Goal: the wait for a worker ID is bounded by `id_wait` on the worker's monotonic clock
+/// (here each Acquire takes 300 ms of it), and a zero `id_wait` gives up at the first answer.
+#[tokio::test]
+async fn the_wait_for_a_worker_id_is_bounded_by_id_wait() {
+    let mut f = fixture(Err(exhausted()));
+    f.config.id_wait = Duration::from_secs(1);
+    f.registry.state.lock().unwrap().acquire_takes = Duration::from_millis(300);
+    let err = f.start().await.unwrap_err();
+    match &err {
+        StartError::NoWorkerId { waited_ms, .. } => assert!((1_000..=1_300).contains(waited_ms), "{err}"),
+        other => panic!("expected NoWorkerId, got {other}"),
+    }
+    assert!(err.to_string().contains("no free worker ID"), "{err}");
+    assert!((4..=5).contains(&f.registry.asked().len()), "{:?}", f.registry.asked());
+
+    let mut f = fixture(Err(exhausted()));
+    f.config.id_wait = Duration::ZERO;
+    assert!(matches!(f.start().await, Err(StartError::NoWorkerId { waited_ms: 0, .. })));
+    assert_eq!(f.registry.asked().len(), 1);
+}
+
+/// Goal: issue 14 — `auto` restarted with its state dir asks with its remembered holder; when
+/// the worker ID that holder held is quarantined, it takes another ID under a new holder. An
+/// explicit `--worker-id` on a quarantined ID refuses to start, naming the quarantine.
+#[tokio::test]
+async fn auto_leaves_a_quarantined_remembered_id_but_explicit_refuses() {
+    let f = fixture(Ok(grant(0, T0)));
+    let remembered = {
+        let mut dir = StateDir::open(&f.config.state_dir, &f.config.hostname).unwrap();
+        dir.ceiling.persist(T0 - 1_000).unwrap();
+        dir.holder().to_string()
+    };
+    f.registry.script([Err(quarantined())]);
+    let g = f.start().await.unwrap();
+    let asked = f.registry.asked();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert_eq!(asked[0], (remembered.clone(), None), "first asks with the remembered holder");
+    assert_ne!(asked[1].0, remembered, "then as a stranger");
+    assert_eq!(asked[1].1, None, "for any worker ID");
+    assert_eq!(g.status().holder.to_string(), asked[1].0);
+    g.shutdown().await;
+
+    let mut f = fixture(Err(quarantined()));
+    f.config.worker_id = crate::config::WorkerIdSpec::Fixed(WorkerId::new(5));
+    let err = f.start().await.unwrap_err();
+    assert!(matches!(err, StartError::WorkerIdQuarantined { .. }), "{err}");
+    assert!(err.to_string().contains("worker ID 5 is quarantined"), "{err}");
+    assert_eq!(f.registry.asked().len(), 1);
 }
 
 /// Goal: mechanism 2 end to end — with renewals failing, the worker parks LEASE_EXPIRED

@@ -8,29 +8,45 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::watch;
 
-use crate::clock_guard::check_skew;
+use crate::clock::MonoTime;
+use crate::clock_guard::{check_skew, RoundTrip};
+use crate::lease::LeaseGrant;
 use crate::limits::{REGISTRY_BACKOFF_MAX_MS, REGISTRY_BACKOFF_MIN_MS, RENEW_JITTER_PERCENT};
 use crate::metrics::inc;
 use crate::park::ParkCause;
-use crate::registry_client::{LostReason, RegistryCallError};
+use crate::registry_client::{LostReason, RegistryCallError, RenewRequest};
 use crate::shared::WorkerShared;
 
 /// Exponential backoff with jitter between sweeps over the registry nodes.
 #[derive(Debug)]
 pub struct Backoff {
     next_ms: u64,
+    max_ms: u64,
 }
 
 impl Backoff {
+    /// Between registry sweeps: [`REGISTRY_BACKOFF_MIN_MS`] doubling to
+    /// [`REGISTRY_BACKOFF_MAX_MS`].
     pub fn new() -> Backoff {
-        Backoff { next_ms: REGISTRY_BACKOFF_MIN_MS }
+        Backoff::with_bounds(REGISTRY_BACKOFF_MIN_MS, REGISTRY_BACKOFF_MAX_MS)
+    }
+
+    /// Starting at `min_ms` (at least 1), doubling up to `max_ms` (at least `min_ms`).
+    pub fn with_bounds(min_ms: u64, max_ms: u64) -> Backoff {
+        let next_ms = min_ms.max(1);
+        Backoff { next_ms, max_ms: max_ms.max(next_ms) }
+    }
+
+    /// The cap of the next pause (before jitter), for logs.
+    pub fn next_cap(&self) -> Duration {
+        Duration::from_millis(self.next_ms)
     }
 
     /// The next pause: uniformly in `[d/2, d]` for a `d` that doubles up to the cap, so
     /// workers retrying together spread out.
     pub fn next_pause(&mut self) -> Duration {
         let d = self.next_ms;
-        self.next_ms = (d * 2).min(REGISTRY_BACKOFF_MAX_MS);
+        self.next_ms = d.saturating_mul(2).min(self.max_ms);
         Duration::from_millis(rand::thread_rng().gen_range(d / 2..=d))
     }
 }
@@ -74,30 +90,7 @@ async fn renew_until_committed(shared: &WorkerShared) -> bool {
         let (worker_id, token) = (request.worker_id, request.token);
         match shared.registry.renew(request).await {
             Ok(grant) => {
-                let now = shared.clock.mono();
-                shared.metrics.observe_renew(now.duration_since(sent_at));
-                let mid_wall_ms = request.wall_ms_at_send.midpoint(shared.clock.wall_ms());
-                let skew = check_skew(mid_wall_ms, grant.registry_time_ms, shared.config.max_skew.as_millis() as u64);
-                let (renewed, remaining) = {
-                    let mut state = shared.lock();
-                    let renewed = state.on_renewed(sent_at, now, &grant, &skew);
-                    (renewed, state.lease_remaining(now))
-                };
-                if renewed.resumed {
-                    tracing::info!(%worker_id, %token, failures, "renewal committed after the deadline had passed; resuming with the same worker ID and token");
-                } else if failures > 0 {
-                    tracing::info!(%worker_id, %token, failures, remaining_ms = remaining.as_millis() as u64, "renewal committed after retries");
-                }
-                match (renewed.skew_changed, &skew) {
-                    (Some(true), Err(e)) => {
-                        tracing::error!(%worker_id, %token, skew = %e, "wall clock too far from the registry's; parked (CLOCK_SKEW)")
-                    }
-                    (Some(false), _) => {
-                        tracing::info!(%worker_id, %token, "wall clock back within max skew of the registry's")
-                    }
-                    _ => {}
-                }
-                shared.publish();
+                on_committed(shared, &request, sent_at, &grant, failures);
                 return true;
             }
             Err(RegistryCallError::Lost { reason, message }) => {
@@ -128,6 +121,42 @@ async fn renew_until_committed(shared: &WorkerShared) -> bool {
     }
 }
 
+/// A renewal committed: check the skew over its round trip, extend the deadline from its
+/// send time, and log what changed.
+fn on_committed(shared: &WorkerShared, request: &RenewRequest, sent_at: MonoTime, grant: &LeaseGrant, failures: u32) {
+    let (worker_id, token) = (request.worker_id, request.token);
+    let now = shared.clock.mono();
+    shared.metrics.observe_renew(now.duration_since(sent_at));
+    let round_trip = RoundTrip {
+        send_wall_ms: request.wall_ms_at_send,
+        receive_wall_ms: shared.clock.wall_ms(),
+        elapsed: now.duration_since(sent_at),
+        registry_time_ms: grant.registry_time_ms,
+    };
+    let skew = check_skew(&round_trip, shared.config.max_skew.as_millis() as u64);
+    let (renewed, remaining) = {
+        let mut state = shared.lock();
+        let renewed = state.on_renewed(sent_at, now, grant, &skew);
+        (renewed, state.lease_remaining(now))
+    };
+    if renewed.resumed {
+        tracing::info!(%worker_id, %token, failures, "renewal committed after the deadline had passed; resuming with the same worker ID and token");
+    } else if failures > 0 {
+        tracing::info!(%worker_id, %token, failures, remaining_ms = remaining.as_millis() as u64, "renewal committed after retries");
+    }
+    match (renewed.skew_changed, &skew) {
+        (Some(true), Err(e)) => {
+            tracing::error!(%worker_id, %token, skew = %e, "wall clock provably too far from the registry's; parked (CLOCK_SKEW)")
+        }
+        (Some(false), _) => tracing::info!(
+            %worker_id, %token, offset = %round_trip.offset(),
+            "wall clock no longer provably beyond max skew of the registry's; resuming"
+        ),
+        _ => {}
+    }
+    shared.publish();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +174,11 @@ mod tests {
             last_cap = cap;
         }
         assert_eq!(last_cap, REGISTRY_BACKOFF_MAX_MS);
+        let mut slow = Backoff::with_bounds(500, 5_000);
+        let pauses: Vec<u64> = (0..8).map(|_| slow.next_pause().as_millis() as u64).collect();
+        assert!((250..=500).contains(&pauses[0]) && pauses.iter().all(|p| *p <= 5_000), "{pauses:?}");
+        assert_eq!(slow.next_cap(), Duration::from_millis(5_000));
+        assert_eq!(Backoff::with_bounds(0, 0).next_cap(), Duration::from_millis(1), "never a zero pause");
         let interval = Duration::from_millis(1000);
         for _ in 0..100 {
             let j = jittered(interval);

@@ -6,7 +6,8 @@
 //! - [`minter`]: turns a millisecond into runs of IDs for one worker ID; asserts IDs only
 //!   grow and always carry the worker ID. Never reads a clock.
 //! - [`clock_guard`]: the ladder for a wall clock that went back (proceed, spin, borrow the
-//!   frozen millisecond, park) and the skew check against the registry.
+//!   frozen millisecond, park) and the skew check against the registry (over each call's
+//!   round trip: `fenceflake_proto::clock_offset`).
 //! - [`ceiling`]: the persisted timestamp ceiling, so a restart never replays a millisecond
 //!   (safety mechanism 5).
 //! - [`deadline`]: the lease deadline on the monotonic clock, counted from the request's
@@ -20,6 +21,8 @@
 //! - [`state_dir`], [`holder`], [`durable_file`]: the locked state directory with the
 //!   ceiling and the persisted holder ID.
 //! - [`registry_client`]: the registry API behind a trait, over gRPC with node failover.
+//! - `acquire`: the first lease at start — retries an unavailable registry, waits out an
+//!   embargo or a full table (bounded by `id_wait`), gives up a remembered holder in the way.
 //! - `shared`: what a running worker's handles and tasks share (the mint state under its
 //!   lock, the registry, the published park cause); below both the keeper and the generator.
 //! - [`keeper`]: renews the lease, extends the deadline, parks on FENCED/QUARANTINED.
@@ -31,6 +34,7 @@
 //! Architecture invariant: the modules up to [`limits`] use no tokio and no network; the
 //! ones after them do the waiting, counting and logging those modules decide.
 
+mod acquire;
 pub mod boot;
 pub mod ceiling;
 pub mod client;
@@ -60,7 +64,7 @@ pub mod worker_id;
 pub use ceiling::{boot_wait_until, CeilingError, CeilingPolicy, CeilingStore, Loaded};
 pub use client::{ClientError, WorkerClient};
 pub use clock::{Clock, ManualClock, MonoTime, SystemClock};
-pub use clock_guard::{check_skew, ClockGuardPolicy, GuardAction, ParkReason, SkewError};
+pub use clock_guard::{check_skew, ClockGuardPolicy, GuardAction, ParkReason, RoundTrip, SkewError};
 pub use config::{ConfigError, WorkerConfig, WorkerIdSpec};
 pub use deadline::{DeadlineError, LeaseDeadline};
 pub use generator::{Batch, Generator, StartError, WorkerStatus};

@@ -108,6 +108,22 @@ pub const MAX_REGISTRY_ADDRS: usize = 16;
 /// its supervisor restart it).
 pub const ACQUIRE_TIMEOUT_MS: u64 = 30_000;
 
+/// Default of `--id-wait`: how long a starting worker waits while the registry says no worker
+/// ID can be had now (every ID held or quarantined, or the one asked for held by the
+/// registry's restore embargo). An embargo lasts the registry's max TTL + cool-down (61 s with
+/// the defaults); waiting it out beats exiting into a supervisor's crash-loop backoff.
+pub const DEFAULT_ID_WAIT_MS: u64 = 300_000;
+
+/// Largest `--id-wait`: beyond an hour a worker without an ID is an incident to look at, not
+/// an embargo to sit out.
+pub const MAX_ID_WAIT_MS: u64 = 3_600_000;
+
+/// Retries while waiting for a worker ID start this far apart, doubling (with jitter) up to
+/// [`ID_WAIT_BACKOFF_MAX_MS`]: a lifted embargo is noticed within seconds, and a thousand
+/// waiting workers cost the registry a few hundred Acquires a second at most.
+pub const ID_WAIT_BACKOFF_MIN_MS: u64 = 500;
+pub const ID_WAIT_BACKOFF_MAX_MS: u64 = 5_000;
+
 /// How long a stopping worker tries to release its lease; past this the lease simply expires.
 pub const RELEASE_TIMEOUT_MS: u64 = 3_000;
 
@@ -157,6 +173,10 @@ const _: () = assert!(DEFAULT_MARGIN_TTL_DIVISOR > 3);
 const _: () = assert!(MIN_LEASE_TTL_MS / DEFAULT_MARGIN_TTL_DIVISOR as u64 > 0);
 const _: () = assert!(REGISTRY_RPC_TIMEOUT_MIN_MS <= REGISTRY_RPC_TIMEOUT_MAX_MS);
 const _: () = assert!(REGISTRY_BACKOFF_MIN_MS <= REGISTRY_BACKOFF_MAX_MS);
+const _: () = assert!(ID_WAIT_BACKOFF_MIN_MS <= ID_WAIT_BACKOFF_MAX_MS);
+// The default wait outlasts an embargo at the longest TTL a worker asks for, several times.
+const _: () = assert!(DEFAULT_ID_WAIT_MS >= 2 * (MAX_LEASE_TTL_MS + ID_WAIT_BACKOFF_MAX_MS));
+const _: () = assert!(DEFAULT_ID_WAIT_MS <= MAX_ID_WAIT_MS);
 const _: () = assert!(RENEW_JITTER_PERCENT < 100);
 // A spin must fit inside one call, or every regression would time callers out.
 const _: () = assert!(MAX_SPIN_MS < GENERATE_TIMEOUT_MS);

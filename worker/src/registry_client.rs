@@ -34,6 +34,49 @@ pub struct RenewRequest {
     pub max_minted_ts_ms: u64,
 }
 
+/// Holders whose ID starts with this are the registry's own (after a restore, every worker ID
+/// is held by `fenceflake:restore-embargo/N` until the embargo lifts); no worker can be one.
+/// The registry's `HolderId::RESERVED_PREFIX`, read from the holder field of `GetLease`.
+pub const REGISTRY_HOLDER_PREFIX: &str = "fenceflake:";
+
+/// The registry's view of one worker ID (`GetLease`), as far as a starting worker needs it to
+/// tell an embargo from a real holder and to say when the ID frees up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdView {
+    pub worker_id: WorkerId,
+    /// HELD, FREE, EXPIRED (the serving leader may re-grant it) or QUARANTINED.
+    pub state: String,
+    /// Empty when nobody holds it.
+    pub holder: String,
+    pub ttl_ms: u64,
+    /// Since the serving leader last saw a renewal (or its own leadership began); 0 if unknown.
+    pub since_renew_ms: u64,
+    /// The cluster's cool-down after a TTL, if the registry said (`ClusterStatus`).
+    pub cool_down_ms: Option<u64>,
+}
+
+impl IdView {
+    /// Whether the registry itself holds the ID (the embargo of a restore).
+    pub fn held_by_registry(&self) -> bool {
+        self.holder.starts_with(REGISTRY_HOLDER_PREFIX)
+    }
+
+    /// Roughly how long until the registry may grant the ID: for a HELD lease, what is left of
+    /// `ttl + cool_down` since the last renewal the leader saw (an upper bound when the leader
+    /// does not know when that was); zero once EXPIRED; `None` when it depends on someone
+    /// (free, quarantined) or the cool-down is unknown.
+    pub fn frees_within(&self) -> Option<Duration> {
+        match self.state.as_str() {
+            "EXPIRED" => Some(Duration::ZERO),
+            "HELD" => {
+                let total = self.ttl_ms.saturating_add(self.cool_down_ms?);
+                Some(Duration::from_millis(total.saturating_sub(self.since_renew_ms)))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The registry operations the worker uses. Each call is one attempt against the cluster
 /// (which may try several nodes); retrying and backing off is the caller's business.
 pub trait LeaseRegistry: Send + Sync + 'static {
@@ -50,6 +93,19 @@ pub trait LeaseRegistry: Send + Sync + 'static {
         token: Token,
         last_ts_ms: u64,
     ) -> BoxFuture<'_, Result<(), RegistryCallError>>;
+    /// Who holds `worker_id` and for how long still: only to explain a refusal at start (an
+    /// embargo or a real holder). A registry that cannot tell answers `Refused`, and the
+    /// caller then treats the holder as a real one.
+    fn inspect(&self, worker_id: WorkerId) -> BoxFuture<'_, Result<IdView, RegistryCallError>> {
+        let _ = worker_id;
+        Box::pin(async {
+            Err(RegistryCallError::Refused {
+                code: Code::Unimplemented,
+                reason: None,
+                message: "this registry client cannot inspect leases".into(),
+            })
+        })
+    }
 }
 
 /// Why the registry will never renew this lease again.
@@ -284,6 +340,23 @@ impl LeaseRegistry for GrpcRegistry {
             self.sweep(|mut c| async move { c.release(request).await }).await.map(|_| ())
         })
     }
+
+    fn inspect(&self, worker_id: WorkerId) -> BoxFuture<'_, Result<IdView, RegistryCallError>> {
+        Box::pin(async move {
+            let request = pb::GetLeaseRequest { worker_id: u32::from(worker_id.get()) };
+            let info = self.sweep(|mut c| async move { c.get_lease(request).await }).await?;
+            // Only for the estimate of when the ID frees up: best effort.
+            let status = self.sweep(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await }).await;
+            Ok(IdView {
+                worker_id,
+                state: info.state,
+                holder: info.holder,
+                ttl_ms: info.ttl_ms,
+                since_renew_ms: info.since_renew_ms,
+                cool_down_ms: status.ok().map(|s| s.cool_down_ms),
+            })
+        })
+    }
 }
 
 #[cfg(test)]
@@ -357,6 +430,34 @@ mod tests {
             let got = RegistryCallError::from_status(&status);
             assert!(got.is_retryable() && got.is_indeterminate(), "{status:?} -> {got:?}");
         }
+    }
+
+    /// Goal: an embargo holder is told from a real one by the registry's reserved prefix,
+    /// and the time until the ID frees up is what is left of ttl + cool-down (saturating),
+    /// unknown without the cool-down or for an ID nobody's expiry will free.
+    #[test]
+    fn id_views_tell_the_embargo_and_when_it_lifts() {
+        let view = |state: &str, holder: &str, since_renew_ms, cool_down_ms| IdView {
+            worker_id: WorkerId::new(3),
+            state: state.into(),
+            holder: holder.into(),
+            ttl_ms: 60_000,
+            since_renew_ms,
+            cool_down_ms,
+        };
+        let embargo = view("HELD", "fenceflake:restore-embargo/3", 20_000, Some(1_000));
+        assert!(embargo.held_by_registry());
+        assert_eq!(embargo.frees_within(), Some(Duration::from_millis(41_000)));
+        assert!(!view("HELD", "gen-3/12/ab", 0, None).held_by_registry());
+        assert!(!view("HELD", "x-fenceflake:y", 0, None).held_by_registry());
+        assert_eq!(view("HELD", "h", 0, Some(1_000)).frees_within(), Some(Duration::from_millis(61_000)));
+        assert_eq!(view("HELD", "h", 90_000, Some(1_000)).frees_within(), Some(Duration::ZERO));
+        assert_eq!(view("HELD", "h", 0, None).frees_within(), None);
+        assert_eq!(view("EXPIRED", "h", 0, None).frees_within(), Some(Duration::ZERO));
+        assert_eq!(view("QUARANTINED", "h", 0, Some(1)).frees_within(), None);
+        assert_eq!(view("FREE", "", 0, Some(1)).frees_within(), None);
+        let huge = IdView { ttl_ms: u64::MAX, cool_down_ms: Some(u64::MAX), ..embargo };
+        assert_eq!(huge.frees_within(), Some(Duration::from_millis(u64::MAX - 20_000)));
     }
 
     /// Goal: a sweep over nodes that are all down ends `Unavailable` (retryable) within the
