@@ -33,7 +33,8 @@ pub struct WorkerArgs {
     /// Directory for the ceiling, the holder ID and a lock (created if missing).
     #[arg(long, env = "FENCEFLAKE_STATE_DIR")]
     pub state_dir: PathBuf,
-    /// auto (any free ID), ordinal (N from a hostname `name-N`), or a number.
+    /// auto (any free ID; a restart with its state dir gets its own lease back, or another ID
+    /// if that one was quarantined), ordinal (N from a hostname `name-N`), or a number.
     #[arg(long, env = "FENCEFLAKE_WORKER_ID", default_value = "auto")]
     pub worker_id: WorkerIdSpec,
     /// Lease TTL asked of the registry; renewed every third of it.
@@ -56,6 +57,12 @@ pub struct WorkerArgs {
     /// How far each persisted ceiling runs ahead (fsyncs per second vs. boot wait after a crash).
     #[arg(long, env = "FENCEFLAKE_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub flush_interval: Duration,
+    /// How long to wait at start while the registry says no worker ID can be had now: every
+    /// ID held or quarantined, or the --worker-id asked for held by the registry's embargo
+    /// after a backup restore (max TTL + cool-down). Retries with backoff (up to 5s apart);
+    /// 0s exits at once. An ID held by another worker, or quarantined, exits at once anyway.
+    #[arg(long, env = "FENCEFLAKE_ID_WAIT", default_value = "5m", value_parser = parse_duration)]
+    pub id_wait: Duration,
     /// Serve Prometheus metrics on HOST:PORT (/metrics).
     #[arg(long, env = "FENCEFLAKE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -90,6 +97,7 @@ impl WorkerArgs {
         config.max_skew = self.max_skew;
         config.flush_interval = self.flush_interval;
         config.sequence_bits = self.sequence_bits;
+        config.id_wait = self.id_wait;
         if self.unsafe_disable_deadline_check {
             tracing::error!("UNSAFE: the lease deadline check is disabled; this worker WILL mint duplicates (harness self-test only)");
             config.deadline_check = DeadlineCheck::DisabledUnsafe;
@@ -179,5 +187,16 @@ mod tests {
         assert!(err.contains("--margin") && err.contains("third"), "{err}");
         let err = config(&["--lease-ttl", "3"]).unwrap_err();
         assert!(err.contains("no unit") && err.contains("ms, s, m, h"), "{err}");
+    }
+
+    /// Goal: --id-wait defaults to 5 minutes (an embargo after a restore is waited out, not
+    /// exited into a crash loop), takes any duration up to an hour, 0s included.
+    #[test]
+    fn id_wait_defaults_to_five_minutes() {
+        assert_eq!(config(&[]).unwrap().id_wait, Duration::from_secs(300));
+        assert_eq!(config(&["--id-wait", "0s"]).unwrap().id_wait, Duration::ZERO);
+        assert_eq!(config(&["--id-wait", "90s"]).unwrap().id_wait, Duration::from_secs(90));
+        let err = config(&["--id-wait", "2h"]).unwrap_err();
+        assert!(err.contains("--id-wait"), "{err}");
     }
 }
