@@ -187,7 +187,11 @@ impl LeaseTable {
             record.last_renew = pos;
             record.ttl_ms = ttl_ms;
             record.high_water_ms = record.high_water_ms.max(leader_wall_ms.saturating_add(ttl_ms));
-            return Outcome::Granted(grant_view(held, record));
+            // The holder may come back as a process that remembers less than it minted (a
+            // retried Acquire after a restart): it must start past every timestamp it reported.
+            let minted_floor = if record.max_minted_ms > 0 { record.max_minted_ms.saturating_add(1) } else { 0 };
+            let grant = grant_view(held, record);
+            return Outcome::Granted(LeaseGrant { not_before_ms: grant.not_before_ms.max(minted_floor), ..grant });
         }
         let record = self.records.entry(worker_id).or_insert_with(LeaseRecord::fresh);
         if let Some(reason) = &record.quarantine {

@@ -313,3 +313,17 @@ fn a_long_multibyte_reason_is_cut_at_a_character_boundary() {
     assert!(kept.len() <= REASON_LEN_MAX && kept.len() >= REASON_LEN_MAX - 1, "{}", kept.len());
     assert!(kept.starts_with("aé"));
 }
+
+/// Goal: a re-acquire by the holder of a lease starts it past everything it reported
+/// minting, not at the lease's original `not_before`.
+#[test]
+fn a_re_acquire_starts_past_what_the_holder_reported_minting() {
+    let mut t = configured();
+    let first = granted(grant(&mut t, 2, 1, "a"));
+    let minted = WALL + 5_000;
+    granted(renew(&mut t, 3, 1, first.token, WALL + 4_000, minted));
+    let again = granted(grant(&mut t, 4, 1, "a"));
+    assert_eq!((again.worker_id, again.token), (first.worker_id, first.token));
+    assert_eq!(again.not_before_ms, minted + 1);
+    assert!(again.mint_until_ms > again.not_before_ms, "{again:?}");
+}
