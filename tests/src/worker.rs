@@ -93,6 +93,14 @@ impl WorkerProcess {
         status
     }
 
+    /// Whether the process has exited on its own, without waiting (reaped if so; it can then
+    /// be started again). `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut().expect("worker was started").try_wait().expect("poll the worker")?;
+        self.child = None;
+        Some(status)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
