@@ -5,6 +5,7 @@
 //! directory (`target/<profile>/fenceflake`); `scripts/test-all` builds it first.
 
 pub mod cluster;
+pub mod runbook;
 pub mod worker;
 
 use std::path::PathBuf;
