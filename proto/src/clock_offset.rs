@@ -8,7 +8,8 @@
 //! `[send_wall_ms − remote_ms, receive_wall_ms − remote_ms]`. A slow call (an election, a
 //! retry) only widens the interval; it never makes a correct clock look skewed. A clock is
 //! called skewed only when the *whole* interval lies outside `±max`
-//! ([`OffsetBounds::provably_beyond`]).
+//! ([`OffsetBounds::provably_beyond`]), and trusted again only when the whole interval lies
+//! inside ([`OffsetBounds::provably_within`]); a call too slow to tell proves neither.
 //!
 //! If our wall clock stepped during the call, the two wall readings no longer bracket the
 //! instant of the remote reading by themselves. [`OffsetBounds::from_timed_round_trip`] also
@@ -118,6 +119,14 @@ impl OffsetBounds {
             None
         }
     }
+
+    /// Whether every offset in the interval is within `±max_skew_ms` (ends included): the
+    /// round trip proves the clocks agree. Neither this nor [`OffsetBounds::provably_beyond`]
+    /// holds when the interval straddles the bound (a call too slow to tell).
+    pub fn provably_within(&self, max_skew_ms: u64) -> bool {
+        let bound = i128::from(max_skew_ms);
+        i128::from(self.min_ms) >= -bound && i128::from(self.max_ms) <= bound
+    }
 }
 
 /// `+a..+b ms` style: the interval of `local − remote`, signs always shown.
@@ -211,13 +220,18 @@ mod tests {
             ("zero", 0, 0, None),
         ];
         for (name, min, max, want) in cases {
+            let within = *min >= -(MAX as i64) && *max <= MAX as i64;
             // Build each from a real round trip: send at T, receive at T + width.
             let width = max.abs_diff(*min);
             let remote = (i128::from(T) - i128::from(*min)) as u64;
             let bounds = OffsetBounds::from_round_trip(T, T + width, remote);
             assert_eq!((bounds.min_ms(), bounds.max_ms()), (*min, *max), "{name}");
             assert_eq!(bounds.provably_beyond(MAX), *want, "{name}");
+            assert_eq!(bounds.provably_within(MAX), within, "{name}");
+            assert!(!(within && want.is_some()), "{name}: within and beyond at once");
         }
+        assert!(!OffsetBounds::from_round_trip(T, T + 2_000, T + 1_000).provably_within(MAX), "too slow to tell");
+        assert!(OffsetBounds::from_round_trip(0, u64::MAX, 0).provably_within(u64::MAX));
         assert_eq!(OffsetBounds::exact(501).provably_beyond(MAX).map(|p| p.at_least_ms), Some(501));
         assert_eq!(OffsetBounds::exact(-3).to_string(), "-3 ms");
         assert_eq!(OffsetBounds::exact(0).provably_beyond(0), None);

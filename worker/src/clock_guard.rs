@@ -149,6 +149,40 @@ impl RoundTrip {
     }
 }
 
+/// What one round trip says about the local wall clock against `max_skew_ms`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SkewVerdict {
+    /// Every offset the round trip allows is within the bound: the clock is trusted.
+    Within,
+    /// The interval straddles the bound (a call too slow to tell): neither proof. The
+    /// worker keeps its previous verdict, so a slow call neither parks nor resumes it.
+    Inconclusive(OffsetBounds),
+    /// Every offset is beyond the bound: park `CLOCK_SKEW`.
+    Beyond(SkewError),
+}
+
+impl SkewVerdict {
+    /// Whether the worker is skewed after this verdict, given whether it was before.
+    pub fn skewed_after(&self, was_skewed: bool) -> bool {
+        match self {
+            SkewVerdict::Within => false,
+            SkewVerdict::Inconclusive(_) => was_skewed,
+            SkewVerdict::Beyond(_) => true,
+        }
+    }
+}
+
+/// Judge a renewal's round trip: park only on proof of skew, resume only on proof of
+/// agreement (see [`check_skew`] for why the round trip matters).
+pub fn judge_skew(round_trip: &RoundTrip, max_skew_ms: u64) -> SkewVerdict {
+    let offset = round_trip.offset();
+    match check_skew(round_trip, max_skew_ms) {
+        Err(e) => SkewVerdict::Beyond(e),
+        Ok(()) if offset.provably_within(max_skew_ms) => SkewVerdict::Within,
+        Ok(()) => SkewVerdict::Inconclusive(offset),
+    }
+}
+
 /// Check at boot and on every grant that the local wall clock is within `max_skew_ms` of the
 /// registry leader's (stamped into each response). Either direction counts: ahead burns
 /// timestamp range and inflates `not_before` for the next holder; behind means waiting out
@@ -347,6 +381,23 @@ mod tests {
         assert!(err.to_string().contains("+599000..+601000 ms"), "{err}");
         assert_eq!(ParkReason::ClockSkew.to_string(), "clock_skew");
         assert_eq!(ParkReason::ClockRegressed.as_label(), "clock_regressed");
+    }
+
+    /// Goal: a renewal parks only on proof of skew and resumes only on proof of agreement;
+    /// a call too slow to tell keeps the previous verdict either way (no flapping).
+    #[test]
+    fn verdicts_need_proof_both_ways() {
+        let within = judge_skew(&round_trip(10_000, 10_010, 10_005), 500);
+        assert_eq!(within, SkewVerdict::Within);
+        let slow = judge_skew(&round_trip(10_000, 12_000, 11_000), 500);
+        assert!(matches!(slow, SkewVerdict::Inconclusive(o) if (o.min_ms(), o.max_ms()) == (-1_000, 1_000)));
+        let beyond = judge_skew(&round_trip(20_000, 20_010, 10_000), 500);
+        assert!(matches!(beyond, SkewVerdict::Beyond(_)));
+        for was in [false, true] {
+            assert!(!within.skewed_after(was));
+            assert_eq!(slow.skewed_after(was), was);
+            assert!(beyond.skewed_after(was));
+        }
     }
 
     /// Goal: the monotonic duration widens the interval when the wall clock stepped back

@@ -143,13 +143,14 @@ impl Generator {
     /// ceiling or `not_before`; see [`Generator::wait_serving`].
     ///
     /// How long it may take: an unavailable registry is retried for up to
-    /// [`ACQUIRE_TIMEOUT_MS`](crate::limits::ACQUIRE_TIMEOUT_MS) (30 s). When the registry answers that no worker ID can be had
-    /// now — every ID held or quarantined, or the explicit one held by the restore embargo
-    /// after a backup restore — start waits and retries for up to `config.id_wait` (default 5
-    /// minutes; zero fails at once, as before). So start returns, `Ok` or `Err`, within
-    /// max(30 s, `id_wait`) plus one registry call. An explicit worker ID held by another
-    /// worker or quarantined fails at once. The future may also be dropped at any point (e.g.
-    /// under `tokio::time::timeout`): a lease granted meanwhile simply expires.
+    /// [`ACQUIRE_TIMEOUT_MS`](crate::limits::ACQUIRE_TIMEOUT_MS) (30 s). When the registry
+    /// answers that no worker ID can be had now — every ID held or quarantined, or the
+    /// explicit one held by the restore embargo after a backup restore — start waits and
+    /// retries for up to `config.id_wait` (default 5 minutes; zero fails at the first such
+    /// answer, as before). So start returns, `Ok` or `Err`, within max(30 s, `id_wait`) plus
+    /// one round of registry calls (each bounded by the RPC timeout per node). An explicit worker ID held by another worker, or quarantined, fails
+    /// at once. The future may also be dropped at any point (e.g. under
+    /// `tokio::time::timeout`): a lease granted meanwhile simply expires.
     pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> Result<Generator, StartError> {
         let registry = GrpcRegistry::new(&config.registry, registry_rpc_timeout(config.lease_ttl))?;
         Generator::start_with_registry(config, clock, Arc::new(registry)).await

@@ -9,7 +9,7 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use crate::clock::MonoTime;
-use crate::clock_guard::{check_skew, RoundTrip};
+use crate::clock_guard::{judge_skew, RoundTrip, SkewVerdict};
 use crate::lease::LeaseGrant;
 use crate::limits::{REGISTRY_BACKOFF_MAX_MS, REGISTRY_BACKOFF_MIN_MS, RENEW_JITTER_PERCENT};
 use crate::metrics::inc;
@@ -133,7 +133,7 @@ fn on_committed(shared: &WorkerShared, request: &RenewRequest, sent_at: MonoTime
         elapsed: now.duration_since(sent_at),
         registry_time_ms: grant.registry_time_ms,
     };
-    let skew = check_skew(&round_trip, shared.config.max_skew.as_millis() as u64);
+    let skew = judge_skew(&round_trip, shared.config.max_skew.as_millis() as u64);
     let (renewed, remaining) = {
         let mut state = shared.lock();
         let renewed = state.on_renewed(sent_at, now, grant, &skew);
@@ -145,12 +145,15 @@ fn on_committed(shared: &WorkerShared, request: &RenewRequest, sent_at: MonoTime
         tracing::info!(%worker_id, %token, failures, remaining_ms = remaining.as_millis() as u64, "renewal committed after retries");
     }
     match (renewed.skew_changed, &skew) {
-        (Some(true), Err(e)) => {
+        (Some(true), SkewVerdict::Beyond(e)) => {
             tracing::error!(%worker_id, %token, skew = %e, "wall clock provably too far from the registry's; parked (CLOCK_SKEW)")
         }
         (Some(false), _) => tracing::info!(
             %worker_id, %token, offset = %round_trip.offset(),
-            "wall clock no longer provably beyond max skew of the registry's; resuming"
+            "wall clock provably back within max skew of the registry's; resuming"
+        ),
+        (None, SkewVerdict::Inconclusive(offset)) if renewed.skewed => tracing::debug!(
+            %worker_id, %token, %offset, "renewal too slow to tell whether the wall clock is back within max skew; staying parked (CLOCK_SKEW)"
         ),
         _ => {}
     }

@@ -64,7 +64,9 @@ pub mod worker_id;
 pub use ceiling::{boot_wait_until, CeilingError, CeilingPolicy, CeilingStore, Loaded};
 pub use client::{ClientError, WorkerClient};
 pub use clock::{Clock, ManualClock, MonoTime, SystemClock};
-pub use clock_guard::{check_skew, ClockGuardPolicy, GuardAction, ParkReason, RoundTrip, SkewError};
+pub use clock_guard::{
+    check_skew, judge_skew, ClockGuardPolicy, GuardAction, ParkReason, RoundTrip, SkewError, SkewVerdict,
+};
 pub use config::{ConfigError, WorkerConfig, WorkerIdSpec};
 pub use deadline::{DeadlineError, LeaseDeadline};
 pub use generator::{Batch, Generator, StartError, WorkerStatus};

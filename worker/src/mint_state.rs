@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 
 use crate::ceiling::CeilingPolicy;
 use crate::clock::{Clock, MonoTime};
-use crate::clock_guard::{ClockGuardPolicy, GuardAction, SkewError};
+use crate::clock_guard::{ClockGuardPolicy, GuardAction, SkewVerdict};
 use crate::config::DeadlineCheck;
 use crate::deadline::LeaseDeadline;
 use crate::layout::EncodeError;
@@ -53,6 +53,8 @@ pub struct Renewed {
     pub resumed: bool,
     /// The skew check's verdict changed (`Some(true)`: now skewed).
     pub skew_changed: Option<bool>,
+    /// Whether the clock counts as skewed after this renewal.
+    pub skewed: bool,
 }
 
 /// Everything the minting path decides with, guarded by the generator's mutex.
@@ -326,14 +328,9 @@ impl MintState {
     }
 
     /// A renewal sent at `sent_at` committed; extend the deadline from its send time (never
-    /// from anything else) and take the skew verdict of its registry time.
-    pub fn on_renewed(
-        &mut self,
-        sent_at: MonoTime,
-        now: MonoTime,
-        grant: &LeaseGrant,
-        skew: &Result<(), SkewError>,
-    ) -> Renewed {
+    /// from anything else) and take the skew verdict of its round trip (an inconclusive one
+    /// keeps the previous verdict).
+    pub fn on_renewed(&mut self, sent_at: MonoTime, now: MonoTime, grant: &LeaseGrant, skew: &SkewVerdict) -> Renewed {
         assert_eq!(
             (grant.worker_id, grant.token),
             (self.worker_id(), self.token),
@@ -342,10 +339,10 @@ impl MintState {
         let was_live = self.deadline.is_live(now);
         self.deadline.extend_from(sent_at);
         self.mint_until_ms = self.mint_until_ms.max(grant.mint_until_ms);
-        let skewed = skew.is_err();
+        let skewed = skew.skewed_after(self.skewed);
         let skew_changed = (skewed != self.skewed).then_some(skewed);
         self.skewed = skewed;
-        Renewed { resumed: !was_live && self.deadline.is_live(now), skew_changed }
+        Renewed { resumed: !was_live && self.deadline.is_live(now), skew_changed, skewed }
     }
 
     /// The registry will never renew this lease again.
@@ -518,11 +515,11 @@ mod tests {
         assert_eq!(f.step(1), Err(GenerateError::Parked(ParkCause::LeaseExpired)));
         let grant = renewal(T0, T0 + 2 * TTL.as_millis() as u64);
         // Sent at the start: its deadline is already behind us, nothing resumes.
-        let r = f.state.on_renewed(sent_at, f.clock.mono(), &grant, &Ok(()));
-        assert_eq!(r, Renewed { resumed: false, skew_changed: None });
+        let r = f.state.on_renewed(sent_at, f.clock.mono(), &grant, &SkewVerdict::Within);
+        assert_eq!(r, Renewed { resumed: false, skew_changed: None, skewed: false });
         let late_send = f.clock.mono();
         f.clock.advance(Duration::from_millis(300));
-        let r = f.state.on_renewed(late_send, f.clock.mono(), &grant, &Ok(()));
+        let r = f.state.on_renewed(late_send, f.clock.mono(), &grant, &SkewVerdict::Within);
         assert!(r.resumed);
         assert_eq!(f.state.lease_remaining(f.clock.mono()), TTL - MARGIN - Duration::from_millis(300));
         let Ok(Step::Minted(run)) = f.step(1) else { panic!("did not resume") };
@@ -543,7 +540,7 @@ mod tests {
         assert_eq!(f.step(1), Err(GenerateError::Parked(ParkCause::ClockSkew)));
         assert_eq!(f.state.park_cause(f.clock.mono()), Some(ParkCause::ClockSkew));
         let grant = renewal(f.clock.wall_ms(), f.clock.wall_ms() + TTL.as_millis() as u64);
-        f.state.on_renewed(f.clock.mono(), f.clock.mono(), &grant, &Ok(()));
+        f.state.on_renewed(f.clock.mono(), f.clock.mono(), &grant, &SkewVerdict::Within);
         let Ok(Step::Minted(run)) = f.step(1) else { panic!("a renewal must resume minting") };
         assert_eq!(run.ts_ms, T0 + 2_100);
         assert_eq!(f.state.park_cause(f.clock.mono()), None);
@@ -616,5 +613,27 @@ mod tests {
         assert!(!f.state.holds_lease());
         assert_eq!(f.state.stop(), None);
         assert_eq!(f.step(1), Err(GenerateError::Parked(ParkCause::Stopping)));
+    }
+
+    /// Goal (issue 14): a renewal too slow to tell (its round trip straddles the max skew)
+    /// neither parks a trusted clock nor resumes a skewed one; only proof changes the verdict.
+    #[test]
+    fn an_inconclusive_renewal_keeps_the_skew_verdict() {
+        use fenceflake_proto::clock_offset::OffsetBounds;
+
+        let mut f = fixture(false);
+        let grant = renewal(f.clock.wall_ms(), f.clock.wall_ms() + TTL.as_millis() as u64);
+        let slow = SkewVerdict::Inconclusive(OffsetBounds::from_round_trip(T0, T0 + 2_000, T0 + 1_000));
+        let now = f.clock.mono();
+        let r = f.state.on_renewed(now, now, &grant, &slow);
+        assert_eq!((r.skew_changed, r.skewed), (None, false));
+        assert!(matches!(f.step(1), Ok(Step::Minted(_))), "a slow renewal parked a trusted clock");
+        f.state.skewed = true;
+        let r = f.state.on_renewed(now, now, &grant, &slow);
+        assert_eq!((r.skew_changed, r.skewed), (None, true));
+        assert_eq!(f.step(1), Err(GenerateError::Parked(ParkCause::ClockSkew)));
+        let r = f.state.on_renewed(now, now, &grant, &SkewVerdict::Within);
+        assert_eq!((r.skew_changed, r.skewed), (Some(false), false));
+        assert!(matches!(f.step(1), Ok(Step::Minted(_))));
     }
 }
