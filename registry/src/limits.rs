@@ -41,6 +41,18 @@ pub const PROPOSAL_QUEUE_MAX: usize = 16 * 1024;
 /// Encoded Raft payloads accepted on the peer port (snapshots are chunked well below this).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// Largest body of one peer message (its JSON), leaving room for the protobuf envelope.
+/// An AppendEntries above it goes back to openraft as `PayloadTooLarge` with fewer entries.
+pub const PEER_BODY_BYTES_MAX: usize = PEER_MESSAGE_BYTES_MAX - 64 * 1024;
+
+/// Largest Raft entry (a batch of encoded commands) the proposer builds: above the largest
+/// restore a client can send, and small enough that one entry always fits a peer message
+/// (so replication can always make progress, one entry at a time). A single command above it
+/// is refused with `INVALID_ARGUMENT` before it is proposed.
+pub const ENTRY_BYTES_MAX: usize = PEER_MESSAGE_BYTES_MAX / 4 * 3;
+
 const _: () = assert!(COMMANDS_PER_ENTRY_MAX <= 1 << TOKEN_SLOT_BITS);
 const _: () = assert!(WORKER_ID_BITS_MAX <= 22);
 const _: () = assert!(TOKEN_SLOT_BITS < TOKEN_GENERATION_SHIFT);
+const _: () = assert!(CLIENT_MESSAGE_BYTES_MAX < ENTRY_BYTES_MAX);
+const _: () = assert!(ENTRY_BYTES_MAX + 1024 * 1024 <= PEER_BODY_BYTES_MAX);

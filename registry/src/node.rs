@@ -72,6 +72,7 @@ impl std::fmt::Debug for RegistryNode {
 impl RegistryNode {
     /// Execute a client proposal wherever the leader is, within the request timeout.
     pub async fn execute(&self, proposal: Proposal) -> Result<Reply, RegistryError> {
+        self.validate(&proposal)?;
         let started = self.clock.mono();
         let deadline = started.plus(self.request_timeout);
         let leader = self.wait_for_leader(deadline).await?;
@@ -97,7 +98,14 @@ impl RegistryNode {
 
     /// Execute a proposal forwarded by a follower: only as leader, never forwarding again.
     pub async fn execute_forwarded(&self, proposal: Proposal) -> Result<Reply, RegistryError> {
+        self.validate(&proposal)?;
         self.leader.execute(proposal).await
+    }
+
+    /// The one validation every proposal passes, from the client port or the peer port.
+    fn validate(&self, proposal: &Proposal) -> Result<(), RegistryError> {
+        let config = self.state.read().table.config().cloned();
+        crate::service::validate::proposal(proposal, config.as_ref())
     }
 
     async fn wait_for_leader(&self, deadline: MonoTime) -> Result<NodeId, RegistryError> {

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::clock::Clock;
 use crate::error::RegistryError;
 use crate::lease::{Batch, Command, Outcome};
-use crate::limits::{COMMANDS_PER_ENTRY_MAX, PROPOSAL_QUEUE_MAX};
+use crate::limits::{COMMANDS_PER_ENTRY_MAX, ENTRY_BYTES_MAX, PROPOSAL_QUEUE_MAX};
 use crate::raft::types::{NodeId, PeerNode, Raft};
 
 /// Entries in flight at once. Two keep the leader busy (one fsyncing, one filling) without
@@ -20,6 +20,8 @@ const ENTRIES_IN_FLIGHT_MAX: usize = 2;
 
 struct Pending {
     command: Command,
+    /// Encoded size: entries are filled up to [`ENTRY_BYTES_MAX`].
+    bytes: usize,
     reply: oneshot::Sender<Result<Outcome, RegistryError>>,
 }
 
@@ -31,7 +33,7 @@ pub struct Proposer {
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("command", &self.command).finish()
+        f.debug_struct("Pending").field("command", &self.command).field("bytes", &self.bytes).finish()
     }
 }
 
@@ -45,9 +47,11 @@ impl Proposer {
     }
 
     /// Replicate `command` and return its outcome, as applied on this (leader) node.
+    /// A command too large for one entry is refused here, before anything is proposed.
     pub async fn propose(&self, command: Command) -> Result<Outcome, RegistryError> {
+        let bytes = encoded_len(&command)?;
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(Pending { command, reply }).map_err(|e| match e {
+        self.tx.try_send(Pending { command, bytes, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => RegistryError::Overloaded { queued: PROPOSAL_QUEUE_MAX },
             mpsc::error::TrySendError::Closed(_) => RegistryError::Fatal("proposer stopped".into()),
         })?;
@@ -57,23 +61,69 @@ impl Proposer {
 
 async fn run_batcher(raft: Raft, clock: Arc<dyn Clock>, timeout: Duration, mut rx: mpsc::Receiver<Pending>) {
     let in_flight = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT_MAX));
-    while let Some(first) = rx.recv().await {
+    // A command that did not fit the previous entry opens the next one.
+    let mut carried: Option<Pending> = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
         // Wait for a slot *before* draining: while we wait, the queue fills the next entry.
         let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let mut pending = vec![first];
-        while pending.len() < COMMANDS_PER_ENTRY_MAX {
-            match rx.try_recv() {
-                Ok(p) => pending.push(p),
-                Err(_) => break,
+        let mut entry = EntryFill::new(first);
+        while let Ok(next) = rx.try_recv() {
+            if let Some(refused) = entry.push(next) {
+                carried = Some(refused);
+                break;
             }
         }
         let raft = raft.clone();
         let leader_wall_ms = clock.wall_ms();
         tokio::spawn(async move {
-            write_entry(&raft, leader_wall_ms, timeout, pending).await;
+            write_entry(&raft, leader_wall_ms, timeout, entry.pending).await;
             drop(permit);
         });
     }
+}
+
+/// One entry being filled: at most [`COMMANDS_PER_ENTRY_MAX`] commands and
+/// [`ENTRY_BYTES_MAX`] encoded bytes (the first command always fits: `propose` refused
+/// any larger one).
+struct EntryFill {
+    pending: Vec<Pending>,
+    bytes: usize,
+}
+
+impl EntryFill {
+    fn new(first: Pending) -> EntryFill {
+        debug_assert!(first.bytes <= ENTRY_BYTES_MAX);
+        EntryFill { bytes: first.bytes, pending: vec![first] }
+    }
+
+    /// Add `next` if it fits; otherwise hand it back for the next entry.
+    fn push(&mut self, next: Pending) -> Option<Pending> {
+        if self.pending.len() >= COMMANDS_PER_ENTRY_MAX || self.bytes + next.bytes > ENTRY_BYTES_MAX {
+            return Some(next);
+        }
+        self.bytes += next.bytes;
+        self.pending.push(next);
+        None
+    }
+}
+
+/// The encoded size of `command`, or `INVALID_ARGUMENT` if it could never fit one entry.
+fn encoded_len(command: &Command) -> Result<usize, RegistryError> {
+    let bytes = serde_json::to_vec(command).map_err(|e| RegistryError::invalid("request", e.to_string()))?.len();
+    if bytes > ENTRY_BYTES_MAX {
+        return Err(RegistryError::invalid(
+            "request",
+            format!("{bytes} bytes once encoded is over the {ENTRY_BYTES_MAX}-byte limit of one Raft entry"),
+        ));
+    }
+    Ok(bytes)
 }
 
 async fn write_entry(raft: &Raft, leader_wall_ms: u64, timeout: Duration, pending: Vec<Pending>) {
@@ -111,5 +161,46 @@ pub fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, PeerNode>>) -> 
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => RegistryError::NotLeader { leader: f.leader_id },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => RegistryError::Membership(e.to_string()),
         RaftError::Fatal(f) => RegistryError::Fatal(f.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::{Quarantine, WorkerId};
+
+    fn pending(bytes: usize) -> Pending {
+        let command = Command::Quarantine(Quarantine { worker_id: WorkerId(1), reason: "x".into() });
+        Pending { command, bytes, reply: oneshot::channel().0 }
+    }
+
+    /// Goal: an entry never exceeds the byte budget (so it always fits a peer message), a
+    /// command that does not fit opens the next entry, and the count bound still holds.
+    #[test]
+    fn entries_stop_at_the_byte_budget_and_the_count_bound() {
+        let mut entry = EntryFill::new(pending(ENTRY_BYTES_MAX / 2));
+        assert!(entry.push(pending(ENTRY_BYTES_MAX / 2)).is_none());
+        let refused = entry.push(pending(1)).expect("over the byte budget");
+        assert_eq!(refused.bytes, 1);
+        assert_eq!(entry.bytes, ENTRY_BYTES_MAX / 2 * 2);
+        let mut entry = EntryFill::new(pending(10));
+        for _ in 1..COMMANDS_PER_ENTRY_MAX {
+            assert!(entry.push(pending(10)).is_none());
+        }
+        assert!(entry.push(pending(10)).is_some(), "over the count bound");
+    }
+
+    /// Goal: a single command larger than an entry may be is refused before it is proposed,
+    /// with INVALID_ARGUMENT naming the sizes.
+    #[test]
+    fn an_oversized_command_is_refused_before_proposing() {
+        let huge = Command::Quarantine(Quarantine { worker_id: WorkerId(1), reason: "x".repeat(ENTRY_BYTES_MAX) });
+        let err = encoded_len(&huge).unwrap_err();
+        assert!(
+            matches!(&err, RegistryError::Invalid { field, why } if field == "request" && why.contains("limit")),
+            "{err:?}"
+        );
+        let small = Command::Quarantine(Quarantine { worker_id: WorkerId(1), reason: "x".into() });
+        assert!(encoded_len(&small).is_ok_and(|n| n < 100));
     }
 }

@@ -45,14 +45,15 @@ async fn status_verdict_and_exit_status_follow_the_quorum() {
         cluster.kill(*node_id);
     }
     let survivor = cluster.nodes[&followers[3]].client_addr.clone();
-    let out = eventually(Duration::from_secs(10), "ctl status to see the lost quorum", || async {
+    // Both turn at the leader lease after the kill (the quorum-ack age and each dead member's
+    // last ack): wait for the settled view, not one taken on the edge.
+    let table = eventually(Duration::from_secs(10), "ctl status to see the lost quorum", || async {
         let out = ctl(&survivor, &["status"]);
-        (out.status.code() == Some(3)).then_some(out)
+        let table = text(&out.stdout);
+        (out.status.code() == Some(3) && table.matches("  NO").count() >= 3).then_some(table)
     })
     .await;
-    let table = text(&out.stdout);
-    assert!(table.starts_with("health: no quorum") || table.starts_with("health: no leader"), "{table}");
-    assert!(table.contains("NO"), "the dead members are shown unreachable:\n{table}");
+    assert!(table.starts_with("health: no quorum"), "{table}");
 }
 
 /// Goal: `add-member` completes (learner, caught up, voter) when the addresses given to ctl

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use fenceflake_proto::v1::raft_transport_client::RaftTransportClient;
 use fenceflake_proto::v1::RaftPayload;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -22,7 +24,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::types::{NodeId, PeerNode, TypeConfig};
 use crate::clock::{Clock, MonoTime};
-use crate::limits::PEER_MESSAGE_BYTES_MAX;
+use crate::limits::{PEER_BODY_BYTES_MAX, PEER_MESSAGE_BYTES_MAX};
 
 /// How long a connection attempt to a peer may take. A dead peer behind a DROP rule would
 /// otherwise hold a replication stream for the OS connect timeout.
@@ -132,11 +134,23 @@ impl PeerClients {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerCallError> {
+        self.call_encoded(target, addr, rpc, serde_json::to_vec(request)?, timeout).await
+    }
+
+    /// Like [`PeerClients::call`], with the request already encoded.
+    async fn call_encoded<Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        rpc: PeerRpc,
+        data: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, PeerCallError> {
         let payload = RaftPayload {
             cluster_id: self.cluster_id.clone(),
             target_node_id: target,
             sender_node_id: self.my_id,
-            data: serde_json::to_vec(request)?,
+            data,
         };
         let mut client = RaftTransportClient::new(self.channel(addr)?)
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
@@ -212,23 +226,46 @@ impl PeerNetwork {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let answer: Result<Resp, RaftError<NodeId, E>> =
-            self.clients.call(self.target, &self.addr, rpc, request, option.hard_ttl()).await.map_err(|e| match e {
-                // Only Unreachable makes openraft back off; a refused connection is the
-                // typical dead peer, so it goes there, and so does a node that is not the one
-                // the membership names or that refuses us (another cluster, another id):
-                // retrying those at full speed floods the log and burns a core.
-                PeerCallError::Unreachable { .. }
-                | PeerCallError::BadAddress { .. }
-                | PeerCallError::WrongNode { .. }
-                | PeerCallError::Failed { .. } => {
-                    self.clients.warn_limited(self.target, &e);
-                    RPCError::Unreachable(Unreachable::new(&e))
-                }
-                _ => RPCError::Network(NetworkError::new(&e)),
-            })?;
+        let data = serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send_encoded(rpc, data, option).await
+    }
+
+    async fn send_encoded<Resp, E>(
+        &self,
+        rpc: PeerRpc,
+        data: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, PeerNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let call = self.clients.call_encoded(self.target, &self.addr, rpc, data, option.hard_ttl());
+        let answer: Result<Resp, RaftError<NodeId, E>> = call.await.map_err(|e| match e {
+            // Only Unreachable makes openraft back off; a refused connection is the
+            // typical dead peer, so it goes there, and so does a node that is not the one
+            // the membership names or that refuses us (another cluster, another id):
+            // retrying those at full speed floods the log and burns a core.
+            PeerCallError::Unreachable { .. }
+            | PeerCallError::BadAddress { .. }
+            | PeerCallError::WrongNode { .. }
+            | PeerCallError::Failed { .. } => {
+                self.clients.warn_limited(self.target, &e);
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
+            _ => RPCError::Network(NetworkError::new(&e)),
+        })?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
+}
+
+/// How many of `entries` entries that encode to `bytes` fit [`PEER_BODY_BYTES_MAX`], if they
+/// do not all fit (at least 1: the proposer keeps every single entry below the limit).
+fn entries_that_fit(entries: usize, bytes: usize) -> Option<u64> {
+    (bytes > PEER_BODY_BYTES_MAX && entries > 1).then(|| {
+        let fitting = (entries as u128 * PEER_BODY_BYTES_MAX as u128 / bytes as u128) as u64;
+        fitting.clamp(1, entries as u64 - 1)
+    })
 }
 
 impl RaftNetwork<TypeConfig> for PeerNetwork {
@@ -237,7 +274,13 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
-        self.send(PeerRpc::AppendEntries, &rpc, &option).await
+        let data = serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // Too many large entries for one message: openraft retries at once with fewer,
+        // instead of the peer refusing the message and replication stalling.
+        if let Some(hint) = entries_that_fit(rpc.entries.len(), data.len()) {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
+        }
+        self.send_encoded(PeerRpc::AppendEntries, data, &option).await
     }
 
     async fn install_snapshot(
@@ -262,5 +305,21 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
     /// healthy leader (0.9 has no Pre-Vote).
     fn backoff(&self) -> Backoff {
         Backoff::new([25, 50, 100].into_iter().chain(std::iter::repeat(200)).map(Duration::from_millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: an AppendEntries over the peer limit asks openraft for fewer entries (at least
+    /// one, fewer than it had), and one that fits goes as it is.
+    #[test]
+    fn oversized_appends_ask_for_fewer_entries() {
+        assert_eq!(entries_that_fit(300, 1024), None);
+        assert_eq!(entries_that_fit(1, PEER_BODY_BYTES_MAX * 2), None, "one entry always goes");
+        assert_eq!(entries_that_fit(4, PEER_BODY_BYTES_MAX * 2), Some(2));
+        assert_eq!(entries_that_fit(2, PEER_BODY_BYTES_MAX * 10), Some(1));
+        assert_eq!(entries_that_fit(300, PEER_BODY_BYTES_MAX + 1), Some(299));
     }
 }

@@ -4,6 +4,7 @@
 use crate::error::RegistryError;
 use crate::lease::{ClusterConfig, HolderId, Token, WorkerId};
 use crate::limits::{HOLDER_LEN_MAX, REASON_LEN_MAX};
+use crate::proposal::Proposal;
 use crate::raft::types::NodeId;
 
 pub fn holder(value: &str) -> Result<HolderId, RegistryError> {
@@ -103,6 +104,36 @@ pub fn address(field: &str, value: &str, required: bool) -> Result<String, Regis
     Ok(value.to_string())
 }
 
+/// Every field of a proposal, checked exactly as the client port checks the request it is
+/// made from. Every proposal passes here before it is executed, whether it came from this
+/// node's client port or was forwarded over the peer port (where a follower of another
+/// version, or anything that reaches the port, could send anything).
+pub fn proposal(p: &Proposal, config: Option<&ClusterConfig>) -> Result<(), RegistryError> {
+    let id = |w: WorkerId| worker_id(w.0, config).map(drop);
+    match p {
+        Proposal::Acquire { holder: h, worker_id: w, ttl_ms: t } => {
+            holder(&h.0)?;
+            w.map(id).transpose()?;
+            ttl_ms(*t, config).map(drop)
+        }
+        Proposal::Renew(r) => id(r.worker_id).and(token(r.token.0).map(drop)),
+        Proposal::Release(r) => id(r.worker_id).and(token(r.token.0).map(drop)),
+        Proposal::Quarantine(q) => id(q.worker_id).and(reason(&q.reason).map(drop)),
+        Proposal::Unquarantine(u) => id(u.worker_id),
+        Proposal::GetLease { worker_id: w } => id(*w),
+        Proposal::ListLeases { .. } | Proposal::ListAudit | Proposal::ExportSnapshot => Ok(()),
+        Proposal::AddLearner { node_id: n, node } => {
+            node_id(*n)?;
+            address("peer_addr", &node.peer_addr, true)?;
+            address("client_addr", &node.client_addr, false).map(drop)
+        }
+        Proposal::PromoteMember { node_id: n } | Proposal::RemoveMember { node_id: n } => node_id(*n).map(drop),
+        Proposal::NoteServed { node_id: n } => node_id(*n).map(drop),
+        Proposal::TransferLeader { to } => to.map(node_id).transpose().map(drop),
+        Proposal::ImportSnapshot { backup } => backup.check().map_err(|why| RegistryError::invalid("data", why)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +166,37 @@ mod tests {
         assert!(worker_id(1023, Some(&c)).is_ok());
         assert!(ttl_ms(60_000, Some(&c)).is_ok());
         assert!(holder("host-1/4242/7f3a").is_ok());
+    }
+
+    /// Goal: a forwarded proposal gets the client port's checks: forged values are refused
+    /// by field, valid ones pass.
+    #[test]
+    fn forwarded_proposals_are_validated_like_requests() {
+        use crate::lease::{Quarantine, Renew};
+        let c = config();
+        let bad = [
+            (Proposal::Acquire { holder: HolderId("fenceflake:x".into()), worker_id: None, ttl_ms: 1 }, "holder"),
+            (
+                Proposal::Acquire { holder: HolderId("a".into()), worker_id: Some(WorkerId(4096)), ttl_ms: 1 },
+                "worker_id",
+            ),
+            (Proposal::Quarantine(Quarantine { worker_id: WorkerId(1), reason: "é".repeat(REASON_LEN_MAX) }), "reason"),
+            (
+                Proposal::Renew(Renew {
+                    worker_id: WorkerId(1),
+                    token: Token(0),
+                    wall_ms_at_send: 0,
+                    max_minted_ts_ms: 0,
+                }),
+                "token",
+            ),
+            (Proposal::TransferLeader { to: Some(0) }, "node_id"),
+        ];
+        for (p, field) in bad {
+            assert_eq!(field_of(proposal(&p, Some(&c)).unwrap_err()), field, "{p:?}");
+        }
+        let ok =
+            Proposal::Renew(Renew { worker_id: WorkerId(1), token: Token(9), wall_ms_at_send: 0, max_minted_ts_ms: 0 });
+        assert!(proposal(&ok, Some(&c)).is_ok());
     }
 }
