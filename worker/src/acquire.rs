@@ -99,7 +99,7 @@ pub(crate) fn holder_of(view: &IdView) -> Holder {
 
 /// How long start may keep trying: [`ACQUIRE_TIMEOUT_MS`] of unavailability from the start,
 /// extended to `id_wait` from the start once the registry has said that no worker ID can be
-/// had now. So start returns within max(30 s, `id_wait`) plus one registry call.
+/// had now. So start returns within max(30 s, `id_wait`) plus one round of registry calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Budget {
     started: MonoTime,
@@ -265,7 +265,8 @@ impl Attempts<'_> {
     ) -> Result<Duration, StartError> {
         if !self.budget.may_wait_for_id(now) {
             let waited_ms = self.budget.waited(now).as_millis() as u64;
-            return Err(StartError::NoWorkerId { waited_ms, id_wait: self.config.id_wait, last });
+            let id_wait_ms = self.config.id_wait.as_millis() as u64;
+            return Err(StartError::NoWorkerId { waited_ms, id_wait_ms, last });
         }
         let retry_max_ms = ID_WAIT_BACKOFF_MAX_MS;
         if self.waiting_since.is_none() {

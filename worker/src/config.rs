@@ -153,7 +153,7 @@ impl WorkerConfig {
             return Err(ConfigError::Margin { margin, ttl: self.lease_ttl });
         }
         if self.id_wait > Duration::from_millis(MAX_ID_WAIT_MS) {
-            return Err(ConfigError::IdWait { id_wait: self.id_wait });
+            return Err(ConfigError::IdWait { id_wait_ms: self.id_wait.as_millis() });
         }
         self.guard_policy()?;
         self.ceiling_policy()?;
@@ -193,8 +193,8 @@ pub enum ConfigError {
     LeaseTtl { ttl: Duration },
     #[error("--margin {margin:?} must be above 0 and below a third of --lease-ttl {ttl:?}, so one missed renewal does not park the worker (leave --margin out for the default, min(1s, TTL/10))")]
     Margin { margin: Duration, ttl: Duration },
-    #[error("--id-wait {id_wait:?} exceeds the limit of {MAX_ID_WAIT_MS}ms")]
-    IdWait { id_wait: Duration },
+    #[error("--id-wait {id_wait_ms}ms exceeds the limit of {MAX_ID_WAIT_MS}ms (1h)")]
+    IdWait { id_wait_ms: u128 },
     #[error("--max-spin: {0}")]
     Spin(#[from] ClockGuardPolicyError),
     #[error("--flush-interval: {0}")]

@@ -69,8 +69,8 @@ pub enum StartError {
     WorkerIdQuarantined { worker_id: WorkerId, message: String },
     #[error("could not acquire a lease within {waited_ms} ms: {last}")]
     AcquireTimedOut { waited_ms: u64, last: RegistryCallError },
-    #[error("no worker ID could be had within {waited_ms} ms (--id-wait {id_wait:?}): {last}")]
-    NoWorkerId { waited_ms: u64, id_wait: Duration, last: RegistryCallError },
+    #[error("no worker ID could be had within {waited_ms} ms (--id-wait {id_wait_ms}ms): {last}")]
+    NoWorkerId { waited_ms: u64, id_wait_ms: u64, last: RegistryCallError },
     #[error("the registry refused the lease: {0}")]
     AcquireRefused(RegistryCallError),
     #[error("the registry's layout cannot be used: {0}")]

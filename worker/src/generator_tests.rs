@@ -269,7 +269,7 @@ async fn the_wait_for_a_worker_id_is_bounded_by_id_wait() {
         StartError::NoWorkerId { waited_ms, .. } => assert!((1_000..=1_300).contains(waited_ms), "{err}"),
         other => panic!("expected NoWorkerId, got {other}"),
     }
-    assert!(err.to_string().contains("no free worker ID"), "{err}");
+    assert!(err.to_string().contains("no free worker ID") && err.to_string().contains("--id-wait 1000ms"), "{err}");
     assert!((4..=5).contains(&f.registry.asked().len()), "{:?}", f.registry.asked());
 
     let mut f = fixture(Err(exhausted()));
