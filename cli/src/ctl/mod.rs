@@ -49,26 +49,39 @@ enum CtlCommand {
     Members,
     /// Worker-ID leases (only IDs with any history, unless --all).
     Leases {
+        /// Also list worker IDs that were never held (every ID of the layout).
         #[arg(long)]
         all: bool,
     },
     /// One worker ID's lease.
-    Lease { worker_id: u32 },
+    Lease {
+        /// The worker ID (0..2^worker-id-bits).
+        worker_id: u32,
+    },
     /// Stop every grant and renewal of a worker ID (its holder parks) until unquarantined.
     Quarantine {
+        /// The worker ID to quarantine.
         worker_id: u32,
+        /// Why, for the audit log (required; up to 512 bytes).
         #[arg(long)]
         reason: String,
     },
     /// Clear a quarantine.
-    Unquarantine { worker_id: u32 },
+    Unquarantine {
+        /// The worker ID to clear (audit it first: `ctl audit`).
+        worker_id: u32,
+    },
     /// Canary hits and operator quarantines.
     Audit,
     /// Add a node: as a learner, then (unless --learner) promote it to voter once it caught up.
     AddMember {
+        /// A node id never used in this cluster before (never reuse a removed one).
         node_id: u64,
+        /// The new node's peer address HOST:PORT (its --advertise-peer-addr / --peer-addr).
         #[arg(long)]
         peer_addr: String,
+        /// The new node's client address HOST:PORT, shown to operators and used by ctl to
+        /// reach it (optional).
         #[arg(long, default_value = "")]
         client_addr: String,
         /// Stop after adding it as a learner.
@@ -76,15 +89,22 @@ enum CtlCommand {
         learner: bool,
     },
     /// Promote a learner to voter (what `add-member` does by itself unless --learner).
-    PromoteMember { node_id: u64 },
+    PromoteMember {
+        /// The learner's node id.
+        node_id: u64,
+    },
     /// Remove a member (voter or learner). Never reuse its node id afterwards. The leader
     /// cannot remove itself: `transfer-leader` first.
-    RemoveMember { node_id: u64 },
+    RemoveMember {
+        /// The member's node id.
+        node_id: u64,
+    },
     /// Move leadership off the current leader, to node --to if given (a caught-up voter).
     /// openraft 0.9 has no transfer: the leader stops heartbeating and campaigning while the
     /// other voters hold their elections, so the target wins the next one. Requests during
     /// the hand-over (about one election) are refused and retried by clients.
     TransferLeader {
+        /// The voter to hand leadership to (default: whichever voter wins the election).
         #[arg(long)]
         to: Option<u64>,
     },
@@ -97,12 +117,18 @@ enum CtlCommand {
 enum SnapshotCommand {
     /// Write a linearizable backup of the lease table to FILE (atomically: temp file, fsync,
     /// rename). Safe while the cluster serves.
-    Export { file: PathBuf },
+    Export {
+        /// Where to write the backup (created or replaced atomically).
+        file: PathBuf,
+    },
     /// Restore FILE into a freshly bootstrapped cluster that has never granted a lease.
     /// Tokens move to a new generation and EVERY worker ID stays embargoed for max TTL +
     /// cool-down, since holders of the lost cluster may still be minting until then. Stop
     /// (or fence off) the old cluster first.
-    Import { file: PathBuf },
+    Import {
+        /// A backup written by `ctl snapshot export`.
+        file: PathBuf,
+    },
 }
 
 /// Run one ctl command; returns the process exit status (see `Status` for its meanings).
