@@ -7,7 +7,8 @@
 # Needs root, nftables and iproute2; the clock scenarios need libfaketime. What cannot run is
 # reported as `SKIPPED: ... needs ...` (exit 77 if nothing ran), never as passed; under CI=true
 # or FENCEFLAKE_REQUIRE_ALL=1 it is a failure instead (scripts/lib/setup.sh).
-# FENCEFLAKE_JEPSEN_CI_TIME_LIMIT (default 20s) and FENCEFLAKE_JEPSEN_SEED (default 42).
+# FENCEFLAKE_JEPSEN_CI_TIME_LIMIT (default 20s; a duration with its unit, e.g. 60s: a bare
+# number is refused) and FENCEFLAKE_JEPSEN_SEED (default 42).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit
 # shellcheck source=scripts/lib/setup.sh
