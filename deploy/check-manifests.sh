@@ -12,7 +12,7 @@
 #    namespace of its own when possible.
 # 4. What no schema knows (a Python pass over all of the above):
 #    - every FENCEFLAKE_* variable and every --flag is a real, non-hidden flag of the
-#      subcommand that runs (read from the clap attributes in cli/src/*.rs), every other
+#      subcommand that runs (read from the clap attributes under cli/src/), every other
 #      variable is on a short allow-list, and the subcommand's required flags are set;
 #    - every registry --initial-cluster lists exactly ids 1..5, each node's advertised peer
 #      address equals its own entry (per StatefulSet ordinal / per env file), and ports agree
@@ -198,7 +198,7 @@ def ok(path, what):
 SUBCOMMAND_FILES = {
     "registry": "cli/src/registry_cmd.rs",
     "worker": "cli/src/worker_cmd.rs",
-    "ctl": "cli/src/ctl.rs",
+    "ctl": "cli/src/ctl/mod.rs",
     "mint": "cli/src/mint_cmd.rs",
 }
 GLOBAL_FILE = "cli/src/main.rs"

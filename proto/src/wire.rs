@@ -17,6 +17,11 @@ pub const RETRY_AFTER_METADATA_KEY: &str = "fenceflake-retry-after-ms";
 /// Metadata key naming the caller a worker's per-caller rate limit keys on.
 pub const CALLER_METADATA_KEY: &str = "x-caller";
 
+/// Holder IDs starting with this belong to the registry itself (e.g. the embargo holder of
+/// a restore): no client may claim one, and a worker that finds one in its way knows it is
+/// the registry's and waits instead of calling it a duplicate claim.
+pub const REGISTRY_HOLDER_PREFIX: &str = "fenceflake:";
+
 /// Widest worker-ID field any layout may have: the registry refuses a cluster config above
 /// it and the worker a grant above it, so both must read the same number.
 pub const WORKER_ID_BITS_MAX: u8 = 16;

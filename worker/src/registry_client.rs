@@ -36,8 +36,8 @@ pub struct RenewRequest {
 
 /// Holders whose ID starts with this are the registry's own (after a restore, every worker ID
 /// is held by `fenceflake:restore-embargo/N` until the embargo lifts); no worker can be one.
-/// The registry's `HolderId::RESERVED_PREFIX`, read from the holder field of `GetLease`.
-pub const REGISTRY_HOLDER_PREFIX: &str = "fenceflake:";
+/// The registry's own holder IDs, read from the holder field of `GetLease`.
+pub use fenceflake_proto::wire::REGISTRY_HOLDER_PREFIX;
 
 /// The registry's view of one worker ID (`GetLease`), as far as a starting worker needs it to
 /// tell an embargo from a real holder and to say when the ID frees up.

@@ -74,7 +74,7 @@ pub struct HolderId(pub String);
 impl HolderId {
     /// Holders starting with this are the registry's own: a restore parks every worker ID on
     /// such a holder until the embargo expires. No client may claim one.
-    pub const RESERVED_PREFIX: &'static str = "fenceflake:";
+    pub const RESERVED_PREFIX: &'static str = fenceflake_proto::wire::REGISTRY_HOLDER_PREFIX;
 
     /// The holder a restore leaves `worker_id` with (one per ID: the holder index is 1:1).
     pub fn restore_embargo(worker_id: WorkerId) -> HolderId {
