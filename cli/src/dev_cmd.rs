@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use fenceflake_client::WorkerClient;
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::registry_client::RegistryClient;
 use fenceflake_registry::config::{InitialClusterState, NodeConfig, RaftTiming};
 use fenceflake_registry::lease::ClusterConfig;
 use fenceflake_registry::raft::types::PeerNode;
 use fenceflake_worker::server::Listeners as WorkerListeners;
-use fenceflake_worker::{Generator, RateLimitConfig, RateLimiter, SystemClock, WorkerClient, WorkerConfig};
+use fenceflake_worker::{Generator, RateLimitConfig, RateLimiter, SystemClock, WorkerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

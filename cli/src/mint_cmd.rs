@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use fenceflake_client::{ClientError, ClientStats, WorkerClient};
 use fenceflake_worker::limits::MAX_BATCH_COUNT;
-use fenceflake_worker::{ClientError, WorkerClient};
 
 /// Most IDs one `mint` prints: enough for any experiment, bounded like everything else.
 const MAX_MINT_COUNT: u32 = 10_000_000;
@@ -30,6 +30,10 @@ pub struct MintArgs {
     /// Name sent as x-caller, for the workers' per-caller rate limits.
     #[arg(long, env = "FENCEFLAKE_CALLER")]
     caller: Option<String>,
+    /// After minting, print the client's counters (hedges; per worker attempts, answers,
+    /// timeouts, ejections, probes) as one JSON line on stderr.
+    #[arg(long)]
+    stats: bool,
 }
 
 pub async fn run(args: MintArgs) -> anyhow::Result<()> {
@@ -65,5 +69,22 @@ pub async fn run(args: MintArgs) -> anyhow::Result<()> {
         }
     }
     out.flush()?;
+    if args.stats {
+        eprintln!("{}", stats_json(&client.stats()));
+    }
     Ok(())
+}
+
+fn stats_json(stats: &ClientStats) -> serde_json::Value {
+    let workers: Vec<_> = stats
+        .workers
+        .iter()
+        .map(|w| {
+            serde_json::json!({
+                "addr": w.addr, "attempts": w.attempts, "answers": w.answers, "timeouts": w.timeouts,
+                "ejections": w.ejections, "probes": w.probes, "readmissions": w.readmissions, "admitted": w.admitted,
+            })
+        })
+        .collect();
+    serde_json::json!({ "hedges": stats.hedges, "workers": workers })
 }

@@ -40,7 +40,11 @@ fn crate_dependency_edges_are_the_allowed_ones() {
         ("fenceflake-proto", BTreeSet::new()),
         ("fenceflake-registry", BTreeSet::from(["fenceflake-proto"])),
         ("fenceflake-worker", BTreeSet::from(["fenceflake-proto"])),
-        ("fenceflake-cli", BTreeSet::from(["fenceflake-proto", "fenceflake-registry", "fenceflake-worker"])),
+        ("fenceflake-client", BTreeSet::from(["fenceflake-proto"])),
+        (
+            "fenceflake-cli",
+            BTreeSet::from(["fenceflake-proto", "fenceflake-registry", "fenceflake-worker", "fenceflake-client"]),
+        ),
         ("fenceflake-tests", BTreeSet::from(["fenceflake-proto"])),
         ("fenceflake-bench", BTreeSet::from(["fenceflake-proto", "fenceflake-worker"])),
         ("fenceflake-jepsen", BTreeSet::from(["fenceflake-proto"])),

@@ -1,4 +1,7 @@
-//! A client over many workers with client-side balancing: calls rotate over the workers,
+//! Test-only: the balancing client as it was before it moved to the `fenceflake-client`
+//! crate (hedging, latency-derived timeouts, ejection), kept for `generator_tests` until the
+//! worker takes that crate as a dev-dependency. A client over many workers with client-side
+//! balancing: calls rotate over the workers,
 //! a worker that answers UNAVAILABLE (parked) or cannot be reached is skipped for a short
 //! while and the call fails over to the next; a rate-limited call tries another worker.
 //! Applies the service's error table ([`crate::service::to_status`]) in reverse.

@@ -1,5 +1,6 @@
 //! Fenceflake worker: the pure minting core, the safety mechanisms around it, and the
-//! process around those — lease keeper, gRPC service, library mode and a balancing client.
+//! process around those — lease keeper, gRPC service and library mode. The balancing client
+//! for callers is the `fenceflake-client` crate, which links only the protobuf contract.
 //!
 //! The pieces, from the inside out:
 //! - [`layout`]: the bit layout `0 | timestamp | worker ID | sequence`, encode and decode.
@@ -29,7 +30,6 @@
 //! - [`generator`]: library mode — [`Generator`] runs all of the above in-process.
 //! - [`service`], [`rate_limit`], [`server`], [`metrics`]: the gRPC service with per-caller
 //!   limits and health, the Prometheus metrics.
-//! - [`client`]: a client over many workers that routes to serving ones and fails over.
 //!
 //! Architecture invariant: the modules up to [`limits`] use no tokio and no network; the
 //! ones after them do the waiting, counting and logging those modules decide.
@@ -37,7 +37,10 @@
 mod acquire;
 pub mod boot;
 pub mod ceiling;
-pub mod client;
+/// The previous balancing client, now `fenceflake-client`; kept only for the gRPC test in
+/// `generator_tests` until the worker takes `fenceflake-client` as a dev-dependency.
+#[cfg(test)]
+mod client;
 pub mod clock;
 pub mod clock_guard;
 pub mod config;
@@ -62,7 +65,6 @@ pub mod state_dir;
 pub mod worker_id;
 
 pub use ceiling::{boot_wait_until, CeilingError, CeilingPolicy, CeilingStore, Loaded};
-pub use client::{ClientError, WorkerClient};
 pub use clock::{Clock, ManualClock, MonoTime, SystemClock};
 pub use clock_guard::{
     check_skew, judge_skew, ClockGuardPolicy, GuardAction, ParkReason, RoundTrip, SkewError, SkewVerdict,
