@@ -168,9 +168,11 @@ impl Health {
     }
 
     /// An attempt timed out: eject with a growing backoff. True if it was admitted until now.
+    /// Further timeouts of attempts sent before the ejection (concurrent calls) are not new
+    /// strikes: only a failed probe lengthens the ejection.
     pub fn on_timeout(&mut self, now: Instant) -> bool {
         self.suspect = false;
-        self.strike(now)
+        self.admission == Admission::Admitted && self.strike(now)
     }
 
     /// Another worker answered while this one's attempt was overdue.
@@ -317,6 +319,7 @@ mod tests {
         assert!(h.admits(t0 + SKIP_FAILED_WORKER));
         h.on_outpaced();
         assert!(h.on_timeout(t0));
-        assert!(!h.on_timeout(t0), "already ejected");
+        assert!(!h.on_timeout(t0 + MS), "already ejected");
+        assert_eq!(h.admission, Admission::Ejected { until: t0 + EJECT_BASE, probing: false }, "not a new strike");
     }
 }
