@@ -89,10 +89,11 @@ impl Leader {
         settings: LeaderSettings,
         peers: PeerClients,
     ) -> Leader {
-        // A new leader normally wins within one or two election timeouts; allow ten, plus a
-        // request timeout for the hold calls.
-        let window = settings.leader_lease * 10 + settings.request_timeout;
-        let hand_over = HandOver::new(raft.clone(), peers, window, settings.request_timeout);
+        // A new leader normally wins within one or two election timeouts after the leader
+        // falls silent; allow three, during which this node refuses requests. Each hold call
+        // gets one election timeout.
+        let window = settings.leader_lease * 3;
+        let hand_over = HandOver::new(raft.clone(), peers, window, settings.leader_lease);
         let hold = ElectionHold::new(raft.clone());
         let settings = Arc::new(settings);
         Leader { raft, state, tracker, proposer, clock, settings, reserved: Arc::default(), hand_over, hold }
@@ -181,8 +182,16 @@ impl Leader {
         } else if others.is_empty() {
             return Err(RegistryError::Membership("no other voter to hand leadership to".into()));
         }
-        let (leader, term) = self.hand_over.run(HandOverPlan { me, to, others }).await?;
-        Ok(Reply::LeaderMoved { from: me, leader, term })
+        match self.hand_over.run(HandOverPlan { me, to, others }).await {
+            Ok((leader, term)) => Ok(Reply::LeaderMoved { from: me, leader, term }),
+            Err(e) => {
+                // Still leading: it refused renewals while it stood aside, so its expiry clock
+                // must not count that time against anyone. Forgetting the leadership makes the
+                // next request confirm it anew and treat every lease as just renewed.
+                self.tracker.step_down();
+                Err(e)
+            }
+        }
     }
 
     fn check_transfer_target(

@@ -85,8 +85,15 @@ impl RegistryNode {
             self.peers.call(leader, &addr, PeerRpc::Forward, &proposal, remaining).await;
         match answer {
             Ok(result) => result,
-            // The leader never saw it: definite, safe to retry.
-            Err(PeerCallError::Unreachable { .. } | PeerCallError::BadAddress { .. }) => {
+            // Definite, safe to retry: the address is unusable, or the peer's envelope check or
+            // decoding refused it (a gRPC error status rather than a sealed answer comes only
+            // from there, before anything is executed). Anything else — UNAVAILABLE included,
+            // which tonic also answers for an HTTP/2 keep-alive timeout on a request already
+            // sent — may have been executed: unknown.
+            Err(PeerCallError::BadAddress { .. }) => Err(RegistryError::NotLeader { leader: Some(leader) }),
+            Err(PeerCallError::Failed { status, .. })
+                if matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument) =>
+            {
                 Err(RegistryError::NotLeader { leader: Some(leader) })
             }
             Err(e) => Err(RegistryError::Indeterminate {

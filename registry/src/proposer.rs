@@ -155,10 +155,19 @@ async fn write_entry(raft: &Raft, leader_wall_ms: u64, timeout: Duration, pendin
     }
 }
 
-/// Map openraft's write errors to ours.
+/// Map openraft's write errors to ours. Every caller checked its leadership before writing,
+/// so a `ForwardToLeader` means leadership moved while the entry was in flight: openraft also
+/// answers it for an appended entry that a new leader truncated here, and that entry may
+/// still commit through a node that holds it. Unknown, not "nothing applied".
 pub fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, PeerNode>>) -> RegistryError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => RegistryError::NotLeader { leader: f.leader_id },
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => RegistryError::Indeterminate {
+            waited_ms: 0,
+            why: format!(
+                "leadership moved while the entry was in flight (leader now: {}); it may still commit",
+                f.leader_id.map_or("unknown".to_string(), |id| format!("node {id}"))
+            ),
+        },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => RegistryError::Membership(e.to_string()),
         RaftError::Fatal(f) => RegistryError::Fatal(f.to_string()),
     }

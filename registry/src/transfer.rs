@@ -10,8 +10,8 @@
 //! entries would renew the followers' leases and keep it leader. Requests retried during
 //! the hand-over (one election, normally well under a second) reach the new leader.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -25,11 +25,13 @@ use crate::raft::types::{NodeId, Raft};
 pub const ELECTION_HOLD_MAX: Duration = Duration::from_secs(30);
 
 /// This node's hold on its own elections: set by a leader's `HoldElections`, lifted by the
-/// timer it starts or by a later call. Each call supersedes the previous one.
+/// timer it starts or by a later call. Each call supersedes the previous one: the generation
+/// and the switch change together under one lock, so a timer never lifts a newer hold and a
+/// hold never outlives every timer.
 #[derive(Clone)]
 pub struct ElectionHold {
     raft: Raft,
-    generation: Arc<AtomicU64>,
+    generation: Arc<Mutex<u64>>,
 }
 
 impl std::fmt::Debug for ElectionHold {
@@ -46,18 +48,22 @@ impl ElectionHold {
     /// Start no election for `hold` (capped at [`ELECTION_HOLD_MAX`]); zero lifts a hold.
     /// This node still votes for others.
     pub fn hold(&self, hold: Duration) {
-        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let hold = hold.min(ELECTION_HOLD_MAX);
+        let generation = {
+            let mut generation = self.generation.lock().unwrap_or_else(PoisonError::into_inner);
+            *generation += 1;
+            self.raft.runtime_config().elect(hold.is_zero());
+            *generation
+        };
         if hold.is_zero() {
-            self.raft.runtime_config().elect(true);
             return;
         }
-        let hold = hold.min(ELECTION_HOLD_MAX);
         tracing::info!(hold_ms = hold.as_millis() as u64, "holding elections for a leadership transfer");
-        self.raft.runtime_config().elect(false);
         let this = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(hold).await;
-            if this.generation.load(Ordering::SeqCst) == generation {
+            let current = this.generation.lock().unwrap_or_else(PoisonError::into_inner);
+            if *current == generation {
                 this.raft.runtime_config().elect(true);
             }
         });
@@ -114,15 +120,20 @@ impl HandOver {
     }
 
     /// Step aside and wait for another node to lead. Returns the new leader and its term.
+    /// The holds go out first, while this node still serves; it refuses requests only from
+    /// the moment it stops heartbeating, for at most the window.
     pub async fn run(&self, plan: HandOverPlan) -> Result<(NodeId, u64), RegistryError> {
+        if self.in_progress.load(Ordering::SeqCst) {
+            return Err(RegistryError::Membership("a leadership transfer is already in progress".into()));
+        }
+        let held: Vec<_> = plan.others.iter().filter(|(id, _)| Some(*id) != plan.to).cloned().collect();
+        if plan.to.is_some() {
+            self.hold_others(&held, self.window + self.call_timeout).await;
+        }
         if self.in_progress.swap(true, Ordering::SeqCst) {
             return Err(RegistryError::Membership("a leadership transfer is already in progress".into()));
         }
         let _restore = Restore(self);
-        let held: Vec<_> = plan.others.iter().filter(|(id, _)| Some(*id) != plan.to).cloned().collect();
-        if plan.to.is_some() {
-            self.hold_others(&held, self.window).await;
-        }
         tracing::warn!(node_id = plan.me, to = ?plan.to, "stepping aside: leadership transfer requested");
         let config = self.raft.runtime_config();
         config.heartbeat(false);
@@ -140,13 +151,21 @@ impl HandOver {
         }
     }
 
-    /// Ask `voters` to hold their elections for `hold` (zero: lift). Best effort: a voter
-    /// that does not answer may campaign, which still moves leadership, just not to the target.
+    /// Ask `voters`, all at once, to hold their elections for `hold` (zero: lift). Best
+    /// effort: a voter that does not answer may campaign, which still moves leadership, just
+    /// not to the target.
     async fn hold_others(&self, voters: &[(NodeId, String)], hold: Duration) {
         let hold_ms = hold.as_millis() as u64;
-        for (node_id, addr) in voters {
-            let call = self.peers.call::<u64, ()>(*node_id, addr, PeerRpc::HoldElections, &hold_ms, self.call_timeout);
-            if let Err(e) = call.await {
+        let mut calls = tokio::task::JoinSet::new();
+        for (node_id, addr) in voters.iter().cloned() {
+            let (peers, timeout) = (self.peers.clone(), self.call_timeout);
+            calls.spawn(async move {
+                let call = peers.call::<u64, ()>(node_id, &addr, PeerRpc::HoldElections, &hold_ms, timeout);
+                (node_id, call.await)
+            });
+        }
+        while let Some(joined) = calls.join_next().await {
+            if let Ok((node_id, Err(e))) = joined {
                 tracing::warn!(node_id, error = %e, hold_ms, "could not set a voter's election hold");
             }
         }

@@ -241,21 +241,30 @@ impl PeerNetwork {
         E: std::error::Error + DeserializeOwned,
     {
         let call = self.clients.call_encoded(self.target, &self.addr, rpc, data, option.hard_ttl());
-        let answer: Result<Resp, RaftError<NodeId, E>> = call.await.map_err(|e| match e {
-            // Only Unreachable makes openraft back off; a refused connection is the
-            // typical dead peer, so it goes there, and so does a node that is not the one
-            // the membership names or that refuses us (another cluster, another id):
-            // retrying those at full speed floods the log and burns a core.
-            PeerCallError::Unreachable { .. }
-            | PeerCallError::BadAddress { .. }
-            | PeerCallError::WrongNode { .. }
-            | PeerCallError::Failed { .. } => {
+        let answer: Result<Resp, RaftError<NodeId, E>> = call.await.map_err(|e| {
+            if backs_off(&e) {
                 self.clients.warn_limited(self.target, &e);
                 RPCError::Unreachable(Unreachable::new(&e))
+            } else {
+                RPCError::Network(NetworkError::new(&e))
             }
-            _ => RPCError::Network(NetworkError::new(&e)),
         })?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// Whether openraft should back off from this peer (only `Unreachable` makes it): a refused
+/// connection is the typical dead peer, and a node that is not the one the membership names
+/// or that refuses us (another cluster, another id) will not change its mind; retrying those
+/// at full speed floods the log and burns a core. A slow answer (a timeout, a cancelled
+/// call) is not a dead peer: backing off would pause heartbeats to a follower that is merely
+/// busy, and its election timer would then depose a healthy leader (openraft 0.9 has no
+/// pre-vote).
+fn backs_off(error: &PeerCallError) -> bool {
+    match error {
+        PeerCallError::Unreachable { .. } | PeerCallError::BadAddress { .. } | PeerCallError::WrongNode { .. } => true,
+        PeerCallError::Failed { status, .. } => status.code() == tonic::Code::FailedPrecondition,
+        PeerCallError::Timeout { .. } | PeerCallError::Codec(_) => false,
     }
 }
 
@@ -311,6 +320,20 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Goal: only dead or wrong peers make openraft back off; a slow one (timeout, cancelled
+    /// call) is retried at once, so heartbeats to a busy follower do not pause.
+    #[test]
+    fn only_dead_or_wrong_peers_are_backed_off_from() {
+        let addr = || "127.0.0.1:1".to_string();
+        let failed = |status| PeerCallError::Failed { addr: addr(), status };
+        assert!(backs_off(&PeerCallError::Unreachable { addr: addr(), status: tonic::Status::unavailable("refused") }));
+        assert!(backs_off(&PeerCallError::WrongNode { addr: addr(), expected: 2, found: 3 }));
+        assert!(backs_off(&failed(tonic::Status::failed_precondition("cluster id mismatch"))));
+        assert!(!backs_off(&failed(tonic::Status::cancelled("Timeout expired"))));
+        assert!(!backs_off(&failed(tonic::Status::deadline_exceeded("slow"))));
+        assert!(!backs_off(&PeerCallError::Timeout { addr: addr(), timeout: Duration::from_millis(50) }));
+    }
 
     /// Goal: an AppendEntries over the peer limit asks openraft for fewer entries (at least
     /// one, fewer than it had), and one that fits goes as it is.
