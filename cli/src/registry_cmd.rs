@@ -113,14 +113,15 @@ pub struct RegistryArgs {
     /// Extra wait on top of the TTL before an unrenewed worker ID is re-granted.
     #[arg(long, env = "FENCEFLAKE_COOL_DOWN", default_value = "1s", value_parser = parse_duration)]
     cool_down: Duration,
-    /// Raft heartbeat interval (also the replication RPC timeout).
-    #[arg(long, env = "FENCEFLAKE_HEARTBEAT", default_value = "50ms", value_parser = parse_duration)]
+    /// Raft heartbeat interval (also the replication RPC timeout: keep it well above the disk's
+    /// fsync p99 plus the round trip, and above scheduling hiccups of a busy host).
+    #[arg(long, env = "FENCEFLAKE_HEARTBEAT", default_value = "100ms", value_parser = parse_duration)]
     heartbeat: Duration,
     /// Raft election timeout, lower bound.
-    #[arg(long, env = "FENCEFLAKE_ELECTION_TIMEOUT_MIN", default_value = "150ms", value_parser = parse_duration)]
+    #[arg(long, env = "FENCEFLAKE_ELECTION_TIMEOUT_MIN", default_value = "300ms", value_parser = parse_duration)]
     election_timeout_min: Duration,
     /// Raft election timeout, upper bound (also the leader lease for admission control).
-    #[arg(long, env = "FENCEFLAKE_ELECTION_TIMEOUT_MAX", default_value = "300ms", value_parser = parse_duration)]
+    #[arg(long, env = "FENCEFLAKE_ELECTION_TIMEOUT_MAX", default_value = "600ms", value_parser = parse_duration)]
     election_timeout_max: Duration,
     /// Bound on every client request (waiting for a leader, a quorum, a commit).
     #[arg(long, env = "FENCEFLAKE_REQUEST_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
@@ -207,5 +208,31 @@ mod tests {
             let err = ordinal.resolve(bad).unwrap_err().to_string();
             assert!(err.contains(bad), "{bad}: {err}");
         }
+    }
+
+    /// Goal: the CLI's timing defaults are the registry's (one default for `registry` and
+    /// `dev`).
+    #[test]
+    fn timing_flag_defaults_are_the_registry_defaults() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            args: RegistryArgs,
+        }
+        let wrap = Wrap::try_parse_from([
+            "registry",
+            "--node-id",
+            "1",
+            "--data-dir",
+            "/tmp/x",
+            "--initial-cluster",
+            "1=127.0.0.1:2380",
+        ]);
+        let args = wrap.expect("minimal registry flags parse").args;
+        let defaults = RaftTiming::default();
+        assert_eq!(args.heartbeat.as_millis() as u64, defaults.heartbeat_ms);
+        assert_eq!(args.election_timeout_min.as_millis() as u64, defaults.election_min_ms);
+        assert_eq!(args.election_timeout_max.as_millis() as u64, defaults.election_max_ms);
     }
 }

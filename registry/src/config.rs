@@ -19,6 +19,11 @@ pub enum InitialClusterState {
 }
 
 /// Raft timing. Failover ≈ election_max + U[election_min, election_max) + heartbeat ticks.
+///
+/// The defaults (100 ms / 300–600 ms) are chosen for stability on a loaded machine: openraft
+/// 0.9 uses the heartbeat interval as the AppendEntries timeout and has no pre-vote, so with
+/// 50 ms / 150–300 ms a follower starved of CPU for a few hundred ms missed heartbeats,
+/// campaigned and deposed a healthy leader (`bench/elections.sh`, BENCHMARKS.md "Elections").
 #[derive(Debug, Clone, Copy)]
 pub struct RaftTiming {
     pub heartbeat_ms: u64,
@@ -28,7 +33,7 @@ pub struct RaftTiming {
 
 impl Default for RaftTiming {
     fn default() -> Self {
-        RaftTiming { heartbeat_ms: 50, election_min_ms: 150, election_max_ms: 300 }
+        RaftTiming { heartbeat_ms: 100, election_min_ms: 300, election_max_ms: 600 }
     }
 }
 
