@@ -24,7 +24,7 @@ fn rust_files() -> Vec<PathBuf> {
         }
     }
     let mut files = Vec::new();
-    for krate in ["proto", "registry", "worker", "cli", "tests", "bench", "jepsen"] {
+    for krate in ["proto", "registry", "worker", "client", "cli", "tests", "bench", "jepsen"] {
         let dir = workspace_root().join(krate);
         if dir.exists() {
             walk(&dir, &mut files);

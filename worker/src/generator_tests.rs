@@ -367,7 +367,7 @@ async fn grpc_service_health_limits_metrics_and_client() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
 
-    use crate::client::{ClientError, WorkerClient};
+    use fenceflake_client::{ClientError, WorkerClient};
     use crate::rate_limit::{RateLimitConfig, RateLimiter};
     use crate::server::{run, Listeners};
 

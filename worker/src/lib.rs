@@ -37,10 +37,6 @@
 mod acquire;
 pub mod boot;
 pub mod ceiling;
-/// The previous balancing client, now `fenceflake-client`; kept only for the gRPC test in
-/// `generator_tests` until the worker takes `fenceflake-client` as a dev-dependency.
-#[cfg(test)]
-mod client;
 pub mod clock;
 pub mod clock_guard;
 pub mod config;
