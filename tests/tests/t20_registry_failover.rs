@@ -73,7 +73,9 @@ async fn full_cluster_kill_and_restart_keeps_leases() {
     for node_id in 1..=5 {
         cluster.spawn(node_id);
     }
-    let leader = cluster.wait_leader(Duration::from_secs(15)).await;
+    // Every node names the same running leader: a leader reported by one node just after a
+    // full restart may still lose the election it is in.
+    let leader = cluster.wait_all_know_the_leader(Duration::from_secs(15)).await;
     assert_leases_intact(&cluster, leader, &leases).await;
     for lease in leases.values().take(5) {
         let renew = pb::RenewRequest {

@@ -82,8 +82,11 @@ async fn leader_kill_does_not_park_a_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_restart_of_the_registry_parks_no_worker() {
     let mut cluster = Cluster::start(5, &[]).await;
-    // Renewals every second, so that several of them meet a node that is down.
-    let lease = ["--lease-ttl", "4s", "--margin", "500ms"];
+    // Renewals every 2 s, so that several of them meet a node that is down; the deadline
+    // (5.5 s after a renewal's send) outlasts a leader's restart plus an election at the
+    // default timing on a loaded CI box (4 s leases parked there after the timing became
+    // 100 ms / 300–600 ms).
+    let lease = ["--lease-ttl", "6s", "--margin", "500ms"];
     let worker = WorkerProcess::spawn(cluster.dir.path(), "w", &cluster.client_addrs(), &lease);
     let before = worker.wait_serving(Duration::from_secs(15)).await;
     let watch = ServingWatch::start(&worker);
