@@ -119,7 +119,7 @@ async fn rolling_restart_of_the_registry_parks_no_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transfer_leader_lands_on_the_named_voter_and_parks_no_worker() {
     let cluster = Cluster::start(5, &[]).await;
-    let lease = ["--lease-ttl", "4s", "--margin", "500ms"];
+    let lease = ["--lease-ttl", "6s", "--margin", "500ms"];
     let worker = WorkerProcess::spawn(cluster.dir.path(), "w", &cluster.client_addrs(), &lease);
     let before = worker.wait_serving(Duration::from_secs(15)).await;
     let watch = ServingWatch::start(&worker);
