@@ -367,9 +367,9 @@ async fn grpc_service_health_limits_metrics_and_client() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
 
-    use fenceflake_client::{ClientError, WorkerClient};
     use crate::rate_limit::{RateLimitConfig, RateLimiter};
     use crate::server::{run, Listeners};
+    use fenceflake_client::{ClientError, WorkerClient};
 
     let f = fixture(Ok(grant(0, T0)));
     let g = f.start().await.unwrap();
