@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Fenceflake registry benchmark against etcd 3.4, on this machine, in one run (BENCHMARKS.md):
-#   1. installs Debian's etcd-server, etcd-client (and protoc, which the peers' loadgen build needs);
-#   2. builds target/release/{fenceflake,fenceflake-bench} and the peers' etcd load generator;
+#   1. installs Debian's etcd-server when `etcd` is missing (the only thing taken from outside
+#      this repository: both sides are driven by our own fenceflake-bench);
+#   2. builds target/release/{fenceflake,fenceflake-bench};
 #   3. measures our 5-node loopback registry: acquire and renew at 16 and 64 closed-loop clients,
 #      the leader-failover gap (5 SIGKILLs) with the default Raft timing and tuned ones, and the
 #      64-client load again under each tuned timing (stability: does the term move?);
-#   4. measures a 5-member etcd with ../shared/bench/peers (copied to /tmp/ffbench first, it is
-#      read-only): lease keepalive, txn claim (and grant) at 16 and 64 clients, failover probe;
+#   4. measures a 5-member loopback etcd with `fenceflake-bench etcd-load` / `etcd-failover`:
+#      lease keepalive and the claim txn at 16 and 64 clients, and the failover gap (5 SIGKILLs)
+#      with etcd's default timing and a tuned one;
 #   5. prints the comparison tables (ratios, targets) and leaves everything in $FFBENCH_RESULTS.
 #
 #   bash bench/run.sh                 # all of it (~10 min of measuring on 2 cores, plus builds)
@@ -16,22 +18,25 @@
 #   ALT_BIN=/path/to/other/fenceflake ALT_LABEL=patched bash bench/run.sh
 #       # also runs the 16/64-client load against another registry build (e.g. a candidate fix),
 #       # labelled ALT_LABEL, in the same run and tables
+#   DURATION=5s WARMUP=3s TRIALS=2 bash bench/run.sh etcd    # shorter windows (a bare number is seconds)
 #
-# Only 127.0.0.1 is used. Every server started is stopped by the tool that started it (our
-# fenceflake-bench and peers.py both stop their clusters on exit, SIGINT and SIGTERM).
+# Only 127.0.0.1 is used. Every server started is stopped by the fenceflake-bench process that
+# started it, by pid, on exit, SIGINT and SIGTERM (this script forwards both to it).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SHARED="${FFBENCH_SHARED:-$ROOT/../shared/bench}"
-PEERS_COPY="${FFBENCH_COPY:-/tmp/ffbench}"
-PEERS_TARGET="${FFBENCH_PEERS_TARGET:-/tmp/ffbench-target}"
 RESULTS="${FFBENCH_RESULTS:-/tmp/ffbench-results/$(date +%Y%m%d-%H%M%S)}"
-DURATION="${DURATION:-10}"   # recorded seconds per load run (both systems)
-WARMUP="${WARMUP:-5}"        # unrecorded seconds per load run (both systems; peers.py's default)
-TRIALS="${TRIALS:-5}"        # leader kills per failover configuration
+# fenceflake-bench wants a unit on every duration; these accept a bare number of seconds too.
+with_unit() { case "$1" in *[a-z]) echo "$1" ;; *) echo "${1}s" ;; esac; }
+DURATION="$(with_unit "${DURATION:-10s}")"   # recorded window per load run (both systems)
+WARMUP="$(with_unit "${WARMUP:-5s}")"        # unrecorded warm-up per load run (both systems)
+TRIALS="${TRIALS:-5}"                         # leader kills per failover configuration
 BENCH="$ROOT/target/release/fenceflake-bench"
 # Tuned Raft timings tried for the failover target: "label heartbeat min max".
 TUNED=("hb30-el100-200 30ms 100ms 200ms" "hb20-el60-120 20ms 60ms 120ms")
+# etcd's failover is measured with its defaults and this common low-latency setting:
+# "label heartbeat election".
+ETCD_TUNED="tuned 50ms 500ms"
 
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
@@ -65,7 +70,7 @@ start_sampler() {
     (
         while true; do
             b=$(busy_cores 2)
-            hogs=$(ps -eo pcpu=,comm= --sort=-pcpu | awk '$1 > 25 && $2 !~ /fenceflake|etcd|loadgen|python|peers/ {printf "%s(%s) ", $2, $1}')
+            hogs=$(ps -eo pcpu=,comm= --sort=-pcpu | awk '$1 > 25 && $2 !~ /fenceflake|etcd/ {printf "%s(%s) ", $2, $1}')
             echo "$(date +%H:%M:%S) busy=$b ${hogs}"
         done
     ) >>"$RESULTS/machine.log" 2>&1 &
@@ -102,23 +107,16 @@ on_signal() {
 trap on_signal INT TERM
 
 install() {
-    if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v protoc >/dev/null; then
-        log "installing etcd-server etcd-client protobuf-compiler"
+    if ! command -v etcd >/dev/null; then
+        log "installing etcd-server"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client protobuf-compiler >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
     fi
     etcd --version | head -1
 }
 
 build() {
     (cd "$ROOT" && cargo build --release -p fenceflake-cli -p fenceflake-bench)
-    rm -rf "$PEERS_COPY"
-    cp -r "$SHARED" "$PEERS_COPY"
-    chmod -R u+w "$PEERS_COPY"
-    (cd "$PEERS_COPY/peers/loadgen" && CARGO_TARGET_DIR="$PEERS_TARGET" cargo build --release --locked)
-    # peers.py looks for the loadgen under loadgen/target/release.
-    mkdir -p "$PEERS_COPY/peers/loadgen/target/release"
-    ln -sf "$PEERS_TARGET/release/loadgen" "$PEERS_COPY/peers/loadgen/target/release/loadgen"
 }
 
 environment() {
@@ -138,7 +136,7 @@ environment() {
 ours() {
     mkdir -p "$RESULTS"
     local out="$RESULTS/ours.jsonl"
-    local load=(--duration "${DURATION}s" --warmup "${WARMUP}s" --out "$out")
+    local load=(--duration "$DURATION" --warmup "$WARMUP" --out "$out")
     for op in acquire renew; do
         for clients in 16 64; do
             step "$BENCH" registry --clients "$clients" --op "$op" "${load[@]}" >/dev/null
@@ -168,25 +166,28 @@ worker_bench() {
     step "$BENCH" worker --out "$RESULTS/worker.jsonl" >/dev/null
 }
 
-etcd_peers() {
-    mkdir -p "$RESULTS/peers"
-    cd "$PEERS_COPY/peers"
-    export FBENCH_RESULTS="$RESULTS/peers"
-    step ./peers.py env >/dev/null
-    for clients in 16 64; do
-        step ./peers.py etcd --reps 1 --clients "$clients" --duration "$DURATION" --warmup "$WARMUP"
+etcd_side() {
+    mkdir -p "$RESULTS"
+    local out="$RESULTS/etcd.jsonl"
+    for op in keepalive claim; do
+        for clients in 16 64; do
+            step "$BENCH" etcd-load --clients "$clients" --op "$op" --duration "$DURATION" --warmup "$WARMUP" \
+                --out "$out" >/dev/null
+        done
     done
-    step ./peers.py failover --systems etcd --reps 1 --trials "$TRIALS" --modes probe --etcd-ops claim \
-        --etcd-profiles default,tuned
-    cd "$ROOT"
+    step "$BENCH" etcd-failover --trials "$TRIALS" --out "$out" >/dev/null
+    local label hb el
+    read -r label hb el <<<"$ETCD_TUNED"
+    step "$BENCH" etcd-failover --trials "$TRIALS" --profile "$label" --heartbeat "$hb" --election-timeout "$el" \
+        --out "$out" >/dev/null
 }
 
 compare() {
     local profiles="default"
     [ -n "${ALT_BIN:-}" ] && profiles="default,${ALT_LABEL:-alt}"
-    "$BENCH" compare --ours "$RESULTS/ours.jsonl" --peers "$RESULTS/peers" --profile "$profiles" \
+    "$BENCH" compare --ours "$RESULTS/ours.jsonl" --etcd "$RESULTS/etcd.jsonl" --profile "$profiles" \
         | tee "$RESULTS/COMPARISON.md"
-    log "results: $RESULTS (ours.jsonl, peers/*.jsonl, COMPARISON.md)"
+    log "results: $RESULTS (ours.jsonl, etcd.jsonl, COMPARISON.md)"
 }
 
 started=$SECONDS
@@ -194,7 +195,7 @@ case "${1:-all}" in
     install) install ;;
     build) build ;;
     ours) ours ;;
-    etcd) etcd_peers ;;
+    etcd) install && etcd_side ;;
     compare) compare ;;
     worker) worker_bench ;;
     all)
@@ -205,7 +206,7 @@ case "${1:-all}" in
         measured=$SECONDS
         start_sampler
         ours
-        etcd_peers
+        etcd_side
         stop_sampler
         compare
         log "measuring took $((SECONDS - measured)) s; everything $((SECONDS - started)) s"

@@ -101,7 +101,8 @@ pub struct Cluster {
     channels: Vec<Channel>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
     Ok(listener.local_addr()?.port())
 }

@@ -1,5 +1,6 @@
-//! `compare`: our JSON lines against the etcd rows that ../shared/bench/peers wrote in the same
-//! run (`etcd.jsonl`, `failover.jsonl`), as markdown tables with ratios, targets and verdicts.
+//! `compare`: our JSON lines (`registry`, `failover`) against etcd's (`etcd-load`,
+//! `etcd-failover`) of the same run, as markdown tables with ratios, targets and verdicts.
+//! Rows are told apart by `"system"` (`fenceflake` or `etcd`), so both may be in one file.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,12 +16,15 @@ pub struct CompareArgs {
     /// Our JSON lines (from `registry --out` and `failover --out`).
     #[arg(long)]
     pub ours: PathBuf,
-    /// The peers' results directory (holds etcd.jsonl and failover.jsonl).
+    /// etcd's JSON lines (from `etcd-load --out` and `etcd-failover --out`; may be the same file).
     #[arg(long)]
-    pub peers: PathBuf,
+    pub etcd: PathBuf,
     /// Our profiles compared with etcd, one throughput table each.
     #[arg(long, value_delimiter = ',', default_value = "default")]
     pub profile: Vec<String>,
+    /// etcd's profile in the throughput tables.
+    #[arg(long, default_value = "default")]
+    pub etcd_profile: String,
 }
 
 fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Value>> {
@@ -34,9 +38,9 @@ fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Value>> {
         .collect()
 }
 
-/// A number field that peers.py may have written as a string ("64").
-fn num(v: &Value) -> Option<f64> {
-    v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+/// The rows of `system` (a row without `system` is ours: older files).
+fn of_system(rows: Vec<Value>, system: &str) -> Vec<Value> {
+    rows.into_iter().filter(|r| r["system"].as_str().unwrap_or("fenceflake") == system).collect()
 }
 
 fn fmt(x: Option<f64>, digits: usize) -> String {
@@ -64,8 +68,8 @@ fn verdict(ok: Option<bool>) -> &'static str {
     }
 }
 
-/// Median throughput, p50 and p99 (ms) over our rows of (op, clients, profile).
-fn ours_load(rows: &[Value], op: &str, clients: u64, profile: &str) -> (Option<f64>, Option<f64>, Option<f64>) {
+/// Median throughput, p50 and p99 (ms) over the load rows of (op, clients, profile).
+fn load(rows: &[Value], op: &str, clients: u64, profile: &str) -> (Option<f64>, Option<f64>, Option<f64>) {
     let rs: Vec<&Value> = rows
         .iter()
         .filter(|r| r["kind"] == "load" && r["op"] == op && r["clients"].as_u64() == Some(clients))
@@ -75,33 +79,20 @@ fn ours_load(rows: &[Value], op: &str, clients: u64, profile: &str) -> (Option<f
     (pick("ops_per_s"), pick("p50_ms"), pick("p99_ms"))
 }
 
-/// Same for etcd rows of `bench` (latencies converted from µs).
-fn etcd_load(rows: &[Value], bench: &str, clients: u64) -> (Option<f64>, Option<f64>, Option<f64>) {
-    let rs: Vec<&Value> = rows
-        .iter()
-        .filter(|r| r["bench"] == bench && num(&r["clients"]) == Some(clients as f64) && r["profile"] == "default")
-        .collect();
-    let pick = |f: &str, scale: f64| {
-        median(&rs.iter().filter_map(|r| r["result"][f].as_f64().map(|x| x * scale)).collect::<Vec<_>>())
-    };
-    (pick("ops_per_s", 1.0), pick("p50_us", 1e-3), pick("p99_us", 1e-3))
-}
-
 pub fn run(a: &CompareArgs) -> anyhow::Result<String> {
-    let ours = read_jsonl(&a.ours)?;
-    let etcd = read_jsonl(&a.peers.join("etcd.jsonl"))?;
-    let etcd_fail = read_jsonl(&a.peers.join("failover.jsonl"))?;
+    let ours = of_system(read_jsonl(&a.ours)?, "fenceflake");
+    let etcd = of_system(read_jsonl(&a.etcd)?, "etcd");
     let mut out = Vec::new();
 
     for profile in &a.profile {
-        throughput_table(&mut out, &ours, &etcd, profile);
+        throughput_table(&mut out, &ours, &etcd, profile, &a.etcd_profile);
     }
     stability_table(&mut out, &ours);
-    failover_table(&mut out, &ours, &etcd_fail);
+    failover_table(&mut out, &ours, &etcd);
     Ok(out.join("\n"))
 }
 
-fn throughput_table(out: &mut Vec<String>, ours: &[Value], etcd: &[Value], profile: &str) {
+fn throughput_table(out: &mut Vec<String>, ours: &[Value], etcd: &[Value], profile: &str, etcd_profile: &str) {
     let clients: BTreeSet<u64> = ours
         .iter()
         .filter(|r| r["kind"] == "load" && r["profile"] == profile)
@@ -111,16 +102,16 @@ fn throughput_table(out: &mut Vec<String>, ours: &[Value], etcd: &[Value], profi
         return;
     }
     out.push(format!(
-        "### Throughput and latency: Fenceflake (profile `{profile}`) vs etcd 3.4 (defaults), 5 nodes on loopback, closed loop\n"
+        "### Throughput and latency: Fenceflake (profile `{profile}`) vs etcd 3.4 (profile `{etcd_profile}`), 5 nodes on loopback, closed loop\n"
     ));
     out.push("| ours vs etcd | clients | ours ops/s | etcd ops/s | ratio (target ≥ 2) | ours p50 / p99 ms | etcd p50 / p99 ms | p99 ratio (target ≤ 0.5) | throughput met? | p99 met? |".into());
     out.push("|---|---:|---:|---:|---:|---:|---:|---:|---|---|".into());
-    for (op, bench, label) in
-        [("renew", "etcd-keepalive", "renew vs lease keepalive"), ("acquire", "etcd-claim", "acquire vs txn claim")]
+    for (op, etcd_op, label) in
+        [("renew", "keepalive", "renew vs lease keepalive"), ("acquire", "claim", "acquire vs txn claim")]
     {
         for &c in &clients {
-            let (o_ops, o_p50, o_p99) = ours_load(ours, op, c, profile);
-            let (e_ops, e_p50, e_p99) = etcd_load(etcd, bench, c);
+            let (o_ops, o_p50, o_p99) = load(ours, op, c, profile);
+            let (e_ops, e_p50, e_p99) = load(etcd, etcd_op, c, etcd_profile);
             if o_ops.is_none() && e_ops.is_none() {
                 continue;
             }
@@ -172,19 +163,24 @@ fn stability_table(out: &mut Vec<String>, ours: &[Value]) {
     out.push(String::new());
 }
 
-fn failover_table(out: &mut Vec<String>, ours: &[Value], etcd_fail: &[Value]) {
+fn failover_table(out: &mut Vec<String>, ours: &[Value], etcd: &[Value]) {
     out.push(
         "### Failover gap: SIGKILL of the leader → first successful write started after it (probe every 10 ms)\n"
             .into(),
     );
     out.push("| system | profile | write probed | trials | median ms | min–max ms | single trials ms | new leader seen, median ms | target < 400 ms |".into());
     out.push("|---|---|---|---:|---:|---:|---|---:|---|".into());
-    for s in ours.iter().filter(|r| r["kind"] == "failover") {
+    let rows = ours
+        .iter()
+        .map(|r| (r, "fenceflake", "acquire via a follower"))
+        .chain(etcd.iter().map(|r| (r, "etcd 3.4", "claim txn via a follower")));
+    for (s, system, write) in rows.filter(|(r, _, _)| r["kind"] == "failover") {
         let gaps: Vec<String> =
             s["gaps_ms"].as_array().map(|g| g.iter().map(|x| fmt(x.as_f64(), 0)).collect()).unwrap_or_default();
         let med = s["median_ms"].as_f64();
+        let target = if system == "fenceflake" { verdict(med.map(|m| m < 400.0)) } else { "(reference)" };
         out.push(format!(
-            "| fenceflake | {} ({}) | acquire via a follower | {} | {} | {}–{} | {} | {} | {} |",
+            "| {system} | {} ({}) | {write} | {} | {} | {}–{} | {} | {} | {target} |",
             s["profile"].as_str().unwrap_or("?"),
             s["timing"].as_str().unwrap_or(""),
             s["trials"],
@@ -193,34 +189,6 @@ fn failover_table(out: &mut Vec<String>, ours: &[Value], etcd_fail: &[Value]) {
             fmt(s["max_ms"].as_f64(), 0),
             gaps.join(", "),
             fmt(s["new_leader_seen_median_ms"].as_f64(), 0),
-            verdict(med.map(|m| m < 400.0)),
-        ));
-    }
-    let probe_rows: Vec<&Value> =
-        etcd_fail.iter().filter(|r| r["bench"] == "etcd-failover" && r["result"]["mode"] == "probe").collect();
-    let keys: BTreeSet<(String, String)> = probe_rows
-        .iter()
-        .map(|r| {
-            (r["profile"].as_str().unwrap_or("?").to_string(), r["result"]["op"].as_str().unwrap_or("?").to_string())
-        })
-        .collect();
-    for (profile, op) in keys {
-        let gaps: Vec<f64> = probe_rows
-            .iter()
-            .filter(|r| r["profile"] == profile.as_str() && r["result"]["op"] == op.as_str())
-            .filter_map(|r| r["result"]["gap_first_ms"].as_f64())
-            .collect();
-        let min = gaps.iter().copied().reduce(f64::min);
-        let max = gaps.iter().copied().reduce(f64::max);
-        let timing =
-            if profile == "tuned" { "heartbeat 50 / election 500 ms" } else { "heartbeat 100 / election 1000 ms" };
-        out.push(format!(
-            "| etcd 3.4 | {profile} ({timing}) | {op} txn via the balanced client | {} | {} | {}–{} | {} | n/a | (reference) |",
-            gaps.len(),
-            fmt(median(&gaps), 0),
-            fmt(min, 0),
-            fmt(max, 0),
-            gaps.iter().map(|g| format!("{g:.0}")).collect::<Vec<_>>().join(", "),
         ));
     }
     out.push(String::new());
@@ -252,15 +220,27 @@ mod tests {
             ),
         )
         .expect("write ours");
+        let etcd = dir.path().join("etcd.jsonl");
         std::fs::write(
-            dir.path().join("etcd.jsonl"),
-            r#"{"bench":"etcd-keepalive","clients":"64","profile":"default","result":{"ops_per_s":13000.0,"p50_us":2600.0,"p99_us":31500.0}}"#,
+            &etcd,
+            concat!(
+                r#"{"kind":"load","system":"etcd","op":"keepalive","clients":64,"profile":"default","result":{"ops_per_s":13000.0,"p50_ms":2.6,"p99_ms":31.5,"errors":0},"raft":{"entries_in_window":0},"cpu":{"servers_cores":1.6,"client_cores":0.3}}"#,
+                "\n",
+                r#"{"kind":"failover","system":"etcd","op":"claim","profile":"tuned","timing":"heartbeat 50ms / election 500ms","trials":2,"gaps_ms":[550.4,600.0],"median_ms":575.2,"min_ms":550.4,"max_ms":600.0,"new_leader_seen_median_ms":560.0}"#,
+                "\n"
+            ),
         )
         .expect("write etcd");
-        let text = run(&CompareArgs { ours, peers: dir.path().to_path_buf(), profile: vec!["default".into()] })
-            .expect("compare");
+        let args = CompareArgs { ours, etcd, profile: vec!["default".into()], etcd_profile: "default".into() };
+        let text = run(&args).expect("compare");
         assert!(text.contains("| renew vs lease keepalive | 64 | 30,000 | 13,000 | 2.31× |"), "{text}");
         assert!(text.contains("| 0.32× | yes | yes |"), "{text}");
         assert!(text.contains("| 520 | 500–540 |"), "{text}");
+        assert!(
+            text.contains("| etcd 3.4 | tuned (heartbeat 50ms / election 500ms) | claim txn via a follower | 2 | 575 | 550–600 | 550, 600 | 560 | (reference) |"),
+            "{text}"
+        );
+        // etcd's rows stay out of the table of our Raft work.
+        assert_eq!(text.matches("| default | renew | 64 |").count(), 1, "{text}");
     }
 }

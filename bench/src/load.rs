@@ -20,7 +20,7 @@ use crate::cluster::{self, holder_name, View};
 use crate::stats::{round, Lat};
 
 /// Pause after a failed request, so a failing client does not spin.
-const ERROR_BACKOFF: Duration = Duration::from_millis(5);
+pub const ERROR_BACKOFF: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Op {
@@ -74,13 +74,14 @@ struct Rec {
     via_leader: bool,
 }
 
-fn status_msg(s: &tonic::Status) -> String {
+pub fn status_msg(s: &tonic::Status) -> String {
     let mut msg = format!("{:?}: {}", s.code(), s.message());
     msg.truncate(200);
     msg
 }
 
-async fn call<T>(
+/// One gRPC call with a client deadline; the error as a short message.
+pub async fn call<T>(
     timeout: Duration,
     fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, String> {
@@ -159,17 +160,45 @@ fn cpu_sum(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| cluster::cpu_seconds(*p)).sum()
 }
 
-/// One closed-loop run of `op` with `cfg.clients` clients; returns the JSON result row
-/// (without the identifying fields the caller adds).
-pub async fn run(op: Op, target: &Target, cfg: LoadCfg) -> anyhow::Result<Value> {
-    anyhow::ensure!(!target.channels.is_empty(), "no endpoints");
-    anyhow::ensure!(op != Op::Both, "run one op at a time");
-    let tag = format!("bench-{}", op.name());
-    let before = cluster::view(&target.channels).await;
-    let mut node_ids = Vec::with_capacity(target.channels.len());
-    for c in &target.channels {
-        node_ids.push(cluster::status(c).await.map_or(0, |s| s.node_id));
+/// CPU use over a measured window: of the servers (`pids`), of this process, and of the
+/// whole machine, so that foreign load shows as `other_cores`.
+pub struct CpuWindow {
+    pids: Vec<u32>,
+    servers: f64,
+    client: f64,
+    busy: Option<f64>,
+    wall: Instant,
+}
+
+impl CpuWindow {
+    pub fn start(server_pids: &[u32]) -> CpuWindow {
+        CpuWindow {
+            pids: server_pids.to_vec(),
+            servers: cpu_sum(server_pids),
+            client: cluster::self_cpu_seconds(),
+            busy: cluster::machine_busy_seconds(),
+            wall: Instant::now(),
+        }
     }
+
+    /// The `cpu` object of a result row, in cores (CPU seconds per second of the window).
+    pub fn finish(self) -> Value {
+        let (servers, client, wall) = (cpu_sum(&self.pids), cluster::self_cpu_seconds(), self.wall.elapsed());
+        let secs = wall.as_secs_f64();
+        let busy = self.busy.zip(cluster::machine_busy_seconds()).map(|(b0, b1)| (b1 - b0) / secs);
+        let (servers_cores, client_cores) = ((servers - self.servers) / secs, (client - self.client) / secs);
+        json!({
+            "servers_cores": if self.pids.is_empty() { Value::Null } else { json!(round(servers_cores, 2)) },
+            "client_cores": round(client_cores, 2),
+            "machine_busy_cores": busy.map(|b| round(b, 2)),
+            // Anything else running on the machine during the window (another build, say).
+            "other_cores": busy.filter(|_| !self.pids.is_empty()).map(|b| round((b - servers_cores - client_cores).max(0.0), 2)),
+        })
+    }
+}
+
+/// The clients of a run, client `i` on node `i % nodes`; a renew client holds its lease.
+async fn workers(op: Op, target: &Target, cfg: LoadCfg, tag: &str) -> anyhow::Result<Vec<Worker>> {
     let mut workers = Vec::with_capacity(cfg.clients);
     for i in 0..cfg.clients {
         let client = RegistryClient::new(target.channels[i % target.channels.len()].clone());
@@ -189,6 +218,21 @@ pub async fn run(op: Op, target: &Target, cfg: LoadCfg) -> anyhow::Result<Value>
             }
         });
     }
+    Ok(workers)
+}
+
+/// One closed-loop run of `op` with `cfg.clients` clients; returns the JSON result row
+/// (without the identifying fields the caller adds).
+pub async fn run(op: Op, target: &Target, cfg: LoadCfg) -> anyhow::Result<Value> {
+    anyhow::ensure!(!target.channels.is_empty(), "no endpoints");
+    anyhow::ensure!(op != Op::Both, "run one op at a time");
+    let tag = format!("bench-{}", op.name());
+    let before = cluster::view(&target.channels).await;
+    let mut node_ids = Vec::with_capacity(target.channels.len());
+    for c in &target.channels {
+        node_ids.push(cluster::status(c).await.map_or(0, |s| s.node_id));
+    }
+    let workers = workers(op, target, cfg, &tag).await?;
 
     let start = Instant::now();
     let (t_measure, t_end) = (start + cfg.warmup, start + cfg.warmup + cfg.duration);
@@ -203,13 +247,10 @@ pub async fn run(op: Op, target: &Target, cfg: LoadCfg) -> anyhow::Result<Value>
 
     tokio::time::sleep_until(t_measure.into()).await;
     let at_measure = cluster::view(&target.channels).await;
-    let (srv0, cli0, wall0) = (cpu_sum(&target.server_pids), cluster::self_cpu_seconds(), Instant::now());
-    let busy0 = cluster::machine_busy_seconds();
+    let cpu = CpuWindow::start(&target.server_pids);
     tokio::time::sleep_until(t_end.into()).await;
     let at_end = cluster::view(&target.channels).await;
-    let (srv1, cli1, wall) = (cpu_sum(&target.server_pids), cluster::self_cpu_seconds(), wall0.elapsed());
-    let busy = busy0.zip(cluster::machine_busy_seconds()).map(|(b0, b1)| (b1 - b0) / wall.as_secs_f64());
-    let (servers_cores, client_cores) = ((srv1 - srv0) / wall.as_secs_f64(), (cli1 - cli0) / wall.as_secs_f64());
+    let cpu = cpu.finish();
 
     let (mut main, mut release, mut via_leader, mut via_follower) = (Lat::new(), Lat::new(), Lat::new(), Lat::new());
     let mut back = Vec::with_capacity(handles.len());
@@ -248,13 +289,7 @@ pub async fn run(op: Op, target: &Target, cfg: LoadCfg) -> anyhow::Result<Value>
         },
         "via_leader": via_leader.summary(window),
         "via_follower": via_follower.summary(window),
-        "cpu": {
-            "servers_cores": if target.server_pids.is_empty() { Value::Null } else { json!(round(servers_cores, 2)) },
-            "client_cores": round(client_cores, 2),
-            "machine_busy_cores": busy.map(|b| round(b, 2)),
-            // Anything else running on the machine during the window (another build, say).
-            "other_cores": busy.filter(|_| !target.server_pids.is_empty()).map(|b| round((b - servers_cores - client_cores).max(0.0), 2)),
-        },
+        "cpu": cpu,
     });
     if op == Op::Acquire {
         out["release"] = release.summary(window);

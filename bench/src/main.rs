@@ -1,11 +1,13 @@
 //! `fenceflake-bench`: closed-loop load (HDR histograms) and leader-failover gap of a 5-node
-//! Fenceflake registry of real processes on loopback, plus `compare` against the etcd numbers
-//! measured in the same run, and `worker`: one worker's throughput, latency and memory against
-//! its ceiling and a no-op gRPC baseline. Results are JSON lines on stdout (and `--out`); a
-//! readable line per run goes to stderr. See BENCHMARKS.md and bench/run.sh.
+//! Fenceflake registry of real processes on loopback; the same two for a 5-member etcd 3.4
+//! (`etcd-load`, `etcd-failover`); `compare` of both, measured in the same run; and `worker`:
+//! one worker's throughput, latency and memory against its ceiling and a no-op gRPC baseline.
+//! Results are JSON lines on stdout (and `--out`); a readable line per run goes to stderr. See
+//! BENCHMARKS.md and bench/run.sh.
 
 mod cluster;
 mod compare;
+mod etcd;
 mod failover;
 mod load;
 mod noop_server;
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use fenceflake_proto::duration::parse_duration;
 use serde_json::{json, Value};
 
 use crate::cluster::{Cluster, ClusterOpts};
@@ -39,7 +42,12 @@ enum Cmd {
     Registry(RegistryArgs),
     /// SIGKILL the leader while probing acquires through the other nodes; report the gap.
     Failover(FailoverArgs),
-    /// Markdown tables: our JSON lines against the peers' etcd results of the same run.
+    /// Closed-loop lease keepalive and/or claim txn (or lease grant) on a fresh 5-member etcd
+    /// per (op, clients): the counterparts of renew and acquire.
+    EtcdLoad(etcd::LoadArgs),
+    /// SIGKILL etcd's leader while probing claim txns through the other members; report the gap.
+    EtcdFailover(etcd::FailoverArgs),
+    /// Markdown tables: our JSON lines against the etcd JSON lines of the same run.
     Compare(compare::CompareArgs),
     /// One worker (library mode and gRPC) against its ceiling, a no-op gRPC server and UUIDv7.
     Worker(worker_bench::WorkerArgs),
@@ -82,51 +90,13 @@ struct RegistryArgs {
 
 #[derive(Debug, Args)]
 struct FailoverArgs {
-    /// Leader kills (each followed by a restart of the killed node).
-    #[arg(long, default_value_t = 5)]
-    trials: usize,
-    /// One acquire probe every this long.
-    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
-    probe_interval: Duration,
-    /// Probing before each kill.
-    #[arg(long, default_value = "1500ms", value_parser = parse_duration)]
-    pre: Duration,
-    /// Probing after the first success.
-    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
-    settle: Duration,
-    /// Give up on a trial this long after the kill.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
-    post_max: Duration,
-    /// Deadline of one probe.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    probe_timeout: Duration,
-    /// Pause between a healthy cluster and the next kill.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
-    rest: Duration,
+    #[command(flatten)]
+    probe: failover::ProbeArgs,
     /// Append the JSON lines to this file too.
     #[arg(long)]
     out: Option<PathBuf>,
     #[command(flatten)]
     cluster: ClusterOpts,
-}
-
-/// `250ms`, `1.5s`, `2m`, or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a duration like 250ms, 10s, 2m"))?;
-    if !v.is_finite() || v < 0.0 {
-        return Err(format!("{s:?} is not a non-negative duration"));
-    }
-    Ok(Duration::from_secs_f64(v * scale))
 }
 
 /// JSON lines to stdout, and appended to a file if asked.
@@ -169,6 +139,44 @@ fn timing_label(c: &ClusterOpts) -> String {
     )
 }
 
+/// The readable line of one registry load row, on stderr.
+fn print_registry_row(op: Op, clients: usize, profile: &str, row: &Value) {
+    let r = &row["result"];
+    let raft = &row["raft"];
+    let mut line = format!(
+        "fenceflake {} c={clients} [{}]: {} ops/s  p50 {} p99 {} p999 {} max {} ms  errors {}",
+        op.name(),
+        profile,
+        r["ops_per_s"],
+        r["p50_ms"],
+        r["p99_ms"],
+        r["p999_ms"],
+        r["max_ms"],
+        r["errors"]
+    );
+    if op == Op::Acquire {
+        let rel = &row["release"];
+        line += &format!(
+            " | release p50 {} p99 {} ms errors {} | {} Raft writes/s",
+            rel["p50_ms"], rel["p99_ms"], rel["errors"], row["raft_writes_per_s"]
+        );
+    }
+    line += &format!(
+        " | {} entries, {} commands/entry | term {} -> {} | cpu servers {} client {} other {}",
+        raft["entries_in_window"],
+        raft["commands_per_entry"],
+        raft["before"]["term"],
+        raft["after"]["term"],
+        row["cpu"]["servers_cores"],
+        row["cpu"]["client_cores"],
+        row["cpu"]["other_cores"]
+    );
+    eprintln!("{line}");
+    if let Some(samples) = r["error_samples"].as_array().filter(|s| !s.is_empty()) {
+        eprintln!("  errors: {samples:?}");
+    }
+}
+
 async fn registry(a: RegistryArgs) -> anyhow::Result<()> {
     let mut out = Output::new(a.out.as_ref())?;
     for op in a.op.expand() {
@@ -200,40 +208,7 @@ async fn registry(a: RegistryArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_secs(5)).await;
             };
             row["attempts"] = json!(attempt + 1);
-            let r = &row["result"];
-            let raft = &row["raft"];
-            let mut line = format!(
-                "fenceflake {} c={clients} [{}]: {} ops/s  p50 {} p99 {} p999 {} max {} ms  errors {}",
-                op.name(),
-                a.cluster.profile,
-                r["ops_per_s"],
-                r["p50_ms"],
-                r["p99_ms"],
-                r["p999_ms"],
-                r["max_ms"],
-                r["errors"]
-            );
-            if op == Op::Acquire {
-                let rel = &row["release"];
-                line += &format!(
-                    " | release p50 {} p99 {} ms errors {} | {} Raft writes/s",
-                    rel["p50_ms"], rel["p99_ms"], rel["errors"], row["raft_writes_per_s"]
-                );
-            }
-            line += &format!(
-                " | {} entries, {} commands/entry | term {} -> {} | cpu servers {} client {} other {}",
-                raft["entries_in_window"],
-                raft["commands_per_entry"],
-                raft["before"]["term"],
-                raft["after"]["term"],
-                row["cpu"]["servers_cores"],
-                row["cpu"]["client_cores"],
-                row["cpu"]["other_cores"]
-            );
-            eprintln!("{line}");
-            if let Some(samples) = r["error_samples"].as_array().filter(|s| !s.is_empty()) {
-                eprintln!("  errors: {samples:?}");
-            }
+            print_registry_row(op, clients, &a.cluster.profile, &row);
             let fields = json!({
                 "kind": "load",
                 "system": "fenceflake",
@@ -259,18 +234,11 @@ async fn registry(a: RegistryArgs) -> anyhow::Result<()> {
 
 async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
     let mut out = Output::new(a.out.as_ref())?;
-    let cfg = failover::FailCfg {
-        pre: a.pre,
-        interval: a.probe_interval,
-        settle: a.settle,
-        post_max: a.post_max,
-        probe_timeout: a.probe_timeout,
-        rest: a.rest,
-    };
+    let cfg = a.probe.cfg();
     let timing = timing_label(&a.cluster);
     let mut cluster = Cluster::start(&a.cluster).await?;
-    let mut trials = Vec::with_capacity(a.trials);
-    for t in 1..=a.trials {
+    let mut trials = Vec::with_capacity(a.probe.trials);
+    for t in 1..=a.probe.trials {
         let mut row = failover::trial(&mut cluster, cfg).await?;
         eprintln!(
             "fenceflake failover [{}] trial {t}: killed node {} -> gap {} ms (new leader {} seen at {} ms), {} failed probes, term {} -> {}",
@@ -298,7 +266,7 @@ async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
     summary["system"] = json!("fenceflake");
     summary["profile"] = json!(a.cluster.profile);
     summary["timing"] = json!(timing);
-    summary["probe_interval_ms"] = json!(a.probe_interval.as_millis() as u64);
+    summary["probe_interval_ms"] = json!(a.probe.probe_interval.as_millis() as u64);
     eprintln!(
         "fenceflake failover [{}] ({timing}): median {} ms, min {} ms, max {} ms over {} trials ({} unrecovered); new leader seen median {} ms",
         a.cluster.profile,
@@ -317,6 +285,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Registry(a) => registry(a).await,
         Cmd::Failover(a) => failover(a).await,
+        Cmd::EtcdLoad(a) => etcd::load(a).await,
+        Cmd::EtcdFailover(a) => etcd::failover(a).await,
         Cmd::Worker(a) => worker_bench::run(a).await,
         Cmd::Compare(a) => {
             print!("{}", compare::run(&a)?);
@@ -357,17 +327,6 @@ fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
 
     #[test]
     fn cli_parses() {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use fenceflake_proto::duration::parse_duration;
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::generator_client::GeneratorClient;
 use fenceflake_worker::server::Listeners;
@@ -32,7 +33,7 @@ use tonic::transport::Channel;
 
 use crate::cluster::{self, Cluster, ClusterOpts};
 use crate::stats::{round, Lat};
-use crate::{parse_duration, Output};
+use crate::Output;
 
 /// Targets of issue 3, as ratios.
 const LIB_TARGET: f64 = 0.97;
@@ -500,17 +501,56 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<()> {
         mib(rss_before)
     );
 
-    // 1. The no-coordination reference.
-    let uuid = uuid_loop(a.warmup, a.duration, pids.clone()).await?;
-    stderr_rate("uuid v7 in-process", &uuid, ceiling);
-    emit(&mut out, "uuid_v7", uuid.json())?;
+    library_phase(&generator, &a, &pids, ceiling, rss_before, &mut out, &emit, &mut lines).await?;
 
-    // 2. Library mode, with the resident set sampled at full rate.
-    let (lib_batch, rss_batch) = library_with_rss(&generator, Some(a.batch), &a, &pids).await?;
+    // 3 and 4 over gRPC: the worker (rate limit off) and the no-op baseline, both in-process.
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = |rx: &watch::Receiver<bool>| {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let (worker_listener, worker_addr) = local_listener("worker").await?;
+    let (noop_listener, noop_addr) = local_listener("no-op baseline").await?;
+    let limiter = Arc::new(RateLimiter::new(RateLimitConfig { ids_per_sec: 0, burst: 0 }, Arc::new(SystemClock))?);
+    let listeners = Listeners { grpc: worker_listener, metrics: None };
+    let worker_server =
+        tokio::spawn(fenceflake_worker::server::run(generator.clone(), listeners, limiter, until_stopped(&stopped)));
+    let noop_server = tokio::spawn(crate::noop_server::serve(noop_listener, !a.noop_nagle, until_stopped(&stopped)));
+    let result = grpc_phase(&a, &worker_addr, &noop_addr, ceiling, &pids, &mut out, &emit, &mut lines).await;
+    let _ = stop.send(true);
+    worker_server.await.context("the worker server panicked")?.context("serving the worker")?;
+    noop_server.await.context("the no-op server panicked")??;
+    generator.shutdown().await;
+    drop(cluster);
+    result?;
+
+    emit(&mut out, "summary", summary_table(&lines))
+}
+
+/// Steps 1 and 2: the no-coordination reference (UUIDv7), then library mode with the
+/// resident set sampled at full rate; their rows, and their lines of the summary table.
+#[allow(clippy::too_many_arguments)]
+async fn library_phase(
+    generator: &Generator,
+    a: &WorkerArgs,
+    pids: &[u32],
+    ceiling: f64,
+    rss_before: u64,
+    out: &mut Output,
+    emit: &impl Fn(&mut Output, &str, Value) -> anyhow::Result<()>,
+    lines: &mut Vec<Line>,
+) -> anyhow::Result<()> {
+    let uuid = uuid_loop(a.warmup, a.duration, pids.to_vec()).await?;
+    stderr_rate("uuid v7 in-process", &uuid, ceiling);
+    emit(out, "uuid_v7", uuid.json())?;
+
+    let (lib_batch, rss_batch) = library_with_rss(generator, Some(a.batch), a, pids).await?;
     stderr_rate(&format!("library generate_batch({})", a.batch), &lib_batch, ceiling);
-    let (lib_one, rss_one) = library_with_rss(&generator, None, &a, &pids).await?;
+    let (lib_one, rss_one) = library_with_rss(generator, None, a, pids).await?;
     stderr_rate("library generate()", &lib_one, ceiling);
-    let lib_conc = library_tasks(&generator, a.batch, a.lib_tasks, &a, &pids).await?;
+    let lib_conc = library_tasks(generator, a.batch, a.lib_tasks, a, pids).await?;
     stderr_rate(&format!("library generate_batch({}) x {} tasks", a.batch, a.lib_tasks), &lib_conc, ceiling);
     let (rss_now, hwm) = memory()?;
     let rss_peak = rss_batch.max(rss_one).max(rss_now);
@@ -524,24 +564,33 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<()> {
     row["batch"] = json!(a.batch);
     row["ceiling_ids_per_s"] = json!(ceiling);
     row["ratio"] = json!(round(lib_batch.ids_per_s() / ceiling, 4));
-    emit(&mut out, "library_generate_batch", row)?;
+    emit(out, "library_generate_batch", row)?;
     let mut row = lib_one.json();
     row["ceiling_ids_per_s"] = json!(ceiling);
     row["ratio"] = json!(round(lib_one.ids_per_s() / ceiling, 4));
-    emit(&mut out, "library_generate", row)?;
+    emit(out, "library_generate", row)?;
     let mut row = lib_conc.json();
     row["batch"] = json!(a.batch);
     row["tasks"] = json!(a.lib_tasks);
     row["ceiling_ids_per_s"] = json!(ceiling);
     row["ratio"] = json!(round(lib_conc.ids_per_s() / ceiling, 4));
-    emit(&mut out, "library_generate_batch_concurrent", row)?;
+    emit(out, "library_generate_batch_concurrent", row)?;
     let memory_row = json!({
         "vm_rss_peak_mib": mib(rss_peak),
         "vm_hwm_mib": mib(hwm),
         "vm_rss_before_worker_mib": mib(rss_before),
         "limit_mib": mib(RSS_LIMIT_BYTES),
     });
-    emit(&mut out, "library_rss", memory_row)?;
+    emit(out, "library_rss", memory_row)?;
+    library_lines(lines, a, ceiling, [&uuid, &lib_batch, &lib_one, &lib_conc], (rss_before, rss_peak, hwm));
+    Ok(())
+}
+
+/// The summary lines of [`library_phase`]: rates of uuid, batch, single, concurrent; memory
+/// as (before the worker, peak sampled, VmHWM).
+fn library_lines(lines: &mut Vec<Line>, a: &WorkerArgs, ceiling: f64, rates: [&Rate; 4], memory: (u64, u64, u64)) {
+    let [uuid, lib_batch, lib_one, lib_conc] = rates;
+    let (rss_before, rss_peak, hwm) = memory;
     lines.push(Line {
         what: "uuid v7, in-process (no coordination)".into(),
         measured: per_s(uuid.ids_per_s()),
@@ -583,33 +632,13 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<()> {
         ratio: rss_ratio,
         target: Some(("< 1.00".into(), rss_ratio < 1.0)),
     });
+}
 
-    // 3 and 4 over gRPC: the worker (rate limit off) and the no-op baseline, both in-process.
-    let (stop, stopped) = watch::channel(false);
-    let until_stopped = |rx: &watch::Receiver<bool>| {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let (worker_listener, worker_addr) = local_listener("worker").await?;
-    let (noop_listener, noop_addr) = local_listener("no-op baseline").await?;
-    let limiter = Arc::new(RateLimiter::new(RateLimitConfig { ids_per_sec: 0, burst: 0 }, Arc::new(SystemClock))?);
-    let listeners = Listeners { grpc: worker_listener, metrics: None };
-    let worker_server =
-        tokio::spawn(fenceflake_worker::server::run(generator.clone(), listeners, limiter, until_stopped(&stopped)));
-    let noop_server = tokio::spawn(crate::noop_server::serve(noop_listener, !a.noop_nagle, until_stopped(&stopped)));
-    let result = grpc_phase(&a, &worker_addr, &noop_addr, ceiling, &pids, &mut out, &emit, &mut lines).await;
-    let _ = stop.send(true);
-    worker_server.await.context("the worker server panicked")?.context("serving the worker")?;
-    noop_server.await.context("the no-op server panicked")??;
-    generator.shutdown().await;
-    drop(cluster);
-    result?;
-
+/// The summary table on stderr (markdown), and as the `summary` row's JSON.
+fn summary_table(lines: &[Line]) -> Value {
     eprintln!("\n| measure | measured | ceiling / baseline | ratio | target | met? |");
     eprintln!("|---|---|---|---|---|---|");
-    for line in &lines {
+    for line in lines {
         eprintln!("{}", line.markdown());
     }
     let table: Vec<Value> = lines
@@ -625,7 +654,7 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<()> {
             })
         })
         .collect();
-    emit(&mut out, "summary", json!({ "table": table }))
+    json!({ "table": table })
 }
 
 #[allow(clippy::too_many_arguments)]
