@@ -209,6 +209,23 @@ impl Cluster {
     }
 }
 
+/// `fenceflake ctl --json --registry <every node> <args> <file>`, run to completion (the
+/// backup commands: `snapshot export FILE`, `snapshot import FILE`).
+pub fn ctl_json(cluster: &Cluster, args: &[&str], file: &std::path::Path) -> std::process::Output {
+    Command::new(fenceflake_bin())
+        .args(["ctl", "--json", "--registry", &cluster.client_addrs().join(",")])
+        .args(args)
+        .arg(file)
+        .output()
+        .expect("run fenceflake ctl")
+}
+
+/// The JSON a successful `ctl --json` printed.
+pub fn json_of(output: &std::process::Output) -> serde_json::Value {
+    assert!(output.status.success(), "ctl failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("ctl --json prints JSON")
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();

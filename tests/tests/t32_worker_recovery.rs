@@ -4,32 +4,15 @@
 //! remembered worker ID was quarantined takes another one, while an explicit `--worker-id`
 //! on a quarantined ID refuses to start naming the quarantine.
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use fenceflake_proto::v1 as pb;
-use fenceflake_tests::cluster::{Cluster, TEST_COOL_DOWN_MS};
-use fenceflake_tests::fenceflake_bin;
+use fenceflake_tests::cluster::{ctl_json, json_of, Cluster, TEST_COOL_DOWN_MS};
 use fenceflake_tests::worker::{WorkerProcess, SHORT_LEASE};
 
 /// A short maximum TTL keeps the restore embargo (max TTL + cool-down) at 4.5 s; the workers
 /// 2 s leases fit under it.
 const MAX_TTL_MS: u64 = 4_000;
-
-fn ctl(cluster: &Cluster, args: &[&str], file: &Path) -> Output {
-    Command::new(fenceflake_bin())
-        .args(["ctl", "--json", "--registry", &cluster.client_addrs().join(",")])
-        .args(args)
-        .arg(file)
-        .output()
-        .expect("run fenceflake ctl")
-}
-
-fn json_of(output: &Output) -> serde_json::Value {
-    assert!(output.status.success(), "ctl failed: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).expect("ctl --json prints JSON")
-}
 
 /// Restore a backup of a cluster that had granted one lease into a fresh cluster; returns the
 /// fresh cluster (every worker ID now under the embargo) and an instant just before the
@@ -39,10 +22,10 @@ async fn restored_cluster(args: &[&str]) -> (Cluster, Instant) {
     let acquire = pb::AcquireRequest { holder: "lost-holder".into(), worker_id: Some(4), ttl_ms: MAX_TTL_MS };
     lost.client(1).acquire(acquire).await.expect("a lease in the lost cluster");
     let backup = lost.dir.path().join("backup.json");
-    json_of(&ctl(&lost, &["snapshot", "export"], &backup));
+    json_of(&ctl_json(&lost, &["snapshot", "export"], &backup));
     let fresh = Cluster::start(3, args).await;
     let importing = Instant::now();
-    let restored = json_of(&ctl(&fresh, &["snapshot", "import"], &backup));
+    let restored = json_of(&ctl_json(&fresh, &["snapshot", "import"], &backup));
     assert_eq!(restored["worker_ids"].as_u64(), Some(1024), "{restored}");
     (fresh, importing)
 }

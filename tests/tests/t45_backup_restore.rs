@@ -1,13 +1,11 @@
 //! Backup and restore with `fenceflake ctl snapshot export/import` between two real clusters:
 //! what a restore keeps, and the fences it puts up against the lost cluster's holders.
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use fenceflake_proto::v1 as pb;
-use fenceflake_tests::cluster::{Cluster, TEST_COOL_DOWN_MS};
-use fenceflake_tests::{eventually, fenceflake_bin};
+use fenceflake_tests::cluster::{ctl_json, json_of, Cluster, TEST_COOL_DOWN_MS};
+use fenceflake_tests::eventually;
 use tonic::Code;
 
 /// A short maximum TTL keeps the restore embargo (max TTL + cool-down) short.
@@ -15,20 +13,6 @@ const MAX_TTL_MS: u64 = 2000;
 
 fn acquire(holder: &str, worker_id: Option<u32>) -> pb::AcquireRequest {
     pb::AcquireRequest { holder: holder.into(), worker_id, ttl_ms: MAX_TTL_MS }
-}
-
-fn ctl(cluster: &Cluster, args: &[&str], file: &Path) -> Output {
-    Command::new(fenceflake_bin())
-        .args(["ctl", "--json", "--registry", &cluster.client_addrs().join(",")])
-        .args(args)
-        .arg(file)
-        .output()
-        .expect("run fenceflake ctl")
-}
-
-fn json_of(output: &Output) -> serde_json::Value {
-    assert!(output.status.success(), "ctl failed: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).expect("ctl --json prints JSON")
 }
 
 /// Goal: a backup restored into a fresh cluster keeps quarantines and the audit, grants no
@@ -47,7 +31,7 @@ async fn restore_keeps_state_and_embargoes_every_worker_id() {
     c.acquire(acquire("holder-a", Some(5))).await.expect("acquire 5");
     let reason = "suspected overlap".to_string();
     c.quarantine(pb::QuarantineRequest { worker_id: 9, reason: reason.clone() }).await.expect("quarantine 9");
-    let exported = json_of(&ctl(&lost, &["snapshot", "export"], &backup));
+    let exported = json_of(&ctl_json(&lost, &["snapshot", "export"], &backup));
     assert_eq!(exported["records"], 2, "{exported}");
     // Granted after the backup: the restored cluster cannot know this holder or its token.
     let after_backup = c.acquire(acquire("holder-late", Some(6))).await.expect("acquire 6").into_inner();
@@ -57,12 +41,12 @@ async fn restore_keeps_state_and_embargoes_every_worker_id() {
     let damaged = dir.path().join("damaged.json");
     let text = std::fs::read_to_string(&backup).expect("read backup");
     std::fs::write(&damaged, text.replacen(&reason, "edited", 1)).expect("write damaged copy");
-    let refused = ctl(&fresh, &["snapshot", "import"], &damaged);
+    let refused = ctl_json(&fresh, &["snapshot", "import"], &damaged);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("checksum mismatch"), "{refused:?}");
 
     let started = Instant::now();
-    let restored = json_of(&ctl(&fresh, &["snapshot", "import"], &backup));
+    let restored = json_of(&ctl_json(&fresh, &["snapshot", "import"], &backup));
     assert_eq!((restored["generation"].as_u64(), restored["worker_ids"].as_u64()), (Some(1), Some(1024)));
     assert_eq!(restored["records"], 2, "{restored}");
 
@@ -76,7 +60,7 @@ async fn restore_keeps_state_and_embargoes_every_worker_id() {
     assert_eq!((nine.state.as_str(), nine.quarantine_reason.as_str()), ("QUARANTINED", reason.as_str()));
     let audit = c.list_audit(pb::ListAuditRequest {}).await.expect("audit").into_inner();
     assert_eq!(audit.entries.len(), 1, "the operator quarantine is audited");
-    let again = ctl(&fresh, &["snapshot", "import"], &backup);
+    let again = ctl_json(&fresh, &["snapshot", "import"], &backup);
     assert!(String::from_utf8_lossy(&again.stderr).contains("already granted"), "{again:?}");
 
     let lease = eventually(Duration::from_secs(15), "a grant after the embargo", || {
