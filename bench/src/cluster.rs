@@ -241,11 +241,7 @@ impl Cluster {
 
     /// SIGKILL node `id` and reap it.
     pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
-        if let Some(mut child) = self.node(id)?.child.take() {
-            child.kill().with_context(|| format!("SIGKILL of node {id}"))?;
-            child.wait().with_context(|| format!("reaping node {id}"))?;
-        }
-        Ok(())
+        kill_and_reap(&mut self.node(id)?.child, &format!("node {id}"))
     }
 
     pub fn running(&self) -> Vec<u64> {
@@ -362,4 +358,14 @@ pub fn machine_busy_seconds() -> Option<f64> {
     }
     let total: f64 = ticks.iter().sum();
     Some((total - ticks[3] - ticks[4]) / 100.0)
+}
+
+/// SIGKILL the process in `slot`, if any, and reap it (`what` names it in errors). Shared by
+/// our cluster and the etcd one.
+pub fn kill_and_reap(slot: &mut Option<std::process::Child>, what: &str) -> anyhow::Result<()> {
+    if let Some(mut child) = slot.take() {
+        child.kill().with_context(|| format!("SIGKILL of {what}"))?;
+        child.wait().with_context(|| format!("reaping {what}"))?;
+    }
+    Ok(())
 }

@@ -158,6 +158,15 @@ pub struct Outcome {
 impl Outcome {
     /// The trial's JSON fields (times in ms after the kill); the caller adds who was killed
     /// and the terms.
+    /// The row of one trial: this outcome, the node killed, and the term around the kill.
+    pub fn trial_row(&self, killed: u64, term_before: u64, term_after: u64) -> Value {
+        let mut row = self.to_json();
+        row["killed"] = json!(killed);
+        row["term_before"] = json!(term_before);
+        row["term_after"] = json!(term_after);
+        row
+    }
+
     pub fn to_json(&self) -> Value {
         let ms = |t: Instant| round((t - self.killed).as_secs_f64() * 1000.0, 1);
         json!({
@@ -267,11 +276,7 @@ pub async fn trial(cluster: &mut Cluster, cfg: FailCfg) -> anyhow::Result<Value>
     let outcome = probe_loop(cfg, launch, kill).await?;
     let after = cluster::view(&cluster.running_channels()).await;
     cluster.spawn(leader)?;
-    let mut row = outcome.to_json();
-    row["killed"] = json!(leader);
-    row["term_before"] = json!(before.term);
-    row["term_after"] = json!(after.term);
-    Ok(row)
+    Ok(outcome.trial_row(leader, before.term, after.term))
 }
 
 /// Median / min / max over the trials' gaps (those that recovered).

@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 
 use crate::cluster::{Cluster, ClusterOpts};
 use crate::load::{LoadCfg, Op, Target};
+use crate::stats::measure_clean;
 
 #[derive(Debug, Parser)]
 #[command(name = "fenceflake-bench", about = "Load and failover benchmarks of the Fenceflake registry")]
@@ -185,8 +186,8 @@ async fn registry(a: RegistryArgs) -> anyhow::Result<()> {
         for &clients in &a.clients {
             let cfg =
                 LoadCfg { clients, warmup: a.warmup, duration: a.duration, ttl_ms: a.ttl_ms, op_timeout: a.op_timeout };
-            let mut attempt = 0;
-            let mut row = loop {
+            let label = format!("fenceflake {} c={clients}", op.name());
+            let mut row = measure_clean(&label, a.max_other_cores, a.retries, || async {
                 let (cluster, target) = if a.endpoints.is_empty() {
                     let c = Cluster::start(&a.cluster).await?;
                     let t = Target { channels: c.channels(), server_pids: c.pids() };
@@ -195,21 +196,11 @@ async fn registry(a: RegistryArgs) -> anyhow::Result<()> {
                     let channels = a.endpoints.iter().map(|e| cluster::channel(e)).collect::<anyhow::Result<_>>()?;
                     (None, Target { channels, server_pids: Vec::new() })
                 };
-                let row = load::run(op, &target, cfg).await?;
+                let row = load::run(op, &target, cfg).await;
                 drop(cluster);
-                let other = row["cpu"]["other_cores"].as_f64().unwrap_or(0.0);
-                if other <= a.max_other_cores || attempt >= a.retries {
-                    break row;
-                }
-                attempt += 1;
-                eprintln!(
-                    "fenceflake {} c={clients}: {other} cores of foreign load during the window; measuring again ({attempt}/{})",
-                    op.name(),
-                    a.retries
-                );
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            };
-            row["attempts"] = json!(attempt + 1);
+                row
+            })
+            .await?;
             print_registry_row(op, clients, &a.cluster.profile, &row);
             let fields = json!({
                 "kind": "load",

@@ -284,11 +284,7 @@ impl EtcdCluster {
 
     /// SIGKILL member `number` and reap it.
     pub fn kill(&mut self, number: usize) -> anyhow::Result<()> {
-        if let Some(mut child) = self.member(number)?.child.take() {
-            child.kill().with_context(|| format!("SIGKILL of etcd member {number}"))?;
-            child.wait().with_context(|| format!("reaping etcd member {number}"))?;
-        }
-        Ok(())
+        crate::cluster::kill_and_reap(&mut self.member(number)?.child, &format!("etcd member {number}"))
     }
 
     pub fn running(&self) -> Vec<usize> {

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tonic::transport::Channel;
 
 use super::cluster::{self, EtcdCluster};
@@ -75,9 +75,5 @@ pub async fn trial(cluster: &mut EtcdCluster, cfg: FailCfg, prefix: &str, ttl_s:
     let outcome = probe_loop(cfg, launch, kill).await?;
     let after = cluster::view(&cluster.running_members()).await;
     cluster.spawn(leader)?;
-    let mut row = outcome.to_json();
-    row["killed"] = json!(leader);
-    row["term_before"] = json!(before.term);
-    row["term_after"] = json!(after.term);
-    Ok(row)
+    Ok(outcome.trial_row(leader as u64, before.term, after.term))
 }

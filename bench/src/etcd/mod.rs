@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use self::cluster::{EtcdCluster, EtcdOpts};
 use self::load::EtcdOp;
 use crate::load::{LoadCfg, Target};
+use crate::stats::measure_clean;
 use crate::Output;
 
 /// etcd's v3 API, as far as `proto/etcdserverpb/rpc.proto` declares it (client stubs only).
@@ -93,8 +94,8 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
                 ttl_ms: ms(a.ttl),
                 op_timeout: a.op_timeout,
             };
-            let mut attempt = 0;
-            let mut row = loop {
+            let label = format!("etcd {} c={clients}", op.name());
+            let mut row = measure_clean(&label, a.max_other_cores, a.retries, || async {
                 let (cluster, target) = if a.endpoints.is_empty() {
                     let c = EtcdCluster::start(&a.etcd).await?;
                     let t = Target { channels: c.channels(), server_pids: c.pids() };
@@ -104,21 +105,11 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
                         a.endpoints.iter().map(|e| crate::cluster::channel(e)).collect::<anyhow::Result<_>>()?;
                     (None, Target { channels, server_pids: Vec::new() })
                 };
-                let row = load::run(op, &target, cfg).await?;
+                let row = load::run(op, &target, cfg).await;
                 drop(cluster);
-                let other = row["cpu"]["other_cores"].as_f64().unwrap_or(0.0);
-                if other <= a.max_other_cores || attempt >= a.retries {
-                    break row;
-                }
-                attempt += 1;
-                eprintln!(
-                    "etcd {} c={clients}: {other} cores of foreign load during the window; measuring again ({attempt}/{})",
-                    op.name(),
-                    a.retries
-                );
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            };
-            row["attempts"] = json!(attempt + 1);
+                row
+            })
+            .await?;
             let (r, raft, cpu) = (&row["result"], &row["raft"], &row["cpu"]);
             eprintln!(
                 "etcd {} c={clients} [{}]: {} ops/s  p50 {} p99 {} p999 {} max {} ms  errors {} | {} entries | term {} -> {} | cpu servers {} client {} other {}",
