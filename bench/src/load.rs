@@ -46,6 +46,36 @@ impl Op {
     }
 }
 
+/// The load-window flags `registry` and `etcd-load` share.
+#[derive(Debug, clap::Args)]
+pub struct WindowOpts {
+    /// Use this running cluster instead of starting one (client addresses, comma-separated;
+    /// for etcd also client URLs).
+    #[arg(long, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// Concurrent closed-loop clients; one run per value.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    pub clients: Vec<usize>,
+    /// Recorded window per run.
+    #[arg(long, default_value = "10s", value_parser = fenceflake_proto::duration::parse_duration)]
+    pub duration: Duration,
+    /// Unrecorded warm-up per run.
+    #[arg(long, default_value = "3s", value_parser = fenceflake_proto::duration::parse_duration)]
+    pub warmup: Duration,
+    /// Client deadline of one request.
+    #[arg(long, default_value = "10s", value_parser = fenceflake_proto::duration::parse_duration)]
+    pub op_timeout: Duration,
+    /// Append the JSON lines to this file too.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// Redo a run (up to --retries times) when other processes used more than this many
+    /// cores during its window: the machine is shared with builds and tests.
+    #[arg(long, default_value_t = 0.15)]
+    pub max_other_cores: f64,
+    #[arg(long, default_value_t = 2)]
+    pub retries: usize,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct LoadCfg {
     pub clients: usize,

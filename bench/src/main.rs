@@ -20,11 +20,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use fenceflake_proto::duration::parse_duration;
 use serde_json::{json, Value};
 
 use crate::cluster::{Cluster, ClusterOpts};
-use crate::load::{LoadCfg, Op, Target};
+use crate::load::{LoadCfg, Op, Target, WindowOpts};
 use crate::stats::measure_clean;
 
 #[derive(Debug, Parser)]
@@ -56,35 +55,13 @@ enum Cmd {
 
 #[derive(Debug, Args)]
 struct RegistryArgs {
-    /// Use this running cluster (client addresses, comma-separated) instead of starting one.
-    #[arg(long, value_delimiter = ',')]
-    endpoints: Vec<String>,
-    /// Concurrent closed-loop clients; one run per value.
-    #[arg(long, value_delimiter = ',', default_value = "16,64")]
-    clients: Vec<usize>,
-    /// Recorded window per run.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Unrecorded warm-up per run.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
-    warmup: Duration,
+    #[command(flatten)]
+    window: WindowOpts,
     #[arg(long, value_enum, default_value = "both")]
     op: Op,
     /// TTL of every lease asked for.
     #[arg(long, default_value_t = 60_000)]
     ttl_ms: u64,
-    /// Client deadline of one request.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    op_timeout: Duration,
-    /// Append the JSON lines to this file too.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Redo a run (up to --retries times) when other processes used more than this many
-    /// cores during its window: the machine is shared with builds and tests.
-    #[arg(long, default_value_t = 0.15)]
-    max_other_cores: f64,
-    #[arg(long, default_value_t = 2)]
-    retries: usize,
     #[command(flatten)]
     cluster: ClusterOpts,
 }
@@ -181,19 +158,25 @@ fn print_registry_row(op: Op, clients: usize, profile: &str, row: &Value) {
 }
 
 async fn registry(a: RegistryArgs) -> anyhow::Result<()> {
-    let mut out = Output::new(a.out.as_ref())?;
+    let mut out = Output::new(a.window.out.as_ref())?;
     for op in a.op.expand() {
-        for &clients in &a.clients {
-            let cfg =
-                LoadCfg { clients, warmup: a.warmup, duration: a.duration, ttl_ms: a.ttl_ms, op_timeout: a.op_timeout };
+        for &clients in &a.window.clients {
+            let cfg = LoadCfg {
+                clients,
+                warmup: a.window.warmup,
+                duration: a.window.duration,
+                ttl_ms: a.ttl_ms,
+                op_timeout: a.window.op_timeout,
+            };
             let label = format!("fenceflake {} c={clients}", op.name());
-            let mut row = measure_clean(&label, a.max_other_cores, a.retries, || async {
-                let (cluster, target) = if a.endpoints.is_empty() {
+            let mut row = measure_clean(&label, a.window.max_other_cores, a.window.retries, || async {
+                let (cluster, target) = if a.window.endpoints.is_empty() {
                     let c = Cluster::start(&a.cluster).await?;
                     let t = Target { channels: c.channels(), server_pids: c.pids() };
                     (Some(c), t)
                 } else {
-                    let channels = a.endpoints.iter().map(|e| cluster::channel(e)).collect::<anyhow::Result<_>>()?;
+                    let channels =
+                        a.window.endpoints.iter().map(|e| cluster::channel(e)).collect::<anyhow::Result<_>>()?;
                     (None, Target { channels, server_pids: Vec::new() })
                 };
                 let row = load::run(op, &target, cfg).await;
@@ -210,9 +193,9 @@ async fn registry(a: RegistryArgs) -> anyhow::Result<()> {
                 "profile": a.cluster.profile,
                 "timing": timing_label(&a.cluster),
                 "node_args": a.cluster.node_args,
-                "external_cluster": !a.endpoints.is_empty(),
-                "warmup_s": a.warmup.as_secs_f64(),
-                "window_s": a.duration.as_secs_f64(),
+                "external_cluster": !a.window.endpoints.is_empty(),
+                "warmup_s": a.window.warmup.as_secs_f64(),
+                "window_s": a.window.duration.as_secs_f64(),
             });
             if let (Value::Object(row), Value::Object(fields)) = (&mut row, fields) {
                 for (k, v) in fields {
@@ -339,7 +322,7 @@ mod tests {
         .expect("parses");
         match cli.cmd {
             Cmd::Registry(a) => {
-                assert_eq!(a.clients, vec![16, 64]);
+                assert_eq!(a.window.clients, vec![16, 64]);
                 assert_eq!(a.op, Op::Renew);
                 assert_eq!(a.cluster.node_args, vec!["--snapshot-logs=20000".to_string()]);
             }

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use self::cluster::{EtcdCluster, EtcdOpts};
 use self::load::EtcdOp;
-use crate::load::{LoadCfg, Target};
+use crate::load::{LoadCfg, Target, WindowOpts};
 use crate::stats::measure_clean;
 use crate::Output;
 
@@ -30,36 +30,14 @@ pub mod pb {
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// Use this running etcd (client URLs or HOST:PORT, comma-separated) instead of starting one.
-    #[arg(long, value_delimiter = ',')]
-    endpoints: Vec<String>,
-    /// Concurrent closed-loop clients; one run per value.
-    #[arg(long, value_delimiter = ',', default_value = "16,64")]
-    clients: Vec<usize>,
-    /// Recorded window per run.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Unrecorded warm-up per run.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
-    warmup: Duration,
+    #[command(flatten)]
+    window: WindowOpts,
     /// `both` = keepalive and claim (the two compared with our renew and acquire).
     #[arg(long, value_enum, default_value = "both")]
     op: EtcdOp,
     /// TTL of every lease granted (etcd counts whole seconds); nothing expires during a run.
     #[arg(long, default_value = "600s", value_parser = parse_duration)]
     ttl: Duration,
-    /// Client deadline of one request.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    op_timeout: Duration,
-    /// Append the JSON lines to this file too.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Redo a run (up to --retries times) when other processes used more than this many
-    /// cores during its window: the machine is shared with builds and tests.
-    #[arg(long, default_value_t = 0.15)]
-    max_other_cores: f64,
-    #[arg(long, default_value_t = 2)]
-    retries: usize,
     #[command(flatten)]
     etcd: EtcdOpts,
 }
@@ -84,25 +62,25 @@ fn ms(d: Duration) -> u64 {
 
 /// `fenceflake-bench etcd-load`: one fresh cluster per (op, clients), as for our registry.
 pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
-    let mut out = Output::new(a.out.as_ref())?;
+    let mut out = Output::new(a.window.out.as_ref())?;
     for op in a.op.expand() {
-        for &clients in &a.clients {
+        for &clients in &a.window.clients {
             let cfg = LoadCfg {
                 clients,
-                warmup: a.warmup,
-                duration: a.duration,
+                warmup: a.window.warmup,
+                duration: a.window.duration,
                 ttl_ms: ms(a.ttl),
-                op_timeout: a.op_timeout,
+                op_timeout: a.window.op_timeout,
             };
             let label = format!("etcd {} c={clients}", op.name());
-            let mut row = measure_clean(&label, a.max_other_cores, a.retries, || async {
-                let (cluster, target) = if a.endpoints.is_empty() {
+            let mut row = measure_clean(&label, a.window.max_other_cores, a.window.retries, || async {
+                let (cluster, target) = if a.window.endpoints.is_empty() {
                     let c = EtcdCluster::start(&a.etcd).await?;
                     let t = Target { channels: c.channels(), server_pids: c.pids() };
                     (Some(c), t)
                 } else {
                     let channels =
-                        a.endpoints.iter().map(|e| crate::cluster::channel(e)).collect::<anyhow::Result<_>>()?;
+                        a.window.endpoints.iter().map(|e| crate::cluster::channel(e)).collect::<anyhow::Result<_>>()?;
                     (None, Target { channels, server_pids: Vec::new() })
                 };
                 let row = load::run(op, &target, cfg).await;
@@ -193,9 +171,9 @@ fn load_fields(op: EtcdOp, clients: usize, a: &LoadArgs) -> Value {
         "clients": clients,
         "profile": a.etcd.profile,
         "timing": a.etcd.timing(),
-        "external_cluster": !a.endpoints.is_empty(),
-        "warmup_s": a.warmup.as_secs_f64(),
-        "window_s": a.duration.as_secs_f64(),
+        "external_cluster": !a.window.endpoints.is_empty(),
+        "warmup_s": a.window.warmup.as_secs_f64(),
+        "window_s": a.window.duration.as_secs_f64(),
     })
 }
 
@@ -228,8 +206,8 @@ mod tests {
         let cmd = parse(&["etcd-load", "--clients", "16", "--duration", "5s", "--warmup", "3s", "--op", "claim"]);
         match cmd.expect("parses") {
             Cmd::EtcdLoad(a) => {
-                assert_eq!((a.clients, a.op), (vec![16], EtcdOp::Claim));
-                assert_eq!((a.duration, a.warmup), (Duration::from_secs(5), Duration::from_secs(3)));
+                assert_eq!((a.window.clients, a.op), (vec![16], EtcdOp::Claim));
+                assert_eq!((a.window.duration, a.window.warmup), (Duration::from_secs(5), Duration::from_secs(3)));
                 assert_eq!(a.etcd.timing(), "heartbeat 100ms / election 1000ms");
             }
             other => panic!("parsed as {other:?}"),
