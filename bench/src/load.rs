@@ -92,6 +92,15 @@ pub struct Target {
     pub server_pids: Vec<u32>,
 }
 
+impl Target {
+    /// A cluster this tool did not start (`--endpoints`): channels only, no server CPU to
+    /// account for.
+    pub fn external(endpoints: &[String]) -> anyhow::Result<Target> {
+        let channels = endpoints.iter().map(|e| crate::cluster::channel(e)).collect::<anyhow::Result<_>>()?;
+        Ok(Target { channels, server_pids: Vec::new() })
+    }
+}
+
 enum Worker {
     Acquire { client: RegistryClient<Channel>, tag: String },
     Renew { client: RegistryClient<Channel>, worker_id: u32, token: u64 },

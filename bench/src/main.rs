@@ -175,9 +175,7 @@ async fn registry(a: RegistryArgs) -> anyhow::Result<()> {
                     let t = Target { channels: c.channels(), server_pids: c.pids() };
                     (Some(c), t)
                 } else {
-                    let channels =
-                        a.window.endpoints.iter().map(|e| cluster::channel(e)).collect::<anyhow::Result<_>>()?;
-                    (None, Target { channels, server_pids: Vec::new() })
+                    (None, Target::external(&a.window.endpoints)?)
                 };
                 let row = load::run(op, &target, cfg).await;
                 drop(cluster);

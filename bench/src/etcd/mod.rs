@@ -79,9 +79,7 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
                     let t = Target { channels: c.channels(), server_pids: c.pids() };
                     (Some(c), t)
                 } else {
-                    let channels =
-                        a.window.endpoints.iter().map(|e| crate::cluster::channel(e)).collect::<anyhow::Result<_>>()?;
-                    (None, Target { channels, server_pids: Vec::new() })
+                    (None, Target::external(&a.window.endpoints)?)
                 };
                 let row = load::run(op, &target, cfg).await;
                 drop(cluster);
