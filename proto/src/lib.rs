@@ -13,6 +13,7 @@ pub mod clock_offset;
 pub mod duration;
 pub mod metrics;
 pub mod serving;
+pub mod tls;
 pub mod wire;
 
 /// Encoded `FileDescriptorSet` of every fenceflake proto, for `tonic-reflection`.

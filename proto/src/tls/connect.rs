@@ -1,0 +1,122 @@
+//! The client side: channels whose connections run TLS with the process's current client
+//! config (a rotated certificate is presented on the next connection) and check that the
+//! server holds one of the roles the caller expects (peers are checked by chain and role,
+//! never by host name).
+
+use std::io;
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use super::identity::Role;
+use super::material::identity_of;
+use super::Security;
+
+/// `addr` (`host:port`, or a URL with any scheme) as the URL an [`Endpoint`] is built from.
+/// Always `http://`: TLS, when on, is done by the connector below, not by tonic.
+pub fn endpoint_url(addr: &str) -> String {
+    let bare = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    format!("http://{}", bare.trim_end_matches('/'))
+}
+
+/// A channel that connects on first use (and reconnects) through `security`; under TLS the
+/// server must present a certificate of one of the `expect` roles.
+pub fn connect_lazy(endpoint: Endpoint, security: &Security, expect: &'static [Role]) -> Channel {
+    match security {
+        Security::Insecure => endpoint.connect_lazy(),
+        Security::Tls(_) => endpoint.connect_with_connector_lazy(connector(security.clone(), expect)),
+    }
+}
+
+/// Like [`connect_lazy`], but connects now and reports a failure.
+pub async fn connect(
+    endpoint: Endpoint,
+    security: &Security,
+    expect: &'static [Role],
+) -> Result<Channel, tonic::transport::Error> {
+    match security {
+        Security::Insecure => endpoint.connect().await,
+        Security::Tls(_) => endpoint.connect_with_connector(connector(security.clone(), expect)).await,
+    }
+}
+
+type Connecting = std::pin::Pin<
+    Box<dyn std::future::Future<Output = io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>> + Send>,
+>;
+
+fn connector(
+    security: Security,
+    expect: &'static [Role],
+) -> impl tower::Service<
+    Uri,
+    Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+    Error = io::Error,
+    Future = Connecting,
+> + Clone {
+    tower::service_fn(move |uri: Uri| -> Connecting {
+        let security = security.clone();
+        Box::pin(async move { connect_tls(&uri, &security, expect).await.map(TokioIo::new) })
+    })
+}
+
+async fn connect_tls(
+    uri: &Uri,
+    security: &Security,
+    expect: &'static [Role],
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let Security::Tls(state) = security else { unreachable!("the TLS connector is only built for TLS") };
+    let host = uri.host().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: no host")))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let tcp = TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port)).await?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
+    let tls = TlsConnector::from(state.client_config()).connect(name, tcp).await.map_err(|error| {
+        io::Error::new(error.kind(), format!("TLS handshake with {host}:{port} failed: {error}{}", hint(&error)))
+    })?;
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::PermissionDenied, format!("{host}:{port} presented no certificate"))
+    })?;
+    let identity = identity_of(leaf)
+        .map_err(|why| io::Error::new(io::ErrorKind::PermissionDenied, format!("{host}:{port}: {why}")))?;
+    if !expect.contains(&identity.role) {
+        let wanted: Vec<&str> = expect.iter().map(|r| r.as_str()).collect();
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{host}:{port} presented {identity}, but a {} was expected there", wanted.join(" or ")),
+        ));
+    }
+    Ok(tls)
+}
+
+/// What a handshake error most likely means, for the operator reading it.
+fn hint(error: &io::Error) -> &'static str {
+    let text = error.to_string();
+    if matches!(error.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset)
+        || text.contains("InvalidContentType")
+        || text.contains("corrupt message")
+    {
+        " (is the server plaintext, started with --insecure?)"
+    } else if text.contains("UnknownIssuer") || text.contains("UnknownCA") {
+        " (the server and this client trust different CAs: check --tls-ca on both)"
+    } else if text.contains("Expired") {
+        " (a certificate expired: reissue it with `fenceflake certs issue`)"
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_address_form_becomes_a_plain_http_url() {
+        assert_eq!(endpoint_url("127.0.0.1:7000"), "http://127.0.0.1:7000");
+        assert_eq!(endpoint_url("https://reg-0.reg:7000/"), "http://reg-0.reg:7000");
+        assert_eq!(endpoint_url("http://[::1]:7000"), "http://[::1]:7000");
+    }
+}
