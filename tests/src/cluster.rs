@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use fenceflake_proto::tls::{Role, Security};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::registry_client::RegistryClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::{eventually, fenceflake_bin, free_port};
+use crate::certs::{self, Certs, TEST_NAME};
+use crate::{eventually, free_port};
 
 /// One registry process and where it lives.
 #[derive(Debug)]
@@ -24,11 +26,15 @@ pub struct RegistryProcess {
     child: Option<Child>,
 }
 
-/// A cluster under test. Dropping it SIGKILLs every node; on a test failure the directory
-/// with data and logs is kept and its path printed.
+/// A cluster under test, on mutual TLS: every node has the node certificate of its id from
+/// the cluster's own CA ([`Certs`]), and every client the helpers make has a certificate of the
+/// role it needs. Dropping it SIGKILLs every node; on a test failure the directory with data
+/// and logs (and the certificates) is kept and its path printed.
 #[derive(Debug)]
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// The cluster's CA and certificates (shared by its workers and ctl runs).
+    pub certs: Certs,
     pub nodes: BTreeMap<u64, RegistryProcess>,
     initial_cluster: String,
     /// Arguments given to every node (timings, TTL bounds).
@@ -48,6 +54,12 @@ impl Cluster {
 
     /// Like `start`, with extra environment variables for every node.
     pub async fn start_with_env(size: u64, common_args: &[&str], env: &[(&str, &str)]) -> Cluster {
+        Self::start_with_certs(Certs::new(), size, common_args, env).await
+    }
+
+    /// Like `start_with_env`, with the CA and certificates of `certs` (e.g. another cluster's,
+    /// so that one client may talk to both).
+    pub async fn start_with_certs(certs: Certs, size: u64, common_args: &[&str], env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::Builder::new().prefix("fenceflake-cluster-").tempdir().expect("create a temp dir");
         let mut nodes = BTreeMap::new();
         for node_id in 1..=size {
@@ -61,7 +73,7 @@ impl Cluster {
         let mut args = vec!["--cool-down".to_string(), format!("{TEST_COOL_DOWN_MS}ms")];
         args.extend(common_args.iter().map(|s| s.to_string()));
         let common_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut cluster = Cluster { dir, nodes, initial_cluster, common_args: args, common_env };
+        let mut cluster = Cluster { dir, certs, nodes, initial_cluster, common_args: args, common_env };
         for node_id in 1..=size {
             cluster.spawn(node_id);
         }
@@ -86,7 +98,9 @@ impl Cluster {
         let node = self.nodes.get_mut(&node_id).expect("node exists");
         assert!(node.child.is_none(), "node {node_id} is already running");
         let log = File::options().create(true).append(true).open(&log_path).expect("open node log");
-        let child = Command::new(fenceflake_bin())
+        let child = self
+            .certs
+            .command(Role::Node, &node_id.to_string())
             .arg("registry")
             .args(["--node-id", &node_id.to_string()])
             .args(["--client-addr", &node.client_addr])
@@ -160,20 +174,43 @@ impl Cluster {
         self.nodes.values().map(|n| n.client_addr.clone()).collect()
     }
 
-    /// A client of node `node_id`'s public API (lazy: connecting never fails here).
-    pub fn client(&self, node_id: u64) -> RegistryClient<Channel> {
-        let addr = &self.nodes[&node_id].client_addr;
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .expect("valid address")
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
-        RegistryClient::new(channel)
+    /// TLS of an in-process client with the certificate of `role` (name [`TEST_NAME`]).
+    pub fn security(&self, role: Role) -> Security {
+        self.certs.security(role, TEST_NAME)
     }
 
-    /// Status as node `node_id` sees it, if it answers.
+    /// The TLS env vars of a process with the identity `role`/`name` of this cluster's CA.
+    pub fn env_for(&self, role: Role, name: &str) -> Vec<(String, String)> {
+        self.certs.env(role, name)
+    }
+
+    /// The `fenceflake` binary with this cluster's certificate of `role` (name [`TEST_NAME`]):
+    /// `Role::Operator` for ctl, `Role::Client` for mint.
+    pub fn fenceflake(&self, role: Role) -> Command {
+        self.certs.command(role, TEST_NAME)
+    }
+
+    /// A client of node `node_id`'s public API as a worker (Acquire, Renew, Release, reads;
+    /// every such client is the same identity, so it owns the leases any of them acquired).
+    /// Lazy: connecting never fails here.
+    pub fn client(&self, node_id: u64) -> RegistryClient<Channel> {
+        self.client_as(node_id, Role::Worker)
+    }
+
+    /// A client of node `node_id` as an operator (quarantine, membership, audit, backups).
+    pub fn operator(&self, node_id: u64) -> RegistryClient<Channel> {
+        self.client_as(node_id, Role::Operator)
+    }
+
+    /// A client of node `node_id` with the certificate of `role`.
+    pub fn client_as(&self, node_id: u64, role: Role) -> RegistryClient<Channel> {
+        let addr = &self.nodes[&node_id].client_addr;
+        RegistryClient::new(certs::channel(addr, &self.security(role), &[Role::Node], Duration::from_secs(10)))
+    }
+
+    /// Status as node `node_id` sees it (asked by an operator), if it answers.
     pub async fn status(&self, node_id: u64) -> Option<pb::ClusterStatusResponse> {
-        let mut client = self.client(node_id);
+        let mut client = self.operator(node_id);
         client.cluster_status(pb::ClusterStatusRequest {}).await.ok().map(|r| r.into_inner())
     }
 
@@ -209,10 +246,11 @@ impl Cluster {
     }
 }
 
-/// `fenceflake ctl --json --registry <every node> <args> <file>`, run to completion (the
+/// `fenceflake ctl --json --registry <every node> <args> <file>` as an operator, run to completion (the
 /// backup commands: `snapshot export FILE`, `snapshot import FILE`).
 pub fn ctl_json(cluster: &Cluster, args: &[&str], file: &std::path::Path) -> std::process::Output {
-    Command::new(fenceflake_bin())
+    cluster
+        .fenceflake(Role::Operator)
         .args(["ctl", "--json", "--registry", &cluster.client_addrs().join(",")])
         .args(args)
         .arg(file)

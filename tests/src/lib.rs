@@ -1,9 +1,11 @@
 //! Helpers for process-level tests: start real `fenceflake` binaries on loopback, kill them
-//! with SIGKILL, restart them, and talk to them over gRPC.
+//! with SIGKILL, restart them, and talk to them over gRPC. Everything runs on mutual TLS with
+//! certificates of the role it needs ([`certs`]); nothing here runs `--insecure`.
 //!
 //! The binary is found at `$FENCEFLAKE_BIN`, else next to the test executable's `deps/`
 //! directory (`target/<profile>/fenceflake`); `scripts/test-all` builds it first.
 
+pub mod certs;
 pub mod cluster;
 pub mod runbook;
 pub mod worker;

@@ -2,6 +2,11 @@
 //! their section, their placeholders (`H1:2379`, `/backups/`, …; docs/operations.md,
 //! "Conventions in the commands") replaced by a local cluster's addresses and temp dirs, and
 //! run with `sh -c` in the order the docs give them (`tests/tests/t47_runbooks.rs`).
+//!
+//! Every command runs on mutual TLS without the docs spelling it out: the executor gives each
+//! line the `FENCEFLAKE_TLS_*` env vars of the identity its `fenceflake` subcommand needs
+//! ([`identity_for`]: a registry node its node certificate, ctl an operator's, mint a client's,
+//! a worker a worker's), from the CA of the cluster the test runs the doc against.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -10,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use fenceflake_proto::tls::Role;
+
+use crate::certs::{Certs, ENV_INSECURE, TEST_NAME};
 use crate::cluster::Cluster;
 use crate::{fenceflake_bin, free_port};
 
@@ -202,6 +210,9 @@ pub struct Vars {
     dir: tempfile::TempDir,
     subs: BTreeMap<String, String>,
     env: BTreeMap<String, String>,
+    /// The CA the commands' certificates come from: the cluster's the doc runs against
+    /// ([`Vars::cluster`]), or one of its own for a cluster the doc's commands start.
+    certs: Certs,
 }
 
 impl Default for Vars {
@@ -214,7 +225,7 @@ impl Vars {
     /// The path placeholders point into a fresh temp dir (created, like `/backups/`).
     pub fn new() -> Vars {
         let dir = tempfile::Builder::new().prefix("fenceflake-runbook-").tempdir().expect("create a temp dir");
-        let mut vars = Vars { dir, subs: BTreeMap::new(), env: BTreeMap::new() };
+        let mut vars = Vars { dir, subs: BTreeMap::new(), env: BTreeMap::new(), certs: Certs::new() };
         for prefix in ["/var/lib/fenceflake/", "/backups/"] {
             let path = vars.dir.path().join(prefix.trim_matches('/'));
             std::fs::create_dir_all(&path).expect("create a placeholder dir");
@@ -236,6 +247,26 @@ impl Vars {
         self.env.insert(name.to_string(), value.to_string());
     }
 
+    /// The CA and certificates the commands run with.
+    pub fn certs(&self) -> &Certs {
+        &self.certs
+    }
+
+    /// Run the commands with `certs` (the CA of the cluster they talk to).
+    pub fn use_certs(&mut self, certs: &Certs) {
+        self.certs = certs.clone();
+    }
+
+    /// The environment `command` runs with: the test's variables, and the TLS files of the
+    /// identity its `fenceflake` subcommand needs ([`identity_for`]).
+    pub fn env_for(&self, command: &str) -> BTreeMap<String, String> {
+        let mut env = self.env.clone();
+        if let Some((role, name)) = identity_for(command) {
+            env.extend(self.certs.env(role, &name));
+        }
+        env
+    }
+
     pub fn get(&self, placeholder: &str) -> &str {
         self.subs.get(placeholder).unwrap_or_else(|| panic!("no value for {placeholder}"))
     }
@@ -253,16 +284,20 @@ impl Vars {
         self.node(host, n, &client, &peer);
     }
 
-    /// Every node `cluster` knows (running or only described) under host prefix `host`.
+    /// Every node `cluster` knows (running or only described) under host prefix `host`; the
+    /// commands get certificates of its CA.
     pub fn cluster(&mut self, host: &str, cluster: &Cluster) {
+        self.use_certs(&cluster.certs);
         for node in cluster.nodes.values() {
             self.node(host, node.node_id, &node.client_addr, &node.peer_addr);
         }
     }
 
     /// The README's by-hand cluster: `127.0.0.1:237N` client, `:238N` peer, `:239N`
-    /// metrics of node N, and `$IC`, its `--initial-cluster` (nodes 1..5).
+    /// metrics of node N, and `$IC`, its `--initial-cluster` (nodes 1..5); the commands get
+    /// certificates of its CA.
     pub fn readme_cluster(&mut self, cluster: &Cluster) {
+        self.use_certs(&cluster.certs);
         let mut initial = Vec::new();
         for node in cluster.nodes.values() {
             let n = node.node_id;
@@ -298,6 +333,31 @@ impl Vars {
         let left = placeholders_in(&out);
         assert!(left.is_empty(), "placeholders without a value in this test: {left:?} in `{text}`");
         out
+    }
+}
+
+/// The identity a doc command needs, from its first `fenceflake` (or `$B`) subcommand: a
+/// registry node its node id, `worker` a worker's, `ctl` an operator's, `mint` a client's;
+/// `None` for the subcommands that talk to no server (`decode`, `certs`) and other programs.
+pub fn identity_for(command: &str) -> Option<(Role, String)> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let at = words.iter().position(|w| {
+        let w = w.trim_matches('"');
+        w == "fenceflake" || w == "$B" || w.ends_with("/fenceflake")
+    })?;
+    let value_of = |flag: &str| {
+        let eq = format!("{flag}=");
+        words.iter().enumerate().find_map(|(i, w)| match w.strip_prefix(eq.as_str()) {
+            Some(v) => Some(v.to_string()),
+            None => (*w == flag).then(|| words.get(i + 1).map(|v| v.to_string())).flatten(),
+        })
+    };
+    match *words.get(at + 1)? {
+        "registry" => Some((Role::Node, value_of("--node-id").unwrap_or_else(|| "1".into()))),
+        "worker" => Some((Role::Worker, "runbook".into())),
+        "ctl" => Some((Role::Operator, TEST_NAME.into())),
+        "mint" => Some((Role::Client, TEST_NAME.into())),
+        _ => None,
     }
 }
 
@@ -383,7 +443,8 @@ fn shell(command: &str, dir: &Path, env: &BTreeMap<String, String>) -> Command {
     }
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(command).current_dir(dir).env("PATH", path).env("B", fenceflake_bin()).envs(env);
+    cmd.arg("-c").arg(command).current_dir(dir).env("PATH", path).env("B", fenceflake_bin());
+    cmd.env_remove(ENV_INSECURE).envs(env);
     cmd.env("RUST_LOG", "info,openraft=warn").stdin(Stdio::null());
     cmd
 }
@@ -455,7 +516,7 @@ impl Runbook {
     /// Run `line` to completion.
     pub fn exec(&mut self, line: &DocLine) -> Ran {
         let command = self.vars.substitute(&line.text);
-        let (code, stdout, stderr) = sh(&command, self.vars.dir(), &self.vars.env);
+        let (code, stdout, stderr) = sh(&command, self.vars.dir(), &self.vars.env_for(&command));
         self.transcript.push(format!("{} exit {code:?}: {command}", line.at()));
         Ran { at: line.at(), command, code, stdout, stderr }
     }
@@ -512,7 +573,8 @@ impl Runbook {
 
     fn launch(&self, daemon: &mut Daemon) {
         let log = File::options().create(true).append(true).open(&daemon.log).expect("open daemon log");
-        let child = shell(&format!("exec {}", daemon.command), self.vars.dir(), &self.vars.env)
+        let env = self.vars.env_for(&daemon.command);
+        let child = shell(&format!("exec {}", daemon.command), self.vars.dir(), &env)
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             .spawn()

@@ -1,16 +1,21 @@
 //! A generator worker as a real `fenceflake worker` process on loopback: start, SIGKILL,
-//! SIGSTOP/SIGCONT, SIGTERM, restart with the same state dir, and talk to it over gRPC.
+//! SIGSTOP/SIGCONT, SIGTERM, restart with the same state dir, and talk to it over gRPC. It runs
+//! on mutual TLS with the worker certificate `worker/<name>` of its cluster's CA; the tests call
+//! it with a `client` certificate.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use fenceflake_proto::tls::Role;
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::generator_client::GeneratorClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::{eventually, fenceflake_bin, free_port};
+use crate::certs::{self, Certs, TEST_NAME};
+use crate::cluster::Cluster;
+use crate::{eventually, free_port};
 
 /// Short leases keep expiry tests fast: deadline 1.5 s after each renewal's send time.
 pub const SHORT_LEASE: [&str; 4] = ["--lease-ttl", "2s", "--margin", "500ms"];
@@ -22,16 +27,20 @@ pub struct WorkerProcess {
     pub addr: String,
     pub state_dir: PathBuf,
     pub log_path: PathBuf,
+    /// The CA and certificates of the cluster it was started for.
+    pub certs: Certs,
     args: Vec<String>,
     child: Option<Child>,
 }
 
 impl WorkerProcess {
-    /// Start a worker named `name` with its state dir and log under `dir`, against
-    /// `registry`, with `extra` flags.
-    pub fn spawn(dir: &Path, name: &str, registry: &[String], extra: &[&str]) -> WorkerProcess {
+    /// Start a worker named `name` (its certificate: `worker/<name>` of `cluster`'s CA) with
+    /// its state dir and log in `cluster`'s dir, against `registry`, with `extra` flags.
+    pub fn spawn(cluster: &Cluster, name: &str, registry: &[String], extra: &[&str]) -> WorkerProcess {
+        let dir = cluster.dir.path();
         let mut worker = WorkerProcess {
             name: name.to_string(),
+            certs: cluster.certs.clone(),
             addr: format!("127.0.0.1:{}", free_port()),
             state_dir: dir.join(format!("{name}-state")),
             log_path: dir.join(format!("{name}.log")),
@@ -48,7 +57,9 @@ impl WorkerProcess {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "worker {} is already running", self.name);
         let log = File::options().create(true).append(true).open(&self.log_path).expect("open worker log");
-        let child = Command::new(fenceflake_bin())
+        let child = self
+            .certs
+            .command(Role::Worker, &self.name)
             .arg("worker")
             .args(["--listen", &self.addr])
             .arg("--state-dir")
@@ -105,14 +116,15 @@ impl WorkerProcess {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// A client of this worker (lazy: connecting never fails here).
+    /// A client of this worker with a `client` certificate (lazy: connecting never fails here).
     pub fn client(&self) -> GeneratorClient<Channel> {
-        let channel = Endpoint::from_shared(format!("http://{}", self.addr))
-            .expect("valid address")
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
-        GeneratorClient::new(channel)
+        self.client_as(Role::Client)
+    }
+
+    /// A client of this worker with the certificate of `role` (name `test`).
+    pub fn client_as(&self, role: Role) -> GeneratorClient<Channel> {
+        let security = self.certs.security(role, TEST_NAME);
+        GeneratorClient::new(certs::channel(&self.addr, &security, &[Role::Worker], Duration::from_secs(5)))
     }
 
     pub async fn status(&self) -> Option<pb::StatusResponse> {

@@ -143,13 +143,14 @@ async fn canary_quarantines_the_worker_id_and_audits_the_overlap() {
     assert!(err.message().starts_with("QUARANTINED:"), "{err:?}");
     let info = c.get_lease(pb::GetLeaseRequest { worker_id: 11 }).await.expect("get").into_inner();
     assert_eq!(info.state, "QUARANTINED");
-    let audit = c.list_audit(pb::ListAuditRequest {}).await.expect("audit").into_inner().entries;
+    let mut op = cluster.operator(3);
+    let audit = op.list_audit(pb::ListAuditRequest {}).await.expect("audit").into_inner().entries;
     let hit = audit.iter().find(|a| a.kind == "canary").expect("a canary audit entry");
     assert_eq!((hit.worker_id, hit.stale_token, hit.current_token), (11, old.token, new.token));
     assert_eq!(hit.overlap_from_ms, new.not_before_ms);
     let err = c.acquire(acquire("third", Some(11), 1000)).await.expect_err("no grant while quarantined");
     assert!(err.message().starts_with("QUARANTINED:"), "{err:?}");
-    c.unquarantine(pb::UnquarantineRequest { worker_id: 11 }).await.expect("operator clears it");
+    op.unquarantine(pb::UnquarantineRequest { worker_id: 11 }).await.expect("operator clears it");
 }
 
 /// Goal: every malformed field is INVALID_ARGUMENT naming the field; nothing panics.
@@ -173,15 +174,16 @@ async fn every_bad_input_is_invalid_argument_naming_the_field() {
     }
     let err = c.release(pb::ReleaseRequest { worker_id: 1, token: 0, last_ts_ms: 0 }).await.expect_err("release");
     assert!(err.message().contains("token"));
-    let err = c.quarantine(pb::QuarantineRequest { worker_id: 1, reason: String::new() }).await.expect_err("reason");
+    let mut op = cluster.operator(1);
+    let err = op.quarantine(pb::QuarantineRequest { worker_id: 1, reason: String::new() }).await.expect_err("reason");
     assert!(err.message().contains("reason"));
     let err = c.get_lease(pb::GetLeaseRequest { worker_id: 99_999 }).await.expect_err("get");
     assert!(err.message().contains("worker_id"));
     let bad_member = pb::AddMemberRequest { node_id: 0, peer_addr: "x".into(), client_addr: String::new() };
-    let err = c.add_learner(bad_member).await.expect_err("add");
+    let err = op.add_learner(bad_member).await.expect_err("add");
     assert!(err.message().contains("node_id"));
     let bad_member = pb::AddMemberRequest { node_id: 9, peer_addr: "nope".into(), client_addr: String::new() };
-    let err = c.add_learner(bad_member).await.expect_err("add");
+    let err = op.add_learner(bad_member).await.expect_err("add");
     assert!(err.message().contains("peer_addr"));
     // The cluster still serves after all that.
     c.acquire(acquire("h", None, 1000)).await.expect("still serving");

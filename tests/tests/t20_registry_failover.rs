@@ -138,13 +138,13 @@ async fn wiped_node_is_replaced_and_catches_up_by_snapshot() {
     let exit = cluster.wait_exit(lost, Duration::from_secs(10)).await;
     assert!(exit.is_some_and(|e| !e.success()), "an empty disk under an old id must not start: {exit:?}");
     assert!(cluster.log(lost).contains("its disk was lost"), "{}", cluster.log(lost));
-    cluster.client(leader).remove_member(pb::RemoveMemberRequest { node_id: lost }).await.expect("remove lost node");
+    cluster.operator(leader).remove_member(pb::RemoveMemberRequest { node_id: lost }).await.expect("remove lost node");
 
     let fresh = cluster.add_node(6);
     let request =
         pb::AddMemberRequest { node_id: 6, peer_addr: fresh.peer_addr.clone(), client_addr: fresh.client_addr.clone() };
     cluster.spawn(6);
-    cluster.client(leader).add_learner(request).await.expect("add learner");
+    cluster.operator(leader).add_learner(request).await.expect("add learner");
     let status = eventually(Duration::from_secs(20), "node 6 to catch up", || async {
         let s = cluster.status(6).await?;
         let leader_status = cluster.status(leader).await?;
@@ -152,7 +152,7 @@ async fn wiped_node_is_replaced_and_catches_up_by_snapshot() {
     })
     .await;
     assert!(status.snapshot_index > 0, "node 6 caught up by snapshot");
-    cluster.client(leader).promote_member(pb::PromoteMemberRequest { node_id: 6 }).await.expect("promote");
+    cluster.operator(leader).promote_member(pb::PromoteMemberRequest { node_id: 6 }).await.expect("promote");
     let status = cluster.status(leader).await.expect("status");
     let voters: Vec<u64> = status.members.iter().filter(|m| m.voter).map(|m| m.node_id).collect();
     assert!(voters.contains(&6) && !voters.contains(&lost), "voters {voters:?}");

@@ -16,9 +16,9 @@ use fenceflake_tests::worker::{WorkerProcess, SHORT_LEASE};
 async fn duplicate_explicit_worker_id_is_refused() {
     let cluster = Cluster::start(5, &[]).await;
     let registry = cluster.client_addrs();
-    let first = WorkerProcess::spawn(cluster.dir.path(), "first", &registry, &["--worker-id", "7"]);
+    let first = WorkerProcess::spawn(&cluster, "first", &registry, &["--worker-id", "7"]);
     let holder = first.wait_serving(Duration::from_secs(15)).await.holder;
-    let mut second = WorkerProcess::spawn(cluster.dir.path(), "second", &registry, &["--worker-id", "7"]);
+    let mut second = WorkerProcess::spawn(&cluster, "second", &registry, &["--worker-id", "7"]);
     let status = second.wait_exit(Duration::from_secs(15)).await;
     assert!(!status.success(), "the duplicate worker started");
     let log = second.log();
@@ -36,7 +36,7 @@ async fn paused_worker_is_fenced_and_the_new_holder_serves() {
     let registry = cluster.client_addrs();
     let mut lease_args = SHORT_LEASE.to_vec();
     lease_args.extend(["--worker-id", "9"]);
-    let old = WorkerProcess::spawn(cluster.dir.path(), "old", &registry, &lease_args);
+    let old = WorkerProcess::spawn(&cluster, "old", &registry, &lease_args);
     old.wait_serving(Duration::from_secs(15)).await;
     let mut ids: Vec<u64> = old.batch(5_000).await.expect("old mints");
     let minted_before = old.status().await.expect("status").ids_minted;
@@ -52,7 +52,7 @@ async fn paused_worker_is_fenced_and_the_new_holder_serves() {
         }
     })
     .await;
-    let new = WorkerProcess::spawn(cluster.dir.path(), "new", &registry, &lease_args);
+    let new = WorkerProcess::spawn(&cluster, "new", &registry, &lease_args);
     let new_status = new.wait_serving(Duration::from_secs(15)).await;
     assert_eq!(new_status.worker_id, 9);
     ids.extend(new.batch(5_000).await.expect("new mints"));

@@ -57,12 +57,7 @@ impl ServingWatch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_kill_does_not_park_a_worker() {
     let mut cluster = Cluster::start(5, &[]).await;
-    let worker = WorkerProcess::spawn(
-        cluster.dir.path(),
-        "w",
-        &cluster.client_addrs(),
-        &["--lease-ttl", "6s", "--margin", "1s"],
-    );
+    let worker = WorkerProcess::spawn(&cluster, "w", &cluster.client_addrs(), &["--lease-ttl", "6s", "--margin", "1s"]);
     let before = worker.wait_serving(Duration::from_secs(15)).await;
     eprintln!("phase: worker {} serving; killing the leader", before.worker_id);
     let watch = ServingWatch::start(&worker);
@@ -87,7 +82,7 @@ async fn rolling_restart_of_the_registry_parks_no_worker() {
     // default timing on a loaded CI box (4 s leases parked there after the timing became
     // 100 ms / 300–600 ms).
     let lease = ["--lease-ttl", "6s", "--margin", "500ms"];
-    let worker = WorkerProcess::spawn(cluster.dir.path(), "w", &cluster.client_addrs(), &lease);
+    let worker = WorkerProcess::spawn(&cluster, "w", &cluster.client_addrs(), &lease);
     let before = worker.wait_serving(Duration::from_secs(15)).await;
     let watch = ServingWatch::start(&worker);
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
@@ -120,7 +115,7 @@ async fn rolling_restart_of_the_registry_parks_no_worker() {
 async fn transfer_leader_lands_on_the_named_voter_and_parks_no_worker() {
     let cluster = Cluster::start(5, &[]).await;
     let lease = ["--lease-ttl", "6s", "--margin", "500ms"];
-    let worker = WorkerProcess::spawn(cluster.dir.path(), "w", &cluster.client_addrs(), &lease);
+    let worker = WorkerProcess::spawn(&cluster, "w", &cluster.client_addrs(), &lease);
     let before = worker.wait_serving(Duration::from_secs(15)).await;
     let watch = ServingWatch::start(&worker);
     let leader = cluster.wait_all_know_the_leader(Duration::from_secs(5)).await;
@@ -128,7 +123,7 @@ async fn transfer_leader_lands_on_the_named_voter_and_parks_no_worker() {
     let via = (1..=5).find(|n| *n != leader && *n != target).expect("a third node");
     // Asked through a follower: forwarded to the leader like any proposal.
     let moved = cluster
-        .client(via)
+        .operator(via)
         .transfer_leader(pb::TransferLeaderRequest { to_node_id: Some(target) })
         .await
         .expect("transfer to the named voter")
@@ -136,14 +131,14 @@ async fn transfer_leader_lands_on_the_named_voter_and_parks_no_worker() {
     eprintln!("phase: {moved:?}");
     assert_eq!((moved.from_node_id, moved.leader_id), (leader, target));
     assert_eq!(cluster.wait_all_know_the_leader(Duration::from_secs(10)).await, target);
-    let again = cluster.client(target).transfer_leader(pb::TransferLeaderRequest { to_node_id: None }).await;
+    let again = cluster.operator(target).transfer_leader(pb::TransferLeaderRequest { to_node_id: None }).await;
     let again = again.expect("transfer to any voter").into_inner();
     assert_eq!(again.from_node_id, target);
     assert_ne!(again.leader_id, target);
     assert!(again.term > moved.term, "{again:?} after {moved:?}");
     let now_leader = cluster.wait_all_know_the_leader(Duration::from_secs(10)).await;
     for (to, why) in [(now_leader, "already leads"), (9, "not a member")] {
-        let mut client = cluster.client(now_leader);
+        let mut client = cluster.operator(now_leader);
         let refused = client.transfer_leader(pb::TransferLeaderRequest { to_node_id: Some(to) }).await;
         let refused = refused.expect_err("refused");
         assert_eq!(Reason::of(&refused), Some(Reason::Membership), "{refused:?}");
@@ -164,8 +159,8 @@ async fn transfer_leader_lands_on_the_named_voter_and_parks_no_worker() {
 async fn quorum_loss_parks_workers_and_restart_resumes_them() {
     let mut cluster = Cluster::start(5, &[]).await;
     let registry = cluster.client_addrs();
-    let a = WorkerProcess::spawn(cluster.dir.path(), "a", &registry, &SHORT_LEASE);
-    let b = WorkerProcess::spawn(cluster.dir.path(), "b", &registry, &SHORT_LEASE);
+    let a = WorkerProcess::spawn(&cluster, "a", &registry, &SHORT_LEASE);
+    let b = WorkerProcess::spawn(&cluster, "b", &registry, &SHORT_LEASE);
     let before = [a.wait_serving(Duration::from_secs(15)).await, b.wait_serving(Duration::from_secs(15)).await];
     eprintln!("phase: both serving; stopping every registry node");
     for node_id in 1..=5 {
@@ -196,7 +191,7 @@ async fn quorum_loss_parks_workers_and_restart_resumes_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_lease_alone_starts_with_a_margin_that_fits() {
     let cluster = Cluster::start(1, &[]).await;
-    let worker = WorkerProcess::spawn(cluster.dir.path(), "w", &cluster.client_addrs(), &["--lease-ttl", "3s"]);
+    let worker = WorkerProcess::spawn(&cluster, "w", &cluster.client_addrs(), &["--lease-ttl", "3s"]);
     let status = worker.wait_serving(Duration::from_secs(15)).await;
     assert!((1..=2_700).contains(&status.lease_remaining_ms), "{status:?}");
     worker.client().generate(pb::GenerateRequest {}).await.expect("Generate with a 3s lease");

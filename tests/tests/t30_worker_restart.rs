@@ -14,7 +14,7 @@ use fenceflake_tests::worker::{WorkerProcess, SHORT_LEASE};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_and_immediate_restart_repeat_no_id() {
     let cluster = Cluster::start(5, &[]).await;
-    let mut worker = WorkerProcess::spawn(cluster.dir.path(), "w", &cluster.client_addrs(), &SHORT_LEASE);
+    let mut worker = WorkerProcess::spawn(&cluster, "w", &cluster.client_addrs(), &SHORT_LEASE);
     let before_status = worker.wait_serving(Duration::from_secs(15)).await;
     let mut before = Vec::new();
     for _ in 0..20 {
@@ -54,7 +54,7 @@ async fn sigkill_and_immediate_restart_repeat_no_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_releases_the_lease_and_exits_zero() {
     let cluster = Cluster::start(5, &[]).await;
-    let mut worker = WorkerProcess::spawn(cluster.dir.path(), "w", &cluster.client_addrs(), &SHORT_LEASE);
+    let mut worker = WorkerProcess::spawn(&cluster, "w", &cluster.client_addrs(), &SHORT_LEASE);
     let status = worker.wait_serving(Duration::from_secs(15)).await;
     worker.batch(1_000).await.expect("mint");
     worker.signal("TERM");

@@ -39,10 +39,10 @@ async fn a_worker_started_during_the_restore_embargo_waits_and_serves() {
     let max_ttl = format!("{MAX_TTL_MS}ms");
     let (cluster, importing) = restored_cluster(&["--max-ttl", &max_ttl]).await;
     let registry = cluster.client_addrs();
-    let mut auto = WorkerProcess::spawn(cluster.dir.path(), "auto", &registry, &SHORT_LEASE);
+    let mut auto = WorkerProcess::spawn(&cluster, "auto", &registry, &SHORT_LEASE);
     let mut explicit_args = SHORT_LEASE.to_vec();
     explicit_args.extend(["--worker-id", "7"]);
-    let mut explicit = WorkerProcess::spawn(cluster.dir.path(), "explicit", &registry, &explicit_args);
+    let mut explicit = WorkerProcess::spawn(&cluster, "explicit", &registry, &explicit_args);
 
     // Before this change both exited within milliseconds ("no free worker ID").
     tokio::time::sleep(Duration::from_millis(1_000)).await;
@@ -76,14 +76,14 @@ async fn a_worker_started_during_the_restore_embargo_waits_and_serves() {
 async fn auto_leaves_a_quarantined_remembered_id_and_explicit_refuses_it() {
     let cluster = Cluster::start(3, &[]).await;
     let registry = cluster.client_addrs();
-    let mut worker = WorkerProcess::spawn(cluster.dir.path(), "w", &registry, &SHORT_LEASE);
+    let mut worker = WorkerProcess::spawn(&cluster, "w", &registry, &SHORT_LEASE);
     let before = worker.wait_serving(Duration::from_secs(15)).await;
     // Minting persists a ceiling, so the restart reuses the holder identity (and would get
     // its own lease back if nothing had happened).
     worker.batch(1_000).await.expect("mint before the crash");
     worker.kill();
     let quarantine = pb::QuarantineRequest { worker_id: before.worker_id, reason: "suspected duplicate".into() };
-    cluster.client(1).quarantine(quarantine).await.expect("quarantine the worker's ID");
+    cluster.operator(1).quarantine(quarantine).await.expect("quarantine the worker's ID");
 
     worker.start();
     let after = worker.wait_serving(Duration::from_secs(15)).await;
@@ -94,7 +94,7 @@ async fn auto_leaves_a_quarantined_remembered_id_and_explicit_refuses_it() {
     worker.client().generate(pb::GenerateRequest {}).await.expect("Generate with the new ID");
 
     let id = before.worker_id.to_string();
-    let mut pinned = WorkerProcess::spawn(cluster.dir.path(), "pinned", &registry, &["--worker-id", &id]);
+    let mut pinned = WorkerProcess::spawn(&cluster, "pinned", &registry, &["--worker-id", &id]);
     let status = pinned.wait_exit(Duration::from_secs(15)).await;
     assert!(!status.success(), "started on a quarantined worker ID");
     let log = pinned.log();

@@ -4,11 +4,10 @@
 //! ejected; probes are not requests), and says so in its `--stats` counters.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use fenceflake_proto::tls::Role;
 use fenceflake_tests::cluster::Cluster;
-use fenceflake_tests::fenceflake_bin;
 use fenceflake_tests::worker::WorkerProcess;
 
 /// Goal: a hung worker costs its callers one hedge delay, not a call timeout per visit:
@@ -20,7 +19,7 @@ async fn mint_routes_around_a_sigstopped_worker() {
     let cluster = Cluster::start(3, &[]).await;
     let registry = cluster.client_addrs();
     let workers: Vec<WorkerProcess> =
-        ["hung", "b", "c"].iter().map(|name| WorkerProcess::spawn(cluster.dir.path(), name, &registry, &[])).collect();
+        ["hung", "b", "c"].iter().map(|name| WorkerProcess::spawn(&cluster, name, &registry, &[])).collect();
     for worker in &workers {
         worker.wait_serving(Duration::from_secs(20)).await;
     }
@@ -28,7 +27,8 @@ async fn mint_routes_around_a_sigstopped_worker() {
     workers[0].signal("STOP");
 
     let started = Instant::now();
-    let out = Command::new(fenceflake_bin())
+    let out = cluster
+        .fenceflake(Role::Client)
         .args(["mint", "--workers", &addrs.join(","), "-n", "200", "--stats"])
         .env_remove("RUST_LOG")
         .output()

@@ -4,11 +4,14 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fenceflake_proto::tls::Role;
+use fenceflake_tests::certs::{Certs, TEST_NAME};
 use fenceflake_tests::cluster::Cluster;
-use fenceflake_tests::{fenceflake_bin, free_port};
+use fenceflake_tests::free_port;
 
-fn registry_cmd(node_id: u64, data_dir: &std::path::Path, initial_cluster: &str) -> Command {
-    let mut cmd = Command::new(fenceflake_bin());
+/// `fenceflake registry` as node `node_id` of `certs`' CA (so that TLS is not what it refuses).
+fn registry_cmd(certs: &Certs, node_id: u64, data_dir: &std::path::Path, initial_cluster: &str) -> Command {
+    let mut cmd = certs.command(Role::Node, &node_id.to_string());
     let peer = free_port();
     cmd.arg("registry")
         .args(["--node-id", &node_id.to_string()])
@@ -40,13 +43,14 @@ fn stderr_of(cmd: &mut Command) -> String {
 #[test]
 fn bad_flags_are_refused_naming_the_value() {
     let dir = tempfile::tempdir().unwrap();
-    let err = stderr_of(&mut registry_cmd(1, dir.path(), "1=nohost"));
+    let certs = Certs::new();
+    let err = stderr_of(&mut registry_cmd(&certs, 1, dir.path(), "1=nohost"));
     assert!(err.contains("1=nohost"), "{err}");
-    let err = stderr_of(&mut registry_cmd(1, dir.path(), "2=127.0.0.1:1"));
+    let err = stderr_of(&mut registry_cmd(&certs, 1, dir.path(), "2=127.0.0.1:1"));
     assert!(err.contains("does not name this node (1)"), "{err}");
-    let err = stderr_of(registry_cmd(1, dir.path(), "1=PEER").args(["--cool-down", "soon"]));
+    let err = stderr_of(registry_cmd(&certs, 1, dir.path(), "1=PEER").args(["--cool-down", "soon"]));
     assert!(err.contains("soon"), "{err}");
-    let err = stderr_of(registry_cmd(1, dir.path(), "1=PEER").args(["--worker-id-bits", "40"]));
+    let err = stderr_of(registry_cmd(&certs, 1, dir.path(), "1=PEER").args(["--worker-id-bits", "40"]));
     assert!(err.contains("--worker-id-bits"), "{err}");
 }
 
@@ -56,16 +60,17 @@ fn bad_flags_are_refused_naming_the_value() {
 #[test]
 fn bare_number_durations_are_refused_naming_the_units() {
     let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new();
     let no_unit = |err: &str, value: &str| {
         assert!(err.contains(&format!("\"{value}\" has no unit")) && err.contains("ms, s, m, h"), "{err}");
     };
-    no_unit(&stderr_of(registry_cmd(1, dir.path(), "1=PEER").args(["--cool-down", "500"])), "500");
-    let mut worker = Command::new(fenceflake_bin());
+    no_unit(&stderr_of(registry_cmd(&certs, 1, dir.path(), "1=PEER").args(["--cool-down", "500"])), "500");
+    let mut worker = certs.command(Role::Worker, TEST_NAME);
     worker.args(["worker", "--registry", "127.0.0.1:1", "--state-dir"]).arg(dir.path().join("w"));
     no_unit(&stderr_of(worker.args(["--lease-ttl", "3"])), "3");
-    let mut ctl = Command::new(fenceflake_bin());
+    let mut ctl = certs.command(Role::Operator, TEST_NAME);
     no_unit(&stderr_of(ctl.args(["ctl", "--registry", "127.0.0.1:1", "--timeout", "5", "status"])), "5");
-    let mut env = Command::new(fenceflake_bin());
+    let mut env = certs.command(Role::Operator, TEST_NAME);
     env.args(["ctl", "--registry", "127.0.0.1:1", "status"]).env("FENCEFLAKE_CTL_TIMEOUT", "250");
     no_unit(&stderr_of(&mut env), "250");
 }
@@ -76,9 +81,9 @@ async fn foreign_data_dir_is_refused() {
     let mut cluster = Cluster::start(1, &[]).await;
     let data_dir = cluster.nodes[&1].data_dir.clone();
     cluster.kill(1);
-    let err = stderr_of(&mut registry_cmd(2, &data_dir, "2=PEER"));
+    let err = stderr_of(&mut registry_cmd(&cluster.certs, 2, &data_dir, "2=PEER"));
     assert!(err.contains("belongs to node 1"), "{err}");
-    let err = stderr_of(registry_cmd(1, &data_dir, "1=PEER").args(["--cluster-id", "other"]));
+    let err = stderr_of(registry_cmd(&cluster.certs, 1, &data_dir, "1=PEER").args(["--cluster-id", "other"]));
     assert!(err.contains("belongs to cluster"), "{err}");
 }
 
@@ -89,7 +94,8 @@ async fn ctl_status_and_leases_in_table_and_json() {
     let dead = format!("127.0.0.1:{}", free_port());
     let registry = format!("{dead},{}", cluster.client_addrs().join(","));
     let ctl = |args: &[&str]| {
-        let out = Command::new(fenceflake_bin()).args(["ctl", "--registry", &registry]).args(args).output().unwrap();
+        let out =
+            cluster.fenceflake(Role::Operator).args(["ctl", "--registry", &registry]).args(args).output().unwrap();
         assert!(out.status.success(), "ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };

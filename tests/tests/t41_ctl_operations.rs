@@ -2,15 +2,16 @@
 //! status, replication progress taken from the leader, add-member through followers,
 //! transfer-leader, and the small things (a peer port, a closed pipe, the leader's removal).
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use fenceflake_proto::tls::Role;
 use fenceflake_tests::cluster::Cluster;
-use fenceflake_tests::{eventually, fenceflake_bin};
+use fenceflake_tests::eventually;
 
-/// `fenceflake ctl --registry <registry> <args>`, run to completion.
-fn ctl(registry: &str, args: &[&str]) -> Output {
-    Command::new(fenceflake_bin()).args(["ctl", "--registry", registry]).args(args).output().expect("run ctl")
+/// `fenceflake ctl --registry <registry> <args>` as `cluster`'s operator, run to completion.
+fn ctl(cluster: &Cluster, registry: &str, args: &[&str]) -> Output {
+    cluster.fenceflake(Role::Operator).args(["ctl", "--registry", registry]).args(args).output().expect("run ctl")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -28,11 +29,12 @@ async fn status_verdict_and_exit_status_follow_the_quorum() {
     let followers: Vec<u64> = (1..=5).filter(|n| *n != leader).collect();
     // Only followers are named: ctl must find the leader through the membership.
     let via_follower = cluster.nodes[&followers[0]].client_addr.clone();
-    let out = ctl(&via_follower, &["status"]);
+    let out = ctl(&cluster, &via_follower, &["status"]);
     let table = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{table}{}", text(&out.stderr));
     assert!(table.starts_with("health: serving"), "{table}");
-    let json: serde_json::Value = serde_json::from_slice(&ctl(&via_follower, &["status", "--json"]).stdout).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&ctl(&cluster, &via_follower, &["status", "--json"]).stdout).unwrap();
     assert_eq!(json["health"]["verdict"], "serving");
     assert_eq!(json["reported_by_leader"], true);
     let commit = json["commit_index"].as_u64().unwrap();
@@ -48,7 +50,7 @@ async fn status_verdict_and_exit_status_follow_the_quorum() {
     // Both turn at the leader lease after the kill (the quorum-ack age and each dead member's
     // last ack): wait for the settled view, not one taken on the edge.
     let table = eventually(Duration::from_secs(10), "ctl status to see the lost quorum", || async {
-        let out = ctl(&survivor, &["status"]);
+        let out = ctl(&cluster, &survivor, &["status"]);
         let table = text(&out.stdout);
         (out.status.code() == Some(3) && table.matches("  NO").count() >= 3).then_some(table)
     })
@@ -71,17 +73,17 @@ async fn add_member_through_followers_then_transfer_and_remove() {
         (fresh.peer_addr.clone(), fresh.client_addr.clone())
     };
     cluster.spawn(4);
-    let out = ctl(&via, &["add-member", "4", "--peer-addr", &peer_addr, "--client-addr", &client_addr]);
+    let out = ctl(&cluster, &via, &["add-member", "4", "--peer-addr", &peer_addr, "--client-addr", &client_addr]);
     assert!(out.status.success(), "add-member: {}{}", text(&out.stdout), text(&out.stderr));
     let status = cluster.status(leader).await.expect("leader status");
     assert!(status.members.iter().any(|m| m.node_id == 4 && m.voter), "{status:?}");
 
-    let out = ctl(&via, &["transfer-leader", "--to", "4"]);
+    let out = ctl(&cluster, &via, &["transfer-leader", "--to", "4"]);
     assert!(out.status.success(), "transfer-leader: {}", text(&out.stderr));
     assert!(text(&out.stdout).contains("to node 4"), "{}", text(&out.stdout));
     assert_eq!(cluster.wait_all_know_the_leader(Duration::from_secs(10)).await, 4);
 
-    let out = ctl(&via, &["remove-member", "4"]);
+    let out = ctl(&cluster, &via, &["remove-member", "4"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("transfer-leader"), "{}", text(&out.stderr));
 }
@@ -92,12 +94,13 @@ async fn add_member_through_followers_then_transfer_and_remove() {
 async fn a_peer_port_and_a_closed_pipe_get_plain_answers() {
     let cluster = Cluster::start(3, &[]).await;
     let peer = cluster.nodes[&1].peer_addr.clone();
-    let out = ctl(&peer, &["leases"]);
+    let out = ctl(&cluster, &peer, &["leases"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("peer or metrics port"), "{}", text(&out.stderr));
 
     let registry = cluster.client_addrs().join(",");
-    let mut child = Command::new(fenceflake_bin())
+    let mut child = cluster
+        .fenceflake(Role::Operator)
         .args(["ctl", "--registry", &registry, "leases", "--all"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -30,7 +30,8 @@ async fn restore_keeps_state_and_embargoes_every_worker_id() {
     let mut c = lost.client(1);
     c.acquire(acquire("holder-a", Some(5))).await.expect("acquire 5");
     let reason = "suspected overlap".to_string();
-    c.quarantine(pb::QuarantineRequest { worker_id: 9, reason: reason.clone() }).await.expect("quarantine 9");
+    let quarantine = pb::QuarantineRequest { worker_id: 9, reason: reason.clone() };
+    lost.operator(1).quarantine(quarantine).await.expect("quarantine 9");
     let exported = json_of(&ctl_json(&lost, &["snapshot", "export"], &backup));
     assert_eq!(exported["records"], 2, "{exported}");
     // Granted after the backup: the restored cluster cannot know this holder or its token.
@@ -58,7 +59,7 @@ async fn restore_keeps_state_and_embargoes_every_worker_id() {
     assert!(err.message().starts_with("FENCED:"), "{err:?}");
     let nine = c.get_lease(pb::GetLeaseRequest { worker_id: 9 }).await.expect("get 9").into_inner();
     assert_eq!((nine.state.as_str(), nine.quarantine_reason.as_str()), ("QUARANTINED", reason.as_str()));
-    let audit = c.list_audit(pb::ListAuditRequest {}).await.expect("audit").into_inner();
+    let audit = fresh.operator(2).list_audit(pb::ListAuditRequest {}).await.expect("audit").into_inner();
     assert_eq!(audit.entries.len(), 1, "the operator quarantine is audited");
     let again = ctl_json(&fresh, &["snapshot", "import"], &backup);
     assert!(String::from_utf8_lossy(&again.stderr).contains("already granted"), "{again:?}");

@@ -10,11 +10,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use fenceflake_proto::tls::Role;
 use fenceflake_proto::v1 as pb;
 use fenceflake_tests::cluster::Cluster;
+use fenceflake_tests::free_port;
 use fenceflake_tests::runbook::{extract, sh, workspace_root, Class, DocLine, Ran, Runbook, Vars};
 use fenceflake_tests::worker::WorkerProcess;
-use fenceflake_tests::{fenceflake_bin, free_port};
 
 const OPS: &str = "docs/operations.md";
 const FAILURE_MODES: &str = "docs/failure-modes.md";
@@ -118,13 +119,13 @@ fn every_doc_command_parses() {
     }
     vars.set("W1:7379", &dead);
     vars.set("W1:7380", &dead);
-    let env = [("IC".to_string(), format!("1={dead}/{dead}"))].into_iter().collect();
+    vars.env("IC", &format!("1={dead}/{dead}"));
     // The restore presumes a backup exists (its command finds the newest).
     std::fs::write(vars.dir().join("backups/fenceflake-2024-06-01-0300.json"), "{}").expect("write a backup");
     let lines: Vec<DocLine> = all_lines().into_iter().filter(|l| l.class() == Some(Class::Run)).collect();
     for line in lines.iter().filter(|l| !l.text.starts_with("curl ")) {
         let command = vars.substitute(&line.text);
-        let (code, _, stderr) = sh(&command, vars.dir(), &env);
+        let (code, _, stderr) = sh(&command, vars.dir(), &vars.env_for(&command));
         assert_ne!(code, Some(2), "{}: `{}` does not parse:\n{stderr}", line.at(), line.text);
         assert!(code.is_some(), "{}: `{}` hung against a dead address", line.at(), line.text);
     }
@@ -199,7 +200,8 @@ fn leader(ran: &Ran) -> u64 {
 async fn lead(cluster: &Cluster, node: u64) {
     if cluster.wait_all_know_the_leader(WAIT).await != node {
         let registry = cluster.client_addrs().join(",");
-        let out = std::process::Command::new(fenceflake_bin())
+        let out = cluster
+            .fenceflake(Role::Operator)
             .args(["ctl", "--registry", &registry, "transfer-leader", "--to", &node.to_string()])
             .output()
             .expect("run ctl");
@@ -353,14 +355,16 @@ async fn backup_and_restore() {
     let acquire = pb::AcquireRequest { holder: "holder-a".into(), worker_id: Some(5), ttl_ms: 2000 };
     c.acquire(acquire).await.expect("acquire 5");
     let quarantine = pb::QuarantineRequest { worker_id: 9, reason: "suspected overlap".into() };
-    c.quarantine(quarantine).await.expect("quarantine 9");
+    old.operator(1).quarantine(quarantine).await.expect("quarantine 9");
     let mut vars = Vars::new();
     vars.cluster("H", &old);
     let mut rb = Runbook::new(procedure("backup_and_restore"), vars);
     let exported = rb.ok("snapshot export /backups/");
     assert!(exported.stdout.contains("exported 2 worker-ID records"), "{exported}");
+    let certs = old.certs.clone();
     drop(old); // Step 1: stop the old cluster for good.
-    let fresh = Cluster::start(3, &args).await; // Step 2: a fresh cluster.
+               // Step 2: a fresh cluster, with the old one's CA (one operator certificate for both).
+    let fresh = Cluster::start_with_certs(certs, 3, &args, &[]).await;
     rb.vars_mut().cluster("NEW", &fresh);
     let restored = rb.ok("snapshot import");
     assert!(restored.stdout.contains("token generation 1"), "{restored}");
@@ -381,7 +385,7 @@ async fn failure_modes() {
     vars.cluster("H", &cluster);
     let metrics = format!("127.0.0.1:{}", free_port());
     let worker_args = ["--worker-id", "42", "--metrics-addr", metrics.as_str()];
-    let worker = WorkerProcess::spawn(vars.dir(), "w42", &registry, &worker_args);
+    let worker = WorkerProcess::spawn(&cluster, "w42", &registry, &worker_args);
     vars.set("W1:7379", &worker.addr);
     vars.set("W1:7380", &metrics);
     worker.wait_serving(WAIT).await;
@@ -401,7 +405,7 @@ async fn workers_sections(rb: &mut Runbook, cluster: &Cluster) {
     assert!(lease.stdout.contains("HELD") && lease.stdout.contains("test-w42"), "{lease}");
     // The canary quarantines the ID and audits it; an operator quarantine does both too.
     let q = pb::QuarantineRequest { worker_id: 42, reason: "canary (test)".into() };
-    cluster.client(1).quarantine(q).await.expect("quarantine 42");
+    cluster.operator(1).quarantine(q).await.expect("quarantine 42");
     let audit = rb.ok("audit --json");
     let entries: serde_json::Value = serde_json::from_str(&audit.stdout).expect("audit --json is JSON");
     assert!(entries.as_array().is_some_and(|a| a.iter().any(|e| e["worker_id"] == 42)), "{audit}");

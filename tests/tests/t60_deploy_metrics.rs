@@ -182,12 +182,8 @@ async fn every_metric_the_deploy_files_name_is_exported() {
     let registry_text = scrape_eventually(&registry_metrics, "registry /metrics").await;
     eprintln!("phase: registry scraped before any lease; starting a worker");
     let worker_metrics = format!("127.0.0.1:{}", free_port());
-    let worker = WorkerProcess::spawn(
-        cluster.dir.path(),
-        "metrics",
-        &cluster.client_addrs(),
-        &["--metrics-addr", &worker_metrics],
-    );
+    let worker =
+        WorkerProcess::spawn(&cluster, "metrics", &cluster.client_addrs(), &["--metrics-addr", &worker_metrics]);
     let worker_text = scrape_eventually(&worker_metrics, "worker /metrics").await;
     worker.wait_serving(Duration::from_secs(15)).await;
 
