@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use fenceflake_proto::duration::parse_duration;
+use fenceflake_proto::tls::TlsArgs;
 use fenceflake_registry::clock::SystemClock;
 use fenceflake_registry::config::{parse_initial_cluster, InitialClusterState, NodeConfig, RaftTiming};
 use fenceflake_registry::lease::ClusterConfig;
@@ -129,6 +130,15 @@ pub struct RegistryArgs {
     /// Log entries between snapshots; the log is purged behind each one.
     #[arg(long, env = "FENCEFLAKE_SNAPSHOT_LOGS", default_value_t = 5000)]
     snapshot_logs: u64,
+    /// A separate listener for operator RPCs (quarantine, membership, snapshots, audit,
+    /// transfer-leader) besides the client port, so a NetworkPolicy can keep workers away.
+    #[arg(long, env = "FENCEFLAKE_ADMIN_ADDR")]
+    admin_addr: Option<SocketAddr>,
+    /// Serve operator RPCs on --admin-addr only: the client port refuses them.
+    #[arg(long, env = "FENCEFLAKE_ADMIN_ONLY", requires = "admin_addr")]
+    admin_only: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 impl RegistryArgs {
@@ -163,6 +173,7 @@ impl RegistryArgs {
             request_timeout: self.request_timeout,
             snapshot_logs: self.snapshot_logs,
             metrics_addr: self.metrics_addr,
+            admin_only: self.admin_only,
         })
     }
 }
@@ -174,18 +185,24 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpLis
 }
 
 pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
-    let (client_addr, peer_addr) = (args.client_addr, args.peer_addr);
+    let (client_addr, peer_addr, admin_addr) = (args.client_addr, args.peer_addr, args.admin_addr);
+    let security = args.tls.security()?;
+    security.announce("registry");
     let config = args.into_config()?;
     config.validate()?;
     let listeners = Listeners {
         client: bind(client_addr, "--client-addr").await?,
         peer: bind(peer_addr, "--peer-addr").await?,
+        admin: match admin_addr {
+            Some(addr) => Some(bind(addr, "--admin-addr").await?),
+            None => None,
+        },
         metrics: match config.metrics_addr {
             Some(addr) => Some(bind(addr, "--metrics-addr").await?),
             None => None,
         },
     };
-    server::run(config, listeners, Arc::new(SystemClock), shutdown_signal()).await?;
+    server::run(config, listeners, security, Arc::new(SystemClock), shutdown_signal()).await?;
     Ok(())
 }
 

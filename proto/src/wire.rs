@@ -45,6 +45,12 @@ pub enum Reason {
     HolderHoldsOther,
     /// Every worker ID is held or quarantined.
     Exhausted,
+    /// The lease belongs to another authenticated identity: only the identity it was granted
+    /// to may renew, release or re-acquire it (even with the right token).
+    NotOwner,
+    /// The caller's clock is too far from the registry's for its claim to be accepted; the
+    /// message carries the registry's time. Nothing was changed.
+    ClockSkew,
     /// A field of the request is malformed or out of range.
     Invalid,
     /// A restore was refused: the cluster has granted leases already.
@@ -70,13 +76,15 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for exhaustive tests and documentation.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Fenced,
         Reason::Expired,
         Reason::Quarantined,
         Reason::AlreadyHeld,
         Reason::HolderHoldsOther,
         Reason::Exhausted,
+        Reason::NotOwner,
+        Reason::ClockSkew,
         Reason::Invalid,
         Reason::NotEmpty,
         Reason::Membership,
@@ -98,6 +106,8 @@ impl Reason {
             Reason::AlreadyHeld => "ALREADY_HELD",
             Reason::HolderHoldsOther => "HOLDER_HOLDS_OTHER",
             Reason::Exhausted => "EXHAUSTED",
+            Reason::NotOwner => "NOT_OWNER",
+            Reason::ClockSkew => "CLOCK_SKEW",
             Reason::Invalid => "INVALID",
             Reason::NotEmpty => "NOT_EMPTY",
             Reason::Membership => "MEMBERSHIP",
@@ -120,7 +130,9 @@ impl Reason {
             | Reason::Quarantined
             | Reason::HolderHoldsOther
             | Reason::NotEmpty
+            | Reason::ClockSkew
             | Reason::Membership => Code::FailedPrecondition,
+            Reason::NotOwner => Code::PermissionDenied,
             Reason::AlreadyHeld => Code::AlreadyExists,
             Reason::Exhausted => Code::ResourceExhausted,
             Reason::Invalid => Code::InvalidArgument,

@@ -55,6 +55,10 @@ pub struct NodeConfig {
     /// Log entries between snapshots (the log is purged behind each snapshot).
     pub snapshot_logs: u64,
     pub metrics_addr: Option<SocketAddr>,
+    /// Operator RPCs only on the admin listener: the client port refuses them, so a
+    /// NetworkPolicy that lets workers reach the client port keeps them from membership,
+    /// snapshots and quarantine even with a stolen operator certificate in the wrong place.
+    pub admin_only: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

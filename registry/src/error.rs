@@ -108,7 +108,12 @@ impl Rejection {
             Rejection::Quarantined { .. } => Reason::Quarantined,
             Rejection::AlreadyHeld { .. } => Reason::AlreadyHeld,
             Rejection::HolderHoldsOther { .. } => Reason::HolderHoldsOther,
-            Rejection::OutOfRange { .. } | Rejection::BadTtl { .. } | Rejection::BadBackup { .. } => Reason::Invalid,
+            Rejection::OutOfRange { .. }
+            | Rejection::BadTtl { .. }
+            | Rejection::BadBackup { .. }
+            | Rejection::BeyondMintUntil { .. } => Reason::Invalid,
+            Rejection::NotOwner { .. } => Reason::NotOwner,
+            Rejection::ClockAhead { .. } => Reason::ClockSkew,
             Rejection::NotEmpty { .. } => Reason::NotEmpty,
             Rejection::NotConfigured => Reason::NotConfigured,
         }
@@ -143,6 +148,20 @@ impl fmt::Display for Rejection {
                 "this cluster has already granted leases (last token {last_token}); restore only into a freshly bootstrapped cluster"
             ),
             Rejection::BadBackup { why } => write!(f, "invalid backup: {why}"),
+            Rejection::NotOwner { owner } => write!(
+                f,
+                "the lease belongs to {owner}: only the identity it was granted to may renew, release or re-acquire it"
+            ),
+            Rejection::ClockAhead { wall_ms_at_send, registry_time_ms } => write!(
+                f,
+                "CLOCK_SKEW: wall_ms_at_send {wall_ms_at_send} is {} ms ahead of the registry's time {registry_time_ms} (more than {} ms); fix this host's clock (NTP). registry_time_ms={registry_time_ms}",
+                wall_ms_at_send - registry_time_ms,
+                crate::limits::CLAIM_AHEAD_MAX_MS
+            ),
+            Rejection::BeyondMintUntil { field, value, mint_until_ms } => write!(
+                f,
+                "{field} {value} is at or past the lease's mint_until {mint_until_ms}: no holder mints there; refused, nothing changed"
+            ),
             Rejection::NotConfigured => {
                 f.write_str("cluster not configured yet (no leader has committed the cluster config)")
             }
@@ -170,6 +189,9 @@ mod tests {
             Rejection::BadTtl { ttl_ms: 0, ttl_ms_max: 5 },
             Rejection::NotEmpty { last_token: Token(4) },
             Rejection::BadBackup { why: "x".into() },
+            Rejection::NotOwner { owner: "spiffe://td/fenceflake/worker/a".into() },
+            Rejection::ClockAhead { wall_ms_at_send: 90_000, registry_time_ms: 1 },
+            Rejection::BeyondMintUntil { field: "last_ts_ms".into(), value: 9, mint_until_ms: 9 },
         ];
         let mut errors: Vec<_> = rejections.into_iter().map(RegistryError::Rejected).collect();
         errors.extend([

@@ -137,7 +137,8 @@ mod tests {
         fn grant(&mut self, holder: &str, worker_id: u32) {
             let (planned, expect) = self.plan(holder, Some(worker_id)).unwrap();
             let holder = HolderId(holder.into());
-            let cmd = Command::Grant { worker_id: planned, holder, ttl_ms: TTL_MS, expect, specific: true };
+            let cmd =
+                Command::Grant { worker_id: planned, holder, ttl_ms: TTL_MS, expect, specific: true, owner: None };
             assert!(matches!(self.apply(cmd), Outcome::Granted(_)));
             self.renewals.note_renewal(planned, self.clock.mono());
         }

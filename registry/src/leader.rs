@@ -113,11 +113,11 @@ impl Leader {
     pub async fn execute(&self, proposal: Proposal) -> Result<Reply, RegistryError> {
         let confirmed_now = self.ensure_serving_leader().await?;
         match proposal {
-            Proposal::Acquire { holder, worker_id, ttl_ms } => {
-                let grant = self.acquire(holder, worker_id, ttl_ms).await?;
+            Proposal::Acquire { holder, worker_id, ttl_ms, owner } => {
+                let grant = self.acquire(Asking { holder, wanted: worker_id, ttl_ms, owner }).await?;
                 self.lease_reply(grant)
             }
-            Proposal::Renew(renew) => self.renew(renew).await,
+            Proposal::Renew(renew) => self.renew(&renew).await,
             Proposal::Release(release) => match self.proposer.propose(Command::Release(release)).await? {
                 Outcome::Released => Ok(Reply::Released),
                 other => Err(unexpected(other)),
@@ -218,8 +218,8 @@ impl Leader {
         }
     }
 
-    async fn renew(&self, renew: Renew) -> Result<Reply, RegistryError> {
-        match self.proposer.propose(Command::Renew(renew)).await? {
+    async fn renew(&self, renew: &Renew) -> Result<Reply, RegistryError> {
+        match self.proposer.propose(Command::Renew(renew.clone())).await? {
             Outcome::Renewed(grant) => self.lease_reply(grant),
             Outcome::CanaryHit { current } => {
                 tracing::error!(worker_id = renew.worker_id.0, token = renew.token.0, current_token = current.0, max_minted_ts_ms = renew.max_minted_ts_ms, "canary hit: two holders minted with one worker ID at overlapping times; ID quarantined, audit entry written");
@@ -373,20 +373,17 @@ impl Leader {
         }
     }
 
-    async fn acquire(
-        &self,
-        holder: HolderId,
-        wanted: Option<WorkerId>,
-        ttl_ms: u64,
-    ) -> Result<LeaseGrant, RegistryError> {
+    async fn acquire(&self, asking: Asking) -> Result<LeaseGrant, RegistryError> {
+        let Asking { holder, wanted, ttl_ms, owner } = asking;
         for _ in 0..ACQUIRE_ATTEMPTS_MAX {
             let (worker_id, expect) = self.plan_grant(&holder, wanted)?;
             let _reservation = self.reserve(worker_id);
+            let specific = wanted.is_some();
             let command =
-                Command::Grant { worker_id, holder: holder.clone(), ttl_ms, expect, specific: wanted.is_some() };
+                Command::Grant { worker_id, holder: holder.clone(), ttl_ms, expect, specific, owner: owner.clone() };
             match self.proposer.propose(command).await? {
                 Outcome::Granted(grant) => {
-                    tracing::info!(worker_id = grant.worker_id.0, token = grant.token.0, holder = %grant.holder, ttl_ms, not_before_ms = grant.not_before_ms, "lease granted");
+                    tracing::info!(worker_id = grant.worker_id.0, token = grant.token.0, holder = %grant.holder, owner = owner.as_deref().unwrap_or("-"), ttl_ms, not_before_ms = grant.not_before_ms, "lease granted");
                     return Ok(grant);
                 }
                 // Lost the compare-and-set to a concurrent grant or a late renewal: re-plan.
@@ -511,4 +508,12 @@ pub fn member_roles(raft: &Raft) -> BTreeMap<NodeId, (PeerNode, bool)> {
     let membership = m.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     membership.nodes().map(|(id, node)| (*id, (node.clone(), voters.contains(id)))).collect()
+}
+
+/// An Acquire as the leader runs it.
+struct Asking {
+    holder: HolderId,
+    wanted: Option<WorkerId>,
+    ttl_ms: u64,
+    owner: Option<String>,
 }

@@ -10,6 +10,15 @@ pub use fenceflake_proto::wire::WORKER_ID_BITS_MAX;
 /// Longest quarantine reason kept in the table and the audit log, in bytes.
 pub const REASON_LEN_MAX: usize = 512;
 
+/// Longest identity (a SPIFFE ID URI) recorded as a lease's owner: trust domain (255) plus
+/// the fixed path and a name of at most 64 bytes.
+pub const OWNER_LEN_MAX: usize = 400;
+
+/// How far ahead of the leader's clock a renewal's `wall_ms_at_send` may be before it is
+/// refused (`CLOCK_SKEW`) instead of moving the high-water mark: well above any skew a worker
+/// tolerates itself (500 ms by default), far below what would let a claim poison an ID.
+pub const CLAIM_AHEAD_MAX_MS: u64 = 30_000;
+
 /// Commands packed into one Raft entry by the proposer. One entry costs one fsync on each
 /// replica, so batching is what lets renewals scale; the bound keeps an entry small.
 pub const COMMANDS_PER_ENTRY_MAX: usize = 1024;

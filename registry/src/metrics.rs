@@ -17,6 +17,7 @@ pub mod names {
     pub const RELEASES: &str = "fenceflake_registry_releases_total";
     pub const FENCED_RENEWALS: &str = "fenceflake_registry_fenced_renewals_total";
     pub const CANARY_HITS: &str = "fenceflake_registry_canary_hits_total";
+    pub const REFUSED_CALLS: &str = "fenceflake_registry_refused_calls_total";
     pub const DUPLICATE_CLAIMS: &str = "fenceflake_registry_duplicate_claims_total";
     pub const EXHAUSTED: &str = "fenceflake_registry_acquire_exhausted_total";
     pub const NO_QUORUM: &str = "fenceflake_registry_no_quorum_rejections_total";
@@ -48,6 +49,7 @@ pub struct RegistryMetrics {
     pub releases: AtomicU64,
     pub fenced_renewals: AtomicU64,
     pub canary_hits: AtomicU64,
+    pub refused_calls: AtomicU64,
     pub duplicate_claims: AtomicU64,
     pub exhausted: AtomicU64,
     pub no_quorum: AtomicU64,
@@ -109,6 +111,11 @@ impl RegistryMetrics {
                 &self.duplicate_claims,
             ),
             (names::EXHAUSTED, "Acquires refused because no worker ID was free.", &self.exhausted),
+            (
+                names::REFUSED_CALLS,
+                "Calls refused UNAUTHENTICATED or PERMISSION_DENIED (no or wrong certificate, wrong role, another identity's lease).",
+                &self.refused_calls,
+            ),
             (names::NO_QUORUM, "Requests refused because the leader could not confirm a quorum.", &self.no_quorum),
         ];
         for (name, help, value) in counters {

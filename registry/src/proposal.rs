@@ -16,6 +16,9 @@ pub enum Proposal {
         holder: HolderId,
         worker_id: Option<WorkerId>,
         ttl_ms: u64,
+        /// The authenticated identity asking (`None` over plaintext); becomes the lease's owner.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
     /// Passed into the log as it is (`Command::Renew`).
     Renew(Renew),

@@ -2,6 +2,8 @@
 //! proposal came from, and the service's counters all use [`Rpc`], so an RPC added later
 //! cannot be dropped silently by the metrics (the match below must name it).
 
+use fenceflake_proto::tls::Role;
+
 /// One RPC of the public `Registry` service, or `NoteServed` (a node's own announcement that
 /// it has served, proposed through the same path).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,6 +69,33 @@ impl Rpc {
         }
     }
 
+    /// Who may call it: the one authorization table of the registry's public RPCs (docs/security.md).
+    /// `NoteServed` is internal (a node's own proposal over the peer port): nobody calls it.
+    pub fn roles(self) -> &'static [Role] {
+        match self {
+            Rpc::Acquire | Rpc::Renew | Rpc::Release => &[Role::Worker],
+            Rpc::GetLease | Rpc::ListLeases | Rpc::ClusterStatus => {
+                &[Role::Worker, Role::Operator, Role::Reader, Role::Node]
+            }
+            Rpc::Quarantine
+            | Rpc::Unquarantine
+            | Rpc::ListAudit
+            | Rpc::AddLearner
+            | Rpc::PromoteMember
+            | Rpc::RemoveMember
+            | Rpc::ExportSnapshot
+            | Rpc::ImportSnapshot
+            | Rpc::TransferLeader => &[Role::Operator],
+            Rpc::NoteServed => &[],
+        }
+    }
+
+    /// Whether only operators may call it (served on the admin listener too, and switched off
+    /// on the client port by `--admin-only`).
+    pub fn is_operator_only(self) -> bool {
+        self.roles() == [Role::Operator]
+    }
+
     /// Position in [`Rpc::ALL`], for per-RPC arrays.
     pub fn index(self) -> usize {
         self as usize
@@ -76,6 +105,26 @@ impl Rpc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Goal: clients (ID consumers) can call nothing on the registry, workers only their
+    /// lease RPCs and reads, and every RPC that changes cluster state is operator-only.
+    #[test]
+    fn the_authorization_table_keeps_roles_apart() {
+        for rpc in Rpc::ALL {
+            assert!(!rpc.roles().contains(&Role::Client), "{rpc:?}");
+            let writes_leases = matches!(rpc, Rpc::Acquire | Rpc::Renew | Rpc::Release);
+            assert_eq!(
+                rpc.roles().contains(&Role::Worker),
+                writes_leases || !rpc.is_operator_only() && rpc != Rpc::NoteServed,
+                "{rpc:?}"
+            );
+            assert_eq!(
+                rpc.roles().contains(&Role::Reader),
+                matches!(rpc, Rpc::GetLease | Rpc::ListLeases | Rpc::ClusterStatus),
+                "{rpc:?}"
+            );
+        }
+    }
 
     /// Goal: `ALL` is complete and in order, and every public name is a method of the
     /// `fenceflake.v1.Registry` service as compiled (a rename in the proto fails here).

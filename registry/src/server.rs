@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use fenceflake_proto::serving::Stopped;
+use fenceflake_proto::tls::{self, Security};
 use fenceflake_proto::v1::raft_transport_server::RaftTransportServer;
 use fenceflake_proto::v1::registry_server::RegistryServer;
 use openraft::error::{InitializeError, RaftError};
@@ -27,7 +28,7 @@ use crate::raft::network::{NetworkFactory, PeerClients};
 use crate::raft::types::{NodeId, PeerNode, Raft};
 use crate::served;
 use crate::service::peer::PeerService;
-use crate::service::registry::RegistryService;
+use crate::service::registry::{Listener, RegistryService};
 use crate::storage::{self, DataDirIdentity, OpenError};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,10 @@ pub enum ServerError {
     Serve { port: &'static str, source: tonic::transport::Error },
     #[error("reflection service: {0}")]
     Reflection(String),
+    #[error("this node's certificate is {identity}, but a registry node needs spiffe://<domain>/fenceflake/node/{node_id} (issue one with `fenceflake certs issue --role node --name {node_id}`)")]
+    WrongIdentity { identity: String, node_id: u64 },
+    #[error("--admin-only needs --admin-addr: operator RPCs would be served nowhere")]
+    AdminOnlyWithoutAdmin,
 }
 
 /// The sockets a node serves on, bound by the caller (tests bind port 0).
@@ -53,22 +58,40 @@ pub enum ServerError {
 pub struct Listeners {
     pub client: TcpListener,
     pub peer: TcpListener,
+    /// The admin listener (`--admin-addr`): the Registry service again, for operators.
+    pub admin: Option<TcpListener>,
     pub metrics: Option<TcpListener>,
 }
 
-/// One serving port's task.
-type ServeTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+/// One serving port's task, with the port's name.
+type ServeTask = (&'static str, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>);
+
+/// A registry node's certificate must be a `node` certificate naming its own id: peers check
+/// the sender id of every peer call against it.
+fn check_identity(security: &Security, node_id: u64) -> Result<(), ServerError> {
+    match security.identity() {
+        Some(identity) if identity.node_id() != Some(node_id) => {
+            Err(ServerError::WrongIdentity { identity: identity.uri(), node_id })
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Run a registry node until `shutdown` resolves or Raft stops with a fatal error.
 pub async fn run(
     config: NodeConfig,
     listeners: Listeners,
+    security: Security,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    check_identity(&security, config.node_id)?;
+    if config.admin_only && listeners.admin.is_none() {
+        return Err(ServerError::AdminOnlyWithoutAdmin);
+    }
     let tracker = ExpiryTracker::new(clock.clone());
-    let node = start_node(&config, clock, tracker.clone()).await?;
+    let node = start_node(&config, clock, tracker.clone(), security.clone()).await?;
     let raft = node.raft.clone();
     let (stop, stopped) = fenceflake_proto::serving::stop_signal();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -76,7 +99,10 @@ pub async fn run(
         .register_encoded_file_descriptor_set(fenceflake_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
-    let (client_task, peer_task) = serve_ports(&node, listeners, health_service, reflection, &stopped);
+    let services =
+        Services { health: health_service, reflection, security: security.clone(), admin_only: config.admin_only };
+    let tasks = serve_ports(&node, listeners, services, &stopped);
+    security.follow_files(stopped.clone().wait());
     tokio::spawn(watch_leadership(node.clone(), health_reporter, tracker));
     bootstrap(&config, &raft).await?;
     if config.initial_cluster_state == InitialClusterState::New {
@@ -99,7 +125,7 @@ pub async fn run(
     tracing::info!(node_id = config.node_id, "registry node stopping");
     stop.stop();
     let _ = raft.shutdown().await;
-    for (port, task) in [("client", client_task), ("peer", peer_task)] {
+    for (port, task) in tasks {
         if let Ok(Err(source)) = task.await {
             return Err(ServerError::Serve { port, source });
         }
@@ -112,10 +138,11 @@ async fn start_node(
     config: &NodeConfig,
     clock: Arc<dyn Clock>,
     tracker: ExpiryTracker,
+    security: Security,
 ) -> Result<RegistryNode, ServerError> {
     let raft_config = Arc::new(config.raft_config()?);
     let identity = DataDirIdentity { node_id: config.node_id, cluster_id: config.cluster_id.clone() };
-    let peers = PeerClients::new(config.cluster_id.clone(), config.node_id, clock.clone());
+    let peers = PeerClients::new(config.cluster_id.clone(), config.node_id, clock.clone(), security);
     if served::is_empty_data_dir(&config.data_dir) {
         if let Some(peer_id) = served::peer_remembering(config, &peers).await {
             return Err(ServerError::LostDisk { node_id: config.node_id, peer_id, data_dir: config.data_dir.clone() });
@@ -159,28 +186,39 @@ async fn start_node(
     })
 }
 
-/// Serve the client port (Registry, health, reflection), the peer port and, if asked, metrics,
-/// until `stopped` fires. Returns the two port tasks, whose errors the caller reports.
-fn serve_ports(
+/// What the client and admin ports serve beside the Registry service.
+struct Services<H, R> {
+    health: HealthServer<H>,
+    reflection: ServerReflectionServer<R>,
+    security: Security,
+    admin_only: bool,
+}
+
+/// Serve the client port (Registry, health, reflection), the peer port, the admin port (the
+/// Registry service again) and, if asked, metrics, until `stopped` fires. Returns the port
+/// tasks, whose errors the caller reports.
+fn serve_ports<H: Health, R: ServerReflection>(
     node: &RegistryNode,
     listeners: Listeners,
-    health_service: HealthServer<impl Health>,
-    reflection: ServerReflectionServer<impl ServerReflection>,
+    services: Services<H, R>,
     stopped: &Stopped,
-) -> (ServeTask, ServeTask) {
+) -> Vec<ServeTask> {
+    let Services { health, reflection, security, admin_only } = services;
+    // Room for a backup on import and export; every other message is far smaller.
+    let registry = |listener| {
+        RegistryServer::new(RegistryService::new(node.clone(), listener))
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+    };
     let client_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(health_service)
+        .add_service(health.clone())
         .add_service(reflection)
-        .add_service(
-            // Room for a backup on import and export; every other message is far smaller.
-            RegistryServer::new(RegistryService::new(node.clone()))
-                .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
-        )
-        .serve_with_incoming_shutdown(fenceflake_proto::serving::nodelay(listeners.client), stopped.clone().wait());
+        .add_service(registry(Listener::Client { admin_only }))
+        .serve_with_incoming_shutdown(
+            tls::incoming(listeners.client, security.clone(), "client"),
+            stopped.clone().wait(),
+        );
     let peer_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_millis(500)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(1)))
         .add_service(
@@ -188,18 +226,28 @@ fn serve_ports(
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
         )
-        .serve_with_incoming_shutdown(fenceflake_proto::serving::nodelay(listeners.peer), stopped.clone().wait());
-    let client_task = tokio::spawn(client_server);
-    let peer_task = tokio::spawn(peer_server);
+        .serve_with_incoming_shutdown(tls::incoming(listeners.peer, security.clone(), "peer"), stopped.clone().wait());
+    let mut tasks = vec![("client", tokio::spawn(client_server)), ("peer", tokio::spawn(peer_server))];
+    if let Some(listener) = listeners.admin {
+        let admin_server = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(registry(Listener::Admin))
+            .serve_with_incoming_shutdown(tls::incoming(listener, security.clone(), "admin"), stopped.clone().wait());
+        tasks.push(("admin", tokio::spawn(admin_server)));
+    }
     if let Some(listener) = listeners.metrics {
         let scraped = node.clone();
         let render = move || {
-            let node = scraped.clone();
-            async move { node.metrics.render(&node.gauges().await) }
+            let (node, security) = (scraped.clone(), security.clone());
+            async move {
+                let mut text = node.metrics.render(&node.gauges().await);
+                security.render_metrics(&mut text, "fenceflake_registry");
+                text
+            }
         };
         tokio::spawn(fenceflake_proto::metrics::serve_http(listener, render, stopped.clone().wait()));
     }
-    (client_task, peer_task)
+    tasks
 }
 
 /// Initialize a new cluster on its lowest-numbered node, exactly once.

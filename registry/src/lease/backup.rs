@@ -77,6 +77,8 @@ mod tests {
             not_before_ms: 0,
             max_minted_ms: 0,
             quarantine: None,
+            owner: None,
+            past_owners: Vec::new(),
         };
         TableBackup {
             config: ClusterConfig { epoch_ms: 1, worker_id_bits: 4, ttl_ms_max: 1000, cool_down_ms: 10 },

@@ -10,7 +10,7 @@ use super::record::{ClusterConfig, GrantExpectation};
 /// A holder extends its lease `(worker_id, token)`. Passed unchanged from the client's
 /// request through the proposal into the log (the structs keep the serialized form of the
 /// earlier struct variants, so logs written before stay readable).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Renew {
     pub worker_id: WorkerId,
     pub token: Token,
@@ -18,14 +18,20 @@ pub struct Renew {
     pub wall_ms_at_send: u64,
     /// The largest timestamp the holder minted so far (0: none).
     pub max_minted_ts_ms: u64,
+    /// The authenticated identity that sent it (`None` over plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
 }
 
 /// A holder gives its lease back; `last_ts_ms` is the exact last timestamp minted under it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
     pub worker_id: WorkerId,
     pub token: Token,
     pub last_ts_ms: u64,
+    /// The authenticated identity that sent it (`None` over plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
 }
 
 /// An operator quarantines a worker ID, saying why.
@@ -55,6 +61,9 @@ pub enum Command {
         expect: GrantExpectation,
         /// Whether the caller asked for this specific ID (for the error it gets on a conflict).
         specific: bool,
+        /// The authenticated identity asking (`None` over plaintext): the lease's owner.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
     /// Extend the lease `(worker_id, token)`.
     Renew(Renew),
@@ -132,6 +141,14 @@ pub enum Rejection {
     NotEmpty { last_token: Token },
     /// A backup that fails `TableBackup::check`.
     BadBackup { why: String },
+    /// The lease belongs to another authenticated identity (right token or not).
+    NotOwner { owner: String },
+    /// A renewal claims a send time this far ahead of the leader's clock: the holder's clock
+    /// (or the claim) is off, and the high-water mark must not follow it.
+    ClockAhead { wall_ms_at_send: u64, registry_time_ms: u64 },
+    /// A claimed minted timestamp at or past the lease's own `mint_until`: no honest holder
+    /// mints there, so it may not move the high-water mark.
+    BeyondMintUntil { field: String, value: u64, mint_until_ms: u64 },
 }
 
 /// The outcome of one applied command.
@@ -177,11 +194,12 @@ mod tests {
                     token: Token(8192),
                     wall_ms_at_send: 5,
                     max_minted_ts_ms: 4,
+                    caller: None,
                 }),
             ),
             (
                 r#"{"Release":{"worker_id":3,"token":8192,"last_ts_ms":7}}"#,
-                Command::Release(Release { worker_id: WorkerId(3), token: Token(8192), last_ts_ms: 7 }),
+                Command::Release(Release { worker_id: WorkerId(3), token: Token(8192), last_ts_ms: 7, caller: None }),
             ),
             (
                 r#"{"Quarantine":{"worker_id":1,"reason":"x"}}"#,

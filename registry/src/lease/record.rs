@@ -57,6 +57,24 @@ pub struct LeaseRecord {
     pub max_minted_ms: u64,
     /// Set by an operator or a canary hit; blocks grants and renewals.
     pub quarantine: Option<String>,
+    /// The authenticated identity (SPIFFE ID) the current token was granted to; only it may
+    /// renew or release. `None`: granted over plaintext, or before identities existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The identities earlier tokens of this ID were granted to, newest last (at most
+    /// [`PAST_OWNERS_MAX`]): a stale renewal trips the canary only from its own token's owner.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past_owners: Vec<PastOwner>,
+}
+
+/// How many earlier (token, owner) pairs a record keeps for the canary.
+pub const PAST_OWNERS_MAX: usize = 4;
+
+/// The identity an earlier token was granted to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PastOwner {
+    pub token: Token,
+    pub owner: String,
 }
 
 impl LeaseRecord {
@@ -70,7 +88,26 @@ impl LeaseRecord {
             not_before_ms: 0,
             max_minted_ms: 0,
             quarantine: None,
+            owner: None,
+            past_owners: Vec::new(),
         }
+    }
+
+    /// Whether `caller` may act on the current token: the owner itself, or anyone when either
+    /// side has no identity (a plaintext cluster, or a lease granted before identities).
+    pub fn owned_by(&self, caller: Option<&str>) -> bool {
+        match (&self.owner, caller) {
+            (Some(owner), Some(caller)) => owner == caller,
+            _ => true,
+        }
+    }
+
+    /// Whether `caller` is the one `token` (an earlier token of this ID) was granted to, as far
+    /// as the record remembers; unknown owners count as a match, so the canary errs on the
+    /// side of quarantine.
+    pub fn granted_earlier_to(&self, token: Token, caller: Option<&str>) -> bool {
+        let Some(caller) = caller else { return true };
+        self.past_owners.iter().find(|p| p.token == token).is_none_or(|p| p.owner == caller)
     }
 
     /// What the leader must still see to grant this ID (the CAS compare).

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::backup::TableBackup;
 use super::command::{Command, LeaseGrant, Outcome, Quarantine, Rejection, Release, Renew, Unquarantine};
 use super::ids::{HolderId, LogPos, Token, WorkerId};
-use super::record::{AuditEntry, AuditKind, ClusterConfig, GrantExpectation, LeaseRecord, TableGlobals};
-use crate::limits::{AUDIT_ENTRIES_MAX, REASON_LEN_MAX};
+use super::record::{
+    AuditEntry, AuditKind, ClusterConfig, GrantExpectation, LeaseRecord, PastOwner, TableGlobals, PAST_OWNERS_MAX,
+};
+use crate::limits::{AUDIT_ENTRIES_MAX, CLAIM_AHEAD_MAX_MS, REASON_LEN_MAX};
 
 /// The replicated lease table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,11 +129,13 @@ impl LeaseTable {
                 let applied = self.config.get_or_insert_with(|| config.clone());
                 Outcome::Configured(applied.clone())
             }
-            Command::Grant { worker_id, holder, ttl_ms, expect, specific } => {
-                self.grant(pos, leader_wall_ms, *worker_id, holder, *ttl_ms, *expect, *specific)
+            Command::Grant { worker_id, holder, ttl_ms, expect, specific, owner } => {
+                let ask =
+                    GrantAsk { holder, ttl_ms: *ttl_ms, expect: *expect, specific: *specific, owner: owner.as_deref() };
+                self.grant(pos, leader_wall_ms, *worker_id, ask)
             }
-            Command::Renew(renew) => self.renew(pos, leader_wall_ms, *renew),
-            Command::Release(release) => self.release(*release),
+            Command::Renew(renew) => self.renew(pos, leader_wall_ms, renew),
+            Command::Release(release) => self.release(release),
             Command::Quarantine(Quarantine { worker_id, reason }) => {
                 self.set_quarantine(leader_wall_ms, *worker_id, Some(reason))
             }
@@ -156,17 +160,8 @@ impl LeaseTable {
         Ok(config)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn grant(
-        &mut self,
-        pos: LogPos,
-        leader_wall_ms: u64,
-        worker_id: WorkerId,
-        holder: &HolderId,
-        ttl_ms: u64,
-        expect: GrantExpectation,
-        specific: bool,
-    ) -> Outcome {
+    fn grant(&mut self, pos: LogPos, leader_wall_ms: u64, worker_id: WorkerId, ask: GrantAsk<'_>) -> Outcome {
+        let GrantAsk { holder, ttl_ms, expect, specific, owner } = ask;
         let config = match self.check_range(worker_id) {
             Ok(config) => config,
             Err(rejection) => return Outcome::Rejected(rejection),
@@ -181,6 +176,10 @@ impl LeaseTable {
                 return Outcome::Rejected(Rejection::HolderHoldsOther { worker_id: held });
             }
             let record = self.records.get_mut(&held).expect("holders index points at a record");
+            // A holder ID copied to a process with another identity does not get the lease.
+            if !record.owned_by(owner) {
+                return Outcome::Rejected(Rejection::NotOwner { owner: record.owner.clone().unwrap_or_default() });
+            }
             if let Some(reason) = &record.quarantine {
                 return Outcome::Rejected(Rejection::Quarantined { reason: reason.clone() });
             }
@@ -206,6 +205,13 @@ impl LeaseTable {
         if let Some(previous) = record.holder.replace(holder.clone()) {
             self.holders.remove(&previous);
         }
+        if let Some(previous) = record.owner.take() {
+            record.past_owners.push(PastOwner { token: record.token, owner: previous });
+            if record.past_owners.len() > PAST_OWNERS_MAX {
+                record.past_owners.remove(0);
+            }
+        }
+        record.owner = owner.map(str::to_string);
         record.token = token;
         record.ttl_ms = ttl_ms;
         record.last_renew = pos;
@@ -216,8 +222,8 @@ impl LeaseTable {
         Outcome::Granted(grant_view(worker_id, record))
     }
 
-    fn renew(&mut self, pos: LogPos, leader_wall_ms: u64, renew: Renew) -> Outcome {
-        let Renew { worker_id, token, wall_ms_at_send, max_minted_ts_ms } = renew;
+    fn renew(&mut self, pos: LogPos, leader_wall_ms: u64, renew: &Renew) -> Outcome {
+        let Renew { worker_id, token, wall_ms_at_send, max_minted_ts_ms, ref caller } = *renew;
         if let Err(rejection) = self.check_range(worker_id) {
             return Outcome::Rejected(rejection);
         }
@@ -229,7 +235,10 @@ impl LeaseTable {
             // Two processes have minted with this worker ID at overlapping times.
             // The embargo holder of a restore mints nothing: a lost cluster's holder renewing
             // against it is only stale, not overlapping.
+            // Only the identity the stale token was granted to proves anything with it: a
+            // stranger replaying a token it read somewhere is just fenced.
             let overlap = token < record.token
+                && record.granted_earlier_to(token, caller.as_deref())
                 && record.holder.as_ref().is_some_and(|h| !h.is_reserved())
                 && max_minted_ts_ms > 0
                 && max_minted_ts_ms >= record.not_before_ms;
@@ -256,8 +265,14 @@ impl LeaseTable {
         if let Some(reason) = &record.quarantine {
             return Outcome::Rejected(Rejection::Quarantined { reason: reason.clone() });
         }
+        if !record.owned_by(caller.as_deref()) {
+            return Outcome::Rejected(Rejection::NotOwner { owner: record.owner.clone().unwrap_or_default() });
+        }
         if record.holder.is_none() {
             return Outcome::Rejected(Rejection::Expired);
+        }
+        if let Err(rejection) = claim_bounds(record, leader_wall_ms, wall_ms_at_send, max_minted_ts_ms) {
+            return Outcome::Rejected(rejection);
         }
         record.last_renew = pos;
         record.max_minted_ms = record.max_minted_ms.max(max_minted_ts_ms);
@@ -268,8 +283,8 @@ impl LeaseTable {
         Outcome::Renewed(grant_view(worker_id, record))
     }
 
-    fn release(&mut self, release: Release) -> Outcome {
-        let Release { worker_id, token, last_ts_ms } = release;
+    fn release(&mut self, release: &Release) -> Outcome {
+        let Release { worker_id, token, last_ts_ms, ref caller } = *release;
         if let Err(rejection) = self.check_range(worker_id) {
             return Outcome::Rejected(rejection);
         }
@@ -278,6 +293,18 @@ impl LeaseTable {
         };
         if token != record.token {
             return Outcome::Rejected(Rejection::Fenced { current: record.token });
+        }
+        if !record.owned_by(caller.as_deref()) {
+            return Outcome::Rejected(Rejection::NotOwner { owner: record.owner.clone().unwrap_or_default() });
+        }
+        // A holder never mints at or past its mint_until: a larger claim is a lie or a bug,
+        // and would push the next holder's not_before out of reach.
+        if record.holder.is_some() && last_ts_ms >= record.high_water_ms {
+            return Outcome::Rejected(Rejection::BeyondMintUntil {
+                field: "last_ts_ms".into(),
+                value: last_ts_ms,
+                mint_until_ms: record.high_water_ms,
+            });
         }
         // Releasing twice (a retried Release) is answered like the first.
         if let Some(holder) = record.holder.take() {
@@ -348,6 +375,8 @@ impl LeaseTable {
                 not_before_ms: 0,
                 max_minted_ms: 0,
                 quarantine: old.and_then(|r| r.quarantine.clone()),
+                owner: None,
+                past_owners: Vec::new(),
             };
             self.records.insert(worker_id, record);
         }
@@ -385,6 +414,38 @@ impl LeaseTable {
         }
         assert_eq!(held, self.holders.len(), "holder index has stale entries");
     }
+}
+
+/// What a grant asks for, beside the worker ID.
+struct GrantAsk<'a> {
+    holder: &'a HolderId,
+    ttl_ms: u64,
+    expect: GrantExpectation,
+    specific: bool,
+    owner: Option<&'a str>,
+}
+
+/// Bounded claims: a renewal may move the high-water mark only as far as an honest holder
+/// could need — its send time no more than [`CLAIM_AHEAD_MAX_MS`] ahead of the leader's
+/// stamp, and its minted timestamps below the `mint_until` it was given. Anything beyond is
+/// refused and changes nothing (so no claim can poison an ID for its next holders).
+fn claim_bounds(
+    record: &LeaseRecord,
+    leader_wall_ms: u64,
+    wall_ms_at_send: u64,
+    max_minted_ts_ms: u64,
+) -> Result<(), Rejection> {
+    if wall_ms_at_send > leader_wall_ms.saturating_add(CLAIM_AHEAD_MAX_MS) {
+        return Err(Rejection::ClockAhead { wall_ms_at_send, registry_time_ms: leader_wall_ms });
+    }
+    if max_minted_ts_ms >= record.high_water_ms {
+        return Err(Rejection::BeyondMintUntil {
+            field: "max_minted_ts_ms".into(),
+            value: max_minted_ts_ms,
+            mint_until_ms: record.high_water_ms,
+        });
+    }
+    Ok(())
 }
 
 fn grant_view(worker_id: WorkerId, record: &LeaseRecord) -> LeaseGrant {

@@ -22,12 +22,19 @@ fn grant(t: &mut LeaseTable, idx: u64, w: u32, holder: &str) -> Outcome {
         ttl_ms: 10_000,
         expect,
         specific: true,
+        owner: None,
     };
     t.apply(LogPos::new(idx, 0), WALL, &cmd)
 }
 
 fn renew(t: &mut LeaseTable, idx: u64, w: u32, token: Token, wall: u64, minted: u64) -> Outcome {
-    let cmd = Command::Renew(Renew { worker_id: WorkerId(w), token, wall_ms_at_send: wall, max_minted_ts_ms: minted });
+    let cmd = Command::Renew(Renew {
+        worker_id: WorkerId(w),
+        token,
+        wall_ms_at_send: wall,
+        max_minted_ts_ms: minted,
+        caller: None,
+    });
     t.apply(LogPos::new(idx, 0), WALL, &cmd)
 }
 
@@ -39,7 +46,11 @@ fn granted(o: Outcome) -> LeaseGrant {
 }
 
 fn release(t: &mut LeaseTable, idx: u64, w: u32, token: Token, last_ts_ms: u64) -> Outcome {
-    t.apply(LogPos::new(idx, 0), WALL, &Command::Release(Release { worker_id: WorkerId(w), token, last_ts_ms }))
+    t.apply(
+        LogPos::new(idx, 0),
+        WALL,
+        &Command::Release(Release { worker_id: WorkerId(w), token, last_ts_ms, caller: None }),
+    )
 }
 
 #[test]
@@ -78,6 +89,7 @@ fn grant_compares_the_last_renewal_not_only_the_token() {
         ttl_ms: 10_000,
         expect: seen,
         specific: false,
+        owner: None,
     };
     let outcome = t.apply(LogPos::new(4, 0), WALL, &cmd);
     assert!(matches!(outcome, Outcome::Rejected(Rejection::AlreadyHeld { .. })), "{outcome:?}");
@@ -96,6 +108,7 @@ fn a_retried_acquire_returns_the_lease_already_held() {
         ttl_ms: 10_000,
         expect,
         specific: false,
+        owner: None,
     };
     let again = granted(t.apply(LogPos::new(3, 0), WALL, &cmd));
     assert_eq!(again.worker_id, WorkerId(0));
@@ -104,8 +117,14 @@ fn a_retried_acquire_returns_the_lease_already_held() {
     // The re-acquire counts as a renewal, so the leader's expiry clock restarts.
     assert_eq!(t.record(WorkerId(0)).unwrap().last_renew, LogPos::new(3, 0));
     // Asking for a different specific ID while holding one is refused.
-    let cmd =
-        Command::Grant { worker_id: WorkerId(1), holder: HolderId("a".into()), ttl_ms: 10_000, expect, specific: true };
+    let cmd = Command::Grant {
+        worker_id: WorkerId(1),
+        holder: HolderId("a".into()),
+        ttl_ms: 10_000,
+        expect,
+        specific: true,
+        owner: None,
+    };
     assert_eq!(
         t.apply(LogPos::new(4, 0), WALL, &cmd),
         Outcome::Rejected(Rejection::HolderHoldsOther { worker_id: WorkerId(0) })
@@ -189,8 +208,14 @@ fn bad_inputs_are_rejected_not_applied() {
     assert_eq!(grant(&mut t, 2, 4, "a"), Outcome::Rejected(Rejection::OutOfRange { worker_id: WorkerId(4), count: 4 }));
     let expect = GrantExpectation { token: Token::NONE, last_renew: LogPos::default() };
     for ttl_ms in [0, 60_001] {
-        let cmd =
-            Command::Grant { worker_id: WorkerId(0), holder: HolderId("a".into()), ttl_ms, expect, specific: true };
+        let cmd = Command::Grant {
+            worker_id: WorkerId(0),
+            holder: HolderId("a".into()),
+            ttl_ms,
+            expect,
+            specific: true,
+            owner: None,
+        };
         assert_eq!(
             t.apply(LogPos::new(3, 0), WALL, &cmd),
             Outcome::Rejected(Rejection::BadTtl { ttl_ms, ttl_ms_max: 60_000 })
@@ -228,7 +253,18 @@ fn reindex_restores_the_holder_index_after_a_round_trip() {
 fn restore_embargoes_every_id_under_a_new_token_generation() {
     let mut old = configured();
     let a = granted(grant(&mut old, 2, 0, "a"));
-    granted(renew(&mut old, 3, 0, a.token, WALL, WALL + 70_000));
+    // Renewed a minute later (its mint_until moves to WALL + 75 s), reporting a mint 70 s in.
+    let later = |wall_ms_at_send, max_minted_ts_ms| {
+        Command::Renew(Renew {
+            worker_id: WorkerId(0),
+            token: a.token,
+            wall_ms_at_send,
+            max_minted_ts_ms,
+            caller: None,
+        })
+    };
+    granted(old.apply(LogPos::new(3, 0), WALL + 65_000, &later(WALL + 65_000, 0)));
+    granted(old.apply(LogPos::new(3, 1), WALL + 70_000, &later(WALL + 70_000, WALL + 70_000)));
     old.apply(
         LogPos::new(4, 0),
         WALL,
@@ -252,7 +288,8 @@ fn restore_embargoes_every_id_under_a_new_token_generation() {
         assert_eq!(record.ttl_ms, 60_000);
         assert!(record.high_water_ms >= embargo_until_ms);
     }
-    assert_eq!(fresh.record(WorkerId(0)).unwrap().high_water_ms, WALL + 70_001, "minted timestamps are covered");
+    // The lost holder's mint_until (its last renewal at WALL + 70 s, plus the TTL) covers its mints.
+    assert_eq!(fresh.record(WorkerId(0)).unwrap().high_water_ms, WALL + 80_000, "minted timestamps are covered");
     assert_eq!(fresh.record(WorkerId(3)).unwrap().quarantine.as_deref(), Some("by hand"));
     assert_eq!(fresh.audit().count(), 1);
     assert_eq!(fresh.free_ids().count(), 0, "nothing is free during the embargo");
@@ -265,7 +302,7 @@ fn restore_embargoes_every_id_under_a_new_token_generation() {
     // a grant carries the new generation and waits past the high-water mark.
     let g = granted(grant(&mut fresh, 4, 0, "new"));
     assert!(g.token > lost_token && g.token.position() == LogPos::new(4, 0));
-    assert_eq!(g.not_before_ms, WALL + 70_001);
+    assert_eq!(g.not_before_ms, WALL + 80_000);
 
     let again = fresh.apply(LogPos::new(5, 0), WALL, &Command::Restore(Box::new(backup.clone())));
     assert!(matches!(again, Outcome::Rejected(Rejection::NotEmpty { .. })), "{again:?}");
@@ -326,4 +363,93 @@ fn a_re_acquire_starts_past_what_the_holder_reported_minting() {
     assert_eq!((again.worker_id, again.token), (first.worker_id, first.token));
     assert_eq!(again.not_before_ms, minted + 1);
     assert!(again.mint_until_ms > again.not_before_ms, "{again:?}");
+}
+
+const ALICE: &str = "spiffe://td/fenceflake/worker/alice";
+const MALLORY: &str = "spiffe://td/fenceflake/worker/mallory";
+
+fn grant_as(t: &mut LeaseTable, idx: u64, w: u32, holder: &str, owner: &str) -> Outcome {
+    let expect = t
+        .record(WorkerId(w))
+        .map_or(GrantExpectation { token: Token::NONE, last_renew: LogPos::default() }, LeaseRecord::expectation);
+    let cmd = Command::Grant {
+        worker_id: WorkerId(w),
+        holder: HolderId(holder.into()),
+        ttl_ms: 10_000,
+        expect,
+        specific: true,
+        owner: Some(owner.into()),
+    };
+    t.apply(LogPos::new(idx, 0), WALL, &cmd)
+}
+
+fn renew_as(t: &mut LeaseTable, idx: u64, token: Token, minted: u64, caller: &str) -> Outcome {
+    let renew = Renew {
+        worker_id: WorkerId(0),
+        token,
+        wall_ms_at_send: WALL,
+        max_minted_ts_ms: minted,
+        caller: Some(caller.into()),
+    };
+    t.apply(LogPos::new(idx, 0), WALL, &Command::Renew(renew))
+}
+
+fn release_as(t: &mut LeaseTable, idx: u64, token: Token, last_ts_ms: u64, caller: &str) -> Outcome {
+    let release = Release { worker_id: WorkerId(0), token, last_ts_ms, caller: Some(caller.into()) };
+    t.apply(LogPos::new(idx, 0), WALL, &Command::Release(release))
+}
+
+/// Goal (trust boundary): the right token from the wrong identity changes nothing — no
+/// renewal, no release (which would free the ID and lower its high-water mark), no re-acquire
+/// of the holder's lease by a copy of its holder ID.
+#[test]
+fn a_lease_answers_only_to_the_identity_it_was_granted_to() {
+    let mut t = configured();
+    let lease = granted(grant_as(&mut t, 2, 0, "a", ALICE));
+    let before = t.record(WorkerId(0)).unwrap().clone();
+    let refused = |o: &Outcome| matches!(o, Outcome::Rejected(Rejection::NotOwner { owner }) if owner == ALICE);
+    assert!(refused(&renew_as(&mut t, 3, lease.token, 0, MALLORY)));
+    assert!(refused(&release_as(&mut t, 4, lease.token, 0, MALLORY)));
+    assert!(refused(&grant_as(&mut t, 5, 0, "a", MALLORY)));
+    assert_eq!(t.record(WorkerId(0)).unwrap(), &before, "nothing changed");
+    assert!(matches!(renew_as(&mut t, 6, lease.token, 0, ALICE), Outcome::Renewed(_)));
+    assert!(matches!(release_as(&mut t, 7, lease.token, WALL, ALICE), Outcome::Released));
+}
+
+/// Goal: a stale token trips the canary only from the identity it was granted to; from
+/// anyone else it is just FENCED (a stranger cannot quarantine someone else's ID).
+#[test]
+fn the_canary_believes_a_stale_token_only_from_its_own_owner() {
+    let mut t = configured();
+    let old = granted(grant_as(&mut t, 2, 0, "a", ALICE));
+    release_as(&mut t, 3, old.token, WALL, ALICE);
+    let new = granted(grant_as(&mut t, 4, 0, "b", MALLORY));
+    let forged = renew_as(&mut t, 5, old.token, new.not_before_ms + 5, MALLORY);
+    assert!(matches!(forged, Outcome::Rejected(Rejection::Fenced { .. })), "{forged:?}");
+    assert!(t.record(WorkerId(0)).unwrap().quarantine.is_none());
+    let proven = renew_as(&mut t, 6, old.token, new.not_before_ms + 5, ALICE);
+    assert!(matches!(proven, Outcome::CanaryHit { .. }), "{proven:?}");
+}
+
+/// Goal (bounded claims): no claim moves a high-water mark past what an honest holder could
+/// need — a send time far ahead of the leader's clock is CLOCK_SKEW, a minted timestamp or
+/// last timestamp at or past the lease's mint_until is refused — and nothing overflows.
+#[test]
+fn claims_beyond_the_registrys_time_or_the_lease_change_nothing() {
+    let mut t = configured();
+    let lease = granted(grant(&mut t, 2, 0, "a"));
+    let before = t.record(WorkerId(0)).unwrap().clone();
+    let ahead = renew(&mut t, 3, 0, lease.token, WALL + CLAIM_AHEAD_MAX_MS + 1, 0);
+    assert!(matches!(ahead, Outcome::Rejected(Rejection::ClockAhead { registry_time_ms: WALL, .. })), "{ahead:?}");
+    for minted in [lease.mint_until_ms, u64::MAX] {
+        let o = renew(&mut t, 4, 0, lease.token, WALL, minted);
+        assert!(matches!(o, Outcome::Rejected(Rejection::BeyondMintUntil { .. })), "{o:?}");
+    }
+    assert!(matches!(renew(&mut t, 5, 0, lease.token, u64::MAX, 0), Outcome::Rejected(Rejection::ClockAhead { .. })));
+    let o = release(&mut t, 6, 0, lease.token, u64::MAX);
+    assert!(matches!(o, Outcome::Rejected(Rejection::BeyondMintUntil { .. })), "{o:?}");
+    assert_eq!(t.record(WorkerId(0)).unwrap(), &before, "nothing changed");
+    // Inside the bounds the honest path works as before.
+    let renewed = granted(renew(&mut t, 7, 0, lease.token, WALL + 1_000, lease.mint_until_ms - 1));
+    assert_eq!(renewed.mint_until_ms, WALL + 1_000 + 10_000);
 }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use fenceflake_proto::tls::{self, Role, Security};
 use fenceflake_proto::v1::raft_transport_client::RaftTransportClient;
 use fenceflake_proto::v1::RaftPayload;
 use openraft::error::{
@@ -73,17 +74,20 @@ pub struct PeerClients {
     cluster_id: String,
     my_id: NodeId,
     clock: Arc<dyn Clock>,
+    /// Mutual TLS to peers (servers must present a `node` certificate), or plaintext.
+    security: Security,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     answered_at: Arc<Mutex<HashMap<NodeId, MonoTime>>>,
     warned_at: Arc<Mutex<HashMap<NodeId, MonoTime>>>,
 }
 
 impl PeerClients {
-    pub fn new(cluster_id: String, my_id: NodeId, clock: Arc<dyn Clock>) -> PeerClients {
+    pub fn new(cluster_id: String, my_id: NodeId, clock: Arc<dyn Clock>, security: Security) -> PeerClients {
         PeerClients {
             cluster_id,
             my_id,
             clock,
+            security,
             channels: Arc::default(),
             answered_at: Arc::default(),
             warned_at: Arc::default(),
@@ -102,14 +106,14 @@ impl PeerClients {
             return Ok(channel.clone());
         }
         let bad = |why: String| PeerCallError::BadAddress { addr: addr.to_string(), why };
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = Endpoint::from_shared(tls::endpoint_url(addr))
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let channel = tls::connect_lazy(endpoint, &self.security, &[Role::Node]);
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }

@@ -1,12 +1,14 @@
 //! The internal `RaftTransport` service on the peer port: Raft RPCs into openraft, and
 //! proposals forwarded by followers. Payloads for another cluster or node are refused.
 
+use fenceflake_proto::tls::{self, Role};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::RaftPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use crate::metrics::inc;
 use crate::node::RegistryNode;
 use crate::proposal::Proposal;
 
@@ -20,8 +22,23 @@ impl PeerService {
         PeerService { node }
     }
 
-    /// Check the envelope and decode the body.
-    fn open<T: DeserializeOwned>(&self, payload: &RaftPayload) -> Result<T, Status> {
+    /// Check the caller and the envelope, and decode the body. Only registry nodes may call
+    /// the peer port, and a node speaks only for itself: the sender id in the envelope must be
+    /// the node id its certificate names (a stolen worker or operator certificate cannot vote,
+    /// replicate, forward or hold elections; a node cannot pose as another).
+    fn open<T: DeserializeOwned>(&self, request: &Request<RaftPayload>, rpc: &str) -> Result<T, Status> {
+        let caller =
+            tls::authorize(request, rpc, &[Role::Node]).inspect_err(|_| inc(&self.node.metrics.refused_calls))?;
+        let payload = request.get_ref();
+        if let Some(identity) = caller.identity() {
+            if identity.node_id() != Some(payload.sender_node_id) {
+                inc(&self.node.metrics.refused_calls);
+                return Err(Status::permission_denied(format!(
+                    "{rpc}: the envelope says node {}, the certificate is {identity}",
+                    payload.sender_node_id
+                )));
+            }
+        }
         if payload.cluster_id != self.node.cluster_id {
             return Err(Status::failed_precondition(format!(
                 "cluster id mismatch: this node is in {:?}, the sender (node {}) in {:?}",
@@ -52,33 +69,33 @@ impl PeerService {
 #[tonic::async_trait]
 impl pb::raft_transport_server::RaftTransport for PeerService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = self.open(request.get_ref())?;
+        let rpc = self.open(&request, "AppendEntries")?;
         self.seal(&self.node.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = self.open(request.get_ref())?;
+        let rpc = self.open(&request, "Vote")?;
         self.seal(&self.node.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = self.open(request.get_ref())?;
+        let rpc = self.open(&request, "InstallSnapshot")?;
         self.seal(&self.node.raft.install_snapshot(rpc).await)
     }
 
     async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let proposal: Proposal = self.open(request.get_ref())?;
+        let proposal: Proposal = self.open(&request, "Forward")?;
         self.seal(&self.node.execute_forwarded(proposal).await)
     }
 
     async fn node_history(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let node_id: u64 = self.open(request.get_ref())?;
+        let node_id: u64 = self.open(&request, "NodeHistory")?;
         let served = self.node.state.read().table.has_served(node_id);
         self.seal(&served)
     }
 
     async fn hold_elections(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let hold_ms: u64 = self.open(request.get_ref())?;
+        let hold_ms: u64 = self.open(&request, "HoldElections")?;
         tracing::info!(
             leader = request.get_ref().sender_node_id,
             hold_ms,

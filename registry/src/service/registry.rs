@@ -1,6 +1,7 @@
 //! The public `fenceflake.v1.Registry` gRPC service on the client port: validates every field,
 //! hands the proposal to the node (which forwards to the leader), and maps the answer.
 
+use fenceflake_proto::tls::{self, Caller, Role};
 use fenceflake_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -14,14 +15,40 @@ use crate::proposal::{LeaseReply, LeaseView, Proposal, Reply};
 use crate::raft::types::PeerNode;
 use crate::rpc::Rpc;
 
+/// Which listener a `RegistryService` answers on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The client port every worker reaches; operator RPCs too unless `admin_only`.
+    Client { admin_only: bool },
+    /// The admin port (`--admin-addr`): the same service, for operators behind a NetworkPolicy.
+    Admin,
+}
+
 #[derive(Debug, Clone)]
 pub struct RegistryService {
     node: RegistryNode,
+    listener: Listener,
 }
 
 impl RegistryService {
-    pub fn new(node: RegistryNode) -> RegistryService {
-        RegistryService { node }
+    pub fn new(node: RegistryNode, listener: Listener) -> RegistryService {
+        RegistryService { node, listener }
+    }
+
+    /// The caller of `request` if it may call `rpc` here (the table is [`Rpc::roles`]).
+    fn authorize<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<Caller, Status> {
+        if rpc.is_operator_only() && self.listener == (Listener::Client { admin_only: true }) {
+            return Err(Status::permission_denied(format!(
+                "{} is served on this node's admin port only (--admin-only): call the --admin-addr listener",
+                rpc.name()
+            )));
+        }
+        let result = tls::authorize(request, rpc.name(), rpc.roles());
+        if let Err(status) = &result {
+            inc(&self.node.metrics.refused_calls);
+            tracing::debug!(rpc = rpc.name(), code = ?status.code(), why = status.message(), "call refused");
+        }
+        result
     }
 
     fn config(&self) -> Option<ClusterConfig> {
@@ -53,6 +80,7 @@ impl RegistryService {
                 inc(&m.duplicate_claims)
             }
             (_, Err(RegistryError::Exhausted { .. })) => inc(&m.exhausted),
+            (_, Err(RegistryError::Rejected(Rejection::NotOwner { .. }))) => inc(&m.refused_calls),
             (_, Err(RegistryError::NoQuorum { .. } | RegistryError::NoLeader { .. })) => inc(&m.no_quorum),
             _ => {}
         }
@@ -105,6 +133,25 @@ fn lease_pb(reply: &LeaseReply) -> pb::Lease {
         epoch_ms: reply.config.epoch_ms,
         worker_id_bits: u32::from(reply.config.worker_id_bits),
     }
+}
+
+/// Whether `caller` may see the token of the lease in `view`: its owner and operators (and
+/// anyone when the cluster runs plaintext, or for a lease granted before identities).
+fn shows_token(caller: &Caller, view: &LeaseView) -> bool {
+    match caller.identity() {
+        None => true,
+        Some(identity) if identity.role == Role::Operator => true,
+        Some(identity) => view.record.as_ref().is_some_and(|r| r.owner.as_deref() == Some(identity.uri().as_str())),
+    }
+}
+
+/// The lease as `caller` may see it: without its token unless [`shows_token`].
+fn lease_info_for(caller: &Caller, view: &LeaseView) -> pb::LeaseInfo {
+    let mut info = lease_info_pb(view);
+    if !shows_token(caller, view) {
+        info.token = 0;
+    }
+    info
 }
 
 pub fn lease_info_pb(view: &LeaseView) -> pb::LeaseInfo {
@@ -179,15 +226,17 @@ pub fn status_pb(status: &StatusView, config: Option<ClusterConfig>, cluster_id:
 #[tonic::async_trait]
 impl pb::registry_server::Registry for RegistryService {
     async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::Lease>, Status> {
+        let owner = self.authorize(&request, Rpc::Acquire)?.identity().map(|i| i.uri());
         let r = request.into_inner();
         let config = self.config();
         let holder = validate::holder(&r.holder).map_err(invalid)?;
         let worker_id = r.worker_id.map(|w| validate::worker_id(w, config.as_ref())).transpose().map_err(invalid)?;
         let ttl_ms = validate::ttl_ms(r.ttl_ms, config.as_ref()).map_err(invalid)?;
-        self.lease(Proposal::Acquire { holder, worker_id, ttl_ms }).await
+        self.lease(Proposal::Acquire { holder, worker_id, ttl_ms, owner }).await
     }
 
     async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::Lease>, Status> {
+        let caller = self.authorize(&request, Rpc::Renew)?.identity().map(|i| i.uri());
         let r = request.into_inner();
         let config = self.config();
         let worker_id = validate::worker_id(r.worker_id, config.as_ref()).map_err(invalid)?;
@@ -197,6 +246,7 @@ impl pb::registry_server::Registry for RegistryService {
             token,
             wall_ms_at_send: r.wall_ms_at_send,
             max_minted_ts_ms: r.max_minted_ts_ms,
+            caller,
         });
         let result = self.lease(proposal).await;
         if let Err(status) = &result {
@@ -208,11 +258,12 @@ impl pb::registry_server::Registry for RegistryService {
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let caller = self.authorize(&request, Rpc::Release)?.identity().map(|i| i.uri());
         let r = request.into_inner();
         let config = self.config();
         let worker_id = validate::worker_id(r.worker_id, config.as_ref()).map_err(invalid)?;
         let token = validate::token(r.token).map_err(invalid)?;
-        match self.run(Proposal::Release(Release { worker_id, token, last_ts_ms: r.last_ts_ms })).await? {
+        match self.run(Proposal::Release(Release { worker_id, token, last_ts_ms: r.last_ts_ms, caller })).await? {
             Reply::Released => {
                 tracing::info!(worker_id = worker_id.0, token = token.0, last_ts_ms = r.last_ts_ms, "lease released");
                 Ok(Response::new(pb::ReleaseResponse {}))
@@ -222,28 +273,31 @@ impl pb::registry_server::Registry for RegistryService {
     }
 
     async fn get_lease(&self, request: Request<pb::GetLeaseRequest>) -> Result<Response<pb::LeaseInfo>, Status> {
+        let caller = self.authorize(&request, Rpc::GetLease)?;
         let worker_id = validate::worker_id(request.into_inner().worker_id, self.config().as_ref()).map_err(invalid)?;
         let view = self.lease_info(Proposal::GetLease { worker_id }).await?;
-        Ok(Response::new(lease_info_pb(&view)))
+        Ok(Response::new(lease_info_for(&caller, &view)))
     }
 
     async fn list_leases(
         &self,
         request: Request<pb::ListLeasesRequest>,
     ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        let caller = self.authorize(&request, Rpc::ListLeases)?;
         let include_free = request.into_inner().include_free;
         match self.run(Proposal::ListLeases { include_free }).await? {
-            Reply::Leases(views) => {
-                Ok(Response::new(pb::ListLeasesResponse { leases: views.iter().map(lease_info_pb).collect() }))
-            }
+            Reply::Leases(views) => Ok(Response::new(pb::ListLeasesResponse {
+                leases: views.iter().map(|v| lease_info_for(&caller, v)).collect(),
+            })),
             other => Err(wrong_reply(&other)),
         }
     }
 
     async fn cluster_status(
         &self,
-        _request: Request<pb::ClusterStatusRequest>,
+        request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        self.authorize(&request, Rpc::ClusterStatus)?;
         let started = self.node.clock.mono();
         let status = self.node.status().await;
         self.node.metrics.observe(Rpc::ClusterStatus, self.node.clock.mono().since(started), false);
@@ -254,11 +308,12 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::QuarantineRequest>,
     ) -> Result<Response<pb::QuarantineResponse>, Status> {
+        let caller = self.authorize(&request, Rpc::Quarantine)?;
         let r = request.into_inner();
         let worker_id = validate::worker_id(r.worker_id, self.config().as_ref()).map_err(invalid)?;
         let reason = validate::reason(&r.reason).map_err(invalid)?;
         let view = self.lease_info(Proposal::Quarantine(Quarantine { worker_id, reason: reason.clone() })).await?;
-        tracing::warn!(worker_id = worker_id.0, reason, "worker ID quarantined by an operator");
+        tracing::warn!(worker_id = worker_id.0, reason, operator = %caller.describe(), "worker ID quarantined by an operator");
         Ok(Response::new(pb::QuarantineResponse { lease: Some(lease_info_pb(&view)) }))
     }
 
@@ -266,16 +321,18 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::UnquarantineRequest>,
     ) -> Result<Response<pb::QuarantineResponse>, Status> {
+        let caller = self.authorize(&request, Rpc::Unquarantine)?;
         let worker_id = validate::worker_id(request.into_inner().worker_id, self.config().as_ref()).map_err(invalid)?;
         let view = self.lease_info(Proposal::Unquarantine(Unquarantine { worker_id })).await?;
-        tracing::warn!(worker_id = worker_id.0, "worker ID unquarantined by an operator");
+        tracing::warn!(worker_id = worker_id.0, operator = %caller.describe(), "worker ID unquarantined by an operator");
         Ok(Response::new(pb::QuarantineResponse { lease: Some(lease_info_pb(&view)) }))
     }
 
     async fn list_audit(
         &self,
-        _request: Request<pb::ListAuditRequest>,
+        request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        self.authorize(&request, Rpc::ListAudit)?;
         match self.run(Proposal::ListAudit).await? {
             Reply::Audit(entries) => {
                 Ok(Response::new(pb::ListAuditResponse { entries: entries.iter().map(audit_pb).collect() }))
@@ -286,8 +343,9 @@ impl pb::registry_server::Registry for RegistryService {
 
     async fn export_snapshot(
         &self,
-        _request: Request<pb::ExportSnapshotRequest>,
+        request: Request<pb::ExportSnapshotRequest>,
     ) -> Result<Response<pb::ExportSnapshotResponse>, Status> {
+        self.authorize(&request, Rpc::ExportSnapshot)?;
         match self.run(Proposal::ExportSnapshot).await? {
             Reply::Backup { backup, applied_index, wall_ms } => {
                 let provenance =
@@ -310,6 +368,7 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::ImportSnapshotRequest>,
     ) -> Result<Response<pb::ImportSnapshotResponse>, Status> {
+        let caller = self.authorize(&request, Rpc::ImportSnapshot)?;
         let data = request.into_inner().data;
         let (table, provenance) =
             backup::decode(&data).map_err(|e| invalid(RegistryError::invalid("data", e.to_string())))?;
@@ -317,6 +376,7 @@ impl pb::registry_server::Registry for RegistryService {
             from_cluster = provenance.cluster_id,
             from_applied_index = provenance.applied_index,
             exported_at_ms = provenance.exported_at_ms,
+            operator = %caller.describe(),
             "restoring a backup"
         );
         match self.run(Proposal::ImportSnapshot { backup: Box::new(table) }).await? {
@@ -336,6 +396,8 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let caller = self.authorize(&request, Rpc::AddLearner)?;
+        tracing::info!(rpc = "AddLearner", operator = %caller.describe(), "membership or leadership change requested");
         let r = request.into_inner();
         let node_id = validate::node_id(r.node_id).map_err(invalid)?;
         let peer_addr = validate::address("peer_addr", &r.peer_addr, true).map_err(invalid)?;
@@ -348,6 +410,8 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::PromoteMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let caller = self.authorize(&request, Rpc::PromoteMember)?;
+        tracing::info!(rpc = "PromoteMember", operator = %caller.describe(), "membership or leadership change requested");
         let node_id = validate::node_id(request.into_inner().node_id).map_err(invalid)?;
         tracing::info!(node_id, "promoting learner to voter");
         self.membership(Proposal::PromoteMember { node_id }).await
@@ -357,6 +421,8 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let caller = self.authorize(&request, Rpc::RemoveMember)?;
+        tracing::info!(rpc = "RemoveMember", operator = %caller.describe(), "membership or leadership change requested");
         let node_id = validate::node_id(request.into_inner().node_id).map_err(invalid)?;
         tracing::info!(node_id, "removing member");
         self.membership(Proposal::RemoveMember { node_id }).await
@@ -366,6 +432,8 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let caller = self.authorize(&request, Rpc::TransferLeader)?;
+        tracing::info!(rpc = "TransferLeader", operator = %caller.describe(), "membership or leadership change requested");
         let to = request.into_inner().to_node_id.map(validate::node_id).transpose().map_err(invalid)?;
         tracing::warn!(to = ?to, "leadership transfer requested");
         match self.run(Proposal::TransferLeader { to }).await? {

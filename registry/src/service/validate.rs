@@ -1,9 +1,11 @@
 //! Field validation for every public RPC: a bad value gets `INVALID_ARGUMENT` naming the
 //! field and the value, before anything reaches Raft.
 
+use fenceflake_proto::tls::PeerIdentity;
+
 use crate::error::RegistryError;
 use crate::lease::{ClusterConfig, HolderId, Token, WorkerId};
-use crate::limits::{HOLDER_LEN_MAX, REASON_LEN_MAX};
+use crate::limits::{HOLDER_LEN_MAX, OWNER_LEN_MAX, REASON_LEN_MAX};
 use crate::proposal::Proposal;
 use crate::raft::types::NodeId;
 
@@ -104,6 +106,16 @@ pub fn address(field: &str, value: &str, required: bool) -> Result<String, Regis
     Ok(value.to_string())
 }
 
+/// An identity carried in a proposal (set by the node that authenticated the caller): a
+/// Fenceflake SPIFFE ID of bounded length.
+fn owner(field: &str, value: Option<&str>) -> Result<(), RegistryError> {
+    let Some(value) = value else { return Ok(()) };
+    if value.len() > OWNER_LEN_MAX {
+        return Err(RegistryError::invalid(field, format!("{} bytes, above {OWNER_LEN_MAX}", value.len())));
+    }
+    value.parse::<PeerIdentity>().map(drop).map_err(|why| RegistryError::invalid(field, why))
+}
+
 /// Every field of a proposal, checked exactly as the client port checks the request it is
 /// made from. Every proposal passes here before it is executed, whether it came from this
 /// node's client port or was forwarded over the peer port (where a follower of another
@@ -111,13 +123,16 @@ pub fn address(field: &str, value: &str, required: bool) -> Result<String, Regis
 pub fn proposal(p: &Proposal, config: Option<&ClusterConfig>) -> Result<(), RegistryError> {
     let id = |w: WorkerId| worker_id(w.0, config).map(drop);
     match p {
-        Proposal::Acquire { holder: h, worker_id: w, ttl_ms: t } => {
+        Proposal::Acquire { holder: h, worker_id: w, ttl_ms: t, owner: o } => {
             holder(&h.0)?;
             w.map(id).transpose()?;
+            owner("owner", o.as_deref())?;
             ttl_ms(*t, config).map(drop)
         }
-        Proposal::Renew(r) => id(r.worker_id).and(token(r.token.0).map(drop)),
-        Proposal::Release(r) => id(r.worker_id).and(token(r.token.0).map(drop)),
+        Proposal::Renew(r) => id(r.worker_id).and(token(r.token.0).map(drop)).and(owner("caller", r.caller.as_deref())),
+        Proposal::Release(r) => {
+            id(r.worker_id).and(token(r.token.0).map(drop)).and(owner("caller", r.caller.as_deref()))
+        }
         Proposal::Quarantine(q) => id(q.worker_id).and(reason(&q.reason).map(drop)),
         Proposal::Unquarantine(u) => id(u.worker_id),
         Proposal::GetLease { worker_id: w } => id(*w),
@@ -175,9 +190,17 @@ mod tests {
         use crate::lease::{Quarantine, Renew};
         let c = config();
         let bad = [
-            (Proposal::Acquire { holder: HolderId("fenceflake:x".into()), worker_id: None, ttl_ms: 1 }, "holder"),
             (
-                Proposal::Acquire { holder: HolderId("a".into()), worker_id: Some(WorkerId(4096)), ttl_ms: 1 },
+                Proposal::Acquire { holder: HolderId("fenceflake:x".into()), worker_id: None, ttl_ms: 1, owner: None },
+                "holder",
+            ),
+            (
+                Proposal::Acquire {
+                    holder: HolderId("a".into()),
+                    worker_id: Some(WorkerId(4096)),
+                    ttl_ms: 1,
+                    owner: None,
+                },
                 "worker_id",
             ),
             (Proposal::Quarantine(Quarantine { worker_id: WorkerId(1), reason: "é".repeat(REASON_LEN_MAX) }), "reason"),
@@ -187,16 +210,31 @@ mod tests {
                     token: Token(0),
                     wall_ms_at_send: 0,
                     max_minted_ts_ms: 0,
+                    caller: None,
                 }),
                 "token",
+            ),
+            (
+                Proposal::Acquire {
+                    holder: HolderId("a".into()),
+                    worker_id: None,
+                    ttl_ms: 1,
+                    owner: Some("spiffe://td/fenceflake/worker/a/../b".into()),
+                },
+                "owner",
             ),
             (Proposal::TransferLeader { to: Some(0) }, "node_id"),
         ];
         for (p, field) in bad {
             assert_eq!(field_of(proposal(&p, Some(&c)).unwrap_err()), field, "{p:?}");
         }
-        let ok =
-            Proposal::Renew(Renew { worker_id: WorkerId(1), token: Token(9), wall_ms_at_send: 0, max_minted_ts_ms: 0 });
+        let ok = Proposal::Renew(Renew {
+            worker_id: WorkerId(1),
+            token: Token(9),
+            wall_ms_at_send: 0,
+            max_minted_ts_ms: 0,
+            caller: None,
+        });
         assert!(proposal(&ok, Some(&c)).is_ok());
     }
 }
