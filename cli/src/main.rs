@@ -1,5 +1,6 @@
 //! The `fenceflake` binary: one CLI for every part of the product.
 
+mod certs;
 mod ctl;
 mod decode_cmd;
 mod dev_cmd;
@@ -41,12 +42,14 @@ enum Command {
     Mint(mint_cmd::MintArgs),
     /// Decode IDs into timestamp, worker ID and sequence.
     Decode(decode_cmd::DecodeArgs),
+    /// Make a CA and issue certificates for mutual TLS.
+    Certs(certs::CertsArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_filter = match &cli.command {
-        Command::Ctl(_) | Command::Mint(_) | Command::Decode(_) => "warn",
+        Command::Ctl(_) | Command::Mint(_) | Command::Decode(_) | Command::Certs(_) => "warn",
         // openraft logs every refused connection while the embedded nodes start and stop.
         Command::Dev(_) => "warn,openraft=off,fenceflake_registry=error",
         _ => "info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn",
@@ -68,6 +71,7 @@ fn main() -> std::process::ExitCode {
             Command::Dev(args) => dev_cmd::run(args).await.map(|()| 0),
             Command::Mint(args) => mint_cmd::run(args).await.map(|()| 0),
             Command::Decode(args) => decode_cmd::run(args).map(|()| 0),
+            Command::Certs(args) => certs::run(args).map(|()| 0),
         }
     });
     match result {
