@@ -171,3 +171,30 @@ fn flags_must_be_complete_and_unambiguous() {
     assert!(matches!(Security::from_flags(None, None, None, true), Ok(Security::Insecure)));
     assert!(matches!(Security::from_flags(p(), p(), p(), false), Err(tls::TlsError::Read { .. })));
 }
+
+/// Goal (moving a running cluster to TLS): a `--tls-transitional` server lets plaintext
+/// callers in unchecked beside TLS ones, and a transitional client speaks plaintext to a
+/// server not moved yet; without the switch both are refused.
+#[tokio::test]
+async fn transitional_mode_bridges_plaintext_and_tls_both_ways() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca = ca("td");
+    let server_state = TlsState::load(issue(dir.path(), &ca, "worker", "w1", "server")).expect("load");
+    server_state.set_transitional(true);
+    let server = serve(Security::Tls(server_state)).await;
+    assert_eq!(
+        status(&server, &Security::Insecure, &[Role::Worker]).await.expect("plaintext let in"),
+        "unchecked (--insecure)"
+    );
+    let client = tls(issue(dir.path(), &ca, "client", "svc", "client"));
+    assert_eq!(
+        status(&server, &client, &[Role::Worker]).await.expect("TLS checked"),
+        "spiffe://td/fenceflake/client/svc"
+    );
+
+    let plaintext_server = serve(Security::Insecure).await;
+    assert!(status(&plaintext_server, &client, &[Role::Worker]).await.is_err(), "no fallback without the switch");
+    let Security::Tls(state) = &client else { unreachable!() };
+    state.set_transitional(true);
+    assert_eq!(status(&plaintext_server, &client, &[Role::Worker]).await.expect("fallback"), "unchecked (--insecure)");
+}

@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
 use super::identity::PeerIdentity;
+use super::io::MaybeTls;
 use super::material::identity_of;
 use super::Security;
 
@@ -53,13 +54,8 @@ pub struct ConnInfo {
 
 /// An accepted connection, in plaintext or TLS.
 pub struct Conn {
-    io: ConnIo,
+    io: MaybeTls<TlsStream<TcpStream>>,
     info: ConnInfo,
-}
-
-enum ConnIo {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Connected for Conn {
@@ -72,33 +68,21 @@ impl Connected for Conn {
 
 impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match &mut self.io {
-            ConnIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Conn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match &mut self.io {
-            ConnIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.io {
-            ConnIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.io {
-            ConnIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -106,17 +90,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.io {
-            ConnIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.io {
-            ConnIo::Plain(s) => s.is_write_vectored(),
-            ConnIo::Tls(s) => s.is_write_vectored(),
-        }
+        self.io.is_write_vectored()
     }
 }
 
@@ -177,10 +155,13 @@ async fn handshake(tcp: TcpStream, remote: SocketAddr, security: &Security) -> i
             return Ok(None);
         }
         Security::Insecure => {
-            return Ok(Some(Conn { io: ConnIo::Plain(tcp), info: ConnInfo { remote_addr, peer: Peer::Unchecked } }))
+            return Ok(Some(Conn { io: MaybeTls::Plain(tcp), info: ConnInfo { remote_addr, peer: Peer::Unchecked } }))
         }
-        Security::Tls(_) if !speaks_tls => {
-            return Ok(Some(Conn { io: ConnIo::Plain(tcp), info: ConnInfo { remote_addr, peer: Peer::Plaintext } }))
+        Security::Tls(state) if !speaks_tls => {
+            // During a move from plaintext (`--tls-transitional`) a plaintext caller is let in
+            // unchecked, as before the move; otherwise it only learns that TLS is required.
+            let peer = if state.transitional() { Peer::Unchecked } else { Peer::Plaintext };
+            return Ok(Some(Conn { io: MaybeTls::Plain(tcp), info: ConnInfo { remote_addr, peer } }));
         }
         Security::Tls(state) => state,
     };
@@ -190,5 +171,5 @@ async fn handshake(tcp: TcpStream, remote: SocketAddr, security: &Security) -> i
         // Unreachable with a verifier that requires client certificates; refused regardless.
         None => Peer::Unrecognized("no client certificate".into()),
     };
-    Ok(Some(Conn { io: ConnIo::Tls(Box::new(tls)), info: ConnInfo { remote_addr, peer } }))
+    Ok(Some(Conn { io: MaybeTls::Tls(Box::new(tls)), info: ConnInfo { remote_addr, peer } }))
 }

@@ -12,6 +12,7 @@ use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::identity::Role;
+use super::io::MaybeTls;
 use super::material::identity_of;
 use super::Security;
 
@@ -43,40 +44,50 @@ pub async fn connect(
     }
 }
 
-type Connecting = std::pin::Pin<
-    Box<dyn std::future::Future<Output = io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>> + Send>,
->;
+type ClientIo = TokioIo<MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>>;
+type Connecting = std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<ClientIo>> + Send>>;
 
 fn connector(
     security: Security,
     expect: &'static [Role],
-) -> impl tower::Service<
-    Uri,
-    Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
-    Error = io::Error,
-    Future = Connecting,
-> + Clone {
+) -> impl tower::Service<Uri, Response = ClientIo, Error = io::Error, Future = Connecting> + Clone {
     tower::service_fn(move |uri: Uri| -> Connecting {
         let security = security.clone();
         Box::pin(async move { connect_tls(&uri, &security, expect).await.map(TokioIo::new) })
     })
 }
 
+async fn tcp(host: &str, port: u16) -> io::Result<TcpStream> {
+    let tcp = TcpStream::connect((host, port)).await?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
 async fn connect_tls(
     uri: &Uri,
     security: &Security,
     expect: &'static [Role],
-) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+) -> io::Result<MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>> {
     let Security::Tls(state) = security else { unreachable!("the TLS connector is only built for TLS") };
     let host = uri.host().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: no host")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(80);
-    let tcp = TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port)).await?;
-    let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
+    let name = ServerName::try_from(host.to_string())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
-    let tls = TlsConnector::from(state.client_config()).connect(name, tcp).await.map_err(|error| {
-        io::Error::new(error.kind(), format!("TLS handshake with {host}:{port} failed: {error}{}", hint(&error)))
-    })?;
+    let tls = match TlsConnector::from(state.client_config()).connect(name, tcp(host, port).await?).await {
+        Ok(tls) => tls,
+        // During a move from plaintext, a server not yet moved is spoken to as before.
+        Err(error) if state.transitional() && looks_plaintext(&error) => {
+            tracing::info!(server = %format!("{host}:{port}"), "--tls-transitional: the server speaks plaintext; connecting without TLS");
+            return Ok(MaybeTls::Plain(tcp(host, port).await?));
+        }
+        Err(error) => {
+            return Err(io::Error::new(
+                error.kind(),
+                format!("TLS handshake with {host}:{port} failed: {error}{}", hint(&error)),
+            ))
+        }
+    };
     let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).ok_or_else(|| {
         io::Error::new(io::ErrorKind::PermissionDenied, format!("{host}:{port} presented no certificate"))
     })?;
@@ -89,16 +100,22 @@ async fn connect_tls(
             format!("{host}:{port} presented {identity}, but a {} was expected there", wanted.join(" or ")),
         ));
     }
-    Ok(tls)
+    Ok(MaybeTls::Tls(Box::new(tls)))
+}
+
+/// Whether a failed handshake looks like a plaintext server: it hung up on the ClientHello,
+/// or answered with something that is not TLS.
+fn looks_plaintext(error: &io::Error) -> bool {
+    let text = error.to_string();
+    matches!(error.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset)
+        || text.contains("InvalidContentType")
+        || text.contains("corrupt message")
 }
 
 /// What a handshake error most likely means, for the operator reading it.
 fn hint(error: &io::Error) -> &'static str {
     let text = error.to_string();
-    if matches!(error.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset)
-        || text.contains("InvalidContentType")
-        || text.contains("corrupt message")
-    {
+    if looks_plaintext(error) {
         " (is the server plaintext, started with --insecure?)"
     } else if text.contains("UnknownIssuer") || text.contains("UnknownCA") {
         " (the server and this client trust different CAs: check --tls-ca on both)"

@@ -16,6 +16,7 @@ mod authz;
 mod connect;
 mod der;
 mod identity;
+mod io;
 mod material;
 mod state;
 
@@ -50,6 +51,8 @@ pub enum TlsError {
     Conflict(&'static str),
     #[error("incomplete TLS flags: {0} is missing (the CA, certificate and key go together)")]
     Incomplete(&'static str),
+    #[error("--tls-transitional needs the TLS flags (it accepts plaintext besides TLS, during a move to TLS)")]
+    TransitionalWithoutTls,
 }
 
 /// How a process talks: mutual TLS with its live configs, or plaintext.
@@ -96,9 +99,21 @@ impl Security {
         }
     }
 
+    /// Whether callers may come in unauthenticated: `--insecure`, or `--tls-transitional`.
+    pub fn accepts_plaintext(&self) -> bool {
+        match self {
+            Security::Tls(state) => state.transitional(),
+            Security::Insecure => true,
+        }
+    }
+
     /// Log once at start-up what the process runs with; plaintext is loud.
     pub fn announce(&self, process: &str) {
         match self {
+            Security::Tls(state) if state.transitional() => tracing::warn!(
+                identity = %state.identity(),
+                "{process}: --tls-transitional: TLS, but plaintext callers are also accepted UNAUTHENTICATED and plaintext servers spoken to in plaintext. Only while moving a cluster to TLS (docs/security.md); restart without it when every process has certificates"
+            ),
             Security::Tls(state) => {
                 tracing::info!(identity = %state.identity(), cert = %state.files().cert.display(), not_after_unix = state.cert_not_after_unix(), "{process}: mutual TLS on every listener and client");
             }
@@ -153,11 +168,22 @@ pub struct TlsArgs {
     /// Plaintext: no TLS, no authentication, every caller may do anything. Logged loudly.
     #[arg(long, env = "FENCEFLAKE_INSECURE")]
     pub insecure: bool,
+    /// Only while moving a running plaintext cluster to TLS: serve TLS but also accept
+    /// plaintext callers (unauthenticated), and speak plaintext to servers not moved yet.
+    #[arg(long, env = "FENCEFLAKE_TLS_TRANSITIONAL")]
+    pub tls_transitional: bool,
 }
 
 #[cfg(feature = "cli")]
 impl TlsArgs {
     pub fn security(&self) -> Result<Security, TlsError> {
-        Security::from_flags(self.tls_ca.clone(), self.tls_cert.clone(), self.tls_key.clone(), self.insecure)
+        let security =
+            Security::from_flags(self.tls_ca.clone(), self.tls_cert.clone(), self.tls_key.clone(), self.insecure)?;
+        match &security {
+            Security::Tls(state) => state.set_transitional(self.tls_transitional),
+            Security::Insecure if self.tls_transitional => return Err(TlsError::TransitionalWithoutTls),
+            Security::Insecure => {}
+        }
+        Ok(security)
     }
 }

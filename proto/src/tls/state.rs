@@ -2,6 +2,7 @@
 //! when they change (polled) and on SIGHUP, so a rotation needs no restart. New connections
 //! get the new configs at once; established connections keep the session they have.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -18,6 +19,9 @@ pub const RELOAD_POLL: Duration = Duration::from_secs(5);
 pub struct TlsState {
     files: TlsFiles,
     current: RwLock<Arc<Material>>,
+    /// `--tls-transitional`: also accept plaintext callers (unchecked) and speak plaintext to
+    /// servers that do not speak TLS yet — only while moving a running cluster to TLS.
+    transitional: AtomicBool,
 }
 
 impl std::fmt::Debug for TlsState {
@@ -39,7 +43,15 @@ pub enum Reloaded {
 impl TlsState {
     pub fn load(files: TlsFiles) -> Result<Arc<TlsState>, TlsError> {
         let material = Material::load(&files)?;
-        Ok(Arc::new(TlsState { files, current: RwLock::new(Arc::new(material)) }))
+        Ok(Arc::new(TlsState { files, current: RwLock::new(Arc::new(material)), transitional: AtomicBool::new(false) }))
+    }
+
+    pub fn set_transitional(&self, on: bool) {
+        self.transitional.store(on, Ordering::Relaxed);
+    }
+
+    pub fn transitional(&self) -> bool {
+        self.transitional.load(Ordering::Relaxed)
     }
 
     fn current(&self) -> Arc<Material> {
