@@ -7,7 +7,8 @@
 //!   linearizability (WGL search per worker ID), parking under quorum loss, performance.
 //! - runtime: [`net`] (namespaces, bridge, nftables faults), [`process`] (real processes in
 //!   them), [`scenario`] (nemesis schedules), [`workload`] (the client, run inside the client
-//!   namespace), [`run`] (one whole run), [`clock`] (the shared monotonic time base).
+//!   namespace), [`run`] (one whole run), [`clock`] (the shared monotonic time base),
+//!   [`tls`] (each run's CA and one certificate per process, or `--insecure` plaintext).
 //! - [`report`]: `results.json` and a self-contained `report.html` with inline SVG plots.
 //!
 //! A checker says `false` only on proof of a violation and `unknown` when the history
@@ -22,6 +23,7 @@ pub mod process;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod tls;
 pub mod workload;
 
 /// libfaketime's preload library, if installed (Debian `libfaketime`): clock nemeses need it.

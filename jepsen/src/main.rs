@@ -72,6 +72,10 @@ struct TestArgs {
     /// Self-test: workers mint past their lease deadline. The run must then be invalid.
     #[arg(long)]
     unsafe_disable_deadline_check: bool,
+    /// Run every process plaintext (`--insecure`), for comparison; by default each run makes
+    /// its own CA and every process and client uses mutual TLS with a certificate of its own.
+    #[arg(long)]
+    insecure: bool,
 }
 
 // The flags of the internal `workload`: the client side of one run, in the client namespace.
@@ -94,6 +98,12 @@ struct WorkloadArgs {
     /// WORKER_INDEX:AT_MS:IDS_PER_CALL:CALLS
     #[arg(long)]
     burst: Vec<String>,
+    /// The run's certificate directory (mutual TLS)...
+    #[arg(long, required_unless_present = "insecure")]
+    certs: Option<PathBuf>,
+    /// ...or plaintext.
+    #[arg(long, conflicts_with = "certs")]
+    insecure: bool,
 }
 
 fn main() -> ExitCode {
@@ -149,8 +159,9 @@ fn check(path: &std::path::Path, out_dir: Option<PathBuf>) -> anyhow::Result<Exi
     let out_dir = out_dir.unwrap_or_else(|| path.parent().map_or_else(|| PathBuf::from("."), PathBuf::from));
     let events = history::load(path)?;
     let analysis = check_all(&events, &CheckConfig::default());
-    let reproduce = format!("fenceflake-jepsen check {}", path.display());
-    let paths = report::write(&out_dir, &events, &analysis, &reproduce)?;
+    let tls = path.parent().and_then(report::recorded_tls);
+    let provenance = report::Provenance { reproduce: format!("fenceflake-jepsen check {}", path.display()), tls };
+    let paths = report::write(&out_dir, &events, &analysis, &provenance)?;
     for r in &analysis.results {
         println!("{:<24} {:<8} {}", r.name, r.valid.as_str(), r.summary);
     }
@@ -159,7 +170,18 @@ fn check(path: &std::path::Path, out_dir: Option<PathBuf>) -> anyhow::Result<Exi
 }
 
 fn run_workload(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
-    let WorkloadArgs { workers, registry, rate, duration_ms, seed, origin_ns, history: path, burst } = args;
+    let WorkloadArgs {
+        workers,
+        registry,
+        rate,
+        duration_ms,
+        seed,
+        origin_ns,
+        history: path,
+        burst,
+        certs,
+        insecure: _,
+    } = args;
     let workers = workers
         .iter()
         .map(|w| w.split_once('=').map(|(n, a)| (n.to_string(), a.to_string())).context("--workers takes NAME=ADDR"))
@@ -182,6 +204,7 @@ fn run_workload(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
         seed,
         clock: RunClock { origin_ns },
         bursts,
+        certs,
     };
     let writer = HistoryWriter::open(&path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -191,7 +214,17 @@ fn run_workload(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
 
 /// Run the scenarios of `args` one after the other; the exit code of the worst.
 fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
-    let TestArgs { scenario, time_limit, seed, workers, rate, store, fenceflake, unsafe_disable_deadline_check } = args;
+    let TestArgs {
+        scenario,
+        time_limit,
+        seed,
+        workers,
+        rate,
+        store,
+        fenceflake,
+        unsafe_disable_deadline_check,
+        insecure,
+    } = args;
     if !nix::unistd::geteuid().is_root() {
         eprintln!("fenceflake-jepsen needs root: it creates network namespaces and nftables rules (run it with sudo)");
         return Ok(ExitCode::from(77));
@@ -224,13 +257,15 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
             fenceflake: fenceflake.clone(),
             harness: harness.clone(),
             unsafe_disable_deadline_check,
+            insecure,
         };
         let outcome = run(&options)?;
         for r in &outcome.results {
             println!("  {:<20} {:<8} {}", r.name, r.valid.as_str(), r.summary);
         }
-        println!("{} {}: {}", scenario.name, outcome.valid.as_str(), outcome.dir.join("report.html").display());
-        summary.push(format!("{:<20} {}", scenario.name, outcome.valid.as_str()));
+        let report = outcome.dir.join("report.html");
+        println!("{} {} (tls: {}): {}", scenario.name, outcome.valid.as_str(), outcome.tls, report.display());
+        summary.push(format!("{:<20} {:<8} tls: {}", scenario.name, outcome.valid.as_str(), outcome.tls));
         worst = worst.and(outcome.valid);
     }
     println!("\n{}", summary.join("\n"));

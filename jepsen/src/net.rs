@@ -26,13 +26,28 @@ pub enum NetError {
 
 /// Run a command, failing with its stderr.
 pub fn run(program: &str, args: &[&str]) -> Result<String, NetError> {
-    run_with_input(program, args, None)
+    run_with_input(program, args, None, &[])
 }
 
-fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> Result<String, NetError> {
+/// [`run`] with these environment variables set (and the transport's others removed).
+pub fn run_env(program: &str, args: &[&str], env: &[(String, String)]) -> Result<String, NetError> {
+    run_with_input(program, args, None, env)
+}
+
+fn run_with_input(
+    program: &str,
+    args: &[&str],
+    input: Option<&str>,
+    env: &[(String, String)],
+) -> Result<String, NetError> {
     let command = format!("{program} {}", args.join(" "));
-    let mut child = Command::new(program)
+    let mut builder = Command::new(program);
+    for var in crate::tls::ENV_VARS {
+        builder.env_remove(var);
+    }
+    let mut child = builder
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -134,7 +149,7 @@ impl Network {
 
     /// Replace the fault rule set atomically (an empty `Faults` heals everything).
     pub fn apply(&self, faults: &Faults) -> Result<(), NetError> {
-        run_with_input("ip", &["netns", "exec", &self.bridge_ns, "nft", "-f", "-"], Some(&ruleset(faults)))?;
+        run_with_input("ip", &["netns", "exec", &self.bridge_ns, "nft", "-f", "-"], Some(&ruleset(faults)), &[])?;
         Ok(())
     }
 

@@ -61,10 +61,13 @@ impl Managed {
         }
         let spawn_err = |source| ProcessError::Spawn { name: self.spec.name.clone(), source };
         let log = File::options().create(true).append(true).open(&self.spec.log).map_err(spawn_err)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.spec.host.netns])
-            .arg(&self.spec.program)
-            .args(&self.spec.args)
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.spec.host.netns]).arg(&self.spec.program).args(&self.spec.args);
+        // The transport is the spec's choice alone, never inherited from the harness's shell.
+        for var in crate::tls::ENV_VARS {
+            command.env_remove(var);
+        }
+        let child = command
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(spawn_err)?)

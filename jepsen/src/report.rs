@@ -32,23 +32,55 @@ pub struct ReportPaths {
     pub report_html: PathBuf,
 }
 
-/// The machine-readable results: overall verdict, reproduce command, every check, the perf
-/// numbers.
-pub fn results_json(analysis: &Analysis, reproduce: &str) -> Value {
+/// How the run was made: the command that reproduces it, and whether every process ran with
+/// mutual TLS (`None`: not recorded, e.g. a history re-checked without its results).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    pub reproduce: String,
+    pub tls: Option<bool>,
+}
+
+impl Provenance {
+    /// What the report says about the transport.
+    fn transport(&self) -> &'static str {
+        match self.tls {
+            Some(true) => "mutual TLS, one certificate per process (the run's own CA)",
+            Some(false) => "PLAINTEXT: every process ran --insecure",
+            None => "not recorded",
+        }
+    }
+}
+
+/// The machine-readable results: overall verdict, reproduce command, transport, every check,
+/// the perf numbers.
+pub fn results_json(analysis: &Analysis, provenance: &Provenance) -> Value {
     json!({
         "valid": analysis.valid(),
-        "reproduce": reproduce,
+        "reproduce": provenance.reproduce,
+        "tls": provenance.tls,
         "checks": analysis.results,
         "perf": analysis.perf,
     })
 }
 
+/// The `tls` a previous `results.json` in `dir` recorded, if any (so re-checking a history
+/// keeps it).
+pub fn recorded_tls(dir: &Path) -> Option<bool> {
+    let text = std::fs::read_to_string(dir.join("results.json")).ok()?;
+    serde_json::from_str::<Value>(&text).ok()?["tls"].as_bool()
+}
+
 /// Writes `results.json` and `report.html` into `dir` (which must exist).
-pub fn write(dir: &Path, events: &[Event], analysis: &Analysis, reproduce: &str) -> Result<ReportPaths, ReportError> {
+pub fn write(
+    dir: &Path,
+    events: &[Event],
+    analysis: &Analysis,
+    provenance: &Provenance,
+) -> Result<ReportPaths, ReportError> {
     let paths = ReportPaths { results_json: dir.join("results.json"), report_html: dir.join("report.html") };
-    let results = serde_json::to_string_pretty(&results_json(analysis, reproduce)).map_err(ReportError::Encode)?;
+    let results = serde_json::to_string_pretty(&results_json(analysis, provenance)).map_err(ReportError::Encode)?;
     write_file(&paths.results_json, &results)?;
-    write_file(&paths.report_html, &render_html(events, analysis, reproduce))?;
+    write_file(&paths.report_html, &render_html(events, analysis, provenance))?;
     Ok(paths)
 }
 
@@ -63,14 +95,16 @@ code,pre{background:#f4f4f4;padding:2px 4px}pre{white-space:pre-wrap;max-height:
 h1 span{padding:2px 8px;border-radius:4px}";
 
 /// The whole HTML page.
-pub fn render_html(events: &[Event], analysis: &Analysis, reproduce: &str) -> String {
+pub fn render_html(events: &[Event], analysis: &Analysis, provenance: &Provenance) -> String {
     let verdict = analysis.valid();
     let mut html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Fenceflake Jepsen report</title>\
          <style>{STYLE}</style></head><body>\
          <h1>Fenceflake Jepsen run: <span class=\"v-{v}\">valid = {v}</span></h1>\
-         <p id=\"reproduce\">Reproduce: <code>{}</code></p>",
-        escape(reproduce),
+         <p id=\"reproduce\">Reproduce: <code>{}</code></p>\
+         <p id=\"transport\">Transport: {}</p>",
+        escape(&provenance.reproduce),
+        provenance.transport(),
         v = verdict.as_str(),
     );
     html.push_str("<h2 id=\"checks\">Checks</h2>");
@@ -194,7 +228,8 @@ mod tests {
         let analysis = check_all(&events, &CheckConfig::default());
         let dir = tempfile::tempdir().unwrap();
         let reproduce = "fenceflake-jepsen run --scenario quorum-loss --seed 42 --time-limit 60s <x>";
-        let paths = write(dir.path(), &events, &analysis, reproduce).unwrap();
+        let provenance = Provenance { reproduce: reproduce.into(), tls: Some(true) };
+        let paths = write(dir.path(), &events, &analysis, &provenance).unwrap();
 
         let html = std::fs::read_to_string(&paths.report_html).unwrap();
         for section in
@@ -204,6 +239,7 @@ mod tests {
         }
         assert_eq!(html.matches("<svg").count(), 4);
         assert!(html.contains("--seed 42 --time-limit 60s &lt;x&gt;"));
+        assert!(html.contains("Transport: mutual TLS"));
         assert!(html.contains("class=\"fault\""), "nemesis intervals are shaded");
         assert!(html.contains("LEASE_EXPIRED"), "the parked interval is drawn with its reason");
         assert!(html.contains("w1 t100"), "the lease span is labelled");
@@ -217,6 +253,8 @@ mod tests {
 
         let results: Value = serde_json::from_str(&std::fs::read_to_string(&paths.results_json).unwrap()).unwrap();
         assert_eq!(results["reproduce"], reproduce);
+        assert_eq!(results["tls"], true);
+        assert_eq!(recorded_tls(dir.path()), Some(true), "a re-check keeps the run's transport");
         assert_eq!(results["checks"].as_array().map(Vec::len), Some(6));
         assert_eq!(results["valid"], "true", "{}", serde_json::to_string_pretty(&results["checks"]).unwrap());
     }
@@ -229,8 +267,9 @@ mod tests {
         h.ok("w2", 2, (200, 201), &[(id(100, 1, 5), 1)], None);
         events.extend(h.events);
         let analysis = check_all(&events, &CheckConfig::default());
-        let html = render_html(&events, &analysis, "cmd");
+        let html = render_html(&events, &analysis, &Provenance { reproduce: "cmd".into(), tls: Some(false) });
         assert!(html.contains("valid = false"));
+        assert!(html.contains("Transport: PLAINTEXT"));
         assert!(html.contains("duplicate-ids"));
     }
 }

@@ -21,7 +21,9 @@ use crate::clock::{wall_ms, RunClock};
 use crate::history::{self, Event, HistoryWriter, NemesisEvent, NemesisPhase};
 use crate::net::{Faults, Network};
 use crate::process::{Managed, Spec};
+use crate::report::Provenance;
 use crate::scenario::{schedule, Action, Scenario, Shape, Sizes, Step};
+use crate::tls::{CertDir, Transport, CONTROLLER, WORKLOAD_CLIENT, WORKLOAD_REGISTRY};
 
 const REGISTRY_CLIENT_PORT: u16 = 2379;
 const REGISTRY_PEER_PORT: u16 = 2380;
@@ -45,6 +47,8 @@ pub struct RunOptions {
     pub harness: PathBuf,
     /// Self-test: run workers with their deadline check off; the run must then fail.
     pub unsafe_disable_deadline_check: bool,
+    /// Plaintext everywhere (`--insecure` on every process) instead of mutual TLS.
+    pub insecure: bool,
 }
 
 /// `d` as a flag value `parse_duration` reads back: `30s`, else `1500ms`, else in µs.
@@ -71,6 +75,9 @@ impl RunOptions {
         if self.unsafe_disable_deadline_check {
             cmd.push_str(" --unsafe-disable-deadline-check");
         }
+        if self.insecure {
+            cmd.push_str(" --insecure");
+        }
         cmd
     }
 }
@@ -79,6 +86,8 @@ impl RunOptions {
 #[derive(Debug)]
 pub struct Outcome {
     pub dir: PathBuf,
+    /// Every process ran with mutual TLS.
+    pub tls: bool,
     pub valid: Valid,
     pub results: Vec<CheckResult>,
 }
@@ -99,6 +108,8 @@ struct Cluster {
     clock_files: Vec<PathBuf>,
     dir: PathBuf,
     fenceflake: PathBuf,
+    /// Mutual TLS (this run's certificates) or plaintext, for every process.
+    transport: Transport,
     nemesis: HistoryWriter,
     clock: RunClock,
     /// Faults currently applied to the network (healed together).
@@ -128,6 +139,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let run_id = u8::try_from(std::process::id() % 200 + 20).unwrap_or(20);
     let network = Network::create(run_id, &name_refs).context("create the test network (are you root?)")?;
+    let transport = transport(options, &dir)?;
     let clock = RunClock::start();
     let mut cluster = Cluster {
         network,
@@ -141,6 +153,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
         nemesis: HistoryWriter::open(&dir.join("nemesis.jsonl"))?,
         dir: dir.clone(),
         fenceflake: options.fenceflake.clone(),
+        transport,
         clock,
         faults: Faults::default(),
         active: BTreeSet::new(),
@@ -163,8 +176,34 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
     let mut analysis = check_all(&events, &CheckConfig::default());
     // Controller-side verdicts (e.g. the duplicate manifest was refused) join the checkers'.
     analysis.results.extend(controller_checks);
-    crate::report::write(&dir, &events, &analysis, &options.reproduce())?;
-    Ok(Outcome { dir, valid: analysis.valid(), results: analysis.results })
+    let tls = !options.insecure;
+    crate::report::write(&dir, &events, &analysis, &Provenance { reproduce: options.reproduce(), tls: Some(tls) })?;
+    Ok(Outcome { dir, tls, valid: analysis.valid(), results: analysis.results })
+}
+
+/// The run's transport: plaintext, or a new CA in `<dir>/certs` with the certificates every
+/// process of the run starts with issued up front (the standby's and a duplicate claimant's
+/// are issued when they start). Issued in parallel: about a second in all.
+fn transport(options: &RunOptions, dir: &std::path::Path) -> anyhow::Result<Transport> {
+    if options.insecure {
+        return Ok(Transport::Insecure);
+    }
+    let certs = CertDir::init(&options.fenceflake, dir.join("certs"))
+        .context("make the run's CA (`fenceflake certs init`); --insecure runs plaintext")?;
+    let mut identities: Vec<(&str, String)> = (1..=5).map(|i| ("node", i.to_string())).collect();
+    identities.extend((1..=options.workers).map(|i| ("worker", format!("w{i}"))));
+    identities.extend([WORKLOAD_CLIENT, WORKLOAD_REGISTRY, CONTROLLER].map(|(role, name)| (role, name.to_string())));
+    std::thread::scope(|scope| {
+        let issuing: Vec<_> = identities
+            .chunks(identities.len().div_ceil(4))
+            .map(|chunk| {
+                let certs = &certs;
+                scope.spawn(move || chunk.iter().try_for_each(|(role, name)| certs.issue((role, name)).map(drop)))
+            })
+            .collect();
+        issuing.into_iter().try_for_each(|t| t.join().unwrap_or_else(|_| bail!("a certificate thread panicked")))
+    })?;
+    Ok(Transport::Tls(certs))
 }
 
 impl Cluster {
@@ -243,8 +282,9 @@ impl Cluster {
                 "--initial-cluster".into(),
                 initial.join(","),
             ];
-            let mut managed =
-                Managed::new(self.spec(&name, args, vec![("RUST_LOG".into(), "info,openraft=warn".into())])?);
+            let mut env = vec![("RUST_LOG".to_string(), "info,openraft=warn".to_string())];
+            env.extend(self.transport.env(("node", &i.to_string()))?);
+            let mut managed = Managed::new(self.spec(&name, args, env)?);
             managed.start()?;
             self.registries.push(managed);
         }
@@ -264,6 +304,7 @@ impl Cluster {
             let mut args = self.worker_args(&name, &format!("{ip}:{WORKER_PORT}"), None);
             args.extend(["--log-format".into(), "json".into()]);
             let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
+            env.extend(self.transport.env(("worker", &name))?);
             if let (true, Some(lib)) = (clock_faults, &faketime) {
                 env.extend([
                     ("LD_PRELOAD".to_string(), lib.display().to_string()),
@@ -305,6 +346,7 @@ impl Cluster {
             "--history".into(),
             self.dir.join("workload.jsonl").display().to_string(),
         ];
+        args.extend(self.transport.workload_args());
         for step in steps {
             if let Action::Burst { worker, ids_per_call, calls } = step.action {
                 args.push("--burst".into());
@@ -334,7 +376,7 @@ impl Cluster {
             vec!["netns", "exec", &client.netns, &fenceflake, "ctl", "--registry", &registry, "--timeout", "2s"];
         all.extend_from_slice(args);
         all.push("--json");
-        let out = crate::net::run("ip", &all)?;
+        let out = crate::net::run_env("ip", &all, &self.transport.env(CONTROLLER)?)?;
         Ok(serde_json::from_str(&out)?)
     }
 
@@ -639,7 +681,9 @@ impl Cluster {
         let id = *self.claimable_ids.get(&worker).context("no worker ID was recorded for the worker to claim from")?;
         let ip = ip_of(&self.workers[worker]);
         let args = self.worker_args("standby", &format!("{ip}:{}", WORKER_PORT + 1), Some(id));
-        let mut spec = self.spec(&name, args, vec![("RUST_LOG".into(), "info".into())])?;
+        let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
+        env.extend(self.transport.env(("worker", "standby"))?);
+        let mut spec = self.spec(&name, args, env)?;
         spec.name = "standby".into();
         spec.log = self.dir.join("logs").join("standby.log");
         let mut standby = Managed::new(spec);
@@ -663,7 +707,7 @@ impl Cluster {
         let id = *self.worker_ids().get(&name).context("the original worker holds no ID")?;
         let ip = ip_of(&self.workers[worker]);
         let args = self.worker_args(&format!("{name}-duplicate"), &format!("{ip}:{}", WORKER_PORT + 1), Some(id));
-        let mut spec = self.spec(&name, args, vec![])?;
+        let mut spec = self.spec(&name, args, self.transport.env(("worker", &format!("{name}-duplicate")))?)?;
         spec.name = format!("{name}-duplicate");
         spec.log = self.dir.join("logs").join(format!("{name}-duplicate.log"));
         let log = spec.log.clone();

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use fenceflake_proto::tls::{self, Role, Security};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::generator_client::GeneratorClient;
 use fenceflake_proto::v1::registry_client::RegistryClient;
@@ -50,6 +51,8 @@ pub struct Plan {
     pub clock: RunClock,
     /// (worker index, start offset, IDs per call, calls): one caller above a worker's ceiling.
     pub bursts: Vec<(usize, Duration, u32, u32)>,
+    /// The run's certificate directory (`crate::tls`), or `None`: plaintext.
+    pub certs: Option<std::path::PathBuf>,
 }
 
 type Shared = Arc<Mutex<HistoryWriter>>;
@@ -64,11 +67,12 @@ fn record(history: &Shared, event: Event) {
     }
 }
 
-fn channel(addr: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_millis(300))
-        .tcp_nodelay(true)
-        .connect_lazy())
+/// A lazily connected channel to `addr` over `security`; under TLS the server must present a
+/// certificate of the `expect`ed role (a worker, or a registry node).
+fn channel(addr: &str, security: &Security, expect: &'static [Role]) -> anyhow::Result<Channel> {
+    let endpoint =
+        Endpoint::from_shared(tls::endpoint_url(addr))?.connect_timeout(Duration::from_millis(300)).tcp_nodelay(true);
+    Ok(tls::connect_lazy(endpoint, security, expect))
 }
 
 /// The status as the history records it: code, the reason word the registry or the worker
@@ -95,9 +99,13 @@ pub async fn run(plan: Plan, history: HistoryWriter) -> anyhow::Result<()> {
         "refusing to run the workload in a network namespace with a default route: test addresses would leave the machine (it runs inside the harness's client namespace, started by `fenceflake-jepsen test`)"
     );
     let history: Shared = Arc::new(Mutex::new(history));
+    // The ID workload calls workers as a `client`; the registry workload calls Acquire, Renew
+    // and Release itself, so it is a `worker` to the registry.
+    let as_client = crate::tls::security(plan.certs.as_deref(), crate::tls::WORKLOAD_CLIENT)?;
+    let as_worker = crate::tls::security(plan.certs.as_deref(), crate::tls::WORKLOAD_REGISTRY)?;
     let mut clients = Vec::new();
     for (name, addr) in &plan.workers {
-        clients.push((name.clone(), GeneratorClient::new(channel(addr)?)));
+        clients.push((name.clone(), GeneratorClient::new(channel(addr, &as_client, &[Role::Worker])?)));
     }
     let end_ns = plan.clock.now_ns() + plan.duration.as_nanos() as u64;
     let mut tasks = Vec::new();
@@ -105,11 +113,15 @@ pub async fn run(plan: Plan, history: HistoryWriter) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(poll_status(name.clone(), client.clone(), plan.clock, end_ns, history.clone())));
     }
     for (process, worker_id) in REGISTRY_WORKLOAD_IDS.iter().enumerate() {
-        let registry = plan.registry.clone();
+        let clients = plan
+            .registry
+            .iter()
+            .map(|addr| channel(addr, &as_worker, &[Role::Node]).map(RegistryClient::new))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         tasks.push(tokio::spawn(registry_workload(
             process as u64 + 1000,
             *worker_id,
-            registry,
+            clients,
             plan.clock,
             end_ns,
             history.clone(),
@@ -378,20 +390,12 @@ fn lease_changes(before: Option<&Seen>, now: &Seen) -> Vec<LeaseEventKind> {
 async fn registry_workload(
     process: u64,
     first_id: u32,
-    registry: Vec<String>,
+    clients: Vec<RegistryClient<Channel>>,
     clock: RunClock,
     end_ns: u64,
     history: Shared,
 ) {
     let mut rng = StdRng::seed_from_u64(process);
-    let clients: Vec<RegistryClient<Channel>> =
-        match registry.iter().map(|a| channel(a)).collect::<anyhow::Result<Vec<Channel>>>() {
-            Ok(channels) => channels.into_iter().map(RegistryClient::new).collect::<Vec<_>>(),
-            Err(e) => {
-                tracing::error!(error = %e, "bad registry address; no registry workload");
-                return;
-            }
-        };
     let mut op_id = 0u64;
     let mut round = 0u64;
     let mut slot = 0u64;
@@ -502,6 +506,9 @@ fn registry_outcome(status: &tonic::Status) -> (Phase, Option<Rejection>) {
         Reason::NotLeader | Reason::NoLeader | Reason::NoQuorum | Reason::Overloaded | Reason::NotConfigured => {
             (Phase::Fail, None)
         }
+        // Refusals that change nothing: the lease is another identity's, or the claim's clock
+        // is too far from the registry's.
+        Reason::NotOwner | Reason::ClockSkew => (Phase::Fail, Some(Rejection::Other)),
         Reason::Quarantined
         | Reason::HolderHoldsOther
         | Reason::Exhausted
@@ -534,7 +541,14 @@ mod tests {
         assert_eq!(of(Reason::Fenced.status("stale token")), (Phase::Fail, Some(Rejection::Fenced)));
         assert_eq!(of(Reason::Expired.status("released")), (Phase::Fail, Some(Rejection::Expired)));
         assert_eq!(of(Reason::AlreadyHeld.status("held by x")), (Phase::Fail, Some(Rejection::AlreadyHeld)));
-        for other in [Reason::Quarantined, Reason::HolderHoldsOther, Reason::Exhausted, Reason::Invalid] {
+        for other in [
+            Reason::Quarantined,
+            Reason::HolderHoldsOther,
+            Reason::Exhausted,
+            Reason::Invalid,
+            Reason::NotOwner,
+            Reason::ClockSkew,
+        ] {
             assert_eq!(of(other.status("no")), (Phase::Fail, Some(Rejection::Other)), "{other}");
         }
         for definite in
