@@ -21,7 +21,15 @@
 #      exist, Service selectors match a pod template, lists contain no spaces;
 #    - the policies the READMEs promise: worker liveness is not the gRPC health (parked is
 #      alive), readiness is; non-root, read-only root, no service links; graceful-stop
-#      budgets; chrony steps only in the first updates after start and slews leap seconds.
+#      budgets; chrony steps only in the first updates after start and slews leap seconds;
+#    - mutual TLS everywhere: every registry and worker sets FENCEFLAKE_TLS_CA/CERT/KEY and
+#      never FENCEFLAKE_INSECURE; in Kubernetes the files are in a read-only cert-manager
+#      csi-driver volume of the same pod whose SPIFFE URI names the right role and name
+#      (node/<its FENCEFLAKE_NODE_ID>, worker/${POD_NAME}: one identity per pod) and whose
+#      Issuer exists; the five registry StatefulSets (one per node) differ only in the node
+#      id; an admin listener has its named port.
+# 5. cert-manager resources (CRDs, deploy/k8s/tls.yaml) are not schema-checked in step 1 but
+#    for their shape in step 4: apiVersion, kind, metadata.name and the required spec fields.
 #
 # Exits non-zero, naming each bad file, if anything fails. Needs: python3 (with venv), bash,
 # systemd-analyze, chronyd. Network: PyPI only, and only while target/venv-deploy is missing
@@ -62,6 +70,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 k8s_files=(deploy/k8s/*.yaml)
+# cert-manager resources: CRDs, which kubernetes-validate has no schema for (step 4 checks them).
+k8s_crd_files=(deploy/k8s/tls.yaml)
 units=(deploy/systemd/*.service)
 envs=(deploy/systemd/*.env)
 chrony_conf=deploy/chrony/chrony.conf
@@ -113,6 +123,10 @@ py=$venv/bin/python
 # --- 1. Kubernetes schemas -----------------------------------------------------------------
 echo "== kubernetes-validate --strict (${K8S_VERSIONS[*]})"
 for f in "${k8s_files[@]}"; do
+    if [[ " ${k8s_crd_files[*]} " == *" $f "* ]]; then
+        echo "skip $f: cert-manager resources (CRDs), shape-checked below"
+        continue
+    fi
     for v in "${K8S_VERSIONS[@]}"; do
         if out=$("$venv/bin/kubernetes-validate" --strict --quiet -k "$v" "$f" 2>&1); then
             ok "$f" "schema-valid for Kubernetes $v"
@@ -219,9 +233,18 @@ class Flag:
         self.field = field
 
 
+TLS_ARGS_FILE = "proto/src/tls/mod.rs"
+
+
 def flags_of(path):
     text = open(path).read()
-    return [Flag(m["attr"], m["field"], m["ty"]) for m in ARG_RE.finditer(text)]
+    flags = [Flag(m["attr"], m["field"], m["ty"]) for m in ARG_RE.finditer(text)]
+    # `#[command(flatten)] tls: TlsArgs` brings --tls-ca/--tls-cert/--tls-key/--insecure.
+    if re.search(r"#\[command\(flatten\)\]\s*(?:pub\s+)?[a-z_]+\s*:\s*TlsArgs", text):
+        tls_text = open(TLS_ARGS_FILE).read()
+        body = tls_text[tls_text.index("pub struct TlsArgs"):]
+        flags += [Flag(m["attr"], m["field"], m["ty"]) for m in ARG_RE.finditer(body)]
+    return flags
 
 
 GLOBAL = flags_of(GLOBAL_FILE)
@@ -230,6 +253,21 @@ for sub in ("registry", "worker"):
     envs = [f.env for f in FLAGS[sub] if f.env]
     if len(envs) < 10 or not any(f.required for f in FLAGS[sub]):
         fail(SUBCOMMAND_FILES[sub], f"could not read the {sub} flags (parser out of date?)")
+TLS_VARS = ("FENCEFLAKE_TLS_CA", "FENCEFLAKE_TLS_CERT", "FENCEFLAKE_TLS_KEY")
+for sub in ("registry", "worker", "ctl", "mint"):
+    if not set(TLS_VARS) <= {f.env for f in FLAGS[sub]}:
+        fail(SUBCOMMAND_FILES[sub], f"`fenceflake {sub}` has no {'/'.join(TLS_VARS)} flags (TlsArgs not flattened, or the parser is out of date)")
+
+
+def check_tls(path, where, values):
+    """Mutual TLS on: the three files set, no --insecure. True if so."""
+    missing = [v for v in TLS_VARS if not values.get(v)]
+    if missing:
+        fail(path, f"{where}: TLS is not configured ({', '.join(missing)} unset): every process runs mutual TLS")
+    if values.get("FENCEFLAKE_INSECURE", "false").lower() not in ("false", "0", ""):
+        fail(path, f"{where}: FENCEFLAKE_INSECURE is set: plaintext has no place in a deployment file")
+        return False
+    return not missing
 ENV_ALLOWED = {"RUST_LOG", "RUST_BACKTRACE", "POD_NAME", "POD_NAMESPACE", "POD_IP", "NODE_NAME"}
 
 
@@ -330,6 +368,97 @@ for path in sorted(glob.glob("deploy/k8s/*.yaml")):
     except yaml.YAMLError as e:
         fail(path, f"YAML: {e}")
 
+# cert-manager resources: no schema in step 1, so their shape here.
+CERT_MANAGER_REQUIRED = {
+    "Issuer": [("spec",), ("spec", "ca", "secretName")],
+    "ClusterIssuer": [("spec",), ("spec", "ca", "secretName")],
+    "Certificate": [("spec", "secretName"), ("spec", "issuerRef", "name"), ("spec", "uris")],
+}
+issuers = {}
+for path, doc in docs:
+    api = str(doc.get("apiVersion", ""))
+    if not api.startswith("cert-manager.io/"):
+        continue
+    kind = doc.get("kind")
+    name = (doc.get("metadata") or {}).get("name")
+    where = f"{kind}/{name}"
+    if api != "cert-manager.io/v1":
+        fail(path, f"{where}: apiVersion {api}, want cert-manager.io/v1")
+    if kind not in CERT_MANAGER_REQUIRED or not name:
+        fail(path, f"{where}: want one of {sorted(CERT_MANAGER_REQUIRED)} with metadata.name")
+        continue
+    unknown = set(doc) - {"apiVersion", "kind", "metadata", "spec"}
+    if unknown:
+        fail(path, f"{where}: unknown top-level fields {sorted(unknown)}")
+    good = True
+    for field in CERT_MANAGER_REQUIRED[kind]:
+        node = doc
+        for key in field:
+            node = node.get(key) if isinstance(node, dict) else None
+        if not node:
+            fail(path, f"{where}: required field {'.'.join(field)} is missing")
+            good = False
+    if good:
+        issuers[(kind, name)] = path
+        ok(path, f"{where}: cert-manager shape (required fields present)")
+for path, doc in docs:
+    if str(doc.get("apiVersion", "")).startswith("cert-manager.io/"):
+        continue
+    if doc.get("kind") not in ("Service", "StatefulSet", "Deployment", "DaemonSet", "PodDisruptionBudget", "NetworkPolicy"):
+        fail(path, f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}: unexpected kind (add it to the checks)")
+docs = [(p, d) for p, d in docs if not str(d.get("apiVersion", "")).startswith("cert-manager.io/")]
+CSI_DRIVER = "csi.cert-manager.io"
+SPIFFE_RE = re.compile(r"spiffe://(?P<td>[a-z0-9.-]+)/fenceflake/(?P<role>[a-z]+)/(?P<name>[A-Za-z0-9._${}-]+)")
+trust_domains = set()
+
+
+def check_tls_volume(path, where, pod, container, values, role, name):
+    """The TLS files are in a read-only cert-manager csi volume of this pod whose SPIFFE URI is
+    role/name and whose Issuer exists."""
+    mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    dirs = {os.path.dirname(values.get(v, "")) for v in TLS_VARS}
+    if len(dirs) != 1:
+        fail(path, f"{where}: FENCEFLAKE_TLS_CA/CERT/KEY should be in one directory (one volume)")
+        return
+    tls_dir = dirs.pop()
+    mount = next((m for m in mounts.values() if m.get("mountPath", "").rstrip("/") == tls_dir), None)
+    if mount is None:
+        fail(path, f"{where}: no volume is mounted at {tls_dir} (where FENCEFLAKE_TLS_* point)")
+        return
+    if mount.get("readOnly") is not True:
+        fail(path, f"{where}: mount {mount['name']} at {tls_dir} must be readOnly")
+    csi = vols.get(mount["name"], {}).get("csi")
+    if not csi or csi.get("driver") != CSI_DRIVER or csi.get("readOnly") is not True:
+        fail(path, f"{where}: volume {mount['name']} must be a read-only {CSI_DRIVER} csi volume (one certificate per pod)")
+        return
+    attrs = csi.get("volumeAttributes", {})
+    files = {"FENCEFLAKE_TLS_CA": attrs.get("csi.cert-manager.io/ca-file", "ca.crt"),
+             "FENCEFLAKE_TLS_CERT": attrs.get("csi.cert-manager.io/certificate-file", "tls.crt"),
+             "FENCEFLAKE_TLS_KEY": attrs.get("csi.cert-manager.io/privatekey-file", "tls.key")}
+    for var, file in files.items():
+        if values[var] != f"{tls_dir}/{file}":
+            fail(path, f"{where}: {var}={values[var]}, but the csi volume writes {tls_dir}/{file}")
+    issuer = (attrs.get("csi.cert-manager.io/issuer-kind", "Issuer"), attrs.get("csi.cert-manager.io/issuer-name"))
+    if issuer not in issuers:
+        fail(path, f"{where}: csi volume issuer {issuer[0]}/{issuer[1]} is not defined in deploy/k8s (tls.yaml)")
+    uris = [u.strip() for u in attrs.get("csi.cert-manager.io/uri-sans", "").split(",") if u.strip()]
+    m = SPIFFE_RE.fullmatch(uris[0]) if len(uris) == 1 else None
+    if not m:
+        fail(path, f"{where}: csi uri-sans {uris} must be one spiffe://<trust domain>/fenceflake/<role>/<name>")
+        return
+    trust_domains.add(m["td"])
+    if (m["role"], m["name"]) != (role, name):
+        fail(path, f"{where}: the pod's certificate is {m['role']}/{m['name']}, want {role}/{name}")
+    if attrs.get("csi.cert-manager.io/fs-group") != str(pod.get("securityContext", {}).get("runAsGroup")):
+        fail(path, f"{where}: csi fs-group must be the pod's runAsGroup, or the process cannot read its key")
+    for usage in ("server auth", "client auth"):
+        if usage not in attrs.get("csi.cert-manager.io/key-usages", ""):
+            fail(path, f"{where}: csi key-usages must include {usage!r} (every process is both)")
+    ok(path, f"{where}: mutual TLS with its own {role}/{name} certificate from {issuer[0]}/{issuer[1]}")
+
+
+registry_nodes = []  # (path, where, StatefulSet name, spec, values)
 services = {d["metadata"]["name"]: (p, d) for p, d in docs if d.get("kind") == "Service"}
 workloads = [(p, d) for p, d in docs if d.get("kind") in ("StatefulSet", "Deployment", "DaemonSet")]
 registry_clients = set()
@@ -430,40 +559,27 @@ for path, doc in workloads:
             grace = pod.get("terminationGracePeriodSeconds", 30)
             if grace < 10:
                 fail(path, f"{where}: terminationGracePeriodSeconds {grace} is too short for a graceful stop (drain 2 s + release 3 s)")
+        if sub in ("registry", "worker") and check_tls(path, where, values):
+            if sub == "registry":
+                check_tls_volume(path, where, pod, c, values, "node", values.get("FENCEFLAKE_NODE_ID"))
+            else:
+                check_tls_volume(path, where, pod, c, values, "worker", "${POD_NAME}")
+        admin_port = port_of(values.get("FENCEFLAKE_ADMIN_ADDR"))
+        if sub == "registry" and admin_port and str(ports.get("admin")) != admin_port:
+            fail(path, f"{where}: containerPort 'admin' ({ports.get('admin')}) != FENCEFLAKE_ADMIN_ADDR port {admin_port}")
         if sub == "registry" and settings_ok:
             if kind != "StatefulSet":
                 fail(path, f"{where}: the registry must be a StatefulSet")
                 continue
-            if spec.get("replicas") != 5:
-                fail(path, f"{where}: replicas {spec.get('replicas')}, want 5 (one per --initial-cluster member)")
-            if spec.get("podManagementPolicy") != "Parallel":
-                fail(path, f"{where}: podManagementPolicy must be Parallel (bootstrap needs all five)")
-            members = parse_initial_cluster(path, where, values["FENCEFLAKE_INITIAL_CLUSTER"])
+            if spec.get("replicas") != 1:
+                fail(path, f"{where}: replicas {spec.get('replicas')}, want 1 (one StatefulSet per node: its certificate names its node id)")
+            if spec.get("updateStrategy", {}).get("type") != "OnDelete":
+                fail(path, f"{where}: updateStrategy must be OnDelete (five StatefulSets would otherwise restart all nodes at once)")
             svc_name = spec.get("serviceName")
             svc = services.get(svc_name)
             if not svc or svc[1]["spec"].get("clusterIP") != "None" or svc[1]["spec"].get("publishNotReadyAddresses") is not True:
                 fail(path, f"{where}: serviceName {svc_name!r} must be a headless Service with publishNotReadyAddresses: true")
-            if members and values.get("FENCEFLAKE_NODE_ID") == "ordinal":
-                advertise = values.get("FENCEFLAKE_ADVERTISE_PEER_ADDR")
-                hostname = values.get("FENCEFLAKE_HOSTNAME", "$(POD_NAME)")
-                if hostname != "$(POD_NAME)":
-                    fail(path, f"{where}: --node-id ordinal needs the pod name as host name (FENCEFLAKE_HOSTNAME=$(POD_NAME) or unset)")
-                for ordinal in range(5):
-                    pod_name = f"{name}-{ordinal}"
-                    mine = (advertise or "").replace("$(POD_NAME)", pod_name)
-                    peer, client = members[ordinal + 1]
-                    if mine != peer:
-                        fail(path, f"{where}: pod {pod_name} (node {ordinal + 1}) advertises {mine!r} but --initial-cluster says {peer!r}")
-                    if not peer.startswith(f"{pod_name}.{svc_name}."):
-                        fail(path, f"{where}: node {ordinal + 1} peer address {peer!r} is not {pod_name}.{svc_name}.…")
-            elif members:
-                fail(path, f"{where}: a registry StatefulSet should use FENCEFLAKE_NODE_ID=ordinal")
-            if members:
-                for node, (peer, client) in members.items():
-                    if port_of(peer) != port_of(values.get("FENCEFLAKE_PEER_ADDR")) or port_of(client) != port_of(values.get("FENCEFLAKE_CLIENT_ADDR")):
-                        fail(path, f"{where}: node {node} ports in --initial-cluster differ from the listen addresses")
-                registry_clients.update(client for _, client in members.values())
-                ok(path, f"{where}: --initial-cluster = nodes 1..5, each advertised address matches its ordinal")
+            registry_nodes.append((path, where, name, spec, values))
             registry_worker_bits.append(int(values.get("FENCEFLAKE_WORKER_ID_BITS", "10")))
         if sub == "worker" and settings_ok:
             worker_registry_lists.append((path, where, values["FENCEFLAKE_REGISTRY"].split(",")))
@@ -477,6 +593,58 @@ for path, doc in workloads:
             if "FENCEFLAKE_MAX_SKEW" in values:
                 k8s_worker_skews.append((path, parse_duration_ms(values["FENCEFLAKE_MAX_SKEW"])))
             ok(path, f"{where}: flags and variables are `fenceflake {sub}`'s")
+# The registry: five StatefulSets, nodes 1..5, one --initial-cluster, each node advertising
+# its own entry, otherwise identical.
+if registry_nodes:
+    by_id = {}
+    for path, where, name, spec, values in registry_nodes:
+        node = values.get("FENCEFLAKE_NODE_ID", "")
+        if not node.isdigit():
+            fail(path, f"{where}: FENCEFLAKE_NODE_ID={node!r}: each registry StatefulSet names its node id")
+        elif int(node) in by_id:
+            fail(path, f"{where}: node id {node} is also {by_id[int(node)][1]}")
+        else:
+            by_id[int(node)] = (path, where, name, spec, values)
+    if sorted(by_id) != [1, 2, 3, 4, 5]:
+        fail(registry_nodes[0][0], f"registry StatefulSets are nodes {sorted(by_id)}, want exactly 1..5")
+    specs = {values.get("FENCEFLAKE_INITIAL_CLUSTER") for _, _, _, _, values in registry_nodes}
+    if len(specs) != 1:
+        fail(registry_nodes[0][0], "the registry StatefulSets disagree on FENCEFLAKE_INITIAL_CLUSTER")
+    path0 = registry_nodes[0][0]
+    members = parse_initial_cluster(path0, "registry", specs.pop()) if len(specs) == 1 else None
+    if members and sorted(by_id) == [1, 2, 3, 4, 5]:
+        good = True
+        for node, (path, where, name, spec, values) in sorted(by_id.items()):
+            pod_name = f"{name}-0"
+            mine = values.get("FENCEFLAKE_ADVERTISE_PEER_ADDR", "").replace("$(POD_NAME)", pod_name)
+            peer, client = members[node]
+            if mine != peer:
+                fail(path, f"{where}: pod {pod_name} (node {node}) advertises {mine!r} but --initial-cluster says {peer!r}")
+                good = False
+            if not peer.startswith(f"{pod_name}.{spec.get('serviceName')}."):
+                fail(path, f"{where}: node {node} peer address {peer!r} is not {pod_name}.{spec.get('serviceName')}.…")
+                good = False
+            if port_of(peer) != port_of(values.get("FENCEFLAKE_PEER_ADDR")) or port_of(client) != port_of(values.get("FENCEFLAKE_CLIENT_ADDR")):
+                fail(path, f"{where}: node {node} ports in --initial-cluster differ from the listen addresses")
+                good = False
+        registry_clients.update(client for _, client in members.values())
+        if good:
+            ok(path0, "registry: five StatefulSets = nodes 1..5 of --initial-cluster, each pod advertising its own entry")
+        # The five differ only in the node id: compare them with it replaced.
+        def normalized(doc, node):
+            # Blank exactly the fields that carry the node id, then compare the rest.
+            text = yaml.safe_dump(doc, sort_keys=True)
+            text = text.replace(f"fenceflake-registry-{node}\n", "fenceflake-registry-<N>\n")
+            text = text.replace(f"/fenceflake/node/{node}\n", "/fenceflake/node/<N>\n")
+            return re.sub(rf"name: FENCEFLAKE_NODE_ID\n(\s+)value: '{node}'", r"name: FENCEFLAKE_NODE_ID\n\1value: <N>", text)
+        raw = {node: next(d for p, d in workloads if d["metadata"]["name"] == name) for node, (_, _, name, _, _) in by_id.items()}
+        first = normalized(raw[1], 1)
+        for node in range(2, 6):
+            if normalized(raw[node], node) != first:
+                fail(by_id[node][0], f"StatefulSet/{by_id[node][2]} differs from fenceflake-registry-1 in more than the node id")
+# One trust domain for every pod certificate.
+if len(trust_domains) > 1:
+    fail("deploy/k8s", f"pod certificates use several trust domains: {sorted(trust_domains)}")
 # Services must select some pod template.
 for sname, (path, svc) in services.items():
     sel = svc["spec"].get("selector", {})
@@ -590,6 +758,15 @@ for upath in sorted(glob.glob("deploy/systemd/*.service")):
     state_dirs = unit_values(u, "Service", "StateDirectory")
     if check_settings(cfg, f"{os.path.basename(upath)} ExecStart + {' '.join(env_files)}", sub, names, arg_flags, sources):
         ok(upath, f"every variable and flag is `fenceflake {sub}`'s")
+    if sub in ("registry", "worker") and check_tls(cfg, sub, values):
+        bad_paths = [values[v] for v in TLS_VARS if not values[v].startswith("/etc/fenceflake/tls/")]
+        if bad_paths:
+            fail(cfg, f"{sub}: TLS files {bad_paths} outside /etc/fenceflake/tls/ (README.md, \"Certificates\")")
+        if "/bin/kill -HUP $MAINPID" not in unit_values(u, "Service", "ExecReload"):
+            fail(upath, "want ExecReload=/bin/kill -HUP $MAINPID (`systemctl reload` re-reads the certificates)")
+        if sub == "registry" and values.get("FENCEFLAKE_NODE_ID") and not values["FENCEFLAKE_TLS_CERT"].endswith(f"/node-{values['FENCEFLAKE_NODE_ID']}.pem"):
+            fail(cfg, f"registry: FENCEFLAKE_TLS_CERT should be node-{values['FENCEFLAKE_NODE_ID']}.pem, this node's certificate")
+        ok(upath, "mutual TLS: CA, certificate and key in /etc/fenceflake/tls/, reloaded on `systemctl reload`")
     for k, want in (("KillSignal", "SIGTERM"), ("Restart", "on-failure"), ("NoNewPrivileges", "yes"), ("ProtectSystem", "strict")):
         if want not in unit_values(u, "Service", k):
             fail(upath, f"want {k}={want}")
