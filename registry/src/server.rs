@@ -68,13 +68,9 @@ type ServeTask = (&'static str, tokio::task::JoinHandle<Result<(), tonic::transp
 
 /// A registry node's certificate must be a `node` certificate naming its own id: peers check
 /// the sender id of every peer call against it.
-fn check_identity(security: &Security, node_id: u64) -> Result<(), ServerError> {
-    match security.identity() {
-        Some(identity) if identity.node_id() != Some(node_id) => {
-            Err(ServerError::WrongIdentity { identity: identity.uri(), node_id })
-        }
-        _ => Ok(()),
-    }
+fn wrong_identity(security: &Security, node_id: u64) -> Option<ServerError> {
+    let identity = security.identity()?;
+    (identity.node_id() != Some(node_id)).then(|| ServerError::WrongIdentity { identity: identity.uri(), node_id })
 }
 
 /// Run a registry node until `shutdown` resolves or Raft stops with a fatal error.
@@ -86,7 +82,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
-    check_identity(&security, config.node_id)?;
+    if let Some(error) = wrong_identity(&security, config.node_id) {
+        return Err(error);
+    }
     if config.admin_only && listeners.admin.is_none() {
         return Err(ServerError::AdminOnlyWithoutAdmin);
     }
