@@ -1,9 +1,13 @@
 //! The worker's configuration as a plain struct (the CLI and library users build it), and
-//! `validate()`, which checks the relations between its fields.
+//! `validate()`, which checks the relations between its fields. It carries the worker's
+//! [`Security`] too: one identity (certificate) for its Generator port and its registry
+//! client alike, and no default — plaintext only when the caller says `Security::Insecure`.
 
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
+
+use fenceflake_proto::tls::{Role, Security};
 
 use crate::ceiling::{CeilingPolicy, CeilingPolicyError};
 use crate::clock_guard::{ClockGuardPolicy, ClockGuardPolicyError};
@@ -106,6 +110,11 @@ pub struct WorkerConfig {
     /// Whether mechanism 2 is enforced. Only the harness turns it off, to prove that its
     /// checkers catch the duplicates a worker without its deadline mints.
     pub deadline_check: DeadlineCheck,
+    /// Mutual TLS (the worker's certificate, presented to the registry and to its own
+    /// callers; registry nodes must present `node` certificates), or plaintext by an explicit
+    /// `Security::Insecure`. Rotated files are picked up by `Security::follow_files`, which
+    /// the embedding process runs (`fenceflake worker` does).
+    pub security: Security,
 }
 
 /// Mechanism 2 on (always, in production) or off (harness self-test only).
@@ -118,8 +127,9 @@ pub enum DeadlineCheck {
 }
 
 impl WorkerConfig {
-    /// A configuration with every documented default.
-    pub fn new(registry: Vec<String>, state_dir: PathBuf, hostname: String) -> WorkerConfig {
+    /// A configuration with every documented default. `security` has none: TLS is the rule,
+    /// plaintext an explicit choice.
+    pub fn new(registry: Vec<String>, state_dir: PathBuf, hostname: String, security: Security) -> WorkerConfig {
         WorkerConfig {
             registry,
             state_dir,
@@ -134,6 +144,7 @@ impl WorkerConfig {
             sequence_bits: DEFAULT_SEQUENCE_BITS,
             id_wait: Duration::from_millis(DEFAULT_ID_WAIT_MS),
             deadline_check: DeadlineCheck::Enforced,
+            security,
         }
     }
 
@@ -158,6 +169,9 @@ impl WorkerConfig {
         self.guard_policy()?;
         self.ceiling_policy()?;
         self.worker_id.resolve(&self.hostname)?;
+        if let Some(identity) = self.security.identity().filter(|i| i.role != Role::Worker) {
+            return Err(ConfigError::NotAWorker { identity: identity.uri() });
+        }
         Ok(())
     }
 
@@ -199,6 +213,8 @@ pub enum ConfigError {
     Spin(#[from] ClockGuardPolicyError),
     #[error("--flush-interval: {0}")]
     Flush(#[from] CeilingPolicyError),
+    #[error("--tls-cert names {identity}, but a worker needs a worker certificate, spiffe://<domain>/fenceflake/worker/<name> (`fenceflake certs issue --role worker --name NAME`): the registry grants leases to workers only")]
+    NotAWorker { identity: String },
 }
 
 #[cfg(test)]
@@ -208,7 +224,7 @@ mod tests {
     use super::*;
 
     fn config() -> WorkerConfig {
-        WorkerConfig::new(vec!["127.0.0.1:1".into()], "/tmp/x".into(), "gen-4".into())
+        WorkerConfig::new(vec!["127.0.0.1:1".into()], "/tmp/x".into(), "gen-4".into(), Security::Insecure)
     }
 
     /// Goal: the three worker-ID forms parse, and `ordinal` takes N from `name-N` only.

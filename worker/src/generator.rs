@@ -2,15 +2,29 @@
 //! wait, the lease keeper, the clock guard and the ceiling — behind `generate()` calls. The
 //! gRPC service ([`crate::service`]) is a thin layer over it.
 //!
+//! The worker talks to the registry with mutual TLS under the certificate in
+//! `config.security` (a `worker` certificate of the cluster CA; `fenceflake certs issue
+//! --role worker`). The embedding process follows the files for rotations
+//! ([`Security::follow_files`]).
+//!
 //! ```no_run
 //! use std::sync::Arc;
-//! use fenceflake_worker::{Generator, SystemClock, WorkerConfig};
+//! use fenceflake_worker::{Generator, Security, SystemClock, WorkerConfig};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let tls = "/etc/fenceflake/tls";
+//! let security = Security::from_flags(
+//!     Some(format!("{tls}/ca.pem").into()),
+//!     Some(format!("{tls}/worker-my-service-0.pem").into()),
+//!     Some(format!("{tls}/worker-my-service-0.key").into()),
+//!     false,
+//! )?;
+//! security.follow_files(std::future::pending());
 //! let config = WorkerConfig::new(
 //!     vec!["10.0.0.1:2379".into(), "10.0.0.2:2379".into()],
 //!     "/var/lib/my-service/fenceflake".into(),
 //!     "my-service-0".into(),
+//!     security,
 //! );
 //! let generator = Generator::start(config, Arc::new(SystemClock)).await?;
 //! generator.wait_serving(std::time::Duration::from_secs(5)).await?;
@@ -26,6 +40,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fenceflake_proto::tls::Security;
 use tokio::sync::watch;
 
 use crate::acquire::{acquire, Acquired};
@@ -152,7 +167,7 @@ impl Generator {
     /// at once. The future may also be dropped at any point (e.g. under
     /// `tokio::time::timeout`): a lease granted meanwhile simply expires.
     pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> Result<Generator, StartError> {
-        let registry = GrpcRegistry::new(&config.registry, registry_rpc_timeout(config.lease_ttl))?;
+        let registry = GrpcRegistry::new(&config.registry, registry_rpc_timeout(config.lease_ttl), &config.security)?;
         Generator::start_with_registry(config, clock, Arc::new(registry)).await
     }
 
@@ -324,10 +339,20 @@ impl Generator {
         }
     }
 
-    /// The metrics of this worker in the Prometheus text format.
+    /// The metrics of this worker in the Prometheus text format, TLS state included
+    /// (`fenceflake_worker_tls_insecure`, `fenceflake_worker_tls_cert_expiry_timestamp_seconds`).
     pub fn render_metrics(&self) -> String {
         let status = self.status();
-        self.shared.metrics.render(&Gauges { lease_remaining: status.lease_remaining, parked: status.park })
+        let mut out =
+            self.shared.metrics.render(&Gauges { lease_remaining: status.lease_remaining, parked: status.park });
+        self.security().render_metrics(&mut out, "fenceflake_worker");
+        out
+    }
+
+    /// How this worker talks: its TLS identity (for the registry and its own Generator port),
+    /// or plaintext.
+    pub fn security(&self) -> &Security {
+        &self.shared.config.security
     }
 
     pub(crate) fn metrics(&self) -> &WorkerMetrics {

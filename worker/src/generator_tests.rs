@@ -1,7 +1,8 @@
 //! Tests of library mode against a fake registry and a manual clock: the boot wait for
 //! `not_before`, skew refusal, duplicate IDs, waiting out a restore embargo, `auto` leaving a
 //! quarantined remembered ID, parking at the deadline and resuming on a committed renewal,
-//! parking for good on FENCED, release on shutdown.
+//! parking for good on FENCED, release on shutdown; and the service over it: authorization by
+//! role and rate limits per identity, then the whole gRPC server with health and metrics.
 
 #![allow(clippy::unwrap_used)]
 
@@ -159,7 +160,8 @@ fn fixture(acquire: Result<LeaseGrant, RegistryCallError>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
     let registry = FakeRegistry::new(clock.clone(), acquire);
-    let mut config = WorkerConfig::new(vec!["fake:1".into()], dir.path().join("state"), "gen-5".into());
+    let mut config =
+        WorkerConfig::new(vec!["fake:1".into()], dir.path().join("state"), "gen-5".into(), Security::Insecure);
     config.lease_ttl = Duration::from_millis(600);
     config.margin = Some(Duration::from_millis(100));
     Fixture { _dir: dir, clock, registry, config }
@@ -355,6 +357,75 @@ async fn shutdown_persists_the_exact_last_timestamp_and_releases() {
     assert_eq!(loaded, crate::ceiling::Loaded::Found { ceiling_ms: ts_ms, exact: true });
 }
 
+/// Goal: the Generator API is authorized by the caller's certificate — a `reader` or `node`
+/// is PERMISSION_DENIED on every RPC naming the RPC and the roles it needs, a plaintext caller
+/// of a TLS port UNAUTHENTICATED — and the rate limit keys on the verified identity: callers
+/// with different certificates have separate buckets, a non-operator's `x-caller` is ignored
+/// (it can neither escape its own bucket nor charge another's), an operator's names the
+/// bucket it charges, and an `--insecure` worker keys on `x-caller`.
+#[tokio::test]
+async fn service_authorizes_by_role_and_limits_per_identity() {
+    use fenceflake_proto::tls::{request_from, Peer, PeerIdentity, Role};
+    use fenceflake_proto::v1 as pb;
+    use fenceflake_proto::v1::generator_server::Generator as _;
+    use fenceflake_proto::wire::CALLER_METADATA_KEY;
+    use tonic::Code;
+
+    use crate::rate_limit::{RateLimitConfig, RateLimiter};
+    use crate::service::GeneratorService;
+
+    let f = fixture(Ok(grant(0, T0)));
+    let g = f.start().await.unwrap();
+    g.wait_serving(Duration::from_secs(2)).await.unwrap();
+    // The manual clock stands still: a drained bucket stays drained.
+    let limits = RateLimitConfig { ids_per_sec: 1, burst: 100_000 };
+    let limiter = Arc::new(RateLimiter::new(limits, f.clock.clone()).unwrap());
+    let service = GeneratorService::new(g.clone(), limiter.clone());
+    let identity = |role, name: &str| PeerIdentity { trust_domain: "test.local".into(), role, name: name.into() };
+    let generate = |peer: Peer, x_caller: Option<&str>| {
+        let mut request = request_from(pb::GenerateRequest {}, peer);
+        if let Some(name) = x_caller {
+            request.metadata_mut().insert(CALLER_METADATA_KEY, name.parse().unwrap());
+        }
+        let service = service.clone();
+        async move { service.generate(request).await.map(|_| ()).map_err(|s| (s.code(), s.message().to_string())) }
+    };
+
+    for role in [Role::Reader, Role::Node] {
+        let peer = Peer::Verified(identity(role, "7"));
+        let (code, message) = generate(peer.clone(), None).await.unwrap_err();
+        assert_eq!(code, Code::PermissionDenied, "{role}: {message}");
+        assert!(message.contains("Generate needs role client or worker or operator"), "{message}");
+        assert!(message.contains(&format!("spiffe://test.local/fenceflake/{role}/7")), "{message}");
+        let batch = service.generate_batch(request_from(pb::GenerateBatchRequest { count: 1 }, peer.clone())).await;
+        assert_eq!(batch.unwrap_err().code(), Code::PermissionDenied);
+        let status = service.status(request_from(pb::StatusRequest {}, peer)).await;
+        assert_eq!(status.unwrap_err().code(), Code::PermissionDenied);
+    }
+    assert_eq!(generate(Peer::Plaintext, None).await.unwrap_err().0, Code::Unauthenticated);
+    assert_eq!(g.status().ids_minted, 0, "a refused caller got IDs");
+
+    let (alice, bob) = (identity(Role::Client, "alice"), identity(Role::Client, "bob"));
+    let operator = identity(Role::Operator, "ops");
+    limiter.admit(&alice.uri(), 100_000).unwrap();
+    let exhausted = generate(Peer::Verified(alice.clone()), None).await.unwrap_err();
+    assert_eq!(exhausted.0, Code::ResourceExhausted, "{}", exhausted.1);
+    let renamed = generate(Peer::Verified(alice.clone()), Some("fresh-name")).await;
+    assert_eq!(renamed.unwrap_err().0, Code::ResourceExhausted, "x-caller let a client out of its bucket");
+    generate(Peer::Verified(bob.clone()), None).await.expect("bob has a bucket of his own");
+    generate(Peer::Verified(bob), Some(&alice.uri())).await.expect("bob's x-caller charged alice");
+    let for_alice = generate(Peer::Verified(operator.clone()), Some(&alice.uri())).await;
+    assert_eq!(for_alice.unwrap_err().0, Code::ResourceExhausted, "an operator's x-caller is honoured");
+    generate(Peer::Verified(operator), None).await.expect("an operator has a bucket of its own");
+    service.status(request_from(pb::StatusRequest {}, Peer::Verified(alice))).await.expect("Status is not charged");
+
+    limiter.admit("insecure-caller", 100_000).unwrap();
+    let unchecked = generate(Peer::Unchecked, Some("insecure-caller")).await;
+    assert_eq!(unchecked.unwrap_err().0, Code::ResourceExhausted, "--insecure keys on x-caller");
+    generate(Peer::Unchecked, Some("another")).await.expect("another insecure caller");
+    g.shutdown().await;
+}
+
 /// Goal: the gRPC layer over a generator — the balancing client fails over from a dead
 /// endpoint; per-caller limits answer RESOURCE_EXHAUSTED with a retry hint (other callers
 /// unaffected); a bad count is INVALID_ARGUMENT; grpc.health.v1 follows the park state
@@ -395,16 +466,17 @@ async fn grpc_service_health_limits_metrics_and_client() {
     }));
 
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let balanced = WorkerClient::new(&[dead, addr.clone()], Some("tester")).unwrap();
+    let insecure = &Security::Insecure;
+    let balanced = WorkerClient::new(&[dead, addr.clone()], Some("tester"), insecure).unwrap();
     balanced.generate().await.expect("failed over from the dead endpoint");
-    let tester = WorkerClient::new(std::slice::from_ref(&addr), Some("tester")).unwrap();
+    let tester = WorkerClient::new(std::slice::from_ref(&addr), Some("tester"), insecure).unwrap();
     let batch = tester.generate_batch(99_999).await.unwrap();
     assert_eq!(batch.ranges.iter().map(|r| u64::from(r.count)).sum::<u64>(), 99_999);
     match tester.generate().await {
         Err(ClientError::RateLimited { retry_after_ms }) => assert!((1..=1_000).contains(&retry_after_ms)),
         other => panic!("expected a rate limit, got {other:?}"),
     }
-    let other = WorkerClient::new(std::slice::from_ref(&addr), Some("other")).unwrap();
+    let other = WorkerClient::new(std::slice::from_ref(&addr), Some("other"), insecure).unwrap();
     other.generate().await.expect("another caller is not limited");
     assert!(matches!(
         other.generate_batch(0).await,
@@ -441,10 +513,113 @@ async fn grpc_service_health_limits_metrics_and_client() {
     assert!(text.contains("fenceflake_worker_parked{reason=\"lease_expired\"} 1"), "{text}");
     assert!(text.contains("fenceflake_worker_rate_limited_total{rpc=\"Generate\"} 1"), "{text}");
     assert!(text.contains("fenceflake_worker_ids_minted_total 100001"), "{text}");
+    assert!(text.contains("fenceflake_worker_tls_insecure 1"), "{text}");
 
     let _ = stop.send(());
     server.await.unwrap().unwrap();
     ticker.abort();
     assert!(f.registry.state.lock().unwrap().released.is_some(), "shutdown did not release");
     health.check(HealthCheckRequest { service: String::new() }).await.expect_err("still serving after shutdown");
+}
+
+/// A throwaway CA in `dir` and leaf certificates of it, as `fenceflake certs` makes them
+/// (SPIFFE URI SAN, localhost and 127.0.0.1, server and client use).
+struct TestCa {
+    dir: std::path::PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new(dir: &std::path::Path) -> TestCa {
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        params.distinguished_name.push(rcgen::DnType::CommonName, "test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        TestCa { dir: dir.to_path_buf(), issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// The Security of a holder of `role`/`name`.
+    fn security(&self, role: &str, name: &str) -> Security {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let uri = format!("spiffe://test.local/fenceflake/{role}/{name}");
+        params.subject_alt_names.push(rcgen::SanType::URI(uri.try_into().unwrap()));
+        params.subject_alt_names.push(rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        params.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_path, key_path) =
+            (self.dir.join(format!("{role}-{name}.pem")), self.dir.join(format!("{role}-{name}.key")));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Security::from_flags(Some(self.dir.join("ca.pem")), Some(cert_path), Some(key_path), false).unwrap()
+    }
+}
+
+/// Goal: the whole Generator port over real mutual TLS — a `client` certificate mints
+/// through the balancing client, a `reader` is refused PERMISSION_DENIED at once, a plaintext
+/// client is told the worker requires TLS; rate limits follow the certificate whatever `x-caller` says; the metrics
+/// say TLS is on and when the certificate expires; and a worker will not start with a
+/// certificate of another role.
+#[tokio::test]
+async fn grpc_service_over_mutual_tls_authorizes_by_certificate() {
+    use crate::rate_limit::{RateLimitConfig, RateLimiter};
+    use crate::server::{run, Listeners};
+    use fenceflake_client::{ClientError, WorkerClient};
+
+    let certs = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(certs.path());
+    let mut f = fixture(Ok(grant(0, T0)));
+    f.config.security = ca.security("client", "not-a-worker");
+    let refused = f.start().await.unwrap_err().to_string();
+    assert!(
+        refused.contains("spiffe://test.local/fenceflake/client/not-a-worker")
+            && refused.contains("worker certificate"),
+        "{refused}"
+    );
+    f.config.security = ca.security("worker", "w1");
+    let g = f.start().await.unwrap();
+    g.wait_serving(Duration::from_secs(2)).await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = vec![grpc.local_addr().unwrap().to_string()];
+    let limiter =
+        Arc::new(RateLimiter::new(RateLimitConfig { ids_per_sec: 1, burst: 100_000 }, f.clock.clone()).unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(run(g.clone(), Listeners { grpc, metrics: None }, limiter.clone(), async {
+        let _ = stopped.await;
+    }));
+
+    let alice = WorkerClient::new(&addr, Some("bob"), &ca.security("client", "alice")).unwrap();
+    alice.generate().await.expect("a client certificate mints");
+    limiter.admit("spiffe://test.local/fenceflake/client/alice", 99_999).unwrap();
+    assert!(matches!(alice.generate().await, Err(ClientError::RateLimited { .. })), "alice escaped by x-caller");
+    let bob = WorkerClient::new(&addr, Some("alice"), &ca.security("client", "bob")).unwrap();
+    bob.generate().await.expect("bob has his own bucket");
+
+    let reader = WorkerClient::new(&addr, None, &ca.security("reader", "r")).unwrap();
+    match reader.generate().await {
+        Err(ClientError::Refused { code: tonic::Code::PermissionDenied, message }) => {
+            assert!(message.contains("Generate needs role client or worker or operator"), "{message}")
+        }
+        other => panic!("a reader minted: {other:?}"),
+    }
+    let plaintext = WorkerClient::new(&addr, None, &Security::Insecure).unwrap();
+    match plaintext.generate().await {
+        Err(ClientError::NoWorkerServed { failures }) => {
+            assert!(
+                failures[0].contains("Unauthenticated") && failures[0].contains("requires mutual TLS"),
+                "{failures:?}"
+            )
+        }
+        other => panic!("a plaintext client minted: {other:?}"),
+    }
+
+    let text = g.render_metrics();
+    assert!(text.contains("fenceflake_worker_tls_insecure 0"), "{text}");
+    assert!(text.contains("fenceflake_worker_tls_cert_expiry_timestamp_seconds "), "{text}");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }

@@ -67,6 +67,8 @@ pub use clock_guard::{
 };
 pub use config::{ConfigError, WorkerConfig, WorkerIdSpec};
 pub use deadline::{DeadlineError, LeaseDeadline};
+/// What [`WorkerConfig::security`] holds: mutual TLS with a certificate, or plaintext.
+pub use fenceflake_proto::tls::Security;
 pub use generator::{Batch, Generator, StartError, WorkerStatus};
 pub use holder::HolderId;
 pub use layout::{DecodedId, EncodeError, Layout, LayoutError};

@@ -2,13 +2,15 @@
 //! to (so tests can put a fake behind it), and [`GrpcRegistry`], which sweeps the registry
 //! nodes until one answers and maps gRPC statuses back to [`RegistryCallError`] by the
 //! [`Reason`] each carries (`fenceflake_proto::wire`) — the registry's error table applied
-//! in reverse.
+//! in reverse. Under TLS every channel presents the worker's certificate and accepts only a
+//! server that presents a registry `node` certificate of the cluster CA.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use fenceflake_proto::tls::{self, Role, Security};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::registry_client::RegistryClient;
 use fenceflake_proto::wire::Reason;
@@ -203,7 +205,10 @@ impl RegistryCallError {
             Reason::AlreadyHeld => RegistryCallError::AlreadyHeld { message },
             Reason::Exhausted => RegistryCallError::Exhausted { message },
             Reason::HolderHoldsOther => RegistryCallError::HolderHoldsOther { message },
-            Reason::Invalid | Reason::NotEmpty | Reason::Membership => {
+            // NOT_OWNER (the lease was granted to another certificate identity) and CLOCK_SKEW
+            // (a claim beyond the registry's time): definite refusals, nothing applied. On a
+            // renewal the keeper retries, and the deadline stops minting meanwhile.
+            Reason::Invalid | Reason::NotEmpty | Reason::Membership | Reason::NotOwner | Reason::ClockSkew => {
                 RegistryCallError::Refused { code: status.code(), reason: Some(reason), message }
             }
             Reason::NotLeader | Reason::NoLeader | Reason::NoQuorum | Reason::Overloaded | Reason::NotConfigured => {
@@ -237,17 +242,22 @@ pub struct GrpcRegistry {
 }
 
 impl GrpcRegistry {
-    /// Clients for `addrs` (`host:port` or a URL); nothing is connected yet.
-    pub fn new(addrs: &[String], rpc_timeout: Duration) -> Result<GrpcRegistry, RegistryAddrError> {
+    /// Clients for `addrs` (`host:port` or a URL; TLS or not is `security`'s business, not
+    /// the scheme's); nothing is connected yet.
+    pub fn new(
+        addrs: &[String],
+        rpc_timeout: Duration,
+        security: &Security,
+    ) -> Result<GrpcRegistry, RegistryAddrError> {
         let nodes = addrs
             .iter()
             .map(|addr| {
-                let url = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
-                let endpoint = Endpoint::from_shared(url)
+                let endpoint = Endpoint::from_shared(tls::endpoint_url(addr))
                     .map_err(|e| RegistryAddrError { addr: addr.clone(), why: e.to_string() })?
                     .connect_timeout(Duration::from_millis(REGISTRY_CONNECT_TIMEOUT_MS))
                     .tcp_nodelay(true);
-                Ok((addr.clone(), RegistryClient::new(endpoint.connect_lazy())))
+                let channel = tls::connect_lazy(endpoint, security, &[Role::Node]);
+                Ok((addr.clone(), RegistryClient::new(channel)))
             })
             .collect::<Result<Vec<_>, _>>()?;
         if nodes.is_empty() {
@@ -383,7 +393,9 @@ mod tests {
                 Reason::AlreadyHeld => "AlreadyHeld",
                 Reason::HolderHoldsOther => "HolderHoldsOther",
                 Reason::Exhausted => "Exhausted",
-                Reason::Invalid | Reason::NotEmpty | Reason::Membership => "Refused",
+                Reason::Invalid | Reason::NotEmpty | Reason::Membership | Reason::NotOwner | Reason::ClockSkew => {
+                    "Refused"
+                }
                 _ => "Unavailable",
             };
             assert_eq!(class(&got), want, "{reason}: {got:?}");
@@ -472,7 +484,8 @@ mod tests {
                 addr
             })
             .collect();
-        let registry = GrpcRegistry::new(&dead, Duration::from_millis(500)).expect("addresses parse");
+        let registry =
+            GrpcRegistry::new(&dead, Duration::from_millis(500), &Security::Insecure).expect("addresses parse");
         let err = registry.renew(RenewRequest {
             worker_id: WorkerId::new(1),
             token: Token::new(1),
@@ -480,7 +493,8 @@ mod tests {
             max_minted_ts_ms: 0,
         });
         assert!(err.await.is_err_and(|e| e.is_retryable() && e.is_indeterminate()));
-        assert!(GrpcRegistry::new(&["bad addr with spaces".to_string()], Duration::from_secs(1)).is_err());
-        assert!(GrpcRegistry::new(&[], Duration::from_secs(1)).is_err());
+        assert!(GrpcRegistry::new(&["bad addr with spaces".to_string()], Duration::from_secs(1), &Security::Insecure)
+            .is_err());
+        assert!(GrpcRegistry::new(&[], Duration::from_secs(1), &Security::Insecure).is_err());
     }
 }

@@ -1,10 +1,17 @@
 //! Serves a [`Generator`] over gRPC (the Generator service and grpc.health.v1, which follows
 //! the park state) and metrics over HTTP, then shuts the generator down cleanly: stop
 //! serving, persist the exact last timestamp, release the lease.
+//!
+//! The gRPC port accepts through `fenceflake_proto::tls::incoming` with the generator's own
+//! [`Security`](fenceflake_proto::tls::Security) (`WorkerConfig::security`): under TLS every
+//! caller presents a certificate of the cluster CA and the service authorizes it per RPC
+//! ([`crate::service`]); health checks need no certificate (probes), and a plaintext caller
+//! of a TLS port is told that TLS is required.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use fenceflake_proto::tls;
 use fenceflake_proto::v1::generator_server::GeneratorServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -40,11 +47,11 @@ pub async fn run(
         };
         tokio::spawn(fenceflake_proto::metrics::serve_http(listener, render, stopped.clone().wait()));
     }
+    let incoming = tls::incoming(listeners.grpc, generator.security().clone(), "grpc");
     let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(GeneratorServer::new(GeneratorService::new(generator.clone(), limiter)))
-        .serve_with_incoming_shutdown(fenceflake_proto::serving::nodelay(listeners.grpc), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     tracing::info!("stopped serving; shutting the generator down");
     stop.stop();

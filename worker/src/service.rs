@@ -1,12 +1,29 @@
 //! The public `fenceflake.v1.Generator` gRPC service over a [`Generator`], and the worker's
-//! one table from errors to gRPC statuses ([`crate::client`] applies it in reverse). The
+//! one table from errors to gRPC statuses (`fenceflake-client` applies it in reverse). The
 //! metadata keys are the shared ones of `fenceflake_proto::wire`: a parked worker names its
 //! park cause in `PARK_REASON_METADATA_KEY`, a rate limit its retry hint in
-//! `RETRY_AFTER_METADATA_KEY`, and callers name themselves in `CALLER_METADATA_KEY`.
+//! `RETRY_AFTER_METADATA_KEY`, and callers may name themselves in `CALLER_METADATA_KEY`.
+//!
+//! **Who may call.** Every RPC (Generate, GenerateBatch, Status) is authorized from the
+//! caller's certificate: roles `client`, `worker` and `operator` of the cluster CA; anyone
+//! else is `PERMISSION_DENIED` (a `reader` or `node` certificate) or `UNAUTHENTICATED` (no
+//! certificate, plaintext). A worker started `--insecure` checks nobody.
+//!
+//! **Whose rate limit.** Each call is charged to one bucket of the per-caller limit
+//! ([`rate_key`]):
+//! - a caller with a verified certificate: its SPIFFE ID
+//!   (`spiffe://<domain>/fenceflake/<role>/<name>`), whatever `x-caller` it sends — rotating
+//!   `x-caller` or connections does not buy a fresh bucket;
+//! - except an `operator`, who may act for others: its `x-caller`, when it sends one, names
+//!   the bucket (e.g. a proxy in front of the workers charging each of its own callers);
+//! - on an `--insecure` worker (no identities): `x-caller` if given, else the peer's IP.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
+use fenceflake_proto::tls::{self, Caller, ConnInfo, Role};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::wire::{CALLER_METADATA_KEY, PARK_REASON_METADATA_KEY, RETRY_AFTER_METADATA_KEY};
 use tonic::{Code, Request, Response, Status};
@@ -51,18 +68,34 @@ fn rate_limited(retry_after: Duration) -> Status {
     status
 }
 
+/// The roles that may call the Generator API: ID consumers, workers (one worker's library may
+/// call another), and operators.
+pub const CALLER_ROLES: &[Role] = &[Role::Client, Role::Worker, Role::Operator];
+
+/// The rate-limit bucket of a call from `caller` (see the module doc): `x_caller` only from a
+/// caller allowed to act for others (an `operator`, or anyone on an `--insecure` worker),
+/// else the verified identity, else (insecure) the peer's IP.
+pub fn rate_key(caller: &Caller, x_caller: Option<&str>, remote: Option<SocketAddr>) -> String {
+    if let Some(name) = x_caller.filter(|_| caller.has(Role::Operator)) {
+        return name.chars().take(MAX_CALLER_KEY_BYTES).collect();
+    }
+    match caller.identity() {
+        Some(identity) => identity.uri(),
+        None => remote.map_or_else(|| "unknown".to_string(), |a| a.ip().to_string()),
+    }
+}
+
 impl GeneratorService {
     pub fn new(generator: Generator, limiter: Arc<RateLimiter>) -> GeneratorService {
         GeneratorService { generator, limiter }
     }
 
-    /// Charge `cost` IDs to the caller: `x-caller` if given, else the peer's IP address.
-    fn admit<T>(&self, request: &Request<T>, rpc: Rpc, cost: u32) -> Result<(), Status> {
-        let caller = match request.metadata().get(CALLER_METADATA_KEY).and_then(|v| v.to_str().ok()) {
-            Some(name) => name.chars().take(MAX_CALLER_KEY_BYTES).collect(),
-            None => request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.ip().to_string()),
-        };
-        self.limiter.admit(&caller, u64::from(cost)).map_err(|retry_after| {
+    /// Charge `cost` IDs to the bucket of `caller` (already authorized for `request`).
+    fn admit<T>(&self, request: &Request<T>, caller: &Caller, rpc: Rpc, cost: u32) -> Result<(), Status> {
+        let x_caller = request.metadata().get(CALLER_METADATA_KEY).and_then(|v| v.to_str().ok());
+        let remote = request.extensions().get::<ConnInfo>().and_then(|info| info.remote_addr);
+        let key = rate_key(caller, x_caller, remote);
+        self.limiter.admit(&key, u64::from(cost)).map_err(|retry_after| {
             self.generator.metrics().count_rate_limited(rpc);
             rate_limited(retry_after)
         })
@@ -72,7 +105,8 @@ impl GeneratorService {
 #[tonic::async_trait]
 impl pb::generator_server::Generator for GeneratorService {
     async fn generate(&self, request: Request<pb::GenerateRequest>) -> Result<Response<pb::GenerateResponse>, Status> {
-        self.admit(&request, Rpc::Generate, 1)?;
+        let caller = tls::authorize(&request, Rpc::Generate.name(), CALLER_ROLES)?;
+        self.admit(&request, &caller, Rpc::Generate, 1)?;
         let batch = self.generator.generate_with_lease().await.map_err(|e| to_status(&e))?;
         Ok(Response::new(pb::GenerateResponse {
             id: batch.runs[0].first,
@@ -86,11 +120,12 @@ impl pb::generator_server::Generator for GeneratorService {
         &self,
         request: Request<pb::GenerateBatchRequest>,
     ) -> Result<Response<pb::GenerateBatchResponse>, Status> {
+        let caller = tls::authorize(&request, Rpc::GenerateBatch.name(), CALLER_ROLES)?;
         let count = request.get_ref().count;
         if count == 0 || count > MAX_BATCH_COUNT {
             return Err(to_status(&GenerateError::InvalidCount { count, max: MAX_BATCH_COUNT }));
         }
-        self.admit(&request, Rpc::GenerateBatch, count)?;
+        self.admit(&request, &caller, Rpc::GenerateBatch, count)?;
         let batch = self.generator.generate_batch(count).await.map_err(|e| to_status(&e))?;
         Ok(Response::new(pb::GenerateBatchResponse {
             ranges: batch.runs.iter().map(|r| pb::IdRange { first: r.first, count: r.count }).collect(),
@@ -100,7 +135,8 @@ impl pb::generator_server::Generator for GeneratorService {
         }))
     }
 
-    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        tls::authorize(&request, "Status", CALLER_ROLES)?;
         let s = self.generator.status();
         Ok(Response::new(pb::StatusResponse {
             worker_id: u32::from(s.worker_id.get()),
@@ -122,6 +158,26 @@ impl pb::generator_server::Generator for GeneratorService {
 mod tests {
     use super::*;
     use crate::park::ParkCause;
+    use fenceflake_proto::tls::PeerIdentity;
+
+    /// Goal: the rate-limit bucket is the verified identity (x-caller ignored) except for an
+    /// operator, whose x-caller names it; without identities (--insecure) x-caller, else the
+    /// peer's IP (any port), else one shared `unknown`; a long x-caller is cut to the bound.
+    #[test]
+    fn rate_keys_follow_identity_then_x_caller_then_ip() {
+        let verified = |role| Caller::Verified(PeerIdentity { trust_domain: "td".into(), role, name: "n".into() });
+        let remote: Option<SocketAddr> = "10.1.2.3:5555".parse().ok();
+        let client = verified(Role::Client);
+        assert_eq!(rate_key(&client, Some("someone-else"), remote), "spiffe://td/fenceflake/client/n");
+        assert_eq!(rate_key(&verified(Role::Worker), None, remote), "spiffe://td/fenceflake/worker/n");
+        assert_eq!(rate_key(&verified(Role::Operator), Some("tenant-7"), remote), "tenant-7");
+        assert_eq!(rate_key(&verified(Role::Operator), None, remote), "spiffe://td/fenceflake/operator/n");
+        assert_eq!(rate_key(&Caller::Unchecked, Some("tenant-7"), remote), "tenant-7");
+        assert_eq!(rate_key(&Caller::Unchecked, None, remote), "10.1.2.3");
+        assert_eq!(rate_key(&Caller::Unchecked, None, None), "unknown");
+        let long = "x".repeat(MAX_CALLER_KEY_BYTES + 10);
+        assert_eq!(rate_key(&Caller::Unchecked, Some(&long), None).len(), MAX_CALLER_KEY_BYTES);
+    }
 
     /// Goal: every mint error has its documented code, and parked answers name the reason in
     /// metadata so clients can branch without parsing prose.
