@@ -5,11 +5,15 @@
 //!
 //! `cargo run --release -p fenceflake-client --example gray_bench -- A,B,C single 16 5`
 //! `cargo run --release -p fenceflake-client --example gray_bench -- A,B,C batch:1000 16 5`
+//!
+//! TLS from the environment, as every fenceflake binary takes it: `FENCEFLAKE_TLS_CA`,
+//! `FENCEFLAKE_TLS_CERT`, `FENCEFLAKE_TLS_KEY` (a `client` certificate), or
+//! `FENCEFLAKE_INSECURE=1` against workers started `--insecure`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fenceflake_client::WorkerClient;
+use fenceflake_client::{Security, WorkerClient};
 
 #[tokio::main]
 async fn main() {
@@ -20,7 +24,16 @@ async fn main() {
     let batch: Option<u32> = mode.strip_prefix("batch:").map(|n| n.parse().expect("batch size"));
     let concurrency: usize = concurrency.parse().expect("concurrency");
     let run_for = Duration::from_secs(seconds.parse().expect("seconds"));
-    let client = Arc::new(WorkerClient::new(&workers, Some("gray-bench")).expect("client"));
+    let path = |var: &str| std::env::var_os(var).map(std::path::PathBuf::from);
+    let insecure = std::env::var("FENCEFLAKE_INSECURE").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    let security = Security::from_flags(
+        path("FENCEFLAKE_TLS_CA"),
+        path("FENCEFLAKE_TLS_CERT"),
+        path("FENCEFLAKE_TLS_KEY"),
+        insecure,
+    )
+    .expect("TLS settings");
+    let client = Arc::new(WorkerClient::new(&workers, Some("gray-bench"), &security).expect("client"));
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {

@@ -1,6 +1,7 @@
 //! The client's errors, and how a worker's gRPC status is read: the worker service's error
 //! table in reverse (parked → `UNAVAILABLE` with `fenceflake-park-reason`, rate limited →
-//! `RESOURCE_EXHAUSTED` with `fenceflake-retry-after-ms`, bad request → `INVALID_ARGUMENT`).
+//! `RESOURCE_EXHAUSTED` with `fenceflake-retry-after-ms`, bad request → `INVALID_ARGUMENT`,
+//! a certificate whose role may not call → `PERMISSION_DENIED`).
 
 use fenceflake_proto::wire::{PARK_REASON_METADATA_KEY, RETRY_AFTER_METADATA_KEY};
 use tonic::{Code, Status};
@@ -54,17 +55,42 @@ pub(crate) fn classify(status: &Status) -> Failure {
                 .unwrap_or(DEFAULT_RETRY_AFTER_MS);
             Failure::Limited(ms)
         }
-        Code::InvalidArgument | Code::FailedPrecondition | Code::Unimplemented => {
+        // PERMISSION_DENIED: this certificate's role may not call the Generator API, and
+        // every worker of the cluster says the same. (UNAUTHENTICATED is skipped like an
+        // unreachable worker: a plaintext client may still find --insecure workers while a
+        // fleet moves to TLS, and the failures name the reason if none is left.)
+        Code::InvalidArgument | Code::FailedPrecondition | Code::Unimplemented | Code::PermissionDenied => {
             Failure::Fatal(ClientError::Refused { code: status.code(), message: status.message().to_string() })
         }
         _ => {
             let reason = status.metadata().get(PARK_REASON_METADATA_KEY).and_then(|v| v.to_str().ok());
             Failure::Skip(match reason {
                 Some(reason) => format!("parked ({reason})"),
-                None => format!("{:?}: {}", status.code(), status.message()),
+                None => describe_status(status),
             })
         }
     }
+}
+
+/// A status as a person should read it: code and message, then the causes of a transport
+/// failure (a failed TLS handshake, a refused certificate), which tonic keeps out of the
+/// message, and what a TLS alert from the server most likely means.
+pub fn describe_status(status: &Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if cause_text != "transport error" && !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    if text.contains("received fatal alert") {
+        text.push_str(
+            " (the server refused this client's certificate: is it issued by the server's CA (--tls-ca on both), and unexpired?)",
+        );
+    }
+    text
 }
 
 #[cfg(test)]
@@ -86,5 +112,13 @@ mod tests {
         assert!(matches!(classify(&Status::resource_exhausted("x")), Failure::Limited(DEFAULT_RETRY_AFTER_MS)));
         let bad = Status::invalid_argument("count 0");
         assert!(matches!(classify(&bad), Failure::Fatal(ClientError::Refused { code: Code::InvalidArgument, .. })));
+        let denied = Status::permission_denied("Generate needs role client or worker or operator");
+        assert!(matches!(classify(&denied), Failure::Fatal(ClientError::Refused { code: Code::PermissionDenied, .. })));
+        assert!(
+            matches!(classify(&Status::unauthenticated("requires mutual TLS")), Failure::Skip(r) if r.contains("TLS"))
+        );
+        let alert = Status::from_error(Box::new(std::io::Error::other("received fatal alert: DecryptError")));
+        let text = describe_status(&alert);
+        assert!(text.contains("DecryptError") && text.contains("refused this client's certificate"), "{text}");
     }
 }

@@ -24,8 +24,16 @@
 //! is dropped (the loser of a hedge, an attempt that timed out after the worker minted) only
 //! burns IDs, never repeats them: the caller sees each ID at most once.
 //!
-//! Every call carries `x-caller` when a caller name is given, so the workers' per-caller rate
-//! limits see one caller however many workers and connections it uses.
+//! **Security.** Every connection runs mutual TLS with the [`Security`] the client is built
+//! with (a `client` certificate of the cluster CA, usually; `fenceflake certs issue --role
+//! client`), and accepts only workers that present a `worker` certificate of that CA. A
+//! rotated certificate is presented on the next connection. Plaintext only with an explicit
+//! `Security::Insecure`, against workers started `--insecure`.
+//!
+//! Every call carries `x-caller` when a caller name is given. A worker charges its
+//! per-caller rate limit to the caller's certificate identity, however many workers and
+//! connections it uses; it honours `x-caller` only from an `operator` certificate (which may
+//! act for others) or when it runs `--insecure` (then it is the only name a caller has).
 
 mod call;
 pub mod error;
@@ -35,12 +43,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use fenceflake_proto::tls::{self, Role};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::generator_client::GeneratorClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 pub use error::ClientError;
+/// How the client connects: mutual TLS with its certificate, or plaintext (`--insecure`).
+pub use fenceflake_proto::tls::Security;
 use policy::{Health, HedgeBudget, Latencies};
 
 /// Most worker addresses one client takes; a fleet is larger, but one client needs a few.
@@ -128,10 +139,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl WorkerClient {
-    /// A client over `addrs` (`host:port` or URLs); connects lazily. `caller` names this
-    /// client for the workers' rate limits.
-    pub fn new(addrs: &[String], caller: Option<&str>) -> Result<WorkerClient, ClientError> {
-        Self::with_timeout(addrs, caller, DEFAULT_CALL_TIMEOUT)
+    /// A client over `addrs` (`host:port` or URLs; TLS or not is `security`'s business, not
+    /// the scheme's); connects lazily, through `security`, to workers that must present a
+    /// `worker` certificate. `caller` names this client in `x-caller` (honoured by workers
+    /// only from operators, or when they run `--insecure`).
+    pub fn new(addrs: &[String], caller: Option<&str>, security: &Security) -> Result<WorkerClient, ClientError> {
+        Self::with_timeout(addrs, caller, DEFAULT_CALL_TIMEOUT, security)
     }
 
     /// As [`WorkerClient::new`], with the overall timeout of each call (attempt timeouts and
@@ -140,11 +153,12 @@ impl WorkerClient {
         addrs: &[String],
         caller: Option<&str>,
         call_timeout: Duration,
+        security: &Security,
     ) -> Result<WorkerClient, ClientError> {
         if addrs.is_empty() || addrs.len() > MAX_WORKER_ADDRS {
             return Err(ClientError::WorkerCount { count: addrs.len() });
         }
-        let workers = addrs.iter().map(|addr| worker(addr)).collect::<Result<Vec<_>, ClientError>>()?;
+        let workers = addrs.iter().map(|addr| worker(addr, security)).collect::<Result<Vec<_>, ClientError>>()?;
         let caller =
             caller.map(|c| c.parse().map_err(|_| ClientError::BadCaller { caller: c.to_string() })).transpose()?;
         Ok(WorkerClient {
@@ -197,15 +211,14 @@ impl WorkerClient {
     }
 }
 
-fn worker(addr: &str) -> Result<Worker, ClientError> {
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let endpoint = Endpoint::from_shared(url)
+fn worker(addr: &str, security: &Security) -> Result<Worker, ClientError> {
+    let endpoint = Endpoint::from_shared(tls::endpoint_url(addr))
         .map_err(|e| ClientError::BadAddr { addr: addr.to_string(), why: e.to_string() })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
     Ok(Worker {
         addr: addr.to_string(),
-        client: GeneratorClient::new(endpoint.connect_lazy()),
+        client: GeneratorClient::new(tls::connect_lazy(endpoint, security, &[Role::Worker])),
         health: Mutex::default(),
         counters: Counters::default(),
     })
