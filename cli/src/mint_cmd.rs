@@ -1,5 +1,6 @@
 //! `fenceflake mint`: ask a set of workers for IDs through the balancing client and print
-//! them, one per line.
+//! them, one per line. Mutual TLS with a `client` (or `operator`) certificate; the workers
+//! must present `worker` certificates of the same CA.
 
 use std::io::Write;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use fenceflake_client::{ClientError, ClientStats, WorkerClient};
+use fenceflake_proto::tls::TlsArgs;
 use fenceflake_worker::limits::MAX_BATCH_COUNT;
 
 /// Most IDs one `mint` prints: enough for any experiment, bounded like everything else.
@@ -16,8 +18,13 @@ const MAX_MINT_COUNT: u32 = 10_000_000;
 const MAX_RATE_LIMITED_RETRIES: u32 = 50;
 
 /// Mint IDs from workers and print them, one per line.
+///
+/// TLS: a `client` certificate of the cluster CA (`fenceflake certs issue --role client`);
+/// the workers must present `worker` certificates.
 #[derive(Debug, Args)]
 pub struct MintArgs {
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Worker addresses, HOST:PORT[,HOST:PORT...]; calls rotate over them and fail over.
     #[arg(long, env = "FENCEFLAKE_WORKERS", value_delimiter = ',', required = true)]
     workers: Vec<String>,
@@ -27,7 +34,8 @@ pub struct MintArgs {
     /// Use GenerateBatch (ranges of up to 100000 IDs per call) instead of one call per ID.
     #[arg(long, env = "FENCEFLAKE_MINT_BATCH")]
     batch: bool,
-    /// Name sent as x-caller, for the workers' per-caller rate limits.
+    /// Name sent as x-caller. Workers rate-limit per certificate identity and honour
+    /// x-caller only from an operator certificate (acting for others), or when --insecure.
     #[arg(long, env = "FENCEFLAKE_CALLER")]
     caller: Option<String>,
     /// After minting, print the client's counters (hedges; per worker attempts, answers,
@@ -38,7 +46,8 @@ pub struct MintArgs {
 
 pub async fn run(args: MintArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=MAX_MINT_COUNT).contains(&args.count), "-n {} outside 1..={MAX_MINT_COUNT}", args.count);
-    let client = WorkerClient::new(&args.workers, args.caller.as_deref())?;
+    let security = args.tls.security()?;
+    let client = WorkerClient::new(&args.workers, args.caller.as_deref(), &security)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut left = args.count;
     let mut limited = 0;

@@ -1,5 +1,7 @@
 //! `fenceflake worker`: run one generator worker — lease a worker ID from the registry and
 //! serve fenced Snowflake IDs over gRPC until SIGTERM, then release the lease and exit 0.
+//! Mutual TLS with one `worker` certificate for both sides (the registry client and the
+//! Generator port), unless started `--insecure`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use fenceflake_proto::duration::parse_duration;
+use fenceflake_proto::tls::{Security, TlsArgs};
 use fenceflake_worker::config::DeadlineCheck;
 use fenceflake_worker::limits::{DEFAULT_RATE_LIMIT_BURST, DEFAULT_RATE_LIMIT_IDS_PER_SEC, DEFAULT_SEQUENCE_BITS};
 use fenceflake_worker::server::{self, Listeners};
@@ -21,9 +24,15 @@ use crate::signals::shutdown_signal;
 /// It acquires a fenced lease on a worker ID, renews it every ttl/3, mints only while the
 /// lease is provably its own (parks otherwise), and persists a timestamp ceiling in
 /// --state-dir so a restart never repeats an ID. Give each worker its own --state-dir.
+///
+/// TLS: a `worker` certificate of the cluster CA (`fenceflake certs issue --role worker`),
+/// presented to the registry (whose nodes must present `node` certificates) and to callers
+/// of the Generator port (which accepts `client`, `worker` and `operator` certificates).
 #[derive(Debug, Args)]
 #[command(after_help = crate::DURATION_HELP)]
 pub struct WorkerArgs {
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Registry client addresses, HOST:PORT[,HOST:PORT...]; any node will do.
     #[arg(long, env = "FENCEFLAKE_REGISTRY", value_delimiter = ',', required = true)]
     pub registry: Vec<String>,
@@ -77,7 +86,9 @@ pub struct WorkerArgs {
     /// the kernel's host name).
     #[arg(long, env = "FENCEFLAKE_HOSTNAME")]
     pub hostname: Option<String>,
-    /// Per-caller limit in IDs per second (caller: x-caller metadata, else peer IP); 0 = off.
+    /// Per-caller limit in IDs per second; 0 = off. The caller is the certificate's SPIFFE ID
+    /// (x-caller metadata is honoured only from operator certificates, which may act for
+    /// others); with --insecure, x-caller, else the peer's IP.
     #[arg(long, env = "FENCEFLAKE_RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT_IDS_PER_SEC)]
     pub rate_limit: u64,
     /// Per-caller burst in IDs (at least one maximal batch, 100000).
@@ -86,9 +97,9 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
-    fn config(&self) -> WorkerConfig {
+    fn config(&self, security: Security) -> WorkerConfig {
         let hostname = self.hostname.clone().unwrap_or_else(crate::hostname::detect);
-        let mut config = WorkerConfig::new(self.registry.clone(), self.state_dir.clone(), hostname);
+        let mut config = WorkerConfig::new(self.registry.clone(), self.state_dir.clone(), hostname, security);
         config.worker_id = self.worker_id.clone();
         config.lease_ttl = self.lease_ttl;
         config.margin = self.margin;
@@ -128,8 +139,14 @@ pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::Tc
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     abort_on_panic();
-    let config = args.config();
+    let security = args.tls.security()?;
+    let config = args.config(security.clone());
     config.validate()?;
+    security.announce("worker");
+    let (stop_following, following) = tokio::sync::oneshot::channel::<()>();
+    security.follow_files(async {
+        let _ = following.await;
+    });
     let limiter = Arc::new(RateLimiter::new(args.rate_limit(), Arc::new(SystemClock))?);
     // Bound before the lease is acquired, so a busy port does not cost a lease.
     let listeners = Listeners {
@@ -149,6 +166,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         "worker serving"
     );
     server::run(generator, listeners, limiter, shutdown_signal()).await?;
+    drop(stop_following);
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -168,7 +186,7 @@ mod tests {
     fn config(flags: &[&str]) -> Result<WorkerConfig, String> {
         let base = ["fenceflake", "--registry", "127.0.0.1:1", "--state-dir", "/tmp/x", "--hostname", "h"];
         let cli = Cli::try_parse_from(base.iter().chain(flags)).map_err(|e| e.to_string())?;
-        let config = cli.worker.config();
+        let config = cli.worker.config(Security::Insecure);
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
     }
@@ -187,6 +205,26 @@ mod tests {
         assert!(err.contains("--margin") && err.contains("third"), "{err}");
         let err = config(&["--lease-ttl", "3"]).unwrap_err();
         assert!(err.contains("no unit") && err.contains("ms, s, m, h"), "{err}");
+    }
+
+    /// Goal: a worker without TLS flags does not start plaintext: the error names the three
+    /// flags, their env vars and --insecure; --insecure with a TLS flag is refused as
+    /// ambiguous; --insecure alone means plaintext.
+    #[test]
+    fn tls_is_required_unless_insecure() {
+        let tls = |flags: &[&str]| {
+            let base = ["fenceflake", "--registry", "127.0.0.1:1", "--state-dir", "/tmp/x"];
+            Cli::try_parse_from(base.iter().chain(flags)).unwrap().worker.tls.security()
+        };
+        let missing = tls(&[]).unwrap_err().to_string();
+        for word in ["--tls-ca", "--tls-cert", "--tls-key", "FENCEFLAKE_TLS_CA", "--insecure"] {
+            assert!(missing.contains(word), "{word} not named: {missing}");
+        }
+        let both = tls(&["--insecure", "--tls-ca", "/ca.pem"]).unwrap_err().to_string();
+        assert!(both.contains("--insecure") && both.contains("--tls-ca"), "{both}");
+        let partial = tls(&["--tls-ca", "/ca.pem", "--tls-cert", "/c.pem"]).unwrap_err().to_string();
+        assert!(partial.contains("--tls-key"), "{partial}");
+        assert!(!tls(&["--insecure"]).unwrap().is_tls());
     }
 
     /// Goal: --id-wait defaults to 5 minutes (an embargo after a restore is waited out, not

@@ -1,10 +1,12 @@
 //! How `ctl` reaches the cluster: the first node that answers (for commands any node can
 //! serve or forward), and the cluster as the *leader* sees it (for status, members and
 //! add-member's wait: only the leader knows replication progress and quorum health).
+//! Under TLS every node must present a registry `node` certificate of the cluster CA.
 
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use fenceflake_proto::tls::{self, Role, Security};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::registry_client::RegistryClient;
 use tokio::task::JoinSet;
@@ -17,6 +19,8 @@ const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub struct Cluster {
     pub addrs: Vec<String>,
     pub timeout: Duration,
+    /// ctl's certificate (an `operator`, or a `reader` for status and leases), or plaintext.
+    pub security: Security,
 }
 
 /// Every answering node's status, and the leader's own if it answered.
@@ -39,11 +43,11 @@ impl ClusterView {
 
 impl Cluster {
     pub fn client(&self, addr: &str) -> anyhow::Result<RegistryClient<Channel>> {
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = Endpoint::from_shared(tls::endpoint_url(addr))
             .with_context(|| format!("bad registry address {addr:?}"))?
             .connect_timeout(Duration::from_secs(1))
-            .timeout(self.timeout)
-            .connect_lazy();
+            .timeout(self.timeout);
+        let channel = tls::connect_lazy(endpoint, &self.security, &[Role::Node]);
         Ok(RegistryClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX))
@@ -64,14 +68,14 @@ impl Cluster {
                 Err(status) => bail!("{addr}: {}", describe(&status)),
             }
         }
-        Err(anyhow!("no registry node answered:\n  {}", errors.join("\n  ")))
+        Err(anyhow!("no registry node answered:\n  {}", same_errors_once(errors).join("\n  ")))
     }
 
     /// Ask every node for its status at once, then the leader too if none of them is it.
     pub async fn view(&self) -> anyhow::Result<ClusterView> {
         let (mut answered, errors) = self.statuses(&self.addrs).await;
         if answered.is_empty() {
-            bail!("no registry node answered:\n  {}", errors.join("\n  "));
+            bail!("no registry node answered:\n  {}", same_errors_once(errors).join("\n  "));
         }
         let leader = |all: &[pb::ClusterStatusResponse]| {
             all.iter().filter(|s| s.state == "LEADER").max_by_key(|s| s.term).cloned()
@@ -116,16 +120,55 @@ impl Cluster {
     }
 }
 
+/// `addr: error` lines, with one line for all the nodes that failed the same way (a refused
+/// certificate is refused by every node).
+fn same_errors_once(errors: Vec<String>) -> Vec<String> {
+    let mut by_error: Vec<(String, Vec<String>)> = Vec::new();
+    for line in errors {
+        let (addr, error) =
+            line.split_once(": ").map_or((String::new(), line.clone()), |(a, e)| (a.to_string(), e.to_string()));
+        match by_error.iter_mut().find(|(e, _)| *e == error) {
+            Some((_, addrs)) => addrs.push(addr),
+            None => by_error.push((error, vec![addr])),
+        }
+    }
+    by_error.into_iter().map(|(error, addrs)| format!("{}: {error}", addrs.join(", "))).collect()
+}
+
 fn retryable(status: &tonic::Status) -> bool {
     matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown)
 }
 
-/// A status as an operator should read it.
+/// A status as an operator should read it (a transport failure with its causes: a refused
+/// certificate shows up only there).
 fn describe(status: &tonic::Status) -> String {
     match status.code() {
         tonic::Code::Unimplemented => "this address does not serve the Registry API (a peer or metrics port?); \
              ctl talks to a node's client port (its --client-addr)"
             .to_string(),
-        code => format!("{code:?}: {}", status.message()),
+        _ => fenceflake_client::error::describe_status(status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: nodes that failed the same way are named on one line, in the order first seen;
+    /// different failures keep lines of their own.
+    #[test]
+    fn identical_failures_are_reported_once() {
+        let errors = vec![
+            "a:1: PermissionDenied: ClusterStatus needs role operator".to_string(),
+            "b:2: Unavailable: connection refused".to_string(),
+            "c:3: PermissionDenied: ClusterStatus needs role operator".to_string(),
+        ];
+        assert_eq!(
+            same_errors_once(errors),
+            vec![
+                "a:1, c:3: PermissionDenied: ClusterStatus needs role operator".to_string(),
+                "b:2: Unavailable: connection refused".to_string(),
+            ]
+        );
     }
 }

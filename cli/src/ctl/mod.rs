@@ -1,5 +1,7 @@
 //! `fenceflake ctl`: inspect and administer a registry cluster through any of its nodes.
-//! Human tables by default; `--json` prints one stable JSON document per command.
+//! Human tables by default; `--json` prints one stable JSON document per command. Mutual TLS
+//! with an `operator` certificate (a `reader` may run status, members, leases, lease); the
+//! nodes must present `node` certificates of the same CA.
 
 mod cluster;
 mod health;
@@ -12,6 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use fenceflake_proto::duration::parse_duration;
+use fenceflake_proto::tls::TlsArgs;
 use fenceflake_proto::v1 as pb;
 use serde_json::json;
 
@@ -22,9 +25,15 @@ use self::render::{
     Output,
 };
 
+/// Inspect and administer a registry cluster.
+///
+/// TLS: an `operator` certificate of the cluster CA (`fenceflake certs issue --role operator`)
+/// for every command, or a `reader` one for status, members and leases (without tokens).
 #[derive(Debug, Args)]
 #[command(after_help = crate::DURATION_HELP)]
 pub struct CtlArgs {
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Registry client addresses, HOST:PORT[,HOST:PORT...]; tried in order until one answers.
     #[arg(long, env = "FENCEFLAKE_REGISTRY", value_delimiter = ',', required = true)]
     registry: Vec<String>,
@@ -133,7 +142,7 @@ enum SnapshotCommand {
 
 /// Run one ctl command; returns the process exit status (see `Status` for its meanings).
 pub async fn run(args: CtlArgs) -> anyhow::Result<u8> {
-    let cluster = Cluster { addrs: args.registry, timeout: args.timeout };
+    let cluster = Cluster { addrs: args.registry, timeout: args.timeout, security: args.tls.security()? };
     let mut exit = 0;
     let output = match args.command {
         CtlCommand::Status => {
