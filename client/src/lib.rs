@@ -5,7 +5,8 @@
 //! - **Balancing:** calls rotate over the admitted workers.
 //! - **Failover:** a worker that answers `UNAVAILABLE` (parked, with its reason) or cannot be
 //!   reached is skipped for 500 ms and the call goes to the next; a rate-limited call tries
-//!   another worker; a refused request (`INVALID_ARGUMENT`…) stops the call.
+//!   another worker; a refused request (`INVALID_ARGUMENT`…, or `PERMISSION_DENIED`: this
+//!   certificate's role may not call the Generator API) stops the call.
 //! - **Per-attempt timeouts from observed latency:** 10 × the recent p99 of successful calls
 //!   of the same kind (Generate and GenerateBatch tracked apart), at least 100 ms, at most the
 //!   call's overall timeout; 500 ms before 16 samples are known ([`policy`]).
