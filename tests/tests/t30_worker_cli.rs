@@ -1,6 +1,7 @@
 //! The worker-side CLI end to end: `fenceflake dev` starts a registry and two workers in one
-//! process, `fenceflake mint` draws IDs from them (waiting out rate limits), `fenceflake
-//! decode` reads them back, and Ctrl-C stops everything cleanly.
+//! process (with mutual TLS and throwaway certificates), `fenceflake mint` draws IDs from them
+//! (waiting out rate limits) with the client certificate dev made, `fenceflake decode` reads
+//! them back, and Ctrl-C stops everything cleanly.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -8,10 +9,13 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use fenceflake_tests::certs::{ENV_CA, ENV_CERT, ENV_INSECURE, ENV_KEY};
 use fenceflake_tests::fenceflake_bin;
 
-fn run_ok(args: &[&str]) -> String {
-    let out = Command::new(fenceflake_bin()).args(args).output().expect("run fenceflake");
+fn run_ok(env: &[(&str, String)], args: &[&str]) -> String {
+    let mut cmd = Command::new(fenceflake_bin());
+    cmd.env_remove(ENV_INSECURE).envs(env.iter().map(|(k, v)| (k, v)));
+    let out = cmd.args(args).output().expect("run fenceflake");
     assert!(out.status.success(), "fenceflake {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
@@ -81,20 +85,7 @@ fn dev_mint_decode_round_trip() {
         assert!(!out.stdout.is_empty(), "{command} printed nothing");
     }
 
-    let single: Vec<u64> =
-        run_ok(&["mint", "--workers", &workers, "-n", "5"]).lines().map(|l| l.parse().expect("an ID")).collect();
-    let batch: Vec<u64> = run_ok(&["mint", "--workers", &workers, "-n", "150000", "--batch"])
-        .lines()
-        .map(|l| l.parse().expect("an ID"))
-        .collect();
-    assert_eq!((single.len(), batch.len()), (5, 150_000));
-    let unique: BTreeSet<u64> = single.iter().chain(&batch).copied().collect();
-    assert_eq!(unique.len(), single.len() + batch.len(), "an ID repeated");
-
-    let decoded = run_ok(&["decode", "--json", &single[0].to_string()]);
-    let json: serde_json::Value = serde_json::from_str(decoded.trim()).expect("decode --json");
-    assert!(json["worker_id"].as_u64().is_some_and(|w| w <= 1), "{json}");
-    assert!(json["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{json}");
+    mint_and_decode(&client_tls(&commands), &workers);
 
     let _ = Command::new("kill").args(["-s", "INT", &dev.id().to_string()]).status();
     let exit = (0..300).find_map(|_| {
@@ -108,4 +99,38 @@ fn dev_mint_decode_round_trip() {
     assert!(exit.success(), "dev exited with {exit:?}");
     let logged = logged.join().expect("stderr reader");
     assert!(!logged.contains("lost disk") && !logged.contains("WARN"), "dev's first boot warned:\n{logged}");
+}
+
+/// `mint` through `workers` with the `client` env (5 single IDs, then a batch larger than the
+/// per-caller burst): unique IDs that decode to the workers' IDs.
+fn mint_and_decode(client: &[(&str, String)], workers: &str) {
+    let ids = |args: &[&str]| -> Vec<u64> {
+        let mut all = vec!["mint", "--workers", workers];
+        all.extend(args);
+        run_ok(client, &all).lines().map(|l| l.parse().expect("an ID")).collect()
+    };
+    let (single, batch) = (ids(&["-n", "5"]), ids(&["-n", "150000", "--batch"]));
+    assert_eq!((single.len(), batch.len()), (5, 150_000));
+    let unique: BTreeSet<u64> = single.iter().chain(&batch).copied().collect();
+    assert_eq!(unique.len(), single.len() + batch.len(), "an ID repeated");
+
+    let decoded = run_ok(&[], &["decode", "--json", &single[0].to_string()]);
+    let json: serde_json::Value = serde_json::from_str(decoded.trim()).expect("decode --json");
+    assert!(json["worker_id"].as_u64().is_some_and(|w| w <= 1), "{json}");
+    assert!(json["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{json}");
+}
+
+/// The TLS files of the printed `mint` command (dev runs with TLS by default, so it carries
+/// the client certificate dev made), as the env vars that give them to a `fenceflake mint`.
+fn client_tls(commands: &[&str]) -> Vec<(&'static str, String)> {
+    let mint = commands.iter().find(|c| c.contains(" mint ")).expect("dev prints a mint command");
+    let words: Vec<&str> = mint.split_whitespace().collect();
+    let env: Vec<(&'static str, String)> = [("--tls-ca", ENV_CA), ("--tls-cert", ENV_CERT), ("--tls-key", ENV_KEY)]
+        .into_iter()
+        .filter_map(|(flag, var)| {
+            words.windows(2).find(|w| w[0] == flag).map(|w| (var, w[1].trim_matches('\'').into()))
+        })
+        .collect();
+    assert_eq!(env.len(), 3, "dev's mint command carries a client's --tls-ca, --tls-cert and --tls-key: {mint}");
+    env
 }
