@@ -110,7 +110,7 @@ async fn mutual_tls_carries_the_callers_identity_and_checks_roles_both_ways() {
 
     // The client expects a registry node there, and a worker answers: refused before any call.
     let wrong_server = status(&server, &client, &[Role::Node]).await.expect_err("server role checked");
-    assert!(format!("{wrong_server:?}").contains("but a node was expected"), "{wrong_server:?}");
+    assert!(format!("{wrong_server:?}").contains("but a node of trust domain td was expected"), "{wrong_server:?}");
 }
 
 #[tokio::test]

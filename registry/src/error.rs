@@ -21,7 +21,7 @@ pub enum RegistryError {
     #[error("{0}")]
     Rejected(Rejection),
     /// Definite: a stale renewal proved an overlap (the canary); the ID is now quarantined.
-    #[error("canary hit: token is stale (current {current}) and reported mints overlap the current holder")]
+    #[error("canary hit: token is stale and reported mints overlap the current holder")]
     Canary { current: crate::lease::Token },
     /// Definite: every worker ID is held or quarantined.
     #[error("no free worker ID: all {count} are held or quarantined")]
@@ -80,9 +80,7 @@ impl RegistryError {
     /// with the reason word (`FENCED: …`) so logs read well; clients must use the metadata.
     pub fn to_status(&self) -> tonic::Status {
         let message = match self {
-            RegistryError::Canary { current } => format!(
-                "FENCED: token is stale (current token {current}) and your mints overlap the current holder's window: the worker ID is quarantined; stop minting and page an operator"
-            ),
+            RegistryError::Canary { .. } => "FENCED: token is stale and your mints overlap the current holder's window: the worker ID is quarantined; stop minting and page an operator".to_string(),
             other => other.to_string(),
         };
         self.reason().status(message)
@@ -124,8 +122,9 @@ impl Rejection {
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Rejection::Fenced { current } => {
-                write!(f, "FENCED: token is stale (current token {current}); stop minting with this worker ID")
+            // The current token is never put in a message: only its owner and operators may read it.
+            Rejection::Fenced { .. } => {
+                write!(f, "FENCED: token is stale (the worker ID was granted again); stop minting with this worker ID")
             }
             Rejection::Expired => f.write_str("EXPIRED: the lease was released; acquire a new one"),
             Rejection::Quarantined { reason } => {

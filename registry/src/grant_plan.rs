@@ -34,12 +34,12 @@ pub struct GrantInputs<'a> {
 /// retried Acquire), then a free ID, then one whose lease has expired at `now`.
 pub fn plan_grant(
     inputs: GrantInputs<'_>,
-    holder: &HolderId,
+    holder: (Option<&str>, &HolderId),
     wanted: Option<WorkerId>,
 ) -> Result<(WorkerId, GrantExpectation), NoGrant> {
     let GrantInputs { table, renewals, now, reserved } = inputs;
     let config = table.config().ok_or(NoGrant::NotConfigured)?;
-    if let Some(held) = table.held_by(holder) {
+    if let Some(held) = table.held_by(holder.0, holder.1) {
         // The apply returns (and renews) the lease the holder already has.
         return Ok((held, expectation(table, held)));
     }
@@ -150,7 +150,7 @@ mod tests {
             reserved: &HashSet<WorkerId>,
         ) -> Result<(WorkerId, GrantExpectation), NoGrant> {
             let inputs = GrantInputs { table: &self.table, renewals: &self.renewals, now: self.clock.mono(), reserved };
-            plan_grant(inputs, &HolderId(holder.into()), wanted.map(WorkerId))
+            plan_grant(inputs, (None, &HolderId(holder.into())), wanted.map(WorkerId))
         }
 
         fn plan(&self, holder: &str, wanted: Option<u32>) -> Result<(WorkerId, GrantExpectation), NoGrant> {

@@ -376,7 +376,7 @@ impl Leader {
     async fn acquire(&self, asking: Asking) -> Result<LeaseGrant, RegistryError> {
         let Asking { holder, wanted, ttl_ms, owner } = asking;
         for _ in 0..ACQUIRE_ATTEMPTS_MAX {
-            let (worker_id, expect) = self.plan_grant(&holder, wanted)?;
+            let (worker_id, expect) = self.plan_grant((owner.as_deref(), &holder), wanted)?;
             let _reservation = self.reserve(worker_id);
             let specific = wanted.is_some();
             let command =
@@ -406,7 +406,7 @@ impl Leader {
     /// Pick the worker ID to grant and what it must still look like (the CAS compare).
     fn plan_grant(
         &self,
-        holder: &HolderId,
+        holder: (Option<&str>, &HolderId),
         wanted: Option<WorkerId>,
     ) -> Result<(WorkerId, GrantExpectation), RegistryError> {
         let state = self.state.read();

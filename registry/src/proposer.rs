@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::clock::Clock;
 use crate::error::RegistryError;
-use crate::lease::{Batch, Command, Outcome};
+use crate::lease::{Batch, Command, Outcome, Rules};
 use crate::limits::{COMMANDS_PER_ENTRY_MAX, ENTRY_BYTES_MAX, PROPOSAL_QUEUE_MAX};
 use crate::raft::types::{NodeId, PeerNode, Raft};
 
@@ -129,7 +129,7 @@ fn encoded_len(command: &Command) -> Result<usize, RegistryError> {
 async fn write_entry(raft: &Raft, leader_wall_ms: u64, timeout: Duration, pending: Vec<Pending>) {
     let (commands, replies): (Vec<_>, Vec<_>) = pending.into_iter().map(|p| (p.command, p.reply)).unzip();
     let count = commands.len();
-    let batch = Batch { leader_wall_ms, commands };
+    let batch = Batch { leader_wall_ms, commands, rules: Rules::CURRENT };
     let result = match tokio::time::timeout(timeout, raft.client_write(batch)).await {
         Err(_) => Err(RegistryError::Indeterminate {
             waited_ms: timeout.as_millis() as u64,

@@ -167,7 +167,16 @@ async fn handshake(tcp: TcpStream, remote: SocketAddr, security: &Security) -> i
     };
     let tls = TlsAcceptor::from(state.server_config()).accept(tcp).await?;
     let peer = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-        Some(leaf) => identity_of(leaf).map_or_else(Peer::Unrecognized, Peer::Verified),
+        Some(leaf) => match identity_of(leaf) {
+            // One CA may sign for several trust domains (a shared cert-manager issuer): only
+            // this process's own trust domain is its cluster.
+            Ok(identity) if identity.trust_domain != state.identity().trust_domain => Peer::Unrecognized(format!(
+                "{identity} is of another trust domain than this cluster's ({})",
+                state.identity().trust_domain
+            )),
+            Ok(identity) => Peer::Verified(identity),
+            Err(why) => Peer::Unrecognized(why),
+        },
         // Unreachable with a verifier that requires client certificates; refused regardless.
         None => Peer::Unrecognized("no client certificate".into()),
     };

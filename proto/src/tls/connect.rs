@@ -23,9 +23,28 @@ pub fn endpoint_url(addr: &str) -> String {
     format!("http://{}", bare.trim_end_matches('/'))
 }
 
+/// Who the server must be (checked on its certificate after the handshake).
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// Any identity with one of these roles.
+    Roles(&'static [Role]),
+    /// Exactly registry node `id` (peer calls: a node certificate cannot answer for another).
+    Node(u64),
+}
+
 /// A channel that connects on first use (and reconnects) through `security`; under TLS the
 /// server must present a certificate of one of the `expect` roles.
 pub fn connect_lazy(endpoint: Endpoint, security: &Security, expect: &'static [Role]) -> Channel {
+    lazy(endpoint, security, Expect::Roles(expect))
+}
+
+/// Like [`connect_lazy`], for a peer call to registry node `node_id`: the server must present
+/// `node/<node_id>`.
+pub fn connect_lazy_to_node(endpoint: Endpoint, security: &Security, node_id: u64) -> Channel {
+    lazy(endpoint, security, Expect::Node(node_id))
+}
+
+fn lazy(endpoint: Endpoint, security: &Security, expect: Expect) -> Channel {
     match security {
         Security::Insecure => endpoint.connect_lazy(),
         Security::Tls(_) => endpoint.connect_with_connector_lazy(connector(security.clone(), expect)),
@@ -40,7 +59,7 @@ pub async fn connect(
 ) -> Result<Channel, tonic::transport::Error> {
     match security {
         Security::Insecure => endpoint.connect().await,
-        Security::Tls(_) => endpoint.connect_with_connector(connector(security.clone(), expect)).await,
+        Security::Tls(_) => endpoint.connect_with_connector(connector(security.clone(), Expect::Roles(expect))).await,
     }
 }
 
@@ -49,7 +68,7 @@ type Connecting = std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<
 
 fn connector(
     security: Security,
-    expect: &'static [Role],
+    expect: Expect,
 ) -> impl tower::Service<Uri, Response = ClientIo, Error = io::Error, Future = Connecting> + Clone {
     tower::service_fn(move |uri: Uri| -> Connecting {
         let security = security.clone();
@@ -66,7 +85,7 @@ async fn tcp(host: &str, port: u16) -> io::Result<TcpStream> {
 async fn connect_tls(
     uri: &Uri,
     security: &Security,
-    expect: &'static [Role],
+    expect: Expect,
 ) -> io::Result<MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>> {
     let Security::Tls(state) = security else { unreachable!("the TLS connector is only built for TLS") };
     let host = uri.host().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: no host")))?;
@@ -93,11 +112,20 @@ async fn connect_tls(
     })?;
     let identity = identity_of(leaf)
         .map_err(|why| io::Error::new(io::ErrorKind::PermissionDenied, format!("{host}:{port}: {why}")))?;
-    if !expect.contains(&identity.role) {
-        let wanted: Vec<&str> = expect.iter().map(|r| r.as_str()).collect();
+    let (fits, wanted) = match expect {
+        Expect::Roles(roles) => {
+            let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+            (roles.contains(&identity.role), format!("a {}", names.join(" or ")))
+        }
+        Expect::Node(id) => (identity.node_id() == Some(id), format!("registry node {id}")),
+    };
+    if !fits || identity.trust_domain != state.identity().trust_domain {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
-            format!("{host}:{port} presented {identity}, but a {} was expected there", wanted.join(" or ")),
+            format!(
+                "{host}:{port} presented {identity}, but {wanted} of trust domain {} was expected there",
+                state.identity().trust_domain
+            ),
         ));
     }
     Ok(MaybeTls::Tls(Box::new(tls)))

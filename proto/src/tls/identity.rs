@@ -114,8 +114,9 @@ impl FromStr for PeerIdentity {
         if !valid_name(name) {
             return Err(bad("bad name"));
         }
-        if role == Role::Node && name.parse::<u64>().map_or(true, |id| id == 0) {
-            return Err(bad("a node's name is its node id, a number from 1"));
+        // Canonical decimal only: `node/01` and `node/1` must not be two names of one node.
+        if role == Role::Node && name.parse::<u64>().map_or(true, |id| id == 0 || id.to_string() != name) {
+            return Err(bad("a node's name is its node id, a number from 1 without leading zeros"));
         }
         Ok(PeerIdentity { trust_domain: trust_domain.to_string(), role, name: name.to_string() })
     }
@@ -147,6 +148,7 @@ mod tests {
             "spiffe://TD/fenceflake/worker/a",
             "spiffe://td/fenceflake/node/abc",
             "spiffe://td/fenceflake/node/0",
+            "spiffe://td/fenceflake/node/01",
             "spiffe://td/fenceflake/worker/a b",
         ] {
             assert!(uri.parse::<PeerIdentity>().is_err(), "{uri} accepted");

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub use accept::{incoming, Conn, ConnInfo, Peer};
 pub use authz::{authorize, caller, request_from, Caller};
-pub use connect::{connect, connect_lazy, endpoint_url};
+pub use connect::{connect, connect_lazy, connect_lazy_to_node, endpoint_url};
 pub use identity::{valid_name, valid_trust_domain, PeerIdentity, Role, NAME_LEN_MAX};
 pub use material::{identity_of, TlsFiles};
 pub use state::{Reloaded, TlsState, RELOAD_POLL};

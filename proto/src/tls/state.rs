@@ -67,9 +67,10 @@ impl TlsState {
             return Ok(Reloaded::Unchanged);
         }
         let new = Material::build(&self.files, pems)?;
-        // A rotation renews a certificate; it does not turn node 3 into node 4 or a worker
-        // into an operator (leases and membership are bound to the identity).
-        if new.identity.role != old.identity.role || new.identity.name != old.identity.name {
+        // A rotation renews a certificate; it does not turn node 3 into node 4, a worker into
+        // an operator, or move it to another trust domain (leases and membership are bound to
+        // the identity).
+        if new.identity != old.identity {
             return Err(TlsError::IdentityChanged { from: old.identity.uri(), to: new.identity.uri() });
         }
         let not_after_unix = new.not_after_unix;

@@ -53,7 +53,7 @@ impl TableBackup {
                 ));
             }
             if let Some(holder) = &record.holder {
-                if !seen_holders.insert(holder.clone()) {
+                if !seen_holders.insert((record.owner.clone(), holder.clone())) {
                     return Err(format!("holder {holder:?} holds two worker IDs"));
                 }
             }

@@ -103,6 +103,30 @@ pub struct Batch {
     /// `registry_time_ms` echo and the audit time: it never expires anything.
     pub leader_wall_ms: u64,
     pub commands: Vec<Command>,
+    /// The apply rules the proposing leader ran: an entry is applied under the rules it was
+    /// written with, so a replica that replays old entries (a learner catching up, a restart
+    /// before the state machine was flushed) reaches the state the other replicas reached.
+    #[serde(default, skip_serializing_if = "Rules::is_original")]
+    pub rules: Rules,
+}
+
+/// Versions of the apply logic that change outcomes. Entries written before a version keep
+/// their old outcomes; a new leader writes the newest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Rules(pub u8);
+
+impl Rules {
+    /// Before identities and bounded claims (entries without a `rules` field).
+    pub const ORIGINAL: Rules = Rules(0);
+    /// Leases bound to identities (NOT_OWNER, the canary believes only a token's owner) and
+    /// bounded claims (CLOCK_SKEW, nothing at or past mint_until).
+    pub const IDENTITIES: Rules = Rules(1);
+    /// What this build's leaders write.
+    pub const CURRENT: Rules = Rules::IDENTITIES;
+
+    pub fn is_original(&self) -> bool {
+        *self == Rules::ORIGINAL
+    }
 }
 
 /// The lease as a holder sees it.

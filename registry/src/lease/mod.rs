@@ -8,7 +8,7 @@ pub mod record;
 pub mod table;
 
 pub use backup::TableBackup;
-pub use command::{Batch, Command, LeaseGrant, Outcome, Quarantine, Rejection, Release, Renew, Unquarantine};
+pub use command::{Batch, Command, LeaseGrant, Outcome, Quarantine, Rejection, Release, Renew, Rules, Unquarantine};
 pub use ids::{HolderId, LogPos, Token, WorkerId};
 pub use record::{AuditEntry, AuditKind, ClusterConfig, GrantExpectation, LeaseRecord, TableGlobals};
 pub use table::LeaseTable;

@@ -93,21 +93,25 @@ impl LeaseRecord {
         }
     }
 
-    /// Whether `caller` may act on the current token: the owner itself, or anyone when either
-    /// side has no identity (a plaintext cluster, or a lease granted before identities).
+    /// Whether `caller` may act on the current token. An authenticated caller only on a lease
+    /// granted to it — never on one granted over plaintext (its token may have been read by
+    /// anyone then). An unauthenticated caller (a plaintext or `--tls-transitional` server
+    /// let it in unchecked) on anything, as before identities existed.
     pub fn owned_by(&self, caller: Option<&str>) -> bool {
         match (&self.owner, caller) {
             (Some(owner), Some(caller)) => owner == caller,
-            _ => true,
+            (None, Some(_)) => false,
+            (_, None) => true,
         }
     }
 
-    /// Whether `caller` is the one `token` (an earlier token of this ID) was granted to, as far
-    /// as the record remembers; unknown owners count as a match, so the canary errs on the
-    /// side of quarantine.
+    /// Whether `caller` is provably the one `token` (an earlier token of this ID) was granted
+    /// to. An authenticated caller must be the recorded owner of exactly that token: a token the
+    /// record does not remember (never granted, too old, granted over plaintext) proves
+    /// nothing, or anyone could quarantine any ID with a made-up token.
     pub fn granted_earlier_to(&self, token: Token, caller: Option<&str>) -> bool {
         let Some(caller) = caller else { return true };
-        self.past_owners.iter().find(|p| p.token == token).is_none_or(|p| p.owner == caller)
+        self.past_owners.iter().any(|p| p.token == token && p.owner == caller)
     }
 
     /// What the leader must still see to grant this ID (the CAS compare).

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::backup::TableBackup;
+use super::command::Rules;
 use super::command::{Command, LeaseGrant, Outcome, Quarantine, Rejection, Release, Renew, Unquarantine};
 use super::ids::{HolderId, LogPos, Token, WorkerId};
 use super::record::{
@@ -27,15 +28,18 @@ pub struct LeaseTable {
     /// Registry nodes that have served in this cluster (never removed: node ids are not reused).
     #[serde(default)]
     served_nodes: BTreeSet<u64>,
-    /// Index holder → worker ID, derived from `records` (rebuilt after deserializing).
+    /// Index (owner, holder) → worker ID, derived from `records` (rebuilt after deserializing).
+    /// Holder IDs are a namespace per owner identity: another identity using the same holder
+    /// ID neither finds nor blocks this one's lease.
     #[serde(skip)]
-    holders: BTreeMap<HolderId, WorkerId>,
+    holders: BTreeMap<HolderKey, WorkerId>,
 }
 
 impl LeaseTable {
     /// Rebuild derived indexes after deserializing a snapshot or stored table.
     pub fn reindex(&mut self) {
-        self.holders = self.records.iter().filter_map(|(w, r)| r.holder.clone().map(|h| (h, *w))).collect();
+        self.holders =
+            self.records.iter().filter_map(|(w, r)| r.holder.clone().map(|h| ((r.owner.clone(), h), *w))).collect();
         self.check_invariants();
     }
 
@@ -107,9 +111,9 @@ impl LeaseTable {
         self.audit.iter()
     }
 
-    /// The worker ID `holder` currently holds, if any.
-    pub fn held_by(&self, holder: &HolderId) -> Option<WorkerId> {
-        self.holders.get(holder).copied()
+    /// The worker ID `holder` of identity `owner` currently holds, if any.
+    pub fn held_by(&self, owner: Option<&str>, holder: &HolderId) -> Option<WorkerId> {
+        self.holders.get(&(owner.map(str::to_string), holder.clone())).copied()
     }
 
     /// Worker IDs that are free right now without any expiry decision: never held, or
@@ -122,8 +126,14 @@ impl LeaseTable {
         })
     }
 
-    /// Apply one command at log position `pos`. Deterministic: same table, same inputs, same result.
+    /// Apply one command at log position `pos` under the current [`Rules`].
     pub fn apply(&mut self, pos: LogPos, leader_wall_ms: u64, command: &Command) -> Outcome {
+        self.apply_under(Rules::CURRENT, pos, leader_wall_ms, command)
+    }
+
+    /// Apply one command at log position `pos` under `rules` (those of the entry that carries
+    /// it). Deterministic: same table, same inputs, same result.
+    pub fn apply_under(&mut self, rules: Rules, pos: LogPos, leader_wall_ms: u64, command: &Command) -> Outcome {
         let outcome = match command {
             Command::Configure(config) => {
                 let applied = self.config.get_or_insert_with(|| config.clone());
@@ -134,8 +144,8 @@ impl LeaseTable {
                     GrantAsk { holder, ttl_ms: *ttl_ms, expect: *expect, specific: *specific, owner: owner.as_deref() };
                 self.grant(pos, leader_wall_ms, *worker_id, ask)
             }
-            Command::Renew(renew) => self.renew(pos, leader_wall_ms, renew),
-            Command::Release(release) => self.release(release),
+            Command::Renew(renew) => self.renew(rules, pos, leader_wall_ms, renew),
+            Command::Release(release) => self.release(rules, release),
             Command::Quarantine(Quarantine { worker_id, reason }) => {
                 self.set_quarantine(leader_wall_ms, *worker_id, Some(reason))
             }
@@ -171,15 +181,11 @@ impl LeaseTable {
         }
         // A holder that already holds a lease gets it back, renewed: its Acquire may have
         // committed while the reply was lost, and a retry must not take a second ID.
-        if let Some(held) = self.held_by(holder) {
+        if let Some(held) = self.held_by(owner, holder) {
             if specific && held != worker_id {
                 return Outcome::Rejected(Rejection::HolderHoldsOther { worker_id: held });
             }
             let record = self.records.get_mut(&held).expect("holders index points at a record");
-            // A holder ID copied to a process with another identity does not get the lease.
-            if !record.owned_by(owner) {
-                return Outcome::Rejected(Rejection::NotOwner { owner: record.owner.clone().unwrap_or_default() });
-            }
             if let Some(reason) = &record.quarantine {
                 return Outcome::Rejected(Rejection::Quarantined { reason: reason.clone() });
             }
@@ -203,7 +209,7 @@ impl LeaseTable {
         assert!(token > self.last_token, "fencing token {token} not above {}", self.last_token);
         self.last_token = token;
         if let Some(previous) = record.holder.replace(holder.clone()) {
-            self.holders.remove(&previous);
+            self.holders.remove(&(record.owner.clone(), previous));
         }
         if let Some(previous) = record.owner.take() {
             record.past_owners.push(PastOwner { token: record.token, owner: previous });
@@ -218,11 +224,11 @@ impl LeaseTable {
         record.not_before_ms = record.high_water_ms;
         record.max_minted_ms = 0;
         record.high_water_ms = record.high_water_ms.max(leader_wall_ms.saturating_add(ttl_ms));
-        self.holders.insert(holder.clone(), worker_id);
+        self.holders.insert((record.owner.clone(), holder.clone()), worker_id);
         Outcome::Granted(grant_view(worker_id, record))
     }
 
-    fn renew(&mut self, pos: LogPos, leader_wall_ms: u64, renew: &Renew) -> Outcome {
+    fn renew(&mut self, rules: Rules, pos: LogPos, leader_wall_ms: u64, renew: &Renew) -> Outcome {
         let Renew { worker_id, token, wall_ms_at_send, max_minted_ts_ms, ref caller } = *renew;
         if let Err(rejection) = self.check_range(worker_id) {
             return Outcome::Rejected(rejection);
@@ -237,8 +243,9 @@ impl LeaseTable {
             // against it is only stale, not overlapping.
             // Only the identity the stale token was granted to proves anything with it: a
             // stranger replaying a token it read somewhere is just fenced.
+            let proven_owner = rules < Rules::IDENTITIES || record.granted_earlier_to(token, caller.as_deref());
             let overlap = token < record.token
-                && record.granted_earlier_to(token, caller.as_deref())
+                && proven_owner
                 && record.holder.as_ref().is_some_and(|h| !h.is_reserved())
                 && max_minted_ts_ms > 0
                 && max_minted_ts_ms >= record.not_before_ms;
@@ -265,14 +272,17 @@ impl LeaseTable {
         if let Some(reason) = &record.quarantine {
             return Outcome::Rejected(Rejection::Quarantined { reason: reason.clone() });
         }
-        if !record.owned_by(caller.as_deref()) {
-            return Outcome::Rejected(Rejection::NotOwner { owner: record.owner.clone().unwrap_or_default() });
+        let checked = rules >= Rules::IDENTITIES;
+        if checked && !record.owned_by(caller.as_deref()) {
+            return Outcome::Rejected(not_owner(record));
         }
         if record.holder.is_none() {
             return Outcome::Rejected(Rejection::Expired);
         }
-        if let Err(rejection) = claim_bounds(record, leader_wall_ms, wall_ms_at_send, max_minted_ts_ms) {
-            return Outcome::Rejected(rejection);
+        if checked {
+            if let Err(rejection) = claim_bounds(record, leader_wall_ms, wall_ms_at_send, max_minted_ts_ms) {
+                return Outcome::Rejected(rejection);
+            }
         }
         record.last_renew = pos;
         record.max_minted_ms = record.max_minted_ms.max(max_minted_ts_ms);
@@ -283,7 +293,7 @@ impl LeaseTable {
         Outcome::Renewed(grant_view(worker_id, record))
     }
 
-    fn release(&mut self, release: &Release) -> Outcome {
+    fn release(&mut self, rules: Rules, release: &Release) -> Outcome {
         let Release { worker_id, token, last_ts_ms, ref caller } = *release;
         if let Err(rejection) = self.check_range(worker_id) {
             return Outcome::Rejected(rejection);
@@ -294,12 +304,13 @@ impl LeaseTable {
         if token != record.token {
             return Outcome::Rejected(Rejection::Fenced { current: record.token });
         }
-        if !record.owned_by(caller.as_deref()) {
-            return Outcome::Rejected(Rejection::NotOwner { owner: record.owner.clone().unwrap_or_default() });
+        let checked = rules >= Rules::IDENTITIES;
+        if checked && !record.owned_by(caller.as_deref()) {
+            return Outcome::Rejected(not_owner(record));
         }
         // A holder never mints at or past its mint_until: a larger claim is a lie or a bug,
         // and would push the next holder's not_before out of reach.
-        if record.holder.is_some() && last_ts_ms >= record.high_water_ms {
+        if checked && record.holder.is_some() && last_ts_ms >= record.high_water_ms {
             return Outcome::Rejected(Rejection::BeyondMintUntil {
                 field: "last_ts_ms".into(),
                 value: last_ts_ms,
@@ -308,7 +319,7 @@ impl LeaseTable {
         }
         // Releasing twice (a retried Release) is answered like the first.
         if let Some(holder) = record.holder.take() {
-            self.holders.remove(&holder);
+            self.holders.remove(&(record.owner.clone(), holder));
             // The holder certifies it minted nothing after last_ts_ms and never will, so the
             // next holder only has to wait past what was really minted, not past the TTL.
             record.high_water_ms =
@@ -408,12 +419,21 @@ impl LeaseTable {
             assert!(record.last_renew >= record.token.position(), "worker {worker_id}: renewal before grant");
             if let Some(holder) = &record.holder {
                 held += 1;
-                assert_eq!(self.holders.get(holder), Some(worker_id), "holder index out of sync");
+                let key = (record.owner.clone(), holder.clone());
+                assert_eq!(self.holders.get(&key), Some(worker_id), "holder index out of sync");
                 assert!(record.high_water_ms >= record.not_before_ms, "worker {worker_id}: high water fell");
             }
         }
         assert_eq!(held, self.holders.len(), "holder index has stale entries");
     }
+}
+
+/// A holder ID within the namespace of one owner identity (`None`: plaintext).
+type HolderKey = (Option<String>, HolderId);
+
+fn not_owner(record: &LeaseRecord) -> Rejection {
+    let owner = record.owner.clone().unwrap_or_else(|| "a plaintext caller (granted without TLS)".to_string());
+    Rejection::NotOwner { owner }
 }
 
 /// What a grant asks for, beside the worker ID.

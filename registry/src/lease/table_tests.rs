@@ -240,7 +240,7 @@ fn reindex_restores_the_holder_index_after_a_round_trip() {
     granted(grant(&mut t, 2, 1, "a"));
     let mut copy: LeaseTable = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
     copy.reindex();
-    assert_eq!(copy.held_by(&HolderId("a".into())), Some(WorkerId(1)));
+    assert_eq!(copy.held_by(None, &HolderId("a".into())), Some(WorkerId(1)));
     assert_eq!(copy, t);
 }
 
@@ -410,8 +410,11 @@ fn a_lease_answers_only_to_the_identity_it_was_granted_to() {
     let refused = |o: &Outcome| matches!(o, Outcome::Rejected(Rejection::NotOwner { owner }) if owner == ALICE);
     assert!(refused(&renew_as(&mut t, 3, lease.token, 0, MALLORY)));
     assert!(refused(&release_as(&mut t, 4, lease.token, 0, MALLORY)));
-    assert!(refused(&grant_as(&mut t, 5, 0, "a", MALLORY)));
     assert_eq!(t.record(WorkerId(0)).unwrap(), &before, "nothing changed");
+    // Alice's holder ID used by Mallory is another holder (a namespace per identity): its
+    // Acquire does not find Alice's lease (so it is planned like any other claim).
+    assert_eq!(t.held_by(Some(MALLORY), &HolderId("a".into())), None);
+    assert_eq!(t.held_by(Some(ALICE), &HolderId("a".into())), Some(WorkerId(0)));
     assert!(matches!(renew_as(&mut t, 6, lease.token, 0, ALICE), Outcome::Renewed(_)));
     assert!(matches!(release_as(&mut t, 7, lease.token, WALL, ALICE), Outcome::Released));
 }
@@ -427,8 +430,49 @@ fn the_canary_believes_a_stale_token_only_from_its_own_owner() {
     let forged = renew_as(&mut t, 5, old.token, new.not_before_ms + 5, MALLORY);
     assert!(matches!(forged, Outcome::Rejected(Rejection::Fenced { .. })), "{forged:?}");
     assert!(t.record(WorkerId(0)).unwrap().quarantine.is_none());
-    let proven = renew_as(&mut t, 6, old.token, new.not_before_ms + 5, ALICE);
+    // A token the record never granted proves nothing either (else any worker certificate
+    // could quarantine any ID with a made-up token).
+    let made_up = renew_as(&mut t, 6, Token(1), u64::MAX, ALICE);
+    assert!(matches!(made_up, Outcome::Rejected(Rejection::Fenced { .. })), "{made_up:?}");
+    assert!(t.record(WorkerId(0)).unwrap().quarantine.is_none());
+    let proven = renew_as(&mut t, 7, old.token, new.not_before_ms + 5, ALICE);
     assert!(matches!(proven, Outcome::CanaryHit { .. }), "{proven:?}");
+}
+
+/// Goal: a lease granted over plaintext (no owner) answers no authenticated caller — its
+/// token may have been read by anyone before TLS — while plaintext callers keep it working
+/// until it ends; an authenticated worker with the same holder ID gets a lease of its own.
+#[test]
+fn a_plaintext_lease_is_closed_to_authenticated_callers() {
+    let mut t = configured();
+    let lease = granted(grant(&mut t, 2, 0, "a"));
+    let before = t.record(WorkerId(0)).unwrap().clone();
+    let not_owner = |o: &Outcome| matches!(o, Outcome::Rejected(Rejection::NotOwner { .. }));
+    assert!(not_owner(&renew_as(&mut t, 3, lease.token, 0, ALICE)));
+    assert!(not_owner(&release_as(&mut t, 4, lease.token, 0, ALICE)));
+    assert_eq!(t.record(WorkerId(0)).unwrap(), &before);
+    let own = granted(grant_as(&mut t, 5, 1, "a", ALICE));
+    assert_eq!(own.worker_id, WorkerId(1));
+    assert!(matches!(renew(&mut t, 6, 0, lease.token, WALL, 0), Outcome::Renewed(_)), "plaintext holder unaffected");
+}
+
+/// Goal: entries are applied under the rules they were written with, so replaying an entry
+/// written before identities and bounds gives the outcome it had then.
+#[test]
+fn old_entries_replay_under_their_own_rules() {
+    let mut t = configured();
+    let lease = granted(grant(&mut t, 2, 0, "a"));
+    let far = Renew {
+        worker_id: WorkerId(0),
+        token: lease.token,
+        wall_ms_at_send: WALL + 100_000,
+        max_minted_ts_ms: 0,
+        caller: None,
+    };
+    let old = t.clone().apply_under(Rules::ORIGINAL, LogPos::new(3, 0), WALL, &Command::Renew(far.clone()));
+    assert!(matches!(old, Outcome::Renewed(_)), "{old:?}");
+    let new = t.apply_under(Rules::CURRENT, LogPos::new(3, 0), WALL, &Command::Renew(far));
+    assert!(matches!(new, Outcome::Rejected(Rejection::ClockAhead { .. })), "{new:?}");
 }
 
 /// Goal (bounded claims): no claim moves a high-water mark past what an honest holder could

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use fenceflake_proto::tls::{self, Role, Security};
+use fenceflake_proto::tls::{self, Security};
 use fenceflake_proto::v1::raft_transport_client::RaftTransportClient;
 use fenceflake_proto::v1::RaftPayload;
 use openraft::error::{
@@ -66,8 +66,8 @@ pub enum PeerCallError {
     Codec(#[from] serde_json::Error),
 }
 
-/// Cached gRPC channels to peers, by peer address. Channels are lazy and reconnect by
-/// themselves, so one per address is enough; creating one per call floods sockets.
+/// Cached gRPC channels to peers, by node id and peer address. Channels are lazy and reconnect
+/// by themselves, so one per peer is enough; creating one per call floods sockets.
 /// Also remembers when each peer last answered (the leader's per-member reachability).
 #[derive(Debug, Clone)]
 pub struct PeerClients {
@@ -76,7 +76,7 @@ pub struct PeerClients {
     clock: Arc<dyn Clock>,
     /// Mutual TLS to peers (servers must present a `node` certificate), or plaintext.
     security: Security,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
     answered_at: Arc<Mutex<HashMap<NodeId, MonoTime>>>,
     warned_at: Arc<Mutex<HashMap<NodeId, MonoTime>>>,
 }
@@ -94,15 +94,23 @@ impl PeerClients {
         }
     }
 
+    /// How this node talks to its peers (and so whether its peers are authenticated).
+    pub fn security(&self) -> &Security {
+        &self.security
+    }
+
     /// How long ago node `node_id` last answered a peer call of this node (None: never).
     pub fn since_answer(&self, node_id: NodeId) -> Option<Duration> {
         let at = *self.answered_at.lock().unwrap_or_else(PoisonError::into_inner).get(&node_id)?;
         Some(self.clock.mono().since(at))
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, PeerCallError> {
+    /// The channel to node `target` at `addr` (keyed by both: under TLS it accepts only that
+    /// node's certificate).
+    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, PeerCallError> {
         let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(channel) = channels.get(addr) {
+        let key = (target, addr.to_string());
+        if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
         let bad = |why: String| PeerCallError::BadAddress { addr: addr.to_string(), why };
@@ -113,8 +121,8 @@ impl PeerClients {
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        let channel = tls::connect_lazy(endpoint, &self.security, &[Role::Node]);
-        channels.insert(addr.to_string(), channel.clone());
+        let channel = tls::connect_lazy_to_node(endpoint, &self.security, target);
+        channels.insert(key, channel.clone());
         Ok(channel)
     }
 
@@ -156,7 +164,7 @@ impl PeerClients {
             sender_node_id: self.my_id,
             data,
         };
-        let mut client = RaftTransportClient::new(self.channel(addr)?)
+        let mut client = RaftTransportClient::new(self.channel(target, addr)?)
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
         let mut request = tonic::Request::new(payload);

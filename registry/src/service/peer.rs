@@ -4,13 +4,17 @@
 use fenceflake_proto::tls::{self, Role};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::RaftPayload;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::Vote;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use crate::leader::member_roles;
 use crate::metrics::inc;
 use crate::node::RegistryNode;
 use crate::proposal::Proposal;
+use crate::raft::types::{NodeId, TypeConfig};
 
 #[derive(Debug, Clone)]
 pub struct PeerService {
@@ -55,6 +59,45 @@ impl PeerService {
             .map_err(|e| Status::invalid_argument(format!("undecodable peer payload: {e}")))
     }
 
+    /// Like [`PeerService::open`], for calls only members make: votes, forwarded proposals and
+    /// election holds come from a voter or learner of the membership this node knows, never
+    /// from a removed node or one not yet added (whose certificate may still be valid). Not
+    /// applied to appends and snapshots: a node whose log is behind must still catch up from
+    /// a leader added after its last entry (its vote binding is checked instead), and a node
+    /// with no membership yet (being bootstrapped or added) accepts its first leader.
+    /// `NodeHistory` is open to any node: a node asks it before it is added.
+    fn open_from_member<T: DeserializeOwned>(&self, request: &Request<RaftPayload>, rpc: &str) -> Result<T, Status> {
+        let body = self.open(request, rpc)?;
+        let sender = request.get_ref().sender_node_id;
+        let members = member_roles(&self.node.raft);
+        if self.checks_identities() && !members.is_empty() && !members.contains_key(&sender) {
+            return Err(self.refuse(format!("{rpc} from node {sender}, which is not a member of this node's cluster")));
+        }
+        Ok(body)
+    }
+
+    /// A Raft message speaks for the node that sent it: the vote it carries (a candidate's,
+    /// or the leader's on appends and snapshots) must be the sender's own, or one node's
+    /// certificate could campaign or replicate in another's name.
+    fn speaks_for_itself(&self, request: &Request<RaftPayload>, rpc: &str, vote: &Vote<NodeId>) -> Result<(), Status> {
+        let sender = request.get_ref().sender_node_id;
+        if self.checks_identities() && vote.leader_id().voted_for() != Some(sender) {
+            return Err(self.refuse(format!("{rpc} from node {sender} carries the vote of {:?}", vote.leader_id())));
+        }
+        Ok(())
+    }
+
+    /// Whether callers are authenticated (not a plaintext cluster, where nothing can be told).
+    fn checks_identities(&self) -> bool {
+        !self.node.peers.security().accepts_plaintext()
+    }
+
+    fn refuse(&self, why: String) -> Status {
+        inc(&self.node.metrics.refused_calls);
+        tracing::warn!(why, "peer call refused");
+        Status::permission_denied(why)
+    }
+
     fn seal<T: Serialize>(&self, body: &T) -> Result<Response<RaftPayload>, Status> {
         let data = serde_json::to_vec(body).map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
         Ok(Response::new(RaftPayload {
@@ -69,22 +112,25 @@ impl PeerService {
 #[tonic::async_trait]
 impl pb::raft_transport_server::RaftTransport for PeerService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = self.open(&request, "AppendEntries")?;
+        let rpc: AppendEntriesRequest<TypeConfig> = self.open(&request, "AppendEntries")?;
+        self.speaks_for_itself(&request, "AppendEntries", &rpc.vote)?;
         self.seal(&self.node.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = self.open(&request, "Vote")?;
+        let rpc: VoteRequest<NodeId> = self.open_from_member(&request, "Vote")?;
+        self.speaks_for_itself(&request, "Vote", &rpc.vote)?;
         self.seal(&self.node.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = self.open(&request, "InstallSnapshot")?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = self.open(&request, "InstallSnapshot")?;
+        self.speaks_for_itself(&request, "InstallSnapshot", &rpc.vote)?;
         self.seal(&self.node.raft.install_snapshot(rpc).await)
     }
 
     async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let proposal: Proposal = self.open(&request, "Forward")?;
+        let proposal: Proposal = self.open_from_member(&request, "Forward")?;
         self.seal(&self.node.execute_forwarded(proposal).await)
     }
 
@@ -95,7 +141,16 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
     }
 
     async fn hold_elections(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let hold_ms: u64 = self.open(&request, "HoldElections")?;
+        let hold_ms: u64 = self.open_from_member(&request, "HoldElections")?;
+        // Only the leader this node follows may hold its elections (a transfer); anyone else
+        // could keep the cluster leaderless by repeating the call.
+        let leader = self.node.raft.metrics().borrow().current_leader;
+        if self.checks_identities() && leader != Some(request.get_ref().sender_node_id) {
+            return Err(self.refuse(format!(
+                "HoldElections from node {}, which is not the leader this node follows ({leader:?})",
+                request.get_ref().sender_node_id
+            )));
+        }
         tracing::info!(
             leader = request.get_ref().sender_node_id,
             hold_ms,

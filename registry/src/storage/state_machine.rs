@@ -115,7 +115,8 @@ fn apply_entry(state: &mut SmState, entry: Entry, changes: &mut Changes) -> Vec<
         EntryPayload::Normal(batch) => {
             let index = entry.log_id.index;
             let apply_one = |(slot, command): (usize, &Command)| {
-                let outcome = state.table.apply(LogPos::new(index, slot), batch.leader_wall_ms, command);
+                let outcome =
+                    state.table.apply_under(batch.rules, LogPos::new(index, slot), batch.leader_wall_ms, command);
                 changes.note(&state.table, command, &outcome);
                 outcome
             };
