@@ -127,8 +127,8 @@ fn bad_values_exit_nonzero_naming_the_value() {
 /// five node certificates, a worker's and an operator's.
 #[test]
 fn readme_certificates_section_runs_as_written() {
-    let lines = extract("README.md", Some("Certificates"));
-    assert!(lines.len() >= 3, "README.md has no `## Certificates` commands: {lines:?}");
+    let lines = extract("README.md", Some("Certificates and TLS"));
+    assert!(lines.len() >= 3, "README.md has no `## Certificates and TLS` commands: {lines:?}");
     let tmp = tempfile::tempdir().unwrap();
     for line in &lines {
         let (code, stdout, stderr) = sh(&line.text, tmp.path(), &Default::default());
