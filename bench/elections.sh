@@ -8,6 +8,7 @@
 #   bash bench/elections.sh                         # 30 idle minutes, default timing only
 #   DURATION=600 HOGS=3 bash bench/elections.sh default "100ms 500ms 1000ms"
 #       # each argument: "default" or "HEARTBEAT ELECTION_MIN ELECTION_MAX"
+#   INSECURE=1 bash bench/elections.sh              # nodes plaintext (default: mutual TLS)
 #
 # Needs target/release/fenceflake (or FENCEFLAKE_BIN) and curl. Only 127.0.0.1 is used;
 # every process started is stopped on exit.
@@ -23,6 +24,17 @@ WORK="$(mktemp -d /tmp/fenceflake-elections.XXXXXX)"
 [ -x "$BIN" ] || { echo "no $BIN: cargo build --release -p fenceflake-cli (or set FENCEFLAKE_BIN)" >&2; exit 2; }
 command -v curl >/dev/null || { echo "curl is needed" >&2; exit 2; }
 
+# Mutual TLS as in production: one CA for every cluster of the run, a node certificate per
+# node id (INSECURE=1 runs the nodes plaintext instead). Metrics stay plain HTTP.
+PKI="$WORK/pki"
+if [ -n "${INSECURE:-}" ]; then
+    tls_of() { echo --insecure; }
+else
+    "$BIN" certs init --dir "$PKI" >/dev/null
+    for i in 1 2 3 4 5; do "$BIN" certs issue --dir "$PKI" --role node --name "$i" >/dev/null; done
+    tls_of() { echo --tls-ca "$PKI/ca.pem" --tls-cert "$PKI/node-$1.pem" --tls-key "$PKI/node-$1.key"; }
+fi
+
 pids=()
 cleanup() { [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
@@ -37,7 +49,8 @@ start_cluster() {
     mkdir -p "$WORK/$idx"
     for i in 1 2 3 4 5; do ic="$ic${ic:+,}$i=127.0.0.1:$((base + 10 + i))/127.0.0.1:$((base + i))"; done
     for i in 1 2 3 4 5; do
-        "$BIN" registry --node-id "$i" --client-addr "127.0.0.1:$((base + i))" \
+        # shellcheck disable=SC2046 # tls_of prints separate flags and paths without spaces
+        "$BIN" registry $(tls_of "$i") --node-id "$i" --client-addr "127.0.0.1:$((base + i))" \
             --peer-addr "127.0.0.1:$((base + 10 + i))" --data-dir "$WORK/$idx/d$i" \
             --initial-cluster "$ic" --metrics-addr "127.0.0.1:$((base + 20 + i))" "${flags[@]}" \
             >"$WORK/$idx/n$i.log" 2>&1 &

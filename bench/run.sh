@@ -9,12 +9,21 @@
 #   4. measures a 5-member loopback etcd with `fenceflake-bench etcd-load` / `etcd-failover`:
 #      lease keepalive and the claim txn at 16 and 64 clients, and the failover gap (5 SIGKILLs)
 #      with etcd's default timing and a tuned one;
-#   5. prints the comparison tables (ratios, targets) and leaves everything in $FFBENCH_RESULTS.
+#   5. measures the cost of TLS: our 16/64-client load and failover again with both sides
+#      plaintext (`--insecure`), for the TLS-cost table;
+#   6. prints the comparison tables (ratios, targets) and leaves everything in $FFBENCH_RESULTS.
 #
-#   bash bench/run.sh                 # all of it (~10 min of measuring on 2 cores, plus builds)
-#   bash bench/run.sh ours|etcd|compare   # one stage; set FFBENCH_RESULTS to reuse a results dir
+# Everything runs on mutual TLS, as production does: fenceflake-bench makes a CA and the
+# certificates of each cluster with `fenceflake certs`, for our nodes and for etcd's members
+# alike (etcd with --client-cert-auth and --peer-client-cert-auth), so every comparison has
+# the same TLS setting on both sides; the rows say which ("tls"). INSECURE=1 runs every stage
+# plaintext on both sides instead (and compares the plaintext rows).
+#
+#   bash bench/run.sh                 # all of it (~12 min of measuring on 2 cores, plus builds)
+#   bash bench/run.sh ours|etcd|tls-cost|compare   # one stage; set FFBENCH_RESULTS to reuse a results dir
 #   bash bench/run.sh worker              # one worker against its ceiling, a no-op gRPC server and
-#                                         # UUIDv7 (BENCHMARKS.md "Worker"; ~1 min, not part of `all`)
+#                                         # UUIDv7, with TLS and then plaintext (BENCHMARKS.md
+#                                         # "Worker"; ~2 min, not part of `all`)
 #   ALT_BIN=/path/to/other/fenceflake ALT_LABEL=patched bash bench/run.sh
 #       # also runs the 16/64-client load against another registry build (e.g. a candidate fix),
 #       # labelled ALT_LABEL, in the same run and tables
@@ -32,6 +41,9 @@ DURATION="$(with_unit "${DURATION:-10s}")"   # recorded window per load run (bot
 WARMUP="$(with_unit "${WARMUP:-5s}")"        # unrecorded warm-up per load run (both systems)
 TRIALS="${TRIALS:-5}"                         # leader kills per failover configuration
 BENCH="$ROOT/target/release/fenceflake-bench"
+# Both sides plaintext in every stage with INSECURE=1 (fenceflake-bench's --insecure).
+SECURITY=()
+[ -n "${INSECURE:-}" ] && SECURITY=(--insecure)
 # Tuned Raft timings tried for the failover target: "label heartbeat min max".
 TUNED=("hb30-el100-200 30ms 100ms 200ms" "hb20-el60-120 20ms 60ms 120ms")
 # etcd's failover is measured with its defaults and this common low-latency setting:
@@ -130,6 +142,7 @@ environment() {
         echo "rustc: $(rustc --version)"
         echo "etcd: $(etcd --version 2>/dev/null | head -1)"
         echo "fenceflake: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?') (work tree, release build)"
+        echo "transport: $([ -n "${INSECURE:-}" ] && echo 'plaintext on both sides (INSECURE=1)' || echo 'mutual TLS on both sides')"
     } | tee "$RESULTS/environment.txt" >&2
 }
 
@@ -139,31 +152,49 @@ ours() {
     local load=(--duration "$DURATION" --warmup "$WARMUP" --out "$out")
     for op in acquire renew; do
         for clients in 16 64; do
-            step "$BENCH" registry --clients "$clients" --op "$op" "${load[@]}" >/dev/null
+            step "$BENCH" "${SECURITY[@]}" registry --clients "$clients" --op "$op" "${load[@]}" >/dev/null
         done
     done
-    step "$BENCH" failover --trials "$TRIALS" --out "$out" >/dev/null
+    step "$BENCH" "${SECURITY[@]}" failover --trials "$TRIALS" --out "$out" >/dev/null
     for t in "${TUNED[@]}"; do
         read -r label hb emin emax <<<"$t"
         local timing=(--profile "$label" --heartbeat "$hb" --election-timeout-min "$emin" --election-timeout-max "$emax")
-        step "$BENCH" failover --trials "$TRIALS" "${timing[@]}" --out "$out" >/dev/null
+        step "$BENCH" "${SECURITY[@]}" failover --trials "$TRIALS" "${timing[@]}" --out "$out" >/dev/null
         for op in acquire renew; do
-            step "$BENCH" registry --clients 64 --op "$op" "${timing[@]}" "${load[@]}" >/dev/null
+            step "$BENCH" "${SECURITY[@]}" registry --clients 64 --op "$op" "${timing[@]}" "${load[@]}" >/dev/null
         done
     done
     if [ -n "${ALT_BIN:-}" ]; then
         for op in acquire renew; do
             for clients in 16 64; do
-                step "$BENCH" registry --clients "$clients" --op "$op" --fenceflake-bin "$ALT_BIN" \
+                step "$BENCH" "${SECURITY[@]}" registry --clients "$clients" --op "$op" --fenceflake-bin "$ALT_BIN" \
                     --profile "${ALT_LABEL:-alt}" "${load[@]}" >/dev/null
             done
         done
     fi
 }
 
+# The other half of the TLS-cost table: the default-timing load and failover of `ours`, with
+# both sides plaintext (skipped when everything already runs plaintext).
+tls_cost() {
+    [ -n "${INSECURE:-}" ] && return 0
+    mkdir -p "$RESULTS"
+    local out="$RESULTS/ours.jsonl"
+    for op in acquire renew; do
+        for clients in 16 64; do
+            step "$BENCH" --insecure registry --clients "$clients" --op "$op" --duration "$DURATION" \
+                --warmup "$WARMUP" --out "$out" >/dev/null
+        done
+    done
+    step "$BENCH" --insecure failover --trials "$TRIALS" --out "$out" >/dev/null
+}
+
+# The worker with TLS, then plaintext: each run compares it with a no-op server of the same
+# setting; the two runs together give GenerateBatch's and Generate's TLS cost.
 worker_bench() {
     mkdir -p "$RESULTS"
-    step "$BENCH" worker --out "$RESULTS/worker.jsonl" >/dev/null
+    step "$BENCH" "${SECURITY[@]}" worker --out "$RESULTS/worker.jsonl" >/dev/null
+    [ -n "${INSECURE:-}" ] || step "$BENCH" --insecure worker --out "$RESULTS/worker.jsonl" >/dev/null
 }
 
 etcd_side() {
@@ -171,21 +202,21 @@ etcd_side() {
     local out="$RESULTS/etcd.jsonl"
     for op in keepalive claim; do
         for clients in 16 64; do
-            step "$BENCH" etcd-load --clients "$clients" --op "$op" --duration "$DURATION" --warmup "$WARMUP" \
+            step "$BENCH" "${SECURITY[@]}" etcd-load --clients "$clients" --op "$op" --duration "$DURATION" --warmup "$WARMUP" \
                 --out "$out" >/dev/null
         done
     done
-    step "$BENCH" etcd-failover --trials "$TRIALS" --out "$out" >/dev/null
+    step "$BENCH" "${SECURITY[@]}" etcd-failover --trials "$TRIALS" --out "$out" >/dev/null
     local label hb el
     read -r label hb el <<<"$ETCD_TUNED"
-    step "$BENCH" etcd-failover --trials "$TRIALS" --profile "$label" --heartbeat "$hb" --election-timeout "$el" \
+    step "$BENCH" "${SECURITY[@]}" etcd-failover --trials "$TRIALS" --profile "$label" --heartbeat "$hb" --election-timeout "$el" \
         --out "$out" >/dev/null
 }
 
 compare() {
     local profiles="default"
     [ -n "${ALT_BIN:-}" ] && profiles="default,${ALT_LABEL:-alt}"
-    "$BENCH" compare --ours "$RESULTS/ours.jsonl" --etcd "$RESULTS/etcd.jsonl" --profile "$profiles" \
+    "$BENCH" "${SECURITY[@]}" compare --ours "$RESULTS/ours.jsonl" --etcd "$RESULTS/etcd.jsonl" --profile "$profiles" \
         | tee "$RESULTS/COMPARISON.md"
     log "results: $RESULTS (ours.jsonl, etcd.jsonl, COMPARISON.md)"
 }
@@ -195,6 +226,7 @@ case "${1:-all}" in
     install) install ;;
     build) build ;;
     ours) ours ;;
+    tls-cost) tls_cost ;;
     etcd) install && etcd_side ;;
     compare) compare ;;
     worker) worker_bench ;;
@@ -206,13 +238,14 @@ case "${1:-all}" in
         measured=$SECONDS
         start_sampler
         ours
+        tls_cost
         etcd_side
         stop_sampler
         compare
         log "measuring took $((SECONDS - measured)) s; everything $((SECONDS - started)) s"
         ;;
     *)
-        echo "usage: $0 [all|install|build|ours|etcd|compare|worker]" >&2
+        echo "usage: $0 [all|install|build|ours|tls-cost|etcd|compare|worker]" >&2
         exit 2
         ;;
 esac

@@ -1,6 +1,10 @@
 //! A 5-node registry of real `fenceflake registry` processes on 127.0.0.1, with data dirs
 //! in a temp dir on disk (real fsync): start, SIGKILL, restart, status, and CPU accounting.
 //! Every process started here is SIGKILLed and reaped when the [`Cluster`] is dropped.
+//!
+//! The nodes run with mutual TLS (node certificates of a CA made in the cluster's dir, see
+//! [`crate::tls`]) and the benchmark's clients with a `worker` certificate, unless
+//! `--insecure`: then both sides run plaintext.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -9,9 +13,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use fenceflake_proto::tls::Role;
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::registry_client::RegistryClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use crate::tls::{self, Side, TlsOpts, CLIENT_NAME};
 
 /// Nodes in a benchmark cluster (the registry's production size).
 pub const NODES: usize = 5;
@@ -63,21 +70,7 @@ impl ClusterOpts {
     }
 
     fn binary(&self) -> anyhow::Result<PathBuf> {
-        let bin = match &self.fenceflake_bin {
-            Some(p) => p.clone(),
-            None => std::env::current_exe()
-                .context("locating this executable")?
-                .parent()
-                .context("this executable has no parent dir")?
-                .join("fenceflake"),
-        };
-        if !bin.exists() {
-            bail!(
-                "{} not found: `cargo build --release -p fenceflake-cli` first, or pass --fenceflake-bin",
-                bin.display()
-            );
-        }
-        Ok(bin)
+        tls::fenceflake_binary(self.fenceflake_bin.as_deref())
     }
 }
 
@@ -98,6 +91,8 @@ pub struct Cluster {
     bin: PathBuf,
     initial_cluster: String,
     common_args: Vec<String>,
+    /// The nodes' and the clients' TLS (or plaintext).
+    side: Side,
     channels: Vec<Channel>,
 }
 
@@ -105,16 +100,6 @@ pub struct Cluster {
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
     Ok(listener.local_addr()?.port())
-}
-
-/// A lazily connecting channel to `addr` (`HOST:PORT` or a URL).
-pub fn channel(addr: &str) -> anyhow::Result<Channel> {
-    let url = if addr.starts_with("http://") { addr.to_string() } else { format!("http://{addr}") };
-    Ok(Endpoint::from_shared(url.clone())
-        .with_context(|| format!("bad endpoint {url}"))?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .connect_lazy())
 }
 
 /// ClusterStatus as the node behind `channel` sees it, within 1 s.
@@ -157,8 +142,9 @@ pub async fn view(channels: &[Channel]) -> View {
 }
 
 impl Cluster {
-    /// Start [`NODES`] nodes as a new cluster and wait until it serves acquires.
-    pub async fn start(opts: &ClusterOpts) -> anyhow::Result<Cluster> {
+    /// Start [`NODES`] nodes as a new cluster (TLS unless `tls.insecure`) and wait until it
+    /// serves acquires.
+    pub async fn start(opts: &ClusterOpts, tls: &TlsOpts) -> anyhow::Result<Cluster> {
         let bin = opts.binary()?;
         let mut builder = tempfile::Builder::new();
         builder.prefix("fenceflake-bench-");
@@ -182,9 +168,14 @@ impl Cluster {
         }
         let initial_cluster =
             nodes.iter().map(|n| format!("{}={}/{}", n.id, n.peer_addr, n.client_addr)).collect::<Vec<_>>().join(",");
-        let channels = nodes.iter().map(|n| channel(&n.client_addr)).collect::<anyhow::Result<Vec<_>>>()?;
-        let mut cluster =
-            Cluster { dir: Some(dir), nodes, bin, initial_cluster, common_args: opts.common_args(), channels };
+        let side = Side::new(tls, &bin, &dir.path().join("pki"))?;
+        let security = side.security(Role::Worker, CLIENT_NAME)?;
+        let channels = nodes
+            .iter()
+            .map(|n| tls::channel(&n.client_addr, &security, &[Role::Node]))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let common_args = opts.common_args();
+        let mut cluster = Cluster { dir: Some(dir), nodes, bin, initial_cluster, common_args, side, channels };
         if opts.keep {
             if let Some(dir) = cluster.dir.take() {
                 eprintln!("cluster data and logs kept in {}", dir.keep().display());
@@ -211,6 +202,7 @@ impl Cluster {
         let log_path = self.log_dir().join(format!("node-{id}.log"));
         let (bin, initial_cluster, common_args) =
             (self.bin.clone(), self.initial_cluster.clone(), self.common_args.clone());
+        let side = self.side.clone();
         let node = self.node(id)?;
         if node.child.is_some() {
             bail!("node {id} is already running");
@@ -220,7 +212,9 @@ impl Cluster {
             .append(true)
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
-        let child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        side.apply(&mut cmd, Role::Node, &id.to_string())?;
+        let child = cmd
             .arg("registry")
             .arg(format!("--node-id={id}"))
             .arg(format!("--client-addr={}", node.client_addr))
@@ -261,6 +255,11 @@ impl Cluster {
     /// Channels of the running nodes only.
     pub fn running_channels(&self) -> Vec<Channel> {
         self.running().into_iter().filter_map(|id| self.channel_of(id).ok()).collect()
+    }
+
+    /// How the nodes and clients talk: TLS with the cluster's CA, or plaintext.
+    pub fn side(&self) -> &Side {
+        &self.side
     }
 
     /// Pids of the running nodes (for CPU accounting).

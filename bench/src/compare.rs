@@ -1,6 +1,10 @@
 //! `compare`: our JSON lines (`registry`, `failover`) against etcd's (`etcd-load`,
 //! `etcd-failover`) of the same run, as markdown tables with ratios, targets and verdicts.
 //! Rows are told apart by `"system"` (`fenceflake` or `etcd`), so both may be in one file.
+//!
+//! Only rows of one TLS setting are set against each other (`"tls"`; a row without it is
+//! from before TLS, plaintext): mutual TLS by default, plaintext with `--insecure`. The TLS
+//! cost table then shows our rows with TLS against ours without, whatever the setting.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -43,6 +47,25 @@ fn of_system(rows: Vec<Value>, system: &str) -> Vec<Value> {
     rows.into_iter().filter(|r| r["system"].as_str().unwrap_or("fenceflake") == system).collect()
 }
 
+/// Whether a row was measured with mutual TLS (a row without `tls` predates it: plaintext).
+fn row_tls(row: &Value) -> bool {
+    row["tls"].as_bool().unwrap_or(false)
+}
+
+/// The rows measured with TLS `tls`.
+fn of_tls(rows: &[Value], tls: bool) -> Vec<Value> {
+    rows.iter().filter(|r| row_tls(r) == tls).cloned().collect()
+}
+
+/// How both sides of a table ran.
+fn setting(tls: bool) -> &'static str {
+    if tls {
+        "both with mutual TLS"
+    } else {
+        "both plaintext (--insecure)"
+    }
+}
+
 fn fmt(x: Option<f64>, digits: usize) -> String {
     x.map_or_else(|| "n/a".into(), |x| format!("{x:.digits$}"))
 }
@@ -79,20 +102,71 @@ fn load(rows: &[Value], op: &str, clients: u64, profile: &str) -> (Option<f64>, 
     (pick("ops_per_s"), pick("p50_ms"), pick("p99_ms"))
 }
 
-pub fn run(a: &CompareArgs) -> anyhow::Result<String> {
-    let ours = of_system(read_jsonl(&a.ours)?, "fenceflake");
-    let etcd = of_system(read_jsonl(&a.etcd)?, "etcd");
+/// The tables of the rows measured with TLS `tls` (and the TLS cost table of all of ours).
+pub fn run(a: &CompareArgs, tls: bool) -> anyhow::Result<String> {
+    let all_ours = of_system(read_jsonl(&a.ours)?, "fenceflake");
+    let (ours, etcd) = (of_tls(&all_ours, tls), of_tls(&of_system(read_jsonl(&a.etcd)?, "etcd"), tls));
     let mut out = Vec::new();
 
     for profile in &a.profile {
-        throughput_table(&mut out, &ours, &etcd, profile, &a.etcd_profile);
+        throughput_table(&mut out, &ours, &etcd, profile, &a.etcd_profile, tls);
     }
-    stability_table(&mut out, &ours);
-    failover_table(&mut out, &ours, &etcd);
+    stability_table(&mut out, &ours, tls);
+    failover_table(&mut out, &ours, &etcd, tls);
+    tls_cost_table(&mut out, &all_ours);
     Ok(out.join("\n"))
 }
 
-fn throughput_table(out: &mut Vec<String>, ours: &[Value], etcd: &[Value], profile: &str, etcd_profile: &str) {
+/// Throughput loss allowed for TLS (issue 8): renew and acquire ≤ 20 %.
+const TLS_LOSS_MAX: f64 = 0.20;
+
+/// Ours with TLS against ours without, per (profile, op, clients) measured both ways.
+fn tls_cost_table(out: &mut Vec<String>, ours: &[Value]) {
+    let keys: BTreeSet<(String, String, u64)> = ours
+        .iter()
+        .filter(|r| r["kind"] == "load")
+        .filter_map(|r| {
+            Some((r["profile"].as_str()?.to_string(), r["op"].as_str()?.to_string(), r["clients"].as_u64()?))
+        })
+        .collect();
+    let rows: Vec<String> = keys
+        .iter()
+        .filter_map(|(profile, op, clients)| {
+            let with = load(&of_tls(ours, true), op, *clients, profile);
+            let without = load(&of_tls(ours, false), op, *clients, profile);
+            let (tls_ops, plain_ops) = with.0.zip(without.0)?;
+            let loss = 1.0 - tls_ops / plain_ops;
+            Some(format!(
+                "| {profile} | {op} | {clients} | {} | {} | {:.1} % | {} / {} | {} / {} | {} |",
+                fmt_ops(Some(tls_ops)),
+                fmt_ops(Some(plain_ops)),
+                100.0 * loss,
+                fmt(with.1, 2),
+                fmt(with.2, 2),
+                fmt(without.1, 2),
+                fmt(without.2, 2),
+                verdict(Some(loss <= TLS_LOSS_MAX)),
+            ))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    out.push("### TLS cost: ours with mutual TLS vs plaintext (--insecure), same run\n".into());
+    out.push("| profile | op | clients | TLS ops/s | plaintext ops/s | throughput loss (target ≤ 20 %) | TLS p50 / p99 ms | plaintext p50 / p99 ms | met? |".into());
+    out.push("|---|---|---:|---:|---:|---:|---:|---:|---|".into());
+    out.extend(rows);
+    out.push(String::new());
+}
+
+fn throughput_table(
+    out: &mut Vec<String>,
+    ours: &[Value],
+    etcd: &[Value],
+    profile: &str,
+    etcd_profile: &str,
+    tls: bool,
+) {
     let clients: BTreeSet<u64> = ours
         .iter()
         .filter(|r| r["kind"] == "load" && r["profile"] == profile)
@@ -102,7 +176,8 @@ fn throughput_table(out: &mut Vec<String>, ours: &[Value], etcd: &[Value], profi
         return;
     }
     out.push(format!(
-        "### Throughput and latency: Fenceflake (profile `{profile}`) vs etcd 3.4 (profile `{etcd_profile}`), 5 nodes on loopback, closed loop\n"
+        "### Throughput and latency: Fenceflake (profile `{profile}`) vs etcd 3.4 (profile `{etcd_profile}`), 5 nodes on loopback, closed loop, {}\n",
+        setting(tls)
     ));
     out.push("| ours vs etcd | clients | ours ops/s | etcd ops/s | ratio (target ≥ 2) | ours p50 / p99 ms | etcd p50 / p99 ms | p99 ratio (target ≤ 0.5) | throughput met? | p99 met? |".into());
     out.push("|---|---:|---:|---:|---:|---:|---:|---:|---|---|".into());
@@ -135,8 +210,11 @@ fn throughput_table(out: &mut Vec<String>, ours: &[Value], etcd: &[Value], profi
     out.push(String::new());
 }
 
-fn stability_table(out: &mut Vec<String>, ours: &[Value]) {
-    out.push("### Raft work and stability under load (ours)\n".into());
+fn stability_table(out: &mut Vec<String>, ours: &[Value], tls: bool) {
+    out.push(format!(
+        "### Raft work and stability under load (ours, {})\n",
+        if tls { "mutual TLS" } else { "plaintext" }
+    ));
     out.push("| profile | op | clients | ops/s | errors | Raft writes/s | entries in window | commands / entry | term before → after | leader changed | CPU cores servers / client / other |".into());
     out.push("|---|---|---:|---:|---:|---:|---:|---:|---|---|---|".into());
     for r in ours.iter().filter(|r| r["kind"] == "load") {
@@ -163,11 +241,11 @@ fn stability_table(out: &mut Vec<String>, ours: &[Value]) {
     out.push(String::new());
 }
 
-fn failover_table(out: &mut Vec<String>, ours: &[Value], etcd: &[Value]) {
-    out.push(
-        "### Failover gap: SIGKILL of the leader → first successful write started after it (probe every 10 ms)\n"
-            .into(),
-    );
+fn failover_table(out: &mut Vec<String>, ours: &[Value], etcd: &[Value], tls: bool) {
+    out.push(format!(
+        "### Failover gap: SIGKILL of the leader → first successful write started after it (probe every 10 ms), {}\n",
+        setting(tls)
+    ));
     out.push("| system | profile | write probed | trials | median ms | min–max ms | single trials ms | new leader seen, median ms | target < 400 ms |".into());
     out.push("|---|---|---|---:|---:|---:|---|---:|---|".into());
     let rows = ours
@@ -232,7 +310,7 @@ mod tests {
         )
         .expect("write etcd");
         let args = CompareArgs { ours, etcd, profile: vec!["default".into()], etcd_profile: "default".into() };
-        let text = run(&args).expect("compare");
+        let text = run(&args, false).expect("compare");
         assert!(text.contains("| renew vs lease keepalive | 64 | 30,000 | 13,000 | 2.31× |"), "{text}");
         assert!(text.contains("| 0.32× | yes | yes |"), "{text}");
         assert!(text.contains("| 520 | 500–540 |"), "{text}");
@@ -242,5 +320,31 @@ mod tests {
         );
         // etcd's rows stay out of the table of our Raft work.
         assert_eq!(text.matches("| default | renew | 64 |").count(), 1, "{text}");
+    }
+
+    /// Goal: rows of one TLS setting only are set against each other (a plaintext etcd row is
+    /// not compared with our TLS row), and the TLS cost table shows ours with TLS against ours
+    /// without, with the loss against the 20 % target.
+    #[test]
+    fn only_rows_of_one_tls_setting_are_compared() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ours = dir.path().join("ours.jsonl");
+        let row = |tls: bool, ops: f64| {
+            format!(
+                r#"{{"kind":"load","system":"fenceflake","tls":{tls},"op":"renew","clients":16,"profile":"default","result":{{"ops_per_s":{ops},"p50_ms":1.0,"p99_ms":2.0}}}}"#
+            )
+        };
+        std::fs::write(&ours, format!("{}\n{}\n", row(true, 900.0), row(false, 1000.0))).expect("write ours");
+        let etcd = dir.path().join("etcd.jsonl");
+        let etcd_row = r#"{"kind":"load","system":"etcd","op":"keepalive","clients":16,"profile":"default","result":{"ops_per_s":500.0,"p50_ms":1.0,"p99_ms":2.0}}"#;
+        std::fs::write(&etcd, format!("{etcd_row}\n")).expect("write etcd");
+        let args = CompareArgs { ours, etcd, profile: vec!["default".into()], etcd_profile: "default".into() };
+        let tls = run(&args, true).expect("compare");
+        assert!(tls.contains("both with mutual TLS"), "{tls}");
+        assert!(tls.contains("| renew vs lease keepalive | 16 | 900 | n/a |"), "etcd ran plaintext: {tls}");
+        assert!(tls.contains("| default | renew | 16 | 900 | 1,000 | 10.0 % |"), "{tls}");
+        assert!(tls.contains("| 1.00 / 2.00 | 1.00 / 2.00 | yes |"), "{tls}");
+        let plain = run(&args, false).expect("compare");
+        assert!(plain.contains("| renew vs lease keepalive | 16 | 1,000 | 500 | 2.00× |"), "{plain}");
     }
 }

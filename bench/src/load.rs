@@ -94,9 +94,12 @@ pub struct Target {
 
 impl Target {
     /// A cluster this tool did not start (`--endpoints`): channels only, no server CPU to
-    /// account for.
-    pub fn external(endpoints: &[String]) -> anyhow::Result<Target> {
-        let channels = endpoints.iter().map(|e| crate::cluster::channel(e)).collect::<anyhow::Result<_>>()?;
+    /// account for; TLS with `--tls-ca/--tls-cert/--tls-key`, or plaintext with `--insecure`.
+    pub fn external(endpoints: &[String], tls: &crate::tls::TlsOpts) -> anyhow::Result<Target> {
+        let security = tls.external()?;
+        let node = &[fenceflake_proto::tls::Role::Node];
+        let channels =
+            endpoints.iter().map(|e| crate::tls::channel(e, &security, node)).collect::<anyhow::Result<_>>()?;
         Ok(Target { channels, server_pids: Vec::new() })
     }
 }

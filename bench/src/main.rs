@@ -4,6 +4,11 @@
 //! one worker's throughput, latency and memory against its ceiling and a no-op gRPC baseline.
 //! Results are JSON lines on stdout (and `--out`); a readable line per run goes to stderr. See
 //! BENCHMARKS.md and bench/run.sh.
+//!
+//! Everything runs on mutual TLS, as production does ([`tls`]: certificates made with the
+//! `fenceflake` binary in each cluster's dir); `--insecure` runs both sides plaintext, for
+//! the TLS-cost comparison. Every row says which (`"tls"`), and `compare` sets side by side
+//! only rows of one setting (plus ours with TLS against ours without).
 
 mod cluster;
 mod compare;
@@ -12,6 +17,7 @@ mod failover;
 mod load;
 mod noop_server;
 mod stats;
+mod tls;
 mod worker_bench;
 
 use std::io::Write as _;
@@ -25,6 +31,7 @@ use serde_json::{json, Value};
 use crate::cluster::{Cluster, ClusterOpts};
 use crate::load::{LoadCfg, Op, Target, WindowOpts};
 use crate::stats::measure_clean;
+use crate::tls::TlsOpts;
 
 #[derive(Debug, Parser)]
 #[command(name = "fenceflake-bench", about = "Load and failover benchmarks of the Fenceflake registry")]
@@ -32,6 +39,8 @@ struct Cli {
     /// Tokio worker threads of the load generator (it shares the machine with the servers).
     #[arg(long, env = "BENCH_THREADS", default_value_t = 2, global = true)]
     threads: usize,
+    #[command(flatten)]
+    tls: TlsOpts,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -120,13 +129,14 @@ fn timing_label(c: &ClusterOpts) -> String {
 }
 
 /// The readable line of one registry load row, on stderr.
-fn print_registry_row(op: Op, clients: usize, profile: &str, row: &Value) {
+fn print_registry_row(op: Op, clients: usize, profile: &str, tls: &TlsOpts, row: &Value) {
     let r = &row["result"];
     let raft = &row["raft"];
     let mut line = format!(
-        "fenceflake {} c={clients} [{}]: {} ops/s  p50 {} p99 {} p999 {} max {} ms  errors {}",
+        "fenceflake {} c={clients} [{}, {}]: {} ops/s  p50 {} p99 {} p999 {} max {} ms  errors {}",
         op.name(),
         profile,
+        tls_label(tls.is_tls()),
         r["ops_per_s"],
         r["p50_ms"],
         r["p99_ms"],
@@ -157,7 +167,7 @@ fn print_registry_row(op: Op, clients: usize, profile: &str, row: &Value) {
     }
 }
 
-async fn registry(a: RegistryArgs) -> anyhow::Result<()> {
+async fn registry(a: RegistryArgs, tls: &TlsOpts) -> anyhow::Result<()> {
     let mut out = Output::new(a.window.out.as_ref())?;
     for op in a.op.expand() {
         for &clients in &a.window.clients {
@@ -171,21 +181,22 @@ async fn registry(a: RegistryArgs) -> anyhow::Result<()> {
             let label = format!("fenceflake {} c={clients}", op.name());
             let mut row = measure_clean(&label, a.window.max_other_cores, a.window.retries, || async {
                 let (cluster, target) = if a.window.endpoints.is_empty() {
-                    let c = Cluster::start(&a.cluster).await?;
+                    let c = Cluster::start(&a.cluster, tls).await?;
                     let t = Target { channels: c.channels(), server_pids: c.pids() };
                     (Some(c), t)
                 } else {
-                    (None, Target::external(&a.window.endpoints)?)
+                    (None, Target::external(&a.window.endpoints, tls)?)
                 };
                 let row = load::run(op, &target, cfg).await;
                 drop(cluster);
                 row
             })
             .await?;
-            print_registry_row(op, clients, &a.cluster.profile, &row);
+            print_registry_row(op, clients, &a.cluster.profile, tls, &row);
             let fields = json!({
                 "kind": "load",
                 "system": "fenceflake",
+                "tls": tls.is_tls(),
                 "op": op.name(),
                 "clients": clients,
                 "profile": a.cluster.profile,
@@ -206,11 +217,20 @@ async fn registry(a: RegistryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
+/// How a row's side ran, in the readable lines.
+fn tls_label(tls: bool) -> &'static str {
+    if tls {
+        "TLS"
+    } else {
+        "plaintext"
+    }
+}
+
+async fn failover(a: FailoverArgs, tls: &TlsOpts) -> anyhow::Result<()> {
     let mut out = Output::new(a.out.as_ref())?;
     let cfg = a.probe.cfg();
     let timing = timing_label(&a.cluster);
-    let mut cluster = Cluster::start(&a.cluster).await?;
+    let mut cluster = Cluster::start(&a.cluster, tls).await?;
     let mut trials = Vec::with_capacity(a.probe.trials);
     for t in 1..=a.probe.trials {
         let mut row = failover::trial(&mut cluster, cfg).await?;
@@ -227,6 +247,7 @@ async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
         );
         row["kind"] = json!("failover-trial");
         row["system"] = json!("fenceflake");
+        row["tls"] = json!(tls.is_tls());
         row["profile"] = json!(a.cluster.profile);
         row["timing"] = json!(timing);
         row["trial"] = json!(t);
@@ -238,12 +259,14 @@ async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
     let mut summary = failover::summarize(&trials);
     summary["kind"] = json!("failover");
     summary["system"] = json!("fenceflake");
+    summary["tls"] = json!(tls.is_tls());
     summary["profile"] = json!(a.cluster.profile);
     summary["timing"] = json!(timing);
     summary["probe_interval_ms"] = json!(a.probe.probe_interval.as_millis() as u64);
     eprintln!(
-        "fenceflake failover [{}] ({timing}): median {} ms, min {} ms, max {} ms over {} trials ({} unrecovered); new leader seen median {} ms",
+        "fenceflake failover [{}, {}] ({timing}): median {} ms, min {} ms, max {} ms over {} trials ({} unrecovered); new leader seen median {} ms",
         a.cluster.profile,
+        tls_label(tls.is_tls()),
         summary["median_ms"],
         summary["min_ms"],
         summary["max_ms"],
@@ -255,15 +278,15 @@ async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
+async fn dispatch(cmd: Cmd, tls: &TlsOpts) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Registry(a) => registry(a).await,
-        Cmd::Failover(a) => failover(a).await,
-        Cmd::EtcdLoad(a) => etcd::load(a).await,
-        Cmd::EtcdFailover(a) => etcd::failover(a).await,
-        Cmd::Worker(a) => worker_bench::run(a).await,
+        Cmd::Registry(a) => registry(a, tls).await,
+        Cmd::Failover(a) => failover(a, tls).await,
+        Cmd::EtcdLoad(a) => etcd::load(a, tls).await,
+        Cmd::EtcdFailover(a) => etcd::failover(a, tls).await,
+        Cmd::Worker(a) => worker_bench::run(a, tls).await,
         Cmd::Compare(a) => {
-            print!("{}", compare::run(&a)?);
+            print!("{}", compare::run(&a, tls.is_tls())?);
             Ok(())
         }
     }
@@ -289,7 +312,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     rt.block_on(async {
         tokio::select! {
-            r = dispatch(cli.cmd) => r,
+            r = dispatch(cli.cmd, &cli.tls) => r,
             r = interrupted() => {
                 r?;
                 anyhow::bail!("interrupted; the benchmark's servers were stopped")
@@ -326,5 +349,22 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    /// Goal: TLS is the default; `--insecure` (before or after the subcommand) switches both
+    /// sides to plaintext; an external cluster's files go together and conflict with it.
+    #[test]
+    fn tls_by_default_insecure_anywhere() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from(std::iter::once("fenceflake-bench").chain(args.iter().copied()));
+        assert!(parse(&["registry"]).expect("parses").tls.is_tls());
+        assert!(!parse(&["--insecure", "registry"]).expect("parses").tls.is_tls());
+        assert!(!parse(&["worker", "--insecure"]).expect("parses").tls.is_tls());
+        assert!(!parse(&["etcd-load", "--insecure"]).expect("parses").tls.is_tls());
+        let err = parse(&["registry", "--endpoints", "127.0.0.1:1", "--tls-ca", "ca.pem"]).expect_err("alone");
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
+        let all = ["registry", "--tls-ca", "ca.pem", "--tls-cert", "w.pem", "--tls-key", "w.key", "--insecure"];
+        let conflict = parse(&all).expect("parses").tls.external().expect_err("both");
+        assert!(conflict.to_string().contains("choose one"), "{conflict}");
     }
 }

@@ -6,6 +6,7 @@
 use std::future::Future;
 
 use anyhow::Context;
+use fenceflake_proto::tls::{self, Security};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::generator_server::GeneratorServer;
 use tokio::net::TcpListener;
@@ -43,17 +44,22 @@ impl pb::generator_server::Generator for NoopGenerator {
     }
 }
 
-/// Serve the baseline on `listener` until `shutdown`; accepted sockets get TCP_NODELAY if
-/// `nodelay`, else keep Nagle's algorithm on.
+/// Serve the baseline on `listener` until `shutdown`, accepting as the worker does: through
+/// the TLS acceptor with `security` (mutual TLS, or plaintext when insecure; TCP_NODELAY on
+/// every socket). Without `nodelay` (plaintext only) sockets keep Nagle's algorithm on.
 pub async fn serve(
     listener: TcpListener,
+    security: Security,
     nodelay: bool,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(nodelay));
-    tonic::transport::Server::builder()
-        .add_service(GeneratorServer::new(NoopGenerator))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .context("serving the no-op baseline")
+    let server = tonic::transport::Server::builder().add_service(GeneratorServer::new(NoopGenerator));
+    let served = if nodelay {
+        server.serve_with_incoming_shutdown(tls::incoming(listener, security, "noop-grpc"), shutdown).await
+    } else {
+        anyhow::ensure!(!security.is_tls(), "Nagle's algorithm is kept only on a plaintext baseline");
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(false));
+        server.serve_with_incoming_shutdown(incoming, shutdown).await
+    };
+    served.context("serving the no-op baseline")
 }

@@ -13,6 +13,10 @@
 //!
 //! Servers and clients share this process and the machine's cores. Each row says how many
 //! cores other processes used during its window (`other_cores`).
+//!
+//! Everything runs on mutual TLS (the worker with a `worker` certificate towards the registry
+//! and its callers, the no-op server with one too, the callers with a `client` certificate),
+//! or everything plaintext with `--insecure`: both servers of a comparison always alike.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use fenceflake_proto::duration::parse_duration;
+use fenceflake_proto::tls::{Role, Security};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::generator_client::GeneratorClient;
 use fenceflake_worker::server::Listeners;
@@ -33,6 +38,7 @@ use tonic::transport::Channel;
 
 use crate::cluster::{self, Cluster, ClusterOpts};
 use crate::stats::{round, Lat};
+use crate::tls::{TlsOpts, CLIENT_NAME};
 use crate::Output;
 
 /// Targets of issue 3, as ratios.
@@ -68,9 +74,9 @@ pub struct WorkerArgs {
     /// no-op run per value.
     #[arg(long, value_delimiter = ',', default_value = "16,64")]
     clients: Vec<usize>,
-    /// Accept the no-op baseline's connections with Nagle's algorithm on, as the worker's
-    /// server does today (tonic ignores its `tcp_nodelay` on `serve_with_incoming*`); by
-    /// default the baseline sets TCP_NODELAY on every accepted socket.
+    /// Accept the no-op baseline's connections with Nagle's algorithm on (plaintext only, with
+    /// `--insecure`); by default the baseline accepts like the worker, through the TLS
+    /// acceptor, which sets TCP_NODELAY on every socket.
     #[arg(long)]
     noop_nagle: bool,
     /// Client deadline of one RPC.
@@ -352,10 +358,12 @@ async fn one_rpc(client: &mut GeneratorClient<Channel>, call: Call) -> Result<u6
     }
 }
 
-/// `clients` closed-loop clients, one connection each, calling `addr`; only calls that start
-/// inside the window are recorded.
+/// `clients` closed-loop clients, one connection each, calling `addr` through `security`
+/// (the server must hold a `worker` certificate); only calls that start inside the window
+/// are recorded.
 async fn rpc_load(
     addr: &str,
+    security: &Security,
     clients: usize,
     call: Call,
     a: &WorkerArgs,
@@ -366,7 +374,7 @@ async fn rpc_load(
     let end = rec_from + a.duration;
     let mut tasks = Vec::with_capacity(clients);
     for _ in 0..clients {
-        let mut client = GeneratorClient::new(cluster::channel(addr)?);
+        let mut client = GeneratorClient::new(crate::tls::channel(addr, security, &[Role::Worker])?);
         let op_timeout = a.op_timeout;
         tasks.push(tokio::spawn(async move {
             let (mut lat, mut ids) = (Lat::new(), 0u64);
@@ -459,14 +467,18 @@ fn stderr_rpcs(label: &str, r: &Rpcs) {
     }
 }
 
-pub async fn run(a: WorkerArgs) -> anyhow::Result<()> {
+pub async fn run(a: WorkerArgs, tls: &TlsOpts) -> anyhow::Result<()> {
     if a.batch == 0 || a.batch_clients == 0 || a.lib_tasks == 0 || a.clients.contains(&0) {
         bail!("--batch, --lib-tasks, --batch-clients and --clients must be at least 1");
+    }
+    if a.noop_nagle && tls.is_tls() {
+        bail!("--noop-nagle needs --insecure: the TLS acceptor sets TCP_NODELAY on every socket");
     }
     let mut out = Output::new(a.out.as_ref())?;
     let base = json!({
         "kind": "worker",
         "system": "fenceflake",
+        "tls": tls.is_tls(),
         "profile": a.cluster.profile,
         "warmup_s": a.warmup.as_secs_f64(),
         "window_s": a.duration.as_secs_f64(),
@@ -483,19 +495,25 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<()> {
     };
     let mut lines = Vec::new();
 
-    let cluster = Cluster::start(&a.cluster).await?;
+    let cluster = Cluster::start(&a.cluster, tls).await?;
     let pids = cluster.pids();
     let addrs = registry_addrs(&cluster).await?;
     let state = tempfile::Builder::new().prefix("fenceflake-bench-worker-").tempdir().context("state dir")?;
     let (rss_before, _) = memory()?;
-    let config = WorkerConfig::new(addrs, state.path().join("worker"), "bench-worker-0".into());
+    let worker_tls = cluster.side().security(Role::Worker, "bench-worker-0")?;
+    let config = WorkerConfig::new(addrs, state.path().join("worker"), "bench-worker-0".into(), worker_tls);
     let generator = Generator::start(config, Arc::new(SystemClock)).await.context("starting the worker")?;
     generator.wait_serving(Duration::from_secs(10)).await.context("the worker did not start serving")?;
     let layout = generator.status().layout;
     let ceiling = f64::from(layout.max_sequence() + 1) * 1000.0;
     eprintln!(
-        "worker {} serving (sequence bits {}: ceiling {} IDs/s); RSS before it started {} MiB",
+        "worker {} serving, {} (sequence bits {}: ceiling {} IDs/s); RSS before it started {} MiB",
         generator.status().worker_id,
+        if tls.is_tls() {
+            "mutual TLS on both servers and every client"
+        } else {
+            "plaintext on both sides (--insecure)"
+        },
         layout.sequence_bits(),
         ceiling,
         mib(rss_before)
@@ -517,8 +535,11 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<()> {
     let listeners = Listeners { grpc: worker_listener, metrics: None };
     let worker_server =
         tokio::spawn(fenceflake_worker::server::run(generator.clone(), listeners, limiter, until_stopped(&stopped)));
-    let noop_server = tokio::spawn(crate::noop_server::serve(noop_listener, !a.noop_nagle, until_stopped(&stopped)));
-    let result = grpc_phase(&a, &worker_addr, &noop_addr, ceiling, &pids, &mut out, &emit, &mut lines).await;
+    let noop_tls = cluster.side().security(Role::Worker, "noop-baseline")?;
+    let noop_server =
+        tokio::spawn(crate::noop_server::serve(noop_listener, noop_tls, !a.noop_nagle, until_stopped(&stopped)));
+    let callers = Callers { security: cluster.side().security(Role::Client, CLIENT_NAME)?, pids };
+    let result = grpc_phase(&a, &worker_addr, &noop_addr, ceiling, &callers, &mut out, &emit, &mut lines).await;
     let _ = stop.send(true);
     worker_server.await.context("the worker server panicked")?.context("serving the worker")?;
     noop_server.await.context("the no-op server panicked")??;
@@ -657,18 +678,26 @@ fn summary_table(lines: &[Line]) -> Value {
     json!({ "table": table })
 }
 
+/// Who calls the servers of the gRPC phase (`client` certificate or plaintext), and whose
+/// CPU is the registry's.
+struct Callers {
+    security: Security,
+    pids: Vec<u32>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn grpc_phase(
     a: &WorkerArgs,
     worker_addr: &str,
     noop_addr: &str,
     ceiling: f64,
-    pids: &[u32],
+    callers: &Callers,
     out: &mut Output,
     emit: &impl Fn(&mut Output, &str, Value) -> anyhow::Result<()>,
     lines: &mut Vec<Line>,
 ) -> anyhow::Result<()> {
-    let batch = rpc_load(worker_addr, a.batch_clients, Call::Batch(a.batch), a, pids).await?;
+    let (security, pids) = (&callers.security, &callers.pids);
+    let batch = rpc_load(worker_addr, security, a.batch_clients, Call::Batch(a.batch), a, pids).await?;
     let label = format!("gRPC GenerateBatch({}) x {} clients", a.batch, a.batch_clients);
     stderr_rpcs(&label, &batch);
     let mut row = batch.json();
@@ -691,7 +720,7 @@ async fn grpc_phase(
         let (mut worker, mut noop) = (None, None);
         for is_noop in order {
             let (name, addr) = if is_noop { ("no-op baseline", noop_addr) } else { ("worker", worker_addr) };
-            let r = rpc_load(addr, clients, Call::Generate, a, pids).await?;
+            let r = rpc_load(addr, security, clients, Call::Generate, a, pids).await?;
             stderr_rpcs(&format!("gRPC Generate x {clients} clients, {name}"), &r);
             let mut row = r.json();
             row["clients"] = json!(clients);

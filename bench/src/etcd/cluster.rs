@@ -3,6 +3,12 @@
 //! status. The counterpart of `crate::cluster` for our registry, and stopped the same way:
 //! every member started here is SIGKILLed by pid and reaped when the [`EtcdCluster`] is
 //! dropped (on return, on error, and on Ctrl-C / SIGTERM through `main`'s `interrupted`).
+//!
+//! Like our registry, etcd runs with mutual TLS unless `--insecure`, on client and peer URLs
+//! (`https://`, `--client-cert-auth`, `--peer-client-cert-auth`), with certificates of a CA
+//! made in the cluster's dir by the `fenceflake` binary (member N holds the `node` certificate
+//! `N`; the clients a `worker` one): the same handshake and record costs on both sides of
+//! every comparison.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -12,12 +18,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use fenceflake_proto::duration::parse_duration;
+use fenceflake_proto::tls::Role;
 use tonic::transport::Channel;
 
 use super::pb;
 use super::pb::kv_client::KvClient;
 use super::pb::maintenance_client::MaintenanceClient;
-use crate::cluster::{channel, free_port};
+use crate::cluster::free_port;
+use crate::tls::{self, Side, TlsOpts, CLIENT_NAME};
 
 /// Members of a benchmark cluster (the same size as our registry's).
 pub const MEMBERS: usize = 5;
@@ -47,6 +55,9 @@ pub struct EtcdOpts {
     /// Keep the members' data dirs and logs after the run (their path is printed).
     #[arg(long)]
     pub keep: bool,
+    /// The `fenceflake` binary that makes the TLS certificates (default: next to this binary).
+    #[arg(long, env = "FENCEFLAKE_BIN")]
+    pub fenceflake_bin: Option<PathBuf>,
 }
 
 impl EtcdOpts {
@@ -84,6 +95,8 @@ pub struct EtcdCluster {
     initial_cluster: String,
     heartbeat_ms: u128,
     election_ms: u128,
+    /// The members' and the clients' TLS (or plaintext).
+    side: Side,
     channels: Vec<Channel>,
 }
 
@@ -164,10 +177,10 @@ pub async fn probe_write(channel: &Channel, key: &str) -> anyhow::Result<()> {
 impl EtcdCluster {
     /// Start [`MEMBERS`] members as a new cluster and wait until a write through a follower
     /// commits; on fresh ports again if that fails (up to [`START_ATTEMPTS`] times).
-    pub async fn start(opts: &EtcdOpts) -> anyhow::Result<EtcdCluster> {
+    pub async fn start(opts: &EtcdOpts, tls: &TlsOpts) -> anyhow::Result<EtcdCluster> {
         let mut attempt = 1;
         loop {
-            match Self::start_once(opts).await {
+            match Self::start_once(opts, tls).await {
                 Ok(cluster) => return Ok(cluster),
                 Err(e) if attempt < START_ATTEMPTS => {
                     eprintln!("etcd cluster did not start ({e:#}); again on fresh ports ({attempt}/{START_ATTEMPTS})");
@@ -178,7 +191,7 @@ impl EtcdCluster {
         }
     }
 
-    async fn start_once(opts: &EtcdOpts) -> anyhow::Result<EtcdCluster> {
+    async fn start_once(opts: &EtcdOpts, tls: &TlsOpts) -> anyhow::Result<EtcdCluster> {
         let version =
             Command::new(&opts.etcd_bin).arg("--version").stdin(Stdio::null()).output().with_context(|| {
                 format!(
@@ -198,12 +211,18 @@ impl EtcdCluster {
         }
         .context("creating the cluster's temp dir")?;
         let root = dir.path().to_path_buf();
+        let side = if tls.is_tls() {
+            Side::new(tls, &tls::fenceflake_binary(opts.fenceflake_bin.as_deref())?, &root.join("pki"))?
+        } else {
+            Side::Insecure
+        };
+        let scheme = if side.is_tls() { "https" } else { "http" };
         let mut members = Vec::with_capacity(MEMBERS);
         for number in 1..=MEMBERS {
             members.push(Member {
                 number,
-                client_url: format!("http://127.0.0.1:{}", free_port()?),
-                peer_url: format!("http://127.0.0.1:{}", free_port()?),
+                client_url: format!("{scheme}://127.0.0.1:{}", free_port()?),
+                peer_url: format!("{scheme}://127.0.0.1:{}", free_port()?),
                 data_dir: root.join(format!("m{number}")),
                 id: None,
                 child: None,
@@ -211,7 +230,11 @@ impl EtcdCluster {
         }
         let initial_cluster =
             members.iter().map(|m| format!("{}={}", m.name(), m.peer_url)).collect::<Vec<_>>().join(",");
-        let channels = members.iter().map(|m| channel(&m.client_url)).collect::<anyhow::Result<Vec<_>>>()?;
+        let security = side.security(Role::Worker, CLIENT_NAME)?;
+        let channels = members
+            .iter()
+            .map(|m| tls::channel(&m.client_url, &security, &[Role::Node]))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut cluster = EtcdCluster {
             dir: Some(dir),
             root,
@@ -220,6 +243,7 @@ impl EtcdCluster {
             initial_cluster,
             heartbeat_ms: opts.heartbeat.as_millis(),
             election_ms: opts.election_timeout.as_millis(),
+            side,
             channels,
         };
         if opts.keep {
@@ -248,6 +272,7 @@ impl EtcdCluster {
         let log_path = self.root.join(format!("m{number}.log"));
         let (bin, initial_cluster) = (self.bin.clone(), self.initial_cluster.clone());
         let (heartbeat, election) = (self.heartbeat_ms.to_string(), self.election_ms.to_string());
+        let files = self.side.files(Role::Node, &number.to_string())?;
         let m = self.member(number)?;
         if m.child.is_some() {
             bail!("member {number} is already running");
@@ -268,6 +293,7 @@ impl EtcdCluster {
             .args(["--initial-cluster-token", "fenceflake-bench"])
             .args(["--heartbeat-interval", &heartbeat, "--election-timeout", &election])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .args(files.map(|f| tls_flags(&f)).unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -360,6 +386,21 @@ impl EtcdCluster {
         }
         Ok(())
     }
+}
+
+/// etcd's flags for mutual TLS with `files` on its client and peer URLs.
+fn tls_flags(files: &fenceflake_proto::tls::TlsFiles) -> Vec<String> {
+    let (ca, cert, key) = (files.ca.display(), files.cert.display(), files.key.display());
+    vec![
+        format!("--cert-file={cert}"),
+        format!("--key-file={key}"),
+        format!("--trusted-ca-file={ca}"),
+        "--client-cert-auth".into(),
+        format!("--peer-cert-file={cert}"),
+        format!("--peer-key-file={key}"),
+        format!("--peer-trusted-ca-file={ca}"),
+        "--peer-client-cert-auth".into(),
+    ]
 }
 
 /// The last lines of a member's log (etcd logs JSON lines with zap).

@@ -20,6 +20,7 @@ use self::cluster::{EtcdCluster, EtcdOpts};
 use self::load::EtcdOp;
 use crate::load::{LoadCfg, Target, WindowOpts};
 use crate::stats::measure_clean;
+use crate::tls::TlsOpts;
 use crate::Output;
 
 /// etcd's v3 API, as far as `proto/etcdserverpb/rpc.proto` declares it (client stubs only).
@@ -61,7 +62,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// `fenceflake-bench etcd-load`: one fresh cluster per (op, clients), as for our registry.
-pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
+pub async fn load(a: LoadArgs, tls: &TlsOpts) -> anyhow::Result<()> {
     let mut out = Output::new(a.window.out.as_ref())?;
     for op in a.op.expand() {
         for &clients in &a.window.clients {
@@ -75,11 +76,11 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
             let label = format!("etcd {} c={clients}", op.name());
             let mut row = measure_clean(&label, a.window.max_other_cores, a.window.retries, || async {
                 let (cluster, target) = if a.window.endpoints.is_empty() {
-                    let c = EtcdCluster::start(&a.etcd).await?;
+                    let c = EtcdCluster::start(&a.etcd, tls).await?;
                     let t = Target { channels: c.channels(), server_pids: c.pids() };
                     (Some(c), t)
                 } else {
-                    (None, Target::external(&a.window.endpoints)?)
+                    (None, Target::external(&a.window.endpoints, tls)?)
                 };
                 let row = load::run(op, &target, cfg).await;
                 drop(cluster);
@@ -88,9 +89,10 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
             .await?;
             let (r, raft, cpu) = (&row["result"], &row["raft"], &row["cpu"]);
             eprintln!(
-                "etcd {} c={clients} [{}]: {} ops/s  p50 {} p99 {} p999 {} max {} ms  errors {} | {} entries | term {} -> {} | cpu servers {} client {} other {}",
+                "etcd {} c={clients} [{}, {}]: {} ops/s  p50 {} p99 {} p999 {} max {} ms  errors {} | {} entries | term {} -> {} | cpu servers {} client {} other {}",
                 op.name(),
                 a.etcd.profile,
+                crate::tls_label(tls.is_tls()),
                 r["ops_per_s"],
                 r["p50_ms"],
                 r["p99_ms"],
@@ -107,7 +109,7 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
             if let Some(samples) = r["error_samples"].as_array().filter(|s| !s.is_empty()) {
                 eprintln!("  errors: {samples:?}");
             }
-            merge(&mut row, load_fields(op, clients, &a));
+            merge(&mut row, load_fields(op, clients, &a, tls.is_tls()));
             out.emit(&row)?;
         }
     }
@@ -115,13 +117,13 @@ pub async fn load(a: LoadArgs) -> anyhow::Result<()> {
 }
 
 /// `fenceflake-bench etcd-failover`: one cluster, `--trials` leader kills.
-pub async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
+pub async fn failover(a: FailoverArgs, tls: &TlsOpts) -> anyhow::Result<()> {
     let mut out = Output::new(a.out.as_ref())?;
     let cfg = a.probe.cfg();
     let timing = a.etcd.timing();
     let prefix = load::run_prefix();
     let ttl_s = load::ttl_seconds(ms(a.ttl));
-    let mut cluster = EtcdCluster::start(&a.etcd).await?;
+    let mut cluster = EtcdCluster::start(&a.etcd, tls).await?;
     let mut trials = Vec::with_capacity(a.probe.trials);
     for t in 1..=a.probe.trials {
         let mut row = failover::trial(&mut cluster, cfg, &format!("{prefix}/failover/t{t}"), ttl_s).await?;
@@ -136,7 +138,7 @@ pub async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
             row["term_before"],
             row["term_after"]
         );
-        merge(&mut row, failover_fields("failover-trial", &a.etcd));
+        merge(&mut row, failover_fields("failover-trial", &a.etcd, tls.is_tls()));
         row["trial"] = json!(t);
         out.emit(&row)?;
         trials.push(row);
@@ -144,11 +146,12 @@ pub async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
     cluster.wait_healthy(Duration::from_secs(60)).await?;
     drop(cluster);
     let mut summary = crate::failover::summarize(&trials);
-    merge(&mut summary, failover_fields("failover", &a.etcd));
+    merge(&mut summary, failover_fields("failover", &a.etcd, tls.is_tls()));
     summary["probe_interval_ms"] = json!(ms(a.probe.probe_interval));
     eprintln!(
-        "etcd failover [{}] ({timing}): median {} ms, min {} ms, max {} ms over {} trials ({} unrecovered); new leader seen median {} ms",
+        "etcd failover [{}, {}] ({timing}): median {} ms, min {} ms, max {} ms over {} trials ({} unrecovered); new leader seen median {} ms",
         a.etcd.profile,
+        crate::tls_label(tls.is_tls()),
         summary["median_ms"],
         summary["min_ms"],
         summary["max_ms"],
@@ -160,11 +163,13 @@ pub async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What identifies a load row of etcd (`compare` matches on kind, system, op, clients, profile).
-fn load_fields(op: EtcdOp, clients: usize, a: &LoadArgs) -> Value {
+/// What identifies a load row of etcd (`compare` matches on kind, system, TLS, op, clients,
+/// profile).
+fn load_fields(op: EtcdOp, clients: usize, a: &LoadArgs, tls: bool) -> Value {
     json!({
         "kind": "load",
         "system": "etcd",
+        "tls": tls,
         "op": op.name(),
         "clients": clients,
         "profile": a.etcd.profile,
@@ -176,8 +181,8 @@ fn load_fields(op: EtcdOp, clients: usize, a: &LoadArgs) -> Value {
 }
 
 /// What identifies a failover row of etcd (`kind`: `failover-trial` or `failover`).
-fn failover_fields(kind: &str, etcd: &EtcdOpts) -> Value {
-    json!({"kind": kind, "system": "etcd", "op": "claim", "profile": etcd.profile, "timing": etcd.timing()})
+fn failover_fields(kind: &str, etcd: &EtcdOpts, tls: bool) -> Value {
+    json!({"kind": kind, "system": "etcd", "tls": tls, "op": "claim", "profile": etcd.profile, "timing": etcd.timing()})
 }
 
 /// `fields` into the object `row` (both JSON objects).
@@ -242,19 +247,19 @@ mod tests {
             lat.record(Duration::from_millis(2));
         }
         let mut row = json!({"result": lat.summary(10.0)});
-        merge(&mut row, load_fields(EtcdOp::Keepalive, 16, &a));
+        merge(&mut row, load_fields(EtcdOp::Keepalive, 16, &a, true));
         let Ok(Cmd::EtcdFailover(f)) = parse(&["etcd-failover"]) else { panic!("etcd-failover parses") };
         let mut summary = crate::failover::summarize(&[json!({"gap_ms": 1100.0, "new_leader_seen_ms": 1090.0})]);
-        merge(&mut summary, failover_fields("failover", &f.etcd));
+        merge(&mut summary, failover_fields("failover", &f.etcd, true));
 
         let dir = tempfile::tempdir().expect("temp dir");
         let (ours, etcd) = (dir.path().join("ours.jsonl"), dir.path().join("etcd.jsonl"));
-        let our_row = r#"{"kind":"load","system":"fenceflake","op":"renew","clients":16,"profile":"default","result":{"ops_per_s":1000.0,"p50_ms":1.0,"p99_ms":4.0}}"#;
+        let our_row = r#"{"kind":"load","system":"fenceflake","tls":true,"op":"renew","clients":16,"profile":"default","result":{"ops_per_s":1000.0,"p50_ms":1.0,"p99_ms":4.0}}"#;
         std::fs::write(&ours, format!("{our_row}\n")).expect("write ours");
         std::fs::write(&etcd, format!("{row}\n{summary}\n")).expect("write etcd");
         let args =
             crate::compare::CompareArgs { ours, etcd, profile: vec!["default".into()], etcd_profile: "default".into() };
-        let text = crate::compare::run(&args).expect("compare");
+        let text = crate::compare::run(&args, true).expect("compare");
         assert!(
             text.contains("| renew vs lease keepalive | 16 | 1,000 | 2,000 | 0.50× | 1.00 / 4.00 | 2.00 / 2.00 |"),
             "{text}"
