@@ -16,8 +16,12 @@ fn workload_refuses_to_run_outside_the_harness_namespaces() {
     }
     let harness = fenceflake_tests::fenceflake_bin().with_file_name("fenceflake-jepsen");
     let history = tempfile::NamedTempFile::new().unwrap();
+    // With TLS like every run (a CA of its own): the guard refuses before any certificate is read.
+    let certs = fenceflake_tests::certs::Certs::new();
     let out = Command::new(&harness)
         .args(["workload", "--workers", "w1=10.231.0.9:7379", "--registry", "10.231.0.1:2379"])
+        .arg("--certs")
+        .arg(certs.dir())
         .args(["--rate", "10", "--duration-ms", "100", "--seed", "1", "--origin-ns", "0", "--history"])
         .arg(history.path())
         .output()

@@ -3,8 +3,9 @@
 //! runbooks in `docs/failure-modes.md` is a family that a real registry node and a real worker
 //! serve on `--metrics-addr` (declared by a `# TYPE` line from the first scrape on, before
 //! anything happened). Every alert carries a severity, a summary, a description and a
-//! `runbook_url` whose anchor is a heading of `docs/failure-modes.md`, and has a firing and a
-//! quiet promtool case; `check.sh` runs those promtool cases when promtool is installed.
+//! `runbook_url` whose anchor is a heading of a runbook (`docs/failure-modes.md`, or
+//! `docs/security.md` for the TLS alerts), and has a firing and a quiet promtool case;
+//! `check.sh` runs those promtool cases when promtool is installed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -20,6 +21,10 @@ const ALERTS: &str = "deploy/prometheus/alerts.yml";
 const ALERTS_TEST: &str = "deploy/prometheus/alerts_test.yml";
 const DASHBOARD: &str = "deploy/grafana/fenceflake.json";
 const FAILURE_MODES: &str = "docs/failure-modes.md";
+/// The runbook of the TLS alerts (certificate expiry, plaintext).
+const SECURITY: &str = "docs/security.md";
+/// The docs an alert's `runbook_url` may point into.
+const RUNBOOKS: [&str; 2] = [FAILURE_MODES, SECURITY];
 const SEVERITIES: [&str; 2] = ["page", "ticket"];
 /// The runbook sections of the seed's five failure modes: each must be some alert's target.
 const SEED_SECTIONS: [&str; 5] = [
@@ -218,7 +223,8 @@ async fn every_metric_the_deploy_files_name_is_exported() {
 fn every_alert_has_a_severity_a_runbook_section_and_promtool_cases() {
     let rules = alert_rules(&read(ALERTS));
     assert!(rules.len() >= 20, "{ALERTS}: only {} alerts found", rules.len());
-    let anchors = heading_anchors(&read(FAILURE_MODES));
+    let anchors: BTreeMap<&str, BTreeSet<String>> =
+        RUNBOOKS.iter().map(|doc| (*doc, heading_anchors(&read(doc)))).collect();
     let cases = promtool_cases(&read(ALERTS_TEST));
     let mut targets = BTreeSet::new();
     let mut failures = Vec::new();
@@ -234,14 +240,19 @@ fn every_alert_has_a_severity_a_runbook_section_and_promtool_cases() {
             }
         }
         let url = rule.fields.get("runbook_url").map(String::as_str).unwrap_or_default();
-        match url.split_once('#') {
-            Some((page, anchor)) if page.ends_with(FAILURE_MODES) => {
-                if !anchors.contains(anchor) {
-                    failures.push(format!("{name}: runbook anchor #{anchor} is no heading of {FAILURE_MODES}"));
+        let runbook = url
+            .split_once('#')
+            .and_then(|(page, anchor)| RUNBOOKS.iter().find(|doc| page.ends_with(**doc)).map(|doc| (*doc, anchor)));
+        match runbook {
+            Some((doc, anchor)) => {
+                if !anchors[doc].contains(anchor) {
+                    failures.push(format!("{name}: runbook anchor #{anchor} is no heading of {doc}"));
                 }
-                targets.insert(anchor.to_string());
+                if doc == FAILURE_MODES {
+                    targets.insert(anchor.to_string());
+                }
             }
-            _ => failures.push(format!("{name}: runbook_url {url:?} does not point into {FAILURE_MODES}#…")),
+            None => failures.push(format!("{name}: runbook_url {url:?} does not point into one of {RUNBOOKS:?}#…")),
         }
         match cases.get(name) {
             Some((true, true)) => {}
@@ -253,7 +264,7 @@ fn every_alert_has_a_severity_a_runbook_section_and_promtool_cases() {
             failures.push(format!("seed failure mode #{section}: no alert's runbook_url points at it"));
         }
     }
-    assert!(failures.is_empty(), "{}\nheadings of {FAILURE_MODES}: {anchors:?}", failures.join("\n"));
+    assert!(failures.is_empty(), "{}\nheadings of the runbooks: {anchors:?}", failures.join("\n"));
 }
 
 /// Goal: `deploy/prometheus/check.sh` passes (promtool accepts the rules and every unit test
