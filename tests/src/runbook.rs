@@ -640,3 +640,24 @@ impl Drop for Runbook {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: each doc line gets the identity its first `fenceflake` subcommand needs, however
+    /// the binary is named and wherever it stands in the line.
+    #[test]
+    fn doc_lines_get_the_identity_of_their_subcommand() {
+        let of = |line: &str| identity_for(line).map(|(role, name)| format!("{role}/{name}"));
+        assert_eq!(of("fenceflake registry --node-id 3 --client-addr H3:2379").as_deref(), Some("node/3"));
+        assert_eq!(of("$B registry --node-id=4 --data-dir /d").as_deref(), Some("node/4"));
+        assert_eq!(of("fenceflake worker --registry H1:2379 &").as_deref(), Some("worker/runbook"));
+        assert_eq!(of("\"$B\" ctl --registry x status").as_deref(), Some("operator/test"));
+        let import = "fenceflake ctl --registry NEW1:2379 snapshot import \"$(ls -t /backups/* | head -1)\"";
+        assert_eq!(of(import).as_deref(), Some("operator/test"));
+        assert_eq!(of("/usr/bin/fenceflake mint --workers W1:7379 -n 3").as_deref(), Some("client/test"));
+        assert_eq!(of("fenceflake decode 55082955571372039"), None);
+        assert_eq!(of("curl -s W1:7380/metrics"), None);
+    }
+}
