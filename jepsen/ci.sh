@@ -71,7 +71,13 @@ for scenario in "${scenarios[@]}"; do
     fi
 done
 
-run --scenario pause --seed 7 --store "$store/self-test" --unsafe-disable-deadline-check
+# The switch exists only in the separately built test binary (scripts/build-unsafe-test-binary).
+unsafe_bin=target/unsafe-test/fenceflake
+if [ ! -x "$unsafe_bin" ]; then
+    echo "FAILED: harness self-test: $unsafe_bin is not built (scripts/build-unsafe-test-binary)"
+    exit 1
+fi
+run --scenario pause --seed 7 --store "$store/self-test" --unsafe-disable-deadline-check --fenceflake "$unsafe_bin"
 if [ "$code" = 1 ]; then
     echo "self-test: with the deadline check off, the pause scenario is invalid, as it must be"
     row self-test PASSED "$secs"

@@ -12,7 +12,6 @@ use anyhow::Context;
 use clap::Args;
 use fenceflake_proto::duration::parse_duration;
 use fenceflake_proto::tls::{Security, TlsArgs};
-use fenceflake_worker::config::DeadlineCheck;
 use fenceflake_worker::limits::{DEFAULT_RATE_LIMIT_BURST, DEFAULT_RATE_LIMIT_IDS_PER_SEC, DEFAULT_SEQUENCE_BITS};
 use fenceflake_worker::server::{self, Listeners};
 use fenceflake_worker::{Generator, RateLimitConfig, RateLimiter, SystemClock, WorkerConfig, WorkerIdSpec};
@@ -75,8 +74,10 @@ pub struct WorkerArgs {
     /// Serve Prometheus metrics on HOST:PORT (/metrics).
     #[arg(long, env = "FENCEFLAKE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
-    /// UNSAFE, harness self-test only: mint past the lease deadline (mechanism 2 off), to
-    /// prove the harness catches the duplicates that follows.
+    /// UNSAFE, harness self-test only, and only in the separately built test binary (feature
+    /// `unsafe-test-switches`): mint past the lease deadline (mechanism 2 off), to prove the
+    /// harness catches the duplicates that follow.
+    #[cfg(feature = "unsafe-test-switches")]
     #[arg(long, env = "FENCEFLAKE_UNSAFE_DISABLE_DEADLINE_CHECK", hide = true)]
     pub unsafe_disable_deadline_check: bool,
     /// Sequence bits of the ID layout (the epoch and worker-ID bits come from the registry).
@@ -109,9 +110,10 @@ impl WorkerArgs {
         config.flush_interval = self.flush_interval;
         config.sequence_bits = self.sequence_bits;
         config.id_wait = self.id_wait;
+        #[cfg(feature = "unsafe-test-switches")]
         if self.unsafe_disable_deadline_check {
             tracing::error!("UNSAFE: the lease deadline check is disabled; this worker WILL mint duplicates (harness self-test only)");
-            config.deadline_check = DeadlineCheck::DisabledUnsafe;
+            config.deadline_check = fenceflake_worker::config::DeadlineCheck::DisabledUnsafe;
         }
         config
     }

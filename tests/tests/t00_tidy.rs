@@ -134,3 +134,41 @@ fn every_rust_file_opens_with_a_module_doc() {
         assert!(text.starts_with("//!"), "{} does not open with a `//!` line", file.display());
     }
 }
+
+/// Goal (issue 9, point 8): the unsafe test switches (the worker's deadline check, the
+/// servers' authorization) exist only in the separately built test binary. No workspace
+/// member enables the `unsafe-test-switches` feature (so cargo's feature unification cannot
+/// pull it into `cargo build` or `cargo build --release`), and the binary the tests run — and
+/// any release binary built here — carries none of the switches' variable names.
+#[test]
+fn unsafe_switches_stay_out_of_the_binaries_the_tests_and_users_run() {
+    for manifest in [
+        "Cargo.toml",
+        "proto/Cargo.toml",
+        "registry/Cargo.toml",
+        "worker/Cargo.toml",
+        "client/Cargo.toml",
+        "cli/Cargo.toml",
+        "tests/Cargo.toml",
+        "bench/Cargo.toml",
+        "jepsen/Cargo.toml",
+    ] {
+        let text = std::fs::read_to_string(workspace_root().join(manifest)).expect("read manifest");
+        for line in text.lines().filter(|l| l.contains("unsafe-test-switches")) {
+            let defines_it = line.trim_start().starts_with("unsafe-test-switches =");
+            assert!(defines_it, "{manifest} enables the unsafe test switches: {line}");
+        }
+    }
+    let marker = b"FENCEFLAKE_UNSAFE_";
+    let mut checked = 0;
+    for binary in [fenceflake_tests::fenceflake_bin(), workspace_root().join("target/release/fenceflake")] {
+        let Ok(bytes) = std::fs::read(&binary) else { continue };
+        checked += 1;
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker),
+            "{} carries the unsafe test switches",
+            binary.display()
+        );
+    }
+    assert!(checked > 0, "no fenceflake binary found to check");
+}

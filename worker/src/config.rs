@@ -122,7 +122,9 @@ pub struct WorkerConfig {
 pub enum DeadlineCheck {
     Enforced,
     /// UNSAFE: mints past the lease deadline and past the lease's `mint_until`. Exists so a
-    /// harness run can show that a broken worker is caught; never use it anywhere else.
+    /// harness run can show that a broken worker is caught; compiled only into unit tests and
+    /// the separately built test binary (feature `unsafe-test-switches`).
+    #[cfg(any(test, feature = "unsafe-test-switches"))]
     DisabledUnsafe,
 }
 

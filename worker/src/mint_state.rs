@@ -146,12 +146,24 @@ impl MintState {
 
     /// Mechanism 2: may this worker mint at `now`?
     fn lease_live(&self, now: MonoTime) -> bool {
-        self.deadline.is_live(now) || self.deadline_check == DeadlineCheck::DisabledUnsafe
+        self.deadline.is_live(now) || self.deadline_check_off()
     }
 
     /// Mechanism 2 on the wall clock: may this worker stamp `ts_ms`?
     fn below_mint_until(&self, ts_ms: u64) -> bool {
-        ts_ms < self.mint_until_ms || self.deadline_check == DeadlineCheck::DisabledUnsafe
+        ts_ms < self.mint_until_ms || self.deadline_check_off()
+    }
+
+    /// Whether mechanism 2 is switched off (only unit tests and the unsafe test binary can).
+    #[cfg(any(test, feature = "unsafe-test-switches"))]
+    fn deadline_check_off(&self) -> bool {
+        self.deadline_check == DeadlineCheck::DisabledUnsafe
+    }
+
+    #[cfg(not(any(test, feature = "unsafe-test-switches")))]
+    fn deadline_check_off(&self) -> bool {
+        let DeadlineCheck::Enforced = self.deadline_check;
+        false
     }
 
     pub fn lease_remaining(&self, now: MonoTime) -> std::time::Duration {

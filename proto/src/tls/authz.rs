@@ -33,8 +33,31 @@ impl Caller {
     }
 }
 
+/// UNSAFE, only in the separately built test binary (feature `unsafe-test-switches`): with
+/// `FENCEFLAKE_UNSAFE_DISABLE_AUTHORIZATION=1`, every caller is unchecked, so the harness can
+/// show that its `adversary` scenario catches what a registry without authorization allows.
+#[cfg(feature = "unsafe-test-switches")]
+fn authorization_disabled() -> bool {
+    static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DISABLED.get_or_init(|| {
+        let off = std::env::var("FENCEFLAKE_UNSAFE_DISABLE_AUTHORIZATION").is_ok_and(|v| v == "1" || v == "true");
+        if off {
+            tracing::error!("UNSAFE: authorization is disabled; every caller may do anything (harness self-test only)");
+        }
+        off
+    })
+}
+
+#[cfg(not(feature = "unsafe-test-switches"))]
+fn authorization_disabled() -> bool {
+    false
+}
+
 /// The caller of `request`, authenticated but not yet authorized.
 pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    if authorization_disabled() {
+        return Ok(Caller::Unchecked);
+    }
     let Some(info) = request.extensions().get::<ConnInfo>() else {
         // Fail closed: a server must accept through `tls::incoming` to serve anything.
         return Err(Status::unauthenticated(
