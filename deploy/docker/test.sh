@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end test of deploy/docker: build the static binary and the FROM-scratch image,
-# bring the 5-registry + 3-worker compose project up, mint IDs from the host through the
+# make a CA and one certificate per container (certs.sh, with the binary just built),
+# bring the 5-registry + 3-worker compose project up (mutual TLS everywhere), check that a
+# plaintext caller and a caller of the wrong role are refused, mint IDs from the host through the
 # published ports, SIGKILL the leader registry's container, wait for a new leader and for
 # every worker to renew through it, mint again, and check that
 #   - every mint returned IDs (each worker, before and after the kill),
@@ -31,6 +33,8 @@ export FENCEFLAKE_IMAGE="$image"
 for i in 1 2 3 4 5; do export "FENCEFLAKE_REGISTRY_${i}_PORT="; done
 for i in 1 2 3; do export "FENCEFLAKE_WORKER_${i}_PORT="; done
 unset COMPOSE_FILE COMPOSE_PROJECT_NAME
+# Every call below chooses its own identity.
+unset FENCEFLAKE_TLS_CA FENCEFLAKE_TLS_CERT FENCEFLAKE_TLS_KEY FENCEFLAKE_INSECURE
 
 start_s=$SECONDS
 phase_s=$SECONDS
@@ -91,8 +95,23 @@ bin=${FENCEFLAKE_STATIC_BIN:-$target_dir/x86_64-unknown-linux-gnu/release/fencef
 [[ -x $bin ]] || fail "no binary at $bin"
 phase_done build
 
-# The host side uses the same binary (it is static, so it runs anywhere).
+# ---------------------------------------------------------------------------- certificates
+log "certs: a CA and one certificate per container"
+certs=$work/certs
+FENCEFLAKE_BIN=$bin "$here/certs.sh" "$certs" >/dev/null
+export FENCEFLAKE_CERTS_DIR=$certs
+phase_done certs
+
+# The host side uses the same binary (it is static, so it runs anywhere): `ctl` as the
+# `operator`, `mint` as a `client`, each with its own certificate.
 ff() { timeout 30 "$bin" "$@"; }
+as() { # as IDENTITY COMMAND...: with the TLS files of $certs/IDENTITY
+    local id=$1
+    shift
+    FENCEFLAKE_TLS_CA=$certs/$id/ca.pem FENCEFLAKE_TLS_CERT=$certs/$id/cert.pem FENCEFLAKE_TLS_KEY=$certs/$id/key.pem "$@"
+}
+ctl() { as operator ff ctl "$@"; }
+mint() { as client ff mint "$@"; }
 
 # ---------------------------------------------------------------------------- up
 log "up: project $project"
@@ -120,7 +139,7 @@ log "registries $registries; workers $workers"
 
 leader_id() { # [ADDRS] -> leader as the first answering node sees it; 0 if none/unknown
     local s
-    s=$(ff ctl --registry "${1:-$registries}" --timeout 1s status --json 2>/dev/null) || { echo 0; return; }
+    s=$(ctl --registry "${1:-$registries}" --timeout 1s status --json 2>/dev/null) || { echo 0; return; }
     sed -n 's/^ *"leader_id": *\([0-9]*\).*/\1/p' <<<"$s" | head -n1 | grep . || echo 0
 }
 
@@ -135,27 +154,53 @@ log "leader: registry-$leader"
 
 for i in 1 2 3; do
     deadline=$((SECONDS + 60))
-    until ff mint --workers "${wrk_addr[$i]}" -n 1 >/dev/null 2>"$work/mint-wait.err"; do
+    until mint --workers "${wrk_addr[$i]}" -n 1 >/dev/null 2>"$work/mint-wait.err"; do
         ((SECONDS < deadline)) || { cat "$work/mint-wait.err" >&2; fail "worker-$i not serving within 60 s"; }
         sleep 0.2
     done
 done
 log "all three workers serve"
+# The health checks run TLS too: each registry's `ctl status` with its reader certificate,
+# each worker's `mint` as itself. All eight containers must turn healthy.
+deadline=$((SECONDS + 90))
+while :; do
+    states=$(docker ps -q --filter "label=com.docker.compose.project=$project" |
+        xargs -r docker inspect -f '{{index .Config.Labels "com.docker.compose.service"}}={{.State.Health.Status}}' | sort)
+    [[ $(grep -c '=healthy$' <<<"$states") == 8 ]] && break
+    ((SECONDS < deadline)) || fail "not every container turned healthy within 90 s: $(tr '\n' ' ' <<<"$states")"
+    sleep 1
+done
+log "all eight containers healthy (TLS health checks)"
 phase_done up
+
+# ---------------------------------------------------------------------------- refusals
+# TLS is not optional: a plaintext caller, and a certificate of a role the RPC does not
+# allow (a `client` may only call workers), are refused by the registry.
+if out=$(ff ctl --insecure --registry "${reg_addr[1]}" --timeout 2s status 2>&1); then
+    fail "a plaintext ctl was answered: $out"
+fi
+grep -qi 'unauthenticated' <<<"$out" || fail "a plaintext ctl failed, but not as UNAUTHENTICATED: $out"
+log "plaintext ctl refused: $(tail -n1 <<<"$out")"
+if out=$(as client ff ctl --registry "${reg_addr[1]}" --timeout 2s status 2>&1); then
+    fail "a client certificate read the cluster status: $out"
+fi
+grep -qi 'permission' <<<"$out" || fail "ctl with a client certificate failed, but not as PERMISSION_DENIED: $out"
+log "client certificate refused by the registry: $(tail -n1 <<<"$out")"
+phase_done refusals
 
 # ---------------------------------------------------------------------------- test
 mint_round() { # ROUND: per worker 300 single calls + 20000 by GenerateBatch, then 30 rotated
     local round=$1 i f n
     for i in 1 2 3; do
         f="$work/w$i.$round"
-        ff mint --workers "${wrk_addr[$i]}" -n 300 >"$f" || fail "round $round: mint from worker-$i failed"
-        ff mint --workers "${wrk_addr[$i]}" -n 20000 --batch >>"$f" ||
+        mint --workers "${wrk_addr[$i]}" -n 300 >"$f" || fail "round $round: mint from worker-$i failed"
+        mint --workers "${wrk_addr[$i]}" -n 20000 --batch >>"$f" ||
             fail "round $round: batch mint from worker-$i failed"
         n=$(wc -l <"$f")
         ((n == 20300)) || fail "round $round: worker-$i returned $n IDs, want 20300"
     done
     f="$work/all.$round"
-    ff mint --workers "$workers" -n 30 >"$f" || fail "round $round: rotating mint failed"
+    mint --workers "$workers" -n 30 >"$f" || fail "round $round: rotating mint failed"
     n=$(wc -l <"$f")
     ((n == 30)) || fail "round $round: rotating mint returned $n IDs, want 30"
 }
@@ -165,7 +210,7 @@ worker_id_of() { # ID -> worker ID field
 }
 
 leases() { # "worker_id state high_water_ms ttl_ms" per lease, from the pretty-printed JSON
-    ff ctl --registry "$registries" --timeout 2s leases --json | awk '
+    ctl --registry "$registries" --timeout 2s leases --json | awk '
         /"worker_id":/     { w = $2; gsub(/[^0-9]/, "", w) }
         /"state":/         { s = $2; gsub(/[",]/, "", s) }
         /"high_water_ms":/ { h = $2; gsub(/[^0-9]/, "", h) }
@@ -239,7 +284,7 @@ done
 total=$(cat "$work"/w?.? "$work"/all.? | wc -l)
 dups=$(cat "$work"/w?.? "$work"/all.? | sort -n | uniq -d | wc -l)
 ((dups == 0)) || fail "$dups IDs minted more than once (of $total)"
-audit=$(ff ctl --registry "$registries" --timeout 2s audit --json | tr -d '[:space:]')
+audit=$(ctl --registry "$registries" --timeout 2s audit --json | tr -d '[:space:]')
 [[ $audit == "[]" ]] || fail "registry audit log is not empty: $audit"
 log "$total IDs, all unique; workers kept worker IDs ${wid[1]}, ${wid[2]}, ${wid[3]}; audit log empty"
 phase_done test
