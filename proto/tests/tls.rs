@@ -82,8 +82,13 @@ async fn serve(security: Security) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let incoming = tls::incoming(listener, security, "test");
+    let (_, health) = tonic_health::server::health_reporter();
     tokio::spawn(
-        tonic::transport::Server::builder().add_service(GeneratorServer::new(Echo)).serve_with_incoming(incoming),
+        tonic::transport::Server::builder()
+            .layer(tls::RefuseStrangersLayer)
+            .add_service(health)
+            .add_service(GeneratorServer::new(Echo))
+            .serve_with_incoming(incoming),
     );
     addr.to_string()
 }
@@ -127,6 +132,18 @@ async fn strangers_and_plaintext_are_refused_with_a_reason() {
     let plaintext = status(&server, &Security::Insecure, &[Role::Worker]).await.expect_err("plaintext refused");
     assert_eq!(plaintext.code(), tonic::Code::Unauthenticated, "{plaintext:?}");
     assert!(plaintext.message().contains("requires mutual TLS"), "{plaintext:?}");
+
+    // Echo's Generate authorizes nothing (it answers UNIMPLEMENTED): a stranger is stopped by
+    // the gate in front of the service, before its request is read.
+    let endpoint = Endpoint::from_shared(tls::endpoint_url(&server)).expect("url");
+    let mut plain = GeneratorClient::new(tls::connect_lazy(endpoint, &Security::Insecure, &[Role::Worker]));
+    let gated = plain.generate(GenerateRequest::default()).await.expect_err("gated");
+    assert_eq!(gated.code(), tonic::Code::Unauthenticated, "{gated:?}");
+    // ...but a health probe without a certificate (a Kubernetes grpc probe) gets its answer.
+    let endpoint = Endpoint::from_shared(tls::endpoint_url(&server)).expect("url");
+    let mut probe = tonic_health::pb::health_client::HealthClient::new(endpoint.connect_lazy());
+    let health = probe.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+    assert!(health.is_ok(), "{health:?}");
 
     let insecure_server = serve(Security::Insecure).await;
     let client = tls(issue(dir.path(), &ours, "client", "svc", "client"));

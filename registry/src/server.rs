@@ -209,6 +209,7 @@ fn serve_ports<H: Health, R: ServerReflection>(
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
     };
     let client_server = tonic::transport::Server::builder()
+        .layer(tls::RefuseStrangersLayer)
         .add_service(health.clone())
         .add_service(reflection)
         .add_service(registry(Listener::Client { admin_only }))
@@ -217,6 +218,7 @@ fn serve_ports<H: Health, R: ServerReflection>(
             stopped.clone().wait(),
         );
     let peer_server = tonic::transport::Server::builder()
+        .layer(tls::RefuseStrangersLayer)
         .http2_keepalive_interval(Some(std::time::Duration::from_millis(500)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(1)))
         .add_service(
@@ -228,6 +230,7 @@ fn serve_ports<H: Health, R: ServerReflection>(
     let mut tasks = vec![("client", tokio::spawn(client_server)), ("peer", tokio::spawn(peer_server))];
     if let Some(listener) = listeners.admin {
         let admin_server = tonic::transport::Server::builder()
+            .layer(tls::RefuseStrangersLayer)
             .add_service(health)
             .add_service(registry(Listener::Admin))
             .serve_with_incoming_shutdown(tls::incoming(listener, security.clone(), "admin"), stopped.clone().wait());
