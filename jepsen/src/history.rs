@@ -25,6 +25,8 @@ pub enum Event {
     Nemesis(NemesisEvent),
     /// A lease change a worker reported (collected from its log or status by the harness).
     Lease(LeaseEvent),
+    /// A forged call of the `adversary` scenario and how the registry answered it.
+    Adversary(ForgedCall),
 }
 
 impl Event {
@@ -34,6 +36,7 @@ impl Event {
             Event::Registry(e) => e.time_ns,
             Event::Nemesis(e) => e.time_ns,
             Event::Lease(e) => e.time_ns,
+            Event::Adversary(e) => e.time_ns,
         }
     }
 }
@@ -273,6 +276,139 @@ pub struct LeaseEvent {
     pub time_ns: u64,
     #[serde(default)]
     pub wall_ms: u64,
+}
+
+/// What the `adversary` scenario forges: a client with a valid `worker` certificate of the
+/// run's CA (its own identity, `worker/adversary`) against other identities' leases and the
+/// operator RPCs, and two callers without a valid certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forged {
+    /// `ListLeases`: must show no token of another identity's lease.
+    ListLeases,
+    /// `GetLease` of a worker's ID: must show no token.
+    GetLease,
+    /// `Release` of a worker's lease with its true token and `last_ts_ms` 0.
+    Release,
+    /// `Renew` of a worker's lease with its true token and `max_minted_ts_ms` near `u64::MAX`.
+    RenewMintedMax,
+    /// `Renew` of a worker's lease with its true token and `wall_ms_at_send` near `u64::MAX`.
+    RenewWallMax,
+    /// `Renew` with a made-up stale token and a huge `max_minted_ts_ms`: the canary must not
+    /// believe it (FENCED, and the worker ID not quarantined).
+    RenewStale,
+    /// `Acquire` naming a worker's holder ID: must not get that worker's lease.
+    AcquireHolder,
+    Quarantine,
+    Unquarantine,
+    ListAudit,
+    AddLearner,
+    PromoteMember,
+    RemoveMember,
+    ExportSnapshot,
+    /// `ImportSnapshot` with a junk payload.
+    ImportSnapshot,
+    TransferLeader,
+    /// `Release` with a worker's true token over plaintext (no certificate).
+    Plaintext,
+    /// `Release` with a worker's true token, presenting a `worker` certificate of another CA.
+    ForeignCa,
+}
+
+impl Forged {
+    /// Every forged call, in the order the report lists them.
+    pub const ALL: [Forged; 18] = [
+        Forged::ListLeases,
+        Forged::GetLease,
+        Forged::Release,
+        Forged::RenewMintedMax,
+        Forged::RenewWallMax,
+        Forged::RenewStale,
+        Forged::AcquireHolder,
+        Forged::Quarantine,
+        Forged::Unquarantine,
+        Forged::ListAudit,
+        Forged::AddLearner,
+        Forged::PromoteMember,
+        Forged::RemoveMember,
+        Forged::ExportSnapshot,
+        Forged::ImportSnapshot,
+        Forged::TransferLeader,
+        Forged::Plaintext,
+        Forged::ForeignCa,
+    ];
+
+    /// The call as the report names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Forged::ListLeases => "ListLeases (tokens of others' leases?)",
+            Forged::GetLease => "GetLease of a worker's ID (its token?)",
+            Forged::Release => "Release of a worker's lease, true token, last_ts_ms 0",
+            Forged::RenewMintedMax => "Renew of a worker's lease, true token, max_minted_ts_ms ~ u64::MAX",
+            Forged::RenewWallMax => "Renew of a worker's lease, true token, wall_ms_at_send ~ u64::MAX",
+            Forged::RenewStale => "Renew with a made-up stale token, huge max_minted_ts_ms (canary)",
+            Forged::AcquireHolder => "Acquire with a worker's holder ID",
+            Forged::Quarantine => "Quarantine of a worker's ID",
+            Forged::Unquarantine => "Unquarantine",
+            Forged::ListAudit => "ListAudit",
+            Forged::AddLearner => "AddLearner",
+            Forged::PromoteMember => "PromoteMember",
+            Forged::RemoveMember => "RemoveMember",
+            Forged::ExportSnapshot => "ExportSnapshot",
+            Forged::ImportSnapshot => "ImportSnapshot (junk payload)",
+            Forged::TransferLeader => "TransferLeader",
+            Forged::Plaintext => "Release with the true token, plaintext (no certificate)",
+            Forged::ForeignCa => "Release with the true token, certificate of another CA",
+        }
+    }
+}
+
+/// How a forged call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForgedOutcome {
+    /// Refused as it must be: the check under test said no (a read answered without any
+    /// token of another identity; an Acquire granted only a lease of the adversary's own on
+    /// another worker ID).
+    Refused,
+    /// The check under test let it through: the call did what it asked, or a later check
+    /// refused it (e.g. the claim bounds after the identity check), or a read showed a token of
+    /// another identity, or the canary believed a made-up token.
+    Accepted,
+    /// A server answered, but the answer proves nothing about the check: the lease changed
+    /// hands before the call (FENCED, EXPIRED), no leader, an unknown outcome.
+    Inconclusive,
+    /// A transport error or no answer in time: the call may never have reached a server.
+    NeverConnected,
+}
+
+/// One forged call of the `adversary` scenario.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgedCall {
+    pub call: Forged,
+    /// The registry node it was sent to (`n3`).
+    pub node: String,
+    pub outcome: ForgedOutcome,
+    /// The worker ID whose lease it forged against, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<u32>,
+    /// The token it sent, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
+    /// The rest of the request, where it matters (`max_minted_ts_ms=...`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request: String,
+    /// What came back: `OK: ...`, or the status as the workload records it.
+    pub answer: String,
+    pub time_ns: u64,
+}
+
+/// All forged calls of a history, in file order.
+pub fn forged_calls(events: &[Event]) -> impl Iterator<Item = &ForgedCall> {
+    events.iter().filter_map(|e| match e {
+        Event::Adversary(c) => Some(c),
+        _ => None,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

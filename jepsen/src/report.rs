@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::checker::adversary::CallCounts;
 use crate::checker::perf::{PerfStats, Tally};
 use crate::checker::{Analysis, CheckResult};
 use crate::history::Event;
@@ -60,6 +61,7 @@ pub fn results_json(analysis: &Analysis, provenance: &Provenance) -> Value {
         "tls": provenance.tls,
         "checks": analysis.results,
         "perf": analysis.perf,
+        "adversary": analysis.adversary,
     })
 }
 
@@ -109,6 +111,10 @@ pub fn render_html(events: &[Event], analysis: &Analysis, provenance: &Provenanc
     );
     html.push_str("<h2 id=\"checks\">Checks</h2>");
     html.push_str(&checks_table(&analysis.results));
+    if !analysis.adversary.is_empty() {
+        html.push_str("<h2 id=\"adversary\">Forged calls (adversary)</h2>");
+        html.push_str(&adversary_table(&analysis.adversary));
+    }
     html.push_str("<h2 id=\"performance\">Performance per phase</h2>");
     html.push_str(&perf_table(&analysis.perf));
     let sections = [
@@ -146,6 +152,39 @@ fn checks_table(results: &[CheckResult]) -> String {
             escape(&r.name),
             escape(&r.summary),
             v = r.valid.as_str()
+        );
+    }
+    html.push_str("</table>");
+    html
+}
+
+/// Per kind of forged call: how many were tried and how each ended (a call that never
+/// connected proves nothing), and which registry nodes answered.
+fn adversary_table(counts: &[CallCounts]) -> String {
+    let mut html = String::from(
+        "<p>A client with a valid <code>worker</code> certificate of the run's CA (its own identity) \
+         forged these calls against the other workers' leases and the operator RPCs.</p>\
+         <table><tr><th>forged call</th><th>attempted</th><th>refused</th><th>accepted</th>\
+         <th>inconclusive</th><th>never connected</th><th>nodes that answered</th></tr>",
+    );
+    for c in counts {
+        let class = if c.accepted > 0 {
+            "v-false"
+        } else if c.conclusive() == 0 {
+            "v-unknown"
+        } else {
+            "v-true"
+        };
+        let _ = write!(
+            html,
+            "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(c.label),
+            c.attempted,
+            c.refused,
+            c.accepted,
+            c.inconclusive,
+            c.never_connected,
+            escape(&c.nodes.join(" "))
         );
     }
     html.push_str("</table>");
@@ -243,9 +282,15 @@ mod tests {
         assert!(html.contains("class=\"fault\""), "nemesis intervals are shaded");
         assert!(html.contains("LEASE_EXPIRED"), "the parked interval is drawn with its reason");
         assert!(html.contains("w1 t100"), "the lease span is labelled");
-        for name in
-            ["unique-ids", "monotonic-per-worker", "lease-fencing", "registry-linearizable", "parking", "performance"]
-        {
+        for name in [
+            "unique-ids",
+            "monotonic-per-worker",
+            "lease-fencing",
+            "registry-linearizable",
+            "parking",
+            "performance",
+            "adversary",
+        ] {
             assert!(html.contains(name), "verdict table lacks {name}");
         }
         assert!(!html.contains("<script") && !html.contains("https://"), "self-contained");
@@ -255,7 +300,9 @@ mod tests {
         assert_eq!(results["reproduce"], reproduce);
         assert_eq!(results["tls"], true);
         assert_eq!(recorded_tls(dir.path()), Some(true), "a re-check keeps the run's transport");
-        assert_eq!(results["checks"].as_array().map(Vec::len), Some(6));
+        assert_eq!(results["checks"].as_array().map(Vec::len), Some(7));
+        assert_eq!(results["adversary"], serde_json::json!([]), "no forged calls, no table");
+        assert!(!html.contains("id=\"adversary\""));
         assert_eq!(results["valid"], "true", "{}", serde_json::to_string_pretty(&results["checks"]).unwrap());
     }
 
@@ -271,5 +318,44 @@ mod tests {
         assert!(html.contains("valid = false"));
         assert!(html.contains("Transport: PLAINTEXT"));
         assert!(html.contains("duplicate-ids"));
+    }
+
+    /// Goal: a run with forged calls shows the per-call table (attempted, refused, accepted,
+    /// inconclusive, never connected, nodes) in the page and in results.json, and an accepted
+    /// call marks its row and the run invalid.
+    #[test]
+    fn forged_calls_are_counted_per_call() {
+        use crate::history::{Forged, ForgedCall, ForgedOutcome};
+        let mut events = sample();
+        for (call, node, outcome) in [
+            (Forged::Release, "n1", ForgedOutcome::Refused),
+            (Forged::Release, "n2", ForgedOutcome::NeverConnected),
+            (Forged::Quarantine, "n3", ForgedOutcome::Accepted),
+        ] {
+            let answer = "OK".to_string();
+            let c = ForgedCall {
+                call,
+                node: node.into(),
+                outcome,
+                worker_id: None,
+                token: None,
+                request: String::new(),
+                answer,
+                time_ns: 5,
+            };
+            events.push(Event::Adversary(c));
+        }
+        let analysis = check_all(&events, &CheckConfig::default());
+        let html = render_html(&events, &analysis, &Provenance { reproduce: "cmd".into(), tls: Some(true) });
+        assert!(html.contains("id=\"adversary\""));
+        assert!(html.contains("<tr class=\"v-true\"><td>Release of a worker&#39;s lease"), "{html}");
+        assert!(html.contains("<td>2</td><td>1</td><td>0</td><td>0</td><td>1</td><td>n1</td>"), "{html}");
+        assert!(html.contains("<tr class=\"v-false\"><td>Quarantine"), "{html}");
+        assert!(html.contains("valid = false"));
+        let results = results_json(&analysis, &Provenance { reproduce: "cmd".into(), tls: Some(true) });
+        let rows = results["adversary"].as_array().unwrap();
+        assert_eq!(rows.len(), Forged::ALL.len());
+        assert_eq!(rows[2]["call"], "release");
+        assert_eq!((rows[2]["attempted"].as_u64(), rows[2]["never_connected"].as_u64()), (Some(2), Some(1)));
     }
 }

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::history::{ClientOp, Event, Invocation};
 
+pub mod adversary;
 pub mod lease;
 mod lease_log;
 pub mod linear;
@@ -150,6 +151,8 @@ pub struct CheckConfig {
 pub struct Analysis {
     pub results: Vec<CheckResult>,
     pub perf: perf::PerfStats,
+    /// The `adversary` scenario's forged calls per kind (empty when there were none).
+    pub adversary: Vec<adversary::CallCounts>,
 }
 
 impl Analysis {
@@ -169,8 +172,9 @@ pub fn check_all(events: &[Event], config: &CheckConfig) -> Analysis {
         linear::check(events, &config.linear),
         parking::check(events, &config.layout, &config.parking),
         perf::check(&perf, &config.perf),
+        adversary::check(events),
     ];
-    Analysis { results, perf }
+    Analysis { results, perf, adversary: adversary::counts(events) }
 }
 
 #[cfg(test)]
