@@ -4,10 +4,12 @@
 //! - [`history`]: the events of a run (`history.jsonl`): client ops against workers,
 //!   registry ops, nemesis faults, lease changes reported by workers.
 //! - [`checker`]: unique IDs, per-worker monotonicity, lease fencing and deadlines, registry
-//!   linearizability (WGL search per worker ID), parking under quorum loss, performance.
+//!   linearizability (WGL search per worker ID), parking under quorum loss, performance, and
+//!   the adversary's forged calls (all refused, no worker parked).
 //! - runtime: [`net`] (namespaces, bridge, nftables faults), [`process`] (real processes in
 //!   them), [`scenario`] (nemesis schedules), [`workload`] (the client, run inside the client
-//!   namespace), [`run`] (one whole run), [`clock`] (the shared monotonic time base),
+//!   namespace), [`adversary`] (the `adversary` scenario's forged calls, run by the workload),
+//!   [`run`] (one whole run), [`clock`] (the shared monotonic time base),
 //!   [`tls`] (each run's CA and one certificate per process, or `--insecure` plaintext).
 //! - [`report`]: `results.json` and a self-contained `report.html` with inline SVG plots.
 //!
@@ -15,6 +17,7 @@
 //! cannot show the property either way, so a run is green only when every property was seen
 //! to hold.
 
+pub mod adversary;
 pub mod checker;
 pub mod clock;
 pub mod history;

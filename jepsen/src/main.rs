@@ -72,6 +72,11 @@ struct TestArgs {
     /// Self-test: workers mint past their lease deadline. The run must then be invalid.
     #[arg(long)]
     unsafe_disable_deadline_check: bool,
+    /// Self-test: registry nodes authorize nobody (every caller may do anything). Needs
+    /// `--fenceflake` naming the test binary built by scripts/build-unsafe-test-binary; the
+    /// `adversary` scenario must then be invalid.
+    #[arg(long, requires = "fenceflake")]
+    unsafe_disable_authorization: bool,
     /// Run every process plaintext (`--insecure`), for comparison; by default each run makes
     /// its own CA and every process and client uses mutual TLS with a certificate of its own.
     #[arg(long)]
@@ -104,6 +109,9 @@ struct WorkloadArgs {
     /// ...or plaintext.
     #[arg(long, conflicts_with = "certs")]
     insecure: bool,
+    /// START_MS:STOP_MS: run the adversary's forged calls between these offsets.
+    #[arg(long)]
+    adversary: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -181,6 +189,7 @@ fn run_workload(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
         burst,
         certs,
         insecure: _,
+        adversary,
     } = args;
     let workers = workers
         .iter()
@@ -205,11 +214,28 @@ fn run_workload(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
         clock: RunClock { origin_ns },
         bursts,
         certs,
+        adversary: adversary.as_deref().map(parse_window).transpose()?,
     };
     let writer = HistoryWriter::open(&path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(workload::run(plan, writer))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `START_MS:STOP_MS` as two offsets.
+fn parse_window(text: &str) -> anyhow::Result<(Duration, Duration)> {
+    let parsed = text.split_once(':').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+    let (start, stop) = parsed.with_context(|| format!("--adversary takes START_MS:STOP_MS, got {text:?}"))?;
+    Ok((Duration::from_millis(start), Duration::from_millis(stop)))
+}
+
+/// Whether `binary` carries the unsafe test switch that turns authorization off (only the
+/// test binary of scripts/build-unsafe-test-binary does; a normal one ignores the variable,
+/// and the self-test would then prove nothing).
+fn has_authorization_switch(binary: &std::path::Path) -> anyhow::Result<bool> {
+    let marker = fenceflake_jepsen::process::UNSAFE_DISABLE_AUTHORIZATION.as_bytes();
+    let bytes = std::fs::read(binary).with_context(|| format!("read {}", binary.display()))?;
+    Ok(bytes.windows(marker.len()).any(|w| w == marker))
 }
 
 /// Run the scenarios of `args` one after the other; the exit code of the worst.
@@ -223,6 +249,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         store,
         fenceflake,
         unsafe_disable_deadline_check,
+        unsafe_disable_authorization,
         insecure,
     } = args;
     if !nix::unistd::geteuid().is_root() {
@@ -235,6 +262,11 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         fenceflake.exists(),
         "{} not found: build it (`cargo build -p fenceflake-cli`) or pass --fenceflake",
+        fenceflake.display()
+    );
+    anyhow::ensure!(
+        !unsafe_disable_authorization || has_authorization_switch(&fenceflake)?,
+        "--unsafe-disable-authorization: {} has no unsafe test switches (build target/unsafe-test/fenceflake with scripts/build-unsafe-test-binary and pass it as --fenceflake)",
         fenceflake.display()
     );
     let scenarios: Vec<&'static scenario::Scenario> = if scenario == "all" {
@@ -257,6 +289,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
             fenceflake: fenceflake.clone(),
             harness: harness.clone(),
             unsafe_disable_deadline_check,
+            unsafe_disable_authorization,
             insecure,
         };
         let outcome = run(&options)?;

@@ -10,6 +10,14 @@ use nix::unistd::Pid;
 
 use crate::net::Host;
 
+/// The variable that makes the test binary's servers authorize nobody (only the binary built
+/// by scripts/build-unsafe-test-binary reads it): set for registry nodes by the
+/// `--unsafe-disable-authorization` self-test, never inherited.
+pub const UNSAFE_DISABLE_AUTHORIZATION: &str = "FENCEFLAKE_UNSAFE_DISABLE_AUTHORIZATION";
+/// The test binary's unsafe switches read from the environment: a process gets one only from
+/// its spec (a self-test), never from the harness's own environment.
+const UNSAFE_ENV_VARS: [&str; 2] = [UNSAFE_DISABLE_AUTHORIZATION, "FENCEFLAKE_UNSAFE_DISABLE_DEADLINE_CHECK"];
+
 /// How to start one process; kept so it can be restarted identically (or with changes).
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -63,8 +71,9 @@ impl Managed {
         let log = File::options().create(true).append(true).open(&self.spec.log).map_err(spawn_err)?;
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.spec.host.netns]).arg(&self.spec.program).args(&self.spec.args);
-        // The transport is the spec's choice alone, never inherited from the harness's shell.
-        for var in crate::tls::ENV_VARS {
+        // The transport (and any unsafe switch) is the spec's choice alone, never inherited
+        // from the harness's shell.
+        for var in crate::tls::ENV_VARS.into_iter().chain(UNSAFE_ENV_VARS) {
             command.env_remove(var);
         }
         let child = command

@@ -16,13 +16,14 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+use crate::adversary;
 use crate::checker::{check_all, CheckConfig, CheckResult, Valid};
 use crate::clock::{wall_ms, RunClock};
 use crate::history::{self, Event, HistoryWriter, NemesisEvent, NemesisPhase};
 use crate::net::{Faults, Network};
 use crate::process::{Managed, Spec};
 use crate::report::Provenance;
-use crate::scenario::{schedule, Action, Scenario, Shape, Sizes, Step};
+use crate::scenario::{adversary_window, schedule, Action, Scenario, Shape, Sizes, Step};
 use crate::tls::{CertDir, Transport, CONTROLLER, WORKLOAD_CLIENT, WORKLOAD_REGISTRY};
 
 const REGISTRY_CLIENT_PORT: u16 = 2379;
@@ -47,6 +48,9 @@ pub struct RunOptions {
     pub harness: PathBuf,
     /// Self-test: run workers with their deadline check off; the run must then fail.
     pub unsafe_disable_deadline_check: bool,
+    /// Self-test: registry nodes authorize nobody (the test binary's switch); the `adversary`
+    /// scenario must then fail.
+    pub unsafe_disable_authorization: bool,
     /// Plaintext everywhere (`--insecure` on every process) instead of mutual TLS.
     pub insecure: bool,
 }
@@ -74,6 +78,9 @@ impl RunOptions {
         );
         if self.unsafe_disable_deadline_check {
             cmd.push_str(" --unsafe-disable-deadline-check");
+        }
+        if self.unsafe_disable_authorization {
+            cmd.push_str(" --unsafe-disable-authorization");
         }
         if self.insecure {
             cmd.push_str(" --insecure");
@@ -105,6 +112,8 @@ struct Cluster {
     claimable_ids: BTreeMap<usize, u64>,
     /// Self-test: workers (the standby included) run without their deadline check.
     unsafe_deadline: bool,
+    /// Self-test: registry nodes run with authorization off.
+    unsafe_authorization: bool,
     clock_files: Vec<PathBuf>,
     dir: PathBuf,
     fenceflake: PathBuf,
@@ -139,7 +148,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let run_id = u8::try_from(std::process::id() % 200 + 20).unwrap_or(20);
     let network = Network::create(run_id, &name_refs).context("create the test network (are you root?)")?;
-    let transport = transport(options, &dir)?;
+    let transport = transport(options, &dir, adversary_window(&steps, options.time_limit).is_some())?;
     let clock = RunClock::start();
     let mut cluster = Cluster {
         network,
@@ -149,6 +158,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
         standby: None,
         claimable_ids: BTreeMap::new(),
         unsafe_deadline: options.unsafe_disable_deadline_check,
+        unsafe_authorization: options.unsafe_disable_authorization,
         clock_files: Vec::new(),
         nemesis: HistoryWriter::open(&dir.join("nemesis.jsonl"))?,
         dir: dir.clone(),
@@ -183,8 +193,10 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
 
 /// The run's transport: plaintext, or a new CA in `<dir>/certs` with the certificates every
 /// process of the run starts with issued up front (the standby's and a duplicate claimant's
-/// are issued when they start). Issued in parallel: about a second in all.
-fn transport(options: &RunOptions, dir: &std::path::Path) -> anyhow::Result<Transport> {
+/// are issued when they start). Issued in parallel: about a second in all. With an
+/// `adversary`, also its own `worker` certificate and another CA (same trust domain) in
+/// `certs/foreign-ca` with a `worker/adversary` certificate of its own.
+fn transport(options: &RunOptions, dir: &std::path::Path, adversary: bool) -> anyhow::Result<Transport> {
     if options.insecure {
         return Ok(Transport::Insecure);
     }
@@ -193,6 +205,12 @@ fn transport(options: &RunOptions, dir: &std::path::Path) -> anyhow::Result<Tran
     let mut identities: Vec<(&str, String)> = (1..=5).map(|i| ("node", i.to_string())).collect();
     identities.extend((1..=options.workers).map(|i| ("worker", format!("w{i}"))));
     identities.extend([WORKLOAD_CLIENT, WORKLOAD_REGISTRY, CONTROLLER].map(|(role, name)| (role, name.to_string())));
+    if adversary {
+        identities.push((adversary::IDENTITY.0, adversary::IDENTITY.1.to_string()));
+        let foreign = CertDir::init(&options.fenceflake, certs.dir().join(adversary::FOREIGN_CA_DIR))
+            .context("make the adversary's foreign CA")?;
+        foreign.issue(adversary::IDENTITY)?;
+    }
     std::thread::scope(|scope| {
         let issuing: Vec<_> = identities
             .chunks(identities.len().div_ceil(4))
@@ -284,6 +302,9 @@ impl Cluster {
             ];
             let mut env = vec![("RUST_LOG".to_string(), "info,openraft=warn".to_string())];
             env.extend(self.transport.env(("node", &i.to_string()))?);
+            if self.unsafe_authorization {
+                env.push((crate::process::UNSAFE_DISABLE_AUTHORIZATION.to_string(), "1".to_string()));
+            }
             let mut managed = Managed::new(self.spec(&name, args, env)?);
             managed.start()?;
             self.registries.push(managed);
@@ -347,6 +368,10 @@ impl Cluster {
             self.dir.join("workload.jsonl").display().to_string(),
         ];
         args.extend(self.transport.workload_args());
+        if let Some((start, stop)) = adversary_window(steps, options.time_limit) {
+            args.push("--adversary".into());
+            args.push(format!("{}:{}", start.as_millis(), stop.as_millis()));
+        }
         for step in steps {
             if let Action::Burst { worker, ids_per_call, calls } = step.action {
                 args.push("--burst".into());
@@ -506,6 +531,20 @@ impl Cluster {
             Action::Burst { worker, ids_per_call, calls } => {
                 let name = format!("burst-w{}", worker + 1);
                 self.record(NemesisPhase::Start, &name, format!("{calls} calls of {ids_per_call} IDs"));
+                Ok(())
+            }
+            // The adversary runs inside the workload too; the controller marks its window.
+            Action::Adversary => {
+                let who = format!("{}/{}", adversary::IDENTITY.0, adversary::IDENTITY.1);
+                self.record(
+                    NemesisPhase::Start,
+                    "adversary",
+                    format!("{who} forges lease, operator and plaintext calls"),
+                );
+                Ok(())
+            }
+            Action::AdversaryStop => {
+                self.stop_active("adversary");
                 Ok(())
             }
         }

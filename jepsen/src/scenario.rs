@@ -72,6 +72,11 @@ pub enum Action {
         ids_per_call: u32,
         calls: u32,
     },
+    /// A client with a valid `worker` certificate starts forging calls (`crate::adversary`,
+    /// run by the workload, which is told the window at start) ...
+    Adversary,
+    /// ... and stops.
+    AdversaryStop,
 }
 
 /// An action at an offset from the start of the run.
@@ -112,6 +117,10 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "every worker cut from the registry longer than the TTL: park in waves, resume",
     },
     Scenario { name: "burst", about: "one caller above a worker's per-millisecond ceiling" },
+    Scenario {
+        name: "adversary",
+        about: "a client with a valid worker certificate forges lease, operator and plaintext calls",
+    },
     Scenario { name: "random-mix", about: "a seeded random mix of all of the above" },
 ];
 
@@ -199,8 +208,16 @@ pub fn schedule(scenario: &Scenario, sizes: Sizes, limit: Duration, seed: u64) -
         "duplicate-manifest" => vec![step(start, Action::DuplicateManifest { worker })],
         "quorum-loss" => vec![step(start, Action::Partition(Shape::QuorumLoss)), step(start + outage, Action::Heal)],
         "burst" => vec![step(start, Action::Burst { worker, ids_per_call: 4096, calls: 2000 })],
+        "adversary" => vec![step(start, Action::Adversary), step(heal_by, Action::AdversaryStop)],
         _ => random_mix(&mut rng, sizes, start, heal_by),
     }
+}
+
+/// When the schedule's adversary forges (start, stop); it runs to `limit` without a stop step.
+pub fn adversary_window(steps: &[Step], limit: Duration) -> Option<(Duration, Duration)> {
+    let start = steps.iter().find(|s| s.action == Action::Adversary)?.at;
+    let stop = steps.iter().find(|s| s.action == Action::AdversaryStop).map_or(limit, |s| s.at);
+    Some((start, stop))
 }
 
 /// Fault, heal, fault, heal: two rounds inside the fault window.
@@ -260,6 +277,23 @@ mod tests {
             assert!(!a.is_empty(), "{} does nothing", scenario.name);
             assert!(a.iter().all(|s| s.at < limit), "{} acts after the run", scenario.name);
         }
+    }
+
+    /// Goal: the adversary forges from the end of the nominal phase until the heal, and the
+    /// workload can read that window from the schedule.
+    #[test]
+    fn the_adversary_forges_between_nominal_and_heal() {
+        let limit = Duration::from_secs(20);
+        let steps = schedule(find("adversary").unwrap(), sizes(), limit, 42);
+        assert_eq!(
+            steps,
+            vec![
+                Step { at: limit / 5, action: Action::Adversary },
+                Step { at: limit * 7 / 10, action: Action::AdversaryStop },
+            ]
+        );
+        assert_eq!(adversary_window(&steps, limit), Some((limit / 5, limit * 7 / 10)));
+        assert_eq!(adversary_window(&schedule(find("pause").unwrap(), sizes(), limit, 42), limit), None);
     }
 
     #[test]

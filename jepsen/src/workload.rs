@@ -1,7 +1,8 @@
 //! The workload: runs inside the harness's client namespace (never the root one), calls
 //! `Generate` / `GenerateBatch` across the workers at the set rate, polls each worker's
 //! `Status` to record its lease changes, runs a small registry workload for the
-//! linearizability checker, and appends everything to its history file.
+//! linearizability checker (and, in the `adversary` scenario, the forger of
+//! [`crate::adversary`]), and appends everything to its history file.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -53,14 +54,16 @@ pub struct Plan {
     pub bursts: Vec<(usize, Duration, u32, u32)>,
     /// The run's certificate directory (`crate::tls`), or `None`: plaintext.
     pub certs: Option<std::path::PathBuf>,
+    /// When the `adversary` scenario's forger runs (start and stop offsets), if at all.
+    pub adversary: Option<(Duration, Duration)>,
 }
 
-type Shared = Arc<Mutex<HistoryWriter>>;
+pub(crate) type Shared = Arc<Mutex<HistoryWriter>>;
 
 /// The last lease deadline each worker reported in a reply, so a change is recorded once.
 type Deadlines = Arc<Mutex<HashMap<String, (u32, u64, u64)>>>;
 
-fn record(history: &Shared, event: Event) {
+pub(crate) fn record(history: &Shared, event: Event) {
     let mut writer = history.lock().unwrap_or_else(PoisonError::into_inner);
     if let Err(e) = writer.append(&event) {
         tracing::error!(error = %e, "cannot append to the history");
@@ -69,7 +72,7 @@ fn record(history: &Shared, event: Event) {
 
 /// A lazily connected channel to `addr` over `security`; under TLS the server must present a
 /// certificate of the `expect`ed role (a worker, or a registry node).
-fn channel(addr: &str, security: &Security, expect: &'static [Role]) -> anyhow::Result<Channel> {
+pub(crate) fn channel(addr: &str, security: &Security, expect: &'static [Role]) -> anyhow::Result<Channel> {
     let endpoint =
         Endpoint::from_shared(tls::endpoint_url(addr))?.connect_timeout(Duration::from_millis(300)).tcp_nodelay(true);
     Ok(tls::connect_lazy(endpoint, security, expect))
@@ -77,7 +80,7 @@ fn channel(addr: &str, security: &Security, expect: &'static [Role]) -> anyhow::
 
 /// The status as the history records it: code, the reason word the registry or the worker
 /// put in its metadata (if any), and the message.
-fn status_text(status: &tonic::Status) -> String {
+pub(crate) fn status_text(status: &tonic::Status) -> String {
     let word = Reason::of(status)
         .map(|r| r.as_str().to_string())
         .or_else(|| park_reason(status).map(|r| format!("parked {r}")));
@@ -126,6 +129,10 @@ pub async fn run(plan: Plan, history: HistoryWriter) -> anyhow::Result<()> {
             end_ns,
             history.clone(),
         )));
+    }
+    if let Some((start, stop)) = plan.adversary {
+        let adversary = crate::adversary::Adversary::new(&plan, history.clone())?;
+        tasks.push(tokio::spawn(adversary.run(start, stop)));
     }
     for (i, (worker, at, ids, calls)) in plan.bursts.iter().copied().enumerate() {
         if let Some((name, client)) = clients.get(worker).cloned() {

@@ -1,0 +1,672 @@
+//! The `adversary` scenario's client, run by the workload inside the client namespace while
+//! the workers mint: a caller holding a valid `worker` certificate of the run's CA (its own
+//! identity, `worker/adversary`) forges, round after round, every call of
+//! [`Forged`] against the other workers' leases and the cluster, and records each attempt with
+//! the node it went to and how it ended ([`ForgedOutcome`]); `checker::adversary` judges them.
+//!
+//! It uses only what it can learn itself: `ListLeases`/`GetLease` (which must show it no
+//! token), and each worker's `Status` on the Generator API (which any `worker` may call and
+//! which states the worker's ID, token and holder ID): so the forged `Release`/`Renew` carry
+//! the true current token, and a refusal proves the identity check, not only token secrecy.
+//!
+//! Operator RPCs are sent with arguments that would change little if one got through (node 99
+//! is no member; the junk snapshot does not decode): authorization runs before anything else,
+//! so any answer but `PERMISSION_DENIED` already shows it let the call through.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use fenceflake_proto::tls::{Role, Security, TlsFiles, TlsState};
+use fenceflake_proto::v1 as pb;
+use fenceflake_proto::v1::generator_client::GeneratorClient;
+use fenceflake_proto::v1::registry_client::RegistryClient;
+use fenceflake_proto::wire::Reason;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::clock::{wall_ms, RunClock};
+use crate::history::{Event, Forged, ForgedCall, ForgedOutcome};
+use crate::workload::{channel, record, status_text, Plan, Shared};
+
+/// The adversary's own identity: a `worker` certificate of the run's CA.
+pub const IDENTITY: (&str, &str) = ("worker", "adversary");
+/// Where, inside the run's cert dir, another CA (same trust domain) keeps a `worker/adversary`
+/// certificate of its own.
+pub const FOREIGN_CA_DIR: &str = "foreign-ca";
+/// A node that is no member of the cluster, for the membership RPCs.
+const NO_MEMBER: u64 = 99;
+/// Each forged call's own bound: past it, the call counts as never connected.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Between rounds.
+const ROUND_PAUSE: Duration = Duration::from_millis(200);
+/// Near `u64::MAX`, for the claims a renewal makes.
+const HUGE: u64 = u64::MAX - 1;
+
+/// How a forged call reaches the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// With the adversary's own valid `worker` certificate.
+    Certificate,
+    /// Plaintext, no certificate.
+    Plaintext,
+    /// With a `worker` certificate of another CA.
+    ForeignCa,
+}
+
+/// A worker's lease, as its `Status` tells any caller with a `worker` certificate.
+#[derive(Debug, Clone)]
+struct Victim {
+    worker_id: u32,
+    token: u64,
+    holder: String,
+}
+
+pub struct Adversary {
+    /// Registry node names (`n1`...) in the order of every client list below.
+    names: Vec<String>,
+    own: Vec<RegistryClient<Channel>>,
+    /// `None` when the run itself is plaintext (nothing to forge there).
+    plaintext: Option<Vec<RegistryClient<Channel>>>,
+    foreign: Option<Vec<RegistryClient<Channel>>>,
+    /// The workers' Generator API, as `worker/adversary`.
+    workers: Vec<GeneratorClient<Channel>>,
+    clock: RunClock,
+    history: Shared,
+    rng: StdRng,
+    /// Round-robin position over the registry nodes.
+    next: usize,
+    /// Tokens granted to the adversary itself: the only non-zero tokens it may be shown.
+    own_tokens: HashSet<u64>,
+}
+
+fn registry_clients(addrs: &[String], security: &Security) -> anyhow::Result<Vec<RegistryClient<Channel>>> {
+    addrs.iter().map(|addr| channel(addr, security, &[Role::Node]).map(RegistryClient::new)).collect()
+}
+
+impl Adversary {
+    /// The adversary of `plan`'s run: its own certificate, and under TLS a plaintext caller and
+    /// a caller with a certificate of another CA (made by the controller in the cert dir).
+    pub fn new(plan: &Plan, history: Shared) -> anyhow::Result<Adversary> {
+        let certs = plan.certs.as_deref();
+        let security = crate::tls::security(certs, IDENTITY)?;
+        let (plaintext, foreign) = match certs {
+            None => (None, None),
+            Some(dir) => (
+                Some(registry_clients(&plan.registry, &Security::Insecure)?),
+                Some(registry_clients(&plan.registry, &foreign_security(dir)?)?),
+            ),
+        };
+        let workers = plan
+            .workers
+            .iter()
+            .map(|(_, addr)| channel(addr, &security, &[Role::Worker]).map(GeneratorClient::new))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Adversary {
+            names: (1..=plan.registry.len()).map(|i| format!("n{i}")).collect(),
+            own: registry_clients(&plan.registry, &security)?,
+            plaintext,
+            foreign,
+            workers,
+            clock: plan.clock,
+            history,
+            rng: StdRng::seed_from_u64(plan.seed ^ 0xad5e),
+            next: 0,
+            own_tokens: HashSet::new(),
+        })
+    }
+
+    /// Forge round after round from `start` to `stop` (offsets on the run clock). Each round
+    /// sends the node-local refusals (reads, operator RPCs, no valid certificate) to every
+    /// node, then the lease calls against every worker's lease to the nodes in turn.
+    pub async fn run(mut self, start: Duration, stop: Duration) {
+        while self.clock.now_ns() < start.as_nanos() as u64 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stop_ns = stop.as_nanos() as u64;
+        let mut round = 0usize;
+        while self.clock.now_ns() < stop_ns {
+            let victims = self.victims().await;
+            let target = (!victims.is_empty()).then(|| &victims[round % victims.len()]);
+            for at in 0..self.names.len() {
+                self.list_leases(at).await;
+                self.forge_operator_calls(at, target.map_or(0, |v| v.worker_id)).await;
+                if let Some(victim) = target {
+                    self.forge_without_certificate(at, victim).await;
+                }
+            }
+            for victim in &victims {
+                if self.clock.now_ns() >= stop_ns {
+                    break;
+                }
+                self.forge_lease_calls(victim).await;
+                self.forge_acquires(victim).await;
+            }
+            round += 1;
+            tokio::time::sleep(ROUND_PAUSE).await;
+        }
+        tracing::info!(rounds = round, "adversary done");
+    }
+
+    /// Every serving worker's lease, from its `Status`.
+    async fn victims(&mut self) -> Vec<Victim> {
+        let mut victims = Vec::new();
+        for client in &self.workers {
+            let mut client = client.clone();
+            let Ok(Ok(status)) = tokio::time::timeout(CALL_TIMEOUT, client.status(pb::StatusRequest {})).await else {
+                continue;
+            };
+            let s = status.into_inner();
+            if s.state == "SERVING" && s.token != 0 {
+                victims.push(Victim { worker_id: s.worker_id, token: s.token, holder: s.holder });
+            }
+        }
+        victims
+    }
+
+    /// One call to the next registry node (round-robin) over `via`.
+    async fn call<T, F, Fut>(&mut self, via: Via, f: F) -> (String, Result<T, Status>)
+    where
+        F: FnOnce(RegistryClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let at = self.next % self.names.len();
+        self.next += 1;
+        self.call_to(at, via, f).await
+    }
+
+    /// One call to registry node number `at` (0-based) over `via`, bounded by [`CALL_TIMEOUT`].
+    async fn call_to<T, F, Fut>(&self, at: usize, via: Via, f: F) -> (String, Result<T, Status>)
+    where
+        F: FnOnce(RegistryClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let name = self.names[at].clone();
+        let clients = match via {
+            Via::Certificate => Some(&self.own),
+            Via::Plaintext => self.plaintext.as_ref(),
+            Via::ForeignCa => self.foreign.as_ref(),
+        };
+        let Some(client) = clients.map(|c| c[at].clone()) else {
+            return (name, Err(Status::failed_precondition("no such caller in a plaintext run")));
+        };
+        let result = match tokio::time::timeout(CALL_TIMEOUT, f(client)).await {
+            Ok(r) => r.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded("adversary timeout")),
+        };
+        (name, result)
+    }
+
+    fn note(
+        &self,
+        call: Forged,
+        node: String,
+        outcome: ForgedOutcome,
+        target: (Option<u32>, Option<u64>),
+        request: String,
+        answer: String,
+    ) {
+        let (worker_id, token) = target;
+        let forged =
+            ForgedCall { call, node, outcome, worker_id, token, request, answer, time_ns: self.clock.now_ns() };
+        record(&self.history, Event::Adversary(forged));
+    }
+
+    /// `ListLeases` on node `at`: no token but the adversary's own may show.
+    async fn list_leases(&self, at: usize) {
+        let (node, result) = self
+            .call_to(at, Via::Certificate, |mut c| async move {
+                c.list_leases(pb::ListLeasesRequest { include_free: false }).await
+            })
+            .await;
+        let result = result.map(|r| r.leases);
+        let (outcome, answer) = (judge_read(&result, &self.own_tokens), describe_read(&result, &self.own_tokens));
+        self.note(Forged::ListLeases, node, outcome, (None, None), String::new(), answer);
+    }
+
+    /// `GetLease` of a worker's ID: no token may show.
+    async fn get_lease(&mut self, worker_id: u32) {
+        let (node, result) = self
+            .call(Via::Certificate, |mut c| async move { c.get_lease(pb::GetLeaseRequest { worker_id }).await })
+            .await;
+        let result = result.map(|l| vec![l]);
+        let (outcome, answer) = (judge_read(&result, &self.own_tokens), describe_read(&result, &self.own_tokens));
+        self.note(Forged::GetLease, node, outcome, (Some(worker_id), None), String::new(), answer);
+    }
+
+    /// Renew and Release of the victim's lease with its true token, and Renew with made-up
+    /// stale tokens that try to trip the canary. (In this order, so that with authorization
+    /// off each of them can show what it gets through before the Release ends the lease.)
+    async fn forge_lease_calls(&mut self, v: &Victim) {
+        let (worker_id, token) = (v.worker_id, v.token);
+        self.get_lease(worker_id).await;
+        for (call, wall_ms_at_send, max_minted_ts_ms) in
+            [(Forged::RenewMintedMax, wall_ms(), HUGE), (Forged::RenewWallMax, HUGE, 0)]
+        {
+            let req = pb::RenewRequest { worker_id, token, wall_ms_at_send, max_minted_ts_ms };
+            let request = format!("wall_ms_at_send={wall_ms_at_send} max_minted_ts_ms={max_minted_ts_ms}");
+            let (node, result) = self.call(Via::Certificate, |mut c| async move { c.renew(req).await }).await;
+            let answer = describe(&result, describe_lease);
+            self.note(call, node, judge_foreign_lease(&result), (Some(worker_id), Some(token)), request, answer);
+        }
+        let made_up = if token > 2 { self.rng.gen_range(2..token) } else { self.rng.gen_range(2..u64::MAX) };
+        for stale in [1, made_up] {
+            self.forge_stale_renewal(worker_id, stale).await;
+        }
+        let (node, result) = self
+            .call(Via::Certificate, |mut c| async move {
+                c.release(pb::ReleaseRequest { worker_id, token, last_ts_ms: 0 }).await
+            })
+            .await;
+        let answer = describe(&result, |_| "released".into());
+        let target = (Some(worker_id), Some(token));
+        self.note(Forged::Release, node, judge_foreign_lease(&result), target, "last_ts_ms=0".into(), answer);
+    }
+
+    /// Renew with `stale` and a huge `max_minted_ts_ms`, then read the lease: it must be FENCED
+    /// and the worker ID must not be quarantined.
+    async fn forge_stale_renewal(&mut self, worker_id: u32, stale: u64) {
+        let req = pb::RenewRequest { worker_id, token: stale, wall_ms_at_send: wall_ms(), max_minted_ts_ms: HUGE };
+        let (node, result) = self.call(Via::Certificate, |mut c| async move { c.renew(req).await }).await;
+        let (_, after) = self
+            .call(Via::Certificate, |mut c| async move { c.get_lease(pb::GetLeaseRequest { worker_id }).await })
+            .await;
+        let outcome = judge_stale_renewal(&result, &after);
+        let mut answer = describe(&result, describe_lease);
+        match &after {
+            Ok(info) if info.quarantined => answer.push_str(&format!("; then QUARANTINED: {}", info.quarantine_reason)),
+            Ok(_) => answer.push_str("; then not quarantined"),
+            Err(status) => answer.push_str(&format!("; then GetLease failed: {}", status_text(status))),
+        }
+        self.note(
+            Forged::RenewStale,
+            node,
+            outcome,
+            (Some(worker_id), Some(stale)),
+            format!("max_minted_ts_ms={HUGE}"),
+            answer,
+        );
+    }
+
+    /// Acquire naming the victim's holder ID, for any worker ID and for the victim's: it must
+    /// not get the victim's lease. A lease of its own on another ID is released at once.
+    async fn forge_acquires(&mut self, v: &Victim) {
+        for wanted in [None, Some(v.worker_id)] {
+            let req = pb::AcquireRequest { holder: v.holder.clone(), worker_id: wanted, ttl_ms: 3000 };
+            let request = format!("holder={:?} worker_id={wanted:?}", v.holder);
+            let (node, result) = self.call(Via::Certificate, |mut c| async move { c.acquire(req).await }).await;
+            let outcome = judge_acquire(&result, v.worker_id);
+            let answer = describe(&result, describe_lease);
+            self.note(Forged::AcquireHolder, node, outcome, (Some(v.worker_id), None), request, answer);
+            match result {
+                Ok(lease) if lease.worker_id != v.worker_id => self.release_own(lease).await,
+                Err(status) if never_connected(&status) || unserved(&status) => self.recover_own(&v.holder).await,
+                _ => {}
+            }
+        }
+    }
+
+    /// After an Acquire whose outcome is unknown: ask again under the same holder ID (an
+    /// Acquire is idempotent per identity and holder) and release what it returns, so that
+    /// every token the adversary owns is known and none of its own leases lingers.
+    async fn recover_own(&mut self, holder: &str) {
+        for _ in 0..3 {
+            let req = pb::AcquireRequest { holder: holder.to_string(), worker_id: None, ttl_ms: 3000 };
+            match self.call(Via::Certificate, |mut c| async move { c.acquire(req).await }).await.1 {
+                Ok(lease) => return self.release_own(lease).await,
+                Err(status) if never_connected(&status) || unserved(&status) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Give back a lease the adversary was granted under its own identity (allowed: it is its own).
+    async fn release_own(&mut self, lease: pb::Lease) {
+        self.own_tokens.insert(lease.token);
+        let (worker_id, token) = (lease.worker_id, lease.token);
+        let (_, result) = self
+            .call(Via::Certificate, |mut c| async move {
+                c.release(pb::ReleaseRequest { worker_id, token, last_ts_ms: 0 }).await
+            })
+            .await;
+        if let Err(status) = result {
+            tracing::warn!(worker_id, error = %status_text(&status), "the adversary could not release its own lease (it expires)");
+        }
+    }
+
+    /// Every operator RPC, once, to node `at`.
+    async fn forge_operator_calls(&self, at: usize, worker_id: u32) {
+        let reason = "adversary: forged quarantine".to_string();
+        let (node, r) = self
+            .call_to(at, Via::Certificate, |mut c| async move {
+                c.quarantine(pb::QuarantineRequest { worker_id, reason }).await
+            })
+            .await;
+        self.note_operator(Forged::Quarantine, node, &r, Some(worker_id), String::new());
+        let (node, r) = self
+            .call_to(at, Via::Certificate, |mut c| async move {
+                c.unquarantine(pb::UnquarantineRequest { worker_id }).await
+            })
+            .await;
+        self.note_operator(Forged::Unquarantine, node, &r, Some(worker_id), String::new());
+        let (node, r) = self
+            .call_to(at, Via::Certificate, |mut c| async move { c.list_audit(pb::ListAuditRequest {}).await })
+            .await;
+        self.note_operator(Forged::ListAudit, node, &r, None, String::new());
+        let (node, r) = self
+            .call_to(at, Via::Certificate, |mut c| async move { c.export_snapshot(pb::ExportSnapshotRequest {}).await })
+            .await;
+        self.note_operator(Forged::ExportSnapshot, node, &r, None, String::new());
+        let data = b"not a backup".to_vec();
+        let (node, r) = self
+            .call_to(at, Via::Certificate, |mut c| async move {
+                c.import_snapshot(pb::ImportSnapshotRequest { data }).await
+            })
+            .await;
+        self.note_operator(Forged::ImportSnapshot, node, &r, None, "data=\"not a backup\"".into());
+        self.forge_membership_calls(at).await;
+    }
+
+    /// TransferLeader, PromoteMember, AddLearner and RemoveMember naming a node that is no member.
+    async fn forge_membership_calls(&self, at: usize) {
+        let request = format!("node_id={NO_MEMBER}");
+        let to_node_id = Some(NO_MEMBER);
+        let (node, r) = self
+            .call_to(at, Via::Certificate, |mut c| async move {
+                c.transfer_leader(pb::TransferLeaderRequest { to_node_id }).await
+            })
+            .await;
+        self.note_operator(Forged::TransferLeader, node, &r, None, request.clone());
+        let (node, r) = self
+            .call_to(at, Via::Certificate, |mut c| async move {
+                c.promote_member(pb::PromoteMemberRequest { node_id: NO_MEMBER }).await
+            })
+            .await;
+        self.note_operator(Forged::PromoteMember, node, &r, None, request.clone());
+        let add = pb::AddMemberRequest {
+            node_id: NO_MEMBER,
+            peer_addr: "192.0.2.1:2380".into(),
+            client_addr: "192.0.2.1:2379".into(),
+        };
+        let (node, r) = self.call_to(at, Via::Certificate, |mut c| async move { c.add_learner(add).await }).await;
+        self.note_operator(Forged::AddLearner, node, &r, None, format!("{request} peer_addr=192.0.2.1:2380"));
+        let (node, r) = self
+            .call_to(at, Via::Certificate, |mut c| async move {
+                c.remove_member(pb::RemoveMemberRequest { node_id: NO_MEMBER }).await
+            })
+            .await;
+        self.note_operator(Forged::RemoveMember, node, &r, None, request);
+    }
+
+    fn note_operator<T>(
+        &self,
+        call: Forged,
+        node: String,
+        result: &Result<T, Status>,
+        worker_id: Option<u32>,
+        request: String,
+    ) {
+        let answer = describe(result, |_| "done".into());
+        self.note(call, node, judge_operator(result), (worker_id, None), request, answer);
+    }
+
+    /// Release of the victim's lease with its true token to node `at`, plaintext and with a
+    /// certificate of another CA (skipped when the run itself is plaintext).
+    async fn forge_without_certificate(&self, at: usize, v: &Victim) {
+        let (worker_id, token) = (v.worker_id, v.token);
+        for (call, via) in [(Forged::Plaintext, Via::Plaintext), (Forged::ForeignCa, Via::ForeignCa)] {
+            if via == Via::Plaintext && self.plaintext.is_none() || via == Via::ForeignCa && self.foreign.is_none() {
+                continue;
+            }
+            let (node, result) = self
+                .call_to(at, via, |mut c| async move {
+                    c.release(pb::ReleaseRequest { worker_id, token, last_ts_ms: 0 }).await
+                })
+                .await;
+            let answer = describe(&result, |_| "released".into());
+            self.note(
+                call,
+                node,
+                judge_without_certificate(&result),
+                (Some(worker_id), Some(token)),
+                "last_ts_ms=0".into(),
+                answer,
+            );
+        }
+    }
+}
+
+/// A caller that trusts the run's CA (so it reaches the real nodes) but presents a `worker`
+/// certificate of another CA of the same trust domain.
+fn foreign_security(certs: &Path) -> anyhow::Result<Security> {
+    let foreign = crate::tls::files(&certs.join(FOREIGN_CA_DIR), IDENTITY);
+    let files = TlsFiles { ca: certs.join("ca.pem"), cert: foreign.cert, key: foreign.key };
+    Ok(Security::Tls(TlsState::load(files)?))
+}
+
+/// Whether a failed call may never have reached a server's verdict: a status without the
+/// registry's reason that a transport error or a timeout produces.
+fn never_connected(status: &Status) -> bool {
+    Reason::of(status).is_none()
+        && matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded)
+}
+
+/// Whether the registry could not serve the call at all (no leader, overloaded, unknown outcome).
+fn unserved(status: &Status) -> bool {
+    Reason::of(status).is_some_and(|r| r.code() == Code::Unavailable || r == Reason::Fatal)
+}
+
+/// Release or Renew of another identity's lease with its true token: the identity check must
+/// refuse it (`PERMISSION_DENIED`, `NOT_OWNER`). The claim checks (`CLOCK_SKEW`, `INVALID`) run
+/// after it, so reaching them is getting past it; FENCED/EXPIRED/QUARANTINED mean the lease
+/// changed before the call and prove nothing.
+fn judge_foreign_lease<T>(result: &Result<T, Status>) -> ForgedOutcome {
+    match result {
+        Ok(_) => ForgedOutcome::Accepted,
+        Err(s) if s.code() == Code::PermissionDenied => ForgedOutcome::Refused,
+        Err(s) if never_connected(s) => ForgedOutcome::NeverConnected,
+        Err(s) => match Reason::of(s) {
+            Some(Reason::ClockSkew | Reason::Invalid) => ForgedOutcome::Accepted,
+            _ => ForgedOutcome::Inconclusive,
+        },
+    }
+}
+
+/// A made-up stale token with a huge claim: FENCED, and the lease read afterwards not
+/// quarantined. A quarantine after it, or any success, is the canary believing a stranger.
+fn judge_stale_renewal(result: &Result<pb::Lease, Status>, after: &Result<pb::LeaseInfo, Status>) -> ForgedOutcome {
+    match (result, after) {
+        (_, Ok(info)) if info.quarantined => ForgedOutcome::Accepted,
+        (Ok(_), _) => ForgedOutcome::Accepted,
+        (Err(s), _) if never_connected(s) => ForgedOutcome::NeverConnected,
+        (Err(s), Ok(_)) if Reason::of(s) == Some(Reason::Fenced) => ForgedOutcome::Refused,
+        (Err(_), _) => ForgedOutcome::Inconclusive,
+    }
+}
+
+/// Acquire with another worker's holder ID: getting that worker's ID is the violation; a
+/// refusal, or a lease of its own on another ID, is what must happen.
+fn judge_acquire(result: &Result<pb::Lease, Status>, victim_id: u32) -> ForgedOutcome {
+    match result {
+        Ok(lease) if lease.worker_id == victim_id => ForgedOutcome::Accepted,
+        Ok(_) => ForgedOutcome::Refused,
+        Err(s) if never_connected(s) => ForgedOutcome::NeverConnected,
+        Err(s) if unserved(s) => ForgedOutcome::Inconclusive,
+        Err(_) => ForgedOutcome::Refused,
+    }
+}
+
+/// An operator RPC from a `worker`: `PERMISSION_DENIED`, and nothing else. Authorization runs
+/// first, so any other answer (even a refusal of the arguments) means it let the call through.
+fn judge_operator<T>(result: &Result<T, Status>) -> ForgedOutcome {
+    match result {
+        Err(s) if s.code() == Code::PermissionDenied => ForgedOutcome::Refused,
+        Err(s) if never_connected(s) => ForgedOutcome::NeverConnected,
+        _ => ForgedOutcome::Accepted,
+    }
+}
+
+/// A call without a valid certificate: `UNAUTHENTICATED`, or the server ending the handshake
+/// with an alert. Any other answer came from past authentication.
+fn judge_without_certificate<T>(result: &Result<T, Status>) -> ForgedOutcome {
+    match result {
+        Err(s) if s.code() == Code::Unauthenticated || handshake_refused(s) => ForgedOutcome::Refused,
+        Err(s) if never_connected(s) => ForgedOutcome::NeverConnected,
+        _ => ForgedOutcome::Accepted,
+    }
+}
+
+/// Whether the server refused the TLS handshake (it sent a fatal alert): the call reached it
+/// and was refused before any RPC.
+fn handshake_refused(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(status);
+    while let Some(error) = source {
+        if error.to_string().contains("received fatal alert") {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// A read must show no token but the adversary's own.
+fn judge_read(result: &Result<Vec<pb::LeaseInfo>, Status>, own: &HashSet<u64>) -> ForgedOutcome {
+    match result {
+        Ok(leases) if leases.iter().any(|l| shown_token(l, own)) => ForgedOutcome::Accepted,
+        Ok(_) => ForgedOutcome::Refused,
+        Err(s) if s.code() == Code::PermissionDenied => ForgedOutcome::Refused,
+        Err(s) if never_connected(s) => ForgedOutcome::NeverConnected,
+        Err(_) => ForgedOutcome::Inconclusive,
+    }
+}
+
+fn shown_token(lease: &pb::LeaseInfo, own: &HashSet<u64>) -> bool {
+    lease.token != 0 && !own.contains(&lease.token)
+}
+
+fn describe_read(result: &Result<Vec<pb::LeaseInfo>, Status>, own: &HashSet<u64>) -> String {
+    describe(result, |leases| match leases.iter().find(|l| shown_token(l, own)) {
+        Some(l) => format!("token {} of worker ID {} (holder {:?}) shown", l.token, l.worker_id, l.holder),
+        None => format!("{} leases, no foreign token shown", leases.len()),
+    })
+}
+
+fn describe_lease(lease: &pb::Lease) -> String {
+    format!("lease of worker ID {} token {} mint_until_ms {}", lease.worker_id, lease.token, lease.mint_until_ms)
+}
+
+/// `OK: ...` or the status as the history records statuses.
+fn describe<T>(result: &Result<T, Status>, ok: impl FnOnce(&T) -> String) -> String {
+    match result {
+        Ok(value) => format!("OK: {}", ok(value)),
+        Err(status) if handshake_refused(status) || never_connected(status) => {
+            format!("{} ({})", status_text(status), error_chain(status))
+        }
+        Err(status) => status_text(status),
+    }
+}
+
+/// The status's sources, for transport errors (whose message alone says little).
+fn error_chain(status: &Status) -> String {
+    let mut parts = Vec::new();
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        parts.push(error.to_string());
+        source = error.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(worker_id: u32, token: u64) -> pb::Lease {
+        pb::Lease { worker_id, token, ..pb::Lease::default() }
+    }
+
+    fn info(token: u64, quarantined: bool) -> pb::LeaseInfo {
+        pb::LeaseInfo { worker_id: 1, token, quarantined, ..pb::LeaseInfo::default() }
+    }
+
+    /// Goal: a foreign lease call is refused only by the identity check; reaching the claim
+    /// checks after it counts as getting through; a changed lease or a transport error proves
+    /// nothing.
+    #[test]
+    fn foreign_lease_calls_are_judged_by_the_identity_check() {
+        let judge = |r: Result<(), Status>| judge_foreign_lease(&r);
+        assert_eq!(judge(Err(Reason::NotOwner.status("not yours"))), ForgedOutcome::Refused);
+        assert_eq!(judge(Err(Status::permission_denied("Renew needs role worker"))), ForgedOutcome::Refused);
+        assert_eq!(judge(Ok(())), ForgedOutcome::Accepted);
+        assert_eq!(judge(Err(Reason::ClockSkew.status("ahead"))), ForgedOutcome::Accepted);
+        assert_eq!(judge(Err(Reason::Invalid.status("beyond mint_until"))), ForgedOutcome::Accepted);
+        assert_eq!(judge(Err(Reason::Fenced.status("stale"))), ForgedOutcome::Inconclusive);
+        assert_eq!(judge(Err(Reason::NoLeader.status("election"))), ForgedOutcome::Inconclusive);
+        assert_eq!(judge(Err(Status::unavailable("tcp connect error"))), ForgedOutcome::NeverConnected);
+        assert_eq!(judge(Err(Status::deadline_exceeded("adversary timeout"))), ForgedOutcome::NeverConnected);
+    }
+
+    /// Goal: the canary attempt is refused only when FENCED and the lease is not quarantined
+    /// afterwards; a quarantine after it is a violation whatever the renewal answered.
+    #[test]
+    fn a_stale_renewal_must_be_fenced_without_quarantine() {
+        let fenced = || Err(Reason::Fenced.status("stale"));
+        assert_eq!(judge_stale_renewal(&fenced(), &Ok(info(0, false))), ForgedOutcome::Refused);
+        assert_eq!(judge_stale_renewal(&fenced(), &Ok(info(0, true))), ForgedOutcome::Accepted);
+        assert_eq!(
+            judge_stale_renewal(&Err(Status::unavailable("reset")), &Ok(info(0, true))),
+            ForgedOutcome::Accepted
+        );
+        assert_eq!(judge_stale_renewal(&Ok(lease(1, 5)), &Ok(info(0, false))), ForgedOutcome::Accepted);
+        assert_eq!(judge_stale_renewal(&fenced(), &Err(Status::unavailable("reset"))), ForgedOutcome::Inconclusive);
+        assert_eq!(
+            judge_stale_renewal(&Err(Status::unavailable("reset")), &Ok(info(0, false))),
+            ForgedOutcome::NeverConnected
+        );
+    }
+
+    /// Goal: an Acquire naming another worker's holder may get a refusal or an ID of its own,
+    /// never the victim's ID.
+    #[test]
+    fn an_acquire_with_a_foreign_holder_must_not_get_the_victims_id() {
+        assert_eq!(judge_acquire(&Ok(lease(3, 9)), 3), ForgedOutcome::Accepted);
+        assert_eq!(judge_acquire(&Ok(lease(7, 9)), 3), ForgedOutcome::Refused);
+        assert_eq!(judge_acquire(&Err(Reason::AlreadyHeld.status("held")), 3), ForgedOutcome::Refused);
+        assert_eq!(judge_acquire(&Err(Reason::OutcomeUnknown.status("?")), 3), ForgedOutcome::Inconclusive);
+    }
+
+    /// Goal: operator RPCs are refused only by PERMISSION_DENIED; an argument error means the
+    /// authorization let the call through.
+    #[test]
+    fn operator_calls_must_be_denied() {
+        let judge = |r: Result<(), Status>| judge_operator(&r);
+        assert_eq!(judge(Err(Status::permission_denied("needs role operator"))), ForgedOutcome::Refused);
+        assert_eq!(judge(Err(Reason::Invalid.status("junk"))), ForgedOutcome::Accepted);
+        assert_eq!(judge(Err(Reason::Membership.status("no member 99"))), ForgedOutcome::Accepted);
+        assert_eq!(judge(Ok(())), ForgedOutcome::Accepted);
+        assert_eq!(judge(Err(Status::cancelled("h2"))), ForgedOutcome::NeverConnected);
+    }
+
+    /// Goal: without a valid certificate, UNAUTHENTICATED is the refusal; a registry answer
+    /// (even a refusal) came from past authentication.
+    #[test]
+    fn calls_without_a_certificate_must_be_unauthenticated() {
+        let judge = |r: Result<(), Status>| judge_without_certificate(&r);
+        assert_eq!(judge(Err(Status::unauthenticated("requires mutual TLS"))), ForgedOutcome::Refused);
+        assert_eq!(judge(Err(Reason::NotOwner.status("not yours"))), ForgedOutcome::Accepted);
+        assert_eq!(judge(Ok(())), ForgedOutcome::Accepted);
+        assert_eq!(judge(Err(Status::unavailable("tcp connect error"))), ForgedOutcome::NeverConnected);
+    }
+
+    /// Goal: a read showing a token is a violation unless the token is the adversary's own.
+    #[test]
+    fn reads_must_show_no_foreign_token() {
+        let own: HashSet<u64> = [77].into();
+        assert_eq!(judge_read(&Ok(vec![info(0, false), info(77, false)]), &own), ForgedOutcome::Refused);
+        assert_eq!(judge_read(&Ok(vec![info(0, false), info(78, false)]), &own), ForgedOutcome::Accepted);
+        assert!(describe_read(&Ok(vec![info(78, false)]), &own).contains("token 78 of worker ID 1"));
+    }
+}
