@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The harness part of the test suite: every scenario briefly, then the self-test that proves
-# a green run means something (workers without their deadline check must make `pause` fail).
+# The harness part of the test suite: every scenario briefly, then the self-tests that prove
+# a green run means something (workers without their deadline check must make `pause` fail;
+# registry nodes without authorization must make `adversary` fail).
 # Scenarios run one process each (the same seed and schedule as `--scenario all`), so one that
 # cannot start does not stop the others; a table of them closes the output.
 #
@@ -85,6 +86,19 @@ if [ "$code" = 1 ]; then
 else
     echo "FAILED self-test: with the deadline check off the pause scenario exited $code, not 1 (invalid)"
     row self-test "FAILED($code)" "$secs"
+    failed=$((failed + 1))
+fi
+
+# The same switch for authorization: registry nodes that authorize nobody must make the
+# adversary's forged calls succeed, and the adversary scenario must then be invalid.
+run --scenario adversary --seed 7 --store "$store/self-test-authz" --unsafe-disable-authorization --fenceflake "$unsafe_bin"
+if [ "$code" = 1 ]; then
+    echo "self-test: with authorization off, the adversary scenario is invalid, as it must be"
+    row self-test-authz PASSED "$secs"
+    passed=$((passed + 1))
+else
+    echo "FAILED self-test: with authorization off the adversary scenario exited $code, not 1 (invalid)"
+    row self-test-authz "FAILED($code)" "$secs"
     failed=$((failed + 1))
 fi
 
