@@ -109,7 +109,8 @@ impl Rejection {
             Rejection::OutOfRange { .. }
             | Rejection::BadTtl { .. }
             | Rejection::BadBackup { .. }
-            | Rejection::BeyondMintUntil { .. } => Reason::Invalid,
+            | Rejection::BeyondMintUntil { .. }
+            | Rejection::BatchTooLarge { .. } => Reason::Invalid,
             Rejection::NotOwner { .. } => Reason::NotOwner,
             Rejection::ClockAhead { .. } => Reason::ClockSkew,
             Rejection::NotEmpty { .. } => Reason::NotEmpty,
@@ -157,6 +158,9 @@ impl fmt::Display for Rejection {
                 wall_ms_at_send - registry_time_ms,
                 crate::limits::CLAIM_AHEAD_MAX_MS
             ),
+            Rejection::BatchTooLarge { slot } => {
+                write!(f, "command {slot} of its log entry lies beyond the token slot space; not applied")
+            }
             Rejection::BeyondMintUntil { field, value, mint_until_ms } => write!(
                 f,
                 "{field} {value} is at or past the lease's mint_until {mint_until_ms}: no holder mints there; refused, nothing changed"
@@ -191,6 +195,7 @@ mod tests {
             Rejection::NotOwner { owner: "spiffe://td/fenceflake/worker/a".into() },
             Rejection::ClockAhead { wall_ms_at_send: 90_000, registry_time_ms: 1 },
             Rejection::BeyondMintUntil { field: "last_ts_ms".into(), value: 9, mint_until_ms: 9 },
+            Rejection::BatchTooLarge { slot: 4096 },
         ];
         let mut errors: Vec<_> = rejections.into_iter().map(RegistryError::Rejected).collect();
         errors.extend([

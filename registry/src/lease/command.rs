@@ -170,6 +170,8 @@ pub enum Rejection {
     /// A renewal claims a send time this far ahead of the leader's clock: the holder's clock
     /// (or the claim) is off, and the high-water mark must not follow it.
     ClockAhead { wall_ms_at_send: u64, registry_time_ms: u64 },
+    /// A command beyond the token slot space of its entry (only a forged entry has one).
+    BatchTooLarge { slot: usize },
     /// A claimed minted timestamp at or past the lease's own `mint_until`: no honest holder
     /// mints there, so it may not move the high-water mark.
     BeyondMintUntil { field: String, value: u64, mint_until_ms: u64 },

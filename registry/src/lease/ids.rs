@@ -33,6 +33,12 @@ impl LogPos {
         LogPos((log_index << TOKEN_SLOT_BITS) | slot as u64)
     }
 
+    /// Like [`LogPos::new`], `None` instead of a panic when the position has no token.
+    pub fn checked(log_index: u64, slot: usize) -> Option<LogPos> {
+        let fits = slot < (1 << TOKEN_SLOT_BITS) && log_index < (1 << (TOKEN_GENERATION_SHIFT - TOKEN_SLOT_BITS));
+        fits.then(|| LogPos::new(log_index, slot))
+    }
+
     /// The Raft log index this position lies in.
     pub fn log_index(self) -> u64 {
         self.0 >> TOKEN_SLOT_BITS

@@ -76,6 +76,22 @@ impl PeerService {
         Ok(body)
     }
 
+    /// Appends and snapshots from a node that served in this cluster and is no longer a member
+    /// (removed: its certificate may still be valid) are refused. A sender this node has never
+    /// heard of is let through: it may be a member added after this node's last entry, which a
+    /// lagging follower must still be able to catch up from (a node certificate is trusted
+    /// infrastructure; docs/security.md).
+    fn not_removed(&self, request: &Request<RaftPayload>, rpc: &str) -> Result<(), Status> {
+        let sender = request.get_ref().sender_node_id;
+        if !self.checks_identities() || member_roles(&self.node.raft).contains_key(&sender) {
+            return Ok(());
+        }
+        if self.node.state.read().table.has_served(sender) {
+            return Err(self.refuse(format!("{rpc} from node {sender}, which served in this cluster and was removed")));
+        }
+        Ok(())
+    }
+
     /// A Raft message speaks for the node that sent it: the vote it carries (a candidate's,
     /// or the leader's on appends and snapshots) must be the sender's own, or one node's
     /// certificate could campaign or replicate in another's name.
@@ -114,6 +130,7 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = self.open(&request, "AppendEntries")?;
         self.speaks_for_itself(&request, "AppendEntries", &rpc.vote)?;
+        self.not_removed(&request, "AppendEntries")?;
         self.seal(&self.node.raft.append_entries(rpc).await)
     }
 
@@ -126,6 +143,7 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = self.open(&request, "InstallSnapshot")?;
         self.speaks_for_itself(&request, "InstallSnapshot", &rpc.vote)?;
+        self.not_removed(&request, "InstallSnapshot")?;
         self.seal(&self.node.raft.install_snapshot(rpc).await)
     }
 
@@ -145,7 +163,9 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
         // Only the leader this node follows may hold its elections (a transfer); anyone else
         // could keep the cluster leaderless by repeating the call.
         let leader = self.node.raft.metrics().borrow().current_leader;
-        if self.checks_identities() && leader != Some(request.get_ref().sender_node_id) {
+        // Lifting a hold (0) is always allowed from a member: the leader that set it may no
+        // longer be the one followed once the transfer happened.
+        if self.checks_identities() && hold_ms > 0 && leader != Some(request.get_ref().sender_node_id) {
             return Err(self.refuse(format!(
                 "HoldElections from node {}, which is not the leader this node follows ({leader:?})",
                 request.get_ref().sender_node_id

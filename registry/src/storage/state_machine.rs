@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode};
 use crate::expiry::ExpiryTracker;
-use crate::lease::{Command, LeaseTable, LogPos, Outcome, WorkerId};
+use crate::lease::{Command, LeaseTable, LogPos, Outcome, Rejection, WorkerId};
 use crate::raft::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const KEY_APPLIED: &[u8] = b"applied";
@@ -115,8 +115,13 @@ fn apply_entry(state: &mut SmState, entry: Entry, changes: &mut Changes) -> Vec<
         EntryPayload::Normal(batch) => {
             let index = entry.log_id.index;
             let apply_one = |(slot, command): (usize, &Command)| {
-                let outcome =
-                    state.table.apply_under(batch.rules, LogPos::new(index, slot), batch.leader_wall_ms, command);
+                // Honest leaders put at most COMMANDS_PER_ENTRY_MAX commands in an entry; a
+                // longer one (forged, or corrupt) is refused command by command, never a panic
+                // that every replica would repeat on every restart.
+                let Some(pos) = LogPos::checked(index, slot) else {
+                    return Outcome::Rejected(Rejection::BatchTooLarge { slot });
+                };
+                let outcome = state.table.apply_under(batch.rules, pos, batch.leader_wall_ms, command);
                 changes.note(&state.table, command, &outcome);
                 outcome
             };

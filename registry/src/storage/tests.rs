@@ -45,3 +45,31 @@ fn a_data_dir_refuses_another_node_or_cluster() {
     assert!(matches!(err, OpenError::WrongCluster { .. }), "{err}");
     assert!(open(dir.path(), &identity(1), tracker()).unwrap().had_state);
 }
+
+/// Goal: an entry with more commands than the token slot space (only a forged entry has one)
+/// is refused command by command, never a panic that every replica would repeat on replay.
+#[tokio::test]
+async fn an_oversized_entry_is_refused_not_a_panic() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use crate::lease::{Batch, ClusterConfig, Command, Outcome, Rejection, Rules};
+    use crate::limits::TOKEN_SLOT_BITS;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open(dir.path(), &identity(1), tracker()).unwrap().state_machine;
+    let config = ClusterConfig { epoch_ms: 0, worker_id_bits: 2, sequence_bits: 12, ttl_ms_max: 1000, cool_down_ms: 0 };
+    let commands = vec![Command::Configure(config); (1 << TOKEN_SLOT_BITS) + 1];
+    let batch = Batch { leader_wall_ms: 1, commands, rules: Rules::CURRENT };
+    let entry = crate::raft::types::Entry {
+        log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), 1),
+        payload: EntryPayload::Normal(batch),
+    };
+    let outcomes = sm.apply(vec![entry]).await.unwrap().pop().unwrap();
+    assert_eq!(outcomes.len(), (1 << TOKEN_SLOT_BITS) + 1);
+    assert!(matches!(outcomes[0], Outcome::Configured(_)));
+    assert_eq!(
+        outcomes[1 << TOKEN_SLOT_BITS],
+        Outcome::Rejected(Rejection::BatchTooLarge { slot: 1 << TOKEN_SLOT_BITS })
+    );
+}
