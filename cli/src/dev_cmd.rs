@@ -20,9 +20,9 @@ use fenceflake_client::WorkerClient;
 use fenceflake_proto::tls::{self, Role, Security};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::registry_client::RegistryClient;
-use fenceflake_registry::config::{InitialClusterState, NodeConfig, RaftTiming};
-use fenceflake_registry::lease::ClusterConfig;
+use fenceflake_registry::config::{InitialClusterState, LayoutFlags, NodeConfig, RaftTiming};
 use fenceflake_registry::raft::types::PeerNode;
+use fenceflake_worker::limits::{DEFAULT_SEQUENCE_BITS, DEFAULT_WORKER_ID_BITS};
 use fenceflake_worker::server::Listeners as WorkerListeners;
 use fenceflake_worker::{Generator, RateLimitConfig, RateLimiter, SystemClock, WorkerConfig};
 use tokio::net::TcpListener;
@@ -245,12 +245,14 @@ where
             data_dir: data_dir.join(format!("registry-{node_id}")),
             initial_cluster: members.clone(),
             initial_cluster_state: InitialClusterState::New,
-            cluster_config: ClusterConfig {
-                epoch_ms: decode_cmd::DEFAULT_EPOCH_MS,
-                worker_id_bits: 10,
-                ttl_ms_max: 60_000,
-                cool_down_ms: 1_000,
+            // The defaults, stated: the printed decode lines and a kept --data-dir rely on them.
+            layout: LayoutFlags {
+                epoch_ms: Some(decode_cmd::DEFAULT_EPOCH_MS),
+                worker_id_bits: Some(DEFAULT_WORKER_ID_BITS),
+                sequence_bits: Some(DEFAULT_SEQUENCE_BITS),
             },
+            ttl_ms_max: 60_000,
+            cool_down_ms: 1_000,
             timing: RaftTiming::default(),
             request_timeout: Duration::from_secs(2),
             snapshot_logs: 5_000,

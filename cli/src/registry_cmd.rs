@@ -11,8 +11,7 @@ use clap::{Args, ValueEnum};
 use fenceflake_proto::duration::parse_duration;
 use fenceflake_proto::tls::TlsArgs;
 use fenceflake_registry::clock::SystemClock;
-use fenceflake_registry::config::{parse_initial_cluster, InitialClusterState, NodeConfig, RaftTiming};
-use fenceflake_registry::lease::ClusterConfig;
+use fenceflake_registry::config::{parse_initial_cluster, InitialClusterState, LayoutFlags, NodeConfig, RaftTiming};
 use fenceflake_registry::raft::types::PeerNode;
 use fenceflake_registry::server::{self, Listeners};
 use fenceflake_worker::config::statefulset_ordinal;
@@ -102,12 +101,19 @@ pub struct RegistryArgs {
     /// Serve Prometheus metrics on HOST:PORT (/metrics).
     #[arg(long, env = "FENCEFLAKE_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
-    /// ID time origin, ms since the Unix epoch (fixed forever once the cluster is configured).
-    #[arg(long, env = "FENCEFLAKE_EPOCH_MS", default_value_t = 1_704_067_200_000)]
-    epoch_ms: u64,
-    /// Worker-ID bits of the ID layout (10 = 1024 worker IDs).
-    #[arg(long, env = "FENCEFLAKE_WORKER_ID_BITS", default_value_t = 10)]
-    worker_id_bits: u8,
+    /// ID time origin of a new cluster, ms since the Unix epoch [new cluster's default:
+    /// 1704067200000, 2024-01-01]. The layout (this, --worker-id-bits, --sequence-bits) is
+    /// fixed when the cluster bootstraps: a node whose data dir holds another value refuses to
+    /// start. Leave the layout flags out on a configured cluster.
+    #[arg(long, env = "FENCEFLAKE_EPOCH_MS")]
+    epoch_ms: Option<u64>,
+    /// Worker-ID bits of a new cluster's ID layout [new cluster's default: 10, 1024 worker IDs].
+    #[arg(long, env = "FENCEFLAKE_WORKER_ID_BITS")]
+    worker_id_bits: Option<u8>,
+    /// Sequence bits of a new cluster's ID layout [new cluster's default: 12, 4096 IDs per ms
+    /// per worker]; stated in every grant, so every worker mints with it.
+    #[arg(long, env = "FENCEFLAKE_SEQUENCE_BITS")]
+    sequence_bits: Option<u8>,
     /// Longest lease TTL a worker may ask for.
     #[arg(long, env = "FENCEFLAKE_MAX_TTL", default_value = "60s", value_parser = parse_duration)]
     max_ttl: Duration,
@@ -159,12 +165,13 @@ impl RegistryArgs {
                 ClusterState::New => InitialClusterState::New,
                 ClusterState::Existing => InitialClusterState::Existing,
             },
-            cluster_config: ClusterConfig {
+            layout: LayoutFlags {
                 epoch_ms: self.epoch_ms,
                 worker_id_bits: self.worker_id_bits,
-                ttl_ms_max: self.max_ttl.as_millis() as u64,
-                cool_down_ms: self.cool_down.as_millis() as u64,
+                sequence_bits: self.sequence_bits,
             },
+            ttl_ms_max: self.max_ttl.as_millis() as u64,
+            cool_down_ms: self.cool_down.as_millis() as u64,
             timing: RaftTiming {
                 heartbeat_ms: self.heartbeat.as_millis() as u64,
                 election_min_ms: self.election_timeout_min.as_millis() as u64,
@@ -227,6 +234,16 @@ mod tests {
         }
     }
 
+    /// Goal: `fenceflake decode` without layout flags decodes the IDs of a cluster bootstrapped
+    /// without them (one default layout for the registry, the worker and decode).
+    #[test]
+    fn a_new_clusters_layout_defaults_are_decodes() {
+        use fenceflake_registry::config::{DEFAULT_EPOCH_MS, DEFAULT_SEQUENCE_BITS, DEFAULT_WORKER_ID_BITS};
+        assert_eq!(DEFAULT_EPOCH_MS, crate::decode_cmd::DEFAULT_EPOCH_MS);
+        assert_eq!(DEFAULT_WORKER_ID_BITS, fenceflake_worker::limits::DEFAULT_WORKER_ID_BITS);
+        assert_eq!(DEFAULT_SEQUENCE_BITS, fenceflake_worker::limits::DEFAULT_SEQUENCE_BITS);
+    }
+
     /// Goal: the CLI's timing defaults are the registry's (one default for `registry` and
     /// `dev`).
     #[test]
@@ -247,6 +264,11 @@ mod tests {
             "1=127.0.0.1:2380",
         ]);
         let args = wrap.expect("minimal registry flags parse").args;
+        assert_eq!(
+            (args.epoch_ms, args.worker_id_bits, args.sequence_bits),
+            (None, None, None),
+            "layout flags have no default: only a new cluster takes the registry's"
+        );
         let defaults = RaftTiming::default();
         assert_eq!(args.heartbeat.as_millis() as u64, defaults.heartbeat_ms);
         assert_eq!(args.election_timeout_min.as_millis() as u64, defaults.election_min_ms);

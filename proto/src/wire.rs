@@ -1,5 +1,6 @@
 //! The contract both sides share beyond the protobuf messages: the machine-readable reason
-//! a registry error carries, the metadata keys, and the limits both sides must agree on.
+//! a registry error carries, the metadata keys, and the limits both sides must agree on
+//! (among them the one rule of a valid ID layout, [`layout_timestamp_bits`]).
 //!
 //! Clients branch on [`Reason`] (read with [`Reason::of`]), never on a status message: the
 //! messages are prose for people and may change. Every error status the registry returns
@@ -25,6 +26,66 @@ pub const REGISTRY_HOLDER_PREFIX: &str = "fenceflake:";
 /// Widest worker-ID field any layout may have: the registry refuses a cluster config above
 /// it and the worker a grant above it, so both must read the same number.
 pub const WORKER_ID_BITS_MAX: u8 = 16;
+
+/// Widest sequence field any layout may have (4M IDs per millisecond; a sequence travels as
+/// `u32`). Like [`WORKER_ID_BITS_MAX`], a bound of the cluster's layout both sides check: the
+/// registry refuses to bootstrap a layout a worker could not mint with.
+pub const SEQUENCE_BITS_MAX: u8 = 22;
+
+/// Narrowest timestamp field any layout may have: 2^31 ms is about 24.8 days; anything
+/// shorter would wrap within one deployment's lifetime.
+pub const TIMESTAMP_BITS_MIN: u8 = 31;
+
+/// Bits of an ID below its always-zero sign bit: timestamp + worker ID + sequence.
+pub const ID_PAYLOAD_BITS: u8 = 63;
+
+/// The sequence width of a cluster that states none: a registry older than the field stores
+/// none and answers 0, and every worker of such a cluster used 12 unless given
+/// `--sequence-bits`. The registry reads a config stored without it as this; a worker reads a
+/// grant that states none as this (or its flag).
+pub const LEGACY_SEQUENCE_BITS: u8 = 12;
+
+// The widest fields together leave less than the narrowest timestamp, so a layout's
+// timestamp width must be checked on its own; the narrowest fields leave room for it.
+const _: () = assert!(WORKER_ID_BITS_MAX + SEQUENCE_BITS_MAX + TIMESTAMP_BITS_MIN > ID_PAYLOAD_BITS);
+const _: () = assert!(1 + 1 + TIMESTAMP_BITS_MIN <= ID_PAYLOAD_BITS);
+const _: () = assert!(LEGACY_SEQUENCE_BITS <= SEQUENCE_BITS_MAX);
+
+/// The field of an ID layout that breaks a bound, as [`layout_timestamp_bits`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutBound {
+    /// The worker-ID width is outside `1..=WORKER_ID_BITS_MAX`.
+    WorkerIdBits,
+    /// The sequence width is outside `1..=SEQUENCE_BITS_MAX`.
+    SequenceBits,
+    /// The two widths leave fewer than [`TIMESTAMP_BITS_MIN`] timestamp bits (this many).
+    TimestampBits { timestamp_bits: u8 },
+    /// The epoch plus the timestamp range overflows `u64` milliseconds.
+    EpochTooLate,
+}
+
+/// The one rule of a valid layout `0 | timestamp | worker ID | sequence`, applied by the
+/// registry before it bootstraps a cluster and by the worker to every grant, so the registry
+/// never fixes a layout its workers would refuse: both widths within their bounds, at least
+/// [`TIMESTAMP_BITS_MIN`] timestamp bits left, and the last encodable millisecond
+/// representable. Returns the timestamp width.
+pub fn layout_timestamp_bits(epoch_ms: u64, worker_id_bits: u8, sequence_bits: u8) -> Result<u8, LayoutBound> {
+    if !(1..=WORKER_ID_BITS_MAX).contains(&worker_id_bits) {
+        return Err(LayoutBound::WorkerIdBits);
+    }
+    if !(1..=SEQUENCE_BITS_MAX).contains(&sequence_bits) {
+        return Err(LayoutBound::SequenceBits);
+    }
+    // Cannot underflow: both widths were just bounded, 16 + 22 < 63.
+    let timestamp_bits = ID_PAYLOAD_BITS - worker_id_bits - sequence_bits;
+    if timestamp_bits < TIMESTAMP_BITS_MIN {
+        return Err(LayoutBound::TimestampBits { timestamp_bits });
+    }
+    if epoch_ms.checked_add((1u64 << timestamp_bits) - 1).is_none() {
+        return Err(LayoutBound::EpochTooLate);
+    }
+    Ok(timestamp_bits)
+}
 
 /// Why a registry call failed, as a word in the [`REASON_METADATA_KEY`] metadata.
 ///
@@ -234,5 +295,28 @@ mod tests {
         status.metadata_mut().insert(REASON_METADATA_KEY, tonic::metadata::MetadataValue::from_static("NEW_WORD"));
         assert_eq!(Reason::of(&status), None);
         assert_eq!("fenced".parse::<Reason>(), Err(UnknownReason("fenced".into())));
+    }
+
+    /// Goal: the one layout rule accepts the edges of every bound and names the field that
+    /// breaks one (the worker's `Layout::new` and the registry's bootstrap both rely on it).
+    #[test]
+    fn the_layout_rule_names_the_field_out_of_bounds() {
+        let cases: &[(u64, u8, u8, Result<u8, LayoutBound>)] = &[
+            (0, 10, 12, Ok(41)),
+            (0, 1, 1, Ok(61)),
+            (0, 16, 16, Ok(31)),
+            (0, 10, 22, Ok(31)),
+            (0, 0, 12, Err(LayoutBound::WorkerIdBits)),
+            (0, 17, 12, Err(LayoutBound::WorkerIdBits)),
+            (0, 10, 0, Err(LayoutBound::SequenceBits)),
+            (0, 10, 23, Err(LayoutBound::SequenceBits)),
+            (0, 16, 22, Err(LayoutBound::TimestampBits { timestamp_bits: 25 })),
+            (0, 11, 22, Err(LayoutBound::TimestampBits { timestamp_bits: 30 })),
+            (u64::MAX - 5, 10, 12, Err(LayoutBound::EpochTooLate)),
+            (u64::MAX - ((1 << 41) - 1), 10, 12, Ok(41)),
+        ];
+        for (epoch_ms, w, s, want) in cases {
+            assert_eq!(&layout_timestamp_bits(*epoch_ms, *w, *s), want, "epoch {epoch_ms} {w}/{s}");
+        }
     }
 }

@@ -92,7 +92,8 @@ mod tests {
 
     fn table() -> TableBackup {
         let mut t = LeaseTable::default();
-        let config = ClusterConfig { epoch_ms: 1, worker_id_bits: 3, ttl_ms_max: 1000, cool_down_ms: 10 };
+        let config =
+            ClusterConfig { epoch_ms: 1, worker_id_bits: 3, sequence_bits: 12, ttl_ms_max: 1000, cool_down_ms: 10 };
         t.apply(LogPos::new(1, 0), 5, &Command::Configure(config));
         t.apply(
             LogPos::new(2, 0),

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fenceflake_proto::wire::{LayoutBound, SEQUENCE_BITS_MAX, TIMESTAMP_BITS_MIN};
+
 use crate::lease::ClusterConfig;
 use crate::limits::WORKER_ID_BITS_MAX;
 use crate::raft::types::{NodeId, PeerNode};
@@ -47,8 +49,14 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub initial_cluster: BTreeMap<NodeId, PeerNode>,
     pub initial_cluster_state: InitialClusterState,
-    /// Committed by the first leader if the cluster has no config yet.
-    pub cluster_config: ClusterConfig,
+    /// The ID layout flags given (`--epoch-ms`, `--worker-id-bits`, `--sequence-bits`): they
+    /// choose the layout of a new cluster, and a node whose data dir holds another layout
+    /// refuses to start.
+    pub layout: LayoutFlags,
+    /// `--max-ttl` and `--cool-down`: committed with the layout by the first leader if the
+    /// cluster has no config yet (see [`NodeConfig::bootstrap_config`]); ignored afterwards.
+    pub ttl_ms_max: u64,
+    pub cool_down_ms: u64,
     pub timing: RaftTiming,
     /// Bound on every client request: waiting for a leader, confirming a quorum, committing.
     pub request_timeout: Duration,
@@ -59,6 +67,59 @@ pub struct NodeConfig {
     /// NetworkPolicy that lets workers reach the client port keeps them from membership,
     /// snapshots and quarantine even with a stolen operator certificate in the wrong place.
     pub admin_only: bool,
+}
+
+/// The ID time origin of a new cluster started without `--epoch-ms`: 2024-01-01T00:00:00Z.
+pub const DEFAULT_EPOCH_MS: u64 = 1_704_067_200_000;
+/// The worker-ID width of a new cluster started without `--worker-id-bits`: 1024 worker IDs.
+pub const DEFAULT_WORKER_ID_BITS: u8 = 10;
+/// The sequence width of a new cluster started without `--sequence-bits`: 4096 IDs per ms.
+pub const DEFAULT_SEQUENCE_BITS: u8 = 12;
+
+/// The ID layout flags a node was started with, each `None` unless given. They choose the
+/// layout of a new cluster (the defaults fill in the rest); once the cluster is configured
+/// its layout is fixed, and a flag given must agree with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LayoutFlags {
+    pub epoch_ms: Option<u64>,
+    pub worker_id_bits: Option<u8>,
+    pub sequence_bits: Option<u8>,
+}
+
+/// One layout flag that disagrees with the cluster's layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayoutMismatch {
+    pub flag: &'static str,
+    pub given: u64,
+    pub cluster: u64,
+}
+
+impl std::fmt::Display for LayoutMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} was given, but the cluster's is {}", self.flag, self.given, self.cluster)
+    }
+}
+
+impl LayoutFlags {
+    /// Whether any layout flag was given.
+    pub fn any(&self) -> bool {
+        self.epoch_ms.is_some() || self.worker_id_bits.is_some() || self.sequence_bits.is_some()
+    }
+
+    /// Every flag given whose value is not the one `cluster` holds.
+    pub fn mismatches(&self, cluster: &ClusterConfig) -> Vec<LayoutMismatch> {
+        let flags = [
+            ("--epoch-ms", self.epoch_ms, cluster.epoch_ms),
+            ("--worker-id-bits", self.worker_id_bits.map(u64::from), u64::from(cluster.worker_id_bits)),
+            ("--sequence-bits", self.sequence_bits.map(u64::from), u64::from(cluster.sequence_bits)),
+        ];
+        flags
+            .into_iter()
+            .filter_map(|(flag, given, cluster)| {
+                given.filter(|g| *g != cluster).map(|given| LayoutMismatch { flag, given, cluster })
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -75,6 +136,28 @@ pub enum ConfigError {
     ZeroNodeId,
     #[error("invalid {field}: {why}")]
     Invalid { field: &'static str, why: String },
+}
+
+/// The flag to blame for a layout that breaks `bound`, and why.
+fn layout_bound_why(c: &ClusterConfig, bound: LayoutBound) -> (&'static str, String) {
+    match bound {
+        LayoutBound::WorkerIdBits => {
+            ("--worker-id-bits", format!("{} is outside 1..={WORKER_ID_BITS_MAX}", c.worker_id_bits))
+        }
+        LayoutBound::SequenceBits => {
+            ("--sequence-bits", format!("{} is outside 1..={SEQUENCE_BITS_MAX}", c.sequence_bits))
+        }
+        LayoutBound::TimestampBits { timestamp_bits } => (
+            "--worker-id-bits/--sequence-bits",
+            format!(
+                "{} worker-ID bits and {} sequence bits leave {timestamp_bits} timestamp bits, below the minimum of {TIMESTAMP_BITS_MIN} (63 bits in all)",
+                c.worker_id_bits, c.sequence_bits
+            ),
+        ),
+        LayoutBound::EpochTooLate => {
+            ("--epoch-ms", format!("{} leaves no room for the timestamp range below u64::MAX", c.epoch_ms))
+        }
+    }
 }
 
 /// Parse `1=HOST:PEERPORT[/HOST:CLIENTPORT],2=...`.
@@ -129,9 +212,10 @@ impl NodeConfig {
             }
         }
         let invalid = |field, why: String| Err(ConfigError::Invalid { field, why });
-        let c = &self.cluster_config;
-        if c.worker_id_bits == 0 || c.worker_id_bits > WORKER_ID_BITS_MAX {
-            return invalid("--worker-id-bits", format!("{} is outside 1..={WORKER_ID_BITS_MAX}", c.worker_id_bits));
+        let c = self.bootstrap_config();
+        if let Err(bound) = c.check_layout() {
+            let (field, why) = layout_bound_why(&c, bound);
+            return invalid(field, why);
         }
         if c.ttl_ms_max == 0 {
             return invalid("--max-ttl", "must be > 0".into());
@@ -162,6 +246,18 @@ impl NodeConfig {
             return invalid("--snapshot-logs", format!("{} is below 10", self.snapshot_logs));
         }
         Ok(())
+    }
+
+    /// The config the first leader commits if the cluster has none: the layout flags given,
+    /// the defaults for the others, and the TTL bounds.
+    pub fn bootstrap_config(&self) -> ClusterConfig {
+        ClusterConfig {
+            epoch_ms: self.layout.epoch_ms.unwrap_or(DEFAULT_EPOCH_MS),
+            worker_id_bits: self.layout.worker_id_bits.unwrap_or(DEFAULT_WORKER_ID_BITS),
+            sequence_bits: self.layout.sequence_bits.unwrap_or(DEFAULT_SEQUENCE_BITS),
+            ttl_ms_max: self.ttl_ms_max,
+            cool_down_ms: self.cool_down_ms,
+        }
     }
 
     /// The openraft config derived from ours (every timing set explicitly).
@@ -227,6 +323,76 @@ mod tests {
             assert!(matches!(parse_initial_cluster(bad), Err(ConfigError::BadClusterEntry { .. })), "{bad}");
         }
         assert_eq!(parse_initial_cluster("1=a:1,1=b:2"), Err(ConfigError::DuplicateNode(1)));
+    }
+
+    fn node(layout: LayoutFlags) -> NodeConfig {
+        NodeConfig {
+            node_id: 1,
+            cluster_id: "c".into(),
+            advertise: PeerNode { peer_addr: "127.0.0.1:2380".into(), client_addr: "127.0.0.1:2379".into() },
+            data_dir: "/tmp/x".into(),
+            initial_cluster: parse_initial_cluster("1=127.0.0.1:2380").unwrap(),
+            initial_cluster_state: InitialClusterState::New,
+            layout,
+            ttl_ms_max: 60_000,
+            cool_down_ms: 1_000,
+            timing: RaftTiming::default(),
+            request_timeout: Duration::from_secs(2),
+            snapshot_logs: 5_000,
+            metrics_addr: None,
+            admin_only: false,
+        }
+    }
+
+    /// Goal: issue 9 — the layout flags choose a new cluster's layout, the documented defaults
+    /// (1704067200000 / 10 / 12) fill in those not given, and a layout no worker could mint
+    /// with is refused naming the flag.
+    #[test]
+    fn layout_flags_choose_a_new_clusters_layout() {
+        let defaults = node(LayoutFlags::default()).bootstrap_config();
+        assert_eq!((defaults.epoch_ms, defaults.worker_id_bits, defaults.sequence_bits), (1_704_067_200_000, 10, 12));
+        assert_eq!((defaults.ttl_ms_max, defaults.cool_down_ms), (60_000, 1_000));
+        let given = node(LayoutFlags { sequence_bits: Some(14), ..LayoutFlags::default() }).bootstrap_config();
+        assert_eq!((given.epoch_ms, given.worker_id_bits, given.sequence_bits), (1_704_067_200_000, 10, 14));
+        node(LayoutFlags::default()).validate().unwrap();
+        let refused = |layout: LayoutFlags, flag: &str| {
+            let err = node(layout).validate().unwrap_err().to_string();
+            assert!(err.contains(flag), "{flag}: {err}");
+        };
+        let none = LayoutFlags::default();
+        refused(LayoutFlags { worker_id_bits: Some(0), ..none }, "--worker-id-bits");
+        refused(LayoutFlags { worker_id_bits: Some(17), ..none }, "--worker-id-bits");
+        refused(LayoutFlags { sequence_bits: Some(23), ..none }, "--sequence-bits");
+        refused(LayoutFlags { sequence_bits: Some(22), worker_id_bits: Some(11), ..none }, "30 timestamp bits");
+        refused(LayoutFlags { epoch_ms: Some(u64::MAX - 1), ..none }, "--epoch-ms");
+        node(LayoutFlags { sequence_bits: Some(22), ..none }).validate().unwrap();
+    }
+
+    /// Goal: issue 9 — only flags given are compared with the cluster's layout, and each one
+    /// that disagrees is named with both values.
+    #[test]
+    fn layout_mismatches_name_the_flag_and_both_values() {
+        let cluster = ClusterConfig {
+            epoch_ms: 1_704_067_200_000,
+            worker_id_bits: 10,
+            sequence_bits: 12,
+            ttl_ms_max: 1,
+            cool_down_ms: 1,
+        };
+        assert!(LayoutFlags::default().mismatches(&cluster).is_empty());
+        assert!(!LayoutFlags::default().any());
+        let agreeing =
+            LayoutFlags { epoch_ms: Some(1_704_067_200_000), worker_id_bits: Some(10), sequence_bits: Some(12) };
+        assert!(agreeing.any() && agreeing.mismatches(&cluster).is_empty());
+        let wrong = LayoutFlags { epoch_ms: None, worker_id_bits: Some(11), sequence_bits: Some(11) };
+        let found: Vec<String> = wrong.mismatches(&cluster).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            found,
+            [
+                "--worker-id-bits 11 was given, but the cluster's is 10",
+                "--sequence-bits 11 was given, but the cluster's is 12"
+            ]
+        );
     }
 
     #[test]

@@ -119,8 +119,13 @@ mod tests {
         fn new() -> Fixture {
             let clock = Arc::new(ManualClock::new(1_700_000_000_000));
             let mut table = LeaseTable::default();
-            let config =
-                ClusterConfig { epoch_ms: 0, worker_id_bits: 2, ttl_ms_max: 60_000, cool_down_ms: COOL_DOWN_MS };
+            let config = ClusterConfig {
+                epoch_ms: 0,
+                worker_id_bits: 2,
+                sequence_bits: 12,
+                ttl_ms_max: 60_000,
+                cool_down_ms: COOL_DOWN_MS,
+            };
             table.apply(LogPos::new(1, 0), 0, &Command::Configure(config));
             let mut renewals = Renewals::default();
             renewals.observe_leader(LEADER, clock.mono());

@@ -17,9 +17,10 @@ use tonic_health::ServingStatus;
 use tonic_reflection::pb::v1::server_reflection_server::{ServerReflection, ServerReflectionServer};
 
 use crate::clock::Clock;
-use crate::config::{initial_cluster_mismatches, ConfigError, InitialClusterState, NodeConfig};
+use crate::config::{initial_cluster_mismatches, ConfigError, InitialClusterState, LayoutMismatch, NodeConfig};
 use crate::expiry::ExpiryTracker;
 use crate::leader::{member_roles, Leader, LeaderSettings};
+use crate::lease::ClusterConfig;
 use crate::limits::{CLIENT_MESSAGE_BYTES_MAX, PEER_MESSAGE_BYTES_MAX};
 use crate::metrics::RegistryMetrics;
 use crate::node::RegistryNode;
@@ -43,6 +44,15 @@ pub enum ServerError {
     Fatal(String),
     #[error("node {node_id} starts with an empty data dir {}, but peer {peer_id} remembers node {node_id} serving in this cluster: its disk was lost. Restarted empty under its old id it could help elect a leader that lacks acknowledged leases, so it refuses. Remove it (`fenceflake ctl --registry <a live node's client address> remove-member {node_id}`) and add a replacement under a NEW node id (docs/operations.md, Membership)", data_dir.display())]
     LostDisk { node_id: u64, peer_id: u64, data_dir: std::path::PathBuf },
+    #[error("{}: this node's data dir {} holds the ID layout of cluster {cluster_id} (epoch {epoch_ms} ms, {worker_id_bits} worker-ID bits, {sequence_bits} sequence bits), fixed when the cluster was bootstrapped and stated in every grant. Layout flags only choose a new cluster's layout, and IDs of two layouts can collide, so a layout never changes in place and this node refuses to start. Leave the flag out (or give the cluster's value); for another layout, bootstrap a new cluster (docs/operations.md, \"Change the ID layout\")", mismatches.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "), data_dir.display())]
+    LayoutMismatch {
+        mismatches: Vec<LayoutMismatch>,
+        data_dir: std::path::PathBuf,
+        cluster_id: String,
+        epoch_ms: u64,
+        worker_id_bits: u8,
+        sequence_bits: u8,
+    },
     #[error("{port} port server failed: {source}")]
     Serve { port: &'static str, source: tonic::transport::Error },
     #[error("reflection service: {0}")]
@@ -107,6 +117,9 @@ pub async fn run(
         tokio::spawn(compare_initial_cluster(raft.clone(), config.initial_cluster.clone()));
     }
     tokio::spawn(served::announce(node.clone()));
+    if config.layout.any() {
+        tokio::spawn(compare_layout(node.clone(), config.clone()));
+    }
     tracing::info!(
         node_id = config.node_id,
         client_addr = %config.advertise.client_addr,
@@ -149,6 +162,9 @@ async fn start_node(
     let opened = storage::open(&config.data_dir, &identity, tracker.clone())?;
     let db = opened.log_store.db().clone();
     let state = opened.state_machine.shared();
+    if let Some(refusal) = layout_refusal(config, state.read().table.config()) {
+        return Err(refusal);
+    }
     if opened.had_state {
         tracing::info!(data_dir = %config.data_dir.display(), "found existing state; rejoining with it");
     }
@@ -164,7 +180,7 @@ async fn start_node(
     let proposer = Proposer::start(raft.clone(), clock.clone(), config.request_timeout);
     let settings = LeaderSettings {
         node_id: config.node_id,
-        cluster_config: config.cluster_config.clone(),
+        cluster_config: config.bootstrap_config(),
         leader_lease: std::time::Duration::from_millis(config.timing.election_max_ms),
         request_timeout: config.request_timeout,
     };
@@ -182,6 +198,45 @@ async fn start_node(
         clock,
         db,
     })
+}
+
+/// The refusal of a node whose layout flags disagree with the layout its data dir holds
+/// (`None` when no config is stored yet, or every flag given agrees).
+fn layout_refusal(config: &NodeConfig, stored: Option<&ClusterConfig>) -> Option<ServerError> {
+    let stored = stored?;
+    let mismatches = config.layout.mismatches(stored);
+    (!mismatches.is_empty()).then(|| ServerError::LayoutMismatch {
+        mismatches,
+        data_dir: config.data_dir.clone(),
+        cluster_id: config.cluster_id.clone(),
+        epoch_ms: stored.epoch_ms,
+        worker_id_bits: stored.worker_id_bits,
+        sequence_bits: stored.sequence_bits,
+    })
+}
+
+/// Once this node applies a cluster config (committed by another node's bootstrap, or by a
+/// restore), say loudly if its layout flags disagree: they changed nothing, and the node's
+/// next start refuses until they agree.
+async fn compare_layout(node: RegistryNode, config: NodeConfig) {
+    let mut metrics = node.raft.metrics();
+    let mut compared: Option<ClusterConfig> = None;
+    loop {
+        let current = node.state.read().table.config().cloned();
+        if current.is_some() && current != compared {
+            if let Some(ServerError::LayoutMismatch { mismatches, .. }) = layout_refusal(&config, current.as_ref()) {
+                let mismatches: Vec<String> = mismatches.iter().map(ToString::to_string).collect();
+                tracing::error!(
+                    "{}: the cluster's ID layout is fixed and these flags change nothing; this node serves the cluster's layout but will refuse to start with them. Leave them out or give the cluster's values (docs/operations.md, \"Change the ID layout\")",
+                    mismatches.join("; ")
+                );
+            }
+            compared = current;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// What the client and admin ports serve beside the Registry service.
@@ -349,5 +404,65 @@ async fn wait_fatal(raft: Raft) -> String {
         if metrics.changed().await.is_err() {
             return "raft metrics channel closed".to_string();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{parse_initial_cluster, LayoutFlags, RaftTiming};
+
+    fn node(layout: LayoutFlags) -> NodeConfig {
+        NodeConfig {
+            node_id: 1,
+            cluster_id: "prod".into(),
+            advertise: PeerNode { peer_addr: "127.0.0.1:2380".into(), client_addr: "127.0.0.1:2379".into() },
+            data_dir: "/var/lib/fenceflake/node-1".into(),
+            initial_cluster: parse_initial_cluster("1=127.0.0.1:2380").unwrap(),
+            initial_cluster_state: InitialClusterState::New,
+            layout,
+            ttl_ms_max: 60_000,
+            cool_down_ms: 1_000,
+            timing: RaftTiming::default(),
+            request_timeout: Duration::from_secs(2),
+            snapshot_logs: 5_000,
+            metrics_addr: None,
+            admin_only: false,
+        }
+    }
+
+    /// Goal: issue 9 — a node whose data dir holds a layout refuses to start when a layout
+    /// flag given disagrees, naming the flag, both values, the data dir and what to do; a
+    /// fresh data dir (no config yet), no flags, or agreeing flags start.
+    #[test]
+    fn a_disagreeing_layout_flag_refuses_to_start_naming_both_values() {
+        let stored = ClusterConfig {
+            epoch_ms: 1_704_067_200_000,
+            worker_id_bits: 10,
+            sequence_bits: 12,
+            ttl_ms_max: 60_000,
+            cool_down_ms: 1_000,
+        };
+        let eleven = node(LayoutFlags { worker_id_bits: Some(11), ..LayoutFlags::default() });
+        let message = layout_refusal(&eleven, Some(&stored)).unwrap().to_string();
+        for part in [
+            "--worker-id-bits 11 was given, but the cluster's is 10",
+            "/var/lib/fenceflake/node-1",
+            "cluster prod",
+            "12 sequence bits",
+            "Leave the flag out",
+            "Change the ID layout",
+        ] {
+            assert!(message.contains(part), "{part:?} missing: {message}");
+        }
+        assert!(layout_refusal(&eleven, None).is_none(), "a new data dir takes the flags");
+        assert!(layout_refusal(&node(LayoutFlags::default()), Some(&stored)).is_none());
+        let agreeing =
+            LayoutFlags { epoch_ms: Some(1_704_067_200_000), worker_id_bits: Some(10), sequence_bits: Some(12) };
+        assert!(layout_refusal(&node(agreeing), Some(&stored)).is_none());
     }
 }

@@ -3,6 +3,8 @@
 //! Pure: no clock, no IO. The top bit is always 0 so IDs stay positive as signed 64-bit
 //! integers (Java, Postgres `bigint`).
 
+use fenceflake_proto::wire::{layout_timestamp_bits, LayoutBound};
+
 use crate::limits::{
     DEFAULT_SEQUENCE_BITS, DEFAULT_WORKER_ID_BITS, ID_PAYLOAD_BITS, SEQUENCE_BITS_MAX, TIMESTAMP_BITS_MIN,
     WORKER_ID_BITS_MAX,
@@ -58,24 +60,17 @@ pub struct DecodedId {
 }
 
 impl Layout {
-    /// A layout with `63 - worker_id_bits - sequence_bits` timestamp bits.
+    /// A layout with `63 - worker_id_bits - sequence_bits` timestamp bits, if it passes the
+    /// one layout rule of the wire contract (the registry checks the same rule before it
+    /// bootstraps a cluster, so a cluster's layout is always one a worker accepts).
     pub fn new(epoch_ms: u64, worker_id_bits: u8, sequence_bits: u8) -> Result<Layout, LayoutError> {
-        if !(1..=WORKER_ID_BITS_MAX).contains(&worker_id_bits) {
-            return Err(LayoutError::WorkerIdBits { bits: worker_id_bits });
-        }
-        if !(1..=SEQUENCE_BITS_MAX).contains(&sequence_bits) {
-            return Err(LayoutError::SequenceBits { bits: sequence_bits });
-        }
-        // Cannot underflow: both widths were just bounded to 16 + 22 < 63.
-        let timestamp_bits = ID_PAYLOAD_BITS - worker_id_bits - sequence_bits;
-        if timestamp_bits < TIMESTAMP_BITS_MIN {
-            return Err(LayoutError::TimestampBits { timestamp_bits });
-        }
-        let layout = Layout { epoch_ms, worker_id_bits, sequence_bits };
-        if epoch_ms.checked_add(layout.max_ts_offset_ms()).is_none() {
-            return Err(LayoutError::EpochTooLate { epoch_ms });
-        }
-        Ok(layout)
+        layout_timestamp_bits(epoch_ms, worker_id_bits, sequence_bits).map_err(|bound| match bound {
+            LayoutBound::WorkerIdBits => LayoutError::WorkerIdBits { bits: worker_id_bits },
+            LayoutBound::SequenceBits => LayoutError::SequenceBits { bits: sequence_bits },
+            LayoutBound::TimestampBits { timestamp_bits } => LayoutError::TimestampBits { timestamp_bits },
+            LayoutBound::EpochTooLate => LayoutError::EpochTooLate { epoch_ms },
+        })?;
+        Ok(Layout { epoch_ms, worker_id_bits, sequence_bits })
     }
 
     /// The default, Twitter-compatible 41/10/12 layout with the deployment's epoch.

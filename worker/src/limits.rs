@@ -18,15 +18,10 @@ pub const DEFAULT_TIMESTAMP_BITS: u8 = 41;
 pub use fenceflake_proto::wire::WORKER_ID_BITS_MAX;
 
 /// Largest sequence field: 4M IDs per millisecond is far beyond what one process can hand
-/// out, and the sequence travels as `u32`.
-pub const SEQUENCE_BITS_MAX: u8 = 22;
-
-/// Smallest timestamp field: 2^31 ms is about 24.8 days. Anything shorter would wrap within
-/// a single deployment's lifetime.
-pub const TIMESTAMP_BITS_MIN: u8 = 31;
-
-/// Bits available below the always-zero sign bit, so IDs stay positive as signed 64-bit.
-pub const ID_PAYLOAD_BITS: u8 = 63;
+/// out, and the sequence travels as `u32`. Smallest timestamp field: 2^31 ms is about 24.8
+/// days. Bits below the always-zero sign bit: 63. Defined once in the wire contract, with the
+/// one layout rule (`wire::layout_timestamp_bits`) the registry applies before it bootstraps.
+pub use fenceflake_proto::wire::{ID_PAYLOAD_BITS, SEQUENCE_BITS_MAX, TIMESTAMP_BITS_MIN};
 
 /// Most IDs one `GenerateBatch` may ask for. Bounds the work and the response of one call;
 /// at least one whole millisecond of the default layout so a full ms is one range.

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::ids::{Token, WorkerId};
 use super::record::{AuditEntry, ClusterConfig, LeaseRecord};
 use crate::limits::{AUDIT_ENTRIES_MAX, WORKER_ID_BITS_MAX};
+use fenceflake_proto::wire::{LayoutBound, SEQUENCE_BITS_MAX, TIMESTAMP_BITS_MIN};
 
 /// Everything a restore needs from the table it was exported from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,8 +26,23 @@ impl TableBackup {
     /// replica. Deterministic, so the state machine repeats them in apply.
     pub fn check(&self) -> Result<(), String> {
         let config = &self.config;
-        if config.worker_id_bits == 0 || config.worker_id_bits > WORKER_ID_BITS_MAX {
-            return Err(format!("worker_id_bits {} is outside 1..={WORKER_ID_BITS_MAX}", config.worker_id_bits));
+        // The layout must be one a worker can mint with. Not the epoch's range: backups
+        // restored before that was checked keep their outcome when the log replays (a too-late
+        // epoch only makes every worker refuse the grants; it cannot repeat an ID).
+        match config.check_layout() {
+            Ok(_) | Err(LayoutBound::EpochTooLate) => {}
+            Err(LayoutBound::WorkerIdBits) => {
+                return Err(format!("worker_id_bits {} is outside 1..={WORKER_ID_BITS_MAX}", config.worker_id_bits))
+            }
+            Err(LayoutBound::SequenceBits) => {
+                return Err(format!("sequence_bits {} is outside 1..={SEQUENCE_BITS_MAX}", config.sequence_bits))
+            }
+            Err(LayoutBound::TimestampBits { timestamp_bits }) => {
+                return Err(format!(
+                    "worker_id_bits {} and sequence_bits {} leave {timestamp_bits} timestamp bits, below {TIMESTAMP_BITS_MIN}",
+                    config.worker_id_bits, config.sequence_bits
+                ))
+            }
         }
         if config.ttl_ms_max == 0 {
             return Err("cluster config has a zero max TTL".to_string());
@@ -81,7 +97,13 @@ mod tests {
             past_owners: Vec::new(),
         };
         TableBackup {
-            config: ClusterConfig { epoch_ms: 1, worker_id_bits: 4, ttl_ms_max: 1000, cool_down_ms: 10 },
+            config: ClusterConfig {
+                epoch_ms: 1,
+                worker_id_bits: 4,
+                sequence_bits: 12,
+                ttl_ms_max: 1000,
+                cool_down_ms: 10,
+            },
             generation: 0,
             last_token: Token(20),
             records: vec![(WorkerId(1), record("a", 10)), (WorkerId(2), record("b", 20))],
@@ -95,12 +117,14 @@ mod tests {
     fn check_refuses_what_a_restore_cannot_apply() {
         assert_eq!(backup().check(), Ok(()));
         type Breakage = (&'static str, fn(&mut TableBackup));
-        let cases: [Breakage; 6] = [
+        let cases: [Breakage; 8] = [
             ("outside 0..16", |b| b.records[0].0 = WorkerId(16)),
             ("appears twice", |b| b.records[1].0 = WorkerId(1)),
             ("above last_token", |b| b.last_token = Token(15)),
             ("holds two", |b| b.records[1].1.holder = Some(HolderId("a".into()))),
             ("worker_id_bits", |b| b.config.worker_id_bits = 0),
+            ("sequence_bits 23", |b| b.config.sequence_bits = 23),
+            ("leave 29 timestamp bits", |b| (b.config.worker_id_bits, b.config.sequence_bits) = (12, 22)),
             ("no generation left", |b| b.generation = u8::MAX),
         ];
         for (want, break_it) in cases {

@@ -4,27 +4,45 @@
 
 use std::collections::BTreeSet;
 
+use fenceflake_proto::wire::{layout_timestamp_bits, LayoutBound, LEGACY_SEQUENCE_BITS};
 use serde::{Deserialize, Serialize};
 
 use super::ids::{HolderId, LogPos, Token, WorkerId};
 
-/// Cluster-wide parameters, fixed by the first leader and replicated like any command.
+/// Cluster-wide parameters, fixed by the first leader and replicated like any command. The
+/// first three are the ID layout `0 | timestamp | worker ID | sequence`, stated in every grant:
+/// every worker of the cluster mints with exactly it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterConfig {
     /// The ID time origin (ms since the Unix epoch); never changes once set.
     pub epoch_ms: u64,
     /// Width of the worker-ID field: worker IDs are `0..2^worker_id_bits`.
     pub worker_id_bits: u8,
+    /// Width of the sequence field. A config stored before the registry recorded it (in the
+    /// data dir, the log, a snapshot or a backup) reads as [`LEGACY_SEQUENCE_BITS`], the width
+    /// every worker of such a cluster used unless given `--sequence-bits`.
+    #[serde(default = "legacy_sequence_bits")]
+    pub sequence_bits: u8,
     /// Largest TTL a lease may ask for.
     pub ttl_ms_max: u64,
     /// Extra time, on top of the TTL, a leader waits before re-granting an unrenewed ID.
     pub cool_down_ms: u64,
 }
 
+fn legacy_sequence_bits() -> u8 {
+    LEGACY_SEQUENCE_BITS
+}
+
 impl ClusterConfig {
     /// Number of worker IDs the layout has room for.
     pub fn worker_id_count(&self) -> u32 {
         1u32 << self.worker_id_bits
+    }
+
+    /// The layout's timestamp width, if the layout passes the wire contract's one rule (the
+    /// rule every worker applies to a grant), else the field that breaks it.
+    pub fn check_layout(&self) -> Result<u8, LayoutBound> {
+        layout_timestamp_bits(self.epoch_ms, self.worker_id_bits, self.sequence_bits)
     }
 }
 

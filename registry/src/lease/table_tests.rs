@@ -7,7 +7,8 @@ const WALL: u64 = 1_700_000_000_000;
 
 fn configured() -> LeaseTable {
     let mut t = LeaseTable::default();
-    let config = ClusterConfig { epoch_ms: 0, worker_id_bits: 2, ttl_ms_max: 60_000, cool_down_ms: 1000 };
+    let config =
+        ClusterConfig { epoch_ms: 0, worker_id_bits: 2, sequence_bits: 12, ttl_ms_max: 60_000, cool_down_ms: 1000 };
     t.apply(LogPos::new(1, 0), WALL, &Command::Configure(config));
     t
 }
@@ -227,7 +228,7 @@ fn bad_inputs_are_rejected_not_applied() {
 #[test]
 fn first_configuration_wins() {
     let mut t = configured();
-    let other = ClusterConfig { epoch_ms: 5, worker_id_bits: 10, ttl_ms_max: 1, cool_down_ms: 1 };
+    let other = ClusterConfig { epoch_ms: 5, worker_id_bits: 10, sequence_bits: 12, ttl_ms_max: 1, cool_down_ms: 1 };
     let Outcome::Configured(applied) = t.apply(LogPos::new(2, 0), WALL, &Command::Configure(other)) else {
         panic!("configure must answer Configured");
     };

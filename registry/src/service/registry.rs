@@ -132,6 +132,7 @@ fn lease_pb(reply: &LeaseReply) -> pb::Lease {
         registry_time_ms: reply.registry_time_ms,
         epoch_ms: reply.config.epoch_ms,
         worker_id_bits: u32::from(reply.config.worker_id_bits),
+        sequence_bits: u32::from(reply.config.sequence_bits),
     }
 }
 
@@ -189,7 +190,13 @@ fn audit_pb(entry: &AuditEntry) -> pb::AuditEntry {
 }
 
 pub fn status_pb(status: &StatusView, config: Option<ClusterConfig>, cluster_id: &str) -> pb::ClusterStatusResponse {
-    let config = config.unwrap_or(ClusterConfig { epoch_ms: 0, worker_id_bits: 0, ttl_ms_max: 0, cool_down_ms: 0 });
+    let config = config.unwrap_or(ClusterConfig {
+        epoch_ms: 0,
+        worker_id_bits: 0,
+        sequence_bits: 0,
+        ttl_ms_max: 0,
+        cool_down_ms: 0,
+    });
     pb::ClusterStatusResponse {
         leader_id: status.leader_id.unwrap_or(0),
         term: status.term,
@@ -220,6 +227,7 @@ pub fn status_pb(status: &StatusView, config: Option<ClusterConfig>, cluster_id:
         state: status.state.to_string(),
         quorum_ack_age_ms: status.quorum_ack_age.map(|d| d.as_millis() as u64),
         leader_lease_ms: status.leader_lease.as_millis() as u64,
+        sequence_bits: u32::from(config.sequence_bits),
     }
 }
 

@@ -154,7 +154,7 @@ mod tests {
     use super::*;
 
     fn config() -> ClusterConfig {
-        ClusterConfig { epoch_ms: 0, worker_id_bits: 10, ttl_ms_max: 60_000, cool_down_ms: 0 }
+        ClusterConfig { epoch_ms: 0, worker_id_bits: 10, sequence_bits: 12, ttl_ms_max: 60_000, cool_down_ms: 0 }
     }
 
     fn field_of(e: RegistryError) -> String {
