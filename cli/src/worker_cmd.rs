@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::Args;
 use fenceflake_proto::duration::parse_duration;
 use fenceflake_proto::tls::{Security, TlsArgs};
-use fenceflake_worker::limits::{DEFAULT_RATE_LIMIT_BURST, DEFAULT_RATE_LIMIT_IDS_PER_SEC, DEFAULT_SEQUENCE_BITS};
+use fenceflake_worker::limits::{DEFAULT_RATE_LIMIT_BURST, DEFAULT_RATE_LIMIT_IDS_PER_SEC};
 use fenceflake_worker::server::{self, Listeners};
 use fenceflake_worker::{Generator, RateLimitConfig, RateLimiter, SystemClock, WorkerConfig, WorkerIdSpec};
 
@@ -80,9 +80,12 @@ pub struct WorkerArgs {
     #[cfg(feature = "unsafe-test-switches")]
     #[arg(long, env = "FENCEFLAKE_UNSAFE_DISABLE_DEADLINE_CHECK", hide = true)]
     pub unsafe_disable_deadline_check: bool,
-    /// Sequence bits of the ID layout (the epoch and worker-ID bits come from the registry).
-    #[arg(long, env = "FENCEFLAKE_SEQUENCE_BITS", default_value_t = DEFAULT_SEQUENCE_BITS)]
-    pub sequence_bits: u8,
+    /// Leave out: the whole ID layout (epoch, worker-ID bits, sequence bits) is the cluster's,
+    /// stated in every grant. Given and different from the cluster's, the worker refuses to
+    /// start (exit 1) and mints nothing. Used only with a registry that states no sequence
+    /// width (older than this worker): then this, else 12.
+    #[arg(long, env = "FENCEFLAKE_SEQUENCE_BITS")]
+    pub sequence_bits: Option<u8>,
     /// Host name used in the holder ID and for --worker-id ordinal (default: $HOSTNAME, else
     /// the kernel's host name).
     #[arg(long, env = "FENCEFLAKE_HOSTNAME")]
@@ -227,6 +230,17 @@ mod tests {
         let partial = tls(&["--tls-ca", "/ca.pem", "--tls-cert", "/c.pem"]).unwrap_err().to_string();
         assert!(partial.contains("--tls-key"), "{partial}");
         assert!(!tls(&["--insecure"]).unwrap().is_tls());
+    }
+
+    /// Goal: issue 9 — without --sequence-bits the worker states no width of its own (it takes
+    /// the cluster's from the grant); a width given is carried as given, and one outside the
+    /// bounds is refused naming the flag.
+    #[test]
+    fn sequence_bits_are_the_clusters_unless_given() {
+        assert_eq!(config(&[]).unwrap().sequence_bits, None);
+        assert_eq!(config(&["--sequence-bits", "11"]).unwrap().sequence_bits, Some(11));
+        let err = config(&["--sequence-bits", "23"]).unwrap_err();
+        assert!(err.contains("--sequence-bits 23"), "{err}");
     }
 
     /// Goal: --id-wait defaults to 5 minutes (an embargo after a restore is waited out, not

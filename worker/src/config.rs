@@ -13,8 +13,8 @@ use crate::ceiling::{CeilingPolicy, CeilingPolicyError};
 use crate::clock_guard::{ClockGuardPolicy, ClockGuardPolicyError};
 use crate::limits::{
     DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_ID_WAIT_MS, DEFAULT_LEASE_TTL_MS, DEFAULT_MARGIN_MAX_MS,
-    DEFAULT_MARGIN_TTL_DIVISOR, DEFAULT_MAX_SKEW_MS, DEFAULT_MAX_SPIN_MS, DEFAULT_SEQUENCE_BITS, MAX_ID_WAIT_MS,
-    MAX_LEASE_TTL_MS, MAX_REGISTRY_ADDRS, MIN_LEASE_TTL_MS,
+    DEFAULT_MARGIN_TTL_DIVISOR, DEFAULT_MAX_SKEW_MS, DEFAULT_MAX_SPIN_MS, MAX_ID_WAIT_MS, MAX_LEASE_TTL_MS,
+    MAX_REGISTRY_ADDRS, MIN_LEASE_TTL_MS, SEQUENCE_BITS_MAX,
 };
 use crate::worker_id::WorkerId;
 
@@ -100,8 +100,12 @@ pub struct WorkerConfig {
     pub max_skew: Duration,
     /// How far each persisted ceiling runs ahead (also the boot wait after a crash).
     pub flush_interval: Duration,
-    /// Width of the sequence field; the epoch and the worker-ID width come from the registry.
-    pub sequence_bits: u8,
+    /// Width of the sequence field, if given: the whole layout (epoch, worker-ID width,
+    /// sequence width) is the cluster's, stated in every grant. `None` (the default) mints
+    /// with the cluster's; a width that disagrees with it makes start fail
+    /// ([`crate::StartError::SequenceBits`]). Used only with a registry older than the field,
+    /// which states no width (12 then if `None`).
+    pub sequence_bits: Option<u8>,
     /// How long start waits while the registry says no worker ID can be had now: every ID
     /// held or quarantined (`RESOURCE_EXHAUSTED`), or the one asked for held by the registry's
     /// restore embargo. Zero: give up at the first such answer. See [`crate::Generator::start`]
@@ -143,7 +147,7 @@ impl WorkerConfig {
             grace: false,
             max_skew: Duration::from_millis(DEFAULT_MAX_SKEW_MS),
             flush_interval: Duration::from_millis(DEFAULT_FLUSH_INTERVAL_MS),
-            sequence_bits: DEFAULT_SEQUENCE_BITS,
+            sequence_bits: None,
             id_wait: Duration::from_millis(DEFAULT_ID_WAIT_MS),
             deadline_check: DeadlineCheck::Enforced,
             security,
@@ -164,6 +168,9 @@ impl WorkerConfig {
         let margin = self.effective_margin();
         if margin.is_zero() || margin * 3 >= self.lease_ttl {
             return Err(ConfigError::Margin { margin, ttl: self.lease_ttl });
+        }
+        if let Some(bits) = self.sequence_bits.filter(|b| !(1..=SEQUENCE_BITS_MAX).contains(b)) {
+            return Err(ConfigError::SequenceBits { bits });
         }
         if self.id_wait > Duration::from_millis(MAX_ID_WAIT_MS) {
             return Err(ConfigError::IdWait { id_wait_ms: self.id_wait.as_millis() });
@@ -209,6 +216,8 @@ pub enum ConfigError {
     LeaseTtl { ttl: Duration },
     #[error("--margin {margin:?} must be above 0 and below a third of --lease-ttl {ttl:?}, so one missed renewal does not park the worker (leave --margin out for the default, min(1s, TTL/10))")]
     Margin { margin: Duration, ttl: Duration },
+    #[error("--sequence-bits {bits} outside 1..={SEQUENCE_BITS_MAX} (leave it out to use the cluster's layout)")]
+    SequenceBits { bits: u8 },
     #[error("--id-wait {id_wait_ms}ms exceeds the limit of {MAX_ID_WAIT_MS}ms (1h)")]
     IdWait { id_wait_ms: u128 },
     #[error("--max-spin: {0}")]
@@ -255,6 +264,8 @@ mod tests {
             (WorkerConfig { max_spin: Duration::from_secs(5), ..config() }, "--max-spin"),
             (WorkerConfig { flush_interval: Duration::ZERO, ..config() }, "--flush-interval"),
             (WorkerConfig { id_wait: Duration::from_secs(3_601), ..config() }, "--id-wait"),
+            (WorkerConfig { sequence_bits: Some(0), ..config() }, "--sequence-bits"),
+            (WorkerConfig { sequence_bits: Some(23), ..config() }, "--sequence-bits"),
             (WorkerConfig { worker_id: WorkerIdSpec::Ordinal, hostname: "solo".into(), ..config() }, "ordinal"),
         ];
         for (cfg, flag) in cases {
@@ -262,6 +273,8 @@ mod tests {
             assert!(err.contains(flag), "{flag}: {err}");
         }
         WorkerConfig { id_wait: Duration::ZERO, ..config() }.validate().unwrap();
+        WorkerConfig { sequence_bits: Some(22), ..config() }.validate().unwrap();
+        assert_eq!(config().sequence_bits, None, "the cluster's layout unless given");
         assert_eq!(config().id_wait, Duration::from_secs(300));
         let short =
             WorkerConfig { lease_ttl: Duration::from_secs(2), margin: Some(Duration::from_millis(500)), ..config() };

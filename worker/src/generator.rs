@@ -51,7 +51,7 @@ use crate::deadline::{DeadlineError, LeaseDeadline};
 use crate::holder::HolderId;
 use crate::keeper::{self, Backoff};
 use crate::layout::{Layout, LayoutError};
-use crate::lease::Token;
+use crate::lease::{LeaseGrant, SequenceBitsDisagree, Token};
 use crate::limits::{
     GENERATE_TIMEOUT_MS, MAX_BATCH_COUNT, MAX_BOOT_WAIT_MS, REGISTRY_RPC_TIMEOUT_MAX_MS, REGISTRY_RPC_TIMEOUT_MIN_MS,
     RELEASE_TIMEOUT_MS, STATE_POLL_MS,
@@ -90,6 +90,8 @@ pub enum StartError {
     AcquireRefused(RegistryCallError),
     #[error("the registry's layout cannot be used: {0}")]
     Layout(#[from] LayoutError),
+    #[error("refusing to start: {0}")]
+    SequenceBits(#[from] SequenceBitsDisagree),
     #[error(transparent)]
     Minter(#[from] MinterError),
     #[error(transparent)]
@@ -185,7 +187,7 @@ impl Generator {
             acquire(&config, &*clock, &*registry, &mut state_dir, wanted).await?;
         let worker_id = grant.worker_id;
         let token = grant.token;
-        let layout = Layout::new(grant.epoch_ms, grant.worker_id_bits, config.sequence_bits)?;
+        let layout = minting_layout(&grant, config.sequence_bits)?;
         let max_skew_ms = config.max_skew.as_millis() as u64;
         let plan = plan_boot(&state_dir.loaded, grant.not_before_ms, &round_trip, max_skew_ms, MAX_BOOT_WAIT_MS)?;
         if let Err(skew) = &plan.skew {
@@ -408,6 +410,26 @@ impl Generator {
             }
         }
     }
+}
+
+/// The layout this worker mints with: the cluster's, as the grant states it (a disagreeing
+/// `--sequence-bits` is refused, and then nothing is minted: the lease just granted is left to
+/// expire, since releasing it would need a last timestamp this process cannot vouch for).
+fn minting_layout(grant: &LeaseGrant, sequence_bits_flag: Option<u8>) -> Result<Layout, StartError> {
+    let sequence_bits = grant.mint_sequence_bits(sequence_bits_flag).inspect_err(|refused| {
+        tracing::error!(
+            worker_id = %grant.worker_id, token = %grant.token, flag = refused.flag, cluster = refused.cluster,
+            "--sequence-bits disagrees with the cluster's layout; refusing to start, nothing minted"
+        )
+    })?;
+    if grant.sequence_bits.is_none() {
+        tracing::warn!(
+            sequence_bits,
+            "the registry states no sequence width (older than this worker): using --sequence-bits, else 12; \
+             upgrade the registry so that it states the cluster's layout"
+        );
+    }
+    Ok(Layout::new(grant.epoch_ms, grant.worker_id_bits, sequence_bits)?)
 }
 
 fn log_state_dir(state_dir: &StateDir) {

@@ -48,6 +48,7 @@ fn grant(not_before_ms: u64, registry_time_ms: u64) -> LeaseGrant {
         registry_time_ms,
         epoch_ms: EPOCH_MS,
         worker_id_bits: 10,
+        sequence_bits: Some(12),
         mint_until_ms: registry_time_ms + 600,
     }
 }
@@ -211,6 +212,37 @@ async fn skew_at_grant_refuses_to_mint_until_a_renewal_clears_it() {
     // Renewals answer with the registry time equal to ours (see FakeRegistry::renew).
     until("a renewal to clear the skew", || g.status().park.is_none()).await;
     g.generate().await.unwrap();
+    g.shutdown().await;
+}
+
+/// Goal: issue 9 — library mode mints with the layout the grant states: without a sequence
+/// width of its own it takes the cluster's (here 14, not the default 12); with one that
+/// disagrees, start fails naming both values and nothing is ever minted; a grant from a
+/// registry older than the field falls back to the configured width.
+#[tokio::test]
+async fn the_grants_layout_wins_and_a_disagreeing_sequence_width_refuses_start() {
+    let wide = LeaseGrant { sequence_bits: Some(14), ..grant(0, T0) };
+    let f = fixture(Ok(wide.clone()));
+    let g = f.start().await.unwrap();
+    let layout = g.status().layout;
+    assert_eq!((layout.epoch_ms(), layout.worker_id_bits(), layout.sequence_bits()), (EPOCH_MS, 10, 14));
+    g.wait_serving(Duration::from_secs(2)).await.unwrap();
+    let id = g.generate().await.unwrap();
+    assert_eq!(layout.decode(id).worker_id, WorkerId::new(5), "minted in the cluster's layout");
+    g.shutdown().await;
+
+    let mut f = fixture(Ok(wide));
+    f.config.sequence_bits = Some(12);
+    let err = f.start().await.unwrap_err();
+    assert!(matches!(err, StartError::SequenceBits(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("--sequence-bits 12") && message.contains("14 sequence bits"), "{message}");
+    assert_eq!(f.registry.renewals(), 0, "a refused worker keeps no lease going");
+
+    let mut f = fixture(Ok(LeaseGrant { sequence_bits: None, ..grant(0, T0) }));
+    f.config.sequence_bits = Some(11);
+    let g = f.start().await.unwrap();
+    assert_eq!(g.status().layout.sequence_bits(), 11, "an older registry states no width: the flag's");
     g.shutdown().await;
 }
 

@@ -72,7 +72,7 @@ pub use fenceflake_proto::tls::Security;
 pub use generator::{Batch, Generator, StartError, WorkerStatus};
 pub use holder::HolderId;
 pub use layout::{DecodedId, EncodeError, Layout, LayoutError};
-pub use lease::{LeaseGrant, Token};
+pub use lease::{LeaseGrant, SequenceBitsDisagree, Token};
 pub use mint_state::GenerateError;
 pub use minter::{IdRun, MintOutcome, Minter, MinterError};
 pub use park::ParkCause;

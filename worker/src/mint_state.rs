@@ -452,6 +452,7 @@ mod tests {
             registry_time_ms,
             epoch_ms: EPOCH_MS,
             worker_id_bits: 10,
+            sequence_bits: Some(2),
             mint_until_ms,
         }
     }
