@@ -90,8 +90,9 @@ pub enum StartError {
     AcquireRefused(RegistryCallError),
     #[error("the registry's layout cannot be used: {0}")]
     Layout(#[from] LayoutError),
+    /// Not a `source`: the message is the whole story, printed once.
     #[error("refusing to start: {0}")]
-    SequenceBits(#[from] SequenceBitsDisagree),
+    SequenceBits(SequenceBitsDisagree),
     #[error(transparent)]
     Minter(#[from] MinterError),
     #[error(transparent)]
@@ -416,11 +417,12 @@ impl Generator {
 /// `--sequence-bits` is refused, and then nothing is minted: the lease just granted is left to
 /// expire, since releasing it would need a last timestamp this process cannot vouch for).
 fn minting_layout(grant: &LeaseGrant, sequence_bits_flag: Option<u8>) -> Result<Layout, StartError> {
-    let sequence_bits = grant.mint_sequence_bits(sequence_bits_flag).inspect_err(|refused| {
+    let sequence_bits = grant.mint_sequence_bits(sequence_bits_flag).map_err(|refused| {
         tracing::error!(
             worker_id = %grant.worker_id, token = %grant.token, flag = refused.flag, cluster = refused.cluster,
             "--sequence-bits disagrees with the cluster's layout; refusing to start, nothing minted"
-        )
+        );
+        StartError::SequenceBits(refused)
     })?;
     if grant.sequence_bits.is_none() {
         tracing::warn!(
