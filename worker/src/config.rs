@@ -125,8 +125,11 @@ pub struct WorkerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeadlineCheck {
     Enforced,
-    /// UNSAFE: mints past the lease deadline and past the lease's `mint_until`. Exists so a
-    /// harness run can show that a broken worker is caught; compiled only into unit tests and
+    /// UNSAFE: mints past the lease deadline, past the lease's `mint_until`, and after the
+    /// registry fenced or quarantined it (a worker that believes a lease it no longer has).
+    /// Exists so a harness run can show that a broken worker is caught (the self-test does
+    /// not then hang on whether the thawed worker's first renewal or its first call comes
+    /// first); compiled only into unit tests and
     /// the separately built test binary (feature `unsafe-test-switches`).
     #[cfg(any(test, feature = "unsafe-test-switches"))]
     DisabledUnsafe,

@@ -195,7 +195,7 @@ impl MintState {
     fn blocking_cause(&self, now: MonoTime) -> Option<ParkCause> {
         if self.stopping {
             Some(ParkCause::Stopping)
-        } else if let Some(cause) = self.lost {
+        } else if let Some(cause) = self.lost.filter(|_| !self.deadline_check_off()) {
             Some(cause)
         } else if self.booting {
             Some(ParkCause::Booting)
