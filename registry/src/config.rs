@@ -305,7 +305,7 @@ pub fn initial_cluster_mismatches(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
@@ -325,7 +325,8 @@ mod tests {
         assert_eq!(parse_initial_cluster("1=a:1,1=b:2"), Err(ConfigError::DuplicateNode(1)));
     }
 
-    fn node(layout: LayoutFlags) -> NodeConfig {
+    /// A valid one-node config with `layout` (shared by the tests of config and server).
+    pub(crate) fn node(layout: LayoutFlags) -> NodeConfig {
         NodeConfig {
             node_id: 1,
             cluster_id: "c".into(),

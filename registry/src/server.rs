@@ -411,29 +411,9 @@ async fn wait_fatal(raft: Raft) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::time::Duration;
-
     use super::*;
-    use crate::config::{parse_initial_cluster, LayoutFlags, RaftTiming};
-
-    fn node(layout: LayoutFlags) -> NodeConfig {
-        NodeConfig {
-            node_id: 1,
-            cluster_id: "prod".into(),
-            advertise: PeerNode { peer_addr: "127.0.0.1:2380".into(), client_addr: "127.0.0.1:2379".into() },
-            data_dir: "/var/lib/fenceflake/node-1".into(),
-            initial_cluster: parse_initial_cluster("1=127.0.0.1:2380").unwrap(),
-            initial_cluster_state: InitialClusterState::New,
-            layout,
-            ttl_ms_max: 60_000,
-            cool_down_ms: 1_000,
-            timing: RaftTiming::default(),
-            request_timeout: Duration::from_secs(2),
-            snapshot_logs: 5_000,
-            metrics_addr: None,
-            admin_only: false,
-        }
-    }
+    use crate::config::tests::node;
+    use crate::config::LayoutFlags;
 
     /// Goal: issue 9 — a node whose data dir holds a layout refuses to start when a layout
     /// flag given disagrees, naming the flag, both values, the data dir and what to do; a
@@ -451,8 +431,8 @@ mod tests {
         let message = layout_refusal(&eleven, Some(&stored)).unwrap().to_string();
         for part in [
             "--worker-id-bits 11 was given, but the cluster's is 10",
-            "/var/lib/fenceflake/node-1",
-            "cluster prod",
+            "data dir /tmp/x",
+            "cluster c",
             "12 sequence bits",
             "Leave the flag out",
             "Change the ID layout",

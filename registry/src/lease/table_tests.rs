@@ -14,6 +14,11 @@ fn configured() -> LeaseTable {
 }
 
 fn grant(t: &mut LeaseTable, idx: u64, w: u32, holder: &str) -> Outcome {
+    grant_owned(t, idx, w, holder, None)
+}
+
+/// A specific claim of `w` by `holder` of identity `owner`, expecting the record as it is.
+fn grant_owned(t: &mut LeaseTable, idx: u64, w: u32, holder: &str, owner: Option<&str>) -> Outcome {
     let expect = t
         .record(WorkerId(w))
         .map_or(GrantExpectation { token: Token::NONE, last_renew: LogPos::default() }, LeaseRecord::expectation);
@@ -23,7 +28,7 @@ fn grant(t: &mut LeaseTable, idx: u64, w: u32, holder: &str) -> Outcome {
         ttl_ms: 10_000,
         expect,
         specific: true,
-        owner: None,
+        owner: owner.map(str::to_string),
     };
     t.apply(LogPos::new(idx, 0), WALL, &cmd)
 }
@@ -370,18 +375,7 @@ const ALICE: &str = "spiffe://td/fenceflake/worker/alice";
 const MALLORY: &str = "spiffe://td/fenceflake/worker/mallory";
 
 fn grant_as(t: &mut LeaseTable, idx: u64, w: u32, holder: &str, owner: &str) -> Outcome {
-    let expect = t
-        .record(WorkerId(w))
-        .map_or(GrantExpectation { token: Token::NONE, last_renew: LogPos::default() }, LeaseRecord::expectation);
-    let cmd = Command::Grant {
-        worker_id: WorkerId(w),
-        holder: HolderId(holder.into()),
-        ttl_ms: 10_000,
-        expect,
-        specific: true,
-        owner: Some(owner.into()),
-    };
-    t.apply(LogPos::new(idx, 0), WALL, &cmd)
+    grant_owned(t, idx, w, holder, Some(owner))
 }
 
 fn renew_as(t: &mut LeaseTable, idx: u64, token: Token, minted: u64, caller: &str) -> Outcome {
