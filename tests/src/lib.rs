@@ -30,10 +30,28 @@ pub fn fenceflake_bin() -> PathBuf {
     bin
 }
 
-/// A loopback port nobody listens on right now.
+/// Ports handed out by [`free_port`]: below the kernel's ephemeral range (32768–60999 by
+/// default), so that no outgoing connection of any process is given one as its source port
+/// between the moment we pick it and the moment a server binds it (which happened: a node
+/// then failed with "Address already in use").
+const TEST_PORTS: std::ops::Range<u16> = 10_000..30_000;
+
+/// A loopback port nobody listens on right now, outside the ephemeral range. Each test
+/// process starts at its own place in the range (by pid) and walks on, so concurrent tests
+/// rarely try the same port, and a port found busy is skipped.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("bound socket has an address").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = TEST_PORTS.start + u16::try_from(offset).expect("offset below the span");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}");
 }
 
 /// Poll `f` every 50 ms until it returns `Some`, or fail after `timeout` with `what`.
