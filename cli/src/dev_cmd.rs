@@ -20,7 +20,7 @@ use fenceflake_client::WorkerClient;
 use fenceflake_proto::tls::{self, Role, Security};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::registry_client::RegistryClient;
-use fenceflake_registry::config::{InitialClusterState, LayoutFlags, NodeConfig, RaftTiming};
+use fenceflake_registry::config::{LayoutFlags, NodeConfig};
 use fenceflake_registry::raft::types::PeerNode;
 use fenceflake_worker::limits::{DEFAULT_SEQUENCE_BITS, DEFAULT_WORKER_ID_BITS};
 use fenceflake_worker::server::Listeners as WorkerListeners;
@@ -108,22 +108,22 @@ impl DevTls {
 
     /// The flags of a `fenceflake` command run as `role`/`name`.
     fn flags(&self, role: Role, name: &str) -> String {
-        match self {
-            DevTls::Insecure => "--insecure".to_string(),
-            DevTls::Tls { dir } => {
-                let [ca, cert, key] = DevTls::files(dir, role, name).map(|p| shell_word(&p.display().to_string()));
-                format!("--tls-ca {ca} --tls-cert {cert} --tls-key {key}")
-            }
-        }
+        self.options(role, name, "--insecure", ["--tls-ca", "--tls-cert", "--tls-key"])
     }
 
     /// The TLS options of a `grpcurl` command run as `role`/`name`.
     fn grpcurl_flags(&self, role: Role, name: &str) -> String {
+        self.options(role, name, "-plaintext", ["-cacert", "-cert", "-key"])
+    }
+
+    /// `plaintext`, or the CA, certificate and key of `role`/`name` after the given option names.
+    fn options(&self, role: Role, name: &str, plaintext: &str, names: [&str; 3]) -> String {
         match self {
-            DevTls::Insecure => "-plaintext".to_string(),
+            DevTls::Insecure => plaintext.to_string(),
             DevTls::Tls { dir } => {
-                let [ca, cert, key] = DevTls::files(dir, role, name).map(|p| shell_word(&p.display().to_string()));
-                format!("-cacert {ca} -cert {cert} -key {key}")
+                let files = DevTls::files(dir, role, name).map(|p| shell_word(&p.display().to_string()));
+                let pairs: Vec<String> = names.iter().zip(files).map(|(n, f)| format!("{n} {f}")).collect();
+                pairs.join(" ")
             }
         }
     }
@@ -238,26 +238,17 @@ where
     }
     let mut tasks = Vec::new();
     for (node_id, (client, peer)) in (1..).zip(listeners) {
+        let dir = data_dir.join(format!("registry-{node_id}"));
+        let defaults =
+            NodeConfig::new(node_id, "fenceflake-dev".into(), members[&node_id].clone(), dir, members.clone());
         let config = NodeConfig {
-            node_id,
-            cluster_id: "fenceflake-dev".into(),
-            advertise: members[&node_id].clone(),
-            data_dir: data_dir.join(format!("registry-{node_id}")),
-            initial_cluster: members.clone(),
-            initial_cluster_state: InitialClusterState::New,
             // The defaults, stated: the printed decode lines and a kept --data-dir rely on them.
             layout: LayoutFlags {
                 epoch_ms: Some(decode_cmd::DEFAULT_EPOCH_MS),
                 worker_id_bits: Some(DEFAULT_WORKER_ID_BITS),
                 sequence_bits: Some(DEFAULT_SEQUENCE_BITS),
             },
-            ttl_ms_max: 60_000,
-            cool_down_ms: 1_000,
-            timing: RaftTiming::default(),
-            request_timeout: Duration::from_secs(2),
-            snapshot_logs: 5_000,
-            metrics_addr: None,
-            admin_only: false,
+            ..defaults
         };
         let listeners = fenceflake_registry::server::Listeners { client, peer, admin: None, metrics: None };
         let security = tls.security(Role::Node, &node_id.to_string())?;

@@ -197,6 +197,34 @@ fn looks_like_host_port(s: &str) -> bool {
 }
 
 impl NodeConfig {
+    /// A node of a new cluster with every documented default (`fenceflake registry --help`:
+    /// max TTL 60 s, cool-down 1 s, request timeout 2 s, 5000 entries between snapshots, the
+    /// default Raft timing, the default layout), for embedders (`fenceflake dev`) and tests.
+    pub fn new(
+        node_id: NodeId,
+        cluster_id: String,
+        advertise: PeerNode,
+        data_dir: PathBuf,
+        initial_cluster: BTreeMap<NodeId, PeerNode>,
+    ) -> NodeConfig {
+        NodeConfig {
+            node_id,
+            cluster_id,
+            advertise,
+            data_dir,
+            initial_cluster,
+            initial_cluster_state: InitialClusterState::New,
+            layout: LayoutFlags::default(),
+            ttl_ms_max: 60_000,
+            cool_down_ms: 1_000,
+            timing: RaftTiming::default(),
+            request_timeout: Duration::from_secs(2),
+            snapshot_logs: 5_000,
+            metrics_addr: None,
+            admin_only: false,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.node_id == 0 {
             return Err(ConfigError::ZeroNodeId);
@@ -327,22 +355,9 @@ pub(crate) mod tests {
 
     /// A valid one-node config with `layout` (shared by the tests of config and server).
     pub(crate) fn node(layout: LayoutFlags) -> NodeConfig {
-        NodeConfig {
-            node_id: 1,
-            cluster_id: "c".into(),
-            advertise: PeerNode { peer_addr: "127.0.0.1:2380".into(), client_addr: "127.0.0.1:2379".into() },
-            data_dir: "/tmp/x".into(),
-            initial_cluster: parse_initial_cluster("1=127.0.0.1:2380").unwrap(),
-            initial_cluster_state: InitialClusterState::New,
-            layout,
-            ttl_ms_max: 60_000,
-            cool_down_ms: 1_000,
-            timing: RaftTiming::default(),
-            request_timeout: Duration::from_secs(2),
-            snapshot_logs: 5_000,
-            metrics_addr: None,
-            admin_only: false,
-        }
+        let advertise = PeerNode { peer_addr: "127.0.0.1:2380".into(), client_addr: "127.0.0.1:2379".into() };
+        let initial_cluster = parse_initial_cluster("1=127.0.0.1:2380").unwrap();
+        NodeConfig { layout, ..NodeConfig::new(1, "c".into(), advertise, "/tmp/x".into(), initial_cluster) }
     }
 
     /// Goal: issue 9 — the layout flags choose a new cluster's layout, the documented defaults

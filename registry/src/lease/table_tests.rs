@@ -22,14 +22,7 @@ fn grant_owned(t: &mut LeaseTable, idx: u64, w: u32, holder: &str, owner: Option
     let expect = t
         .record(WorkerId(w))
         .map_or(GrantExpectation { token: Token::NONE, last_renew: LogPos::default() }, LeaseRecord::expectation);
-    let cmd = Command::Grant {
-        worker_id: WorkerId(w),
-        holder: HolderId(holder.into()),
-        ttl_ms: 10_000,
-        expect,
-        specific: true,
-        owner: owner.map(str::to_string),
-    };
+    let cmd = claim(WorkerId(w), holder, 10_000, expect, true, owner.map(str::to_string));
     t.apply(LogPos::new(idx, 0), WALL, &cmd)
 }
 
@@ -42,6 +35,18 @@ fn renew(t: &mut LeaseTable, idx: u64, w: u32, token: Token, wall: u64, minted: 
         caller: None,
     });
     t.apply(LogPos::new(idx, 0), WALL, &cmd)
+}
+
+/// A Grant command: `holder` of identity `owner` claims `worker_id` (`specific`) expecting `expect`.
+fn claim(
+    worker_id: WorkerId,
+    holder: &str,
+    ttl_ms: u64,
+    expect: GrantExpectation,
+    specific: bool,
+    owner: Option<String>,
+) -> Command {
+    Command::Grant { worker_id, holder: HolderId(holder.into()), ttl_ms, expect, specific, owner }
 }
 
 fn granted(o: Outcome) -> LeaseGrant {
@@ -89,14 +94,7 @@ fn grant_compares_the_last_renewal_not_only_the_token() {
     let seen = t.record(WorkerId(0)).unwrap().expectation();
     // ...but a renewal appended before its grant commits first.
     assert!(matches!(renew(&mut t, 3, 0, a.token, WALL, 0), Outcome::Renewed(_)));
-    let cmd = Command::Grant {
-        worker_id: WorkerId(0),
-        holder: HolderId("b".into()),
-        ttl_ms: 10_000,
-        expect: seen,
-        specific: false,
-        owner: None,
-    };
+    let cmd = claim(WorkerId(0), "b", 10_000, seen, false, None);
     let outcome = t.apply(LogPos::new(4, 0), WALL, &cmd);
     assert!(matches!(outcome, Outcome::Rejected(Rejection::AlreadyHeld { .. })), "{outcome:?}");
     assert_eq!(t.record(WorkerId(0)).unwrap().holder, Some(HolderId("a".into())));
@@ -108,14 +106,7 @@ fn a_retried_acquire_returns_the_lease_already_held() {
     let first = granted(grant(&mut t, 2, 0, "a"));
     // Same holder asks again (its first reply was lost), for any ID: it gets ID 0 back.
     let expect = GrantExpectation { token: Token::NONE, last_renew: LogPos::default() };
-    let cmd = Command::Grant {
-        worker_id: WorkerId(1),
-        holder: HolderId("a".into()),
-        ttl_ms: 10_000,
-        expect,
-        specific: false,
-        owner: None,
-    };
+    let cmd = claim(WorkerId(1), "a", 10_000, expect, false, None);
     let again = granted(t.apply(LogPos::new(3, 0), WALL, &cmd));
     assert_eq!(again.worker_id, WorkerId(0));
     assert_eq!(again.token, first.token);
@@ -123,14 +114,7 @@ fn a_retried_acquire_returns_the_lease_already_held() {
     // The re-acquire counts as a renewal, so the leader's expiry clock restarts.
     assert_eq!(t.record(WorkerId(0)).unwrap().last_renew, LogPos::new(3, 0));
     // Asking for a different specific ID while holding one is refused.
-    let cmd = Command::Grant {
-        worker_id: WorkerId(1),
-        holder: HolderId("a".into()),
-        ttl_ms: 10_000,
-        expect,
-        specific: true,
-        owner: None,
-    };
+    let cmd = claim(WorkerId(1), "a", 10_000, expect, true, None);
     assert_eq!(
         t.apply(LogPos::new(4, 0), WALL, &cmd),
         Outcome::Rejected(Rejection::HolderHoldsOther { worker_id: WorkerId(0) })
@@ -214,14 +198,7 @@ fn bad_inputs_are_rejected_not_applied() {
     assert_eq!(grant(&mut t, 2, 4, "a"), Outcome::Rejected(Rejection::OutOfRange { worker_id: WorkerId(4), count: 4 }));
     let expect = GrantExpectation { token: Token::NONE, last_renew: LogPos::default() };
     for ttl_ms in [0, 60_001] {
-        let cmd = Command::Grant {
-            worker_id: WorkerId(0),
-            holder: HolderId("a".into()),
-            ttl_ms,
-            expect,
-            specific: true,
-            owner: None,
-        };
+        let cmd = claim(WorkerId(0), "a", ttl_ms, expect, true, None);
         assert_eq!(
             t.apply(LogPos::new(3, 0), WALL, &cmd),
             Outcome::Rejected(Rejection::BadTtl { ttl_ms, ttl_ms_max: 60_000 })
