@@ -318,7 +318,7 @@ impl Drop for Cluster {
 pub async fn probe_acquire(channel: &Channel, tag: &str) -> anyhow::Result<()> {
     let mut client = RegistryClient::new(channel.clone());
     let holder = holder_name(tag);
-    let req = pb::AcquireRequest { holder, worker_id: None, ttl_ms: 10_000 };
+    let req = pb::AcquireRequest { holder, worker_id: None, ttl_ms: 10_000, incarnation: 0 };
     let lease = tokio::time::timeout(Duration::from_secs(3), client.acquire(req)).await??.into_inner();
     let rel = pb::ReleaseRequest { worker_id: lease.worker_id, token: lease.token, last_ts_ms: 0 };
     tokio::time::timeout(Duration::from_secs(3), client.release(rel)).await??;

@@ -102,7 +102,8 @@ pub type Watcher = JoinHandle<Option<(Instant, u64)>>;
 async fn probe(channel: Channel, timeout: Duration, tx: Report) {
     let mut client = RegistryClient::new(channel);
     let t0 = Instant::now();
-    let req = pb::AcquireRequest { holder: holder_name("bench-failover"), worker_id: None, ttl_ms: 10_000 };
+    let req =
+        pb::AcquireRequest { holder: holder_name("bench-failover"), worker_id: None, ttl_ms: 10_000, incarnation: 0 };
     let r = tokio::time::timeout(timeout, client.acquire(req)).await;
     let (result, lease) = match r {
         Ok(Ok(lease)) => (Ok(()), Some(lease.into_inner())),

@@ -148,7 +148,12 @@ async fn drive(mut w: Worker, via_leader: bool, cfg: LoadCfg, t_measure: Instant
         let measured = t0 >= t_measure;
         let ok = match &mut w {
             Worker::Acquire { client, tag } => {
-                let req = pb::AcquireRequest { holder: holder_name(tag), worker_id: None, ttl_ms: cfg.ttl_ms };
+                let req = pb::AcquireRequest {
+                    holder: holder_name(tag),
+                    worker_id: None,
+                    ttl_ms: cfg.ttl_ms,
+                    incarnation: 0,
+                };
                 let r = call(cfg.op_timeout, client.acquire(req)).await;
                 let t1 = Instant::now();
                 match r {
@@ -252,6 +257,7 @@ async fn workers(op: Op, target: &Target, cfg: LoadCfg, tag: &str) -> anyhow::Re
                     holder: holder_name(&format!("{tag}/c{i}")),
                     worker_id: None,
                     ttl_ms: cfg.ttl_ms,
+                    incarnation: 0,
                 };
                 let lease = call(cfg.op_timeout, client.acquire(req))
                     .await

@@ -308,9 +308,17 @@ where
         let listeners = WorkerListeners { grpc, metrics: None };
         let serve = fenceflake_worker::server::run(generator.clone(), listeners, limiter, stopped());
         tasks.push(tokio::spawn(async move { serve.await.map_err(|e| e.to_string()) }));
+        tokio::spawn(report_ended(generator.clone(), worker_name(i)));
         generators.push(generator);
     }
     Ok((addrs, generators, tasks))
+}
+
+/// A dev worker that lost its lease for good cannot be restarted by a supervisor (it lives in
+/// this process): say so once, as the terminal error it is; the other worker keeps serving.
+async fn report_ended(generator: Generator, name: String) {
+    let cause = generator.ended().await;
+    tracing::error!(worker = %name, reason = %cause, "dev worker lost its lease for good and stopped minting; restart `fenceflake dev` to get it back");
 }
 
 /// Where dev keeps its state and how its processes talk.

@@ -170,8 +170,27 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         listen = %args.listen,
         "worker serving"
     );
-    server::run(generator, listeners, limiter, shutdown_signal()).await?;
+    // A worker that lost the right to mint for good (FENCED, SUPERSEDED, QUARANTINED,
+    // STATE_DIR_FAILED) gets out of the way: it stops serving, releases what it still holds,
+    // and exits non-zero, so that its supervisor starts it afresh (a new incarnation, which
+    // acquires a new lease) instead of a parked process holding its worker ID until a human
+    // acts.
+    let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel();
+    let watched = generator.clone();
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            cause = watched.ended() => { let _ = ended_tx.send(cause); }
+        }
+    };
+    server::run(generator, listeners, limiter, shutdown).await?;
     drop(stop_following);
+    if let Ok(cause) = ended_rx.try_recv() {
+        anyhow::bail!(
+            "the lease was lost for good ({cause}); exiting non-zero so that the supervisor restarts the worker \
+             under a new lease (see the ERROR above for why)"
+        );
+    }
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -295,7 +295,7 @@ impl Adversary {
     /// not get the victim's lease. A lease of its own on another ID is released at once.
     async fn forge_acquires(&mut self, v: &Victim) {
         for wanted in [None, Some(v.worker_id)] {
-            let req = pb::AcquireRequest { holder: v.holder.clone(), worker_id: wanted, ttl_ms: 3000 };
+            let req = pb::AcquireRequest { holder: v.holder.clone(), worker_id: wanted, ttl_ms: 3000, incarnation: 0 };
             let request = format!("holder={:?} worker_id={wanted:?}", v.holder);
             let (node, result) = self.call(Via::Certificate, |mut c| async move { c.acquire(req).await }).await;
             let outcome = judge_acquire(&result, v.worker_id);
@@ -314,7 +314,7 @@ impl Adversary {
     /// every token the adversary owns is known and none of its own leases lingers.
     async fn recover_own(&mut self, holder: &str) {
         for _ in 0..3 {
-            let req = pb::AcquireRequest { holder: holder.to_string(), worker_id: None, ttl_ms: 3000 };
+            let req = pb::AcquireRequest { holder: holder.to_string(), worker_id: None, ttl_ms: 3000, incarnation: 0 };
             match self.call(Via::Certificate, |mut c| async move { c.acquire(req).await }).await.1 {
                 Ok(lease) => return self.release_own(lease).await,
                 Err(status) if never_connected(&status) || unserved(&status) => {}

@@ -458,6 +458,7 @@ async fn registry_call(mut client: RegistryClient<Channel>, op: &RegistryOp) -> 
                 holder: op.holder.clone().unwrap_or_default(),
                 worker_id: Some(worker_id),
                 ttl_ms: 5000,
+                incarnation: 0,
             };
             timed(client.acquire(req)).await.map(|l| RegistryResult::Granted { worker_id: l.worker_id, token: l.token })
         }
@@ -506,7 +507,8 @@ fn registry_outcome(status: &tonic::Status) -> (Phase, Option<Rejection>) {
         return (Phase::Info, None);
     };
     match reason {
-        Reason::Fenced => (Phase::Fail, Some(Rejection::Fenced)),
+        // SUPERSEDED is FENCED told more precisely (a newer process of the same holder).
+        Reason::Fenced | Reason::Superseded => (Phase::Fail, Some(Rejection::Fenced)),
         Reason::Expired => (Phase::Fail, Some(Rejection::Expired)),
         Reason::AlreadyHeld => (Phase::Fail, Some(Rejection::AlreadyHeld)),
         Reason::OutcomeUnknown | Reason::Fatal => (Phase::Info, None),

@@ -96,6 +96,10 @@ pub fn layout_timestamp_bits(epoch_ms: u64, worker_id_bits: u8, sequence_bits: u
 pub enum Reason {
     /// The token is stale: another holder has the worker ID (or the canary fired).
     Fenced,
+    /// The token is stale because a newer process of the same holder (a new incarnation: a
+    /// restart, or a copy of its state dir) took the lease over. The stale process must stop
+    /// and never come back under that holder ID.
+    Superseded,
     /// The lease was released; acquire a new one.
     Expired,
     /// The worker ID is quarantined until an operator clears it.
@@ -137,8 +141,9 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for exhaustive tests and documentation.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::Fenced,
+        Reason::Superseded,
         Reason::Expired,
         Reason::Quarantined,
         Reason::AlreadyHeld,
@@ -162,6 +167,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Fenced => "FENCED",
+            Reason::Superseded => "SUPERSEDED",
             Reason::Expired => "EXPIRED",
             Reason::Quarantined => "QUARANTINED",
             Reason::AlreadyHeld => "ALREADY_HELD",
@@ -187,6 +193,7 @@ impl Reason {
         use tonic::Code;
         match self {
             Reason::Fenced
+            | Reason::Superseded
             | Reason::Expired
             | Reason::Quarantined
             | Reason::HolderHoldsOther
@@ -209,7 +216,7 @@ impl Reason {
 
     /// Whether the lease named in the request can never be renewed again.
     pub fn lease_is_lost(self) -> bool {
-        matches!(self, Reason::Fenced | Reason::Expired | Reason::Quarantined)
+        matches!(self, Reason::Fenced | Reason::Superseded | Reason::Expired | Reason::Quarantined)
     }
 
     /// Whether the registry could not say if the command took effect: an unknown outcome,

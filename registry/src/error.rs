@@ -102,6 +102,7 @@ impl Rejection {
     pub fn reason(&self) -> Reason {
         match self {
             Rejection::Fenced { .. } => Reason::Fenced,
+            Rejection::Superseded { .. } => Reason::Superseded,
             Rejection::Expired => Reason::Expired,
             Rejection::Quarantined { .. } => Reason::Quarantined,
             Rejection::AlreadyHeld { .. } => Reason::AlreadyHeld,
@@ -127,6 +128,11 @@ impl fmt::Display for Rejection {
             Rejection::Fenced { .. } => {
                 write!(f, "FENCED: token is stale (the worker ID was granted again); stop minting with this worker ID")
             }
+            Rejection::Superseded { holder } => write!(
+                f,
+                "SUPERSEDED: another process of holder {holder} (a newer incarnation: a restart elsewhere, or a \
+                 copy of this state dir) took this lease over; stop minting, and do not come back under this holder ID"
+            ),
             Rejection::Expired => f.write_str("EXPIRED: the lease was released; acquire a new one"),
             Rejection::Quarantined { reason } => {
                 write!(f, "QUARANTINED: worker ID is quarantined ({reason}); an operator must clear it")
@@ -182,6 +188,7 @@ mod tests {
     fn every_error() -> Vec<RegistryError> {
         let rejections = [
             Rejection::Fenced { current: Token(9) },
+            Rejection::Superseded { holder: HolderId("w-1".into()) },
             Rejection::Expired,
             Rejection::Quarantined { reason: "x".into() },
             Rejection::AlreadyHeld { holder: Some(HolderId("w-1".into())), specific: true },

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use crate::clock::MonoTime;
 use crate::expiry::{Expiry, Renewals};
-use crate::lease::{ClusterConfig, GrantExpectation, HolderId, LeaseTable, Rejection, WorkerId};
+use crate::lease::{ClusterConfig, GrantExpectation, HolderId, Incarnation, LeaseTable, Rejection, WorkerId};
 
 /// Why no grant can be planned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,20 +27,49 @@ pub struct GrantInputs<'a> {
     pub table: &'a LeaseTable,
     pub renewals: &'a Renewals,
     pub now: MonoTime,
+    /// The leader's wall clock (the stamp its next batch carries): how far ahead a held ID's
+    /// high-water mark lies, for a holder's new incarnation.
+    pub wall_ms: u64,
     pub reserved: &'a HashSet<WorkerId>,
 }
 
-/// Pick the worker ID for `holder` (`wanted`, or any): the holder's own lease first (a
-/// retried Acquire), then a free ID, then one whose lease has expired at `now`.
+/// Who asks: the holder within its owner's namespace, and the process incarnation it stated.
+#[derive(Debug, Clone, Copy)]
+pub struct Asker<'a> {
+    pub owner: Option<&'a str>,
+    pub holder: &'a HolderId,
+    pub incarnation: Option<Incarnation>,
+}
+
+/// A new incarnation of a holder with `auto` takes a free worker ID rather than wait longer
+/// than this past its held one's high-water mark (a restart after SIGKILL then serves within
+/// about this long; the held ID keeps its mark for its next holder).
+pub const TAKEOVER_WAIT_MAX_MS: u64 = 1_000;
+
+/// Pick the worker ID for the asker (`wanted`, or any): the holder's own lease first (a
+/// retried Acquire gets it back, a new incarnation takes it over), then a free ID, then one
+/// whose lease has expired at `now`.
 pub fn plan_grant(
     inputs: GrantInputs<'_>,
-    holder: (Option<&str>, &HolderId),
+    asker: Asker<'_>,
     wanted: Option<WorkerId>,
 ) -> Result<(WorkerId, GrantExpectation), NoGrant> {
-    let GrantInputs { table, renewals, now, reserved } = inputs;
+    let GrantInputs { table, renewals, now, wall_ms, reserved } = inputs;
     let config = table.config().ok_or(NoGrant::NotConfigured)?;
-    if let Some(held) = table.held_by(holder.0, holder.1) {
-        // The apply returns (and renews) the lease the holder already has.
+    if let Some(held) = table.held_by(asker.owner, asker.holder) {
+        let record = table.record(held).expect("a held ID has a record");
+        let wait_ms = record.high_water_ms.saturating_sub(wall_ms);
+        if wanted.is_none() && record.taken_over_by(asker.incarnation) && wait_ms > TAKEOVER_WAIT_MAX_MS {
+            let soon = wall_ms.saturating_add(TAKEOVER_WAIT_MAX_MS);
+            let free_soon = table
+                .free_ids()
+                .find(|w| !reserved.contains(w) && table.record(*w).is_none_or(|r| r.high_water_ms <= soon));
+            if let Some(free) = free_soon {
+                return Ok((free, expectation(table, free)));
+            }
+        }
+        // The apply returns the lease the holder has (renewed), or a new incarnation takes it
+        // over under a new token.
         return Ok((held, expectation(table, held)));
     }
     let expired = |worker_id: WorkerId, ttl_ms: u64| {
@@ -142,8 +171,15 @@ mod tests {
         fn grant(&mut self, holder: &str, worker_id: u32) {
             let (planned, expect) = self.plan(holder, Some(worker_id)).unwrap();
             let holder = HolderId(holder.into());
-            let cmd =
-                Command::Grant { worker_id: planned, holder, ttl_ms: TTL_MS, expect, specific: true, owner: None };
+            let cmd = Command::Grant {
+                worker_id: planned,
+                holder,
+                ttl_ms: TTL_MS,
+                expect,
+                specific: true,
+                owner: None,
+                incarnation: None,
+            };
             assert!(matches!(self.apply(cmd), Outcome::Granted(_)));
             self.renewals.note_renewal(planned, self.clock.mono());
         }
@@ -154,8 +190,10 @@ mod tests {
             wanted: Option<u32>,
             reserved: &HashSet<WorkerId>,
         ) -> Result<(WorkerId, GrantExpectation), NoGrant> {
-            let inputs = GrantInputs { table: &self.table, renewals: &self.renewals, now: self.clock.mono(), reserved };
-            plan_grant(inputs, (None, &HolderId(holder.into())), wanted.map(WorkerId))
+            let (now, wall_ms) = (self.clock.mono(), self.clock.wall_ms());
+            let inputs = GrantInputs { table: &self.table, renewals: &self.renewals, now, wall_ms, reserved };
+            let holder = HolderId(holder.into());
+            plan_grant(inputs, Asker { owner: None, holder: &holder, incarnation: None }, wanted.map(WorkerId))
         }
 
         fn plan(&self, holder: &str, wanted: Option<u32>) -> Result<(WorkerId, GrantExpectation), NoGrant> {
@@ -245,5 +283,54 @@ mod tests {
     fn nothing_is_planned_before_the_cluster_is_configured() {
         let f = Fixture { table: LeaseTable::default(), ..Fixture::new() };
         assert_eq!(f.plan("a", None), Err(NoGrant::NotConfigured));
+    }
+
+    /// Goal: a new incarnation of a holder plans its held ID (taken over under a new token),
+    /// unless it asked for any ID and the held one's high-water mark is more than
+    /// [`TAKEOVER_WAIT_MAX_MS`] ahead: then a free ID whose mark has passed; none free, the
+    /// held one. The same incarnation (a retry) always plans its held ID.
+    #[test]
+    fn a_new_incarnation_takes_a_free_id_rather_than_wait_long() {
+        let mut f = Fixture::new();
+        let wall = f.clock.wall_ms();
+        let holder = HolderId("h".into());
+        let grant = |worker_id, holder: &HolderId, incarnation| Command::Grant {
+            worker_id: WorkerId(worker_id),
+            holder: holder.clone(),
+            ttl_ms: 10_000,
+            expect: GrantExpectation { token: Default::default(), last_renew: Default::default() },
+            specific: false,
+            owner: None,
+            incarnation,
+        };
+        assert!(matches!(
+            f.table.apply(LogPos::new(3, 0), wall, &grant(0, &holder, Some(Incarnation(1)))),
+            Outcome::Granted(_)
+        ));
+        let plan = |f: &Fixture, incarnation, wanted: Option<u32>| {
+            let reserved = HashSet::new();
+            let inputs = GrantInputs {
+                table: &f.table,
+                renewals: &f.renewals,
+                now: f.clock.mono(),
+                wall_ms: wall,
+                reserved: &reserved,
+            };
+            plan_grant(
+                inputs,
+                Asker { owner: None, holder: &holder, incarnation: Some(Incarnation(incarnation)) },
+                wanted.map(WorkerId),
+            )
+            .unwrap()
+            .0
+        };
+        assert_eq!(plan(&f, 1, None), WorkerId(0), "a retry gets its lease back");
+        assert_eq!(plan(&f, 2, Some(0)), WorkerId(0), "an explicit ID is taken over, however long the wait");
+        assert_eq!(plan(&f, 2, None), WorkerId(1), "auto takes a free ID rather than wait ~10 s");
+        for (index, other) in [(4, 1), (5, 2), (6, 3)] {
+            let cmd = grant(other, &HolderId(format!("o{other}")), None);
+            assert!(matches!(f.table.apply(LogPos::new(index, 0), wall, &cmd), Outcome::Granted(_)));
+        }
+        assert_eq!(plan(&f, 2, None), WorkerId(0), "no free ID: the held one, after the wait");
     }
 }

@@ -13,10 +13,10 @@ use openraft::{ChangeMembers, ServerState};
 use crate::clock::Clock;
 use crate::error::RegistryError;
 use crate::expiry::{Expiry, ExpiryTracker, LeadershipId};
-use crate::grant_plan::{self, GrantInputs};
+use crate::grant_plan::{self, Asker, GrantInputs};
 use crate::lease::{
-    ClusterConfig, Command, GrantExpectation, HolderId, LeaseGrant, LeaseTable, Outcome, Rejection, Renew, TableBackup,
-    WorkerId,
+    ClusterConfig, Command, GrantExpectation, HolderId, Incarnation, LeaseGrant, LeaseTable, Outcome, Rejection, Renew,
+    TableBackup, WorkerId,
 };
 use crate::proposal::{LeaseReply, LeaseState, LeaseView, Proposal, Reply};
 use crate::proposer::{write_error, Proposer};
@@ -113,8 +113,8 @@ impl Leader {
     pub async fn execute(&self, proposal: Proposal) -> Result<Reply, RegistryError> {
         let confirmed_now = self.ensure_serving_leader().await?;
         match proposal {
-            Proposal::Acquire { holder, worker_id, ttl_ms, owner } => {
-                let grant = self.acquire(Asking { holder, wanted: worker_id, ttl_ms, owner }).await?;
+            Proposal::Acquire { holder, worker_id, ttl_ms, owner, incarnation } => {
+                let grant = self.acquire(Asking { holder, wanted: worker_id, ttl_ms, owner, incarnation }).await?;
                 self.lease_reply(grant)
             }
             Proposal::Renew(renew) => self.renew(&renew).await,
@@ -374,16 +374,25 @@ impl Leader {
     }
 
     async fn acquire(&self, asking: Asking) -> Result<LeaseGrant, RegistryError> {
-        let Asking { holder, wanted, ttl_ms, owner } = asking;
+        let Asking { holder, wanted, ttl_ms, owner, incarnation } = asking;
         for _ in 0..ACQUIRE_ATTEMPTS_MAX {
-            let (worker_id, expect) = self.plan_grant((owner.as_deref(), &holder), wanted)?;
+            let asker = Asker { owner: owner.as_deref(), holder: &holder, incarnation };
+            let (worker_id, expect) = self.plan_grant(asker, wanted)?;
             let _reservation = self.reserve(worker_id);
             let specific = wanted.is_some();
-            let command =
-                Command::Grant { worker_id, holder: holder.clone(), ttl_ms, expect, specific, owner: owner.clone() };
+            let command = Command::Grant {
+                worker_id,
+                holder: holder.clone(),
+                ttl_ms,
+                expect,
+                specific,
+                owner: owner.clone(),
+                incarnation,
+            };
             match self.proposer.propose(command).await? {
                 Outcome::Granted(grant) => {
-                    tracing::info!(worker_id = grant.worker_id.0, token = grant.token.0, holder = %grant.holder, owner = owner.as_deref().unwrap_or("-"), ttl_ms, not_before_ms = grant.not_before_ms, "lease granted");
+                    let incarnation = incarnation.map(|i| i.to_string());
+                    tracing::info!(worker_id = grant.worker_id.0, token = grant.token.0, holder = %grant.holder, incarnation, owner = owner.as_deref().unwrap_or("-"), ttl_ms, not_before_ms = grant.not_before_ms, "lease granted");
                     return Ok(grant);
                 }
                 // Lost the compare-and-set to a concurrent grant or a late renewal: re-plan.
@@ -406,14 +415,15 @@ impl Leader {
     /// Pick the worker ID to grant and what it must still look like (the CAS compare).
     fn plan_grant(
         &self,
-        holder: (Option<&str>, &HolderId),
+        asker: Asker<'_>,
         wanted: Option<WorkerId>,
     ) -> Result<(WorkerId, GrantExpectation), RegistryError> {
         let state = self.state.read();
         let reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        let wall_ms = self.clock.wall_ms();
         let plan = self.tracker.decide(|renewals, now| {
-            let inputs = GrantInputs { table: &state.table, renewals, now, reserved: &reserved };
-            grant_plan::plan_grant(inputs, holder, wanted)
+            let inputs = GrantInputs { table: &state.table, renewals, now, wall_ms, reserved: &reserved };
+            grant_plan::plan_grant(inputs, asker, wanted)
         });
         Ok(plan?)
     }
@@ -516,4 +526,5 @@ struct Asking {
     wanted: Option<WorkerId>,
     ttl_ms: u64,
     owner: Option<String>,
+    incarnation: Option<Incarnation>,
 }

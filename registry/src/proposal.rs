@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::lease::{
-    AuditEntry, ClusterConfig, HolderId, LeaseGrant, LeaseRecord, Quarantine, Release, Renew, TableBackup,
+    AuditEntry, ClusterConfig, HolderId, Incarnation, LeaseGrant, LeaseRecord, Quarantine, Release, Renew, TableBackup,
     Unquarantine, WorkerId,
 };
 use crate::raft::types::{NodeId, PeerNode};
@@ -19,6 +19,9 @@ pub enum Proposal {
         /// The authenticated identity asking (`None` over plaintext); becomes the lease's owner.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         owner: Option<String>,
+        /// The asking process's incarnation (`None`: a worker older than incarnations).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        incarnation: Option<Incarnation>,
     },
     /// Passed into the log as it is (`Command::Renew`).
     Renew(Renew),

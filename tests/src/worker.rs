@@ -29,6 +29,9 @@ pub struct WorkerProcess {
     pub log_path: PathBuf,
     /// The CA and certificates of the cluster it was started for.
     pub certs: Certs,
+    /// The name in its certificate (`worker/<identity>`): its `name` unless started
+    /// [`WorkerProcess::spawn_as`] another.
+    pub identity: String,
     args: Vec<String>,
     child: Option<Child>,
 }
@@ -37,9 +40,22 @@ impl WorkerProcess {
     /// Start a worker named `name` (its certificate: `worker/<name>` of `cluster`'s CA) with
     /// its state dir and log in `cluster`'s dir, against `registry`, with `extra` flags.
     pub fn spawn(cluster: &Cluster, name: &str, registry: &[String], extra: &[&str]) -> WorkerProcess {
+        WorkerProcess::spawn_as(cluster, name, name, registry, extra)
+    }
+
+    /// [`WorkerProcess::spawn`] with the certificate of `worker/<identity>` (several processes
+    /// may share one identity, as copies of one machine do).
+    pub fn spawn_as(
+        cluster: &Cluster,
+        name: &str,
+        identity: &str,
+        registry: &[String],
+        extra: &[&str],
+    ) -> WorkerProcess {
         let dir = cluster.dir.path();
         let mut worker = WorkerProcess {
             name: name.to_string(),
+            identity: identity.to_string(),
             certs: cluster.certs.clone(),
             addr: format!("127.0.0.1:{}", free_port()),
             state_dir: dir.join(format!("{name}-state")),
@@ -59,7 +75,7 @@ impl WorkerProcess {
         let log = File::options().create(true).append(true).open(&self.log_path).expect("open worker log");
         let child = self
             .certs
-            .command(Role::Worker, &self.name)
+            .command(Role::Worker, &self.identity)
             .arg("worker")
             .args(["--listen", &self.addr])
             .arg("--state-dir")

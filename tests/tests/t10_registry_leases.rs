@@ -11,7 +11,7 @@ use fenceflake_tests::eventually;
 use tonic::Code;
 
 fn acquire(holder: &str, worker_id: Option<u32>, ttl_ms: u64) -> pb::AcquireRequest {
-    pb::AcquireRequest { holder: holder.into(), worker_id, ttl_ms }
+    pb::AcquireRequest { holder: holder.into(), worker_id, ttl_ms, incarnation: 0 }
 }
 
 fn renew(lease: &pb::Lease, max_minted_ts_ms: u64) -> pb::RenewRequest {

@@ -10,7 +10,7 @@ use fenceflake_tests::eventually;
 use tonic::Code;
 
 fn acquire(holder: &str, worker_id: Option<u32>) -> pb::AcquireRequest {
-    pb::AcquireRequest { holder: holder.into(), worker_id, ttl_ms: 60_000 }
+    pb::AcquireRequest { holder: holder.into(), worker_id, ttl_ms: 60_000, incarnation: 0 }
 }
 
 async fn acquire_many(cluster: &Cluster, prefix: &str, count: usize) -> BTreeMap<u32, pb::Lease> {
@@ -189,17 +189,17 @@ async fn registry_wall_clock_steps_do_not_expire_leases_early() {
     ];
     let cluster = Cluster::start_with_env(5, &[], &env).await;
     let ttl_ms = 4000;
-    let request = pb::AcquireRequest { holder: "a".into(), worker_id: Some(3), ttl_ms };
+    let request = pb::AcquireRequest { holder: "a".into(), worker_id: Some(3), ttl_ms, incarnation: 0 };
     let held = cluster.client(1).acquire(request).await.expect("acquire").into_inner();
     let acquired_at = Instant::now();
     for step in ["+3600", "-3600"] {
         std::fs::write(offset_file.path(), format!("{step}\n")).expect("step the clocks");
-        let request = pb::AcquireRequest { holder: format!("probe{step}"), worker_id: None, ttl_ms };
+        let request = pb::AcquireRequest { holder: format!("probe{step}"), worker_id: None, ttl_ms, incarnation: 0 };
         let probe = cluster.client(2).acquire(request).await.expect("probe acquire").into_inner();
         let skew_s = (probe.registry_time_ms as i64 - held.registry_time_ms as i64) / 1000;
         let expected_s: i64 = step.parse().expect("offset");
         assert!((skew_s - expected_s).abs() < 30, "the registry clock did not step {step} s (moved {skew_s} s)");
-        let request = pb::AcquireRequest { holder: "b".into(), worker_id: Some(3), ttl_ms };
+        let request = pb::AcquireRequest { holder: "b".into(), worker_id: Some(3), ttl_ms, incarnation: 0 };
         let err = cluster.client(3).acquire(request).await.expect_err("worker 3 must still be held");
         assert_eq!(err.code(), Code::AlreadyExists, "after a {step} s step: {err:?}");
     }

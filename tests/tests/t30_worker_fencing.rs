@@ -27,19 +27,19 @@ async fn duplicate_explicit_worker_id_is_refused() {
 }
 
 /// Goal: safety mechanisms 1–3 with real processes. A worker SIGSTOPped past its TTL loses
-/// the worker ID to a new holder; after SIGCONT it mints nothing (every call UNAVAILABLE,
-/// its minted count unchanged), its renewal is FENCED and it parks for good, while the new
-/// holder serves. No ID repeats.
+/// the worker ID to a new holder; after SIGCONT it mints nothing (every call UNAVAILABLE),
+/// its renewal is FENCED and it exits non-zero (issue 9: a worker that can never mint again
+/// gets out of the way), while the new holder serves. No ID repeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paused_worker_is_fenced_and_the_new_holder_serves() {
     let cluster = Cluster::start(5, &[]).await;
     let registry = cluster.client_addrs();
     let mut lease_args = SHORT_LEASE.to_vec();
     lease_args.extend(["--worker-id", "9"]);
-    let old = WorkerProcess::spawn(&cluster, "old", &registry, &lease_args);
+    let mut old = WorkerProcess::spawn(&cluster, "old", &registry, &lease_args);
     old.wait_serving(Duration::from_secs(15)).await;
     let mut ids: Vec<u64> = old.batch(5_000).await.expect("old mints");
-    let minted_before = old.status().await.expect("status").ids_minted;
+    let old_token = old.status().await.expect("status").token;
 
     eprintln!("phase: SIGSTOP the old holder; waiting for its lease to expire");
     old.signal("STOP");
@@ -55,9 +55,10 @@ async fn paused_worker_is_fenced_and_the_new_holder_serves() {
     let new = WorkerProcess::spawn(&cluster, "new", &registry, &lease_args);
     let new_status = new.wait_serving(Duration::from_secs(15)).await;
     assert_eq!(new_status.worker_id, 9);
+    assert!(new_status.token > old_token, "the new grant has a larger token");
     ids.extend(new.batch(5_000).await.expect("new mints"));
 
-    eprintln!("phase: SIGCONT the old holder");
+    eprintln!("phase: SIGCONT the old holder: it must mint nothing, learn FENCED and exit non-zero");
     old.signal("CONT");
     let mut old_client = old.client();
     for _ in 0..20 {
@@ -65,10 +66,10 @@ async fn paused_worker_is_fenced_and_the_new_holder_serves() {
         assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let fenced = old.wait_parked("FENCED", Duration::from_secs(10)).await;
-    assert_eq!(fenced.ids_minted, minted_before, "the old holder minted after SIGCONT");
-    assert!(new_status.token > fenced.token, "the new grant has a larger token");
-    assert!(old.log().contains("lease lost"), "FENCED must be logged");
+    let exit = old.wait_exit(Duration::from_secs(15)).await;
+    assert!(!exit.success(), "a fenced worker must exit non-zero (its supervisor restarts it): {exit:?}");
+    let log = old.log();
+    assert!(log.contains("lease lost for good") && log.contains("FENCED"), "FENCED must be logged:\n{log}");
 
     ids.extend(new.batch(5_000).await.expect("new still serves"));
     let unique: BTreeSet<u64> = ids.iter().copied().collect();

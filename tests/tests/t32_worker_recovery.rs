@@ -19,7 +19,8 @@ const MAX_TTL_MS: u64 = 4_000;
 /// import, so no earlier than the embargo's start.
 async fn restored_cluster(args: &[&str]) -> (Cluster, Instant) {
     let lost = Cluster::start(3, args).await;
-    let acquire = pb::AcquireRequest { holder: "lost-holder".into(), worker_id: Some(4), ttl_ms: MAX_TTL_MS };
+    let acquire =
+        pb::AcquireRequest { holder: "lost-holder".into(), worker_id: Some(4), ttl_ms: MAX_TTL_MS, incarnation: 0 };
     lost.client(1).acquire(acquire).await.expect("a lease in the lost cluster");
     let backup = lost.dir.path().join("backup.json");
     json_of(&ctl_json(&lost, &["snapshot", "export"], &backup));

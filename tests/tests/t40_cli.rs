@@ -120,7 +120,8 @@ async fn metrics_endpoint_serves_prometheus_text() {
     let addr = format!("127.0.0.1:{}", free_port());
     let cluster = Cluster::start(1, &["--metrics-addr", &addr]).await;
     let mut client = cluster.client(1);
-    let request = fenceflake_proto::v1::AcquireRequest { holder: "m".into(), worker_id: None, ttl_ms: 5000 };
+    let request =
+        fenceflake_proto::v1::AcquireRequest { holder: "m".into(), worker_id: None, ttl_ms: 5000, incarnation: 0 };
     client.acquire(request).await.expect("acquire");
     let body = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};

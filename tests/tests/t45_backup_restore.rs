@@ -12,7 +12,7 @@ use tonic::Code;
 const MAX_TTL_MS: u64 = 2000;
 
 fn acquire(holder: &str, worker_id: Option<u32>) -> pb::AcquireRequest {
-    pb::AcquireRequest { holder: holder.into(), worker_id, ttl_ms: MAX_TTL_MS }
+    pb::AcquireRequest { holder: holder.into(), worker_id, ttl_ms: MAX_TTL_MS, incarnation: 0 }
 }
 
 /// Goal: a backup restored into a fresh cluster keeps quarantines and the audit, grants no

@@ -352,7 +352,7 @@ async fn backup_and_restore() {
     let args = ["--max-ttl", "2s"];
     let old = Cluster::start(3, &args).await;
     let mut c = old.client(1);
-    let acquire = pb::AcquireRequest { holder: "holder-a".into(), worker_id: Some(5), ttl_ms: 2000 };
+    let acquire = pb::AcquireRequest { holder: "holder-a".into(), worker_id: Some(5), ttl_ms: 2000, incarnation: 0 };
     c.acquire(acquire).await.expect("acquire 5");
     let quarantine = pb::QuarantineRequest { worker_id: 9, reason: "suspected overlap".into() };
     old.operator(1).quarantine(quarantine).await.expect("quarantine 9");

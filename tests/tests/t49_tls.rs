@@ -192,7 +192,7 @@ async fn operator_rpcs_refuse_every_other_role_naming_the_rpc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_workers_acquire_renew_and_release() {
     let cluster = Cluster::start(1, &[]).await;
-    let acquire = || pb::AcquireRequest { holder: "forger".into(), worker_id: None, ttl_ms: 10_000 };
+    let acquire = || pb::AcquireRequest { holder: "forger".into(), worker_id: None, ttl_ms: 10_000, incarnation: 0 };
     for role in [Role::Client, Role::Reader, Role::Operator] {
         let err = cluster.client_as(1, role).acquire(acquire()).await.expect_err("a non-worker acquired");
         assert_eq!(err.code(), Code::PermissionDenied, "Acquire as {role}: {err:?}");
@@ -216,7 +216,7 @@ async fn only_workers_acquire_renew_and_release() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_see_leases_without_tokens_operators_with() {
     let cluster = Cluster::start(1, &[]).await;
-    let acquire = pb::AcquireRequest { holder: "holder-a".into(), worker_id: Some(5), ttl_ms: 60_000 };
+    let acquire = pb::AcquireRequest { holder: "holder-a".into(), worker_id: Some(5), ttl_ms: 60_000, incarnation: 0 };
     let lease = cluster.client(1).acquire(acquire).await.expect("acquire 5").into_inner();
     assert_ne!(lease.token, 0);
     let listed_token = |mut client: RegistryClient<Channel>| async move {

@@ -15,6 +15,7 @@ use crate::clock::{Clock, MonoTime};
 use crate::clock_guard::RoundTrip;
 use crate::config::WorkerConfig;
 use crate::generator::StartError;
+use crate::holder::Incarnation;
 use crate::keeper::Backoff;
 use crate::lease::LeaseGrant;
 use crate::limits::{ACQUIRE_TIMEOUT_MS, ID_WAIT_BACKOFF_MAX_MS, ID_WAIT_BACKOFF_MIN_MS};
@@ -173,6 +174,7 @@ pub(crate) async fn acquire(
     clock: &dyn Clock,
     registry: &dyn LeaseRegistry,
     state_dir: &mut StateDir,
+    incarnation: Incarnation,
     wanted: Option<WorkerId>,
 ) -> Result<Acquired, StartError> {
     let mut attempts = Attempts {
@@ -186,7 +188,7 @@ pub(crate) async fn acquire(
     };
     loop {
         let (send_wall_ms, sent_at) = (clock.wall_ms(), clock.mono());
-        let answer = registry.acquire(state_dir.holder(), wanted, config.lease_ttl).await;
+        let answer = registry.acquire(state_dir.holder(), incarnation, wanted, config.lease_ttl).await;
         let (receive_wall_ms, now) = (clock.wall_ms(), clock.mono());
         let error = match answer {
             Ok(grant) => {

@@ -48,7 +48,7 @@ use crate::boot::{plan_boot, BootError};
 use crate::clock::{Clock, MonoTime};
 use crate::config::{ConfigError, WorkerConfig};
 use crate::deadline::{DeadlineError, LeaseDeadline};
-use crate::holder::HolderId;
+use crate::holder::{HolderId, Incarnation};
 use crate::keeper::{self, Backoff};
 use crate::layout::{Layout, LayoutError};
 use crate::lease::{LeaseGrant, SequenceBitsDisagree, Token};
@@ -184,8 +184,11 @@ impl Generator {
         let wanted = config.worker_id.resolve(&config.hostname)?;
         let mut state_dir = StateDir::open(&config.state_dir, &config.hostname)?;
         log_state_dir(&state_dir);
+        // Every start is a new incarnation, so two processes never share a token, even with
+        // one holder ID (a restart, or a copy of this state dir elsewhere).
+        let incarnation = Incarnation::draw();
         let Acquired { grant, sent_at, round_trip } =
-            acquire(&config, &*clock, &*registry, &mut state_dir, wanted).await?;
+            acquire(&config, &*clock, &*registry, &mut state_dir, incarnation, wanted).await?;
         let worker_id = grant.worker_id;
         let token = grant.token;
         let layout = minting_layout(&grant, config.sequence_bits)?;
@@ -195,7 +198,7 @@ impl Generator {
             tracing::error!(%worker_id, %token, %skew, "refusing to mint: wall clock provably too far from the registry's (CLOCK_SKEW); fix NTP");
         }
         tracing::info!(
-            %worker_id, %token, holder = %state_dir.holder(), ttl_ms = grant.ttl.as_millis() as u64,
+            %worker_id, %token, holder = %state_dir.holder(), %incarnation, ttl_ms = grant.ttl.as_millis() as u64,
             not_before_ms = grant.not_before_ms, floor_ms = plan.floor_ms, boot_wait_ms = plan.wait_ms,
             epoch_ms = layout.epoch_ms(), worker_id_bits = layout.worker_id_bits(), sequence_bits = layout.sequence_bits(),
             "lease granted"
@@ -329,6 +332,18 @@ impl Generator {
     /// Follow the park cause (`None`: serving) as it changes; for health reporting.
     pub fn subscribe(&self) -> watch::Receiver<Option<ParkCause>> {
         self.shared.serving.subscribe()
+    }
+
+    /// Resolves when this generator has lost the right to mint for good without being asked
+    /// to stop (FENCED, SUPERSEDED, QUARANTINED, STATE_DIR_FAILED: [`ParkCause::is_terminal`]),
+    /// with the cause. It never mints again; every call fails `Parked(cause)`. A process should
+    /// shut it down (which releases what can be released) and start a new `Generator` — or
+    /// exit and let its supervisor do so, as `fenceflake worker` does.
+    pub async fn ended(&self) -> ParkCause {
+        let mut rx = self.subscribe();
+        // The sender lives in the shared state `self` holds, so the channel cannot close.
+        let ended = rx.wait_for(|cause| cause.is_some_and(ParkCause::is_terminal)).await;
+        ended.ok().and_then(|cause| *cause).unwrap_or(ParkCause::Stopping)
     }
 
     /// Wait until the worker serves (boot wait over, lease live, clock trusted), or fail with

@@ -25,6 +25,8 @@ struct FakeState {
     acquire: Result<LeaseGrant, RegistryCallError>,
     /// Each Acquire: the holder and the worker ID asked for.
     asked: Vec<(String, Option<WorkerId>)>,
+    /// Each Acquire's incarnation.
+    incarnations: Vec<Incarnation>,
     /// How long each Acquire takes on the manual clock.
     acquire_takes: Duration,
     inspect: Result<IdView, RegistryCallError>,
@@ -59,6 +61,7 @@ impl FakeRegistry {
             script: VecDeque::new(),
             acquire,
             asked: Vec::new(),
+            incarnations: Vec::new(),
             acquire_takes: Duration::ZERO,
             inspect: Ok(id_view("HELD", "other/1/ab")),
             renew: Ok(()),
@@ -94,11 +97,13 @@ impl LeaseRegistry for FakeRegistry {
     fn acquire<'a>(
         &'a self,
         holder: &'a HolderId,
+        incarnation: Incarnation,
         worker_id: Option<WorkerId>,
         _ttl: Duration,
     ) -> BoxFuture<'a, Result<LeaseGrant, RegistryCallError>> {
         let mut state = self.state.lock().unwrap();
         state.asked.push((holder.to_string(), worker_id));
+        state.incarnations.push(incarnation);
         self.clock.advance(state.acquire_takes);
         let answer = state.script.pop_front().unwrap_or_else(|| state.acquire.clone());
         Box::pin(async move { answer })
@@ -370,6 +375,43 @@ async fn parks_at_the_deadline_resumes_on_renewal_and_stops_for_good_when_fenced
     assert_eq!(g.generate().await, Err(GenerateError::Parked(ParkCause::Fenced)));
     g.shutdown().await;
     assert_eq!(f.registry.state.lock().unwrap().released, None, "released a lease it no longer holds");
+}
+
+/// Goal (incarnations): a retried Acquire within one start states the same incarnation; a
+/// second start on the same state dir states the same holder but a new incarnation. SUPERSEDED
+/// (a newer process of this holder took the lease over) ends the generator for good —
+/// `ended()` says so, nothing is released — and the state dir gives its holder ID up, so a
+/// restart there comes back as a stranger instead of taking the lease back.
+#[tokio::test]
+async fn each_start_is_an_incarnation_and_superseded_gives_the_holder_up() {
+    let f = fixture(Ok(grant(0, T0)));
+    f.registry.script([Err(RegistryCallError::Unavailable { last: "down".into(), indeterminate: true })]);
+    let g = f.start().await.unwrap();
+    g.generate().await.unwrap();
+    g.shutdown().await;
+    drop(g);
+    let g = f.start().await.unwrap();
+    let (asked, incarnations) = {
+        let state = f.registry.state.lock().unwrap();
+        (state.asked.clone(), state.incarnations.clone())
+    };
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    assert!(asked.iter().all(|(holder, _)| *holder == asked[0].0), "one holder across restarts: {asked:?}");
+    assert_eq!(incarnations[0], incarnations[1], "a retry is the same incarnation");
+    assert_ne!(incarnations[1], incarnations[2], "a new start is a new incarnation");
+
+    f.registry.state.lock().unwrap().released = None;
+    let message = "SUPERSEDED: another process of holder h took this lease over".to_string();
+    f.registry.set_renew(Err(RegistryCallError::Lost { reason: LostReason::Superseded, message }));
+    let ended = tokio::time::timeout(Duration::from_secs(5), g.ended()).await.expect("ended within 5 s");
+    assert_eq!(ended, ParkCause::Superseded);
+    assert!(ended.is_terminal());
+    assert_eq!(g.generate().await, Err(GenerateError::Parked(ParkCause::Superseded)));
+    g.shutdown().await;
+    assert_eq!(f.registry.state.lock().unwrap().released, None, "released a lease another process holds");
+    drop(g);
+    let restarted = StateDir::open(&f.config.state_dir, &f.config.hostname).unwrap();
+    assert_ne!(restarted.holder().to_string(), asked[0].0, "the state dir still names the superseded holder");
 }
 
 /// Goal: shutdown refuses further mints, persists the exact last timestamp and releases

@@ -2,6 +2,7 @@
 //! unless deliberately reused from the state directory (see [`crate::state_dir`]).
 
 use std::fmt;
+use std::num::NonZeroU64;
 
 use rand::Rng;
 
@@ -45,6 +46,37 @@ impl HolderId {
 impl fmt::Display for HolderId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// One start of a worker (a process, or a library-mode `Generator`): drawn at random when it
+/// starts and never persisted, so a restart, or a second process on a copy of the state dir,
+/// is a new incarnation even with the same holder ID. The registry gives a new incarnation
+/// of a holder a new token (the old one is told SUPERSEDED) and a retried Acquire of the
+/// same incarnation the lease it already has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Incarnation(NonZeroU64);
+
+impl Incarnation {
+    /// A fresh incarnation (never 0, which means "none" on the wire).
+    pub fn draw() -> Incarnation {
+        let mut rng = rand::thread_rng();
+        loop {
+            if let Some(value) = NonZeroU64::new(rng.gen()) {
+                return Incarnation(value);
+            }
+        }
+    }
+
+    /// The wire value.
+    pub fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
     }
 }
 

@@ -94,13 +94,7 @@ async fn renew_until_committed(shared: &WorkerShared) -> bool {
                 return true;
             }
             Err(RegistryCallError::Lost { reason, message }) => {
-                let cause = match reason {
-                    LostReason::Quarantined => ParkCause::Quarantined,
-                    LostReason::Fenced | LostReason::Expired => ParkCause::Fenced,
-                };
-                shared.lock().lose(cause);
-                tracing::error!(%worker_id, %token, reason = %cause, registry = %message, "lease lost; parked for good (restart the worker to get a new lease)");
-                shared.publish();
+                lost(shared, reason, &message);
                 return false;
             }
             Err(error) => {
@@ -119,6 +113,42 @@ async fn renew_until_committed(shared: &WorkerShared) -> bool {
             }
         }
     }
+}
+
+/// The registry will never renew this lease again: park for good (terminal, so the worker
+/// process exits; see [`ParkCause::is_terminal`]). Superseded by a newer process of this
+/// holder, the state dir gives the holder ID up first, so that this process's restart comes
+/// back as a stranger instead of taking the lease back (two copies of a state dir under
+/// restart-always supervisors would otherwise fence each other in turns forever).
+fn lost(shared: &WorkerShared, reason: LostReason, message: &str) {
+    let cause = match reason {
+        LostReason::Quarantined => ParkCause::Quarantined,
+        LostReason::Superseded => ParkCause::Superseded,
+        LostReason::Fenced | LostReason::Expired => ParkCause::Fenced,
+    };
+    let mut state = shared.lock();
+    let (worker_id, token) = (state.worker_id(), state.token());
+    state.lose(cause);
+    if cause == ParkCause::Superseded {
+        let holder = &shared.holder;
+        match state.disown_holder(&shared.config.hostname) {
+            Ok(fresh) => tracing::error!(
+                %worker_id, %token, %holder, new_holder = %fresh, registry = %message,
+                "another process of this holder took the lease over: this state dir was copied (a cloned VM or \
+                 volume, a restore), or this process outlived its own restart; stopping for good. The state dir now \
+                 names a new holder, so a restart here is a stranger to the registry and never takes the lease back"
+            ),
+            Err(error) => tracing::error!(
+                %worker_id, %token, %holder, %error, registry = %message,
+                "another process of this holder took the lease over (a copied state dir?); stopping for good, but the \
+                 state dir could not be given a new holder ID: remove its holder file before restarting here"
+            ),
+        }
+    } else {
+        tracing::error!(%worker_id, %token, reason = %cause, registry = %message, "lease lost for good; stopping (a restart gets a new lease)");
+    }
+    drop(state);
+    shared.publish();
 }
 
 /// A renewal committed: check the skew over its round trip, extend the deadline from its

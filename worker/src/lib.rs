@@ -70,7 +70,7 @@ pub use deadline::{DeadlineError, LeaseDeadline};
 /// What [`WorkerConfig::security`] holds: mutual TLS with a certificate, or plaintext.
 pub use fenceflake_proto::tls::Security;
 pub use generator::{Batch, Generator, StartError, WorkerStatus};
-pub use holder::HolderId;
+pub use holder::{HolderId, Incarnation};
 pub use layout::{DecodedId, EncodeError, Layout, LayoutError};
 pub use lease::{LeaseGrant, SequenceBitsDisagree, Token};
 pub use mint_state::GenerateError;

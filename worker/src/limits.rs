@@ -47,9 +47,11 @@ pub const MAX_FLUSH_INTERVAL_MS: u64 = 10_000;
 /// before the worker refuses to mint (`CLOCK_SKEW`).
 pub const DEFAULT_MAX_SKEW_MS: u64 = 500;
 
-/// Longest a booting worker waits for its wall clock to pass the ceiling / `not_before`.
-/// Longer means the clock is far behind the state it left, and a human must look.
-pub const MAX_BOOT_WAIT_MS: u64 = 30_000;
+/// Longest a booting worker waits for its wall clock to pass the ceiling / `not_before`: a
+/// restart that takes its holder's lease over (a new incarnation) waits out up to one whole
+/// TTL of the previous process, plus 30 s. Longer means the clock is far behind the state it
+/// left, and a human must look.
+pub const MAX_BOOT_WAIT_MS: u64 = MAX_LEASE_TTL_MS + 30_000;
 
 /// Largest ceiling file accepted when reading: a valid one is about 40 bytes, so anything
 /// bigger is corruption and is not read into memory.

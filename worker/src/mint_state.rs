@@ -10,13 +10,14 @@ use crate::clock::{Clock, MonoTime};
 use crate::clock_guard::{ClockGuardPolicy, GuardAction, SkewVerdict};
 use crate::config::DeadlineCheck;
 use crate::deadline::LeaseDeadline;
+use crate::holder::HolderId;
 use crate::layout::EncodeError;
 use crate::lease::{LeaseGrant, Token};
 use crate::metrics::{inc, WorkerMetrics};
 use crate::minter::{IdRun, MintOutcome, Minter};
 use crate::park::ParkCause;
 use crate::registry_client::RenewRequest;
-use crate::state_dir::StateDir;
+use crate::state_dir::{StateDir, StateDirError};
 use crate::worker_id::WorkerId;
 
 /// Why a mint call failed.
@@ -381,6 +382,12 @@ impl MintState {
     /// Whether the registry still considers the lease ours (it was not lost).
     pub fn holds_lease(&self) -> bool {
         self.lost.is_none_or(|c| c == ParkCause::StateDirFailed)
+    }
+
+    /// A newer process of this holder took the lease over: persist a fresh holder ID in the
+    /// state dir, so that a restart here is a stranger to the registry.
+    pub fn disown_holder(&mut self, hostname: &str) -> Result<HolderId, StateDirError> {
+        self.state_dir.replace_holder(hostname).cloned()
     }
 
     /// On clean shutdown, after [`MintState::stop`]: persist the exact last timestamp.

@@ -16,6 +16,10 @@ pub enum ParkCause {
     /// The registry answered FENCED (another holder has the worker ID) or EXPIRED (the lease
     /// was released): the lease is gone for good.
     Fenced,
+    /// The registry answered SUPERSEDED: a newer process of this holder (a copy of the state
+    /// dir, or a restart elsewhere) took the lease over. Gone for good, and the state dir's
+    /// holder ID is given up so that this process's restart does not take it back.
+    Superseded,
     /// The registry quarantined the worker ID (an overlap was detected or an operator asked):
     /// parked for good.
     Quarantined,
@@ -34,10 +38,11 @@ pub enum ParkCause {
 
 impl ParkCause {
     /// Every cause, for metrics that export one series per cause.
-    pub const ALL: [ParkCause; 8] = [
+    pub const ALL: [ParkCause; 9] = [
         ParkCause::Booting,
         ParkCause::LeaseExpired,
         ParkCause::Fenced,
+        ParkCause::Superseded,
         ParkCause::Quarantined,
         ParkCause::ClockRegressed,
         ParkCause::ClockSkew,
@@ -51,6 +56,7 @@ impl ParkCause {
             ParkCause::Booting => "BOOTING",
             ParkCause::LeaseExpired => "LEASE_EXPIRED",
             ParkCause::Fenced => "FENCED",
+            ParkCause::Superseded => "SUPERSEDED",
             ParkCause::Quarantined => "QUARANTINED",
             ParkCause::ClockRegressed => "CLOCK_REGRESSED",
             ParkCause::ClockSkew => "CLOCK_SKEW",
@@ -65,6 +71,7 @@ impl ParkCause {
             ParkCause::Booting => "booting",
             ParkCause::LeaseExpired => "lease_expired",
             ParkCause::Fenced => "fenced",
+            ParkCause::Superseded => "superseded",
             ParkCause::Quarantined => "quarantined",
             ParkCause::ClockRegressed => ParkReason::ClockRegressed.as_label(),
             ParkCause::ClockSkew => ParkReason::ClockSkew.as_label(),
@@ -75,7 +82,15 @@ impl ParkCause {
 
     /// Whether the worker can never mint again under this lease.
     pub fn is_permanent(self) -> bool {
-        matches!(self, ParkCause::Fenced | ParkCause::Quarantined | ParkCause::StateDirFailed | ParkCause::Stopping)
+        self.is_terminal() || self == ParkCause::Stopping
+    }
+
+    /// Whether the worker lost the right to mint without being asked to stop: it can never
+    /// mint again, and should get out of the way (the `fenceflake worker` process releases
+    /// what it can and exits non-zero so that its supervisor starts it afresh; a library-mode
+    /// `Generator` reports it through [`crate::Generator::ended`] and its errors).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, ParkCause::Fenced | ParkCause::Superseded | ParkCause::Quarantined | ParkCause::StateDirFailed)
     }
 }
 
@@ -109,7 +124,14 @@ mod tests {
         let permanent: Vec<_> = ParkCause::ALL.into_iter().filter(|c| c.is_permanent()).collect();
         assert_eq!(
             permanent,
-            [ParkCause::Fenced, ParkCause::Quarantined, ParkCause::StateDirFailed, ParkCause::Stopping]
+            [
+                ParkCause::Fenced,
+                ParkCause::Superseded,
+                ParkCause::Quarantined,
+                ParkCause::StateDirFailed,
+                ParkCause::Stopping
+            ]
         );
+        assert!(!ParkCause::Stopping.is_terminal(), "a requested stop is not a loss");
     }
 }

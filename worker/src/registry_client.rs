@@ -17,7 +17,7 @@ use fenceflake_proto::wire::Reason;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use crate::holder::HolderId;
+use crate::holder::{HolderId, Incarnation};
 use crate::lease::{LeaseDecodeError, LeaseGrant, Token};
 use crate::limits::REGISTRY_CONNECT_TIMEOUT_MS;
 use crate::worker_id::WorkerId;
@@ -82,9 +82,12 @@ impl IdView {
 /// The registry operations the worker uses. Each call is one attempt against the cluster
 /// (which may try several nodes); retrying and backing off is the caller's business.
 pub trait LeaseRegistry: Send + Sync + 'static {
+    /// Acquire a lease for `holder` from process `incarnation`: a retry of the same
+    /// incarnation gets its lease back; a new one takes the holder's lease over.
     fn acquire<'a>(
         &'a self,
         holder: &'a HolderId,
+        incarnation: Incarnation,
         worker_id: Option<WorkerId>,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<LeaseGrant, RegistryCallError>>;
@@ -115,6 +118,9 @@ pub trait LeaseRegistry: Send + Sync + 'static {
 pub enum LostReason {
     /// Another holder has the worker ID now (or the canary fired).
     Fenced,
+    /// A newer process of this holder (a new incarnation: a copy of this state dir, or a
+    /// restart elsewhere) took the lease over; this process must not come back as the holder.
+    Superseded,
     Quarantined,
     /// The lease was released.
     Expired,
@@ -200,6 +206,7 @@ impl RegistryCallError {
         };
         match reason {
             Reason::Fenced => RegistryCallError::Lost { reason: LostReason::Fenced, message },
+            Reason::Superseded => RegistryCallError::Lost { reason: LostReason::Superseded, message },
             Reason::Quarantined => RegistryCallError::Lost { reason: LostReason::Quarantined, message },
             Reason::Expired => RegistryCallError::Lost { reason: LostReason::Expired, message },
             Reason::AlreadyHeld => RegistryCallError::AlreadyHeld { message },
@@ -309,6 +316,7 @@ impl LeaseRegistry for GrpcRegistry {
     fn acquire<'a>(
         &'a self,
         holder: &'a HolderId,
+        incarnation: Incarnation,
         worker_id: Option<WorkerId>,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<LeaseGrant, RegistryCallError>> {
@@ -317,6 +325,7 @@ impl LeaseRegistry for GrpcRegistry {
                 holder: holder.to_string(),
                 worker_id: worker_id.map(|w| u32::from(w.get())),
                 ttl_ms: ttl.as_millis() as u64,
+                incarnation: incarnation.get(),
             };
             let lease = self.sweep(|mut c| {
                 let request = request.clone();
@@ -385,11 +394,12 @@ mod tests {
         assert_eq!(lost(&Reason::Fenced.status("FENCED: stale")), Some(LostReason::Fenced));
         assert_eq!(lost(&Reason::Quarantined.status("x")), Some(LostReason::Quarantined));
         assert_eq!(lost(&Reason::Expired.status("x")), Some(LostReason::Expired));
+        assert_eq!(lost(&Reason::Superseded.status("x")), Some(LostReason::Superseded));
         let class = |e: &RegistryCallError| format!("{e:?}").split([' ', '(']).next().unwrap_or_default().to_string();
         for reason in Reason::ALL {
             let got = RegistryCallError::from_status(&reason.status("msg"));
             let want = match reason {
-                Reason::Fenced | Reason::Expired | Reason::Quarantined => "Lost",
+                Reason::Fenced | Reason::Superseded | Reason::Expired | Reason::Quarantined => "Lost",
                 Reason::AlreadyHeld => "AlreadyHeld",
                 Reason::HolderHoldsOther => "HolderHoldsOther",
                 Reason::Exhausted => "Exhausted",

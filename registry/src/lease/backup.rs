@@ -95,6 +95,8 @@ mod tests {
             quarantine: None,
             owner: None,
             past_owners: Vec::new(),
+            incarnation: None,
+            superseded: None,
         };
         TableBackup {
             config: ClusterConfig {

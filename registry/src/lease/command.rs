@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::backup::TableBackup;
-use super::ids::{HolderId, Token, WorkerId};
+use super::ids::{HolderId, Incarnation, Token, WorkerId};
 use super::record::{ClusterConfig, GrantExpectation};
 
 /// A holder extends its lease `(worker_id, token)`. Passed unchanged from the client's
@@ -53,7 +53,11 @@ pub enum Command {
     /// Set the cluster config; only the first one applied takes effect.
     Configure(ClusterConfig),
     /// Grant `worker_id` to `holder`, if the expectation still holds. If `holder` already holds
-    /// a lease, that lease is returned and renewed instead (a retried Acquire must not leak an ID).
+    /// a lease, that lease is returned and renewed instead (a retried Acquire must not leak an
+    /// ID) — unless a new incarnation of the holder asks: then the holder's lease is taken over
+    /// under a new token at this position (`worker_id` is the held ID) or given up, with its
+    /// high-water mark kept, for `worker_id` (another, free ID: `auto` where waiting out the
+    /// held one's high-water mark would be long).
     Grant {
         worker_id: WorkerId,
         holder: HolderId,
@@ -64,6 +68,10 @@ pub enum Command {
         /// The authenticated identity asking (`None` over plaintext): the lease's owner.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         owner: Option<String>,
+        /// The asking process's incarnation (under [`Rules::INCARNATIONS`]): a holder's new
+        /// incarnation takes its lease over under a new token instead of getting it back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        incarnation: Option<Incarnation>,
     },
     /// Extend the lease `(worker_id, token)`.
     Renew(Renew),
@@ -121,8 +129,12 @@ impl Rules {
     /// Leases bound to identities (NOT_OWNER, the canary believes only a token's owner) and
     /// bounded claims (CLOCK_SKEW, nothing at or past mint_until).
     pub const IDENTITIES: Rules = Rules(1);
-    /// What this build's leaders write.
-    pub const CURRENT: Rules = Rules::IDENTITIES;
+    /// Incarnations: a holder's new process takes its lease over under a new token
+    /// (`Command::Grant::incarnation`); before, it got the lease back unchanged.
+    pub const INCARNATIONS: Rules = Rules(2);
+    /// What this build's leaders write, and the newest rules it can apply: an entry written
+    /// under newer rules stops this node (applying it under older ones could diverge).
+    pub const CURRENT: Rules = Rules::INCARNATIONS;
 
     pub fn is_original(&self) -> bool {
         *self == Rules::ORIGINAL
@@ -147,6 +159,10 @@ pub struct LeaseGrant {
 pub enum Rejection {
     /// The token is not the current one: a newer grant exists.
     Fenced { current: Token },
+    /// The token belonged to an earlier incarnation of the holder, which a newer one took over
+    /// (its lease, or another ID given for it): a copied state dir, or a process that outlived
+    /// its restart. The holder ID (not the token) names who has the lease now.
+    Superseded { holder: HolderId },
     /// The token is current but the lease was released.
     Expired,
     /// The worker ID is quarantined.

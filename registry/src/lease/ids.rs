@@ -72,6 +72,26 @@ impl fmt::Display for Token {
     }
 }
 
+/// One start of a worker process: a random number the process draws when it starts and never
+/// persists. Two processes that share a holder ID (a restart, or a copied state dir) are told
+/// apart by it, so they never share a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Incarnation(pub u64);
+
+impl Incarnation {
+    /// The incarnation an Acquire states: 0 on the wire means none (a worker older than
+    /// incarnations).
+    pub fn stated(value: u64) -> Option<Incarnation> {
+        (value != 0).then_some(Incarnation(value))
+    }
+}
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
 /// Identity of one worker process. Validated (non-empty, bounded, not reserved) at the RPC
 /// boundary.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use fenceflake_proto::wire::{layout_timestamp_bits, LayoutBound, LEGACY_SEQUENCE_BITS};
 use serde::{Deserialize, Serialize};
 
-use super::ids::{HolderId, LogPos, Token, WorkerId};
+use super::ids::{HolderId, Incarnation, LogPos, Token, WorkerId};
 
 /// Cluster-wide parameters, fixed by the first leader and replicated like any command. The
 /// first three are the ID layout `0 | timestamp | worker ID | sequence`, stated in every grant:
@@ -83,6 +83,22 @@ pub struct LeaseRecord {
     /// [`PAST_OWNERS_MAX`]): a stale renewal trips the canary only from its own token's owner.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub past_owners: Vec<PastOwner>,
+    /// The incarnation of the holder process the current token was granted to (`None`: it
+    /// stated none, or the lease predates incarnations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<Incarnation>,
+    /// The token of the holder's previous incarnation, after a new one took the lease over
+    /// (or gave this ID up for another): that process is told SUPERSEDED, not just FENCED, so
+    /// that it stops for good and does not come back under the holder ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded: Option<SupersededToken>,
+}
+
+/// A token whose holder process was superseded by a newer incarnation of the same holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupersededToken {
+    pub token: Token,
+    pub holder: HolderId,
 }
 
 /// How many earlier (token, owner) pairs a record keeps for the canary.
@@ -108,6 +124,8 @@ impl LeaseRecord {
             quarantine: None,
             owner: None,
             past_owners: Vec::new(),
+            incarnation: None,
+            superseded: None,
         }
     }
 
@@ -130,6 +148,18 @@ impl LeaseRecord {
     pub fn granted_earlier_to(&self, token: Token, caller: Option<&str>) -> bool {
         let Some(caller) = caller else { return true };
         self.past_owners.iter().any(|p| p.token == token && p.owner == caller)
+    }
+
+    /// Whether an Acquire by this record's holder from `incarnation` takes the lease over
+    /// (a new process of the holder) rather than getting it back (a retry, or a worker that
+    /// states no incarnation).
+    pub fn taken_over_by(&self, incarnation: Option<Incarnation>) -> bool {
+        incarnation.is_some() && self.incarnation != incarnation
+    }
+
+    /// The holder that superseded `token`'s process, if `token` is the one it superseded.
+    pub fn superseding(&self, token: Token) -> Option<&HolderId> {
+        self.superseded.as_ref().filter(|s| s.token == token).map(|s| &s.holder)
     }
 
     /// What the leader must still see to grant this ID (the CAS compare).

@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::backup::TableBackup;
 use super::command::Rules;
 use super::command::{Command, LeaseGrant, Outcome, Quarantine, Rejection, Release, Renew, Unquarantine};
-use super::ids::{HolderId, LogPos, Token, WorkerId};
+use super::ids::{HolderId, Incarnation, LogPos, Token, WorkerId};
 use super::record::{
-    AuditEntry, AuditKind, ClusterConfig, GrantExpectation, LeaseRecord, PastOwner, TableGlobals, PAST_OWNERS_MAX,
+    AuditEntry, AuditKind, ClusterConfig, GrantExpectation, LeaseRecord, PastOwner, SupersededToken, TableGlobals,
+    PAST_OWNERS_MAX,
 };
 use crate::limits::{AUDIT_ENTRIES_MAX, CLAIM_AHEAD_MAX_MS, REASON_LEN_MAX};
 
@@ -139,9 +140,15 @@ impl LeaseTable {
                 let applied = self.config.get_or_insert_with(|| config.clone());
                 Outcome::Configured(applied.clone())
             }
-            Command::Grant { worker_id, holder, ttl_ms, expect, specific, owner } => {
-                let ask =
-                    GrantAsk { holder, ttl_ms: *ttl_ms, expect: *expect, specific: *specific, owner: owner.as_deref() };
+            Command::Grant { worker_id, holder, ttl_ms, expect, specific, owner, incarnation } => {
+                let ask = GrantAsk {
+                    holder,
+                    ttl_ms: *ttl_ms,
+                    expect: *expect,
+                    specific: *specific,
+                    owner: owner.as_deref(),
+                    incarnation: incarnation.filter(|_| rules >= Rules::INCARNATIONS),
+                };
                 self.grant(pos, leader_wall_ms, *worker_id, ask)
             }
             Command::Renew(renew) => self.renew(rules, pos, leader_wall_ms, renew),
@@ -171,7 +178,7 @@ impl LeaseTable {
     }
 
     fn grant(&mut self, pos: LogPos, leader_wall_ms: u64, worker_id: WorkerId, ask: GrantAsk<'_>) -> Outcome {
-        let GrantAsk { holder, ttl_ms, expect, specific, owner } = ask;
+        let GrantAsk { holder, ttl_ms, expect, specific, owner, incarnation } = ask;
         let config = match self.check_range(worker_id) {
             Ok(config) => config,
             Err(rejection) => return Outcome::Rejected(rejection),
@@ -179,35 +186,41 @@ impl LeaseTable {
         if ttl_ms == 0 || ttl_ms > config.ttl_ms_max {
             return Outcome::Rejected(Rejection::BadTtl { ttl_ms, ttl_ms_max: config.ttl_ms_max });
         }
-        // A holder that already holds a lease gets it back, renewed: its Acquire may have
-        // committed while the reply was lost, and a retry must not take a second ID.
+        let mut compare = true;
         if let Some(held) = self.held_by(owner, holder) {
+            if !self.records[&held].taken_over_by(incarnation) {
+                return self.regrant(pos, leader_wall_ms, held, worker_id, ask);
+            }
             if specific && held != worker_id {
                 return Outcome::Rejected(Rejection::HolderHoldsOther { worker_id: held });
             }
-            let record = self.records.get_mut(&held).expect("holders index points at a record");
-            if let Some(reason) = &record.quarantine {
-                return Outcome::Rejected(Rejection::Quarantined { reason: reason.clone() });
+            if held == worker_id {
+                // A new process of the holder takes its own lease over. No compare: a renewal
+                // of the previous incarnation applied before this grant is in the high-water
+                // mark the new token waits past, and one applied after carries the old token
+                // and is fenced.
+                compare = false;
+            } else {
+                // `auto`, and waiting past the held ID's high-water mark would be long: the
+                // held ID is given up (its mark kept for its next holder) for a free one.
+                if let Err(rejection) = self.grantable(worker_id, expect, specific) {
+                    return Outcome::Rejected(rejection);
+                }
+                self.give_up(held);
             }
-            record.last_renew = pos;
-            record.ttl_ms = ttl_ms;
-            record.high_water_ms = record.high_water_ms.max(leader_wall_ms.saturating_add(ttl_ms));
-            // The holder may come back as a process that remembers less than it minted (a
-            // retried Acquire after a restart): it must start past every timestamp it reported.
-            let minted_floor = if record.max_minted_ms > 0 { record.max_minted_ms.saturating_add(1) } else { 0 };
-            let grant = grant_view(held, record);
-            return Outcome::Granted(LeaseGrant { not_before_ms: grant.not_before_ms.max(minted_floor), ..grant });
         }
-        let record = self.records.entry(worker_id).or_insert_with(LeaseRecord::fresh);
-        if let Some(reason) = &record.quarantine {
-            return Outcome::Rejected(Rejection::Quarantined { reason: reason.clone() });
-        }
-        if record.expectation() != expect {
-            return Outcome::Rejected(Rejection::AlreadyHeld { holder: record.holder.clone(), specific });
+        if compare {
+            if let Err(rejection) = self.grantable(worker_id, expect, specific) {
+                return Outcome::Rejected(rejection);
+            }
+        } else if let Some(reason) = self.records.get(&worker_id).and_then(|r| r.quarantine.clone()) {
+            return Outcome::Rejected(Rejection::Quarantined { reason });
         }
         let token = Token::granted(self.generation, pos);
         assert!(token > self.last_token, "fencing token {token} not above {}", self.last_token);
         self.last_token = token;
+        let record = self.records.entry(worker_id).or_insert_with(LeaseRecord::fresh);
+        record.superseded = (!compare).then(|| SupersededToken { token: record.token, holder: holder.clone() });
         if let Some(previous) = record.holder.replace(holder.clone()) {
             self.holders.remove(&(record.owner.clone(), previous));
         }
@@ -218,6 +231,7 @@ impl LeaseTable {
             }
         }
         record.owner = owner.map(str::to_string);
+        record.incarnation = incarnation;
         record.token = token;
         record.ttl_ms = ttl_ms;
         record.last_renew = pos;
@@ -226,6 +240,59 @@ impl LeaseTable {
         record.high_water_ms = record.high_water_ms.max(leader_wall_ms.saturating_add(ttl_ms));
         self.holders.insert((record.owner.clone(), holder.clone()), worker_id);
         Outcome::Granted(grant_view(worker_id, record))
+    }
+
+    /// Whether `worker_id` may be granted to a new holder: not quarantined, and still as the
+    /// leader saw it when it planned the grant (the compare of the compare-and-set).
+    fn grantable(&self, worker_id: WorkerId, expect: GrantExpectation, specific: bool) -> Result<(), Rejection> {
+        let fresh = LeaseRecord::fresh();
+        let record = self.records.get(&worker_id).unwrap_or(&fresh);
+        if let Some(reason) = &record.quarantine {
+            return Err(Rejection::Quarantined { reason: reason.clone() });
+        }
+        if record.expectation() != expect {
+            return Err(Rejection::AlreadyHeld { holder: record.holder.clone(), specific });
+        }
+        Ok(())
+    }
+
+    /// The holder gives `worker_id` up without a release: its high-water mark stays (a
+    /// previous incarnation may still mint below it), and its token stays, so that
+    /// incarnation's renewals are answered EXPIRED.
+    fn give_up(&mut self, worker_id: WorkerId) {
+        let record = self.records.get_mut(&worker_id).expect("a held ID has a record");
+        if let Some(holder) = record.holder.take() {
+            record.superseded = Some(SupersededToken { token: record.token, holder: holder.clone() });
+            self.holders.remove(&(record.owner.clone(), holder));
+        }
+    }
+
+    /// The holder (same incarnation, or one that states none) asks again: its Acquire may
+    /// have committed while the reply was lost, and a retry must not take a second ID. It gets
+    /// the lease it holds back, renewed.
+    fn regrant(
+        &mut self,
+        pos: LogPos,
+        leader_wall_ms: u64,
+        held: WorkerId,
+        worker_id: WorkerId,
+        ask: GrantAsk<'_>,
+    ) -> Outcome {
+        if ask.specific && held != worker_id {
+            return Outcome::Rejected(Rejection::HolderHoldsOther { worker_id: held });
+        }
+        let record = self.records.get_mut(&held).expect("holders index points at a record");
+        if let Some(reason) = &record.quarantine {
+            return Outcome::Rejected(Rejection::Quarantined { reason: reason.clone() });
+        }
+        record.last_renew = pos;
+        record.ttl_ms = ask.ttl_ms;
+        record.high_water_ms = record.high_water_ms.max(leader_wall_ms.saturating_add(ask.ttl_ms));
+        // The holder may come back as a process that remembers less than it minted (a
+        // retried Acquire after a restart): it must start past every timestamp it reported.
+        let minted_floor = if record.max_minted_ms > 0 { record.max_minted_ms.saturating_add(1) } else { 0 };
+        let grant = grant_view(held, record);
+        Outcome::Granted(LeaseGrant { not_before_ms: grant.not_before_ms.max(minted_floor), ..grant })
     }
 
     fn renew(&mut self, rules: Rules, pos: LogPos, leader_wall_ms: u64, renew: &Renew) -> Outcome {
@@ -250,6 +317,9 @@ impl LeaseTable {
                 && max_minted_ts_ms > 0
                 && max_minted_ts_ms >= record.not_before_ms;
             if !overlap {
+                if let Some(holder) = record.superseding(token) {
+                    return Outcome::Rejected(Rejection::Superseded { holder: holder.clone() });
+                }
                 return Outcome::Rejected(Rejection::Fenced { current: record.token });
             }
             let current = record.token;
@@ -277,6 +347,9 @@ impl LeaseTable {
             return Outcome::Rejected(not_owner(record));
         }
         if record.holder.is_none() {
+            if let Some(holder) = record.superseding(token) {
+                return Outcome::Rejected(Rejection::Superseded { holder: holder.clone() });
+            }
             return Outcome::Rejected(Rejection::Expired);
         }
         if checked {
@@ -388,6 +461,8 @@ impl LeaseTable {
                 quarantine: old.and_then(|r| r.quarantine.clone()),
                 owner: None,
                 past_owners: Vec::new(),
+                incarnation: None,
+                superseded: None,
             };
             self.records.insert(worker_id, record);
         }
@@ -437,12 +512,15 @@ fn not_owner(record: &LeaseRecord) -> Rejection {
 }
 
 /// What a grant asks for, beside the worker ID.
+#[derive(Clone, Copy)]
 struct GrantAsk<'a> {
     holder: &'a HolderId,
     ttl_ms: u64,
     expect: GrantExpectation,
     specific: bool,
     owner: Option<&'a str>,
+    /// `None` under rules before [`Rules::INCARNATIONS`], whatever the command says.
+    incarnation: Option<Incarnation>,
 }
 
 /// Bounded claims: a renewal may move the high-water mark only as far as an honest holder

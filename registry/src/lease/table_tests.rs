@@ -46,7 +46,7 @@ fn claim(
     specific: bool,
     owner: Option<String>,
 ) -> Command {
-    Command::Grant { worker_id, holder: HolderId(holder.into()), ttl_ms, expect, specific, owner }
+    Command::Grant { worker_id, holder: HolderId(holder.into()), ttl_ms, expect, specific, owner, incarnation: None }
 }
 
 fn granted(o: Outcome) -> LeaseGrant {
@@ -468,4 +468,102 @@ fn claims_beyond_the_registrys_time_or_the_lease_change_nothing() {
     // Inside the bounds the honest path works as before.
     let renewed = granted(renew(&mut t, 7, 0, lease.token, WALL + 1_000, lease.mint_until_ms - 1));
     assert_eq!(renewed.mint_until_ms, WALL + 1_000 + 10_000);
+}
+
+/// A Grant by `holder` from process `incarnation`, for `w` (`specific`), expecting the record
+/// of `w` as it is now (what the leader's plan would expect).
+fn claim_from(t: &mut LeaseTable, idx: u64, w: u32, holder: &str, incarnation: u64, specific: bool) -> Outcome {
+    let expect = t
+        .record(WorkerId(w))
+        .map_or(GrantExpectation { token: Token::NONE, last_renew: LogPos::default() }, LeaseRecord::expectation);
+    let cmd = Command::Grant {
+        worker_id: WorkerId(w),
+        holder: HolderId(holder.into()),
+        ttl_ms: 10_000,
+        expect,
+        specific,
+        owner: None,
+        incarnation: Some(Incarnation(incarnation)),
+    };
+    t.apply(LogPos::new(idx, 0), WALL, &cmd)
+}
+
+/// Goal (incarnations): a retried Acquire of the same process gets its lease back unchanged;
+/// a new process of the holder gets a new token at once, with a `not_before` past everything
+/// the previous token could still mint (its `mint_until`), and the previous process is told
+/// SUPERSEDED — or, if it minted inside the new window, the canary quarantines the ID.
+#[test]
+fn a_new_incarnation_takes_the_lease_over_under_a_new_token() {
+    let mut t = configured();
+    let first = granted(claim_from(&mut t, 2, 0, "h", 1, true));
+    let again = granted(claim_from(&mut t, 3, 0, "h", 1, true));
+    assert_eq!(again.token, first.token, "a retry of the same incarnation keeps the token");
+    let renewed = granted(renew(&mut t, 4, 0, first.token, WALL + 2_000, WALL + 1_500));
+    // Expect a stale expectation: the takeover does not compare (the holder asks for its own).
+    let stale = GrantExpectation { token: Token::NONE, last_renew: LogPos::default() };
+    let cmd = Command::Grant {
+        worker_id: WorkerId(0),
+        holder: HolderId("h".into()),
+        ttl_ms: 10_000,
+        expect: stale,
+        specific: true,
+        owner: None,
+        incarnation: Some(Incarnation(2)),
+    };
+    let taken = granted(t.apply(LogPos::new(5, 0), WALL, &cmd));
+    assert!(taken.token > first.token, "a new incarnation must get a new token");
+    assert!(taken.not_before_ms >= renewed.mint_until_ms, "{} < {}", taken.not_before_ms, renewed.mint_until_ms);
+    let superseded = renew(&mut t, 6, 0, first.token, WALL, WALL + 1_600);
+    assert_eq!(superseded, Outcome::Rejected(Rejection::Superseded { holder: HolderId("h".into()) }));
+    assert!(matches!(release(&mut t, 7, 0, first.token, WALL), Outcome::Rejected(Rejection::Fenced { .. })));
+    assert!(matches!(renew(&mut t, 8, 0, taken.token, WALL, 0), Outcome::Renewed(_)));
+    // The previous process reporting a mint at or past the new not_before is an overlap.
+    let overlap = renew(&mut t, 9, 0, first.token, WALL, taken.not_before_ms);
+    assert_eq!(overlap, Outcome::CanaryHit { current: taken.token });
+    assert!(t.record(WorkerId(0)).unwrap().quarantine.is_some());
+}
+
+/// Goal: entries written before incarnations replay as they did — the holder gets its lease
+/// back whatever incarnation the command names — so replicas that replay an old log agree.
+#[test]
+fn incarnations_apply_only_under_their_rules() {
+    let mut t = configured();
+    let first = granted(claim_from(&mut t, 2, 0, "h", 1, true));
+    let cmd = Command::Grant {
+        worker_id: WorkerId(0),
+        holder: HolderId("h".into()),
+        ttl_ms: 10_000,
+        expect: t.record(WorkerId(0)).unwrap().expectation(),
+        specific: true,
+        owner: None,
+        incarnation: Some(Incarnation(2)),
+    };
+    let old = granted(t.apply_under(Rules::IDENTITIES, LogPos::new(3, 0), WALL, &cmd));
+    assert_eq!(old.token, first.token);
+    let new = granted(t.apply_under(Rules::INCARNATIONS, LogPos::new(4, 0), WALL, &cmd));
+    assert!(new.token > first.token);
+}
+
+/// Goal: with `auto`, a new incarnation that would wait long for its held ID takes a free one;
+/// the held ID is given up with its high-water mark kept (its previous process may still mint
+/// below it), and that process is told SUPERSEDED, so it stops instead of fencing back.
+#[test]
+fn a_new_incarnation_may_give_its_held_id_up_for_a_free_one() {
+    let mut t = configured();
+    let first = granted(claim_from(&mut t, 2, 0, "h", 1, false));
+    let renewed = granted(renew(&mut t, 3, 0, first.token, WALL + 2_000, WALL + 1_000));
+    let moved = granted(claim_from(&mut t, 4, 1, "h", 2, false));
+    assert_eq!(moved.worker_id, WorkerId(1));
+    let left = t.record(WorkerId(0)).unwrap();
+    assert_eq!(left.holder, None, "the held ID is free again");
+    assert_eq!(left.high_water_ms, renewed.mint_until_ms, "its mark stays for its next holder");
+    let superseded = renew(&mut t, 5, 0, first.token, WALL, WALL + 1_100);
+    assert_eq!(superseded, Outcome::Rejected(Rejection::Superseded { holder: HolderId("h".into()) }));
+    assert_eq!(release(&mut t, 6, 0, first.token, WALL + 1_100), Outcome::Released);
+    assert_eq!(t.record(WorkerId(0)).unwrap().high_water_ms, renewed.mint_until_ms, "a late release lowers nothing");
+    let next = granted(grant(&mut t, 7, 0, "other"));
+    assert!(next.not_before_ms >= renewed.mint_until_ms);
+    // A new incarnation asking for another specific ID than its holder holds is refused.
+    let refused = claim_from(&mut t, 8, 2, "h", 3, true);
+    assert_eq!(refused, Outcome::Rejected(Rejection::HolderHoldsOther { worker_id: WorkerId(1) }));
 }

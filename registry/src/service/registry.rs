@@ -8,7 +8,9 @@ use tonic::{Request, Response, Status};
 use super::validate;
 use crate::backup::{self, Provenance};
 use crate::error::RegistryError;
-use crate::lease::{AuditEntry, AuditKind, ClusterConfig, Quarantine, Rejection, Release, Renew, Unquarantine};
+use crate::lease::{
+    AuditEntry, AuditKind, ClusterConfig, Incarnation, Quarantine, Rejection, Release, Renew, Unquarantine,
+};
 use crate::metrics::inc;
 use crate::node::{RegistryNode, StatusView};
 use crate::proposal::{LeaseReply, LeaseView, Proposal, Reply};
@@ -240,7 +242,8 @@ impl pb::registry_server::Registry for RegistryService {
         let holder = validate::holder(&r.holder).map_err(invalid)?;
         let worker_id = r.worker_id.map(|w| validate::worker_id(w, config.as_ref())).transpose().map_err(invalid)?;
         let ttl_ms = validate::ttl_ms(r.ttl_ms, config.as_ref()).map_err(invalid)?;
-        self.lease(Proposal::Acquire { holder, worker_id, ttl_ms, owner }).await
+        let incarnation = Incarnation::stated(r.incarnation);
+        self.lease(Proposal::Acquire { holder, worker_id, ttl_ms, owner, incarnation }).await
     }
 
     async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::Lease>, Status> {

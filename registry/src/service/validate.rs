@@ -4,7 +4,7 @@
 use fenceflake_proto::tls::PeerIdentity;
 
 use crate::error::RegistryError;
-use crate::lease::{ClusterConfig, HolderId, Token, WorkerId};
+use crate::lease::{ClusterConfig, HolderId, Incarnation, Token, WorkerId};
 use crate::limits::{HOLDER_LEN_MAX, OWNER_LEN_MAX, REASON_LEN_MAX};
 use crate::proposal::Proposal;
 use crate::raft::types::NodeId;
@@ -123,7 +123,13 @@ fn owner(field: &str, value: Option<&str>) -> Result<(), RegistryError> {
 pub fn proposal(p: &Proposal, config: Option<&ClusterConfig>) -> Result<(), RegistryError> {
     let id = |w: WorkerId| worker_id(w.0, config).map(drop);
     match p {
-        Proposal::Acquire { holder: h, worker_id: w, ttl_ms: t, owner: o } => {
+        Proposal::Acquire { holder: h, worker_id: w, ttl_ms: t, owner: o, incarnation: i } => {
+            if *i == Some(Incarnation(0)) {
+                return Err(RegistryError::invalid(
+                    "incarnation",
+                    "0 stands for none on the wire; a stated one is never 0",
+                ));
+            }
             holder(&h.0)?;
             w.map(id).transpose()?;
             owner("owner", o.as_deref())?;
@@ -191,7 +197,13 @@ mod tests {
         let c = config();
         let bad = [
             (
-                Proposal::Acquire { holder: HolderId("fenceflake:x".into()), worker_id: None, ttl_ms: 1, owner: None },
+                Proposal::Acquire {
+                    holder: HolderId("fenceflake:x".into()),
+                    worker_id: None,
+                    ttl_ms: 1,
+                    owner: None,
+                    incarnation: None,
+                },
                 "holder",
             ),
             (
@@ -200,6 +212,7 @@ mod tests {
                     worker_id: Some(WorkerId(4096)),
                     ttl_ms: 1,
                     owner: None,
+                    incarnation: None,
                 },
                 "worker_id",
             ),
@@ -220,8 +233,19 @@ mod tests {
                     worker_id: None,
                     ttl_ms: 1,
                     owner: Some("spiffe://td/fenceflake/worker/a/../b".into()),
+                    incarnation: None,
                 },
                 "owner",
+            ),
+            (
+                Proposal::Acquire {
+                    holder: HolderId("a".into()),
+                    worker_id: None,
+                    ttl_ms: 1,
+                    owner: None,
+                    incarnation: Some(Incarnation(0)),
+                },
+                "incarnation",
             ),
             (Proposal::TransferLeader { to: Some(0) }, "node_id"),
         ];

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode};
 use crate::expiry::ExpiryTracker;
-use crate::lease::{Command, LeaseTable, LogPos, Outcome, Rejection, WorkerId};
+use crate::lease::{Command, LeaseTable, LogPos, Outcome, Rejection, Rules, WorkerId};
 use crate::raft::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const KEY_APPLIED: &[u8] = b"applied";
@@ -101,6 +101,25 @@ impl Changes {
             _ => {}
         }
     }
+}
+
+/// An entry written by a leader of a newer release, under apply rules this release does not
+/// know, stops this node before anything is applied: applying it under older rules could give
+/// other outcomes than the other replicas (a diverged state machine). Upgrade this node.
+fn refuse_newer_rules(entries: &[Entry]) -> Result<(), StorageError> {
+    let newer = entries.iter().find_map(|entry| match &entry.payload {
+        EntryPayload::Normal(batch) if batch.rules > Rules::CURRENT => Some((entry.log_id, batch.rules)),
+        _ => None,
+    });
+    let Some((log_id, rules)) = newer else { return Ok(()) };
+    let why = format!(
+        "log entry {log_id} was written under apply rules {}, newer than this release's {}: upgrade this node \
+         to the release the leader runs (it stops rather than apply the entry differently)",
+        rules.0,
+        Rules::CURRENT.0
+    );
+    tracing::error!(%log_id, rules = rules.0, known = Rules::CURRENT.0, "{why}");
+    Err(StorageIOError::apply(log_id, &std::io::Error::other(why)).into())
 }
 
 /// Apply one log entry to the state; the outcomes of its commands, in order.
@@ -219,6 +238,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        refuse_newer_rules(&entries)?;
         let mut changes = Changes::default();
         let responses = {
             let mut state = self.state.write();

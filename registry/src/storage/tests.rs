@@ -73,3 +73,31 @@ async fn an_oversized_entry_is_refused_not_a_panic() {
         Outcome::Rejected(Rejection::BatchTooLarge { slot: 1 << TOKEN_SLOT_BITS })
     );
 }
+
+/// Goal: an entry written under apply rules newer than this release's stops the node with a
+/// storage error before anything of it is applied (applying it under older rules could make
+/// this replica diverge from the others).
+#[tokio::test]
+async fn an_entry_under_newer_rules_stops_the_node_before_applying() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use crate::lease::{Batch, ClusterConfig, Command, Rules};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open(dir.path(), &identity(1), tracker()).unwrap().state_machine;
+    let config = ClusterConfig { epoch_ms: 0, worker_id_bits: 2, sequence_bits: 12, ttl_ms_max: 1000, cool_down_ms: 0 };
+    let entry = |index, rules| crate::raft::types::Entry {
+        log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Batch {
+            leader_wall_ms: 1,
+            commands: vec![Command::Configure(config.clone())],
+            rules,
+        }),
+    };
+    let error = sm.apply(vec![entry(1, Rules(Rules::CURRENT.0 + 1))]).await.unwrap_err();
+    assert!(error.to_string().contains("upgrade this node"), "{error}");
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, None, "nothing of the entry was applied");
+    sm.apply(vec![entry(1, Rules::CURRENT)]).await.unwrap();
+}
