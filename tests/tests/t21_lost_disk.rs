@@ -12,13 +12,19 @@ use fenceflake_tests::eventually;
 /// What a node logs while its guard waits for answers.
 const WAITING: &str = "not starting until the answers prove it safe";
 
-/// Goal: empty nodes with too few peers answering do not start: nodes 1 (the bootstrapper)
-/// and 2 of a new five-node cluster, alone, keep asking and say whom they wait for, and never
-/// bootstrap or serve; once the other three start, the cluster forms (waiting is not a hang).
+/// Goal: empty nodes with too few peers answering do not start: node 1 (the bootstrapper) of
+/// a new five-node cluster with no peer reachable, then with node 2, keeps asking and says
+/// whom it waits for; neither bootstraps or serves; once the other three start, the cluster
+/// forms (waiting is not a hang).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_nodes_without_enough_answers_keep_waiting_visibly() {
     let mut cluster = Cluster::unstarted(Certs::new(), 5, &[], &[]);
     cluster.spawn(1);
+    eventually(Duration::from_secs(10), "node 1, alone, to log that nobody answers", || async {
+        let log = cluster.log(1);
+        (log.contains(WAITING) && log.contains("2: no answer, 3: no answer, 4: no answer, 5: no answer")).then_some(())
+    })
+    .await;
     cluster.spawn(2);
     eventually(Duration::from_secs(10), "node 1 to log what it waits for", || async {
         let log = cluster.log(1);
