@@ -10,6 +10,7 @@ pub mod grant_plan;
 pub mod leader;
 pub mod lease;
 pub mod limits;
+pub mod lost_disk;
 pub mod metrics;
 pub mod node;
 pub mod proposal;

@@ -1,60 +1,68 @@
-//! Guard against a node that lost its disk coming back under its old id (etcd's "member has
-//! already been bootstrapped" check). A node records in the replicated state, once, that it
-//! has served; a node that starts with an empty data dir first asks its peers whether its id
-//! has served before, and refuses to start if any says so: with its vote and log gone it could
-//! help elect a leader that lacks acknowledged leases.
+//! A node's record of having served, and what it tells a node that asks about it. A node
+//! records in the replicated state, once, that it has served; a node that later starts without
+//! Raft state under that id lost its disk, and the lost-disk guard (`crate::lost_disk`) asks
+//! its peers (`NodeHistory`) before it takes part in anything. This is the answering side.
 
-use std::path::Path;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
+use openraft::{EntryPayload, RaftLogReader};
 
-use crate::config::NodeConfig;
+use crate::lease::Command;
+use crate::lost_disk::{HistoryAnswer, KnownMembership};
 use crate::node::RegistryNode;
 use crate::proposal::Proposal;
-use crate::raft::network::{PeerClients, PeerRpc};
+use crate::raft::types::{LogId, NodeId, StorageError, Vote};
+use crate::storage::{LogStore, OpenedStorage};
 
-/// Per-peer bound on the history question: an unreachable peer must not hold up a normal
-/// first start (peers of a fresh cluster may not be up yet).
-const HISTORY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between attempts to record that this node served.
 const ANNOUNCE_RETRY: Duration = Duration::from_millis(500);
 
-/// Whether `data_dir` holds nothing yet (missing or an empty directory).
-pub fn is_empty_data_dir(data_dir: &Path) -> bool {
-    match std::fs::read_dir(data_dir) {
-        Ok(mut entries) => entries.next().is_none(),
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-    }
+/// Whether a just-opened data dir holds Raft state: a vote, a log or applied state. A dir
+/// without (new, wiped, or only its identity written before a crash) goes through the guard.
+pub async fn holds_raft_state(opened: &OpenedStorage) -> Result<bool, StorageError> {
+    use openraft::storage::RaftLogStorage;
+    let mut log = opened.log_store.clone();
+    let voted = log.read_vote().await?.is_some();
+    let logged = log.get_log_state().await?.last_log_id.is_some();
+    let state = opened.state_machine.shared();
+    let applied = state.read().last_applied.is_some();
+    Ok(voted || logged || applied)
 }
 
-/// The peer that remembers this node serving, if any peer answers so.
-pub async fn peer_remembering(config: &NodeConfig, peers: &PeerClients) -> Option<u64> {
-    let mut asks = JoinSet::new();
-    for (&peer_id, peer) in config.initial_cluster.iter().filter(|(id, _)| **id != config.node_id) {
-        let (peers, addr, node_id) = (peers.clone(), peer.peer_addr.clone(), config.node_id);
-        asks.spawn(async move {
-            let served: Result<bool, _> =
-                peers.call(peer_id, &addr, PeerRpc::NodeHistory, &node_id, HISTORY_TIMEOUT).await;
-            match served {
-                Ok(served) => (peer_id, Some(served)),
-                Err(e) => {
-                    tracing::debug!(peer_id, error = %e, "peer did not answer the node-history question");
-                    (peer_id, None)
-                }
-            }
-        });
+/// What this node tells node `asked`: empty (no Raft state), or whether it remembers `asked`
+/// serving (applied, or in the log past the applied index: a record committed just before a
+/// full stop may not be applied yet here) and the membership it knows.
+pub async fn answer(node: &RegistryNode, asked: NodeId) -> Result<HistoryAnswer, StorageError> {
+    let m = node.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let blank = m.vote == Vote::default()
+        && m.last_log_index.is_none()
+        && m.last_applied.is_none()
+        && membership.nodes().next().is_none();
+    if blank {
+        return Ok(HistoryAnswer::Empty);
     }
-    let mut answered = 0;
-    while let Some(joined) = asks.join_next().await {
-        match joined {
-            Ok((peer_id, Some(true))) => return Some(peer_id),
-            Ok((_, Some(false))) => answered += 1,
-            _ => {}
+    let served = node.state.read().table.has_served(asked) || in_log_tail(node, asked, m.last_applied).await?;
+    let voters: Vec<_> = membership.get_joint_config().clone();
+    let known = KnownMembership {
+        log_id: *m.membership_config.log_id(),
+        voters,
+        peer_addrs: membership.nodes().map(|(id, n)| (*id, n.peer_addr.clone())).collect(),
+    };
+    Ok(HistoryAnswer::HoldsData { served, membership: Some(known) })
+}
+
+/// Whether the log past `applied` records node `asked` serving.
+async fn in_log_tail(node: &RegistryNode, asked: NodeId, applied: Option<LogId>) -> Result<bool, StorageError> {
+    let mut log = LogStore::open(&node.db).map_err(|e| openraft::StorageIOError::read_logs(&e))?;
+    let from = applied.map_or(0, |id| id.index + 1);
+    let entries = log.try_get_log_entries(from..).await?;
+    Ok(entries.iter().any(|entry| match &entry.payload {
+        EntryPayload::Normal(batch) => {
+            batch.commands.iter().any(|c| matches!(c, Command::NodeServed { node_id } if *node_id == asked))
         }
-    }
-    tracing::info!(node_id = config.node_id, answered, "empty data dir: no peer remembers this node serving");
-    None
+        _ => false,
+    }))
 }
 
 /// Record, once, that this node has served: as soon as it is a member, knows a leader and has
@@ -88,15 +96,31 @@ pub async fn announce(node: RegistryNode) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    #![allow(clippy::unwrap_used)]
+    use openraft::storage::RaftLogStorage;
 
-    /// Goal: a missing or empty data dir is "empty"; one holding anything is not.
-    #[test]
-    fn empty_data_dir_detection() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        assert!(is_empty_data_dir(&dir.path().join("missing")));
-        assert!(is_empty_data_dir(dir.path()));
-        std::fs::write(dir.path().join("db"), b"x").expect("write");
-        assert!(!is_empty_data_dir(dir.path()));
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::expiry::ExpiryTracker;
+    use crate::storage::{self, DataDirIdentity};
+
+    /// Goal: issue 9 — a data dir holding only its identity (written before a crash) holds no
+    /// Raft state and goes through the guard again; one with a vote holds state.
+    #[tokio::test]
+    async fn only_raft_state_counts_as_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = DataDirIdentity { node_id: 1, cluster_id: "c".into() };
+        let open = || {
+            let tracker = ExpiryTracker::new(std::sync::Arc::new(ManualClock::new(0)));
+            storage::open(dir.path(), &identity, tracker).unwrap()
+        };
+        let opened = open();
+        assert!(!holds_raft_state(&opened).await.unwrap(), "a new dir");
+        drop(opened);
+        let mut opened = open();
+        assert!(opened.had_state && !holds_raft_state(&opened).await.unwrap(), "identity only");
+        opened.log_store.save_vote(&Vote::new(1, 2)).await.unwrap();
+        drop(opened);
+        assert!(holds_raft_state(&open()).await.unwrap(), "a vote");
     }
 }

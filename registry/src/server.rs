@@ -13,6 +13,7 @@ use openraft::error::{InitializeError, RaftError};
 use openraft::ServerState;
 use tokio::net::TcpListener;
 use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tonic_reflection::pb::v1::server_reflection_server::{ServerReflection, ServerReflectionServer};
 
@@ -22,6 +23,7 @@ use crate::expiry::ExpiryTracker;
 use crate::leader::{member_roles, Leader, LeaderSettings};
 use crate::lease::ClusterConfig;
 use crate::limits::{CLIENT_MESSAGE_BYTES_MAX, PEER_MESSAGE_BYTES_MAX};
+use crate::lost_disk::{self, Start, StartGate};
 use crate::metrics::RegistryMetrics;
 use crate::node::RegistryNode;
 use crate::proposer::Proposer;
@@ -42,7 +44,7 @@ pub enum ServerError {
     Raft(String),
     #[error("raft stopped with a fatal error: {0} (storage failure? check the disk; the supervisor should restart this node)")]
     Fatal(String),
-    #[error("node {node_id} starts with an empty data dir {}, but peer {peer_id} remembers node {node_id} serving in this cluster: its disk was lost. Restarted empty under its old id it could help elect a leader that lacks acknowledged leases, so it refuses. Remove it (`fenceflake ctl --registry <a live node's client address> remove-member {node_id}`) and add a replacement under a NEW node id (docs/operations.md, Membership)", data_dir.display())]
+    #[error("node {node_id} starts without Raft state in its data dir {}, but peer {peer_id} remembers node {node_id} serving in this cluster: its disk was lost. Restarted empty under its old id it could help elect a leader that lacks acknowledged leases, so it refuses. Remove it (`fenceflake ctl --registry <a live node's client address> remove-member {node_id}`) and add a replacement under a NEW node id (docs/operations.md, \"Replace a node whose disk is lost\")", data_dir.display())]
     LostDisk { node_id: u64, peer_id: u64, data_dir: std::path::PathBuf },
     #[error("{}: this node's data dir {} holds the ID layout of cluster {cluster_id} (epoch {epoch_ms} ms, {worker_id_bits} worker-ID bits, {sequence_bits} sequence bits), fixed when the cluster was bootstrapped and stated in every grant. Layout flags only choose a new cluster's layout, and IDs of two layouts can collide, so a layout never changes in place and this node refuses to start. Leave the flag out (or give the cluster's value); for another layout, bootstrap a new cluster (docs/operations.md, \"Change the ID layout\")", mismatches.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "), data_dir.display())]
     LayoutMismatch {
@@ -99,20 +101,36 @@ pub async fn run(
         return Err(ServerError::AdminOnlyWithoutAdmin);
     }
     let tracker = ExpiryTracker::new(clock.clone());
-    let node = start_node(&config, clock, tracker.clone(), security.clone()).await?;
+    let (node, blank) = start_node(&config, clock.clone(), tracker.clone(), security.clone()).await?;
     let raft = node.raft.clone();
     let (stop, stopped) = fenceflake_proto::serving::stop_signal();
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(fenceflake_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServerError::Reflection(e.to_string()))?;
-    let services =
-        Services { health: health_service, reflection, security: security.clone(), admin_only: config.admin_only };
-    let tasks = serve_ports(&node, listeners, services, &stopped);
+    let gate = StartGate::new(!blank);
+    let Listeners { client, peer, admin, metrics } = listeners;
+    let peer_task = serve_peer(&node, peer, gate.clone(), &security, &stopped);
+    if let Some(listener) = metrics {
+        serve_metrics(&node, listener, &security, &stopped);
+    }
+    let mut shutdown = std::pin::pin!(shutdown);
+    let fresh = if blank {
+        match guard_start(&config, &node, clock.as_ref(), shutdown.as_mut()).await {
+            Ok(Some(start)) => Some(start),
+            stopped_or_refused => {
+                stop.stop();
+                let _ = raft.shutdown().await;
+                let _ = peer_task.1.await;
+                return stopped_or_refused.map(drop);
+            }
+        }
+    } else {
+        None
+    };
+    gate.open();
+    let (health_reporter, services) = client_services(&config, &security).map_err(ServerError::Reflection)?;
+    let mut tasks = serve_ports(&node, client, admin, services, &stopped);
+    tasks.push(peer_task);
     security.follow_files(stopped.clone().wait());
     tokio::spawn(watch_leadership(node.clone(), health_reporter, tracker));
-    bootstrap(&config, &raft).await?;
+    bootstrap(&config, &raft, fresh).await?;
     if config.initial_cluster_state == InitialClusterState::New {
         tokio::spawn(compare_initial_cluster(raft.clone(), config.initial_cluster.clone()));
     }
@@ -130,7 +148,7 @@ pub async fn run(
     let fatal = wait_fatal(raft.clone());
     tokio::pin!(fatal);
     let result = tokio::select! {
-        _ = shutdown => Ok(()),
+        () = shutdown.as_mut() => Ok(()),
         reason = &mut fatal => Err(ServerError::Fatal(reason)),
     };
     tracing::info!(node_id = config.node_id, "registry node stopping");
@@ -144,28 +162,44 @@ pub async fn run(
     result
 }
 
-/// Open the data dir (refusing a lost disk), start Raft, and assemble the node.
+/// For a node without Raft state: how the lost-disk guard lets it start, raced against
+/// shutdown (`Ok(None)`: stopped while still asking).
+async fn guard_start(
+    config: &NodeConfig,
+    node: &RegistryNode,
+    clock: &dyn Clock,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<Start>, ServerError> {
+    tokio::select! {
+        () = shutdown => Ok(None),
+        settled = lost_disk::settle(config, &node.peers, clock) => match settled {
+            Ok(start) => Ok(Some(start)),
+            Err(peer_id) => Err(ServerError::LostDisk { node_id: config.node_id, peer_id, data_dir: config.data_dir.clone() }),
+        },
+    }
+}
+
+/// Open the data dir, start Raft, and assemble the node; with whether the data dir held no
+/// Raft state (then the lost-disk guard decides before the node takes part in anything).
 async fn start_node(
     config: &NodeConfig,
     clock: Arc<dyn Clock>,
     tracker: ExpiryTracker,
     security: Security,
-) -> Result<RegistryNode, ServerError> {
+) -> Result<(RegistryNode, bool), ServerError> {
     let raft_config = Arc::new(config.raft_config()?);
     let identity = DataDirIdentity { node_id: config.node_id, cluster_id: config.cluster_id.clone() };
     let peers = PeerClients::new(config.cluster_id.clone(), config.node_id, clock.clone(), security);
-    if served::is_empty_data_dir(&config.data_dir) {
-        if let Some(peer_id) = served::peer_remembering(config, &peers).await {
-            return Err(ServerError::LostDisk { node_id: config.node_id, peer_id, data_dir: config.data_dir.clone() });
-        }
-    }
     let opened = storage::open(&config.data_dir, &identity, tracker.clone())?;
+    let blank = !served::holds_raft_state(&opened)
+        .await
+        .map_err(|e| ServerError::Raft(format!("cannot read the Raft state in the data dir: {e}")))?;
     let db = opened.log_store.db().clone();
     let state = opened.state_machine.shared();
     if let Some(refusal) = layout_refusal(config, state.read().table.config()) {
         return Err(refusal);
     }
-    if opened.had_state {
+    if !blank {
         tracing::info!(data_dir = %config.data_dir.display(), "found existing state; rejoining with it");
     }
     let raft = Raft::new(
@@ -186,7 +220,7 @@ async fn start_node(
     };
     let leader =
         Leader::new(raft.clone(), state.clone(), tracker.clone(), proposer, clock.clone(), settings, peers.clone());
-    Ok(RegistryNode {
+    let node = RegistryNode {
         raft: raft.clone(),
         state,
         leader,
@@ -197,7 +231,8 @@ async fn start_node(
         request_timeout: config.request_timeout,
         clock,
         db,
-    })
+    };
+    Ok((node, blank))
 }
 
 /// The refusal of a node whose layout flags disagree with the layout its data dir holds
@@ -239,6 +274,20 @@ async fn compare_layout(node: RegistryNode, config: NodeConfig) {
     }
 }
 
+/// The health reporter, and what the client and admin ports serve beside the Registry
+/// service (or why reflection cannot be served).
+fn client_services(
+    config: &NodeConfig,
+    security: &Security,
+) -> Result<(HealthReporter, Services<impl Health, impl ServerReflection>), String> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fenceflake_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| e.to_string())?;
+    Ok((health_reporter, Services { health, reflection, security: security.clone(), admin_only: config.admin_only }))
+}
+
 /// What the client and admin ports serve beside the Registry service.
 struct Services<H, R> {
     health: HealthServer<H>,
@@ -247,12 +296,13 @@ struct Services<H, R> {
     admin_only: bool,
 }
 
-/// Serve the client port (Registry, health, reflection), the peer port, the admin port (the
-/// Registry service again) and, if asked, metrics, until `stopped` fires. Returns the port
+/// Serve the client port (Registry, health, reflection) and the admin port (the Registry
+/// service again) until `stopped` fires. Returns the port
 /// tasks, whose errors the caller reports.
 fn serve_ports<H: Health, R: ServerReflection>(
     node: &RegistryNode,
-    listeners: Listeners,
+    client: TcpListener,
+    admin: Option<TcpListener>,
     services: Services<H, R>,
     stopped: &Stopped,
 ) -> Vec<ServeTask> {
@@ -268,22 +318,9 @@ fn serve_ports<H: Health, R: ServerReflection>(
         .add_service(health.clone())
         .add_service(reflection)
         .add_service(registry(Listener::Client { admin_only }))
-        .serve_with_incoming_shutdown(
-            tls::incoming(listeners.client, security.clone(), "client"),
-            stopped.clone().wait(),
-        );
-    let peer_server = tonic::transport::Server::builder()
-        .layer(tls::RefuseStrangersLayer)
-        .http2_keepalive_interval(Some(std::time::Duration::from_millis(500)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(1)))
-        .add_service(
-            RaftTransportServer::new(PeerService::new(node.clone()))
-                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
-        )
-        .serve_with_incoming_shutdown(tls::incoming(listeners.peer, security.clone(), "peer"), stopped.clone().wait());
-    let mut tasks = vec![("client", tokio::spawn(client_server)), ("peer", tokio::spawn(peer_server))];
-    if let Some(listener) = listeners.admin {
+        .serve_with_incoming_shutdown(tls::incoming(client, security.clone(), "client"), stopped.clone().wait());
+    let mut tasks = vec![("client", tokio::spawn(client_server))];
+    if let Some(listener) = admin {
         let admin_server = tonic::transport::Server::builder()
             .layer(tls::RefuseStrangersLayer)
             .add_service(health)
@@ -291,22 +328,46 @@ fn serve_ports<H: Health, R: ServerReflection>(
             .serve_with_incoming_shutdown(tls::incoming(listener, security.clone(), "admin"), stopped.clone().wait());
         tasks.push(("admin", tokio::spawn(admin_server)));
     }
-    if let Some(listener) = listeners.metrics {
-        let scraped = node.clone();
-        let render = move || {
-            let (node, security) = (scraped.clone(), security.clone());
-            async move {
-                let mut text = node.metrics.render(&node.gauges().await);
-                security.render_metrics(&mut text, "fenceflake_registry");
-                text
-            }
-        };
-        tokio::spawn(fenceflake_proto::metrics::serve_http(listener, render, stopped.clone().wait()));
-    }
     tasks
 }
 
-/// Initialize a new cluster on its lowest-numbered node, exactly once.
+/// Serve metrics (and `/healthz`) until `stopped` fires: from the start, so that a node
+/// whose lost-disk guard is still asking counts as alive (it is not serving, and says why).
+fn serve_metrics(node: &RegistryNode, listener: TcpListener, security: &Security, stopped: &Stopped) {
+    let (scraped, security) = (node.clone(), security.clone());
+    let render = move || {
+        let (node, security) = (scraped.clone(), security.clone());
+        async move {
+            let mut text = node.metrics.render(&node.gauges().await);
+            security.render_metrics(&mut text, "fenceflake_registry");
+            text
+        }
+    };
+    tokio::spawn(fenceflake_proto::metrics::serve_http(listener, render, stopped.clone().wait()));
+}
+
+/// Serve the peer port until `stopped` fires: first (with `gate` closed) only to answer the
+/// node-history question, once the node may start everything.
+fn serve_peer(
+    node: &RegistryNode,
+    peer: TcpListener,
+    gate: StartGate,
+    security: &Security,
+    stopped: &Stopped,
+) -> ServeTask {
+    let peer_server = tonic::transport::Server::builder()
+        .layer(tls::RefuseStrangersLayer)
+        .http2_keepalive_interval(Some(std::time::Duration::from_millis(500)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(1)))
+        .add_service(
+            RaftTransportServer::new(PeerService::new(node.clone(), gate))
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+        )
+        .serve_with_incoming_shutdown(tls::incoming(peer, security.clone(), "peer"), stopped.clone().wait());
+    ("peer", tokio::spawn(peer_server))
+}
+
 /// Once a membership is known, say loudly where this node's `--initial-cluster` disagrees
 /// with it (a typo on the bootstrapping node is committed; on the others it is ignored).
 async fn compare_initial_cluster(raft: Raft, flags: BTreeMap<NodeId, PeerNode>) {
@@ -326,9 +387,20 @@ async fn compare_initial_cluster(raft: Raft, flags: BTreeMap<NodeId, PeerNode>) 
     }
 }
 
-async fn bootstrap(config: &NodeConfig, raft: &Raft) -> Result<(), ServerError> {
+/// Initialize a new cluster on its lowest-numbered node, exactly once: only when this node
+/// found Raft state (`fresh` is `None`: as before the guard existed, `initialize` refuses a
+/// node with a log) or the lost-disk guard decided on a new cluster; never when it decided
+/// this node joins one that exists.
+async fn bootstrap(config: &NodeConfig, raft: &Raft, fresh: Option<Start>) -> Result<(), ServerError> {
     let initialized = raft.is_initialized().await.map_err(|e| ServerError::Raft(e.to_string()))?;
     if initialized {
+        return Ok(());
+    }
+    if fresh == Some(Start::Join) {
+        tracing::info!(
+            node_id = config.node_id,
+            "joining the cluster the answering nodes hold: waiting for its leader to contact us"
+        );
         return Ok(());
     }
     match config.initial_cluster_state {

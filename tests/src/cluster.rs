@@ -60,6 +60,17 @@ impl Cluster {
     /// Like `start_with_env`, with the CA and certificates of `certs` (e.g. another cluster's,
     /// so that one client may talk to both).
     pub async fn start_with_certs(certs: Certs, size: u64, common_args: &[&str], env: &[(&str, &str)]) -> Cluster {
+        let mut cluster = Self::unstarted(certs, size, common_args, env);
+        for node_id in 1..=size {
+            cluster.spawn(node_id);
+        }
+        cluster.wait_all_know_the_leader(Duration::from_secs(15)).await;
+        cluster
+    }
+
+    /// A new cluster of `size` nodes described (addresses, data dirs) but none started: the
+    /// caller spawns the ones it wants.
+    pub fn unstarted(certs: Certs, size: u64, common_args: &[&str], env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::Builder::new().prefix("fenceflake-cluster-").tempdir().expect("create a temp dir");
         let mut nodes = BTreeMap::new();
         for node_id in 1..=size {
@@ -73,12 +84,7 @@ impl Cluster {
         let mut args = vec!["--cool-down".to_string(), format!("{TEST_COOL_DOWN_MS}ms")];
         args.extend(common_args.iter().map(|s| s.to_string()));
         let common_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut cluster = Cluster { dir, certs, nodes, initial_cluster, common_args: args, common_env };
-        for node_id in 1..=size {
-            cluster.spawn(node_id);
-        }
-        cluster.wait_all_know_the_leader(Duration::from_secs(15)).await;
-        cluster
+        Cluster { dir, certs, nodes, initial_cluster, common_args: args, common_env }
     }
 
     fn describe(dir: &tempfile::TempDir, node_id: u64) -> RegistryProcess {
@@ -134,6 +140,13 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Send `signal` (a name for `kill -s`: STOP, CONT) to node `node_id`.
+    pub fn signal(&self, node_id: u64, signal: &str) {
+        let pid = self.nodes[&node_id].child.as_ref().expect("node is running").id().to_string();
+        let status = Command::new("kill").args(["-s", signal, &pid]).status().expect("run kill");
+        assert!(status.success(), "kill -s {signal} {pid} (node {node_id}) failed");
     }
 
     /// Wait up to `timeout` for node `node_id` to exit by itself; its exit status, or `None`

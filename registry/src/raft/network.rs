@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use fenceflake_proto::tls::{self, Security};
 use fenceflake_proto::v1::raft_transport_client::RaftTransportClient;
-use fenceflake_proto::v1::RaftPayload;
+use fenceflake_proto::v1::{NodeHistoryAnswer, RaftPayload};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -175,7 +175,7 @@ impl PeerClients {
                 PeerRpc::Vote => client.vote(request).await,
                 PeerRpc::InstallSnapshot => client.install_snapshot(request).await,
                 PeerRpc::Forward => client.forward(request).await,
-                PeerRpc::NodeHistory => client.node_history(request).await,
+                PeerRpc::NodeHistory => client.node_history(request).await.map(|r| r.map(history_payload)),
                 PeerRpc::HoldElections => client.hold_elections(request).await,
             }
         };
@@ -195,6 +195,18 @@ impl PeerClients {
         }
         self.answered_at.lock().unwrap_or_else(PoisonError::into_inner).insert(target, self.clock.mono());
         Ok(serde_json::from_slice(&response.data)?)
+    }
+}
+
+/// A `NodeHistory` answer as a payload whose body is the answer's `detail` (this release),
+/// or the bare bool `data` of an older release, which has no `detail`.
+fn history_payload(answer: NodeHistoryAnswer) -> RaftPayload {
+    let data = if answer.detail.is_empty() { answer.data } else { answer.detail };
+    RaftPayload {
+        cluster_id: answer.cluster_id,
+        target_node_id: answer.target_node_id,
+        sender_node_id: answer.sender_node_id,
+        data,
     }
 }
 

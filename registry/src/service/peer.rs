@@ -1,9 +1,11 @@
-//! The internal `RaftTransport` service on the peer port: Raft RPCs into openraft, and
-//! proposals forwarded by followers. Payloads for another cluster or node are refused.
+//! The internal `RaftTransport` service on the peer port: Raft RPCs into openraft, proposals
+//! forwarded by followers, and the node-history question of a node starting without Raft
+//! state (the only call answered while this node itself decides whether it may start).
+//! Payloads for another cluster or node are refused.
 
 use fenceflake_proto::tls::{self, Role};
 use fenceflake_proto::v1 as pb;
-use fenceflake_proto::v1::RaftPayload;
+use fenceflake_proto::v1::{NodeHistoryAnswer, RaftPayload};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::Vote;
 use serde::de::DeserializeOwned;
@@ -11,19 +13,24 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use crate::leader::member_roles;
+use crate::lost_disk::StartGate;
 use crate::metrics::inc;
 use crate::node::RegistryNode;
 use crate::proposal::Proposal;
 use crate::raft::types::{NodeId, TypeConfig};
+use crate::served;
 
 #[derive(Debug, Clone)]
 pub struct PeerService {
     node: RegistryNode,
+    /// Closed while this node, started without Raft state, decides whether it may start:
+    /// only `NodeHistory` is answered then (`crate::lost_disk`).
+    gate: StartGate,
 }
 
 impl PeerService {
-    pub fn new(node: RegistryNode) -> PeerService {
-        PeerService { node }
+    pub fn new(node: RegistryNode, gate: StartGate) -> PeerService {
+        PeerService { node, gate }
     }
 
     /// Check the caller and the envelope, and decode the body. Only registry nodes may call
@@ -33,6 +40,12 @@ impl PeerService {
     fn open<T: DeserializeOwned>(&self, request: &Request<RaftPayload>, rpc: &str) -> Result<T, Status> {
         let caller =
             tls::authorize(request, rpc, &[Role::Node]).inspect_err(|_| inc(&self.node.metrics.refused_calls))?;
+        if !self.gate.is_open() && rpc != "NodeHistory" {
+            return Err(Status::unavailable(format!(
+                "{rpc}: node {} has no Raft state and has not yet settled whether it may start (lost-disk guard)",
+                self.node.node_id
+            )));
+        }
         let payload = request.get_ref();
         if let Some(identity) = caller.identity() {
             if identity.node_id() != Some(payload.sender_node_id) {
@@ -152,10 +165,21 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
         self.seal(&self.node.execute_forwarded(proposal).await)
     }
 
-    async fn node_history(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    /// Answered in both shapes: `data` the bool older releases read, `detail` this release's.
+    async fn node_history(&self, request: Request<RaftPayload>) -> Result<Response<NodeHistoryAnswer>, Status> {
         let node_id: u64 = self.open(&request, "NodeHistory")?;
-        let served = self.node.state.read().table.has_served(node_id);
-        self.seal(&served)
+        let answer = served::answer(&self.node, node_id)
+            .await
+            .map_err(|e| Status::internal(format!("cannot read this node's log: {e}")))?;
+        let sealed = self.seal(&answer.served())?.into_inner();
+        let detail = serde_json::to_vec(&answer).map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
+        Ok(Response::new(NodeHistoryAnswer {
+            cluster_id: sealed.cluster_id,
+            target_node_id: sealed.target_node_id,
+            sender_node_id: sealed.sender_node_id,
+            data: sealed.data,
+            detail,
+        }))
     }
 
     async fn hold_elections(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
