@@ -67,7 +67,7 @@ async fn a_wiped_node_never_gives_a_minority_that_missed_a_grant_a_quorum() {
     for node_id in missed {
         cluster.signal(node_id, "STOP");
     }
-    let request = pb::AcquireRequest { holder: "granted".into(), worker_id: Some(7), ttl_ms: 60_000 };
+    let request = pb::AcquireRequest { holder: "granted".into(), worker_id: Some(7), ttl_ms: 60_000, incarnation: 0 };
     let grant = cluster.client(leader).acquire(request).await.expect("a grant on three of five").into_inner();
     for node_id in 1..=5 {
         cluster.kill(node_id);
