@@ -17,6 +17,7 @@ pub mod names {
     pub const RELEASES: &str = "fenceflake_registry_releases_total";
     pub const FENCED_RENEWALS: &str = "fenceflake_registry_fenced_renewals_total";
     pub const CANARY_HITS: &str = "fenceflake_registry_canary_hits_total";
+    pub const SUPERSEDED_RENEWALS: &str = "fenceflake_registry_superseded_renewals_total";
     pub const REFUSED_CALLS: &str = "fenceflake_registry_refused_calls_total";
     pub const DUPLICATE_CLAIMS: &str = "fenceflake_registry_duplicate_claims_total";
     pub const EXHAUSTED: &str = "fenceflake_registry_acquire_exhausted_total";
@@ -49,6 +50,7 @@ pub struct RegistryMetrics {
     pub releases: AtomicU64,
     pub fenced_renewals: AtomicU64,
     pub canary_hits: AtomicU64,
+    pub superseded_renewals: AtomicU64,
     pub refused_calls: AtomicU64,
     pub duplicate_claims: AtomicU64,
     pub exhausted: AtomicU64,
@@ -99,6 +101,12 @@ impl RegistryMetrics {
                 names::FENCED_RENEWALS,
                 "Renewals or releases refused because their token was stale (FENCED).",
                 &self.fenced_renewals,
+            ),
+            (
+                names::SUPERSEDED_RENEWALS,
+                "Renewals refused SUPERSEDED: a newer process of the same holder took the lease over while the old one \
+                 still ran (a copied worker state dir).",
+                &self.superseded_renewals,
             ),
             (
                 names::CANARY_HITS,

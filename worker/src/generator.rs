@@ -206,6 +206,7 @@ impl Generator {
         let holder = state_dir.holder().clone();
         let metrics = Arc::new(WorkerMetrics::default());
         metrics.set_boot_wait(plan.wait_ms);
+        metrics.set_start_time(round_trip.send_wall_ms);
         let state = MintState::new(MintSetup {
             minter: Minter::new(layout, worker_id)?,
             token,

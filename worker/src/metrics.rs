@@ -25,6 +25,7 @@ pub mod names {
     pub const RENEW_FAILURES: &str = "fenceflake_worker_renew_failures_total";
     pub const RATE_LIMITED: &str = "fenceflake_worker_rate_limited_total";
     pub const BOOT_WAIT_SECONDS: &str = "fenceflake_worker_boot_wait_seconds";
+    pub const START_TIME_SECONDS: &str = "fenceflake_worker_start_time_seconds";
 }
 
 /// The RPCs whose latency is recorded and which can be rate limited (a label set).
@@ -66,6 +67,9 @@ pub struct WorkerMetrics {
     pub renew_failures: AtomicU64,
     rate_limited: [AtomicU64; Rpc::ALL.len()],
     boot_wait_ms: AtomicU64,
+    /// Wall clock when this generator started (ms): its changes count restarts, which a worker
+    /// that lost its lease for good (it exits) cannot report itself.
+    start_wall_ms: AtomicU64,
 }
 
 /// The state-derived gauges, read at scrape time.
@@ -106,12 +110,16 @@ impl WorkerMetrics {
         self.boot_wait_ms.store(waited_ms, Ordering::Relaxed);
     }
 
+    pub fn set_start_time(&self, wall_ms: u64) {
+        self.start_wall_ms.store(wall_ms, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition of everything.
     pub fn render(&self, g: &Gauges) -> String {
         let mut out = String::with_capacity(8192);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
         let ms = |c: &AtomicU64| get(c) / 1e3;
-        let samples: [(&str, &str, &str, f64); 10] = [
+        let samples: [(&str, &str, &str, f64); 11] = [
             (names::IDS_MINTED, "counter", "IDs returned to callers.", get(&self.ids_minted)),
             (
                 names::CLOCK_REGRESSIONS,
@@ -167,6 +175,12 @@ impl WorkerMetrics {
                 "How long boot waited for the wall clock to pass the ceiling and not_before.",
                 ms(&self.boot_wait_ms),
             ),
+            (
+                names::START_TIME_SECONDS,
+                "gauge",
+                "When this worker started (Unix seconds); each change is a restart.",
+                ms(&self.start_wall_ms),
+            ),
         ];
         for (name, kind, help, value) in samples {
             single(&mut out, name, kind, help, value);
@@ -220,6 +234,7 @@ mod tests {
             names::RENEW_FAILURES,
             names::RATE_LIMITED,
             names::BOOT_WAIT_SECONDS,
+            names::START_TIME_SECONDS,
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

@@ -74,6 +74,7 @@ impl RegistryService {
             (Rpc::Renew, Ok(_)) => inc(&m.renewals),
             (Rpc::Release, Ok(_)) => inc(&m.releases),
             (_, Err(RegistryError::Rejected(Rejection::Fenced { .. }))) => inc(&m.fenced_renewals),
+            (_, Err(RegistryError::Rejected(Rejection::Superseded { .. }))) => inc(&m.superseded_renewals),
             (_, Err(RegistryError::Canary { .. })) => {
                 inc(&m.fenced_renewals);
                 inc(&m.canary_hits);
