@@ -1,5 +1,6 @@
-//! The internal `RaftTransport` service on the peer port: Raft RPCs into openraft, and
-//! proposals forwarded by followers. Payloads for another cluster or node are refused.
+//! The internal `RaftTransport` service on the peer port: Raft RPCs into openraft, proposals
+//! forwarded by followers, election holds and clock probes. Payloads for another cluster or
+//! node are refused.
 
 use fenceflake_proto::tls::{self, Role};
 use fenceflake_proto::v1 as pb;
@@ -178,5 +179,12 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
         );
         self.node.leader.hold_elections(hold_ms);
         self.seal(&())
+    }
+
+    /// A member asks for this node's wall clock (its clock check, `clock_watch.rs`); read as
+    /// late as possible, so the reading lies within the caller's round trip.
+    async fn clock_probe(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let () = self.open_from_member(&request, "ClockProbe")?;
+        self.seal(&self.node.clock.wall_ms())
     }
 }
