@@ -15,6 +15,8 @@
 //!   exactly 0;
 //! - the median of the readings is bounded by [`clock_offset::median`]; fewer than half of
 //!   them, however wrong, cannot move it outside the range of the others;
+//! - each peer's latest probe counts, unless it was too slow to prove anything while the one
+//!   before is still fresh ([`replaces`]);
 //! - a quorum of readings (a majority of the voters, this node included) younger than
 //!   [`Policy::fresh_for`] is needed: then one bad clock is always outvoted (of five voters,
 //!   two), and a node cut off from its peers cannot vouch for itself;
@@ -133,6 +135,17 @@ impl fmt::Display for Verdict {
     }
 }
 
+/// Whether `new` should take the place of `old` as a peer's reading at `now`: a newer probe
+/// always, except one too slow to prove anything by itself (wider than the bound) while the
+/// old one is still fresh. A busy moment then does not wipe out a sharp reading, and a step
+/// on the peer still shows at its next sharp probe.
+pub fn replaces(policy: &Policy, old: Option<&Probe>, new: &Probe, now: Now) -> bool {
+    let Some(old) = old.filter(|old| now.mono.since(old.sent_at) <= policy.fresh_for) else {
+        return true;
+    };
+    new.bounds_at(now).width_ms() <= policy.max_offset_ms || old.bounds_at(now).width_ms() > policy.max_offset_ms
+}
+
 /// Judge node `me`'s clock at `now` against the latest probe of each voter.
 pub fn judge(
     policy: &Policy,
@@ -229,6 +242,19 @@ mod tests {
         assert!(judge(&POLICY, 1, &voters(3), &edge, now_at(1_000)).may_lead(), "exactly the bound is within");
         let past: BTreeMap<_, _> = [(2, probe(1_000, 0, -251)), (3, probe(1_000, 0, -251))].into();
         assert!(matches!(judge(&POLICY, 1, &voters(3), &past, now_at(1_000)), Verdict::Beyond { .. }));
+    }
+
+    /// Goal: a slow probe does not replace a sharp fresh one, but replaces a stale or equally
+    /// slow one, and any sharp probe replaces whatever was there.
+    #[test]
+    fn a_slow_probe_does_not_wipe_out_a_sharp_one() {
+        let (sharp, slow) = (probe(1_000, 4, 0), probe(1_500, 400, 0));
+        let now = now_at(2_000);
+        assert!(!replaces(&POLICY, Some(&sharp), &slow, now));
+        assert!(replaces(&POLICY, Some(&sharp), &probe(1_500, 3, 0), now));
+        assert!(replaces(&POLICY, Some(&slow), &probe(1_600, 300, 0), now), "both too slow: the newer");
+        assert!(replaces(&POLICY, Some(&sharp), &slow, now_at(4_001)), "the sharp one went stale");
+        assert!(replaces(&POLICY, None, &slow, now));
     }
 
     /// Goal: single-node and not-yet-configured clusters keep working (this node alone is a

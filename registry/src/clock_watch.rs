@@ -142,7 +142,11 @@ impl ClockWatch {
         }
         while let Some(joined) = calls.join_next().await {
             if let Ok((node_id, Some(probe))) = joined {
-                self.probes.lock().unwrap_or_else(PoisonError::into_inner).insert(node_id, probe);
+                let now = Now { mono: self.clock.mono(), wall_ms: self.clock.wall_ms() };
+                let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
+                if clock_check::replaces(&self.policy, probes.get(&node_id), &probe, now) {
+                    probes.insert(node_id, probe);
+                }
             }
         }
         self.rounds.send_modify(|round| *round += 1);
