@@ -1,9 +1,12 @@
 //! Registry clocks (issue 9, point 6): a registry node whose wall clock jumps ten minutes
-//! ahead while it leads stops leading, never leads again while it is off, and the cluster's
-//! time stays the quorum's: a worker started against every node serves and never parks
-//! CLOCK_SKEW, and an Acquire through the fast node is stamped with the cluster's time.
+//! ahead while it leads stops leading, never leads again while it is off, says so in its log
+//! and metrics, and the cluster's time stays the quorum's: a worker started against every
+//! node serves and never parks CLOCK_SKEW, and an Acquire through the fast node is stamped
+//! with the cluster's time. Once its clock is back, the node may lead again.
 
 use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,15 +14,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fenceflake_proto::tls::Role;
 use fenceflake_proto::v1 as pb;
 use fenceflake_tests::cluster::{Cluster, TEST_COOL_DOWN_MS};
-use fenceflake_tests::eventually;
 use fenceflake_tests::worker::{WorkerProcess, SHORT_LEASE};
+use fenceflake_tests::{eventually, free_port};
 
 const FAST: u64 = 5;
 
 /// Node `FAST` restarted under libfaketime, its wall clock offset read from a file on every
-/// read (the monotonic clock stays real). SIGKILLed on drop.
+/// read (the monotonic clock stays real), with a metrics endpoint. SIGKILLed on drop.
 struct FakeTimeNode {
     child: Child,
+    metrics_addr: String,
 }
 
 impl FakeTimeNode {
@@ -35,6 +39,7 @@ impl FakeTimeNode {
         let node = &cluster.nodes[&node_id];
         let log_path = cluster.dir.path().join(format!("node-{node_id}.log"));
         let log = File::options().create(true).append(true).open(log_path).expect("open node log");
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
         let child = cluster
             .certs
             .command(Role::Node, &node_id.to_string())
@@ -46,6 +51,7 @@ impl FakeTimeNode {
             .arg(&node.data_dir)
             .args(["--initial-cluster", &initial_cluster])
             .args(["--cool-down", &format!("{TEST_COOL_DOWN_MS}ms")])
+            .args(["--metrics-addr", &metrics_addr])
             .env("RUST_LOG", "info,openraft=warn")
             .env("LD_PRELOAD", lib)
             .env("FAKETIME_TIMESTAMP_FILE", offset_file)
@@ -56,7 +62,17 @@ impl FakeTimeNode {
             .stderr(log)
             .spawn()
             .expect("spawn fenceflake registry under libfaketime");
-        FakeTimeNode { child }
+        FakeTimeNode { child, metrics_addr }
+    }
+
+    /// The value of the unlabelled gauge `name` on its metrics endpoint, if it answers.
+    fn gauge(&self, name: &str) -> Option<f64> {
+        let mut stream = TcpStream::connect(&self.metrics_addr).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).ok()?;
+        reply.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
     }
 }
 
@@ -98,7 +114,7 @@ async fn a_fast_leader_steps_aside_and_workers_serve() {
     cluster.kill(FAST);
     let offset_file = cluster.dir.path().join("clock-offset");
     std::fs::write(&offset_file, "+0\n").expect("write offset");
-    let _fast = FakeTimeNode::spawn(&cluster, FAST, &lib, &offset_file);
+    let fast = FakeTimeNode::spawn(&cluster, FAST, &lib, &offset_file);
     eventually(Duration::from_secs(20), "node 5 back under libfaketime, leading", || async {
         if agreed_leader(&cluster).await == Some(FAST) {
             return Some(());
@@ -118,6 +134,9 @@ async fn a_fast_leader_steps_aside_and_workers_serve() {
     eprintln!("node {FAST} stepped aside {:?} after its clock jumped; node {leader} leads", stepped.elapsed());
     let log = cluster.log(FAST);
     assert!(log.contains("clock check failed"), "node {FAST} must say why it does not lead:\n{log}");
+    assert_eq!(fast.gauge("fenceflake_registry_clock_excluded"), Some(1.0));
+    let offset = fast.gauge("fenceflake_registry_clock_offset_seconds").expect("offset gauge");
+    assert!((offset - 600.0).abs() < 5.0, "node {FAST} reports an offset of {offset} s, not ten minutes");
 
     let worker = WorkerProcess::spawn(&cluster, "w1", &cluster.client_addrs(), &SHORT_LEASE);
     worker.wait_serving(Duration::from_secs(20)).await;
@@ -144,4 +163,18 @@ async fn a_fast_leader_steps_aside_and_workers_serve() {
         "registry_time_ms {} is not the cluster's time [{before}, {after}]",
         lease.registry_time_ms
     );
+
+    // Its clock back in line, the node campaigns again: a transfer to it succeeds.
+    std::fs::write(&offset_file, "+0\n").expect("put node 5's clock back");
+    eventually(Duration::from_secs(20), "node 5 to lead again once its clock is back", || async {
+        if agreed_leader(&cluster).await == Some(FAST) {
+            return Some(());
+        }
+        let request = pb::TransferLeaderRequest { to_node_id: Some(FAST) };
+        let _ = cluster.operator(1).transfer_leader(request).await;
+        None
+    })
+    .await;
+    assert_eq!(fast.gauge("fenceflake_registry_clock_excluded"), Some(0.0));
+    worker.wait_serving(Duration::from_secs(5)).await;
 }
