@@ -178,6 +178,8 @@ fn voters(raft: &Raft) -> BTreeSet<NodeId> {
 struct Standing {
     /// Whether the last round excluded this node (`None` before the first).
     excluded: Option<bool>,
+    /// The kind of the last verdict logged: each change of kind is logged once.
+    logged: Option<std::mem::Discriminant<Verdict>>,
     /// Rounds in a row that excluded this node.
     excluded_rounds: u32,
     /// The hand-over under way, if any (one at a time).
@@ -212,8 +214,12 @@ fn act(node: &RegistryNode, verdict: &Verdict, standing: &mut Standing) {
         let m = m.borrow();
         (m.state, m.current_term)
     };
+    let kind = std::mem::discriminant(verdict);
+    if standing.logged != Some(kind) {
+        log_change(node.node_id, term, watch.max_offset_ms(), verdict, standing.logged.is_none());
+        standing.logged = Some(kind);
+    }
     if standing.excluded != Some(excluded) {
-        log_change(node.node_id, term, watch.max_offset_ms(), verdict, standing.excluded);
         watch.elections.set(NoElections::Clock, excluded);
         standing.excluded = Some(excluded);
     }
@@ -234,7 +240,7 @@ fn act(node: &RegistryNode, verdict: &Verdict, standing: &mut Standing) {
     }
 }
 
-fn log_change(node_id: NodeId, term: u64, max_offset_ms: u64, verdict: &Verdict, before: Option<bool>) {
+fn log_change(node_id: NodeId, term: u64, max_offset_ms: u64, verdict: &Verdict, first: bool) {
     match verdict {
         Verdict::Within { .. } => {
             tracing::info!(node_id, term, max_offset_ms, %verdict, "clock check passed: this node may campaign and lead");
@@ -247,7 +253,7 @@ fn log_change(node_id: NodeId, term: u64, max_offset_ms: u64, verdict: &Verdict,
             "clock check failed: this node's wall clock is off the cluster's median by more than --max-clock-offset; it does not campaign, and steps aside if it leads (fix its time sync: docs/failure-modes.md#registry-clock-off)"
         ),
         // At start-up nothing has answered yet: expected, not worth a warning.
-        Verdict::TooFew { .. } if before.is_none() => tracing::info!(
+        Verdict::TooFew { .. } if first => tracing::info!(
             node_id,
             term,
             %verdict,
