@@ -133,6 +133,11 @@ pub struct RegistryArgs {
     /// Bound on every client request (waiting for a leader, a quorum, a commit).
     #[arg(long, env = "FENCEFLAKE_REQUEST_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     request_timeout: Duration,
+    /// How far this node's wall clock may be from the median of a quorum of the voters' clocks
+    /// (probed over the peer port) for it to campaign and lead; a node further off, or unable
+    /// to prove it is not, steps aside. Keep it below the workers' --max-skew.
+    #[arg(long, env = "FENCEFLAKE_MAX_CLOCK_OFFSET", default_value = "250ms", value_parser = parse_duration)]
+    max_clock_offset: Duration,
     /// Log entries between snapshots; the log is purged behind each one.
     #[arg(long, env = "FENCEFLAKE_SNAPSHOT_LOGS", default_value_t = 5000)]
     snapshot_logs: u64,
@@ -178,6 +183,7 @@ impl RegistryArgs {
                 election_max_ms: self.election_timeout_max.as_millis() as u64,
             },
             request_timeout: self.request_timeout,
+            max_clock_offset: self.max_clock_offset,
             snapshot_logs: self.snapshot_logs,
             metrics_addr: self.metrics_addr,
             admin_only: self.admin_only,

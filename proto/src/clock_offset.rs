@@ -129,6 +129,20 @@ impl OffsetBounds {
     }
 }
 
+/// Bounds on the median of several offsets, each known only within its bounds (the registry's
+/// clock check: this node's offset from the median clock of a quorum). The median of the true
+/// offsets lies between the lower median of the intervals' lower ends and the upper median of
+/// their upper ends, because an order statistic only grows when any input grows; with an even
+/// count both middle values lie inside. So fewer than half of the readings, however wrong,
+/// cannot move either end outside the range of the others. `None` for no readings.
+pub fn median(readings: &[OffsetBounds]) -> Option<OffsetBounds> {
+    let (mut mins, mut maxs): (Vec<i64>, Vec<i64>) = readings.iter().map(|r| (r.min_ms, r.max_ms)).unzip();
+    mins.sort_unstable();
+    maxs.sort_unstable();
+    let n = readings.len();
+    Some(OffsetBounds { min_ms: *mins.get(n.checked_sub(1)? / 2)?, max_ms: *maxs.get(n / 2)? })
+}
+
 /// `+a..+b ms` style: the interval of `local − remote`, signs always shown.
 impl fmt::Display for OffsetBounds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -266,6 +280,32 @@ mod tests {
         assert_eq!(timed, OffsetBounds::from_round_trip(send, receive, T + 150), "forward: wall readings suffice");
         assert!(timed.min_ms() <= 600_000 && timed.max_ms() >= 600_000, "{timed}");
         assert_eq!(timed.provably_beyond(MAX), None, "wider, so not proven by this call");
+    }
+
+    /// Goal: the median of several readings — exact readings give the plain median (lower
+    /// and upper middle for an even count), intervals widen it only by their own widths, and
+    /// one reading of any size among three or more cannot move it outside the others.
+    #[test]
+    fn median_of_readings() {
+        let exact = |v: &[i64]| v.iter().map(|o| OffsetBounds::exact(*o)).collect::<Vec<_>>();
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&exact(&[7])), Some(OffsetBounds::exact(7)));
+        assert_eq!(median(&exact(&[0, 600_000, 3])), Some(OffsetBounds::exact(3)));
+        let even = median(&exact(&[0, 10, 20, 600_000])).expect("four readings");
+        assert_eq!((even.min_ms(), even.max_ms()), (10, 20));
+        let two = median(&exact(&[0, -600_000])).expect("two readings");
+        assert_eq!((two.min_ms(), two.max_ms()), (-600_000, 0), "two clocks cannot tell which one is off");
+        let widened = median(&[
+            OffsetBounds::from_round_trip(T, T + 4, T),
+            OffsetBounds::exact(-600_000),
+            OffsetBounds::from_round_trip(T, T + 10, T + 5),
+        ])
+        .expect("three readings");
+        assert_eq!((widened.min_ms(), widened.max_ms()), (-5, 4));
+        for bad in [i64::MIN, -600_000, 600_000, i64::MAX] {
+            let m = median(&exact(&[0, 2, bad])).expect("three");
+            assert!(m.min_ms() >= 0 && m.max_ms() <= 2, "{bad}: {m}");
+        }
     }
 
     /// Goal: no overflow or panic on any input, `u64::MAX` included; results saturate.

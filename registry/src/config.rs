@@ -60,6 +60,9 @@ pub struct NodeConfig {
     pub timing: RaftTiming,
     /// Bound on every client request: waiting for a leader, confirming a quorum, committing.
     pub request_timeout: Duration,
+    /// `--max-clock-offset`: how far this node's wall clock may be from the median of a
+    /// quorum of the voters' clocks for it to campaign and lead (`clock_check.rs`).
+    pub max_clock_offset: Duration,
     /// Log entries between snapshots (the log is purged behind each snapshot).
     pub snapshot_logs: u64,
     pub metrics_addr: Option<SocketAddr>,
@@ -68,6 +71,13 @@ pub struct NodeConfig {
     /// snapshots and quarantine even with a stolen operator certificate in the wrong place.
     pub admin_only: bool,
 }
+
+/// `--max-clock-offset` by default: half the workers' default `--max-skew` (500 ms), so a
+/// worker whose clock is within 250 ms of the quorum's median never parks on a leader the
+/// clock check lets lead.
+pub const DEFAULT_MAX_CLOCK_OFFSET: Duration = Duration::from_millis(250);
+/// The smallest `--max-clock-offset`: proof needs a probe round trip below twice the bound.
+pub const MAX_CLOCK_OFFSET_MIN: Duration = Duration::from_millis(10);
 
 /// The ID time origin of a new cluster started without `--epoch-ms`: 2024-01-01T00:00:00Z.
 pub const DEFAULT_EPOCH_MS: u64 = 1_704_067_200_000;
@@ -219,6 +229,7 @@ impl NodeConfig {
             cool_down_ms: 1_000,
             timing: RaftTiming::default(),
             request_timeout: Duration::from_secs(2),
+            max_clock_offset: DEFAULT_MAX_CLOCK_OFFSET,
             snapshot_logs: 5_000,
             metrics_addr: None,
             admin_only: false,
@@ -264,6 +275,15 @@ impl NodeConfig {
                 format!(
                     "{:?} must exceed the election timeout ({} ms) to ride through a failover",
                     self.request_timeout, t.election_max_ms
+                ),
+            );
+        }
+        if self.max_clock_offset < MAX_CLOCK_OFFSET_MIN {
+            return invalid(
+                "--max-clock-offset",
+                format!(
+                    "{:?} is below {MAX_CLOCK_OFFSET_MIN:?}: a clock probe's round trip could never prove a clock that close",
+                    self.max_clock_offset
                 ),
             );
         }

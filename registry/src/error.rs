@@ -32,6 +32,10 @@ pub enum RegistryError {
     /// Definite: no leader is known.
     #[error("no registry leader within {waited_ms} ms (quorum lost or election in progress); retry later")]
     NoLeader { waited_ms: u64 },
+    /// Definite: this node leads, but a quorum of its peers' clocks does not vouch for its
+    /// wall clock, which would stamp the cluster's time; it steps aside. Nothing was proposed.
+    #[error("node leads, but its wall clock is not proven near the cluster's: {why}; it steps aside, retry through any node")]
+    ClockUnproven { why: String },
     /// Definite: the leader cannot reach a quorum, so it refuses writes instead of hanging.
     #[error("registry leader cannot confirm a quorum: {why}; retry later")]
     NoQuorum { why: String },
@@ -64,7 +68,7 @@ impl RegistryError {
             RegistryError::Rejected(rejection) => rejection.reason(),
             RegistryError::Canary { .. } => Reason::Fenced,
             RegistryError::Exhausted { .. } => Reason::Exhausted,
-            RegistryError::NotLeader { .. } => Reason::NotLeader,
+            RegistryError::NotLeader { .. } | RegistryError::ClockUnproven { .. } => Reason::NotLeader,
             RegistryError::NoLeader { .. } => Reason::NoLeader,
             RegistryError::NoQuorum { .. } => Reason::NoQuorum,
             RegistryError::Indeterminate { .. } => Reason::OutcomeUnknown,

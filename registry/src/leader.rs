@@ -1,7 +1,8 @@
 //! What the leader does with a proposal: confirm its leadership (mechanism 3: no grant before
 //! `ensure_linearizable` succeeded in this leadership; refuse writes fast when no quorum has
-//! answered lately), decide expiry on its own monotonic clock, and propose compare-and-set
-//! grants, renewals and admin commands through the batching proposer.
+//! answered lately; refuse what stamps its wall clock until a quorum's clocks vouch for it),
+//! decide expiry on its own monotonic clock, and propose compare-and-set grants, renewals and
+//! admin commands through the batching proposer.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -11,6 +12,7 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 
 use crate::clock::Clock;
+use crate::clock_watch::ClockWatch;
 use crate::error::RegistryError;
 use crate::expiry::{Expiry, ExpiryTracker, LeadershipId};
 use crate::grant_plan::{self, Asker, GrantInputs};
@@ -56,9 +58,12 @@ pub struct Leader {
     /// Worker IDs with a grant in flight: concurrent "any ID" acquires skip them instead of all
     /// racing for the lowest free ID.
     reserved: Arc<Mutex<HashSet<WorkerId>>>,
-    /// Stepping aside on request (`TransferLeader`), and this node's own election hold.
+    /// Stepping aside on request (`TransferLeader`) or for the clock check, and this node's
+    /// own election hold.
     hand_over: HandOver,
     hold: ElectionHold,
+    /// Whether this node's wall clock may stamp the cluster's time (`clock_watch.rs`).
+    clocks: ClockWatch,
 }
 
 impl std::fmt::Debug for Leader {
@@ -85,7 +90,7 @@ impl Leader {
         state: SharedState,
         tracker: ExpiryTracker,
         proposer: Proposer,
-        clock: Arc<dyn Clock>,
+        clocks: ClockWatch,
         settings: LeaderSettings,
         peers: PeerClients,
     ) -> Leader {
@@ -93,10 +98,11 @@ impl Leader {
         // falls silent; allow three, during which this node refuses requests. Each hold call
         // gets one election timeout.
         let window = settings.leader_lease * 3;
-        let hand_over = HandOver::new(raft.clone(), peers, window, settings.leader_lease);
-        let hold = ElectionHold::new(raft.clone());
+        let hand_over = HandOver::new(clocks.elections().clone(), peers, window, settings.leader_lease);
+        let hold = ElectionHold::new(clocks.elections().clone());
         let settings = Arc::new(settings);
-        Leader { raft, state, tracker, proposer, clock, settings, reserved: Arc::default(), hand_over, hold }
+        let clock = clocks.clock().clone();
+        Leader { raft, state, tracker, proposer, clock, settings, reserved: Arc::default(), hand_over, hold, clocks }
     }
 
     /// The leader lease this node holds itself to (openraft's `election_timeout_max`).
@@ -112,6 +118,9 @@ impl Leader {
     /// Execute `proposal` on this node, which must be the leader.
     pub async fn execute(&self, proposal: Proposal) -> Result<Reply, RegistryError> {
         let confirmed_now = self.ensure_serving_leader().await?;
+        if stamps_wall_clock(&proposal) {
+            self.clocks.vouch().await?;
+        }
         match proposal {
             Proposal::Acquire { holder, worker_id, ttl_ms, owner, incarnation } => {
                 let grant = self.acquire(Asking { holder, wanted: worker_id, ttl_ms, owner, incarnation }).await?;
@@ -166,6 +175,13 @@ impl Leader {
             }
             Proposal::TransferLeader { to } => self.transfer(to).await,
         }
+    }
+
+    /// Hand leadership to whichever other voter wins the election: this node's clock may not
+    /// stamp the cluster's time (`clock_watch.rs`). Each voter campaigns only if its own clock
+    /// check lets it, so the winner is one whose clock a quorum vouches for.
+    pub async fn step_aside(&self) -> Result<(), RegistryError> {
+        self.transfer(None).await.map(drop)
     }
 
     /// Hand leadership to `to` (or any voter): checked here, carried out by [`HandOver`].
@@ -509,6 +525,16 @@ fn unexpected(outcome: Outcome) -> RegistryError {
         Outcome::Rejected(rejection) => RegistryError::Rejected(rejection),
         other => RegistryError::Fatal(format!("state machine answered {other:?} to the wrong command")),
     }
+}
+
+/// Whether executing `proposal` stamps this leader's wall clock where it matters: into the
+/// lease table (a grant's high-water mark, a renewal's claims checked against it, a restore's
+/// embargo) or into a reply (`registry_time_ms`, the workers' skew reference).
+fn stamps_wall_clock(proposal: &Proposal) -> bool {
+    matches!(
+        proposal,
+        Proposal::Acquire { .. } | Proposal::Renew(_) | Proposal::Release(_) | Proposal::ImportSnapshot { .. }
+    )
 }
 
 /// Members and their roles, for ClusterStatus (any node can answer from its own view).

@@ -3,6 +3,8 @@
 
 pub mod backup;
 pub mod clock;
+pub mod clock_check;
+pub mod clock_watch;
 pub mod config;
 pub mod error;
 pub mod expiry;

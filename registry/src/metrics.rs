@@ -33,6 +33,8 @@ pub mod names {
     pub const QUORUM_ACK_AGE: &str = "fenceflake_registry_raft_quorum_ack_age_seconds";
     pub const LEASES: &str = "fenceflake_registry_leases";
     pub const DB_BYTES: &str = "fenceflake_registry_db_size_bytes";
+    pub const CLOCK_OFFSET: &str = "fenceflake_registry_clock_offset_seconds";
+    pub const CLOCK_EXCLUDED: &str = "fenceflake_registry_clock_excluded";
 }
 
 /// Latency of one RPC, and how many of its calls failed.
@@ -74,6 +76,11 @@ pub struct Gauges {
     pub leases_expired: u64,
     pub leases_quarantined: u64,
     pub db_bytes: u64,
+    /// This node's wall clock minus the median of a quorum's, in seconds (the middle of the
+    /// proven interval); `None` while too few peers answered clock probes.
+    pub clock_offset_seconds: Option<f64>,
+    /// The clock check keeps this node from campaigning and leading.
+    pub clock_excluded: bool,
 }
 
 pub fn inc(counter: &AtomicU64) {
@@ -131,7 +138,7 @@ impl RegistryMetrics {
                 writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
         }
         self.render_histograms(&mut out);
-        let gauges: [(&str, &str, f64); 8] = [
+        let gauges: [(&str, &str, f64); 10] = [
             (names::TERM, "Current Raft term of this node.", g.term as f64),
             (names::LEADER_ID, "Node id of the leader this node knows (0: none).", g.leader_id as f64),
             (names::IS_LEADER, "1 if this node is the leader.", f64::from(u8::from(g.is_leader))),
@@ -144,6 +151,16 @@ impl RegistryMetrics {
                 g.quorum_ack_age.map_or(-1.0, |d| d.as_secs_f64()),
             ),
             (names::DB_BYTES, "Size of this node's sled database on disk.", g.db_bytes as f64),
+            (
+                names::CLOCK_OFFSET,
+                "This node's wall clock minus the median of a quorum of the voters' clocks, as probed over the peer port (NaN until a quorum answered).",
+                g.clock_offset_seconds.unwrap_or(f64::NAN),
+            ),
+            (
+                names::CLOCK_EXCLUDED,
+                "1 if this node may not campaign or lead: its wall clock is not proven within --max-clock-offset of the quorum's median.",
+                f64::from(u8::from(g.clock_excluded)),
+            ),
         ];
         for (name, help, value) in gauges {
             single(&mut out, name, "gauge", help, value);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use openraft::ServerState;
 
 use crate::clock::{Clock, MonoTime};
+use crate::clock_watch::ClockWatch;
 use crate::error::RegistryError;
 use crate::leader::{member_roles, Leader};
 use crate::metrics::{Gauges, RegistryMetrics};
@@ -60,6 +61,8 @@ pub struct RegistryNode {
     pub request_timeout: Duration,
     /// Times requests (their deadlines and waits); the registry's only window onto time.
     pub clock: Arc<dyn Clock>,
+    /// What this node's peers say about its wall clock, and whether it may lead.
+    pub clocks: ClockWatch,
     pub db: sled::Db,
 }
 
@@ -181,6 +184,9 @@ impl RegistryNode {
         let status = self.status().await;
         let m = self.raft.metrics().borrow().clone();
         let [held, free, expired, quarantined] = self.leader.lease_counts();
+        let clock = self.clocks.verdict();
+        // The middle of the proven interval: the estimate, within half its width.
+        let offset_ms = clock.median().map(|m| (m.min_ms() as f64 + m.max_ms() as f64) / 2.0);
         Gauges {
             term: status.term,
             leader_id: status.leader_id.unwrap_or(0),
@@ -194,6 +200,8 @@ impl RegistryNode {
             leases_expired: expired,
             leases_quarantined: quarantined,
             db_bytes: self.db.size_on_disk().unwrap_or(0),
+            clock_offset_seconds: offset_ms.map(|ms| ms / 1000.0),
+            clock_excluded: !clock.may_lead(),
         }
     }
 }

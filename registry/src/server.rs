@@ -18,6 +18,7 @@ use tonic_health::ServingStatus;
 use tonic_reflection::pb::v1::server_reflection_server::{ServerReflection, ServerReflectionServer};
 
 use crate::clock::Clock;
+use crate::clock_watch::{self, ClockWatch};
 use crate::config::{initial_cluster_mismatches, ConfigError, InitialClusterState, LayoutMismatch, NodeConfig};
 use crate::expiry::ExpiryTracker;
 use crate::leader::{member_roles, Leader, LeaderSettings};
@@ -33,6 +34,7 @@ use crate::served;
 use crate::service::peer::PeerService;
 use crate::service::registry::{Listener, RegistryService};
 use crate::storage::{self, DataDirIdentity, OpenError};
+use crate::transfer::ElectionSwitch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -130,6 +132,7 @@ pub async fn run(
     tasks.push(peer_task);
     security.follow_files(stopped.clone().wait());
     tokio::spawn(watch_leadership(node.clone(), health_reporter, tracker));
+    tokio::spawn(clock_watch::run(node.clone(), stopped.clone()));
     bootstrap(&config, &raft, fresh).await?;
     if config.initial_cluster_state == InitialClusterState::New {
         tokio::spawn(compare_initial_cluster(raft.clone(), config.initial_cluster.clone()));
@@ -218,8 +221,10 @@ async fn start_node(
         leader_lease: std::time::Duration::from_millis(config.timing.election_max_ms),
         request_timeout: config.request_timeout,
     };
+    let elections = ElectionSwitch::new(raft.clone());
+    let clocks = ClockWatch::new(config.node_id, clock.clone(), config.max_clock_offset, elections);
     let leader =
-        Leader::new(raft.clone(), state.clone(), tracker.clone(), proposer, clock.clone(), settings, peers.clone());
+        Leader::new(raft.clone(), state.clone(), tracker.clone(), proposer, clocks.clone(), settings, peers.clone());
     let node = RegistryNode {
         raft: raft.clone(),
         state,
@@ -230,6 +235,7 @@ async fn start_node(
         cluster_id: config.cluster_id.clone(),
         request_timeout: config.request_timeout,
         clock,
+        clocks,
         db,
     };
     Ok((node, blank))

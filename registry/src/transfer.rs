@@ -9,6 +9,11 @@
 //! While it steps aside the leader refuses every request (NOT_LEADER): replicating new
 //! entries would renew the followers' leases and keep it leader. Requests retried during
 //! the hand-over (one election, normally well under a second) reach the new leader.
+//!
+//! openraft has one `elect` switch and three reasons to turn it off: a leader's hold, this
+//! node's own hand-over, and a clock this node cannot vouch for (`clock_watch.rs`).
+//! [`ElectionSwitch`] keeps the reasons apart, so that lifting one (a hold running out, a
+//! hand-over ending) never turns elections back on while another still stands.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,6 +25,51 @@ use crate::error::RegistryError;
 use crate::raft::network::{PeerClients, PeerRpc};
 use crate::raft::types::{NodeId, Raft};
 
+/// Why this node's elections are off; they are on only while no reason stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoElections {
+    /// A leader holds them for a transfer to another voter ([`ElectionHold`]).
+    Held,
+    /// This node is handing its own leadership over ([`HandOver`]).
+    HandingOver,
+    /// This node cannot vouch for its wall clock (`clock_watch.rs`).
+    Clock,
+}
+
+/// openraft's `elect` switch, shared by every reason to turn it off.
+#[derive(Clone)]
+pub struct ElectionSwitch {
+    raft: Raft,
+    /// The standing reasons, as bits of `1 << NoElections as u8`.
+    off: Arc<Mutex<u8>>,
+}
+
+impl std::fmt::Debug for ElectionSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElectionSwitch").field("off", &self.off).finish_non_exhaustive()
+    }
+}
+
+impl ElectionSwitch {
+    pub fn new(raft: Raft) -> ElectionSwitch {
+        ElectionSwitch { raft, off: Arc::default() }
+    }
+
+    /// Set (`standing`) or lift one reason, and the switch with it (under one lock, so two
+    /// callers never leave it contrary to their reasons).
+    pub fn set(&self, why: NoElections, standing: bool) {
+        let mut off = self.off.lock().unwrap_or_else(PoisonError::into_inner);
+        let bit = 1u8 << why as u8;
+        *off = if standing { *off | bit } else { *off & !bit };
+        self.raft.runtime_config().elect(*off == 0);
+    }
+
+    /// The Raft instance whose switch this is.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+}
+
 /// Longest hold a voter accepts on its own elections, whatever a leader asks: a lost "lift"
 /// message must not keep a voter from campaigning for long.
 pub const ELECTION_HOLD_MAX: Duration = Duration::from_secs(30);
@@ -30,7 +80,7 @@ pub const ELECTION_HOLD_MAX: Duration = Duration::from_secs(30);
 /// hold never outlives every timer.
 #[derive(Clone)]
 pub struct ElectionHold {
-    raft: Raft,
+    switch: ElectionSwitch,
     generation: Arc<Mutex<u64>>,
 }
 
@@ -41,8 +91,8 @@ impl std::fmt::Debug for ElectionHold {
 }
 
 impl ElectionHold {
-    pub fn new(raft: Raft) -> ElectionHold {
-        ElectionHold { raft, generation: Arc::default() }
+    pub fn new(switch: ElectionSwitch) -> ElectionHold {
+        ElectionHold { switch, generation: Arc::default() }
     }
 
     /// Start no election for `hold` (capped at [`ELECTION_HOLD_MAX`]); zero lifts a hold.
@@ -52,7 +102,7 @@ impl ElectionHold {
         let generation = {
             let mut generation = self.generation.lock().unwrap_or_else(PoisonError::into_inner);
             *generation += 1;
-            self.raft.runtime_config().elect(hold.is_zero());
+            self.switch.set(NoElections::Held, !hold.is_zero());
             *generation
         };
         if hold.is_zero() {
@@ -64,7 +114,7 @@ impl ElectionHold {
             tokio::time::sleep(hold).await;
             let current = this.generation.lock().unwrap_or_else(PoisonError::into_inner);
             if *current == generation {
-                this.raft.runtime_config().elect(true);
+                this.switch.set(NoElections::Held, false);
             }
         });
     }
@@ -83,6 +133,7 @@ pub struct HandOverPlan {
 #[derive(Clone)]
 pub struct HandOver {
     raft: Raft,
+    switch: ElectionSwitch,
     peers: PeerClients,
     /// How long to wait for a new leader before giving up (and serving on).
     window: Duration,
@@ -102,16 +153,15 @@ struct Restore<'a>(&'a HandOver);
 
 impl Drop for Restore<'_> {
     fn drop(&mut self) {
-        let config = self.0.raft.runtime_config();
-        config.heartbeat(true);
-        config.elect(true);
+        self.0.raft.runtime_config().heartbeat(true);
+        self.0.switch.set(NoElections::HandingOver, false);
         self.0.in_progress.store(false, Ordering::SeqCst);
     }
 }
 
 impl HandOver {
-    pub fn new(raft: Raft, peers: PeerClients, window: Duration, call_timeout: Duration) -> HandOver {
-        HandOver { raft, peers, window, call_timeout, in_progress: Arc::default() }
+    pub fn new(switch: ElectionSwitch, peers: PeerClients, window: Duration, call_timeout: Duration) -> HandOver {
+        HandOver { raft: switch.raft.clone(), switch, peers, window, call_timeout, in_progress: Arc::default() }
     }
 
     /// Whether this node is stepping aside right now (it must refuse requests meanwhile).
@@ -135,9 +185,8 @@ impl HandOver {
         }
         let _restore = Restore(self);
         tracing::warn!(node_id = plan.me, to = ?plan.to, "stepping aside: leadership transfer requested");
-        let config = self.raft.runtime_config();
-        config.heartbeat(false);
-        config.elect(false);
+        self.raft.runtime_config().heartbeat(false);
+        self.switch.set(NoElections::HandingOver, true);
         let outcome = self.wait_for_new_leader(plan.me).await;
         if plan.to.is_some() {
             self.hold_others(&held, Duration::ZERO).await;

@@ -45,6 +45,7 @@ pub enum PeerRpc {
     Forward,
     NodeHistory,
     HoldElections,
+    ClockProbe,
 }
 
 /// Why a peer call failed, before openraft's error types are involved.
@@ -177,6 +178,7 @@ impl PeerClients {
                 PeerRpc::Forward => client.forward(request).await,
                 PeerRpc::NodeHistory => client.node_history(request).await.map(|r| r.map(history_payload)),
                 PeerRpc::HoldElections => client.hold_elections(request).await,
+                PeerRpc::ClockProbe => client.clock_probe(request).await,
             }
         };
         let addr = addr.to_string();

@@ -1,7 +1,7 @@
 //! The internal `RaftTransport` service on the peer port: Raft RPCs into openraft, proposals
-//! forwarded by followers, and the node-history question of a node starting without Raft
-//! state (the only call answered while this node itself decides whether it may start).
-//! Payloads for another cluster or node are refused.
+//! forwarded by followers, election holds, clock probes, and the node-history question of a
+//! node starting without Raft state (the only call answered while this node itself decides
+//! whether it may start). Payloads for another cluster or node are refused.
 
 use fenceflake_proto::tls::{self, Role};
 use fenceflake_proto::v1 as pb;
@@ -202,5 +202,12 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
         );
         self.node.leader.hold_elections(hold_ms);
         self.seal(&())
+    }
+
+    /// A member asks for this node's wall clock (its clock check, `clock_watch.rs`); read as
+    /// late as possible, so the reading lies within the caller's round trip.
+    async fn clock_probe(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let () = self.open_from_member(&request, "ClockProbe")?;
+        self.seal(&self.node.clock.wall_ms())
     }
 }

@@ -1,0 +1,270 @@
+//! The registry's clock check at run time (the decision itself is `clock_check.rs`): probe
+//! every voter's wall clock over the peer port (`ClockProbe`) about twice a second, keep the
+//! latest probe of each, and act on the verdict:
+//!
+//! - a node whose clock is not proven within `--max-clock-offset` of the median of a quorum
+//!   turns its elections off ([`NoElections::Clock`]), says so in its log (node_id, term,
+//!   verdict) and in `fenceflake_registry_clock_excluded`;
+//! - if it leads, it steps aside through the hand-over of `transfer.rs` (heartbeats off, so
+//!   the followers' election timers fire; any voter may win, and each voter campaigns only if
+//!   its own clock check lets it): after two rounds that prove its clock off (one round can
+//!   straddle a step every node took at once), after five when it merely cannot prove it is
+//!   right (an upgrade where most peers do not answer probes yet must not leave the cluster
+//!   without a leader);
+//! - meanwhile a leader refuses every request that stamps its wall clock into the lease table
+//!   or a reply ([`ClockWatch::vouch`]) until the verdict proves it within: so every
+//!   `leader_wall_ms` and `registry_time_ms` is within the bound of the quorum's median.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use fenceflake_proto::serving::Stopped;
+use openraft::ServerState;
+use tokio::sync::{watch, Notify};
+
+use crate::clock::Clock;
+use crate::clock_check::{self, Now, Policy, Probe, Verdict};
+use crate::error::RegistryError;
+use crate::leader::member_roles;
+use crate::node::RegistryNode;
+use crate::raft::network::{PeerClients, PeerRpc};
+use crate::raft::types::{NodeId, Raft};
+use crate::transfer::{ElectionSwitch, NoElections};
+
+/// How often each node probes every voter.
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// Bound on one probe; a slower answer would prove little anyway.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Probes older than this are not counted: six rounds, so a node that misses a few answers
+/// under load keeps its verdict, and one cut off loses it within seconds.
+pub const PROBE_FRESH_FOR: Duration = Duration::from_secs(3);
+/// Rounds in a row a leader proven off steps aside after: two, because a round that straddles a
+/// wall step shared by every node (a VM host's, a leap) can prove one round wrong.
+const PROVEN_OFF_ROUNDS: u32 = 2;
+/// Rounds in a row a leader that cannot prove its clock either way steps aside after.
+const UNPROVEN_ROUNDS: u32 = 5;
+/// How long a leader's admission waits for a probe round to vouch for its clock (after its
+/// own clock stepped, say) before refusing the request.
+const VOUCH_WAIT: Duration = Duration::from_secs(1);
+
+/// This node's clock as its peers see it: the latest probe of each voter, the policy, and the
+/// election switch the verdict drives. Cheap to clone; shared by the probe loop, the leader's
+/// admission and the metrics.
+#[derive(Clone)]
+pub struct ClockWatch {
+    me: NodeId,
+    raft: Raft,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    elections: ElectionSwitch,
+    probes: Arc<Mutex<BTreeMap<NodeId, Probe>>>,
+    /// Completed probe rounds: admission waits for the next one.
+    rounds: watch::Sender<u64>,
+    /// Asks the probe loop for a round now.
+    wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for ClockWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClockWatch").field("me", &self.me).field("policy", &self.policy).finish_non_exhaustive()
+    }
+}
+
+impl ClockWatch {
+    pub fn new(me: NodeId, clock: Arc<dyn Clock>, max_offset: Duration, elections: ElectionSwitch) -> ClockWatch {
+        let policy = Policy { max_offset_ms: max_offset.as_millis() as u64, fresh_for: PROBE_FRESH_FOR };
+        ClockWatch {
+            me,
+            raft: elections.raft().clone(),
+            clock,
+            policy,
+            elections,
+            probes: Arc::default(),
+            rounds: watch::Sender::new(0),
+            wake: Arc::default(),
+        }
+    }
+
+    /// The node's clock (the registry's only source of time).
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The switch of this node's elections (shared with leadership transfers).
+    pub fn elections(&self) -> &ElectionSwitch {
+        &self.elections
+    }
+
+    /// `--max-clock-offset`, in ms.
+    pub fn max_offset_ms(&self) -> u64 {
+        self.policy.max_offset_ms
+    }
+
+    /// What the latest probes prove about this node's clock now.
+    pub fn verdict(&self) -> Verdict {
+        let now = Now { mono: self.clock.mono(), wall_ms: self.clock.wall_ms() };
+        let probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        clock_check::judge(&self.policy, self.me, &voters(&self.raft), &probes, now)
+    }
+
+    /// Admission of a request that stamps this leader's wall clock: `Ok` once the probes prove
+    /// the clock within the bound, waiting up to [`VOUCH_WAIT`] for fresh rounds; refused
+    /// (`NOT_LEADER`, definite: nothing was proposed) otherwise.
+    pub async fn vouch(&self) -> Result<(), RegistryError> {
+        let started = self.clock.mono();
+        let mut rounds = self.rounds.subscribe();
+        loop {
+            let verdict = self.verdict();
+            if verdict.may_lead() {
+                return Ok(());
+            }
+            self.wake.notify_one();
+            let remaining = VOUCH_WAIT.saturating_sub(self.clock.mono().since(started));
+            let next_round = tokio::time::timeout(remaining, rounds.changed()).await;
+            if remaining.is_zero() || !matches!(next_round, Ok(Ok(()))) {
+                return Err(RegistryError::ClockUnproven {
+                    why: format!("{verdict} (±{} ms, --max-clock-offset)", self.policy.max_offset_ms),
+                });
+            }
+        }
+    }
+
+    /// Probe every other voter once, concurrently, and keep each answer.
+    async fn probe_round(&self, peers: &PeerClients) {
+        let mut calls = tokio::task::JoinSet::new();
+        for (node_id, (node, voter)) in member_roles(&self.raft) {
+            if !voter || node_id == self.me {
+                continue;
+            }
+            let (peers, clock) = (peers.clone(), self.clock.clone());
+            calls.spawn(async move { (node_id, probe(&peers, clock.as_ref(), node_id, &node.peer_addr).await) });
+        }
+        while let Some(joined) = calls.join_next().await {
+            if let Ok((node_id, Some(probe))) = joined {
+                let now = Now { mono: self.clock.mono(), wall_ms: self.clock.wall_ms() };
+                let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
+                if clock_check::replaces(&self.policy, probes.get(&node_id), &probe, now) {
+                    probes.insert(node_id, probe);
+                }
+            }
+        }
+        self.rounds.send_modify(|round| *round += 1);
+    }
+}
+
+/// One `ClockProbe` of node `target`, timed on both of this node's clocks. `None` if it did
+/// not answer (an older node does not know the call: it simply counts as not answering).
+async fn probe(peers: &PeerClients, clock: &dyn Clock, target: NodeId, addr: &str) -> Option<Probe> {
+    let (sent_at, send_wall_ms) = (clock.mono(), clock.wall_ms());
+    let answer = peers.call::<(), u64>(target, addr, PeerRpc::ClockProbe, &(), PROBE_TIMEOUT).await;
+    let (receive_wall_ms, elapsed) = (clock.wall_ms(), clock.mono().since(sent_at));
+    match answer {
+        Ok(remote_ms) => Some(Probe { sent_at, send_wall_ms, receive_wall_ms, elapsed, remote_ms }),
+        Err(e) => {
+            tracing::debug!(target_node = target, error = %e, "clock probe failed");
+            None
+        }
+    }
+}
+
+/// The voters of the membership this node knows.
+fn voters(raft: &Raft) -> BTreeSet<NodeId> {
+    member_roles(raft).into_iter().filter(|(_, (_, voter))| *voter).map(|(id, _)| id).collect()
+}
+
+/// What the probe loop remembers between rounds.
+#[derive(Debug, Default)]
+struct Standing {
+    /// Whether the last round excluded this node (`None` before the first).
+    excluded: Option<bool>,
+    /// The kind of the last verdict logged: each change of kind is logged once.
+    logged: Option<std::mem::Discriminant<Verdict>>,
+    /// Rounds in a row that excluded this node.
+    excluded_rounds: u32,
+    /// The hand-over under way, if any (one at a time).
+    stepping_aside: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The probe loop of `node`, until `stopped`: a round every [`PROBE_EVERY`] (or at once when
+/// admission asks), then the verdict acted on.
+pub async fn run(node: RegistryNode, stopped: Stopped) {
+    let watch = node.clocks.clone();
+    let mut standing = Standing::default();
+    let stop = stopped.wait();
+    tokio::pin!(stop);
+    loop {
+        watch.probe_round(&node.peers).await;
+        act(&node, &watch.verdict(), &mut standing);
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(PROBE_EVERY) => {}
+            () = watch.wake.notified() => {}
+        }
+    }
+}
+
+/// Turn elections off or on with the verdict, log each change, and step aside if this node
+/// leads and must not.
+fn act(node: &RegistryNode, verdict: &Verdict, standing: &mut Standing) {
+    let watch = &node.clocks;
+    let excluded = !verdict.may_lead();
+    let (state, term) = {
+        let m = node.raft.metrics();
+        let m = m.borrow();
+        (m.state, m.current_term)
+    };
+    let kind = std::mem::discriminant(verdict);
+    if standing.logged != Some(kind) {
+        log_change(node.node_id, term, watch.max_offset_ms(), verdict, standing.logged.is_none());
+        standing.logged = Some(kind);
+    }
+    if standing.excluded != Some(excluded) {
+        watch.elections.set(NoElections::Clock, excluded);
+        standing.excluded = Some(excluded);
+    }
+    standing.excluded_rounds = if excluded { standing.excluded_rounds + 1 } else { 0 };
+    let rounds_needed = if matches!(verdict, Verdict::Beyond { .. }) { PROVEN_OFF_ROUNDS } else { UNPROVEN_ROUNDS };
+    let must_go = excluded && standing.excluded_rounds >= rounds_needed;
+    let under_way = standing.stepping_aside.as_ref().is_some_and(|h| !h.is_finished());
+    if state == ServerState::Leader && must_go && !under_way {
+        let (leader, node_id) = (node.leader.clone(), node.node_id);
+        standing.stepping_aside = Some(tokio::spawn(async move {
+            match leader.step_aside().await {
+                Ok(()) => tracing::warn!(node_id, "stepped aside: this node's clock may not stamp the cluster's time"),
+                Err(e) => {
+                    tracing::warn!(node_id, error = %e, "stepping aside for the clock check failed; retrying next round")
+                }
+            }
+        }));
+    }
+}
+
+fn log_change(node_id: NodeId, term: u64, max_offset_ms: u64, verdict: &Verdict, first: bool) {
+    match verdict {
+        Verdict::Within { .. } => {
+            tracing::info!(node_id, term, max_offset_ms, %verdict, "clock check passed: this node may campaign and lead");
+        }
+        Verdict::Beyond { .. } => tracing::error!(
+            node_id,
+            term,
+            max_offset_ms,
+            %verdict,
+            "clock check failed: this node's wall clock is off the cluster's median by more than --max-clock-offset; it does not campaign, and steps aside if it leads (fix its time sync: docs/failure-modes.md#registry-clock-off)"
+        ),
+        // At start-up nothing has answered yet: expected, not worth a warning.
+        Verdict::TooFew { .. } if first => tracing::info!(
+            node_id,
+            term,
+            %verdict,
+            "clock check: waiting for a quorum of peers to answer clock probes before campaigning"
+        ),
+        Verdict::TooFew { .. } | Verdict::Unclear { .. } => tracing::warn!(
+            node_id,
+            term,
+            max_offset_ms,
+            %verdict,
+            "clock check unproven: this node does not campaign until a quorum of peers proves its clock within --max-clock-offset"
+        ),
+    }
+}
