@@ -23,10 +23,11 @@ use fenceflake_proto::serving::Stopped;
 use openraft::ServerState;
 use tokio::sync::{watch, Notify};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, MonoTime};
 use crate::clock_check::{self, Now, Policy, Probe, Verdict};
 use crate::error::RegistryError;
 use crate::leader::member_roles;
+use crate::lease::Rules;
 use crate::node::RegistryNode;
 use crate::raft::network::{PeerClients, PeerRpc};
 use crate::raft::types::{NodeId, Raft};
@@ -59,6 +60,8 @@ pub struct ClockWatch {
     policy: Policy,
     elections: ElectionSwitch,
     probes: Arc<Mutex<BTreeMap<NodeId, Probe>>>,
+    /// The newest apply rules each voter's release knows, from its latest probe answer, and when.
+    rules: Arc<Mutex<BTreeMap<NodeId, (Rules, MonoTime)>>>,
     /// Completed probe rounds: admission waits for the next one.
     rounds: watch::Sender<u64>,
     /// Asks the probe loop for a round now.
@@ -81,6 +84,7 @@ impl ClockWatch {
             policy,
             elections,
             probes: Arc::default(),
+            rules: Arc::default(),
             rounds: watch::Sender::new(0),
             wake: Arc::default(),
         }
@@ -130,6 +134,17 @@ impl ClockWatch {
         }
     }
 
+    /// Whether every member but this node answered a probe within [`PROBE_FRESH_FOR`] from a
+    /// release that knows `wanted` (learners are not probed: while one exists, no).
+    pub fn members_know(&self, wanted: Rules) -> bool {
+        let now = self.clock.mono();
+        let rules = self.rules.lock().unwrap_or_else(PoisonError::into_inner);
+        member_roles(&self.raft)
+            .into_keys()
+            .filter(|id| *id != self.me)
+            .all(|id| rules.get(&id).is_some_and(|(known, at)| *known >= wanted && now.since(*at) <= PROBE_FRESH_FOR))
+    }
+
     /// Probe every other voter once, concurrently, and keep each answer.
     async fn probe_round(&self, peers: &PeerClients) {
         let mut calls = tokio::task::JoinSet::new();
@@ -141,8 +156,9 @@ impl ClockWatch {
             calls.spawn(async move { (node_id, probe(&peers, clock.as_ref(), node_id, &node.peer_addr).await) });
         }
         while let Some(joined) = calls.join_next().await {
-            if let Ok((node_id, Some(probe))) = joined {
+            if let Ok((node_id, Some((probe, rules)))) = joined {
                 let now = Now { mono: self.clock.mono(), wall_ms: self.clock.wall_ms() };
+                self.rules.lock().unwrap_or_else(PoisonError::into_inner).insert(node_id, (rules, now.mono));
                 let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
                 if clock_check::replaces(&self.policy, probes.get(&node_id), &probe, now) {
                     probes.insert(node_id, probe);
@@ -155,17 +171,26 @@ impl ClockWatch {
 
 /// One `ClockProbe` of node `target`, timed on both of this node's clocks. `None` if it did
 /// not answer (an older node does not know the call: it simply counts as not answering).
-async fn probe(peers: &PeerClients, clock: &dyn Clock, target: NodeId, addr: &str) -> Option<Probe> {
+async fn probe(peers: &PeerClients, clock: &dyn Clock, target: NodeId, addr: &str) -> Option<(Probe, Rules)> {
     let (sent_at, send_wall_ms) = (clock.mono(), clock.wall_ms());
-    let answer = peers.call::<(), u64>(target, addr, PeerRpc::ClockProbe, &(), PROBE_TIMEOUT).await;
+    let answer = peers.call::<(), ClockReading>(target, addr, PeerRpc::ClockProbe, &(), PROBE_TIMEOUT).await;
     let (receive_wall_ms, elapsed) = (clock.wall_ms(), clock.mono().since(sent_at));
     match answer {
-        Ok(remote_ms) => Some(Probe { sent_at, send_wall_ms, receive_wall_ms, elapsed, remote_ms }),
+        Ok(reading) => {
+            Some((Probe { sent_at, send_wall_ms, receive_wall_ms, elapsed, remote_ms: reading.wall_ms }, reading.rules))
+        }
         Err(e) => {
             tracing::debug!(target_node = target, error = %e, "clock probe failed");
             None
         }
     }
+}
+
+/// A `ClockProbe` answer: the peer's wall clock, and the newest apply rules its release knows.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct ClockReading {
+    pub wall_ms: u64,
+    pub rules: Rules,
 }
 
 /// The voters of the membership this node knows.

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use crate::clock::MonoTime;
 use crate::expiry::{Expiry, Renewals};
-use crate::lease::{ClusterConfig, GrantExpectation, HolderId, Incarnation, LeaseTable, Rejection, WorkerId};
+use crate::lease::{ClusterConfig, GrantExpectation, HolderId, Incarnation, LeaseTable, Rejection, Rules, WorkerId};
 
 /// Why no grant can be planned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,7 +59,9 @@ pub fn plan_grant(
     if let Some(held) = table.held_by(asker.owner, asker.holder) {
         let record = table.record(held).expect("a held ID has a record");
         let wait_ms = record.high_water_ms.saturating_sub(wall_ms);
-        if wanted.is_none() && record.taken_over_by(asker.incarnation) && wait_ms > TAKEOVER_WAIT_MAX_MS {
+        let takeover =
+            table.rules_in_force(Rules::CURRENT) >= Rules::INCARNATIONS && record.taken_over_by(asker.incarnation);
+        if wanted.is_none() && takeover && wait_ms > TAKEOVER_WAIT_MAX_MS {
             let soon = wall_ms.saturating_add(TAKEOVER_WAIT_MAX_MS);
             let free_soon = table
                 .free_ids()
@@ -156,6 +158,7 @@ mod tests {
                 cool_down_ms: COOL_DOWN_MS,
             };
             table.apply(LogPos::new(1, 0), 0, &Command::Configure(config));
+            table.apply(LogPos::new(1, 1), 0, &Command::EnableRules(Rules::CURRENT));
             let mut renewals = Renewals::default();
             renewals.observe_leader(LEADER, clock.mono());
             renewals.confirm(LEADER);

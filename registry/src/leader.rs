@@ -18,7 +18,7 @@ use crate::expiry::{Expiry, ExpiryTracker, LeadershipId};
 use crate::grant_plan::{self, Asker, GrantInputs};
 use crate::lease::{
     ClusterConfig, Command, GrantExpectation, HolderId, Incarnation, LeaseGrant, LeaseTable, Outcome, Rejection, Renew,
-    TableBackup, WorkerId,
+    Rules, TableBackup, WorkerId,
 };
 use crate::proposal::{LeaseReply, LeaseState, LeaseView, Proposal, Reply};
 use crate::proposer::{write_error, Proposer};
@@ -174,6 +174,15 @@ impl Leader {
                 self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))).await
             }
             Proposal::TransferLeader { to } => self.transfer(to).await,
+        }
+    }
+
+    /// Put apply rules `rules` in force (`rules_raise.rs` decides when); the rules now in force.
+    pub async fn enable_rules(&self, rules: Rules) -> Result<Rules, RegistryError> {
+        self.ensure_serving_leader().await?;
+        match self.proposer.propose(Command::EnableRules(rules)).await? {
+            Outcome::RulesEnabled(in_force) => Ok(in_force),
+            other => Err(unexpected(other)),
         }
     }
 

@@ -19,6 +19,7 @@ pub mod proposal;
 pub mod proposer;
 pub mod raft;
 pub mod rpc;
+pub mod rules_raise;
 pub mod served;
 pub mod server;
 pub mod service;

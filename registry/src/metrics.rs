@@ -97,10 +97,9 @@ impl RegistryMetrics {
         }
     }
 
-    /// The Prometheus text exposition of everything.
-    pub fn render(&self, g: &Gauges) -> String {
-        let mut out = String::with_capacity(8192);
-        let counters = [
+    /// The counters: (name, help, value).
+    fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 10] {
+        [
             (names::GRANTS, "Leases granted (new grants, and re-acquires by the same holder).", &self.grants),
             (names::RENEWALS, "Leases renewed.", &self.renewals),
             (names::RELEASES, "Leases released.", &self.releases),
@@ -132,8 +131,13 @@ impl RegistryMetrics {
                 &self.refused_calls,
             ),
             (names::NO_QUORUM, "Requests refused because the leader could not confirm a quorum.", &self.no_quorum),
-        ];
-        for (name, help, value) in counters {
+        ]
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::with_capacity(8192);
+        for (name, help, value) in self.counters() {
             let _ =
                 writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
         }

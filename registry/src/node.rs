@@ -10,6 +10,7 @@ use crate::clock::{Clock, MonoTime};
 use crate::clock_watch::ClockWatch;
 use crate::error::RegistryError;
 use crate::leader::{member_roles, Leader};
+use crate::lease::Rules;
 use crate::metrics::{Gauges, RegistryMetrics};
 use crate::proposal::{Proposal, Reply};
 use crate::raft::network::{PeerCallError, PeerClients, PeerRpc};
@@ -47,6 +48,8 @@ pub struct StatusView {
     pub quorum_ack_age: Option<Duration>,
     /// How long a leader serves without a quorum acknowledgement.
     pub leader_lease: Duration,
+    /// The apply rules in force, as this node has applied them.
+    pub apply_rules: Rules,
 }
 
 #[derive(Clone)]
@@ -176,6 +179,7 @@ impl RegistryNode {
                 .filter(|_| m.state == ServerState::Leader)
                 .map(Duration::from_millis),
             leader_lease: self.leader.leader_lease(),
+            apply_rules: self.state.read().table.rules_in_force(Rules::CURRENT),
         }
     }
 

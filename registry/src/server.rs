@@ -30,6 +30,7 @@ use crate::node::RegistryNode;
 use crate::proposer::Proposer;
 use crate::raft::network::{NetworkFactory, PeerClients};
 use crate::raft::types::{NodeId, PeerNode, Raft};
+use crate::rules_raise;
 use crate::served;
 use crate::service::peer::PeerService;
 use crate::service::registry::{Listener, RegistryService};
@@ -133,6 +134,7 @@ pub async fn run(
     security.follow_files(stopped.clone().wait());
     tokio::spawn(watch_leadership(node.clone(), health_reporter, tracker));
     tokio::spawn(clock_watch::run(node.clone(), stopped.clone()));
+    tokio::spawn(rules_raise::run(node.clone(), stopped.clone()));
     bootstrap(&config, &raft, fresh).await?;
     if config.initial_cluster_state == InitialClusterState::New {
         tokio::spawn(compare_initial_cluster(raft.clone(), config.initial_cluster.clone()));

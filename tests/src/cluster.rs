@@ -64,7 +64,12 @@ impl Cluster {
         for node_id in 1..=size {
             cluster.spawn(node_id);
         }
-        cluster.wait_all_know_the_leader(Duration::from_secs(15)).await;
+        let leader = cluster.wait_all_know_the_leader(Duration::from_secs(15)).await;
+        // Incarnations are in force once the leader has seen every member run this release.
+        eventually(Duration::from_secs(15), "the current apply rules in force", || async {
+            cluster.status(leader).await.filter(|s| s.apply_rules >= 2).map(drop)
+        })
+        .await;
         cluster
     }
 

@@ -114,12 +114,11 @@ impl WorkerMetrics {
         self.start_wall_ms.store(wall_ms, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition of everything.
-    pub fn render(&self, g: &Gauges) -> String {
-        let mut out = String::with_capacity(8192);
+    /// The single-valued series: (name, type, help, value).
+    fn samples(&self, g: &Gauges) -> [(&'static str, &'static str, &'static str, f64); 11] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
         let ms = |c: &AtomicU64| get(c) / 1e3;
-        let samples: [(&str, &str, &str, f64); 11] = [
+        [
             (names::IDS_MINTED, "counter", "IDs returned to callers.", get(&self.ids_minted)),
             (
                 names::CLOCK_REGRESSIONS,
@@ -181,8 +180,13 @@ impl WorkerMetrics {
                 "When this worker started (Unix seconds); each change is a restart.",
                 ms(&self.start_wall_ms),
             ),
-        ];
-        for (name, kind, help, value) in samples {
+        ]
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::with_capacity(8192);
+        for (name, kind, help, value) in self.samples(g) {
             single(&mut out, name, kind, help, value);
         }
         preamble(&mut out, names::PARKED, "gauge", "1 for the reason the worker is parked, 0 for the others.");

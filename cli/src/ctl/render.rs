@@ -37,6 +37,7 @@ pub fn status_json(s: &pb::ClusterStatusResponse, from_leader: bool) -> Value {
         "snapshot_index": s.snapshot_index, "epoch_ms": s.epoch_ms, "worker_id_bits": s.worker_id_bits,
         "max_ttl_ms": s.max_ttl_ms, "cool_down_ms": s.cool_down_ms, "served_node_ids": s.served_node_ids,
         "quorum_ack_age_ms": s.quorum_ack_age_ms, "leader_lease_ms": s.leader_lease_ms,
+        "sequence_bits": s.sequence_bits, "apply_rules": s.apply_rules,
         "reported_by_leader": from_leader,
         "members": s.members.iter().map(|m| member_json(m, from_leader)).collect::<Vec<_>>(),
     })
@@ -80,9 +81,10 @@ pub fn status_table(view: &ClusterView) -> String {
     let answered: Vec<String> = view.answered.iter().map(|s| s.node_id.to_string()).collect();
     let source = if from_leader { "as the leader reports" } else { "as a follower reports: no leader answered" };
     format!(
-        "cluster {}  (answered: nodes {}; indexes {source})\nleader {leader}  term {}  commit {}  applied {}  last log {}  snapshot {}\nworker-id bits {}  epoch_ms {}  max ttl {} ms  cool-down {} ms\n\n{}",
+        "cluster {}  (answered: nodes {}; indexes {source})\nleader {leader}  term {}  commit {}  applied {}  last log {}  snapshot {}\nworker-id bits {}  sequence bits {}  epoch_ms {}  max ttl {} ms  cool-down {} ms  apply rules {}\n\n{}",
         s.cluster_id, answered.join(","), s.term, s.commit_index, s.applied_index, s.last_log_index, s.snapshot_index,
-        s.worker_id_bits, s.epoch_ms, s.max_ttl_ms, s.cool_down_ms, members_table(s, from_leader)
+        s.worker_id_bits, s.sequence_bits, s.epoch_ms, s.max_ttl_ms, s.cool_down_ms, s.apply_rules,
+        members_table(s, from_leader)
     )
 }
 

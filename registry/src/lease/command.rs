@@ -83,6 +83,12 @@ pub enum Command {
     /// Operator: load a backup into a cluster that has never granted a lease, under a new
     /// token generation, with every worker ID embargoed for `ttl_ms_max + cool_down_ms`.
     Restore(Box<TableBackup>),
+    /// Raise the apply rules in force to `rules` (never lowered): proposed by a leader once
+    /// every member runs a release that knows them. Until then a newer leader's entries are
+    /// applied under the rules every member knows, so a rolling upgrade never makes replicas
+    /// apply one entry two ways; a node of an older release cannot decode this command and
+    /// stops rather than apply later entries differently.
+    EnableRules(Rules),
     /// Registry node `node_id` has served in this cluster (joined and applied its log). An
     /// empty data dir under that id later means a lost disk, and the node refuses to start.
     NodeServed {
@@ -94,7 +100,7 @@ impl Command {
     /// The worker ID this command is about (`None` for cluster-wide commands).
     pub fn worker_id(&self) -> Option<WorkerId> {
         match self {
-            Command::Configure(_) | Command::Restore(_) | Command::NodeServed { .. } => None,
+            Command::Configure(_) | Command::Restore(_) | Command::NodeServed { .. } | Command::EnableRules(_) => None,
             Command::Grant { worker_id, .. }
             | Command::Renew(Renew { worker_id, .. })
             | Command::Release(Release { worker_id, .. })
@@ -135,6 +141,9 @@ impl Rules {
     /// What this build's leaders write, and the newest rules it can apply: an entry written
     /// under newer rules stops this node (applying it under older ones could diverge).
     pub const CURRENT: Rules = Rules::INCARNATIONS;
+    /// The newest rules in force without an `EnableRules`: those every release that writes
+    /// them could already apply when they were introduced. Newer ones need the raise.
+    pub const UNGATED: Rules = Rules::IDENTITIES;
 
     pub fn is_original(&self) -> bool {
         *self == Rules::ORIGINAL
@@ -211,6 +220,8 @@ pub enum Outcome {
         embargo_until_ms: u64,
     },
     NodeServedNoted,
+    /// The apply rules in force (after an `EnableRules`).
+    RulesEnabled(Rules),
     /// A stale renewal proved an overlap: the ID is now quarantined (and this renewal fenced).
     CanaryHit {
         current: Token,

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use fenceflake_proto::wire::{layout_timestamp_bits, LayoutBound, LEGACY_SEQUENCE_BITS};
 use serde::{Deserialize, Serialize};
 
+use super::command::Rules;
 use super::ids::{HolderId, Incarnation, LogPos, Token, WorkerId};
 
 /// Cluster-wide parameters, fixed by the first leader and replicated like any command. The
@@ -154,7 +155,10 @@ impl LeaseRecord {
     /// (a new process of the holder) rather than getting it back (a retry, or a worker that
     /// states no incarnation).
     pub fn taken_over_by(&self, incarnation: Option<Incarnation>) -> bool {
-        incarnation.is_some() && self.incarnation != incarnation
+        // Only the same incarnation, or two that both state none (a worker older than
+        // incarnations retrying), is the same process: a process that states none asking
+        // after one that stated one is another process, and must not share its token.
+        self.incarnation != incarnation
     }
 
     /// The holder that superseded `token`'s process, if `token` is the one it superseded.
@@ -199,4 +203,7 @@ pub struct TableGlobals {
     pub generation: u8,
     #[serde(default)]
     pub served_nodes: BTreeSet<u64>,
+    /// Apply rules raised by `EnableRules` (default: none raised; see [`Rules::UNGATED`]).
+    #[serde(default, skip_serializing_if = "Rules::is_original")]
+    pub enabled_rules: Rules,
 }

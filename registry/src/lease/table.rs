@@ -29,6 +29,9 @@ pub struct LeaseTable {
     /// Registry nodes that have served in this cluster (never removed: node ids are not reused).
     #[serde(default)]
     served_nodes: BTreeSet<u64>,
+    /// Apply rules raised by `EnableRules` (see [`LeaseTable::rules_in_force`]).
+    #[serde(default, skip_serializing_if = "Rules::is_original")]
+    enabled_rules: Rules,
     /// Index (owner, holder) → worker ID, derived from `records` (rebuilt after deserializing).
     /// Holder IDs are a namespace per owner identity: another identity using the same holder
     /// ID neither finds nor blocks this one's lease.
@@ -57,6 +60,7 @@ impl LeaseTable {
             last_token: globals.last_token,
             generation: globals.generation,
             served_nodes: globals.served_nodes,
+            enabled_rules: globals.enabled_rules,
             holders: BTreeMap::new(),
         };
         table.reindex();
@@ -69,7 +73,14 @@ impl LeaseTable {
             last_token: self.last_token,
             generation: self.generation,
             served_nodes: self.served_nodes.clone(),
+            enabled_rules: self.enabled_rules,
         }
+    }
+
+    /// The rules an entry written under `written` is applied under: never newer than what
+    /// every member was known to run ([`Rules::UNGATED`], or what `EnableRules` raised to).
+    pub fn rules_in_force(&self, written: Rules) -> Rules {
+        written.min(self.enabled_rules.max(Rules::UNGATED))
     }
 
     /// Whether registry node `node_id` has served in this cluster.
@@ -135,6 +146,7 @@ impl LeaseTable {
     /// Apply one command at log position `pos` under `rules` (those of the entry that carries
     /// it). Deterministic: same table, same inputs, same result.
     pub fn apply_under(&mut self, rules: Rules, pos: LogPos, leader_wall_ms: u64, command: &Command) -> Outcome {
+        let rules = self.rules_in_force(rules);
         let outcome = match command {
             Command::Configure(config) => {
                 let applied = self.config.get_or_insert_with(|| config.clone());
@@ -147,7 +159,8 @@ impl LeaseTable {
                     expect: *expect,
                     specific: *specific,
                     owner: owner.as_deref(),
-                    incarnation: incarnation.filter(|_| rules >= Rules::INCARNATIONS),
+                    incarnation: *incarnation,
+                    takeovers: rules >= Rules::INCARNATIONS,
                 };
                 self.grant(pos, leader_wall_ms, *worker_id, ask)
             }
@@ -158,6 +171,10 @@ impl LeaseTable {
             }
             Command::Unquarantine(Unquarantine { worker_id }) => self.set_quarantine(leader_wall_ms, *worker_id, None),
             Command::Restore(backup) => self.restore(pos, leader_wall_ms, backup),
+            Command::EnableRules(raised) => {
+                self.enabled_rules = self.enabled_rules.max(*raised);
+                Outcome::RulesEnabled(self.rules_in_force(Rules::CURRENT))
+            }
             Command::NodeServed { node_id } => {
                 self.served_nodes.insert(*node_id);
                 Outcome::NodeServedNoted
@@ -178,7 +195,7 @@ impl LeaseTable {
     }
 
     fn grant(&mut self, pos: LogPos, leader_wall_ms: u64, worker_id: WorkerId, ask: GrantAsk<'_>) -> Outcome {
-        let GrantAsk { holder, ttl_ms, expect, specific, owner, incarnation } = ask;
+        let GrantAsk { holder, ttl_ms, expect, specific, owner, incarnation, takeovers } = ask;
         let config = match self.check_range(worker_id) {
             Ok(config) => config,
             Err(rejection) => return Outcome::Rejected(rejection),
@@ -188,7 +205,7 @@ impl LeaseTable {
         }
         let mut compare = true;
         if let Some(held) = self.held_by(owner, holder) {
-            if !self.records[&held].taken_over_by(incarnation) {
+            if !(takeovers && self.records[&held].taken_over_by(incarnation)) {
                 return self.regrant(pos, leader_wall_ms, held, worker_id, ask);
             }
             if specific && held != worker_id {
@@ -231,7 +248,7 @@ impl LeaseTable {
             }
         }
         record.owner = owner.map(str::to_string);
-        record.incarnation = incarnation;
+        record.incarnation = if takeovers { incarnation } else { None };
         record.token = token;
         record.ttl_ms = ttl_ms;
         record.last_renew = pos;
@@ -519,8 +536,10 @@ struct GrantAsk<'a> {
     expect: GrantExpectation,
     specific: bool,
     owner: Option<&'a str>,
-    /// `None` under rules before [`Rules::INCARNATIONS`], whatever the command says.
     incarnation: Option<Incarnation>,
+    /// Whether a new incarnation takes the holder's lease over (rules from
+    /// [`Rules::INCARNATIONS`] on); before, the holder always got its lease back.
+    takeovers: bool,
 }
 
 /// Bounded claims: a renewal may move the high-water mark only as far as an honest holder

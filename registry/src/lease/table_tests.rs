@@ -10,6 +10,8 @@ fn configured() -> LeaseTable {
     let config =
         ClusterConfig { epoch_ms: 0, worker_id_bits: 2, sequence_bits: 12, ttl_ms_max: 60_000, cool_down_ms: 1000 };
     t.apply(LogPos::new(1, 0), WALL, &Command::Configure(config));
+    // Every member runs this release: the current rules are in force (see `rules_raise.rs`).
+    t.apply(LogPos::new(1, 1), WALL, &Command::EnableRules(Rules::CURRENT));
     t
 }
 
@@ -523,25 +525,70 @@ fn a_new_incarnation_takes_the_lease_over_under_a_new_token() {
     assert!(t.record(WorkerId(0)).unwrap().quarantine.is_some());
 }
 
-/// Goal: entries written before incarnations replay as they did — the holder gets its lease
-/// back whatever incarnation the command names — so replicas that replay an old log agree.
+/// Goal: incarnations apply only under rules in force. Entries written before them replay as
+/// they did, and an entry a new leader writes under them is applied under the older rules until
+/// `EnableRules` raised the table (every member then runs a release that knows them): so a
+/// replica of an older release, which ignores the incarnation, applies it the same way.
 #[test]
 fn incarnations_apply_only_under_their_rules() {
+    let take_over = |t: &mut LeaseTable, idx, rules| {
+        let cmd = Command::Grant {
+            worker_id: WorkerId(0),
+            holder: HolderId("h".into()),
+            ttl_ms: 10_000,
+            expect: t.record(WorkerId(0)).unwrap().expectation(),
+            specific: true,
+            owner: None,
+            incarnation: Some(Incarnation(idx)),
+        };
+        granted(t.apply_under(rules, LogPos::new(idx, 0), WALL, &cmd))
+    };
     let mut t = configured();
     let first = granted(claim_from(&mut t, 2, 0, "h", 1, true));
-    let cmd = Command::Grant {
-        worker_id: WorkerId(0),
-        holder: HolderId("h".into()),
-        ttl_ms: 10_000,
-        expect: t.record(WorkerId(0)).unwrap().expectation(),
-        specific: true,
-        owner: None,
-        incarnation: Some(Incarnation(2)),
-    };
-    let old = granted(t.apply_under(Rules::IDENTITIES, LogPos::new(3, 0), WALL, &cmd));
+    assert_eq!(take_over(&mut t, 3, Rules::IDENTITIES).token, first.token, "old entries replay unchanged");
+    let taken = take_over(&mut t, 4, Rules::INCARNATIONS);
+    assert!(taken.token > first.token);
+
+    let mut fresh = LeaseTable::default();
+    let config =
+        ClusterConfig { epoch_ms: 0, worker_id_bits: 2, sequence_bits: 12, ttl_ms_max: 60_000, cool_down_ms: 1000 };
+    fresh.apply(LogPos::new(1, 0), WALL, &Command::Configure(config));
+    let mut old_replica = fresh.clone();
+    let first = granted(claim_from(&mut fresh, 2, 0, "h", 1, true));
+    granted(claim_from(&mut old_replica, 2, 0, "h", 1, true));
+    let new = take_over(&mut fresh, 3, Rules::INCARNATIONS);
+    let old = take_over(&mut old_replica, 3, Rules::IDENTITIES);
+    assert_eq!((new.token, &fresh), (first.token, &old_replica), "before the raise both apply it alike");
     assert_eq!(old.token, first.token);
-    let new = granted(t.apply_under(Rules::INCARNATIONS, LogPos::new(4, 0), WALL, &cmd));
-    assert!(new.token > first.token);
+    let raised = fresh.apply(LogPos::new(4, 0), WALL, &Command::EnableRules(Rules::CURRENT));
+    assert_eq!(raised, Outcome::RulesEnabled(Rules::CURRENT));
+    assert!(take_over(&mut fresh, 5, Rules::INCARNATIONS).token > first.token, "after the raise, a takeover");
+    assert_eq!(fresh.rules_in_force(Rules::IDENTITIES), Rules::IDENTITIES, "entries keep their own rules");
+}
+
+/// Goal: a process that states no incarnation (an older worker binary, or a bare client) after
+/// one that stated one is another process: it takes the lease over under a new token instead of
+/// sharing the live one; two that both state none still get the lease back (an old worker's
+/// retry).
+#[test]
+fn no_incarnation_after_an_incarnation_is_another_process() {
+    let mut t = configured();
+    let first = granted(claim_from(&mut t, 2, 0, "h", 1, true));
+    let mut t2 = configured();
+    let a = granted(grant(&mut t2, 2, 0, "old"));
+    let again = granted(t2.apply(
+        LogPos::new(3, 0),
+        WALL,
+        &claim(WorkerId(0), "old", 10_000, t2.record(WorkerId(0)).unwrap().expectation(), true, None),
+    ));
+    assert_eq!(again.token, a.token, "an old worker's retry gets its lease back");
+    let cmd = claim(WorkerId(0), "h", 10_000, t.record(WorkerId(0)).unwrap().expectation(), true, None);
+    let other = granted(t.apply(LogPos::new(4, 0), WALL, &cmd));
+    assert!(other.token > first.token, "a process without an incarnation must not share a stated one's token");
+    assert_eq!(
+        renew(&mut t, 5, 0, first.token, WALL, 0),
+        Outcome::Rejected(Rejection::Superseded { holder: HolderId("h".into()) })
+    );
 }
 
 /// Goal: with `auto`, a new incarnation that would wait long for its held ID takes a free one;

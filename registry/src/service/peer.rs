@@ -12,7 +12,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use crate::clock_watch::ClockReading;
 use crate::leader::member_roles;
+use crate::lease::Rules;
 use crate::lost_disk::StartGate;
 use crate::metrics::inc;
 use crate::node::RegistryNode;
@@ -205,9 +207,10 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
     }
 
     /// A member asks for this node's wall clock (its clock check, `clock_watch.rs`); read as
-    /// late as possible, so the reading lies within the caller's round trip.
+    /// late as possible, so the reading lies within the caller's round trip. The answer also
+    /// names the newest apply rules this release knows (`rules_raise.rs`).
     async fn clock_probe(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let () = self.open_from_member(&request, "ClockProbe")?;
-        self.seal(&self.node.clock.wall_ms())
+        self.seal(&ClockReading { wall_ms: self.node.clock.wall_ms(), rules: Rules::CURRENT })
     }
 }

@@ -231,6 +231,7 @@ pub fn status_pb(status: &StatusView, config: Option<ClusterConfig>, cluster_id:
         quorum_ack_age_ms: status.quorum_ack_age.map(|d| d.as_millis() as u64),
         leader_lease_ms: status.leader_lease.as_millis() as u64,
         sequence_bits: u32::from(config.sequence_bits),
+        apply_rules: u32::from(status.apply_rules.0),
     }
 }
 

@@ -108,7 +108,14 @@ impl Changes {
 /// other outcomes than the other replicas (a diverged state machine). Upgrade this node.
 fn refuse_newer_rules(entries: &[Entry]) -> Result<(), StorageError> {
     let newer = entries.iter().find_map(|entry| match &entry.payload {
-        EntryPayload::Normal(batch) if batch.rules > Rules::CURRENT => Some((entry.log_id, batch.rules)),
+        EntryPayload::Normal(batch) => {
+            let raised = batch.commands.iter().filter_map(|c| match c {
+                Command::EnableRules(rules) => Some(*rules),
+                _ => None,
+            });
+            let newest = raised.chain([batch.rules]).max().unwrap_or(batch.rules);
+            (newest > Rules::CURRENT).then_some((entry.log_id, newest))
+        }
         _ => None,
     });
     let Some((log_id, rules)) = newer else { return Ok(()) };
@@ -140,8 +147,16 @@ fn apply_entry(state: &mut SmState, entry: Entry, changes: &mut Changes) -> Vec<
                 let Some(pos) = LogPos::checked(index, slot) else {
                     return Outcome::Rejected(Rejection::BatchTooLarge { slot });
                 };
+                // A grant may change a second record: the ID its holder held before, given up by
+                // a new incarnation that takes another (it must be written too, or a restart
+                // reloads it still held).
+                let held_before = match command {
+                    Command::Grant { holder, owner, .. } => state.table.held_by(owner.as_deref(), holder),
+                    _ => None,
+                };
                 let outcome = state.table.apply_under(batch.rules, pos, batch.leader_wall_ms, command);
                 changes.note(&state.table, command, &outcome);
+                changes.records.extend(held_before);
                 outcome
             };
             batch.commands.iter().enumerate().map(apply_one).collect()

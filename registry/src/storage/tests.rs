@@ -101,3 +101,45 @@ async fn an_entry_under_newer_rules_stops_the_node_before_applying() {
     assert_eq!(applied, None, "nothing of the entry was applied");
     sm.apply(vec![entry(1, Rules::CURRENT)]).await.unwrap();
 }
+
+/// Goal (review of incarnations): a grant that gives its holder's earlier ID up changes two
+/// records; both are persisted, so a restarted node reloads exactly the table it applied
+/// (before, the given-up ID reloaded still held and the holder index check failed on start).
+#[tokio::test]
+async fn a_given_up_id_is_persisted_with_the_grant() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use crate::lease::{
+        Batch, ClusterConfig, Command, GrantExpectation, HolderId, Incarnation, Outcome, Rules, WorkerId,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let applied = {
+        let mut sm = open(dir.path(), &identity(1), tracker()).unwrap().state_machine;
+        let config =
+            ClusterConfig { epoch_ms: 0, worker_id_bits: 2, sequence_bits: 12, ttl_ms_max: 60_000, cool_down_ms: 0 };
+        let grant = |w, incarnation| Command::Grant {
+            worker_id: WorkerId(w),
+            holder: HolderId("h".into()),
+            ttl_ms: 10_000,
+            expect: GrantExpectation { token: Default::default(), last_renew: Default::default() },
+            specific: false,
+            owner: None,
+            incarnation: Some(Incarnation(incarnation)),
+        };
+        let entry = |index, commands| crate::raft::types::Entry {
+            log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch { leader_wall_ms: 1_000, commands, rules: Rules::CURRENT }),
+        };
+        sm.apply(vec![entry(1, vec![Command::Configure(config), Command::EnableRules(Rules::CURRENT)])]).await.unwrap();
+        sm.apply(vec![entry(2, vec![grant(0, 1)])]).await.unwrap();
+        let moved = sm.apply(vec![entry(3, vec![grant(1, 2)])]).await.unwrap();
+        assert!(matches!(moved[0][0], Outcome::Granted(_)), "{moved:?}");
+        let table = sm.shared().read().table.clone();
+        assert!(table.record(WorkerId(0)).unwrap().holder.is_none(), "ID 0 was given up");
+        table
+    };
+    let reopened = open(dir.path(), &identity(1), tracker()).unwrap().state_machine;
+    assert_eq!(reopened.shared().read().table, applied, "the reloaded table differs from the applied one");
+}
