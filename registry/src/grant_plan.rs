@@ -80,7 +80,11 @@ pub fn plan_grant(
     if let Some(worker_id) = wanted {
         return plan_specific(table, config, worker_id, expired).map(|e| (worker_id, e));
     }
-    if let Some(free) = table.free_ids().find(|w| !reserved.contains(w)) {
+    // Lowest first, but one whose high-water mark has passed before one its new holder would
+    // have to wait for (an ID just released or given up by a restarting incarnation).
+    let ready = |w: &WorkerId| table.record(*w).is_none_or(|r| r.high_water_ms <= wall_ms);
+    let free = || table.free_ids().filter(|w| !reserved.contains(w));
+    if let Some(free) = free().find(ready).or_else(|| free().next()) {
         return Ok((free, expectation(table, free)));
     }
     let reclaimable = table
@@ -335,5 +339,43 @@ mod tests {
             assert!(matches!(f.table.apply(LogPos::new(index, 0), wall, &cmd), Outcome::Granted(_)));
         }
         assert_eq!(plan(&f, 2, None), WorkerId(0), "no free ID: the held one, after the wait");
+    }
+
+    /// Goal: among free IDs, one whose high-water mark has passed goes first (lowest first
+    /// among those); only when none has, the lowest, whose holder then waits.
+    #[test]
+    fn free_ids_whose_mark_passed_go_first() {
+        let mut f = Fixture::new();
+        let wall = f.clock.wall_ms();
+        let grant = |w: u32, holder: &str| Command::Grant {
+            worker_id: WorkerId(w),
+            holder: HolderId(holder.into()),
+            ttl_ms: 10_000,
+            expect: GrantExpectation { token: Default::default(), last_renew: Default::default() },
+            specific: true,
+            owner: None,
+            incarnation: None,
+        };
+        // ID 0 granted and released at once: free, but its mark lies 10 s ahead.
+        let Outcome::Granted(g) = f.table.apply(LogPos::new(3, 0), wall, &grant(0, "a")) else { panic!() };
+        let release =
+            crate::lease::Release { worker_id: WorkerId(0), token: g.token, last_ts_ms: wall + 5_000, caller: None };
+        assert_eq!(f.table.apply(LogPos::new(4, 0), wall, &Command::Release(release)), Outcome::Released);
+        let (now, reserved) = (f.clock.mono(), HashSet::new());
+        let plan = |f: &Fixture| {
+            let inputs =
+                GrantInputs { table: &f.table, renewals: &f.renewals, now, wall_ms: wall, reserved: &reserved };
+            plan_grant(inputs, Asker { owner: None, holder: &HolderId("new".into()), incarnation: None }, None)
+                .unwrap()
+                .0
+        };
+        assert_eq!(plan(&f), WorkerId(1), "ID 0's new holder would wait 5 s");
+        for (index, w) in [(5, 1), (6, 2), (7, 3)] {
+            assert!(matches!(
+                f.table.apply(LogPos::new(index, 0), wall, &grant(w, &format!("h{w}"))),
+                Outcome::Granted(_)
+            ));
+        }
+        assert_eq!(plan(&f), WorkerId(0), "the only free ID, after the wait");
     }
 }
