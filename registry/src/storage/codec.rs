@@ -45,15 +45,17 @@ mod tests {
 
     /// Goal: issue 9 — a cluster config stored before the registry recorded the sequence width
     /// (in the table's globals, or a Configure entry of the log) reads as 12, the width every
-    /// worker of such a cluster defaulted to; one stored now keeps its own.
+    /// worker of such a cluster defaulted to; one stored now keeps its own. Globals stored
+    /// before token offsets read as offset 0 (their tokens stay what they were).
     #[test]
     fn configs_stored_before_the_sequence_width_read_as_twelve() {
-        use crate::lease::{ClusterConfig, Command, TableGlobals};
+        use crate::lease::{ClusterConfig, Command, TableGlobals, TokenOffset};
         let old = r#"{"epoch_ms":1704067200000,"worker_id_bits":10,"ttl_ms_max":60000,"cool_down_ms":1000}"#;
         let globals = format!(r#"{{"config":{old},"last_token":4096,"generation":0,"served_nodes":[1,2]}}"#);
         let mut bytes = vec![FORMAT_V1];
         bytes.extend_from_slice(globals.as_bytes());
         let read: TableGlobals = decode(&bytes).unwrap();
+        assert_eq!(read.token_offset, TokenOffset::NONE);
         let config = read.config.unwrap();
         assert_eq!((config.epoch_ms, config.worker_id_bits, config.sequence_bits), (1_704_067_200_000, 10, 12));
 
