@@ -21,4 +21,6 @@ pub mod served;
 pub mod server;
 pub mod service;
 pub mod storage;
+#[cfg(test)]
+mod strategies;
 pub mod transfer;

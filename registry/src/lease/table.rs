@@ -593,6 +593,10 @@ fn grant_view(worker_id: WorkerId, record: &LeaseRecord) -> LeaseGrant {
 #[path = "table_tests.rs"]
 mod tests;
 
+#[cfg(test)]
+#[path = "table_props.rs"]
+mod props;
+
 /// `text` cut to at most `max_bytes`, at a character boundary: `String::truncate` panics inside
 /// a multibyte character, and a panic in apply would stop every replica on the same entry.
 fn truncated(text: &str, max_bytes: usize) -> String {

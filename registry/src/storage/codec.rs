@@ -69,4 +69,61 @@ mod tests {
         let now = ClusterConfig { epoch_ms: 5, worker_id_bits: 8, sequence_bits: 14, ttl_ms_max: 1, cool_down_ms: 1 };
         assert_eq!(decode::<ClusterConfig>(&encode(&now).unwrap()).unwrap(), now);
     }
+
+    mod props {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::lease::{AuditEntry, Batch, Command, LeaseRecord, LeaseTable, TableGlobals};
+        use crate::strategies;
+
+        /// Decode `bytes` as every type the registry keeps in sled; none may panic.
+        fn decode_all(bytes: &[u8]) {
+            let _ = decode::<Command>(bytes);
+            let _ = decode::<Batch>(bytes);
+            let _ = decode::<LeaseRecord>(bytes);
+            let _ = decode::<AuditEntry>(bytes);
+            let _ = decode::<TableGlobals>(bytes);
+            let _ = decode::<LeaseTable>(bytes);
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            /// Goal (issue 9): no stored value panics the decoder: arbitrary bytes, and valid
+            /// encodings with one byte changed or cut short (corrupt storage is an error).
+            #[test]
+            fn decoding_never_panics(
+                bytes in vec(any::<u8>(), 0..64),
+                batch in strategies::batch(),
+                at in any::<prop::sample::Index>(),
+                flip in 1..=u8::MAX,
+            ) {
+                decode_all(&bytes);
+                let mut encoded = encode(&batch).unwrap();
+                let i = at.index(encoded.len());
+                decode_all(&encoded[..i]);
+                encoded[i] ^= flip;
+                decode_all(&encoded);
+            }
+
+            /// Goal: whatever the registry stores decodes to what was stored.
+            #[test]
+            fn stored_values_round_trip(
+                batch in strategies::batch(),
+                record in strategies::record(),
+                audit in strategies::audit_entry(),
+                globals in strategies::globals(),
+            ) {
+                prop_assert_eq!(decode::<Batch>(&encode(&batch).unwrap()).unwrap(), batch.clone());
+                for command in batch.commands {
+                    prop_assert_eq!(decode::<Command>(&encode(&command).unwrap()).unwrap(), command);
+                }
+                prop_assert_eq!(decode::<LeaseRecord>(&encode(&record).unwrap()).unwrap(), record);
+                prop_assert_eq!(decode::<AuditEntry>(&encode(&audit).unwrap()).unwrap(), audit);
+                prop_assert_eq!(decode::<TableGlobals>(&encode(&globals).unwrap()).unwrap(), globals);
+            }
+        }
+    }
 }
