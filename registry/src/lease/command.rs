@@ -244,6 +244,7 @@ mod tests {
     #[test]
     fn commands_keep_their_serialized_form() {
         use crate::lease::{ClusterConfig, TokenOffset};
+        use crate::limits::TOKEN_OFFSET_BITS;
         let config = r#"{"epoch_ms":1,"worker_id_bits":4,"sequence_bits":12,"ttl_ms_max":1000,"cool_down_ms":10}"#;
         let backup = format!(r#"{{"config":{config},"generation":0,"last_token":0,"records":[],"audit":[]}}"#);
         let table = TableBackup {
@@ -273,7 +274,8 @@ mod tests {
             assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), command);
             assert_eq!(serde_json::to_string(&command).unwrap(), json);
         }
-        let forged = format!(r#"{{"RestoreWithOffset":{{"backup":{backup},"token_offset":{}}}}}"#, 1u64 << 55);
+        let forged =
+            format!(r#"{{"RestoreWithOffset":{{"backup":{backup},"token_offset":{}}}}}"#, 1u64 << TOKEN_OFFSET_BITS);
         let error = serde_json::from_str::<Command>(&forged).unwrap_err().to_string();
         assert!(error.contains("token offset"), "{error}");
 
