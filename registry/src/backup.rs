@@ -125,4 +125,48 @@ mod tests {
         let huge = vec![b' '; BACKUP_BYTES_MAX + 1];
         assert!(matches!(decode(&huge), Err(BackupError::TooLarge { .. })));
     }
+
+    mod props {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::strategies;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Goal (issue 9): no file panics the decoder, and what it accepts passes the
+            /// checks a restore repeats in apply.
+            #[test]
+            fn arbitrary_files_never_panic(bytes in vec(any::<u8>(), 0..256), table in strategies::any_backup()) {
+                let forged = encode(&table, provenance()).unwrap();
+                for file in [&bytes[..], &forged[..]] {
+                    if let Ok((table, _)) = decode(file) {
+                        prop_assert_eq!(table.check(), Ok(()));
+                    }
+                }
+            }
+
+            /// Goal (issue 9): a valid backup decodes as written; with one byte changed it is
+            /// refused, or decodes to the very same table (the byte was layout or provenance,
+            /// which the checksum does not cover); cut short anywhere it is refused.
+            #[test]
+            fn damaged_backups_are_refused(
+                table in strategies::valid_backup(),
+                at in any::<prop::sample::Index>(),
+                flip in 1..=u8::MAX,
+            ) {
+                prop_assert_eq!(table.check(), Ok(()));
+                let mut bytes = encode(&table, provenance()).unwrap();
+                prop_assert_eq!(decode(&bytes).unwrap(), (table.clone(), provenance()));
+                let i = at.index(bytes.len());
+                prop_assert!(decode(&bytes[..i]).is_err(), "cut at {}", i);
+                bytes[i] ^= flip;
+                if let Ok((decoded, _)) = decode(&bytes) {
+                    prop_assert_eq!(decoded, table, "byte {} xor {}", i, flip);
+                }
+            }
+        }
+    }
 }

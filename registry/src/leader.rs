@@ -18,7 +18,7 @@ use crate::expiry::{Expiry, ExpiryTracker, LeadershipId};
 use crate::grant_plan::{self, Asker, GrantInputs};
 use crate::lease::{
     ClusterConfig, Command, GrantExpectation, HolderId, Incarnation, LeaseGrant, LeaseTable, Outcome, Rejection, Renew,
-    Rules, TableBackup, WorkerId,
+    Rules, TableBackup, TokenOffset, WorkerId,
 };
 use crate::proposal::{LeaseReply, LeaseState, LeaseView, Proposal, Reply};
 use crate::proposer::{write_error, Proposer};
@@ -270,10 +270,16 @@ impl Leader {
     }
 
     async fn restore(&self, backup: Box<TableBackup>) -> Result<Reply, RegistryError> {
-        match self.proposer.propose(Command::Restore(backup)).await? {
+        // Drawn here, not in apply: the log carries it, so every replica grants the same tokens.
+        // It comes from the OS-seeded generator, independent of anything another cluster
+        // restored from the same backup could have drawn: their tokens share a generation,
+        // and only the offsets keep their values apart (docs/design.md, Restores).
+        let token_offset = TokenOffset::from_random_bits(rand::random());
+        match self.proposer.propose(Command::RestoreWithOffset { backup, token_offset }).await? {
             Outcome::Restored { generation, worker_ids, records, embargo_until_ms } => {
                 tracing::warn!(
                     generation,
+                    %token_offset,
                     worker_ids,
                     records,
                     embargo_until_ms,

@@ -24,4 +24,6 @@ pub mod served;
 pub mod server;
 pub mod service;
 pub mod storage;
+#[cfg(test)]
+mod strategies;
 pub mod transfer;

@@ -27,10 +27,21 @@ pub const COMMANDS_PER_ENTRY_MAX: usize = 1024;
 /// `log_index << TOKEN_SLOT_BITS | slot`, so every command in a batch gets its own token.
 pub const TOKEN_SLOT_BITS: u32 = 12;
 
-/// A fencing token is `generation << TOKEN_GENERATION_SHIFT | log position`. Each restore from
-/// a backup starts a new generation, so the restored cluster's tokens are above every token the
-/// lost cluster could have issued after the backup was taken (it cannot know them).
+/// A fencing token is `generation << TOKEN_GENERATION_SHIFT | (offset + log position)`. Each
+/// restore from a backup starts a new generation, so the restored cluster's tokens are above every
+/// token the lost cluster could have issued after the backup was taken (it cannot know them).
 pub const TOKEN_GENERATION_SHIFT: u32 = 56;
+
+/// Log indexes a token has room for: `2^43` entries, 27 years at 10 000 entries a second (one
+/// fsync each; batching keeps real clusters far below that). One bit below what the generation
+/// leaves, so that a restore's random offset fits beside any position.
+pub const TOKEN_LOG_INDEX_BITS: u32 = 43;
+
+/// Width of a restore's random token offset (`0..2^55`, drawn by the leader that proposes the
+/// restore). Two clusters restored from one backup share a generation; their offsets make equal
+/// token values improbable (docs/design.md, Restores): each pair of grants of one worker ID
+/// collides with probability at most `2^-55`.
+pub const TOKEN_OFFSET_BITS: u32 = 55;
 
 /// Largest backup `ctl snapshot import` accepts, in bytes: the restore travels as one Raft
 /// entry, which must fit a peer message with room to spare.
@@ -63,5 +74,10 @@ pub const ENTRY_BYTES_MAX: usize = PEER_MESSAGE_BYTES_MAX / 4 * 3;
 const _: () = assert!(COMMANDS_PER_ENTRY_MAX <= 1 << TOKEN_SLOT_BITS);
 const _: () = assert!(WORKER_ID_BITS_MAX <= 22);
 const _: () = assert!(TOKEN_SLOT_BITS < TOKEN_GENERATION_SHIFT);
+// The largest offset plus the largest position stays below the generation bits.
+const _: () = assert!(
+    ((1u64 << TOKEN_OFFSET_BITS) - 1) + ((1u64 << (TOKEN_LOG_INDEX_BITS + TOKEN_SLOT_BITS)) - 1)
+        < 1u64 << TOKEN_GENERATION_SHIFT
+);
 const _: () = assert!(CLIENT_MESSAGE_BYTES_MAX < ENTRY_BYTES_MAX);
 const _: () = assert!(ENTRY_BYTES_MAX + 1024 * 1024 <= PEER_BODY_BYTES_MAX);

@@ -18,7 +18,9 @@ fn acquire(holder: &str, worker_id: Option<u32>) -> pb::AcquireRequest {
 /// Goal: a backup restored into a fresh cluster keeps quarantines and the audit, grants no
 /// worker ID before max TTL + cool-down has passed, fences the lost cluster's holders
 /// (including one granted after the backup), issues tokens above all of theirs, and refuses
-/// damaged files and a second restore.
+/// damaged files and a second restore. The same backup restored into a second cluster (issue
+/// 9: restore generations never repeat) grants the same worker ID under another token value,
+/// so a holder of either cannot renew against the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restore_keeps_state_and_embargoes_every_worker_id() {
     let max_ttl = format!("{MAX_TTL_MS}ms");
@@ -64,6 +66,11 @@ async fn restore_keeps_state_and_embargoes_every_worker_id() {
     let again = ctl_json(&fresh, &["snapshot", "import"], &backup);
     assert!(String::from_utf8_lossy(&again.stderr).contains("already granted"), "{again:?}");
 
+    // The twin's embargo runs while the first cluster's does.
+    let twin = Cluster::start(1, &args).await;
+    let twin_restored = json_of(&ctl_json(&twin, &["snapshot", "import"], &backup));
+    assert_eq!(twin_restored["generation"].as_u64(), Some(1), "{twin_restored}");
+
     let lease = eventually(Duration::from_secs(15), "a grant after the embargo", || {
         let mut c = c.clone();
         async move { c.acquire(acquire("holder-new", Some(6))).await.ok().map(|r| r.into_inner()) }
@@ -74,4 +81,14 @@ async fn restore_keeps_state_and_embargoes_every_worker_id() {
     assert!(lease.token > after_backup.token, "restored tokens must beat the lost cluster's");
     assert_eq!(lease.token >> 56, 1, "first restore generation");
     assert!(lease.not_before_ms >= restored["embargo_until_ms"].as_u64().expect("number"));
+
+    let twin_client = twin.client(1);
+    let twin_lease = eventually(Duration::from_secs(15), "the twin's grant after its embargo", || {
+        let mut c = twin_client.clone();
+        async move { c.acquire(acquire("holder-new", Some(6))).await.ok().map(|r| r.into_inner()) }
+    })
+    .await;
+    assert_eq!(twin_lease.token >> 56, 1, "the same generation as the first restore");
+    assert!(twin_lease.token > after_backup.token, "the twin's tokens beat the lost cluster's too");
+    assert_ne!(twin_lease.token, lease.token, "two restores of one backup grant worker ID 6 under equal tokens");
 }

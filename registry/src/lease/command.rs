@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::backup::TableBackup;
-use super::ids::{HolderId, Incarnation, Token, WorkerId};
+use super::ids::{HolderId, Incarnation, Token, TokenOffset, WorkerId};
 use super::record::{ClusterConfig, GrantExpectation};
 
 /// A holder extends its lease `(worker_id, token)`. Passed unchanged from the client's
@@ -82,7 +82,17 @@ pub enum Command {
     Unquarantine(Unquarantine),
     /// Operator: load a backup into a cluster that has never granted a lease, under a new
     /// token generation, with every worker ID embargoed for `ttl_ms_max + cool_down_ms`.
+    /// Written before token offsets: it restores with offset 0 (replays as it always did).
     Restore(Box<TableBackup>),
+    /// `Restore` with grant positions shifted by `token_offset`, drawn at random by the leader
+    /// that proposed it, so that two clusters restored from one backup do not issue equal
+    /// tokens. A node of an older release cannot decode it, so it stops taking entries here
+    /// rather than apply the restore without the offset (a new command: usable once every
+    /// node runs this release, as a restore into a freshly bootstrapped cluster does).
+    RestoreWithOffset {
+        backup: Box<TableBackup>,
+        token_offset: TokenOffset,
+    },
     /// Raise the apply rules in force to `rules` (never lowered): proposed by a leader once
     /// every member runs a release that knows them. Until then a newer leader's entries are
     /// applied under the rules every member knows, so a rolling upgrade never makes replicas
@@ -100,7 +110,11 @@ impl Command {
     /// The worker ID this command is about (`None` for cluster-wide commands).
     pub fn worker_id(&self) -> Option<WorkerId> {
         match self {
-            Command::Configure(_) | Command::Restore(_) | Command::NodeServed { .. } | Command::EnableRules(_) => None,
+            Command::Configure(_)
+            | Command::Restore(_)
+            | Command::RestoreWithOffset { .. }
+            | Command::NodeServed { .. }
+            | Command::EnableRules(_) => None,
             Command::Grant { worker_id, .. }
             | Command::Renew(Renew { worker_id, .. })
             | Command::Release(Release { worker_id, .. })
@@ -236,9 +250,47 @@ mod tests {
 
     /// Goal: logs and forwarded proposals written before Renew, Release, Quarantine and
     /// Unquarantine became structs still decode, and encode the same way (a newtype variant
-    /// holding a struct serializes like the struct variant it replaced).
+    /// holding a struct serializes like the struct variant it replaced); a `Restore` written
+    /// before token offsets keeps its form (and restores with offset 0), and the offset travels
+    /// only in its own variant, which an older release cannot decode (so never misapplies).
     #[test]
     fn commands_keep_their_serialized_form() {
+        use crate::lease::{ClusterConfig, TokenOffset};
+        use crate::limits::TOKEN_OFFSET_BITS;
+        let config = r#"{"epoch_ms":1,"worker_id_bits":4,"sequence_bits":12,"ttl_ms_max":1000,"cool_down_ms":10}"#;
+        let backup = format!(r#"{{"config":{config},"generation":0,"last_token":0,"records":[],"audit":[]}}"#);
+        let table = TableBackup {
+            config: ClusterConfig {
+                epoch_ms: 1,
+                worker_id_bits: 4,
+                sequence_bits: 12,
+                ttl_ms_max: 1000,
+                cool_down_ms: 10,
+            },
+            generation: 0,
+            last_token: Token::NONE,
+            records: Vec::new(),
+            audit: Vec::new(),
+        };
+        let restores = [
+            (format!(r#"{{"Restore":{backup}}}"#), Command::Restore(Box::new(table.clone()))),
+            (
+                format!(r#"{{"RestoreWithOffset":{{"backup":{backup},"token_offset":77}}}}"#),
+                Command::RestoreWithOffset {
+                    backup: Box::new(table),
+                    token_offset: TokenOffset::try_from(77).unwrap(),
+                },
+            ),
+        ];
+        for (json, command) in restores {
+            assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), command);
+            assert_eq!(serde_json::to_string(&command).unwrap(), json);
+        }
+        let forged =
+            format!(r#"{{"RestoreWithOffset":{{"backup":{backup},"token_offset":{}}}}}"#, 1u64 << TOKEN_OFFSET_BITS);
+        let error = serde_json::from_str::<Command>(&forged).unwrap_err().to_string();
+        assert!(error.contains("token offset"), "{error}");
+
         let cases = [
             (
                 r#"{"Renew":{"worker_id":3,"token":8192,"wall_ms_at_send":5,"max_minted_ts_ms":4}}"#,

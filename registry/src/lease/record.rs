@@ -8,7 +8,7 @@ use fenceflake_proto::wire::{layout_timestamp_bits, LayoutBound, LEGACY_SEQUENCE
 use serde::{Deserialize, Serialize};
 
 use super::command::Rules;
-use super::ids::{HolderId, Incarnation, LogPos, Token, WorkerId};
+use super::ids::{HolderId, Incarnation, LogPos, Token, TokenOffset, WorkerId};
 
 /// Cluster-wide parameters, fixed by the first leader and replicated like any command. The
 /// first three are the ID layout `0 | timestamp | worker ID | sequence`, stated in every grant:
@@ -201,6 +201,10 @@ pub struct TableGlobals {
     /// Restores this table descends from (tables stored before restores existed have none).
     #[serde(default)]
     pub generation: u8,
+    /// The random token offset of the restore that started this generation (0: never restored,
+    /// restored before offsets, or stored before them).
+    #[serde(default)]
+    pub token_offset: TokenOffset,
     #[serde(default)]
     pub served_nodes: BTreeSet<u64>,
     /// Apply rules raised by `EnableRules` (default: none raised; see [`Rules::UNGATED`]).

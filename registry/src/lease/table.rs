@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::backup::TableBackup;
 use super::command::Rules;
 use super::command::{Command, LeaseGrant, Outcome, Quarantine, Rejection, Release, Renew, Unquarantine};
-use super::ids::{HolderId, Incarnation, LogPos, Token, WorkerId};
+use super::ids::{HolderId, Incarnation, LogPos, Token, TokenOffset, WorkerId};
 use super::record::{
     AuditEntry, AuditKind, ClusterConfig, GrantExpectation, LeaseRecord, PastOwner, SupersededToken, TableGlobals,
     PAST_OWNERS_MAX,
@@ -26,6 +26,11 @@ pub struct LeaseTable {
     /// Restore generation: the high bits of every token this table grants.
     #[serde(default)]
     generation: u8,
+    /// The random offset of the restore that started this generation: grant positions are
+    /// shifted by it inside the generation's token range (0: never restored, or restored
+    /// before offsets existed).
+    #[serde(default)]
+    token_offset: TokenOffset,
     /// Registry nodes that have served in this cluster (never removed: node ids are not reused).
     #[serde(default)]
     served_nodes: BTreeSet<u64>,
@@ -59,6 +64,7 @@ impl LeaseTable {
             audit: audit.into_iter().collect(),
             last_token: globals.last_token,
             generation: globals.generation,
+            token_offset: globals.token_offset,
             served_nodes: globals.served_nodes,
             enabled_rules: globals.enabled_rules,
             holders: BTreeMap::new(),
@@ -72,6 +78,7 @@ impl LeaseTable {
             config: self.config.clone(),
             last_token: self.last_token,
             generation: self.generation,
+            token_offset: self.token_offset,
             served_nodes: self.served_nodes.clone(),
             enabled_rules: self.enabled_rules,
         }
@@ -94,6 +101,11 @@ impl LeaseTable {
 
     pub fn generation(&self) -> u8 {
         self.generation
+    }
+
+    /// The token of a grant at `pos` in this table.
+    fn token_at(&self, pos: LogPos) -> Token {
+        Token::granted(self.generation, self.token_offset, pos)
     }
 
     /// The table as a backup carries it (`None` before the cluster is configured).
@@ -170,7 +182,10 @@ impl LeaseTable {
                 self.set_quarantine(leader_wall_ms, *worker_id, Some(reason))
             }
             Command::Unquarantine(Unquarantine { worker_id }) => self.set_quarantine(leader_wall_ms, *worker_id, None),
-            Command::Restore(backup) => self.restore(pos, leader_wall_ms, backup),
+            Command::Restore(backup) => self.restore(pos, leader_wall_ms, backup, TokenOffset::NONE),
+            Command::RestoreWithOffset { backup, token_offset } => {
+                self.restore(pos, leader_wall_ms, backup, *token_offset)
+            }
             Command::EnableRules(raised) => {
                 self.enabled_rules = self.enabled_rules.max(*raised);
                 Outcome::RulesEnabled(self.rules_in_force(Rules::CURRENT))
@@ -233,7 +248,7 @@ impl LeaseTable {
         } else if let Some(reason) = self.records.get(&worker_id).and_then(|r| r.quarantine.clone()) {
             return Outcome::Rejected(Rejection::Quarantined { reason });
         }
-        let token = Token::granted(self.generation, pos);
+        let token = self.token_at(pos);
         assert!(token > self.last_token, "fencing token {token} not above {}", self.last_token);
         self.last_token = token;
         let record = self.records.entry(worker_id).or_insert_with(LeaseRecord::fresh);
@@ -446,12 +461,21 @@ impl LeaseTable {
 
     /// Load `backup` into a table that has never granted a lease. The lost cluster may have
     /// granted any worker ID, with any token, after the backup was taken, and its holders may
-    /// still be minting until their deadlines. So: tokens move to the next generation (above
-    /// anything the lost cluster issued); every worker ID is held by a registry-owned embargo
-    /// holder with the maximum TTL, which the normal expiry (mechanism 3) releases only after
-    /// a leader has itself seen `ttl_ms_max + cool_down_ms` pass; and each high-water mark is
-    /// raised past any timestamp a lost holder could have minted before its deadline.
-    fn restore(&mut self, pos: LogPos, leader_wall_ms: u64, backup: &TableBackup) -> Outcome {
+    /// still be minting until their deadlines. So: tokens move to a generation above the
+    /// backup's and this table's (above anything the lost cluster issued), at `token_offset`
+    /// inside it (so that another cluster restored from the same backup, in the same
+    /// generation, almost surely issues other token values); every worker ID is held by a
+    /// registry-owned embargo holder with the maximum TTL, which the normal expiry (mechanism
+    /// 3) releases only after a leader has itself seen `ttl_ms_max + cool_down_ms` pass; and
+    /// each high-water mark is raised past any timestamp a lost holder could have minted
+    /// before its deadline.
+    fn restore(
+        &mut self,
+        pos: LogPos,
+        leader_wall_ms: u64,
+        backup: &TableBackup,
+        token_offset: TokenOffset,
+    ) -> Outcome {
         if self.last_token != Token::NONE || !self.records.is_empty() {
             return Outcome::Rejected(Rejection::NotEmpty { last_token: self.last_token });
         }
@@ -459,8 +483,14 @@ impl LeaseTable {
             return Outcome::Rejected(Rejection::BadBackup { why });
         }
         let config = backup.config.clone();
-        let generation = backup.generation + 1;
-        let token = Token::granted(generation, pos);
+        // An empty table is of generation 0 (only a restore raises it, and a restore fills the
+        // table); taking the maximum keeps the rule "above every generation seen" explicit.
+        let Some(generation) = backup.generation.max(self.generation).checked_add(1) else {
+            return Outcome::Rejected(Rejection::BadBackup { why: "no token generation left".to_string() });
+        };
+        self.generation = generation;
+        self.token_offset = token_offset;
+        let token = self.token_at(pos);
         let embargo_until_ms = leader_wall_ms.saturating_add(config.ttl_ms_max).saturating_add(config.cool_down_ms);
         let mut backed_up: BTreeMap<WorkerId, &LeaseRecord> = backup.records.iter().map(|(w, r)| (*w, r)).collect();
         for worker_id in (0..config.worker_id_count()).map(WorkerId) {
@@ -485,7 +515,6 @@ impl LeaseTable {
         }
         self.audit = backup.audit.iter().cloned().collect();
         self.last_token = token;
-        self.generation = generation;
         self.config = Some(config);
         self.reindex();
         Outcome::Restored {
@@ -508,7 +537,10 @@ impl LeaseTable {
         let mut held = 0;
         for (worker_id, record) in &self.records {
             assert!(record.token <= self.last_token, "worker {worker_id}: token above last_token");
-            assert!(record.last_renew >= record.token.position(), "worker {worker_id}: renewal before grant");
+            assert!(
+                record.last_renew >= record.token.position(self.token_offset),
+                "worker {worker_id}: renewal before grant"
+            );
             if let Some(holder) = &record.holder {
                 held += 1;
                 let key = (record.owner.clone(), holder.clone());
@@ -579,6 +611,10 @@ fn grant_view(worker_id: WorkerId, record: &LeaseRecord) -> LeaseGrant {
 #[cfg(test)]
 #[path = "table_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "table_props.rs"]
+mod props;
 
 /// `text` cut to at most `max_bytes`, at a character boundary: `String::truncate` panics inside
 /// a multibyte character, and a panic in apply would stop every replica on the same entry.

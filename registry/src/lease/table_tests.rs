@@ -286,7 +286,9 @@ fn restore_embargoes_every_id_under_a_new_token_generation() {
     // After the embargo (the leader's expiry decides; here: the CAS on the embargo record),
     // a grant carries the new generation and waits past the high-water mark.
     let g = granted(grant(&mut fresh, 4, 0, "new"));
-    assert!(g.token > lost_token && g.token.position() == LogPos::new(4, 0));
+    assert!(g.token > lost_token && g.token.position(TokenOffset::NONE) == LogPos::new(4, 0));
+    // A `Restore` entry (written before token offsets) replays exactly as it always did.
+    assert_eq!(g.token, Token((1 << 56) | LogPos::new(4, 0).0));
     assert_eq!(g.not_before_ms, WALL + 80_000);
 
     let again = fresh.apply(LogPos::new(5, 0), WALL, &Command::Restore(Box::new(backup.clone())));
@@ -295,6 +297,67 @@ fn restore_embargoes_every_id_under_a_new_token_generation() {
     broken.last_token = Token::NONE;
     let bad = configured().apply(LogPos::new(2, 0), WALL, &Command::Restore(Box::new(broken)));
     assert!(matches!(bad, Outcome::Rejected(Rejection::BadBackup { .. })), "{bad:?}");
+}
+
+/// A backup of a cluster of generation `generation` that granted worker ID 0 at a huge log
+/// position, and that largest token it issued.
+fn backup_of_generation(generation: u8) -> (TableBackup, Token) {
+    let mut lost = configured();
+    lost.generation = generation;
+    lost.token_offset = TokenOffset::from_random_bits(u64::MAX);
+    let token = granted(grant(&mut lost, (1 << 43) - 1, 0, "lost")).token;
+    (lost.backup().unwrap(), token)
+}
+
+fn restored(backup: &TableBackup, token_offset: TokenOffset) -> LeaseTable {
+    let mut t = configured();
+    let command = Command::RestoreWithOffset { backup: Box::new(backup.clone()), token_offset };
+    let outcome = t.apply(LogPos::new(2, 0), WALL, &command);
+    assert!(matches!(outcome, Outcome::Restored { .. }), "{outcome:?}");
+    t
+}
+
+/// Goal (issue 9): two clusters restored from one backup share a generation but not token
+/// values. With different offsets, the same grants at the same log positions carry different
+/// tokens, in disjoint ranges, all above every token of the backup's cluster; a table reloaded
+/// from its stored parts or a snapshot keeps granting under its offset.
+#[test]
+fn two_restores_of_one_backup_grant_different_tokens_above_the_backup() {
+    let (backup, lost_token) = backup_of_generation(0);
+    let offsets =
+        [TokenOffset::from_random_bits(0x9e37_79b9_7f4a_7c15), TokenOffset::from_random_bits(0x2545_f491_4f6c_dd1d)];
+    let tokens: Vec<Vec<Token>> = offsets
+        .iter()
+        .map(|offset| {
+            let mut t = restored(&backup, *offset);
+            assert_eq!(t.generation(), 1);
+            let embargo = t.record(WorkerId(0)).unwrap().expectation();
+            let cmd = claim(WorkerId(0), "new", 10_000, embargo, true, None);
+            let first = granted(t.apply(LogPos::new(3, 0), WALL, &cmd)).token;
+            assert_eq!(first.position(*offset), LogPos::new(3, 0));
+            let mut reloaded = LeaseTable::from_parts(t.globals(), t.records().map(|(w, r)| (w, r.clone())), []);
+            let mut snapshot: LeaseTable = serde_json::from_value(serde_json::to_value(&t).unwrap()).unwrap();
+            snapshot.reindex();
+            let later = [granted(grant(&mut t, 4, 1, "b")).token, granted(grant(&mut reloaded, 4, 1, "b")).token];
+            assert_eq!(later, [granted(grant(&mut snapshot, 4, 1, "b")).token; 2], "reloads keep the offset");
+            let all = [t.record(WorkerId(2)).unwrap().token, first, later[0]];
+            assert!(all.iter().all(|token| *token > lost_token && token.0 >> 56 == 1), "{all:?}");
+            all.to_vec()
+        })
+        .collect();
+    let (a, b) = (&tokens[0], &tokens[1]);
+    assert!(a.iter().all(|token| !b.contains(token)), "{a:?} {b:?}");
+    assert!(a.last() < b.first() || b.last() < a.first(), "disjoint ranges: {a:?} {b:?}");
+}
+
+/// Goal: a restore's generation is above the backup's, so even the smallest offset of the new
+/// generation orders above the largest token of the backup's.
+#[test]
+fn a_restore_orders_above_the_backups_generation_whatever_the_offsets() {
+    let (backup, lost_token) = backup_of_generation(4);
+    let t = restored(&backup, TokenOffset::NONE);
+    assert_eq!(t.generation(), 5);
+    assert!(t.record(WorkerId(0)).unwrap().token > lost_token);
 }
 
 /// Goal: a node recorded as having served stays recorded, through the stored globals (which

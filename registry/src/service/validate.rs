@@ -261,4 +261,83 @@ mod tests {
         });
         assert!(proposal(&ok, Some(&c)).is_ok());
     }
+
+    mod props {
+        use proptest::option;
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::strategies;
+
+        /// Every field a refusal may name: the request fields, and `data` (a backup).
+        const FIELDS: [&str; 12] = [
+            "holder",
+            "worker_id",
+            "ttl_ms",
+            "token",
+            "reason",
+            "node_id",
+            "peer_addr",
+            "client_addr",
+            "owner",
+            "caller",
+            "incarnation",
+            "data",
+        ];
+
+        /// The field a refusal names (`None`: not an `INVALID_ARGUMENT`, or one without a field).
+        fn named_field(error: RegistryError) -> Option<String> {
+            match error {
+                RegistryError::Invalid { field, why } if !why.is_empty() => Some(field),
+                _ => None,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Goal (issue 9): no value of any request field panics a validator, and each
+            /// refusal names the field it refuses.
+            #[test]
+            fn every_field_value_is_accepted_or_refused_by_name(
+                text in strategies::text(),
+                number in any::<u64>(),
+                small in prop_oneof![Just(0u64), 1..70_000u64],
+                config in option::of(strategies::node_config()),
+            ) {
+                let config = config.as_ref();
+                let checks = [
+                    ("holder", holder(&text).map(drop)),
+                    ("worker_id", worker_id(number as u32, config).map(drop)),
+                    ("worker_id", worker_id(small as u32, config).map(drop)),
+                    ("ttl_ms", ttl_ms(number, config).map(drop)),
+                    ("ttl_ms", ttl_ms(small, config).map(drop)),
+                    ("token", token(small).map(drop)),
+                    ("reason", reason(&text).map(drop)),
+                    ("node_id", node_id(small).map(drop)),
+                    ("peer_addr", address("peer_addr", &text, true).map(drop)),
+                    ("client_addr", address("client_addr", &text, false).map(drop)),
+                    ("owner", owner("owner", Some(&text))),
+                ];
+                for (field, result) in checks {
+                    if let Err(error) = result {
+                        prop_assert_eq!(named_field(error), Some(field.to_string()), "{:?}", text);
+                    }
+                }
+            }
+
+            /// Goal (issue 9): no proposal (a request, or anything a peer forwards) panics the
+            /// validation, and each refusal names one of the request's fields.
+            #[test]
+            fn every_proposal_is_accepted_or_refused_by_field(
+                p in strategies::proposal(),
+                config in option::of(strategies::node_config()),
+            ) {
+                if let Err(error) = proposal(&p, config.as_ref()) {
+                    let field = named_field(error);
+                    prop_assert!(field.as_deref().is_some_and(|f| FIELDS.contains(&f)), "{:?}: {:?}", p, field);
+                }
+            }
+        }
+    }
 }
