@@ -88,6 +88,7 @@ impl H {
             deadline_wall_ms: deadline_ms.map(|d| EPOCH_MS + d),
             deadline_mono_ns: None,
             reason: (event == LeaseEventKind::Parked).then(|| "LEASE_EXPIRED".to_string()),
+            holder: None,
             time_ns: t_ms * MS,
             wall_ms: EPOCH_MS + t_ms,
         }));
