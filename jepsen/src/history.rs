@@ -309,6 +309,7 @@ pub struct ProcessEvent {
     /// `cloned`: the process whose state dir it started on a copy of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_of: Option<String>,
+    /// When the harness saw it: it looks every 100 ms, so an exit is at most that late.
     pub time_ns: u64,
     #[serde(default)]
     pub wall_ms: u64,

@@ -286,6 +286,11 @@ impl Cluster {
         }
     }
 
+    /// Wait `d`, supervising the workers meanwhile (a nemesis that waits for something).
+    fn wait(&mut self, d: Duration) {
+        self.sleep_until(Duration::from_nanos(self.clock.now_ns()) + d);
+    }
+
     /// Restart-always: record the workers that exited on their own, restart those due.
     fn supervise(&mut self) {
         let processes = self.workers.iter_mut().chain(self.standby.as_mut()).chain(self.clones.iter_mut());
@@ -805,7 +810,7 @@ impl Cluster {
         let deadline = std::time::Instant::now() + WORKER_TTL * 2;
         loop {
             standby.start()?;
-            std::thread::sleep(Duration::from_millis(700));
+            self.wait(Duration::from_millis(700));
             if standby.is_running() {
                 break;
             }
@@ -876,7 +881,7 @@ impl Cluster {
         self.record(NemesisPhase::Start, "duplicate-manifest", format!("second worker claims worker ID {id}"));
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while duplicate.is_running() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
+            self.wait(Duration::from_millis(100));
         }
         let refused = !duplicate.is_running();
         let said = std::fs::read_to_string(&log).unwrap_or_default();
