@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The harness part of the test suite: every scenario briefly, then the self-tests that prove
 # a green run means something (workers without their deadline check must make `pause` fail;
-# registry nodes without authorization must make `adversary` fail).
+# registry nodes without authorization must make `adversary` fail; workers without
+# incarnations must make `clone-state` fail).
 # Scenarios run one process each (the same seed and schedule as `--scenario all`), so one that
 # cannot start does not stop the others; a table of them closes the output.
 #
@@ -55,7 +56,7 @@ run() {
     # A run that errored may leave namespaces behind.
     [ "$code" = 0 ] || "$bin" cleanup >/dev/null 2>&1
 }
-row() { rows+=("$(printf '%-20s %-10s %4ss' "$1" "$2" "$3")"); }
+row() { rows+=("$(printf '%-24s %-10s %4ss' "$1" "$2" "$3")"); }
 
 for scenario in "${scenarios[@]}"; do
     run --scenario "$scenario" --seed "$seed" --store "$store"
@@ -99,6 +100,19 @@ if [ "$code" = 1 ]; then
 else
     echo "FAILED self-test: with authorization off the adversary scenario exited $code, not 1 (invalid)"
     row self-test-authz "FAILED($code)" "$secs"
+    failed=$((failed + 1))
+fi
+
+# And for incarnations: copies of one state dir whose processes state no incarnation of their
+# own share one token, so the clone-state scenario must find duplicates and be invalid.
+run --scenario clone-state --seed 7 --store "$store/self-test-incarnations" --unsafe-disable-incarnations --fenceflake "$unsafe_bin"
+if [ "$code" = 1 ]; then
+    echo "self-test: with incarnations off, the clone-state scenario is invalid, as it must be"
+    row self-test-incarnations PASSED "$secs"
+    passed=$((passed + 1))
+else
+    echo "FAILED self-test: with incarnations off the clone-state scenario exited $code, not 1 (invalid)"
+    row self-test-incarnations "FAILED($code)" "$secs"
     failed=$((failed + 1))
 fi
 

@@ -80,6 +80,12 @@ pub struct WorkerArgs {
     #[cfg(feature = "unsafe-test-switches")]
     #[arg(long, env = "FENCEFLAKE_UNSAFE_DISABLE_DEADLINE_CHECK", hide = true)]
     pub unsafe_disable_deadline_check: bool,
+    /// UNSAFE, harness self-test only, and only in the separately built test binary (feature
+    /// `unsafe-test-switches`): every process of a holder states one incarnation, so a copy of
+    /// the state dir gets the same token and mints duplicates, to prove the harness catches them.
+    #[cfg(feature = "unsafe-test-switches")]
+    #[arg(long, env = "FENCEFLAKE_UNSAFE_DISABLE_INCARNATIONS", hide = true)]
+    pub unsafe_disable_incarnations: bool,
     /// Leave out: the whole ID layout (epoch, worker-ID bits, sequence bits) is the cluster's,
     /// stated in every grant. Given and different from the cluster's, the worker refuses to
     /// start (exit 1) and mints nothing. Used only with a registry that states no sequence
@@ -117,6 +123,11 @@ impl WorkerArgs {
         if self.unsafe_disable_deadline_check {
             tracing::error!("UNSAFE: the lease deadline check is disabled; this worker WILL mint duplicates (harness self-test only)");
             config.deadline_check = fenceflake_worker::config::DeadlineCheck::DisabledUnsafe;
+        }
+        #[cfg(feature = "unsafe-test-switches")]
+        if self.unsafe_disable_incarnations {
+            tracing::error!("UNSAFE: incarnations are disabled; copies of this state dir WILL share a token and mint duplicates (harness self-test only)");
+            config.incarnations = fenceflake_worker::config::Incarnations::DisabledUnsafe;
         }
         config
     }

@@ -27,6 +27,9 @@ pub enum Event {
     Lease(LeaseEvent),
     /// A forged call of the `adversary` scenario and how the registry answered it.
     Adversary(ForgedCall),
+    /// A worker process the harness supervises started as a copy, exited on its own, or was
+    /// restarted after such an exit (never a nemesis kill: those are `nemesis` events).
+    Process(ProcessEvent),
 }
 
 impl Event {
@@ -37,6 +40,7 @@ impl Event {
             Event::Nemesis(e) => e.time_ns,
             Event::Lease(e) => e.time_ns,
             Event::Adversary(e) => e.time_ns,
+            Event::Process(e) => e.time_ns,
         }
     }
 }
@@ -273,6 +277,39 @@ pub struct LeaseEvent {
     /// Parked only: the park reason (`LEASE_EXPIRED`, `FENCED`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The holder ID the worker acquired with, when the source said (`Status` does): copies
+    /// of one state dir share it until the registry supersedes all but one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    pub time_ns: u64,
+    #[serde(default)]
+    pub wall_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessEventKind {
+    /// A new process started on a copy (`cp -a`) of another process's state dir.
+    Cloned,
+    /// The process exited on its own (a lost lease ends a worker non-zero).
+    Exited,
+    /// The supervisor started it again, same flags and state dir, after an `exited`.
+    Restarted,
+}
+
+/// What the harness's restart-always supervision saw of one worker process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessEvent {
+    /// The process's name in the harness (`w3`, `c1`), as in client ops and lease events.
+    pub process: String,
+    pub event: ProcessEventKind,
+    /// `exited`: the exit code (`None`: ended by a signal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// `cloned`: the process whose state dir it started on a copy of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_of: Option<String>,
+    /// When the harness saw it: it looks every 100 ms, so an exit is at most that late.
     pub time_ns: u64,
     #[serde(default)]
     pub wall_ms: u64,
@@ -571,6 +608,14 @@ pub fn registry_ops(events: &[Event]) -> Vec<Invocation<'_, RegistryOp>> {
 pub fn lease_events(events: &[Event]) -> impl Iterator<Item = &LeaseEvent> {
     events.iter().filter_map(|e| match e {
         Event::Lease(l) => Some(l),
+        _ => None,
+    })
+}
+
+/// All process events of a history, in file order.
+pub fn process_events(events: &[Event]) -> impl Iterator<Item = &ProcessEvent> {
+    events.iter().filter_map(|e| match e {
+        Event::Process(p) => Some(p),
         _ => None,
     })
 }

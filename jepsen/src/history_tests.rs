@@ -18,6 +18,10 @@ fn documented_json_lines_round_trip() {
         r#"{"kind":"nemesis","phase":"start","name":"partition-halves","time_ns":5,"wall_ms":1704067200000,"detail":"n1 n2 | n3 n4 n5"}"#,
         r#"{"kind":"lease","worker":"w1","event":"parked","worker_id":1,"token":4096,"deadline_wall_ms":1704067205000,"reason":"LEASE_EXPIRED","time_ns":60,"wall_ms":1704067205001}"#,
         r#"{"kind":"lease","worker":"w1","event":"renewed","worker_id":1,"token":4096,"deadline_wall_ms":1704067209000,"deadline_mono_ns":9000000000,"time_ns":70,"wall_ms":1704067206000}"#,
+        r#"{"kind":"lease","worker":"c1","event":"acquired","worker_id":2,"token":8192,"deadline_wall_ms":1704067209000,"holder":"w1/0/ab12","time_ns":75,"wall_ms":1704067206000}"#,
+        r#"{"kind":"process","process":"c1","event":"cloned","copy_of":"w1","time_ns":80,"wall_ms":1704067206010}"#,
+        r#"{"kind":"process","process":"w1","event":"exited","code":1,"time_ns":90,"wall_ms":1704067206020}"#,
+        r#"{"kind":"process","process":"w1","event":"restarted","time_ns":95,"wall_ms":1704067207020}"#,
     ];
     for line in lines {
         let event: Event = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));

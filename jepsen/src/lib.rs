@@ -7,7 +7,8 @@
 //!   linearizability (WGL search per worker ID), parking under quorum loss, performance, and
 //!   the adversary's forged calls (all refused, no worker parked).
 //! - runtime: [`net`] (namespaces, bridge, nftables faults), [`process`] (real processes in
-//!   them), [`scenario`] (nemesis schedules), [`workload`] (the client, run inside the client
+//!   them), [`supervise`] (restart-always for workers that exit on their own), [`scenario`]
+//!   (nemesis schedules), [`workload`] (the client, run inside the client
 //!   namespace), [`adversary`] (the `adversary` scenario's forged calls, run by the workload),
 //!   [`run`] (one whole run), [`clock`] (the shared monotonic time base),
 //!   [`tls`] (each run's CA and one certificate per process, or `--insecure` plaintext).
@@ -26,6 +27,7 @@ pub mod process;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod supervise;
 pub mod tls;
 pub mod workload;
 

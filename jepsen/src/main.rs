@@ -13,7 +13,7 @@ use fenceflake_jepsen::clock::RunClock;
 use fenceflake_jepsen::history::{self, HistoryWriter};
 use fenceflake_jepsen::run::{run, RunOptions};
 use fenceflake_jepsen::scenario::{self, SCENARIOS};
-use fenceflake_jepsen::{net, report, workload};
+use fenceflake_jepsen::{net, process, report, workload};
 use fenceflake_proto::duration::parse_duration;
 
 /// Jepsen-style tests for Fenceflake: real registry and worker processes in network
@@ -77,6 +77,11 @@ struct TestArgs {
     /// `adversary` scenario must then be invalid.
     #[arg(long, requires = "fenceflake")]
     unsafe_disable_authorization: bool,
+    /// Self-test: workers state no incarnation, so copies of one state dir get one token and
+    /// both mint under it. Needs `--fenceflake` naming the test binary; the `clone-state`
+    /// scenario must then be invalid.
+    #[arg(long, requires = "fenceflake")]
+    unsafe_disable_incarnations: bool,
     /// Run every process plaintext (`--insecure`), for comparison; by default each run makes
     /// its own CA and every process and client uses mutual TLS with a certificate of its own.
     #[arg(long)]
@@ -229,11 +234,11 @@ fn parse_window(text: &str) -> anyhow::Result<(Duration, Duration)> {
     Ok((Duration::from_millis(start), Duration::from_millis(stop)))
 }
 
-/// Whether `binary` carries the unsafe test switch that turns authorization off (only the
+/// Whether `binary` carries the unsafe test switch read from the variable `switch` (only the
 /// test binary of scripts/build-unsafe-test-binary does; a normal one ignores the variable,
 /// and the self-test would then prove nothing).
-fn has_authorization_switch(binary: &std::path::Path) -> anyhow::Result<bool> {
-    let marker = fenceflake_jepsen::process::UNSAFE_DISABLE_AUTHORIZATION.as_bytes();
+fn has_switch(binary: &std::path::Path, switch: &str) -> anyhow::Result<bool> {
+    let marker = switch.as_bytes();
     let bytes = std::fs::read(binary).with_context(|| format!("read {}", binary.display()))?;
     Ok(bytes.windows(marker.len()).any(|w| w == marker))
 }
@@ -250,6 +255,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         fenceflake,
         unsafe_disable_deadline_check,
         unsafe_disable_authorization,
+        unsafe_disable_incarnations,
         insecure,
     } = args;
     if !nix::unistd::geteuid().is_root() {
@@ -264,11 +270,17 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         "{} not found: build it (`cargo build -p fenceflake-cli`) or pass --fenceflake",
         fenceflake.display()
     );
-    anyhow::ensure!(
-        !unsafe_disable_authorization || has_authorization_switch(&fenceflake)?,
-        "--unsafe-disable-authorization: {} has no unsafe test switches (build target/unsafe-test/fenceflake with scripts/build-unsafe-test-binary and pass it as --fenceflake)",
-        fenceflake.display()
-    );
+    let switches = [
+        (unsafe_disable_authorization, "--unsafe-disable-authorization", process::UNSAFE_DISABLE_AUTHORIZATION),
+        (unsafe_disable_incarnations, "--unsafe-disable-incarnations", process::UNSAFE_DISABLE_INCARNATIONS),
+    ];
+    for (_, flag, switch) in switches.into_iter().filter(|s| s.0) {
+        anyhow::ensure!(
+            has_switch(&fenceflake, switch)?,
+            "{flag}: {} has no unsafe test switch {switch} (build target/unsafe-test/fenceflake with scripts/build-unsafe-test-binary and pass it as --fenceflake)",
+            fenceflake.display()
+        );
+    }
     let scenarios: Vec<&'static scenario::Scenario> = if scenario == "all" {
         SCENARIOS.iter().collect()
     } else {
@@ -290,6 +302,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
             harness: harness.clone(),
             unsafe_disable_deadline_check,
             unsafe_disable_authorization,
+            unsafe_disable_incarnations,
             insecure,
         };
         let outcome = run(&options)?;

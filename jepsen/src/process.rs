@@ -1,9 +1,10 @@
 //! Real `fenceflake` processes inside the harness's network namespaces: start, SIGKILL,
-//! SIGSTOP/SIGCONT, restart, with their stdout/stderr appended to a log file per process.
+//! SIGSTOP/SIGCONT, restart, with their stdout/stderr appended to a log file per process, and
+//! whether one exited on its own (for the restart-always supervision of `crate::supervise`).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -14,9 +15,13 @@ use crate::net::Host;
 /// by scripts/build-unsafe-test-binary reads it): set for registry nodes by the
 /// `--unsafe-disable-authorization` self-test, never inherited.
 pub const UNSAFE_DISABLE_AUTHORIZATION: &str = "FENCEFLAKE_UNSAFE_DISABLE_AUTHORIZATION";
+/// The variable of the test binary's workers that makes them state no incarnation, so that
+/// copies of one state dir share one token (the `--unsafe-disable-incarnations` self-test).
+pub const UNSAFE_DISABLE_INCARNATIONS: &str = "FENCEFLAKE_UNSAFE_DISABLE_INCARNATIONS";
 /// The test binary's unsafe switches read from the environment: a process gets one only from
 /// its spec (a self-test), never from the harness's own environment.
-const UNSAFE_ENV_VARS: [&str; 2] = [UNSAFE_DISABLE_AUTHORIZATION, "FENCEFLAKE_UNSAFE_DISABLE_DEADLINE_CHECK"];
+const UNSAFE_ENV_VARS: [&str; 3] =
+    [UNSAFE_DISABLE_AUTHORIZATION, "FENCEFLAKE_UNSAFE_DISABLE_DEADLINE_CHECK", UNSAFE_DISABLE_INCARNATIONS];
 
 /// How to start one process; kept so it can be restarted identically (or with changes).
 #[derive(Debug, Clone)]
@@ -36,6 +41,8 @@ pub struct Managed {
     child: Option<Child>,
     /// SIGSTOPped and not yet continued.
     pub paused: bool,
+    /// How it ended by itself, until [`Managed::take_exit`] is asked.
+    unseen_exit: Option<ExitStatus>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,17 +55,30 @@ pub enum ProcessError {
 
 impl Managed {
     pub fn new(spec: Spec) -> Managed {
-        Managed { spec, child: None, paused: false }
+        Managed { spec, child: None, paused: false, unseen_exit: None }
     }
 
     pub fn is_running(&mut self) -> bool {
+        self.reap();
+        self.child.is_some()
+    }
+
+    /// The exit status, once, if the process ended by itself (not killed or terminated by the
+    /// harness, which reaps those itself): kept until asked, even if it was started again.
+    pub fn take_exit(&mut self) -> Option<ExitStatus> {
+        self.reap();
+        self.unseen_exit.take()
+    }
+
+    fn reap(&mut self) {
         match self.child.as_mut().map(Child::try_wait) {
-            Some(Ok(None)) => true,
-            Some(_) => {
+            Some(Ok(None)) | None => {}
+            Some(Ok(Some(status))) => {
                 self.child = None;
-                false
+                self.unseen_exit = Some(status);
             }
-            None => false,
+            // Cannot be waited for: gone as far as the harness can tell.
+            Some(Err(_)) => self.child = None,
         }
     }
 
@@ -103,8 +123,10 @@ impl Managed {
         self.paused = false;
     }
 
-    /// SIGTERM, then SIGKILL if still running after `grace`.
+    /// SIGTERM, then SIGKILL if still running after `grace`. The exit this causes is the
+    /// harness's doing, so [`Managed::take_exit`] does not report it.
     pub fn terminate(&mut self, grace: std::time::Duration) {
+        let earlier = self.take_exit();
         let _ = self.resume();
         let _ = self.signal(Signal::SIGTERM);
         let deadline = std::time::Instant::now() + grace;
@@ -112,6 +134,7 @@ impl Managed {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         self.kill();
+        self.unseen_exit = earlier;
     }
 
     /// SIGSTOP: the process freezes (the GC-pause case).

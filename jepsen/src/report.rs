@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::checker::adversary::CallCounts;
 use crate::checker::perf::{PerfStats, Tally};
 use crate::checker::{Analysis, CheckResult};
-use crate::history::Event;
+use crate::history::{self, Event};
 
 mod charts;
 mod svg;
@@ -128,6 +128,8 @@ pub fn render_html(events: &[Event], analysis: &Analysis, provenance: &Provenanc
     }
     html.push_str("<h2 id=\"faults\">Faults</h2>");
     html.push_str(&faults_table(&analysis.perf));
+    html.push_str("<h2 id=\"processes\">Worker exits, restarts and copies</h2>");
+    html.push_str(&processes_table(events));
     let _ = write!(html, "<p>{} events in the history.</p></body></html>", events.len());
     html
 }
@@ -238,6 +240,33 @@ fn faults_table(perf: &PerfStats) -> String {
     html
 }
 
+/// What the restart-always supervision saw (not the nemesis's kills, which are faults).
+fn processes_table(events: &[Event]) -> String {
+    let mut rows = history::process_events(events).peekable();
+    if rows.peek().is_none() {
+        return "<p>No worker exited by itself, and no state dir was copied.</p>".to_string();
+    }
+    let mut html = String::from("<table><tr><th>process</th><th>at s</th><th>event</th><th>detail</th></tr>");
+    for p in rows {
+        let detail = match (p.code, &p.copy_of) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(source)) => format!("on a copy of {source}'s state dir"),
+            (None, None) => String::new(),
+        };
+        let event = format!("{:?}", p.event).to_lowercase();
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{:.3}</td><td>{}</td><td>{}</td></tr>",
+            escape(&p.process),
+            p.time_ns as f64 / 1e9,
+            escape(&event),
+            escape(&detail)
+        );
+    }
+    html.push_str("</table>");
+    html
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +283,7 @@ mod tests {
         h.lease("w1", Parked, (1, 100), Some(3000), 3000);
         h.not_ok("w1", 1, (3100, 3101), crate::history::Phase::Fail);
         h.nemesis(Stop, "quorum-loss", 4000);
+        h.process("w2", crate::history::ProcessEventKind::Exited, None, 4500);
         h.lease("w1", Resumed, (1, 100), Some(9000), 4200).mono_deadline(9000);
         h.ok("w1", 1, (4300, 4302), &[(id(4300, 1, 0), 10)], Some((1, 100)));
         h.events
@@ -271,9 +301,15 @@ mod tests {
         let paths = write(dir.path(), &events, &analysis, &provenance).unwrap();
 
         let html = std::fs::read_to_string(&paths.report_html).unwrap();
-        for section in
-            ["id=\"checks\"", "id=\"latency\"", "id=\"throughput\"", "id=\"parked\"", "id=\"leases\"", "id=\"faults\""]
-        {
+        for section in [
+            "id=\"checks\"",
+            "id=\"latency\"",
+            "id=\"throughput\"",
+            "id=\"parked\"",
+            "id=\"leases\"",
+            "id=\"faults\"",
+            "id=\"processes\"",
+        ] {
             assert!(html.contains(section), "missing {section}");
         }
         assert_eq!(html.matches("<svg").count(), 4);
@@ -282,6 +318,7 @@ mod tests {
         assert!(html.contains("class=\"fault\""), "nemesis intervals are shaded");
         assert!(html.contains("LEASE_EXPIRED"), "the parked interval is drawn with its reason");
         assert!(html.contains("w1 t100"), "the lease span is labelled");
+        assert!(html.contains("<td>exited</td><td>exit code 1</td>"), "the exit is listed apart from the faults");
         for name in [
             "unique-ids",
             "monotonic-per-worker",
@@ -290,6 +327,7 @@ mod tests {
             "parking",
             "performance",
             "adversary",
+            "clone-convergence",
         ] {
             assert!(html.contains(name), "verdict table lacks {name}");
         }
@@ -300,7 +338,7 @@ mod tests {
         assert_eq!(results["reproduce"], reproduce);
         assert_eq!(results["tls"], true);
         assert_eq!(recorded_tls(dir.path()), Some(true), "a re-check keeps the run's transport");
-        assert_eq!(results["checks"].as_array().map(Vec::len), Some(7));
+        assert_eq!(results["checks"].as_array().map(Vec::len), Some(8));
         assert_eq!(results["adversary"], serde_json::json!([]), "no forged calls, no table");
         assert!(!html.contains("id=\"adversary\""));
         assert_eq!(results["valid"], "true", "{}", serde_json::to_string_pretty(&results["checks"]).unwrap());

@@ -19,11 +19,12 @@ use rand::SeedableRng;
 use crate::adversary;
 use crate::checker::{check_all, CheckConfig, CheckResult, Valid};
 use crate::clock::{wall_ms, RunClock};
-use crate::history::{self, Event, HistoryWriter, NemesisEvent, NemesisPhase};
+use crate::history::{self, Event, HistoryWriter, NemesisEvent, NemesisPhase, ProcessEvent, ProcessEventKind};
 use crate::net::{Faults, Network};
 use crate::process::{Managed, Spec};
 use crate::report::Provenance;
-use crate::scenario::{adversary_window, schedule, Action, Scenario, Shape, Sizes, Step};
+use crate::scenario::{adversary_window, clone_count, schedule, Action, Scenario, Shape, Sizes, Step};
+use crate::supervise::{Seen, Supervisor, RESTART_PAUSE};
 use crate::tls::{CertDir, Transport, CONTROLLER, WORKLOAD_CLIENT, WORKLOAD_REGISTRY};
 
 const REGISTRY_CLIENT_PORT: u16 = 2379;
@@ -32,6 +33,8 @@ const WORKER_PORT: u16 = 7379;
 /// Workers' lease: short, so pauses and outages longer than it fit in a 20–30 s run.
 const WORKER_TTL: Duration = Duration::from_secs(3);
 const WORKER_MARGIN: &str = "500ms";
+/// How often the controller looks for workers that exited on their own.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
 
 /// Everything a run needs to know; printed as the command that reproduces it.
 #[derive(Debug, Clone)]
@@ -51,6 +54,9 @@ pub struct RunOptions {
     /// Self-test: registry nodes authorize nobody (the test binary's switch); the `adversary`
     /// scenario must then fail.
     pub unsafe_disable_authorization: bool,
+    /// Self-test: workers state no incarnation (the test binary's switch), so copies of one
+    /// state dir share one token; the `clone-state` scenario must then fail.
+    pub unsafe_disable_incarnations: bool,
     /// Plaintext everywhere (`--insecure` on every process) instead of mutual TLS.
     pub insecure: bool,
 }
@@ -82,6 +88,9 @@ impl RunOptions {
         if self.unsafe_disable_authorization {
             cmd.push_str(" --unsafe-disable-authorization");
         }
+        if self.unsafe_disable_incarnations {
+            cmd.push_str(" --unsafe-disable-incarnations");
+        }
         if self.insecure {
             cmd.push_str(" --insecure");
         }
@@ -107,6 +116,11 @@ struct Cluster {
     extras: Vec<Managed>,
     /// The standby worker of the pause scenario (listed in the workload from the start).
     standby: Option<Managed>,
+    /// Workers started on copies of another worker's state dir (`clone-state`; listed in
+    /// the workload from the start, each in its namespace `c1`, `c2`...).
+    clones: Vec<Managed>,
+    /// Restarts the workers, the standby and the clones when they exit on their own.
+    supervisor: Supervisor,
     /// Worker IDs seen held by each worker before a pause or a cut (a standby may claim them
     /// later, when the worker no longer reports its ID).
     claimable_ids: BTreeMap<usize, u64>,
@@ -114,6 +128,8 @@ struct Cluster {
     unsafe_deadline: bool,
     /// Self-test: registry nodes run with authorization off.
     unsafe_authorization: bool,
+    /// Self-test: workers state no incarnation.
+    unsafe_incarnations: bool,
     clock_files: Vec<PathBuf>,
     dir: PathBuf,
     fenceflake: PathBuf,
@@ -144,6 +160,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
 
     let mut names: Vec<String> = (1..=5).map(|i| format!("n{i}")).collect();
     names.extend((1..=options.workers).map(|i| format!("w{i}")));
+    names.extend((1..=clone_count(&steps)).map(|i| format!("c{i}")));
     names.push("client".into());
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let run_id = u8::try_from(std::process::id() % 200 + 20).unwrap_or(20);
@@ -156,9 +173,12 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
         workers: Vec::new(),
         extras: Vec::new(),
         standby: None,
+        clones: Vec::new(),
+        supervisor: Supervisor::new(RESTART_PAUSE),
         claimable_ids: BTreeMap::new(),
         unsafe_deadline: options.unsafe_disable_deadline_check,
         unsafe_authorization: options.unsafe_disable_authorization,
+        unsafe_incarnations: options.unsafe_disable_incarnations,
         clock_files: Vec::new(),
         nemesis: HistoryWriter::open(&dir.join("nemesis.jsonl"))?,
         dir: dir.clone(),
@@ -247,16 +267,56 @@ impl Cluster {
                 workload.kill();
                 bail!("the workload did not finish in time");
             }
-            std::thread::sleep(Duration::from_millis(100));
+            self.supervise();
+            std::thread::sleep(SUPERVISE_EVERY);
         }
         Ok(())
     }
 
-    fn sleep_until(&self, offset: Duration) {
+    /// Sleep until `offset` into the run, supervising the workers meanwhile.
+    fn sleep_until(&mut self, offset: Duration) {
         let target = offset.as_nanos() as u64;
-        let now = self.clock.now_ns();
-        if target > now {
-            std::thread::sleep(Duration::from_nanos(target - now));
+        loop {
+            self.supervise();
+            let now = self.clock.now_ns();
+            if now >= target {
+                return;
+            }
+            std::thread::sleep(Duration::from_nanos(target - now).min(SUPERVISE_EVERY));
+        }
+    }
+
+    /// Wait `d`, supervising the workers meanwhile (a nemesis that waits for something).
+    fn wait(&mut self, d: Duration) {
+        self.sleep_until(Duration::from_nanos(self.clock.now_ns()) + d);
+    }
+
+    /// Restart-always: record the workers that exited on their own, restart those due.
+    fn supervise(&mut self) {
+        let processes = self.workers.iter_mut().chain(self.standby.as_mut()).chain(self.clones.iter_mut());
+        for seen in self.supervisor.poll(processes, std::time::Instant::now()) {
+            let Seen { process, event, code } = seen;
+            self.record_process(ProcessEvent {
+                process,
+                event,
+                code,
+                copy_of: None,
+                time_ns: self.clock.now_ns(),
+                wall_ms: wall_ms(),
+            });
+        }
+    }
+
+    fn record_process(&mut self, event: ProcessEvent) {
+        let detail = match (event.event, event.code, &event.copy_of) {
+            (ProcessEventKind::Exited, Some(code), _) => format!("exit code {code}"),
+            (ProcessEventKind::Exited, None, _) => "ended by a signal".to_string(),
+            (ProcessEventKind::Cloned, _, Some(source)) => format!("on a copy of {source}'s state dir"),
+            _ => String::new(),
+        };
+        println!("  {:>6} ms  process {} {:?} {detail}", event.time_ns / 1_000_000, event.process, event.event);
+        if let Err(e) = self.nemesis.append(&Event::Process(event)).and_then(|()| self.nemesis.flush()) {
+            println!("  cannot record the process event: {e}");
         }
     }
 
@@ -322,7 +382,7 @@ impl Cluster {
             let ip = self.network.host(&name).context("worker host")?.ip;
             let clock_file = self.dir.join(format!("clock-{name}"));
             std::fs::write(&clock_file, "+0\n")?;
-            let mut args = self.worker_args(&name, &format!("{ip}:{WORKER_PORT}"), None);
+            let mut args = self.worker_args(&name, &self.state_dir(&name), &format!("{ip}:{WORKER_PORT}"), None);
             args.extend(["--log-format".into(), "json".into()]);
             let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
             env.extend(self.transport.env(("worker", &name))?);
@@ -349,6 +409,11 @@ impl Cluster {
             if let Action::ClaimId { worker } = step.action {
                 workers.push(format!("standby={}:{}", ip_of(&self.workers[worker]), WORKER_PORT + 1));
             }
+        }
+        for i in 1..=clone_count(steps) {
+            let name = format!("c{i}");
+            let ip = self.network.host(&name).with_context(|| format!("no host {name}"))?.ip;
+            workers.push(format!("{name}={ip}:{WORKER_PORT}"));
         }
         let mut args = vec![
             "workload".into(),
@@ -526,6 +591,7 @@ impl Cluster {
                 Ok(())
             }
             Action::DuplicateManifest { worker } => self.duplicate_manifest(*worker),
+            Action::CloneState { worker, copies } => self.clone_state(*worker, *copies),
             Action::ClaimId { worker } => self.claim_id(*worker),
             // Bursts run inside the workload (it was told at start).
             Action::Burst { worker, ids_per_call, calls } => {
@@ -679,9 +745,20 @@ impl Cluster {
         Ok(())
     }
 
-    /// Arguments of a `fenceflake worker` named `hostname` (also its state dir) listening on
+    /// The state dir of the process named `name`.
+    fn state_dir(&self, name: &str) -> PathBuf {
+        self.dir.join("data").join(name)
+    }
+
+    /// Arguments of a `fenceflake worker` named `hostname` on `state_dir` listening on
     /// `listen`, with an explicit worker ID or `auto`.
-    fn worker_args(&self, hostname: &str, listen: &str, worker_id: Option<u64>) -> Vec<String> {
+    fn worker_args(
+        &self,
+        hostname: &str,
+        state_dir: &std::path::Path,
+        listen: &str,
+        worker_id: Option<u64>,
+    ) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "worker".into(),
             "--registry".into(),
@@ -689,7 +766,7 @@ impl Cluster {
             "--listen".into(),
             listen.into(),
             "--state-dir".into(),
-            self.dir.join("data").join(hostname).display().to_string(),
+            state_dir.display().to_string(),
             "--hostname".into(),
             hostname.into(),
             "--lease-ttl".into(),
@@ -702,6 +779,9 @@ impl Cluster {
         }
         if self.unsafe_deadline {
             args.push("--unsafe-disable-deadline-check".into());
+        }
+        if self.unsafe_incarnations {
+            args.push("--unsafe-disable-incarnations".into());
         }
         args
     }
@@ -719,7 +799,8 @@ impl Cluster {
         let name = self.workers[worker].spec.name.clone();
         let id = *self.claimable_ids.get(&worker).context("no worker ID was recorded for the worker to claim from")?;
         let ip = ip_of(&self.workers[worker]);
-        let args = self.worker_args("standby", &format!("{ip}:{}", WORKER_PORT + 1), Some(id));
+        let args =
+            self.worker_args("standby", &self.state_dir("standby"), &format!("{ip}:{}", WORKER_PORT + 1), Some(id));
         let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
         env.extend(self.transport.env(("worker", "standby"))?);
         let mut spec = self.spec(&name, args, env)?;
@@ -729,7 +810,7 @@ impl Cluster {
         let deadline = std::time::Instant::now() + WORKER_TTL * 2;
         loop {
             standby.start()?;
-            std::thread::sleep(Duration::from_millis(700));
+            self.wait(Duration::from_millis(700));
             if standby.is_running() {
                 break;
             }
@@ -740,12 +821,57 @@ impl Cluster {
         Ok(())
     }
 
+    /// `cp -a` the running `worker`'s state dir to `copies` new state dirs (the lock file comes
+    /// along, the lock does not: a cloned VM or volume), then start a worker on each copy at
+    /// once, in the next clone namespaces, with `worker`'s flags and certificate identity.
+    fn clone_state(&mut self, worker: usize, copies: usize) -> anyhow::Result<()> {
+        let source = self.workers[worker].spec.name.clone();
+        let mut specs = Vec::new();
+        for _ in 0..copies {
+            let name = format!("c{}", self.clones.len() + specs.len() + 1);
+            let copy = self.state_dir(&name);
+            crate::net::run(
+                "cp",
+                &["-a", &self.state_dir(&source).display().to_string(), &copy.display().to_string()],
+            )?;
+            let ip = self.network.host(&name).with_context(|| format!("no host {name}"))?.ip;
+            let mut args = self.worker_args(&source, &copy, &format!("{ip}:{WORKER_PORT}"), None);
+            args.extend(["--log-format".into(), "json".into()]);
+            let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
+            env.extend(self.transport.env(("worker", &source))?);
+            specs.push(self.spec(&name, args, env)?);
+        }
+        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        let detail = format!("cp -a of {source}'s state dir to {} (certificate worker/{source})", names.join(", "));
+        self.record(NemesisPhase::Start, &format!("clone-state-{source}"), detail);
+        for spec in specs {
+            let mut clone = Managed::new(spec);
+            clone.start()?;
+            let time_ns = self.clock.now_ns();
+            let process = clone.spec.name.clone();
+            let copy_of = Some(source.clone());
+            let kind = ProcessEventKind::Cloned;
+            self.record_process(ProcessEvent {
+                process,
+                event: kind,
+                code: None,
+                copy_of,
+                time_ns,
+                wall_ms: wall_ms(),
+            });
+            self.clones.push(clone);
+        }
+        Ok(())
+    }
+
     /// Start a second worker claiming `worker`'s ID explicitly; it must refuse to start.
     fn duplicate_manifest(&mut self, worker: usize) -> anyhow::Result<()> {
         let name = self.workers[worker].spec.name.clone();
         let id = *self.worker_ids().get(&name).context("the original worker holds no ID")?;
         let ip = ip_of(&self.workers[worker]);
-        let args = self.worker_args(&format!("{name}-duplicate"), &format!("{ip}:{}", WORKER_PORT + 1), Some(id));
+        let duplicate = format!("{name}-duplicate");
+        let args =
+            self.worker_args(&duplicate, &self.state_dir(&duplicate), &format!("{ip}:{}", WORKER_PORT + 1), Some(id));
         let mut spec = self.spec(&name, args, self.transport.env(("worker", &format!("{name}-duplicate")))?)?;
         spec.name = format!("{name}-duplicate");
         spec.log = self.dir.join("logs").join(format!("{name}-duplicate.log"));
@@ -755,7 +881,7 @@ impl Cluster {
         self.record(NemesisPhase::Start, "duplicate-manifest", format!("second worker claims worker ID {id}"));
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while duplicate.is_running() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
+            self.wait(Duration::from_millis(100));
         }
         let refused = !duplicate.is_running();
         let said = std::fs::read_to_string(&log).unwrap_or_default();
@@ -798,6 +924,9 @@ impl Cluster {
         }
         if let Some(standby) = self.standby.as_mut() {
             standby.terminate(Duration::from_secs(5));
+        }
+        for clone in &mut self.clones {
+            clone.terminate(Duration::from_secs(5));
         }
         for registry in &mut self.registries {
             registry.terminate(Duration::from_secs(5));

@@ -72,6 +72,13 @@ pub enum Action {
         ids_per_call: u32,
         calls: u32,
     },
+    /// Copy a running worker's state dir (`cp -a`, a cloned VM) to `copies` new worker
+    /// processes, each in a namespace of its own, all started at once with the worker's own
+    /// certificate identity, and kept running under restart-always supervision.
+    CloneState {
+        worker: usize,
+        copies: usize,
+    },
     /// A client with a valid `worker` certificate starts forging calls (`crate::adversary`,
     /// run by the workload, which is told the window at start) ...
     Adversary,
@@ -120,6 +127,10 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "adversary",
         about: "a client with a valid worker certificate forges lease, operator and plaintext calls",
+    },
+    Scenario {
+        name: "clone-state",
+        about: "a running worker's state dir copied to a new process (a cloned VM), once and twice at once",
     },
     Scenario { name: "random-mix", about: "a seeded random mix of all of the above" },
 ];
@@ -209,6 +220,12 @@ pub fn schedule(scenario: &Scenario, sizes: Sizes, limit: Duration, seed: u64) -
         "quorum-loss" => vec![step(start, Action::Partition(Shape::QuorumLoss)), step(start + outage, Action::Heal)],
         "burst" => vec![step(start, Action::Burst { worker, ids_per_call: 4096, calls: 2000 })],
         "adversary" => vec![step(start, Action::Adversary), step(heal_by, Action::AdversaryStop)],
+        // Once, then twice at once from another worker: the newest incarnation of a holder
+        // takes over, every older one is superseded once and comes back as a stranger.
+        "clone-state" => vec![
+            step(at(0.0), Action::CloneState { worker, copies: 1 }),
+            step(at(0.4), Action::CloneState { worker: (worker + 1) % sizes.workers, copies: 2 }),
+        ],
         _ => random_mix(&mut rng, sizes, start, heal_by),
     }
 }
@@ -218,6 +235,17 @@ pub fn adversary_window(steps: &[Step], limit: Duration) -> Option<(Duration, Du
     let start = steps.iter().find(|s| s.action == Action::Adversary)?.at;
     let stop = steps.iter().find(|s| s.action == Action::AdversaryStop).map_or(limit, |s| s.at);
     Some((start, stop))
+}
+
+/// How many clone processes (each needs a namespace of its own) the schedule starts.
+pub fn clone_count(steps: &[Step]) -> usize {
+    steps
+        .iter()
+        .map(|s| match s.action {
+            Action::CloneState { copies, .. } => copies,
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Fault, heal, fault, heal: two rounds inside the fault window.
@@ -294,6 +322,26 @@ mod tests {
         );
         assert_eq!(adversary_window(&steps, limit), Some((limit / 5, limit * 7 / 10)));
         assert_eq!(adversary_window(&schedule(find("pause").unwrap(), sizes(), limit, 42), limit), None);
+    }
+
+    /// Goal: `clone-state` copies one worker's state dir once, then another's twice at once,
+    /// inside the fault window, and the run knows how many clone namespaces to make.
+    #[test]
+    fn clone_state_copies_once_then_twice_at_once() {
+        let limit = Duration::from_secs(20);
+        let steps = schedule(find("clone-state").unwrap(), sizes(), limit, 42);
+        let clones: Vec<(usize, usize)> = steps
+            .iter()
+            .filter_map(|s| match s.action {
+                Action::CloneState { worker, copies } => Some((worker, copies)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(clones.iter().map(|c| c.1).collect::<Vec<_>>(), [1, 2]);
+        assert_ne!(clones[0].0, clones[1].0, "two different workers are cloned");
+        assert!(steps.iter().all(|s| s.at >= limit / 5 && s.at < limit * 7 / 10), "{steps:?}");
+        assert_eq!(clone_count(&steps), 3);
+        assert_eq!(clone_count(&schedule(find("pause").unwrap(), sizes(), limit, 42)), 0);
     }
 
     #[test]

@@ -260,6 +260,7 @@ fn note_deadline(
             deadline_wall_ms: Some(deadline_wall_ms),
             deadline_mono_ns: None,
             reason: None,
+            holder: None,
             time_ns: at_ns,
             wall_ms: wall_ms(),
         };
@@ -356,6 +357,7 @@ async fn poll_status(
                 deadline_wall_ms: live.then_some(now.deadline_wall_ms),
                 deadline_mono_ns: live.then(|| sent_ns + s.lease_remaining_ms * 1_000_000),
                 reason: (kind == LeaseEventKind::Parked).then(|| s.park_reason.clone()),
+                holder: (!s.holder.is_empty()).then(|| s.holder.clone()),
                 // The poll's send time: the worker's state is at least this fresh.
                 time_ns: sent_ns,
                 wall_ms: wall_ms(),

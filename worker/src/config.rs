@@ -114,6 +114,9 @@ pub struct WorkerConfig {
     /// Whether mechanism 2 is enforced. Only the harness turns it off, to prove that its
     /// checkers catch the duplicates a worker without its deadline mints.
     pub deadline_check: DeadlineCheck,
+    /// Whether each start is an incarnation of its own. Only the harness turns it off, to
+    /// prove that its checkers catch what copies of one state dir mint under one token.
+    pub incarnations: Incarnations,
     /// Mutual TLS (the worker's certificate, presented to the registry and to its own
     /// callers; registry nodes must present `node` certificates), or plaintext by an explicit
     /// `Security::Insecure`. Rotated files are picked up by `Security::follow_files`, which
@@ -131,6 +134,18 @@ pub enum DeadlineCheck {
     /// not then hang on whether the thawed worker's first renewal or its first call comes
     /// first); compiled only into unit tests and
     /// the separately built test binary (feature `unsafe-test-switches`).
+    #[cfg(any(test, feature = "unsafe-test-switches"))]
+    DisabledUnsafe,
+}
+
+/// Each start a new incarnation (always, in production) or not (harness self-test only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incarnations {
+    PerStart,
+    /// UNSAFE: every process of a holder states one fixed incarnation, so the registry gives
+    /// a restart or a copy of the state dir (a cloned VM) the same token as the process
+    /// before it, and copies mint duplicates under it; compiled only into unit tests and the
+    /// separately built test binary (feature `unsafe-test-switches`).
     #[cfg(any(test, feature = "unsafe-test-switches"))]
     DisabledUnsafe,
 }
@@ -153,6 +168,7 @@ impl WorkerConfig {
             sequence_bits: None,
             id_wait: Duration::from_millis(DEFAULT_ID_WAIT_MS),
             deadline_check: DeadlineCheck::Enforced,
+            incarnations: Incarnations::PerStart,
             security,
         }
     }

@@ -46,7 +46,7 @@ use tokio::sync::watch;
 use crate::acquire::{acquire, Acquired};
 use crate::boot::{plan_boot, BootError};
 use crate::clock::{Clock, MonoTime};
-use crate::config::{ConfigError, WorkerConfig};
+use crate::config::{ConfigError, Incarnations, WorkerConfig};
 use crate::deadline::{DeadlineError, LeaseDeadline};
 use crate::holder::{HolderId, Incarnation};
 use crate::keeper::{self, Backoff};
@@ -186,7 +186,7 @@ impl Generator {
         log_state_dir(&state_dir);
         // Every start is a new incarnation, so two processes never share a token, even with
         // one holder ID (a restart, or a copy of this state dir elsewhere).
-        let incarnation = Incarnation::draw();
+        let incarnation = incarnation(&config, state_dir.holder());
         let Acquired { grant, sent_at, round_trip } =
             acquire(&config, &*clock, &*registry, &mut state_dir, incarnation, wanted).await?;
         let worker_id = grant.worker_id;
@@ -448,6 +448,22 @@ fn minting_layout(grant: &LeaseGrant, sequence_bits_flag: Option<u8>) -> Result<
         );
     }
     Ok(Layout::new(grant.epoch_ms, grant.worker_id_bits, sequence_bits)?)
+}
+
+/// This start's incarnation: drawn afresh, or, the test binary's unsafe switch only, the
+/// holder's fixed one.
+#[cfg(any(test, feature = "unsafe-test-switches"))]
+fn incarnation(config: &WorkerConfig, holder: &HolderId) -> Incarnation {
+    match config.incarnations {
+        Incarnations::PerStart => Incarnation::draw(),
+        Incarnations::DisabledUnsafe => Incarnation::fixed_unsafe(holder),
+    }
+}
+
+#[cfg(not(any(test, feature = "unsafe-test-switches")))]
+fn incarnation(config: &WorkerConfig, _holder: &HolderId) -> Incarnation {
+    let Incarnations::PerStart = config.incarnations;
+    Incarnation::draw()
 }
 
 fn log_state_dir(state_dir: &StateDir) {

@@ -68,6 +68,19 @@ impl Incarnation {
         }
     }
 
+    /// UNSAFE, harness self-test only: the one incarnation every process of `holder` states
+    /// (a hash of the holder ID), so the registry takes a restart or a copy of the state dir
+    /// for a retry of the process before it and gives it the same token, as before
+    /// incarnations existed. Compiled only into unit tests and the separately built test
+    /// binary (feature `unsafe-test-switches`).
+    #[cfg(any(test, feature = "unsafe-test-switches"))]
+    pub fn fixed_unsafe(holder: &HolderId) -> Incarnation {
+        // FNV-1a: the same in every process and build, unlike the std hasher's promise.
+        let hash =
+            holder.0.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        Incarnation(NonZeroU64::new(hash | 1).expect("odd, so not zero"))
+    }
+
     /// The wire value.
     pub fn get(self) -> u64 {
         self.0.get()
@@ -85,6 +98,15 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// Goal: each start draws its own incarnation; the unsafe switch's is one per holder.
+    #[test]
+    fn incarnations_are_drawn_per_start_and_fixed_only_unsafely() {
+        assert_ne!(Incarnation::draw(), Incarnation::draw());
+        let (a, b) = (HolderId::generate("h"), HolderId::generate("h"));
+        assert_eq!(Incarnation::fixed_unsafe(&a), Incarnation::fixed_unsafe(&a.clone()));
+        assert_ne!(Incarnation::fixed_unsafe(&a), Incarnation::fixed_unsafe(&b));
+    }
 
     /// Goal: generated IDs are unique, readable, parseable, and bounded whatever the hostname.
     #[test]

@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::history::{ClientOp, Event, Invocation};
 
 pub mod adversary;
+pub mod convergence;
 pub mod lease;
 mod lease_log;
 pub mod linear;
@@ -173,6 +174,7 @@ pub fn check_all(events: &[Event], config: &CheckConfig) -> Analysis {
         parking::check(events, &config.layout, &config.parking),
         perf::check(&perf, &config.perf),
         adversary::check(events),
+        convergence::check(events),
     ];
     Analysis { results, perf, adversary: adversary::counts(events) }
 }

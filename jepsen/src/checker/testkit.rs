@@ -4,7 +4,8 @@
 
 use crate::checker::IdLayout;
 use crate::history::{
-    ClientOp, Event, GenerateFn, IdRange, LeaseEvent, LeaseEventKind, NemesisEvent, NemesisPhase, Phase,
+    ClientOp, Event, GenerateFn, IdRange, LeaseEvent, LeaseEventKind, NemesisEvent, NemesisPhase, Phase, ProcessEvent,
+    ProcessEventKind,
 };
 
 pub(crate) const MS: u64 = 1_000_000;
@@ -88,6 +89,7 @@ impl H {
             deadline_wall_ms: deadline_ms.map(|d| EPOCH_MS + d),
             deadline_mono_ns: None,
             reason: (event == LeaseEventKind::Parked).then(|| "LEASE_EXPIRED".to_string()),
+            holder: None,
             time_ns: t_ms * MS,
             wall_ms: EPOCH_MS + t_ms,
         }));
@@ -99,6 +101,33 @@ impl H {
         if let Some(Event::Lease(l)) = self.events.last_mut() {
             l.deadline_mono_ns = Some(deadline_ms * MS);
         }
+        self
+    }
+
+    /// Sets the holder ID of the last lease event.
+    pub(crate) fn holder(&mut self, holder: &str) -> &mut H {
+        if let Some(Event::Lease(l)) = self.events.last_mut() {
+            l.holder = Some(holder.to_string());
+        }
+        self
+    }
+
+    /// A process event at `t_ms` (`copy_of` for `cloned`).
+    pub(crate) fn process(
+        &mut self,
+        process: &str,
+        event: ProcessEventKind,
+        copy_of: Option<&str>,
+        t_ms: u64,
+    ) -> &mut H {
+        self.events.push(Event::Process(ProcessEvent {
+            process: process.to_string(),
+            event,
+            code: (event == ProcessEventKind::Exited).then_some(1),
+            copy_of: copy_of.map(str::to_string),
+            time_ns: t_ms * MS,
+            wall_ms: EPOCH_MS + t_ms,
+        }));
         self
     }
 
