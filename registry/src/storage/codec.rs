@@ -5,6 +5,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 const FORMAT_V1: u8 = 1;
+/// The same JSON, for a snapshot of a table whose apply rules were raised past
+/// [`Rules::UNGATED`](crate::lease::Rules::UNGATED): a release that cannot apply them refuses
+/// to read it (and so to install it) instead of reading it and applying later entries
+/// differently.
+const FORMAT_V2: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -17,7 +22,16 @@ pub enum CodecError {
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![FORMAT_V1];
+    encode_as(FORMAT_V1, value)
+}
+
+/// [`encode`], marked so that only a release that knows the raised apply rules reads it.
+pub fn encode_for_raised_rules<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    encode_as(FORMAT_V2, value)
+}
+
+fn encode_as<T: Serialize>(format: u8, value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = vec![format];
     serde_json::to_writer(&mut out, value)?;
     Ok(out)
 }
@@ -25,7 +39,7 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     match bytes.split_first() {
         None => Err(CodecError::Empty),
-        Some((&FORMAT_V1, body)) => Ok(serde_json::from_slice(body)?),
+        Some((&(FORMAT_V1 | FORMAT_V2), body)) => Ok(serde_json::from_slice(body)?),
         Some((&other, _)) => Err(CodecError::UnknownFormat(other)),
     }
 }
@@ -41,6 +55,8 @@ mod tests {
         assert_eq!(decode::<(u32, String)>(&bytes).unwrap(), (7, "x".to_string()));
         assert!(matches!(decode::<u32>(&[9, b'1']), Err(CodecError::UnknownFormat(9))));
         assert!(matches!(decode::<u32>(&[]), Err(CodecError::Empty)));
+        let raised = encode_for_raised_rules(&5u32).unwrap();
+        assert_eq!((raised[0], decode::<u32>(&raised).unwrap()), (FORMAT_V2, 5));
     }
 
     /// Goal: issue 9 — a cluster config stored before the registry recorded the sequence width

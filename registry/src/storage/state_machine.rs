@@ -10,7 +10,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
-use super::codec::{decode, encode};
+use super::codec::{decode, encode, encode_for_raised_rules};
 use crate::expiry::ExpiryTracker;
 use crate::lease::{Command, LeaseTable, LogPos, Outcome, Rejection, Rules, WorkerId};
 use crate::raft::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -236,7 +236,11 @@ impl StateMachine {
     }
 
     fn encode_snapshot(state: &SmState) -> Result<Vec<u8>, StorageError> {
-        encode(state).map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+        // Once raised apply rules are in force, a node of an older release must not install
+        // this snapshot (it would ignore the raise and apply later entries differently).
+        let raised = state.table.rules_in_force(Rules::CURRENT) > Rules::UNGATED;
+        let encoded = if raised { encode_for_raised_rules(state) } else { encode(state) };
+        encoded.map_err(|e| StorageIOError::write_snapshot(None, &e).into())
     }
 }
 
