@@ -45,6 +45,9 @@ pub enum RegistryError {
     /// Definite: the proposal queue is full.
     #[error("registry overloaded: {queued} proposals queued; retry with backoff")]
     Overloaded { queued: usize },
+    /// Definite: another snapshot import is being applied on this leader; nothing was proposed.
+    #[error("another snapshot import is in progress on the leader; retry when it has finished")]
+    ImportInProgress,
     /// Definite: the cluster config was not replicated yet.
     #[error("cluster not configured yet (no leader has committed the cluster config)")]
     NotConfigured,
@@ -72,7 +75,7 @@ impl RegistryError {
             RegistryError::NoLeader { .. } => Reason::NoLeader,
             RegistryError::NoQuorum { .. } => Reason::NoQuorum,
             RegistryError::Indeterminate { .. } => Reason::OutcomeUnknown,
-            RegistryError::Overloaded { .. } => Reason::Overloaded,
+            RegistryError::Overloaded { .. } | RegistryError::ImportInProgress => Reason::Overloaded,
             RegistryError::NotConfigured => Reason::NotConfigured,
             RegistryError::Membership(_) => Reason::Membership,
             RegistryError::Fatal(_) => Reason::Fatal,
@@ -219,6 +222,7 @@ mod tests {
             RegistryError::NoQuorum { why: "x".into() },
             RegistryError::Indeterminate { waited_ms: 1, why: "x".into() },
             RegistryError::Overloaded { queued: 1 },
+            RegistryError::ImportInProgress,
             RegistryError::NotConfigured,
             RegistryError::Membership("x".into()),
             RegistryError::Fatal("x".into()),

@@ -64,6 +64,9 @@ pub struct Leader {
     hold: ElectionHold,
     /// Whether this node's wall clock may stamp the cluster's time (`clock_watch.rs`).
     clocks: ClockWatch,
+    /// One snapshot import at a time: an import is megabytes in one log entry, and a restore
+    /// is a one-off operation; more at once would only queue renewals behind them.
+    import: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Leader {
@@ -102,7 +105,20 @@ impl Leader {
         let hold = ElectionHold::new(clocks.elections().clone());
         let settings = Arc::new(settings);
         let clock = clocks.clock().clone();
-        Leader { raft, state, tracker, proposer, clock, settings, reserved: Arc::default(), hand_over, hold, clocks }
+        let import = Arc::new(tokio::sync::Semaphore::new(1));
+        Leader {
+            raft,
+            state,
+            tracker,
+            proposer,
+            clock,
+            settings,
+            reserved: Arc::default(),
+            hand_over,
+            hold,
+            clocks,
+            import,
+        }
     }
 
     /// The leader lease this node holds itself to (openraft's `election_timeout_max`).
@@ -270,6 +286,11 @@ impl Leader {
     }
 
     async fn restore(&self, backup: Box<TableBackup>) -> Result<Reply, RegistryError> {
+        // Refused before proposing when it would be refused at apply anyway (this leader has
+        // applied its own log: an import into a cluster that granted never reaches the log),
+        // and one import at a time.
+        self.state.read().table.restorable().map_err(RegistryError::Rejected)?;
+        let _one_at_a_time = self.import.try_acquire().map_err(|_| RegistryError::ImportInProgress)?;
         // Drawn here, not in apply: the log carries it, so every replica grants the same tokens.
         // It comes from the OS-seeded generator, independent of anything another cluster
         // restored from the same backup could have drawn: their tokens share a generation,

@@ -248,6 +248,18 @@ impl Cluster {
         .await
     }
 
+    /// Wait until every running node has applied the same log index, and return it.
+    pub async fn wait_all_applied(&self, timeout: Duration) -> u64 {
+        eventually(timeout, "every node applied the same index", || async {
+            let mut applied = BTreeSet::new();
+            for node_id in self.running() {
+                applied.insert(self.status(node_id).await?.applied_index);
+            }
+            (applied.len() == 1).then(|| applied.into_iter().next()).flatten()
+        })
+        .await
+    }
+
     /// Wait until some running node reports a leader that is running, and return it.
     pub async fn wait_leader(&self, timeout: Duration) -> u64 {
         eventually(timeout, "a registry leader", || async {

@@ -476,8 +476,8 @@ impl LeaseTable {
         backup: &TableBackup,
         token_offset: TokenOffset,
     ) -> Outcome {
-        if self.last_token != Token::NONE || !self.records.is_empty() {
-            return Outcome::Rejected(Rejection::NotEmpty { last_token: self.last_token });
+        if let Err(rejection) = self.restorable() {
+            return Outcome::Rejected(rejection);
         }
         if let Err(why) = backup.check() {
             return Outcome::Rejected(Rejection::BadBackup { why });
@@ -530,6 +530,16 @@ impl LeaseTable {
             self.audit.pop_front();
         }
         self.audit.push_back(entry);
+    }
+
+    /// Whether a backup may be loaded: only into a table that has never granted a lease (nor
+    /// recorded anything about a worker ID). Checked again in apply; a leader also checks it
+    /// before proposing, so that an import into a live cluster never reaches the log.
+    pub fn restorable(&self) -> Result<(), Rejection> {
+        if self.last_token != Token::NONE || !self.records.is_empty() {
+            return Err(Rejection::NotEmpty { last_token: self.last_token });
+        }
+        Ok(())
     }
 
     /// Invariants that only a bug or corruption can break; crash loudly if one does.
