@@ -117,6 +117,7 @@ impl Rejection {
             Rejection::OutOfRange { .. }
             | Rejection::BadTtl { .. }
             | Rejection::BadBackup { .. }
+            | Rejection::BadConfig { .. }
             | Rejection::BeyondMintUntil { .. }
             | Rejection::BatchTooLarge { .. } => Reason::Invalid,
             Rejection::NotOwner { .. } => Reason::NotOwner,
@@ -161,6 +162,7 @@ impl fmt::Display for Rejection {
                 "this cluster has already granted leases (last token {last_token}); restore only into a freshly bootstrapped cluster"
             ),
             Rejection::BadBackup { why } => write!(f, "invalid backup: {why}"),
+            Rejection::BadConfig { why } => write!(f, "invalid cluster config: {why}"),
             Rejection::NotOwner { owner } => write!(
                 f,
                 "the lease belongs to {owner}: only the identity it was granted to may renew, release or re-acquire it"
@@ -206,6 +208,7 @@ mod tests {
             Rejection::BadTtl { ttl_ms: 0, ttl_ms_max: 5 },
             Rejection::NotEmpty { last_token: Token(4) },
             Rejection::BadBackup { why: "x".into() },
+            Rejection::BadConfig { why: "x".into() },
             Rejection::NotOwner { owner: "spiffe://td/fenceflake/worker/a".into() },
             Rejection::ClockAhead { wall_ms_at_send: 90_000, registry_time_ms: 1 },
             Rejection::BeyondMintUntil { field: "last_ts_ms".into(), value: 9, mint_until_ms: 9 },

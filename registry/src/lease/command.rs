@@ -204,6 +204,8 @@ pub enum Rejection {
     NotEmpty { last_token: Token },
     /// A backup that fails `TableBackup::check`.
     BadBackup { why: String },
+    /// A cluster config no release could have written (a forged entry): refused, never a panic.
+    BadConfig { why: String },
     /// The lease belongs to another authenticated identity (right token or not).
     NotOwner { owner: String },
     /// A renewal claims a send time this far ahead of the leader's clock: the holder's clock

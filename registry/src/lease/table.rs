@@ -13,6 +13,8 @@ use super::record::{
     AuditEntry, AuditKind, ClusterConfig, GrantExpectation, LeaseRecord, PastOwner, SupersededToken, TableGlobals,
     PAST_OWNERS_MAX,
 };
+use fenceflake_proto::wire::WORKER_ID_BITS_MAX;
+
 use crate::limits::{AUDIT_ENTRIES_MAX, CLAIM_AHEAD_MAX_MS, REASON_LEN_MAX};
 
 /// The replicated lease table.
@@ -160,6 +162,13 @@ impl LeaseTable {
     pub fn apply_under(&mut self, rules: Rules, pos: LogPos, leader_wall_ms: u64, command: &Command) -> Outcome {
         let rules = self.rules_in_force(rules);
         let outcome = match command {
+            // Every release validated the worker-ID width before committing a config; one
+            // outside it is forged, and would overflow `worker_id_count` on every replica.
+            Command::Configure(config) if !(1..=WORKER_ID_BITS_MAX).contains(&config.worker_id_bits) => {
+                Outcome::Rejected(Rejection::BadConfig {
+                    why: format!("worker_id_bits {} is outside 1..={WORKER_ID_BITS_MAX}", config.worker_id_bits),
+                })
+            }
             Command::Configure(config) => {
                 let applied = self.config.get_or_insert_with(|| config.clone());
                 Outcome::Configured(applied.clone())
