@@ -179,6 +179,13 @@ impl Leader {
             },
             Proposal::AddLearner { node_id, node } => self.add_learner(node_id, node).await,
             Proposal::PromoteMember { node_id } => {
+                // Record that it served before it can vote or ack: from the membership change
+                // on, its acks count, and a lost disk under its id must then be refused
+                // (`lost_disk/`). A learner being promoted has joined: no false refusal.
+                match self.proposer.propose(Command::NodeServed { node_id }).await? {
+                    Outcome::NodeServedNoted => {}
+                    other => return Err(unexpected(other)),
+                }
                 self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id]))).await
             }
             Proposal::RemoveMember { node_id } => {

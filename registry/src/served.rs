@@ -69,6 +69,7 @@ async fn in_log_tail(node: &RegistryNode, asked: NodeId, applied: Option<LogId>)
 /// applied part of the log. Retries until it sticks or the node stops.
 pub async fn announce(node: RegistryNode) {
     let mut metrics = node.raft.metrics();
+    let mut failures = 0u32;
     loop {
         if node.state.read().table.has_served(node.node_id) {
             return;
@@ -84,7 +85,16 @@ pub async fn announce(node: RegistryNode) {
                     tracing::info!(node_id = node.node_id, "recorded that this node serves in the cluster");
                     return;
                 }
-                Err(e) => tracing::debug!(error = %e, "could not record that this node serves yet; retrying"),
+                Err(e) => {
+                    failures += 1;
+                    // Until it sticks, a lost disk under this id would not be recognized: say
+                    // so when it keeps failing (an unreachable leader, a firewall).
+                    if failures % 20 == 0 {
+                        tracing::warn!(node_id = node.node_id, failures, error = %e, "still cannot record that this node serves (the lost-disk guard needs it): can this node reach the leader's peer port?");
+                    } else {
+                        tracing::debug!(error = %e, "could not record that this node serves yet; retrying");
+                    }
+                }
             }
         }
         tokio::select! {

@@ -40,9 +40,9 @@ impl HistoryAnswer {
     }
 }
 
-/// An answer as it arrives: this release's object, or an older release's bare bool. Older
-/// releases answer only once they run Raft on a data dir, so a bool comes from a node
-/// holding data.
+/// An answer as it arrives: this release's object, or an older release's bare bool. An older
+/// release answers `false` also with an empty data dir, and reads only its applied table: its
+/// `true` proves the asked node served, its `false` proves nothing (see [`Received::counted`]).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Received {
@@ -50,11 +50,13 @@ pub enum Received {
     Legacy(bool),
 }
 
-impl From<Received> for HistoryAnswer {
-    fn from(received: Received) -> HistoryAnswer {
-        match received {
-            Received::Detailed(answer) => answer,
-            Received::Legacy(served) => HistoryAnswer::HoldsData { served, membership: None },
+impl Received {
+    /// The answer as evidence, if it is any: an older release's `false` is not.
+    pub fn counted(self) -> Option<HistoryAnswer> {
+        match self {
+            Received::Detailed(answer) => Some(answer),
+            Received::Legacy(true) => Some(HistoryAnswer::HoldsData { served: true, membership: None }),
+            Received::Legacy(false) => None,
         }
     }
 }
@@ -64,20 +66,21 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// Goal: issue 9 — an older release's bare bool reads as "holds data, answer = bool",
-    /// and this release's answers read back as sent.
+    /// Goal: issue 9 — an older release's bare `true` reads as "holds data, served"; its
+    /// `false` (also what it answers with an empty data dir) is no evidence at all; this
+    /// release's answers read back as sent.
     #[test]
-    fn older_answers_read_as_holding_data() {
-        let read = |json: &str| HistoryAnswer::from(serde_json::from_str::<Received>(json).unwrap());
-        assert_eq!(read("true"), HistoryAnswer::HoldsData { served: true, membership: None });
-        assert_eq!(read("false"), HistoryAnswer::HoldsData { served: false, membership: None });
+    fn older_answers_prove_only_that_a_node_served() {
+        let read = |json: &str| serde_json::from_str::<Received>(json).unwrap().counted();
+        assert_eq!(read("true"), Some(HistoryAnswer::HoldsData { served: true, membership: None }));
+        assert_eq!(read("false"), None);
         let membership = KnownMembership {
             log_id: None,
             voters: vec![BTreeSet::from([1, 2, 3])],
             peer_addrs: vec![(1, "a:1".to_string())],
         };
         for answer in [HistoryAnswer::Empty, HistoryAnswer::HoldsData { served: false, membership: Some(membership) }] {
-            assert_eq!(read(&serde_json::to_string(&answer).unwrap()), answer);
+            assert_eq!(read(&serde_json::to_string(&answer).unwrap()), Some(answer));
         }
         assert!(!HistoryAnswer::Empty.served());
     }

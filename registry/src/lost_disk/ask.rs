@@ -94,7 +94,16 @@ async fn ask_round(
             let answer: Result<Received, _> =
                 peers.call(peer_id, &addr, PeerRpc::NodeHistory, &me, HISTORY_TIMEOUT).await;
             match answer {
-                Ok(answer) => Some((peer_id, HistoryAnswer::from(answer))),
+                Ok(answer) => {
+                    let counted = answer.counted();
+                    if counted.is_none() {
+                        tracing::debug!(
+                            peer_id,
+                            "an older release answered `false`, which proves nothing; not counted"
+                        );
+                    }
+                    counted.map(|answer| (peer_id, answer))
+                }
                 Err(e) => {
                     tracing::debug!(peer_id, error = %e, "peer did not answer the node-history question");
                     None

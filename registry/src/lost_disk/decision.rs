@@ -72,15 +72,12 @@ pub fn newest_membership(answers: &BTreeMap<NodeId, HistoryAnswer>) -> Option<&K
         .max_by_key(|m| m.log_id)
 }
 
-/// The voter sets a join needs a majority of: the newest membership reported, else (nodes
-/// holding data of an older release report none) the initial cluster; none while no node
-/// holding data answered.
+/// The voter sets a join needs enough answers from: those of the newest membership reported;
+/// none while no node of this release holding data answered (the initial cluster can be long
+/// out of date, and an older release's answer names no membership: neither proves anything).
 fn voter_sets(e: &Evidence) -> Option<Vec<BTreeSet<NodeId>>> {
-    if let Some(membership) = newest_membership(e.answers) {
-        return Some(membership.voters.iter().filter(|v| !v.is_empty()).cloned().collect());
-    }
-    let any_data = e.answers.values().any(|a| matches!(a, HistoryAnswer::HoldsData { .. }));
-    any_data.then(|| vec![e.initial.clone()])
+    let membership = newest_membership(e.answers)?;
+    Some(membership.voters.iter().filter(|v| !v.is_empty()).cloned().collect())
 }
 
 /// The voter sets in which fewer than a majority answered "holds data, never saw it serve",
@@ -90,7 +87,9 @@ fn short_majorities(e: &Evidence, sets: &[BTreeSet<NodeId>]) -> Vec<String> {
     sets.iter()
         .filter_map(|voters| {
             let count = voters.iter().filter(|id| never_served(id)).count();
-            let needed = voters.len() / 2 + 1;
+            // Enough answers that every commit quorum of this set contains one of them: half,
+            // rounded up (a majority of an odd set; all that a 2-voter set can ever give).
+            let needed = voters.len() - voters.len() / 2;
             (count < needed).then(|| {
                 format!(
                     "a majority ({needed}) of voters {} holding data to answer that node {} never served ({count} so far)",
@@ -151,8 +150,14 @@ mod tests {
 
     const ME: NodeId = 3;
 
+    /// "Holds data" from a node that knows no membership (only a vote, say).
     fn data(served: bool) -> HistoryAnswer {
         HistoryAnswer::HoldsData { served, membership: None }
+    }
+
+    /// "Holds data, never saw it serve" from a node that knows the initial membership.
+    fn member(index: u64) -> HistoryAnswer {
+        data_in(&[&[1, 2, 3, 4, 5]], index)
     }
 
     fn data_in(voters: &[&[NodeId]], index: u64) -> HistoryAnswer {
@@ -184,7 +189,7 @@ mod tests {
         keeps_asking(&decide_with(true, &[], &[]), "not yet: {1,2,4,5}");
         keeps_asking(&decide_with(false, &[], &[]), "only joins");
         // The reproduced failure: 4 and 5 never saw the grant (nor, here, node 3 serve).
-        let two = decide_with(true, &[(4, data(false)), (5, data(false))], &[]);
+        let two = decide_with(true, &[(4, member(2)), (5, member(2))], &[]);
         keeps_asking(
             &two,
             "a majority (3) of voters {1,2,3,4,5} holding data to answer that node 3 never served (2 so far)",
@@ -204,9 +209,18 @@ mod tests {
     /// holding data answer that it never served; never bootstraps then.
     #[test]
     fn a_majority_holding_data_lets_it_join() {
-        let answers = [(1, data(false)), (2, data(false)), (4, data(false))];
+        let answers = [(1, member(2)), (2, member(2)), (4, member(2))];
         assert_eq!(decide_with(false, &answers, &[]), Decision::Start(Start::Join));
         assert_eq!(decide_with(true, &answers, &[]), Decision::Start(Start::Join));
+        // Nodes that hold data but know no membership prove nothing about whose majority counts.
+        let memberless = [(1, data(false)), (2, data(false)), (4, data(false))];
+        keeps_asking(&decide_with(false, &memberless, &[]), "only joins");
+        // Half of a 4-voter set is enough: every commit quorum (3 of 4) contains one of them.
+        let four = data_in(&[&[1, 2, 3, 4]], 5);
+        assert_eq!(decide_with(false, &[(1, four.clone()), (2, four)], &[]), Decision::Start(Start::Join));
+        // And the one other node of a 2-voter set.
+        let two = data_in(&[&[1, 3]], 5);
+        assert_eq!(decide_with(false, &[(1, two)], &[]), Decision::Start(Start::Join));
     }
 
     /// Goal: the newest membership reported decides whose majority counts, in every voter set
