@@ -29,6 +29,7 @@ use crate::error::RegistryError;
 use crate::leader::member_roles;
 use crate::lease::Rules;
 use crate::node::RegistryNode;
+use crate::proposer::Stamp;
 use crate::raft::network::{PeerClients, PeerRpc};
 use crate::raft::types::{NodeId, Raft};
 use crate::transfer::{ElectionSwitch, NoElections};
@@ -107,9 +108,33 @@ impl ClockWatch {
 
     /// What the latest probes prove about this node's clock now.
     pub fn verdict(&self) -> Verdict {
-        let now = Now { mono: self.clock.mono(), wall_ms: self.clock.wall_ms() };
+        self.verdict_at(self.now())
+    }
+
+    fn now(&self) -> Now {
+        Now { mono: self.clock.mono(), wall_ms: self.clock.wall_ms() }
+    }
+
+    fn verdict_at(&self, now: Now) -> Verdict {
         let probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner).clone();
         clock_check::judge(&self.policy, self.me, &voters(&self.raft), &probes, now)
+    }
+
+    /// This node's wall clock, if the probes prove that very reading within the bound: the
+    /// only stamp a batch or a reply's `registry_time_ms` may carry.
+    pub fn checked_wall_ms(&self) -> Result<u64, String> {
+        self.checked().map_err(|(_, why)| why)
+    }
+
+    /// [`ClockWatch::checked_wall_ms`], with the unchecked reading when refused.
+    fn checked(&self) -> Result<u64, (u64, String)> {
+        let now = self.now();
+        let verdict = self.verdict_at(now);
+        if verdict.may_lead() {
+            Ok(now.wall_ms)
+        } else {
+            Err((now.wall_ms, format!("{verdict} (±{} ms, --max-clock-offset)", self.policy.max_offset_ms)))
+        }
     }
 
     /// Admission of a request that stamps this leader's wall clock: `Ok` once the probes prove
@@ -183,6 +208,12 @@ async fn probe(peers: &PeerClients, clock: &dyn Clock, target: NodeId, addr: &st
             tracing::debug!(target_node = target, error = %e, "clock probe failed");
             None
         }
+    }
+}
+
+impl Stamp for ClockWatch {
+    fn stamp(&self) -> Result<u64, (u64, String)> {
+        self.checked()
     }
 }
 

@@ -421,8 +421,16 @@ impl Leader {
         self.state.read().table.config().cloned().ok_or(RegistryError::NotConfigured)
     }
 
+    /// The reply to a committed Acquire or Renew. Its `registry_time_ms` (what the worker's
+    /// skew check compares with) is read checked, like a batch's stamp: a clock that stepped
+    /// since the batch is not echoed. The command committed, so a refusal here is an unknown
+    /// outcome to the caller, whose retry is safe.
     fn lease_reply(&self, grant: LeaseGrant) -> Result<Reply, RegistryError> {
-        Ok(Reply::Lease(LeaseReply { grant, registry_time_ms: self.clock.wall_ms(), config: self.config()? }))
+        let registry_time_ms = self.clocks.checked_wall_ms().map_err(|why| RegistryError::Indeterminate {
+            waited_ms: 0,
+            why: format!("committed, but this leader's clock may not stamp the reply now: {why}"),
+        })?;
+        Ok(Reply::Lease(LeaseReply { grant, registry_time_ms, config: self.config()? }))
     }
 
     async fn admin(&self, command: Command) -> Result<(), RegistryError> {

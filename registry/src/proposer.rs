@@ -8,7 +8,6 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::clock::Clock;
 use crate::error::RegistryError;
 use crate::lease::{Batch, Command, Outcome, Rules};
 use crate::limits::{COMMANDS_PER_ENTRY_MAX, ENTRY_BYTES_MAX, PROPOSAL_QUEUE_MAX};
@@ -37,12 +36,19 @@ impl std::fmt::Debug for Pending {
     }
 }
 
+/// Where a batch's stamp (`Batch::leader_wall_ms`) comes from: the leader's wall clock, read
+/// once per batch, and whether that same reading may stamp the cluster's time (the clock
+/// check, `clock_watch.rs`): `Err((wall_ms, why))` when it may not.
+pub trait Stamp: Send + Sync + 'static {
+    fn stamp(&self) -> Result<u64, (u64, String)>;
+}
+
 impl Proposer {
     /// Start the batcher. Each entry is given `timeout` to commit and apply; after that its
     /// outcome is unknown (it may still commit) and callers get `Indeterminate`.
-    pub fn start(raft: Raft, clock: Arc<dyn Clock>, timeout: Duration) -> Proposer {
+    pub fn start(raft: Raft, stamp: Arc<dyn Stamp>, timeout: Duration) -> Proposer {
         let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
-        tokio::spawn(run_batcher(raft, clock, timeout, rx));
+        tokio::spawn(run_batcher(raft, stamp, timeout, rx));
         Proposer { tx }
     }
 
@@ -59,7 +65,7 @@ impl Proposer {
     }
 }
 
-async fn run_batcher(raft: Raft, clock: Arc<dyn Clock>, timeout: Duration, mut rx: mpsc::Receiver<Pending>) {
+async fn run_batcher(raft: Raft, stamp: Arc<dyn Stamp>, timeout: Duration, mut rx: mpsc::Receiver<Pending>) {
     let in_flight = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT_MAX));
     // A command that did not fit the previous entry opens the next one.
     let mut carried: Option<Pending> = None;
@@ -80,8 +86,30 @@ async fn run_batcher(raft: Raft, clock: Arc<dyn Clock>, timeout: Duration, mut r
                 break;
             }
         }
+        // The stamp is checked here, not only when the request was admitted: the clock may
+        // have stepped while the commands waited for a slot, and the stamp becomes high-water
+        // marks and `not_before`s. Refused: nothing is proposed (definite).
+        // Commands whose outcome does not depend on the stamp (config, rules, served records,
+        // quarantines) still go.
+        let leader_wall_ms = match stamp.stamp() {
+            Ok(ms) => ms,
+            Err((wall_ms, why)) => {
+                let (stamped, clock_free): (Vec<_>, Vec<_>) =
+                    entry.pending.into_iter().partition(|p| p.command.depends_on_the_stamp());
+                if !stamped.is_empty() {
+                    tracing::warn!(%why, commands = stamped.len(), "not proposing: this leader's clock may not stamp the cluster's time now");
+                }
+                for pending in stamped {
+                    let _ = pending.reply.send(Err(RegistryError::ClockUnproven { why: why.clone() }));
+                }
+                if clock_free.is_empty() {
+                    continue;
+                }
+                entry.pending = clock_free;
+                wall_ms
+            }
+        };
         let raft = raft.clone();
-        let leader_wall_ms = clock.wall_ms();
         tokio::spawn(async move {
             write_entry(&raft, leader_wall_ms, timeout, entry.pending).await;
             drop(permit);

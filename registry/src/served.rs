@@ -49,7 +49,9 @@ pub async fn answer(node: &RegistryNode, asked: NodeId) -> Result<HistoryAnswer,
         voters,
         peer_addrs: membership.nodes().map(|(id, n)| (*id, n.peer_addr.clone())).collect(),
     };
-    Ok(HistoryAnswer::HoldsData { served, membership: Some(known) })
+    let unapplied = m.last_log_index > m.last_applied.map(|l| l.index);
+    let configured = node.state.read().table.config().is_some() || unapplied;
+    Ok(HistoryAnswer::HoldsData { served, membership: Some(known), configured })
 }
 
 /// Whether the log past `applied` records node `asked` serving.
@@ -89,7 +91,7 @@ pub async fn announce(node: RegistryNode) {
                     failures += 1;
                     // Until it sticks, a lost disk under this id would not be recognized: say
                     // so when it keeps failing (an unreachable leader, a firewall).
-                    if failures % 20 == 0 {
+                    if failures.is_multiple_of(20) {
                         tracing::warn!(node_id = node.node_id, failures, error = %e, "still cannot record that this node serves (the lost-disk guard needs it): can this node reach the leader's peer port?");
                     } else {
                         tracing::debug!(error = %e, "could not record that this node serves yet; retrying");

@@ -216,15 +216,15 @@ async fn start_node(
     )
     .await
     .map_err(|e| ServerError::Raft(e.to_string()))?;
-    let proposer = Proposer::start(raft.clone(), clock.clone(), config.request_timeout);
+    let elections = ElectionSwitch::new(raft.clone());
+    let clocks = ClockWatch::new(config.node_id, clock.clone(), config.max_clock_offset, elections);
+    let proposer = Proposer::start(raft.clone(), Arc::new(clocks.clone()), config.request_timeout);
     let settings = LeaderSettings {
         node_id: config.node_id,
         cluster_config: config.bootstrap_config(),
         leader_lease: std::time::Duration::from_millis(config.timing.election_max_ms),
         request_timeout: config.request_timeout,
     };
-    let elections = ElectionSwitch::new(raft.clone());
-    let clocks = ClockWatch::new(config.node_id, clock.clone(), config.max_clock_offset, elections);
     let leader =
         Leader::new(raft.clone(), state.clone(), tracker.clone(), proposer, clocks.clone(), settings, peers.clone());
     let node = RegistryNode {

@@ -108,6 +108,16 @@ pub enum Command {
 
 impl Command {
     /// The worker ID this command is about (`None` for cluster-wide commands).
+    /// Whether applying it reads the batch's stamp into what it records (high-water marks,
+    /// `not_before`, claim bounds, a restore's embargo): such a command is proposed only under
+    /// a stamp the clock check vouches for.
+    pub fn depends_on_the_stamp(&self) -> bool {
+        matches!(
+            self,
+            Command::Grant { .. } | Command::Renew(_) | Command::Restore(_) | Command::RestoreWithOffset { .. }
+        )
+    }
+
     pub fn worker_id(&self) -> Option<WorkerId> {
         match self {
             Command::Configure(_)

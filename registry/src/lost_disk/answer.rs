@@ -28,8 +28,19 @@ pub enum HistoryAnswer {
     /// No Raft state at all: a node of a cluster not yet bootstrapped, or one still deciding.
     Empty,
     /// Raft state (a vote, log or membership). `served`: this node remembers the asked id
-    /// serving (in its applied state or in its log).
-    HoldsData { served: bool, membership: Option<KnownMembership> },
+    /// serving (in its applied state or in its log). `configured`: the cluster config may be
+    /// committed (applied here, or entries past the applied index): before it, no lease can
+    /// exist anywhere. Absent: taken as configured.
+    HoldsData {
+        served: bool,
+        membership: Option<KnownMembership>,
+        #[serde(default = "configured_unless_said")]
+        configured: bool,
+    },
+}
+
+fn configured_unless_said() -> bool {
+    true
 }
 
 impl HistoryAnswer {
@@ -55,7 +66,9 @@ impl Received {
     pub fn counted(self) -> Option<HistoryAnswer> {
         match self {
             Received::Detailed(answer) => Some(answer),
-            Received::Legacy(true) => Some(HistoryAnswer::HoldsData { served: true, membership: None }),
+            Received::Legacy(true) => {
+                Some(HistoryAnswer::HoldsData { served: true, membership: None, configured: true })
+            }
             Received::Legacy(false) => None,
         }
     }
@@ -72,14 +85,17 @@ mod tests {
     #[test]
     fn older_answers_prove_only_that_a_node_served() {
         let read = |json: &str| serde_json::from_str::<Received>(json).unwrap().counted();
-        assert_eq!(read("true"), Some(HistoryAnswer::HoldsData { served: true, membership: None }));
+        assert_eq!(read("true"), Some(HistoryAnswer::HoldsData { served: true, membership: None, configured: true }));
         assert_eq!(read("false"), None);
         let membership = KnownMembership {
             log_id: None,
             voters: vec![BTreeSet::from([1, 2, 3])],
             peer_addrs: vec![(1, "a:1".to_string())],
         };
-        for answer in [HistoryAnswer::Empty, HistoryAnswer::HoldsData { served: false, membership: Some(membership) }] {
+        for answer in [
+            HistoryAnswer::Empty,
+            HistoryAnswer::HoldsData { served: false, membership: Some(membership), configured: false },
+        ] {
             assert_eq!(read(&serde_json::to_string(&answer).unwrap()), Some(answer));
         }
         assert!(!HistoryAnswer::Empty.served());

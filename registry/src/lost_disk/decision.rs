@@ -109,6 +109,22 @@ fn ids<'a>(ids: impl IntoIterator<Item = &'a NodeId>) -> String {
     format!("{{{out}}}")
 }
 
+/// A new cluster that another node initialized before this one saw it empty: every member
+/// answered, each either empty or holding data of a cluster not yet configured. Before the
+/// config commits, no lease exists anywhere (every lease command needs it), so nothing this
+/// node could have acknowledged matters to a lease, and it may join. The config needs a
+/// quorum, so it cannot commit while this node and the other empty ones stay out.
+fn bootstrapping_without_me(e: &Evidence) -> bool {
+    let fresh = |id: &NodeId| {
+        matches!(
+            e.answers.get(id),
+            Some(HistoryAnswer::Empty | HistoryAnswer::HoldsData { served: false, configured: false, .. })
+        )
+    };
+    e.initial.iter().filter(|id| **id != e.me).all(fresh)
+        && e.answers.values().any(|a| matches!(a, HistoryAnswer::HoldsData { .. }))
+}
+
 /// Decide from the answers so far (rules and their argument in the module docs).
 pub fn decide(e: &Evidence) -> Decision {
     if let Some((&remembered_by, _)) = e.answers.iter().find(|(_, answer)| answer.served()) {
@@ -123,6 +139,9 @@ pub fn decide(e: &Evidence) -> Decision {
         waiting.extend(short);
     }
     if e.new_cluster {
+        if bootstrapping_without_me(e) {
+            return Decision::Start(Start::Join);
+        }
         let not_seen: BTreeSet<NodeId> =
             e.initial.iter().copied().filter(|id| *id != e.me && !e.seen_empty.contains(id)).collect();
         if not_seen.is_empty() {
@@ -152,7 +171,7 @@ mod tests {
 
     /// "Holds data" from a node that knows no membership (only a vote, say).
     fn data(served: bool) -> HistoryAnswer {
-        HistoryAnswer::HoldsData { served, membership: None }
+        HistoryAnswer::HoldsData { served, membership: None, configured: true }
     }
 
     /// "Holds data, never saw it serve" from a node that knows the initial membership.
@@ -164,7 +183,8 @@ mod tests {
         let voters: Vec<BTreeSet<NodeId>> = voters.iter().map(|v| v.iter().copied().collect()).collect();
         let peer_addrs = voters.iter().flatten().map(|id| (*id, format!("h{id}:2380"))).collect();
         let log_id = Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index));
-        HistoryAnswer::HoldsData { served: false, membership: Some(KnownMembership { log_id, voters, peer_addrs }) }
+        let membership = Some(KnownMembership { log_id, voters, peer_addrs });
+        HistoryAnswer::HoldsData { served: false, membership, configured: true }
     }
 
     /// The decision of node 3 of `--initial-cluster` 1..=5 after these answers.
@@ -259,5 +279,20 @@ mod tests {
         let mut later = all.clone();
         later[0] = (1, data_in(&[&[1, 2, 3, 4, 5]], 0));
         assert_eq!(decide_with(true, &later, &[1, 2, 4, 5]), Decision::Start(Start::Join));
+    }
+
+    /// Goal: the start-up race of a new cluster — its lowest id initialized before this node
+    /// saw it empty — ends in a join while no member holding data is configured yet (no lease
+    /// can exist), and only then.
+    #[test]
+    fn a_new_cluster_initialized_before_this_node_saw_it_empty_is_joined() {
+        let fresh = HistoryAnswer::HoldsData { served: false, membership: None, configured: false };
+        let answers = [(1, fresh.clone()), (2, HistoryAnswer::Empty), (4, HistoryAnswer::Empty), (5, fresh)];
+        assert_eq!(decide_with(true, &answers, &[2, 4]), Decision::Start(Start::Join));
+        keeps_asking(&decide_with(false, &answers, &[]), "only joins");
+        let configured = [(1, data(false)), (2, HistoryAnswer::Empty), (4, HistoryAnswer::Empty), (5, data(false))];
+        keeps_asking(&decide_with(true, &configured, &[2, 4]), "not yet: {1,5}");
+        let missing = [(1, data_in(&[&[1, 2, 3, 4, 5]], 1)), (2, HistoryAnswer::Empty)];
+        keeps_asking(&decide_with(true, &missing, &[2]), "not yet");
     }
 }
