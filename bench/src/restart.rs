@@ -47,6 +47,11 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 const ERROR_BACKOFF: Duration = Duration::from_millis(5);
 /// `auto`'s goal (issue 9): restart to first ID under 2 s.
 const AUTO_GOAL_MS: f64 = 2000.0;
+/// The apply rules under which a restart is a new incarnation (`apply_rules` of
+/// registry.proto's ClusterStatusResponse: 2 = incarnations).
+const INCARNATION_RULES: u32 = 2;
+/// Longest wait for a new cluster's leader to raise the apply rules.
+const RULES_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Args)]
 pub struct RestartArgs {
@@ -375,10 +380,11 @@ impl RoundResult {
 
     /// What the boot wait was for, from the logged floor: the registry's `not_before` (the
     /// previous token's mint window; the floor is just past it) or the state dir's own
-    /// timestamp ceiling (persisted up to `--flush-interval` ahead).
+    /// timestamp ceiling (persisted up to `--flush-interval` ahead); "nothing" if it was 0.
     fn waited_for(&self) -> &'static str {
         let field = |name: &str| self.logged.as_ref().and_then(|l| l[name].as_u64());
         match (field("floor_ms"), field("not_before_ms")) {
+            _ if field("boot_wait_ms") == Some(0) => "nothing",
             (Some(floor), Some(not_before)) if floor > not_before + 1 => "local ceiling",
             (Some(_), Some(_)) => "not_before",
             _ => "unknown",
@@ -439,6 +445,8 @@ async fn round_trip(
     let stop = Arc::new(AtomicBool::new(false));
     let minting = tokio::spawn(mint_loop(w.client(security)?, stop.clone()));
     tokio::time::sleep(kill_after).await;
+    // Told first, so that the call the kill breaks ends the loop instead of counting as an
+    // error; the loop's call in flight is still the kill's to break.
     stop.store(true, Ordering::SeqCst);
     let (killed_at, killed_wall) = (Instant::now(), wall_ms());
     w.kill()?;
@@ -568,6 +576,27 @@ async fn registry_addrs(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
     bail!("no registry node reported its members")
 }
 
+/// Wait until every node applies the incarnation rules. A new cluster's leader raises them a
+/// moment after it forms (once every member answered its clock probe: over a second on a busy
+/// machine); a restart before that gets its lease back under the same token, as before
+/// incarnations, which is not what is measured here.
+async fn wait_incarnations(cluster: &Cluster) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    loop {
+        let mut rules = Vec::new();
+        for c in cluster.channels() {
+            rules.push(cluster::status(&c).await.map(|s| s.apply_rules));
+        }
+        if rules.iter().all(|r| r.is_some_and(|r| r >= INCARNATION_RULES)) {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() > RULES_TIMEOUT {
+            bail!("incarnations not in force after {RULES_TIMEOUT:?} (apply rules per node: {rules:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Where the workers run: their state dirs and logs, the registry, the bench's identity.
 struct Setup {
     dir: PathBuf,
@@ -679,6 +708,7 @@ pub async fn run(a: RestartArgs, tls: &TlsOpts) -> anyhow::Result<()> {
         None => builder.tempdir(),
     }
     .context("creating the workers' temp dir")?;
+    let rules_after = wait_incarnations(&cluster).await?;
     let side = cluster.side().clone();
     let setup = Setup {
         dir: dir.path().to_path_buf(),
@@ -687,7 +717,8 @@ pub async fn run(a: RestartArgs, tls: &TlsOpts) -> anyhow::Result<()> {
         side,
     };
     eprintln!(
-        "restart: 5-node registry up; workers with --lease-ttl {:?}, {}; state dirs and logs in {}",
+        "restart: 5-node registry up, incarnations in force {} ms after it served; workers with --lease-ttl {:?}, {}; state dirs and logs in {}",
+        rules_after.as_millis(),
         a.lease_ttl,
         if tls.is_tls() { "mutual TLS everywhere" } else { "plaintext everywhere (--insecure)" },
         setup.dir.display()
