@@ -1,7 +1,8 @@
 //! `fenceflake-bench`: closed-loop load (HDR histograms) and leader-failover gap of a 5-node
 //! Fenceflake registry of real processes on loopback; the same two for a 5-member etcd 3.4
 //! (`etcd-load`, `etcd-failover`); `compare` of both, measured in the same run; and `worker`:
-//! one worker's throughput, latency and memory against its ceiling and a no-op gRPC baseline.
+//! one worker's throughput, latency and memory against its ceiling and a no-op gRPC baseline;
+//! and `restart`: a worker process's way back to its first ID after SIGKILL, per worker-ID mode.
 //! Results are JSON lines on stdout (and `--out`); a readable line per run goes to stderr. See
 //! BENCHMARKS.md and bench/run.sh.
 //!
@@ -16,6 +17,7 @@ mod etcd;
 mod failover;
 mod load;
 mod noop_server;
+mod restart;
 mod stats;
 mod tls;
 mod worker_bench;
@@ -60,6 +62,19 @@ enum Cmd {
     Compare(compare::CompareArgs),
     /// One worker (library mode and gRPC) against its ceiling, a no-op gRPC server and UUIDv7.
     Worker(worker_bench::WorkerArgs),
+    /// SIGKILL a worker process and restart it on its state dir: time to its first ID again.
+    ///
+    /// Starts a 5-node registry and, for each of `--modes` (auto, ordinal, explicit), one
+    /// `fenceflake worker` process with its own state dir. Each round a Generate loop mints,
+    /// the worker is SIGKILLed and started again at once on the same state dir, and the time
+    /// from the SIGKILL to its first answer, to SERVING and to its first ID is measured, with
+    /// the boot wait it reports (`fenceflake_worker_boot_wait_seconds`, `lease granted` log
+    /// line). A restart is a new incarnation: it takes its lease over under a new token and
+    /// waits out the previous token's mint window (at most about one TTL), except that `auto`
+    /// takes a free worker ID when that wait would exceed 1 s (goal: back in under 2 s).
+    /// Fails if a restart kept its token or an ID was returned twice. One JSON line per mode;
+    /// a markdown table on stderr.
+    Restart(restart::RestartArgs),
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +300,7 @@ async fn dispatch(cmd: Cmd, tls: &TlsOpts) -> anyhow::Result<()> {
         Cmd::EtcdLoad(a) => etcd::load(a, tls).await,
         Cmd::EtcdFailover(a) => etcd::failover(a, tls).await,
         Cmd::Worker(a) => worker_bench::run(a, tls).await,
+        Cmd::Restart(a) => restart::run(a, tls).await,
         Cmd::Compare(a) => {
             print!("{}", compare::run(&a, tls.is_tls())?);
             Ok(())
@@ -361,6 +377,7 @@ mod tests {
         assert!(!parse(&["--insecure", "registry"]).expect("parses").tls.is_tls());
         assert!(!parse(&["worker", "--insecure"]).expect("parses").tls.is_tls());
         assert!(!parse(&["etcd-load", "--insecure"]).expect("parses").tls.is_tls());
+        assert!(!parse(&["restart", "--insecure", "--modes", "auto,explicit"]).expect("parses").tls.is_tls());
         let err = parse(&["registry", "--endpoints", "127.0.0.1:1", "--tls-ca", "ca.pem"]).expect_err("alone");
         assert!(err.to_string().contains("--tls-cert"), "{err}");
         let all = ["registry", "--tls-ca", "ca.pem", "--tls-cert", "w.pem", "--tls-key", "w.key", "--insecure"];
