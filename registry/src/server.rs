@@ -224,7 +224,7 @@ async fn start_node(
         request_timeout: config.request_timeout,
     };
     let elections = ElectionSwitch::new(raft.clone());
-    let clocks = ClockWatch::new(config.node_id, clock.clone(), config.max_clock_offset, elections);
+    let clocks = ClockWatch::new(config.node_id, clock.clone(), config.max_clock_offset, config.clock_check, elections);
     let leader =
         Leader::new(raft.clone(), state.clone(), tracker.clone(), proposer, clocks.clone(), settings, peers.clone());
     let node = RegistryNode {
