@@ -2,7 +2,8 @@
 # The harness part of the test suite: every scenario briefly, then the self-tests that prove
 # a green run means something (workers without their deadline check must make `pause` fail;
 # registry nodes without authorization must make `adversary` fail; workers without
-# incarnations must make `clone-state` fail).
+# incarnations must make `clone-state` fail; registry nodes without their clock check must make
+# `registry-clock-skew` fail).
 # Scenarios run one process each (the same seed and schedule as `--scenario all`), so one that
 # cannot start does not stop the others; a table of them closes the output.
 #
@@ -113,6 +114,22 @@ if [ "$code" = 1 ]; then
 else
     echo "FAILED self-test: with incarnations off the clone-state scenario exited $code, not 1 (invalid)"
     row self-test-incarnations "FAILED($code)" "$secs"
+    failed=$((failed + 1))
+fi
+
+# And for the registry's clock check: a leader whose clock jumped ten minutes keeps leading and
+# stamps its time into leases and replies, so the registry-clock-skew scenario must be invalid.
+run --scenario registry-clock-skew --seed 7 --store "$store/self-test-clock-check" --unsafe-disable-clock-check --fenceflake "$unsafe_bin"
+if [ "$code" = 1 ]; then
+    echo "self-test: with the clock check off, the registry-clock-skew scenario is invalid, as it must be"
+    row self-test-clock-check PASSED "$secs"
+    passed=$((passed + 1))
+elif [ "$needs" = 1 ]; then
+    row self-test-clock-check SKIPPED "$secs"
+    needs_faketime+=(self-test-clock-check)
+else
+    echo "FAILED self-test: with the clock check off the registry-clock-skew scenario exited $code, not 1 (invalid)"
+    row self-test-clock-check "FAILED($code)" "$secs"
     failed=$((failed + 1))
 fi
 

@@ -11,7 +11,9 @@ use clap::{Args, ValueEnum};
 use fenceflake_proto::duration::parse_duration;
 use fenceflake_proto::tls::TlsArgs;
 use fenceflake_registry::clock::SystemClock;
-use fenceflake_registry::config::{parse_initial_cluster, InitialClusterState, LayoutFlags, NodeConfig, RaftTiming};
+use fenceflake_registry::config::{
+    parse_initial_cluster, ClockCheck, InitialClusterState, LayoutFlags, NodeConfig, RaftTiming,
+};
 use fenceflake_registry::raft::types::PeerNode;
 use fenceflake_registry::server::{self, Listeners};
 use fenceflake_worker::config::statefulset_ordinal;
@@ -148,12 +150,19 @@ pub struct RegistryArgs {
     /// Serve operator RPCs on --admin-addr only: the client port refuses them.
     #[arg(long, env = "FENCEFLAKE_ADMIN_ONLY", requires = "admin_addr")]
     admin_only: bool,
+    /// UNSAFE, harness self-test only, and only in the separately built test binary (feature
+    /// `unsafe-test-switches`): the clock check always says "within", so a node leads and
+    /// stamps the cluster's time whatever its wall clock, to prove the harness catches it.
+    #[cfg(feature = "unsafe-test-switches")]
+    #[arg(long, env = "FENCEFLAKE_UNSAFE_DISABLE_CLOCK_CHECK", hide = true)]
+    unsafe_disable_clock_check: bool,
     #[command(flatten)]
     tls: TlsArgs,
 }
 
 impl RegistryArgs {
     fn into_config(self) -> anyhow::Result<NodeConfig> {
+        let clock_check = self.clock_check();
         let initial_cluster = parse_initial_cluster(&self.initial_cluster)?;
         let advertise = PeerNode {
             peer_addr: self.advertise_peer_addr.unwrap_or_else(|| self.peer_addr.to_string()),
@@ -184,10 +193,21 @@ impl RegistryArgs {
             },
             request_timeout: self.request_timeout,
             max_clock_offset: self.max_clock_offset,
+            clock_check,
             snapshot_logs: self.snapshot_logs,
             metrics_addr: self.metrics_addr,
             admin_only: self.admin_only,
         })
+    }
+
+    /// The clock check: enforced, unless the test binary's unsafe switch turns it off.
+    fn clock_check(&self) -> ClockCheck {
+        #[cfg(feature = "unsafe-test-switches")]
+        if self.unsafe_disable_clock_check {
+            tracing::error!("UNSAFE: the clock check is disabled; this node leads and stamps leases whatever its wall clock (harness self-test only)");
+            return ClockCheck::DisabledUnsafe;
+        }
+        ClockCheck::Enforced
     }
 }
 

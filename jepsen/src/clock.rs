@@ -1,6 +1,9 @@
 //! The harness's clocks. Every process of a run (controller, workload) stamps events with
 //! CLOCK_MONOTONIC, which is machine-wide (the same in every network namespace and never
-//! faked: libfaketime runs with DONT_FAKE_MONOTONIC=1), minus the run's origin.
+//! faked: libfaketime runs with DONT_FAKE_MONOTONIC=1), minus the run's origin. The wall
+//! clocks of the processes under test can be faked: each reads its offset from a file.
+
+use std::path::Path;
 
 use nix::time::{clock_gettime, ClockId};
 
@@ -14,6 +17,24 @@ pub fn mono_ns() -> u64 {
 /// The harness's (unfaked) wall clock, ms since the Unix epoch.
 pub fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The environment that starts a process under libfaketime `lib` with its wall clock offset
+/// read from `offset_file` on every read (so the nemesis can step it while it runs), and its
+/// monotonic clock real (tokio's timers and the deadline logic see real elapsed time).
+pub fn faketime_env(lib: &Path, offset_file: &Path) -> Vec<(String, String)> {
+    vec![
+        ("LD_PRELOAD".to_string(), lib.display().to_string()),
+        ("FAKETIME_TIMESTAMP_FILE".to_string(), offset_file.display().to_string()),
+        ("FAKETIME_NO_CACHE".to_string(), "1".to_string()),
+        ("DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+    ]
+}
+
+/// Set the wall clock offset of the processes reading `offset_file` to `offset_ms`.
+pub fn write_offset(offset_file: &Path, offset_ms: i64) -> std::io::Result<()> {
+    let seconds = offset_ms as f64 / 1000.0;
+    std::fs::write(offset_file, format!("{seconds:+}\n"))
 }
 
 /// Time since a run's origin, on the shared monotonic clock.

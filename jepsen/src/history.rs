@@ -196,6 +196,24 @@ pub struct RegistryOp {
     pub result: Option<RegistryResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Acquire and Renew ok: the times the lease states, to hold against the harness's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamps: Option<LeaseStamps>,
+}
+
+/// The registry's clock as a granted or renewed lease shows it, and the harness's (unfaked)
+/// wall clock around the call: a leader's clock far off the cluster's moves these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseStamps {
+    /// The harness's wall clock when the call was sent and when its answer came (ms since
+    /// the Unix epoch).
+    pub sent_wall_ms: u64,
+    pub received_wall_ms: u64,
+    /// The leader's wall clock when it handled the call.
+    pub registry_time_ms: u64,
+    pub not_before_ms: u64,
+    pub mint_until_ms: u64,
+    pub ttl_ms: u64,
 }
 
 /// What the registry answered, tagged by `"outcome"`.

@@ -82,6 +82,11 @@ struct TestArgs {
     /// scenario must then be invalid.
     #[arg(long, requires = "fenceflake")]
     unsafe_disable_incarnations: bool,
+    /// Self-test: registry nodes' clock check always says "within", so a leader whose clock
+    /// jumped keeps leading and stamping. Needs `--fenceflake` naming the test binary; the
+    /// `registry-clock-skew` scenario must then be invalid.
+    #[arg(long, requires = "fenceflake")]
+    unsafe_disable_clock_check: bool,
     /// Run every process plaintext (`--insecure`), for comparison; by default each run makes
     /// its own CA and every process and client uses mutual TLS with a certificate of its own.
     #[arg(long)]
@@ -256,6 +261,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         unsafe_disable_deadline_check,
         unsafe_disable_authorization,
         unsafe_disable_incarnations,
+        unsafe_disable_clock_check,
         insecure,
     } = args;
     if !nix::unistd::geteuid().is_root() {
@@ -273,6 +279,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     let switches = [
         (unsafe_disable_authorization, "--unsafe-disable-authorization", process::UNSAFE_DISABLE_AUTHORIZATION),
         (unsafe_disable_incarnations, "--unsafe-disable-incarnations", process::UNSAFE_DISABLE_INCARNATIONS),
+        (unsafe_disable_clock_check, "--unsafe-disable-clock-check", process::UNSAFE_DISABLE_CLOCK_CHECK),
     ];
     for (_, flag, switch) in switches.into_iter().filter(|s| s.0) {
         anyhow::ensure!(
@@ -303,6 +310,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
             unsafe_disable_deadline_check,
             unsafe_disable_authorization,
             unsafe_disable_incarnations,
+            unsafe_disable_clock_check,
             insecure,
         };
         let outcome = run(&options)?;

@@ -18,10 +18,18 @@ pub const UNSAFE_DISABLE_AUTHORIZATION: &str = "FENCEFLAKE_UNSAFE_DISABLE_AUTHOR
 /// The variable of the test binary's workers that makes them state no incarnation, so that
 /// copies of one state dir share one token (the `--unsafe-disable-incarnations` self-test).
 pub const UNSAFE_DISABLE_INCARNATIONS: &str = "FENCEFLAKE_UNSAFE_DISABLE_INCARNATIONS";
+/// The variable of the test binary's registry nodes that makes their clock check always say
+/// "within", so a fast leader keeps leading and stamping (the `--unsafe-disable-clock-check`
+/// self-test).
+pub const UNSAFE_DISABLE_CLOCK_CHECK: &str = "FENCEFLAKE_UNSAFE_DISABLE_CLOCK_CHECK";
 /// The test binary's unsafe switches read from the environment: a process gets one only from
 /// its spec (a self-test), never from the harness's own environment.
-const UNSAFE_ENV_VARS: [&str; 3] =
-    [UNSAFE_DISABLE_AUTHORIZATION, "FENCEFLAKE_UNSAFE_DISABLE_DEADLINE_CHECK", UNSAFE_DISABLE_INCARNATIONS];
+const UNSAFE_ENV_VARS: [&str; 4] = [
+    UNSAFE_DISABLE_AUTHORIZATION,
+    "FENCEFLAKE_UNSAFE_DISABLE_DEADLINE_CHECK",
+    UNSAFE_DISABLE_INCARNATIONS,
+    UNSAFE_DISABLE_CLOCK_CHECK,
+];
 
 /// How to start one process; kept so it can be restarted identically (or with changes).
 #[derive(Debug, Clone)]

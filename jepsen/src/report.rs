@@ -328,6 +328,7 @@ mod tests {
             "performance",
             "adversary",
             "clone-convergence",
+            "registry-clock",
         ] {
             assert!(html.contains(name), "verdict table lacks {name}");
         }
@@ -338,7 +339,7 @@ mod tests {
         assert_eq!(results["reproduce"], reproduce);
         assert_eq!(results["tls"], true);
         assert_eq!(recorded_tls(dir.path()), Some(true), "a re-check keeps the run's transport");
-        assert_eq!(results["checks"].as_array().map(Vec::len), Some(8));
+        assert_eq!(results["checks"].as_array().map(Vec::len), Some(9));
         assert_eq!(results["adversary"], serde_json::json!([]), "no forged calls, no table");
         assert!(!html.contains("id=\"adversary\""));
         assert_eq!(results["valid"], "true", "{}", serde_json::to_string_pretty(&results["checks"]).unwrap());

@@ -23,7 +23,9 @@ use crate::history::{self, Event, HistoryWriter, NemesisEvent, NemesisPhase, Pro
 use crate::net::{Faults, Network};
 use crate::process::{Managed, Spec};
 use crate::report::Provenance;
-use crate::scenario::{adversary_window, clone_count, schedule, Action, Scenario, Shape, Sizes, Step};
+use crate::scenario::{
+    adversary_window, clone_count, schedule, steps_registry_clocks, Action, Scenario, Shape, Sizes, Step,
+};
 use crate::supervise::{Seen, Supervisor, RESTART_PAUSE};
 use crate::tls::{CertDir, Transport, CONTROLLER, WORKLOAD_CLIENT, WORKLOAD_REGISTRY};
 
@@ -57,6 +59,9 @@ pub struct RunOptions {
     /// Self-test: workers state no incarnation (the test binary's switch), so copies of one
     /// state dir share one token; the `clone-state` scenario must then fail.
     pub unsafe_disable_incarnations: bool,
+    /// Self-test: registry nodes' clock check always says "within" (the test binary's switch),
+    /// so a fast leader keeps leading; the `registry-clock-skew` scenario must then fail.
+    pub unsafe_disable_clock_check: bool,
     /// Plaintext everywhere (`--insecure` on every process) instead of mutual TLS.
     pub insecure: bool,
 }
@@ -90,6 +95,9 @@ impl RunOptions {
         }
         if self.unsafe_disable_incarnations {
             cmd.push_str(" --unsafe-disable-incarnations");
+        }
+        if self.unsafe_disable_clock_check {
+            cmd.push_str(" --unsafe-disable-clock-check");
         }
         if self.insecure {
             cmd.push_str(" --insecure");
@@ -130,7 +138,12 @@ struct Cluster {
     unsafe_authorization: bool,
     /// Self-test: workers state no incarnation.
     unsafe_incarnations: bool,
+    /// Self-test: registry nodes run with their clock check off.
+    unsafe_clock_check: bool,
+    /// Each worker's libfaketime offset file.
     clock_files: Vec<PathBuf>,
+    /// Each registry node's, when the scenario steps registry clocks (else empty).
+    registry_clock_files: Vec<PathBuf>,
     dir: PathBuf,
     fenceflake: PathBuf,
     /// Mutual TLS (this run's certificates) or plaintext, for every process.
@@ -179,7 +192,9 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
         unsafe_deadline: options.unsafe_disable_deadline_check,
         unsafe_authorization: options.unsafe_disable_authorization,
         unsafe_incarnations: options.unsafe_disable_incarnations,
+        unsafe_clock_check: options.unsafe_disable_clock_check,
         clock_files: Vec::new(),
+        registry_clock_files: Vec::new(),
         nemesis: HistoryWriter::open(&dir.join("nemesis.jsonl"))?,
         dir: dir.clone(),
         fenceflake: options.fenceflake.clone(),
@@ -246,7 +261,7 @@ fn transport(options: &RunOptions, dir: &std::path::Path, adversary: bool) -> an
 
 impl Cluster {
     fn drive(&mut self, options: &RunOptions, steps: &[Step]) -> anyhow::Result<()> {
-        self.start_registries()?;
+        self.start_registries(steps_registry_clocks(steps))?;
         self.wait_leader(Duration::from_secs(20))?;
         let clock_faults = steps.iter().any(|s| matches!(s.action, Action::ClockStep { .. }));
         self.start_workers(options, clock_faults)?;
@@ -339,7 +354,14 @@ impl Cluster {
             .collect()
     }
 
-    fn start_registries(&mut self) -> anyhow::Result<()> {
+    /// Start the five registry nodes; under libfaketime, each with an offset file, if the
+    /// scenario steps their clocks (a running process cannot be put under it later).
+    fn start_registries(&mut self, clock_faults: bool) -> anyhow::Result<()> {
+        let faketime = if clock_faults {
+            Some(crate::faketime_library().context("this scenario needs libfaketime (apt-get install libfaketime)")?)
+        } else {
+            None
+        };
         let initial: Vec<String> = (1..=5)
             .filter_map(|i| self.network.host(&format!("n{i}")).map(|h| (i, h.ip)))
             .map(|(i, ip)| format!("{i}={ip}:{REGISTRY_PEER_PORT}/{ip}:{REGISTRY_CLIENT_PORT}"))
@@ -347,7 +369,7 @@ impl Cluster {
         for i in 1..=5 {
             let name = format!("n{i}");
             let ip = self.network.host(&name).context("registry host")?.ip;
-            let args = vec![
+            let mut args = vec![
                 "registry".into(),
                 "--node-id".into(),
                 i.to_string(),
@@ -360,10 +382,19 @@ impl Cluster {
                 "--initial-cluster".into(),
                 initial.join(","),
             ];
+            if self.unsafe_clock_check {
+                args.push("--unsafe-disable-clock-check".into());
+            }
             let mut env = vec![("RUST_LOG".to_string(), "info,openraft=warn".to_string())];
             env.extend(self.transport.env(("node", &i.to_string()))?);
             if self.unsafe_authorization {
                 env.push((crate::process::UNSAFE_DISABLE_AUTHORIZATION.to_string(), "1".to_string()));
+            }
+            if let Some(lib) = &faketime {
+                let clock_file = self.dir.join(format!("clock-{name}"));
+                crate::clock::write_offset(&clock_file, 0)?;
+                env.extend(crate::clock::faketime_env(lib, &clock_file));
+                self.registry_clock_files.push(clock_file);
             }
             let mut managed = Managed::new(self.spec(&name, args, env)?);
             managed.start()?;
@@ -381,18 +412,13 @@ impl Cluster {
             let name = format!("w{i}");
             let ip = self.network.host(&name).context("worker host")?.ip;
             let clock_file = self.dir.join(format!("clock-{name}"));
-            std::fs::write(&clock_file, "+0\n")?;
+            crate::clock::write_offset(&clock_file, 0)?;
             let mut args = self.worker_args(&name, &self.state_dir(&name), &format!("{ip}:{WORKER_PORT}"), None);
             args.extend(["--log-format".into(), "json".into()]);
             let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
             env.extend(self.transport.env(("worker", &name))?);
             if let (true, Some(lib)) = (clock_faults, &faketime) {
-                env.extend([
-                    ("LD_PRELOAD".to_string(), lib.display().to_string()),
-                    ("FAKETIME_TIMESTAMP_FILE".to_string(), clock_file.display().to_string()),
-                    ("FAKETIME_NO_CACHE".to_string(), "1".to_string()),
-                    ("DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
-                ]);
+                env.extend(crate::clock::faketime_env(lib, &clock_file));
             }
             let mut managed = Managed::new(self.spec(&name, args, env)?);
             managed.start()?;
@@ -583,11 +609,13 @@ impl Cluster {
             }
             Action::ResumeAll => self.resume_all(),
             Action::ClockStep { worker, offset_ms } => self.clock_step(*worker, *offset_ms),
+            Action::RegistryClockStep { offset_ms } => self.registry_clock_step(*offset_ms),
             Action::ClockReset => {
-                for file in &self.clock_files {
-                    std::fs::write(file, "+0\n")?;
+                for file in self.clock_files.iter().chain(&self.registry_clock_files) {
+                    crate::clock::write_offset(file, 0)?;
                 }
                 self.stop_active("clock-");
+                self.stop_active("registry-clock-");
                 Ok(())
             }
             Action::DuplicateManifest { worker } => self.duplicate_manifest(*worker),
@@ -678,10 +706,19 @@ impl Cluster {
         Ok(())
     }
 
+    /// Move the leading registry node's wall clock by `offset_ms` (libfaketime reads the file).
+    fn registry_clock_step(&mut self, offset_ms: i64) -> anyhow::Result<()> {
+        let leader = self.leader_index().context("no leader whose clock to step")?;
+        let file = self.registry_clock_files.get(leader).context("registry nodes run without libfaketime")?;
+        crate::clock::write_offset(file, offset_ms)?;
+        let name = format!("registry-clock-n{}", leader + 1);
+        self.record(NemesisPhase::Start, &name, format!("the leader's wall clock offset {offset_ms:+} ms"));
+        Ok(())
+    }
+
     /// Move a worker's wall clock by `offset_ms` (libfaketime reads the file).
     fn clock_step(&mut self, worker: usize, offset_ms: i64) -> anyhow::Result<()> {
-        let seconds = offset_ms as f64 / 1000.0;
-        std::fs::write(&self.clock_files[worker], format!("{seconds:+}\n"))?;
+        crate::clock::write_offset(&self.clock_files[worker], offset_ms)?;
         let name = format!("clock-{}", self.workers[worker].spec.name);
         self.record(NemesisPhase::Start, &name, format!("wall clock offset {offset_ms:+} ms"));
         Ok(())

@@ -60,7 +60,12 @@ pub enum Action {
         worker: usize,
         offset_ms: i64,
     },
-    /// Reset every worker's clock offset to zero.
+    /// Step the wall clock of the registry node leading at that moment by this many
+    /// milliseconds (every registry node runs under libfaketime in such a scenario).
+    RegistryClockStep {
+        offset_ms: i64,
+    },
+    /// Reset every worker's and registry node's clock offset to zero.
     ClockReset,
     /// Start a second worker process claiming the same explicit worker ID as `worker`.
     DuplicateManifest {
@@ -84,6 +89,15 @@ pub enum Action {
     Adversary,
     /// ... and stops.
     AdversaryStop,
+}
+
+/// How far `registry-clock-skew` moves the leader's wall clock: the reproduced failure of
+/// issue 9 (a registry node ten minutes fast, leading).
+pub const REGISTRY_CLOCK_JUMP_MS: i64 = 600_000;
+
+/// Whether the schedule steps a registry node's clock (its nodes then start under libfaketime).
+pub fn steps_registry_clocks(steps: &[Step]) -> bool {
+    steps.iter().any(|s| matches!(s.action, Action::RegistryClockStep { .. }))
 }
 
 /// An action at an offset from the start of the run.
@@ -131,6 +145,10 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "clone-state",
         about: "a running worker's state dir copied to a new process (a cloned VM), once and twice at once",
+    },
+    Scenario {
+        name: "registry-clock-skew",
+        about: "the registry leader's wall clock jumps 10 min ahead, twice, then back",
     },
     Scenario { name: "random-mix", about: "a seeded random mix of all of the above" },
 ];
@@ -226,6 +244,12 @@ pub fn schedule(scenario: &Scenario, sizes: Sizes, limit: Duration, seed: u64) -
             step(at(0.0), Action::CloneState { worker, copies: 1 }),
             step(at(0.4), Action::CloneState { worker: (worker + 1) % sizes.workers, copies: 2 }),
         ],
+        // Ten minutes ahead, far beyond --max-clock-offset and the workers' --max-skew: the
+        // leader must step aside and admit nothing it would stamp; each round hits whichever
+        // node leads then.
+        "registry-clock-skew" => {
+            cycle(at, &[Action::RegistryClockStep { offset_ms: REGISTRY_CLOCK_JUMP_MS }], Action::ClockReset)
+        }
         _ => random_mix(&mut rng, sizes, start, heal_by),
     }
 }
@@ -342,6 +366,21 @@ mod tests {
         assert!(steps.iter().all(|s| s.at >= limit / 5 && s.at < limit * 7 / 10), "{steps:?}");
         assert_eq!(clone_count(&steps), 3);
         assert_eq!(clone_count(&schedule(find("pause").unwrap(), sizes(), limit, 42)), 0);
+    }
+
+    /// Goal: `registry-clock-skew` jumps the leader's clock ten minutes ahead twice inside the
+    /// fault window and puts it back each time; no other scenario fakes registry clocks.
+    #[test]
+    fn registry_clock_skew_jumps_the_leader_and_heals() {
+        let limit = Duration::from_secs(20);
+        let steps = schedule(find("registry-clock-skew").unwrap(), sizes(), limit, 42);
+        let jump = Action::RegistryClockStep { offset_ms: REGISTRY_CLOCK_JUMP_MS };
+        let actions: Vec<&Action> = steps.iter().map(|s| &s.action).collect();
+        assert_eq!(actions, [&jump, &Action::ClockReset, &jump, &Action::ClockReset]);
+        assert!(steps.iter().all(|s| s.at >= limit / 5 && s.at <= limit * 7 / 10), "{steps:?}");
+        assert!(steps_registry_clocks(&steps));
+        let others = SCENARIOS.iter().filter(|s| s.name != "registry-clock-skew");
+        assert!(others.into_iter().all(|s| !steps_registry_clocks(&schedule(s, sizes(), limit, 42))));
     }
 
     #[test]

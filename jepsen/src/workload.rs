@@ -19,8 +19,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::clock::{wall_ms, RunClock};
 use crate::history::{
-    ClientOp, Event, GenerateFn, HistoryWriter, IdRange, LeaseEvent, LeaseEventKind, Phase, RegistryFn, RegistryOp,
-    RegistryResult, Rejection,
+    ClientOp, Event, GenerateFn, HistoryWriter, IdRange, LeaseEvent, LeaseEventKind, LeaseStamps, Phase, RegistryFn,
+    RegistryOp, RegistryResult, Rejection,
 };
 
 /// How long one client call may take before its outcome is recorded as unknown (`info`).
@@ -433,6 +433,7 @@ async fn registry_workload(
                 time_ns: clock.now_ns(),
                 result: None,
                 error: None,
+                stamps: None,
             };
             record(&history, Event::Registry(op.clone()));
             let done = registry_call(client, &op).await;
@@ -454,7 +455,18 @@ async fn registry_workload(
 async fn registry_call(mut client: RegistryClient<Channel>, op: &RegistryOp) -> RegistryOp {
     let worker_id = op.worker_id.unwrap_or_default();
     let token = op.token.unwrap_or_default();
-    let result: Result<RegistryResult, tonic::Status> = match op.f {
+    let sent_wall_ms = wall_ms();
+    let stamped = |l: &pb::Lease| {
+        Some(LeaseStamps {
+            sent_wall_ms,
+            received_wall_ms: wall_ms(),
+            registry_time_ms: l.registry_time_ms,
+            not_before_ms: l.not_before_ms,
+            mint_until_ms: l.mint_until_ms,
+            ttl_ms: l.ttl_ms,
+        })
+    };
+    let result: Result<(RegistryResult, Option<LeaseStamps>), tonic::Status> = match op.f {
         RegistryFn::Acquire => {
             let req = pb::AcquireRequest {
                 holder: op.holder.clone().unwrap_or_default(),
@@ -462,25 +474,25 @@ async fn registry_call(mut client: RegistryClient<Channel>, op: &RegistryOp) -> 
                 ttl_ms: 5000,
                 incarnation: 0,
             };
-            timed(client.acquire(req)).await.map(|l| RegistryResult::Granted { worker_id: l.worker_id, token: l.token })
+            timed(client.acquire(req))
+                .await
+                .map(|l| (RegistryResult::Granted { worker_id: l.worker_id, token: l.token }, stamped(&l)))
         }
         RegistryFn::Renew => {
-            let req = pb::RenewRequest { worker_id, token, wall_ms_at_send: wall_ms(), max_minted_ts_ms: 0 };
-            timed(client.renew(req)).await.map(|l| RegistryResult::Renewed { token: l.token })
+            let req = pb::RenewRequest { worker_id, token, wall_ms_at_send: sent_wall_ms, max_minted_ts_ms: 0 };
+            timed(client.renew(req)).await.map(|l| (RegistryResult::Renewed { token: l.token }, stamped(&l)))
         }
         RegistryFn::Release => {
             let req = pb::ReleaseRequest { worker_id, token, last_ts_ms: 0 };
-            timed(client.release(req)).await.map(|_| RegistryResult::Released)
+            timed(client.release(req)).await.map(|_| (RegistryResult::Released, None))
         }
-        RegistryFn::Get => {
-            timed(client.get_lease(pb::GetLeaseRequest { worker_id })).await.map(|l| RegistryResult::Lease {
-                holder: (!l.holder.is_empty() && l.state != "FREE").then_some(l.holder),
-                token: l.token,
-            })
-        }
+        RegistryFn::Get => timed(client.get_lease(pb::GetLeaseRequest { worker_id })).await.map(|l| {
+            let holder = (!l.holder.is_empty() && l.state != "FREE").then_some(l.holder);
+            (RegistryResult::Lease { holder, token: l.token }, None)
+        }),
     };
     match result {
-        Ok(result) => RegistryOp { phase: Phase::Ok, result: Some(result), ..op.clone() },
+        Ok((result, stamps)) => RegistryOp { phase: Phase::Ok, result: Some(result), stamps, ..op.clone() },
         Err(status) => {
             let (phase, rejection) = registry_outcome(&status);
             RegistryOp {

@@ -25,6 +25,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::clock::{Clock, MonoTime};
 use crate::clock_check::{self, Now, Policy, Probe, Verdict};
+use crate::config::ClockCheck;
 use crate::error::RegistryError;
 use crate::leader::member_roles;
 use crate::lease::Rules;
@@ -59,6 +60,8 @@ pub struct ClockWatch {
     raft: Raft,
     clock: Arc<dyn Clock>,
     policy: Policy,
+    /// Off only in the harness's self-test binary.
+    check: ClockCheck,
     elections: ElectionSwitch,
     probes: Arc<Mutex<BTreeMap<NodeId, Probe>>>,
     /// The newest apply rules each voter's release knows, from its latest probe answer, and when.
@@ -76,13 +79,20 @@ impl std::fmt::Debug for ClockWatch {
 }
 
 impl ClockWatch {
-    pub fn new(me: NodeId, clock: Arc<dyn Clock>, max_offset: Duration, elections: ElectionSwitch) -> ClockWatch {
+    pub fn new(
+        me: NodeId,
+        clock: Arc<dyn Clock>,
+        max_offset: Duration,
+        check: ClockCheck,
+        elections: ElectionSwitch,
+    ) -> ClockWatch {
         let policy = Policy { max_offset_ms: max_offset.as_millis() as u64, fresh_for: PROBE_FRESH_FOR };
         ClockWatch {
             me,
             raft: elections.raft().clone(),
             clock,
             policy,
+            check,
             elections,
             probes: Arc::default(),
             rules: Arc::default(),
@@ -117,7 +127,16 @@ impl ClockWatch {
 
     fn verdict_at(&self, now: Now) -> Verdict {
         let probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        clock_check::judge(&self.policy, self.me, &voters(&self.raft), &probes, now)
+        let verdict = clock_check::judge(&self.policy, self.me, &voters(&self.raft), &probes, now);
+        match self.check {
+            ClockCheck::Enforced => verdict,
+            // UNSAFE (harness self-test): any clock may lead; the real offset stays visible.
+            #[cfg(any(test, feature = "unsafe-test-switches"))]
+            ClockCheck::DisabledUnsafe => Verdict::Within {
+                median: verdict.median().unwrap_or(fenceflake_proto::clock_offset::OffsetBounds::exact(0)),
+                sampled: 1,
+            },
+        }
     }
 
     /// This node's wall clock, if the probes prove that very reading within the bound: the

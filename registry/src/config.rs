@@ -63,6 +63,8 @@ pub struct NodeConfig {
     /// `--max-clock-offset`: how far this node's wall clock may be from the median of a
     /// quorum of the voters' clocks for it to campaign and lead (`clock_check.rs`).
     pub max_clock_offset: Duration,
+    /// The clock check on (always, in production) or off (harness self-test only).
+    pub clock_check: ClockCheck,
     /// Log entries between snapshots (the log is purged behind each snapshot).
     pub snapshot_logs: u64,
     pub metrics_addr: Option<SocketAddr>,
@@ -70,6 +72,18 @@ pub struct NodeConfig {
     /// NetworkPolicy that lets workers reach the client port keeps them from membership,
     /// snapshots and quarantine even with a stolen operator certificate in the wrong place.
     pub admin_only: bool,
+}
+
+/// Whether the clock check (`clock_check.rs`) decides who may lead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockCheck {
+    Enforced,
+    /// UNSAFE: every verdict says "within", so a node leads and stamps the cluster's time
+    /// whatever its wall clock (elections and admission as before the check). Exists so a
+    /// harness run can show that a fast leader is caught; compiled only into unit tests and
+    /// the separately built test binary (feature `unsafe-test-switches`).
+    #[cfg(any(test, feature = "unsafe-test-switches"))]
+    DisabledUnsafe,
 }
 
 /// `--max-clock-offset` by default: half the workers' default `--max-skew` (500 ms), so a
@@ -230,6 +244,7 @@ impl NodeConfig {
             timing: RaftTiming::default(),
             request_timeout: Duration::from_secs(2),
             max_clock_offset: DEFAULT_MAX_CLOCK_OFFSET,
+            clock_check: ClockCheck::Enforced,
             snapshot_logs: 5_000,
             metrics_addr: None,
             admin_only: false,

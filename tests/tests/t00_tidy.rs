@@ -135,11 +135,12 @@ fn every_rust_file_opens_with_a_module_doc() {
     }
 }
 
-/// Goal (issue 9, point 8): the unsafe test switches (the worker's deadline check, the
-/// servers' authorization) exist only in the separately built test binary. No workspace
-/// member enables the `unsafe-test-switches` feature (so cargo's feature unification cannot
-/// pull it into `cargo build` or `cargo build --release`), and the binary the tests run — and
-/// any release binary built here — carries none of the switches' variable names.
+/// Goal (issue 9, point 8): the unsafe test switches (the worker's deadline check and
+/// incarnations, the servers' authorization, the registry's clock check) exist only in the
+/// separately built test binary. No workspace member enables the `unsafe-test-switches`
+/// feature (so cargo's feature unification cannot pull it into `cargo build` or `cargo build
+/// --release`), and the binary the tests run — and any release binary built here — carries
+/// none of the switches' variable names.
 #[test]
 fn unsafe_switches_stay_out_of_the_binaries_the_tests_and_users_run() {
     for manifest in [

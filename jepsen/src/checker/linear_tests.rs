@@ -44,6 +44,7 @@ impl R {
             time_ns: call_ms * MS,
             result: None,
             error: None,
+            stamps: None,
         };
         self.events.push(Event::Registry(invoke.clone()));
         if phase != Phase::Invoke {

@@ -18,6 +18,7 @@ pub mod linear;
 pub mod monotonic;
 pub mod parking;
 pub mod perf;
+pub mod registry_clock;
 pub mod unique;
 mod wgl;
 
@@ -175,6 +176,7 @@ pub fn check_all(events: &[Event], config: &CheckConfig) -> Analysis {
         perf::check(&perf, &config.perf),
         adversary::check(events),
         convergence::check(events),
+        registry_clock::check(events),
     ];
     Analysis { results, perf, adversary: adversary::counts(events) }
 }
