@@ -11,7 +11,7 @@ use crate::lease::Command;
 use crate::lost_disk::{HistoryAnswer, KnownMembership};
 use crate::node::RegistryNode;
 use crate::proposal::Proposal;
-use crate::raft::types::{LogId, NodeId, StorageError, Vote};
+use crate::raft::types::{Entry, LogId, NodeId, StorageError, Vote};
 use crate::storage::{LogStore, OpenedStorage};
 
 /// Pause between attempts to record that this node served.
@@ -42,29 +42,31 @@ pub async fn answer(node: &RegistryNode, asked: NodeId) -> Result<HistoryAnswer,
     if blank {
         return Ok(HistoryAnswer::Empty);
     }
-    let served = node.state.read().table.has_served(asked) || in_log_tail(node, asked, m.last_applied).await?;
+    let tail = log_tail(node, m.last_applied).await?;
+    let in_tail = |wanted: &dyn Fn(&Command) -> bool| {
+        tail.iter().any(|entry| match &entry.payload {
+            EntryPayload::Normal(batch) => batch.commands.iter().any(wanted),
+            _ => false,
+        })
+    };
+    let served = node.state.read().table.has_served(asked)
+        || in_tail(&|c| matches!(c, Command::NodeServed { node_id } if *node_id == asked));
     let voters: Vec<_> = membership.get_joint_config().clone();
     let known = KnownMembership {
         log_id: *m.membership_config.log_id(),
         voters,
         peer_addrs: membership.nodes().map(|(id, n)| (*id, n.peer_addr.clone())).collect(),
     };
-    let unapplied = m.last_log_index > m.last_applied.map(|l| l.index);
-    let configured = node.state.read().table.config().is_some() || unapplied;
+    // Any command past the applied index may follow a config this node has not applied yet.
+    let configured = node.state.read().table.config().is_some() || in_tail(&|_| true);
     Ok(HistoryAnswer::HoldsData { served, membership: Some(known), configured })
 }
 
-/// Whether the log past `applied` records node `asked` serving.
-async fn in_log_tail(node: &RegistryNode, asked: NodeId, applied: Option<LogId>) -> Result<bool, StorageError> {
+/// The log past `applied` (committed entries a full stop left unapplied, and uncommitted ones).
+async fn log_tail(node: &RegistryNode, applied: Option<LogId>) -> Result<Vec<Entry>, StorageError> {
     let mut log = LogStore::open(&node.db).map_err(|e| openraft::StorageIOError::read_logs(&e))?;
     let from = applied.map_or(0, |id| id.index + 1);
-    let entries = log.try_get_log_entries(from..).await?;
-    Ok(entries.iter().any(|entry| match &entry.payload {
-        EntryPayload::Normal(batch) => {
-            batch.commands.iter().any(|c| matches!(c, Command::NodeServed { node_id } if *node_id == asked))
-        }
-        _ => false,
-    }))
+    log.try_get_log_entries(from..).await
 }
 
 /// Record, once, that this node has served: as soon as it is a member, knows a leader and has
