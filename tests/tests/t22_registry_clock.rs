@@ -154,7 +154,8 @@ async fn a_fast_leader_steps_aside_and_workers_serve() {
     assert!(!worker.log().contains("CLOCK_SKEW"), "worker log:\n{}", worker.log());
 
     // The fast node forwards; the reply carries the leader's time, within a second of ours.
-    let request = pb::AcquireRequest { holder: "through-the-fast-node".into(), worker_id: None, ttl_ms: 10_000, incarnation: 0 };
+    let request =
+        pb::AcquireRequest { holder: "through-the-fast-node".into(), worker_id: None, ttl_ms: 10_000, incarnation: 0 };
     let before = wall_ms();
     let lease = cluster.client(FAST).acquire(request).await.expect("acquire through node 5").into_inner();
     let after = wall_ms();
