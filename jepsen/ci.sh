@@ -59,19 +59,25 @@ run() {
 }
 row() { rows+=("$(printf '%-24s %-10s %4ss' "$1" "$2" "$3")"); }
 
-for scenario in "${scenarios[@]}"; do
-    run --scenario "$scenario" --seed "$seed" --store "$store"
-    if [ "$code" = 0 ]; then
-        row "$scenario" PASSED "$secs"
+# record NAME WANT FAILURE: count the last run as PASSED if it exited WANT, SKIPPED if it
+# needs libfaketime and that is missing, else FAILED (saying FAILURE).
+record() {
+    if [ "$code" = "$2" ]; then
+        row "$1" PASSED "$secs"
         passed=$((passed + 1))
     elif [ "$needs" = 1 ]; then
-        row "$scenario" SKIPPED "$secs"
-        needs_faketime+=("$scenario")
+        row "$1" SKIPPED "$secs"
+        needs_faketime+=("$1")
     else
-        echo "FAILED: harness scenario $scenario is invalid, unknown or could not run (exit $code); reports under $store/$scenario/"
-        row "$scenario" "FAILED($code)" "$secs"
+        echo "FAILED: $3"
+        row "$1" "FAILED($code)" "$secs"
         failed=$((failed + 1))
     fi
+}
+
+for scenario in "${scenarios[@]}"; do
+    run --scenario "$scenario" --seed "$seed" --store "$store"
+    record "$scenario" 0 "harness scenario $scenario is invalid, unknown or could not run (exit $code); reports under $store/$scenario/"
 done
 
 # The switch exists only in the separately built test binary (scripts/build-unsafe-test-binary).
@@ -80,58 +86,26 @@ if [ ! -x "$unsafe_bin" ]; then
     echo "FAILED: harness self-test: $unsafe_bin is not built (scripts/build-unsafe-test-binary)"
     exit 1
 fi
-run --scenario pause --seed 7 --store "$store/self-test" --unsafe-disable-deadline-check --fenceflake "$unsafe_bin"
-if [ "$code" = 1 ]; then
-    echo "self-test: with the deadline check off, the pause scenario is invalid, as it must be"
-    row self-test PASSED "$secs"
-    passed=$((passed + 1))
-else
-    echo "FAILED self-test: with the deadline check off the pause scenario exited $code, not 1 (invalid)"
-    row self-test "FAILED($code)" "$secs"
-    failed=$((failed + 1))
-fi
+# self_test ROW WHAT SCENARIO SWITCH: with one protection switched off (SWITCH, in the unsafe
+# binary), SCENARIO must be judged invalid (exit 1); a run that needs libfaketime where it is
+# missing is skipped like the scenarios above.
+self_test() {
+    local name=$1 what=$2 scenario=$3 switch=$4
+    run --scenario "$scenario" --seed 7 --store "$store/$name" "$switch" --fenceflake "$unsafe_bin"
+    if [ "$code" = 1 ]; then echo "self-test: with $what off, the $scenario scenario is invalid, as it must be"; fi
+    record "$name" 1 "self-test: with $what off the $scenario scenario exited $code, not 1 (invalid)"
+}
 
-# The same switch for authorization: registry nodes that authorize nobody must make the
-# adversary's forged calls succeed, and the adversary scenario must then be invalid.
-run --scenario adversary --seed 7 --store "$store/self-test-authz" --unsafe-disable-authorization --fenceflake "$unsafe_bin"
-if [ "$code" = 1 ]; then
-    echo "self-test: with authorization off, the adversary scenario is invalid, as it must be"
-    row self-test-authz PASSED "$secs"
-    passed=$((passed + 1))
-else
-    echo "FAILED self-test: with authorization off the adversary scenario exited $code, not 1 (invalid)"
-    row self-test-authz "FAILED($code)" "$secs"
-    failed=$((failed + 1))
-fi
-
-# And for incarnations: copies of one state dir whose processes state no incarnation of their
-# own share one token, so the clone-state scenario must find duplicates and be invalid.
-run --scenario clone-state --seed 7 --store "$store/self-test-incarnations" --unsafe-disable-incarnations --fenceflake "$unsafe_bin"
-if [ "$code" = 1 ]; then
-    echo "self-test: with incarnations off, the clone-state scenario is invalid, as it must be"
-    row self-test-incarnations PASSED "$secs"
-    passed=$((passed + 1))
-else
-    echo "FAILED self-test: with incarnations off the clone-state scenario exited $code, not 1 (invalid)"
-    row self-test-incarnations "FAILED($code)" "$secs"
-    failed=$((failed + 1))
-fi
-
-# And for the registry's clock check: a leader whose clock jumped ten minutes keeps leading and
-# stamps its time into leases and replies, so the registry-clock-skew scenario must be invalid.
-run --scenario registry-clock-skew --seed 7 --store "$store/self-test-clock-check" --unsafe-disable-clock-check --fenceflake "$unsafe_bin"
-if [ "$code" = 1 ]; then
-    echo "self-test: with the clock check off, the registry-clock-skew scenario is invalid, as it must be"
-    row self-test-clock-check PASSED "$secs"
-    passed=$((passed + 1))
-elif [ "$needs" = 1 ]; then
-    row self-test-clock-check SKIPPED "$secs"
-    needs_faketime+=(self-test-clock-check)
-else
-    echo "FAILED self-test: with the clock check off the registry-clock-skew scenario exited $code, not 1 (invalid)"
-    row self-test-clock-check "FAILED($code)" "$secs"
-    failed=$((failed + 1))
-fi
+# The worker's deadline check off: a thawed paused worker mints on, so pause must be invalid.
+self_test self-test "the deadline check" pause --unsafe-disable-deadline-check
+# Registry nodes that authorize nobody: the adversary's forged calls succeed.
+self_test self-test-authz authorization adversary --unsafe-disable-authorization
+# Copies of one state dir whose processes state no incarnation of their own share one token,
+# so clone-state must find duplicates.
+self_test self-test-incarnations incarnations clone-state --unsafe-disable-incarnations
+# A leader whose clock jumped ten minutes keeps leading and stamps its time into leases and
+# replies.
+self_test self-test-clock-check "the clock check" registry-clock-skew --unsafe-disable-clock-check
 
 echo
 printf '%s\n' "${rows[@]}"

@@ -243,6 +243,19 @@ impl Cluster {
     }
 
     /// Client channel of node `id` (1-based).
+    /// The registry nodes' client addresses, as the cluster reports them.
+    pub async fn registry_addrs(&self) -> anyhow::Result<Vec<String>> {
+        for c in self.channels() {
+            if let Some(s) = status(&c).await {
+                let addrs: Vec<String> = s.members.iter().map(|m| m.client_addr.clone()).collect();
+                if !addrs.is_empty() {
+                    return Ok(addrs);
+                }
+            }
+        }
+        anyhow::bail!("no registry node reported its members")
+    }
+
     pub fn channel_of(&self, id: u64) -> anyhow::Result<Channel> {
         let i = usize::try_from(id).ok().and_then(|i| i.checked_sub(1)).context("node ids start at 1")?;
         self.channels.get(i).cloned().with_context(|| format!("no node {id}"))

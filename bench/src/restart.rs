@@ -563,19 +563,6 @@ impl ModeResult {
     }
 }
 
-/// The registry nodes' client addresses, as the cluster reports them.
-async fn registry_addrs(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
-    for c in cluster.channels() {
-        if let Some(s) = cluster::status(&c).await {
-            let addrs: Vec<String> = s.members.iter().map(|m| m.client_addr.clone()).collect();
-            if !addrs.is_empty() {
-                return Ok(addrs);
-            }
-        }
-    }
-    bail!("no registry node reported its members")
-}
-
 /// Wait until every node applies the incarnation rules. A new cluster's leader raises them a
 /// moment after it forms (once every member answered its clock probe: over a second on a busy
 /// machine); a restart before that gets its lease back under the same token, as before
@@ -712,7 +699,7 @@ pub async fn run(a: RestartArgs, tls: &TlsOpts) -> anyhow::Result<()> {
     let side = cluster.side().clone();
     let setup = Setup {
         dir: dir.path().to_path_buf(),
-        registry: registry_addrs(&cluster).await?,
+        registry: cluster.registry_addrs().await?,
         security: side.security(Role::Client, CLIENT_NAME)?,
         side,
     };

@@ -419,19 +419,6 @@ async fn rpc_load(
     Ok(Rpcs { lat, ids, window_s: a.duration.as_secs_f64(), cpu })
 }
 
-/// The registry nodes' client addresses, as the cluster reports them.
-async fn registry_addrs(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
-    for c in cluster.channels() {
-        if let Some(s) = cluster::status(&c).await {
-            let addrs: Vec<String> = s.members.iter().map(|m| m.client_addr.clone()).collect();
-            if !addrs.is_empty() {
-                return Ok(addrs);
-            }
-        }
-    }
-    bail!("no registry node reported its members")
-}
-
 async fn local_listener(what: &str) -> anyhow::Result<(TcpListener, String)> {
     let listener = TcpListener::bind("127.0.0.1:0").await.with_context(|| format!("binding the {what} port"))?;
     let addr = listener.local_addr()?.to_string();
@@ -497,7 +484,7 @@ pub async fn run(a: WorkerArgs, tls: &TlsOpts) -> anyhow::Result<()> {
 
     let cluster = Cluster::start(&a.cluster, tls).await?;
     let pids = cluster.pids();
-    let addrs = registry_addrs(&cluster).await?;
+    let addrs = cluster.registry_addrs().await?;
     let state = tempfile::Builder::new().prefix("fenceflake-bench-worker-").tempdir().context("state dir")?;
     let (rss_before, _) = memory()?;
     let worker_tls = cluster.side().security(Role::Worker, "bench-worker-0")?;

@@ -32,31 +32,22 @@ pub fn text() -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// A config from its fields, in declaration order.
+fn config(
+    (epoch_ms, worker_id_bits, sequence_bits, ttl_ms_max, cool_down_ms): (u64, u8, u8, u64, u64),
+) -> ClusterConfig {
+    ClusterConfig { epoch_ms, worker_id_bits, sequence_bits, ttl_ms_max, cool_down_ms }
+}
+
 /// Any values at all, as a forged or corrupt entry could carry.
 pub fn any_config() -> impl Strategy<Value = ClusterConfig> {
-    (any::<u64>(), any::<u8>(), any::<u8>(), any::<u64>(), any::<u64>()).prop_map(
-        |(epoch_ms, worker_id_bits, sequence_bits, ttl_ms_max, cool_down_ms)| ClusterConfig {
-            epoch_ms,
-            worker_id_bits,
-            sequence_bits,
-            ttl_ms_max,
-            cool_down_ms,
-        },
-    )
+    (any::<u64>(), any::<u8>(), any::<u8>(), any::<u64>(), any::<u64>()).prop_map(config)
 }
 
 /// A config a leader could have committed (a layout every worker accepts), with few worker IDs
 /// so that random commands keep meeting the same ones.
 pub fn table_config() -> impl Strategy<Value = ClusterConfig> {
-    (0..1u64 << 41, 1..=3u8, 8..=14u8, 1..=120_000u64, 0..=5_000u64).prop_map(
-        |(epoch_ms, worker_id_bits, sequence_bits, ttl_ms_max, cool_down_ms)| ClusterConfig {
-            epoch_ms,
-            worker_id_bits,
-            sequence_bits,
-            ttl_ms_max,
-            cool_down_ms,
-        },
-    )
+    (0..1u64 << 41, 1..=3u8, 8..=14u8, 1..=120_000u64, 0..=5_000u64).prop_map(config)
 }
 
 /// A config as a node's table may hold it (any layout within the bounds).

@@ -1,6 +1,7 @@
 //! A registry cluster of real `fenceflake registry` processes on loopback.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -105,6 +106,12 @@ impl Cluster {
 
     /// Start (or restart) node `node_id` with its data dir as it is.
     pub fn spawn(&mut self, node_id: u64) {
+        self.spawn_with(node_id, &[], &[]);
+    }
+
+    /// [`Cluster::spawn`] with extra flags and environment for this start only (a metrics
+    /// port, libfaketime).
+    pub fn spawn_with(&mut self, node_id: u64, args: &[&str], env: &[(&str, &OsStr)]) {
         let log_path = self.dir.path().join(format!("node-{node_id}.log"));
         let node = self.nodes.get_mut(&node_id).expect("node exists");
         assert!(node.child.is_none(), "node {node_id} is already running");
@@ -121,8 +128,10 @@ impl Cluster {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(&self.common_args)
             .args(&node.extra_args)
+            .args(args)
             .env("RUST_LOG", "info,openraft=warn")
             .envs(self.common_env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)

@@ -4,65 +4,38 @@
 //! node serves and never parks CLOCK_SKEW, and an Acquire through the fast node is stamped
 //! with the cluster's time. Once its clock is back, the node may lead again.
 
-use std::fs::File;
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fenceflake_proto::tls::Role;
 use fenceflake_proto::v1 as pb;
-use fenceflake_tests::cluster::{Cluster, TEST_COOL_DOWN_MS};
+use fenceflake_tests::cluster::Cluster;
 use fenceflake_tests::worker::{WorkerProcess, SHORT_LEASE};
 use fenceflake_tests::{eventually, free_port};
 
 const FAST: u64 = 5;
 
 /// Node `FAST` restarted under libfaketime, its wall clock offset read from a file on every
-/// read (the monotonic clock stays real), with a metrics endpoint. SIGKILLed on drop.
+/// read (the monotonic clock stays real), with a metrics endpoint.
 struct FakeTimeNode {
-    child: Child,
     metrics_addr: String,
 }
 
 impl FakeTimeNode {
-    /// Start node `node_id` of `cluster` (stopped before) as `Cluster::spawn` does, with its
-    /// wall clock under `offset_file`. It logs to the node's usual log (`cluster.log`).
-    fn spawn(cluster: &Cluster, node_id: u64, lib: &Path, offset_file: &Path) -> FakeTimeNode {
-        let initial_cluster = cluster
-            .nodes
-            .values()
-            .map(|n| format!("{}={}/{}", n.node_id, n.peer_addr, n.client_addr))
-            .collect::<Vec<_>>()
-            .join(",");
-        let node = &cluster.nodes[&node_id];
-        let log_path = cluster.dir.path().join(format!("node-{node_id}.log"));
-        let log = File::options().create(true).append(true).open(log_path).expect("open node log");
+    /// Restart node `node_id` of `cluster` (stopped before) with its wall clock under
+    /// `offset_file`.
+    fn spawn(cluster: &mut Cluster, node_id: u64, lib: &Path, offset_file: &Path) -> FakeTimeNode {
         let metrics_addr = format!("127.0.0.1:{}", free_port());
-        let child = cluster
-            .certs
-            .command(Role::Node, &node_id.to_string())
-            .arg("registry")
-            .args(["--node-id", &node_id.to_string()])
-            .args(["--client-addr", &node.client_addr])
-            .args(["--peer-addr", &node.peer_addr])
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args(["--initial-cluster", &initial_cluster])
-            .args(["--cool-down", &format!("{TEST_COOL_DOWN_MS}ms")])
-            .args(["--metrics-addr", &metrics_addr])
-            .env("RUST_LOG", "info,openraft=warn")
-            .env("LD_PRELOAD", lib)
-            .env("FAKETIME_TIMESTAMP_FILE", offset_file)
-            .env("FAKETIME_NO_CACHE", "1")
-            .env("DONT_FAKE_MONOTONIC", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn fenceflake registry under libfaketime");
-        FakeTimeNode { child, metrics_addr }
+        let env = [
+            ("LD_PRELOAD", lib.as_os_str()),
+            ("FAKETIME_TIMESTAMP_FILE", offset_file.as_os_str()),
+            ("FAKETIME_NO_CACHE", OsStr::new("1")),
+            ("DONT_FAKE_MONOTONIC", OsStr::new("1")),
+        ];
+        cluster.spawn_with(node_id, &["--metrics-addr", &metrics_addr], &env);
+        FakeTimeNode { metrics_addr }
     }
 
     /// The value of the unlabelled gauge `name` on its metrics endpoint, if it answers.
@@ -76,11 +49,17 @@ impl FakeTimeNode {
     }
 }
 
-impl Drop for FakeTimeNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Hand leadership to `node_id` until every node agrees it leads.
+async fn lead_with(cluster: &Cluster, node_id: u64, what: &str) {
+    eventually(Duration::from_secs(20), what, || async {
+        if agreed_leader(cluster).await == Some(node_id) {
+            return Some(());
+        }
+        let request = pb::TransferLeaderRequest { to_node_id: Some(node_id) };
+        let _ = cluster.operator(1).transfer_leader(request).await;
+        None
+    })
+    .await;
 }
 
 /// The leader as every node that answers sees it, if they agree on one.
@@ -114,16 +93,8 @@ async fn a_fast_leader_steps_aside_and_workers_serve() {
     cluster.kill(FAST);
     let offset_file = cluster.dir.path().join("clock-offset");
     std::fs::write(&offset_file, "+0\n").expect("write offset");
-    let fast = FakeTimeNode::spawn(&cluster, FAST, &lib, &offset_file);
-    eventually(Duration::from_secs(20), "node 5 back under libfaketime, leading", || async {
-        if agreed_leader(&cluster).await == Some(FAST) {
-            return Some(());
-        }
-        let request = pb::TransferLeaderRequest { to_node_id: Some(FAST) };
-        let _ = cluster.operator(1).transfer_leader(request).await;
-        None
-    })
-    .await;
+    let fast = FakeTimeNode::spawn(&mut cluster, FAST, &lib, &offset_file);
+    lead_with(&cluster, FAST, "node 5 back under libfaketime, leading").await;
 
     std::fs::write(&offset_file, "+600\n").expect("step node 5's clock ten minutes ahead");
     let stepped = std::time::Instant::now();
@@ -167,15 +138,7 @@ async fn a_fast_leader_steps_aside_and_workers_serve() {
 
     // Its clock back in line, the node campaigns again: a transfer to it succeeds.
     std::fs::write(&offset_file, "+0\n").expect("put node 5's clock back");
-    eventually(Duration::from_secs(20), "node 5 to lead again once its clock is back", || async {
-        if agreed_leader(&cluster).await == Some(FAST) {
-            return Some(());
-        }
-        let request = pb::TransferLeaderRequest { to_node_id: Some(FAST) };
-        let _ = cluster.operator(1).transfer_leader(request).await;
-        None
-    })
-    .await;
+    lead_with(&cluster, FAST, "node 5 to lead again once its clock is back").await;
     assert_eq!(fast.gauge("fenceflake_registry_clock_excluded"), Some(0.0));
     worker.wait_serving(Duration::from_secs(5)).await;
 }

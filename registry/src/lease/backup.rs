@@ -99,13 +99,7 @@ mod tests {
             superseded: None,
         };
         TableBackup {
-            config: ClusterConfig {
-                epoch_ms: 1,
-                worker_id_bits: 4,
-                sequence_bits: 12,
-                ttl_ms_max: 1000,
-                cool_down_ms: 10,
-            },
+            config: ClusterConfig::small_for_tests(),
             generation: 0,
             last_token: Token(20),
             records: vec![(WorkerId(1), record("a", 10)), (WorkerId(2), record("b", 20))],

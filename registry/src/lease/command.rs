@@ -272,13 +272,7 @@ mod tests {
         let config = r#"{"epoch_ms":1,"worker_id_bits":4,"sequence_bits":12,"ttl_ms_max":1000,"cool_down_ms":10}"#;
         let backup = format!(r#"{{"config":{config},"generation":0,"last_token":0,"records":[],"audit":[]}}"#);
         let table = TableBackup {
-            config: ClusterConfig {
-                epoch_ms: 1,
-                worker_id_bits: 4,
-                sequence_bits: 12,
-                ttl_ms_max: 1000,
-                cool_down_ms: 10,
-            },
+            config: ClusterConfig::small_for_tests(),
             generation: 0,
             last_token: Token::NONE,
             records: Vec::new(),

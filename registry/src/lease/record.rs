@@ -40,6 +40,13 @@ impl ClusterConfig {
         1u32 << self.worker_id_bits
     }
 
+    /// 16 worker IDs, 1 s leases: the config the backup and command tests share (its JSON,
+    /// field by field, is what their serialized-form checks expect).
+    #[cfg(test)]
+    pub(crate) fn small_for_tests() -> ClusterConfig {
+        ClusterConfig { epoch_ms: 1, worker_id_bits: 4, sequence_bits: 12, ttl_ms_max: 1000, cool_down_ms: 10 }
+    }
+
     /// The layout's timestamp width, if the layout passes the wire contract's one rule (the
     /// rule every worker applies to a grant), else the field that breaks it.
     pub fn check_layout(&self) -> Result<u8, LayoutBound> {
