@@ -15,7 +15,7 @@ use crate::metrics::{Gauges, RegistryMetrics};
 use crate::proposal::{Proposal, Reply};
 use crate::raft::network::{PeerCallError, PeerClients, PeerRpc};
 use crate::raft::types::{NodeId, PeerNode, Raft};
-use crate::storage::SharedState;
+use crate::storage::{Db, SharedState};
 
 /// A member as this node sees it.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ pub struct RegistryNode {
     pub clock: Arc<dyn Clock>,
     /// What this node's peers say about its wall clock, and whether it may lead.
     pub clocks: ClockWatch,
-    pub db: sled::Db,
+    pub db: Db,
 }
 
 impl std::fmt::Debug for RegistryNode {

@@ -1,4 +1,4 @@
-//! Versioned encoding of everything the registry keeps in sled: one format byte, then JSON.
+//! Versioned encoding of everything the registry keeps in its `Db`: one format byte, then JSON.
 //! The byte lets a later release change the encoding without misreading old data.
 
 use serde::de::DeserializeOwned;
@@ -94,7 +94,7 @@ mod tests {
         use crate::lease::{AuditEntry, Batch, Command, LeaseRecord, LeaseTable, TableGlobals};
         use crate::strategies;
 
-        /// Decode `bytes` as every type the registry keeps in sled; none may panic.
+        /// Decode `bytes` as every type the registry keeps in its `Db`; none may panic.
         fn decode_all(bytes: &[u8]) {
             let _ = decode::<Command>(bytes);
             let _ = decode::<Batch>(bytes);

@@ -1,5 +1,6 @@
-//! The Raft log and vote in sled (openraft storage v2 `RaftLogStorage`). A write is reported
-//! done to openraft only after `flush_async` made it durable: the ack of a grant depends on it.
+//! The Raft log and vote in the node's `Db` (openraft storage v2 `RaftLogStorage`). A write is
+//! reported done to openraft only after the flush made it durable: the ack of a grant depends
+//! on it.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -8,19 +9,20 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 
 use super::codec::{decode, encode};
+use super::kv::{Db, KvBatch, KvError, Tree};
 use crate::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"purged";
 
-/// Cheap to clone: sled trees are handles. Readers run concurrently with appends.
+/// Cheap to clone: trees are handles. Readers run concurrently with appends.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    db: Db,
     /// `vote`, `purged` (the last purged log id).
-    meta: sled::Tree,
+    meta: Tree,
     /// Big-endian log index (so byte order is numeric order) → encoded entry.
-    log: sled::Tree,
+    log: Tree,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -34,7 +36,7 @@ fn key_index(key: &[u8]) -> Result<u64, StorageError> {
 }
 
 impl LogStore {
-    pub fn open(db: &sled::Db) -> Result<LogStore, sled::Error> {
+    pub fn open(db: &Db) -> Result<LogStore, KvError> {
         Ok(LogStore { db: db.clone(), meta: db.open_tree("raft_meta")?, log: db.open_tree("raft_log")? })
     }
 
@@ -44,12 +46,37 @@ impl LogStore {
     }
 
     /// The database this store lives in (for size metrics).
-    pub fn db(&self) -> &sled::Db {
+    pub fn db(&self) -> &Db {
         &self.db
     }
 
-    async fn flush(&self) -> Result<(), sled::Error> {
-        self.db.flush_async().await.map(drop)
+    async fn flush(&self) -> Result<(), KvError> {
+        self.db.flush().await
+    }
+
+    /// Write `entries` in one batch and flush. The outer error is a failed write; the inner
+    /// result, the flush's, is what openraft's append callback hears (an error: never acked).
+    pub(super) async fn write_entries(
+        &self,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<std::io::Result<()>, StorageError> {
+        let mut batch = KvBatch::default();
+        for entry in entries {
+            let bytes = encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+            batch.insert(index_key(entry.log_id.index), bytes);
+        }
+        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        // Readable now; durable (and so acknowledgeable) only after the flush.
+        Ok(self.flush().await.map_err(std::io::Error::other))
+    }
+
+    /// One batch removing every entry of the log in `range`.
+    fn removal(&self, range: impl RangeBounds<[u8; 8]>) -> Result<KvBatch, StorageError> {
+        let mut batch = KvBatch::default();
+        for (key, _) in self.log.range(range).map_err(|e| StorageIOError::write_logs(&e))? {
+            batch.remove(key);
+        }
+        Ok(batch)
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
@@ -73,14 +100,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => index_key(i.saturating_add(1)),
             Bound::Unbounded => index_key(0),
         };
-        let iter = match range.end_bound() {
+        let pairs = match range.end_bound() {
             Bound::Included(i) => self.log.range(start..=index_key(*i)),
             Bound::Excluded(i) => self.log.range(start..index_key(*i)),
             Bound::Unbounded => self.log.range(start..),
         };
         let mut entries = Vec::new();
-        for item in iter {
-            let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+        for (key, value) in pairs.map_err(|e| StorageIOError::read_logs(&e))? {
             let entry: Entry = decode(&value).map_err(|e| StorageIOError::read_logs(&e))?;
             let index = key_index(&key)?;
             assert_eq!(entry.log_id.index, index, "log entry stored under the wrong index");
@@ -120,23 +146,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            let bytes = encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
-        }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
-        // Readable now; durable (and so acknowledgeable) only after the flush.
-        let flushed = self.flush().await.map_err(std::io::Error::other);
+        let flushed = self.write_entries(entries).await?;
         callback.log_io_completed(flushed);
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(index_key(log_id.index)..).keys() {
-            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
-        }
+        let batch = self.removal(index_key(log_id.index)..)?;
         self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
         self.flush().await.map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
@@ -147,10 +163,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = encode(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
         self.meta.insert(KEY_PURGED, bytes).map_err(|e| StorageIOError::write_logs(&e))?;
         self.flush().await.map_err(|e| StorageIOError::write_logs(&e))?;
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(..=index_key(log_id.index)).keys() {
-            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
-        }
+        let batch = self.removal(..=index_key(log_id.index))?;
         self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
         self.flush().await.map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())

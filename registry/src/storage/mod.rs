@@ -1,12 +1,15 @@
-//! sled-backed storage of one registry node: the data dir's identity, the Raft log and vote,
-//! and the state machine. One `sled::Db` per data dir; a flush of any tree flushes all of them.
+//! Storage of one registry node: the data dir's identity, the Raft log and vote, and the state
+//! machine, in one key-value `Db` per data dir (`kv`): sled for a real data dir, `MemDisk` in
+//! the simulator. A flush of the `Db` flushes every tree of it.
 
 // openraft dictates `StorageError` (224 bytes) as the error of every storage call; boxing it
 // in our helpers would only add conversions at each trait boundary.
 #![allow(clippy::result_large_err)]
 
 pub mod codec;
+pub mod kv;
 pub mod log_store;
+pub mod memory;
 pub mod state_machine;
 
 use std::path::{Path, PathBuf};
@@ -15,12 +18,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::expiry::ExpiryTracker;
 use crate::raft::types::NodeId;
+pub use kv::{Db, KvError};
 pub use log_store::LogStore;
+pub use memory::{MemDisk, MemDiskError};
 pub use state_machine::{SharedState, SmState, StateMachine};
 
 /// sled's page cache: the whole table is ~100 KB, so the default 1 GiB would only waste memory.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const KEY_IDENTITY: &[u8] = b"identity";
+/// Stands for the data dir in the errors of a memory disk.
+const MEMORY_DISK_PATH: &str = "<memory disk>";
 
 /// Which node and cluster a data dir belongs to, written on first start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +40,8 @@ pub struct DataDirIdentity {
 pub enum OpenError {
     #[error("cannot open the sled database in {path}: {source} (another fenceflake registry may be running on this data dir; if the files are corrupt, treat this node as lost: remove it from the cluster, wipe the dir, and add it back under a new node id)")]
     Sled { path: PathBuf, source: sled::Error },
+    #[error("cannot use the memory disk: {source}")]
+    MemoryDisk { source: MemDiskError },
     #[error("data dir {path} belongs to node {found} of cluster {found_cluster:?}, not node {wanted}: refusing to start (pass the right --data-dir or --node-id)")]
     WrongNode { path: PathBuf, found: NodeId, found_cluster: String, wanted: NodeId },
     #[error("data dir {path} belongs to cluster {found:?}, not {wanted:?}: refusing to start (pass the right --data-dir or --cluster-id)")]
@@ -55,15 +64,36 @@ pub struct OpenedStorage {
 /// Open (or create) the data dir of node `node_id` in cluster `cluster_id`; refuse a dir that
 /// belongs to another node or cluster.
 pub fn open(path: &Path, identity: &DataDirIdentity, tracker: ExpiryTracker) -> Result<OpenedStorage, OpenError> {
-    let sled_err = |source| OpenError::Sled { path: path.to_path_buf(), source };
     let db = sled::Config::new()
         .path(path)
         .cache_capacity(CACHE_BYTES)
         .mode(sled::Mode::LowSpace)
         .open()
-        .map_err(sled_err)?;
-    let meta = db.open_tree("identity").map_err(sled_err)?;
-    let had_state = match meta.get(KEY_IDENTITY).map_err(sled_err)? {
+        .map_err(|source| OpenError::Sled { path: path.to_path_buf(), source })?;
+    open_db(Db::Sled(db), path, identity, tracker)
+}
+
+/// `open` on a simulated node's memory disk, with the same identity checks.
+pub fn open_memory(
+    disk: &MemDisk,
+    identity: &DataDirIdentity,
+    tracker: ExpiryTracker,
+) -> Result<OpenedStorage, OpenError> {
+    open_db(Db::Memory(disk.clone()), Path::new(MEMORY_DISK_PATH), identity, tracker)
+}
+
+fn open_db(
+    db: Db,
+    path: &Path,
+    identity: &DataDirIdentity,
+    tracker: ExpiryTracker,
+) -> Result<OpenedStorage, OpenError> {
+    let kv_err = |error| match error {
+        KvError::Sled(source) => OpenError::Sled { path: path.to_path_buf(), source },
+        KvError::Memory(source) => OpenError::MemoryDisk { source },
+    };
+    let meta = db.open_tree("identity").map_err(kv_err)?;
+    let had_state = match meta.get(KEY_IDENTITY).map_err(kv_err)? {
         Some(bytes) => {
             let found: DataDirIdentity = codec::decode(&bytes)
                 .map_err(|e| OpenError::BadIdentity { path: path.to_path_buf(), why: e.to_string() })?;
@@ -87,12 +117,12 @@ pub fn open(path: &Path, identity: &DataDirIdentity, tracker: ExpiryTracker) -> 
         None => {
             let bytes = codec::encode(identity)
                 .map_err(|e| OpenError::BadIdentity { path: path.to_path_buf(), why: e.to_string() })?;
-            meta.insert(KEY_IDENTITY, bytes).map_err(sled_err)?;
-            db.flush().map_err(sled_err)?;
+            meta.insert(KEY_IDENTITY, bytes).map_err(kv_err)?;
+            db.flush_blocking().map_err(kv_err)?;
             false
         }
     };
-    let log_store = LogStore::open(&db).map_err(sled_err)?;
+    let log_store = LogStore::open(&db).map_err(kv_err)?;
     let state_machine = StateMachine::open(&db, tracker)
         .map_err(|source| OpenError::StateMachine { path: path.to_path_buf(), source })?;
     Ok(OpenedStorage { log_store, state_machine, had_state })

@@ -1,5 +1,5 @@
 //! The replicated state machine (openraft storage v2 `RaftStateMachine`): applies batches of
-//! lease commands to the `LeaseTable`, persists what changed to sled in one atomic batch, and
+//! lease commands to the `LeaseTable`, persists what changed to the `Db` in one atomic batch, and
 //! builds and installs snapshots.
 
 use std::collections::BTreeSet;
@@ -11,6 +11,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode, encode_for_raised_rules};
+use super::kv::{Db, KvBatch, Tree};
 use crate::expiry::ExpiryTracker;
 use crate::lease::{Command, LeaseTable, LogPos, Outcome, Rejection, Rules, WorkerId};
 use crate::raft::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -62,8 +63,8 @@ struct StoredSnapshot {
 /// `apply_batch`, so after a crash position and data always agree.
 #[derive(Debug)]
 pub struct StateMachine {
-    tree: sled::Tree,
-    db: sled::Db,
+    tree: Tree,
+    db: Db,
     state: SharedState,
     tracker: ExpiryTracker,
     snapshots_built: u64,
@@ -164,7 +165,7 @@ fn apply_entry(state: &mut SmState, entry: Entry, changes: &mut Changes) -> Vec<
     }
 }
 
-fn load_table(tree: &sled::Tree) -> Result<LeaseTable, StorageError> {
+fn load_table(tree: &Tree) -> Result<LeaseTable, StorageError> {
     let err = |e| StorageIOError::read_state_machine(&e);
     let globals = match tree.get(KEY_GLOBALS).map_err(|e| StorageIOError::read_state_machine(&e))? {
         Some(bytes) => decode(&bytes).map_err(err)?,
@@ -175,8 +176,7 @@ fn load_table(tree: &sled::Tree) -> Result<LeaseTable, StorageError> {
         None => Vec::new(),
     };
     let mut records = Vec::new();
-    for item in tree.scan_prefix([RECORD_PREFIX]) {
-        let (key, value) = item.map_err(|e| StorageIOError::read_state_machine(&e))?;
+    for (key, value) in tree.scan_prefix(&[RECORD_PREFIX]).map_err(|e| StorageIOError::read_state_machine(&e))? {
         let id: [u8; 4] = key[1..]
             .try_into()
             .map_err(|_| StorageIOError::read_state_machine(&std::io::Error::other("bad record key")))?;
@@ -192,7 +192,7 @@ struct AppliedPosition {
 }
 
 impl StateMachine {
-    pub fn open(db: &sled::Db, tracker: ExpiryTracker) -> Result<StateMachine, StorageError> {
+    pub fn open(db: &Db, tracker: ExpiryTracker) -> Result<StateMachine, StorageError> {
         let tree = db.open_tree("sm").map_err(|e| StorageIOError::read_state_machine(&e))?;
         let mut state = SmState::default();
         if let Some(bytes) = tree.get(KEY_APPLIED).map_err(|e| StorageIOError::read_state_machine(&e))? {
@@ -217,12 +217,12 @@ impl StateMachine {
     fn persist(&self, state: &SmState, changed: &Changes) -> Result<(), StorageError> {
         let err = |e| StorageIOError::write_state_machine(&e);
         let position = AppliedPosition { last_applied: state.last_applied, membership: state.membership.clone() };
-        let mut batch = sled::Batch::default();
+        let mut batch = KvBatch::default();
         batch.insert(KEY_APPLIED, encode(&position).map_err(err)?);
         batch.insert(KEY_GLOBALS, encode(&state.table.globals()).map_err(err)?);
         for worker_id in &changed.records {
             if let Some(record) = state.table.record(*worker_id) {
-                batch.insert(&record_key(*worker_id), encode(record).map_err(err)?);
+                batch.insert(record_key(*worker_id), encode(record).map_err(err)?);
             }
         }
         if changed.audit {
@@ -301,9 +301,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         state.membership = meta.last_membership.clone();
         // Replace everything in one atomic batch: no key of the old state survives.
         let stored = StoredSnapshot { meta: meta.clone(), data };
-        let mut batch = sled::Batch::default();
-        for key in self.tree.iter().keys() {
-            batch.remove(key.map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?);
+        let mut batch = KvBatch::default();
+        for (key, _) in self.tree.iter().map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))? {
+            batch.remove(key);
         }
         let position = AppliedPosition { last_applied: state.last_applied, membership: state.membership.clone() };
         let encode_err = |e| StorageIOError::write_snapshot(signature.clone(), &e);
@@ -312,11 +312,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let audit: Vec<_> = state.table.audit().collect();
         batch.insert(KEY_AUDIT, encode(&audit).map_err(encode_err)?);
         for (worker_id, record) in state.table.records() {
-            batch.insert(&record_key(worker_id), encode(record).map_err(encode_err)?);
+            batch.insert(record_key(worker_id), encode(record).map_err(encode_err)?);
         }
         batch.insert(KEY_SNAPSHOT, encode(&stored).map_err(encode_err)?);
         self.tree.apply_batch(batch).map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-        self.db.flush_async().await.map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        self.db.flush().await.map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
         *self.state.write() = state;
         Ok(())
     }
@@ -333,8 +333,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// Builds snapshots from a copy of the shared state, concurrently with later applies.
 #[derive(Debug)]
 pub struct StateMachineSnapshotBuilder {
-    tree: sled::Tree,
-    db: sled::Db,
+    tree: Tree,
+    db: Db,
     state: SharedState,
     counter: u64,
 }
@@ -354,7 +354,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineSnapshotBuilder {
         let bytes = encode(&stored).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         self.tree.insert(KEY_SNAPSHOT, bytes).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         // openraft purges the log behind this snapshot next: it must be on disk first.
-        self.db.flush_async().await.map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        self.db.flush().await.map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }

@@ -1,14 +1,17 @@
-//! Storage tests: openraft's own conformance suite against our sled stores, and the data-dir
-//! identity checks.
+//! Storage tests: openraft's own conformance suite against our stores on both disks (sled and
+//! the simulator's memory disk), the data-dir identity checks, and the memory disk's crash and
+//! fsync-error semantics as the stores see them.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader};
 
 use super::*;
 use crate::clock::SystemClock;
-use crate::raft::types::{StorageError, TypeConfig};
+use crate::raft::types::{Entry, StorageError, TypeConfig, Vote};
 
 fn identity(node_id: NodeId) -> DataDirIdentity {
     DataDirIdentity { node_id, cluster_id: "test".into() }
@@ -18,41 +21,132 @@ fn tracker() -> ExpiryTracker {
     ExpiryTracker::new(Arc::new(SystemClock))
 }
 
-struct SledBuilder;
+/// Fresh storage for each suite test, with what it lives on (`G`: a temp dir, a memory disk).
+struct FreshStorage<G>(fn() -> (G, OpenedStorage));
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for SledBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
-        let dir = tempfile::tempdir().unwrap();
-        let opened = open(dir.path(), &identity(1), tracker()).unwrap();
-        Ok((dir, opened.log_store, opened.state_machine))
+impl<G: Send + Sync> StoreBuilder<TypeConfig, LogStore, StateMachine, G> for FreshStorage<G> {
+    async fn build(&self) -> Result<(G, LogStore, StateMachine), StorageError> {
+        let (guard, opened) = (self.0)();
+        Ok((guard, opened.log_store, opened.state_machine))
     }
+}
+
+fn on_sled() -> (tempfile::TempDir, OpenedStorage) {
+    let dir = tempfile::tempdir().unwrap();
+    let opened = open(dir.path(), &identity(1), tracker()).unwrap();
+    (dir, opened)
+}
+
+fn on_memory() -> (MemDisk, OpenedStorage) {
+    let disk = MemDisk::new();
+    let opened = open_memory(&disk, &identity(1), tracker()).unwrap();
+    (disk, opened)
 }
 
 /// openraft's storage conformance suite: log reads, truncate, purge, vote, apply, snapshots.
 #[test]
 fn passes_the_openraft_storage_suite() {
-    Suite::test_all(SledBuilder).unwrap();
+    Suite::test_all(FreshStorage(on_sled)).unwrap();
+}
+
+#[test]
+fn passes_the_openraft_storage_suite_on_the_memory_disk() {
+    Suite::test_all(FreshStorage(on_memory)).unwrap();
+}
+
+/// Opens the same data dir (or disk) each time, as the given node.
+fn refuses_another_node_or_cluster(open: impl Fn(&DataDirIdentity) -> Result<OpenedStorage, OpenError>) {
+    drop(open(&identity(1)).unwrap());
+    let err = open(&identity(2)).unwrap_err();
+    assert!(matches!(err, OpenError::WrongNode { found: 1, wanted: 2, .. }), "{err}");
+    let other = DataDirIdentity { node_id: 1, cluster_id: "other".into() };
+    let err = open(&other).unwrap_err();
+    assert!(matches!(err, OpenError::WrongCluster { .. }), "{err}");
+    assert!(open(&identity(1)).unwrap().had_state);
 }
 
 #[test]
 fn a_data_dir_refuses_another_node_or_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    drop(open(dir.path(), &identity(1), tracker()).unwrap());
-    let err = open(dir.path(), &identity(2), tracker()).unwrap_err();
-    assert!(matches!(err, OpenError::WrongNode { found: 1, wanted: 2, .. }), "{err}");
-    let other = DataDirIdentity { node_id: 1, cluster_id: "other".into() };
-    let err = open(dir.path(), &other, tracker()).unwrap_err();
-    assert!(matches!(err, OpenError::WrongCluster { .. }), "{err}");
-    assert!(open(dir.path(), &identity(1), tracker()).unwrap().had_state);
+    refuses_another_node_or_cluster(|identity| open(dir.path(), identity, tracker()));
+}
+
+#[test]
+fn a_memory_disk_refuses_another_node_or_cluster() {
+    let disk = MemDisk::new();
+    refuses_another_node_or_cluster(|identity| open_memory(&disk, identity, tracker()));
+}
+
+fn blank_entry(index: u64) -> Entry {
+    Entry { log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }
+}
+
+async fn log_indexes(opened: &mut OpenedStorage) -> Vec<u64> {
+    let entries = opened.log_store.try_get_log_entries(0..).await.unwrap();
+    entries.iter().map(|e| e.log_id.index).collect()
+}
+
+/// The next process on `disk` (after a crash or not), with its storage opened.
+fn reopen(disk: &MemDisk) -> OpenedStorage {
+    open_memory(&disk.restart(), &identity(1), tracker()).unwrap()
+}
+
+/// Goal: the durable-ack property on the memory disk. An append flushes before it reports
+/// done, so a crash right after it, losing every unflushed write, keeps the entries.
+#[tokio::test]
+async fn an_appended_entry_survives_a_crash() {
+    let (disk, mut opened) = on_memory();
+    opened.log_store.save_vote(&Vote::new(1, 1)).await.unwrap();
+    let flushed = opened.log_store.write_entries(vec![blank_entry(1), blank_entry(2)]).await.unwrap();
+    assert!(flushed.is_ok(), "{flushed:?}");
+    disk.crash(0);
+    let mut reopened = reopen(&disk);
+    assert_eq!(log_indexes(&mut reopened).await, [1, 2]);
+    assert_eq!(reopened.log_store.read_vote().await.unwrap(), Some(Vote::new(1, 1)));
+}
+
+/// Goal: an fsync error makes the append report an error to openraft's callback (so openraft
+/// never acknowledges the entry), and the entry does not survive a crash.
+#[tokio::test]
+async fn a_failed_flush_fails_the_append_and_the_entry_is_not_durable() {
+    let (disk, opened) = on_memory();
+    disk.fail_next_flushes(1);
+    let flushed = opened.log_store.write_entries(vec![blank_entry(1)]).await.unwrap();
+    assert!(flushed.is_err(), "the callback would hear success");
+    disk.crash(0);
+    assert_eq!(log_indexes(&mut reopen(&disk)).await, Vec::<u64>::new());
+}
+
+/// Goal: an applied batch is not flushed by itself (its entries are durable in the log); a
+/// crash that loses it leaves the position and the table of before, together.
+#[tokio::test]
+async fn an_unflushed_apply_is_lost_whole_by_a_crash() {
+    let (disk, mut opened) = on_memory();
+    opened.state_machine.apply(vec![blank_entry(1)]).await.unwrap();
+    assert_eq!(disk.pending_len(), 1, "one atomic batch, not flushed");
+    disk.crash(0);
+    let (applied, _) = reopen(&disk).state_machine.applied_state().await.unwrap();
+    assert_eq!(applied, None);
+}
+
+/// Goal: once its disk crashed, a process's stores can neither write nor read, even after the
+/// next process started on the disk.
+#[tokio::test]
+async fn a_crashed_process_cannot_write_through_its_stores() {
+    let (disk, mut opened) = on_memory();
+    disk.crash(0);
+    assert!(opened.log_store.save_vote(&Vote::new(1, 1)).await.is_err());
+    let mut next = reopen(&disk);
+    assert!(opened.log_store.save_vote(&Vote::new(2, 1)).await.is_err());
+    assert!(opened.state_machine.apply(vec![blank_entry(1)]).await.is_err());
+    assert_eq!(next.log_store.read_vote().await.unwrap(), None);
+    assert!(next.had_state, "the identity was flushed before the crash");
 }
 
 /// Goal: an entry with more commands than the token slot space (only a forged entry has one)
 /// is refused command by command, never a panic that every replica would repeat on replay.
 #[tokio::test]
 async fn an_oversized_entry_is_refused_not_a_panic() {
-    use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, EntryPayload};
-
     use crate::lease::{Batch, ClusterConfig, Command, Outcome, Rejection, Rules};
     use crate::limits::TOKEN_SLOT_BITS;
 
@@ -79,9 +173,6 @@ async fn an_oversized_entry_is_refused_not_a_panic() {
 /// this replica diverge from the others).
 #[tokio::test]
 async fn an_entry_under_newer_rules_stops_the_node_before_applying() {
-    use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, EntryPayload};
-
     use crate::lease::{Batch, ClusterConfig, Command, Rules};
 
     let dir = tempfile::tempdir().unwrap();
@@ -107,9 +198,6 @@ async fn an_entry_under_newer_rules_stops_the_node_before_applying() {
 /// (before, the given-up ID reloaded still held and the holder index check failed on start).
 #[tokio::test]
 async fn a_given_up_id_is_persisted_with_the_grant() {
-    use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, EntryPayload};
-
     use crate::lease::{
         Batch, ClusterConfig, Command, GrantExpectation, HolderId, Incarnation, Outcome, Rules, WorkerId,
     };
