@@ -31,14 +31,14 @@ pub enum MemDiskError {
 }
 
 /// One simulated node's disk. Cheap to clone; clones share the disk and the incarnation.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct MemDisk {
     shared: Arc<Mutex<DiskState>>,
     /// The incarnation this handle belongs to; it may act only while it is the disk's.
     incarnation: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct DiskState {
     /// The incarnation whose handles may act (none, between a crash and the next restart).
     incarnation: u64,
@@ -51,10 +51,16 @@ struct DiskState {
     failing_flushes: usize,
 }
 
-#[derive(Debug)]
 struct PendingBatch {
     tree: String,
     batch: KvBatch,
+}
+
+impl std::fmt::Debug for MemDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the image: a store's Debug output would print the whole disk.
+        f.debug_struct("MemDisk").field("incarnation", &self.incarnation).finish_non_exhaustive()
+    }
 }
 
 /// One tree of a `MemDisk`, tied to the incarnation of the handle that opened it.
@@ -146,7 +152,8 @@ impl MemDisk {
         self.lock().pending.len()
     }
 
-    /// Make the next `count` flushes fail (an fsync error), whichever handle flushes.
+    /// Make the next `count` flushes fail (an fsync error), whichever handle flushes; replaces
+    /// any count set before.
     pub fn fail_next_flushes(&self, count: usize) {
         self.lock().failing_flushes = count;
     }
