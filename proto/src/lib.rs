@@ -9,10 +9,13 @@ pub mod v1 {
     tonic::include_proto!("fenceflake.v1");
 }
 
+pub mod channel;
 pub mod clock_offset;
 pub mod duration;
+pub mod entropy;
 pub mod metrics;
 pub mod serving;
+pub mod switches;
 pub mod tls;
 pub mod wire;
 

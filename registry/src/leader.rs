@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use fenceflake_proto::switches::{self, Mechanism};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 
@@ -302,7 +303,7 @@ impl Leader {
         // It comes from the OS-seeded generator, independent of anything another cluster
         // restored from the same backup could have drawn: their tokens share a generation,
         // and only the offsets keep their values apart (docs/design.md, Restores).
-        let token_offset = TokenOffset::from_random_bits(rand::random());
+        let token_offset = TokenOffset::from_random_bits(fenceflake_proto::entropy::random_u64());
         match self.proposer.propose(Command::RestoreWithOffset { backup, token_offset }).await? {
             Outcome::Restored { generation, worker_ids, records, embargo_until_ms } => {
                 tracing::warn!(
@@ -363,8 +364,10 @@ impl Leader {
         if self.tracker.observe_leader(id) {
             return Ok(false);
         }
-        self.confirm_quorum().await?;
-        self.catch_up_own_log().await?;
+        if !switches::is_off(Mechanism::EnsureLinearizable) {
+            self.confirm_quorum().await?;
+            self.catch_up_own_log().await?;
+        }
         self.tracker.confirm(id);
         tracing::info!(term = id.term, node_id = id.node_id, "leadership confirmed by a quorum; serving grants");
         if self.state.read().table.config().is_none() {

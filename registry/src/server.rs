@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use fenceflake_proto::channel::BoxChannel;
 use fenceflake_proto::serving::Stopped;
 use fenceflake_proto::tls::{self, Security};
 use fenceflake_proto::v1::raft_transport_server::RaftTransportServer;
@@ -12,6 +13,7 @@ use fenceflake_proto::v1::registry_server::RegistryServer;
 use openraft::error::{InitializeError, RaftError};
 use openraft::ServerState;
 use tokio::net::TcpListener;
+use tonic::codegen::http;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -28,13 +30,13 @@ use crate::lost_disk::{self, Start, StartGate};
 use crate::metrics::RegistryMetrics;
 use crate::node::RegistryNode;
 use crate::proposer::Proposer;
-use crate::raft::network::{NetworkFactory, PeerClients};
+use crate::raft::network::{NetworkFactory, PeerClients, PeerConnector};
 use crate::raft::types::{NodeId, PeerNode, Raft};
 use crate::rules_raise;
 use crate::served;
 use crate::service::peer::PeerService;
 use crate::service::registry::{Listener, RegistryService};
-use crate::storage::{self, DataDirIdentity, OpenError};
+use crate::storage::{self, DataDirIdentity, MemDisk, OpenError};
 use crate::transfer::ElectionSwitch;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,63 @@ pub enum ServerError {
     AdminOnlyWithoutAdmin,
 }
 
+/// Where a node serves and keeps its data: sockets and its data dir (the product), or the
+/// deterministic simulator's in-memory network and disk.
+pub enum NodeIo {
+    Sockets(Listeners),
+    Simulated(SimulatedIo),
+}
+
+/// A simulated node's IO: its disk (crash semantics chosen by the simulator), how it reaches
+/// its peers, and where it hands the services it serves to the simulated network.
+pub struct SimulatedIo {
+    pub disk: MemDisk,
+    pub connector: Arc<dyn PeerConnector>,
+    pub served: ServedServices,
+}
+
+/// The services a simulated node serves, as its network calls them: each is there while the
+/// node serves it (the peer service from the start, the client service once the lost-disk
+/// guard let the node start) and gone once the node stops.
+#[derive(Clone, Default)]
+pub struct ServedServices {
+    pub peer: Arc<Mutex<Option<BoxChannel>>>,
+    pub client: Arc<Mutex<Option<BoxChannel>>>,
+}
+
+impl ServedServices {
+    fn publish(slot: &Mutex<Option<BoxChannel>>, service: Option<BoxChannel>) {
+        *slot.lock().unwrap_or_else(PoisonError::into_inner) = service;
+    }
+
+    /// The node stopped: nothing is served any more.
+    fn withdraw(&self) {
+        ServedServices::publish(&self.peer, None);
+        ServedServices::publish(&self.client, None);
+    }
+
+    /// The service in `slot`, if it is being served.
+    pub fn get(slot: &Mutex<Option<BoxChannel>>) -> Option<BoxChannel> {
+        slot.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// A generated gRPC server as a channel the simulated network calls.
+fn as_channel<S>(server: S) -> BoxChannel
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    BoxChannel::new(tower::ServiceExt::map_err(server, |never| match never {}))
+}
+
 /// The sockets a node serves on, bound by the caller (tests bind port 0).
 #[derive(Debug)]
 pub struct Listeners {
@@ -96,31 +155,60 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    run_on(config, NodeIo::Sockets(listeners), security, clock, shutdown).await
+}
+
+/// [`run`] on sockets or on the simulator's network and disk.
+pub async fn run_on(
+    config: NodeConfig,
+    io: NodeIo,
+    security: Security,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     config.validate()?;
     if let Some(error) = wrong_identity(&security, config.node_id) {
         return Err(error);
     }
-    if config.admin_only && listeners.admin.is_none() {
-        return Err(ServerError::AdminOnlyWithoutAdmin);
+    if let NodeIo::Sockets(Listeners { admin: None, .. }) = &io {
+        if config.admin_only {
+            return Err(ServerError::AdminOnlyWithoutAdmin);
+        }
     }
     let tracker = ExpiryTracker::new(clock.clone());
-    let (node, blank) = start_node(&config, clock.clone(), tracker.clone(), security.clone()).await?;
+    let simulated = match &io {
+        NodeIo::Sockets(_) => None,
+        NodeIo::Simulated(sim) => Some(sim),
+    };
+    let (node, blank) = start_node(&config, clock.clone(), tracker.clone(), security.clone(), simulated).await?;
     let raft = node.raft.clone();
     let (stop, stopped) = fenceflake_proto::serving::stop_signal();
     let gate = StartGate::new(!blank);
-    let Listeners { client, peer, admin, metrics } = listeners;
-    let peer_task = serve_peer(&node, peer, gate.clone(), &security, &stopped);
-    if let Some(listener) = metrics {
-        serve_metrics(&node, listener, &security, &stopped);
-    }
+    let (client_sockets, served, peer_task) = match io {
+        NodeIo::Sockets(Listeners { client, peer, admin, metrics }) => {
+            let peer_task = serve_peer(&node, peer, gate.clone(), &security, &stopped);
+            if let Some(listener) = metrics {
+                serve_metrics(&node, listener, &security, &stopped);
+            }
+            (Some((client, admin)), None, Some(peer_task))
+        }
+        NodeIo::Simulated(sim) => {
+            ServedServices::publish(&sim.served.peer, Some(as_channel(peer_server(&node, gate.clone()))));
+            (None, Some(sim.served), None)
+        }
+    };
+    let withdraw = || served.iter().for_each(ServedServices::withdraw);
     let mut shutdown = std::pin::pin!(shutdown);
     let fresh = if blank {
         match guard_start(&config, &node, clock.as_ref(), shutdown.as_mut()).await {
             Ok(Some(start)) => Some(start),
             stopped_or_refused => {
                 stop.stop();
+                withdraw();
                 let _ = raft.shutdown().await;
-                let _ = peer_task.1.await;
+                if let Some((_, task)) = peer_task {
+                    let _ = task.await;
+                }
                 return stopped_or_refused.map(drop);
             }
         }
@@ -129,8 +217,15 @@ pub async fn run(
     };
     gate.open();
     let (health_reporter, services) = client_services(&config, &security).map_err(ServerError::Reflection)?;
-    let mut tasks = serve_ports(&node, client, admin, services, &stopped);
-    tasks.push(peer_task);
+    let mut tasks = match (client_sockets, &served) {
+        (Some((client, admin)), _) => serve_ports(&node, client, admin, services, &stopped),
+        (None, served) => {
+            let registry = RegistryServer::new(RegistryService::new(node.clone(), Listener::Client { admin_only: false }));
+            served.iter().for_each(|s| ServedServices::publish(&s.client, Some(as_channel(registry.clone()))));
+            Vec::new()
+        }
+    };
+    tasks.extend(peer_task);
     security.follow_files(stopped.clone().wait());
     tokio::spawn(watch_leadership(node.clone(), health_reporter, tracker));
     tokio::spawn(clock_watch::run(node.clone(), stopped.clone()));
@@ -158,6 +253,7 @@ pub async fn run(
     };
     tracing::info!(node_id = config.node_id, "registry node stopping");
     stop.stop();
+    withdraw();
     let _ = raft.shutdown().await;
     for (port, task) in tasks {
         if let Ok(Err(source)) = task.await {
@@ -191,11 +287,21 @@ async fn start_node(
     clock: Arc<dyn Clock>,
     tracker: ExpiryTracker,
     security: Security,
+    simulated: Option<&SimulatedIo>,
 ) -> Result<(RegistryNode, bool), ServerError> {
     let raft_config = Arc::new(config.raft_config()?);
     let identity = DataDirIdentity { node_id: config.node_id, cluster_id: config.cluster_id.clone() };
-    let peers = PeerClients::new(config.cluster_id.clone(), config.node_id, clock.clone(), security);
-    let opened = storage::open(&config.data_dir, &identity, tracker.clone())?;
+    let (cluster_id, node_id) = (config.cluster_id.clone(), config.node_id);
+    let (peers, opened) = match simulated {
+        None => (
+            PeerClients::new(cluster_id, node_id, clock.clone(), security),
+            storage::open(&config.data_dir, &identity, tracker.clone())?,
+        ),
+        Some(sim) => (
+            PeerClients::with_connector(cluster_id, node_id, clock.clone(), security, sim.connector.clone()),
+            storage::open_memory(&sim.disk, &identity, tracker.clone())?,
+        ),
+    };
     let blank = !served::holds_raft_state(&opened)
         .await
         .map_err(|e| ServerError::Raft(format!("cannot read the Raft state in the data dir: {e}")))?;
@@ -367,13 +473,16 @@ fn serve_peer(
         .layer(tls::RefuseStrangersLayer)
         .http2_keepalive_interval(Some(std::time::Duration::from_millis(500)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(1)))
-        .add_service(
-            RaftTransportServer::new(PeerService::new(node.clone(), gate))
-                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
-        )
+        .add_service(peer_server(node, gate))
         .serve_with_incoming_shutdown(tls::incoming(peer, security.clone(), "peer"), stopped.clone().wait());
     ("peer", tokio::spawn(peer_server))
+}
+
+/// The peer service of `node`, behind `gate`.
+fn peer_server(node: &RegistryNode, gate: StartGate) -> RaftTransportServer<PeerService> {
+    RaftTransportServer::new(PeerService::new(node.clone(), gate))
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
 }
 
 /// Once a membership is known, say loudly where this node's `--initial-cluster` disagrees

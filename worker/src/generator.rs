@@ -40,6 +40,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fenceflake_proto::channel::BoxChannel;
 use fenceflake_proto::tls::Security;
 use tokio::sync::watch;
 
@@ -171,6 +172,17 @@ impl Generator {
     /// `tokio::time::timeout`): a lease granted meanwhile simply expires.
     pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> Result<Generator, StartError> {
         let registry = GrpcRegistry::new(&config.registry, registry_rpc_timeout(config.lease_ttl), &config.security)?;
+        Generator::start_with_registry(config, clock, Arc::new(registry)).await
+    }
+
+    /// [`Generator::start`] over channels the caller made, one per registry node named by
+    /// its address (the simulator's network); `config.registry` is not used.
+    pub async fn start_over(
+        config: WorkerConfig,
+        clock: Arc<dyn Clock>,
+        channels: Vec<(String, BoxChannel)>,
+    ) -> Result<Generator, StartError> {
+        let registry = GrpcRegistry::over(channels, registry_rpc_timeout(config.lease_ttl))?;
         Generator::start_with_registry(config, clock, Arc::new(registry)).await
     }
 
@@ -376,6 +388,17 @@ impl Generator {
 
     pub(crate) fn metrics(&self) -> &WorkerMetrics {
         &self.shared.metrics
+    }
+
+    /// Stop at once, as SIGKILL would: no more IDs, the background tasks aborted, no release
+    /// and no last-timestamp flush (the lease expires; the next start boots past the ceiling
+    /// as persisted). For the simulator's crashes, and embedders that cannot wait.
+    pub fn kill(&self) {
+        let _ = self.shared.lock().stop();
+        let tasks = std::mem::take(&mut *self.shared.tasks.lock().expect("task list lock is never held across a panic"));
+        for task in tasks {
+            task.abort();
+        }
     }
 
     /// Clean shutdown: refuse further mints, stop renewing, persist the exact last timestamp

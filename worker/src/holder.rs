@@ -4,7 +4,7 @@
 use std::fmt;
 use std::num::NonZeroU64;
 
-use rand::Rng;
+use fenceflake_proto::entropy;
 
 /// Longest holder ID the worker creates or accepts from its state directory; the registry
 /// refuses much longer ones, and a hostname is cut to fit.
@@ -28,7 +28,7 @@ impl HolderId {
             .take(HOSTNAME_PART_MAX_BYTES)
             .collect();
         let host = if host.is_empty() { "unknown-host".to_string() } else { host };
-        let nonce: u64 = rand::thread_rng().gen();
+        let nonce = entropy::random_u64();
         HolderId(format!("{host}/{}/{nonce:016x}", std::process::id()))
     }
 
@@ -60,9 +60,8 @@ pub struct Incarnation(NonZeroU64);
 impl Incarnation {
     /// A fresh incarnation (never 0, which means "none" on the wire).
     pub fn draw() -> Incarnation {
-        let mut rng = rand::thread_rng();
         loop {
-            if let Some(value) = NonZeroU64::new(rng.gen()) {
+            if let Some(value) = NonZeroU64::new(entropy::random_u64()) {
                 return Incarnation(value);
             }
         }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
+use fenceflake_proto::entropy;
 use tokio::sync::watch;
 
 use crate::clock::MonoTime;
@@ -47,7 +47,7 @@ impl Backoff {
     pub fn next_pause(&mut self) -> Duration {
         let d = self.next_ms;
         self.next_ms = d.saturating_mul(2).min(self.max_ms);
-        Duration::from_millis(rand::thread_rng().gen_range(d / 2..=d))
+        Duration::from_millis(entropy::random_in(d / 2..=d))
     }
 }
 
@@ -59,7 +59,7 @@ impl Default for Backoff {
 
 /// `interval` minus up to [`RENEW_JITTER_PERCENT`], never more than `interval`.
 fn jittered(interval: Duration) -> Duration {
-    let cut = rand::thread_rng().gen_range(0..=RENEW_JITTER_PERCENT);
+    let cut = entropy::random_in(0..=RENEW_JITTER_PERCENT);
     interval * (100 - cut as u32) / 100
 }
 

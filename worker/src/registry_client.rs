@@ -10,11 +10,12 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use fenceflake_proto::channel::{self, BoxChannel};
 use fenceflake_proto::tls::{self, Role, Security};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::registry_client::RegistryClient;
 use fenceflake_proto::wire::Reason;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::Code;
 
 use crate::holder::{HolderId, Incarnation};
@@ -238,9 +239,8 @@ pub struct RegistryAddrError {
 }
 
 /// The registry over gRPC: one lazily connected channel per node.
-#[derive(Debug)]
 pub struct GrpcRegistry {
-    nodes: Vec<(String, RegistryClient<Channel>)>,
+    nodes: Vec<(String, RegistryClient<BoxChannel>)>,
     /// The node that answered last: tried first next time, so a healthy cluster costs one
     /// RPC per call instead of a sweep.
     preferred: AtomicUsize,
@@ -263,13 +263,18 @@ impl GrpcRegistry {
                     .map_err(|e| RegistryAddrError { addr: addr.clone(), why: e.to_string() })?
                     .connect_timeout(Duration::from_millis(REGISTRY_CONNECT_TIMEOUT_MS))
                     .tcp_nodelay(true);
-                let channel = tls::connect_lazy(endpoint, security, &[Role::Node]);
-                Ok((addr.clone(), RegistryClient::new(channel)))
+                Ok((addr.clone(), channel::boxed(tls::connect_lazy(endpoint, security, &[Role::Node]))))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if nodes.is_empty() {
+        GrpcRegistry::over(nodes, rpc_timeout)
+    }
+
+    /// Clients over channels the caller made, named by address (the simulator's network).
+    pub fn over(channels: Vec<(String, BoxChannel)>, rpc_timeout: Duration) -> Result<GrpcRegistry, RegistryAddrError> {
+        if channels.is_empty() {
             return Err(RegistryAddrError { addr: String::new(), why: "no registry address given".into() });
         }
+        let nodes = channels.into_iter().map(|(addr, channel)| (addr, RegistryClient::new(channel))).collect();
         Ok(GrpcRegistry { nodes, preferred: AtomicUsize::new(0), rpc_timeout })
     }
 
@@ -277,7 +282,7 @@ impl GrpcRegistry {
     /// with anything but a retryable error.
     async fn sweep<T, F, Fut>(&self, call: F) -> Result<T, RegistryCallError>
     where
-        F: Fn(RegistryClient<Channel>) -> Fut,
+        F: Fn(RegistryClient<BoxChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let start = self.preferred.load(Ordering::Relaxed);
@@ -309,6 +314,13 @@ impl GrpcRegistry {
             }
         }
         Err(RegistryCallError::Unavailable { last, indeterminate })
+    }
+}
+
+impl std::fmt::Debug for GrpcRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let addrs: Vec<&str> = self.nodes.iter().map(|(addr, _)| addr.as_str()).collect();
+        f.debug_struct("GrpcRegistry").field("nodes", &addrs).field("rpc_timeout", &self.rpc_timeout).finish()
     }
 }
 

@@ -13,6 +13,7 @@ use super::record::{
     AuditEntry, AuditKind, ClusterConfig, GrantExpectation, LeaseRecord, PastOwner, SupersededToken, TableGlobals,
     PAST_OWNERS_MAX,
 };
+use fenceflake_proto::switches::{self, Mechanism};
 use fenceflake_proto::wire::WORKER_ID_BITS_MAX;
 
 use crate::limits::{AUDIT_ENTRIES_MAX, CLAIM_AHEAD_MAX_MS, REASON_LEN_MAX};
@@ -276,7 +277,7 @@ impl LeaseTable {
         record.token = token;
         record.ttl_ms = ttl_ms;
         record.last_renew = pos;
-        record.not_before_ms = record.high_water_ms;
+        record.not_before_ms = if switches::is_off(Mechanism::NotBefore) { 0 } else { record.high_water_ms };
         record.max_minted_ms = 0;
         record.high_water_ms = record.high_water_ms.max(leader_wall_ms.saturating_add(ttl_ms));
         self.holders.insert((record.owner.clone(), holder.clone()), worker_id);
@@ -291,7 +292,7 @@ impl LeaseTable {
         if let Some(reason) = &record.quarantine {
             return Err(Rejection::Quarantined { reason: reason.clone() });
         }
-        if record.expectation() != expect {
+        if record.expectation() != expect && !switches::is_off(Mechanism::GrantCas) {
             return Err(Rejection::AlreadyHeld { holder: record.holder.clone(), specific });
         }
         Ok(())

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use fenceflake_proto::channel::{self, BoxChannel};
 use fenceflake_proto::tls::{self, Security};
 use fenceflake_proto::v1::raft_transport_client::RaftTransportClient;
 use fenceflake_proto::v1::{NodeHistoryAnswer, RaftPayload};
@@ -21,7 +22,7 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use super::types::{NodeId, PeerNode, TypeConfig};
 use crate::clock::{Clock, MonoTime};
@@ -67,7 +68,35 @@ pub enum PeerCallError {
     Codec(#[from] serde_json::Error),
 }
 
-/// Cached gRPC channels to peers, by node id and peer address. Channels are lazy and reconnect
+/// How a node reaches its peers' peer ports: real gRPC channels, or (the simulator) its
+/// in-memory network.
+pub trait PeerConnector: Send + Sync + std::fmt::Debug + 'static {
+    /// A lazily connected channel to node `target` at `addr`.
+    fn connect(&self, target: NodeId, addr: &str) -> Result<BoxChannel, PeerCallError>;
+}
+
+/// gRPC over TCP: mutual TLS to peers (servers must present the `node` certificate of the
+/// target), or plaintext.
+#[derive(Debug)]
+pub struct GrpcConnector {
+    security: Security,
+}
+
+impl PeerConnector for GrpcConnector {
+    fn connect(&self, target: NodeId, addr: &str) -> Result<BoxChannel, PeerCallError> {
+        let bad = |why: String| PeerCallError::BadAddress { addr: addr.to_string(), why };
+        let endpoint = Endpoint::from_shared(tls::endpoint_url(addr))
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        Ok(channel::boxed(tls::connect_lazy_to_node(endpoint, &self.security, target)))
+    }
+}
+
+/// Cached channels to peers, by node id and peer address. Channels are lazy and reconnect
 /// by themselves, so one per peer is enough; creating one per call floods sockets.
 /// Also remembers when each peer last answered (the leader's per-member reachability).
 #[derive(Debug, Clone)]
@@ -77,18 +106,32 @@ pub struct PeerClients {
     clock: Arc<dyn Clock>,
     /// Mutual TLS to peers (servers must present a `node` certificate), or plaintext.
     security: Security,
-    channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
+    connector: Arc<dyn PeerConnector>,
+    channels: Arc<Mutex<HashMap<(NodeId, String), BoxChannel>>>,
     answered_at: Arc<Mutex<HashMap<NodeId, MonoTime>>>,
     warned_at: Arc<Mutex<HashMap<NodeId, MonoTime>>>,
 }
 
 impl PeerClients {
     pub fn new(cluster_id: String, my_id: NodeId, clock: Arc<dyn Clock>, security: Security) -> PeerClients {
+        let connector = Arc::new(GrpcConnector { security: security.clone() });
+        PeerClients::with_connector(cluster_id, my_id, clock, security, connector)
+    }
+
+    /// Peer clients that reach peers through `connector` (the simulator's network).
+    pub fn with_connector(
+        cluster_id: String,
+        my_id: NodeId,
+        clock: Arc<dyn Clock>,
+        security: Security,
+        connector: Arc<dyn PeerConnector>,
+    ) -> PeerClients {
         PeerClients {
             cluster_id,
             my_id,
             clock,
             security,
+            connector,
             channels: Arc::default(),
             answered_at: Arc::default(),
             warned_at: Arc::default(),
@@ -108,21 +151,13 @@ impl PeerClients {
 
     /// The channel to node `target` at `addr` (keyed by both: under TLS it accepts only that
     /// node's certificate).
-    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, PeerCallError> {
+    fn channel(&self, target: NodeId, addr: &str) -> Result<BoxChannel, PeerCallError> {
         let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (target, addr.to_string());
         if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
-        let bad = |why: String| PeerCallError::BadAddress { addr: addr.to_string(), why };
-        let endpoint = Endpoint::from_shared(tls::endpoint_url(addr))
-            .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
-        let channel = tls::connect_lazy_to_node(endpoint, &self.security, target);
+        let channel = self.connector.connect(target, addr)?;
         channels.insert(key, channel.clone());
         Ok(channel)
     }

@@ -34,7 +34,7 @@ openraft::declare_raft_types!(
         Node = PeerNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = super::runtime::RegistryRuntime,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;
