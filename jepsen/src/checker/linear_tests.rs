@@ -208,6 +208,24 @@ fn budget_exhaustion_names_the_segment() {
     assert_eq!(check(&r.events, &tight).valid, Valid::False, "ID 8's violation is still found");
 }
 
+/// Goal: after an exhausted segment the ID's check starts again at the next read that is a
+/// segment of its own, so a later double grant on the same ID is still found.
+#[test]
+fn the_check_starts_again_after_an_exhausted_segment() {
+    let mut r = R::default();
+    r.acquire(7, "a", (0, 1), 10).acquire(7, "a", (10, 200), 10);
+    for i in 0..12 {
+        r.reject(Call::Acquire(Some(7), &format!("b{i}")), (11 + i, 100), Rejection::AlreadyHeld);
+    }
+    r.op(Call::Release(7, 10), (201, 202), Phase::Ok, Some(RegistryResult::Released));
+    r.get(7, (203, 204), None, 10).acquire(7, "c", (205, 206), 30).acquire(7, "d", (207, 208), 31);
+    let tight = Config { expiry: Expiry::Never, max_steps_per_segment: 50 };
+    let result = check(&r.events, &tight);
+    assert_eq!(result.valid, Valid::False, "{}", result.summary);
+    assert_eq!(result.evidence[0]["possible_states"][0]["holder"], "c");
+    assert!(result.summary.contains("(1 out of budget"), "{}", result.summary);
+}
+
 /// Goal: the history is cut at quiescent points with every possible state carried across:
 /// a long sequential history of many rounds is linearizable in one segment per op, and a
 /// double grant whose two halves sit in different segments is still caught.

@@ -11,7 +11,8 @@
 //! configurations at the cut are all the later part needs: carrying them across loses no
 //! linearization and adds none. The step budget is per segment (the ops between two such
 //! points), so one hard segment answers "don't know" for itself, named by its time range and
-//! op count, without eating the budget of the rest.
+//! op count, without eating the budget of the rest; the search starts again at the next op
+//! that pins the state ([`Model::pins`]).
 //!
 //! Ops that never returned (`return_ns: None`, a timeout) may take effect at any time after
 //! their call, or never: they stay available forever. Three rules keep them from multiplying
@@ -45,6 +46,12 @@ pub(crate) trait Model {
     type Class: Eq + Hash;
     fn step(&self, state: &Self::State, op: &Self::Op, next: &mut Vec<Self::State>);
     fn class(&self, op: &Self::Op) -> Self::Class;
+    /// The state `op` leaves the object in whatever came before, when its outcome shows all
+    /// of it (a read of the whole state), read as loosely as the model allows. After a
+    /// segment runs out of budget the search starts again from the first such op that is a
+    /// segment of its own: every state the history may truly be in there is this one, so a
+    /// violation found later is real.
+    fn pins(&self, op: &Self::Op) -> Option<Self::State>;
 }
 
 /// An operation with its real-time interval; `return_ns: None` means it never returned.
@@ -88,17 +95,25 @@ pub(crate) const STATES_SHOWN: usize = 4;
 /// How many earlier ops a [`Stuck`] names.
 pub(crate) const RECENT_SHOWN: usize = 8;
 
+/// What the search found. The history is linearizable iff `illegal` and `exhausted` are
+/// both empty.
 #[derive(Debug, Clone)]
-pub(crate) enum Outcome<S> {
-    Linearizable {
-        segments: usize,
-        /// The most steps any one segment took.
-        max_steps: u64,
-    },
-    Illegal(Stuck<S>),
-    /// This segment ran out of its step budget; what follows it was not checked (its
-    /// starting configurations are not known).
-    Exhausted(SegmentInfo),
+pub(crate) struct Outcome<S> {
+    /// Where no configuration could go on: a violation.
+    pub(crate) illegal: Option<Stuck<S>>,
+    /// Segments that ran out of their step budget. The ops after each, up to the next op
+    /// whose outcome pins the state ([`Model::pins`]), were not checked.
+    pub(crate) exhausted: Vec<SegmentInfo>,
+    pub(crate) segments: usize,
+    /// The most steps any one segment took.
+    pub(crate) max_steps: u64,
+}
+
+#[cfg(test)]
+impl<S> Outcome<S> {
+    fn linearizable(&self) -> bool {
+        self.illegal.is_none() && self.exhausted.is_empty()
+    }
 }
 
 /// How many never-returning ops of each class a configuration used (by class number).
@@ -275,9 +290,11 @@ pub(crate) fn search<M: Model>(model: &M, init: M::State, ops: &[Timed<M::Op>], 
     let mut available = Used::none(first_of_class.len());
     let mut in_flight: Vec<usize> = Vec::new();
     let mut recent: Vec<usize> = Vec::new();
+    let mut outcome = Outcome { illegal: None, exhausted: Vec::new(), segments: timeline.segments.len(), max_steps: 0 };
+    // Whether the search is waiting, after an exhausted segment, for an op that pins the state.
+    let mut lost = false;
     let mut segment = 0usize;
     let mut steps = 0u64;
-    let mut max_steps_seen = 0u64;
     for (pos, &(_, mark, i)) in timeline.marks.iter().enumerate() {
         if timeline.segments.get(segment + 1).is_some_and(|&(start, _)| start == pos) {
             segment += 1;
@@ -286,21 +303,35 @@ pub(crate) fn search<M: Model>(model: &M, init: M::State, ops: &[Timed<M::Op>], 
         match (mark, ops[i].return_ns.is_some()) {
             (Mark::Call, false) => available = available.with(class_of[i]),
             (Mark::Call, true) => in_flight.push(i),
+            (Mark::Return, _) if lost => {
+                in_flight.retain(|&k| k != i);
+                let alone = timeline.segments[segment].1.ops == 1;
+                if let Some(state) = model.pins(&ops[i].op).filter(|_| alone) {
+                    frontier = Configs::new();
+                    frontier.insert((state, Vec::new()), Used::none(first_of_class.len()));
+                    recent.clear();
+                    lost = false;
+                }
+            }
             (Mark::Return, _) => {
                 let sweep =
                     Sweep { model, ops, first_of_class: &first_of_class, in_flight: &in_flight, available: &available };
                 let info = |steps| SegmentInfo { steps, ..timeline.segments[segment].1 };
                 match sweep.linearize(&frontier, i, &mut steps, max_steps) {
-                    None => return Outcome::Exhausted(info(steps)),
+                    None => {
+                        outcome.exhausted.push(info(steps));
+                        lost = true;
+                    }
                     Some(next) if next.is_empty() => {
                         let mut states = frontier.states();
                         states.truncate(STATES_SHOWN);
-                        return Outcome::Illegal(Stuck { segment: info(steps), blocked: i, states, recent });
+                        outcome.illegal = Some(Stuck { segment: info(steps), blocked: i, states, recent });
+                        return outcome;
                     }
                     Some(next) => frontier = next,
                 }
                 in_flight.retain(|&k| k != i);
-                max_steps_seen = max_steps_seen.max(steps);
+                outcome.max_steps = outcome.max_steps.max(steps);
                 if recent.len() == RECENT_SHOWN {
                     recent.remove(0);
                 }
@@ -308,7 +339,7 @@ pub(crate) fn search<M: Model>(model: &M, init: M::State, ops: &[Timed<M::Op>], 
             }
         }
     }
-    Outcome::Linearizable { segments: timeline.segments.len(), max_steps: max_steps_seen }
+    outcome
 }
 
 /// What one return's search may use.
@@ -421,6 +452,12 @@ mod tests {
                 RegOp::Read(_) => {}
             }
         }
+        fn pins(&self, op: &RegOp) -> Option<u32> {
+            match *op {
+                RegOp::Read(v) => Some(v),
+                RegOp::Write(_) => None,
+            }
+        }
     }
 
     fn t(call_ns: u64, return_ns: Option<u64>, op: RegOp) -> Timed<RegOp> {
@@ -431,11 +468,17 @@ mod tests {
         search(&Register, 0, ops, 1_000_000)
     }
 
+    /// Whether it is linearizable, and in how many segments.
+    fn check(ops: &[Timed<RegOp>]) -> (bool, usize) {
+        let outcome = run(ops);
+        (outcome.linearizable(), outcome.segments)
+    }
+
     /// Goal: concurrent ops may be reordered to fit the model.
     #[test]
     fn concurrent_reorder_is_found() {
         let ops = [t(0, Some(10), RegOp::Read(1)), t(1, Some(5), RegOp::Write(1))];
-        assert!(matches!(run(&ops), Outcome::Linearizable { segments: 1, .. }));
+        assert_eq!(check(&ops), (true, 1));
     }
 
     /// Goal: an op linearized to explain an earlier return (the write, for the read inside
@@ -443,7 +486,7 @@ mod tests {
     #[test]
     fn an_op_linearized_early_counts_at_its_return() {
         let ops = [t(0, Some(10), RegOp::Write(1)), t(1, Some(5), RegOp::Read(1)), t(11, Some(12), RegOp::Read(1))];
-        assert!(matches!(run(&ops), Outcome::Linearizable { segments: 2, .. }));
+        assert_eq!(check(&ops), (true, 2));
     }
 
     /// Goal: a stale read after a completed write is illegal, and the evidence names it, the
@@ -451,27 +494,23 @@ mod tests {
     #[test]
     fn stale_read_is_illegal() {
         let ops = [t(0, Some(5), RegOp::Write(1)), t(6, Some(8), RegOp::Read(0))];
-        match run(&ops) {
-            Outcome::Illegal(stuck) => {
-                assert_eq!((stuck.blocked, stuck.states, stuck.recent), (1, vec![1], vec![0]));
-                assert_eq!((stuck.segment.index, stuck.segment.from_ns, stuck.segment.to_ns), (1, 6, 8));
-            }
-            other => panic!("expected illegal, got {other:?}"),
-        }
+        let stuck = run(&ops).illegal.expect("illegal");
+        assert_eq!((stuck.blocked, stuck.states, stuck.recent), (1, vec![1], vec![0]));
+        assert_eq!((stuck.segment.index, stuck.segment.from_ns, stuck.segment.to_ns), (1, 6, 8));
     }
 
     /// Goal: an op that never returned may take effect late (or never).
     #[test]
     fn pending_op_may_take_effect_late() {
         let ops = [t(0, None, RegOp::Write(2)), t(5, Some(6), RegOp::Read(0)), t(7, Some(8), RegOp::Read(2))];
-        assert!(matches!(run(&ops), Outcome::Linearizable { segments: 2, .. }));
+        assert_eq!(check(&ops), (true, 2));
     }
 
     /// Goal: an op that never returned may also never take effect.
     #[test]
     fn pending_op_may_never_take_effect() {
         let ops = [t(0, None, RegOp::Write(2)), t(5, Some(6), RegOp::Read(0)), t(7, Some(8), RegOp::Read(0))];
-        assert!(matches!(run(&ops), Outcome::Linearizable { .. }));
+        assert!(run(&ops).linearizable());
     }
 
     /// Goal: an op that never returned takes effect at most once.
@@ -483,7 +522,7 @@ mod tests {
             t(3, Some(4), RegOp::Write(1)),
             t(5, Some(6), RegOp::Read(2)),
         ];
-        assert!(matches!(run(&ops), Outcome::Illegal(Stuck { blocked: 3, .. })));
+        assert_eq!(run(&ops).illegal.map(|s| s.blocked), Some(3));
     }
 
     /// Goal: the cut at a quiescent point carries every possible state, not one: the first
@@ -496,9 +535,9 @@ mod tests {
             t(11, Some(12), RegOp::Read(2)),
             t(13, Some(14), RegOp::Read(2)),
         ];
-        assert!(matches!(run(&ops), Outcome::Linearizable { segments: 3, .. }));
+        assert_eq!(check(&ops), (true, 3));
         let ops = [t(0, Some(10), RegOp::Write(1)), t(0, Some(10), RegOp::Write(2)), t(11, Some(12), RegOp::Read(3))];
-        assert!(matches!(run(&ops), Outcome::Illegal(_)));
+        assert!(run(&ops).illegal.is_some());
     }
 
     /// Goal: many never-returning writes cost configurations linear in their number, not
@@ -509,10 +548,9 @@ mod tests {
         for i in 0..30u64 {
             ops.push(t(100 + 2 * i, Some(101 + 2 * i), RegOp::Read(30 - i as u32)));
         }
-        match search(&Register, 0, &ops, 100_000) {
-            Outcome::Linearizable { segments: 30, max_steps } => assert!(max_steps < 100_000, "{max_steps}"),
-            other => panic!("expected linearizable, got {other:?}"),
-        }
+        let outcome = search(&Register, 0, &ops, 100_000);
+        assert_eq!((outcome.linearizable(), outcome.segments), (true, 30));
+        assert!(outcome.max_steps < 100_000, "{}", outcome.max_steps);
     }
 
     /// Goal: never-returning ops alike are counted: three writes of 5 explain three reads of
@@ -524,9 +562,9 @@ mod tests {
             ops.push(t(10 + 4 * i, Some(11 + 4 * i), RegOp::Read(5)));
             ops.push(t(12 + 4 * i, Some(13 + 4 * i), RegOp::Write(0)));
         }
-        assert!(matches!(run(&ops), Outcome::Linearizable { .. }));
+        assert!(run(&ops).linearizable());
         ops.push(t(30, Some(31), RegOp::Read(5)));
-        assert!(matches!(run(&ops), Outcome::Illegal(Stuck { blocked: 9, .. })));
+        assert_eq!(run(&ops).illegal.map(|s| s.blocked), Some(9));
     }
 
     /// Registers by key, searched as one object: what the search costs without splitting a
@@ -549,6 +587,9 @@ mod tests {
                 s
             }));
         }
+        fn pins(&self, _: &(usize, RegOp)) -> Option<Vec<u32>> {
+            None
+        }
     }
 
     /// Goal: independent objects searched together are exponential (every subset of every
@@ -565,13 +606,11 @@ mod tests {
         let together: Vec<_> = (0..keys)
             .flat_map(|k| per_key(k).map(|(c, r, op)| Timed { call_ns: c, return_ns: Some(r), op: (k, op) }))
             .collect();
-        assert!(matches!(search(&Registers, vec![0; keys], &together, budget), Outcome::Exhausted(_)));
+        assert_eq!(search(&Registers, vec![0; keys], &together, budget).exhausted.len(), 1);
         for k in 0..keys {
             let apart: Vec<_> = per_key(k).into_iter().map(|(c, r, op)| t(c, Some(r), op)).collect();
-            match search(&Register, 0, &apart, budget) {
-                Outcome::Linearizable { max_steps, .. } => assert!(max_steps < 100, "{max_steps}"),
-                other => panic!("key {k}: {other:?}"),
-            }
+            let outcome = search(&Register, 0, &apart, budget);
+            assert!(outcome.linearizable() && outcome.max_steps < 100, "key {k}: {outcome:?}");
         }
     }
 
@@ -580,9 +619,29 @@ mod tests {
     fn budget_exhaustion_is_reported() {
         let mut ops: Vec<_> = (0..12).map(|i| t(0, Some(100), RegOp::Write(i))).collect();
         ops.insert(0, t(0, Some(1), RegOp::Write(0)));
-        match search(&Register, 0, &ops, 5) {
-            Outcome::Exhausted(info) => assert_eq!((info.index, info.ops), (0, 13)),
-            other => panic!("expected exhausted, got {other:?}"),
-        }
+        let outcome = search(&Register, 0, &ops, 5);
+        assert_eq!(outcome.exhausted.iter().map(|s| (s.index, s.ops)).collect::<Vec<_>>(), [(0, 13)]);
+        assert!(outcome.illegal.is_none());
+    }
+
+    /// Goal: after an exhausted segment the search starts again at the next read that is a
+    /// segment of its own, and finds a violation after it; without such a read it checks
+    /// nothing more.
+    #[test]
+    fn the_search_starts_again_at_a_read() {
+        let mut ops: Vec<_> = (0..12).map(|i| t(0, Some(100), RegOp::Write(i))).collect();
+        ops.push(t(101, Some(102), RegOp::Write(20)));
+        ops.push(t(103, Some(104), RegOp::Read(7)));
+        ops.push(t(105, Some(106), RegOp::Read(8)));
+        let outcome = search(&Register, 0, &ops, 5);
+        assert_eq!((outcome.exhausted.len(), outcome.illegal.map(|s| (s.blocked, s.states))), (1, Some((14, vec![7]))));
+        ops.truncate(13);
+        ops.push(t(102, Some(106), RegOp::Read(8)));
+        let outcome = search(&Register, 0, &ops, 5);
+        assert_eq!(
+            (outcome.exhausted.len(), outcome.illegal.is_none()),
+            (1, true),
+            "a read overlapping a write pins nothing"
+        );
     }
 }
