@@ -35,7 +35,8 @@
 //! The search ([`wgl`]) carries every state the history may be in across each quiescent
 //! point of an ID's history, so a long history costs the sum of its segments, not their
 //! product; the step budget is per segment, and an exhausted one is named (worker ID, time
-//! range, op count). Entry point: [`check`], a pure function of the events (no clock, no IO).
+//! range, op count), and the ID's check starts again at its next lone read. Entry point:
+//! [`check`], a pure function of the events (no clock, no IO).
 
 use std::collections::HashMap;
 
@@ -43,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::checker::wgl::{self, SegmentInfo};
-use crate::checker::{CheckResult, Valid};
+use crate::checker::{CheckResult, Evidence, Valid};
 use crate::history::{self, Event, Rejection};
 
 #[path = "linear_ops.rs"]
@@ -259,7 +260,7 @@ pub fn check(events: &[Event], config: &Config) -> CheckResult {
     let invocations = history::registry_ops(events);
     let mut parts = Partitions::build(&invocations);
     let mut doubts = std::mem::take(&mut parts.doubts);
-    let mut violations = crate::checker::Evidence::default();
+    let mut violations = Evidence::default();
     let (mut exhausted, mut segments, mut max_steps) = (0usize, 0usize, 0u64);
     for (&worker_id, ops) in &parts.by_worker_id {
         let model = LeaseModel {
