@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The harness part of the test suite: every scenario briefly, then the self-tests that prove
-# a green run means something (workers without their deadline check must make `pause` fail;
+# The harness part of the test suite: every scenario briefly, `pause` once more with the ID
+# load through WorkerClient (availability while a worker is stopped), then the self-tests that
+# prove a green run means something (workers without their deadline check must make `pause` fail;
 # registry nodes without authorization must make `adversary` fail; workers without
 # incarnations must make `clone-state` fail; registry nodes without their clock check must make
 # `registry-clock-skew` fail).
@@ -79,6 +80,12 @@ for scenario in "${scenarios[@]}"; do
     run --scenario "$scenario" --seed "$seed" --store "$store"
     record "$scenario" 0 "harness scenario $scenario is invalid, unknown or could not run (exit $code); reports under $store/$scenario/"
 done
+
+# What a real caller sees: pause again, the ID load through WorkerClient (hedged, ejecting);
+# the availability check fails the run if under 99% of the calls made while the worker is
+# stopped succeed.
+run --scenario pause --seed "$seed" --store "$store/pause-balanced" --workload-client balanced
+record pause-balanced 0 "harness pause through WorkerClient is invalid (availability below the minimum?), unknown or could not run (exit $code); reports under $store/pause-balanced/"
 
 # The switch exists only in the separately built test binary (scripts/build-unsafe-test-binary).
 unsafe_bin=target/unsafe-test/fenceflake

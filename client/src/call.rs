@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::{classify, ClientError, Failure};
 use crate::policy::{timeouts, Timeouts, ATTEMPT_FLOOR};
-use crate::{lock, Inner, Kind};
+use crate::{lock, Answered, Inner, Kind};
 
 /// What an attempt task hands back: which worker, and its answer or why it failed.
 type Attempt<Resp> = (usize, Result<Resp, Failure>);
@@ -44,7 +44,7 @@ pub(crate) async fn call<Req, Resp, F, Fut>(
     kind: Kind,
     rpc: F,
     message: Req,
-) -> Result<Resp, ClientError>
+) -> Result<Answered<Resp>, ClientError>
 where
     Req: Clone + Send + 'static,
     Resp: Send + 'static,
@@ -79,9 +79,9 @@ where
                 };
                 race.pending.retain(|(p, _)| *p != w);
                 match outcome {
-                    Ok(response) => {
+                    Ok(reply) => {
                         race.won();
-                        return Ok(response);
+                        return Ok(Answered { worker: w, reply });
                     }
                     Err(Failure::Fatal(error)) => {
                         race.set.detach_all();

@@ -110,6 +110,16 @@ enum Kind {
     Batch = 1,
 }
 
+/// A reply and the worker that gave it, as its index in the addresses the client was built
+/// with. Which worker answers is known only when the call ends (a hedge may win), and a
+/// caller that records where each ID came from — the harness's history, judged per worker
+/// process and lease — needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answered<T> {
+    pub worker: usize,
+    pub reply: T,
+}
+
 /// What one worker saw from this client, for tests and diagnostics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkerStats {
@@ -177,12 +187,26 @@ impl WorkerClient {
 
     /// One ID from some serving worker.
     pub async fn generate(&self) -> Result<u64, ClientError> {
+        self.generate_answered().await.map(|a| a.reply.id)
+    }
+
+    /// As [`WorkerClient::generate`], with the whole reply (the lease it was minted under
+    /// and its deadline) and which worker gave it.
+    pub async fn generate_answered(&self) -> Result<Answered<pb::GenerateResponse>, ClientError> {
         let rpc = |mut c: GeneratorClient<Channel>, r| async move { c.generate(r).await };
-        call::call(&self.inner, Kind::Single, rpc, pb::GenerateRequest {}).await.map(|r| r.id)
+        call::call(&self.inner, Kind::Single, rpc, pb::GenerateRequest {}).await
     }
 
     /// `count` IDs from one serving worker, as ranges (one per millisecond used).
     pub async fn generate_batch(&self, count: u32) -> Result<pb::GenerateBatchResponse, ClientError> {
+        self.generate_batch_answered(count).await.map(|a| a.reply)
+    }
+
+    /// As [`WorkerClient::generate_batch`], with which worker gave the reply.
+    pub async fn generate_batch_answered(
+        &self,
+        count: u32,
+    ) -> Result<Answered<pb::GenerateBatchResponse>, ClientError> {
         let rpc = |mut c: GeneratorClient<Channel>, r| async move { c.generate_batch(r).await };
         call::call(&self.inner, Kind::Batch, rpc, pb::GenerateBatchRequest { count }).await
     }

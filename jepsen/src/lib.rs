@@ -4,9 +4,10 @@
 //! - [`history`]: the events of a run (`history.jsonl`): client ops against workers,
 //!   registry ops, nemesis faults, lease changes reported by workers.
 //! - [`checker`]: unique IDs, per-worker monotonicity, lease fencing and deadlines, registry
-//!   linearizability (WGL search per worker ID), parking under quorum loss, performance, the
-//!   adversary's forged calls (all refused, no worker parked), copies of a state dir
-//!   converging, and workers serving on the cluster's time while a registry clock is off.
+//!   linearizability (WGL search per worker ID), parking under quorum loss, performance,
+//!   availability while a worker is paused, the adversary's forged calls (all refused, no
+//!   worker parked), copies of a state dir converging, and workers serving on the cluster's
+//!   time while a registry clock is off.
 //! - runtime: [`net`] (namespaces, bridge, nftables faults), [`process`] (real processes in
 //!   them), [`supervise`] (restart-always for workers that exit on their own), [`scenario`]
 //!   (nemesis schedules), [`workload`] (the client, run inside the client

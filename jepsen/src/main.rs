@@ -13,6 +13,7 @@ use fenceflake_jepsen::clock::RunClock;
 use fenceflake_jepsen::history::{self, HistoryWriter};
 use fenceflake_jepsen::run::{run, RunOptions};
 use fenceflake_jepsen::scenario::{self, SCENARIOS};
+use fenceflake_jepsen::workload::WorkloadClient;
 use fenceflake_jepsen::{net, process, report, workload};
 use fenceflake_proto::duration::parse_duration;
 
@@ -91,6 +92,15 @@ struct TestArgs {
     /// its own CA and every process and client uses mutual TLS with a certificate of its own.
     #[arg(long)]
     insecure: bool,
+    /// How the ID workload calls the workers: `direct` (a random worker per call, waiting out
+    /// a hung one: the safety workload) or `balanced` (through `WorkerClient`: what a real
+    /// caller sees; the `availability` check then enforces --min-availability).
+    #[arg(long, env = "FENCEFLAKE_JEPSEN_WORKLOAD_CLIENT", value_enum, default_value_t = WorkloadClient::Direct)]
+    workload_client: WorkloadClient,
+    /// With `--workload-client balanced`: the least fraction of ID calls that must succeed
+    /// while a worker is paused (the `availability` check; informational in direct mode).
+    #[arg(long, env = "FENCEFLAKE_JEPSEN_MIN_AVAILABILITY", default_value_t = 0.99)]
+    min_availability: f64,
 }
 
 // The flags of the internal `workload`: the client side of one run, in the client namespace.
@@ -122,6 +132,8 @@ struct WorkloadArgs {
     /// START_MS:STOP_MS: run the adversary's forged calls between these offsets.
     #[arg(long)]
     adversary: Option<String>,
+    #[arg(long, value_enum, default_value_t = WorkloadClient::Direct)]
+    client: WorkloadClient,
 }
 
 fn main() -> ExitCode {
@@ -200,6 +212,7 @@ fn run_workload(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
         certs,
         insecure: _,
         adversary,
+        client,
     } = args;
     let workers = workers
         .iter()
@@ -225,6 +238,7 @@ fn run_workload(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
         bursts,
         certs,
         adversary: adversary.as_deref().map(parse_window).transpose()?,
+        client,
     };
     let writer = HistoryWriter::open(&path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -263,12 +277,15 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         unsafe_disable_incarnations,
         unsafe_disable_clock_check,
         insecure,
+        workload_client,
+        min_availability,
     } = args;
     if !nix::unistd::geteuid().is_root() {
         eprintln!("fenceflake-jepsen needs root: it creates network namespaces and nftables rules (run it with sudo)");
         return Ok(ExitCode::from(77));
     }
     anyhow::ensure!(workers >= 2, "--workers must be at least 2 (got {workers})");
+    anyhow::ensure!((0.0..=1.0).contains(&min_availability), "--min-availability is a fraction in 0..=1");
     let harness = std::env::current_exe()?;
     let fenceflake = fenceflake.unwrap_or_else(|| harness.with_file_name("fenceflake"));
     anyhow::ensure!(
@@ -312,6 +329,8 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
             unsafe_disable_incarnations,
             unsafe_disable_clock_check,
             insecure,
+            workload_client,
+            min_availability,
         };
         let outcome = run(&options)?;
         for r in &outcome.results {

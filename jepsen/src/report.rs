@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::checker::adversary::CallCounts;
+use crate::checker::availability;
 use crate::checker::perf::{PerfStats, Tally};
 use crate::checker::{Analysis, CheckResult};
 use crate::history::{self, Event};
@@ -61,6 +62,7 @@ pub fn results_json(analysis: &Analysis, provenance: &Provenance) -> Value {
         "tls": provenance.tls,
         "checks": analysis.results,
         "perf": analysis.perf,
+        "availability": analysis.availability,
         "adversary": analysis.adversary,
     })
 }
@@ -117,6 +119,10 @@ pub fn render_html(events: &[Event], analysis: &Analysis, provenance: &Provenanc
     }
     html.push_str("<h2 id=\"performance\">Performance per phase</h2>");
     html.push_str(&perf_table(&analysis.perf));
+    if !analysis.availability.windows.is_empty() {
+        html.push_str("<h2 id=\"availability\">Availability while a worker is paused</h2>");
+        html.push_str(&availability_table(&analysis.availability));
+    }
     let sections = [
         ("latency", "Latency over time", charts::latency(&analysis.perf)),
         ("throughput", "Throughput over time", charts::throughput(&analysis.perf)),
@@ -219,6 +225,35 @@ fn perf_table(perf: &PerfStats) -> String {
     }
     html.push_str("</table>");
     html
+}
+
+/// What a caller saw while a worker was paused: one row for the judged windows.
+fn availability_table(stats: &availability::Stats) -> String {
+    let windows: Vec<&str> = stats.windows.iter().map(|w| w.name.as_str()).collect();
+    let percent = |a: Option<f64>| a.map_or("-".to_string(), |a| format!("{:.3}%", a * 100.0));
+    let number = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}"));
+    let class = match (stats.availability, stats.min) {
+        (Some(a), Some(min)) if a < min => "v-false",
+        (None, _) => "v-unknown",
+        _ => "v-true",
+    };
+    format!(
+        "<p>ID calls invoked while the worker was stopped; latency of every call that ended, ok or not.</p>\
+         <table><tr><th>windows</th><th>calls</th><th>ok</th><th>availability</th><th>minimum</th>\
+         <th>p50 ms</th><th>p99 ms</th><th>max ms</th><th>ok/s</th><th>ok/s before the faults</th></tr>\
+         <tr class=\"{class}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+         <td>{}</td><td>{}</td><td>{}</td></tr></table>",
+        escape(&windows.join(" ")),
+        stats.calls,
+        stats.ok,
+        percent(stats.availability),
+        percent(stats.min),
+        number(stats.latency.map(|l| l.p50_ms)),
+        number(stats.latency.map(|l| l.p99_ms)),
+        number(stats.latency.map(|l| l.max_ms)),
+        number(stats.ok_per_sec),
+        number(stats.nominal_ok_per_sec),
+    )
 }
 
 fn faults_table(perf: &PerfStats) -> String {
@@ -329,6 +364,7 @@ mod tests {
             "adversary",
             "clone-convergence",
             "registry-clock",
+            "availability",
         ] {
             assert!(html.contains(name), "verdict table lacks {name}");
         }
@@ -339,7 +375,8 @@ mod tests {
         assert_eq!(results["reproduce"], reproduce);
         assert_eq!(results["tls"], true);
         assert_eq!(recorded_tls(dir.path()), Some(true), "a re-check keeps the run's transport");
-        assert_eq!(results["checks"].as_array().map(Vec::len), Some(9));
+        assert_eq!(results["checks"].as_array().map(Vec::len), Some(10));
+        assert!(!html.contains("id=\"availability\""), "no pause, no availability table");
         assert_eq!(results["adversary"], serde_json::json!([]), "no forged calls, no table");
         assert!(!html.contains("id=\"adversary\""));
         assert_eq!(results["valid"], "true", "{}", serde_json::to_string_pretty(&results["checks"]).unwrap());
@@ -357,6 +394,34 @@ mod tests {
         assert!(html.contains("valid = false"));
         assert!(html.contains("Transport: PLAINTEXT"));
         assert!(html.contains("duplicate-ids"));
+    }
+
+    /// Goal: a run with a paused worker shows what callers saw then, in the page and in
+    /// results.json, marked failed below the minimum.
+    #[test]
+    fn availability_while_paused_is_reported() {
+        let mut h = H::default();
+        h.nemesis(Start, "pause-w2", 1000).nemesis(Stop, "pause-w2", 2000);
+        h.ok("w1", 1, (1100, 1102), &[(id(1100, 1, 0), 1)], Some((1, 100)));
+        h.not_ok("w2", 2, (1200, 2200), crate::history::Phase::Info);
+        let config = CheckConfig {
+            availability: availability::Config { min: Some(0.99), ..availability::Config::default() },
+            ..CheckConfig::default()
+        };
+        let analysis = check_all(&h.events, &config);
+        let provenance = Provenance { reproduce: "cmd".into(), tls: Some(true) };
+        let html = render_html(&h.events, &analysis, &provenance);
+        assert!(html.contains("id=\"availability\""));
+        let row = "<tr class=\"v-false\"><td>pause-w2</td><td>2</td><td>1</td><td>50.000%</td><td>99.000%</td>";
+        assert!(html.contains(row), "{html}");
+        let results = results_json(&analysis, &provenance);
+        assert_eq!(
+            (results["availability"]["calls"].as_u64(), results["availability"]["ok"].as_u64()),
+            (Some(2), Some(1))
+        );
+        assert_eq!(results["availability"]["latency"]["max_ms"], 1000.0);
+        let verdict = analysis.results.iter().find(|r| r.name == availability::NAME).unwrap();
+        assert_eq!(verdict.valid, crate::checker::Valid::False);
     }
 
     /// Goal: a run with forged calls shows the per-call table (attempted, refused, accepted,

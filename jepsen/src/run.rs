@@ -7,6 +7,7 @@
 //! client namespace through `ip netns exec`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::adversary;
-use crate::checker::{check_all, CheckConfig, CheckResult, Valid};
+use crate::checker::{availability, check_all, CheckConfig, CheckResult, Valid};
 use crate::clock::{wall_ms, RunClock};
 use crate::history::{self, Event, HistoryWriter, NemesisEvent, NemesisPhase, ProcessEvent, ProcessEventKind};
 use crate::net::{Faults, Network};
@@ -28,6 +29,7 @@ use crate::scenario::{
 };
 use crate::supervise::{Seen, Supervisor, RESTART_PAUSE};
 use crate::tls::{CertDir, Transport, CONTROLLER, WORKLOAD_CLIENT, WORKLOAD_REGISTRY};
+use crate::workload::WorkloadClient;
 
 const REGISTRY_CLIENT_PORT: u16 = 2379;
 const REGISTRY_PEER_PORT: u16 = 2380;
@@ -64,6 +66,10 @@ pub struct RunOptions {
     pub unsafe_disable_clock_check: bool,
     /// Plaintext everywhere (`--insecure` on every process) instead of mutual TLS.
     pub insecure: bool,
+    /// How the ID workload calls the workers.
+    pub workload_client: WorkloadClient,
+    /// The `availability` check's minimum, enforced in balanced mode only.
+    pub min_availability: f64,
 }
 
 /// `d` as a flag value `parse_duration` reads back: `30s`, else `1500ms`, else in µs.
@@ -102,7 +108,19 @@ impl RunOptions {
         if self.insecure {
             cmd.push_str(" --insecure");
         }
+        if self.workload_client != WorkloadClient::Direct {
+            let _ = write!(cmd, " --workload-client {}", self.workload_client.as_str());
+            let _ = write!(cmd, " --min-availability {}", self.min_availability);
+        }
         cmd
+    }
+
+    /// The checkers' settings: the availability minimum holds only for a workload that routes
+    /// around a hung worker (the direct one waits it out by design).
+    fn check_config(&self) -> CheckConfig {
+        let min = (self.workload_client == WorkloadClient::Balanced).then_some(self.min_availability);
+        let availability = availability::Config { min, ..availability::Config::default() };
+        CheckConfig { availability, ..CheckConfig::default() }
     }
 }
 
@@ -218,7 +236,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
         merged.append(event)?;
     }
     merged.flush()?;
-    let mut analysis = check_all(&events, &CheckConfig::default());
+    let mut analysis = check_all(&events, &options.check_config());
     // Controller-side verdicts (e.g. the duplicate manifest was refused) join the checkers'.
     analysis.results.extend(controller_checks);
     let tls = !options.insecure;
@@ -459,6 +477,7 @@ impl Cluster {
             self.dir.join("workload.jsonl").display().to_string(),
         ];
         args.extend(self.transport.workload_args());
+        args.extend(["--client".into(), options.workload_client.as_str().into()]);
         if let Some((start, stop)) = adversary_window(steps, options.time_limit) {
             args.push("--adversary".into());
             args.push(format!("{}:{}", start.as_millis(), stop.as_millis()));

@@ -1,5 +1,6 @@
 //! The workload: runs inside the harness's client namespace (never the root one), calls
-//! `Generate` / `GenerateBatch` across the workers at the set rate, polls each worker's
+//! `Generate` / `GenerateBatch` across the workers at the set rate (each call to a random
+//! worker, or all through `WorkerClient`: `workload_balanced.rs`), polls each worker's
 //! `Status` to record its lease changes, runs a small registry workload for the
 //! linearizability checker (and, in the `adversary` scenario, the forger of
 //! [`crate::adversary`]), and appends everything to its history file.
@@ -41,6 +42,31 @@ pub const REGISTRY_WORKLOAD_IDS: [u32; 2] = [960, 992];
 const REGISTRY_IDS_PER_PROCESS: u32 = 32;
 const REGISTRY_ROUNDS_PER_ID: u64 = 10;
 
+#[path = "workload_balanced.rs"]
+mod balanced;
+
+/// How the ID workload reaches the workers (`--workload-client`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkloadClient {
+    /// Each call to one worker picked at random, waiting out the call timeout if it hangs:
+    /// every worker gets calls whatever its state, which is what checking safety needs.
+    #[default]
+    Direct,
+    /// Every call through `fenceflake_client::WorkerClient` (hedged calls, latency-derived
+    /// timeouts, outlier ejection): what a real caller sees.
+    Balanced,
+}
+
+impl WorkloadClient {
+    /// The flag value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadClient::Direct => "direct",
+            WorkloadClient::Balanced => "balanced",
+        }
+    }
+}
+
 /// What to run; passed on the command line from the controller.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -56,6 +82,8 @@ pub struct Plan {
     pub certs: Option<std::path::PathBuf>,
     /// When the `adversary` scenario's forger runs (start and stop offsets), if at all.
     pub adversary: Option<(Duration, Duration)>,
+    /// How the ID load reaches the workers (bursts and `Status` polls always go direct).
+    pub client: WorkloadClient,
 }
 
 pub(crate) type Shared = Arc<Mutex<HistoryWriter>>;
@@ -141,7 +169,11 @@ pub async fn run(plan: Plan, history: HistoryWriter) -> anyhow::Result<()> {
         }
     }
     let deadlines = Deadlines::default();
-    generate_load(&plan, &clients, end_ns, &history, &deadlines).await;
+    let caller = match plan.client {
+        WorkloadClient::Direct => Caller::Direct(clients),
+        WorkloadClient::Balanced => Caller::Balanced(Arc::new(balanced::Balanced::new(&plan.workers, &as_client)?)),
+    };
+    generate_load(&plan, &caller, end_ns, &history, &deadlines).await;
     for task in tasks {
         let _ = task.await;
     }
@@ -149,14 +181,22 @@ pub async fn run(plan: Plan, history: HistoryWriter) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the ID load goes.
+enum Caller {
+    /// Each call to a worker picked at random.
+    Direct(Vec<(String, GeneratorClient<Channel>)>),
+    /// Every call through one balancing client.
+    Balanced(Arc<balanced::Balanced>),
+}
+
+/// Where one call goes.
+enum Target {
+    Worker(String, GeneratorClient<Channel>),
+    Balanced(Arc<balanced::Balanced>),
+}
+
 /// Open-loop load at the set rate, bounded in flight.
-async fn generate_load(
-    plan: &Plan,
-    clients: &[(String, GeneratorClient<Channel>)],
-    end_ns: u64,
-    history: &Shared,
-    deadlines: &Deadlines,
-) {
+async fn generate_load(plan: &Plan, caller: &Caller, end_ns: u64, history: &Shared, deadlines: &Deadlines) {
     let mut rng = StdRng::seed_from_u64(plan.seed);
     let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MAX));
     let mut tick = tokio::time::interval(Duration::from_secs(1) / plan.rate_per_sec.max(1));
@@ -166,14 +206,25 @@ async fn generate_load(
         tick.tick().await;
         let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
         op_id += 1;
-        let (name, client) = clients[rng.gen_range(0..clients.len())].clone();
+        let target = match caller {
+            Caller::Direct(clients) => {
+                let (name, client) = clients[rng.gen_range(0..clients.len())].clone();
+                Target::Worker(name, client)
+            }
+            Caller::Balanced(balanced) => Target::Balanced(balanced.clone()),
+        };
         let batch = rng.gen_bool(0.3).then(|| rng.gen_range(1..=BATCH_COUNT_MAX));
         let process = op_id % IN_FLIGHT_MAX as u64;
         let history = history.clone();
         let deadlines = deadlines.clone();
         let clock = plan.clock;
         tokio::spawn(async move {
-            call(process, op_id, &name, client, batch, clock, &history, &deadlines).await;
+            match target {
+                Target::Worker(name, client) => {
+                    call(process, op_id, &name, client, batch, clock, &history, &deadlines).await;
+                }
+                Target::Balanced(balanced) => balanced.call(process, op_id, batch, clock, &history, &deadlines).await,
+            }
             drop(permit);
         });
     }
@@ -196,31 +247,54 @@ async fn call(
     let mut invoke = ClientOp::invoke(process, op_id, f, worker, clock.now_ns(), wall_ms());
     invoke.count = batch;
     record(history, Event::Op(invoke.clone()));
-    // Both RPCs answer with ranges, the lease and its deadline; normalize, then record once.
     let reply = tokio::time::timeout(OP_TIMEOUT, async {
         match batch {
-            None => client.generate(pb::GenerateRequest {}).await.map(|r| {
-                let r = r.into_inner();
-                (vec![IdRange { first: r.id, count: 1 }], (r.worker_id, r.token), r.deadline_wall_ms)
-            }),
-            Some(count) => client.generate_batch(pb::GenerateBatchRequest { count }).await.map(|r| {
-                let r = r.into_inner();
-                let ranges = r.ranges.iter().map(|x| IdRange { first: x.first, count: u64::from(x.count) }).collect();
-                (ranges, (r.worker_id, r.token), r.deadline_wall_ms)
-            }),
+            None => client.generate(pb::GenerateRequest {}).await.map(|r| Minted::from(r.into_inner())),
+            Some(count) => {
+                client.generate_batch(pb::GenerateBatchRequest { count }).await.map(|r| Minted::from(r.into_inner()))
+            }
         }
     })
     .await;
     let completion = match reply {
-        Ok(Ok((ranges, lease, deadline_wall_ms))) => {
-            let done_ns = clock.now_ns();
-            note_deadline(worker, lease, deadline_wall_ms, done_ns, history, deadlines);
-            invoke.ok(done_ns, wall_ms(), ranges, Some(lease))
-        }
+        Ok(Ok(minted)) => completed(&invoke, minted, clock, history, deadlines),
         Ok(Err(status)) => failed(&invoke, &status, clock),
         Err(_) => invoke.failed(Phase::Info, clock.now_ns(), wall_ms(), "timeout"),
     };
     record(history, Event::Op(completion));
+}
+
+/// What an ok Generate or GenerateBatch returned, normalized: both answer with IDs, the
+/// lease they were minted under and its deadline.
+struct Minted {
+    ranges: Vec<IdRange>,
+    lease: (u32, u64),
+    deadline_wall_ms: u64,
+}
+
+impl From<pb::GenerateResponse> for Minted {
+    fn from(r: pb::GenerateResponse) -> Minted {
+        Minted {
+            ranges: vec![IdRange { first: r.id, count: 1 }],
+            lease: (r.worker_id, r.token),
+            deadline_wall_ms: r.deadline_wall_ms,
+        }
+    }
+}
+
+impl From<pb::GenerateBatchResponse> for Minted {
+    fn from(r: pb::GenerateBatchResponse) -> Minted {
+        let ranges = r.ranges.iter().map(|x| IdRange { first: x.first, count: u64::from(x.count) }).collect();
+        Minted { ranges, lease: (r.worker_id, r.token), deadline_wall_ms: r.deadline_wall_ms }
+    }
+}
+
+/// The ok completion of `invoke` (on the worker it names), after recording the deadline
+/// the reply stated.
+fn completed(invoke: &ClientOp, minted: Minted, clock: RunClock, history: &Shared, deadlines: &Deadlines) -> ClientOp {
+    let done_ns = clock.now_ns();
+    note_deadline(&invoke.worker, minted.lease, minted.deadline_wall_ms, done_ns, history, deadlines);
+    invoke.ok(done_ns, wall_ms(), minted.ranges, Some(minted.lease))
 }
 
 /// Record the deadline a worker's reply stated for its lease, when it changed. Polls of

@@ -47,7 +47,7 @@ fn crate_dependency_edges_are_the_allowed_ones() {
         ),
         ("fenceflake-tests", BTreeSet::from(["fenceflake-proto"])),
         ("fenceflake-bench", BTreeSet::from(["fenceflake-proto", "fenceflake-worker"])),
-        ("fenceflake-jepsen", BTreeSet::from(["fenceflake-proto"])),
+        ("fenceflake-jepsen", BTreeSet::from(["fenceflake-proto", "fenceflake-client"])),
     ]);
     let out = std::process::Command::new(env!("CARGO"))
         .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])

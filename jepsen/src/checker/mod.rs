@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::history::{ClientOp, Event, Invocation};
 
 pub mod adversary;
+pub mod availability;
 pub mod convergence;
 pub mod lease;
 mod lease_log;
@@ -146,6 +147,7 @@ pub struct CheckConfig {
     pub linear: linear::Config,
     pub parking: parking::Config,
     pub perf: perf::Config,
+    pub availability: availability::Config,
 }
 
 /// Everything the checkers found about one run.
@@ -153,6 +155,8 @@ pub struct CheckConfig {
 pub struct Analysis {
     pub results: Vec<CheckResult>,
     pub perf: perf::PerfStats,
+    /// What a caller saw while a worker was paused.
+    pub availability: availability::Stats,
     /// The `adversary` scenario's forged calls per kind (empty when there were none).
     pub adversary: Vec<adversary::CallCounts>,
 }
@@ -167,6 +171,7 @@ impl Analysis {
 /// Runs every checker over a history.
 pub fn check_all(events: &[Event], config: &CheckConfig) -> Analysis {
     let perf = perf::analyze(events, &config.perf);
+    let availability = availability::analyze(events, &config.availability);
     let results = vec![
         unique::check(events),
         monotonic::check(events),
@@ -174,11 +179,12 @@ pub fn check_all(events: &[Event], config: &CheckConfig) -> Analysis {
         linear::check(events, &config.linear),
         parking::check(events, &config.layout, &config.parking),
         perf::check(&perf, &config.perf),
+        availability::check(events, &availability),
         adversary::check(events),
         convergence::check(events),
         registry_clock::check(events),
     ];
-    Analysis { results, perf, adversary: adversary::counts(events) }
+    Analysis { results, perf, availability, adversary: adversary::counts(events) }
 }
 
 #[cfg(test)]

@@ -31,6 +31,18 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
+impl Latency {
+    /// Nearest-rank p50, p99 and the max of `sorted_ns`; `None` if it is empty.
+    pub(crate) fn of_sorted(sorted_ns: &[u64]) -> Option<Latency> {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        sorted_ns.last().map(|&max| Latency {
+            p50_ms: ms(nearest_rank(sorted_ns, 0.50)),
+            p99_ms: ms(nearest_rank(sorted_ns, 0.99)),
+            max_ms: ms(max),
+        })
+    }
+}
+
 /// Counts of one phase or bucket. Ops that never completed count as info.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Tally {
@@ -100,12 +112,7 @@ impl Acc {
         let total = self.ok + self.fail + self.info;
         let availability = (total > 0).then(|| self.ok as f64 / total as f64);
         self.latencies_ns.sort_unstable();
-        let ms = |ns: u64| ns as f64 / 1e6;
-        let latency = self.latencies_ns.last().map(|&max| Latency {
-            p50_ms: ms(nearest_rank(&self.latencies_ns, 0.50)),
-            p99_ms: ms(nearest_rank(&self.latencies_ns, 0.99)),
-            max_ms: ms(max),
-        });
+        let latency = Latency::of_sorted(&self.latencies_ns);
         Tally { ok: self.ok, fail: self.fail, info: self.info, ids: self.ids, availability, latency }
     }
 }
