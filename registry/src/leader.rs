@@ -371,6 +371,15 @@ impl Leader {
         self.tracker.confirm(id);
         tracing::info!(term = id.term, node_id = id.node_id, "leadership confirmed by a quorum; serving grants");
         if self.state.read().table.config().is_none() {
+            // A new cluster starts under the current apply rules (incarnations in force from
+            // its first grant): it has no replica of an older release to keep in step with,
+            // and a member of one stops at this entry instead of diverging. Waiting for
+            // `rules_raise` instead left its first second open to copied state dirs sharing a
+            // token (found by the simulator).
+            match self.proposer.propose(Command::EnableRules(Rules::CURRENT)).await? {
+                Outcome::RulesEnabled(_) => {}
+                other => return Err(unexpected(other)),
+            }
             let config = self.settings.cluster_config.clone();
             match self.proposer.propose(Command::Configure(config)).await? {
                 Outcome::Configured(applied) => tracing::info!(?applied, "cluster config committed"),

@@ -94,6 +94,16 @@ pub struct ServedServices {
     pub client: Arc<Mutex<Option<BoxChannel>>>,
 }
 
+impl std::fmt::Debug for ServedServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let serving = |slot: &Mutex<Option<BoxChannel>>| ServedServices::get(slot).is_some();
+        f.debug_struct("ServedServices")
+            .field("peer", &serving(&self.peer))
+            .field("client", &serving(&self.client))
+            .finish()
+    }
+}
+
 impl ServedServices {
     fn publish(slot: &Mutex<Option<BoxChannel>>, service: Option<BoxChannel>) {
         *slot.lock().unwrap_or_else(PoisonError::into_inner) = service;
