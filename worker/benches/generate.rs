@@ -13,7 +13,8 @@
 //!    own current-thread tokio runtime and awaits `generate()` in a loop).
 //!
 //! Rounds repeat the whole sequence, so a machine shared with other work shows up as the
-//! spread between rounds; `/proc/loadavg` is printed before each round.
+//! spread between rounds; `/proc/loadavg` is printed before each round, and the median,
+//! lowest and highest of each ratio at the end.
 
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
@@ -39,9 +40,9 @@ struct Args {
     /// Threads calling `generate()` at once in the concurrent measurement.
     #[arg(long, env = "FF_GENERATE_BENCH_THREADS", default_value_t = 8)]
     threads: usize,
-    /// How many times the whole sequence is repeated.
-    #[arg(long, env = "FF_GENERATE_BENCH_ROUNDS", default_value_t = 3)]
-    rounds: usize,
+    /// How many times the whole sequence is repeated (at least 1).
+    #[arg(long, env = "FF_GENERATE_BENCH_ROUNDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -173,6 +174,25 @@ fn generate_rate(generator: &Generator, threads: usize, warmup: Duration, window
     Ok(total as f64 / window.as_secs_f64())
 }
 
+/// Median, lowest and highest of each ratio over the rounds.
+fn print_spread(ratios: &[[f64; 5]], threads: usize) {
+    let names = [
+        "bare ÷ ceiling",
+        "1 thread ÷ ceiling",
+        "1 thread ÷ bare",
+        &format!("{threads} threads ÷ ceiling"),
+        &format!("{threads} threads ÷ bare"),
+    ]
+    .map(str::to_string);
+    println!("\n| ratio over {} rounds | median | min | max |\n|---|---|---|---|", ratios.len());
+    for (i, name) in names.iter().enumerate() {
+        let mut column: Vec<f64> = ratios.iter().map(|r| r[i]).collect();
+        column.sort_by(f64::total_cmp);
+        let median = column[column.len() / 2];
+        println!("| {name} | {median:.3} | {:.3} | {:.3} |", column[0], column[column.len() - 1]);
+    }
+}
+
 fn main() -> BenchResult<()> {
     let args = Args::parse();
     let (warmup, window) = (Duration::from_secs_f64(args.warmup_secs), Duration::from_secs_f64(args.secs));
@@ -195,6 +215,7 @@ fn main() -> BenchResult<()> {
     );
     println!("| round | loadavg | wall_ms() ns | mono() ns | bare loop M/s (÷ ceiling) | generate() 1 thread M/s (÷ ceiling, ÷ bare) | generate() {} threads M/s (÷ ceiling, ÷ bare) |", args.threads);
     println!("|---|---|---|---|---|---|---|");
+    let mut ratios = Vec::new();
     for round in 1..=args.rounds {
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         let load = load.split_whitespace().next().unwrap_or("?").to_string();
@@ -214,7 +235,9 @@ fn main() -> BenchResult<()> {
             many / ceiling,
             many / bare
         );
+        ratios.push([bare / ceiling, one / ceiling, one / bare, many / ceiling, many / bare]);
     }
+    print_spread(&ratios, args.threads);
     rt.block_on(generator.shutdown());
     Ok(())
 }

@@ -8,8 +8,8 @@
 //!   from either path. IDs have bit 63 clear (the layout's sign bit), so the two never mix.
 //!   The ID carries `(timestamp, sequence)`, so the word *is* the minter's state.
 //! - `deadline_ns`: the lease deadline on the monotonic clock (mechanism 2).
-//! - `stamp_limit_ms`: an exclusive bound on any timestamp the fast path may stamp:
-//!   min(`mint_until`, the ceiling bound on disk, the layout's last ms + 1).
+//! - `stamp_limit_ms`: an exclusive bound on any new millisecond the fast path may stamp:
+//!   min(`mint_until`, the ceiling bound on disk). The layout's range is checked by encoding.
 //!
 //! # Rules
 //!
