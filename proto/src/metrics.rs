@@ -43,13 +43,20 @@ impl Histogram {
     /// The `_bucket`, `_sum` and `_count` series of `name`; `labels` is empty or a list like
     /// `rpc="Renew"` (the caller writes the preamble once per name).
     pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        self.render_with_instant(out, name, labels, 0);
+    }
+
+    /// [`Histogram::render`] with `instant` more observations that took no time, which the
+    /// caller counted elsewhere (per thread, say, where one shared counter would be fought
+    /// over): they fall in the first bucket and add nothing to the sum.
+    pub fn render_with_instant(&self, out: &mut String, name: &str, labels: &str, instant: u64) {
         let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
+        let mut cumulative = instant;
         for (le, bucket) in LATENCY_BUCKETS_S.iter().zip(&self.buckets) {
             cumulative += bucket.load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
         }
-        let count = self.count.load(Ordering::Relaxed);
+        let count = self.count.load(Ordering::Relaxed) + instant;
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
         let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };

@@ -19,6 +19,8 @@
 //!   whether its clock is trusted.
 //! - [`mint_state`]: one minting step under the lock — park checks, the guard ladder, the
 //!   ceiling flush and the deadline re-check after the wall clock was read.
+//! - `fast_path`: single IDs without the lock — one compare-and-swap over the last ID,
+//!   bounds published by [`mint_state`], its only writer; why that is safe is argued there.
 //! - [`state_dir`], [`holder`], [`durable_file`]: the locked state directory with the
 //!   ceiling and the persisted holder ID.
 //! - [`registry_client`]: the registry API behind a trait, over gRPC with node failover.
@@ -42,6 +44,7 @@ pub mod clock_guard;
 pub mod config;
 pub mod deadline;
 pub mod durable_file;
+mod fast_path;
 pub mod generator;
 pub mod holder;
 pub mod keeper;

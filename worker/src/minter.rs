@@ -90,6 +90,27 @@ impl Minter {
         self.last_ts_ms
     }
 
+    /// The last ID handed out (or burned), `None` before the first.
+    pub fn last_id(&self) -> Option<u64> {
+        self.last_id
+    }
+
+    /// Take over the IDs handed out from this minter's sequence by someone else — the
+    /// lock-free fast path ([`crate::fast_path`]) — up to and including `last_id`, so that the
+    /// next run starts above it. Panics if `last_id` is another worker's or below the last ID
+    /// this minter knows of: going back would hand an ID out twice.
+    pub fn catch_up(&mut self, last_id: u64) {
+        if let Some(known) = self.last_id {
+            assert!(last_id >= known, "caught up to ID {last_id}, below the last known {known}: duplicate risk");
+        }
+        let d = self.layout.decode(last_id);
+        assert_eq!(d.worker_id, self.worker_id, "caught up to ID {last_id} of another worker");
+        self.last_ts_ms = Some(d.ts_ms);
+        self.next_seq = d.sequence + 1;
+        self.last_id = Some(last_id);
+        self.check_invariants();
+    }
+
     /// Sequence numbers left in the last minted millisecond: what a frozen borrow can still
     /// use. 0 before the first mint.
     pub fn remaining_in_last_ms(&self) -> u32 {
@@ -297,6 +318,24 @@ mod tests {
             Minter::new(layout, WorkerId::new(1024)).unwrap_err(),
             MinterError::WorkerIdOutOfRange { worker_id: WorkerId::new(1024), max_worker_id: WorkerId::new(1023) }
         );
+    }
+
+    /// Goal: catching up with IDs handed out elsewhere continues strictly above them, in the
+    /// same millisecond or a later one, and refuses to go back.
+    #[test]
+    fn catch_up_continues_above_and_never_goes_back() {
+        let mut m = small_minter(4);
+        let a = minted(m.mint_batch(T0, n(1)));
+        m.catch_up(a.first + 2);
+        let b = minted(m.mint_batch(T0, n(4)));
+        assert_eq!((b.first, b.count), (a.first + 3, 1), "not continued above the caught-up ID");
+        m.catch_up(b.first);
+        assert_eq!(m.mint_batch(T0, n(1)), MintOutcome::Exhausted { ts_ms: T0 });
+        let later = m.layout().encode(T0 + 5, WorkerId::new(4), 2).unwrap();
+        m.catch_up(later);
+        assert_eq!(minted(m.mint_batch(T0 + 5, n(1))).first, later + 1);
+        let back = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.catch_up(later - 1)));
+        assert!(back.is_err(), "caught up backwards");
     }
 
     /// Goal: one default-layout millisecond is exactly 4096 IDs, as one run.

@@ -1,6 +1,7 @@
 //! [`WorkerShared`]: what one running worker's handles ([`crate::Generator`] and its clones)
 //! and its background tasks (the lease keeper, the park monitor) share — the mint state
-//! under its lock, the registry, the clock, the config and the published park cause.
+//! under its lock and its lock-free fast path, the registry, the clock, the config and the
+//! published park cause.
 //!
 //! It sits below both [`crate::generator`] and [`crate::keeper`], so neither imports the
 //! other's internals: generator → keeper → shared, generator → shared.
@@ -12,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::config::WorkerConfig;
+use crate::fast_path::FastPath;
 use crate::holder::HolderId;
 use crate::layout::Layout;
 use crate::metrics::WorkerMetrics;
@@ -24,6 +26,8 @@ pub(crate) struct WorkerShared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) registry: Arc<dyn LeaseRegistry>,
     pub(crate) state: Mutex<MintState>,
+    /// The lock-free path of single IDs; `state` is its slow path and only writer.
+    pub(crate) fast: Arc<FastPath>,
     pub(crate) metrics: Arc<WorkerMetrics>,
     pub(crate) config: WorkerConfig,
     pub(crate) holder: HolderId,
@@ -49,9 +53,7 @@ impl WorkerShared {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, MintState> {
-        // A poisoned lock means a minting assertion fired while it was held: the state may be
-        // broken, and continuing could duplicate IDs.
-        self.state.lock().expect("mint state lock poisoned: a minting invariant broke")
+        crate::mint_state::lock(&self.state)
     }
 
     /// Recompute the park cause and publish it if it changed.
