@@ -3,8 +3,9 @@
 //! lets the newest incarnation have the holder's lease and tells every older one SUPERSEDED,
 //! which exits once, gives its holder ID up and comes back under restart-always as a
 //! stranger. So, per group (the source and its copies):
-//! - no member exits more than once after the copy (`superseded-more-than-once`: two copies
-//!   fencing each other in turns, forever);
+//! - no member exits more often after the first copy than there are copies
+//!   (`superseded-more-than-once`: each copy supersedes each older member at most once, so
+//!   more exits mean two copies fencing each other in turns, forever);
 //! - at the end, every member's last lease names a holder ID and a worker ID of its own
 //!   (`still-shared`), judged only when the history runs at least [`SETTLE_MS`] past the last
 //!   copy (else Unknown), and only from lease events seen after each member's last (re)start.
@@ -27,11 +28,12 @@ pub const SETTLE_MS: u64 = 8_000;
 
 const MS: u64 = 1_000_000;
 
-/// The source and copies of one state dir, and when the first copy started.
+/// The source and copies of one state dir, and when the first and the last copy started.
 #[derive(Debug)]
 struct Group<'a> {
     members: Vec<&'a str>,
     since_ns: u64,
+    last_copy_ns: u64,
 }
 
 pub fn check(events: &[Event]) -> CheckResult {
@@ -45,10 +47,11 @@ pub fn check(events: &[Event]) -> CheckResult {
     let mut described = Vec::new();
     for (source, group) in &groups {
         let exits = exits_since(events, group);
-        for (&member, &count) in exits.iter().filter(|(_, &count)| count > 1) {
+        let copies = group.members.len() - 1;
+        for (&member, &count) in exits.iter().filter(|(_, &count)| count > copies) {
             violations.push(json!({"violation": "superseded-more-than-once", "process": member, "exits": count}));
         }
-        let settled = end_ns >= group.since_ns + SETTLE_MS * MS;
+        let settled = end_ns >= group.last_copy_ns + SETTLE_MS * MS;
         judge_final(events, group, settled, (&mut violations, &mut doubts));
         let exits: Vec<String> = exits.iter().map(|(m, c)| format!("{m} {c}")).collect();
         described.push(format!("{source} → {} (exits: {})", group.members[1..].join(", "), exits.join(", ")));
@@ -69,9 +72,11 @@ fn groups(events: &[Event]) -> BTreeMap<&str, Group<'_>> {
     let mut groups: BTreeMap<&str, Group> = BTreeMap::new();
     for event in history::process_events(events).filter(|e| e.event == ProcessEventKind::Cloned) {
         let Some(source) = event.copy_of.as_deref() else { continue };
-        let group = groups.entry(source).or_insert(Group { members: vec![source], since_ns: event.time_ns });
+        let first = Group { members: vec![source], since_ns: event.time_ns, last_copy_ns: event.time_ns };
+        let group = groups.entry(source).or_insert(first);
         group.members.push(&event.process);
         group.since_ns = group.since_ns.min(event.time_ns);
+        group.last_copy_ns = group.last_copy_ns.max(event.time_ns);
     }
     groups
 }
@@ -172,5 +177,12 @@ mod tests {
         h.lease("w1", Acquired, (3, 400), Some(9000), 6100).holder("h3");
         let r = check(&h.events);
         assert_eq!(r.evidence[0]["violation"], "superseded-more-than-once");
+
+        // A second copy, made later, supersedes its source once more: that is no fencing in turns.
+        let mut h = converged();
+        h.process("c2", ProcessEventKind::Cloned, Some("w1"), 4000);
+        h.process("w1", ProcessEventKind::Exited, None, 5000).process("w1", ProcessEventKind::Restarted, None, 6000);
+        let r = check(&h.events);
+        assert!(r.evidence.iter().all(|e| e["violation"] != "superseded-more-than-once"), "{:?}", r.evidence);
     }
 }
