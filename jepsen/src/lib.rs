@@ -8,7 +8,8 @@
 //!   availability while a worker is paused, the adversary's forged calls (all refused, no
 //!   worker parked), copies of a state dir converging, and workers serving on the cluster's
 //!   time while a registry clock is off.
-//! - runtime: [`net`] (namespaces, bridge, nftables faults), [`process`] (real processes in
+//! - runtime: [`net`] (namespaces, bridge, nftables faults, iptables delay rules), [`delay`]
+//!   (the latency nemesis's NFQUEUE packet holder), [`process`] (real processes in
 //!   them), [`supervise`] (restart-always for workers that exit on their own), [`scenario`]
 //!   (nemesis schedules), [`workload`] (the client, run inside the client
 //!   namespace), [`adversary`] (the `adversary` scenario's forged calls, run by the workload),
@@ -23,6 +24,7 @@
 pub mod adversary;
 pub mod checker;
 pub mod clock;
+pub mod delay;
 pub mod history;
 pub mod net;
 pub mod process;

@@ -5,6 +5,10 @@
 //! Partitions and packet loss are one nftables rule set on the bridge (`table bridge
 //! nemesis`): a set of cut (source, destination) pairs and a set of lossy pairs, replaced
 //! atomically with `nft -f`, so any shape — one-way cuts included — applies in one step.
+//!
+//! Delays are iptables `NFQUEUE` rules in the bridge namespace's `mangle` table (bridged
+//! packets reach iptables through bridge netfilter), one per delayed direction, replaced
+//! atomically with `iptables-restore`; [`crate::delay`] holds the queued packets.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -153,6 +157,23 @@ impl Network {
         Ok(())
     }
 
+    /// The namespace that holds the bridge (where the delay thread must run).
+    pub fn bridge_ns(&self) -> &str {
+        &self.bridge_ns
+    }
+
+    /// Queue the bridged packets of each delayed link to [`crate::delay::QUEUE_NUM`],
+    /// replacing any earlier delay rules (an empty list removes them all).
+    pub fn apply_delays(&self, links: &[crate::delay::Link]) -> Result<(), NetError> {
+        // On by default where bridge netfilter is built in; said explicitly so that a kernel
+        // without it fails here, by name, instead of delaying nothing.
+        let sysctl = "net.bridge.bridge-nf-call-iptables=1";
+        run("ip", &["netns", "exec", &self.bridge_ns, "sysctl", "-q", "-w", sysctl])?;
+        let script = delay_rules(links);
+        run_with_input("ip", &["netns", "exec", &self.bridge_ns, "iptables-restore"], Some(&script), &[])?;
+        Ok(())
+    }
+
     /// Delete every namespace of this run (their veths go with them).
     pub fn teardown(&self) {
         for host in &self.hosts {
@@ -188,6 +209,23 @@ pub fn ruleset(faults: &Faults) -> String {
     if !faults.lossy.is_empty() {
         let _ = writeln!(script, "add element bridge nemesis lossy {{ {} }}", pairs(&faults.lossy));
     }
+    script
+}
+
+/// The `iptables-restore` script of `links`: the whole `mangle` table (nothing else of the
+/// harness uses it), so applying it replaces the previous delays in one step. Each link is
+/// one direction; `--queue-bypass` lets packets through when no delay thread listens.
+pub fn delay_rules(links: &[crate::delay::Link]) -> String {
+    let mut script = String::from("*mangle\n:FORWARD ACCEPT [0:0]\n");
+    let directions: BTreeSet<(Ipv4Addr, Ipv4Addr)> = links.iter().map(|l| (l.from, l.to)).collect();
+    for (from, to) in directions {
+        let _ = writeln!(
+            script,
+            "-A FORWARD -s {from}/32 -d {to}/32 -j NFQUEUE --queue-num {} --queue-bypass",
+            crate::delay::QUEUE_NUM
+        );
+    }
+    script.push_str("COMMIT\n");
     script
 }
 
@@ -239,5 +277,24 @@ mod tests {
         faults.lossy.insert((a, b));
         assert!(ruleset(&faults).contains("numgen random mod 100 < 10 drop"));
         assert!(!ruleset(&Faults::default()).contains("add element"), "healing leaves the sets empty");
+    }
+
+    /// Goal: each delayed direction is queued once, the other direction of a one-way delay
+    /// not at all, and an empty list still rewrites (so clears) the table.
+    #[test]
+    fn delay_rules_queue_each_listed_direction_only() {
+        let a = Ipv4Addr::new(10, 231, 0, 1);
+        let b = Ipv4Addr::new(10, 231, 0, 2);
+        let link = |from, to| crate::delay::Link {
+            from,
+            to,
+            delay: std::time::Duration::from_millis(100),
+            jitter: std::time::Duration::ZERO,
+        };
+        let script = delay_rules(&[link(a, b), link(a, b)]);
+        assert_eq!(script.matches("-j NFQUEUE --queue-num 0 --queue-bypass").count(), 1, "{script}");
+        assert!(script.contains("-s 10.231.0.1/32 -d 10.231.0.2/32"));
+        assert!(!script.contains("-s 10.231.0.2/32"));
+        assert_eq!(delay_rules(&[]), "*mangle\n:FORWARD ACCEPT [0:0]\nCOMMIT\n");
     }
 }

@@ -15,17 +15,19 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 use crate::adversary;
 use crate::checker::{availability, check_all, CheckConfig, CheckResult, Valid};
 use crate::clock::{wall_ms, RunClock};
+use crate::delay::{self, DelayQueue};
 use crate::history::{self, Event, HistoryWriter, NemesisEvent, NemesisPhase, ProcessEvent, ProcessEventKind};
 use crate::net::{Faults, Network};
 use crate::process::{Managed, Spec};
 use crate::report::Provenance;
 use crate::scenario::{
-    adversary_window, clone_count, schedule, steps_registry_clocks, Action, Scenario, Shape, Sizes, Step,
+    adversary_window, clone_count, schedule, steps_registry_clocks, Action, DelayBudget, End, LinkDelay, Scenario,
+    Shape, Sizes, Step,
 };
 use crate::supervise::{Seen, Supervisor, RESTART_PAUSE};
 use crate::tls::{CertDir, Transport, CONTROLLER, WORKLOAD_CLIENT, WORKLOAD_REGISTRY};
@@ -36,7 +38,7 @@ const REGISTRY_PEER_PORT: u16 = 2380;
 const WORKER_PORT: u16 = 7379;
 /// Workers' lease: short, so pauses and outages longer than it fit in a 20–30 s run.
 const WORKER_TTL: Duration = Duration::from_secs(3);
-const WORKER_MARGIN: &str = "500ms";
+const WORKER_MARGIN: Duration = Duration::from_millis(500);
 /// How often the controller looks for workers that exited on their own.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
 
@@ -135,6 +137,10 @@ pub struct Outcome {
 }
 
 struct Cluster {
+    /// The latency nemesis's packet holder, while a delay is in place. First, so that it is
+    /// dropped (its held packets released, its thread out of the bridge namespace) before
+    /// the network is torn down.
+    delay: Option<DelayQueue>,
     network: Network,
     registries: Vec<Managed>,
     workers: Vec<Managed>,
@@ -184,7 +190,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
     let dir = options.store.join(options.scenario.name).join(stamp.to_string());
     std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("create {}", dir.display()))?;
     std::fs::write(dir.join("command.txt"), format!("{}\n", options.reproduce()))?;
-    let sizes = Sizes { registries: 5, workers: options.workers, ttl: WORKER_TTL };
+    let sizes = Sizes { registries: 5, workers: options.workers, ttl: WORKER_TTL, margin: WORKER_MARGIN };
     let steps = schedule(options.scenario, sizes, options.time_limit, options.seed);
     std::fs::write(dir.join("schedule.json"), serde_json::to_string_pretty(&steps)?)?;
     println!("run {} → {}", options.reproduce(), dir.display());
@@ -199,6 +205,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
     let transport = transport(options, &dir, adversary_window(&steps, options.time_limit).is_some())?;
     let clock = RunClock::start();
     let mut cluster = Cluster {
+        delay: None,
         network,
         registries: Vec::new(),
         workers: Vec::new(),
@@ -562,9 +569,13 @@ impl Cluster {
     }
 
     fn record(&mut self, phase: NemesisPhase, name: &str, detail: String) {
-        println!("  {:>6} ms  nemesis {:?} {name} {detail}", self.clock.now_ns() / 1_000_000, phase);
-        let event =
-            NemesisEvent { phase, name: name.to_string(), time_ns: self.clock.now_ns(), wall_ms: wall_ms(), detail };
+        self.record_at(self.clock.now_ns(), phase, name, detail);
+    }
+
+    /// [`Cluster::record`] of something that happened at `time_ns` (earlier than now).
+    fn record_at(&mut self, time_ns: u64, phase: NemesisPhase, name: &str, detail: String) {
+        println!("  {:>6} ms  nemesis {:?} {name} {detail}", time_ns / 1_000_000, phase);
+        let event = NemesisEvent { phase, name: name.to_string(), time_ns, wall_ms: wall_ms(), detail };
         if let Err(e) = self.nemesis.append(&Event::Nemesis(event)).and_then(|()| self.nemesis.flush()) {
             println!("  cannot record the nemesis event: {e}");
         }
@@ -596,6 +607,7 @@ impl Cluster {
     fn apply(&mut self, action: &Action, rng: &mut StdRng) -> anyhow::Result<()> {
         match action {
             Action::Partition(shape) => self.partition(shape, rng),
+            Action::Delay { budget, links } => self.delay(*budget, links, rng.gen()),
             Action::Loss(percent) => self.packet_loss(*percent),
             Action::Heal => self.heal(),
             Action::KillRegistry { node } => {
@@ -683,9 +695,69 @@ impl Cluster {
     fn heal(&mut self) -> anyhow::Result<()> {
         self.faults = Faults::default();
         self.network.apply(&self.faults)?;
+        self.lift_delays()?;
         self.stop_active("partition");
         self.stop_active("packet-loss");
         self.stop_active("quorum-loss");
+        Ok(())
+    }
+
+    /// The address of one end of a delayed link.
+    fn end_ip(&self, end: End) -> anyhow::Result<Ipv4Addr> {
+        let managed = match end {
+            End::Registry(i) => self.registries.get(i),
+            End::Worker(i) => self.workers.get(i),
+        };
+        managed.map(ip_of).with_context(|| format!("no host for {end:?}"))
+    }
+
+    /// Hold the packets of `links` (replacing any delay in place): the rules first, then the
+    /// thread that holds what they queue, its jitter seeded from the run's nemesis RNG.
+    fn delay(&mut self, budget: DelayBudget, links: &[LinkDelay], seed: u64) -> anyhow::Result<()> {
+        self.lift_delays()?;
+        let held = links
+            .iter()
+            .map(|l| {
+                Ok(delay::Link {
+                    from: self.end_ip(l.from)?,
+                    to: self.end_ip(l.to)?,
+                    delay: Duration::from_millis(l.delay_ms),
+                    jitter: Duration::from_millis(l.jitter_ms),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        self.network.apply_delays(&held)?;
+        match DelayQueue::start(self.network.bridge_ns(), &held, seed) {
+            Ok(queue) => self.delay = Some(queue),
+            Err(e) => {
+                // Without a thread the rules would only bypass: remove them, and say why.
+                let _ = self.network.apply_delays(&[]);
+                return Err(e.into());
+            }
+        }
+        self.record(NemesisPhase::Start, budget.nemesis_name(), describe_delays(links));
+        Ok(())
+    }
+
+    /// Release every held packet and stop the thread, then remove the rules (in this order:
+    /// replacing the table drops what is still queued; meanwhile the rules bypass).
+    fn lift_delays(&mut self) -> anyhow::Result<()> {
+        let Some(queue) = self.delay.take() else { return Ok(()) };
+        // The fault ends as the held packets go (a worker may resume at once), not once the
+        // rules are gone.
+        let released_ns = self.clock.now_ns();
+        let stats = queue.stop();
+        let removed = self.network.apply_delays(&[]);
+        let detail = match &stats {
+            Ok(stats) => stats.to_string(),
+            Err(e) => format!("the delay thread failed: {e}"),
+        };
+        let names: Vec<String> = self.active.iter().filter(|n| n.starts_with("latency-")).cloned().collect();
+        for name in names {
+            self.record_at(released_ns, NemesisPhase::Stop, &name, detail.clone());
+        }
+        removed?;
+        stats?;
         Ok(())
     }
 
@@ -828,7 +900,7 @@ impl Cluster {
             "--lease-ttl".into(),
             format!("{}ms", WORKER_TTL.as_millis()),
             "--margin".into(),
-            WORKER_MARGIN.into(),
+            duration_flag(WORKER_MARGIN),
         ];
         if let Some(id) = worker_id {
             args.extend(["--worker-id".into(), id.to_string()]);
@@ -972,6 +1044,9 @@ impl Cluster {
     }
 
     fn stop_all(&mut self) {
+        if let Err(e) = self.lift_delays() {
+            println!("  lifting the delays failed: {e:#}");
+        }
         for worker in &mut self.workers {
             worker.terminate(Duration::from_secs(5));
         }
@@ -989,6 +1064,26 @@ impl Cluster {
         }
         let _ = self.nemesis.flush();
     }
+}
+
+/// A delay's nemesis detail: how many directions, how many one way only, and the worst hold
+/// of a worker-registry and of a registry-registry direction.
+fn describe_delays(links: &[LinkDelay]) -> String {
+    let one_way = links.iter().filter(|l| !links.iter().any(|m| (m.from, m.to) == (l.to, l.from))).count();
+    let worst = |registries_only: bool| {
+        links
+            .iter()
+            .filter(|l| matches!((l.from, l.to), (End::Registry(_), End::Registry(_))) == registries_only)
+            .map(|l| l.worst().as_millis())
+            .max()
+            .unwrap_or(0)
+    };
+    format!(
+        "{} directions held ({one_way} one way only); worst hold: worker-registry {} ms, registry-registry {} ms",
+        links.len(),
+        worst(false),
+        worst(true)
+    )
 }
 
 #[cfg(test)]

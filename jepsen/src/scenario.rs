@@ -84,11 +84,62 @@ pub enum Action {
         worker: usize,
         copies: usize,
     },
+    /// Hold the packets of each listed link (NFQUEUE, `crate::delay`); a link is one
+    /// direction, so a pair listed once is delayed one way. Replaces any delay in place;
+    /// `Heal` lifts it.
+    Delay {
+        budget: DelayBudget,
+        links: Vec<LinkDelay>,
+    },
     /// A client with a valid `worker` certificate starts forging calls (`crate::adversary`,
     /// run by the workload, which is told the window at start) ...
     Adversary,
     /// ... and stops.
     AdversaryStop,
+}
+
+/// One end of a delayed link, by role and index (the run maps it to an address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum End {
+    Registry(usize),
+    Worker(usize),
+}
+
+/// Packets from `from` to `to` are held `delay_ms` plus a uniform `0..=jitter_ms` each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkDelay {
+    pub from: End,
+    pub to: End,
+    pub delay_ms: u64,
+    pub jitter_ms: u64,
+}
+
+impl LinkDelay {
+    /// The longest a packet of this link is held.
+    pub fn worst(&self) -> Duration {
+        Duration::from_millis(self.delay_ms + self.jitter_ms)
+    }
+}
+
+/// What a [`Action::Delay`] is sized against; it names the nemesis window, which the parking
+/// checker reads (neither name is a prefix of the other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DelayBudget {
+    /// A worker's round trip to the registry stays within a quarter of the TTL: no worker
+    /// may park.
+    QuarterTtl,
+    /// Every one-way delay between a worker and the registry exceeds the deadline margin and
+    /// a round trip exceeds one registry attempt (TTL/3): every worker parks by its deadline.
+    BeyondMargin,
+}
+
+impl DelayBudget {
+    pub fn nemesis_name(self) -> &'static str {
+        match self {
+            DelayBudget::QuarterTtl => "latency-quarter-ttl",
+            DelayBudget::BeyondMargin => "latency-beyond-margin",
+        }
+    }
 }
 
 /// How far `registry-clock-skew` moves the leader's wall clock: the reproduced failure of
@@ -150,6 +201,14 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "registry-clock-skew",
         about: "the registry leader's wall clock jumps 10 min ahead, twice, then back",
     },
+    Scenario {
+        name: "latency",
+        about: "worker-registry round trips delayed up to TTL/4 (both ways, then one way): no worker parks",
+    },
+    Scenario {
+        name: "latency-beyond-margin",
+        about: "worker-registry delays beyond the deadline margin: workers park by their deadline, resume",
+    },
     Scenario { name: "random-mix", about: "a seeded random mix of all of the above" },
 ];
 
@@ -162,8 +221,10 @@ pub fn find(name: &str) -> Option<&'static Scenario> {
 pub struct Sizes {
     pub registries: usize,
     pub workers: usize,
-    /// The workers' lease TTL: pauses and outages are sized against it.
+    /// The workers' lease TTL: pauses, outages and delays are sized against it.
     pub ttl: Duration,
+    /// The workers' deadline margin (`--margin`): `latency-beyond-margin` delays past it.
+    pub margin: Duration,
 }
 
 /// The schedule of `scenario` for a run of `limit`, seeded. Faults start after a nominal
@@ -250,8 +311,78 @@ pub fn schedule(scenario: &Scenario, sizes: Sizes, limit: Duration, seed: u64) -
         "registry-clock-skew" => {
             cycle(at, &[Action::RegistryClockStep { offset_ms: REGISTRY_CLOCK_JUMP_MS }], Action::ClockReset)
         }
+        "latency" => latency(&mut rng, sizes, [start, at(0.5), heal_by]),
+        "latency-beyond-margin" => {
+            vec![step(start, latency_beyond_margin(&mut rng, sizes)), step(start + outage, Action::Heal)]
+        }
         _ => random_mix(&mut rng, sizes, start, heal_by),
     }
+}
+
+/// `latency`: both ways first, every direction of a worker-registry pair drawn on its own;
+/// then one way only (a random direction per pair) with the whole budget on it; then heal.
+fn latency(rng: &mut StdRng, sizes: Sizes, [both_ways, one_way, heal]: [Duration; 3]) -> Vec<Step> {
+    vec![
+        Step { at: both_ways, action: latency_quarter_ttl(rng, sizes, false) },
+        Step { at: one_way, action: latency_quarter_ttl(rng, sizes, true) },
+        Step { at: heal, action: Action::Heal },
+    ]
+}
+
+/// A delay of at most `worst` in all: jitter up to a fifth of it, the fixed part from half
+/// of what is left up to all of it (so the budget is really used).
+fn draw_delay(rng: &mut StdRng, from: End, to: End, worst: Duration) -> LinkDelay {
+    let worst_ms = worst.as_millis() as u64;
+    let jitter_ms = rng.gen_range(0..=worst_ms / 5);
+    let rest = worst_ms - jitter_ms;
+    LinkDelay { from, to, delay_ms: rng.gen_range(rest / 2..=rest), jitter_ms }
+}
+
+/// Every worker-registry pair, each pair once: (worker end, registry end).
+fn worker_registry_pairs(sizes: Sizes) -> impl Iterator<Item = (End, End)> {
+    (0..sizes.workers).flat_map(move |w| (0..sizes.registries).map(move |r| (End::Worker(w), End::Registry(r))))
+}
+
+/// `latency`: a worker's round trip to any registry node within TTL/4 — TTL/8 each way, or,
+/// `one_way`, TTL/4 on one random direction of each pair; registry nodes among themselves
+/// within TTL/150 each way (20 ms for a 3 s lease): Raft's heartbeat (100 ms) is also its
+/// replication timeout, so a round trip there stays well inside it, a commit adds little to
+/// the worker's round trip and leadership stays put.
+fn latency_quarter_ttl(rng: &mut StdRng, sizes: Sizes, one_way: bool) -> Action {
+    let mut links = Vec::new();
+    for (worker, registry) in worker_registry_pairs(sizes) {
+        if one_way {
+            let (from, to) = if rng.gen_bool(0.5) { (worker, registry) } else { (registry, worker) };
+            links.push(draw_delay(rng, from, to, sizes.ttl / 4));
+        } else {
+            links.push(draw_delay(rng, worker, registry, sizes.ttl / 8));
+            links.push(draw_delay(rng, registry, worker, sizes.ttl / 8));
+        }
+    }
+    for a in 0..sizes.registries {
+        for b in (0..sizes.registries).filter(|b| *b != a) {
+            links.push(draw_delay(rng, End::Registry(a), End::Registry(b), sizes.ttl / 150));
+        }
+    }
+    Action::Delay { budget: DelayBudget::QuarterTtl, links }
+}
+
+/// `latency-beyond-margin`: each direction of every worker-registry pair held at least the
+/// margin and TTL/4, up to TTL/3 plus jitter: every round trip outlasts the worker's
+/// per-attempt timeout (TTL/3), so no renewal gets through and every worker parks by its
+/// deadline. The registry nodes among themselves are not delayed.
+fn latency_beyond_margin(rng: &mut StdRng, sizes: Sizes) -> Action {
+    let low_ms = sizes.margin.max(sizes.ttl / 4).as_millis() as u64;
+    let high_ms = (sizes.ttl / 3).as_millis() as u64;
+    let jitter_ms = (sizes.ttl / 12).as_millis() as u64;
+    let mut links = Vec::new();
+    for (worker, registry) in worker_registry_pairs(sizes) {
+        for (from, to) in [(worker, registry), (registry, worker)] {
+            let delay_ms = rng.gen_range(low_ms..=high_ms.max(low_ms));
+            links.push(LinkDelay { from, to, delay_ms, jitter_ms: rng.gen_range(0..=jitter_ms) });
+        }
+    }
+    Action::Delay { budget: DelayBudget::BeyondMargin, links }
 }
 
 /// When the schedule's adversary forges (start, stop); it runs to `limit` without a stop step.
@@ -317,7 +448,7 @@ mod tests {
     use super::*;
 
     fn sizes() -> Sizes {
-        Sizes { registries: 5, workers: 4, ttl: Duration::from_secs(3) }
+        Sizes { registries: 5, workers: 4, ttl: Duration::from_secs(3), margin: Duration::from_millis(500) }
     }
 
     #[test]
@@ -381,6 +512,77 @@ mod tests {
         assert!(steps_registry_clocks(&steps));
         let others = SCENARIOS.iter().filter(|s| s.name != "registry-clock-skew");
         assert!(others.into_iter().all(|s| !steps_registry_clocks(&schedule(s, sizes(), limit, 42))));
+    }
+
+    fn delays(steps: &[Step]) -> Vec<(DelayBudget, &[LinkDelay])> {
+        steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Delay { budget, links } => Some((*budget, links.as_slice())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The worst round trip between `worker` and `registry` under `links` (zero for a
+    /// direction not listed).
+    fn round_trip(links: &[LinkDelay], worker: usize, registry: usize) -> Duration {
+        let way =
+            |from, to| links.iter().find(|l| l.from == from && l.to == to).map_or(Duration::ZERO, LinkDelay::worst);
+        way(End::Worker(worker), End::Registry(registry)) + way(End::Registry(registry), End::Worker(worker))
+    }
+
+    /// Goal: `latency` delays every worker-registry pair both ways, then one way only, each
+    /// round trip within a quarter of the TTL (and some near it), registry links far below
+    /// Raft's heartbeat, and heals inside the fault window.
+    #[test]
+    fn latency_keeps_round_trips_within_a_quarter_ttl() {
+        let sizes = sizes();
+        for seed in 0..20 {
+            let steps = schedule(find("latency").unwrap(), sizes, Duration::from_secs(20), seed);
+            let rounds = delays(&steps);
+            assert_eq!(rounds.len(), 2, "{steps:?}");
+            let mut worst = Duration::ZERO;
+            for (round, (budget, links)) in rounds.iter().enumerate() {
+                assert_eq!(*budget, DelayBudget::QuarterTtl);
+                let worker_links =
+                    links.iter().filter(|l| matches!(l.from, End::Worker(_)) || matches!(l.to, End::Worker(_)));
+                let pairs = sizes.workers * sizes.registries;
+                assert_eq!(worker_links.count(), if round == 0 { 2 * pairs } else { pairs });
+                for (w, r) in (0..sizes.workers).flat_map(|w| (0..sizes.registries).map(move |r| (w, r))) {
+                    let rtt = round_trip(links, w, r);
+                    assert!(rtt > Duration::ZERO && rtt <= sizes.ttl / 4, "seed {seed} w{w} n{r}: {rtt:?}");
+                    worst = worst.max(rtt);
+                }
+                let between_registries =
+                    links.iter().filter(|l| matches!((l.from, l.to), (End::Registry(_), End::Registry(_))));
+                assert!(
+                    between_registries.clone().count() == 20
+                        && between_registries.clone().all(|l| l.worst() <= Duration::from_millis(20))
+                );
+            }
+            assert!(worst >= sizes.ttl / 6, "seed {seed}: the budget is barely used ({worst:?})");
+            assert_eq!(steps.last().map(|s| &s.action), Some(&Action::Heal));
+        }
+    }
+
+    /// Goal: `latency-beyond-margin` holds every direction of every worker-registry pair
+    /// past the margin, so every round trip outlasts a registry attempt (TTL/3), for longer
+    /// than the TTL, and leaves the registry nodes among themselves alone.
+    #[test]
+    fn latency_beyond_margin_outlasts_every_attempt() {
+        let sizes = sizes();
+        let steps = schedule(find("latency-beyond-margin").unwrap(), sizes, Duration::from_secs(20), 3);
+        let [(budget, links)] = delays(&steps)[..] else { panic!("{steps:?}") };
+        assert_eq!(budget, DelayBudget::BeyondMargin);
+        assert_eq!(links.len(), 2 * sizes.workers * sizes.registries);
+        assert!(links.iter().all(|l| Duration::from_millis(l.delay_ms) > sizes.margin), "{links:?}");
+        for (w, r) in (0..sizes.workers).flat_map(|w| (0..sizes.registries).map(move |r| (w, r))) {
+            assert!(round_trip(links, w, r) > sizes.ttl / 3);
+        }
+        assert!(steps[1].action == Action::Heal && steps[1].at - steps[0].at > sizes.ttl);
+        assert_ne!(DelayBudget::QuarterTtl.nemesis_name(), DelayBudget::BeyondMargin.nemesis_name());
+        assert!(!DelayBudget::BeyondMargin.nemesis_name().starts_with(DelayBudget::QuarterTtl.nemesis_name()));
     }
 
     #[test]

@@ -46,6 +46,7 @@ ff_libfaketime() {
 # The Debian packages still missing, one line: `command-or-file package...`.
 #   libfaketime  steps the wall clock of real processes (the t20 clock test, clock-* scenarios)
 #   nftables, iproute2  the harness's partitions, packet loss and network namespaces
+#   iptables, procps  the harness's latency nemesis (NFQUEUE rules, the bridge netfilter sysctl)
 #   prometheus   promtool, which checks and unit-tests the alert rules (the t60 test)
 #   chrony, systemd  chronyd -p and systemd-analyze in deploy/check-manifests.sh
 #   python3-venv the venv deploy/check-manifests.sh installs kubernetes-validate into
@@ -54,6 +55,8 @@ ff_apt_missing() {
     ff_libfaketime >/dev/null || echo "libfaketime libfaketime faketime"
     ff_have nft || echo "nft nftables"
     ff_have ip || echo "ip iproute2"
+    ff_have iptables-restore || echo "iptables-restore iptables"
+    ff_have sysctl || echo "sysctl procps"
     ff_have promtool || echo "promtool prometheus"
     ff_have chronyd || echo "chronyd chrony"
     ff_have systemd-analyze || echo "systemd-analyze systemd"

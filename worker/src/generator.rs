@@ -149,10 +149,11 @@ impl std::fmt::Debug for Generator {
     }
 }
 
-/// Timeout of one registry RPC for a lease of `ttl`: short enough to try other nodes before
-/// the deadline.
+/// Timeout of one registry RPC for a lease of `ttl`: long enough for a round trip of a
+/// quarter of the TTL plus the commit, short enough to try another node before the deadline
+/// (a renewal starts with `ttl - margin - ttl/3 > ttl/3` left; see `keeper`).
 fn registry_rpc_timeout(ttl: Duration) -> Duration {
-    (ttl / 4)
+    (ttl / 3)
         .clamp(Duration::from_millis(REGISTRY_RPC_TIMEOUT_MIN_MS), Duration::from_millis(REGISTRY_RPC_TIMEOUT_MAX_MS))
 }
 

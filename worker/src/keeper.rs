@@ -1,6 +1,15 @@
-//! The lease keeper: renews every `ttl/3` (minus jitter), retries with backoff across every
-//! registry node until a renewal commits, extends the deadline only from a committed
-//! renewal's send time, and parks the worker for good on FENCED or QUARANTINED.
+//! The lease keeper: renews every `ttl/3` (minus jitter) counted from the last committed
+//! renewal's *send* time, retries with backoff across every registry node until a renewal
+//! commits, extends the deadline only from a committed renewal's send time, and parks the
+//! worker for good on FENCED or QUARANTINED.
+//!
+//! Slow networks: the deadline is extended from the send time, so the schedule is counted
+//! from it too — counting from the reply would lose one round trip of slack per renewal (with
+//! round trips of a quarter of the TTL, a renewal would answer just at the deadline). One
+//! registry attempt may take TTL/3 (`generator::registry_rpc_timeout`), above a round trip
+//! of TTL/4 plus the commit; and a renewal whose reply can no longer extend the deadline
+//! (older than `ttl - margin`) is abandoned and sent afresh instead of waiting on the other
+//! nodes of its sweep.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,39 +72,65 @@ fn jittered(interval: Duration) -> Duration {
     interval * (100 - cut as u32) / 100
 }
 
+/// How long to wait before the next renewal: `interval` counted from `since_sent`, the
+/// time since the last committed renewal (or the grant) was sent — so a slow round trip
+/// does not push every later renewal back by itself.
+fn next_renewal_in(interval: Duration, since_sent: Duration) -> Duration {
+    interval.saturating_sub(since_sent)
+}
+
+/// How long a renewal's reply can still extend the deadline (from its send time): after
+/// that it is abandoned and sent afresh.
+fn renewal_useful_for(ttl: Duration, margin: Duration) -> Duration {
+    ttl.saturating_sub(margin)
+}
+
 /// Keep the lease until `stop` fires or the lease is lost.
 pub(crate) async fn run(shared: Arc<WorkerShared>, mut stop: watch::Receiver<bool>) {
     let interval = shared.config.renew_interval();
+    // The grant was sent just before the keeper starts: close enough to count from here.
+    let mut last_sent = shared.clock.mono();
     loop {
+        let since_sent = shared.clock.mono().duration_since(last_sent);
         tokio::select! {
-            _ = tokio::time::sleep(jittered(interval)) => {}
+            _ = tokio::time::sleep(next_renewal_in(jittered(interval), since_sent)) => {}
             _ = stop.changed() => return,
         }
         tokio::select! {
-            kept = renew_until_committed(&shared) => if !kept { return },
+            committed = renew_until_committed(&shared) => match committed {
+                Some(sent_at) => last_sent = sent_at,
+                None => return,
+            },
             _ = stop.changed() => return,
         }
     }
 }
 
-/// Renew until one renewal commits (true) or the lease is lost for good (false).
-async fn renew_until_committed(shared: &WorkerShared) -> bool {
+/// Renew until one renewal commits (its send time) or the lease is lost for good (`None`).
+async fn renew_until_committed(shared: &WorkerShared) -> Option<MonoTime> {
     let mut backoff = Backoff::new();
     let mut failures = 0u32;
+    let useful_for = renewal_useful_for(shared.config.lease_ttl, shared.config.effective_margin());
     loop {
         let (request, sent_at) = {
             let state = shared.lock();
             (state.renew_request(shared.clock.wall_ms()), shared.clock.mono())
         };
         let (worker_id, token) = (request.worker_id, request.token);
-        match shared.registry.renew(request).await {
+        let reply = tokio::time::timeout(useful_for, shared.registry.renew(request)).await.unwrap_or_else(|_| {
+            Err(RegistryCallError::Unavailable {
+                last: format!("no node answered within {useful_for:?}, after which the reply could no longer extend the deadline; sending afresh"),
+                indeterminate: true,
+            })
+        });
+        match reply {
             Ok(grant) => {
                 on_committed(shared, &request, sent_at, &grant, failures);
-                return true;
+                return Some(sent_at);
             }
             Err(RegistryCallError::Lost { reason, message }) => {
                 lost(shared, reason, &message);
-                return false;
+                return None;
             }
             Err(error) => {
                 // Unavailable is the expected case; anything else on a renewal is a registry
@@ -217,5 +252,23 @@ mod tests {
             let j = jittered(interval);
             assert!(j <= interval && j >= interval * (100 - RENEW_JITTER_PERCENT as u32) / 100, "{j:?}");
         }
+    }
+
+    /// Goal: the next renewal is due `interval` after the last committed one was *sent*, so
+    /// a round trip of a quarter of the TTL leaves the same slack before the deadline as a
+    /// fast one: with a 3 s lease, a 500 ms margin and 750 ms round trips, each renewal
+    /// commits 1.75 s after the previous send, well before that send's deadline at 2.5 s
+    /// (counted from the reply it would be 2.5 s: just at the deadline).
+    #[test]
+    fn renewals_are_scheduled_from_the_send_time() {
+        let (ttl, margin) = (Duration::from_secs(3), Duration::from_millis(500));
+        let interval = ttl / 3;
+        let round_trip = ttl / 4;
+        let wait = next_renewal_in(interval, round_trip);
+        assert_eq!(wait, Duration::from_millis(250));
+        let next_commit = round_trip + wait + round_trip;
+        assert!(next_commit < renewal_useful_for(ttl, margin), "{next_commit:?}");
+        assert_eq!(next_renewal_in(interval, ttl), Duration::ZERO, "overdue: renew at once");
+        assert_eq!(renewal_useful_for(ttl, margin), Duration::from_millis(2500));
     }
 }

@@ -82,8 +82,9 @@ pub const MIN_LEASE_TTL_MS: u64 = 300;
 /// together do not renew in lockstep, and never later than `ttl/3`.
 pub const RENEW_JITTER_PERCENT: u64 = 20;
 
-/// Bounds on the timeout of one registry RPC; the timeout itself is `ttl/4` clamped to them,
-/// so a hanging node leaves time to try the others before the deadline.
+/// Bounds on the timeout of one registry RPC; the timeout itself is `ttl/3` clamped to them:
+/// above a round trip of `ttl/4`, and a hanging node still leaves time to try another before
+/// the deadline.
 pub const REGISTRY_RPC_TIMEOUT_MIN_MS: u64 = 200;
 pub const REGISTRY_RPC_TIMEOUT_MAX_MS: u64 = 2_000;
 

@@ -1,7 +1,12 @@
 //! Parking under registry outage: during each fault window (nemesis names starting with a
-//! configured prefix, `quorum-loss` by default) every worker stops minting by its deadline
-//! plus ε, its lease is not extended while the registry has no quorum, and after the fault
-//! heals every worker that was serving before serves again within a bound.
+//! configured prefix: `quorum-loss`, and `latency-beyond-margin`, where no renewal's round
+//! trip fits in the worker's registry timeout) every worker stops minting by its deadline
+//! plus ε, its lease is not extended while the registry cannot answer it, and after the
+//! fault heals every worker that was serving before serves again within a bound.
+//!
+//! And the converse: during a window in which the registry stays reachable, only slower
+//! (`latency-quarter-ttl`: round trips within a quarter of the TTL), and for the commit
+//! grace after it, no worker parks — no `parked` lease event, no call refused as parked.
 //!
 //! "Its deadline" is the one it knew when the fault began: the latest lease event stating a
 //! deadline at or before `start + commit_grace` (a renewal sent before the fault may still
@@ -23,7 +28,11 @@ pub const NAME: &str = "parking";
 pub struct Config {
     /// Nemesis names that take the registry's quorum away.
     pub fault_prefixes: Vec<String>,
+    /// Nemesis names during which the registry stays reachable: no worker may park.
+    pub reachable_prefixes: Vec<String>,
     pub epsilon_ms: u64,
+    /// How long after a fault begins a renewal sent before it may still complete: one
+    /// registry attempt (TTL/3, 1 s for the harness's 3 s lease) plus the status poll.
     pub commit_grace_ms: u64,
     /// How soon after the heal each worker must serve again.
     pub resume_within_ms: u64,
@@ -32,9 +41,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            fault_prefixes: vec!["quorum-loss".to_string()],
+            fault_prefixes: vec!["quorum-loss".to_string(), "latency-beyond-margin".to_string()],
+            reachable_prefixes: vec!["latency-quarter-ttl".to_string()],
             epsilon_ms: 50,
-            commit_grace_ms: 500,
+            commit_grace_ms: 1_200,
             resume_within_ms: 15_000,
         }
     }
@@ -50,12 +60,16 @@ struct WorkerOps<'h, 'a> {
 }
 
 pub fn check(events: &[Event], layout: &IdLayout, config: &Config) -> CheckResult {
-    let faults: Vec<NemesisWindow> = history::nemesis_windows(events)
-        .into_iter()
-        .filter(|w| config.fault_prefixes.iter().any(|p| w.name.starts_with(p.as_str())))
-        .collect();
-    if faults.is_empty() {
-        let summary = format!("not exercised: no fault windows named {:?}", config.fault_prefixes);
+    let windows = |prefixes: &[String]| -> Vec<NemesisWindow> {
+        history::nemesis_windows(events)
+            .into_iter()
+            .filter(|w| prefixes.iter().any(|p| w.name.starts_with(p.as_str())))
+            .collect()
+    };
+    let (faults, reachable) = (windows(&config.fault_prefixes), windows(&config.reachable_prefixes));
+    if faults.is_empty() && reachable.is_empty() {
+        let named: Vec<&String> = config.fault_prefixes.iter().chain(&config.reachable_prefixes).collect();
+        let summary = format!("not exercised: no fault windows named {named:?}");
         return CheckResult { name: NAME.to_string(), valid: Valid::True, summary, evidence: Vec::new() };
     }
     let log = LeaseLog::new(events);
@@ -82,7 +96,14 @@ pub fn check(events: &[Event], layout: &IdLayout, config: &Config) -> CheckResul
         }
     }
 
-    let counts = format!("{} fault windows, {} workers", faults.len(), workers.len());
+    let parks = no_parks(events, &reachable, config, &mut violations);
+
+    let counts = format!(
+        "{} fault windows, {} windows with the registry reachable ({parks} parks in them), {} workers",
+        faults.len(),
+        reachable.len(),
+        workers.len()
+    );
     let (valid, summary, evidence) = if violations.total() > 0 {
         (Valid::False, format!("{} parking violations; {counts}", violations.total()), violations)
     } else if doubts.total() > 0 {
@@ -95,6 +116,33 @@ pub fn check(events: &[Event], layout: &IdLayout, config: &Config) -> CheckResul
         (Valid::True, summary, violations)
     };
     CheckResult { name: NAME.to_string(), valid, summary, evidence: evidence.into_items() }
+}
+
+/// Every park inside a reachable window or its commit grace: `parked` lease events and calls
+/// a worker refused as parked. Returns how many.
+fn no_parks(events: &[Event], windows: &[NemesisWindow], config: &Config, violations: &mut Evidence) -> usize {
+    let grace_ns = config.commit_grace_ms * MS;
+    let inside = |t: u64| windows.iter().find(|w| t >= w.start_ns && w.stop_ns.is_none_or(|s| t < s + grace_ns));
+    let mut parks = 0;
+    for lease in history::lease_events(events).filter(|l| l.event == LeaseEventKind::Parked) {
+        if let Some(window) = inside(lease.time_ns) {
+            parks += 1;
+            violations
+                .push(json!({"violation": "parked-while-registry-reachable", "fault": window, "lease_event": lease}));
+        }
+    }
+    for op in history::client_ops(events) {
+        let error = op.completion.and_then(|c| c.error.as_deref()).unwrap_or_default();
+        let Some(window) = inside(op.invoke_ns()).filter(|_| error.contains("[parked ")) else { continue };
+        parks += 1;
+        violations.push(json!({
+            "violation": "parked-while-registry-reachable",
+            "fault": window,
+            "op": describe_op(&op),
+            "error": error,
+        }));
+    }
+    parks
 }
 
 /// No mint past the deadline known at the fault's start, and no lease extension inside it.
@@ -235,6 +283,61 @@ mod tests {
         let r = check(&h.events, &IdLayout::default(), &Config::default());
         assert_eq!(r.valid, Valid::False);
         assert_eq!(r.evidence[0]["violation"], "did-not-resume");
+    }
+
+    /// Goal: with the registry only slower (`latency-quarter-ttl`), a worker that parks —
+    /// seen by its status or by a call it refused as parked — is a violation, inside the
+    /// window or just after it; a run that keeps serving is valid, and parks outside the
+    /// window are none of this check's business.
+    #[test]
+    fn a_park_while_the_registry_is_reachable_is_caught() {
+        let slow = || {
+            let mut h = H::default();
+            h.lease("w1", Acquired, (1, 100), Some(2000), 0);
+            h.ok("w1", 1, (100, 101), &[(id(100, 1, 0), 1)], None);
+            h.nemesis(Start, "latency-quarter-ttl", 1000);
+            h.ok("w1", 1, (1500, 1501), &[(id(1500, 1, 0), 1)], None);
+            h.nemesis(Stop, "latency-quarter-ttl", 4000);
+            h.lease("w1", Parked, (1, 100), Some(9000), 8000);
+            h
+        };
+        let clean = check(&slow().events, &IdLayout::default(), &Config::default());
+        assert_eq!(clean.valid, Valid::True, "{}: {:?}", clean.summary, clean.evidence);
+        assert!(clean.summary.contains("1 windows with the registry reachable (0 parks"), "{}", clean.summary);
+
+        let mut status = slow();
+        status.lease("w1", Parked, (1, 100), Some(2000), 4500);
+        let r = check(&status.events, &IdLayout::default(), &Config::default());
+        assert_eq!(r.valid, Valid::False);
+        assert_eq!(r.evidence[0]["violation"], "parked-while-registry-reachable");
+
+        let mut refused = slow();
+        refused.not_ok("w1", 2, (2000, 2001), Phase::Fail);
+        let error = "Unavailable [parked LEASE_EXPIRED]: parked: lease expired";
+        let not_parked = check(&refused.events, &IdLayout::default(), &Config::default());
+        assert_eq!(not_parked.valid, Valid::True, "a refusal that names no park is not a park");
+        if let Some(Event::Op(op)) = refused.events.last_mut() {
+            op.error = Some(error.to_string());
+        }
+        let r = check(&refused.events, &IdLayout::default(), &Config::default());
+        assert_eq!(r.valid, Valid::False, "{}", r.summary);
+        assert_eq!(r.evidence[0]["error"], error);
+    }
+
+    /// Goal: `latency-beyond-margin` windows are judged like quorum loss: minting past the
+    /// deadline inside one is caught.
+    #[test]
+    fn latency_beyond_margin_is_judged_as_an_outage() {
+        let mut h = outage();
+        for event in &mut h.events {
+            if let Event::Nemesis(n) = event {
+                n.name = n.name.replace("quorum-loss-3", "latency-beyond-margin");
+            }
+        }
+        assert_eq!(check(&h.events, &IdLayout::default(), &Config::default()).valid, Valid::True);
+        h.ok("w1", 2, (2060, 2061), &[(id(2060, 1, 0), 1)], None);
+        let r = check(&h.events, &IdLayout::default(), &Config::default());
+        assert_eq!(r.evidence[0]["violation"], "minted-past-deadline-during-fault");
     }
 
     /// Goal: minting during a fault with no known deadline is Unknown; runs without a
