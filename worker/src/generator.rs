@@ -294,7 +294,7 @@ impl Generator {
         self.shared.metrics.observe_request(rpc, self.shared.clock.mono().duration_since(started));
         minted?;
         let state = self.shared.lock();
-        let deadline_wall_ms = self.shared.deadline_wall_ms(&state);
+        let deadline_wall_ms = self.shared.batch_deadline_wall_ms(&state);
         Ok(Batch { runs, worker_id: state.worker_id(), token: state.token(), deadline_wall_ms })
     }
 

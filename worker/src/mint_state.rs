@@ -13,6 +13,8 @@
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use fenceflake_proto::switches::{self, Mechanism};
+
 use crate::ceiling::CeilingPolicy;
 use crate::clock::{Clock, MonoTime};
 use crate::clock_guard::{ClockGuardPolicy, GuardAction, SkewVerdict};
@@ -171,6 +173,8 @@ impl MintState {
     /// it checks on every ID, and the deadline check is on.
     fn gate_may_open(&self) -> bool {
         !self.deadline_check_off()
+            && !switches::is_off(Mechanism::DeadlineCheck)
+            && !switches::is_off(Mechanism::MintUntil)
             && !self.stopping
             && self.lost.is_none()
             && !self.booting
@@ -195,12 +199,12 @@ impl MintState {
 
     /// Mechanism 2: may this worker mint at `now`?
     fn lease_live(&self, now: MonoTime) -> bool {
-        self.deadline.is_live(now) || self.deadline_check_off()
+        self.deadline.is_live(now) || self.deadline_check_off() || switches::is_off(Mechanism::DeadlineCheck)
     }
 
     /// Mechanism 2 on the wall clock: may this worker stamp `ts_ms`?
     fn below_mint_until(&self, ts_ms: u64) -> bool {
-        ts_ms < self.mint_until_ms || self.deadline_check_off()
+        ts_ms < self.mint_until_ms || self.deadline_check_off() || switches::is_off(Mechanism::MintUntil)
     }
 
     /// Whether mechanism 2 is switched off (only unit tests and the unsafe test binary can).
@@ -217,6 +221,11 @@ impl MintState {
 
     pub fn lease_remaining(&self, now: MonoTime) -> std::time::Duration {
         self.deadline.remaining(now)
+    }
+
+    /// The lease deadline on the monotonic clock (passed or not).
+    pub fn lease_deadline(&self) -> MonoTime {
+        self.deadline.deadline()
     }
 
     /// Clear the park causes that end by themselves with time: the boot wait once the wall

@@ -52,6 +52,17 @@ impl WorkerShared {
         self.clock.wall_ms() + remaining.as_millis() as u64 + 2
     }
 
+    /// The lease deadline on this worker's wall clock for a batch just minted: also when it
+    /// passed since (the mint checked it was live; by the time the batch is answered it may
+    /// not be, and "no deadline" would read as minted after it). Deadlines only move forward,
+    /// so it is at or past the one that licensed the batch.
+    pub(crate) fn batch_deadline_wall_ms(&self, state: &MintState) -> u64 {
+        let (now, wall_ms) = (self.clock.mono(), self.clock.wall_ms());
+        let deadline = state.lease_deadline();
+        let ahead_ms = i128::from(deadline.as_nanos()) / 1_000_000 - i128::from(now.as_nanos()) / 1_000_000;
+        u64::try_from((i128::from(wall_ms) + ahead_ms + 2).max(0)).unwrap_or(u64::MAX)
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, MintState> {
         crate::mint_state::lock(&self.state)
     }

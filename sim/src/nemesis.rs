@@ -1,0 +1,226 @@
+//! The faults, every one chosen from the run's seed: partitions (both ways and one-way),
+//! latency and packet loss, registry node crashes that lose a random part of what was not
+//! yet flushed, worker SIGKILLs, wall-clock steps and drift on any machine, and worker
+//! processes started on a copy of another's state dir. Each is recorded in the history as a
+//! nemesis event, and everything is healed before the run ends.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fenceflake_jepsen::history::NemesisPhase;
+use fenceflake_registry::raft::types::NodeId;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::net::{Latency, Net};
+use crate::nodes::SimNode;
+use crate::recorder::Recorder;
+use crate::workers::{clone_of, SimWorker, WorkerEnv};
+
+/// At most this many registry nodes down at once: more only stalls the run.
+const NODES_DOWN_MAX: usize = 2;
+/// At most this many copies of state dirs per run.
+const CLONES_MAX: usize = 2;
+
+/// Everything the nemesis acts on.
+pub struct Cluster<'a> {
+    pub net: &'a Arc<Net>,
+    pub recorder: &'a Recorder,
+    pub members: &'a [NodeId],
+    pub nodes: &'a mut Vec<SimNode>,
+    pub workers: &'a mut Vec<SimWorker>,
+    pub env: &'a WorkerEnv,
+    pub state_root: &'a Path,
+}
+
+#[derive(Debug)]
+pub struct Nemesis {
+    rng: StdRng,
+    /// When each stopped node or worker starts again: (true time, is a node, index).
+    restarts: Vec<(Duration, bool, usize)>,
+    clones: usize,
+}
+
+impl Nemesis {
+    pub fn new(seed: u64) -> Nemesis {
+        Nemesis { rng: StdRng::seed_from_u64(seed), restarts: Vec::new(), clones: 0 }
+    }
+
+    /// One fault, after a pause; and whatever restarts are due.
+    pub async fn step(&mut self, cluster: &mut Cluster<'_>) {
+        let pause = Duration::from_millis(self.rng.gen_range(200..2_500));
+        tokio::time::sleep(pause).await;
+        self.restart_due(cluster);
+        match self.rng.gen_range(0..100) {
+            0..=11 => self.partition(cluster),
+            12..=18 => self.one_way_cut(cluster),
+            19..=31 => {
+                cluster.net.heal();
+                cluster.recorder.nemesis(NemesisPhase::Stop, "network", "healed".into());
+            }
+            32..=40 => self.slow_network(cluster),
+            41..=54 => self.crash_node(cluster),
+            55..=69 => self.kill_worker(cluster),
+            70..=81 => self.step_clock(cluster),
+            82..=86 => self.drift_clock(cluster),
+            87..=90 => self.clone_worker(cluster),
+            _ => {}
+        }
+    }
+
+    fn machines(cluster: &Cluster<'_>) -> Vec<String> {
+        let nodes = cluster.nodes.iter().map(|n| n.name.clone());
+        nodes.chain(cluster.workers.iter().map(|w| w.name.clone())).collect()
+    }
+
+    /// Split every machine into two sides, cut both ways.
+    fn partition(&mut self, cluster: &mut Cluster<'_>) {
+        let mut machines = Nemesis::machines(cluster);
+        machines.shuffle(&mut self.rng);
+        let split = self.rng.gen_range(1..machines.len());
+        let (a, b) = machines.split_at(split);
+        for x in a {
+            for y in b {
+                cluster.net.cut(x, y);
+                cluster.net.cut(y, x);
+            }
+        }
+        cluster.recorder.nemesis(NemesisPhase::Start, "partition", format!("{a:?} | {b:?}"));
+    }
+
+    fn one_way_cut(&mut self, cluster: &mut Cluster<'_>) {
+        let machines = Nemesis::machines(cluster);
+        let from = machines.choose(&mut self.rng).cloned().unwrap_or_default();
+        let to = machines.choose(&mut self.rng).cloned().unwrap_or_default();
+        if from != to {
+            cluster.net.cut(&from, &to);
+            cluster.recorder.nemesis(NemesisPhase::Start, "one-way-cut", format!("{from} -> {to}"));
+        }
+    }
+
+    fn slow_network(&mut self, cluster: &mut Cluster<'_>) {
+        let max_us = self.rng.gen_range(1_000..80_000);
+        let latency = Latency { min_us: max_us / 4, max_us, loss_per_mille: self.rng.gen_range(0..60) };
+        cluster.net.set_latency(latency);
+        cluster.recorder.nemesis(NemesisPhase::Start, "latency", format!("{latency:?}"));
+    }
+
+    fn crash_node(&mut self, cluster: &mut Cluster<'_>) {
+        let down = cluster.nodes.iter().filter(|n| !n.is_running()).count();
+        if down >= NODES_DOWN_MAX {
+            return;
+        }
+        let index = self.rng.gen_range(0..cluster.nodes.len());
+        let node = &mut cluster.nodes[index];
+        if !node.is_running() {
+            return;
+        }
+        let pending = node.disk.pending_len();
+        let keep = self.rng.gen_range(0..=pending);
+        node.crash(cluster.net, keep);
+        let back = cluster.recorder.world().elapsed() + Duration::from_millis(self.rng.gen_range(300..6_000));
+        self.restarts.push((back, true, index));
+        cluster.recorder.nemesis(
+            NemesisPhase::Start,
+            "crash",
+            format!("{} (kept {keep} of {pending} unflushed writes)", node.name),
+        );
+    }
+
+    fn kill_worker(&mut self, cluster: &mut Cluster<'_>) {
+        let index = self.rng.gen_range(0..cluster.workers.len());
+        let worker = &mut cluster.workers[index];
+        if !worker.is_running() {
+            return;
+        }
+        worker.kill(cluster.net);
+        let back = cluster.recorder.world().elapsed() + Duration::from_millis(self.rng.gen_range(50..3_000));
+        self.restarts.push((back, false, index));
+        cluster.recorder.nemesis(NemesisPhase::Start, "kill", worker.name.clone());
+    }
+
+    /// A machine's wall clock steps (NTP, a VM migration): mostly small, sometimes large.
+    fn step_clock(&mut self, cluster: &mut Cluster<'_>) {
+        let by_ms =
+            if self.rng.gen_bool(0.8) { self.rng.gen_range(-400..400) } else { self.rng.gen_range(-5_000..5_000) };
+        let (name, wall) = self.pick_clock(cluster);
+        wall.step(by_ms);
+        cluster.recorder.nemesis(NemesisPhase::Start, "clock-step", format!("{name} {by_ms:+} ms"));
+    }
+
+    fn drift_clock(&mut self, cluster: &mut Cluster<'_>) {
+        let ppm = self.rng.gen_range(-2_000..2_000);
+        let (name, wall) = self.pick_clock(cluster);
+        wall.set_drift_ppm(ppm);
+        cluster.recorder.nemesis(NemesisPhase::Start, "clock-drift", format!("{name} {ppm:+} ppm"));
+    }
+
+    fn pick_clock(&mut self, cluster: &Cluster<'_>) -> (String, Arc<crate::clock::WallError>) {
+        let count = cluster.nodes.len() + cluster.workers.len();
+        let index = self.rng.gen_range(0..count);
+        match cluster.nodes.get(index) {
+            Some(node) => (node.name.clone(), node.wall.clone()),
+            None => {
+                let worker = &cluster.workers[index - cluster.nodes.len()];
+                (worker.name.clone(), worker.wall.clone())
+            }
+        }
+    }
+
+    fn clone_worker(&mut self, cluster: &mut Cluster<'_>) {
+        if self.clones >= CLONES_MAX {
+            return;
+        }
+        let originals: Vec<usize> =
+            (0..cluster.workers.len()).filter(|i| !cluster.workers[*i].name.starts_with('c')).collect();
+        let Some(&index) = originals.choose(&mut self.rng) else { return };
+        self.clones += 1;
+        let name = format!("c{}", self.clones);
+        match clone_of(&cluster.workers[index], &name, cluster.state_root, cluster.recorder) {
+            Ok(mut clone) => {
+                clone.start(cluster.env);
+                cluster.recorder.nemesis(
+                    NemesisPhase::Start,
+                    "clone",
+                    format!("{name} from {}", cluster.workers[index].name),
+                );
+                cluster.workers.push(clone);
+            }
+            Err(error) => tracing::warn!(%error, "could not copy a state dir"),
+        }
+    }
+
+    fn restart_due(&mut self, cluster: &mut Cluster<'_>) {
+        let now = cluster.recorder.world().elapsed();
+        let (due, later): (Vec<_>, Vec<_>) = self.restarts.drain(..).partition(|(at, _, _)| *at <= now);
+        self.restarts = later;
+        for (_, is_node, index) in due {
+            Nemesis::restart(cluster, is_node, index);
+        }
+    }
+
+    fn restart(cluster: &mut Cluster<'_>, is_node: bool, index: usize) {
+        if is_node {
+            let node = &mut cluster.nodes[index];
+            node.start(cluster.net, cluster.recorder, cluster.members);
+            cluster.recorder.nemesis(NemesisPhase::Stop, "crash", node.name.clone());
+        } else {
+            let worker = &mut cluster.workers[index];
+            worker.start(cluster.env);
+            cluster.recorder.nemesis(NemesisPhase::Stop, "kill", worker.name.clone());
+        }
+    }
+
+    /// Heal everything: network, clocks, stopped processes.
+    pub fn heal_all(&mut self, cluster: &mut Cluster<'_>) {
+        cluster.net.heal();
+        for (_, is_node, index) in std::mem::take(&mut self.restarts) {
+            Nemesis::restart(cluster, is_node, index);
+        }
+        cluster.nodes.iter().for_each(|n| n.wall.reset());
+        cluster.workers.iter().for_each(|w| w.wall.reset());
+        cluster.recorder.nemesis(NemesisPhase::Stop, "all", "network, clocks and processes healed".into());
+    }
+}

@@ -1,0 +1,144 @@
+//! Simulated registry nodes: the real `fenceflake_registry::server::run_on` (openraft, the
+//! lease table and its apply logic, the leader's decisions, the proposer, the clock check,
+//! the lost-disk guard, the gRPC services) over the simulated network and an in-memory disk
+//! whose crash semantics the simulation chooses.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fenceflake_proto::channel::BoxChannel;
+use fenceflake_proto::tls::Security;
+use fenceflake_registry::config::{ClockCheck, InitialClusterState, LayoutFlags, NodeConfig, RaftTiming};
+use fenceflake_registry::raft::network::{PeerCallError, PeerConnector};
+use fenceflake_registry::raft::types::{NodeId, PeerNode};
+use fenceflake_registry::server::{self, NodeIo, ServedServices, SimulatedIo};
+use fenceflake_registry::storage::MemDisk;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::clock::{ProcessClock, WallError};
+use crate::net::{Net, Port};
+use crate::recorder::Recorder;
+
+pub const CLUSTER_ID: &str = "sim";
+
+/// The cluster's bounds on leases, committed by its first leader.
+pub const TTL_MS_MAX: u64 = 30_000;
+pub const COOL_DOWN_MS: u64 = 500;
+
+/// A node's peer-port address in the simulated network.
+pub fn peer_addr(id: NodeId) -> String {
+    format!("r{id}.sim:7001")
+}
+
+/// A node's client-port address.
+pub fn client_addr(id: NodeId) -> String {
+    format!("r{id}.sim:7000")
+}
+
+/// How a simulated node reaches its peers: through the simulated network.
+#[derive(Debug)]
+struct SimConnector {
+    net: Arc<Net>,
+    from: String,
+}
+
+impl PeerConnector for SimConnector {
+    fn connect(&self, _target: NodeId, addr: &str) -> Result<BoxChannel, PeerCallError> {
+        Ok(self.net.channel(&self.from, addr))
+    }
+}
+
+/// One registry "machine": its disk and wall clock outlive the node process running on it.
+#[derive(Debug)]
+pub struct SimNode {
+    pub id: NodeId,
+    pub name: String,
+    pub disk: MemDisk,
+    pub wall: Arc<WallError>,
+    starts: u64,
+    running: Option<(String, oneshot::Sender<()>, JoinHandle<()>)>,
+}
+
+impl SimNode {
+    pub fn new(id: NodeId) -> SimNode {
+        let name = format!("r{id}");
+        SimNode { id, name, disk: MemDisk::new(), wall: Arc::new(WallError::default()), starts: 0, running: None }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    fn config(&self, members: &[NodeId]) -> NodeConfig {
+        let initial_cluster: BTreeMap<NodeId, PeerNode> = members
+            .iter()
+            .map(|id| (*id, PeerNode { peer_addr: peer_addr(*id), client_addr: client_addr(*id) }))
+            .collect();
+        NodeConfig {
+            node_id: self.id,
+            cluster_id: CLUSTER_ID.to_string(),
+            advertise: initial_cluster[&self.id].clone(),
+            data_dir: format!("/sim/{}", self.name).into(),
+            initial_cluster,
+            initial_cluster_state: InitialClusterState::New,
+            layout: LayoutFlags::default(),
+            ttl_ms_max: TTL_MS_MAX,
+            cool_down_ms: COOL_DOWN_MS,
+            timing: RaftTiming::default(),
+            request_timeout: Duration::from_secs(2),
+            max_clock_offset: Duration::from_millis(250),
+            clock_check: ClockCheck::Enforced,
+            // Small, so that runs take and install snapshots.
+            snapshot_logs: 200,
+            metrics_addr: None,
+            admin_only: false,
+        }
+    }
+
+    /// Start the node process on this machine's disk.
+    pub fn start(&mut self, net: &Arc<Net>, recorder: &Recorder, members: &[NodeId]) {
+        if self.running.is_some() {
+            return;
+        }
+        self.starts += 1;
+        // Each process serves its own services: a dead one withdrawing its own on the way out
+        // never touches its successor's.
+        let process = format!("{}#{}", self.name, self.starts);
+        let served = ServedServices::default();
+        net.bind(&peer_addr(self.id), &process, served.clone(), Port::Peer);
+        net.bind(&client_addr(self.id), &process, served.clone(), Port::Client);
+        net.set_running(&process, true);
+        let io = NodeIo::Simulated(SimulatedIo {
+            disk: self.disk.clone(),
+            connector: Arc::new(SimConnector { net: net.clone(), from: process.clone() }),
+            served,
+        });
+        let clock = Arc::new(ProcessClock::start(recorder.world(), self.wall.clone()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = self.config(members);
+        let name = self.name.clone();
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            if let Err(error) = server::run_on(config, io, Security::Insecure, clock, shutdown).await {
+                tracing::debug!(node = %name, %error, "registry node stopped with an error");
+            }
+        });
+        self.running = Some((process, stop, task));
+    }
+
+    /// The process dies at once: the network stops carrying its messages, the disk keeps only
+    /// what was flushed plus the first `keep` unflushed batches, and the process's leftover
+    /// tasks can no longer write.
+    pub fn crash(&mut self, net: &Net, keep: usize) {
+        if let Some((process, stop, _task)) = self.running.take() {
+            net.set_running(&process, false);
+            self.disk.crash(keep);
+            let _ = stop.send(());
+            self.disk = self.disk.restart();
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The run's history, in the harness's own event types (`fenceflake_jepsen::history`), so the
+//! harness's checkers read it unchanged. Events are recorded in the order the single-threaded
+//! simulation produces them, so a seed always yields the same history, byte for byte.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+
+use fenceflake_jepsen::history::{Event, NemesisEvent, NemesisPhase};
+
+use crate::clock::World;
+
+#[derive(Debug)]
+pub struct Recorder {
+    world: World,
+    events: Mutex<Vec<Event>>,
+    /// Holder IDs carry the OS process id (so they differ between runs of one seed): the
+    /// history names each by the order it first appeared in, which keeps equal ones equal.
+    holders: Mutex<BTreeMap<String, String>>,
+}
+
+impl Recorder {
+    pub fn new(world: World) -> Recorder {
+        Recorder { world, events: Mutex::default(), holders: Mutex::default() }
+    }
+
+    pub fn world(&self) -> World {
+        self.world
+    }
+
+    /// True time since the run began, the history's clock.
+    pub fn now_ns(&self) -> u64 {
+        self.world.elapsed_ns()
+    }
+
+    pub fn push(&self, event: Event) {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner).push(event);
+    }
+
+    /// A fault started (`Start`) or healed (`Stop`).
+    pub fn nemesis(&self, phase: NemesisPhase, name: &str, detail: String) {
+        self.push(Event::Nemesis(NemesisEvent {
+            phase,
+            name: name.to_string(),
+            time_ns: self.now_ns(),
+            wall_ms: self.world.true_wall_ms(),
+            detail,
+        }));
+    }
+
+    /// The stable name of holder ID `holder` in this history.
+    pub fn holder_alias(&self, holder: &str) -> String {
+        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        let next = holders.len() + 1;
+        holders.entry(holder.to_string()).or_insert_with(|| format!("holder-{next}")).clone()
+    }
+
+    /// Everything recorded so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}

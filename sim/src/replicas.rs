@@ -1,0 +1,71 @@
+//! What the history cannot show, read from the nodes' disks at the end of a run: every
+//! node's lease table keeps its invariants (`LeaseTable::check_invariants`), and replicas
+//! that applied the log to the same position hold the same table (the state machine is a
+//! pure function of the log).
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use fenceflake_jepsen::checker::{CheckResult, Valid};
+use fenceflake_registry::clock::ManualClock;
+use fenceflake_registry::expiry::ExpiryTracker;
+use fenceflake_registry::lease::LeaseTable;
+use fenceflake_registry::storage::{self, DataDirIdentity};
+use serde_json::json;
+
+use crate::nodes::{SimNode, CLUSTER_ID};
+
+/// The applied table of each node, by node name, with the log position it reflects.
+fn tables(nodes: &[SimNode]) -> BTreeMap<String, Result<(String, LeaseTable), String>> {
+    nodes
+        .iter()
+        .map(|node| {
+            let identity = DataDirIdentity { node_id: node.id, cluster_id: CLUSTER_ID.to_string() };
+            let tracker = ExpiryTracker::new(Arc::new(ManualClock::new(0)));
+            let opened = storage::open_memory(&node.disk, &identity, tracker).map_err(|e| e.to_string()).map(|o| {
+                let state = o.state_machine.shared();
+                let state = state.read();
+                (state.last_applied.map(|id| id.to_string()).unwrap_or_default(), state.table.clone())
+            });
+            (node.name.clone(), opened)
+        })
+        .collect()
+}
+
+/// The `replicas` check: invariants on every node, agreement between nodes at one position.
+pub fn check(nodes: &[SimNode]) -> CheckResult {
+    let mut evidence = Vec::new();
+    let mut by_position: BTreeMap<String, (String, LeaseTable)> = BTreeMap::new();
+    for (name, table) in tables(nodes) {
+        let (position, table) = match table {
+            Ok(found) => found,
+            Err(why) => {
+                evidence.push(json!({"node": name, "unreadable": why}));
+                continue;
+            }
+        };
+        let checked = std::panic::catch_unwind(AssertUnwindSafe(|| table.check_invariants()));
+        if let Err(panic) = checked {
+            let why =
+                panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+            evidence.push(json!({"node": name, "invariant": why}));
+        }
+        match by_position.get(&position) {
+            Some((other, theirs)) if *theirs != table => {
+                evidence.push(json!({"diverged": [other, name], "at": position}));
+            }
+            Some(_) => {}
+            None => {
+                by_position.insert(position, (name, table));
+            }
+        }
+    }
+    let valid = if evidence.is_empty() { Valid::True } else { Valid::False };
+    let summary = if evidence.is_empty() {
+        format!("{} nodes keep the table's invariants; nodes at one log position agree", nodes.len())
+    } else {
+        format!("{} problems in the nodes' tables", evidence.len())
+    };
+    CheckResult { name: "replicas".into(), valid, summary, evidence }
+}

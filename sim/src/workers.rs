@@ -1,0 +1,268 @@
+//! Simulated worker processes: the real library-mode `Generator` (acquire, boot, lease
+//! keeper, minting state, ceiling file) over the simulated network, each with its own state
+//! dir on disk, its own clocks, and a caller that asks it for IDs. A worker whose lease ends
+//! for good (FENCED, SUPERSEDED…) exits and is restarted by its supervisor, as
+//! `restart: always` would; the nemesis kills (SIGKILL) and restarts workers, and starts
+//! new ones on a copy of another's state dir (a cloned VM).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use fenceflake_jepsen::history::{
+    ClientOp, Event, GenerateFn, IdRange, LeaseEvent, LeaseEventKind, Phase, ProcessEvent, ProcessEventKind,
+};
+use fenceflake_proto::switches::{self, Mechanism};
+use fenceflake_worker::config::Incarnations;
+use fenceflake_worker::{Batch, Clock, Generator, Security, WorkerConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::task::JoinHandle;
+
+use crate::clock::{ProcessClock, WallError};
+use crate::net::Net;
+use crate::recorder::Recorder;
+
+/// How long the supervisor waits before starting an exited worker again.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// What every worker process of a run shares.
+#[derive(Debug, Clone)]
+pub struct WorkerEnv {
+    pub net: Arc<Net>,
+    pub recorder: Arc<Recorder>,
+    /// The client addresses of the registry nodes.
+    pub registry: Vec<String>,
+    pub lease_ttl: Duration,
+    pub seed: u64,
+}
+
+/// One worker "machine": a state dir, a wall clock, and the process running on it, if any.
+#[derive(Debug)]
+pub struct SimWorker {
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub wall: Arc<WallError>,
+    /// Process starts so far (each a new incarnation, and a new op stream in the history).
+    starts: u64,
+    running: Option<Running>,
+}
+
+#[derive(Debug)]
+struct Running {
+    /// `machine#start`, as the network knows it.
+    id: String,
+    task: JoinHandle<()>,
+    generator: Arc<Mutex<Option<Generator>>>,
+}
+
+impl SimWorker {
+    pub fn new(name: &str, root: &Path) -> SimWorker {
+        SimWorker {
+            name: name.to_string(),
+            state_dir: root.join(name),
+            wall: Arc::new(WallError::default()),
+            starts: 0,
+            running: None,
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Start the process (and its supervisor, which restarts it whenever it exits).
+    pub fn start(&mut self, env: &WorkerEnv) {
+        if self.running.is_some() {
+            return;
+        }
+        self.starts += 1;
+        let id = format!("{}#{}", self.name, self.starts);
+        env.net.set_running(&id, true);
+        let generator = Arc::new(Mutex::new(None));
+        let process = Process {
+            name: self.name.clone(),
+            id: id.clone(),
+            state_dir: self.state_dir.clone(),
+            wall: self.wall.clone(),
+            env: env.clone(),
+            generator: generator.clone(),
+            stream: self.stream_base(),
+        };
+        self.running = Some(Running { id, task: tokio::spawn(process.supervise()), generator });
+    }
+
+    /// Op streams of this worker's starts are numbered apart, so each start's ops are their
+    /// own `process` in the history.
+    fn stream_base(&self) -> u64 {
+        let index: u64 = self.name.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
+        let kind = if self.name.starts_with('c') { 500_000 } else { 0 };
+        kind + index * 1_000 + self.starts * 10
+    }
+
+    /// SIGKILL: the process stops at once, releasing nothing.
+    pub fn kill(&mut self, net: &Net) {
+        if let Some(running) = self.running.take() {
+            running.task.abort();
+            if let Some(generator) = running.generator.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                generator.kill();
+            }
+            net.set_running(&running.id, false);
+        }
+    }
+}
+
+/// One running worker process and its supervisor.
+struct Process {
+    name: String,
+    id: String,
+    state_dir: PathBuf,
+    wall: Arc<WallError>,
+    env: WorkerEnv,
+    generator: Arc<Mutex<Option<Generator>>>,
+    stream: u64,
+}
+
+impl Process {
+    fn config(&self) -> WorkerConfig {
+        let mut config =
+            WorkerConfig::new(self.env.registry.clone(), self.state_dir.clone(), self.name.clone(), Security::Insecure);
+        config.lease_ttl = self.env.lease_ttl;
+        config.id_wait = Duration::from_secs(30);
+        if switches::is_off(Mechanism::Incarnations) {
+            config.incarnations = Incarnations::DisabledUnsafe;
+        }
+        config
+    }
+
+    async fn supervise(self) {
+        let mut restarts = 0u64;
+        loop {
+            let clock = ProcessClock::start(self.env.recorder.world(), self.wall.clone());
+            let channels =
+                self.env.registry.iter().map(|addr| (addr.clone(), self.env.net.channel(&self.id, addr))).collect();
+            match Generator::start_over(self.config(), Arc::new(clock.clone()), channels).await {
+                Ok(generator) => {
+                    *self.generator.lock().unwrap_or_else(PoisonError::into_inner) = Some(generator.clone());
+                    let stream = self.stream + restarts;
+                    let code = tokio::select! {
+                        biased;
+                        cause = generator.ended() => cause.to_string(),
+                        () = self.call(&generator, &clock, stream) => String::new(),
+                    };
+                    generator.kill();
+                    self.generator.lock().unwrap_or_else(PoisonError::into_inner).take();
+                    tracing::debug!(worker = %self.name, %code, "worker exited");
+                    self.process_event(ProcessEventKind::Exited, Some(1));
+                }
+                Err(error) => {
+                    tracing::debug!(worker = %self.name, %error, "worker failed to start");
+                    self.process_event(ProcessEventKind::Exited, Some(2));
+                }
+            }
+            tokio::time::sleep(RESTART_PAUSE).await;
+            restarts += 1;
+            self.process_event(ProcessEventKind::Restarted, None);
+        }
+    }
+
+    fn process_event(&self, event: ProcessEventKind, code: Option<i32>) {
+        let recorder = &self.env.recorder;
+        recorder.push(Event::Process(ProcessEvent {
+            process: self.name.clone(),
+            event,
+            code,
+            copy_of: None,
+            time_ns: recorder.now_ns(),
+            wall_ms: recorder.world().true_wall_ms(),
+        }));
+    }
+
+    /// The caller: one ID or a batch at a time, a few ms apart, forever.
+    async fn call(&self, generator: &Generator, clock: &ProcessClock, stream: u64) {
+        let recorder = &self.env.recorder;
+        let mut rng = StdRng::seed_from_u64(self.env.seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut last_lease = None;
+        for op_id in 0.. {
+            tokio::time::sleep(Duration::from_micros(rng.gen_range(500..20_000))).await;
+            let count: u32 = if rng.gen_bool(0.5) { 1 } else { rng.gen_range(2..=64) };
+            let f = if count == 1 { GenerateFn::Generate } else { GenerateFn::GenerateBatch };
+            let mut invoke = ClientOp::invoke(stream, op_id, f, &self.name, recorder.now_ns(), clock.wall_ms());
+            invoke.count = Some(count);
+            recorder.push(Event::Op(invoke.clone()));
+            let result =
+                if count == 1 { generator.generate_with_lease().await } else { generator.generate_batch(count).await };
+            match result {
+                Ok(batch) => {
+                    self.lease_event(generator, &batch, clock.wall_ms(), &mut last_lease);
+                    let ranges =
+                        batch.runs.iter().map(|r| IdRange { first: r.first, count: u64::from(r.count) }).collect();
+                    let lease = Some((u32::from(batch.worker_id.get()), batch.token.get()));
+                    recorder.push(Event::Op(invoke.ok(recorder.now_ns(), clock.wall_ms(), ranges, lease)));
+                }
+                Err(error) => {
+                    let failed = invoke.failed(Phase::Fail, recorder.now_ns(), clock.wall_ms(), &error.to_string());
+                    recorder.push(Event::Op(failed));
+                }
+            }
+        }
+    }
+
+    /// Record the lease a batch was minted under when it is new, or its deadline moved: the
+    /// lease checker takes the deadline an op had to respect from the latest lease event.
+    fn lease_event(&self, generator: &Generator, batch: &Batch, wall_ms: u64, last: &mut Option<(u16, u64, u64)>) {
+        let key = (batch.worker_id.get(), batch.token.get(), batch.deadline_wall_ms);
+        if *last == Some(key) {
+            return;
+        }
+        let event = match last {
+            Some((worker_id, token, _)) if (*worker_id, *token) == (key.0, key.1) => LeaseEventKind::Renewed,
+            _ => LeaseEventKind::Acquired,
+        };
+        *last = Some(key);
+        let recorder = &self.env.recorder;
+        let status = generator.status();
+        let now = recorder.now_ns();
+        recorder.push(Event::Lease(LeaseEvent {
+            worker: self.name.clone(),
+            event,
+            worker_id: u32::from(key.0),
+            token: key.1,
+            deadline_wall_ms: Some(batch.deadline_wall_ms),
+            deadline_mono_ns: Some(now + u64::try_from(status.lease_remaining.as_nanos()).unwrap_or(u64::MAX)),
+            reason: None,
+            holder: Some(recorder.holder_alias(status.holder.as_str())),
+            time_ns: now,
+            wall_ms,
+        }));
+    }
+}
+
+/// Copy a state dir (a cloned VM's disk).
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A new worker process on a copy of `source`'s state dir.
+pub fn clone_of(source: &SimWorker, name: &str, root: &Path, recorder: &Recorder) -> std::io::Result<SimWorker> {
+    let clone = SimWorker::new(name, root);
+    if source.state_dir.exists() {
+        copy_dir(&source.state_dir, &clone.state_dir)?;
+    }
+    recorder.push(Event::Process(ProcessEvent {
+        process: name.to_string(),
+        event: ProcessEventKind::Cloned,
+        code: None,
+        copy_of: Some(source.name.clone()),
+        time_ns: recorder.now_ns(),
+        wall_ms: recorder.world().true_wall_ms(),
+    }));
+    Ok(clone)
+}
