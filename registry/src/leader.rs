@@ -362,6 +362,10 @@ impl Leader {
             });
         }
         if self.tracker.observe_leader(id) {
+            // Confirmed before; its new-cluster proposals may have failed (a timeout under
+            // load): a later call makes them, or the cluster would stay unconfigured until
+            // the next leader.
+            self.configure_new_cluster().await?;
             return Ok(false);
         }
         if !switches::is_off(Mechanism::EnsureLinearizable) {
@@ -370,6 +374,13 @@ impl Leader {
         }
         self.tracker.confirm(id);
         tracing::info!(term = id.term, node_id = id.node_id, "leadership confirmed by a quorum; serving grants");
+        self.configure_new_cluster().await?;
+        Ok(true)
+    }
+
+    /// On a new cluster (no layout committed yet): raise the apply rules, then commit the
+    /// layout. Nothing to do once configured.
+    async fn configure_new_cluster(&self) -> Result<(), RegistryError> {
         if self.state.read().table.config().is_none() {
             // A new cluster starts under the current apply rules (incarnations in force from
             // its first grant): it has no replica of an older release to keep in step with,
@@ -386,7 +397,7 @@ impl Leader {
                 other => return Err(unexpected(other)),
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// One `ensure_linearizable` round within the request timeout: a quorum still follows us

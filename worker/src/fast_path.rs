@@ -121,12 +121,15 @@ impl FastPath {
             }
             let now_ms = clock.wall_ms();
             let last = self.layout.decode(word);
-            let candidate = if now_ms == last.ts_ms {
+            // Both branches check the stamp limit: the locked path never leaves a stamp at or
+            // past it in the word today, but the same-millisecond branch must not rely on that.
+            let below_limit = now_ms < self.stamp_limit_ms.load(Ordering::Acquire);
+            let candidate = if now_ms == last.ts_ms && below_limit {
                 if last.sequence == self.layout.max_sequence() {
                     return FastMint::Exhausted { ts_ms: now_ms };
                 }
                 word + 1
-            } else if now_ms > last.ts_ms && now_ms < self.stamp_limit_ms.load(Ordering::Acquire) {
+            } else if now_ms > last.ts_ms && below_limit {
                 match self.layout.encode(now_ms, self.worker_id, 0) {
                     Ok(id) => id,
                     Err(_) => return FastMint::Slow,
