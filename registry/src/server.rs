@@ -230,7 +230,8 @@ pub async fn run_on(
     let mut tasks = match (client_sockets, &served) {
         (Some((client, admin)), _) => serve_ports(&node, client, admin, services, &stopped),
         (None, served) => {
-            let registry = RegistryServer::new(RegistryService::new(node.clone(), Listener::Client { admin_only: false }));
+            let registry =
+                RegistryServer::new(RegistryService::new(node.clone(), Listener::Client { admin_only: false }));
             served.iter().for_each(|s| ServedServices::publish(&s.client, Some(as_channel(registry.clone()))));
             Vec::new()
         }

@@ -419,7 +419,8 @@ impl Generator {
     /// as persisted). For the simulator's crashes, and embedders that cannot wait.
     pub fn kill(&self) {
         let _ = self.shared.lock().stop();
-        let tasks = std::mem::take(&mut *self.shared.tasks.lock().expect("task list lock is never held across a panic"));
+        let tasks =
+            std::mem::take(&mut *self.shared.tasks.lock().expect("task list lock is never held across a panic"));
         for task in tasks {
             task.abort();
         }
