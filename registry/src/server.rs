@@ -194,29 +194,16 @@ pub async fn run_on(
     let raft = node.raft.clone();
     let (stop, stopped) = fenceflake_proto::serving::stop_signal();
     let gate = StartGate::new(!blank);
-    let (client_sockets, served, peer_task) = match io {
-        NodeIo::Sockets(Listeners { client, peer, admin, metrics }) => {
-            let peer_task = serve_peer(&node, peer, gate.clone(), &security, &stopped);
-            if let Some(listener) = metrics {
-                serve_metrics(&node, listener, &security, &stopped);
-            }
-            (Some((client, admin)), None, Some(peer_task))
-        }
-        NodeIo::Simulated(sim) => {
-            ServedServices::publish(&sim.served.peer, Some(as_channel(peer_server(&node, gate.clone()))));
-            (None, Some(sim.served), None)
-        }
-    };
-    let withdraw = || served.iter().for_each(ServedServices::withdraw);
+    let mut serving = Serving::peer_port(io, &node, &gate, &security, &stopped);
     let mut shutdown = std::pin::pin!(shutdown);
     let fresh = if blank {
         match guard_start(&config, &node, clock.as_ref(), shutdown.as_mut()).await {
             Ok(Some(start)) => Some(start),
             stopped_or_refused => {
                 stop.stop();
-                withdraw();
+                serving.withdraw();
                 let _ = raft.shutdown().await;
-                if let Some((_, task)) = peer_task {
+                if let Some((_, task)) = serving.peer_task.take() {
                     let _ = task.await;
                 }
                 return stopped_or_refused.map(drop);
@@ -226,17 +213,8 @@ pub async fn run_on(
         None
     };
     gate.open();
-    let (health_reporter, services) = client_services(&config, &security).map_err(ServerError::Reflection)?;
-    let mut tasks = match (client_sockets, &served) {
-        (Some((client, admin)), _) => serve_ports(&node, client, admin, services, &stopped),
-        (None, served) => {
-            let registry =
-                RegistryServer::new(RegistryService::new(node.clone(), Listener::Client { admin_only: false }));
-            served.iter().for_each(|s| ServedServices::publish(&s.client, Some(as_channel(registry.clone()))));
-            Vec::new()
-        }
-    };
-    tasks.extend(peer_task);
+    let (health_reporter, tasks) =
+        serving.client_ports(&node, &config, &security, &stopped).map_err(ServerError::Reflection)?;
     security.follow_files(stopped.clone().wait());
     tokio::spawn(watch_leadership(node.clone(), health_reporter, tracker));
     tokio::spawn(clock_watch::run(node.clone(), stopped.clone()));
@@ -264,7 +242,7 @@ pub async fn run_on(
     };
     tracing::info!(node_id = config.node_id, "registry node stopping");
     stop.stop();
-    withdraw();
+    serving.withdraw();
     let _ = raft.shutdown().await;
     for (port, task) in tasks {
         if let Ok(Err(source)) = task.await {
@@ -272,6 +250,62 @@ pub async fn run_on(
         }
     }
     result
+}
+
+/// What a node serves on: sockets (and their tasks) or the simulator's service slots.
+struct Serving {
+    /// The client and admin listeners, until the node may serve them.
+    client_sockets: Option<(TcpListener, Option<TcpListener>)>,
+    served: Option<ServedServices>,
+    peer_task: Option<ServeTask>,
+}
+
+impl Serving {
+    /// Serve the peer port (and metrics) from the start: the lost-disk guard's question
+    /// comes in there while the client ports wait.
+    fn peer_port(io: NodeIo, node: &RegistryNode, gate: &StartGate, security: &Security, stopped: &Stopped) -> Serving {
+        match io {
+            NodeIo::Sockets(Listeners { client, peer, admin, metrics }) => {
+                let peer_task = serve_peer(node, peer, gate.clone(), security, stopped);
+                if let Some(listener) = metrics {
+                    serve_metrics(node, listener, security, stopped);
+                }
+                Serving { client_sockets: Some((client, admin)), served: None, peer_task: Some(peer_task) }
+            }
+            NodeIo::Simulated(sim) => {
+                ServedServices::publish(&sim.served.peer, Some(as_channel(peer_server(node, gate.clone()))));
+                Serving { client_sockets: None, served: Some(sim.served), peer_task: None }
+            }
+        }
+    }
+
+    /// Serve the client (and admin) ports; every serving task, the peer port's included (or
+    /// why the reflection service cannot be served).
+    fn client_ports(
+        &mut self,
+        node: &RegistryNode,
+        config: &NodeConfig,
+        security: &Security,
+        stopped: &Stopped,
+    ) -> Result<(HealthReporter, Vec<ServeTask>), String> {
+        let (health_reporter, services) = client_services(config, security)?;
+        let mut tasks = match (self.client_sockets.take(), &self.served) {
+            (Some((client, admin)), _) => serve_ports(node, client, admin, services, stopped),
+            (None, served) => {
+                let registry =
+                    RegistryServer::new(RegistryService::new(node.clone(), Listener::Client { admin_only: false }));
+                served.iter().for_each(|s| ServedServices::publish(&s.client, Some(as_channel(registry.clone()))));
+                Vec::new()
+            }
+        };
+        tasks.extend(self.peer_task.take());
+        Ok((health_reporter, tasks))
+    }
+
+    /// The node stopped: the simulator's network no longer reaches it.
+    fn withdraw(&self) {
+        self.served.iter().for_each(ServedServices::withdraw);
+    }
 }
 
 /// For a node without Raft state: how the lost-disk guard lets it start, raced against

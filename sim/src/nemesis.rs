@@ -1,6 +1,6 @@
 //! The faults, every one chosen from the run's seed: partitions (both ways and one-way),
 //! latency and packet loss, registry node crashes that lose a random part of what was not
-//! yet flushed, worker SIGKILLs, wall-clock steps and drift on any machine, and worker
+//! yet flushed, failing fsyncs, lost registry disks, worker SIGKILLs, wall-clock steps and drift on any machine, and worker
 //! processes started on a copy of another's state dir. Each is recorded in the history as a
 //! nemesis event, and everything is healed before the run ends.
 
@@ -40,12 +40,15 @@ pub struct Nemesis {
     rng: StdRng,
     /// When each stopped node or worker starts again: (true time, is a node, index).
     restarts: Vec<(Duration, bool, usize)>,
+    /// Nodes whose fsyncs were made to fail: their supervisor restarts them at this time (the
+    /// failed flush stopped the process by then, or it is killed now).
+    supervised: Vec<(Duration, usize)>,
     clones: usize,
 }
 
 impl Nemesis {
     pub fn new(seed: u64) -> Nemesis {
-        Nemesis { rng: StdRng::seed_from_u64(seed), restarts: Vec::new(), clones: 0 }
+        Nemesis { rng: StdRng::seed_from_u64(seed), restarts: Vec::new(), supervised: Vec::new(), clones: 0 }
     }
 
     /// One fault, after a pause; and whatever restarts are due.
@@ -66,6 +69,8 @@ impl Nemesis {
             70..=81 => self.step_clock(cluster),
             82..=86 => self.drift_clock(cluster),
             87..=90 => self.clone_worker(cluster),
+            91..=93 => self.fail_fsync(cluster),
+            94 => self.lose_disk(cluster),
             _ => {}
         }
     }
@@ -127,6 +132,38 @@ impl Nemesis {
             "crash",
             format!("{} (kept {keep} of {pending} unflushed writes)", node.name),
         );
+    }
+
+    /// The next fsyncs of a running node fail: openraft stops on the storage error, the node
+    /// exits (its supervisor restarts it below), and nothing unflushed was acknowledged.
+    fn fail_fsync(&mut self, cluster: &mut Cluster<'_>) {
+        let index = self.rng.gen_range(0..cluster.nodes.len());
+        let node = &cluster.nodes[index];
+        if !node.is_running() {
+            return;
+        }
+        let count = self.rng.gen_range(1..4);
+        node.disk.fail_next_flushes(count);
+        let restart = cluster.recorder.world().elapsed() + Duration::from_millis(self.rng.gen_range(200..2_000));
+        self.supervised.push((restart, index));
+        cluster.recorder.nemesis(NemesisPhase::Start, "fsync-error", format!("{} (next {count} flushes)", node.name));
+    }
+
+    /// A node's disk is lost: it crashes and comes back empty under its old id, which the
+    /// lost-disk guard must refuse (the node served), or let join only if it never did.
+    fn lose_disk(&mut self, cluster: &mut Cluster<'_>) {
+        let down = cluster.nodes.iter().filter(|n| !n.is_running()).count();
+        let index = self.rng.gen_range(0..cluster.nodes.len());
+        let node = &mut cluster.nodes[index];
+        if down >= NODES_DOWN_MAX || !node.is_running() {
+            return;
+        }
+        node.crash(cluster.net, 0);
+        node.disk.wipe();
+        node.disk = node.disk.restart();
+        let back = cluster.recorder.world().elapsed() + Duration::from_millis(self.rng.gen_range(300..3_000));
+        self.restarts.push((back, true, index));
+        cluster.recorder.nemesis(NemesisPhase::Start, "lost-disk", node.name.clone());
     }
 
     fn kill_worker(&mut self, cluster: &mut Cluster<'_>) {
@@ -194,6 +231,15 @@ impl Nemesis {
 
     fn restart_due(&mut self, cluster: &mut Cluster<'_>) {
         let now = cluster.recorder.world().elapsed();
+        let (due, later): (Vec<_>, Vec<_>) = self.supervised.drain(..).partition(|(at, _)| *at <= now);
+        self.supervised = later;
+        for (_, index) in due {
+            let node = &mut cluster.nodes[index];
+            if node.is_running() {
+                node.crash(cluster.net, 0);
+                self.restarts.push((now, true, index));
+            }
+        }
         let (due, later): (Vec<_>, Vec<_>) = self.restarts.drain(..).partition(|(at, _, _)| *at <= now);
         self.restarts = later;
         for (_, is_node, index) in due {
@@ -216,6 +262,13 @@ impl Nemesis {
     /// Heal everything: network, clocks, stopped processes.
     pub fn heal_all(&mut self, cluster: &mut Cluster<'_>) {
         cluster.net.heal();
+        for (_, index) in std::mem::take(&mut self.supervised) {
+            let node = &mut cluster.nodes[index];
+            if node.is_running() {
+                node.crash(cluster.net, 0);
+                self.restarts.push((Duration::ZERO, true, index));
+            }
+        }
         for (_, is_node, index) in std::mem::take(&mut self.restarts) {
             Nemesis::restart(cluster, is_node, index);
         }
