@@ -157,25 +157,23 @@ fn wrong_identity(security: &Security, node_id: u64) -> Option<ServerError> {
     (identity.node_id() != Some(node_id)).then(|| ServerError::WrongIdentity { identity: identity.uri(), node_id })
 }
 
-/// Run a registry node until `shutdown` resolves or Raft stops with a fatal error.
-pub async fn run(
-    config: NodeConfig,
-    listeners: Listeners,
-    security: Security,
-    clock: Arc<dyn Clock>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
-    run_on(config, NodeIo::Sockets(listeners), security, clock, shutdown).await
+/// A node on sockets: what the product runs (the simulator passes `NodeIo::Simulated`).
+impl From<Listeners> for NodeIo {
+    fn from(listeners: Listeners) -> NodeIo {
+        NodeIo::Sockets(listeners)
+    }
 }
 
-/// [`run`] on sockets or on the simulator's network and disk.
-pub async fn run_on(
+/// Run a registry node, on sockets or on the simulator's network and disk, until `shutdown`
+/// resolves or Raft stops with a fatal error.
+pub async fn run(
     config: NodeConfig,
-    io: NodeIo,
+    io: impl Into<NodeIo>,
     security: Security,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let io = io.into();
     config.validate()?;
     if let Some(error) = wrong_identity(&security, config.node_id) {
         return Err(error);

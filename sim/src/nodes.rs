@@ -1,4 +1,4 @@
-//! Simulated registry nodes: the real `fenceflake_registry::server::run_on` (openraft, the
+//! Simulated registry nodes: the real `fenceflake_registry::server::run` (openraft, the
 //! lease table and its apply logic, the leader's decisions, the proposer, the clock check,
 //! the lost-disk guard, the gRPC services) over the simulated network and an in-memory disk
 //! whose crash semantics the simulation chooses.
@@ -123,7 +123,7 @@ impl SimNode {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            if let Err(error) = server::run_on(config, io, Security::Insecure, clock, shutdown).await {
+            if let Err(error) = server::run(config, io, Security::Insecure, clock, shutdown).await {
                 tracing::debug!(node = %name, %error, "registry node stopped with an error");
             }
         });

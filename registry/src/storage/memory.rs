@@ -279,13 +279,19 @@ mod tests {
         tree.get(key.as_bytes()).unwrap().map(|v| String::from_utf8(v).unwrap())
     }
 
-    #[test]
-    fn unflushed_writes_are_readable_and_lost_by_a_crash() {
+    /// A disk with `a` flushed and `b` written but not yet flushed.
+    fn a_flushed_b_pending() -> (MemDisk, MemTree) {
         let disk = MemDisk::new();
         let tree = disk.open_tree("t").unwrap();
         put(&tree, "a", "1");
         disk.flush().unwrap();
         put(&tree, "b", "2");
+        (disk, tree)
+    }
+
+    #[test]
+    fn unflushed_writes_are_readable_and_lost_by_a_crash() {
+        let (disk, tree) = a_flushed_b_pending();
         assert_eq!(get(&tree, "b").as_deref(), Some("2"), "read your writes");
         assert_eq!(disk.pending_len(), 1);
         disk.crash(0);
@@ -362,11 +368,7 @@ mod tests {
 
     #[test]
     fn a_wiped_disk_is_empty_and_a_cloned_image_is_independent() {
-        let disk = MemDisk::new();
-        let tree = disk.open_tree("t").unwrap();
-        put(&tree, "a", "1");
-        disk.flush().unwrap();
-        put(&tree, "b", "2");
+        let (disk, tree) = a_flushed_b_pending();
         let copy = disk.clone_image();
         let copied = copy.open_tree("t").unwrap();
         assert_eq!(get(&copied, "a").as_deref(), Some("1"));
