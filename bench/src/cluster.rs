@@ -372,6 +372,13 @@ pub fn machine_busy_seconds() -> Option<f64> {
     Some((total - ticks[3] - ticks[4]) / 100.0)
 }
 
+/// The machine's load averages over 1, 5 and 15 minutes, as /proc/loadavg gives them: how
+/// busy the shared machine was around a measurement.
+pub fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
 /// SIGKILL the process in `slot`, if any, and reap it (`what` names it in errors). Shared by
 /// our cluster and the etcd one.
 pub fn kill_and_reap(slot: &mut Option<std::process::Child>, what: &str) -> anyhow::Result<()> {

@@ -2,7 +2,8 @@
 //! Fenceflake registry of real processes on loopback; the same two for a 5-member etcd 3.4
 //! (`etcd-load`, `etcd-failover`); `compare` of both, measured in the same run; and `worker`:
 //! one worker's throughput, latency and memory against its ceiling and a no-op gRPC baseline;
-//! and `restart`: a worker process's way back to its first ID after SIGKILL, per worker-ID mode.
+//! `restart`: a worker process's way back to its first ID after SIGKILL, per worker-ID mode;
+//! and `gray`: the balancing client against three worker processes, one SIGSTOPped.
 //! Results are JSON lines on stdout (and `--out`); a readable line per run goes to stderr. See
 //! BENCHMARKS.md and bench/run.sh.
 //!
@@ -15,12 +16,15 @@ mod cluster;
 mod compare;
 mod etcd;
 mod failover;
+mod gray;
+mod id_ranges;
 mod load;
 mod noop_server;
 mod restart;
 mod stats;
 mod tls;
 mod worker_bench;
+mod worker_proc;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -75,6 +79,16 @@ enum Cmd {
     /// Fails if a restart kept its token or an ID was returned twice. One JSON line per mode;
     /// a markdown table on stderr.
     Restart(restart::RestartArgs),
+    /// `WorkerClient` against three worker processes, one SIGSTOPped: rate, p99, hedges.
+    ///
+    /// Starts a 5-node registry and three `fenceflake worker` processes. Per call mode
+    /// (Generate, GenerateBatch) a new client shared by `--tasks` closed-loop tasks: warm-up,
+    /// a healthy window, SIGSTOP of one worker and a window while it is stopped, SIGCONT.
+    /// Then `fenceflake mint -n 200` timed with all workers serving and with one stopped.
+    /// Targets (issue 13): stopped rate ≥ 2/3 of healthy, p99 < 20 ms while stopped; mint
+    /// slower by at most about one starting hedge delay. Fails if an ID was handed out
+    /// twice. One JSON line per mode, one for mint; markdown tables on stderr.
+    Gray(gray::GrayArgs),
 }
 
 #[derive(Debug, Args)]
@@ -301,6 +315,7 @@ async fn dispatch(cmd: Cmd, tls: &TlsOpts) -> anyhow::Result<()> {
         Cmd::EtcdFailover(a) => etcd::failover(a, tls).await,
         Cmd::Worker(a) => worker_bench::run(a, tls).await,
         Cmd::Restart(a) => restart::run(a, tls).await,
+        Cmd::Gray(a) => gray::run(a, tls).await,
         Cmd::Compare(a) => {
             print!("{}", compare::run(&a, tls.is_tls())?);
             Ok(())
@@ -378,6 +393,7 @@ mod tests {
         assert!(!parse(&["worker", "--insecure"]).expect("parses").tls.is_tls());
         assert!(!parse(&["etcd-load", "--insecure"]).expect("parses").tls.is_tls());
         assert!(!parse(&["restart", "--insecure", "--modes", "auto,explicit"]).expect("parses").tls.is_tls());
+        assert!(!parse(&["gray", "--insecure", "--modes", "batch"]).expect("parses").tls.is_tls());
         let err = parse(&["registry", "--endpoints", "127.0.0.1:1", "--tls-ca", "ca.pem"]).expect_err("alone");
         assert!(err.to_string().contains("--tls-cert"), "{err}");
         let all = ["registry", "--tls-ca", "ca.pem", "--tls-cert", "w.pem", "--tls-key", "w.key", "--insecure"];

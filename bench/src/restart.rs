@@ -18,7 +18,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,14 +29,13 @@ use fenceflake_proto::tls::{Role, Security};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::generator_client::GeneratorClient;
 use fenceflake_worker::config::default_margin;
-use fenceflake_worker::metrics::names::BOOT_WAIT_SECONDS;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::transport::Channel;
 
-use crate::cluster::{self, free_port, Cluster, ClusterOpts};
+use crate::cluster::{self, Cluster, ClusterOpts};
 use crate::stats::{median, round};
 use crate::tls::{Side, TlsOpts, CLIENT_NAME};
+use crate::worker_proc::{WorkerProc, WorkerSpec};
 use crate::Output;
 
 /// Deadline of one Status or Generate call. Short: a restarted worker's port accepts TCP
@@ -147,131 +145,18 @@ fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// One `fenceflake worker` process, restartable on its state dir; SIGKILLed when dropped.
-struct WorkerProc {
-    bin: PathBuf,
-    args: Vec<String>,
-    /// The worker's TLS env (its `worker` certificate) or `FENCEFLAKE_INSECURE`.
-    env: BTreeMap<String, String>,
-    log: PathBuf,
-    listen: String,
-    metrics: String,
-    child: Option<Child>,
-}
-
-impl WorkerProc {
-    fn new(mode: Mode, a: &RestartArgs, side: &Side, registry: &[String], dir: &Path) -> anyhow::Result<WorkerProc> {
-        let (worker_id, hostname) = mode.identity(a);
-        let listen = format!("127.0.0.1:{}", free_port()?);
-        let metrics = format!("127.0.0.1:{}", free_port()?);
-        let state_dir = dir.join(format!("worker-{}", mode.name()));
-        let args = vec![
-            "worker".into(),
-            format!("--registry={}", registry.join(",")),
-            format!("--listen={listen}"),
-            format!("--metrics-addr={metrics}"),
-            format!("--state-dir={}", state_dir.display()),
-            format!("--worker-id={worker_id}"),
-            format!("--hostname={hostname}"),
-            format!("--lease-ttl={}ms", a.lease_ttl.as_millis()),
-            // JSON, so that the `lease granted` line's fields can be read back.
-            "--log-format=json".into(),
-        ];
-        Ok(WorkerProc {
-            bin: crate::tls::fenceflake_binary(a.cluster.fenceflake_bin.as_deref())?,
-            args,
-            env: side.env(Role::Worker, &hostname)?,
-            log: dir.join(format!("worker-{}.log", mode.name())),
-            listen,
-            metrics,
-            child: None,
-        })
-    }
-
-    /// Start it on its state dir as it is, with only the flags above: none of the caller's
-    /// `FENCEFLAKE_*` env, and the worker's default log filter (what ships).
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("opening {}", self.log.display()))?;
-        let mut cmd = Command::new(&self.bin);
-        for (var, _) in std::env::vars_os() {
-            if var.to_string_lossy().starts_with("FENCEFLAKE_") {
-                cmd.env_remove(var);
-            }
-        }
-        let child = cmd
-            .args(&self.args)
-            .envs(&self.env)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {} worker", self.bin.display()))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn kill(&mut self) -> anyhow::Result<()> {
-        cluster::kill_and_reap(&mut self.child, "the worker")
-    }
-
-    /// Fail fast if the worker exited on its own (e.g. refused to start).
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.as_mut().map(Child::try_wait).transpose()?.flatten() {
-            self.child = None;
-            bail!("the worker exited with {status}; see {}", self.log.display());
-        }
-        Ok(())
-    }
-
-    /// A client on a new channel: nothing carried over from a killed incarnation's connection.
-    fn client(&self, security: &Security) -> anyhow::Result<GeneratorClient<Channel>> {
-        Ok(GeneratorClient::new(crate::tls::channel(&self.listen, security, &[Role::Worker])?))
-    }
-
-    /// `fenceflake_worker_boot_wait_seconds` from its metrics port, in ms.
-    async fn boot_wait_ms(&self) -> anyhow::Result<f64> {
-        let scrape = async {
-            let mut stream = tokio::net::TcpStream::connect(&self.metrics).await?;
-            stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n").await?;
-            let mut body = String::new();
-            stream.read_to_string(&mut body).await?;
-            anyhow::Ok(body)
-        };
-        let body = tokio::time::timeout(Duration::from_secs(2), scrape).await.context("scraping /metrics")??;
-        let value = body
-            .lines()
-            .find_map(|l| l.strip_prefix(BOOT_WAIT_SECONDS)?.strip_prefix(' '))
-            .with_context(|| format!("no {BOOT_WAIT_SECONDS} in /metrics"))?;
-        Ok(value.trim().parse::<f64>().context("bad boot wait")? * 1000.0)
-    }
-
-    /// The fields of the latest `lease granted` line of its log (the worker ID, token and
-    /// boot wait it logged, and why: `not_before_ms` and `floor_ms`).
-    fn lease_granted(&self) -> Option<Value> {
-        let log = std::fs::read_to_string(&self.log).ok()?;
-        log.lines()
-            .rev()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["fields"]["message"] == "lease granted")
-            .map(|v| {
-                let f = &v["fields"];
-                json!({
-                    "worker_id": f["worker_id"], "token": f["token"], "boot_wait_ms": f["boot_wait_ms"],
-                    "not_before_ms": f["not_before_ms"], "floor_ms": f["floor_ms"],
-                })
-            })
-    }
-}
-
-impl Drop for WorkerProc {
-    fn drop(&mut self) {
-        let _ = self.kill();
-    }
+/// This mode's worker: `--worker-id` and `--hostname` as [`Mode::identity`] says.
+fn worker(mode: Mode, a: &RestartArgs, side: &Side, registry: &[String], dir: &Path) -> anyhow::Result<WorkerProc> {
+    let (worker_id, hostname) = mode.identity(a);
+    let spec = WorkerSpec {
+        name: mode.name(),
+        worker_id: &worker_id,
+        hostname: &hostname,
+        lease_ttl: a.lease_ttl,
+        extra_args: &[],
+    };
+    let bin = crate::tls::fenceflake_binary(a.cluster.fenceflake_bin.as_deref())?;
+    WorkerProc::new(bin, &spec, side, registry, dir)
 }
 
 /// When a (re)started worker first answered, served and minted, counted from `from`.
@@ -294,7 +179,7 @@ async fn wait_first_id(
     loop {
         w.check_alive()?;
         if from.elapsed() > a.restart_timeout {
-            bail!("no ID {:?} after the (re)start; see {}", a.restart_timeout, w.log.display());
+            bail!("no ID {:?} after the (re)start; see {}", a.restart_timeout, w.log().display());
         }
         if serving.is_none() {
             if let Ok(Ok(s)) = tokio::time::timeout(CALL_TIMEOUT, client.status(pb::StatusRequest {})).await {
@@ -595,7 +480,7 @@ struct Setup {
 /// Start a worker in `mode`, wait for its first ID, then `--rounds` kills and restarts, and a
 /// last mint so that the IDs of the last restart are checked too.
 async fn measure_mode(mode: Mode, a: &RestartArgs, s: &Setup) -> anyhow::Result<ModeResult> {
-    let mut w = WorkerProc::new(mode, a, &s.side, &s.registry, &s.dir)?;
+    let mut w = worker(mode, a, &s.side, &s.registry, &s.dir)?;
     let busy0 = cluster::machine_busy_seconds().map(|b| (b, Instant::now()));
     w.spawn()?;
     let first_start = wait_first_id(&mut w, &s.security, Instant::now(), a).await?;

@@ -46,7 +46,7 @@ fn crate_dependency_edges_are_the_allowed_ones() {
             BTreeSet::from(["fenceflake-proto", "fenceflake-registry", "fenceflake-worker", "fenceflake-client"]),
         ),
         ("fenceflake-tests", BTreeSet::from(["fenceflake-proto"])),
-        ("fenceflake-bench", BTreeSet::from(["fenceflake-proto", "fenceflake-worker"])),
+        ("fenceflake-bench", BTreeSet::from(["fenceflake-proto", "fenceflake-worker", "fenceflake-client"])),
         ("fenceflake-jepsen", BTreeSet::from(["fenceflake-proto", "fenceflake-client"])),
     ]);
     let out = std::process::Command::new(env!("CARGO"))
