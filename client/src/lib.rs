@@ -19,6 +19,10 @@
 //!   timeout or failed probe up to 10 s. Once its interval passed it is probed with a cheap
 //!   `Status` call (not a real request) and readmitted when that answers `SERVING`.
 //!
+//! Measured against three worker processes with one SIGSTOPped (rate kept, p99 while it is
+//! stopped, hedges per call, `fenceflake mint` with a hung worker): `fenceflake-bench gray`,
+//! BENCHMARKS.md "Gray failure: WorkerClient against three workers, one SIGSTOPped".
+//!
 //! **Why hedging is safe.** Each Generate or GenerateBatch mints fresh IDs under the
 //! answering worker's lease, and two workers never hold the same worker ID (the registry's
 //! fenced leases), so two workers answering the same call return disjoint IDs. A reply that
