@@ -313,6 +313,11 @@ pub enum ProcessEventKind {
     Exited,
     /// The supervisor started it again, same flags and state dir, after an `exited`.
     Restarted,
+    /// While it was down, its state dir was lost, torn or rolled back to an old snapshot (the
+    /// simulator's disk faults): the persisted ceiling that carries a worker's order across
+    /// restarts is gone or behind, so what it mints next is a new worker's as far as order
+    /// goes (uniqueness still holds: the registry's `not_before`).
+    StateLost,
 }
 
 /// What the harness's restart-always supervision saw of one worker process.
@@ -327,6 +332,11 @@ pub struct ProcessEvent {
     /// `cloned`: the process whose state dir it started on a copy of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_of: Option<String>,
+    /// `exited`: why, as the worker's park cause on the wire (`SUPERSEDED`, `FENCED`,
+    /// `STATE_DIR_FAILED`...), when the recorder knows it. The simulator does; the harness
+    /// sees only an exit code, which is the same for every cause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
     /// When the harness saw it: it looks every 100 ms, so an exit is at most that late.
     pub time_ns: u64,
     #[serde(default)]

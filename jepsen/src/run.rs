@@ -341,6 +341,7 @@ impl Cluster {
                 event,
                 code,
                 copy_of: None,
+                cause: None,
                 time_ns: self.clock.now_ns(),
                 wall_ms: wall_ms(),
             });
@@ -984,6 +985,7 @@ impl Cluster {
                 event: kind,
                 code: None,
                 copy_of,
+                cause: None,
                 time_ns,
                 wall_ms: wall_ms(),
             });

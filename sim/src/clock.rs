@@ -1,11 +1,12 @@
 //! Simulated time. The runtime's paused tokio clock is the world's true time; each simulated
 //! process reads it through a [`ProcessClock`]: a monotonic clock that starts at zero when the
-//! process starts, and a wall clock with this process's offset (stepped by the nemesis, as an
-//! NTP step or a VM migration would) and drift rate. The registry and the worker see only
-//! their `Clock` traits, exactly as in production.
+//! process starts and stands still while its machine is suspended ([`MonoStall`]), and a wall
+//! clock with this process's offset (stepped by the nemesis, as an NTP step or a VM migration
+//! would) and drift rate. The registry and the worker see only their `Clock` traits, exactly as
+//! in production.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -79,6 +80,50 @@ impl WallError {
     }
 }
 
+/// A machine's monotonic clock standing still while the machine is suspended: a hypervisor
+/// pausing a VM stops its `CLOCK_MONOTONIC` (it does not count suspended time), so after the
+/// resume every process on it believes less time has passed than has, and a lease deadline
+/// kept on that clock lies in the past of true time. Kept across process restarts, like the
+/// machine.
+#[derive(Debug, Default)]
+pub struct MonoStall {
+    state: Mutex<Stalls>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Stalls {
+    /// ns of true time the finished stalls took.
+    finished_ns: u64,
+    /// When the current stall began (true ns since the run began), if one is under way.
+    since_ns: Option<u64>,
+}
+
+impl MonoStall {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stalls> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The machine is suspended from `at_ns` on (nothing if it already is).
+    pub fn begin(&self, at_ns: u64) {
+        let mut stalls = self.lock();
+        stalls.since_ns.get_or_insert(at_ns);
+    }
+
+    /// The machine runs again at `at_ns`.
+    pub fn end(&self, at_ns: u64) {
+        let mut stalls = self.lock();
+        if let Some(since) = stalls.since_ns.take() {
+            stalls.finished_ns += at_ns.saturating_sub(since);
+        }
+    }
+
+    /// How much of true time up to `now_ns` the machine's monotonic clock did not count.
+    fn stalled_ns(&self, now_ns: u64) -> u64 {
+        let stalls = *self.lock();
+        stalls.finished_ns + stalls.since_ns.map_or(0, |since| now_ns.saturating_sub(since))
+    }
+}
+
 /// How far a process's clocks move on each reading while simulated time stands still: a
 /// reading costs time on a real machine, and code that spins until a clock moves (the
 /// worker's clock guard waiting out a small regression, or the next millisecond) must see it
@@ -91,6 +136,9 @@ pub struct ProcessClock {
     world: World,
     /// True time of the process's start, ns since the run began.
     started_ns: u64,
+    mono_stall: Arc<MonoStall>,
+    /// What the machine's monotonic clock had not counted when the process started.
+    stalled_at_start_ns: u64,
     /// The last time this process read, ns since the run began: each reading is the world's
     /// time, or [`READ_COST_NS`] past the previous reading if the world has not moved on.
     read_ns: Arc<AtomicU64>,
@@ -98,10 +146,19 @@ pub struct ProcessClock {
 }
 
 impl ProcessClock {
-    /// The clocks of a process that starts now on a machine with wall error `wall`.
-    pub fn start(world: World, wall: Arc<WallError>) -> ProcessClock {
+    /// The clocks of a process that starts now on a machine with wall error `wall` and
+    /// monotonic stalls `mono_stall`.
+    pub fn start(world: World, wall: Arc<WallError>, mono_stall: Arc<MonoStall>) -> ProcessClock {
         let now = world.elapsed_ns();
-        ProcessClock { world, started_ns: now, read_ns: Arc::new(AtomicU64::new(now)), wall }
+        let stalled_at_start_ns = mono_stall.stalled_ns(now);
+        ProcessClock {
+            world,
+            started_ns: now,
+            mono_stall,
+            stalled_at_start_ns,
+            read_ns: Arc::new(AtomicU64::new(now)),
+            wall,
+        }
     }
 
     /// This process's reading of true time, ns since the run began.
@@ -113,8 +170,13 @@ impl ProcessClock {
         now
     }
 
+    /// The monotonic clock: true time since the start, less what the machine's suspensions
+    /// since then did not count. Never goes back: while stalled it gains what a reading adds
+    /// to true time and loses the same to the stall.
     fn since_start(&self) -> Duration {
-        Duration::from_nanos(self.now_ns() - self.started_ns)
+        let now = self.now_ns();
+        let stalled = self.mono_stall.stalled_ns(now) - self.stalled_at_start_ns;
+        Duration::from_nanos((now - self.started_ns).saturating_sub(stalled))
     }
 
     fn wall_ms(&self) -> u64 {
@@ -155,7 +217,7 @@ mod tests {
         let world = World::starting_now();
         tokio::time::sleep(Duration::from_secs(5)).await;
         let wall = Arc::new(WallError::default());
-        let clock = ProcessClock::start(world, wall.clone());
+        let clock = ProcessClock::start(world, wall.clone(), Arc::new(MonoStall::default()));
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(clock.mono().0, Duration::from_secs(2));
         assert_eq!(clock.mono().0, Duration::from_secs(2) + Duration::from_micros(1), "a reading costs 1 µs");
@@ -172,5 +234,32 @@ mod tests {
             spun = clock.mono();
         }
         assert!(spun.0 >= Duration::from_millis(2_002), "a spin sees its clock move: {spun:?}");
+    }
+
+    /// Goal: a suspended machine's monotonic clock stands still for the suspension, stays
+    /// behind true time by it afterwards, never goes back, and a process started after the
+    /// suspension counts from its own start.
+    #[tokio::test(start_paused = true)]
+    async fn a_suspension_stops_the_monotonic_clock_and_leaves_it_behind() {
+        let world = World::starting_now();
+        let wall = Arc::new(WallError::default());
+        let stall = Arc::new(MonoStall::default());
+        let clock = ProcessClock::start(world, wall.clone(), stall.clone());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stall.begin(world.elapsed_ns());
+        let frozen = clock.mono().0;
+        assert_eq!(frozen, Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let during = clock.mono().0;
+        assert!(during >= frozen && during < frozen + Duration::from_millis(1), "stands still: {during:?}");
+        assert_eq!(clock.wall_ms(), WORLD_WALL_START_MS + 6_000, "the wall clock does not stall");
+        stall.end(world.elapsed_ns());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = clock.mono().0;
+        assert!(after >= during, "never back");
+        assert!(after.abs_diff(Duration::from_secs(3)) < Duration::from_millis(1), "5 s behind: {after:?}");
+        let restarted = ProcessClock::start(world, wall, stall);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(restarted.mono().0.abs_diff(Duration::from_secs(1)) < Duration::from_millis(1));
     }
 }

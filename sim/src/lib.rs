@@ -17,5 +17,6 @@ pub mod recorder;
 pub mod replicas;
 pub mod report;
 pub mod seeds;
+pub mod worker_disk;
 pub mod workers;
 pub mod world;

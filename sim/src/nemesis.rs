@@ -1,9 +1,13 @@
 //! The faults, every one chosen from the run's seed: partitions (both ways and one-way),
-//! latency and packet loss, registry node crashes that lose a random part of what was not
-//! yet flushed, failing fsyncs, lost registry disks, worker SIGKILLs, wall-clock steps and drift on any machine, and worker
+//! latency, packet loss and duplicated requests, registry node crashes that lose a random part
+//! of what was not yet flushed, failing fsyncs, lost registry disks, worker SIGKILLs (some
+//! leaving a lost, torn or rolled-back state dir: `worker_disk`), failing ceiling writes,
+//! wall-clock steps and drift on any machine, paused machines (SIGSTOP, or a suspended VM
+//! whose monotonic clock stops) with a standby asking for a paused worker's ID, and worker
 //! processes started on a copy of another's state dir. Each is recorded in the history as a
 //! nemesis event, and everything is healed before the run ends.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,15 +18,22 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use crate::clock::MonoStall;
 use crate::net::{Latency, Net};
 use crate::nodes::SimNode;
 use crate::recorder::Recorder;
+use crate::worker_disk::{self, DeadDiskFault};
 use crate::workers::{clone_of, SimWorker, WorkerEnv};
 
 /// At most this many registry nodes down at once: more only stalls the run.
 const NODES_DOWN_MAX: usize = 2;
 /// At most this many copies of state dirs per run.
 const CLONES_MAX: usize = 2;
+/// At most this many standbys per run.
+const STANDBYS_MAX: usize = 2;
+/// A paused worker gets a standby for its ID only if it stays paused this long: long enough
+/// for its lease to lapse and the ID to be granted again (TTL 3 s + cool-down).
+const STANDBY_PAUSE_MIN: Duration = Duration::from_secs(4);
 
 /// Everything the nemesis acts on.
 pub struct Cluster<'a> {
@@ -43,12 +54,28 @@ pub struct Nemesis {
     /// Nodes whose fsyncs were made to fail: their supervisor restarts them at this time (the
     /// failed flush stopped the process by then, or it is killed now).
     supervised: Vec<(Duration, usize)>,
+    /// Paused machines and when they run again.
+    resumes: Vec<(Duration, String)>,
+    /// Workers whose ceiling writes fail, and when that heals.
+    failing_writes: Vec<(Duration, usize)>,
     clones: usize,
+    /// Workers whose state dir was copied.
+    cloned: BTreeSet<String>,
+    standbys: usize,
 }
 
 impl Nemesis {
     pub fn new(seed: u64) -> Nemesis {
-        Nemesis { rng: StdRng::seed_from_u64(seed), restarts: Vec::new(), supervised: Vec::new(), clones: 0 }
+        Nemesis {
+            rng: StdRng::seed_from_u64(seed),
+            restarts: Vec::new(),
+            supervised: Vec::new(),
+            resumes: Vec::new(),
+            failing_writes: Vec::new(),
+            clones: 0,
+            cloned: BTreeSet::new(),
+            standbys: 0,
+        }
     }
 
     /// One fault, after a pause; and whatever restarts are due.
@@ -57,20 +84,22 @@ impl Nemesis {
         tokio::time::sleep(pause).await;
         self.restart_due(cluster);
         match self.rng.gen_range(0..100) {
-            0..=11 => self.partition(cluster),
-            12..=18 => self.one_way_cut(cluster),
-            19..=31 => {
+            0..=10 => self.partition(cluster),
+            11..=16 => self.one_way_cut(cluster),
+            17..=28 => {
                 cluster.net.heal();
                 cluster.recorder.nemesis(NemesisPhase::Stop, "network", "healed".into());
             }
-            32..=40 => self.slow_network(cluster),
-            41..=54 => self.crash_node(cluster),
-            55..=69 => self.kill_worker(cluster),
-            70..=81 => self.step_clock(cluster),
-            82..=86 => self.drift_clock(cluster),
-            87..=90 => self.clone_worker(cluster),
-            91..=93 => self.fail_fsync(cluster),
-            94 => self.lose_disk(cluster),
+            29..=36 => self.slow_network(cluster),
+            37..=49 => self.crash_node(cluster),
+            50..=63 => self.kill_worker(cluster),
+            64..=74 => self.step_clock(cluster),
+            75..=79 => self.drift_clock(cluster),
+            80..=83 => self.clone_worker(cluster),
+            84..=86 => self.fail_fsync(cluster),
+            87 => self.lose_disk(cluster),
+            88..=95 => self.pause(cluster),
+            96..=97 => self.fail_ceiling_writes(cluster),
             _ => {}
         }
     }
@@ -107,14 +136,23 @@ impl Nemesis {
 
     fn slow_network(&mut self, cluster: &mut Cluster<'_>) {
         let max_us = self.rng.gen_range(1_000..80_000);
-        let latency = Latency { min_us: max_us / 4, max_us, loss_per_mille: self.rng.gen_range(0..60) };
+        let latency = Latency {
+            min_us: max_us / 4,
+            max_us,
+            loss_per_mille: self.rng.gen_range(0..60),
+            duplicate_per_mille: self.rng.gen_range(0..100),
+        };
         cluster.net.set_latency(latency);
         cluster.recorder.nemesis(NemesisPhase::Start, "latency", format!("{latency:?}"));
     }
 
+    /// Registry nodes that cannot take part now: crashed or paused.
+    fn nodes_down(cluster: &Cluster<'_>) -> usize {
+        cluster.nodes.iter().filter(|n| !n.is_running() || cluster.net.is_paused(&n.name)).count()
+    }
+
     fn crash_node(&mut self, cluster: &mut Cluster<'_>) {
-        let down = cluster.nodes.iter().filter(|n| !n.is_running()).count();
-        if down >= NODES_DOWN_MAX {
+        if Nemesis::nodes_down(cluster) >= NODES_DOWN_MAX {
             return;
         }
         let index = self.rng.gen_range(0..cluster.nodes.len());
@@ -152,7 +190,7 @@ impl Nemesis {
     /// A node's disk is lost: it crashes and comes back empty under its old id, which the
     /// lost-disk guard must refuse (the node served), or let join only if it never did.
     fn lose_disk(&mut self, cluster: &mut Cluster<'_>) {
-        let down = cluster.nodes.iter().filter(|n| !n.is_running()).count();
+        let down = Nemesis::nodes_down(cluster);
         let index = self.rng.gen_range(0..cluster.nodes.len());
         let node = &mut cluster.nodes[index];
         if down >= NODES_DOWN_MAX || !node.is_running() {
@@ -166,6 +204,8 @@ impl Nemesis {
         cluster.recorder.nemesis(NemesisPhase::Start, "lost-disk", node.name.clone());
     }
 
+    /// SIGKILL a worker; sometimes its state dir suffers too while it is down, or is
+    /// snapshotted (a VM snapshot) for a later rollback.
     fn kill_worker(&mut self, cluster: &mut Cluster<'_>) {
         let index = self.rng.gen_range(0..cluster.workers.len());
         let worker = &mut cluster.workers[index];
@@ -175,7 +215,108 @@ impl Nemesis {
         worker.kill(cluster.net);
         let back = cluster.recorder.world().elapsed() + Duration::from_millis(self.rng.gen_range(50..3_000));
         self.restarts.push((back, false, index));
-        cluster.recorder.nemesis(NemesisPhase::Start, "kill", worker.name.clone());
+        // A rollback brings back an old holder ID: a copy of the state dir made in time. Among
+        // the copies of one dir it would be one more copy than the convergence check counts,
+        // so their dirs are lost instead.
+        let in_clone_group = worker.name.starts_with('c') || self.cloned.contains(&worker.name);
+        let fault = DeadDiskFault::draw(&mut self.rng).map(|f| {
+            if f == DeadDiskFault::RolledBack && in_clone_group {
+                DeadDiskFault::Lost
+            } else {
+                f
+            }
+        });
+        let disk = match fault {
+            None if self.rng.gen_bool(0.3) => worker_disk::snapshot(&worker.state_dir).map(|()| "snapshotted"),
+            None => Ok(""),
+            Some(fault) => {
+                if fault.loses_ceiling() {
+                    worker.record_state_lost(cluster.recorder);
+                }
+                worker_disk::apply(fault, &worker.state_dir, &mut self.rng).map(|()| fault.name())
+            }
+        };
+        let detail = match disk {
+            Ok("") => worker.name.clone(),
+            Ok(what) => format!("{} ({what})", worker.name),
+            Err(error) => format!("{} (state dir fault failed: {error})", worker.name),
+        };
+        cluster.recorder.nemesis(NemesisPhase::Start, "kill", detail);
+    }
+
+    /// A running worker's ceiling writes fail for a while (a full or read-only disk): it must
+    /// stop minting past its ceiling, and exits; its supervisor restarts it.
+    fn fail_ceiling_writes(&mut self, cluster: &mut Cluster<'_>) {
+        let index = self.rng.gen_range(0..cluster.workers.len());
+        let worker = &cluster.workers[index];
+        if self.failing_writes.iter().any(|(_, i)| *i == index) {
+            return;
+        }
+        if let Err(error) = worker_disk::fail_writes(&worker.state_dir) {
+            tracing::warn!(%error, "could not make a state dir fail");
+            return;
+        }
+        let heal = cluster.recorder.world().elapsed() + Duration::from_millis(self.rng.gen_range(500..5_000));
+        self.failing_writes.push((heal, index));
+        cluster.recorder.nemesis(NemesisPhase::Start, "ceiling-write-errors", worker.name.clone());
+    }
+
+    /// Pause a machine (registry node or worker): SIGSTOP, or a suspended VM whose monotonic
+    /// clock stops meanwhile. A worker paused long enough may get a standby asking for its
+    /// worker ID, which the registry grants once the paused lease has lapsed.
+    fn pause(&mut self, cluster: &mut Cluster<'_>) {
+        let machines = Nemesis::machines(cluster);
+        let Some(name) = machines.choose(&mut self.rng).cloned() else { return };
+        let node = cluster.nodes.iter().find(|n| n.name == name);
+        if cluster.net.is_paused(&name) || (node.is_some() && Nemesis::nodes_down(cluster) >= NODES_DOWN_MAX) {
+            return;
+        }
+        let worker = cluster.workers.iter().find(|w| w.name == name);
+        let Some(stall) = node.map(|n| &n.mono_stall).or(worker.map(|w| &w.mono_stall)).cloned() else { return };
+        let length = Duration::from_millis(self.rng.gen_range(300..9_000));
+        let suspended = self.rng.gen_bool(0.5);
+        let world = cluster.recorder.world();
+        cluster.net.pause(&name);
+        if suspended {
+            stall.begin(world.elapsed_ns());
+        }
+        self.resumes.push((world.elapsed() + length, name.clone()));
+        let how = if suspended { "VM suspended: its monotonic clock stops" } else { "SIGSTOP" };
+        cluster.recorder.nemesis(NemesisPhase::Start, "pause", format!("{name} for {length:?} ({how})"));
+        let standby_for = worker.and_then(SimWorker::worker_id);
+        if let Some(worker_id) = standby_for.filter(|_| length >= STANDBY_PAUSE_MIN && self.standbys < STANDBYS_MAX) {
+            self.standbys += 1;
+            let mut standby = SimWorker::standby(&format!("s{}", self.standbys), cluster.state_root, worker_id);
+            standby.start(cluster.env);
+            cluster.recorder.nemesis(
+                NemesisPhase::Start,
+                "standby",
+                format!("{} asks for worker ID {} of paused {name}", standby.name, worker_id.get()),
+            );
+            cluster.workers.push(standby);
+        }
+    }
+
+    fn resume(cluster: &Cluster<'_>, name: &str) {
+        let stall: Option<&Arc<MonoStall>> = cluster
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| &n.mono_stall)
+            .or(cluster.workers.iter().find(|w| w.name == name).map(|w| &w.mono_stall));
+        if let Some(stall) = stall {
+            stall.end(cluster.recorder.world().elapsed_ns());
+        }
+        cluster.net.resume(name);
+        cluster.recorder.nemesis(NemesisPhase::Stop, "pause", name.to_string());
+    }
+
+    fn heal_writes(cluster: &Cluster<'_>, index: usize) {
+        let worker = &cluster.workers[index];
+        if let Err(error) = worker_disk::heal_writes(&worker.state_dir) {
+            tracing::warn!(%error, "could not heal a state dir");
+        }
+        cluster.recorder.nemesis(NemesisPhase::Stop, "ceiling-write-errors", worker.name.clone());
     }
 
     /// A machine's wall clock steps (NTP, a VM migration): mostly small, sometimes large.
@@ -211,9 +352,10 @@ impl Nemesis {
             return;
         }
         let originals: Vec<usize> =
-            (0..cluster.workers.len()).filter(|i| !cluster.workers[*i].name.starts_with('c')).collect();
+            (0..cluster.workers.len()).filter(|i| cluster.workers[*i].name.starts_with('w')).collect();
         let Some(&index) = originals.choose(&mut self.rng) else { return };
         self.clones += 1;
+        self.cloned.insert(cluster.workers[index].name.clone());
         let name = format!("c{}", self.clones);
         match clone_of(&cluster.workers[index], &name, cluster.state_root, cluster.recorder) {
             Ok(mut clone) => {
@@ -245,6 +387,16 @@ impl Nemesis {
         for (_, is_node, index) in due {
             Nemesis::restart(cluster, is_node, index);
         }
+        let (due, later): (Vec<_>, Vec<_>) = self.resumes.drain(..).partition(|(at, _)| *at <= now);
+        self.resumes = later;
+        for (_, name) in due {
+            Nemesis::resume(cluster, &name);
+        }
+        let (due, later): (Vec<_>, Vec<_>) = self.failing_writes.drain(..).partition(|(at, _)| *at <= now);
+        self.failing_writes = later;
+        for (_, index) in due {
+            Nemesis::heal_writes(cluster, index);
+        }
     }
 
     fn restart(cluster: &mut Cluster<'_>, is_node: bool, index: usize) {
@@ -259,9 +411,15 @@ impl Nemesis {
         }
     }
 
-    /// Heal everything: network, clocks, stopped processes.
+    /// Heal everything: network, clocks, paused machines, state dirs, stopped processes.
     pub fn heal_all(&mut self, cluster: &mut Cluster<'_>) {
         cluster.net.heal();
+        for (_, name) in std::mem::take(&mut self.resumes) {
+            Nemesis::resume(cluster, &name);
+        }
+        for (_, index) in std::mem::take(&mut self.failing_writes) {
+            Nemesis::heal_writes(cluster, index);
+        }
         for (_, index) in std::mem::take(&mut self.supervised) {
             let node = &mut cluster.nodes[index];
             if node.is_running() {
@@ -274,6 +432,10 @@ impl Nemesis {
         }
         cluster.nodes.iter().for_each(|n| n.wall.reset());
         cluster.workers.iter().for_each(|w| w.wall.reset());
-        cluster.recorder.nemesis(NemesisPhase::Stop, "all", "network, clocks and processes healed".into());
+        cluster.recorder.nemesis(
+            NemesisPhase::Stop,
+            "all",
+            "network, clocks, pauses, state dirs and processes healed".into(),
+        );
     }
 }

@@ -5,9 +5,14 @@
 //! after another.
 //!
 //! Faults, all decided from the seed: latency and jitter per hop; packet loss as TCP sees it
-//! (a retransmission: extra delay); directed cuts (a partition, one-way or both ways), under
+//! (a retransmission: extra delay); duplicated requests (a proxy or a client library that
+//! retries a call whose answer it did not see: the server runs it twice, the caller sees one
+//! answer); directed cuts (a partition, one-way or both ways), under
 //! which a request or its answer is lost and the caller waits out its own timeout, as behind
-//! a firewall DROP rule; a stopped process, whose port refuses at once (`UNAVAILABLE`).
+//! a firewall DROP rule; a stopped process, whose port refuses at once (`UNAVAILABLE`); a
+//! paused machine (SIGSTOP, a suspended VM), which neither sends nor answers until it runs
+//! again: what it sent is sent then, what reached it waits in its socket buffers, and its
+//! callers' timeouts run meanwhile.
 //!
 //! What it does not model (the harness does): HTTP/2 connections, their keepalives and flow
 //! control, TLS handshakes, and bytes on a wire (a message is delivered whole or not at all).
@@ -22,10 +27,13 @@ use std::time::Duration;
 use fenceflake_proto::channel::{BoxChannel, ChannelError};
 use fenceflake_proto::tls::{ConnInfo, Peer};
 use fenceflake_registry::server::ServedServices;
+use http_body_util::{BodyExt, Full};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
 use tonic::body::Body;
 use tonic::codegen::http;
+use tonic::codegen::Bytes;
 use tower::{Service, ServiceExt};
 
 /// Which of a node's services an address reaches.
@@ -43,10 +51,12 @@ pub struct Latency {
     pub max_us: u64,
     /// Per mille of hops that lose a packet and wait for TCP's retransmission.
     pub loss_per_mille: u32,
+    /// Per mille of requests delivered twice, the copy a little later.
+    pub duplicate_per_mille: u32,
 }
 
 impl Latency {
-    pub const CALM: Latency = Latency { min_us: 100, max_us: 1_000, loss_per_mille: 0 };
+    pub const CALM: Latency = Latency { min_us: 100, max_us: 1_000, loss_per_mille: 0, duplicate_per_mille: 0 };
 }
 
 /// TCP's first retransmission timeout (Linux: 200 ms minimum), then it doubles.
@@ -63,12 +73,16 @@ struct NetState {
     running: BTreeSet<String>,
     /// Address → (the process serving it now, its services, which port).
     addresses: BTreeMap<String, (String, ServedServices, Port)>,
+    /// Machines paused now: their processes neither send nor receive.
+    paused: BTreeSet<String>,
 }
 
 /// The one network of a run.
 #[derive(Debug)]
 pub struct Net {
     state: Mutex<NetState>,
+    /// Bumped whenever a machine runs again, to wake what waits for it.
+    resumed: watch::Sender<u64>,
 }
 
 /// The machine a process (`machine#start`) runs on.
@@ -85,7 +99,12 @@ impl NetState {
 /// What happens to a hop, decided when it is sent.
 enum Fate {
     Refused(String),
-    Travels { delay: Duration, to: String },
+    /// Delivered after `delay`; and once more after `again`, if it is duplicated.
+    Travels {
+        delay: Duration,
+        to: String,
+        again: Option<Duration>,
+    },
 }
 
 impl Net {
@@ -97,7 +116,9 @@ impl Net {
                 cuts: BTreeSet::new(),
                 running: BTreeSet::new(),
                 addresses: BTreeMap::new(),
+                paused: BTreeSet::new(),
             }),
+            resumed: watch::Sender::new(0),
         })
     }
 
@@ -135,13 +156,39 @@ impl Net {
         state.latency = Latency::CALM;
     }
 
+    /// `machine` stops running (SIGSTOP, or its VM suspended) until [`Net::resume`].
+    pub fn pause(&self, machine: &str) {
+        self.lock().paused.insert(machine.to_string());
+    }
+
+    pub fn resume(&self, machine: &str) {
+        if self.lock().paused.remove(machine) {
+            self.resumed.send_modify(|generation| *generation += 1);
+        }
+    }
+
+    pub fn is_paused(&self, machine: &str) -> bool {
+        self.lock().paused.contains(machine)
+    }
+
+    /// Returns once the machine of `process` (a machine or `machine#start`) runs.
+    pub async fn until_running(&self, process: &str) {
+        let mut resumed = self.resumed.subscribe();
+        while self.is_paused(machine(process)) {
+            // The sender lives as long as the net, which outlives every caller.
+            if resumed.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// A channel from `from` to whatever serves `addr`.
     pub fn channel(self: &Arc<Self>, from: &str, addr: &str) -> BoxChannel {
         BoxChannel::new(SimChannel { net: self.clone(), from: from.to_string(), addr: addr.to_string() })
     }
 
     fn delay(state: &mut NetState) -> Duration {
-        let Latency { min_us, max_us, loss_per_mille } = state.latency;
+        let Latency { min_us, max_us, loss_per_mille, .. } = state.latency;
         let mut us = state.rng.gen_range(min_us..=max_us.max(min_us));
         if state.rng.gen_range(0..1_000) < loss_per_mille {
             us += state.rng.gen_range(RETRANSMIT_MS.0..=RETRANSMIT_MS.1) * 1_000;
@@ -158,7 +205,10 @@ impl Net {
         if !state.running.contains(from) {
             return Fate::Refused(format!("{from} is not running"));
         }
-        Fate::Travels { delay: Net::delay(&mut state), to }
+        let delay = Net::delay(&mut state);
+        let duplicated = state.rng.gen_range(0..1_000) < state.latency.duplicate_per_mille;
+        let again = duplicated.then(|| delay + Net::delay(&mut state));
+        Fate::Travels { delay, to, again }
     }
 
     /// The service a hop from `from` reaches on arrival: `Ok(None)` if the hop was lost.
@@ -188,6 +238,58 @@ impl Net {
     }
 }
 
+impl Net {
+    /// Carry `request` from `from` to `addr` (served by `to`) after `delay`, and serve it;
+    /// `Ok(None)` if it was lost on the way.
+    async fn deliver(
+        &self,
+        from: &str,
+        addr: &str,
+        to: &str,
+        delay: Duration,
+        mut request: http::Request<Body>,
+    ) -> Result<Option<http::Response<Body>>, ChannelError> {
+        tokio::time::sleep(delay).await;
+        // What reaches a paused machine waits for it in its socket buffer.
+        self.until_running(to).await;
+        let Some(service) = self.arrive(from, addr).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        // Every simulated server runs `--insecure`: the caller is not authenticated.
+        request.extensions_mut().insert(ConnInfo { remote_addr: None, peer: Peer::Unchecked });
+        Ok(Some(service.oneshot(request).await?))
+    }
+}
+
+/// Two identical requests from one: the body read whole, then given to both.
+async fn twins(request: http::Request<Body>) -> Result<(http::Request<Body>, http::Request<Body>), ChannelError> {
+    let (parts, body) = request.into_parts();
+    let bytes = body.collect().await.map_err(|e| ChannelError::new(tonic::Status::internal(e.to_string())))?.to_bytes();
+    let copy = |bytes: Bytes| {
+        let mut twin = http::Request::new(Body::new(Full::new(bytes)));
+        *twin.method_mut() = parts.method.clone();
+        *twin.uri_mut() = parts.uri.clone();
+        *twin.version_mut() = parts.version;
+        *twin.headers_mut() = parts.headers.clone();
+        *twin.extensions_mut() = parts.extensions.clone();
+        twin
+    };
+    Ok((copy(bytes.clone()), copy(bytes)))
+}
+
+/// The duplicate of a request, served once more after `again`; nobody hears its answer.
+async fn deliver_copy(
+    net: Arc<Net>,
+    from: String,
+    addr: String,
+    to: String,
+    again: Duration,
+    copy: http::Request<Body>,
+) {
+    // An error or a loss of the copy is no one's business: its caller has its answer.
+    let _ = net.deliver(&from, &addr, &to, again, copy).await;
+}
+
 /// A client's channel to one address.
 #[derive(Debug, Clone)]
 struct SimChannel {
@@ -212,21 +314,26 @@ impl Service<http::Request<Body>> for SimChannel {
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let SimChannel { net, from, addr } = self.clone();
         Box::pin(async move {
+            // A paused process sends nothing until it runs again.
+            net.until_running(&from).await;
             let (delay, to) = match net.send(&from, &addr) {
                 Fate::Refused(why) => return Err(unavailable(why)),
-                Fate::Travels { delay, to } => (delay, to),
+                Fate::Travels { delay, to, again: None } => (delay, to),
+                Fate::Travels { delay, to, again: Some(again) } => {
+                    let (original, copy) = twins(request).await?;
+                    request = original;
+                    tokio::spawn(deliver_copy(net.clone(), from.clone(), addr.clone(), to.clone(), again, copy));
+                    (delay, to)
+                }
             };
-            tokio::time::sleep(delay).await;
-            let Some(service) = net.arrive(&from, &addr).map_err(unavailable)? else {
+            let Some(response) = net.deliver(&from, &addr, &to, delay, request).await? else {
                 // Lost on the way: the caller's own timeout ends the call.
                 return std::future::pending().await;
             };
-            // Every simulated server runs `--insecure`: the caller is not authenticated.
-            request.extensions_mut().insert(ConnInfo { remote_addr: None, peer: Peer::Unchecked });
-            let response = service.oneshot(request).await?;
             match net.answer(&to, &from) {
                 Some(back) => {
                     tokio::time::sleep(back).await;
+                    net.until_running(&from).await;
                     Ok(response)
                 }
                 None => std::future::pending().await,

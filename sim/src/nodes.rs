@@ -17,7 +17,7 @@ use fenceflake_registry::storage::MemDisk;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::clock::{ProcessClock, WallError};
+use crate::clock::{MonoStall, ProcessClock, WallError};
 use crate::net::{Net, Port};
 use crate::recorder::Recorder;
 
@@ -57,6 +57,7 @@ pub struct SimNode {
     pub name: String,
     pub disk: MemDisk,
     pub wall: Arc<WallError>,
+    pub mono_stall: Arc<MonoStall>,
     starts: u64,
     running: Option<(String, oneshot::Sender<()>, JoinHandle<()>)>,
 }
@@ -64,7 +65,15 @@ pub struct SimNode {
 impl SimNode {
     pub fn new(id: NodeId) -> SimNode {
         let name = format!("r{id}");
-        SimNode { id, name, disk: MemDisk::new(), wall: Arc::new(WallError::default()), starts: 0, running: None }
+        SimNode {
+            id,
+            name,
+            disk: MemDisk::new(),
+            wall: Arc::new(WallError::default()),
+            mono_stall: Arc::new(MonoStall::default()),
+            starts: 0,
+            running: None,
+        }
     }
 
     pub fn is_running(&self) -> bool {
@@ -115,7 +124,7 @@ impl SimNode {
             connector: Arc::new(SimConnector { net: net.clone(), from: process.clone() }),
             served,
         });
-        let clock = Arc::new(ProcessClock::start(recorder.world(), self.wall.clone()));
+        let clock = Arc::new(ProcessClock::start(recorder.world(), self.wall.clone(), self.mono_stall.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let config = self.config(members);
         let name = self.name.clone();

@@ -2,8 +2,9 @@
 //! keeper, minting state, ceiling file) over the simulated network, each with its own state
 //! dir on disk, its own clocks, and a caller that asks it for IDs. A worker whose lease ends
 //! for good (FENCED, SUPERSEDED…) exits and is restarted by its supervisor, as
-//! `restart: always` would; the nemesis kills (SIGKILL) and restarts workers, and starts
-//! new ones on a copy of another's state dir (a cloned VM).
+//! `restart: always` would; the nemesis kills (SIGKILL) and restarts workers, pauses them,
+//! starts new ones on a copy of another's state dir (a cloned VM), and standbys that ask for
+//! a paused worker's ID by number (as an operator replacing a hung worker would).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,13 +14,13 @@ use fenceflake_jepsen::history::{
     ClientOp, Event, GenerateFn, IdRange, LeaseEvent, LeaseEventKind, Phase, ProcessEvent, ProcessEventKind,
 };
 use fenceflake_proto::switches::{self, Mechanism};
-use fenceflake_worker::config::Incarnations;
-use fenceflake_worker::{Batch, Clock, Generator, Security, WorkerConfig};
+use fenceflake_worker::config::{Incarnations, WorkerIdSpec};
+use fenceflake_worker::{Batch, Clock, Generator, Security, WorkerConfig, WorkerId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
 
-use crate::clock::{ProcessClock, WallError};
+use crate::clock::{MonoStall, ProcessClock, WallError};
 use crate::net::Net;
 use crate::recorder::Recorder;
 
@@ -43,6 +44,9 @@ pub struct SimWorker {
     pub name: String,
     pub state_dir: PathBuf,
     pub wall: Arc<WallError>,
+    pub mono_stall: Arc<MonoStall>,
+    /// Which worker ID it asks for.
+    worker_id: WorkerIdSpec,
     /// Process starts so far (each a new incarnation, and a new op stream in the history).
     starts: u64,
     running: Option<Running>,
@@ -62,9 +66,24 @@ impl SimWorker {
             name: name.to_string(),
             state_dir: root.join(name),
             wall: Arc::new(WallError::default()),
+            mono_stall: Arc::new(MonoStall::default()),
+            worker_id: WorkerIdSpec::Auto,
             starts: 0,
             running: None,
         }
+    }
+
+    /// A worker that asks for exactly `worker_id`: refused (it exits, and its supervisor
+    /// starts it again) until that ID is free.
+    pub fn standby(name: &str, root: &Path, worker_id: WorkerId) -> SimWorker {
+        SimWorker { worker_id: WorkerIdSpec::Fixed(worker_id), ..SimWorker::new(name, root) }
+    }
+
+    /// The worker ID its process holds now, if it runs and holds one.
+    pub fn worker_id(&self) -> Option<WorkerId> {
+        let running = self.running.as_ref()?;
+        let generator = running.generator.lock().unwrap_or_else(PoisonError::into_inner);
+        generator.as_ref().map(|g| g.status().worker_id)
     }
 
     pub fn is_running(&self) -> bool {
@@ -85,6 +104,8 @@ impl SimWorker {
             id: id.clone(),
             state_dir: self.state_dir.clone(),
             wall: self.wall.clone(),
+            mono_stall: self.mono_stall.clone(),
+            worker_id: self.worker_id.clone(),
             env: env.clone(),
             generator: generator.clone(),
             stream: self.stream_base(),
@@ -96,8 +117,25 @@ impl SimWorker {
     /// own `process` in the history.
     fn stream_base(&self) -> u64 {
         let index: u64 = self.name.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
-        let kind = if self.name.starts_with('c') { 500_000 } else { 0 };
+        let kind = match self.name.chars().next() {
+            Some('c') => 500_000,
+            Some('s') => 700_000,
+            _ => 0,
+        };
         kind + index * 1_000 + self.starts * 10
+    }
+
+    /// Record that its state dir was lost, torn or rolled back while it was down.
+    pub fn record_state_lost(&self, recorder: &Recorder) {
+        recorder.push(Event::Process(ProcessEvent {
+            process: self.name.clone(),
+            event: ProcessEventKind::StateLost,
+            code: None,
+            copy_of: None,
+            cause: None,
+            time_ns: recorder.now_ns(),
+            wall_ms: recorder.world().true_wall_ms(),
+        }));
     }
 
     /// SIGKILL: the process stops at once, releasing nothing.
@@ -118,6 +156,8 @@ struct Process {
     id: String,
     state_dir: PathBuf,
     wall: Arc<WallError>,
+    mono_stall: Arc<MonoStall>,
+    worker_id: WorkerIdSpec,
     env: WorkerEnv,
     generator: Arc<Mutex<Option<Generator>>>,
     stream: u64,
@@ -128,6 +168,7 @@ impl Process {
         let mut config =
             WorkerConfig::new(self.env.registry.clone(), self.state_dir.clone(), self.name.clone(), Security::Insecure);
         config.lease_ttl = self.env.lease_ttl;
+        config.worker_id = self.worker_id.clone();
         config.id_wait = Duration::from_secs(30);
         if switches::is_off(Mechanism::Incarnations) {
             config.incarnations = Incarnations::DisabledUnsafe;
@@ -138,53 +179,57 @@ impl Process {
     async fn supervise(self) {
         let mut restarts = 0u64;
         loop {
-            let clock = ProcessClock::start(self.env.recorder.world(), self.wall.clone());
+            let clock = ProcessClock::start(self.env.recorder.world(), self.wall.clone(), self.mono_stall.clone());
             let channels =
                 self.env.registry.iter().map(|addr| (addr.clone(), self.env.net.channel(&self.id, addr))).collect();
             match Generator::start_over(self.config(), Arc::new(clock.clone()), channels).await {
                 Ok(generator) => {
                     *self.generator.lock().unwrap_or_else(PoisonError::into_inner) = Some(generator.clone());
                     let stream = self.stream + restarts;
-                    let code = tokio::select! {
+                    let cause = tokio::select! {
                         biased;
                         cause = generator.ended() => cause.to_string(),
                         () = self.call(&generator, &clock, stream) => String::new(),
                     };
                     generator.kill();
                     self.generator.lock().unwrap_or_else(PoisonError::into_inner).take();
-                    tracing::debug!(worker = %self.name, %code, "worker exited");
-                    self.process_event(ProcessEventKind::Exited, Some(1));
+                    tracing::debug!(worker = %self.name, %cause, "worker exited");
+                    self.process_event(ProcessEventKind::Exited, Some(1), Some(cause));
                 }
                 Err(error) => {
                     tracing::debug!(worker = %self.name, %error, "worker failed to start");
-                    self.process_event(ProcessEventKind::Exited, Some(2));
+                    self.process_event(ProcessEventKind::Exited, Some(2), Some(error.to_string()));
                 }
             }
             tokio::time::sleep(RESTART_PAUSE).await;
             restarts += 1;
-            self.process_event(ProcessEventKind::Restarted, None);
+            self.process_event(ProcessEventKind::Restarted, None, None);
         }
     }
 
-    fn process_event(&self, event: ProcessEventKind, code: Option<i32>) {
+    fn process_event(&self, event: ProcessEventKind, code: Option<i32>, cause: Option<String>) {
         let recorder = &self.env.recorder;
         recorder.push(Event::Process(ProcessEvent {
             process: self.name.clone(),
             event,
             code,
             copy_of: None,
+            cause,
             time_ns: recorder.now_ns(),
             wall_ms: recorder.world().true_wall_ms(),
         }));
     }
 
-    /// The caller: one ID or a batch at a time, a few ms apart, forever.
+    /// The caller: one ID or a batch at a time, a few ms apart, forever. It runs on the
+    /// worker's machine: while that is paused it neither calls nor hears an answer, so a call
+    /// the pause caught half way hands out its IDs only after the resume.
     async fn call(&self, generator: &Generator, clock: &ProcessClock, stream: u64) {
         let recorder = &self.env.recorder;
         let mut rng = StdRng::seed_from_u64(self.env.seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut last_lease = None;
         for op_id in 0.. {
             tokio::time::sleep(Duration::from_micros(rng.gen_range(500..20_000))).await;
+            self.env.net.until_running(&self.name).await;
             let count: u32 = if rng.gen_bool(0.5) { 1 } else { rng.gen_range(2..=64) };
             let f = if count == 1 { GenerateFn::Generate } else { GenerateFn::GenerateBatch };
             let mut invoke = ClientOp::invoke(stream, op_id, f, &self.name, recorder.now_ns(), clock.wall_ms());
@@ -192,6 +237,7 @@ impl Process {
             recorder.push(Event::Op(invoke.clone()));
             let result =
                 if count == 1 { generator.generate_with_lease().await } else { generator.generate_batch(count).await };
+            self.env.net.until_running(&self.name).await;
             match result {
                 Ok(batch) => {
                     self.lease_event(generator, &batch, clock.wall_ms(), &mut last_lease);
@@ -261,6 +307,7 @@ pub fn clone_of(source: &SimWorker, name: &str, root: &Path, recorder: &Recorder
         event: ProcessEventKind::Cloned,
         code: None,
         copy_of: Some(source.name.clone()),
+        cause: None,
         time_ns: recorder.now_ns(),
         wall_ms: recorder.world().true_wall_ms(),
     }));

@@ -5,7 +5,9 @@
 //! stranger. So, per group (the source and its copies):
 //! - no member exits more often after the first copy than there are copies
 //!   (`superseded-more-than-once`: each copy supersedes each older member at most once, so
-//!   more exits mean two copies fencing each other in turns, forever);
+//!   more exits mean two copies fencing each other in turns, forever); an exit whose recorded
+//!   cause is not `SUPERSEDED` (a failing disk, a lease lost to a fault: the simulator knows
+//!   the cause) is no supersede and not counted, and an exit without a cause is;
 //! - at the end, every member's last lease names a holder ID and a worker ID of its own
 //!   (`still-shared`), judged only when the history runs at least [`SETTLE_MS`] past the last
 //!   copy (else Unknown), and only from lease events seen after each member's last (re)start.
@@ -27,6 +29,9 @@ pub const NAME: &str = "clone-convergence";
 pub const SETTLE_MS: u64 = 8_000;
 
 const MS: u64 = 1_000_000;
+
+/// The cause of an exit that a supersede explains (the worker's park cause on the wire).
+const SUPERSEDED: &str = "SUPERSEDED";
 
 /// The source and copies of one state dir, and when the first and the last copy started.
 #[derive(Debug)]
@@ -84,8 +89,11 @@ fn groups(events: &[Event]) -> BTreeMap<&str, Group<'_>> {
 /// How often each member exited by itself since the group's first copy.
 fn exits_since<'a>(events: &'a [Event], group: &Group<'a>) -> BTreeMap<&'a str, usize> {
     let mut exits: BTreeMap<&str, usize> = group.members.iter().map(|&m| (m, 0)).collect();
-    let own_exits =
-        history::process_events(events).filter(|e| e.event == ProcessEventKind::Exited && e.time_ns >= group.since_ns);
+    let own_exits = history::process_events(events).filter(|e| {
+        e.event == ProcessEventKind::Exited
+            && e.time_ns >= group.since_ns
+            && e.cause.as_deref().is_none_or(|cause| cause == SUPERSEDED)
+    });
     for event in own_exits {
         if let Some(count) = exits.get_mut(event.process.as_str()) {
             *count += 1;
@@ -184,5 +192,28 @@ mod tests {
         h.process("w1", ProcessEventKind::Exited, None, 5000).process("w1", ProcessEventKind::Restarted, None, 6000);
         let r = check(&h.events);
         assert!(r.evidence.iter().all(|e| e["violation"] != "superseded-more-than-once"), "{:?}", r.evidence);
+    }
+
+    /// Goal: an exit whose recorded cause is no supersede (a failing state dir) is not
+    /// counted; the same exit recorded as SUPERSEDED is.
+    #[test]
+    fn only_exits_a_supersede_explains_are_counted() {
+        let exit_with = |cause: &str| {
+            let mut h = converged();
+            h.process("w1", ProcessEventKind::Exited, None, 5000).process(
+                "w1",
+                ProcessEventKind::Restarted,
+                None,
+                6000,
+            );
+            if let Some(Event::Process(e)) = h.events.iter_mut().rev().nth(1) {
+                e.cause = Some(cause.to_string());
+            }
+            check(&h.events)
+        };
+        let r = exit_with("STATE_DIR_FAILED");
+        assert!(r.evidence.iter().all(|e| e["violation"] != "superseded-more-than-once"), "{:?}", r.evidence);
+        let r = exit_with(SUPERSEDED);
+        assert_eq!(r.evidence[0]["violation"], "superseded-more-than-once");
     }
 }

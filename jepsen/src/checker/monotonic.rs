@@ -1,14 +1,15 @@
 //! Monotonic IDs per worker process: if op A completed before op B was invoked on the same
 //! worker process, every ID of A is below every ID of B; and within one batch the ranges
 //! ascend. Holds across restarts too (the persisted ceiling makes a restarted worker start
-//! in a later millisecond).
+//! in a later millisecond), but not across a `state-lost` process event: with the ceiling
+//! gone, the worker's ops after it are judged as another worker's.
 
 use std::collections::BTreeMap;
 
 use serde_json::json;
 
 use crate::checker::{describe_op, CheckResult, Evidence, Valid};
-use crate::history::{self, ClientOp, Event, Invocation, Phase};
+use crate::history::{self, ClientOp, Event, Invocation, Phase, ProcessEventKind};
 
 pub const NAME: &str = "monotonic-per-worker";
 
@@ -22,12 +23,19 @@ struct Minted<'h, 'a> {
 
 pub fn check(events: &[Event]) -> CheckResult {
     let ops = history::client_ops(events);
-    let mut by_worker: BTreeMap<&str, Vec<Minted>> = BTreeMap::new();
+    let state_lost: Vec<(&str, u64)> = history::process_events(events)
+        .filter(|e| e.event == ProcessEventKind::StateLost)
+        .map(|e| (e.process.as_str(), e.time_ns))
+        .collect();
+    // Per worker and per state dir it had: the number of state losses before the op.
+    let mut by_worker: BTreeMap<(&str, usize), Vec<Minted>> = BTreeMap::new();
     let mut evidence = Evidence::default();
     for op in ops.iter().filter(|op| op.outcome() == Phase::Ok) {
         check_batch_order(op, &mut evidence);
         if let (Some((min, max)), Some(complete_ns)) = (op.id_bounds(), op.complete_ns()) {
-            by_worker.entry(op.invoke.worker.as_str()).or_default().push(Minted { op, min, max, complete_ns });
+            let worker = op.invoke.worker.as_str();
+            let losses = state_lost.iter().filter(|(w, at)| *w == worker && *at <= op.invoke_ns()).count();
+            by_worker.entry((worker, losses)).or_default().push(Minted { op, min, max, complete_ns });
         }
     }
     let checked: usize = by_worker.values().map(Vec::len).sum();
@@ -118,6 +126,19 @@ mod tests {
         assert_eq!(r.valid, Valid::False);
         assert_eq!(r.evidence.len(), 1);
         assert_eq!(r.evidence[0]["earlier"]["max_id"], json!(id(21, 1, 0)));
+    }
+
+    /// Goal: after a `state-lost` event a worker's IDs are not compared with its IDs from
+    /// before (its ceiling is gone), but still with each other.
+    #[test]
+    fn a_lost_state_dir_starts_a_new_order() {
+        let mut h = H::default();
+        h.ok("w1", 1, (0, 10), &[(id(20, 1, 0), 1)], None);
+        h.process("w1", ProcessEventKind::StateLost, None, 11);
+        h.ok("w1", 2, (12, 13), &[(id(10, 2, 0), 1)], None);
+        assert_eq!(check(&h.events).valid, Valid::True);
+        h.ok("w1", 2, (14, 15), &[(id(9, 2, 0), 1)], None);
+        assert_eq!(check(&h.events).valid, Valid::False);
     }
 
     /// Goal: a later op repeating the earlier op's last ID is not "increasing".

@@ -125,6 +125,7 @@ impl H {
             event,
             code: (event == ProcessEventKind::Exited).then_some(1),
             copy_of: copy_of.map(str::to_string),
+            cause: None,
             time_ns: t_ms * MS,
             wall_ms: EPOCH_MS + t_ms,
         }));
