@@ -1,8 +1,9 @@
 //! The faults, every one chosen from the run's seed: partitions (both ways and one-way),
 //! latency and packet loss, registry node crashes that lose a random part of what was not
 //! yet flushed, failing fsyncs, lost registry disks, worker SIGKILLs, wall-clock steps and drift on any machine, and worker
-//! processes started on a copy of another's state dir. Each is recorded in the history as a
-//! nemesis event, and everything is healed before the run ends.
+//! processes started on a copy of another's state dir; and quorum loss, a majority of the
+//! nodes cut off for a few seconds, for the parking checker. Each is recorded in the history
+//! as a nemesis event, and everything is healed before the run ends.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,12 +18,21 @@ use rand::{Rng, SeedableRng};
 use crate::net::{Latency, Net};
 use crate::nodes::SimNode;
 use crate::recorder::Recorder;
+use crate::registry_client;
 use crate::workers::{clone_of, SimWorker, WorkerEnv};
 
 /// At most this many registry nodes down at once: more only stalls the run.
 const NODES_DOWN_MAX: usize = 2;
 /// At most this many copies of state dirs per run.
 const CLONES_MAX: usize = 2;
+
+/// The name of the quorum-loss fault, which the parking checker looks for.
+pub const QUORUM_LOSS: &str = "quorum-loss";
+/// How long the nemesis injects nothing after a quorum loss heals: every worker that served
+/// before must serve again within it (the parking checker's bound). A worker whose lease
+/// expired meanwhile renews it, or is fenced, restarts (1 s) and acquires afresh; both well
+/// within this once a leader is elected.
+pub const QUORUM_LOSS_CALM: Duration = Duration::from_secs(10);
 
 /// Everything the nemesis acts on.
 pub struct Cluster<'a> {
@@ -56,7 +66,7 @@ impl Nemesis {
         let pause = Duration::from_millis(self.rng.gen_range(200..2_500));
         tokio::time::sleep(pause).await;
         self.restart_due(cluster);
-        match self.rng.gen_range(0..100) {
+        match self.rng.gen_range(0..120) {
             0..=11 => self.partition(cluster),
             12..=18 => self.one_way_cut(cluster),
             19..=31 => {
@@ -71,13 +81,15 @@ impl Nemesis {
             87..=90 => self.clone_worker(cluster),
             91..=93 => self.fail_fsync(cluster),
             94 => self.lose_disk(cluster),
+            100..=109 => self.quorum_loss(cluster).await,
             _ => {}
         }
     }
 
     fn machines(cluster: &Cluster<'_>) -> Vec<String> {
         let nodes = cluster.nodes.iter().map(|n| n.name.clone());
-        nodes.chain(cluster.workers.iter().map(|w| w.name.clone())).collect()
+        let workers = cluster.workers.iter().map(|w| w.name.clone());
+        nodes.chain(workers).chain([registry_client::MACHINE.to_string()]).collect()
     }
 
     /// Split every machine into two sides, cut both ways.
@@ -275,5 +287,32 @@ impl Nemesis {
         cluster.nodes.iter().for_each(|n| n.wall.reset());
         cluster.workers.iter().for_each(|w| w.wall.reset());
         cluster.recorder.nemesis(NemesisPhase::Stop, "all", "network, clocks and processes healed".into());
+    }
+
+    /// Quorum loss: a majority of the registry nodes each cut off from every other machine,
+    /// so no node can commit anything (no grant, no renewal) while the workers still reach
+    /// the minority; for a few seconds, sometimes past the workers' 3 s leases. The nemesis
+    /// starts nothing else meanwhile: a wall clock stepped inside the window would move the
+    /// timestamps the parking checker holds against the deadline known at its start. Then
+    /// everything heals ([`Nemesis::heal_all`]) and stays calm for [`QUORUM_LOSS_CALM`], the
+    /// checker's bound on serving again: later faults would otherwise keep a worker from it.
+    async fn quorum_loss(&mut self, cluster: &mut Cluster<'_>) {
+        let mut nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+        nodes.shuffle(&mut self.rng);
+        nodes.truncate(cluster.nodes.len() / 2 + 1);
+        let machines = Nemesis::machines(cluster);
+        for node in &nodes {
+            for other in machines.iter().filter(|m| *m != node) {
+                cluster.net.cut(node, other);
+                cluster.net.cut(other, node);
+            }
+        }
+        let lasts = Duration::from_millis(self.rng.gen_range(2_000..6_000));
+        let detail = format!("{nodes:?} cut off for {} ms", lasts.as_millis());
+        cluster.recorder.nemesis(NemesisPhase::Start, QUORUM_LOSS, detail);
+        tokio::time::sleep(lasts).await;
+        self.heal_all(cluster);
+        cluster.recorder.nemesis(NemesisPhase::Stop, QUORUM_LOSS, "healed with everything else".into());
+        tokio::time::sleep(QUORUM_LOSS_CALM).await;
     }
 }
