@@ -273,6 +273,10 @@ pub enum LeaseEventKind {
     Released,
     Parked,
     Resumed,
+    /// The same deadline stated anew on the worker's wall clock, which stepped or drifted
+    /// since: no renewal, the lease is not extended. Only the simulator tells it apart (it
+    /// sees the worker's monotonic deadline); the harness's status polls record `renewed`.
+    Restated,
 }
 
 /// A lease change of one worker process. `time_ns` must be when the worker made the change

@@ -11,8 +11,9 @@
 //! - runtime: [`net`] (namespaces, bridge, nftables faults, iptables delay rules), [`delay`]
 //!   (the latency nemesis's NFQUEUE packet holder), [`process`] (real processes in
 //!   them), [`supervise`] (restart-always for workers that exit on their own), [`scenario`]
-//!   (nemesis schedules), [`workload`] (the client, run inside the client
-//!   namespace), [`adversary`] (the `adversary` scenario's forged calls, run by the workload),
+//!   (nemesis schedules), [`workload`] (the client, run inside the client namespace),
+//!   [`registry_workload`] (its Acquire / Renew / GetLease / Release calls on reserved IDs for
+//!   the linearizability checker, over any transport and timeline: the simulator runs it too), [`adversary`] (the `adversary` scenario's forged calls, run by the workload),
 //!   [`run`] (one whole run), [`clock`] (the shared monotonic time base),
 //!   [`tls`] (each run's CA and one certificate per process, or `--insecure` plaintext).
 //! - [`report`]: `results.json` and a self-contained `report.html` with inline SVG plots.
@@ -28,6 +29,7 @@ pub mod delay;
 pub mod history;
 pub mod net;
 pub mod process;
+pub mod registry_workload;
 pub mod report;
 pub mod run;
 pub mod scenario;

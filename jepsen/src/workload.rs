@@ -1,14 +1,15 @@
 //! The workload: runs inside the harness's client namespace (never the root one), calls
 //! `Generate` / `GenerateBatch` across the workers at the set rate (each call to a random
 //! worker, or all through `WorkerClient`: `workload_balanced.rs`), polls each worker's
-//! `Status` to record its lease changes, runs a small registry workload for the
-//! linearizability checker (and, in the `adversary` scenario, the forger of
-//! [`crate::adversary`]), and appends everything to its history file.
+//! `Status` to record its lease changes, runs the registry workload for the
+//! linearizability checker ([`crate::registry_workload`]; and, in the `adversary` scenario,
+//! the forger of [`crate::adversary`]), and appends everything to its history file.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use fenceflake_proto::channel::boxed;
 use fenceflake_proto::tls::{self, Role, Security};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::generator_client::GeneratorClient;
@@ -19,10 +20,8 @@ use rand::{Rng, SeedableRng};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::clock::{wall_ms, RunClock};
-use crate::history::{
-    ClientOp, Event, GenerateFn, HistoryWriter, IdRange, LeaseEvent, LeaseEventKind, LeaseStamps, Phase, RegistryFn,
-    RegistryOp, RegistryResult, Rejection,
-};
+use crate::history::{ClientOp, Event, GenerateFn, HistoryWriter, IdRange, LeaseEvent, LeaseEventKind, Phase};
+use crate::registry_workload::{self, Timeline, REGISTRY_WORKLOAD_IDS};
 
 /// How long one client call may take before its outcome is recorded as unknown (`info`).
 const OP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -32,15 +31,6 @@ const STATUS_POLL: Duration = Duration::from_millis(20);
 const IN_FLIGHT_MAX: usize = 16;
 /// Largest `GenerateBatch` count the workload asks for in normal operation.
 const BATCH_COUNT_MAX: u32 = 200;
-/// Worker IDs reserved for the registry workload (harness workers take low IDs, `auto`):
-/// each of its processes owns one block and moves to a fresh ID every few rounds, because
-/// the linearizability search grows with the history of one ID.
-/// An operation with an unknown outcome (a timeout across a leader kill) may linearize
-/// anywhere after its call, which multiplies the search: after one, the process moves on to
-/// a fresh ID at once, so no ID's history holds more than one.
-pub const REGISTRY_WORKLOAD_IDS: [u32; 2] = [960, 992];
-const REGISTRY_IDS_PER_PROCESS: u32 = 32;
-const REGISTRY_ROUNDS_PER_ID: u64 = 10;
 
 #[path = "workload_balanced.rs"]
 mod balanced;
@@ -98,6 +88,27 @@ pub(crate) fn record(history: &Shared, event: Event) {
     }
 }
 
+/// The registry workload's timeline in the harness: the run's monotonic clock, the harness's
+/// (unfaked) wall clock, and the history file.
+struct HarnessTimeline {
+    clock: RunClock,
+    history: Shared,
+}
+
+impl Timeline for HarnessTimeline {
+    fn now_ns(&self) -> u64 {
+        self.clock.now_ns()
+    }
+
+    fn wall_ms(&self) -> u64 {
+        wall_ms()
+    }
+
+    fn record(&self, event: Event) {
+        record(&self.history, event);
+    }
+}
+
 /// A lazily connected channel to `addr` over `security`; under TLS the server must present a
 /// certificate of the `expect`ed role (a worker, or a registry node).
 pub(crate) fn channel(addr: &str, security: &Security, expect: &'static [Role]) -> anyhow::Result<Channel> {
@@ -143,20 +154,21 @@ pub async fn run(plan: Plan, history: HistoryWriter) -> anyhow::Result<()> {
     for (name, client) in &clients {
         tasks.push(tokio::spawn(poll_status(name.clone(), client.clone(), plan.clock, end_ns, history.clone())));
     }
-    for (process, worker_id) in REGISTRY_WORKLOAD_IDS.iter().enumerate() {
+    for (index, first_id) in REGISTRY_WORKLOAD_IDS.into_iter().enumerate() {
         let clients = plan
             .registry
             .iter()
-            .map(|addr| channel(addr, &as_worker, &[Role::Node]).map(RegistryClient::new))
+            .map(|addr| channel(addr, &as_worker, &[Role::Node]).map(|c| RegistryClient::new(boxed(c))))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        tasks.push(tokio::spawn(registry_workload(
-            process as u64 + 1000,
-            *worker_id,
-            clients,
-            plan.clock,
-            end_ns,
-            history.clone(),
-        )));
+        let process = index as u64 + 1000;
+        let workload = registry_workload::Process {
+            process,
+            first_id,
+            seed: process,
+            round_pause: registry_workload::RoundPause::HARNESS,
+        };
+        let timeline = HarnessTimeline { clock: plan.clock, history: history.clone() };
+        tasks.push(tokio::spawn(async move { registry_workload::run(workload, clients, end_ns, &timeline).await }));
     }
     if let Some((start, stop)) = plan.adversary {
         let adversary = crate::adversary::Adversary::new(&plan, history.clone())?;
@@ -468,211 +480,9 @@ fn lease_changes(before: Option<&Seen>, now: &Seen) -> Vec<LeaseEventKind> {
     kinds
 }
 
-/// Acquire a reserved worker ID, renew it, read it, release it, over and over, through
-/// random registry nodes: the history the linearizability checker judges.
-async fn registry_workload(
-    process: u64,
-    first_id: u32,
-    clients: Vec<RegistryClient<Channel>>,
-    clock: RunClock,
-    end_ns: u64,
-    history: Shared,
-) {
-    let mut rng = StdRng::seed_from_u64(process);
-    let mut op_id = 0u64;
-    let mut round = 0u64;
-    let mut slot = 0u64;
-    while clock.now_ns() < end_ns {
-        round += 1;
-        if round.is_multiple_of(REGISTRY_ROUNDS_PER_ID) {
-            slot += 1;
-        }
-        let worker_id = first_id + (slot % u64::from(REGISTRY_IDS_PER_PROCESS)) as u32;
-        let holder = format!("jepsen-{process}-{round}");
-        let mut token = None;
-        for f in [RegistryFn::Acquire, RegistryFn::Renew, RegistryFn::Get, RegistryFn::Renew, RegistryFn::Release] {
-            if matches!(f, RegistryFn::Renew | RegistryFn::Release) && token.is_none() {
-                continue;
-            }
-            let client = clients[rng.gen_range(0..clients.len())].clone();
-            op_id += 1;
-            let op = RegistryOp {
-                phase: Phase::Invoke,
-                process,
-                op_id,
-                f,
-                worker_id: Some(worker_id),
-                holder: (f == RegistryFn::Acquire).then(|| holder.clone()),
-                token: if matches!(f, RegistryFn::Renew | RegistryFn::Release) { token } else { None },
-                time_ns: clock.now_ns(),
-                result: None,
-                error: None,
-                stamps: None,
-            };
-            record(&history, Event::Registry(op.clone()));
-            let done = registry_call(client, &op).await;
-            let completed = RegistryOp { time_ns: clock.now_ns(), ..done };
-            if let Some(RegistryResult::Granted { token: t, .. }) = &completed.result {
-                token = Some(*t);
-            }
-            let unknown = completed.phase == Phase::Info;
-            record(&history, Event::Registry(completed));
-            if unknown {
-                slot += 1;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(5..50))).await;
-    }
-}
-
-async fn registry_call(mut client: RegistryClient<Channel>, op: &RegistryOp) -> RegistryOp {
-    let worker_id = op.worker_id.unwrap_or_default();
-    let token = op.token.unwrap_or_default();
-    let sent_wall_ms = wall_ms();
-    let stamped = |l: &pb::Lease| {
-        Some(LeaseStamps {
-            sent_wall_ms,
-            received_wall_ms: wall_ms(),
-            registry_time_ms: l.registry_time_ms,
-            not_before_ms: l.not_before_ms,
-            mint_until_ms: l.mint_until_ms,
-            ttl_ms: l.ttl_ms,
-        })
-    };
-    let result: Result<(RegistryResult, Option<LeaseStamps>), tonic::Status> = match op.f {
-        RegistryFn::Acquire => {
-            let req = pb::AcquireRequest {
-                holder: op.holder.clone().unwrap_or_default(),
-                worker_id: Some(worker_id),
-                ttl_ms: 5000,
-                incarnation: 0,
-            };
-            timed(client.acquire(req))
-                .await
-                .map(|l| (RegistryResult::Granted { worker_id: l.worker_id, token: l.token }, stamped(&l)))
-        }
-        RegistryFn::Renew => {
-            let req = pb::RenewRequest { worker_id, token, wall_ms_at_send: sent_wall_ms, max_minted_ts_ms: 0 };
-            timed(client.renew(req)).await.map(|l| (RegistryResult::Renewed { token: l.token }, stamped(&l)))
-        }
-        RegistryFn::Release => {
-            let req = pb::ReleaseRequest { worker_id, token, last_ts_ms: 0 };
-            timed(client.release(req)).await.map(|_| (RegistryResult::Released, None))
-        }
-        RegistryFn::Get => timed(client.get_lease(pb::GetLeaseRequest { worker_id })).await.map(|l| {
-            let holder = (!l.holder.is_empty() && l.state != "FREE").then_some(l.holder);
-            (RegistryResult::Lease { holder, token: l.token }, None)
-        }),
-    };
-    match result {
-        Ok((result, stamps)) => RegistryOp { phase: Phase::Ok, result: Some(result), stamps, ..op.clone() },
-        Err(status) => {
-            let (phase, rejection) = registry_outcome(&status);
-            RegistryOp {
-                phase,
-                result: rejection.map(|reason| RegistryResult::Rejected { reason }),
-                error: Some(status_text(&status)),
-                ..op.clone()
-            }
-        }
-    }
-}
-
-/// How a failed registry call ends in the history, read from the [`Reason`] the registry
-/// puts on every error status (never from the message):
-/// - a refusal (`fail`): FENCED, EXPIRED and ALREADY_HELD are what the linearizability model
-///   checks; any other refusal (quarantined, holder holds another ID, invalid...) is `other`;
-/// - a definite unavailability (`fail`, no result: nothing was applied): NOT_LEADER,
-///   NO_LEADER, NO_QUORUM, OVERLOADED, NOT_CONFIGURED;
-/// - unknown (`info`: it may still take effect): OUTCOME_UNKNOWN; FATAL (the node stopped on
-///   a storage error, possibly after proposing the command); and every status without a
-///   reason this build knows — a transport error, a cancelled call, the harness's own
-///   timeout (`DEADLINE_EXCEEDED`), a newer registry's word. A status with no reason did not
-///   come from the registry's error table, so it proves nothing about the outcome.
-fn registry_outcome(status: &tonic::Status) -> (Phase, Option<Rejection>) {
-    let Some(reason) = Reason::of(status) else {
-        return (Phase::Info, None);
-    };
-    match reason {
-        // SUPERSEDED is FENCED told more precisely (a newer process of the same holder).
-        Reason::Fenced | Reason::Superseded => (Phase::Fail, Some(Rejection::Fenced)),
-        Reason::Expired => (Phase::Fail, Some(Rejection::Expired)),
-        Reason::AlreadyHeld => (Phase::Fail, Some(Rejection::AlreadyHeld)),
-        Reason::OutcomeUnknown | Reason::Fatal => (Phase::Info, None),
-        Reason::NotLeader | Reason::NoLeader | Reason::NoQuorum | Reason::Overloaded | Reason::NotConfigured => {
-            (Phase::Fail, None)
-        }
-        // Refusals that change nothing: the lease is another identity's, or the claim's clock
-        // is too far from the registry's.
-        Reason::NotOwner | Reason::ClockSkew => (Phase::Fail, Some(Rejection::Other)),
-        Reason::Quarantined
-        | Reason::HolderHoldsOther
-        | Reason::Exhausted
-        | Reason::Invalid
-        | Reason::NotEmpty
-        | Reason::Membership => (Phase::Fail, Some(Rejection::Other)),
-    }
-}
-
-async fn timed<T>(
-    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, tonic::Status> {
-    match tokio::time::timeout(OP_TIMEOUT * 3, call).await {
-        Ok(r) => r.map(tonic::Response::into_inner),
-        Err(_) => Err(tonic::Status::deadline_exceeded("harness timeout")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Goal: registry errors are classified by their reason alone — rejections and definite
-    /// unavailability are `fail` (nothing applied), OUTCOME_UNKNOWN is `info`, and a status
-    /// without a reason (transport error, cancelled, our own timeout), whatever its code or
-    /// message, stays `info`: it proves nothing about the outcome.
-    #[test]
-    fn registry_errors_are_classified_by_reason() {
-        let of = |status: tonic::Status| registry_outcome(&status);
-        assert_eq!(of(Reason::Fenced.status("stale token")), (Phase::Fail, Some(Rejection::Fenced)));
-        assert_eq!(of(Reason::Expired.status("released")), (Phase::Fail, Some(Rejection::Expired)));
-        assert_eq!(of(Reason::AlreadyHeld.status("held by x")), (Phase::Fail, Some(Rejection::AlreadyHeld)));
-        for other in [
-            Reason::Quarantined,
-            Reason::HolderHoldsOther,
-            Reason::Exhausted,
-            Reason::Invalid,
-            Reason::NotOwner,
-            Reason::ClockSkew,
-        ] {
-            assert_eq!(of(other.status("no")), (Phase::Fail, Some(Rejection::Other)), "{other}");
-        }
-        for definite in
-            [Reason::NotLeader, Reason::NoLeader, Reason::NoQuorum, Reason::Overloaded, Reason::NotConfigured]
-        {
-            assert_eq!(of(definite.status("try later")), (Phase::Fail, None), "{definite}");
-        }
-        assert_eq!(of(Reason::OutcomeUnknown.status("timed out")), (Phase::Info, None));
-        assert_eq!(of(Reason::Fatal.status("disk")), (Phase::Info, None));
-        // No reason: never read from the code or the message.
-        for reasonless in [
-            tonic::Status::unavailable("transport error: connection reset"),
-            tonic::Status::unavailable("NO_QUORUM: looks definite but carries no reason"),
-            tonic::Status::failed_precondition("FENCED: a message prefix is not a reason"),
-            tonic::Status::already_exists("held"),
-            tonic::Status::cancelled("client went away"),
-            tonic::Status::deadline_exceeded("harness timeout"),
-            tonic::Status::unknown("h2 error"),
-        ] {
-            assert_eq!(of(reasonless.clone()), (Phase::Info, None), "{reasonless:?}");
-        }
-        let mut foreign = tonic::Status::unavailable("x");
-        foreign.metadata_mut().insert(fenceflake_proto::wire::REASON_METADATA_KEY, "SOME_NEW_WORD".parse().unwrap());
-        assert_eq!(of(foreign), (Phase::Info, None));
-        let text = status_text(&Reason::NoQuorum.status("leader cannot confirm a quorum"));
-        assert_eq!(text, "Unavailable [NO_QUORUM]: leader cannot confirm a quorum");
-    }
 
     /// Goal: a Generate error is `fail` only when the worker named why it refused (park
     /// cause, rate-limit hint) or the count was bad; transport errors and timeouts are `info`,

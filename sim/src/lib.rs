@@ -9,11 +9,13 @@ compile_error!(
      build it from sim/, whose .cargo/config.toml sets it, not with RUSTFLAGS overriding that"
 );
 
+pub mod checks;
 pub mod clock;
 pub mod nemesis;
 pub mod net;
 pub mod nodes;
 pub mod recorder;
+pub mod registry_client;
 pub mod replicas;
 pub mod report;
 pub mod seeds;

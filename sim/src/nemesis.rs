@@ -3,9 +3,10 @@
 //! of what was not yet flushed, failing fsyncs, lost registry disks, worker SIGKILLs (some
 //! leaving a lost, torn or rolled-back state dir: `worker_disk`), failing ceiling writes,
 //! wall-clock steps and drift on any machine, paused machines (SIGSTOP, or a suspended VM
-//! whose monotonic clock stops) with a standby asking for a paused worker's ID, and worker
-//! processes started on a copy of another's state dir. Each is recorded in the history as a
-//! nemesis event, and everything is healed before the run ends.
+//! whose monotonic clock stops) with a standby asking for a paused worker's ID, worker
+//! processes started on a copy of another's state dir; and quorum loss, a majority of the
+//! nodes cut off for a few seconds, for the parking checker. Each is recorded in the history
+//! as a nemesis event, and everything is healed before the run ends.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -22,6 +23,7 @@ use crate::clock::MonoStall;
 use crate::net::{Latency, Net};
 use crate::nodes::SimNode;
 use crate::recorder::Recorder;
+use crate::registry_client;
 use crate::worker_disk::{self, DeadDiskFault};
 use crate::workers::{clone_of, SimWorker, WorkerEnv};
 
@@ -34,6 +36,14 @@ const STANDBYS_MAX: usize = 2;
 /// A paused worker gets a standby for its ID only if it stays paused this long: long enough
 /// for its lease to lapse and the ID to be granted again (TTL 3 s + cool-down).
 const STANDBY_PAUSE_MIN: Duration = Duration::from_secs(4);
+
+/// The name of the quorum-loss fault, which the parking checker looks for.
+pub const QUORUM_LOSS: &str = "quorum-loss";
+/// How long the nemesis injects nothing after a quorum loss heals: every worker that served
+/// before must serve again within it (the parking checker's bound). A worker whose lease
+/// expired meanwhile renews it, or is fenced, restarts (1 s) and acquires afresh; both well
+/// within this once a leader is elected.
+pub const QUORUM_LOSS_CALM: Duration = Duration::from_secs(10);
 
 /// Everything the nemesis acts on.
 pub struct Cluster<'a> {
@@ -62,6 +72,7 @@ pub struct Nemesis {
     /// Workers whose state dir was copied.
     cloned: BTreeSet<String>,
     standbys: usize,
+    quorum_lost: bool,
 }
 
 impl Nemesis {
@@ -75,6 +86,7 @@ impl Nemesis {
             clones: 0,
             cloned: BTreeSet::new(),
             standbys: 0,
+            quorum_lost: false,
         }
     }
 
@@ -83,7 +95,7 @@ impl Nemesis {
         let pause = Duration::from_millis(self.rng.gen_range(200..2_500));
         tokio::time::sleep(pause).await;
         self.restart_due(cluster);
-        match self.rng.gen_range(0..100) {
+        match self.rng.gen_range(0..110) {
             0..=10 => self.partition(cluster),
             11..=16 => self.one_way_cut(cluster),
             17..=28 => {
@@ -100,13 +112,15 @@ impl Nemesis {
             87 => self.lose_disk(cluster),
             88..=95 => self.pause(cluster),
             96..=97 => self.fail_ceiling_writes(cluster),
+            100..=109 => self.quorum_loss(cluster).await,
             _ => {}
         }
     }
 
     fn machines(cluster: &Cluster<'_>) -> Vec<String> {
         let nodes = cluster.nodes.iter().map(|n| n.name.clone());
-        nodes.chain(cluster.workers.iter().map(|w| w.name.clone())).collect()
+        let workers = cluster.workers.iter().map(|w| w.name.clone());
+        nodes.chain(workers).chain([registry_client::MACHINE.to_string()]).collect()
     }
 
     /// Split every machine into two sides, cut both ways.
@@ -437,5 +451,37 @@ impl Nemesis {
             "all",
             "network, clocks, pauses, state dirs and processes healed".into(),
         );
+    }
+
+    /// Quorum loss: a majority of the registry nodes each cut off from every other machine,
+    /// so no node can commit anything (no grant, no renewal) while the workers still reach
+    /// the minority; for a few seconds, sometimes past the workers' 3 s leases. The nemesis
+    /// starts nothing else meanwhile: a wall clock stepped inside the window would move the
+    /// timestamps the parking checker holds against the deadline known at its start. Then
+    /// everything heals ([`Nemesis::heal_all`]) and stays calm for [`QUORUM_LOSS_CALM`], the
+    /// checker's bound on serving again: later faults would otherwise keep a worker from it.
+    async fn quorum_loss(&mut self, cluster: &mut Cluster<'_>) {
+        // One per run: with its calm it takes a third of the faults' time.
+        if self.quorum_lost {
+            return;
+        }
+        self.quorum_lost = true;
+        let mut nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+        nodes.shuffle(&mut self.rng);
+        nodes.truncate(cluster.nodes.len() / 2 + 1);
+        let machines = Nemesis::machines(cluster);
+        for node in &nodes {
+            for other in machines.iter().filter(|m| *m != node) {
+                cluster.net.cut(node, other);
+                cluster.net.cut(other, node);
+            }
+        }
+        let lasts = Duration::from_millis(self.rng.gen_range(2_000..6_000));
+        let detail = format!("{nodes:?} cut off for {} ms", lasts.as_millis());
+        cluster.recorder.nemesis(NemesisPhase::Start, QUORUM_LOSS, detail);
+        tokio::time::sleep(lasts).await;
+        self.heal_all(cluster);
+        cluster.recorder.nemesis(NemesisPhase::Stop, QUORUM_LOSS, "healed with everything else".into());
+        tokio::time::sleep(QUORUM_LOSS_CALM).await;
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
 use fenceflake_jepsen::history::{Event, NemesisEvent, NemesisPhase};
+use fenceflake_jepsen::registry_workload::Timeline;
 
 use crate::clock::World;
 
@@ -57,5 +58,22 @@ impl Recorder {
     /// Everything recorded so far.
     pub fn events(&self) -> Vec<Event> {
         self.events.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// The registry workload's timeline in the simulation: the history's true time, and the
+/// client machine's wall clock, which the nemesis never steps (it observes; the registry's
+/// clocks are what is under test).
+impl Timeline for Recorder {
+    fn now_ns(&self) -> u64 {
+        Recorder::now_ns(self)
+    }
+
+    fn wall_ms(&self) -> u64 {
+        self.world.true_wall_ms()
+    }
+
+    fn record(&self, event: Event) {
+        self.push(event);
     }
 }

@@ -186,10 +186,14 @@ impl Process {
                 Ok(generator) => {
                     *self.generator.lock().unwrap_or_else(PoisonError::into_inner) = Some(generator.clone());
                     let stream = self.stream + restarts;
+                    // The grant, when it was answered (a status poll would see it then), not
+                    // with the first batch: that may wait out the boot wait.
+                    let mut lease = None;
+                    self.lease_event(&generator, None, clock.wall_ms(), &mut lease);
                     let cause = tokio::select! {
                         biased;
                         cause = generator.ended() => cause.to_string(),
-                        () = self.call(&generator, &clock, stream) => String::new(),
+                        () = self.call(&generator, &clock, stream, &mut lease) => String::new(),
                     };
                     generator.kill();
                     self.generator.lock().unwrap_or_else(PoisonError::into_inner).take();
@@ -223,10 +227,9 @@ impl Process {
     /// The caller: one ID or a batch at a time, a few ms apart, forever. It runs on the
     /// worker's machine: while that is paused it neither calls nor hears an answer, so a call
     /// the pause caught half way hands out its IDs only after the resume.
-    async fn call(&self, generator: &Generator, clock: &ProcessClock, stream: u64) {
+    async fn call(&self, generator: &Generator, clock: &ProcessClock, stream: u64, lease: &mut Option<LeaseSeen>) {
         let recorder = &self.env.recorder;
         let mut rng = StdRng::seed_from_u64(self.env.seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let mut last_lease = None;
         for op_id in 0.. {
             tokio::time::sleep(Duration::from_micros(rng.gen_range(500..20_000))).await;
             self.env.net.until_running(&self.name).await;
@@ -240,7 +243,7 @@ impl Process {
             self.env.net.until_running(&self.name).await;
             match result {
                 Ok(batch) => {
-                    self.lease_event(generator, &batch, clock.wall_ms(), &mut last_lease);
+                    self.lease_event(generator, Some(&batch), clock.wall_ms(), lease);
                     let ranges =
                         batch.runs.iter().map(|r| IdRange { first: r.first, count: u64::from(r.count) }).collect();
                     let lease = Some((u32::from(batch.worker_id.get()), batch.token.get()));
@@ -254,28 +257,48 @@ impl Process {
         }
     }
 
-    /// Record the lease a batch was minted under when it is new, or its deadline moved: the
-    /// lease checker takes the deadline an op had to respect from the latest lease event.
-    fn lease_event(&self, generator: &Generator, batch: &Batch, wall_ms: u64, last: &mut Option<(u16, u64, u64)>) {
-        let key = (batch.worker_id.get(), batch.token.get(), batch.deadline_wall_ms);
-        if *last == Some(key) {
-            return;
-        }
-        let event = match last {
-            Some((worker_id, token, _)) if (*worker_id, *token) == (key.0, key.1) => LeaseEventKind::Renewed,
-            _ => LeaseEventKind::Acquired,
-        };
-        *last = Some(key);
+    /// Record the lease when it is new (the grant, `batch` `None`), and then whenever the
+    /// deadline a batch states moved: the lease checker takes the deadline an op had to
+    /// respect from the latest lease event. A move is a renewal (`renewed`) only if the
+    /// lease's monotonic deadline moved; otherwise the worker's wall clock stepped or drifted
+    /// (or the ms rounding moved) under the same deadline (`restated`), which the parking
+    /// checker must not take for an extension during a quorum loss.
+    fn lease_event(&self, generator: &Generator, batch: Option<&Batch>, wall_ms: u64, last: &mut Option<LeaseSeen>) {
         let recorder = &self.env.recorder;
         let status = generator.status();
         let now = recorder.now_ns();
+        let remaining_ns = u64::try_from(status.lease_remaining.as_nanos()).unwrap_or(u64::MAX);
+        let (worker_id, token, deadline_wall_ms) = match batch {
+            Some(b) => (b.worker_id.get(), b.token.get(), b.deadline_wall_ms),
+            None => (status.worker_id.get(), status.token.get(), status.deadline_wall_ms),
+        };
+        let lease = (worker_id, token);
+        let deadline_mono_ns = match last {
+            // A lapsed lease states no monotonic deadline (`now` would move with time).
+            Some(l) if remaining_ns == 0 && l.lease == lease => l.deadline_mono_ns,
+            _ => now + remaining_ns,
+        };
+        let seen = LeaseSeen { lease, deadline_wall_ms, deadline_mono_ns };
+        let event = match last {
+            Some(l) if l.lease == seen.lease => {
+                if seen.deadline_mono_ns > l.deadline_mono_ns + RENEWAL_MIN_NS {
+                    LeaseEventKind::Renewed
+                } else if seen.deadline_wall_ms != l.deadline_wall_ms {
+                    LeaseEventKind::Restated
+                } else {
+                    return;
+                }
+            }
+            _ => LeaseEventKind::Acquired,
+        };
+        *last = Some(seen);
         recorder.push(Event::Lease(LeaseEvent {
             worker: self.name.clone(),
             event,
-            worker_id: u32::from(key.0),
-            token: key.1,
-            deadline_wall_ms: Some(batch.deadline_wall_ms),
-            deadline_mono_ns: Some(now + u64::try_from(status.lease_remaining.as_nanos()).unwrap_or(u64::MAX)),
+            worker_id: u32::from(worker_id),
+            token,
+            deadline_wall_ms: (deadline_wall_ms > 0).then_some(deadline_wall_ms),
+            deadline_mono_ns: Some(now + remaining_ns),
             reason: None,
             holder: Some(recorder.holder_alias(status.holder.as_str())),
             time_ns: now,
@@ -283,6 +306,20 @@ impl Process {
         }));
     }
 }
+
+/// What the caller last recorded of its process's lease.
+#[derive(Debug, Clone, Copy)]
+struct LeaseSeen {
+    lease: (u16, u64),
+    deadline_wall_ms: u64,
+    /// The deadline on the worker's monotonic clock, as true time since the run began.
+    deadline_mono_ns: u64,
+}
+
+/// A monotonic deadline that moves later by more than this was renewed: a renewal moves it
+/// by about a third of the TTL, while two readings of one deadline differ only by how far
+/// the worker's clock ran ahead of true time between them (1 µs a reading, `clock.rs`).
+const RENEWAL_MIN_NS: u64 = 5_000_000;
 
 /// Copy a state dir (a cloned VM's disk).
 pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {

@@ -13,18 +13,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fenceflake_jepsen::checker::{convergence, lease, monotonic, unique, CheckResult, IdLayout, Valid};
+use fenceflake_jepsen::checker::{CheckResult, Valid};
 use fenceflake_jepsen::history::Event;
 use fenceflake_proto::entropy;
 use fenceflake_proto::switches::{self, Mechanism};
 use fenceflake_registry::raft::types::NodeId;
 
+use crate::checks;
 use crate::clock::World;
 use crate::nemesis::{Cluster, Nemesis};
 use crate::net::Net;
 use crate::nodes::{client_addr, SimNode};
 use crate::recorder::Recorder;
-use crate::replicas;
+use crate::registry_client;
 use crate::workers::{SimWorker, WorkerEnv};
 
 /// What one run simulates.
@@ -72,7 +73,8 @@ impl RunOutcome {
     }
 }
 
-/// Independent streams of one seed (network, nemesis, product entropy, tokio).
+/// Independent streams of one seed (network, nemesis, product entropy, tokio, workers' callers,
+/// the registry client).
 fn stream(seed: u64, which: u64) -> u64 {
     // SplitMix64's finalizer: nearby seeds give unrelated streams.
     let mut z = seed.wrapping_add(which.wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -134,6 +136,7 @@ async fn simulate(config: &RunConfig, state_root: &Path) -> anyhow::Result<RunOu
     for worker in &mut workers {
         worker.start(&env);
     }
+    registry_client::start(&net, &recorder, &env.registry, stream(config.seed, 6), config.duration);
     let mut nemesis = Nemesis::new(stream(config.seed, 5));
     let mut cluster = Cluster {
         net: &net,
@@ -158,20 +161,8 @@ async fn simulate(config: &RunConfig, state_root: &Path) -> anyhow::Result<RunOu
     }
     let simulated = world.elapsed();
     let events = recorder.events();
-    let results = check(&events, cluster.nodes);
+    let results = checks::check(&events, cluster.nodes);
     Ok(RunOutcome { events, results, simulated })
-}
-
-/// The harness's checkers that apply to a simulated history, and the replicas' own.
-fn check(events: &[Event], nodes: &[SimNode]) -> Vec<CheckResult> {
-    let layout = IdLayout::default();
-    vec![
-        unique::check(events),
-        monotonic::check(events),
-        lease::check(events, &layout),
-        convergence::check(events),
-        replicas::check(nodes),
-    ]
 }
 
 /// The history as JSON lines (the same format as the harness's `history.jsonl`).

@@ -18,7 +18,7 @@
 //! - `granted_by(L)`: an upper bound of when it was granted — the earliest lease event of `L`
 //!   or completion of an ok op minted under it.
 //! - `served_at(L)`: a lower bound of when it last had authority — the latest `acquired` /
-//!   `renewed` / `resumed` event whose deadline was still ahead (worker wall clock), or invoke
+//!   `renewed` / `resumed` / `restated` event whose deadline was still ahead (worker wall clock), or invoke
 //!   of an ok op minted under it (the mint happened at or after the invoke).
 //! - `end(L)`: `served_at(L)`, or the worker's deadline on the harness clock
 //!   (`deadline_mono_ns`) if later — unless `L` was `released`: the holder gave it up before
@@ -146,8 +146,10 @@ pub fn check(events: &[Event], layout: &IdLayout) -> CheckResult {
 fn record_event<'a>(facts: &mut LeaseFacts<'a>, event: &'a LeaseEvent) {
     facts.holders.insert(&event.worker);
     facts.saw_granted_by(event.time_ns);
-    let grants_authority =
-        matches!(event.event, LeaseEventKind::Acquired | LeaseEventKind::Renewed | LeaseEventKind::Resumed);
+    let grants_authority = matches!(
+        event.event,
+        LeaseEventKind::Acquired | LeaseEventKind::Renewed | LeaseEventKind::Resumed | LeaseEventKind::Restated
+    );
     // An acquire answered after its deadline passed (a long-delayed reply) grants nothing.
     if grants_authority && event.deadline_wall_ms.is_some_and(|d| event.wall_ms < d) {
         facts.saw_serving_at(event.time_ns);

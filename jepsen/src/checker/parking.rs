@@ -1,7 +1,8 @@
 //! Parking under registry outage: during each fault window (nemesis names starting with a
 //! configured prefix: `quorum-loss`, and `latency-beyond-margin`, where no renewal's round
 //! trip fits in the worker's registry timeout) every worker stops minting by its deadline
-//! plus ε, its lease is not extended while the registry cannot answer it, and after the
+//! plus ε, its lease is not extended while the registry cannot answer it (an `acquired` or
+//! `renewed` event; a `restated` one is the same deadline on a moved wall clock), and after the
 //! fault heals every worker that was serving before serves again within a bound.
 //!
 //! And the converse: during a window in which the registry stays reachable, only slower

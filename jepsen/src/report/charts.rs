@@ -79,7 +79,7 @@ fn parked_intervals(events: &[Event], end_ns: u64) -> BTreeMap<&str, Vec<Parked>
             LeaseEventKind::Parked => {
                 open.entry(worker).or_insert_with(|| (e.time_ns, e.reason.clone().unwrap_or_default()));
             }
-            LeaseEventKind::Resumed | LeaseEventKind::Acquired | LeaseEventKind::Renewed => {
+            LeaseEventKind::Resumed | LeaseEventKind::Acquired | LeaseEventKind::Renewed | LeaseEventKind::Restated => {
                 if let Some((from_ns, reason)) = open.remove(worker) {
                     out.entry(worker).or_default().push(Parked { from_ns, to_ns: e.time_ns, reason });
                 }

@@ -1,0 +1,273 @@
+//! The registry workload: Acquire a reserved worker ID, renew it, read it, release it, over
+//! and over, through random registry nodes — the history the linearizability checker judges.
+//!
+//! Two callers run it: the harness's workload (tonic channels inside the client namespace, the
+//! run's monotonic clock, the harness's wall clock, `history.jsonl`) and the deterministic
+//! simulator (its in-memory network, simulated time, its recorder). What differs between
+//! them is only the transport — a [`BoxChannel`] per registry node, the product's own seam
+//! for it — and the [`Timeline`]: where time is read and where the ops are recorded.
+
+use std::time::Duration;
+
+use fenceflake_proto::channel::BoxChannel;
+use fenceflake_proto::v1 as pb;
+use fenceflake_proto::v1::registry_client::RegistryClient;
+use fenceflake_proto::wire::Reason;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::history::{Event, LeaseStamps, Phase, RegistryFn, RegistryOp, RegistryResult, Rejection};
+use crate::workload::status_text;
+
+/// Worker IDs reserved for the registry workload (harness and simulator workers take low
+/// IDs, `auto`: the registry grants the lowest free one): each of its processes owns one
+/// block and moves to a fresh ID every few rounds, because the linearizability search grows
+/// with the history of one ID.
+/// An operation with an unknown outcome (a timeout across a leader kill) may linearize
+/// anywhere after its call, which multiplies the search: after one, the process moves on to
+/// a fresh ID at once, so no ID's history holds more than one.
+pub const REGISTRY_WORKLOAD_IDS: [u32; 2] = [960, 992];
+const IDS_PER_PROCESS: u32 = 32;
+const ROUNDS_PER_ID: u64 = 10;
+
+/// The TTL every Acquire asks for. A checker that bounds when the registry may expire one of
+/// these leases (`linear::Expiry::AfterIdle`) derives its bound from it.
+pub const LEASE_TTL_MS: u64 = 5_000;
+
+/// How long one registry call may take before its outcome is recorded as unknown (`info`).
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where the workload reads time and records its ops.
+pub trait Timeline: Sync {
+    /// The history's clock: ns since the run began (it orders every event).
+    fn now_ns(&self) -> u64;
+    /// The caller's wall clock, ms since the Unix epoch: sent as `wall_ms_at_send` and kept
+    /// in the stamps of each granted or renewed lease.
+    fn wall_ms(&self) -> u64;
+    fn record(&self, event: Event);
+}
+
+/// One process of the workload: its number in the history (and in its holder names), the
+/// first of its reserved worker IDs, the seed of its random choices, and the pause between
+/// its rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Process {
+    pub process: u64,
+    pub first_id: u32,
+    pub seed: u64,
+    pub round_pause: RoundPause,
+}
+
+/// The pause between two rounds, uniformly in `[min_ms, max_ms)`: the harness's (5–50 ms)
+/// keeps the registry busy; the simulator's is longer, since every call is a Raft write that
+/// costs it real time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundPause {
+    pub min_ms: u64,
+    pub max_ms: u64,
+}
+
+impl RoundPause {
+    pub const HARNESS: RoundPause = RoundPause { min_ms: 5, max_ms: 50 };
+}
+
+/// One process of the workload, each call through a registry node picked at random from
+/// `clients`, until `end_ns` on the timeline's clock (the round under way finishes).
+pub async fn run(workload: Process, clients: Vec<RegistryClient<BoxChannel>>, end_ns: u64, timeline: &impl Timeline) {
+    let Process { process, first_id, seed, round_pause } = workload;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut op_id = 0u64;
+    let mut round = 0u64;
+    let mut slot = 0u64;
+    while timeline.now_ns() < end_ns {
+        round += 1;
+        if round.is_multiple_of(ROUNDS_PER_ID) {
+            slot += 1;
+        }
+        let worker_id = first_id + (slot % u64::from(IDS_PER_PROCESS)) as u32;
+        let holder = format!("jepsen-{process}-{round}");
+        let mut token = None;
+        for f in [RegistryFn::Acquire, RegistryFn::Renew, RegistryFn::Get, RegistryFn::Renew, RegistryFn::Release] {
+            if matches!(f, RegistryFn::Renew | RegistryFn::Release) && token.is_none() {
+                continue;
+            }
+            let client = clients[rng.gen_range(0..clients.len())].clone();
+            op_id += 1;
+            let op = RegistryOp {
+                phase: Phase::Invoke,
+                process,
+                op_id,
+                f,
+                worker_id: Some(worker_id),
+                holder: (f == RegistryFn::Acquire).then(|| holder.clone()),
+                token: if matches!(f, RegistryFn::Renew | RegistryFn::Release) { token } else { None },
+                time_ns: timeline.now_ns(),
+                result: None,
+                error: None,
+                stamps: None,
+            };
+            timeline.record(Event::Registry(op.clone()));
+            let done = call(client, &op, timeline).await;
+            let completed = RegistryOp { time_ns: timeline.now_ns(), ..done };
+            if let Some(RegistryResult::Granted { token: t, .. }) = &completed.result {
+                token = Some(*t);
+            }
+            let unknown = completed.phase == Phase::Info;
+            timeline.record(Event::Registry(completed));
+            if unknown {
+                slot += 1;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(round_pause.min_ms..round_pause.max_ms))).await;
+    }
+}
+
+async fn call(mut client: RegistryClient<BoxChannel>, op: &RegistryOp, timeline: &impl Timeline) -> RegistryOp {
+    let worker_id = op.worker_id.unwrap_or_default();
+    let token = op.token.unwrap_or_default();
+    let sent_wall_ms = timeline.wall_ms();
+    let stamped = |l: &pb::Lease| {
+        Some(LeaseStamps {
+            sent_wall_ms,
+            received_wall_ms: timeline.wall_ms(),
+            registry_time_ms: l.registry_time_ms,
+            not_before_ms: l.not_before_ms,
+            mint_until_ms: l.mint_until_ms,
+            ttl_ms: l.ttl_ms,
+        })
+    };
+    let result: Result<(RegistryResult, Option<LeaseStamps>), tonic::Status> = match op.f {
+        RegistryFn::Acquire => {
+            let req = pb::AcquireRequest {
+                holder: op.holder.clone().unwrap_or_default(),
+                worker_id: Some(worker_id),
+                ttl_ms: LEASE_TTL_MS,
+                incarnation: 0,
+            };
+            timed(client.acquire(req))
+                .await
+                .map(|l| (RegistryResult::Granted { worker_id: l.worker_id, token: l.token }, stamped(&l)))
+        }
+        RegistryFn::Renew => {
+            let req = pb::RenewRequest { worker_id, token, wall_ms_at_send: sent_wall_ms, max_minted_ts_ms: 0 };
+            timed(client.renew(req)).await.map(|l| (RegistryResult::Renewed { token: l.token }, stamped(&l)))
+        }
+        RegistryFn::Release => {
+            let req = pb::ReleaseRequest { worker_id, token, last_ts_ms: 0 };
+            timed(client.release(req)).await.map(|_| (RegistryResult::Released, None))
+        }
+        RegistryFn::Get => timed(client.get_lease(pb::GetLeaseRequest { worker_id })).await.map(|l| {
+            let holder = (!l.holder.is_empty() && l.state != "FREE").then_some(l.holder);
+            (RegistryResult::Lease { holder, token: l.token }, None)
+        }),
+    };
+    match result {
+        Ok((result, stamps)) => RegistryOp { phase: Phase::Ok, result: Some(result), stamps, ..op.clone() },
+        Err(status) => {
+            let (phase, rejection) = outcome(&status);
+            RegistryOp {
+                phase,
+                result: rejection.map(|reason| RegistryResult::Rejected { reason }),
+                error: Some(status_text(&status)),
+                ..op.clone()
+            }
+        }
+    }
+}
+
+/// How a failed registry call ends in the history, read from the [`Reason`] the registry
+/// puts on every error status (never from the message):
+/// - a refusal (`fail`): FENCED, EXPIRED and ALREADY_HELD are what the linearizability model
+///   checks; any other refusal (quarantined, holder holds another ID, invalid...) is `other`;
+/// - a definite unavailability (`fail`, no result: nothing was applied): NOT_LEADER,
+///   NO_LEADER, NO_QUORUM, OVERLOADED, NOT_CONFIGURED;
+/// - unknown (`info`: it may still take effect): OUTCOME_UNKNOWN; FATAL (the node stopped on
+///   a storage error, possibly after proposing the command); and every status without a
+///   reason this build knows — a transport error, a cancelled call, the harness's own
+///   timeout (`DEADLINE_EXCEEDED`), a newer registry's word. A status with no reason did not
+///   come from the registry's error table, so it proves nothing about the outcome.
+fn outcome(status: &tonic::Status) -> (Phase, Option<Rejection>) {
+    let Some(reason) = Reason::of(status) else {
+        return (Phase::Info, None);
+    };
+    match reason {
+        // SUPERSEDED is FENCED told more precisely (a newer process of the same holder).
+        Reason::Fenced | Reason::Superseded => (Phase::Fail, Some(Rejection::Fenced)),
+        Reason::Expired => (Phase::Fail, Some(Rejection::Expired)),
+        Reason::AlreadyHeld => (Phase::Fail, Some(Rejection::AlreadyHeld)),
+        Reason::OutcomeUnknown | Reason::Fatal => (Phase::Info, None),
+        Reason::NotLeader | Reason::NoLeader | Reason::NoQuorum | Reason::Overloaded | Reason::NotConfigured => {
+            (Phase::Fail, None)
+        }
+        // Refusals that change nothing: the lease is another identity's, or the claim's clock
+        // is too far from the registry's.
+        Reason::NotOwner | Reason::ClockSkew => (Phase::Fail, Some(Rejection::Other)),
+        Reason::Quarantined
+        | Reason::HolderHoldsOther
+        | Reason::Exhausted
+        | Reason::Invalid
+        | Reason::NotEmpty
+        | Reason::Membership => (Phase::Fail, Some(Rejection::Other)),
+    }
+}
+
+async fn timed<T>(
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded("harness timeout")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: registry errors are classified by their reason alone — rejections and definite
+    /// unavailability are `fail` (nothing applied), OUTCOME_UNKNOWN is `info`, and a status
+    /// without a reason (transport error, cancelled, our own timeout), whatever its code or
+    /// message, stays `info`: it proves nothing about the outcome.
+    #[test]
+    fn registry_errors_are_classified_by_reason() {
+        let of = |status: tonic::Status| outcome(&status);
+        assert_eq!(of(Reason::Fenced.status("stale token")), (Phase::Fail, Some(Rejection::Fenced)));
+        assert_eq!(of(Reason::Expired.status("released")), (Phase::Fail, Some(Rejection::Expired)));
+        assert_eq!(of(Reason::AlreadyHeld.status("held by x")), (Phase::Fail, Some(Rejection::AlreadyHeld)));
+        for other in [
+            Reason::Quarantined,
+            Reason::HolderHoldsOther,
+            Reason::Exhausted,
+            Reason::Invalid,
+            Reason::NotOwner,
+            Reason::ClockSkew,
+        ] {
+            assert_eq!(of(other.status("no")), (Phase::Fail, Some(Rejection::Other)), "{other}");
+        }
+        for definite in
+            [Reason::NotLeader, Reason::NoLeader, Reason::NoQuorum, Reason::Overloaded, Reason::NotConfigured]
+        {
+            assert_eq!(of(definite.status("try later")), (Phase::Fail, None), "{definite}");
+        }
+        assert_eq!(of(Reason::OutcomeUnknown.status("timed out")), (Phase::Info, None));
+        assert_eq!(of(Reason::Fatal.status("disk")), (Phase::Info, None));
+        // No reason: never read from the code or the message.
+        for reasonless in [
+            tonic::Status::unavailable("transport error: connection reset"),
+            tonic::Status::unavailable("NO_QUORUM: looks definite but carries no reason"),
+            tonic::Status::failed_precondition("FENCED: a message prefix is not a reason"),
+            tonic::Status::already_exists("held"),
+            tonic::Status::cancelled("client went away"),
+            tonic::Status::deadline_exceeded("harness timeout"),
+            tonic::Status::unknown("h2 error"),
+        ] {
+            assert_eq!(of(reasonless.clone()), (Phase::Info, None), "{reasonless:?}");
+        }
+        let mut foreign = tonic::Status::unavailable("x");
+        foreign.metadata_mut().insert(fenceflake_proto::wire::REASON_METADATA_KEY, "SOME_NEW_WORD".parse().unwrap());
+        assert_eq!(of(foreign), (Phase::Info, None));
+        let text = status_text(&Reason::NoQuorum.status("leader cannot confirm a quorum"));
+        assert_eq!(text, "Unavailable [NO_QUORUM]: leader cannot confirm a quorum");
+    }
+}
