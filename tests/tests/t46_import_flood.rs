@@ -49,11 +49,16 @@ async fn a_flood_of_large_imports_does_not_stall_renewals() {
         while let Some(done) = imports.try_join_next() {
             let refused = done.expect("import task").expect_err("an import into a cluster that granted succeeded");
             // NOT_EMPTY (the leader's check before proposing); or UNAVAILABLE when a forward
-            // gave up on it first (nothing of it applied, or it is refused anyway).
+            // gave up on it first (nothing of it applied, or it is refused anyway); or, on a
+            // loaded machine, the operator client's own transport timeout (24 MB in flight),
+            // which says nothing either way: the renewal after the flood is the proof that no
+            // import replaced the table.
             let expected = [tonic::Code::FailedPrecondition, tonic::Code::Unavailable];
-            assert!(expected.contains(&refused.code()), "{refused:?}");
+            let client_timeout = refused.code() == tonic::Code::Unknown && format!("{refused:?}").contains("TimedOut");
+            assert!(expected.contains(&refused.code()) || client_timeout, "{refused:?}");
         }
     }
+    renew_like_a_worker(&mut client, &lease, renewals).await;
     eprintln!("phase: the slowest renewal took {slowest:?} to commit");
     assert!(renewals >= 5, "only {renewals} renewals in 2 s: each one was slow");
     let applied = cluster.wait_all_applied(Duration::from_secs(30)).await;
