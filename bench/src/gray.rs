@@ -467,13 +467,7 @@ pub async fn run(a: GrayArgs, tls: &TlsOpts) -> anyhow::Result<()> {
     a.check()?;
     let mut out = Output::new(a.out.as_ref())?;
     let cluster = Cluster::start(&a.cluster, tls).await?;
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("fenceflake-bench-gray-");
-    let dir = match &a.cluster.data_root {
-        Some(root) => builder.tempdir_in(root),
-        None => builder.tempdir(),
-    }
-    .context("creating the workers' temp dir")?;
+    let dir = crate::worker_proc::workers_temp_dir(a.cluster.data_root.as_deref(), "gray")?;
     let side = cluster.side().clone();
     let security = side.security(Role::Client, CLIENT_NAME)?;
     let bin = crate::tls::fenceflake_binary(a.cluster.fenceflake_bin.as_deref())?;

@@ -573,13 +573,7 @@ pub async fn run(a: RestartArgs, tls: &TlsOpts) -> anyhow::Result<()> {
     ensure!(!a.modes.is_empty(), "--modes names no mode");
     let mut out = Output::new(a.out.as_ref())?;
     let cluster = Cluster::start(&a.cluster, tls).await?;
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("fenceflake-bench-restart-");
-    let dir = match &a.cluster.data_root {
-        Some(root) => builder.tempdir_in(root),
-        None => builder.tempdir(),
-    }
-    .context("creating the workers' temp dir")?;
+    let dir = crate::worker_proc::workers_temp_dir(a.cluster.data_root.as_deref(), "restart")?;
     let rules_after = wait_incarnations(&cluster).await?;
     let side = cluster.side().clone();
     let setup = Setup {

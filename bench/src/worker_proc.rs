@@ -21,6 +21,19 @@ use tonic::transport::Channel;
 use crate::cluster::{self, free_port};
 use crate::tls::Side;
 
+/// A temp dir for the workers' state dirs, named `fenceflake-bench-<what>-…`, under
+/// `--data-root` when given (as the registry's data dirs are).
+pub fn workers_temp_dir(data_root: Option<&Path>, what: &str) -> anyhow::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    let prefix = format!("fenceflake-bench-{what}-");
+    builder.prefix(&prefix);
+    match data_root {
+        Some(root) => builder.tempdir_in(root),
+        None => builder.tempdir(),
+    }
+    .context("creating the workers' temp dir")
+}
+
 /// How one worker is started.
 pub struct WorkerSpec<'a> {
     /// Names its state dir (`worker-<name>`) and log (`worker-<name>.log`) in the run's dir.
