@@ -337,8 +337,8 @@ pub struct ProcessEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_of: Option<String>,
     /// `exited`: why, as the worker's park cause on the wire (`SUPERSEDED`, `FENCED`,
-    /// `STATE_DIR_FAILED`...), when the recorder knows it. The simulator does; the harness
-    /// sees only an exit code, which is the same for every cause.
+    /// `STATE_DIR_FAILED`...) or [`CAUSE_WORKER_ID_HELD`], when the recorder knows it. The
+    /// simulator does; the harness sees only an exit code, which is the same for every cause.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
     /// When the harness saw it: it looks every 100 ms, so an exit is at most that late.
@@ -346,6 +346,16 @@ pub struct ProcessEvent {
     #[serde(default)]
     pub wall_ms: u64,
 }
+
+/// The exit cause of a worker that asked for a fixed worker ID (`--worker-id N`) and was
+/// refused it because another worker holds it: it cannot serve until that one lets the ID go,
+/// by design, so no checker expects it to.
+pub const CAUSE_WORKER_ID_HELD: &str = "WORKER_ID_HELD";
+/// The exit cause of a worker whose worker ID is quarantined (the registry's canary saw two
+/// holders mint at overlapping times): the park cause on the wire, and the cause the
+/// simulator records when a worker asking for that ID by number is refused it at start. It
+/// cannot serve with that ID until an operator clears it.
+pub const CAUSE_QUARANTINED: &str = "QUARANTINED";
 
 /// What the `adversary` scenario forges: a client with a valid `worker` certificate of the
 /// run's CA (its own identity, `worker/adversary`) against other identities' leases and the

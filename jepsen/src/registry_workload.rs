@@ -48,15 +48,39 @@ pub trait Timeline: Sync {
 }
 
 /// One process of the workload: its number in the history (and in its holder names), the
-/// first of its reserved worker IDs, the seed of its random choices, and the pause between
-/// its rounds.
+/// first of its reserved worker IDs, the seed of its random choices, the pause between its
+/// rounds, and whether some rounds end in a race at expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Process {
     pub process: u64,
     pub first_id: u32,
     pub seed: u64,
     pub round_pause: RoundPause,
+    pub expiry_race: Option<ExpiryRace>,
 }
+
+/// A round that ends in a race at expiry abandons its lease instead of releasing it, waits
+/// until the registry may expire it, and then renews it while a new holder asks for the same
+/// ID at the same moment. A leader that plans the grant on the lapsed lease while the renewal
+/// is still being committed must refuse the grant when it applies (the compare-and-set on the
+/// renewal position): if both succeed, the linearizability checker finds no order for them.
+/// This is the schedule that compare exists for; it needs a known cool-down and a checker that
+/// bounds expiry tightly, so only the simulator asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiryRace {
+    /// How many rounds in a thousand end in a race.
+    pub per_mille: u32,
+    /// How long after the last renewal's answer the race starts: the registry's TTL plus its
+    /// cool-down, when a leader that saw that renewal applied has expired the lease.
+    pub after: Duration,
+    /// The race starts up to this much later (uniformly), so that across rounds it brackets
+    /// the leader's expiry instant, which the client knows only to within a network hop.
+    pub spread: Duration,
+}
+
+/// The process number of the new holder in a race at expiry: apart from the workload's own,
+/// since its Acquire runs at the same time as the process's Renew.
+const RACER_PROCESS_OFFSET: u64 = 100;
 
 /// The pause between two rounds, uniformly in `[min_ms, max_ms)`: the harness's (5–50 ms)
 /// keeps the registry busy; the simulator's is longer, since every call is a Raft write that
@@ -74,9 +98,8 @@ impl RoundPause {
 /// One process of the workload, each call through a registry node picked at random from
 /// `clients`, until `end_ns` on the timeline's clock (the round under way finishes).
 pub async fn run(workload: Process, clients: Vec<RegistryClient<BoxChannel>>, end_ns: u64, timeline: &impl Timeline) {
-    let Process { process, first_id, seed, round_pause } = workload;
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut op_id = 0u64;
+    let Process { process, first_id, seed, round_pause, expiry_race } = workload;
+    let mut calls = Calls { rng: StdRng::seed_from_u64(seed), clients, op_id: 0, timeline };
     let mut round = 0u64;
     let mut slot = 0u64;
     while timeline.now_ns() < end_ns {
@@ -86,40 +109,114 @@ pub async fn run(workload: Process, clients: Vec<RegistryClient<BoxChannel>>, en
         }
         let worker_id = first_id + (slot % u64::from(IDS_PER_PROCESS)) as u32;
         let holder = format!("jepsen-{process}-{round}");
+        let race = expiry_race.filter(|r| calls.rng.gen_range(0..1000) < r.per_mille);
         let mut token = None;
+        let mut unknown = false;
         for f in [RegistryFn::Acquire, RegistryFn::Renew, RegistryFn::Get, RegistryFn::Renew, RegistryFn::Release] {
             if matches!(f, RegistryFn::Renew | RegistryFn::Release) && token.is_none() {
                 continue;
             }
-            let client = clients[rng.gen_range(0..clients.len())].clone();
-            op_id += 1;
-            let op = RegistryOp {
-                phase: Phase::Invoke,
-                process,
-                op_id,
-                f,
-                worker_id: Some(worker_id),
-                holder: (f == RegistryFn::Acquire).then(|| holder.clone()),
-                token: if matches!(f, RegistryFn::Renew | RegistryFn::Release) { token } else { None },
-                time_ns: timeline.now_ns(),
-                result: None,
-                error: None,
-                stamps: None,
-            };
-            timeline.record(Event::Registry(op.clone()));
-            let done = call(client, &op, timeline).await;
-            let completed = RegistryOp { time_ns: timeline.now_ns(), ..done };
+            if let (RegistryFn::Release, Some(race)) = (f, race) {
+                unknown = calls.race_at_expiry(race, process, worker_id, token, &format!("{holder}-racer")).await;
+                break;
+            }
+            let op = calls.op(process, f, worker_id, (f == RegistryFn::Acquire).then(|| holder.clone()), token);
+            let completed = calls.call(op).await;
             if let Some(RegistryResult::Granted { token: t, .. }) = &completed.result {
                 token = Some(*t);
             }
-            let unknown = completed.phase == Phase::Info;
-            timeline.record(Event::Registry(completed));
-            if unknown {
-                slot += 1;
+            if completed.phase == Phase::Info {
+                unknown = true;
                 break;
             }
         }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(round_pause.min_ms..round_pause.max_ms))).await;
+        if unknown {
+            slot += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(calls.rng.gen_range(round_pause.min_ms..round_pause.max_ms))).await;
+    }
+}
+
+/// One process's calls: each through a registry node picked at random, recorded on its
+/// timeline with op IDs unique within the process's history.
+struct Calls<'t, T: Timeline> {
+    rng: StdRng,
+    clients: Vec<RegistryClient<BoxChannel>>,
+    op_id: u64,
+    timeline: &'t T,
+}
+
+impl<T: Timeline> Calls<'_, T> {
+    fn op(
+        &mut self,
+        process: u64,
+        f: RegistryFn,
+        worker_id: u32,
+        holder: Option<String>,
+        token: Option<u64>,
+    ) -> RegistryOp {
+        self.op_id += 1;
+        RegistryOp {
+            phase: Phase::Invoke,
+            process,
+            op_id: self.op_id,
+            f,
+            worker_id: Some(worker_id),
+            holder,
+            token: if matches!(f, RegistryFn::Renew | RegistryFn::Release) { token } else { None },
+            time_ns: self.timeline.now_ns(),
+            result: None,
+            error: None,
+            stamps: None,
+        }
+    }
+
+    fn pick(&mut self) -> RegistryClient<BoxChannel> {
+        self.clients[self.rng.gen_range(0..self.clients.len())].clone()
+    }
+
+    /// Invoke `op` through a random node, record its invocation and its completion.
+    async fn call(&mut self, op: RegistryOp) -> RegistryOp {
+        let client = self.pick();
+        self.call_via(client, op).await
+    }
+
+    async fn call_via(&self, client: RegistryClient<BoxChannel>, op: RegistryOp) -> RegistryOp {
+        self.timeline.record(Event::Registry(op.clone()));
+        let done = call(client, &op, self.timeline).await;
+        let completed = RegistryOp { time_ns: self.timeline.now_ns(), ..done };
+        self.timeline.record(Event::Registry(completed.clone()));
+        completed
+    }
+
+    /// The end of a racing round ([`ExpiryRace`]): the holder of `token` abandons the lease,
+    /// then renews it at expiry while `racer` (as its own process) asks for the ID; whoever
+    /// won releases it. Returns whether any outcome was unknown.
+    async fn race_at_expiry(
+        &mut self,
+        race: ExpiryRace,
+        process: u64,
+        worker_id: u32,
+        token: Option<u64>,
+        racer: &str,
+    ) -> bool {
+        let spread_us = u64::try_from(race.spread.as_micros()).unwrap_or(u64::MAX).max(1);
+        tokio::time::sleep(race.after + Duration::from_micros(self.rng.gen_range(0..spread_us))).await;
+        let racer_process = process + RACER_PROCESS_OFFSET;
+        let renew = self.op(process, RegistryFn::Renew, worker_id, None, token);
+        let acquire = self.op(racer_process, RegistryFn::Acquire, worker_id, Some(racer.to_string()), None);
+        let (a, b) = (self.pick(), self.pick());
+        let (renewed, acquired) = tokio::join!(self.call_via(a, renew), self.call_via(b, acquire));
+        let mut unknown = renewed.phase == Phase::Info || acquired.phase == Phase::Info;
+        for (owner, outcome) in [(process, &renewed), (racer_process, &acquired)] {
+            let Some(RegistryResult::Granted { token: t, .. } | RegistryResult::Renewed { token: t }) = outcome.result
+            else {
+                continue;
+            };
+            let release = self.op(owner, RegistryFn::Release, worker_id, None, Some(t));
+            unknown |= self.call(release).await.phase == Phase::Info;
+        }
+        unknown
     }
 }
 

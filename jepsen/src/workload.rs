@@ -166,6 +166,7 @@ pub async fn run(plan: Plan, history: HistoryWriter) -> anyhow::Result<()> {
             first_id,
             seed: process,
             round_pause: registry_workload::RoundPause::HARNESS,
+            expiry_race: None,
         };
         let timeline = HarnessTimeline { clock: plan.clock, history: history.clone() };
         tasks.push(tokio::spawn(async move { registry_workload::run(workload, clients, end_ns, &timeline).await }));

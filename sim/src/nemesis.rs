@@ -3,8 +3,9 @@
 //! of what was not yet flushed, failing fsyncs, lost registry disks, worker SIGKILLs (some
 //! leaving a lost, torn or rolled-back state dir: `worker_disk`), failing ceiling writes,
 //! wall-clock steps and drift on any machine, paused machines (SIGSTOP, or a suspended VM
-//! whose monotonic clock stops) with a standby asking for a paused worker's ID, worker
-//! processes started on a copy of another's state dir; and quorum loss, a majority of the
+//! whose monotonic clock stops) with a standby asking for a paused worker's ID, a worker cut
+//! off from the registry whose wall clock jumps forward while a standby asks for its ID,
+//! worker processes started on a copy of another's state dir; and quorum loss, a majority of the
 //! nodes cut off for a few seconds, for the parking checker. Each is recorded in the history
 //! as a nemesis event, and everything is healed before the run ends.
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use fenceflake_jepsen::history::NemesisPhase;
 use fenceflake_registry::raft::types::NodeId;
+use fenceflake_worker::WorkerId;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -112,6 +114,7 @@ impl Nemesis {
             87 => self.lose_disk(cluster),
             88..=95 => self.pause(cluster),
             96..=97 => self.fail_ceiling_writes(cluster),
+            98..=99 => self.isolated_clock_jump(cluster),
             100..=109 => self.quorum_loss(cluster).await,
             _ => {}
         }
@@ -298,17 +301,55 @@ impl Nemesis {
         let how = if suspended { "VM suspended: its monotonic clock stops" } else { "SIGSTOP" };
         cluster.recorder.nemesis(NemesisPhase::Start, "pause", format!("{name} for {length:?} ({how})"));
         let standby_for = worker.and_then(SimWorker::worker_id);
-        if let Some(worker_id) = standby_for.filter(|_| length >= STANDBY_PAUSE_MIN && self.standbys < STANDBYS_MAX) {
-            self.standbys += 1;
-            let mut standby = SimWorker::standby(&format!("s{}", self.standbys), cluster.state_root, worker_id);
-            standby.start(cluster.env);
-            cluster.recorder.nemesis(
-                NemesisPhase::Start,
-                "standby",
-                format!("{} asks for worker ID {} of paused {name}", standby.name, worker_id.get()),
-            );
-            cluster.workers.push(standby);
+        if let Some(worker_id) = standby_for.filter(|_| length >= STANDBY_PAUSE_MIN) {
+            self.start_standby(cluster, worker_id, &format!("paused {name}"));
         }
+    }
+
+    /// A worker cut off from every registry node, whose wall clock then steps forward by more
+    /// than its deadline margin plus the cool-down (NTP after a VM migration, say), and a
+    /// standby asking for its worker ID. The cut-off worker cannot renew, so no skew check
+    /// sees the step: from then on its IDs carry timestamps past the lease's `mint_until`
+    /// before its monotonic deadline ends minting, while the standby is granted the ID once the
+    /// lease lapses, from `not_before` = that `mint_until`. Only the `mint_until` bound keeps
+    /// the two apart; this is the schedule it exists for. The cut heals with the network.
+    fn isolated_clock_jump(&mut self, cluster: &mut Cluster<'_>) {
+        let holders: Vec<usize> = (0..cluster.workers.len())
+            .filter(|&i| cluster.workers[i].worker_id().is_some() && !cluster.net.is_paused(&cluster.workers[i].name))
+            .collect();
+        let Some(&index) = holders.choose(&mut self.rng) else { return };
+        let worker = &cluster.workers[index];
+        let Some(worker_id) = worker.worker_id() else { return };
+        let name = worker.name.clone();
+        for node in cluster.nodes.iter() {
+            cluster.net.cut(&name, &node.name);
+            cluster.net.cut(&node.name, &name);
+        }
+        let by_ms = self.rng.gen_range(2_000..4_000);
+        worker.wall.step(by_ms);
+        cluster.recorder.nemesis(
+            NemesisPhase::Start,
+            "isolated-clock-jump",
+            format!("{name} cut off from the registry, its wall clock {by_ms:+} ms"),
+        );
+        self.start_standby(cluster, worker_id, &name);
+    }
+
+    /// A standby asking for `worker_id` by number, as an operator replacing `of`, a worker
+    /// that looks hung; at most [`STANDBYS_MAX`] per run.
+    fn start_standby(&mut self, cluster: &mut Cluster<'_>, worker_id: WorkerId, of: &str) {
+        if self.standbys >= STANDBYS_MAX {
+            return;
+        }
+        self.standbys += 1;
+        let mut standby = SimWorker::standby(&format!("s{}", self.standbys), cluster.state_root, worker_id);
+        standby.start(cluster.env);
+        cluster.recorder.nemesis(
+            NemesisPhase::Start,
+            "standby",
+            format!("{} asks for worker ID {} of {of}", standby.name, worker_id.get()),
+        );
+        cluster.workers.push(standby);
     }
 
     fn resume(cluster: &Cluster<'_>, name: &str) {

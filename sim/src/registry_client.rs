@@ -9,10 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fenceflake_jepsen::registry_workload::{self, RoundPause, REGISTRY_WORKLOAD_IDS};
+use fenceflake_jepsen::registry_workload::{self, ExpiryRace, RoundPause, LEASE_TTL_MS, REGISTRY_WORKLOAD_IDS};
 use fenceflake_proto::v1::registry_client::RegistryClient;
 
 use crate::net::Net;
+use crate::nodes::COOL_DOWN_MS;
 use crate::recorder::Recorder;
 
 /// The client machine's name, as the network and the nemesis know it.
@@ -22,6 +23,16 @@ pub const MACHINE: &str = "client";
 /// run's real time (10× real time for seeds 0..100 instead of 57×); a few hundred calls per run
 /// still give every fault a window with calls in flight.
 const ROUND_PAUSE: RoundPause = RoundPause { min_ms: 50, max_ms: 500 };
+/// A third of the rounds end in a race at expiry (`ExpiryRace`: the holder renews as a new
+/// holder asks for the ID, the compare-and-set's schedule). The race starts when a leader that
+/// applied the last renewal has expired the lease, and up to 60 ms later: the client hears of
+/// that renewal a hop or two after the leader applied it, a few ms in the simulated network, and
+/// the race is won or lost within the Raft commit of one of the two calls.
+const EXPIRY_RACE: ExpiryRace = ExpiryRace {
+    per_mille: 333,
+    after: Duration::from_millis(LEASE_TTL_MS + COOL_DOWN_MS),
+    spread: Duration::from_millis(60),
+};
 /// Its one process (it is never killed).
 const PROCESS: &str = "client#1";
 
@@ -34,8 +45,13 @@ pub fn start(net: &Arc<Net>, recorder: &Arc<Recorder>, registry: &[String], seed
     for (index, first_id) in (0u64..).zip(REGISTRY_WORKLOAD_IDS) {
         // The harness's process numbers, so a simulated history reads like a harness one.
         let process = 1000 + index;
-        let workload =
-            registry_workload::Process { process, first_id, seed: seed.wrapping_add(index), round_pause: ROUND_PAUSE };
+        let workload = registry_workload::Process {
+            process,
+            first_id,
+            seed: seed.wrapping_add(index),
+            round_pause: ROUND_PAUSE,
+            expiry_race: Some(EXPIRY_RACE),
+        };
         let clients = registry.iter().map(|addr| RegistryClient::new(net.channel(PROCESS, addr))).collect();
         let recorder = recorder.clone();
         tokio::spawn(async move { registry_workload::run(workload, clients, end_ns, &*recorder).await });

@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use fenceflake_jepsen::history::{
-    ClientOp, Event, GenerateFn, IdRange, LeaseEvent, LeaseEventKind, Phase, ProcessEvent, ProcessEventKind,
+    self, ClientOp, Event, GenerateFn, IdRange, LeaseEvent, LeaseEventKind, Phase, ProcessEvent, ProcessEventKind,
 };
 use fenceflake_proto::switches::{self, Mechanism};
 use fenceflake_worker::config::{Incarnations, WorkerIdSpec};
-use fenceflake_worker::{Batch, Clock, Generator, Security, WorkerConfig, WorkerId};
+use fenceflake_worker::{Batch, Clock, Generator, Security, StartError, WorkerConfig, WorkerId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
@@ -202,7 +202,7 @@ impl Process {
                 }
                 Err(error) => {
                     tracing::debug!(worker = %self.name, %error, "worker failed to start");
-                    self.process_event(ProcessEventKind::Exited, Some(2), Some(error.to_string()));
+                    self.process_event(ProcessEventKind::Exited, Some(2), Some(start_failure_cause(&error)));
                 }
             }
             tokio::time::sleep(RESTART_PAUSE).await;
@@ -304,6 +304,18 @@ impl Process {
             time_ns: now,
             wall_ms,
         }));
+    }
+}
+
+/// A failed start's cause in the history: the registry's refusal of a fixed worker ID, held
+/// by another worker or quarantined, as [`history::CAUSE_WORKER_ID_HELD`] or
+/// [`history::CAUSE_QUARANTINED`] (the parking checker excuses such a worker from serving
+/// again), anything else as the error's text.
+fn start_failure_cause(error: &StartError) -> String {
+    match error {
+        StartError::WorkerIdHeld { .. } => history::CAUSE_WORKER_ID_HELD.to_string(),
+        StartError::WorkerIdQuarantined { .. } => history::CAUSE_QUARANTINED.to_string(),
+        other => other.to_string(),
     }
 }
 

@@ -200,15 +200,12 @@ mod tests {
     fn only_exits_a_supersede_explains_are_counted() {
         let exit_with = |cause: &str| {
             let mut h = converged();
-            h.process("w1", ProcessEventKind::Exited, None, 5000).process(
+            h.process("w1", ProcessEventKind::Exited, None, 5000).cause(cause).process(
                 "w1",
                 ProcessEventKind::Restarted,
                 None,
                 6000,
             );
-            if let Some(Event::Process(e)) = h.events.iter_mut().rev().nth(1) {
-                e.cause = Some(cause.to_string());
-            }
             check(&h.events)
         };
         let r = exit_with("STATE_DIR_FAILED");

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::checker::lease_log::LeaseLog;
 use crate::checker::{describe_op, CheckResult, Evidence, IdLayout, Valid};
-use crate::history::{self, ClientOp, Event, Invocation, LeaseEventKind, NemesisWindow, Phase};
+use crate::history::{self, ClientOp, Event, Invocation, LeaseEventKind, NemesisWindow, Phase, ProcessEventKind};
 
 pub const NAME: &str = "parking";
 
@@ -89,18 +89,22 @@ pub fn check(events: &[Event], layout: &IdLayout, config: &Config) -> CheckResul
 
     let mut violations = Evidence::default();
     let mut doubts = Evidence::default();
+    let mut refused = 0;
     for fault in &faults {
         for &worker in &workers {
             let ops = by_worker.get(worker).unwrap_or(&empty);
             check_stop(fault, worker, ops, &log, layout, config, (&mut violations, &mut doubts));
-            check_resume(fault, worker, ops, end_ns, config, (&mut violations, &mut doubts));
+            let held = refused_its_id(events, worker, fault, config);
+            refused += usize::from(held);
+            check_resume(fault, worker, ops, end_ns, held, config, (&mut violations, &mut doubts));
         }
     }
 
     let parks = no_parks(events, &reachable, config, &mut violations);
 
     let counts = format!(
-        "{} fault windows, {} windows with the registry reachable ({parks} parks in them), {} workers",
+        "{} fault windows, {} windows with the registry reachable ({parks} parks in them), {} workers \
+         ({refused} refused their worker ID after a heal)",
         faults.len(),
         reachable.len(),
         workers.len()
@@ -188,12 +192,35 @@ fn check_stop(
     }
 }
 
-/// A worker that served before the fault serves again within the bound after it heals.
+/// Exit causes that leave a worker unable to serve with its worker ID whatever the registry's
+/// health: until the other holder lets it go, or an operator clears the quarantine.
+const REFUSED_ITS_ID: [&str; 2] = [history::CAUSE_WORKER_ID_HELD, history::CAUSE_QUARANTINED];
+
+/// Whether `worker` was refused its worker ID ([`REFUSED_ITS_ID`]) after the fault healed,
+/// within the resume bound, and not granted a lease since (a standby for a worker that came
+/// back, say).
+fn refused_its_id(events: &[Event], worker: &str, fault: &NemesisWindow, config: &Config) -> bool {
+    let Some(stop) = fault.stop_ns else { return false };
+    let bound = stop.saturating_add(config.resume_within_ms * MS);
+    let refused = history::process_events(events)
+        .filter(|p| p.process == worker && p.event == ProcessEventKind::Exited && (stop..=bound).contains(&p.time_ns))
+        .filter(|p| p.cause.as_deref().is_some_and(|cause| REFUSED_ITS_ID.contains(&cause)))
+        .map(|p| p.time_ns)
+        .max();
+    refused.is_some_and(|at| {
+        !history::lease_events(events)
+            .any(|l| l.worker == worker && l.event == LeaseEventKind::Acquired && l.time_ns > at && l.time_ns <= bound)
+    })
+}
+
+/// A worker that served before the fault serves again within the bound after it heals,
+/// unless it was refused its fixed worker ID meanwhile (`refused_its_id`).
 fn check_resume(
     fault: &NemesisWindow,
     worker: &str,
     ops: &WorkerOps,
     end_ns: u64,
+    refused_its_id: bool,
     config: &Config,
     (violations, doubts): (&mut Evidence, &mut Evidence),
 ) {
@@ -208,6 +235,9 @@ fn check_resume(
         return;
     }
     let item = json!({"worker": worker, "fault": fault, "resume_by_ns": bound});
+    if refused_its_id {
+        return;
+    }
     if end_ns < bound {
         doubts.push(json!({"doubt": "the run ended before the resume bound", "detail": item}));
     } else if !ops.invoked_ns.iter().any(|&t| within(t)) {
@@ -284,6 +314,33 @@ mod tests {
         let r = check(&h.events, &IdLayout::default(), &Config::default());
         assert_eq!(r.valid, Valid::False);
         assert_eq!(r.evidence[0]["violation"], "did-not-resume");
+    }
+
+    /// Goal: a worker refused its fixed worker ID after the heal (another worker holds it: a
+    /// standby whose worker came back; or it is quarantined) owes no resume, and is counted; a worker granted a lease
+    /// after such a refusal is judged again, and one refused for another cause is not excused.
+    #[test]
+    fn a_worker_refused_its_fixed_id_after_the_heal_owes_no_resume() {
+        let standby = |cause: &str| {
+            let mut h = H::default();
+            h.lease("s1", Acquired, (1, 100), Some(2000), 0);
+            h.ok("s1", 1, (100, 101), &[(id(100, 1, 0), 1)], None);
+            h.nemesis(Start, "quorum-loss", 1000).nemesis(Stop, "quorum-loss", 5000);
+            h.process("s1", ProcessEventKind::Exited, None, 6000).cause(cause);
+            h.nemesis(Start, "end", 30_000);
+            h
+        };
+        let r = check(&standby(history::CAUSE_WORKER_ID_HELD).events, &IdLayout::default(), &Config::default());
+        assert_eq!(r.valid, Valid::True, "{}: {:?}", r.summary, r.evidence);
+        assert!(r.summary.contains("1 refused their worker ID"), "{}", r.summary);
+        let r = check(&standby(history::CAUSE_QUARANTINED).events, &IdLayout::default(), &Config::default());
+        assert_eq!(r.valid, Valid::True, "{}: {:?}", r.summary, r.evidence);
+        let r = check(&standby("FENCED").events, &IdLayout::default(), &Config::default());
+        assert_eq!(r.valid, Valid::Unknown, "no request reached it: {:?}", r.evidence);
+        let mut granted = standby(history::CAUSE_WORKER_ID_HELD);
+        granted.lease("s1", Acquired, (1, 200), Some(9000), 7000).not_ok("s1", 2, (8000, 8001), Phase::Fail);
+        let r = check(&granted.events, &IdLayout::default(), &Config::default());
+        assert_eq!(r.valid, Valid::False, "granted again, it must serve: {:?}", r.evidence);
     }
 
     /// Goal: with the registry only slower (`latency-quarter-ttl`), a worker that parks —

@@ -132,6 +132,14 @@ impl H {
         self
     }
 
+    /// The latest process event's exit cause.
+    pub(crate) fn cause(&mut self, cause: &str) -> &mut H {
+        if let Some(Event::Process(e)) = self.events.iter_mut().rev().find(|e| matches!(e, Event::Process(_))) {
+            e.cause = Some(cause.to_string());
+        }
+        self
+    }
+
     pub(crate) fn nemesis(&mut self, phase: NemesisPhase, name: &str, t_ms: u64) -> &mut H {
         self.events.push(Event::Nemesis(NemesisEvent {
             phase,
