@@ -92,11 +92,11 @@ pub fn check(events: &[Event], layout: &IdLayout, config: &Config) -> CheckResul
     let mut refused = 0;
     for fault in &faults {
         for &worker in &workers {
-            let ops = by_worker.get(worker).unwrap_or(&empty);
-            check_stop(fault, worker, ops, &log, layout, config, (&mut violations, &mut doubts));
-            let held = refused_its_id(events, worker, fault, config);
+            let own = by_worker.get(worker).unwrap_or(&empty);
+            check_stop(fault, worker, own, &log, layout, config, (&mut violations, &mut doubts));
+            let held = refused_its_id(events, &ops, worker, fault, config);
             refused += usize::from(held);
-            check_resume(fault, worker, ops, end_ns, held, config, (&mut violations, &mut doubts));
+            check_resume(fault, worker, own, end_ns, held, config, (&mut violations, &mut doubts));
         }
     }
 
@@ -192,24 +192,43 @@ fn check_stop(
     }
 }
 
-/// Exit causes that leave a worker unable to serve with its worker ID whatever the registry's
-/// health: until the other holder lets it go, or an operator clears the quarantine.
-const REFUSED_ITS_ID: [&str; 2] = [history::CAUSE_WORKER_ID_HELD, history::CAUSE_QUARANTINED];
-
-/// Whether `worker` was refused its worker ID ([`REFUSED_ITS_ID`]) after the fault healed,
-/// within the resume bound, and not granted a lease since (a standby for a worker that came
-/// back, say).
-fn refused_its_id(events: &[Event], worker: &str, fault: &NemesisWindow, config: &Config) -> bool {
+/// Whether `worker` was refused its worker ID after the fault healed, within the resume
+/// bound, and not granted a lease since, for a reason that leaves it unable to serve whatever
+/// the registry's health: the ID is quarantined (until an operator clears it), or another
+/// worker holds it and *serves with it* after the heal (a standby whose worker came back). A
+/// "held" refusal for an ID nobody serves with is no excuse: a registry that never let a dead
+/// holder's lease expire would look just like that.
+fn refused_its_id(
+    events: &[Event],
+    ops: &[Invocation<ClientOp>],
+    worker: &str,
+    fault: &NemesisWindow,
+    config: &Config,
+) -> bool {
     let Some(stop) = fault.stop_ns else { return false };
     let bound = stop.saturating_add(config.resume_within_ms * MS);
-    let refused = history::process_events(events)
-        .filter(|p| p.process == worker && p.event == ProcessEventKind::Exited && (stop..=bound).contains(&p.time_ns))
-        .filter(|p| p.cause.as_deref().is_some_and(|cause| REFUSED_ITS_ID.contains(&cause)))
-        .map(|p| p.time_ns)
-        .max();
-    refused.is_some_and(|at| {
-        !history::lease_events(events)
-            .any(|l| l.worker == worker && l.event == LeaseEventKind::Acquired && l.time_ns > at && l.time_ns <= bound)
+    let in_window = |t: u64| (stop..=bound).contains(&t);
+    let Some(refusal) = history::process_events(events)
+        .filter(|p| p.process == worker && p.event == ProcessEventKind::Exited && in_window(p.time_ns))
+        .filter(|p| matches!(p.cause.as_deref(), Some(history::CAUSE_WORKER_ID_HELD | history::CAUSE_QUARANTINED)))
+        .max_by_key(|p| p.time_ns)
+    else {
+        return false;
+    };
+    let leases = || history::lease_events(events).filter(|l| l.worker == worker);
+    if leases().any(|l| l.event == LeaseEventKind::Acquired && l.time_ns > refusal.time_ns && l.time_ns <= bound) {
+        return false;
+    }
+    if refusal.cause.as_deref() == Some(history::CAUSE_QUARANTINED) {
+        return true;
+    }
+    let Some(wanted) = leases().filter(|l| l.time_ns < refusal.time_ns).map(|l| l.worker_id).last() else {
+        return false;
+    };
+    ops.iter().any(|op| {
+        op.invoke.worker != worker
+            && op.outcome() == Phase::Ok
+            && op.completion.is_some_and(|c| c.worker_id == Some(wanted) && in_window(c.time_ns))
     })
 }
 
@@ -317,7 +336,8 @@ mod tests {
     }
 
     /// Goal: a worker refused its fixed worker ID after the heal (another worker holds it: a
-    /// standby whose worker came back; or it is quarantined) owes no resume, and is counted; a worker granted a lease
+    /// standby whose worker came back, and serves with it; or the ID is quarantined) owes no
+    /// resume, and is counted; refused as held by a worker that never serves, it is not; a worker granted a lease
     /// after such a refusal is judged again, and one refused for another cause is not excused.
     #[test]
     fn a_worker_refused_its_fixed_id_after_the_heal_owes_no_resume() {
@@ -330,14 +350,24 @@ mod tests {
             h.nemesis(Start, "end", 30_000);
             h
         };
-        let r = check(&standby(history::CAUSE_WORKER_ID_HELD).events, &IdLayout::default(), &Config::default());
+        let mut held = standby(history::CAUSE_WORKER_ID_HELD);
+        let unserved = check(&held.events, &IdLayout::default(), &Config::default());
+        assert_eq!(unserved.valid, Valid::Unknown, "nobody serves with ID 1: no excuse: {:?}", unserved.evidence);
+        held.lease("w1", Acquired, (1, 300), Some(9000), 6500).ok(
+            "w1",
+            3,
+            (7000, 7001),
+            &[(id(7000, 1, 0), 1)],
+            Some((1, 300)),
+        );
+        let r = check(&held.events, &IdLayout::default(), &Config::default());
         assert_eq!(r.valid, Valid::True, "{}: {:?}", r.summary, r.evidence);
         assert!(r.summary.contains("1 refused their worker ID"), "{}", r.summary);
         let r = check(&standby(history::CAUSE_QUARANTINED).events, &IdLayout::default(), &Config::default());
         assert_eq!(r.valid, Valid::True, "{}: {:?}", r.summary, r.evidence);
         let r = check(&standby("FENCED").events, &IdLayout::default(), &Config::default());
         assert_eq!(r.valid, Valid::Unknown, "no request reached it: {:?}", r.evidence);
-        let mut granted = standby(history::CAUSE_WORKER_ID_HELD);
+        let mut granted = standby(history::CAUSE_QUARANTINED);
         granted.lease("s1", Acquired, (1, 200), Some(9000), 7000).not_ok("s1", 2, (8000, 8001), Phase::Fail);
         let r = check(&granted.events, &IdLayout::default(), &Config::default());
         assert_eq!(r.valid, Valid::False, "granted again, it must serve: {:?}", r.evidence);
