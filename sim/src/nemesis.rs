@@ -314,12 +314,12 @@ impl Nemesis {
     /// lease lapses, from `not_before` = that `mint_until`. Only the `mint_until` bound keeps
     /// the two apart; this is the schedule it exists for. The cut heals with the network.
     fn isolated_clock_jump(&mut self, cluster: &mut Cluster<'_>) {
-        let holders: Vec<usize> = (0..cluster.workers.len())
-            .filter(|&i| cluster.workers[i].worker_id().is_some() && !cluster.net.is_paused(&cluster.workers[i].name))
+        let holders: Vec<(usize, WorkerId)> = (0..cluster.workers.len())
+            .filter(|&i| !cluster.net.is_paused(&cluster.workers[i].name))
+            .filter_map(|i| cluster.workers[i].minting_with().map(|id| (i, id)))
             .collect();
-        let Some(&index) = holders.choose(&mut self.rng) else { return };
+        let Some(&(index, worker_id)) = holders.choose(&mut self.rng) else { return };
         let worker = &cluster.workers[index];
-        let Some(worker_id) = worker.worker_id() else { return };
         let name = worker.name.clone();
         for node in cluster.nodes.iter() {
             cluster.net.cut(&name, &node.name);

@@ -1,7 +1,12 @@
 //! What the history cannot show, read from the nodes' disks at the end of a run: every
-//! node's lease table keeps its invariants (`LeaseTable::check_invariants`), and replicas
-//! that applied the log to the same position hold the same table (the state machine is a
-//! pure function of the log).
+//! node's lease table keeps its invariants (`LeaseTable::check_invariants`), replicas that
+//! applied the log to the same position hold the same table (the state machine is a pure
+//! function of the log), and no table records a canary hit. The canary (a stale holder's
+//! renewal reporting mints at or past the current holder's `not_before`) is the registry's
+//! own detector of two holders minting with one worker ID at overlapping times; it
+//! quarantines the ID. With every mechanism in force it must never fire: a hit is either a
+//! real overlap (which the history's checkers should also see) or a spurious quarantine that
+//! takes a worker ID out of service, and the simulation reports both.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -10,7 +15,7 @@ use std::sync::Arc;
 use fenceflake_jepsen::checker::{CheckResult, Valid};
 use fenceflake_registry::clock::ManualClock;
 use fenceflake_registry::expiry::ExpiryTracker;
-use fenceflake_registry::lease::LeaseTable;
+use fenceflake_registry::lease::{AuditKind, LeaseTable};
 use fenceflake_registry::storage::{self, DataDirIdentity};
 use serde_json::json;
 
@@ -37,6 +42,8 @@ fn tables(nodes: &[SimNode]) -> BTreeMap<String, Result<(String, LeaseTable), St
 pub fn check(nodes: &[SimNode]) -> CheckResult {
     let mut evidence = Vec::new();
     let mut by_position: BTreeMap<String, (String, LeaseTable)> = BTreeMap::new();
+    // Each hit once, whichever nodes recorded it (the audit log is replicated).
+    let mut canary_hits = BTreeMap::new();
     for (name, table) in tables(nodes) {
         let (position, table) = match table {
             Ok(found) => found,
@@ -45,6 +52,9 @@ pub fn check(nodes: &[SimNode]) -> CheckResult {
                 continue;
             }
         };
+        for hit in table.audit().filter(|entry| entry.kind == AuditKind::Canary) {
+            canary_hits.entry((hit.worker_id.0, hit.stale_token.0, hit.current_token.0)).or_insert_with(|| hit.clone());
+        }
         let checked = std::panic::catch_unwind(AssertUnwindSafe(|| table.check_invariants()));
         if let Err(panic) = checked {
             let why =
@@ -61,11 +71,12 @@ pub fn check(nodes: &[SimNode]) -> CheckResult {
             }
         }
     }
+    evidence.extend(canary_hits.into_values().map(|hit| json!({"canary_hit": hit})));
     let valid = if evidence.is_empty() { Valid::True } else { Valid::False };
     let summary = if evidence.is_empty() {
-        format!("{} nodes keep the table's invariants; nodes at one log position agree", nodes.len())
+        format!("{} nodes keep the table's invariants; nodes at one log position agree; no canary hit", nodes.len())
     } else {
-        format!("{} problems in the nodes' tables", evidence.len())
+        format!("{} problems in the nodes' tables (invariants, divergence, canary hits)", evidence.len())
     };
     CheckResult { name: "replicas".into(), valid, summary, evidence }
 }

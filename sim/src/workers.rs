@@ -86,6 +86,15 @@ impl SimWorker {
         generator.as_ref().map(|g| g.status().worker_id)
     }
 
+    /// The worker ID it mints with now: its process runs, is not parked, and its lease has
+    /// time left.
+    pub fn minting_with(&self) -> Option<WorkerId> {
+        let running = self.running.as_ref()?;
+        let generator = running.generator.lock().unwrap_or_else(PoisonError::into_inner);
+        let status = generator.as_ref()?.status();
+        (status.park.is_none() && !status.lease_remaining.is_zero()).then_some(status.worker_id)
+    }
+
     pub fn is_running(&self) -> bool {
         self.running.is_some()
     }

@@ -94,7 +94,7 @@ pub fn check(events: &[Event], layout: &IdLayout, config: &Config) -> CheckResul
         for &worker in &workers {
             let own = by_worker.get(worker).unwrap_or(&empty);
             check_stop(fault, worker, own, &log, layout, config, (&mut violations, &mut doubts));
-            let held = refused_its_id(events, &ops, worker, fault, config);
+            let held = refused_its_id(events, &ops, &log, worker, fault, config);
             refused += usize::from(held);
             check_resume(fault, worker, own, end_ns, held, config, (&mut violations, &mut doubts));
         }
@@ -193,14 +193,19 @@ fn check_stop(
 }
 
 /// Whether `worker` was refused its worker ID after the fault healed, within the resume
-/// bound, and not granted a lease since, for a reason that leaves it unable to serve whatever
-/// the registry's health: the ID is quarantined (until an operator clears it), or another
-/// worker holds it and *serves with it* after the heal (a standby whose worker came back). A
-/// "held" refusal for an ID nobody serves with is no excuse: a registry that never let a dead
-/// holder's lease expire would look just like that.
+/// bound, and never granted a lease after its first such refusal, for a reason that leaves it
+/// unable to serve whatever the registry's health:
+/// - the ID is quarantined (until an operator clears it; a quarantine nothing explains is the
+///   simulator's `replicas` check's business, which reports every canary hit);
+/// - the lease it held on that ID had lapsed by the time the fault healed (so losing the ID
+///   was no fault of its own), and another worker holds it and *serves with it* at or after
+///   the refusal (a standby whose worker came back). Without these two, a worker that stopped
+///   renewing after the heal, or a registry that never let a dead holder's lease expire,
+///   would look just like that.
 fn refused_its_id(
     events: &[Event],
     ops: &[Invocation<ClientOp>],
+    log: &LeaseLog,
     worker: &str,
     fault: &NemesisWindow,
     config: &Config,
@@ -208,28 +213,31 @@ fn refused_its_id(
     let Some(stop) = fault.stop_ns else { return false };
     let bound = stop.saturating_add(config.resume_within_ms * MS);
     let in_window = |t: u64| (stop..=bound).contains(&t);
-    let Some(refusal) = history::process_events(events)
+    let refusals: Vec<_> = history::process_events(events)
         .filter(|p| p.process == worker && p.event == ProcessEventKind::Exited && in_window(p.time_ns))
         .filter(|p| matches!(p.cause.as_deref(), Some(history::CAUSE_WORKER_ID_HELD | history::CAUSE_QUARANTINED)))
-        .max_by_key(|p| p.time_ns)
-    else {
-        return false;
-    };
-    let leases = || history::lease_events(events).filter(|l| l.worker == worker);
-    if leases().any(|l| l.event == LeaseEventKind::Acquired && l.time_ns > refusal.time_ns && l.time_ns <= bound) {
+        .collect();
+    let (Some(first), Some(last)) = (refusals.first(), refusals.last()) else { return false };
+    let granted_since = log
+        .events(worker)
+        .iter()
+        .any(|l| l.event == LeaseEventKind::Acquired && l.time_ns > first.time_ns && l.time_ns <= bound);
+    if granted_since {
         return false;
     }
-    if refusal.cause.as_deref() == Some(history::CAUSE_QUARANTINED) {
+    if last.cause.as_deref() == Some(history::CAUSE_QUARANTINED) {
         return true;
     }
-    let Some(wanted) = leases().filter(|l| l.time_ns < refusal.time_ns).map(|l| l.worker_id).last() else {
-        return false;
-    };
-    ops.iter().any(|op| {
-        op.invoke.worker != worker
-            && op.outcome() == Phase::Ok
-            && op.completion.is_some_and(|c| c.worker_id == Some(wanted) && in_window(c.time_ns))
-    })
+    let Some(held) = log.events(worker).iter().filter(|l| l.time_ns < stop).last() else { return false };
+    let lapsed_by_heal = held.deadline_mono_ns.is_some_and(|d| d <= stop);
+    lapsed_by_heal
+        && ops.iter().any(|op| {
+            op.invoke.worker != worker
+                && op.outcome() == Phase::Ok
+                && op.completion.is_some_and(|c| {
+                    c.worker_id == Some(held.worker_id) && c.time_ns >= last.time_ns && c.time_ns <= bound
+                })
+        })
 }
 
 /// A worker that served before the fault serves again within the bound after it heals,
@@ -343,7 +351,7 @@ mod tests {
     fn a_worker_refused_its_fixed_id_after_the_heal_owes_no_resume() {
         let standby = |cause: &str| {
             let mut h = H::default();
-            h.lease("s1", Acquired, (1, 100), Some(2000), 0);
+            h.lease("s1", Acquired, (1, 100), Some(2000), 0).mono_deadline(2000);
             h.ok("s1", 1, (100, 101), &[(id(100, 1, 0), 1)], None);
             h.nemesis(Start, "quorum-loss", 1000).nemesis(Stop, "quorum-loss", 5000);
             h.process("s1", ProcessEventKind::Exited, None, 6000).cause(cause);
@@ -367,6 +375,21 @@ mod tests {
         assert_eq!(r.valid, Valid::True, "{}: {:?}", r.summary, r.evidence);
         let r = check(&standby("FENCED").events, &IdLayout::default(), &Config::default());
         assert_eq!(r.valid, Valid::Unknown, "no request reached it: {:?}", r.evidence);
+        // Its lease outlived the fault: losing the ID after the heal (it stopped renewing) is
+        // its own failure.
+        let mut live = held.clone();
+        if let Some(Event::Lease(l)) = live.events.iter_mut().find(|e| matches!(e, Event::Lease(l) if l.worker == "s1"))
+        {
+            l.deadline_mono_ns = Some(5_500 * MS);
+        }
+        let r = check(&live.events, &IdLayout::default(), &Config::default());
+        assert_eq!(r.valid, Valid::Unknown, "a lease live at the heal was lost after it: {:?}", r.evidence);
+        // Refused, granted, then refused again: judged, since it held a lease in between.
+        let mut regranted = held.clone();
+        regranted.lease("s1", Acquired, (1, 400), Some(9500), 6200).mono_deadline(9500);
+        regranted.process("s1", ProcessEventKind::Exited, None, 6900).cause(history::CAUSE_WORKER_ID_HELD);
+        let r = check(&regranted.events, &IdLayout::default(), &Config::default());
+        assert_ne!(r.valid, Valid::True, "granted between two refusals: {:?}", r.evidence);
         let mut granted = standby(history::CAUSE_QUARANTINED);
         granted.lease("s1", Acquired, (1, 200), Some(9000), 7000).not_ok("s1", 2, (8000, 8001), Phase::Fail);
         let r = check(&granted.events, &IdLayout::default(), &Config::default());

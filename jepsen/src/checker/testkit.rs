@@ -11,7 +11,7 @@ use crate::history::{
 pub(crate) const MS: u64 = 1_000_000;
 pub(crate) const EPOCH_MS: u64 = 1_704_067_200_000;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct H {
     pub(crate) events: Vec<Event>,
     next_op: u64,
