@@ -228,7 +228,7 @@ fn refused_its_id(
     if last.cause.as_deref() == Some(history::CAUSE_QUARANTINED) {
         return true;
     }
-    let Some(held) = log.events(worker).iter().filter(|l| l.time_ns < stop).last() else { return false };
+    let Some(held) = log.events(worker).iter().rev().find(|l| l.time_ns < stop) else { return false };
     let lapsed_by_heal = held.deadline_mono_ns.is_some_and(|d| d <= stop);
     lapsed_by_heal
         && ops.iter().any(|op| {
