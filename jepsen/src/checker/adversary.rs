@@ -10,6 +10,9 @@
 //!   nothing about the check;
 //! - `true` otherwise. A history without forged calls is "not exercised" (`true`).
 //!
+//! The simulator runs the same adversary under its nemesis, whose faults park workers
+//! themselves: it judges the forged calls only ([`Parks::OtherFaults`]).
+//!
 //! [`counts`] are the per-call numbers of the report (attempted, refused, accepted,
 //! inconclusive, never connected, and the nodes that answered).
 
@@ -85,7 +88,22 @@ fn empty(call: Forged) -> CallCounts {
     }
 }
 
+/// Whether a worker's park is the adversary's doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parks {
+    /// The harness's `adversary` scenario injects no other fault: a park is a violation.
+    Violations,
+    /// Other faults run meanwhile (the simulator's nemesis) and park workers themselves: only
+    /// the forged calls are judged.
+    OtherFaults,
+}
+
+/// The harness's verdict (no other fault: a park is a violation).
 pub fn check(events: &[Event]) -> CheckResult {
+    check_with(events, Parks::Violations)
+}
+
+pub fn check_with(events: &[Event], parks: Parks) -> CheckResult {
     let counts = counts(events);
     if counts.is_empty() {
         let summary = "not exercised: no forged calls in the history".to_string();
@@ -96,7 +114,8 @@ pub fn check(events: &[Event]) -> CheckResult {
         violations.push(json!({ "violation": "forged-call-accepted", "call": call }));
     }
     let forged_accepted = violations.total();
-    for lease in history::lease_events(events).filter(|l| l.event == LeaseEventKind::Parked) {
+    let judged_parks = history::lease_events(events).filter(|_| parks == Parks::Violations);
+    for lease in judged_parks.filter(|l| l.event == LeaseEventKind::Parked) {
         violations.push(json!({ "violation": "worker-parked", "lease_event": lease }));
     }
     let parked = violations.total() - forged_accepted;
@@ -216,5 +235,19 @@ mod tests {
         assert_eq!(result.valid, Valid::False);
         assert!(result.summary.contains("1 worker parks"), "{}", result.summary);
         assert_eq!(result.evidence[0]["violation"], "worker-parked");
+    }
+
+    /// Goal: under other faults (the simulator's nemesis) a park is theirs, not a violation;
+    /// a forged call accepted still is.
+    #[test]
+    fn under_other_faults_only_the_forged_calls_are_judged() {
+        let mut h = H::default();
+        h.lease("w1", Acquired, (1, 100), Some(3000), 0);
+        h.lease("w1", Parked, (1, 100), Some(3000), 3000);
+        let mut events = all_refused();
+        events.extend(h.events);
+        assert_eq!(check_with(&events, Parks::OtherFaults).valid, Valid::True);
+        events.push(forged(Forged::Release, "n1", ForgedOutcome::Accepted));
+        assert_eq!(check_with(&events, Parks::OtherFaults).valid, Valid::False);
     }
 }
