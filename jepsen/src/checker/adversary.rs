@@ -11,7 +11,8 @@
 //! - `true` otherwise. A history without forged calls is "not exercised" (`true`).
 //!
 //! The simulator runs the same adversary under its nemesis, whose faults park workers
-//! themselves: it judges the forged calls only ([`Parks::OtherFaults`]).
+//! themselves and may keep the adversary from the servers for a whole seed: it judges the
+//! forged calls' verdicts only ([`Faults::Others`]).
 //!
 //! [`counts`] are the per-call numbers of the report (attempted, refused, accepted,
 //! inconclusive, never connected, and the nodes that answered).
@@ -88,22 +89,25 @@ fn empty(call: Forged) -> CallCounts {
     }
 }
 
-/// Whether a worker's park is the adversary's doing.
+/// What else ran beside the adversary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parks {
-    /// The harness's `adversary` scenario injects no other fault: a park is a violation.
-    Violations,
-    /// Other faults run meanwhile (the simulator's nemesis) and park workers themselves: only
-    /// the forged calls are judged.
-    OtherFaults,
+pub enum Faults {
+    /// Nothing (the harness's `adversary` scenario): a park is the adversary's doing, a
+    /// violation; a kind of forged call that never reached a verdict leaves the run unknown.
+    AdversaryOnly,
+    /// Other faults (the simulator's nemesis), which park workers themselves and may keep a
+    /// kind of call from every server, or leave no lease to forge against, for a whole run:
+    /// only the forged calls' verdicts are judged, and the simulator's many seeds, not each
+    /// one, show every kind refused.
+    Others,
 }
 
 /// The harness's verdict (no other fault: a park is a violation).
 pub fn check(events: &[Event]) -> CheckResult {
-    check_with(events, Parks::Violations)
+    check_with(events, Faults::AdversaryOnly)
 }
 
-pub fn check_with(events: &[Event], parks: Parks) -> CheckResult {
+pub fn check_with(events: &[Event], faults: Faults) -> CheckResult {
     let counts = counts(events);
     if counts.is_empty() {
         let summary = "not exercised: no forged calls in the history".to_string();
@@ -114,13 +118,13 @@ pub fn check_with(events: &[Event], parks: Parks) -> CheckResult {
         violations.push(json!({ "violation": "forged-call-accepted", "call": call }));
     }
     let forged_accepted = violations.total();
-    let judged_parks = history::lease_events(events).filter(|_| parks == Parks::Violations);
+    let judged_parks = history::lease_events(events).filter(|_| faults == Faults::AdversaryOnly);
     for lease in judged_parks.filter(|l| l.event == LeaseEventKind::Parked) {
         violations.push(json!({ "violation": "worker-parked", "lease_event": lease }));
     }
     let parked = violations.total() - forged_accepted;
     let mut doubts = Evidence::default();
-    for c in counts.iter().filter(|c| c.conclusive() == 0) {
+    for c in counts.iter().filter(|c| c.conclusive() == 0 && faults == Faults::AdversaryOnly) {
         doubts.push(json!({
             "doubt": "no conclusive attempt (never connected, or answered without proving anything)",
             "call": c.call,
@@ -237,17 +241,19 @@ mod tests {
         assert_eq!(result.evidence[0]["violation"], "worker-parked");
     }
 
-    /// Goal: under other faults (the simulator's nemesis) a park is theirs, not a violation;
-    /// a forged call accepted still is.
+    /// Goal: under other faults (the simulator's nemesis) a park is theirs, not a violation,
+    /// and a kind that never reached a verdict is no doubt; a forged call accepted still is a
+    /// violation.
     #[test]
     fn under_other_faults_only_the_forged_calls_are_judged() {
         let mut h = H::default();
         h.lease("w1", Acquired, (1, 100), Some(3000), 0);
         h.lease("w1", Parked, (1, 100), Some(3000), 3000);
-        let mut events = all_refused();
+        let mut events = vec![forged(Forged::Quarantine, "n1", ForgedOutcome::NeverConnected)];
         events.extend(h.events);
-        assert_eq!(check_with(&events, Parks::OtherFaults).valid, Valid::True);
+        assert_eq!(check_with(&events, Faults::Others).valid, Valid::True);
+        assert_eq!(check(&events).valid, Valid::False);
         events.push(forged(Forged::Release, "n1", ForgedOutcome::Accepted));
-        assert_eq!(check_with(&events, Parks::OtherFaults).valid, Valid::False);
+        assert_eq!(check_with(&events, Faults::Others).valid, Valid::False);
     }
 }
