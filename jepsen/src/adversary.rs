@@ -1,23 +1,30 @@
-//! The `adversary` scenario's client, run by the workload inside the client namespace while
-//! the workers mint: a caller holding a valid `worker` certificate of the run's CA (its own
-//! identity, `worker/adversary`) forges, round after round, every call of
-//! [`Forged`] against the other workers' leases and the cluster, and records each attempt with
-//! the node it went to and how it ended ([`ForgedOutcome`]); `checker::adversary` judges them.
+//! The adversary's client, run by the harness's workload inside the client namespace (the
+//! `adversary` scenario) and by the simulator's `adversary` machine while the workers mint: a
+//! caller holding a valid `worker` identity of the cluster (its own, `worker/adversary`)
+//! forges, round after round, every call of [`Forged`] against the other workers' leases and
+//! the cluster, and records each attempt with the node it went to and how it ended
+//! ([`ForgedOutcome`]); `checker::adversary` judges them.
 //!
 //! It uses only what it can learn itself: `ListLeases`/`GetLease` (which must show it no
-//! token), and each worker's `Status` on the Generator API (which any `worker` may call and
-//! which states the worker's ID, token and holder ID): so the forged `Release`/`Renew` carry
-//! the true current token, and a refusal proves the identity check, not only token secrecy.
+//! token), and the workers' leases from a [`Scout`] — in the harness each worker's `Status` on
+//! the Generator API (which any `worker` may call and which states the worker's ID, token and
+//! holder ID): so the forged `Release`/`Renew` carry the true current token, and a refusal
+//! proves the identity check, not only token secrecy.
 //!
 //! Operator RPCs are sent with arguments that would change little if one got through (node 99
 //! is no member; the junk snapshot does not decode): authorization runs before anything else,
 //! so any answer but `PERMISSION_DENIED` already shows it let the call through.
+//!
+//! What differs between the harness and the simulator is only the transport (a
+//! [`BoxChannel`] per registry node and caller: [`Callers`]), the [`Scout`] and the
+//! [`Timeline`], as for the registry workload.
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
+use fenceflake_proto::channel::{boxed, BoxChannel};
 use fenceflake_proto::tls::{Role, Security, TlsFiles, TlsState};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::generator_client::GeneratorClient;
@@ -28,9 +35,9 @@ use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::clock::{wall_ms, RunClock};
 use crate::history::{Event, Forged, ForgedCall, ForgedOutcome};
-use crate::workload::{channel, record, status_text, Plan, Shared};
+use crate::registry_workload::Timeline;
+use crate::workload::{channel, status_text, HarnessTimeline, Plan, Shared};
 
 /// The adversary's own identity: a `worker` certificate of the run's CA.
 pub const IDENTITY: (&str, &str) = ("worker", "adversary");
@@ -40,9 +47,9 @@ pub const FOREIGN_CA_DIR: &str = "foreign-ca";
 /// A node that is no member of the cluster, for the membership RPCs.
 const NO_MEMBER: u64 = 99;
 /// Each forged call's own bound: past it, the call counts as never connected.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Between rounds.
-const ROUND_PAUSE: Duration = Duration::from_millis(200);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Between the harness's rounds.
+pub const HARNESS_ROUND_PAUSE: Duration = Duration::from_millis(200);
 /// Near `u64::MAX`, for the claims a renewal makes.
 const HUGE: u64 = u64::MAX - 1;
 
@@ -57,104 +64,59 @@ enum Via {
     ForeignCa,
 }
 
-/// A worker's lease, as its `Status` tells any caller with a `worker` certificate.
-#[derive(Debug, Clone)]
-struct Victim {
-    worker_id: u32,
-    token: u64,
-    holder: String,
+/// A worker's lease, as the adversary learnt it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Victim {
+    pub worker_id: u32,
+    pub token: u64,
+    pub holder: String,
 }
 
-pub struct Adversary {
-    /// Registry node names (`n1`...) in the order of every client list below.
-    names: Vec<String>,
-    own: Vec<RegistryClient<Channel>>,
-    /// `None` when the run itself is plaintext (nothing to forge there).
-    plaintext: Option<Vec<RegistryClient<Channel>>>,
-    foreign: Option<Vec<RegistryClient<Channel>>>,
-    /// The workers' Generator API, as `worker/adversary`.
-    workers: Vec<GeneratorClient<Channel>>,
-    clock: RunClock,
-    history: Shared,
+/// Where the adversary learns the serving workers' leases.
+pub trait Scout: Send {
+    fn victims(&mut self) -> impl Future<Output = Vec<Victim>> + Send;
+
+    /// Whether `victim`'s worker still holds that lease, asked just before the forged calls
+    /// against it: under other faults (the simulator's) a worker killed since the round
+    /// began gives its ID back, and the adversary taking a free ID proves nothing. The
+    /// harness's scenario injects no other fault and asks once per round.
+    fn still_holds(&mut self, _victim: &Victim) -> impl Future<Output = bool> + Send {
+        std::future::ready(true)
+    }
+}
+
+/// The registry nodes as the adversary reaches them: one client per node, in the order of
+/// `names`, for each way of calling.
+pub struct Callers {
+    /// Registry node names, as the history names them.
+    pub names: Vec<String>,
+    /// With the adversary's own identity.
+    pub own: Vec<RegistryClient<BoxChannel>>,
+    /// Without a certificate; `None` when the run itself is plaintext (nothing to forge there).
+    pub plaintext: Option<Vec<RegistryClient<BoxChannel>>>,
+    /// With a certificate of another CA; `None` when the run is plaintext.
+    pub foreign: Option<Vec<RegistryClient<BoxChannel>>>,
+}
+
+pub struct Adversary<S, T> {
+    callers: Callers,
+    scout: S,
+    timeline: T,
     rng: StdRng,
+    round_pause: Duration,
     /// Round-robin position over the registry nodes.
     next: usize,
     /// Tokens granted to the adversary itself: the only non-zero tokens it may be shown.
     own_tokens: HashSet<u64>,
 }
 
-fn registry_clients(addrs: &[String], security: &Security) -> anyhow::Result<Vec<RegistryClient<Channel>>> {
-    addrs.iter().map(|addr| channel(addr, security, &[Role::Node]).map(RegistryClient::new)).collect()
-}
+/// The harness's scout: each worker's `Status`, asked as `worker/adversary`.
+pub struct WorkerStatuses(Vec<GeneratorClient<Channel>>);
 
-impl Adversary {
-    /// The adversary of `plan`'s run: its own certificate, and under TLS a plaintext caller and
-    /// a caller with a certificate of another CA (made by the controller in the cert dir).
-    pub fn new(plan: &Plan, history: Shared) -> anyhow::Result<Adversary> {
-        let certs = plan.certs.as_deref();
-        let security = crate::tls::security(certs, IDENTITY)?;
-        let (plaintext, foreign) = match certs {
-            None => (None, None),
-            Some(dir) => (
-                Some(registry_clients(&plan.registry, &Security::Insecure)?),
-                Some(registry_clients(&plan.registry, &foreign_security(dir)?)?),
-            ),
-        };
-        let workers = plan
-            .workers
-            .iter()
-            .map(|(_, addr)| channel(addr, &security, &[Role::Worker]).map(GeneratorClient::new))
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Adversary {
-            names: (1..=plan.registry.len()).map(|i| format!("n{i}")).collect(),
-            own: registry_clients(&plan.registry, &security)?,
-            plaintext,
-            foreign,
-            workers,
-            clock: plan.clock,
-            history,
-            rng: StdRng::seed_from_u64(plan.seed ^ 0xad5e),
-            next: 0,
-            own_tokens: HashSet::new(),
-        })
-    }
-
-    /// Forge round after round from `start` to `stop` (offsets on the run clock). Each round
-    /// sends the node-local refusals (reads, operator RPCs, no valid certificate) to every
-    /// node, then the lease calls against every worker's lease to the nodes in turn.
-    pub async fn run(mut self, start: Duration, stop: Duration) {
-        while self.clock.now_ns() < start.as_nanos() as u64 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let stop_ns = stop.as_nanos() as u64;
-        let mut round = 0usize;
-        while self.clock.now_ns() < stop_ns {
-            let victims = self.victims().await;
-            let target = (!victims.is_empty()).then(|| &victims[round % victims.len()]);
-            for at in 0..self.names.len() {
-                self.list_leases(at).await;
-                self.forge_operator_calls(at, target.map_or(0, |v| v.worker_id)).await;
-                if let Some(victim) = target {
-                    self.forge_without_certificate(at, victim).await;
-                }
-            }
-            for victim in &victims {
-                if self.clock.now_ns() >= stop_ns {
-                    break;
-                }
-                self.forge_lease_calls(victim).await;
-                self.forge_acquires(victim).await;
-            }
-            round += 1;
-            tokio::time::sleep(ROUND_PAUSE).await;
-        }
-        tracing::info!(rounds = round, "adversary done");
-    }
-
-    /// Every serving worker's lease, from its `Status`.
+impl Scout for WorkerStatuses {
     async fn victims(&mut self) -> Vec<Victim> {
         let mut victims = Vec::new();
-        for client in &self.workers {
+        for client in &self.0 {
             let mut client = client.clone();
             let Ok(Ok(status)) = tokio::time::timeout(CALL_TIMEOUT, client.status(pb::StatusRequest {})).await else {
                 continue;
@@ -166,29 +128,111 @@ impl Adversary {
         }
         victims
     }
+}
+
+fn registry_clients(addrs: &[String], security: &Security) -> anyhow::Result<Vec<RegistryClient<BoxChannel>>> {
+    addrs.iter().map(|addr| channel(addr, security, &[Role::Node]).map(|c| RegistryClient::new(boxed(c)))).collect()
+}
+
+/// The adversary of `plan`'s run: its own certificate, and under TLS a plaintext caller and a
+/// caller with a certificate of another CA (made by the controller in the cert dir).
+pub(crate) fn for_harness(plan: &Plan, history: Shared) -> anyhow::Result<Adversary<WorkerStatuses, HarnessTimeline>> {
+    let certs = plan.certs.as_deref();
+    let security = crate::tls::security(certs, IDENTITY)?;
+    let (plaintext, foreign) = match certs {
+        None => (None, None),
+        Some(dir) => (
+            Some(registry_clients(&plan.registry, &Security::Insecure)?),
+            Some(registry_clients(&plan.registry, &foreign_security(dir)?)?),
+        ),
+    };
+    let workers = plan
+        .workers
+        .iter()
+        .map(|(_, addr)| channel(addr, &security, &[Role::Worker]).map(GeneratorClient::new))
+        .collect::<anyhow::Result<_>>()?;
+    let callers = Callers {
+        names: (1..=plan.registry.len()).map(|i| format!("n{i}")).collect(),
+        own: registry_clients(&plan.registry, &security)?,
+        plaintext,
+        foreign,
+    };
+    let timeline = HarnessTimeline { clock: plan.clock, history };
+    Ok(Adversary::new(callers, WorkerStatuses(workers), timeline, plan.seed ^ 0xad5e, HARNESS_ROUND_PAUSE))
+}
+
+impl<S: Scout, T: Timeline> Adversary<S, T> {
+    /// An adversary calling through `callers`, learning its victims from `scout`, its random
+    /// choices (made-up tokens) from `seed`, pausing `round_pause` between rounds.
+    pub fn new(callers: Callers, scout: S, timeline: T, seed: u64, round_pause: Duration) -> Adversary<S, T> {
+        Adversary {
+            callers,
+            scout,
+            timeline,
+            rng: StdRng::seed_from_u64(seed),
+            round_pause,
+            next: 0,
+            own_tokens: HashSet::new(),
+        }
+    }
+
+    /// Forge round after round from `start` to `stop` (ns on the timeline's clock). Each round
+    /// sends the node-local refusals (reads, operator RPCs, no valid certificate) to every
+    /// node, then the lease calls against every worker's lease to the nodes in turn.
+    pub async fn run(mut self, start_ns: u64, stop_ns: u64) {
+        while self.timeline.now_ns() < start_ns {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut round = 0usize;
+        while self.timeline.now_ns() < stop_ns {
+            let victims = self.scout.victims().await;
+            let target = (!victims.is_empty()).then(|| &victims[round % victims.len()]);
+            for at in 0..self.callers.names.len() {
+                self.list_leases(at).await;
+                self.forge_operator_calls(at, target.map_or(0, |v| v.worker_id)).await;
+                if let Some(victim) = target {
+                    self.forge_without_certificate(at, victim).await;
+                }
+            }
+            for victim in &victims {
+                if self.timeline.now_ns() >= stop_ns {
+                    break;
+                }
+                if self.scout.still_holds(victim).await {
+                    self.forge_lease_calls(victim).await;
+                }
+                if self.scout.still_holds(victim).await {
+                    self.forge_acquires(victim).await;
+                }
+            }
+            round += 1;
+            tokio::time::sleep(self.round_pause).await;
+        }
+        tracing::info!(rounds = round, "adversary done");
+    }
 
     /// One call to the next registry node (round-robin) over `via`.
-    async fn call<T, F, Fut>(&mut self, via: Via, f: F) -> (String, Result<T, Status>)
+    async fn call<R, F, Fut>(&mut self, via: Via, f: F) -> (String, Result<R, Status>)
     where
-        F: FnOnce(RegistryClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+        F: FnOnce(RegistryClient<BoxChannel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        let at = self.next % self.names.len();
+        let at = self.next % self.callers.names.len();
         self.next += 1;
         self.call_to(at, via, f).await
     }
 
     /// One call to registry node number `at` (0-based) over `via`, bounded by [`CALL_TIMEOUT`].
-    async fn call_to<T, F, Fut>(&self, at: usize, via: Via, f: F) -> (String, Result<T, Status>)
+    async fn call_to<R, F, Fut>(&self, at: usize, via: Via, f: F) -> (String, Result<R, Status>)
     where
-        F: FnOnce(RegistryClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+        F: FnOnce(RegistryClient<BoxChannel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        let name = self.names[at].clone();
+        let name = self.callers.names[at].clone();
         let clients = match via {
-            Via::Certificate => Some(&self.own),
-            Via::Plaintext => self.plaintext.as_ref(),
-            Via::ForeignCa => self.foreign.as_ref(),
+            Via::Certificate => Some(&self.callers.own),
+            Via::Plaintext => self.callers.plaintext.as_ref(),
+            Via::ForeignCa => self.callers.foreign.as_ref(),
         };
         let Some(client) = clients.map(|c| c[at].clone()) else {
             return (name, Err(Status::failed_precondition("no such caller in a plaintext run")));
@@ -211,8 +255,8 @@ impl Adversary {
     ) {
         let (worker_id, token) = target;
         let forged =
-            ForgedCall { call, node, outcome, worker_id, token, request, answer, time_ns: self.clock.now_ns() };
-        record(&self.history, Event::Adversary(forged));
+            ForgedCall { call, node, outcome, worker_id, token, request, answer, time_ns: self.timeline.now_ns() };
+        self.timeline.record(Event::Adversary(forged));
     }
 
     /// `ListLeases` on node `at`: no token but the adversary's own may show.
@@ -244,7 +288,7 @@ impl Adversary {
         let (worker_id, token) = (v.worker_id, v.token);
         self.get_lease(worker_id).await;
         for (call, wall_ms_at_send, max_minted_ts_ms) in
-            [(Forged::RenewMintedMax, wall_ms(), HUGE), (Forged::RenewWallMax, HUGE, 0)]
+            [(Forged::RenewMintedMax, self.timeline.wall_ms(), HUGE), (Forged::RenewWallMax, HUGE, 0)]
         {
             let req = pb::RenewRequest { worker_id, token, wall_ms_at_send, max_minted_ts_ms };
             let request = format!("wall_ms_at_send={wall_ms_at_send} max_minted_ts_ms={max_minted_ts_ms}");
@@ -269,7 +313,12 @@ impl Adversary {
     /// Renew with `stale` and a huge `max_minted_ts_ms`, then read the lease: it must be FENCED
     /// and the worker ID must not be quarantined.
     async fn forge_stale_renewal(&mut self, worker_id: u32, stale: u64) {
-        let req = pb::RenewRequest { worker_id, token: stale, wall_ms_at_send: wall_ms(), max_minted_ts_ms: HUGE };
+        let req = pb::RenewRequest {
+            worker_id,
+            token: stale,
+            wall_ms_at_send: self.timeline.wall_ms(),
+            max_minted_ts_ms: HUGE,
+        };
         let (node, result) = self.call(Via::Certificate, |mut c| async move { c.renew(req).await }).await;
         let (_, after) = self
             .call(Via::Certificate, |mut c| async move { c.get_lease(pb::GetLeaseRequest { worker_id }).await })
@@ -401,11 +450,11 @@ impl Adversary {
         self.note_operator(Forged::RemoveMember, node, &r, None, request);
     }
 
-    fn note_operator<T>(
+    fn note_operator<R>(
         &self,
         call: Forged,
         node: String,
-        result: &Result<T, Status>,
+        result: &Result<R, Status>,
         worker_id: Option<u32>,
         request: String,
     ) {
@@ -418,7 +467,9 @@ impl Adversary {
     async fn forge_without_certificate(&self, at: usize, v: &Victim) {
         let (worker_id, token) = (v.worker_id, v.token);
         for (call, via) in [(Forged::Plaintext, Via::Plaintext), (Forged::ForeignCa, Via::ForeignCa)] {
-            if via == Via::Plaintext && self.plaintext.is_none() || via == Via::ForeignCa && self.foreign.is_none() {
+            if via == Via::Plaintext && self.callers.plaintext.is_none()
+                || via == Via::ForeignCa && self.callers.foreign.is_none()
+            {
                 continue;
             }
             let (node, result) = self

@@ -47,6 +47,21 @@ pub trait Timeline: Sync {
     fn record(&self, event: Event);
 }
 
+/// A shared timeline is the same timeline.
+impl<T: Timeline + Send + ?Sized> Timeline for std::sync::Arc<T> {
+    fn now_ns(&self) -> u64 {
+        (**self).now_ns()
+    }
+
+    fn wall_ms(&self) -> u64 {
+        (**self).wall_ms()
+    }
+
+    fn record(&self, event: Event) {
+        (**self).record(event);
+    }
+}
+
 /// One process of the workload: its number in the history (and in its holder names), the
 /// first of its reserved worker IDs, the seed of its random choices, the pause between its
 /// rounds, and whether some rounds end in a race at expiry.

@@ -88,11 +88,11 @@ pub(crate) fn record(history: &Shared, event: Event) {
     }
 }
 
-/// The registry workload's timeline in the harness: the run's monotonic clock, the harness's
+/// The registry workload's and the adversary's timeline in the harness: the run's monotonic clock, the harness's
 /// (unfaked) wall clock, and the history file.
-struct HarnessTimeline {
-    clock: RunClock,
-    history: Shared,
+pub(crate) struct HarnessTimeline {
+    pub(crate) clock: RunClock,
+    pub(crate) history: Shared,
 }
 
 impl Timeline for HarnessTimeline {
@@ -172,8 +172,8 @@ pub async fn run(plan: Plan, history: HistoryWriter) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move { registry_workload::run(workload, clients, end_ns, &timeline).await }));
     }
     if let Some((start, stop)) = plan.adversary {
-        let adversary = crate::adversary::Adversary::new(&plan, history.clone())?;
-        tasks.push(tokio::spawn(adversary.run(start, stop)));
+        let adversary = crate::adversary::for_harness(&plan, history.clone())?;
+        tasks.push(tokio::spawn(adversary.run(start.as_nanos() as u64, stop.as_nanos() as u64)));
     }
     for (i, (worker, at, ids, calls)) in plan.bursts.iter().copied().enumerate() {
         if let Some((name, client)) = clients.get(worker).cloned() {

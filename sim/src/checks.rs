@@ -1,10 +1,12 @@
 //! The checkers a simulated history is judged by: the harness's own (`unique`, `monotonic`,
-//! `lease`, `convergence`, the registry's linearizability and parking under quorum loss), with
+//! `lease`, `convergence`, the registry's linearizability, parking under quorum loss and the
+//! adversary's forged calls), with
 //! the settings the simulation's timings call for, and the replicas' check of the nodes'
 //! disks.
 
 use std::time::Duration;
 
+use fenceflake_jepsen::checker::adversary::{self, Faults};
 use fenceflake_jepsen::checker::linear::{self, Expiry};
 use fenceflake_jepsen::checker::{convergence, lease, monotonic, parking, unique, CheckResult, IdLayout};
 use fenceflake_jepsen::history::Event;
@@ -66,6 +68,9 @@ pub fn check(events: &[Event], nodes: &[SimNode]) -> Vec<CheckResult> {
         linear::check(events, &linear_config()),
         parking::check(events, &layout, &parking_config()),
         convergence::check(events),
+        // The nemesis parks workers and cuts the adversary off itself: only the forged calls'
+        // verdicts are the adversary's.
+        adversary::check_with(events, Faults::Others),
         replicas::check(nodes),
     ]
 }

@@ -9,8 +9,10 @@ compile_error!(
      build it from sim/, whose .cargo/config.toml sets it, not with RUSTFLAGS overriding that"
 );
 
+pub mod adversary;
 pub mod checks;
 pub mod clock;
+pub mod identity;
 pub mod nemesis;
 pub mod net;
 pub mod nodes;

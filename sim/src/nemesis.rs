@@ -21,6 +21,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use crate::adversary;
 use crate::clock::MonoStall;
 use crate::net::{Latency, Net};
 use crate::nodes::SimNode;
@@ -123,7 +124,8 @@ impl Nemesis {
     fn machines(cluster: &Cluster<'_>) -> Vec<String> {
         let nodes = cluster.nodes.iter().map(|n| n.name.clone());
         let workers = cluster.workers.iter().map(|w| w.name.clone());
-        nodes.chain(workers).chain([registry_client::MACHINE.to_string()]).collect()
+        let others = [registry_client::MACHINE, adversary::MACHINE].map(String::from);
+        nodes.chain(workers).chain(others).collect()
     }
 
     /// Split every machine into two sides, cut both ways.

@@ -14,8 +14,11 @@
 //! again: what it sent is sent then, what reached it waits in its socket buffers, and its
 //! callers' timeouts run meanwhile.
 //!
+//! Every request carries its caller's identity (`identity.rs`) as a verified TLS connection
+//! would; the servers run `Security::Transport`, so authorization runs as under mutual TLS.
+//!
 //! What it does not model (the harness does): HTTP/2 connections, their keepalives and flow
-//! control, TLS handshakes, and bytes on a wire (a message is delivered whole or not at all).
+//! control, TLS handshakes and certificate checks, and bytes on a wire (a message is delivered whole or not at all).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -25,7 +28,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fenceflake_proto::channel::{BoxChannel, ChannelError};
-use fenceflake_proto::tls::{ConnInfo, Peer};
+use fenceflake_proto::tls::{ConnInfo, Peer, PeerIdentity};
 use fenceflake_registry::server::ServedServices;
 use http_body_util::{BodyExt, Full};
 use rand::rngs::StdRng;
@@ -35,6 +38,8 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::codegen::Bytes;
 use tower::{Service, ServiceExt};
+
+use crate::identity::Identities;
 
 /// Which of a node's services an address reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +88,8 @@ pub struct Net {
     state: Mutex<NetState>,
     /// Bumped whenever a machine runs again, to wake what waits for it.
     resumed: watch::Sender<u64>,
+    /// Who each machine is to the servers it calls.
+    identities: Identities,
 }
 
 /// The machine a process (`machine#start`) runs on.
@@ -108,7 +115,7 @@ enum Fate {
 }
 
 impl Net {
-    pub fn new(seed: u64) -> Arc<Net> {
+    pub fn new(seed: u64, identities: Identities) -> Arc<Net> {
         Arc::new(Net {
             state: Mutex::new(NetState {
                 rng: StdRng::seed_from_u64(seed),
@@ -119,6 +126,7 @@ impl Net {
                 paused: BTreeSet::new(),
             }),
             resumed: watch::Sender::new(0),
+            identities,
         })
     }
 
@@ -171,6 +179,12 @@ impl Net {
         self.lock().paused.contains(machine)
     }
 
+    /// Whether a process of `name` runs now, and the machine is not paused.
+    pub fn machine_runs(&self, name: &str) -> bool {
+        let state = self.lock();
+        !state.paused.contains(name) && state.running.iter().any(|process| machine(process) == name)
+    }
+
     /// Returns once the machine of `process` (a machine or `machine#start`) runs.
     pub async fn until_running(&self, process: &str) {
         let mut resumed = self.resumed.subscribe();
@@ -182,9 +196,21 @@ impl Net {
         }
     }
 
-    /// A channel from `from` to whatever serves `addr`.
+    /// A channel from `from` to whatever serves `addr`, authenticated as `from`'s machine.
     pub fn channel(self: &Arc<Self>, from: &str, addr: &str) -> BoxChannel {
-        BoxChannel::new(SimChannel { net: self.clone(), from: from.to_string(), addr: addr.to_string() })
+        let peer = Peer::Verified(self.identity(from));
+        self.channel_as(from, addr, peer)
+    }
+
+    /// A channel from `from` to `addr` on which the servers see `peer` (a caller without a
+    /// certificate, or with one they do not accept), whoever `from` is.
+    pub fn channel_as(self: &Arc<Self>, from: &str, addr: &str, peer: Peer) -> BoxChannel {
+        BoxChannel::new(SimChannel { net: self.clone(), from: from.to_string(), addr: addr.to_string(), peer })
+    }
+
+    /// The identity of the machine of `process` (a machine or `machine#start`).
+    pub fn identity(&self, process: &str) -> PeerIdentity {
+        self.identities.of(machine(process))
     }
 
     fn delay(state: &mut NetState) -> Duration {
@@ -247,6 +273,7 @@ impl Net {
         addr: &str,
         to: &str,
         delay: Duration,
+        peer: Peer,
         mut request: http::Request<Body>,
     ) -> Result<Option<http::Response<Body>>, ChannelError> {
         tokio::time::sleep(delay).await;
@@ -255,8 +282,8 @@ impl Net {
         let Some(service) = self.arrive(from, addr).map_err(unavailable)? else {
             return Ok(None);
         };
-        // Every simulated server runs `--insecure`: the caller is not authenticated.
-        request.extensions_mut().insert(ConnInfo { remote_addr: None, peer: Peer::Unchecked });
+        // What the TLS acceptor would record for the connection (`Security::Transport`).
+        request.extensions_mut().insert(ConnInfo { remote_addr: None, peer });
         Ok(Some(service.oneshot(request).await?))
     }
 }
@@ -284,10 +311,11 @@ async fn deliver_copy(
     addr: String,
     to: String,
     again: Duration,
+    peer: Peer,
     copy: http::Request<Body>,
 ) {
     // An error or a loss of the copy is no one's business: its caller has its answer.
-    let _ = net.deliver(&from, &addr, &to, again, copy).await;
+    let _ = net.deliver(&from, &addr, &to, again, peer, copy).await;
 }
 
 /// A client's channel to one address.
@@ -296,6 +324,8 @@ struct SimChannel {
     net: Arc<Net>,
     from: String,
     addr: String,
+    /// Who the servers see calling.
+    peer: Peer,
 }
 
 fn unavailable(why: String) -> ChannelError {
@@ -312,7 +342,7 @@ impl Service<http::Request<Body>> for SimChannel {
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        let SimChannel { net, from, addr } = self.clone();
+        let SimChannel { net, from, addr, peer } = self.clone();
         Box::pin(async move {
             // A paused process sends nothing until it runs again.
             net.until_running(&from).await;
@@ -322,11 +352,12 @@ impl Service<http::Request<Body>> for SimChannel {
                 Fate::Travels { delay, to, again: Some(again) } => {
                     let (original, copy) = twins(request).await?;
                     request = original;
-                    tokio::spawn(deliver_copy(net.clone(), from.clone(), addr.clone(), to.clone(), again, copy));
+                    let (net, from, addr) = (net.clone(), from.clone(), addr.clone());
+                    tokio::spawn(deliver_copy(net, from, addr, to.clone(), again, peer.clone(), copy));
                     (delay, to)
                 }
             };
-            let Some(response) = net.deliver(&from, &addr, &to, delay, request).await? else {
+            let Some(response) = net.deliver(&from, &addr, &to, delay, peer, request).await? else {
                 // Lost on the way: the caller's own timeout ends the call.
                 return std::future::pending().await;
             };

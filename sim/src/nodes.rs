@@ -128,11 +128,12 @@ impl SimNode {
         let (stop, stopped) = oneshot::channel::<()>();
         let config = self.config(members);
         let name = self.name.clone();
+        let security = Security::Transport(net.identity(&self.name));
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            if let Err(error) = server::run(config, io, Security::Insecure, clock, shutdown).await {
+            if let Err(error) = server::run(config, io, security, clock, shutdown).await {
                 tracing::debug!(node = %name, %error, "registry node stopped with an error");
             }
         });

@@ -55,6 +55,12 @@ impl Recorder {
         holders.entry(holder.to_string()).or_insert_with(|| format!("holder-{next}")).clone()
     }
 
+    /// The holder ID named `alias` in this history.
+    pub fn holder_of_alias(&self, alias: &str) -> Option<String> {
+        let holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        holders.iter().find(|(_, a)| a.as_str() == alias).map(|(holder, _)| holder.clone())
+    }
+
     /// Everything recorded so far.
     pub fn events(&self) -> Vec<Event> {
         self.events.lock().unwrap_or_else(PoisonError::into_inner).clone()

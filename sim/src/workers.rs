@@ -174,8 +174,9 @@ struct Process {
 
 impl Process {
     fn config(&self) -> WorkerConfig {
+        let security = Security::Transport(self.env.net.identity(&self.name));
         let mut config =
-            WorkerConfig::new(self.env.registry.clone(), self.state_dir.clone(), self.name.clone(), Security::Insecure);
+            WorkerConfig::new(self.env.registry.clone(), self.state_dir.clone(), self.name.clone(), security);
         config.lease_ttl = self.env.lease_ttl;
         config.worker_id = self.worker_id.clone();
         config.id_wait = Duration::from_secs(30);

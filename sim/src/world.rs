@@ -19,8 +19,10 @@ use fenceflake_proto::entropy;
 use fenceflake_proto::switches::{self, Mechanism};
 use fenceflake_registry::raft::types::NodeId;
 
+use crate::adversary;
 use crate::checks;
 use crate::clock::World;
+use crate::identity::Identities;
 use crate::nemesis::{Cluster, Nemesis};
 use crate::net::Net;
 use crate::nodes::{client_addr, SimNode};
@@ -74,7 +76,7 @@ impl RunOutcome {
 }
 
 /// Independent streams of one seed (network, nemesis, product entropy, tokio, workers' callers,
-/// the registry client).
+/// the registry client, the adversary).
 fn stream(seed: u64, which: u64) -> u64 {
     // SplitMix64's finalizer: nearby seeds give unrelated streams.
     let mut z = seed.wrapping_add(which.wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -118,7 +120,7 @@ fn state_root() -> std::io::Result<tempfile::TempDir> {
 async fn simulate(config: &RunConfig, state_root: &Path) -> anyhow::Result<RunOutcome> {
     let world = World::starting_now();
     let recorder = Arc::new(Recorder::new(world));
-    let net = Net::new(stream(config.seed, 3));
+    let net = Net::new(stream(config.seed, 3), Identities::new(recorder.clone()));
     let members: Vec<NodeId> = (1..=config.nodes).collect();
     let mut nodes: Vec<SimNode> = members.iter().map(|id| SimNode::new(*id)).collect();
     for node in &mut nodes {
@@ -137,6 +139,7 @@ async fn simulate(config: &RunConfig, state_root: &Path) -> anyhow::Result<RunOu
         worker.start(&env);
     }
     registry_client::start(&net, &recorder, &env.registry, stream(config.seed, 6), config.duration);
+    adversary::start(&net, &recorder, &members, stream(config.seed, 7), config.duration);
     let mut nemesis = Nemesis::new(stream(config.seed, 5));
     let mut cluster = Cluster {
         net: &net,

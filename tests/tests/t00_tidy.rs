@@ -138,9 +138,10 @@ fn every_rust_file_opens_with_a_module_doc() {
 /// Goal (issue 9, point 8): the unsafe test switches (the worker's deadline check and
 /// incarnations, the servers' authorization, the registry's clock check) exist only in the
 /// separately built test binary. No workspace member enables the `unsafe-test-switches`
-/// feature (so cargo's feature unification cannot pull it into `cargo build` or `cargo build
-/// --release`), and the binary the tests run — and any release binary built here — carries
-/// none of the switches' variable names.
+/// feature, nor proto's `sim-transport` (the simulator's, issue 10), so cargo's feature
+/// unification cannot pull them into `cargo build` or `cargo build --release`; and the
+/// binary the tests run — and any release binary built here — carries none of the switches'
+/// variable names.
 #[test]
 fn unsafe_switches_stay_out_of_the_binaries_the_tests_and_users_run() {
     for manifest in [
@@ -155,9 +156,12 @@ fn unsafe_switches_stay_out_of_the_binaries_the_tests_and_users_run() {
         "jepsen/Cargo.toml",
     ] {
         let text = std::fs::read_to_string(workspace_root().join(manifest)).expect("read manifest");
-        for line in text.lines().filter(|l| l.contains("unsafe-test-switches")) {
-            let defines_it = line.trim_start().starts_with("unsafe-test-switches =");
-            assert!(defines_it, "{manifest} enables the unsafe test switches: {line}");
+        // `sim-transport` too: the simulator's transport trusts identities it is handed.
+        for feature in ["unsafe-test-switches", "sim-transport"] {
+            for line in text.lines().filter(|l| l.contains(feature)) {
+                let defines_it = line.trim_start().starts_with(&format!("{feature} ="));
+                assert!(defines_it, "{manifest} enables {feature}: {line}");
+            }
         }
     }
     let marker = b"FENCEFLAKE_UNSAFE_";

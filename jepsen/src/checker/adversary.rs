@@ -10,6 +10,10 @@
 //!   nothing about the check;
 //! - `true` otherwise. A history without forged calls is "not exercised" (`true`).
 //!
+//! The simulator runs the same adversary under its nemesis, whose faults park workers
+//! themselves and may keep the adversary from the servers for a whole seed: it judges the
+//! forged calls' verdicts only ([`Faults::Others`]).
+//!
 //! [`counts`] are the per-call numbers of the report (attempted, refused, accepted,
 //! inconclusive, never connected, and the nodes that answered).
 
@@ -85,7 +89,25 @@ fn empty(call: Forged) -> CallCounts {
     }
 }
 
+/// What else ran beside the adversary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Faults {
+    /// Nothing (the harness's `adversary` scenario): a park is the adversary's doing, a
+    /// violation; a kind of forged call that never reached a verdict leaves the run unknown.
+    AdversaryOnly,
+    /// Other faults (the simulator's nemesis), which park workers themselves and may keep a
+    /// kind of call from every server, or leave no lease to forge against, for a whole run:
+    /// only the forged calls' verdicts are judged, and the simulator's many seeds, not each
+    /// one, show every kind refused.
+    Others,
+}
+
+/// The harness's verdict (no other fault: a park is a violation).
 pub fn check(events: &[Event]) -> CheckResult {
+    check_with(events, Faults::AdversaryOnly)
+}
+
+pub fn check_with(events: &[Event], faults: Faults) -> CheckResult {
     let counts = counts(events);
     if counts.is_empty() {
         let summary = "not exercised: no forged calls in the history".to_string();
@@ -96,12 +118,13 @@ pub fn check(events: &[Event]) -> CheckResult {
         violations.push(json!({ "violation": "forged-call-accepted", "call": call }));
     }
     let forged_accepted = violations.total();
-    for lease in history::lease_events(events).filter(|l| l.event == LeaseEventKind::Parked) {
+    let judged_parks = history::lease_events(events).filter(|_| faults == Faults::AdversaryOnly);
+    for lease in judged_parks.filter(|l| l.event == LeaseEventKind::Parked) {
         violations.push(json!({ "violation": "worker-parked", "lease_event": lease }));
     }
     let parked = violations.total() - forged_accepted;
     let mut doubts = Evidence::default();
-    for c in counts.iter().filter(|c| c.conclusive() == 0) {
+    for c in counts.iter().filter(|c| c.conclusive() == 0 && faults == Faults::AdversaryOnly) {
         doubts.push(json!({
             "doubt": "no conclusive attempt (never connected, or answered without proving anything)",
             "call": c.call,
@@ -216,5 +239,21 @@ mod tests {
         assert_eq!(result.valid, Valid::False);
         assert!(result.summary.contains("1 worker parks"), "{}", result.summary);
         assert_eq!(result.evidence[0]["violation"], "worker-parked");
+    }
+
+    /// Goal: under other faults (the simulator's nemesis) a park is theirs, not a violation,
+    /// and a kind that never reached a verdict is no doubt; a forged call accepted still is a
+    /// violation.
+    #[test]
+    fn under_other_faults_only_the_forged_calls_are_judged() {
+        let mut h = H::default();
+        h.lease("w1", Acquired, (1, 100), Some(3000), 0);
+        h.lease("w1", Parked, (1, 100), Some(3000), 3000);
+        let mut events = vec![forged(Forged::Quarantine, "n1", ForgedOutcome::NeverConnected)];
+        events.extend(h.events);
+        assert_eq!(check_with(&events, Faults::Others).valid, Valid::True);
+        assert_eq!(check(&events).valid, Valid::False);
+        events.push(forged(Forged::Release, "n1", ForgedOutcome::Accepted));
+        assert_eq!(check_with(&events, Faults::Others).valid, Valid::False);
     }
 }

@@ -63,6 +63,13 @@ pub enum Security {
     Tls(Arc<TlsState>),
     /// Plaintext, by an explicit `--insecure`.
     Insecure,
+    /// The deterministic simulator's own transport, which authenticates every caller itself
+    /// (it hands each request to the server with the calling machine's identity, as the TLS
+    /// acceptor would): this process is `identity`, and every caller is authenticated. Never
+    /// built into the product (feature `sim-transport`, enabled only by `sim/`); on a real
+    /// socket it serves and connects like a TLS process without certificates, refusing all.
+    #[cfg(feature = "sim-transport")]
+    Transport(PeerIdentity),
 }
 
 impl Security {
@@ -98,6 +105,8 @@ impl Security {
         match self {
             Security::Tls(state) => Some(state.identity()),
             Security::Insecure => None,
+            #[cfg(feature = "sim-transport")]
+            Security::Transport(identity) => Some(identity.clone()),
         }
     }
 
@@ -106,6 +115,8 @@ impl Security {
         match self {
             Security::Tls(state) => state.transitional(),
             Security::Insecure => true,
+            #[cfg(feature = "sim-transport")]
+            Security::Transport(_) => false,
         }
     }
 
@@ -118,6 +129,10 @@ impl Security {
             ),
             Security::Tls(state) => {
                 tracing::info!(identity = %state.identity(), cert = %state.files().cert.display(), not_after_unix = state.cert_not_after_unix(), "{process}: mutual TLS on every listener and client");
+            }
+            #[cfg(feature = "sim-transport")]
+            Security::Transport(identity) => {
+                tracing::info!(%identity, "{process}: the simulator's authenticated transport");
             }
             Security::Insecure => tracing::warn!(
                 "{process}: running --insecure: PLAINTEXT, no authentication, any caller may do anything (read tokens, release leases, change membership). Only for a private test network."
