@@ -38,6 +38,12 @@ const ROUND_PAUSE: Duration = Duration::from_millis(1_500);
 struct History {
     recorder: Arc<Recorder>,
     net: Arc<Net>,
+    /// How many events `latest` and `copied` have taken in.
+    seen: usize,
+    /// Each worker's latest lease event, or `None` once something may have ended it early.
+    latest: BTreeMap<String, Option<LeaseEvent>>,
+    /// Workers whose state dir was copied, and the copies.
+    copied: BTreeSet<String>,
 }
 
 impl History {
@@ -49,37 +55,35 @@ impl History {
     /// deadline must be more than one forged call away: the registry expires a lease no sooner
     /// than its worker's deadline, so a forged Acquire answered within its timeout found the
     /// lease held (the nemesis pauses nodes and workers, never the adversary).
-    fn serving(&self) -> BTreeMap<String, LeaseEvent> {
+    fn serving(&mut self) -> BTreeMap<String, LeaseEvent> {
         let timeout_ns = u64::try_from(CALL_TIMEOUT.as_nanos()).unwrap_or(u64::MAX);
         let held_until = self.recorder.now_ns().saturating_add(timeout_ns);
-        let mut latest: BTreeMap<String, Option<LeaseEvent>> = BTreeMap::new();
-        let mut copied = BTreeSet::new();
-        for event in self.recorder.events() {
-            match event {
-                Event::Lease(lease) => {
-                    latest.insert(lease.worker.clone(), Some(lease));
-                }
-                Event::Process(process) => {
-                    copied.extend(process.copy_of.clone());
-                    if process.event == ProcessEventKind::Cloned {
-                        copied.insert(process.process.clone());
-                    }
-                    latest.insert(process.process, None);
-                }
-                Event::Nemesis(fault) if fault.name == "kill" => {
-                    let worker = fault.detail.split(' ').next().unwrap_or_default();
-                    latest.insert(worker.to_string(), None);
-                }
-                _ => {}
+        let (latest, copied) = (&mut self.latest, &mut self.copied);
+        self.seen = self.recorder.visit_since(self.seen, |event| match event {
+            Event::Lease(lease) => {
+                latest.insert(lease.worker.clone(), Some(lease.clone()));
             }
-        }
+            Event::Process(process) => {
+                copied.extend(process.copy_of.clone());
+                if process.event == ProcessEventKind::Cloned {
+                    copied.insert(process.process.clone());
+                }
+                latest.insert(process.process.clone(), None);
+            }
+            Event::Nemesis(fault) if fault.name == "kill" => {
+                let worker = fault.detail.split(' ').next().unwrap_or_default();
+                latest.insert(worker.to_string(), None);
+            }
+            _ => {}
+        });
         let serving =
             [LeaseEventKind::Acquired, LeaseEventKind::Renewed, LeaseEventKind::Resumed, LeaseEventKind::Restated];
-        latest
-            .into_iter()
-            .filter_map(|(worker, lease)| Some((worker, lease?)))
+        self.latest
+            .iter()
+            .filter_map(|(worker, lease)| Some((worker, lease.as_ref()?)))
             .filter(|(_, lease)| serving.contains(&lease.event) && lease.deadline_mono_ns > Some(held_until))
-            .filter(|(worker, _)| !copied.contains(worker) && self.net.machine_runs(worker))
+            .filter(|(worker, _)| !self.copied.contains(*worker) && self.net.machine_runs(worker))
+            .map(|(worker, lease)| (worker.clone(), lease.clone()))
             .collect()
     }
 }
@@ -127,7 +131,13 @@ pub fn start(net: &Arc<Net>, recorder: &Arc<Recorder>, members: &[NodeId], seed:
     };
     let adversary = Adversary::new(
         callers,
-        History { recorder: recorder.clone(), net: net.clone() },
+        History {
+            recorder: recorder.clone(),
+            net: net.clone(),
+            seen: 0,
+            latest: BTreeMap::new(),
+            copied: BTreeSet::new(),
+        },
         recorder.clone(),
         seed,
         ROUND_PAUSE,
