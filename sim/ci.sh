@@ -15,7 +15,7 @@ cargo test --locked -- --test-threads 1 || fail "simulator tests"
 bin=../target/sim/debug/fenceflake-sim
 
 # The fixed range: every seed must be valid (about two minutes on the CI machine).
-seeds=${FENCEFLAKE_SIM_SEEDS:-0..100}
+seeds=${FENCEFLAKE_SIM_SEEDS:-0..200}
 echo "== fenceflake-sim run --seeds $seeds"
 "$bin" run --seeds "$seeds"
 code=$?
