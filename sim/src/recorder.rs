@@ -33,7 +33,16 @@ impl Recorder {
         self.world.elapsed_ns()
     }
 
-    pub fn push(&self, event: Event) {
+    pub fn push(&self, mut event: Event) {
+        if let Event::Adversary(call) = &mut event {
+            // The forger's request and the registry's answer quote holder IDs as text, which
+            // carry this OS process's id: masked, so that a seed's history is the same bytes
+            // in every process (found by `tests/determinism.rs` across processes).
+            let pid = format!("/{}/", std::process::id());
+            for text in [&mut call.request, &mut call.answer] {
+                *text = text.replace(&pid, "/pid/");
+            }
+        }
         self.events.lock().unwrap_or_else(PoisonError::into_inner).push(event);
     }
 
