@@ -40,6 +40,12 @@ const STANDBYS_MAX: usize = 2;
 /// for its lease to lapse and the ID to be granted again (TTL 3 s + cool-down).
 const STANDBY_PAUSE_MIN: Duration = Duration::from_secs(4);
 
+/// A node process that exited on its own is started again this long after, as a supervisor
+/// (systemd's `Restart=always`, `RestartSec=1`) would.
+const RESTART_SEC: Duration = Duration::from_secs(1);
+/// How often the nemesis looks for exited nodes while it injects nothing.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
+
 /// The name of the quorum-loss fault, which the parking checker looks for.
 pub const QUORUM_LOSS: &str = "quorum-loss";
 /// How long the nemesis injects nothing after a quorum loss heals: every worker that served
@@ -428,7 +434,41 @@ impl Nemesis {
         }
     }
 
+    /// The supervisor's part: a node process that exited on its own (its storage failed, or
+    /// the lost-disk guard refused to start it) is restarted after [`RESTART_SEC`]. Without it
+    /// a node whose fsync failed again after its restart stayed down for the rest of the run.
+    fn supervise_exits(&mut self, cluster: &mut Cluster<'_>) {
+        let now = cluster.recorder.world().elapsed();
+        for (index, node) in cluster.nodes.iter_mut().enumerate() {
+            let Some(why) = node.exited() else { continue };
+            // A process exit, not a machine crash: the OS still holds every unflushed write.
+            let pending = node.disk.pending_len();
+            node.crash(cluster.net, pending);
+            self.supervised.retain(|(_, i)| *i != index);
+            self.restarts.push((now + RESTART_SEC, true, index));
+            cluster.recorder.nemesis(
+                NemesisPhase::Start,
+                "crash",
+                format!("{} (exited on its own; its supervisor restarts it): {why}", node.name),
+            );
+        }
+    }
+
+    /// Inject nothing for `length`, restarting exited nodes meanwhile.
+    pub async fn idle(&mut self, cluster: &mut Cluster<'_>, length: Duration) {
+        let until = cluster.recorder.world().elapsed() + length;
+        loop {
+            self.restart_due(cluster);
+            let left = until.saturating_sub(cluster.recorder.world().elapsed());
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(left.min(SUPERVISE_EVERY)).await;
+        }
+    }
+
     fn restart_due(&mut self, cluster: &mut Cluster<'_>) {
+        self.supervise_exits(cluster);
         let now = cluster.recorder.world().elapsed();
         let (due, later): (Vec<_>, Vec<_>) = self.supervised.drain(..).partition(|(at, _)| *at <= now);
         self.supervised = later;
@@ -470,6 +510,7 @@ impl Nemesis {
 
     /// Heal everything: network, clocks, paused machines, state dirs, stopped processes.
     pub fn heal_all(&mut self, cluster: &mut Cluster<'_>) {
+        self.supervise_exits(cluster);
         cluster.net.heal();
         for (_, name) in std::mem::take(&mut self.resumes) {
             Nemesis::resume(cluster, &name);
@@ -525,6 +566,6 @@ impl Nemesis {
         tokio::time::sleep(lasts).await;
         self.heal_all(cluster);
         cluster.recorder.nemesis(NemesisPhase::Stop, QUORUM_LOSS, "healed with everything else".into());
-        tokio::time::sleep(QUORUM_LOSS_CALM).await;
+        self.idle(cluster, QUORUM_LOSS_CALM).await;
     }
 }

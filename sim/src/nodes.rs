@@ -4,7 +4,7 @@
 //! whose crash semantics the simulation chooses.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use fenceflake_proto::channel::BoxChannel;
@@ -60,6 +60,8 @@ pub struct SimNode {
     pub mono_stall: Arc<MonoStall>,
     starts: u64,
     running: Option<(String, oneshot::Sender<()>, JoinHandle<()>)>,
+    /// Why the running process ended on its own, once it did.
+    exit: Arc<Mutex<Option<String>>>,
 }
 
 impl SimNode {
@@ -73,11 +75,20 @@ impl SimNode {
             mono_stall: Arc::new(MonoStall::default()),
             starts: 0,
             running: None,
+            exit: Arc::default(),
         }
     }
 
     pub fn is_running(&self) -> bool {
         self.running.is_some()
+    }
+
+    /// Why the node process ended on its own (`server::run` returned: a fatal storage error,
+    /// the lost-disk guard's refusal), if it did while nobody stopped it: its machine's
+    /// supervisor restarts it.
+    pub fn exited(&self) -> Option<String> {
+        let finished = self.running.as_ref().is_some_and(|(_, _, task)| task.is_finished());
+        finished.then(|| self.exit.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default())
     }
 
     fn config(&self, members: &[NodeId]) -> NodeConfig {
@@ -129,12 +140,15 @@ impl SimNode {
         let config = self.config(members);
         let name = self.name.clone();
         let security = Security::Transport(net.identity(&self.name));
+        let exit = Arc::new(Mutex::new(None));
+        self.exit = exit.clone();
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.await;
             };
             if let Err(error) = server::run(config, io, security, clock, shutdown).await {
                 tracing::debug!(node = %name, %error, "registry node stopped with an error");
+                *exit.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
             }
         });
         self.running = Some((process, stop, task));

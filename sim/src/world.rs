@@ -154,7 +154,7 @@ async fn simulate(config: &RunConfig, state_root: &Path) -> anyhow::Result<RunOu
         nemesis.step(&mut cluster).await;
     }
     nemesis.heal_all(&mut cluster);
-    tokio::time::sleep(SETTLE).await;
+    nemesis.idle(&mut cluster, SETTLE).await;
     for worker in cluster.workers.iter_mut() {
         worker.kill(&net);
     }
