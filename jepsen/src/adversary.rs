@@ -19,7 +19,7 @@
 //! [`BoxChannel`] per registry node and caller: [`Callers`]), the [`Scout`] and the
 //! [`Timeline`], as for the registry workload.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
@@ -108,6 +108,10 @@ pub struct Adversary<S, T> {
     next: usize,
     /// Tokens granted to the adversary itself: the only non-zero tokens it may be shown.
     own_tokens: HashSet<u64>,
+    /// Holder IDs it asked for under its own identity without learning the outcome yet: the
+    /// registry may have granted it a lease (its own) whose token it does not know, so a read
+    /// showing an unknown token proves nothing until these are recovered.
+    unrecovered: BTreeSet<String>,
 }
 
 /// The harness's scout: each worker's `Status`, asked as `worker/adversary`.
@@ -173,6 +177,7 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
             round_pause,
             next: 0,
             own_tokens: HashSet::new(),
+            unrecovered: BTreeSet::new(),
         }
     }
 
@@ -185,6 +190,9 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
         }
         let mut round = 0usize;
         while self.timeline.now_ns() < stop_ns {
+            for holder in std::mem::take(&mut self.unrecovered) {
+                self.recover_own(&holder).await;
+            }
             let victims = self.scout.victims().await;
             let target = (!victims.is_empty()).then(|| &victims[round % victims.len()]);
             for at in 0..self.callers.names.len() {
@@ -267,7 +275,10 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
             })
             .await;
         let result = result.map(|r| r.leases);
-        let (outcome, answer) = (judge_read(&result, &self.own_tokens), describe_read(&result, &self.own_tokens));
+        let (outcome, answer) = (
+            judge_read(&result, &self.own_tokens, !self.unrecovered.is_empty()),
+            describe_read(&result, &self.own_tokens),
+        );
         self.note(Forged::ListLeases, node, outcome, (None, None), String::new(), answer);
     }
 
@@ -277,7 +288,10 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
             .call(Via::Certificate, |mut c| async move { c.get_lease(pb::GetLeaseRequest { worker_id }).await })
             .await;
         let result = result.map(|l| vec![l]);
-        let (outcome, answer) = (judge_read(&result, &self.own_tokens), describe_read(&result, &self.own_tokens));
+        let (outcome, answer) = (
+            judge_read(&result, &self.own_tokens, !self.unrecovered.is_empty()),
+            describe_read(&result, &self.own_tokens),
+        );
         self.note(Forged::GetLease, node, outcome, (Some(worker_id), None), String::new(), answer);
     }
 
@@ -360,7 +374,8 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
 
     /// After an Acquire whose outcome is unknown: ask again under the same holder ID (an
     /// Acquire is idempotent per identity and holder) and release what it returns, so that
-    /// every token the adversary owns is known and none of its own leases lingers.
+    /// every token the adversary owns is known and none of its own leases lingers. Still
+    /// unknown after a few tries: tried again each round, and reads judge nothing meanwhile.
     async fn recover_own(&mut self, holder: &str) {
         for _ in 0..3 {
             let req = pb::AcquireRequest { holder: holder.to_string(), worker_id: None, ttl_ms: 3000, incarnation: 0 };
@@ -370,6 +385,7 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
                 Err(_) => return,
             }
         }
+        self.unrecovered.insert(holder.to_string());
     }
 
     /// Give back a lease the adversary was granted under its own identity (allowed: it is its own).
@@ -583,9 +599,11 @@ fn handshake_refused(status: &Status) -> bool {
     false
 }
 
-/// A read must show no token but the adversary's own.
-fn judge_read(result: &Result<Vec<pb::LeaseInfo>, Status>, own: &HashSet<u64>) -> ForgedOutcome {
+/// A read must show no token but the adversary's own. While it `may_own_unknown` leases (an
+/// Acquire of its own whose outcome it has not learned), an unknown token may be one of them.
+fn judge_read(result: &Result<Vec<pb::LeaseInfo>, Status>, own: &HashSet<u64>, may_own_unknown: bool) -> ForgedOutcome {
     match result {
+        Ok(leases) if leases.iter().any(|l| shown_token(l, own)) && may_own_unknown => ForgedOutcome::Inconclusive,
         Ok(leases) if leases.iter().any(|l| shown_token(l, own)) => ForgedOutcome::Accepted,
         Ok(_) => ForgedOutcome::Refused,
         Err(s) if s.code() == Code::PermissionDenied => ForgedOutcome::Refused,
@@ -716,8 +734,11 @@ mod tests {
     #[test]
     fn reads_must_show_no_foreign_token() {
         let own: HashSet<u64> = [77].into();
-        assert_eq!(judge_read(&Ok(vec![info(0, false), info(77, false)]), &own), ForgedOutcome::Refused);
-        assert_eq!(judge_read(&Ok(vec![info(0, false), info(78, false)]), &own), ForgedOutcome::Accepted);
+        assert_eq!(judge_read(&Ok(vec![info(0, false), info(77, false)]), &own, false), ForgedOutcome::Refused);
+        assert_eq!(judge_read(&Ok(vec![info(0, false), info(78, false)]), &own, false), ForgedOutcome::Accepted);
+        // An Acquire of its own with an unknown outcome may have been granted token 78.
+        assert_eq!(judge_read(&Ok(vec![info(78, false)]), &own, true), ForgedOutcome::Inconclusive);
+        assert_eq!(judge_read(&Ok(vec![info(77, false)]), &own, true), ForgedOutcome::Refused);
         assert!(describe_read(&Ok(vec![info(78, false)]), &own).contains("token 78 of worker ID 1"));
     }
 }

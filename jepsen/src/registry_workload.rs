@@ -7,6 +7,7 @@
 //! them is only the transport — a [`BoxChannel`] per registry node, the product's own seam
 //! for it — and the [`Timeline`]: where time is read and where the ops are recorded.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use fenceflake_proto::channel::BoxChannel;
@@ -72,7 +73,24 @@ pub struct Process {
     pub seed: u64,
     pub round_pause: RoundPause,
     pub expiry_race: Option<ExpiryRace>,
+    /// A reader beside the process, if any.
+    pub reader: Option<Reader>,
 }
+
+/// A second process beside a workload process that only reads (`GetLease`) the worker ID the
+/// process is on, every few ms, so that reads land right after a write was acknowledged and
+/// right after a leader changed or restarted: the first reads of a leadership, before it has
+/// applied what earlier leaderships committed, are what `ensure_linearizable` (and the
+/// leader's catch-up on its own log) protects. The rounds' own reads come one call after a
+/// write and a pause after a failure, too late to see that window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reader {
+    /// The pause between two reads.
+    pub pause: RoundPause,
+}
+
+/// The reader's process number, apart from the writer's (its ops are concurrent with them).
+const READER_PROCESS_OFFSET: u64 = 200;
 
 /// A round that ends in a race at expiry abandons its lease instead of releasing it, waits
 /// until the registry may expire it, and then renews it while a new holder asks for the same
@@ -113,7 +131,27 @@ impl RoundPause {
 /// One process of the workload, each call through a registry node picked at random from
 /// `clients`, until `end_ns` on the timeline's clock (the round under way finishes).
 pub async fn run(workload: Process, clients: Vec<RegistryClient<BoxChannel>>, end_ns: u64, timeline: &impl Timeline) {
-    let Process { process, first_id, seed, round_pause, expiry_race } = workload;
+    let on_id = AtomicU32::new(workload.first_id);
+    let reader = workload.reader.map(|reader| {
+        let calls = Calls { rng: StdRng::seed_from_u64(!workload.seed), clients: clients.clone(), op_id: 0, timeline };
+        read(workload.process + READER_PROCESS_OFFSET, reader, calls, &on_id, end_ns)
+    });
+    tokio::join!(write(workload, clients, &on_id, end_ns, timeline), async {
+        if let Some(reader) = reader {
+            reader.await;
+        }
+    });
+}
+
+/// The workload process's rounds; `on_id` follows the worker ID it is on, for its reader.
+async fn write(
+    workload: Process,
+    clients: Vec<RegistryClient<BoxChannel>>,
+    on_id: &AtomicU32,
+    end_ns: u64,
+    timeline: &impl Timeline,
+) {
+    let Process { process, first_id, seed, round_pause, expiry_race, reader: _ } = workload;
     let mut calls = Calls { rng: StdRng::seed_from_u64(seed), clients, op_id: 0, timeline };
     let mut round = 0u64;
     let mut slot = 0u64;
@@ -123,6 +161,7 @@ pub async fn run(workload: Process, clients: Vec<RegistryClient<BoxChannel>>, en
             slot += 1;
         }
         let worker_id = first_id + (slot % u64::from(IDS_PER_PROCESS)) as u32;
+        on_id.store(worker_id, Ordering::Relaxed);
         let holder = format!("jepsen-{process}-{round}");
         let race = expiry_race.filter(|r| calls.rng.gen_range(0..1000) < r.per_mille);
         let mut token = None;
@@ -149,6 +188,15 @@ pub async fn run(workload: Process, clients: Vec<RegistryClient<BoxChannel>>, en
             slot += 1;
         }
         tokio::time::sleep(Duration::from_millis(calls.rng.gen_range(round_pause.min_ms..round_pause.max_ms))).await;
+    }
+}
+
+/// The reader's loop: `GetLease` of the ID the writer is on, until `end_ns`.
+async fn read<T: Timeline>(process: u64, reader: Reader, mut calls: Calls<'_, T>, on_id: &AtomicU32, end_ns: u64) {
+    while calls.timeline.now_ns() < end_ns {
+        let op = calls.op(process, RegistryFn::Get, on_id.load(Ordering::Relaxed), None, None);
+        calls.call(op).await;
+        tokio::time::sleep(Duration::from_millis(calls.rng.gen_range(reader.pause.min_ms..reader.pause.max_ms))).await;
     }
 }
 

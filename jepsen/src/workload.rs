@@ -167,6 +167,7 @@ pub async fn run(plan: Plan, history: HistoryWriter) -> anyhow::Result<()> {
             seed: process,
             round_pause: registry_workload::RoundPause::HARNESS,
             expiry_race: None,
+            reader: None,
         };
         let timeline = HarnessTimeline { clock: plan.clock, history: history.clone() };
         tasks.push(tokio::spawn(async move { registry_workload::run(workload, clients, end_ns, &timeline).await }));

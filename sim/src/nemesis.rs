@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fenceflake_jepsen::history::NemesisPhase;
+use fenceflake_proto::v1 as pb;
+use fenceflake_proto::v1::registry_client::RegistryClient;
 use fenceflake_registry::raft::types::NodeId;
 use fenceflake_worker::WorkerId;
 use rand::rngs::StdRng;
@@ -24,7 +26,7 @@ use rand::{Rng, SeedableRng};
 use crate::adversary;
 use crate::clock::MonoStall;
 use crate::net::{Latency, Net};
-use crate::nodes::SimNode;
+use crate::nodes::{client_addr, SimNode};
 use crate::recorder::Recorder;
 use crate::registry_client;
 use crate::worker_disk::{self, DeadDiskFault};
@@ -45,6 +47,11 @@ const STANDBY_PAUSE_MIN: Duration = Duration::from_secs(4);
 const RESTART_SEC: Duration = Duration::from_secs(1);
 /// How often the nemesis looks for exited nodes while it injects nothing.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
+
+/// The machine the nemesis asks who leads (never cut off: it is not among `machines`).
+pub const CHAOS: &str = "chaos";
+/// How long the nemesis waits for one node's `ClusterStatus`.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// The name of the quorum-loss fault, which the parking checker looks for.
 pub const QUORUM_LOSS: &str = "quorum-loss";
@@ -104,7 +111,7 @@ impl Nemesis {
         let pause = Duration::from_millis(self.rng.gen_range(200..2_500));
         tokio::time::sleep(pause).await;
         self.restart_due(cluster);
-        match self.rng.gen_range(0..110) {
+        match self.rng.gen_range(0..120) {
             0..=10 => self.partition(cluster),
             11..=16 => self.one_way_cut(cluster),
             17..=28 => {
@@ -123,6 +130,7 @@ impl Nemesis {
             96..=97 => self.fail_ceiling_writes(cluster),
             98..=99 => self.isolated_clock_jump(cluster),
             100..=109 => self.quorum_loss(cluster).await,
+            110..=112 => self.bounce_leader(cluster).await,
             _ => {}
         }
     }
@@ -358,6 +366,51 @@ impl Nemesis {
             format!("{} asks for worker ID {} of {of}", standby.name, worker_id.get()),
         );
         cluster.workers.push(standby);
+    }
+
+    /// The leader's process dies and its supervisor starts it again within an election
+    /// timeout (an OOM kill, say), often losing what it applied but had not flushed: openraft
+    /// resumes it as leader in its old term, its state machine behind what it acknowledged
+    /// until it has applied its own log again. Its first reads and grants must wait for that
+    /// (`ensure_linearizable` and the leader's catch-up on its own log): this is the schedule
+    /// they exist for, which the registry client's readers watch.
+    async fn bounce_leader(&mut self, cluster: &mut Cluster<'_>) {
+        let Some(index) = Nemesis::leader(cluster).await else { return };
+        let node = &mut cluster.nodes[index];
+        let pending = node.disk.pending_len();
+        let keep = self.rng.gen_range(0..=pending);
+        let down = Duration::from_millis(self.rng.gen_range(10..250));
+        node.crash(cluster.net, keep);
+        let detail = format!("{} (leader; kept {keep} of {pending} unflushed writes; back after {down:?})", node.name);
+        cluster.recorder.nemesis(NemesisPhase::Start, "crash", detail);
+        tokio::time::sleep(down).await;
+        Nemesis::restart(cluster, true, index);
+        if self.rng.gen_bool(0.5) {
+            // It comes back cut off from its peers but not from its callers (a switch port
+            // that flaps with the reboot): it cannot learn what it lost from them, and stays
+            // leader to itself until the network heals.
+            let name = cluster.nodes[index].name.clone();
+            for peer in cluster.nodes.iter().filter(|n| n.name != name) {
+                cluster.net.cut(&name, &peer.name);
+                cluster.net.cut(&peer.name, &name);
+            }
+            cluster.recorder.nemesis(NemesisPhase::Start, "partition", format!("{name} cut off from its peers"));
+        }
+    }
+
+    /// The node that says it leads, as a chaos tool finds it: `ClusterStatus` of each running
+    /// node in turn, through the network as it is.
+    async fn leader(cluster: &Cluster<'_>) -> Option<usize> {
+        for (index, node) in cluster.nodes.iter().enumerate().filter(|(_, n)| n.is_running()) {
+            let mut client = RegistryClient::new(cluster.net.channel(CHAOS, &client_addr(node.id)));
+            let asked = tokio::time::timeout(STATUS_TIMEOUT, client.cluster_status(pb::ClusterStatusRequest {})).await;
+            if let Ok(Ok(status)) = asked {
+                if status.get_ref().state == "LEADER" {
+                    return Some(index);
+                }
+            }
+        }
+        None
     }
 
     fn resume(cluster: &Cluster<'_>, name: &str) {

@@ -7,7 +7,7 @@
 //! Faults, all decided from the seed: latency and jitter per hop; packet loss as TCP sees it
 //! (a retransmission: extra delay); duplicated requests (a proxy or a client library that
 //! retries a call whose answer it did not see: the server runs it twice, the caller sees one
-//! answer); directed cuts (a partition, one-way or both ways), under
+//! answer; never the registry client's nor a node's `Forward`, see [`duplicable`]); directed cuts (a partition, one-way or both ways), under
 //! which a request or its answer is lost and the caller waits out its own timeout, as behind
 //! a firewall DROP rule; a stopped process, whose port refuses at once (`UNAVAILABLE`); a
 //! paused machine (SIGSTOP, a suspended VM), which neither sends nor answers until it runs
@@ -222,7 +222,8 @@ impl Net {
         Duration::from_micros(us)
     }
 
-    fn send(&self, from: &str, addr: &str) -> Fate {
+    /// `duplicable`: whether a retrying intermediary may run this request twice.
+    fn send(&self, from: &str, addr: &str, duplicable: bool) -> Fate {
         let mut state = self.lock();
         let Some((to, _, _)) = state.addresses.get(addr) else {
             return Fate::Refused(format!("no such address {addr}"));
@@ -232,7 +233,7 @@ impl Net {
             return Fate::Refused(format!("{from} is not running"));
         }
         let delay = Net::delay(&mut state);
-        let duplicated = state.rng.gen_range(0..1_000) < state.latency.duplicate_per_mille;
+        let duplicated = state.rng.gen_range(0..1_000) < state.latency.duplicate_per_mille && duplicable;
         let again = duplicated.then(|| delay + Net::delay(&mut state));
         Fate::Travels { delay, to, again }
     }
@@ -304,6 +305,16 @@ async fn twins(request: http::Request<Body>) -> Result<(http::Request<Body>, htt
     Ok((copy(bytes.clone()), copy(bytes)))
 }
 
+/// Whether a request may be duplicated: not the registry client's, whose history the
+/// linearizability checker judges as one execution per invocation (it calls through no
+/// retrying proxy: a duplicate it cannot see would run an Acquire again after its Release);
+/// not a node's `Forward` of a caller's request, which travels over a plain connection
+/// between nodes (a duplicate would run a command its caller sent once). Everything else may:
+/// the workers' calls (a proxy or client library retrying) and Raft's own messages.
+fn duplicable(from: &str, path: &str) -> bool {
+    machine(from) != crate::registry_client::MACHINE && !path.ends_with("/Forward")
+}
+
 /// The duplicate of a request, served once more after `again`; nobody hears its answer.
 async fn deliver_copy(
     net: Arc<Net>,
@@ -346,7 +357,8 @@ impl Service<http::Request<Body>> for SimChannel {
         Box::pin(async move {
             // A paused process sends nothing until it runs again.
             net.until_running(&from).await;
-            let (delay, to) = match net.send(&from, &addr) {
+            let duplicable = duplicable(&from, request.uri().path());
+            let (delay, to) = match net.send(&from, &addr, duplicable) {
                 Fate::Refused(why) => return Err(unavailable(why)),
                 Fate::Travels { delay, to, again: None } => (delay, to),
                 Fate::Travels { delay, to, again: Some(again) } => {

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fenceflake_jepsen::registry_workload::{self, ExpiryRace, RoundPause, LEASE_TTL_MS, REGISTRY_WORKLOAD_IDS};
+use fenceflake_jepsen::registry_workload::{self, ExpiryRace, Reader, RoundPause, LEASE_TTL_MS, REGISTRY_WORKLOAD_IDS};
 use fenceflake_proto::v1::registry_client::RegistryClient;
 
 use crate::net::Net;
@@ -33,6 +33,9 @@ const EXPIRY_RACE: ExpiryRace = ExpiryRace {
     after: Duration::from_millis(LEASE_TTL_MS + COOL_DOWN_MS),
     spread: Duration::from_millis(60),
 };
+/// Each process's reader: a `GetLease` of the ID it is on every 5–25 ms, for the first reads
+/// of a leadership (`Reader`).
+const READER: Reader = Reader { pause: RoundPause { min_ms: 5, max_ms: 25 } };
 /// Its one process (it is never killed).
 const PROCESS: &str = "client#1";
 
@@ -51,6 +54,7 @@ pub fn start(net: &Arc<Net>, recorder: &Arc<Recorder>, registry: &[String], seed
             seed: seed.wrapping_add(index),
             round_pause: ROUND_PAUSE,
             expiry_race: Some(EXPIRY_RACE),
+            reader: Some(READER),
         };
         let clients = registry.iter().map(|addr| RegistryClient::new(net.channel(PROCESS, addr))).collect();
         let recorder = recorder.clone();

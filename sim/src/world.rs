@@ -140,6 +140,7 @@ async fn simulate(config: &RunConfig, state_root: &Path) -> anyhow::Result<RunOu
     }
     registry_client::start(&net, &recorder, &env.registry, stream(config.seed, 6), config.duration);
     adversary::start(&net, &recorder, &members, stream(config.seed, 7), config.duration);
+    net.set_running(crate::nemesis::CHAOS, true);
     let mut nemesis = Nemesis::new(stream(config.seed, 5));
     let mut cluster = Cluster {
         net: &net,
