@@ -5,9 +5,17 @@
 //! wall-clock steps and drift on any machine, paused machines (SIGSTOP, or a suspended VM
 //! whose monotonic clock stops) with a standby asking for a paused worker's ID, a worker cut
 //! off from the registry whose wall clock jumps forward while a standby asks for its ID,
-//! worker processes started on a copy of another's state dir; and quorum loss, a majority of the
-//! nodes cut off for a few seconds, for the parking checker. Each is recorded in the history
-//! as a nemesis event, and everything is healed before the run ends.
+//! worker processes started on a copy of another's state dir; an operator replacing a registry
+//! voter (`replace-voter`) or a node whose disk was lost (`replace-lost-node`) under a new node
+//! id, in the background (`membership.rs`); and quorum loss, a majority of the voters cut off
+//! for a few seconds, for the parking checker. Each is recorded in the history as a nemesis
+//! event, and everything is healed before the run ends (a replacement under way goes on).
+//!
+//! The set of nodes changes: `Cluster::nodes` grows by each replacement's new node, and a
+//! replaced node's machine is retired (stopped for good: no restart, no supervisor, no fault
+//! picks it). Faults that count nodes count the voters as far as the operator knows them
+//! (`membership::Voters`): nodes down at once stay a minority of them, and a quorum loss cuts
+//! off a majority of every membership the cluster may be in.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -23,6 +31,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::adversary;
 use crate::clock::MonoStall;
+use crate::membership::{self, Operator};
 use crate::net::{Latency, Net};
 use crate::nodes::SimNode;
 use crate::recorder::Recorder;
@@ -30,8 +39,6 @@ use crate::registry_client;
 use crate::worker_disk::{self, DeadDiskFault};
 use crate::workers::{clone_of, SimWorker, WorkerEnv};
 
-/// At most this many registry nodes down at once: more only stalls the run.
-const NODES_DOWN_MAX: usize = 2;
 /// At most this many copies of state dirs per run.
 const CLONES_MAX: usize = 2;
 /// At most this many standbys per run.
@@ -58,7 +65,6 @@ pub const QUORUM_LOSS_CALM: Duration = Duration::from_secs(10);
 pub struct Cluster<'a> {
     pub net: &'a Arc<Net>,
     pub recorder: &'a Recorder,
-    pub members: &'a [NodeId],
     pub nodes: &'a mut Vec<SimNode>,
     pub workers: &'a mut Vec<SimWorker>,
     pub env: &'a WorkerEnv,
@@ -82,10 +88,13 @@ pub struct Nemesis {
     cloned: BTreeSet<String>,
     standbys: usize,
     quorum_lost: bool,
+    /// Replaces registry voters, in the background.
+    operator: Operator,
 }
 
 impl Nemesis {
-    pub fn new(seed: u64) -> Nemesis {
+    /// The nemesis of a cluster bootstrapped with `members`.
+    pub fn new(seed: u64, members: &[NodeId]) -> Nemesis {
         Nemesis {
             rng: StdRng::seed_from_u64(seed),
             restarts: Vec::new(),
@@ -96,6 +105,7 @@ impl Nemesis {
             cloned: BTreeSet::new(),
             standbys: 0,
             quorum_lost: false,
+            operator: Operator::new(members),
         }
     }
 
@@ -104,7 +114,7 @@ impl Nemesis {
         let pause = Duration::from_millis(self.rng.gen_range(200..2_500));
         tokio::time::sleep(pause).await;
         self.restart_due(cluster);
-        match self.rng.gen_range(0..110) {
+        match self.rng.gen_range(0..120) {
             0..=10 => self.partition(cluster),
             11..=16 => self.one_way_cut(cluster),
             17..=28 => {
@@ -123,14 +133,16 @@ impl Nemesis {
             96..=97 => self.fail_ceiling_writes(cluster),
             98..=99 => self.isolated_clock_jump(cluster),
             100..=109 => self.quorum_loss(cluster).await,
+            113..=116 => self.operator.begin(cluster, &mut self.rng),
             _ => {}
         }
     }
 
+    /// Every machine there is now (a node's is gone once its member was removed).
     fn machines(cluster: &Cluster<'_>) -> Vec<String> {
-        let nodes = cluster.nodes.iter().map(|n| n.name.clone());
+        let nodes = cluster.nodes.iter().filter(|n| !n.is_retired()).map(|n| n.name.clone());
         let workers = cluster.workers.iter().map(|w| w.name.clone());
-        let others = [registry_client::MACHINE, adversary::MACHINE].map(String::from);
+        let others = [registry_client::MACHINE, adversary::MACHINE, membership::MACHINE].map(String::from);
         nodes.chain(workers).chain(others).collect()
     }
 
@@ -171,13 +183,20 @@ impl Nemesis {
         cluster.recorder.nemesis(NemesisPhase::Start, "latency", format!("{latency:?}"));
     }
 
-    /// Registry nodes that cannot take part now: crashed or paused.
+    /// Registry nodes that cannot take part now: crashed or paused (not those removed).
     fn nodes_down(cluster: &Cluster<'_>) -> usize {
-        cluster.nodes.iter().filter(|n| !n.is_running() || cluster.net.is_paused(&n.name)).count()
+        let down = |n: &&SimNode| !n.is_running() || cluster.net.is_paused(&n.name);
+        cluster.nodes.iter().filter(|n| !n.is_retired()).filter(down).count()
+    }
+
+    /// At most this many registry nodes down at once, a minority of the voters (two of
+    /// five): more only stalls the run.
+    fn nodes_down_max(&self) -> usize {
+        self.operator.voters().certain().saturating_sub(1) / 2
     }
 
     fn crash_node(&mut self, cluster: &mut Cluster<'_>) {
-        if Nemesis::nodes_down(cluster) >= NODES_DOWN_MAX {
+        if Nemesis::nodes_down(cluster) >= self.nodes_down_max() {
             return;
         }
         let index = self.rng.gen_range(0..cluster.nodes.len());
@@ -218,7 +237,7 @@ impl Nemesis {
         let down = Nemesis::nodes_down(cluster);
         let index = self.rng.gen_range(0..cluster.nodes.len());
         let node = &mut cluster.nodes[index];
-        if down >= NODES_DOWN_MAX || !node.is_running() {
+        if down >= self.nodes_down_max() || !node.is_running() {
             return;
         }
         node.crash(cluster.net, 0);
@@ -293,7 +312,7 @@ impl Nemesis {
         let machines = Nemesis::machines(cluster);
         let Some(name) = machines.choose(&mut self.rng).cloned() else { return };
         let node = cluster.nodes.iter().find(|n| n.name == name);
-        if cluster.net.is_paused(&name) || (node.is_some() && Nemesis::nodes_down(cluster) >= NODES_DOWN_MAX) {
+        if cluster.net.is_paused(&name) || (node.is_some() && Nemesis::nodes_down(cluster) >= self.nodes_down_max()) {
             return;
         }
         let worker = cluster.workers.iter().find(|w| w.name == name);
@@ -441,6 +460,7 @@ impl Nemesis {
         let now = cluster.recorder.world().elapsed();
         for (index, node) in cluster.nodes.iter_mut().enumerate() {
             let Some(why) = node.exited() else { continue };
+            self.operator.note_exit(index, &why);
             // A process exit, not a machine crash: the OS still holds every unflushed write.
             let pending = node.disk.pending_len();
             node.crash(cluster.net, pending);
@@ -494,12 +514,16 @@ impl Nemesis {
         for (_, index) in due {
             Nemesis::heal_writes(cluster, index);
         }
+        self.operator.advance(cluster);
     }
 
     fn restart(cluster: &mut Cluster<'_>, is_node: bool, index: usize) {
         if is_node {
             let node = &mut cluster.nodes[index];
-            node.start(cluster.net, cluster.recorder, cluster.members);
+            if node.is_retired() {
+                return;
+            }
+            node.start(cluster.net, cluster.recorder);
             cluster.recorder.nemesis(NemesisPhase::Stop, "crash", node.name.clone());
         } else {
             let worker = &mut cluster.workers[index];
@@ -537,6 +561,20 @@ impl Nemesis {
         );
     }
 
+    /// The nodes a quorum loss cuts off: all but a minority of the smallest membership the
+    /// cluster may be in, of every node that may vote. With the membership known that is a
+    /// majority of the voters (three of five, four of six); while a change's outcome is
+    /// unknown, a majority of every membership it may have left (a learner commits nothing).
+    fn quorum_to_cut(&mut self, cluster: &Cluster<'_>) -> Vec<String> {
+        let voters = self.operator.voters();
+        let mut nodes: Vec<String> =
+            cluster.nodes.iter().filter(|n| voters.may_vote(n.id)).map(|n| n.name.clone()).collect();
+        let spared = voters.certain().saturating_sub(1) / 2;
+        nodes.shuffle(&mut self.rng);
+        nodes.truncate(nodes.len().saturating_sub(spared));
+        nodes
+    }
+
     /// Quorum loss: a majority of the registry nodes each cut off from every other machine,
     /// so no node can commit anything (no grant, no renewal) while the workers still reach
     /// the minority; for a few seconds, sometimes past the workers' 3 s leases. The nemesis
@@ -550,9 +588,7 @@ impl Nemesis {
             return;
         }
         self.quorum_lost = true;
-        let mut nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
-        nodes.shuffle(&mut self.rng);
-        nodes.truncate(cluster.nodes.len() / 2 + 1);
+        let nodes = self.quorum_to_cut(cluster);
         let machines = Nemesis::machines(cluster);
         for node in &nodes {
             for other in machines.iter().filter(|m| *m != node) {
