@@ -40,8 +40,9 @@ use crate::nodes::{client_addr, peer_addr, SimNode};
 pub const MACHINE: &str = "operator";
 /// Its one process (never killed).
 const PROCESS: &str = "operator#1";
-pub const REPLACE_VOTER: &str = "replace-voter";
-pub const REPLACE_LOST_NODE: &str = "replace-lost-node";
+/// The nemesis events' names.
+const REPLACE_VOTER: &str = "replace-voter";
+const REPLACE_LOST_NODE: &str = "replace-lost-node";
 /// Each replacement changes the membership twice; two per run leave three of the workers'
 /// five registry addresses live.
 const REPLACEMENTS_MAX: usize = 2;
