@@ -111,9 +111,10 @@ pub struct Voters {
 }
 
 impl Voters {
-    /// How many nodes are voters in every membership the cluster may be in.
-    pub fn certain(&self) -> usize {
-        self.certain.len()
+    /// The largest minority of the smallest membership the cluster may be in: this many
+    /// voters down leave every membership a quorum, one more may leave one none.
+    pub fn minority(&self) -> usize {
+        self.certain.len().saturating_sub(1) / 2
     }
 
     pub fn may_vote(&self, id: NodeId) -> bool {

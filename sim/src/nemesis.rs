@@ -1,8 +1,8 @@
 //! The faults, every one chosen from the run's seed: partitions (both ways and one-way),
 //! latency, packet loss and duplicated requests, registry node crashes that lose a random part
 //! of what was not yet flushed, failing fsyncs, lost registry disks, worker SIGKILLs (some
-//! leaving a lost, torn or rolled-back state dir: `worker_disk`, some a wall clock behind), failing ceiling writes,
-//! wall-clock steps and drift on any machine, paused machines (SIGSTOP, or a suspended VM
+//! leaving a lost, torn or rolled-back state dir: `worker_disk`, some a wall clock behind),
+//! failing ceiling writes, wall-clock steps and drift on any machine, paused machines (SIGSTOP, or a suspended VM
 //! whose monotonic clock stops) with a standby asking for a paused worker's ID, a worker cut
 //! off from the registry whose wall clock jumps forward while a standby asks for its ID,
 //! worker processes started on a copy of another's state dir; an operator replacing a registry
@@ -192,7 +192,7 @@ impl Nemesis {
     /// At most this many registry nodes down at once, a minority of the voters (two of
     /// five): more only stalls the run.
     fn nodes_down_max(&self) -> usize {
-        self.operator.voters().certain().saturating_sub(1) / 2
+        self.operator.voters().minority()
     }
 
     fn crash_node(&mut self, cluster: &mut Cluster<'_>) {
@@ -588,13 +588,12 @@ impl Nemesis {
         let voters = self.operator.voters();
         let mut nodes: Vec<String> =
             cluster.nodes.iter().filter(|n| voters.may_vote(n.id)).map(|n| n.name.clone()).collect();
-        let spared = voters.certain().saturating_sub(1) / 2;
         nodes.shuffle(&mut self.rng);
-        nodes.truncate(nodes.len().saturating_sub(spared));
+        nodes.truncate(nodes.len().saturating_sub(voters.minority()));
         nodes
     }
 
-    /// Quorum loss: a majority of the registry nodes each cut off from every other machine,
+    /// Quorum loss: a majority of the voters each cut off from every other machine,
     /// so no node can commit anything (no grant, no renewal) while the workers still reach
     /// the minority; for a few seconds, sometimes past the workers' 3 s leases. The nemesis
     /// starts nothing else meanwhile: a wall clock stepped inside the window would move the
