@@ -5,8 +5,8 @@
 //!
 //! The names follow the harness's certificates (`fenceflake_jepsen::tls`): `node/<id>` per
 //! registry node, `worker/<host>` per worker machine, `worker/linearizability` for the
-//! registry client, `operator/harness` for the operator, `worker/adversary` for the
-//! adversary. A copy of a worker's state dir runs under its source's identity, as the
+//! registry client, `operator/harness` for the operator replacing registry members
+//! (`membership.rs`), `worker/adversary` for the adversary. A copy of a worker's state dir runs under its source's identity, as the
 //! harness's copies do (a cloned VM keeps the certificate beside the state dir): the copies
 //! of one holder ID are then one identity to the registry, which supersedes all but one.
 
@@ -53,6 +53,7 @@ impl Identities {
         match machine {
             registry_client::MACHINE => identity((Role::Worker, tls::WORKLOAD_REGISTRY.1)),
             crate::adversary::MACHINE => identity((Role::Worker, adversary::IDENTITY.1)),
+            crate::membership::MACHINE => identity((Role::Operator, tls::CONTROLLER.1)),
             _ if node.is_some() => identity((Role::Node, node.unwrap_or_default())),
             worker => identity((Role::Worker, &self.original(worker))),
         }

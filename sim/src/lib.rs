@@ -13,6 +13,7 @@ pub mod adversary;
 pub mod checks;
 pub mod clock;
 pub mod identity;
+pub mod membership;
 pub mod nemesis;
 pub mod net;
 pub mod nodes;

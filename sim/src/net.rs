@@ -40,6 +40,7 @@ use tonic::codegen::Bytes;
 use tower::{Service, ServiceExt};
 
 use crate::identity::Identities;
+use crate::registry_client;
 
 /// Which of a node's services an address reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,7 +313,7 @@ async fn twins(request: http::Request<Body>) -> Result<(http::Request<Body>, htt
 /// between nodes (a duplicate would run a command its caller sent once). Everything else may:
 /// the workers' calls (a proxy or client library retrying) and Raft's own messages.
 fn duplicable(from: &str, path: &str) -> bool {
-    machine(from) != crate::registry_client::MACHINE && !path.ends_with("/Forward")
+    machine(from) != registry_client::MACHINE && !path.ends_with("/Forward")
 }
 
 /// The duplicate of a request, served once more after `again`; nobody hears its answer.

@@ -58,6 +58,12 @@ pub struct SimNode {
     pub disk: MemDisk,
     pub wall: Arc<WallError>,
     pub mono_stall: Arc<MonoStall>,
+    /// The members its `--initial-cluster` names (itself among them for a founding member).
+    initial_cluster: Vec<NodeId>,
+    /// `New` for the five founding members; `Existing` for a replacement started later.
+    initial_state: InitialClusterState,
+    /// Removed from the cluster and its machine stopped for good: never started again.
+    retired: bool,
     starts: u64,
     running: Option<(String, oneshot::Sender<()>, JoinHandle<()>)>,
     /// Why the running process ended on its own, once it did.
@@ -65,7 +71,18 @@ pub struct SimNode {
 }
 
 impl SimNode {
-    pub fn new(id: NodeId) -> SimNode {
+    /// A member of the cluster the run bootstraps, `members`.
+    pub fn founding(id: NodeId, members: &[NodeId]) -> SimNode {
+        SimNode::new(id, members, InitialClusterState::New)
+    }
+
+    /// A node an operator adds to the running cluster, whose live members are `members`: it
+    /// asks them whether its id served before, then waits to be added.
+    pub fn joining(id: NodeId, members: &[NodeId]) -> SimNode {
+        SimNode::new(id, members, InitialClusterState::Existing)
+    }
+
+    fn new(id: NodeId, members: &[NodeId], initial_state: InitialClusterState) -> SimNode {
         let name = format!("r{id}");
         SimNode {
             id,
@@ -73,6 +90,9 @@ impl SimNode {
             disk: MemDisk::new(),
             wall: Arc::new(WallError::default()),
             mono_stall: Arc::new(MonoStall::default()),
+            initial_cluster: members.to_vec(),
+            initial_state,
+            retired: false,
             starts: 0,
             running: None,
             exit: Arc::default(),
@@ -83,6 +103,10 @@ impl SimNode {
         self.running.is_some()
     }
 
+    pub fn is_retired(&self) -> bool {
+        self.retired
+    }
+
     /// Why the node process ended on its own (`server::run` returned: a fatal storage error,
     /// the lost-disk guard's refusal), if it did while nobody stopped it: its machine's
     /// supervisor restarts it.
@@ -91,18 +115,17 @@ impl SimNode {
         finished.then(|| self.exit.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default())
     }
 
-    fn config(&self, members: &[NodeId]) -> NodeConfig {
-        let initial_cluster: BTreeMap<NodeId, PeerNode> = members
-            .iter()
-            .map(|id| (*id, PeerNode { peer_addr: peer_addr(*id), client_addr: client_addr(*id) }))
-            .collect();
+    fn config(&self) -> NodeConfig {
+        let node = |id: NodeId| PeerNode { peer_addr: peer_addr(id), client_addr: client_addr(id) };
+        let initial_cluster: BTreeMap<NodeId, PeerNode> =
+            self.initial_cluster.iter().map(|id| (*id, node(*id))).collect();
         NodeConfig {
             node_id: self.id,
             cluster_id: CLUSTER_ID.to_string(),
-            advertise: initial_cluster[&self.id].clone(),
+            advertise: node(self.id),
             data_dir: format!("/sim/{}", self.name).into(),
             initial_cluster,
-            initial_cluster_state: InitialClusterState::New,
+            initial_cluster_state: self.initial_state,
             layout: LayoutFlags::default(),
             ttl_ms_max: TTL_MS_MAX,
             cool_down_ms: COOL_DOWN_MS,
@@ -117,9 +140,9 @@ impl SimNode {
         }
     }
 
-    /// Start the node process on this machine's disk.
-    pub fn start(&mut self, net: &Arc<Net>, recorder: &Recorder, members: &[NodeId]) {
-        if self.running.is_some() {
+    /// Start the node process on this machine's disk, unless it runs or was retired.
+    pub fn start(&mut self, net: &Arc<Net>, recorder: &Recorder) {
+        if self.running.is_some() || self.retired {
             return;
         }
         self.starts += 1;
@@ -137,7 +160,7 @@ impl SimNode {
         });
         let clock = Arc::new(ProcessClock::start(recorder.world(), self.wall.clone(), self.mono_stall.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = self.config(members);
+        let config = self.config();
         let name = self.name.clone();
         let security = Security::Transport(net.identity(&self.name));
         let exit = Arc::new(Mutex::new(None));
@@ -164,5 +187,13 @@ impl SimNode {
             let _ = stop.send(());
             self.disk = self.disk.restart();
         }
+    }
+
+    /// Stop the machine for good (its member was removed): the process dies as in a crash,
+    /// and nothing starts it again (the nemesis's restarts and its supervisor skip it).
+    pub fn retire(&mut self, net: &Net) {
+        let pending = self.disk.pending_len();
+        self.crash(net, pending);
+        self.retired = true;
     }
 }

@@ -7,6 +7,10 @@
 //! quarantines the ID. With every mechanism in force it must never fire: a hit is either a
 //! real overlap (which the history's checkers should also see) or a spurious quarantine that
 //! takes a worker ID out of service, and the simulation reports both.
+//!
+//! Every machine that ever ran a node is read, replaced ones too: a removed node's table
+//! stops at the position it reached, a replacement's begins with the snapshot it installed,
+//! and either is still the log applied to its position, as a learner's is.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;

@@ -122,9 +122,9 @@ async fn simulate(config: &RunConfig, state_root: &Path) -> anyhow::Result<RunOu
     let recorder = Arc::new(Recorder::new(world));
     let net = Net::new(stream(config.seed, 3), Identities::new(recorder.clone()));
     let members: Vec<NodeId> = (1..=config.nodes).collect();
-    let mut nodes: Vec<SimNode> = members.iter().map(|id| SimNode::new(*id)).collect();
+    let mut nodes: Vec<SimNode> = members.iter().map(|id| SimNode::founding(*id, &members)).collect();
     for node in &mut nodes {
-        node.start(&net, &recorder, &members);
+        node.start(&net, &recorder);
     }
     let env = WorkerEnv {
         net: net.clone(),
@@ -141,16 +141,9 @@ async fn simulate(config: &RunConfig, state_root: &Path) -> anyhow::Result<RunOu
     registry_client::start(&net, &recorder, &env.registry, stream(config.seed, 6), config.duration);
     adversary::start(&net, &recorder, &members, stream(config.seed, 7), config.duration);
     net.set_running(crate::nemesis::CHAOS, true);
-    let mut nemesis = Nemesis::new(stream(config.seed, 5));
-    let mut cluster = Cluster {
-        net: &net,
-        recorder: &recorder,
-        members: &members,
-        nodes: &mut nodes,
-        workers: &mut workers,
-        env: &env,
-        state_root,
-    };
+    let mut nemesis = Nemesis::new(stream(config.seed, 5), &members);
+    let mut cluster =
+        Cluster { net: &net, recorder: &recorder, nodes: &mut nodes, workers: &mut workers, env: &env, state_root };
     while world.elapsed() < config.duration {
         nemesis.step(&mut cluster).await;
     }
