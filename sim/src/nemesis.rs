@@ -1,6 +1,7 @@
 //! The faults, every one chosen from the run's seed: partitions (both ways and one-way),
 //! latency, packet loss and duplicated requests, registry node crashes that lose a random part
-//! of what was not yet flushed, failing fsyncs, lost registry disks, worker SIGKILLs (some
+//! of what was not yet flushed, leader bounces (killed and back within an election timeout,
+//! sometimes cut off from its peers), failing fsyncs, lost registry disks, worker SIGKILLs (some
 //! leaving a lost, torn or rolled-back state dir: `worker_disk`, some a wall clock behind),
 //! failing ceiling writes, wall-clock steps and drift on any machine, paused machines (SIGSTOP, or a suspended VM
 //! whose monotonic clock stops) with a standby asking for a paused worker's ID, a worker cut
@@ -8,7 +9,8 @@
 //! worker processes started on a copy of another's state dir; an operator replacing a registry
 //! voter (`replace-voter`) or a node whose disk was lost (`replace-lost-node`) under a new node
 //! id, in the background (`membership.rs`); and quorum loss, a majority of the voters cut off
-//! for a few seconds, for the parking checker. Each is recorded in the history as a nemesis
+//! for a few seconds, for the parking checker. A supervisor restarts node processes that exit
+//! on their own. Each is recorded in the history as a nemesis
 //! event, and everything is healed before the run ends (a replacement under way goes on).
 //!
 //! The set of nodes changes: `Cluster::nodes` grows by each replacement's new node, and a

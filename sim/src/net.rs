@@ -7,7 +7,8 @@
 //! Faults, all decided from the seed: latency and jitter per hop; packet loss as TCP sees it
 //! (a retransmission: extra delay); duplicated requests (a proxy or a client library that
 //! retries a call whose answer it did not see: the server runs it twice, the caller sees one
-//! answer; never the registry client's nor a node's `Forward`, see [`duplicable`]); directed cuts (a partition, one-way or both ways), under
+//! answer; never the registry client's, the adversary's nor a node's `Forward`, see
+//! [`duplicable`]); directed cuts (a partition, one-way or both ways), under
 //! which a request or its answer is lost and the caller waits out its own timeout, as behind
 //! a firewall DROP rule; a stopped process, whose port refuses at once (`UNAVAILABLE`); a
 //! paused machine (SIGSTOP, a suspended VM), which neither sends nor answers until it runs
@@ -40,7 +41,7 @@ use tonic::codegen::Bytes;
 use tower::{Service, ServiceExt};
 
 use crate::identity::Identities;
-use crate::registry_client;
+use crate::{adversary, registry_client};
 
 /// Which of a node's services an address reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,14 +307,16 @@ async fn twins(request: http::Request<Body>) -> Result<(http::Request<Body>, htt
     Ok((copy(bytes.clone()), copy(bytes)))
 }
 
-/// Whether a request may be duplicated: not the registry client's, whose history the
-/// linearizability checker judges as one execution per invocation (it calls through no
-/// retrying proxy: a duplicate it cannot see would run an Acquire again after its Release);
-/// not a node's `Forward` of a caller's request, which travels over a plain connection
-/// between nodes (a duplicate would run a command its caller sent once). Everything else may:
-/// the workers' calls (a proxy or client library retrying) and Raft's own messages.
+/// Whether a request may be duplicated: not those of the machines whose checkers account for
+/// every effect of their calls — the registry client (the linearizability checker takes an
+/// op's answer for its only effect: a copy served later would run an Acquire again after its
+/// Release) and the adversary (a copy of its Acquire served after it released its lease grants
+/// it a lease whose token it never heard of, which its reads then report as leaked) — and not
+/// a node's `Forward` of a caller's request, which travels over a plain connection between
+/// nodes. Everything else may: the workers' calls (a proxy or client library retrying) and
+/// Raft's own messages.
 fn duplicable(from: &str, path: &str) -> bool {
-    machine(from) != registry_client::MACHINE && !path.ends_with("/Forward")
+    ![registry_client::MACHINE, adversary::MACHINE].contains(&machine(from)) && !path.ends_with("/Forward")
 }
 
 /// The duplicate of a request, served once more after `again`; nobody hears its answer.

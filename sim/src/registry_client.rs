@@ -33,9 +33,9 @@ const EXPIRY_RACE: ExpiryRace = ExpiryRace {
     after: Duration::from_millis(LEASE_TTL_MS + COOL_DOWN_MS),
     spread: Duration::from_millis(60),
 };
-/// Each process's reader: a `GetLease` of the ID it is on every 5–25 ms, for the first reads
+/// Each process's reader: a `GetLease` of the ID it is on every 30–90 ms, for the first reads
 /// of a leadership (`Reader`).
-const READER: Reader = Reader { pause: RoundPause { min_ms: 5, max_ms: 25 } };
+const READER: Reader = Reader { pause: RoundPause { min_ms: 30, max_ms: 90 } };
 /// Its one process (it is never killed).
 const PROCESS: &str = "client#1";
 
