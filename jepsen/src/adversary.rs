@@ -366,7 +366,7 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
             self.note(Forged::AcquireHolder, node, outcome, (Some(v.worker_id), None), request, answer);
             match result {
                 Ok(lease) if lease.worker_id != v.worker_id => self.release_own(lease).await,
-                Err(status) if never_connected(&status) || unserved(&status) => self.recover_own(&v.holder).await,
+                Err(status) if may_have_applied(&status) => self.recover_own(&v.holder).await,
                 _ => {}
             }
         }
@@ -519,6 +519,14 @@ fn foreign_security(certs: &Path) -> anyhow::Result<Security> {
 fn never_connected(status: &Status) -> bool {
     Reason::of(status).is_none()
         && matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded)
+}
+
+/// Whether a call that failed may still have taken effect: it never reached a server as far as
+/// the caller knows, or the registry said the outcome is unknown. A definite refusal (not the
+/// leader, no quorum, overloaded) applied nothing: nothing of the adversary's own is left to
+/// recover, and counting it as unknown would excuse the reads after it (`judge_read`).
+fn may_have_applied(status: &Status) -> bool {
+    never_connected(status) || Reason::of(status).is_some_and(Reason::is_indeterminate)
 }
 
 /// Whether the registry could not serve the call at all (no leader, overloaded, unknown outcome).
@@ -739,6 +747,11 @@ mod tests {
         // An Acquire of its own with an unknown outcome may have been granted token 78.
         assert_eq!(judge_read(&Ok(vec![info(78, false)]), &own, true), ForgedOutcome::Inconclusive);
         assert_eq!(judge_read(&Ok(vec![info(77, false)]), &own, true), ForgedOutcome::Refused);
+        // Only an Acquire that may have applied leaves a lease of its own to recover.
+        assert!(may_have_applied(&Status::unavailable("connection reset")));
+        assert!(may_have_applied(&Reason::OutcomeUnknown.status("?")));
+        assert!(!may_have_applied(&Reason::NotLeader.status("clock unproven")));
+        assert!(!may_have_applied(&Reason::NoQuorum.status("cut off")));
         assert!(describe_read(&Ok(vec![info(78, false)]), &own).contains("token 78 of worker ID 1"));
     }
 }
