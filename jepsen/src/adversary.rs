@@ -19,7 +19,7 @@
 //! [`BoxChannel`] per registry node and caller: [`Callers`]), the [`Scout`] and the
 //! [`Timeline`], as for the registry workload.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
@@ -108,10 +108,14 @@ pub struct Adversary<S, T> {
     next: usize,
     /// Tokens granted to the adversary itself: the only non-zero tokens it may be shown.
     own_tokens: HashSet<u64>,
-    /// Holder IDs it asked for under its own identity without learning the outcome yet: the
-    /// registry may have granted it a lease (its own) whose token it does not know, so a read
-    /// showing an unknown token proves nothing until these are recovered.
-    unrecovered: BTreeSet<String>,
+    /// Holder IDs it asked for under its own identity without learning the outcome yet (with
+    /// the worker ID of the victim whose holder ID it borrowed): the registry may have granted
+    /// it a lease (its own) whose token it does not know, so a read showing an unknown token
+    /// proves nothing until these are recovered.
+    unrecovered: BTreeMap<String, u32>,
+    /// Every token the scout has seen a victim hold: tokens are never granted twice, so one of
+    /// these is never the adversary's own, recovered or not.
+    victim_tokens: HashSet<u64>,
 }
 
 /// The harness's scout: each worker's `Status`, asked as `worker/adversary`.
@@ -177,7 +181,8 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
             round_pause,
             next: 0,
             own_tokens: HashSet::new(),
-            unrecovered: BTreeSet::new(),
+            unrecovered: BTreeMap::new(),
+            victim_tokens: HashSet::new(),
         }
     }
 
@@ -190,10 +195,11 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
         }
         let mut round = 0usize;
         while self.timeline.now_ns() < stop_ns {
-            for holder in std::mem::take(&mut self.unrecovered) {
-                self.recover_own(&holder).await;
-            }
             let victims = self.scout.victims().await;
+            self.victim_tokens.extend(victims.iter().map(|v| v.token).filter(|t| *t != 0));
+            for (holder, victim_id) in std::mem::take(&mut self.unrecovered) {
+                self.recover_own(&holder, victim_id).await;
+            }
             let target = (!victims.is_empty()).then(|| &victims[round % victims.len()]);
             for at in 0..self.callers.names.len() {
                 self.list_leases(at).await;
@@ -275,10 +281,7 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
             })
             .await;
         let result = result.map(|r| r.leases);
-        let (outcome, answer) = (
-            judge_read(&result, &self.own_tokens, !self.unrecovered.is_empty()),
-            describe_read(&result, &self.own_tokens),
-        );
+        let (outcome, answer) = (judge_read(&result, &self.known_tokens()), describe_read(&result, &self.own_tokens));
         self.note(Forged::ListLeases, node, outcome, (None, None), String::new(), answer);
     }
 
@@ -288,10 +291,7 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
             .call(Via::Certificate, |mut c| async move { c.get_lease(pb::GetLeaseRequest { worker_id }).await })
             .await;
         let result = result.map(|l| vec![l]);
-        let (outcome, answer) = (
-            judge_read(&result, &self.own_tokens, !self.unrecovered.is_empty()),
-            describe_read(&result, &self.own_tokens),
-        );
+        let (outcome, answer) = (judge_read(&result, &self.known_tokens()), describe_read(&result, &self.own_tokens));
         self.note(Forged::GetLease, node, outcome, (Some(worker_id), None), String::new(), answer);
     }
 
@@ -366,7 +366,7 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
             self.note(Forged::AcquireHolder, node, outcome, (Some(v.worker_id), None), request, answer);
             match result {
                 Ok(lease) if lease.worker_id != v.worker_id => self.release_own(lease).await,
-                Err(status) if may_have_applied(&status) => self.recover_own(&v.holder).await,
+                Err(status) if may_have_applied(&status) => self.recover_own(&v.holder, v.worker_id).await,
                 _ => {}
             }
         }
@@ -375,17 +375,48 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
     /// After an Acquire whose outcome is unknown: ask again under the same holder ID (an
     /// Acquire is idempotent per identity and holder) and release what it returns, so that
     /// every token the adversary owns is known and none of its own leases lingers. Still
-    /// unknown after a few tries: tried again each round, and reads judge nothing meanwhile.
-    async fn recover_own(&mut self, holder: &str) {
+    /// unknown after a few tries: tried again each round, and reads showing an unknown token
+    /// are inconclusive meanwhile. What comes back is judged before it counts as its own: a
+    /// lease whose token a victim was seen holding is a violation (a leader that handed the
+    /// victim's lease to the retry would otherwise go unreported). Not the worker ID alone: a
+    /// retry the first Acquire did not precede is a new Acquire, which may rightly get the ID
+    /// the victim has since given up.
+    async fn recover_own(&mut self, holder: &str, victim_id: u32) {
         for _ in 0..3 {
             let req = pb::AcquireRequest { holder: holder.to_string(), worker_id: None, ttl_ms: 3000, incarnation: 0 };
-            match self.call(Via::Certificate, |mut c| async move { c.acquire(req).await }).await.1 {
-                Ok(lease) => return self.release_own(lease).await,
+            let (node, result) = self.call(Via::Certificate, |mut c| async move { c.acquire(req).await }).await;
+            match result {
+                Ok(lease) => {
+                    let outcome = judge_recovered(&lease, &self.victim_tokens);
+                    let request = format!("recovery: holder={holder:?} worker_id=None");
+                    self.note(
+                        Forged::AcquireHolder,
+                        node,
+                        outcome,
+                        (Some(victim_id), None),
+                        request,
+                        describe_lease(&lease),
+                    );
+                    if outcome == ForgedOutcome::Refused {
+                        self.release_own(lease).await;
+                    }
+                    return;
+                }
                 Err(status) if never_connected(&status) || unserved(&status) => {}
                 Err(_) => return,
             }
         }
-        self.unrecovered.insert(holder.to_string());
+        self.unrecovered.insert(holder.to_string(), victim_id);
+    }
+
+    /// What a read may show without a leak: the adversary's own tokens, and whether it may
+    /// own leases it has not learned (any unknown token but a victim's is then inconclusive).
+    fn known_tokens(&self) -> KnownTokens<'_> {
+        KnownTokens {
+            own: &self.own_tokens,
+            may_own_unknown: !self.unrecovered.is_empty(),
+            victims: &self.victim_tokens,
+        }
     }
 
     /// Give back a lease the adversary was granted under its own identity (allowed: it is its own).
@@ -607,12 +638,35 @@ fn handshake_refused(status: &Status) -> bool {
     false
 }
 
-/// A read must show no token but the adversary's own. While it `may_own_unknown` leases (an
-/// Acquire of its own whose outcome it has not learned), an unknown token may be one of them.
-fn judge_read(result: &Result<Vec<pb::LeaseInfo>, Status>, own: &HashSet<u64>, may_own_unknown: bool) -> ForgedOutcome {
+/// The lease an idempotent retry of its own Acquire returned: a token a victim held is a
+/// violation; any other is the adversary's own.
+fn judge_recovered(lease: &pb::Lease, victim_tokens: &HashSet<u64>) -> ForgedOutcome {
+    if victim_tokens.contains(&lease.token) {
+        ForgedOutcome::Accepted
+    } else {
+        ForgedOutcome::Refused
+    }
+}
+
+/// The tokens a read is judged against.
+#[derive(Clone, Copy)]
+struct KnownTokens<'a> {
+    own: &'a HashSet<u64>,
+    /// An Acquire of its own has an outcome it has not learned: an unknown token may be its own.
+    may_own_unknown: bool,
+    /// Tokens victims held: never the adversary's, whatever it has not learned.
+    victims: &'a HashSet<u64>,
+}
+
+/// A read must show no token but the adversary's own. While it may own leases it has not
+/// learned, an unknown token may be one of them, unless a victim was seen holding it.
+fn judge_read(result: &Result<Vec<pb::LeaseInfo>, Status>, known: &KnownTokens<'_>) -> ForgedOutcome {
+    let shown = |leases: &[pb::LeaseInfo]| leases.iter().any(|l| shown_token(l, known.own));
+    let victims_shown = |leases: &[pb::LeaseInfo]| leases.iter().any(|l| known.victims.contains(&l.token));
     match result {
-        Ok(leases) if leases.iter().any(|l| shown_token(l, own)) && may_own_unknown => ForgedOutcome::Inconclusive,
-        Ok(leases) if leases.iter().any(|l| shown_token(l, own)) => ForgedOutcome::Accepted,
+        Ok(leases) if victims_shown(leases) => ForgedOutcome::Accepted,
+        Ok(leases) if shown(leases) && known.may_own_unknown => ForgedOutcome::Inconclusive,
+        Ok(leases) if shown(leases) => ForgedOutcome::Accepted,
         Ok(_) => ForgedOutcome::Refused,
         Err(s) if s.code() == Code::PermissionDenied => ForgedOutcome::Refused,
         Err(s) if never_connected(s) => ForgedOutcome::NeverConnected,
@@ -742,11 +796,19 @@ mod tests {
     #[test]
     fn reads_must_show_no_foreign_token() {
         let own: HashSet<u64> = [77].into();
-        assert_eq!(judge_read(&Ok(vec![info(0, false), info(77, false)]), &own, false), ForgedOutcome::Refused);
-        assert_eq!(judge_read(&Ok(vec![info(0, false), info(78, false)]), &own, false), ForgedOutcome::Accepted);
+        let victims: HashSet<u64> = [90].into();
+        let settled = KnownTokens { own: &own, may_own_unknown: false, victims: &victims };
+        let unsettled = KnownTokens { may_own_unknown: true, ..settled };
+        assert_eq!(judge_read(&Ok(vec![info(0, false), info(77, false)]), &settled), ForgedOutcome::Refused);
+        assert_eq!(judge_read(&Ok(vec![info(0, false), info(78, false)]), &settled), ForgedOutcome::Accepted);
         // An Acquire of its own with an unknown outcome may have been granted token 78.
-        assert_eq!(judge_read(&Ok(vec![info(78, false)]), &own, true), ForgedOutcome::Inconclusive);
-        assert_eq!(judge_read(&Ok(vec![info(77, false)]), &own, true), ForgedOutcome::Refused);
+        assert_eq!(judge_read(&Ok(vec![info(78, false)]), &unsettled), ForgedOutcome::Inconclusive);
+        assert_eq!(judge_read(&Ok(vec![info(77, false)]), &unsettled), ForgedOutcome::Refused);
+        // But never a token a victim was seen holding: that is a leak whatever it has not learned.
+        assert_eq!(judge_read(&Ok(vec![info(78, false), info(90, false)]), &unsettled), ForgedOutcome::Accepted);
+        // A retry of its own Acquire must not return a victim's lease.
+        assert_eq!(judge_recovered(&lease(1, 90), &victims), ForgedOutcome::Accepted);
+        assert_eq!(judge_recovered(&lease(1, 91), &victims), ForgedOutcome::Refused);
         // Only an Acquire that may have applied leaves a lease of its own to recover.
         assert!(may_have_applied(&Status::unavailable("connection reset")));
         assert!(may_have_applied(&Reason::OutcomeUnknown.status("?")));
