@@ -281,7 +281,8 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
             })
             .await;
         let result = result.map(|r| r.leases);
-        let (outcome, answer) = (judge_read(&result, &self.known_tokens()), describe_read(&result, &self.own_tokens));
+        let (outcome, answer) =
+            (judge_read(&result, &self.known_tokens()), describe_read(&result, &self.known_tokens()));
         self.note(Forged::ListLeases, node, outcome, (None, None), String::new(), answer);
     }
 
@@ -291,7 +292,8 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
             .call(Via::Certificate, |mut c| async move { c.get_lease(pb::GetLeaseRequest { worker_id }).await })
             .await;
         let result = result.map(|l| vec![l]);
-        let (outcome, answer) = (judge_read(&result, &self.known_tokens()), describe_read(&result, &self.own_tokens));
+        let (outcome, answer) =
+            (judge_read(&result, &self.known_tokens()), describe_read(&result, &self.known_tokens()));
         self.note(Forged::GetLease, node, outcome, (Some(worker_id), None), String::new(), answer);
     }
 
@@ -361,11 +363,12 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
             let req = pb::AcquireRequest { holder: v.holder.clone(), worker_id: wanted, ttl_ms: 3000, incarnation: 0 };
             let request = format!("holder={:?} worker_id={wanted:?}", v.holder);
             let (node, result) = self.call(Via::Certificate, |mut c| async move { c.acquire(req).await }).await;
-            let outcome = judge_acquire(&result, v.worker_id);
+            let outcome = judge_acquire(&result, v.worker_id, &self.victim_tokens);
             let answer = describe(&result, describe_lease);
             self.note(Forged::AcquireHolder, node, outcome, (Some(v.worker_id), None), request, answer);
             match result {
-                Ok(lease) if lease.worker_id != v.worker_id => self.release_own(lease).await,
+                // Only a lease of its own: a victim's is evidence, not the adversary's to give back.
+                Ok(lease) if outcome == ForgedOutcome::Refused => self.release_own(lease).await,
                 Err(status) if may_have_applied(&status) => self.recover_own(&v.holder, v.worker_id).await,
                 _ => {}
             }
@@ -593,11 +596,14 @@ fn judge_stale_renewal(result: &Result<pb::Lease, Status>, after: &Result<pb::Le
     }
 }
 
-/// Acquire with another worker's holder ID: getting that worker's ID is the violation; a
-/// refusal, or a lease of its own on another ID, is what must happen.
-fn judge_acquire(result: &Result<pb::Lease, Status>, victim_id: u32) -> ForgedOutcome {
+/// Acquire with another worker's holder ID: getting that worker's ID, or any lease a victim
+/// was seen holding, is the violation; a refusal, or a lease of its own on another ID, is
+/// what must happen.
+fn judge_acquire(result: &Result<pb::Lease, Status>, victim_id: u32, victim_tokens: &HashSet<u64>) -> ForgedOutcome {
     match result {
-        Ok(lease) if lease.worker_id == victim_id => ForgedOutcome::Accepted,
+        Ok(lease) if lease.worker_id == victim_id || victims_token(lease.token, victim_tokens) => {
+            ForgedOutcome::Accepted
+        }
         Ok(_) => ForgedOutcome::Refused,
         Err(s) if never_connected(s) => ForgedOutcome::NeverConnected,
         Err(s) if unserved(s) => ForgedOutcome::Inconclusive,
@@ -641,11 +647,16 @@ fn handshake_refused(status: &Status) -> bool {
 /// The lease an idempotent retry of its own Acquire returned: a token a victim held is a
 /// violation; any other is the adversary's own.
 fn judge_recovered(lease: &pb::Lease, victim_tokens: &HashSet<u64>) -> ForgedOutcome {
-    if victim_tokens.contains(&lease.token) {
+    if victims_token(lease.token, victim_tokens) {
         ForgedOutcome::Accepted
     } else {
         ForgedOutcome::Refused
     }
+}
+
+/// Whether a victim was seen holding `token` (0 is no token: hidden, or none).
+fn victims_token(token: u64, victim_tokens: &HashSet<u64>) -> bool {
+    token != 0 && victim_tokens.contains(&token)
 }
 
 /// The tokens a read is judged against.
@@ -662,7 +673,7 @@ struct KnownTokens<'a> {
 /// learned, an unknown token may be one of them, unless a victim was seen holding it.
 fn judge_read(result: &Result<Vec<pb::LeaseInfo>, Status>, known: &KnownTokens<'_>) -> ForgedOutcome {
     let shown = |leases: &[pb::LeaseInfo]| leases.iter().any(|l| shown_token(l, known.own));
-    let victims_shown = |leases: &[pb::LeaseInfo]| leases.iter().any(|l| known.victims.contains(&l.token));
+    let victims_shown = |leases: &[pb::LeaseInfo]| leases.iter().any(|l| victims_token(l.token, known.victims));
     match result {
         Ok(leases) if victims_shown(leases) => ForgedOutcome::Accepted,
         Ok(leases) if shown(leases) && known.may_own_unknown => ForgedOutcome::Inconclusive,
@@ -678,10 +689,14 @@ fn shown_token(lease: &pb::LeaseInfo, own: &HashSet<u64>) -> bool {
     lease.token != 0 && !own.contains(&lease.token)
 }
 
-fn describe_read(result: &Result<Vec<pb::LeaseInfo>, Status>, own: &HashSet<u64>) -> String {
-    describe(result, |leases| match leases.iter().find(|l| shown_token(l, own)) {
-        Some(l) => format!("token {} of worker ID {} (holder {:?}) shown", l.token, l.worker_id, l.holder),
-        None => format!("{} leases, no foreign token shown", leases.len()),
+/// Names the token that decided the judgement: a victim's before one that may be its own.
+fn describe_read(result: &Result<Vec<pb::LeaseInfo>, Status>, known: &KnownTokens<'_>) -> String {
+    let victims = |leases: &[pb::LeaseInfo]| leases.iter().find(|l| victims_token(l.token, known.victims)).cloned();
+    describe(result, |leases| {
+        match victims(leases).or_else(|| leases.iter().find(|l| shown_token(l, known.own)).cloned()) {
+            Some(l) => format!("token {} of worker ID {} (holder {:?}) shown", l.token, l.worker_id, l.holder),
+            None => format!("{} leases, no foreign token shown", leases.len()),
+        }
     })
 }
 
@@ -763,10 +778,13 @@ mod tests {
     /// never the victim's ID.
     #[test]
     fn an_acquire_with_a_foreign_holder_must_not_get_the_victims_id() {
-        assert_eq!(judge_acquire(&Ok(lease(3, 9)), 3), ForgedOutcome::Accepted);
-        assert_eq!(judge_acquire(&Ok(lease(7, 9)), 3), ForgedOutcome::Refused);
-        assert_eq!(judge_acquire(&Err(Reason::AlreadyHeld.status("held")), 3), ForgedOutcome::Refused);
-        assert_eq!(judge_acquire(&Err(Reason::OutcomeUnknown.status("?")), 3), ForgedOutcome::Inconclusive);
+        let victims: HashSet<u64> = [12].into();
+        assert_eq!(judge_acquire(&Ok(lease(3, 9)), 3, &victims), ForgedOutcome::Accepted);
+        assert_eq!(judge_acquire(&Ok(lease(7, 9)), 3, &victims), ForgedOutcome::Refused);
+        // Another victim's lease (its token) is as much a violation as this victim's ID.
+        assert_eq!(judge_acquire(&Ok(lease(7, 12)), 3, &victims), ForgedOutcome::Accepted);
+        assert_eq!(judge_acquire(&Err(Reason::AlreadyHeld.status("held")), 3, &victims), ForgedOutcome::Refused);
+        assert_eq!(judge_acquire(&Err(Reason::OutcomeUnknown.status("?")), 3, &victims), ForgedOutcome::Inconclusive);
     }
 
     /// Goal: operator RPCs are refused only by PERMISSION_DENIED; an argument error means the
@@ -814,6 +832,12 @@ mod tests {
         assert!(may_have_applied(&Reason::OutcomeUnknown.status("?")));
         assert!(!may_have_applied(&Reason::NotLeader.status("clock unproven")));
         assert!(!may_have_applied(&Reason::NoQuorum.status("cut off")));
-        assert!(describe_read(&Ok(vec![info(78, false)]), &own).contains("token 78 of worker ID 1"));
+        assert!(describe_read(&Ok(vec![info(78, false)]), &settled).contains("token 78 of worker ID 1"));
+        // The victim's token decided an unsettled read: the answer names it, not 78.
+        assert!(describe_read(&Ok(vec![info(78, false), info(90, false)]), &unsettled).contains("token 90"));
+        // Token 0 (hidden) is never a victim's, even if the scout reported a 0.
+        let zero: HashSet<u64> = [0].into();
+        let zeroed = KnownTokens { victims: &zero, ..unsettled };
+        assert_eq!(judge_read(&Ok(vec![info(0, false)]), &zeroed), ForgedOutcome::Refused);
     }
 }
