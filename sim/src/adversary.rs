@@ -20,6 +20,7 @@ use fenceflake_jepsen::history::{Event, LeaseEvent, LeaseEventKind, ProcessEvent
 use fenceflake_proto::tls::Peer;
 use fenceflake_proto::v1::registry_client::RegistryClient;
 use fenceflake_registry::raft::types::NodeId;
+use tokio::task::JoinHandle;
 
 use crate::net::Net;
 use crate::nodes::client_addr;
@@ -105,8 +106,14 @@ impl Scout for History {
 }
 
 /// Start the adversary, forging until `until` of simulated time; its made-up tokens come
-/// from `seed`.
-pub fn start(net: &Arc<Net>, recorder: &Arc<Recorder>, members: &[NodeId], seed: u64, until: Duration) {
+/// from `seed`. Returns its process and task, for the restore to stop.
+pub fn start(
+    net: &Arc<Net>,
+    recorder: &Arc<Recorder>,
+    members: &[NodeId],
+    seed: u64,
+    until: Duration,
+) -> (&'static str, JoinHandle<()>) {
     net.set_running(PROCESS, true);
     let clients = |peer: Option<Peer>| -> Vec<RegistryClient<_>> {
         members
@@ -143,5 +150,5 @@ pub fn start(net: &Arc<Net>, recorder: &Arc<Recorder>, members: &[NodeId], seed:
         ROUND_PAUSE,
     );
     let stop_ns = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX);
-    tokio::spawn(adversary.run(0, stop_ns));
+    (PROCESS, tokio::spawn(adversary.run(0, stop_ns)))
 }

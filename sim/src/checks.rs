@@ -15,6 +15,7 @@ use fenceflake_jepsen::registry_workload;
 use crate::nemesis::{QUORUM_LOSS, QUORUM_LOSS_CALM};
 use crate::nodes::{SimNode, COOL_DOWN_MS};
 use crate::replicas;
+use crate::restore::DISASTER;
 
 /// How far a simulated process's monotonic clock may run ahead of true time: each reading
 /// taken while simulated time stands still costs 1 µs (`clock.rs`), so this is a hundred
@@ -37,10 +38,11 @@ fn linear_config() -> linear::Config {
     linear::Config { expiry: Expiry::AfterIdle { min_idle_ns }, ..linear::Config::default() }
 }
 
-/// Parking under the nemesis's quorum loss, for the simulated workers' 3 s leases.
+/// Parking under the nemesis's quorum loss and the disaster (every registry disk lost, until
+/// the restore's embargo lifts), for the simulated workers' 3 s leases.
 fn parking_config() -> parking::Config {
     parking::Config {
-        fault_prefixes: vec![QUORUM_LOSS.to_string()],
+        fault_prefixes: vec![QUORUM_LOSS.to_string(), DISASTER.to_string()],
         // No simulated fault promises that the registry stays reachable (the latency fault
         // is not sized against the TTL, and may add TCP retransmissions of up to a second).
         reachable_prefixes: Vec::new(),

@@ -52,16 +52,31 @@ pub struct WallError {
     offset_ms: AtomicI64,
     /// Parts per million the clock runs fast (negative: slow), since the run began.
     drift_ppm: AtomicI64,
+    /// The largest offset and drift rate it ever had (a reset keeps them: they bound what
+    /// was stamped with this clock before).
+    max_offset_ms: AtomicI64,
+    max_drift_ppm: AtomicI64,
 }
 
 impl WallError {
     /// Step the wall clock by `by_ms` (negative: back).
     pub fn step(&self, by_ms: i64) {
-        self.offset_ms.fetch_add(by_ms, Ordering::SeqCst);
+        let offset = self.offset_ms.fetch_add(by_ms, Ordering::SeqCst).saturating_add(by_ms);
+        self.max_offset_ms.fetch_max(offset, Ordering::SeqCst);
     }
 
     pub fn set_drift_ppm(&self, ppm: i64) {
         self.drift_ppm.store(ppm, Ordering::SeqCst);
+        self.max_drift_ppm.fetch_max(ppm, Ordering::SeqCst);
+    }
+
+    /// The most this clock was ever ahead of true time, up to `elapsed` into the run: the
+    /// largest offset plus the largest drift over the whole run (drift counts from the run's
+    /// start), a bound rather than the exact maximum.
+    pub fn max_ahead_ms(&self, elapsed: Duration) -> i64 {
+        let elapsed_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
+        let drift_ms = elapsed_ms.saturating_mul(self.max_drift_ppm.load(Ordering::SeqCst)) / 1_000_000;
+        self.max_offset_ms.load(Ordering::SeqCst).saturating_add(drift_ms)
     }
 
     /// Back to true time (the nemesis heals clocks at the end of a run).
@@ -234,6 +249,23 @@ mod tests {
             spun = clock.mono();
         }
         assert!(spun.0 >= Duration::from_millis(2_002), "a spin sees its clock move: {spun:?}");
+    }
+
+    /// Goal: the most a clock was ever ahead survives steps back and a reset (it bounds what
+    /// the machine stamped before: the restore's clock wait), and counts the largest drift.
+    #[test]
+    fn the_largest_lead_is_remembered_through_steps_back_and_resets() {
+        let wall = WallError::default();
+        assert_eq!(wall.max_ahead_ms(Duration::from_secs(10)), 0);
+        wall.step(-2_000);
+        assert_eq!(wall.max_ahead_ms(Duration::from_secs(10)), 0, "behind is not ahead");
+        wall.step(4_500);
+        wall.step(-4_000);
+        wall.reset();
+        assert_eq!(wall.max_ahead_ms(Duration::from_secs(10)), 2_500);
+        wall.set_drift_ppm(2_000);
+        wall.set_drift_ppm(-500);
+        assert_eq!(wall.max_ahead_ms(Duration::from_secs(10)), 2_520, "2000 ppm of 10 s");
     }
 
     /// Goal: a suspended machine's monotonic clock stands still for the suspension, stays

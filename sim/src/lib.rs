@@ -21,6 +21,7 @@ pub mod recorder;
 pub mod registry_client;
 pub mod replicas;
 pub mod report;
+pub mod restore;
 pub mod seeds;
 pub mod worker_disk;
 pub mod workers;

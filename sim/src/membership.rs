@@ -38,8 +38,9 @@ use crate::nodes::{client_addr, peer_addr, SimNode};
 
 /// The operator's machine, as the network, the nemesis and `identity.rs` know it.
 pub const MACHINE: &str = "operator";
-/// Its one process (never killed).
-const PROCESS: &str = "operator#1";
+/// Its one process (never killed): it replaces members, and exports and imports backups
+/// (`restore.rs`).
+pub(crate) const PROCESS: &str = "operator#1";
 /// The nemesis events' names.
 const REPLACE_VOTER: &str = "replace-voter";
 const REPLACE_LOST_NODE: &str = "replace-lost-node";
@@ -49,7 +50,7 @@ const REPLACEMENTS_MAX: usize = 2;
 /// One admin call: a node's request timeout (2 s) and a hop or two.
 const CALL_TIMEOUT: Duration = Duration::from_millis(2_500);
 /// Between failed calls or status polls.
-const RETRY_PAUSE: Duration = Duration::from_millis(200);
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// Caught up: within this many entries of the leader's commit index (as `ctl add-member`).
 const CAUGHT_UP_ENTRIES: u64 = 10;
 /// What the lost-disk guard's refusal says (`registry/src/server.rs`).
@@ -170,6 +171,16 @@ impl Operator {
         }
     }
 
+    /// The operator of a cluster restored from a backup with `members`: the lost cluster's
+    /// replacements are its story, and the fresh one's members stay as bootstrapped.
+    pub fn restored(members: &[NodeId]) -> Operator {
+        Operator { replacements: REPLACEMENTS_MAX, ..Operator::new(members) }
+    }
+
+    pub fn is_replacing(&self) -> bool {
+        self.under_way.is_some()
+    }
+
     pub fn voters(&self) -> &Voters {
         &self.voters
     }
@@ -265,7 +276,7 @@ impl Operator {
             Step::StartNew => {
                 // Its `--initial-cluster` names the live members as the operator knows them.
                 let members: Vec<NodeId> = live(cluster).filter(|id| self.voters.may_vote(*id)).collect();
-                let mut node = SimNode::joining(new_id, &members);
+                let mut node = SimNode::joining(new_id, &members, cluster.nodes[replacement.old].cluster_id);
                 node.start(cluster.net, cluster.recorder);
                 cluster.nodes.push(node);
                 None
@@ -317,7 +328,7 @@ fn clients(cluster: &Cluster<'_>) -> Vec<Client> {
 }
 
 /// One call through `client`, within [`CALL_TIMEOUT`]; `None` if it failed (logged).
-async fn try_call<T, Fut>(call: Fut) -> Option<T>
+pub(crate) async fn try_call<T, Fut>(call: Fut) -> Option<T>
 where
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {

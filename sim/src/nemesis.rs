@@ -8,8 +8,10 @@
 //! off from the registry whose wall clock jumps forward while a standby asks for its ID,
 //! worker processes started on a copy of another's state dir; an operator replacing a registry
 //! voter (`replace-voter`) or a node whose disk was lost (`replace-lost-node`) under a new node
-//! id, in the background (`membership.rs`); and quorum loss, a majority of the voters cut off
-//! for a few seconds, for the parking checker. A supervisor restarts node processes that exit
+//! id, in the background (`membership.rs`); quorum loss, a majority of the voters cut off
+//! for a few seconds, for the parking checker; and, once at most, the disaster a backup is
+//! for: every registry disk lost, and the newest backup restored into a fresh cluster
+//! (`restore.rs`). A supervisor restarts node processes that exit
 //! on their own. Each is recorded in the history as a nemesis
 //! event, and everything is healed before the run ends (a replacement under way goes on).
 //!
@@ -40,6 +42,7 @@ use crate::net::{Latency, Net};
 use crate::nodes::{client_addr, SimNode};
 use crate::recorder::Recorder;
 use crate::registry_client;
+use crate::restore::{self, Restore};
 use crate::worker_disk::{self, DeadDiskFault};
 use crate::workers::{clone_of, SimWorker, WorkerEnv};
 
@@ -99,11 +102,13 @@ pub struct Nemesis {
     quorum_lost: bool,
     /// Replaces registry voters, in the background.
     operator: Operator,
+    /// Backs the registry up, and restores it once every disk is lost.
+    restore: Restore,
 }
 
 impl Nemesis {
     /// The nemesis of a cluster bootstrapped with `members`.
-    pub fn new(seed: u64, members: &[NodeId]) -> Nemesis {
+    pub fn new(seed: u64, members: &[NodeId], restore: Restore) -> Nemesis {
         Nemesis {
             rng: StdRng::seed_from_u64(seed),
             restarts: Vec::new(),
@@ -115,6 +120,7 @@ impl Nemesis {
             standbys: 0,
             quorum_lost: false,
             operator: Operator::new(members),
+            restore,
         }
     }
 
@@ -144,6 +150,7 @@ impl Nemesis {
             100..=109 => self.quorum_loss(cluster).await,
             110..=112 => self.bounce_leader(cluster).await,
             113..=116 => self.operator.begin(cluster, &mut self.rng),
+            117 => self.disaster(cluster).await,
             _ => {}
         }
     }
@@ -340,7 +347,7 @@ impl Nemesis {
     fn pause(&mut self, cluster: &mut Cluster<'_>) {
         let machines = Nemesis::machines(cluster);
         let Some(name) = machines.choose(&mut self.rng).cloned() else { return };
-        let node = cluster.nodes.iter().find(|n| n.name == name);
+        let node = Nemesis::live_node(cluster, &name);
         if cluster.net.is_paused(&name) || (node.is_some() && Nemesis::nodes_down(cluster) >= self.nodes_down_max()) {
             return;
         }
@@ -453,13 +460,18 @@ impl Nemesis {
         None
     }
 
+    /// The running machine of that name: after a restore a lost node's machine and its
+    /// successor share it.
+    fn live_node<'c>(cluster: &'c Cluster<'_>, name: &str) -> Option<&'c SimNode> {
+        cluster.nodes.iter().find(|n| n.name == name && !n.is_retired())
+    }
+
     fn resume(cluster: &Cluster<'_>, name: &str) {
-        let stall: Option<&Arc<MonoStall>> = cluster
-            .nodes
+        let stall: Option<&Arc<MonoStall>> = Nemesis::live_node(cluster, name).map(|n| &n.mono_stall).or(cluster
+            .workers
             .iter()
-            .find(|n| n.name == name)
-            .map(|n| &n.mono_stall)
-            .or(cluster.workers.iter().find(|w| w.name == name).map(|w| &w.mono_stall));
+            .find(|w| w.name == name)
+            .map(|w| &w.mono_stall));
         if let Some(stall) = stall {
             stall.end(cluster.recorder.world().elapsed_ns());
         }
@@ -642,7 +654,7 @@ impl Nemesis {
     fn quorum_to_cut(&mut self, cluster: &Cluster<'_>) -> Vec<String> {
         let voters = self.operator.voters();
         let mut nodes: Vec<String> =
-            cluster.nodes.iter().filter(|n| voters.may_vote(n.id)).map(|n| n.name.clone()).collect();
+            cluster.nodes.iter().filter(|n| !n.is_retired() && voters.may_vote(n.id)).map(|n| n.name.clone()).collect();
         nodes.shuffle(&mut self.rng);
         nodes.truncate(nodes.len().saturating_sub(voters.minority()));
         nodes
@@ -676,5 +688,35 @@ impl Nemesis {
         self.heal_all(cluster);
         cluster.recorder.nemesis(NemesisPhase::Stop, QUORUM_LOSS, "healed with everything else".into());
         self.idle(cluster, QUORUM_LOSS_CALM).await;
+    }
+
+    /// Every registry disk lost at once, and the restore from the newest backup
+    /// (`restore.rs`). The operator's clock wait is measured first; paused nodes run again
+    /// (their successors take their machines' names). The other faults stay while the
+    /// embargo holds; then everything heals, and the nemesis injects nothing until the workers
+    /// could serve again, as after a quorum loss.
+    async fn disaster(&mut self, cluster: &mut Cluster<'_>) {
+        if !self.restore.may_strike(&self.operator) {
+            return;
+        }
+        let clock_wait = restore::clock_wait(cluster);
+        let (paused_nodes, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.resumes)
+            .into_iter()
+            .partition(|(_, name)| Nemesis::live_node(cluster, name).is_some());
+        self.resumes = others;
+        for (_, name) in paused_nodes {
+            Nemesis::resume(cluster, &name);
+        }
+        let answer = self.restore.strike(cluster, &mut self.operator, clock_wait).await;
+        if self.restore.failure().is_none() {
+            self.heal_all(cluster);
+        }
+        cluster.recorder.nemesis(NemesisPhase::Stop, restore::DISASTER, answer);
+        self.idle(cluster, QUORUM_LOSS_CALM).await;
+    }
+
+    /// Why the restore failed, if one did.
+    pub fn restore_failure(&self) -> Option<&str> {
+        self.restore.failure()
     }
 }

@@ -154,9 +154,19 @@ impl Net {
         self.lock().latency = latency;
     }
 
-    /// Lose everything from `from` to `to` until [`Net::heal`].
-    pub fn cut(&self, from: &str, to: &str) {
-        self.lock().cuts.insert((from.to_string(), to.to_string()));
+    /// Lose everything from `from` to `to` until [`Net::heal`]; whether it was not cut yet.
+    pub fn cut(&self, from: &str, to: &str) -> bool {
+        self.lock().cuts.insert((from.to_string(), to.to_string()))
+    }
+
+    /// Heal the cut from `from` to `to` alone.
+    pub fn uncut(&self, from: &str, to: &str) {
+        self.lock().cuts.remove(&(from.to_string(), to.to_string()));
+    }
+
+    /// Heal every cut to or from `machine`.
+    pub fn heal_machine(&self, machine: &str) {
+        self.lock().cuts.retain(|(from, to)| from != machine && to != machine);
     }
 
     /// Every cut healed and the latency calm again.

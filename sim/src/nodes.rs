@@ -21,10 +21,16 @@ use crate::clock::{MonoStall, ProcessClock, WallError};
 use crate::net::{Net, Port};
 use crate::recorder::Recorder;
 
+/// The cluster the run bootstraps.
 pub const CLUSTER_ID: &str = "sim";
+/// The fresh cluster a backup is restored into after every disk was lost (`restore.rs`).
+pub const RESTORED_CLUSTER_ID: &str = "sim-restored";
 
-/// The cluster's bounds on leases, committed by its first leader.
-pub const TTL_MS_MAX: u64 = 30_000;
+/// The cluster's bounds on leases, committed by its first leader. The largest TTL anything in
+/// the run asks for (the registry workload's 5 s): a restore embargoes every worker ID for
+/// this plus the cool-down, and a larger bound would keep the workers parked for most of a
+/// run after one.
+pub const TTL_MS_MAX: u64 = 5_000;
 pub const COOL_DOWN_MS: u64 = 500;
 
 /// A node's peer-port address in the simulated network.
@@ -58,6 +64,8 @@ pub struct SimNode {
     pub disk: MemDisk,
     pub wall: Arc<WallError>,
     pub mono_stall: Arc<MonoStall>,
+    /// The cluster it was bootstrapped into (or joined).
+    pub cluster_id: &'static str,
     /// The members its `--initial-cluster` names (itself among them for a founding member).
     initial_cluster: Vec<NodeId>,
     /// `New` for the five founding members; `Existing` for a replacement started later.
@@ -72,17 +80,17 @@ pub struct SimNode {
 
 impl SimNode {
     /// A member of the cluster the run bootstraps, `members`.
-    pub fn founding(id: NodeId, members: &[NodeId]) -> SimNode {
-        SimNode::new(id, members, InitialClusterState::New)
+    pub fn founding(id: NodeId, members: &[NodeId], cluster_id: &'static str) -> SimNode {
+        SimNode::new(id, members, InitialClusterState::New, cluster_id)
     }
 
     /// A node an operator adds to the running cluster, whose live members are `members`: it
     /// asks them whether its id served before, then waits to be added.
-    pub fn joining(id: NodeId, members: &[NodeId]) -> SimNode {
-        SimNode::new(id, members, InitialClusterState::Existing)
+    pub fn joining(id: NodeId, members: &[NodeId], cluster_id: &'static str) -> SimNode {
+        SimNode::new(id, members, InitialClusterState::Existing, cluster_id)
     }
 
-    fn new(id: NodeId, members: &[NodeId], initial_state: InitialClusterState) -> SimNode {
+    fn new(id: NodeId, members: &[NodeId], initial_state: InitialClusterState, cluster_id: &'static str) -> SimNode {
         let name = format!("r{id}");
         SimNode {
             id,
@@ -90,6 +98,7 @@ impl SimNode {
             disk: MemDisk::new(),
             wall: Arc::new(WallError::default()),
             mono_stall: Arc::new(MonoStall::default()),
+            cluster_id,
             initial_cluster: members.to_vec(),
             initial_state,
             retired: false,
@@ -121,7 +130,7 @@ impl SimNode {
             self.initial_cluster.iter().map(|id| (*id, node(*id))).collect();
         NodeConfig {
             node_id: self.id,
-            cluster_id: CLUSTER_ID.to_string(),
+            cluster_id: self.cluster_id.to_string(),
             advertise: node(self.id),
             data_dir: format!("/sim/{}", self.name).into(),
             initial_cluster,

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use fenceflake_jepsen::registry_workload::{self, ExpiryRace, Reader, RoundPause, LEASE_TTL_MS, REGISTRY_WORKLOAD_IDS};
 use fenceflake_proto::v1::registry_client::RegistryClient;
+use tokio::task::JoinHandle;
 
 use crate::net::Net;
 use crate::nodes::COOL_DOWN_MS;
@@ -40,11 +41,18 @@ const READER: Reader = Reader { pause: RoundPause { min_ms: 30, max_ms: 90 } };
 const PROCESS: &str = "client#1";
 
 /// Start the workload's processes, each until `until` of simulated time has passed since the
-/// run began; their random choices come from `seed`.
-/// Dropping the runtime at the end of the run ends them.
-pub fn start(net: &Arc<Net>, recorder: &Arc<Recorder>, registry: &[String], seed: u64, until: Duration) {
+/// run began; their random choices come from `seed`. Returns the process and its tasks, for
+/// the restore to stop (dropping the runtime at the end of the run ends them otherwise).
+pub fn start(
+    net: &Arc<Net>,
+    recorder: &Arc<Recorder>,
+    registry: &[String],
+    seed: u64,
+    until: Duration,
+) -> Vec<(&'static str, JoinHandle<()>)> {
     net.set_running(PROCESS, true);
     let end_ns = u64::try_from(until.as_nanos()).unwrap_or(u64::MAX);
+    let mut tasks = Vec::new();
     for (index, first_id) in (0u64..).zip(REGISTRY_WORKLOAD_IDS) {
         // The harness's process numbers, so a simulated history reads like a harness one.
         let process = 1000 + index;
@@ -58,6 +66,8 @@ pub fn start(net: &Arc<Net>, recorder: &Arc<Recorder>, registry: &[String], seed
         };
         let clients = registry.iter().map(|addr| RegistryClient::new(net.channel(PROCESS, addr))).collect();
         let recorder = recorder.clone();
-        tokio::spawn(async move { registry_workload::run(workload, clients, end_ns, &*recorder).await });
+        let task = tokio::spawn(async move { registry_workload::run(workload, clients, end_ns, &*recorder).await });
+        tasks.push((PROCESS, task));
     }
+    tasks
 }

@@ -10,7 +10,9 @@
 //!
 //! Every machine that ever ran a node is read, replaced ones too: a removed node's table
 //! stops at the position it reached, a replacement's begins with the snapshot it installed,
-//! and either is still the log applied to its position, as a learner's is.
+//! and either is still the log applied to its position, as a learner's is. After a restore
+//! the machines of the lost cluster and of the fresh one share names and node ids: each table
+//! is named by its node and cluster, and only tables of one cluster are compared.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -23,21 +25,23 @@ use fenceflake_registry::lease::{AuditKind, LeaseTable};
 use fenceflake_registry::storage::{self, DataDirIdentity};
 use serde_json::json;
 
-use crate::nodes::{SimNode, CLUSTER_ID};
+use crate::nodes::SimNode;
 
-/// The applied table of each node, by node name, with the log position it reflects.
+/// The applied table of each node, by node and cluster (`r1@sim`), with the cluster and the
+/// log position it reflects.
 fn tables(nodes: &[SimNode]) -> BTreeMap<String, Result<(String, LeaseTable), String>> {
     nodes
         .iter()
         .map(|node| {
-            let identity = DataDirIdentity { node_id: node.id, cluster_id: CLUSTER_ID.to_string() };
+            let identity = DataDirIdentity { node_id: node.id, cluster_id: node.cluster_id.to_string() };
             let tracker = ExpiryTracker::new(Arc::new(ManualClock::new(0)));
             let opened = storage::open_memory(&node.disk, &identity, tracker).map_err(|e| e.to_string()).map(|o| {
                 let state = o.state_machine.shared();
                 let state = state.read();
-                (state.last_applied.map(|id| id.to_string()).unwrap_or_default(), state.table.clone())
+                let position = state.last_applied.map(|id| id.to_string()).unwrap_or_default();
+                (format!("{position}@{}", node.cluster_id), state.table.clone())
             });
-            (node.name.clone(), opened)
+            (format!("{}@{}", node.name, node.cluster_id), opened)
         })
         .collect()
 }

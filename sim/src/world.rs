@@ -25,9 +25,10 @@ use crate::clock::World;
 use crate::identity::Identities;
 use crate::nemesis::{Cluster, Nemesis};
 use crate::net::Net;
-use crate::nodes::{client_addr, SimNode};
+use crate::nodes::{client_addr, SimNode, CLUSTER_ID};
 use crate::recorder::Recorder;
 use crate::registry_client;
+use crate::restore::{self, Restore};
 use crate::workers::{SimWorker, WorkerEnv};
 
 /// What one run simulates.
@@ -122,7 +123,7 @@ async fn simulate(config: &RunConfig, state_root: &Path) -> anyhow::Result<RunOu
     let recorder = Arc::new(Recorder::new(world));
     let net = Net::new(stream(config.seed, 3), Identities::new(recorder.clone()));
     let members: Vec<NodeId> = (1..=config.nodes).collect();
-    let mut nodes: Vec<SimNode> = members.iter().map(|id| SimNode::founding(*id, &members)).collect();
+    let mut nodes: Vec<SimNode> = members.iter().map(|id| SimNode::founding(*id, &members, CLUSTER_ID)).collect();
     for node in &mut nodes {
         node.start(&net, &recorder);
     }
@@ -138,10 +139,11 @@ async fn simulate(config: &RunConfig, state_root: &Path) -> anyhow::Result<RunOu
     for worker in &mut workers {
         worker.start(&env);
     }
-    registry_client::start(&net, &recorder, &env.registry, stream(config.seed, 6), config.duration);
-    adversary::start(&net, &recorder, &members, stream(config.seed, 7), config.duration);
+    let mut callers = registry_client::start(&net, &recorder, &env.registry, stream(config.seed, 6), config.duration);
+    callers.push(adversary::start(&net, &recorder, &members, stream(config.seed, 7), config.duration));
+    let restore = Restore::start(&net, &recorder, &members, callers);
     net.set_running(crate::nemesis::CHAOS, true);
-    let mut nemesis = Nemesis::new(stream(config.seed, 5), &members);
+    let mut nemesis = Nemesis::new(stream(config.seed, 5), &members, restore);
     let mut cluster =
         Cluster { net: &net, recorder: &recorder, nodes: &mut nodes, workers: &mut workers, env: &env, state_root };
     while world.elapsed() < config.duration {
@@ -158,7 +160,8 @@ async fn simulate(config: &RunConfig, state_root: &Path) -> anyhow::Result<RunOu
     }
     let simulated = world.elapsed();
     let events = recorder.events();
-    let results = checks::check(&events, cluster.nodes);
+    let mut results = checks::check(&events, cluster.nodes);
+    results.extend(nemesis.restore_failure().map(restore::failed));
     Ok(RunOutcome { events, results, simulated })
 }
 
