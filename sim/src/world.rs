@@ -158,6 +158,7 @@ async fn simulate(config: &RunConfig, state_root: &Path) -> anyhow::Result<RunOu
         let pending = node.disk.pending_len();
         node.crash(&net, pending);
     }
+    net.unbind_all();
     let simulated = world.elapsed();
     let events = recorder.events();
     let mut results = checks::check(&events, cluster.nodes);
