@@ -216,7 +216,7 @@ impl Nemesis {
         if Nemesis::nodes_down(cluster) >= self.nodes_down_max() {
             return;
         }
-        let index = self.rng.gen_range(0..cluster.nodes.len());
+        let Some(index) = self.pick_node(cluster) else { return };
         let node = &mut cluster.nodes[index];
         if !node.is_running() {
             return;
@@ -236,7 +236,7 @@ impl Nemesis {
     /// The next fsyncs of a running node fail: openraft stops on the storage error, the node
     /// exits (its supervisor restarts it below), and nothing unflushed was acknowledged.
     fn fail_fsync(&mut self, cluster: &mut Cluster<'_>) {
-        let index = self.rng.gen_range(0..cluster.nodes.len());
+        let Some(index) = self.pick_node(cluster) else { return };
         let node = &cluster.nodes[index];
         if !node.is_running() {
             return;
@@ -252,7 +252,7 @@ impl Nemesis {
     /// lost-disk guard must refuse (the node served), or let join only if it never did.
     fn lose_disk(&mut self, cluster: &mut Cluster<'_>) {
         let down = Nemesis::nodes_down(cluster);
-        let index = self.rng.gen_range(0..cluster.nodes.len());
+        let Some(index) = self.pick_node(cluster) else { return };
         let node = &mut cluster.nodes[index];
         if down >= self.nodes_down_max() || !node.is_running() {
             return;
@@ -504,15 +504,17 @@ impl Nemesis {
     }
 
     fn pick_clock(&mut self, cluster: &Cluster<'_>) -> (String, Arc<crate::clock::WallError>) {
-        let count = cluster.nodes.len() + cluster.workers.len();
-        let index = self.rng.gen_range(0..count);
-        match cluster.nodes.get(index) {
-            Some(node) => (node.name.clone(), node.wall.clone()),
-            None => {
-                let worker = &cluster.workers[index - cluster.nodes.len()];
-                (worker.name.clone(), worker.wall.clone())
-            }
-        }
+        let nodes = cluster.nodes.iter().filter(|n| !n.is_retired()).map(|n| (&n.name, &n.wall));
+        let mut clocks: Vec<_> = nodes.chain(cluster.workers.iter().map(|w| (&w.name, &w.wall))).collect();
+        let (name, wall) = clocks.swap_remove(self.rng.gen_range(0..clocks.len()));
+        (name.clone(), wall.clone())
+    }
+
+    /// A node whose machine was not stopped for good (its index in `Cluster::nodes`): after a
+    /// replacement or a restore, faults drawn over retired machines did nothing.
+    fn pick_node(&mut self, cluster: &Cluster<'_>) -> Option<usize> {
+        let live: Vec<usize> = (0..cluster.nodes.len()).filter(|&i| !cluster.nodes[i].is_retired()).collect();
+        live.choose(&mut self.rng).copied()
     }
 
     fn clone_worker(&mut self, cluster: &mut Cluster<'_>) {

@@ -157,7 +157,12 @@ impl SimNode {
         self.starts += 1;
         // Each process serves its own services: a dead one withdrawing its own on the way out
         // never touches its successor's.
-        let process = format!("{}#{}", self.name, self.starts);
+        // A restored cluster's machines take the lost ones' names: their processes are told
+        // apart by cluster, so a lost process's leftover tasks never count as running again.
+        let process = match self.cluster_id {
+            CLUSTER_ID => format!("{}#{}", self.name, self.starts),
+            other => format!("{}#{other}.{}", self.name, self.starts),
+        };
         let served = ServedServices::default();
         net.bind(&peer_addr(self.id), &process, served.clone(), Port::Peer);
         net.bind(&client_addr(self.id), &process, served.clone(), Port::Client);

@@ -20,6 +20,9 @@ pub fn reproduce(config: &RunConfig) -> String {
     for mechanism in &config.disabled {
         let _ = write!(line, " --disable {mechanism}");
     }
+    if config.ids_only {
+        line.push_str(" --ids-only");
+    }
     line.push_str(&format!(" --history sim-{}.jsonl", config.seed));
     line
 }

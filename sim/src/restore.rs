@@ -34,10 +34,11 @@ use fenceflake_jepsen::history::NemesisPhase;
 use fenceflake_proto::channel::BoxChannel;
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::registry_client::RegistryClient;
+use fenceflake_proto::wire::Reason;
 use fenceflake_registry::raft::types::NodeId;
 use tokio::task::JoinHandle;
-use tonic::Code;
 
+use crate::clock::World;
 use crate::membership::{self, Operator};
 use crate::nemesis::Cluster;
 use crate::net::Net;
@@ -53,15 +54,15 @@ const IMPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The operator gives up on the import after this long (the workers then stay away from the
 /// fresh cluster, and the parking checker reports that they never served again).
 const IMPORT_DEADLINE: Duration = Duration::from_secs(60);
-/// The window ends this long after the import answered: before the embargo can lift on any
-/// leader (`ttl_max + cool_down` on its monotonic clock from its apply, which precedes the
-/// answer; a simulated monotonic clock runs ahead of true time by at most 100 ms), so no
-/// lease is granted inside the window, and the parking checker's bound on serving again
-/// counts from about when the embargo lifts.
+/// The window ends this long after the attempt that applied the import was sent: before the
+/// embargo can lift on any leader (`ttl_max + cool_down` on its monotonic clock from its
+/// apply, which follows the send; a simulated monotonic clock runs ahead of true time by at
+/// most 100 ms), so no lease is granted inside the window (the answer may come much later
+/// than the apply, through a slow network or a lost reply), and the parking checker's bound
+/// on serving again counts from about when the embargo lifts.
 const EMBARGO_NOTICE: Duration = Duration::from_millis(TTL_MS_MAX + COOL_DOWN_MS - 500);
-/// Answers that no retry changes.
-const REFUSALS: [Code; 4] =
-    [Code::InvalidArgument, Code::FailedPrecondition, Code::PermissionDenied, Code::Unauthenticated];
+/// Definite refusals the operator retries: no leader yet, or one busy.
+const RETRIED: [Reason; 4] = [Reason::NotLeader, Reason::NoLeader, Reason::NoQuorum, Reason::Overloaded];
 /// Drift and rounding the operator's clock wait allows for on top of the steps it saw.
 const CLOCK_WAIT_MARGIN: Duration = Duration::from_millis(100);
 
@@ -182,12 +183,14 @@ impl Restore {
             .iter()
             .map(|n| RegistryClient::new(cluster.net.channel(membership::PROCESS, &client_addr(n.id))))
             .collect();
-        match import(&clients, &backup.data).await {
-            Ok(answer) => {
+        let world = cluster.recorder.world();
+        match import(&clients, &backup.data, world).await {
+            Ok(Imported { answer, applied_after }) => {
                 for (from, to) in away {
                     cluster.net.uncut(&from, &to);
                 }
-                tokio::time::sleep(EMBARGO_NOTICE).await;
+                let window_ends = applied_after + EMBARGO_NOTICE;
+                tokio::time::sleep(window_ends.saturating_sub(world.elapsed())).await;
                 answer
             }
             Err(why) => {
@@ -243,39 +246,59 @@ async fn export_every(
     }
 }
 
+/// A successful import: what the answer said, and the earliest true time it can have been
+/// applied at (when the attempt that applied it was sent).
+struct Imported {
+    answer: String,
+    applied_after: Duration,
+}
+
 /// Import `data` through the fresh cluster's nodes in turn (a follower forwards to the
-/// leader; before the first election every node answers UNAVAILABLE) until one takes it;
-/// what the answer said, or why the operator gave up.
-async fn import(clients: &[RegistryClient<BoxChannel>], data: &[u8]) -> Result<String, String> {
+/// leader; before the first election every node answers UNAVAILABLE) until one takes it; or
+/// why the operator gave up.
+async fn import(clients: &[RegistryClient<BoxChannel>], data: &[u8], world: World) -> Result<Imported, String> {
     let attempts = async {
-        // Whether an attempt timed out or was cut off: it may have been applied, and then a
-        // retry is refused because the table is no longer empty.
-        let mut indeterminate = false;
+        // When the first attempt that may have been applied without its answer reaching the
+        // operator was sent (it timed out, or its answer says nothing of whether it was
+        // applied): a retry is then refused because the table is no longer empty.
+        let mut first_indeterminate: Option<Duration> = None;
         let mut turn = 0;
         loop {
             let mut client = clients[turn % clients.len()].clone();
             turn += 1;
             let request = pb::ImportSnapshotRequest { data: data.to_vec() };
+            let sent = world.elapsed();
             match tokio::time::timeout(IMPORT_TIMEOUT, client.import_snapshot(request)).await {
                 Ok(Ok(answer)) => {
                     let answer = answer.into_inner();
-                    return Ok(format!(
+                    let answer = format!(
                         "restored into {RESTORED_CLUSTER_ID}: token generation {}, {} worker IDs embargoed until \
                          leader wall {} ms, {} records",
                         answer.generation, answer.worker_ids, answer.embargo_until_ms, answer.records
-                    ));
+                    );
+                    return Ok(Imported { answer, applied_after: sent });
                 }
-                Ok(Err(status)) if status.code() == Code::FailedPrecondition && indeterminate => {
-                    let refusal = status.message();
-                    return Ok(format!(
-                        "restored into {RESTORED_CLUSTER_ID} by an attempt whose answer was lost: {refusal}"
-                    ));
+                Ok(Err(status)) => match (Reason::of(&status), first_indeterminate) {
+                    (Some(Reason::NotEmpty), Some(applied_after)) => {
+                        let answer = format!(
+                            "restored into {RESTORED_CLUSTER_ID} by an attempt whose answer was lost: {}",
+                            status.message()
+                        );
+                        return Ok(Imported { answer, applied_after });
+                    }
+                    (Some(reason), _) if !reason.is_indeterminate() && !RETRIED.contains(&reason) => {
+                        return Err(format!("{reason:?}: {}", status.message()));
+                    }
+                    (Some(reason), _) if !reason.is_indeterminate() => {}
+                    // A forward that failed, a proposal whose fate is unknown, a reply without a
+                    // reason: perhaps applied.
+                    _ => {
+                        first_indeterminate.get_or_insert(sent);
+                    }
+                },
+                Err(_) => {
+                    first_indeterminate.get_or_insert(sent);
                 }
-                Ok(Err(status)) if REFUSALS.contains(&status.code()) => {
-                    return Err(format!("{:?}: {}", status.code(), status.message()));
-                }
-                // No leader yet, a leader busy, a forward that failed: perhaps applied.
-                Ok(Err(_)) | Err(_) => indeterminate = true,
             }
             tokio::time::sleep(membership::RETRY_PAUSE).await;
         }

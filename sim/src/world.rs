@@ -42,6 +42,9 @@ pub struct RunConfig {
     pub lease_ttl: Duration,
     /// Safety mechanisms switched off for this run (self-tests only).
     pub disabled: Vec<Mechanism>,
+    /// Leave out the registry client and the adversary: the workers, the registry and the
+    /// nemesis only, judged by the ID-safety checkers (about twice as fast: BENCHMARKS.md).
+    pub ids_only: bool,
 }
 
 impl RunConfig {
@@ -53,6 +56,7 @@ impl RunConfig {
             workers: 8,
             lease_ttl: Duration::from_secs(3),
             disabled: Vec::new(),
+            ids_only: false,
         }
     }
 }
@@ -139,8 +143,11 @@ async fn simulate(config: &RunConfig, state_root: &Path) -> anyhow::Result<RunOu
     for worker in &mut workers {
         worker.start(&env);
     }
-    let mut callers = registry_client::start(&net, &recorder, &env.registry, stream(config.seed, 6), config.duration);
-    callers.push(adversary::start(&net, &recorder, &members, stream(config.seed, 7), config.duration));
+    let mut callers = Vec::new();
+    if !config.ids_only {
+        callers = registry_client::start(&net, &recorder, &env.registry, stream(config.seed, 6), config.duration);
+        callers.push(adversary::start(&net, &recorder, &members, stream(config.seed, 7), config.duration));
+    }
     let restore = Restore::start(&net, &recorder, &members, callers);
     net.set_running(crate::nemesis::CHAOS, true);
     let mut nemesis = Nemesis::new(stream(config.seed, 5), &members, restore);
