@@ -83,6 +83,15 @@ struct Node {
     child: Option<Child>,
 }
 
+/// One running node as [`Cluster::node_infos`] lists it.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub id: u64,
+    pub pid: u32,
+    pub client_addr: String,
+    pub data_dir: PathBuf,
+}
+
 /// A running cluster this process started.
 #[derive(Debug)]
 pub struct Cluster {
@@ -275,6 +284,21 @@ impl Cluster {
         &self.side
     }
 
+    /// The running nodes: id, pid, client address and data dir (for per-node accounting).
+    pub fn node_infos(&self) -> Vec<NodeInfo> {
+        self.nodes
+            .iter()
+            .filter_map(|n| {
+                n.child.as_ref().map(|c| NodeInfo {
+                    id: n.id,
+                    pid: c.id(),
+                    client_addr: n.client_addr.clone(),
+                    data_dir: n.data_dir.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// Pids of the running nodes (for CPU accounting).
     pub fn pids(&self) -> Vec<u32> {
         self.nodes.iter().filter_map(|n| n.child.as_ref().map(Child::id)).collect()
@@ -354,6 +378,53 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// Peak resident set size of process `pid` in bytes (`VmHWM` of /proc/<pid>/status).
+pub fn rss_max_bytes(pid: u32) -> Option<u64> {
+    parse_vm_hwm(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// `VmHWM:  1234 kB` of a /proc/<pid>/status text, in bytes.
+pub fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let mut parts = line.split_whitespace();
+    let kib: u64 = parts.next()?.parse().ok()?;
+    match parts.next() {
+        Some("kB") => kib.checked_mul(1024),
+        _ => None,
+    }
+}
+
+/// Bytes process `pid` caused to be sent to the storage layer so far (`write_bytes` of
+/// /proc/<pid>/io; readable for our own children).
+pub fn io_write_bytes(pid: u32) -> Option<u64> {
+    parse_io_write_bytes(&std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?)
+}
+
+/// `write_bytes: N` of a /proc/<pid>/io text (not `cancelled_write_bytes`).
+pub fn parse_io_write_bytes(io: &str) -> Option<u64> {
+    io.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Total size in bytes of the regular files under `dir` (best effort: files that vanish
+/// while it walks, as compaction removes them, count as nothing; symlinks are not followed).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        if meta.is_dir() {
+            total += dir_bytes(&entry.path());
+        } else if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    total
+}
+
 /// CPU seconds of this process.
 pub fn self_cpu_seconds() -> f64 {
     cpu_seconds(std::process::id()).unwrap_or(0.0)
@@ -387,4 +458,39 @@ pub fn kill_and_reap(slot: &mut Option<std::process::Child>, what: &str) -> anyh
         child.wait().with_context(|| format!("reaping {what}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: the peak RSS comes from the `VmHWM` line in kB, converted to bytes; a text
+    /// without it (or in another unit) gives nothing rather than a wrong figure.
+    #[test]
+    fn vm_hwm_parses() {
+        let status = "Name:\tfenceflake\nVmPeak:\t  900000 kB\nVmHWM:\t   51234 kB\nVmRSS:\t   40000 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(51_234 * 1024));
+        assert_eq!(parse_vm_hwm("Name:\tx\nVmRSS:\t 1 kB\n"), None);
+        assert_eq!(parse_vm_hwm("VmHWM:\t 12 MB\n"), None);
+    }
+
+    /// Goal: `write_bytes` is read, not `cancelled_write_bytes` (which also ends in it).
+    #[test]
+    fn io_write_bytes_parses() {
+        let io = "rchar: 100\nwchar: 200\nsyscr: 3\nsyscw: 4\nread_bytes: 4096\nwrite_bytes: 81920\ncancelled_write_bytes: 4096\n";
+        assert_eq!(parse_io_write_bytes(io), Some(81_920));
+        assert_eq!(parse_io_write_bytes("rchar: 1\ncancelled_write_bytes: 7\n"), None);
+    }
+
+    /// Goal: a data dir's size sums its files at every depth; a missing dir is 0.
+    #[test]
+    fn dir_bytes_sums_nested_files() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("a"), [0u8; 10])?;
+        std::fs::create_dir(dir.path().join("sub"))?;
+        std::fs::write(dir.path().join("sub").join("b"), [0u8; 32])?;
+        assert_eq!(dir_bytes(dir.path()), 42);
+        assert_eq!(dir_bytes(&dir.path().join("missing")), 0);
+        Ok(())
+    }
 }

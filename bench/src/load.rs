@@ -134,7 +134,7 @@ pub async fn call<T>(
     }
 }
 
-fn wall_ms() -> u64 {
+pub fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 

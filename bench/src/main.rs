@@ -16,6 +16,7 @@ mod cluster;
 mod compare;
 mod etcd;
 mod failover;
+mod fleet;
 mod gray;
 mod id_ranges;
 mod load;
@@ -89,6 +90,14 @@ enum Cmd {
     /// slower by at most about one starting hedge delay. Fails if an ID was handed out
     /// twice. One JSON line per mode, one for mint; markdown tables on stderr.
     Gray(gray::GrayArgs),
+    /// One process holding N leases (41/16/6 layout), each renewed every TTL/3 with jitter.
+    ///
+    /// Starts a 5-node registry with `--worker-id-bits=16 --sequence-bits=6`, acquires
+    /// `--leases` leases (one holder each) and renews each on its own schedule, as a worker's
+    /// keeper does, with at most `--in-flight` calls outstanding, for `--duration` once all are
+    /// held. One JSON line: renewals and their p50/p99/max, leases lost (re-acquired),
+    /// deadline misses, and per node CPU, peak RSS, bytes written and data dir size (issue 11).
+    Fleet(fleet::FleetArgs),
 }
 
 #[derive(Debug, Args)]
@@ -316,6 +325,7 @@ async fn dispatch(cmd: Cmd, tls: &TlsOpts) -> anyhow::Result<()> {
         Cmd::Worker(a) => worker_bench::run(a, tls).await,
         Cmd::Restart(a) => restart::run(a, tls).await,
         Cmd::Gray(a) => gray::run(a, tls).await,
+        Cmd::Fleet(a) => fleet::run(a, tls).await,
         Cmd::Compare(a) => {
             print!("{}", compare::run(&a, tls.is_tls())?);
             Ok(())
