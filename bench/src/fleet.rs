@@ -93,7 +93,10 @@ pub struct FleetArgs {
 /// Refuse values the run cannot honour, naming them.
 pub fn validate(a: &FleetArgs) -> anyhow::Result<()> {
     if a.leases == 0 || a.leases > MAX_LEASES {
-        bail!("--leases {} is out of range: 1..={MAX_LEASES} (2^{WORKER_ID_BITS} worker IDs of the 41/16/6 layout)", a.leases);
+        bail!(
+            "--leases {} is out of range: 1..={MAX_LEASES} (2^{WORKER_ID_BITS} worker IDs of the 41/16/6 layout)",
+            a.leases
+        );
     }
     if a.ttl < Duration::from_millis(30) {
         bail!("--ttl {:?} is too short: at least 30ms (renewals go every TTL/3)", a.ttl);
@@ -369,7 +372,12 @@ fn sample(n: &NodeInfo) -> NodeSample {
 }
 
 /// The connections the leases use: `channels_per_node` per node (or per the leader only).
-fn clients(a: &FleetArgs, cluster: &Cluster, nodes: &[NodeInfo], leader: u64) -> anyhow::Result<Vec<RegistryClient<Channel>>> {
+fn clients(
+    a: &FleetArgs,
+    cluster: &Cluster,
+    nodes: &[NodeInfo],
+    leader: u64,
+) -> anyhow::Result<Vec<RegistryClient<Channel>>> {
     let security = cluster.side().security(Role::Worker, CLIENT_NAME)?;
     let mut out = Vec::new();
     for _ in 0..a.channels_per_node {
