@@ -160,6 +160,9 @@ impl Deadline {
 #[derive(Default)]
 struct Tally {
     renew: Mutex<Option<Lat>>,
+    /// From a renewal's due time to the send of the attempt that succeeded: the schedule's
+    /// slip when the registry (or the in-flight bound) cannot keep up.
+    lag: Mutex<Option<Lat>>,
     acquire: Mutex<Option<Lat>>,
     leases_lost: AtomicU64,
     reacquired: AtomicU64,
@@ -260,7 +263,12 @@ async fn acquire(
 }
 
 /// Renew `held` until one renewal succeeds (true) or the lease is lost (false).
-async fn renew_once(s: &Shared, client: &mut RegistryClient<Channel>, held: &mut Held) -> anyhow::Result<bool> {
+async fn renew_once(
+    s: &Shared,
+    client: &mut RegistryClient<Channel>,
+    held: &mut Held,
+    due: Instant,
+) -> anyhow::Result<bool> {
     loop {
         let req = pb::RenewRequest {
             worker_id: held.worker_id,
@@ -279,6 +287,7 @@ async fn renew_once(s: &Shared, client: &mut RegistryClient<Channel>, held: &mut
             Answer::Ok(_) => {
                 if measured {
                     with_lat(&s.tally.renew, |l| l.record(answered - sent));
+                    with_lat(&s.tally.lag, |l| l.record(sent.saturating_duration_since(due)));
                     if held.deadline.missed_by(answered) {
                         s.tally.deadline_misses.fetch_add(1, Ordering::Relaxed);
                     }
@@ -333,12 +342,13 @@ async fn lease_task(
         }
     };
     loop {
+        let due = next_due(s.ttl, held.last_sent);
         tokio::select! {
-            _ = tokio::time::sleep_until(next_due(s.ttl, held.last_sent).into()) => {}
+            _ = tokio::time::sleep_until(due.into()) => {}
             _ = stop.changed() => return Ok(()),
         }
         let kept = tokio::select! {
-            r = renew_once(&s, &mut client, &mut held) => r?,
+            r = renew_once(&s, &mut client, &mut held, due) => r?,
             _ = stop.changed() => return Ok(()),
         };
         if !kept {
@@ -479,6 +489,7 @@ struct Phases {
 fn report(a: &FleetArgs, tls: bool, t: &Tally, nodes: &[NodeInfo], p: &Phases) -> Value {
     let renew = take_lat(&t.renew);
     let acquire = take_lat(&t.acquire);
+    let lag = take_lat(&t.lag);
     let mut written = 0u64;
     let mut node_rows = Vec::new();
     for (k, n) in nodes.iter().enumerate() {
@@ -520,6 +531,11 @@ fn report(a: &FleetArgs, tls: bool, t: &Tally, nodes: &[NodeInfo], p: &Phases) -
         "renew_p99_ms": round(renew.ms(0.99), 3),
         "renew_max_ms": round(renew.max_ms(), 3),
         "renew_errors": renew.errors,
+        // What the schedule asks for (TTL/3 minus 5 % mean jitter) against what was done.
+        "renewals_scheduled_per_s": round(f64::from(a.leases) / (a.ttl.as_secs_f64() / 3.0 * 0.95), 1),
+        "renew_lag_p50_ms": round(lag.ms(0.5), 3),
+        "renew_lag_p99_ms": round(lag.ms(0.99), 3),
+        "renew_lag_max_ms": round(lag.max_ms(), 3),
         "renew_error_samples": renew.error_samples,
         "leases_lost": t.leases_lost.load(Ordering::Relaxed),
         "lost_samples": *t.lost_samples.lock().unwrap_or_else(PoisonError::into_inner),
