@@ -140,6 +140,19 @@ pub struct RegistryArgs {
     /// to prove it is not, steps aside. Keep it below the workers' --max-skew.
     #[arg(long, env = "FENCEFLAKE_MAX_CLOCK_OFFSET", default_value = "250ms", value_parser = parse_duration)]
     max_clock_offset: Duration,
+    /// How far past a logged renewal's reach (the worker's clock at send + TTL) the leader
+    /// raises the worker ID's durable high-water mark. Renewals inside it are answered from the
+    /// leader's memory under its leader lease, without a log write; the leader extends it when a
+    /// quarter is left. The price: the next holder of an ID whose holder vanished without
+    /// releasing it may wait up to this long to mint. 0s logs every renewal. At most 300s.
+    #[arg(long, env = "FENCEFLAKE_RENEW_WINDOW", default_value = "30s", value_parser = parse_duration)]
+    renew_window: Duration,
+    /// The clock-rate bound the leader lease assumes, in percent: how far any node's monotonic
+    /// clock may run fast or slow. The leader answers renewals from memory for
+    /// election-timeout-max × (100 − d)/(100 + d) after a heartbeat round a quorum acknowledged.
+    /// At most 50.
+    #[arg(long, env = "FENCEFLAKE_LEADER_LEASE_DRIFT", default_value_t = 10)]
+    leader_lease_drift: u8,
     /// Log entries between snapshots; the log is purged behind each one.
     #[arg(long, env = "FENCEFLAKE_SNAPSHOT_LOGS", default_value_t = 5000)]
     snapshot_logs: u64,
@@ -194,6 +207,8 @@ impl RegistryArgs {
             request_timeout: self.request_timeout,
             max_clock_offset: self.max_clock_offset,
             clock_check,
+            renew_window: self.renew_window,
+            lease_drift_percent: self.leader_lease_drift,
             snapshot_logs: self.snapshot_logs,
             metrics_addr: self.metrics_addr,
             admin_only: self.admin_only,

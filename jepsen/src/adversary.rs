@@ -363,7 +363,7 @@ impl<S: Scout, T: Timeline> Adversary<S, T> {
             let req = pb::AcquireRequest { holder: v.holder.clone(), worker_id: wanted, ttl_ms: 3000, incarnation: 0 };
             let request = format!("holder={:?} worker_id={wanted:?}", v.holder);
             let (node, result) = self.call(Via::Certificate, |mut c| async move { c.acquire(req).await }).await;
-            let outcome = judge_acquire(&result, v.worker_id, &self.victim_tokens);
+            let outcome = judge_acquire(&result, v, &self.victim_tokens);
             let answer = describe(&result, describe_lease);
             self.note(Forged::AcquireHolder, node, outcome, (Some(v.worker_id), None), request, answer);
             match result {
@@ -599,9 +599,15 @@ fn judge_stale_renewal(result: &Result<pb::Lease, Status>, after: &Result<pb::Le
 /// Acquire with another worker's holder ID: getting that worker's ID, or any lease a victim
 /// was seen holding, is the violation; a refusal, or a lease of its own on another ID, is
 /// what must happen.
-fn judge_acquire(result: &Result<pb::Lease, Status>, victim_id: u32, victim_tokens: &HashSet<u64>) -> ForgedOutcome {
+/// The victim's lease is its worker ID under a token no newer than the victim's: a token
+/// above it is a fresh grant of an ID the victim no longer held (its holder's new process gave
+/// it up for a free one, or it expired), which any caller could have had under any holder ID.
+fn judge_acquire(result: &Result<pb::Lease, Status>, victim: &Victim, victim_tokens: &HashSet<u64>) -> ForgedOutcome {
     match result {
-        Ok(lease) if lease.worker_id == victim_id || victims_token(lease.token, victim_tokens) => {
+        Ok(lease)
+            if (lease.worker_id == victim.worker_id && lease.token <= victim.token)
+                || victims_token(lease.token, victim_tokens) =>
+        {
             ForgedOutcome::Accepted
         }
         Ok(_) => ForgedOutcome::Refused,
@@ -775,16 +781,20 @@ mod tests {
     }
 
     /// Goal: an Acquire naming another worker's holder may get a refusal or an ID of its own,
-    /// never the victim's ID.
+    /// never the victim's lease.
     #[test]
-    fn an_acquire_with_a_foreign_holder_must_not_get_the_victims_id() {
+    fn an_acquire_with_a_foreign_holder_must_not_get_the_victims_lease() {
         let victims: HashSet<u64> = [12].into();
-        assert_eq!(judge_acquire(&Ok(lease(3, 9)), 3, &victims), ForgedOutcome::Accepted);
-        assert_eq!(judge_acquire(&Ok(lease(7, 9)), 3, &victims), ForgedOutcome::Refused);
-        // Another victim's lease (its token) is as much a violation as this victim's ID.
-        assert_eq!(judge_acquire(&Ok(lease(7, 12)), 3, &victims), ForgedOutcome::Accepted);
-        assert_eq!(judge_acquire(&Err(Reason::AlreadyHeld.status("held")), 3, &victims), ForgedOutcome::Refused);
-        assert_eq!(judge_acquire(&Err(Reason::OutcomeUnknown.status("?")), 3, &victims), ForgedOutcome::Inconclusive);
+        let v = Victim { worker_id: 3, token: 10, holder: "w1".into() };
+        assert_eq!(judge_acquire(&Ok(lease(3, 10)), &v, &victims), ForgedOutcome::Accepted);
+        assert_eq!(judge_acquire(&Ok(lease(3, 9)), &v, &victims), ForgedOutcome::Accepted, "an older lease of it");
+        assert_eq!(judge_acquire(&Ok(lease(7, 9)), &v, &victims), ForgedOutcome::Refused);
+        // The victim's ID granted afresh (its holder's new process gave it up): not its lease.
+        assert_eq!(judge_acquire(&Ok(lease(3, 11)), &v, &victims), ForgedOutcome::Refused);
+        // Another victim's lease (its token) is as much a violation as this victim's.
+        assert_eq!(judge_acquire(&Ok(lease(7, 12)), &v, &victims), ForgedOutcome::Accepted);
+        assert_eq!(judge_acquire(&Err(Reason::AlreadyHeld.status("held")), &v, &victims), ForgedOutcome::Refused);
+        assert_eq!(judge_acquire(&Err(Reason::OutcomeUnknown.status("?")), &v, &victims), ForgedOutcome::Inconclusive);
     }
 
     /// Goal: operator RPCs are refused only by PERMISSION_DENIED; an argument error means the

@@ -28,10 +28,16 @@ pub enum Mechanism {
     NotBefore,
     /// A new token for every process of a holder (incarnations).
     Incarnations,
+    /// The leader lease a memory renewal needs (and the quorum-acknowledgement age every
+    /// request's admission checks): off, a leader that may have been deposed answers renewals.
+    LeaderLease,
+    /// A memory renewal's refusal while the leader has a grant of the worker ID in flight (what
+    /// stands in for the grant's compare-and-set, which a memory renewal does not move).
+    RenewalReservation,
 }
 
 impl Mechanism {
-    pub const ALL: [Mechanism; 7] = [
+    pub const ALL: [Mechanism; 9] = [
         Mechanism::DeadlineCheck,
         Mechanism::MintUntil,
         Mechanism::GrantCas,
@@ -39,6 +45,8 @@ impl Mechanism {
         Mechanism::LocalCeiling,
         Mechanism::NotBefore,
         Mechanism::Incarnations,
+        Mechanism::LeaderLease,
+        Mechanism::RenewalReservation,
     ];
 
     /// The kebab-case name.
@@ -51,6 +59,8 @@ impl Mechanism {
             Mechanism::LocalCeiling => "local-ceiling",
             Mechanism::NotBefore => "not-before",
             Mechanism::Incarnations => "incarnations",
+            Mechanism::LeaderLease => "leader-lease",
+            Mechanism::RenewalReservation => "renewal-reservation",
         }
     }
 

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use fenceflake_proto::wire::{LayoutBound, SEQUENCE_BITS_MAX, TIMESTAMP_BITS_MIN};
 
+use crate::leader_lease::LEASE_DRIFT_PERCENT_MAX;
 use crate::lease::ClusterConfig;
-use crate::limits::WORKER_ID_BITS_MAX;
+use crate::limits::{RENEW_WINDOW_MAX_MS, WORKER_ID_BITS_MAX};
 use crate::raft::types::{NodeId, PeerNode};
 
 /// Whether this node may bootstrap a new cluster (etcd's `--initial-cluster-state`).
@@ -65,6 +66,14 @@ pub struct NodeConfig {
     pub max_clock_offset: Duration,
     /// The clock check on (always, in production) or off (harness self-test only).
     pub clock_check: ClockCheck,
+    /// `--renew-window`: how far past a logged renewal's reach (`wall_ms_at_send + ttl`) its
+    /// high-water mark is raised, so the renewals that follow are answered from the leader's
+    /// memory; zero logs every renewal (docs/design.md, "Memory renewals").
+    pub renew_window: Duration,
+    /// `--leader-lease-drift`: the bound, in percent, on how far any two nodes' monotonic
+    /// clock rates differ from true time; the leader lease is `election_timeout_max × (100 −
+    /// d) / (100 + d)` from each acknowledged heartbeat round.
+    pub lease_drift_percent: u8,
     /// Log entries between snapshots (the log is purged behind each snapshot).
     pub snapshot_logs: u64,
     pub metrics_addr: Option<SocketAddr>,
@@ -90,6 +99,14 @@ pub enum ClockCheck {
 /// worker whose clock is within 250 ms of the quorum's median never parks on a leader the
 /// clock check lets lead.
 pub const DEFAULT_MAX_CLOCK_OFFSET: Duration = Duration::from_millis(250);
+/// `--renew-window` by default: a renewal every TTL/3 on a 10 s lease writes the log about
+/// once in seven renewals (each logged renewal reaches 30 s further, and the leader extends
+/// the window when a quarter of it is left); the cost is that the next holder of an ID whose
+/// holder vanished without releasing it may wait up to this long for its `not_before`.
+pub const DEFAULT_RENEW_WINDOW: Duration = Duration::from_secs(30);
+/// `--leader-lease-drift` by default: monotonic clocks of two nodes may run 10 % apart (real
+/// crystal drift is below 0.01 %; the margin also covers a slow timer wake-up).
+pub const DEFAULT_LEASE_DRIFT_PERCENT: u8 = 10;
 /// The smallest `--max-clock-offset`: proof needs a probe round trip below twice the bound.
 pub const MAX_CLOCK_OFFSET_MIN: Duration = Duration::from_millis(10);
 
@@ -245,6 +262,8 @@ impl NodeConfig {
             request_timeout: Duration::from_secs(2),
             max_clock_offset: DEFAULT_MAX_CLOCK_OFFSET,
             clock_check: ClockCheck::Enforced,
+            renew_window: DEFAULT_RENEW_WINDOW,
+            lease_drift_percent: DEFAULT_LEASE_DRIFT_PERCENT,
             snapshot_logs: 5_000,
             metrics_addr: None,
             admin_only: false,
@@ -299,6 +318,25 @@ impl NodeConfig {
                 format!(
                     "{:?} is below {MAX_CLOCK_OFFSET_MIN:?}: a clock probe's round trip could never prove a clock that close",
                     self.max_clock_offset
+                ),
+            );
+        }
+        if self.renew_window.as_millis() as u64 > RENEW_WINDOW_MAX_MS {
+            return invalid(
+                "--renew-window",
+                format!(
+                    "{:?} is above {} s: the next holder of a vanished holder's worker ID may wait that long",
+                    self.renew_window,
+                    RENEW_WINDOW_MAX_MS / 1000
+                ),
+            );
+        }
+        if self.lease_drift_percent > LEASE_DRIFT_PERCENT_MAX {
+            return invalid(
+                "--leader-lease-drift",
+                format!(
+                    "{} % is above {LEASE_DRIFT_PERCENT_MAX} %: the lease would be too short to answer from",
+                    self.lease_drift_percent
                 ),
             );
         }

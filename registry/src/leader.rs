@@ -5,6 +5,7 @@
 //! admin commands through the batching proposer.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,10 +18,12 @@ use crate::clock_watch::ClockWatch;
 use crate::error::RegistryError;
 use crate::expiry::{Expiry, ExpiryTracker, LeadershipId};
 use crate::grant_plan::{self, Asker, GrantInputs};
+use crate::leader_lease::LeaderLease;
 use crate::lease::{
     ClusterConfig, Command, GrantExpectation, HolderId, Incarnation, LeaseGrant, LeaseTable, Outcome, Rejection, Renew,
     Rules, TableBackup, TokenOffset, WorkerId,
 };
+use crate::metrics::RegistryMetrics;
 use crate::proposal::{LeaseReply, LeaseState, LeaseView, Proposal, Reply};
 use crate::proposer::{write_error, Proposer};
 use crate::raft::network::PeerClients;
@@ -45,6 +48,12 @@ pub struct LeaderSettings {
     pub leader_lease: Duration,
     /// Bound on every wait (confirmation, commit).
     pub request_timeout: Duration,
+    /// How far past a logged renewal's reach its high-water mark is raised, so the renewals
+    /// that follow are answered from memory (`--renew-window`; zero: every renewal is logged).
+    pub renew_window: Duration,
+    /// How often the leader sends a heartbeat round to keep its [`LeaderLease`] (openraft's
+    /// heartbeat interval).
+    pub lease_round_every: Duration,
 }
 
 /// The leader-side logic of one node (idle unless the node leads).
@@ -65,6 +74,11 @@ pub struct Leader {
     hold: ElectionHold,
     /// Whether this node's wall clock may stamp the cluster's time (`clock_watch.rs`).
     clocks: ClockWatch,
+    /// While held, renewals the durable high-water mark covers are answered from memory.
+    lease: LeaderLease,
+    /// Worker IDs whose high-water window is being extended in the background: one at a time.
+    extending: Arc<Mutex<HashSet<WorkerId>>>,
+    metrics: Arc<RegistryMetrics>,
     /// One snapshot import at a time: an import is megabytes in one log entry, and a restore
     /// is a one-off operation; more at once would only queue renewals behind them.
     import: Arc<tokio::sync::Semaphore>,
@@ -97,6 +111,8 @@ impl Leader {
         clocks: ClockWatch,
         settings: LeaderSettings,
         peers: PeerClients,
+        lease: LeaderLease,
+        metrics: Arc<RegistryMetrics>,
     ) -> Leader {
         // A new leader normally wins within one or two election timeouts after the leader
         // falls silent; allow three, during which this node refuses requests. Each hold call
@@ -118,8 +134,16 @@ impl Leader {
             hand_over,
             hold,
             clocks,
+            lease,
+            extending: Arc::default(),
+            metrics,
             import,
         }
+    }
+
+    /// The lease memory renewals rest on (the peer service refuses votes while it runs).
+    pub fn lease(&self) -> &LeaderLease {
+        &self.lease
     }
 
     /// The leader lease this node holds itself to (openraft's `election_timeout_max`).
@@ -231,6 +255,9 @@ impl Leader {
         } else if others.is_empty() {
             return Err(RegistryError::Membership("no other voter to hand leadership to".into()));
         }
+        // No memory answer from here on: the next leader is elected once the voters' refusal,
+        // which every answer so far relies on, has run out.
+        self.lease.give_up();
         match self.hand_over.run(HandOverPlan { me, to, others }).await {
             Ok((leader, term)) => Ok(Reply::LeaderMoved { from: me, leader, term }),
             Err(e) => {
@@ -268,13 +295,110 @@ impl Leader {
     }
 
     async fn renew(&self, renew: &Renew) -> Result<Reply, RegistryError> {
-        match self.proposer.propose(Command::Renew(renew.clone())).await? {
+        if let Some(reply) = self.renew_from_memory(renew)? {
+            return Ok(reply);
+        }
+        let windowed = Renew { window_ms: self.window_ms(), ..renew.clone() };
+        match self.proposer.propose(Command::Renew(windowed)).await? {
             Outcome::Renewed(grant) => self.lease_reply(grant),
             Outcome::CanaryHit { current } => {
                 tracing::error!(worker_id = renew.worker_id.0, token = renew.token.0, current_token = current.0, max_minted_ts_ms = renew.max_minted_ts_ms, "canary hit: two holders minted with one worker ID at overlapping times; ID quarantined, audit entry written");
                 Err(RegistryError::Canary { current })
             }
             other => Err(unexpected(other)),
+        }
+    }
+
+    fn window_ms(&self) -> u64 {
+        self.settings.renew_window.as_millis() as u64
+    }
+
+    /// A renewal answered without a log entry (docs/design.md, "Memory renewals"), or `None`
+    /// when the log must decide it. Needs three things at once: the leader lease (no other
+    /// leader can have been elected, so every later one starts its expiry clock after this
+    /// answer); a renewal the table's durable high-water mark covers, so `mint_until` is
+    /// already what the next holder's `not_before` will be at least; and no grant of the ID in
+    /// flight here. The last is checked, and the renewal noted for expiry, under the lock grant
+    /// plans reserve under: a grant planned after this answer sees the renewal, and one planned
+    /// before holds the reservation, so the two never pass each other — the part of the
+    /// grant's compare-and-set a memory renewal cannot move (`last_renew`).
+    fn renew_from_memory(&self, renew: &Renew) -> Result<Option<Reply>, RegistryError> {
+        if self.settings.renew_window.is_zero() {
+            return Ok(None);
+        }
+        let (leadership, _) = self.leadership()?;
+        if !self.lease.holds(leadership) && !switches::is_off(Mechanism::LeaderLease) {
+            return Ok(None);
+        }
+        let Ok(wall_ms) = self.clocks.checked_wall_ms() else { return Ok(None) };
+        let covered = {
+            let state = self.state.read();
+            let reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+            if reserved.contains(&renew.worker_id) && !switches::is_off(Mechanism::RenewalReservation) {
+                return Ok(None);
+            }
+            let Some(covered) = state.table.covered_renewal(renew, wall_ms) else { return Ok(None) };
+            let config = state.table.config().cloned().ok_or(RegistryError::NotConfigured)?;
+            self.tracker.note_renewal(renew.worker_id);
+            (covered, config)
+        };
+        let (covered, config) = covered;
+        self.metrics.memory_renewals.fetch_add(1, Ordering::Relaxed);
+        if covered.headroom_ms < self.window_ms() / 4 {
+            self.extend_window(renew);
+        }
+        Ok(Some(Reply::Lease(LeaseReply { grant: covered.grant, registry_time_ms: wall_ms, config })))
+    }
+
+    /// Raise the high-water window of `renew`'s lease in the background (a logged renewal of
+    /// the same claims), before the renewals that follow outrun it; one at a time per ID.
+    fn extend_window(&self, renew: &Renew) {
+        let worker_id = renew.worker_id;
+        if !self.extending.lock().unwrap_or_else(PoisonError::into_inner).insert(worker_id) {
+            return;
+        }
+        let windowed = Command::Renew(Renew { window_ms: self.window_ms(), ..renew.clone() });
+        let (proposer, extending, metrics) = (self.proposer.clone(), self.extending.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            // The holder already has its answer; a failure here only means its next renewal
+            // extends the window on the log path (and a fenced token needs no window).
+            match proposer.propose(windowed).await {
+                Ok(Outcome::Renewed(_)) => _ = metrics.window_extensions.fetch_add(1, Ordering::Relaxed),
+                Ok(other) => {
+                    tracing::debug!(worker_id = worker_id.0, outcome = ?other, "high-water window not extended: the lease changed")
+                }
+                Err(e) => {
+                    tracing::debug!(worker_id = worker_id.0, error = %e, "high-water window not extended; the next renewal will");
+                }
+            }
+            extending.lock().unwrap_or_else(PoisonError::into_inner).remove(&worker_id);
+        });
+    }
+
+    /// Until `stopped`: while this node leads, send a heartbeat round every
+    /// `lease_round_every` and hold the [`LeaderLease`] from each round a quorum acknowledged.
+    pub async fn keep_lease(&self, stopped: fenceflake_proto::serving::Stopped) {
+        let stop = stopped.wait();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(self.settings.lease_round_every) => {}
+            }
+            if self.settings.renew_window.is_zero() {
+                continue;
+            }
+            let Ok((leadership, _)) = self.leadership() else {
+                self.lease.give_up();
+                continue;
+            };
+            let sent_at = self.lease.round_starts();
+            let acknowledged = tokio::time::timeout(self.lease.duration(), self.raft.get_read_log_id()).await;
+            // Still the same leadership, and not handing over (a round sent before a hand-over
+            // began must not take the lease back).
+            if matches!(acknowledged, Ok(Ok(_))) && self.leadership().is_ok_and(|(now, _)| now == leadership) {
+                self.lease.confirmed(leadership, sent_at);
+            }
         }
     }
 
@@ -355,7 +479,8 @@ impl Leader {
     async fn ensure_serving_leader(&self) -> Result<bool, RegistryError> {
         let (id, since_quorum_ack_ms) = self.leadership()?;
         let lease_ms = self.settings.leader_lease.as_millis() as u64;
-        if let Some(ms) = since_quorum_ack_ms.filter(|ms| *ms > lease_ms) {
+        let checked = !switches::is_off(Mechanism::LeaderLease);
+        if let Some(ms) = since_quorum_ack_ms.filter(|ms| *ms > lease_ms && checked) {
             // openraft 0.9 has no CheckQuorum: without this a cut-off leader would let writes hang.
             return Err(RegistryError::NoQuorum {
                 why: format!("no quorum acknowledged this leader for {ms} ms (> {lease_ms} ms)"),
@@ -467,8 +592,8 @@ impl Leader {
         let Asking { holder, wanted, ttl_ms, owner, incarnation } = asking;
         for _ in 0..ACQUIRE_ATTEMPTS_MAX {
             let asker = Asker { owner: owner.as_deref(), holder: &holder, incarnation };
-            let (worker_id, expect) = self.plan_grant(asker, wanted)?;
-            let _reservation = self.reserve(worker_id);
+            let (reservation, expect) = self.plan_grant(asker, wanted)?;
+            let worker_id = reservation.worker_id;
             let specific = wanted.is_some();
             let command = Command::Grant {
                 worker_id,
@@ -497,25 +622,23 @@ impl Leader {
         })
     }
 
-    fn reserve(&self, worker_id: WorkerId) -> Reservation<'_> {
-        self.reserved.lock().unwrap_or_else(PoisonError::into_inner).insert(worker_id);
-        Reservation { reserved: &self.reserved, worker_id }
-    }
-
-    /// Pick the worker ID to grant and what it must still look like (the CAS compare).
+    /// Pick the worker ID to grant and what it must still look like (the CAS compare), and
+    /// reserve it under the same lock: a memory renewal checks reservations under it, so none
+    /// slips in between a plan that saw the lease expired and its reservation.
     fn plan_grant(
         &self,
         asker: Asker<'_>,
         wanted: Option<WorkerId>,
-    ) -> Result<(WorkerId, GrantExpectation), RegistryError> {
+    ) -> Result<(Reservation<'_>, GrantExpectation), RegistryError> {
         let state = self.state.read();
-        let reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
         let wall_ms = self.clock.wall_ms();
-        let plan = self.tracker.decide(|renewals, now| {
+        let (worker_id, expect) = self.tracker.decide(|renewals, now| {
             let inputs = GrantInputs { table: &state.table, renewals, now, wall_ms, reserved: &reserved };
             grant_plan::plan_grant(inputs, asker, wanted)
-        });
-        Ok(plan?)
+        })?;
+        reserved.insert(worker_id);
+        Ok((Reservation { reserved: &self.reserved, worker_id }, expect))
     }
 
     fn view(&self, worker_id: WorkerId) -> LeaseView {

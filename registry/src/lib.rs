@@ -10,6 +10,7 @@ pub mod error;
 pub mod expiry;
 pub mod grant_plan;
 pub mod leader;
+pub mod leader_lease;
 pub mod lease;
 pub mod limits;
 pub mod lost_disk;

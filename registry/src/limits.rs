@@ -19,6 +19,11 @@ pub const OWNER_LEN_MAX: usize = 400;
 /// tolerates itself (500 ms by default), far below what would let a claim poison an ID.
 pub const CLAIM_AHEAD_MAX_MS: u64 = 30_000;
 
+/// The largest high-water window (`--renew-window`) a renewal may carry: the next holder of
+/// a worker ID whose holder vanished may wait up to the window for its `not_before`, so the
+/// bound keeps a mistyped flag (or a forged entry) from making an ID unusable for long.
+pub const RENEW_WINDOW_MAX_MS: u64 = 300_000;
+
 /// Commands packed into one Raft entry by the proposer. One entry costs one fsync on each
 /// replica, so batching is what lets renewals scale; the bound keeps an entry small.
 pub const COMMANDS_PER_ENTRY_MAX: usize = 1024;

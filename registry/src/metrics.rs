@@ -14,6 +14,8 @@ use crate::rpc::Rpc;
 pub mod names {
     pub const GRANTS: &str = "fenceflake_registry_grants_total";
     pub const RENEWALS: &str = "fenceflake_registry_renewals_total";
+    pub const MEMORY_RENEWALS: &str = "fenceflake_registry_memory_renewals_total";
+    pub const WINDOW_EXTENSIONS: &str = "fenceflake_registry_window_extensions_total";
     pub const RELEASES: &str = "fenceflake_registry_releases_total";
     pub const FENCED_RENEWALS: &str = "fenceflake_registry_fenced_renewals_total";
     pub const CANARY_HITS: &str = "fenceflake_registry_canary_hits_total";
@@ -49,6 +51,9 @@ struct RpcStats {
 pub struct RegistryMetrics {
     pub grants: AtomicU64,
     pub renewals: AtomicU64,
+    /// Counted by the leader that answered them.
+    pub memory_renewals: AtomicU64,
+    pub window_extensions: AtomicU64,
     pub releases: AtomicU64,
     pub fenced_renewals: AtomicU64,
     pub canary_hits: AtomicU64,
@@ -98,10 +103,20 @@ impl RegistryMetrics {
     }
 
     /// The counters: (name, help, value).
-    fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 10] {
+    fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 12] {
         [
             (names::GRANTS, "Leases granted (new grants, and re-acquires by the same holder).", &self.grants),
             (names::RENEWALS, "Leases renewed.", &self.renewals),
+            (
+                names::MEMORY_RENEWALS,
+                "Renewals this node answered as leader from memory, under its leader lease, without a log write.",
+                &self.memory_renewals,
+            ),
+            (
+                names::WINDOW_EXTENSIONS,
+                "High-water windows this leader extended in the background (one log write covers the renewals after).",
+                &self.window_extensions,
+            ),
             (names::RELEASES, "Leases released.", &self.releases),
             (
                 names::FENCED_RENEWALS,

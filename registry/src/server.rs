@@ -24,6 +24,7 @@ use crate::clock_watch::{self, ClockWatch};
 use crate::config::{initial_cluster_mismatches, ConfigError, InitialClusterState, LayoutMismatch, NodeConfig};
 use crate::expiry::ExpiryTracker;
 use crate::leader::{member_roles, Leader, LeaderSettings};
+use crate::leader_lease::LeaderLease;
 use crate::lease::ClusterConfig;
 use crate::limits::{CLIENT_MESSAGE_BYTES_MAX, PEER_MESSAGE_BYTES_MAX};
 use crate::lost_disk::{self, Start, StartGate};
@@ -217,6 +218,9 @@ pub async fn run(
     tokio::spawn(watch_leadership(node.clone(), health_reporter, tracker));
     tokio::spawn(clock_watch::run(node.clone(), stopped.clone()));
     tokio::spawn(rules_raise::run(node.clone(), stopped.clone()));
+    let leader = node.leader.clone();
+    let until = stopped.clone();
+    tokio::spawn(async move { leader.keep_lease(until).await });
     bootstrap(&config, &raft, fresh).await?;
     if config.initial_cluster_state == InitialClusterState::New {
         tokio::spawn(compare_initial_cluster(raft.clone(), config.initial_cluster.clone()));
@@ -373,15 +377,29 @@ async fn start_node(
         cluster_config: config.bootstrap_config(),
         leader_lease: std::time::Duration::from_millis(config.timing.election_max_ms),
         request_timeout: config.request_timeout,
+        renew_window: config.renew_window,
+        lease_round_every: std::time::Duration::from_millis(config.timing.heartbeat_ms),
     };
-    let leader =
-        Leader::new(raft.clone(), state.clone(), tracker.clone(), proposer, clocks.clone(), settings, peers.clone());
+    let election_max = std::time::Duration::from_millis(config.timing.election_max_ms);
+    let lease = LeaderLease::new(clock.clone(), election_max, config.lease_drift_percent);
+    let metrics = Arc::new(RegistryMetrics::default());
+    let leader = Leader::new(
+        raft.clone(),
+        state.clone(),
+        tracker.clone(),
+        proposer,
+        clocks.clone(),
+        settings,
+        peers.clone(),
+        lease,
+        metrics.clone(),
+    );
     let node = RegistryNode {
         raft: raft.clone(),
         state,
         leader,
         peers,
-        metrics: Arc::new(RegistryMetrics::default()),
+        metrics,
         node_id: config.node_id,
         cluster_id: config.cluster_id.clone(),
         request_timeout: config.request_timeout,
@@ -614,6 +632,7 @@ async fn watch_leadership(node: RegistryNode, health: tonic_health::server::Heal
             }
             if state != ServerState::Leader {
                 tracker.step_down();
+                node.leader.lease().give_up();
             }
             let status = if leader.is_some() { ServingStatus::Serving } else { ServingStatus::NotServing };
             health.set_service_status("", status).await;

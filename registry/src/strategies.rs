@@ -148,13 +148,14 @@ pub fn valid_backup() -> impl Strategy<Value = TableBackup> {
 }
 
 fn renew() -> impl Strategy<Value = Renew> {
-    (any::<u32>(), token(), any::<u64>(), any::<u64>(), option::of(text())).prop_map(
-        |(w, token, wall_ms_at_send, max_minted_ts_ms, caller)| Renew {
+    (any::<u32>(), token(), any::<u64>(), any::<u64>(), option::of(text()), any::<u64>()).prop_map(
+        |(w, token, wall_ms_at_send, max_minted_ts_ms, caller, window_ms)| Renew {
             worker_id: WorkerId(w),
             token,
             wall_ms_at_send,
             max_minted_ts_ms,
             caller,
+            window_ms,
         },
     )
 }

@@ -32,6 +32,10 @@ pub const RESTORED_CLUSTER_ID: &str = "sim-restored";
 /// run after one.
 pub const TTL_MS_MAX: u64 = 5_000;
 pub const COOL_DOWN_MS: u64 = 500;
+/// The registry's `--renew-window`: a few TTLs, so most renewals are answered from the
+/// leader's memory and windows are extended many times a run, while the next holder of a
+/// vanished holder's ID waits for its `not_before` seconds rather than production's 30 s.
+pub const RENEW_WINDOW: Duration = Duration::from_secs(4);
 
 /// A node's peer-port address in the simulated network.
 pub fn peer_addr(id: NodeId) -> String {
@@ -142,6 +146,8 @@ impl SimNode {
             request_timeout: Duration::from_secs(2),
             max_clock_offset: Duration::from_millis(250),
             clock_check: ClockCheck::Enforced,
+            renew_window: RENEW_WINDOW,
+            lease_drift_percent: fenceflake_registry::config::DEFAULT_LEASE_DRIFT_PERCENT,
             // Small, so that runs take and install snapshots.
             snapshot_logs: 200,
             metrics_addr: None,

@@ -205,3 +205,55 @@ async fn registry_wall_clock_steps_do_not_expire_leases_early() {
     }
     assert!(acquired_at.elapsed() < Duration::from_millis(ttl_ms), "test too slow to prove anything");
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as u64
+}
+
+/// Goal (issue 11, memory renewals): once a logged renewal opened its high-water window, the
+/// renewals inside it write no log entry — yet each still returns a `mint_until` covering its
+/// reach — and a new leader, after the old one is SIGKILLed, honours the lease they extended:
+/// the holder renews with its token, and nobody else gets the worker ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renewals_inside_the_window_write_no_log_entry_and_survive_a_leader_kill() {
+    let mut cluster = Cluster::start(5, &[]).await;
+    let request = pb::AcquireRequest { holder: "fleet-a".into(), worker_id: Some(9), ttl_ms: 10_000, incarnation: 0 };
+    let lease = cluster.client(1).acquire(request).await.expect("acquire").into_inner();
+    let renew = |max_minted_ts_ms| pb::RenewRequest {
+        worker_id: lease.worker_id,
+        token: lease.token,
+        wall_ms_at_send: now_ms(),
+        max_minted_ts_ms,
+    };
+    // The first renewal is logged: it opens the window (30 s past its reach by default).
+    let opened = cluster.client(2).renew(renew(0)).await.expect("first renewal").into_inner();
+    assert!(opened.mint_until_ms >= now_ms() + 30_000, "no window opened: mint_until {}", opened.mint_until_ms);
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    let before = cluster.wait_all_applied(Duration::from_secs(5)).await;
+    for i in 0..20u64 {
+        let sent = now_ms();
+        let renewed = cluster.client(i % 5 + 1).renew(renew(sent - 1)).await.expect("renewal").into_inner();
+        assert_eq!(renewed.token, lease.token);
+        assert!(
+            renewed.mint_until_ms >= sent + 10_000,
+            "mint_until {} does not cover the reach",
+            renewed.mint_until_ms
+        );
+    }
+    let after = cluster.wait_all_applied(Duration::from_secs(5)).await;
+    // Logged, 20 sequential renewals would be 20 entries; a stray entry (a window extension
+    // under a slow clock, a leader's note) may come along.
+    assert!(after - before <= 2, "20 renewals inside the window wrote {} log entries", after - before);
+    assert!(cluster.log(leader).contains("lease granted"), "the leader's log names the grant");
+
+    cluster.kill(leader);
+    let via = *cluster.running().first().expect("survivor");
+    let renewed = eventually(Duration::from_secs(10), "a renewal through the new leader", || async {
+        cluster.client(via).renew(renew(0)).await.ok().map(|r| r.into_inner())
+    })
+    .await;
+    assert_eq!(renewed.token, lease.token, "the new leader honours the lease");
+    let thief = pb::AcquireRequest { holder: "fleet-b".into(), worker_id: Some(9), ttl_ms: 10_000, incarnation: 0 };
+    let err = cluster.client(via).acquire(thief).await.expect_err("worker ID 9 must still be held");
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+}

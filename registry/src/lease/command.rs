@@ -21,6 +21,16 @@ pub struct Renew {
     /// The authenticated identity that sent it (`None` over plaintext).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
+    /// How far past `wall_ms_at_send + ttl` this renewal raises the durable high-water mark
+    /// (under [`Rules::WINDOWS`]; 0 before): set by the leader, never by the caller, so that
+    /// the renewals that follow are covered by it and answered from memory
+    /// (docs/design.md, "Memory renewals").
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub window_ms: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// A holder gives its lease back; `last_ts_ms` is the exact last timestamp minted under it.
@@ -162,9 +172,12 @@ impl Rules {
     /// Incarnations: a holder's new process takes its lease over under a new token
     /// (`Command::Grant::incarnation`); before, it got the lease back unchanged.
     pub const INCARNATIONS: Rules = Rules(2);
+    /// High-water windows: a renewal's `window_ms` raises the high-water mark that far past
+    /// `wall_ms_at_send + ttl` (before, the field is ignored).
+    pub const WINDOWS: Rules = Rules(3);
     /// What this build's leaders write, and the newest rules it can apply: an entry written
     /// under newer rules stops this node (applying it under older ones could diverge).
-    pub const CURRENT: Rules = Rules::INCARNATIONS;
+    pub const CURRENT: Rules = Rules::WINDOWS;
     /// The newest rules in force without an `EnableRules`: those every release that writes
     /// them could already apply when they were introduced. Newer ones need the raise.
     pub const UNGATED: Rules = Rules::IDENTITIES;
@@ -306,6 +319,7 @@ mod tests {
                     wall_ms_at_send: 5,
                     max_minted_ts_ms: 4,
                     caller: None,
+                    window_ms: 0,
                 }),
             ),
             (

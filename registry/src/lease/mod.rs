@@ -11,4 +11,4 @@ pub use backup::TableBackup;
 pub use command::{Batch, Command, LeaseGrant, Outcome, Quarantine, Rejection, Release, Renew, Rules, Unquarantine};
 pub use ids::{HolderId, Incarnation, LogPos, Token, TokenOffset, WorkerId};
 pub use record::{AuditEntry, AuditKind, ClusterConfig, GrantExpectation, LeaseRecord, TableGlobals};
-pub use table::LeaseTable;
+pub use table::{CoveredRenewal, LeaseTable};

@@ -16,7 +16,16 @@ use super::record::{
 use fenceflake_proto::switches::{self, Mechanism};
 use fenceflake_proto::wire::WORKER_ID_BITS_MAX;
 
-use crate::limits::{AUDIT_ENTRIES_MAX, CLAIM_AHEAD_MAX_MS, REASON_LEN_MAX};
+use crate::limits::{AUDIT_ENTRIES_MAX, CLAIM_AHEAD_MAX_MS, REASON_LEN_MAX, RENEW_WINDOW_MAX_MS};
+
+/// A renewal answered from memory ([`LeaseTable::covered_renewal`]): the lease as the holder
+/// sees it, and how far the high-water mark still reaches past this renewal's own reach
+/// (`wall_ms_at_send + ttl`): the leader extends the window before it runs out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoveredRenewal {
+    pub grant: LeaseGrant,
+    pub headroom_ms: u64,
+}
 
 /// The replicated lease table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -338,7 +347,7 @@ impl LeaseTable {
     }
 
     fn renew(&mut self, rules: Rules, pos: LogPos, leader_wall_ms: u64, renew: &Renew) -> Outcome {
-        let Renew { worker_id, token, wall_ms_at_send, max_minted_ts_ms, ref caller } = *renew;
+        let Renew { worker_id, token, wall_ms_at_send, max_minted_ts_ms, ref caller, window_ms } = *renew;
         if let Err(rejection) = self.check_range(worker_id) {
             return Outcome::Rejected(rejection);
         }
@@ -401,11 +410,35 @@ impl LeaseTable {
         }
         record.last_renew = pos;
         record.max_minted_ms = record.max_minted_ms.max(max_minted_ts_ms);
+        let window_ms = if rules >= Rules::WINDOWS { window_ms.min(RENEW_WINDOW_MAX_MS) } else { 0 };
         record.high_water_ms = record
             .high_water_ms
-            .max(wall_ms_at_send.saturating_add(record.ttl_ms))
+            .max(wall_ms_at_send.saturating_add(record.ttl_ms).saturating_add(window_ms))
             .max(max_minted_ts_ms.saturating_add(1));
         Outcome::Renewed(grant_view(worker_id, record))
+    }
+
+    /// A renewal this table's durable high-water mark already covers, answered without a log
+    /// entry: what applying it would answer, had it been logged (`Renewed` with the same grant
+    /// and the same high-water mark; only `last_renew` and `max_minted_ms` would have moved,
+    /// which no holder's safety rests on — docs/design.md, "Memory renewals"). `None` whenever
+    /// the log must decide: another token (fenced, superseded, or the canary), a quarantine, a
+    /// released lease, another identity, a claim out of bounds, a reach past the high-water
+    /// mark, or apply rules below [`Rules::WINDOWS`] (a mixed-release cluster).
+    pub fn covered_renewal(&self, renew: &Renew, leader_wall_ms: u64) -> Option<CoveredRenewal> {
+        if self.rules_in_force(Rules::CURRENT) < Rules::WINDOWS {
+            return None;
+        }
+        self.check_range(renew.worker_id).ok()?;
+        let record = self.records.get(&renew.worker_id)?;
+        let current = renew.token == record.token && record.quarantine.is_none() && record.holder.is_some();
+        if !current || !record.owned_by(renew.caller.as_deref()) {
+            return None;
+        }
+        claim_bounds(record, leader_wall_ms, renew.wall_ms_at_send, renew.max_minted_ts_ms).ok()?;
+        let reach_ms = renew.wall_ms_at_send.saturating_add(record.ttl_ms);
+        let headroom_ms = record.high_water_ms.checked_sub(reach_ms)?;
+        Some(CoveredRenewal { grant: grant_view(renew.worker_id, record), headroom_ms })
     }
 
     fn release(&mut self, rules: Rules, release: &Release) -> Outcome {

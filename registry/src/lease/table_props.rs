@@ -39,7 +39,7 @@ enum Claim {
 #[derive(Debug, Clone)]
 enum Step {
     Grant { w: u32, holder: u8, ttl_ms: u64, expect: Pick, specific: bool, owner: Option<u8>, incarnation: Option<u8> },
-    Renew { w: u32, token: Pick, send_ms: i64, minted: Claim, caller: Option<u8> },
+    Renew { w: u32, token: Pick, send_ms: i64, minted: Claim, caller: Option<u8>, window_ms: u64 },
     Release { w: u32, token: Pick, last: Claim, caller: Option<u8> },
     Quarantine { w: u32, reason: String },
     Unquarantine { w: u32 },
@@ -76,8 +76,10 @@ fn step() -> impl Strategy<Value = Step> {
             incarnation,
         },
     );
-    let renew = (w.clone(), pick(), -90_000..90_000i64, claim(), who())
-        .prop_map(|(w, token, send_ms, minted, caller)| Step::Renew { w, token, send_ms, minted, caller });
+    let window = prop_oneof![3 => Just(0), 3 => 1..120_000u64, 1 => any::<u64>()];
+    let renew = (w.clone(), pick(), -90_000..90_000i64, claim(), who(), window).prop_map(
+        |(w, token, send_ms, minted, caller, window_ms)| Step::Renew { w, token, send_ms, minted, caller, window_ms },
+    );
     let release = (w.clone(), pick(), claim(), who()).prop_map(|(w, token, last, caller)| Step::Release {
         w,
         token,
@@ -95,7 +97,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => strategies::table_config().prop_map(Step::Configure),
         1 => restore,
         1 => (1..6u64).prop_map(Step::NodeServed),
-        1 => (0..=2u8).prop_map(Step::EnableRules),
+        1 => (0..=Rules::CURRENT.0).prop_map(Step::EnableRules),
     ]
 }
 
@@ -131,6 +133,9 @@ impl Run {
         self.wall_ms = self.wall_ms.saturating_add_signed(*wall_step_ms);
         for (slot, step) in steps.iter().enumerate() {
             let command = self.command(step);
+            if let Command::Renew(renew) = &command {
+                self.covered_answers_what_the_log_would(renew, LogPos::new(self.index, slot))?;
+            }
             let outcome = self.table.apply_under(Rules(*rules), LogPos::new(self.index, slot), self.wall_ms, &command);
             self.table.check_invariants();
             if let Outcome::Granted(grant) | Outcome::Renewed(grant) = &outcome {
@@ -154,12 +159,13 @@ impl Run {
                 owner: owner(o),
                 incarnation: incarnation.map(|i| Incarnation(u64::from(i) + 1)),
             },
-            Step::Renew { w, token, send_ms, minted, caller } => Command::Renew(Renew {
+            Step::Renew { w, token, send_ms, minted, caller, window_ms } => Command::Renew(Renew {
                 worker_id: WorkerId(*w),
                 token: self.token(*w, *token),
                 wall_ms_at_send: self.wall_ms.saturating_add_signed(*send_ms),
                 max_minted_ts_ms: self.claimed(*minted),
                 caller: owner(caller),
+                window_ms: *window_ms,
             }),
             Step::Release { w, token, last, caller } => Command::Release(Release {
                 worker_id: WorkerId(*w),
@@ -180,6 +186,20 @@ impl Run {
             Step::NodeServed(node_id) => Command::NodeServed { node_id: *node_id },
             Step::EnableRules(rules) => Command::EnableRules(Rules(*rules)),
         }
+    }
+
+    /// Memory renewals (issue 11): a renewal the table says is covered gets, from memory,
+    /// exactly what logging it would answer, and logging it would not move the high-water mark.
+    fn covered_answers_what_the_log_would(&self, renew: &Renew, pos: LogPos) -> Result<(), TestCaseError> {
+        let Some(covered) = self.table.covered_renewal(renew, self.wall_ms) else { return Ok(()) };
+        let mut logged = self.table.clone();
+        let unwindowed = Command::Renew(Renew { window_ms: 0, ..renew.clone() });
+        let outcome = logged.apply_under(Rules::CURRENT, pos, self.wall_ms, &unwindowed);
+        prop_assert_eq!(outcome, Outcome::Renewed(covered.grant.clone()), "{:?}", renew);
+        let high_water = |t: &LeaseTable| t.record(renew.worker_id).map(|r| r.high_water_ms);
+        prop_assert_eq!(high_water(&logged), high_water(&self.table));
+        prop_assert!(covered.grant.mint_until_ms >= renew.wall_ms_at_send.saturating_add(covered.grant.ttl_ms));
+        Ok(())
     }
 
     fn token(&self, w: u32, pick: Pick) -> Token {

@@ -35,6 +35,7 @@ fn renew(t: &mut LeaseTable, idx: u64, w: u32, token: Token, wall: u64, minted: 
         wall_ms_at_send: wall,
         max_minted_ts_ms: minted,
         caller: None,
+        window_ms: 0,
     });
     t.apply(LogPos::new(idx, 0), WALL, &cmd)
 }
@@ -246,6 +247,7 @@ fn restore_embargoes_every_id_under_a_new_token_generation() {
             wall_ms_at_send,
             max_minted_ts_ms,
             caller: None,
+            window_ms: 0,
         })
     };
     granted(old.apply(LogPos::new(3, 0), WALL + 65_000, &later(WALL + 65_000, 0)));
@@ -427,6 +429,7 @@ fn renew_as(t: &mut LeaseTable, idx: u64, token: Token, minted: u64, caller: &st
         wall_ms_at_send: WALL,
         max_minted_ts_ms: minted,
         caller: Some(caller.into()),
+        window_ms: 0,
     };
     t.apply(LogPos::new(idx, 0), WALL, &Command::Renew(renew))
 }
@@ -505,6 +508,7 @@ fn old_entries_replay_under_their_own_rules() {
         wall_ms_at_send: WALL + 100_000,
         max_minted_ts_ms: 0,
         caller: None,
+        window_ms: 0,
     };
     let old = t.clone().apply_under(Rules::ORIGINAL, LogPos::new(3, 0), WALL, &Command::Renew(far.clone()));
     assert!(matches!(old, Outcome::Renewed(_)), "{old:?}");
@@ -676,4 +680,80 @@ fn a_new_incarnation_may_give_its_held_id_up_for_a_free_one() {
     // A new incarnation asking for another specific ID than its holder holds is refused.
     let refused = claim_from(&mut t, 8, 2, "h", 3, true);
     assert_eq!(refused, Outcome::Rejected(Rejection::HolderHoldsOther { worker_id: WorkerId(1) }));
+}
+
+fn windowed(w: u32, token: Token, wall: u64, minted: u64, window_ms: u64) -> Command {
+    Command::Renew(Renew {
+        worker_id: WorkerId(w),
+        token,
+        wall_ms_at_send: wall,
+        max_minted_ts_ms: minted,
+        caller: None,
+        window_ms,
+    })
+}
+
+/// Goal (issue 11, high-water windows): a logged renewal raises the high-water mark a window
+/// past its reach — only under the rules that know windows, and never past the bound.
+#[test]
+fn a_windowed_renewal_raises_the_high_water_mark_past_its_reach_under_its_rules_only() {
+    let mut t = configured();
+    let lease = granted(grant(&mut t, 2, 0, "a"));
+    let reach = WALL + 10_000;
+    let old =
+        t.clone().apply_under(Rules::INCARNATIONS, LogPos::new(3, 0), WALL, &windowed(0, lease.token, WALL, 0, 30_000));
+    assert_eq!(granted(old).mint_until_ms, reach, "before windows the field is ignored");
+    let now = granted(t.clone().apply(LogPos::new(3, 0), WALL, &windowed(0, lease.token, WALL, 0, 30_000)));
+    assert_eq!(now.mint_until_ms, reach + 30_000);
+    let forged = granted(t.apply(LogPos::new(3, 0), WALL, &windowed(0, lease.token, WALL, 0, u64::MAX)));
+    assert_eq!(forged.mint_until_ms, reach + crate::limits::RENEW_WINDOW_MAX_MS, "bounded");
+}
+
+/// Goal (issue 11, memory renewals): a renewal is answered from memory only when the durable
+/// high-water mark covers its reach and the log could not decide otherwise; then it gets what
+/// logging it would give.
+#[test]
+fn a_renewal_is_covered_only_inside_the_window_for_the_current_owner_in_good_standing() {
+    let mut t = configured();
+    let lease = granted(grant(&mut t, 2, 0, "a"));
+    let renew = |wall, minted| Renew {
+        worker_id: WorkerId(0),
+        token: lease.token,
+        wall_ms_at_send: wall,
+        max_minted_ts_ms: minted,
+        caller: None,
+        window_ms: 0,
+    };
+    assert_eq!(t.covered_renewal(&renew(WALL + 1, 0), WALL), None, "no window yet: reach beyond the grant's mark");
+    granted(t.apply(LogPos::new(3, 0), WALL, &windowed(0, lease.token, WALL, 0, 30_000)));
+    let hw = WALL + 40_000;
+    let inside = t.covered_renewal(&renew(WALL + 20_000, WALL + 19_000), WALL + 20_000).unwrap();
+    assert_eq!((inside.grant.mint_until_ms, inside.headroom_ms), (hw, 10_000));
+    let logged =
+        t.clone().apply(LogPos::new(4, 0), WALL + 20_000, &Command::Renew(renew(WALL + 20_000, WALL + 19_000)));
+    assert_eq!(logged, Outcome::Renewed(inside.grant.clone()), "the log would answer the same");
+    assert!(t.covered_renewal(&renew(WALL + 30_000, 0), WALL + 30_000).is_some(), "reach exactly at the mark");
+    assert_eq!(t.covered_renewal(&renew(WALL + 30_001, 0), WALL + 30_001), None, "reach past the mark");
+    assert_eq!(t.covered_renewal(&renew(WALL, hw), WALL), None, "a mint at the mark: the log refuses it");
+    assert_eq!(t.covered_renewal(&renew(WALL + 1_000 + CLAIM_AHEAD_MAX_MS, 0), WALL), None, "a clock too far ahead");
+    let stale = Renew { token: Token(lease.token.0 - 1), ..renew(WALL, 0) };
+    assert_eq!(t.covered_renewal(&stale, WALL), None, "another token: fenced or the canary, by the log");
+    let stranger = Renew { caller: Some("spiffe://td/fenceflake/worker/mallory".into()), ..renew(WALL, 0) };
+    assert_eq!(t.covered_renewal(&stranger, WALL), None, "another identity");
+    let mut q = t.clone();
+    q.apply(LogPos::new(4, 0), WALL, &Command::Quarantine(Quarantine { worker_id: WorkerId(0), reason: "x".into() }));
+    assert_eq!(q.covered_renewal(&renew(WALL, 0), WALL), None, "quarantined");
+    let mut r = t.clone();
+    release(&mut r, 4, 0, lease.token, WALL);
+    assert_eq!(r.covered_renewal(&renew(WALL, 0), WALL), None, "released");
+    let mut mixed = LeaseTable::default();
+    let config = t.config().cloned().unwrap();
+    mixed.apply(LogPos::new(1, 0), WALL, &Command::Configure(config));
+    let lease = granted(grant(&mut mixed, 2, 0, "a"));
+    mixed.apply(LogPos::new(3, 0), WALL, &windowed(0, lease.token, WALL, 0, 30_000));
+    assert_eq!(
+        mixed.covered_renewal(&Renew { token: lease.token, ..renew(WALL + 1, 0) }, WALL),
+        None,
+        "rules below windows"
+    );
 }

@@ -152,6 +152,18 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<NodeId> = self.open_from_member(&request, "Vote")?;
         self.speaks_for_itself(&request, "Vote", &rpc.vote)?;
+        // The leader lease (`leader_lease.rs`): while one this node took runs, or just after
+        // this process started, a vote could elect a leader that memory renewals assumed
+        // impossible. openraft does the same for a follower's committed vote; this covers the
+        // leader itself and a voter whose vote was lost with its disk.
+        if self.node.leader.lease().refuses_votes() {
+            tracing::debug!(
+                candidate = rpc.vote.leader_id().node_id,
+                term = rpc.vote.leader_id().term,
+                "vote refused: a leader lease this node relies on is still running"
+            );
+            return Err(Status::unavailable("vote refused: a leader lease this node relies on is still running"));
+        }
         self.seal(&self.node.raft.vote(rpc).await)
     }
 

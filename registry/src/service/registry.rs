@@ -260,6 +260,8 @@ impl pb::registry_server::Registry for RegistryService {
             wall_ms_at_send: r.wall_ms_at_send,
             max_minted_ts_ms: r.max_minted_ts_ms,
             caller,
+            // The leader sets the window (`Leader::renew`): a caller never chooses it.
+            window_ms: 0,
         });
         let result = self.lease(proposal).await;
         if let Err(status) = &result {

@@ -224,6 +224,7 @@ mod tests {
                     wall_ms_at_send: 0,
                     max_minted_ts_ms: 0,
                     caller: None,
+                    window_ms: 0,
                 }),
                 "token",
             ),
@@ -258,6 +259,7 @@ mod tests {
             wall_ms_at_send: 0,
             max_minted_ts_ms: 0,
             caller: None,
+            window_ms: 0,
         });
         assert!(proposal(&ok, Some(&c)).is_ok());
     }

@@ -1,0 +1,194 @@
+//! The leader lease behind memory renewals (docs/design.md, "Memory renewals"): while it
+//! holds one, no other leader can have been elected, so a renewal it answers from memory is
+//! honoured by every later leader (whose expiry clock starts at its own leadership, later).
+//!
+//! openraft 0.9.25 keeps the followers' half: a voter whose vote is committed (it accepted an
+//! AppendEntries of the leader) refuses every VoteRequest for `election_timeout_max` after the
+//! last one it accepted (`Engine::handle_vote_req`), and campaigns itself only after
+//! `election_timeout_max` + its election timeout (`RaftCore::handle_tick_election`). So once a
+//! quorum acknowledged a round of heartbeats sent at or after `t`, a candidate's quorum meets
+//! a voter that refuses it until `t + election_timeout_max` on that voter's clock. Two members
+//! of such a quorum do not refuse on their own, and this module closes both:
+//! - **the leader itself** (it counts in the quorum): openraft never refreshes a leader's own
+//!   vote time, so it would grant a higher term's vote at once. A node refuses votes while any
+//!   lease it took is running ([`LeaderLease::refuses_votes`], asked by the peer service);
+//! - **a voter that lost its vote** (a wiped disk the lost-disk guard let back in) votes at
+//!   once. Every process refuses votes for `election_timeout_max` after it started, which covers
+//!   any acknowledgement its earlier process gave.
+//!
+//! The lease runs `election_timeout_max × (1 − drift) / (1 + drift)` from the send of the round
+//! (`--leader-lease-drift`): a leader clock slow by `drift` and a voter clock fast by `drift`
+//! still end it before the voter would vote.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::clock::{Clock, MonoTime};
+use crate::expiry::LeadershipId;
+
+/// The largest `--leader-lease-drift` (percent): at 50 % the lease is a third of
+/// `election_timeout_max`, and a larger bound leaves too little to be worth holding.
+pub const LEASE_DRIFT_PERCENT_MAX: u8 = 50;
+
+/// How long a lease taken at a round's send lasts, for voters refusing votes for
+/// `election_max` and clocks whose rates differ from true time by at most `drift_percent`.
+pub fn lease_duration(election_max: Duration, drift_percent: u8) -> Duration {
+    debug_assert!(drift_percent <= LEASE_DRIFT_PERCENT_MAX);
+    let drift = u32::from(drift_percent.min(LEASE_DRIFT_PERCENT_MAX));
+    election_max * (100 - drift) / (100 + drift)
+}
+
+/// The lease state, pure: time is an argument.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseState {
+    /// The leadership the running lease was taken in, and its end.
+    held: Option<(LeadershipId, MonoTime)>,
+    /// No vote granted before this: the end of every lease taken, and `election_max` after
+    /// the process started.
+    quiet_until: MonoTime,
+}
+
+impl LeaseState {
+    /// A process started at `started_at`, with voters refusing votes for `election_max`.
+    pub fn new(started_at: MonoTime, election_max: Duration) -> LeaseState {
+        LeaseState { held: None, quiet_until: started_at.plus(election_max) }
+    }
+
+    /// A quorum acknowledged a heartbeat round of `leadership` sent at or after `sent_at`:
+    /// hold the lease until `sent_at + duration` (never shortened by an older round's answer).
+    pub fn confirmed(&mut self, leadership: LeadershipId, sent_at: MonoTime, duration: Duration) {
+        let until = sent_at.plus(duration);
+        let until = match self.held {
+            Some((id, held_until)) if id == leadership => held_until.max(until),
+            _ => until,
+        };
+        self.held = Some((leadership, until));
+        self.quiet_until = self.quiet_until.max(until);
+    }
+
+    /// Whether this node may answer from memory at `now` as leader of `leadership`.
+    pub fn holds(&self, leadership: LeadershipId, now: MonoTime) -> bool {
+        self.held.is_some_and(|(id, until)| id == leadership && now < until)
+    }
+
+    /// Whether this node must refuse a VoteRequest at `now`.
+    pub fn refuses_votes(&self, now: MonoTime) -> bool {
+        now < self.quiet_until
+    }
+
+    /// Stop answering from memory (the leadership ended or is being handed over); votes stay
+    /// refused until the lease would have ended, since answers already given rely on it.
+    pub fn give_up(&mut self) {
+        self.held = None;
+    }
+}
+
+/// [`LeaseState`] behind a lock with the node's clock, shared by the leader logic (which takes
+/// and uses the lease) and the peer service (which refuses votes).
+#[derive(Debug, Clone)]
+pub struct LeaderLease {
+    clock: Arc<dyn Clock>,
+    duration: Duration,
+    state: Arc<Mutex<LeaseState>>,
+}
+
+impl LeaderLease {
+    /// The lease of a process starting now, for `election_max` and `drift_percent`.
+    pub fn new(clock: Arc<dyn Clock>, election_max: Duration, drift_percent: u8) -> LeaderLease {
+        let state = LeaseState::new(clock.mono(), election_max);
+        LeaderLease { clock, duration: lease_duration(election_max, drift_percent), state: Arc::new(Mutex::new(state)) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LeaseState> {
+        // Every update is a few assignments that cannot panic halfway.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How long a lease lasts from the send of the round that took it.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    /// When a round about to be sent starts: the lease it may take counts from here.
+    pub fn round_starts(&self) -> MonoTime {
+        self.clock.mono()
+    }
+
+    /// See [`LeaseState::confirmed`].
+    pub fn confirmed(&self, leadership: LeadershipId, sent_at: MonoTime) {
+        self.lock().confirmed(leadership, sent_at, self.duration);
+    }
+
+    /// See [`LeaseState::holds`], at the clock's now.
+    pub fn holds(&self, leadership: LeadershipId) -> bool {
+        let now = self.clock.mono();
+        self.lock().holds(leadership, now)
+    }
+
+    /// See [`LeaseState::refuses_votes`], at the clock's now.
+    pub fn refuses_votes(&self) -> bool {
+        let now = self.clock.mono();
+        self.lock().refuses_votes(now)
+    }
+
+    /// See [`LeaseState::give_up`].
+    pub fn give_up(&self) {
+        self.lock().give_up();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TERM_3: LeadershipId = LeadershipId { term: 3, node_id: 1 };
+    const TERM_4: LeadershipId = LeadershipId { term: 4, node_id: 1 };
+
+    fn at(ms: u64) -> MonoTime {
+        MonoTime(Duration::from_millis(ms))
+    }
+
+    #[test]
+    fn the_lease_is_shorter_than_the_voters_refusal_by_the_drift_bound() {
+        let max = Duration::from_millis(600);
+        assert_eq!(lease_duration(max, 0), max);
+        // 600 × 90 / 110: a leader clock 10 % slow and a voter clock 10 % fast still agree.
+        assert_eq!(lease_duration(max, 10), Duration::from_nanos(490_909_090));
+        let slow_leader = lease_duration(max, 10).as_secs_f64() / 0.9;
+        let fast_voter = max.as_secs_f64() / 1.1;
+        assert!(slow_leader <= fast_voter + 1e-9, "{slow_leader} > {fast_voter}");
+        assert_eq!(lease_duration(max, LEASE_DRIFT_PERCENT_MAX), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_lease_holds_from_the_rounds_send_for_its_leadership_only() {
+        let d = Duration::from_millis(400);
+        let mut s = LeaseState::new(at(0), Duration::from_millis(600));
+        assert!(!s.holds(TERM_3, at(700)), "no round acknowledged yet");
+        s.confirmed(TERM_3, at(1_000), d);
+        assert!(s.holds(TERM_3, at(1_000)));
+        assert!(s.holds(TERM_3, at(1_399)));
+        assert!(!s.holds(TERM_3, at(1_400)), "ends exactly at send + duration");
+        assert!(!s.holds(TERM_4, at(1_100)), "another leadership holds nothing");
+        // A late answer to an older round never shortens a lease.
+        s.confirmed(TERM_3, at(1_200), d);
+        s.confirmed(TERM_3, at(1_100), d);
+        assert!(s.holds(TERM_3, at(1_599)) && !s.holds(TERM_3, at(1_600)));
+    }
+
+    #[test]
+    fn votes_stay_refused_until_every_lease_taken_ends_even_after_giving_it_up() {
+        let mut s = LeaseState::new(at(0), Duration::from_millis(600));
+        assert!(s.refuses_votes(at(599)), "a process refuses votes for election_max after its start");
+        assert!(!s.refuses_votes(at(600)));
+        s.confirmed(TERM_3, at(1_000), Duration::from_millis(400));
+        s.give_up();
+        assert!(!s.holds(TERM_3, at(1_100)), "given up: no memory answers");
+        assert!(s.refuses_votes(at(1_399)), "answers already given still rely on the lease");
+        assert!(!s.refuses_votes(at(1_400)));
+        // A new leadership's lease replaces the old one for answers, and extends the refusal.
+        s.confirmed(TERM_4, at(2_000), Duration::from_millis(400));
+        assert!(s.holds(TERM_4, at(2_100)) && !s.holds(TERM_3, at(2_100)));
+        assert!(s.refuses_votes(at(2_399)) && !s.refuses_votes(at(2_400)));
+    }
+}
