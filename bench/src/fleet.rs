@@ -83,6 +83,10 @@ pub struct FleetArgs {
     /// Give up if the N leases are not all held within this long.
     #[arg(long, env = "FENCEFLAKE_BENCH_FLEET_ACQUIRE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub acquire_timeout: Duration,
+    /// SIGKILL the leader this long into the measured phase (it stays down): a leader kill
+    /// must lose no lease and miss no deadline; `killed_leader` names it in the JSON line.
+    #[arg(long, env = "FENCEFLAKE_BENCH_FLEET_KILL_LEADER_AFTER", value_parser = parse_duration)]
+    pub kill_leader_after: Option<Duration>,
     /// Append the JSON line to this file too.
     #[arg(long, env = "FENCEFLAKE_BENCH_FLEET_OUT")]
     pub out: Option<PathBuf>,
@@ -418,7 +422,7 @@ pub async fn run(a: FleetArgs, tls: &TlsOpts) -> anyhow::Result<()> {
     let mut out = crate::Output::new(a.out.as_ref())?;
     let mut opts = a.cluster.clone();
     opts.node_args.extend(node_args(a.ttl));
-    let cluster = Cluster::start(&opts, tls).await?;
+    let mut cluster = Cluster::start(&opts, tls).await?;
     let nodes = cluster.node_infos();
     let leader_start = cluster::view(&cluster.channels()).await.leader_id;
     let conns = clients(&a, &cluster, &nodes, leader_start)?;
@@ -447,15 +451,36 @@ pub async fn run(a: FleetArgs, tls: &TlsOpts) -> anyhow::Result<()> {
     let before: Vec<NodeSample> = nodes.iter().map(sample).collect();
     let t0 = Instant::now();
     let _ = shared.measure_from.set(t0);
-    tokio::time::sleep(a.duration).await;
+    // The killed node's counters as it died (its /proc entry goes with it).
+    let mut killed: Option<(u64, NodeSample)> = None;
+    match a.kill_leader_after.filter(|after| *after < a.duration) {
+        Some(after) => {
+            tokio::time::sleep(after).await;
+            let leader = cluster::view(&cluster.channels()).await.leader_id;
+            let info = nodes.iter().find(|n| n.id == leader).context("no leader to kill")?;
+            let last = sample(info);
+            cluster.kill(leader)?;
+            eprintln!("leader {leader} killed {after:?} into the measured phase");
+            killed = Some((leader, last));
+            tokio::time::sleep(a.duration - after).await;
+        }
+        None => tokio::time::sleep(a.duration).await,
+    }
     let _ = stop_tx.send(true);
     while let Some(joined) = tasks.join_next().await {
         joined.context("a lease task panicked")??;
     }
     let duration_s = t0.elapsed().as_secs_f64();
-    let after: Vec<NodeSample> = nodes.iter().map(sample).collect();
+    let after: Vec<NodeSample> = nodes
+        .iter()
+        .map(|n| match killed {
+            Some((id, last)) if id == n.id => last,
+            _ => sample(n),
+        })
+        .collect();
     let leader_end = cluster::view(&cluster.channels()).await.leader_id;
-    let phases = Phases { initial, before, after, leader_start, leader_end, acquire_s, duration_s };
+    let killed_leader = killed.map(|(id, _)| id);
+    let phases = Phases { initial, before, after, leader_start, leader_end, killed_leader, acquire_s, duration_s };
     let row = report(&a, tls.is_tls(), &shared.tally, &nodes, &phases);
     drop(cluster);
     eprintln!(
@@ -481,6 +506,7 @@ struct Phases {
     after: Vec<NodeSample>,
     leader_start: u64,
     leader_end: u64,
+    killed_leader: Option<u64>,
     acquire_s: f64,
     duration_s: f64,
 }
@@ -543,6 +569,7 @@ fn report(a: &FleetArgs, tls: bool, t: &Tally, nodes: &[NodeInfo], p: &Phases) -
         "deadline_misses": t.deadline_misses.load(Ordering::Relaxed),
         "leader_start": p.leader_start,
         "leader_end": p.leader_end,
+        "killed_leader": p.killed_leader,
         "bytes_written_per_renewal": if renewals == 0 { Value::Null } else { json!(round(written as f64 / renewals as f64, 1)) },
         "load_average": cluster::load_average(),
         "nodes": node_rows,

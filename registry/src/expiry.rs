@@ -116,6 +116,11 @@ impl ExpiryTracker {
         self.lock().confirm(id);
     }
 
+    /// Whether leadership `id` is the current one and confirmed.
+    pub fn is_confirmed(&self, id: LeadershipId) -> bool {
+        self.lock().leadership.is_some_and(|l| l.id == id && l.confirmed)
+    }
+
     /// This process is no longer leader: forget the leadership (not the renewals).
     pub fn step_down(&self) {
         self.lock().leadership = None;

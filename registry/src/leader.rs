@@ -67,7 +67,7 @@ pub struct Leader {
     settings: Arc<LeaderSettings>,
     /// Worker IDs with a grant in flight: concurrent "any ID" acquires skip them instead of all
     /// racing for the lowest free ID.
-    reserved: Arc<Mutex<HashSet<WorkerId>>>,
+    reserved: Arc<Mutex<Reserved>>,
     /// Stepping aside on request (`TransferLeader`) or for the clock check, and this node's
     /// own election hold.
     hand_over: HandOver,
@@ -90,15 +90,38 @@ impl std::fmt::Debug for Leader {
     }
 }
 
+/// Worker IDs a grant may still change: no memory renewal for them (the log decides).
+#[derive(Debug, Default)]
+struct Reserved {
+    /// A grant attempt is running: concurrent "any ID" acquires skip them too.
+    in_flight: HashSet<WorkerId>,
+    /// A grant whose outcome this leader never learned (a commit timeout): its entry may still
+    /// commit, so until a new leadership has applied its whole log the ID stays reserved.
+    unsettled: HashSet<WorkerId>,
+}
+
+impl Reserved {
+    fn holds(&self, worker_id: WorkerId) -> bool {
+        self.in_flight.contains(&worker_id) || self.unsettled.contains(&worker_id)
+    }
+}
+
 /// Releases a reserved worker ID when the grant attempt ends, however it ends.
 struct Reservation<'a> {
-    reserved: &'a Mutex<HashSet<WorkerId>>,
+    reserved: &'a Mutex<Reserved>,
     worker_id: WorkerId,
+}
+
+impl Reservation<'_> {
+    /// The grant's outcome is unknown: keep the ID reserved until a new leadership settles it.
+    fn unsettled(&self) {
+        self.reserved.lock().unwrap_or_else(PoisonError::into_inner).unsettled.insert(self.worker_id);
+    }
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        self.reserved.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.worker_id);
+        self.reserved.lock().unwrap_or_else(PoisonError::into_inner).in_flight.remove(&self.worker_id);
     }
 }
 
@@ -327,6 +350,10 @@ impl Leader {
             return Ok(None);
         }
         let (leadership, _) = self.leadership()?;
+        // Only a leadership that applied its predecessors' log answers from its table.
+        if !self.tracker.is_confirmed(leadership) {
+            return Ok(None);
+        }
         if !self.lease.holds(leadership) && !switches::is_off(Mechanism::LeaderLease) {
             return Ok(None);
         }
@@ -334,7 +361,7 @@ impl Leader {
         let covered = {
             let state = self.state.read();
             let reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
-            if reserved.contains(&renew.worker_id) && !switches::is_off(Mechanism::RenewalReservation) {
+            if reserved.holds(renew.worker_id) && !switches::is_off(Mechanism::RenewalReservation) {
                 return Ok(None);
             }
             let Some(covered) = state.table.covered_renewal(renew, wall_ms) else { return Ok(None) };
@@ -397,7 +424,7 @@ impl Leader {
             // Still the same leadership, and not handing over (a round sent before a hand-over
             // began must not take the lease back).
             if matches!(acknowledged, Ok(Ok(_))) && self.leadership().is_ok_and(|(now, _)| now == leadership) {
-                self.lease.confirmed(leadership, sent_at);
+                self.lease.confirmed(leadership, sent_at).await;
             }
         }
     }
@@ -428,7 +455,8 @@ impl Leader {
         // restored from the same backup could have drawn: their tokens share a generation,
         // and only the offsets keep their values apart (docs/design.md, Restores).
         let token_offset = TokenOffset::from_random_bits(fenceflake_proto::entropy::random_u64());
-        match self.proposer.propose(Command::RestoreWithOffset { backup, token_offset }).await? {
+        let window_ms = self.window_ms();
+        match self.proposer.propose(Command::RestoreWithOffset { backup, token_offset, window_ms }).await? {
             Outcome::Restored { generation, worker_ids, records, embargo_until_ms } => {
                 tracing::warn!(
                     generation,
@@ -498,6 +526,8 @@ impl Leader {
             self.catch_up_own_log().await?;
         }
         self.tracker.confirm(id);
+        // Every grant an earlier leadership left unsettled is now applied or gone for good.
+        self.reserved.lock().unwrap_or_else(PoisonError::into_inner).unsettled.clear();
         tracing::info!(term = id.term, node_id = id.node_id, "leadership confirmed by a quorum; serving grants");
         self.configure_new_cluster().await?;
         Ok(true)
@@ -604,7 +634,11 @@ impl Leader {
                 owner: owner.clone(),
                 incarnation,
             };
-            match self.proposer.propose(command).await? {
+            let proposed = self.proposer.propose(command).await;
+            if proposed.is_err() {
+                reservation.unsettled();
+            }
+            match proposed? {
                 Outcome::Granted(grant) => {
                     let incarnation = incarnation.map(|i| i.to_string());
                     tracing::info!(worker_id = grant.worker_id.0, token = grant.token.0, holder = %grant.holder, incarnation, owner = owner.as_deref().unwrap_or("-"), ttl_ms, not_before_ms = grant.not_before_ms, "lease granted");
@@ -634,10 +668,10 @@ impl Leader {
         let mut reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
         let wall_ms = self.clock.wall_ms();
         let (worker_id, expect) = self.tracker.decide(|renewals, now| {
-            let inputs = GrantInputs { table: &state.table, renewals, now, wall_ms, reserved: &reserved };
+            let inputs = GrantInputs { table: &state.table, renewals, now, wall_ms, reserved: &reserved.in_flight };
             grant_plan::plan_grant(inputs, asker, wanted)
         })?;
-        reserved.insert(worker_id);
+        reserved.in_flight.insert(worker_id);
         Ok((Reservation { reserved: &self.reserved, worker_id }, expect))
     }
 

@@ -18,8 +18,16 @@
 //!
 //! The lease runs `election_timeout_max × (1 − drift) / (1 + drift)` from the send of the round
 //! (`--leader-lease-drift`): a leader clock slow by `drift` and a voter clock fast by `drift`
-//! still end it before the voter would vote.
+//! still end it before the voter would vote. It is measured on the wall clock too: the
+//! monotonic clock stops while the host is suspended, and a leader that slept through an
+//! election must not wake up believing its lease still runs (a wall clock stepped back cannot
+//! extend it either: both must agree it runs).
+//!
+//! A vote this node lets through and a round it confirms are ordered by one gate: a round sent
+//! before a vote this node granted completed proves nothing (the node may have voted itself
+//! out of the quorum that acknowledged it), so it takes no lease.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -41,34 +49,66 @@ pub fn lease_duration(election_max: Duration, drift_percent: u8) -> Duration {
 /// The lease state, pure: time is an argument.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseState {
-    /// The leadership the running lease was taken in, and its end.
-    held: Option<(LeadershipId, MonoTime)>,
+    /// The leadership the running lease was taken in, and its end on both clocks.
+    held: Option<Held>,
     /// No vote granted before this: the end of every lease taken, and `election_max` after
     /// the process started.
     quiet_until: MonoTime,
+    /// When the last vote this node let through was answered: rounds sent before it take no
+    /// lease.
+    last_vote_at: Option<MonoTime>,
+}
+
+/// A running lease: its leadership and its end, on the monotonic and on the wall clock.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    leadership: LeadershipId,
+    until: MonoTime,
+    wall_until_ms: u64,
+}
+
+/// When a heartbeat round was sent, on both clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct RoundSent {
+    pub at: MonoTime,
+    pub wall_ms: u64,
 }
 
 impl LeaseState {
     /// A process started at `started_at`, with voters refusing votes for `election_max`.
     pub fn new(started_at: MonoTime, election_max: Duration) -> LeaseState {
-        LeaseState { held: None, quiet_until: started_at.plus(election_max) }
+        LeaseState { held: None, quiet_until: started_at.plus(election_max), last_vote_at: None }
     }
 
-    /// A quorum acknowledged a heartbeat round of `leadership` sent at or after `sent_at`:
-    /// hold the lease until `sent_at + duration` (never shortened by an older round's answer).
-    pub fn confirmed(&mut self, leadership: LeadershipId, sent_at: MonoTime, duration: Duration) {
-        let until = sent_at.plus(duration);
-        let until = match self.held {
-            Some((id, held_until)) if id == leadership => held_until.max(until),
-            _ => until,
+    /// A quorum acknowledged a heartbeat round of `leadership` sent at or after `sent`: hold
+    /// the lease until `sent + duration` on both clocks (never shortened by an older round's
+    /// answer) — unless this node answered a vote since the round was sent.
+    pub fn confirmed(&mut self, leadership: LeadershipId, sent: RoundSent, duration: Duration) {
+        if self.last_vote_at.is_some_and(|voted| voted >= sent.at) {
+            return;
+        }
+        let mut held = Held {
+            leadership,
+            until: sent.at.plus(duration),
+            wall_until_ms: sent.wall_ms.saturating_add(duration.as_millis() as u64),
         };
-        self.held = Some((leadership, until));
-        self.quiet_until = self.quiet_until.max(until);
+        if let Some(old) = self.held.filter(|h| h.leadership == leadership) {
+            held.until = held.until.max(old.until);
+            held.wall_until_ms = held.wall_until_ms.max(old.wall_until_ms);
+        }
+        self.quiet_until = self.quiet_until.max(held.until);
+        self.held = Some(held);
     }
 
-    /// Whether this node may answer from memory at `now` as leader of `leadership`.
-    pub fn holds(&self, leadership: LeadershipId, now: MonoTime) -> bool {
-        self.held.is_some_and(|(id, until)| id == leadership && now < until)
+    /// Whether this node may answer from memory as leader of `leadership`, at `now` and
+    /// `wall_ms`: the lease runs on both clocks.
+    pub fn holds(&self, leadership: LeadershipId, now: MonoTime, wall_ms: u64) -> bool {
+        self.held.is_some_and(|h| h.leadership == leadership && now < h.until && wall_ms < h.wall_until_ms)
+    }
+
+    /// This node answered a vote at `now` (it may have granted it).
+    pub fn voted(&mut self, now: MonoTime) {
+        self.last_vote_at = Some(now);
     }
 
     /// Whether this node must refuse a VoteRequest at `now`.
@@ -90,13 +130,16 @@ pub struct LeaderLease {
     clock: Arc<dyn Clock>,
     duration: Duration,
     state: Arc<Mutex<LeaseState>>,
+    /// Orders votes let through against rounds confirmed (held across a vote's handling).
+    gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl LeaderLease {
     /// The lease of a process starting now, for `election_max` and `drift_percent`.
     pub fn new(clock: Arc<dyn Clock>, election_max: Duration, drift_percent: u8) -> LeaderLease {
         let state = LeaseState::new(clock.mono(), election_max);
-        LeaderLease { clock, duration: lease_duration(election_max, drift_percent), state: Arc::new(Mutex::new(state)) }
+        let duration = lease_duration(election_max, drift_percent);
+        LeaderLease { clock, duration, state: Arc::new(Mutex::new(state)), gate: Arc::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LeaseState> {
@@ -110,25 +153,34 @@ impl LeaderLease {
     }
 
     /// When a round about to be sent starts: the lease it may take counts from here.
-    pub fn round_starts(&self) -> MonoTime {
-        self.clock.mono()
+    pub fn round_starts(&self) -> RoundSent {
+        RoundSent { at: self.clock.mono(), wall_ms: self.clock.wall_ms() }
     }
 
     /// See [`LeaseState::confirmed`].
-    pub fn confirmed(&self, leadership: LeadershipId, sent_at: MonoTime) {
-        self.lock().confirmed(leadership, sent_at, self.duration);
+    pub async fn confirmed(&self, leadership: LeadershipId, sent: RoundSent) {
+        let _votes_wait = self.gate.lock().await;
+        self.lock().confirmed(leadership, sent, self.duration);
     }
 
     /// See [`LeaseState::holds`], at the clock's now.
     pub fn holds(&self, leadership: LeadershipId) -> bool {
-        let now = self.clock.mono();
-        self.lock().holds(leadership, now)
+        let (now, wall_ms) = (self.clock.mono(), self.clock.wall_ms());
+        self.lock().holds(leadership, now, wall_ms)
     }
 
-    /// See [`LeaseState::refuses_votes`], at the clock's now.
-    pub fn refuses_votes(&self) -> bool {
+    /// Answer a VoteRequest with `vote` (openraft's handling of it), unless this node refuses
+    /// votes now (`None`). No round is confirmed while a vote is being handled, and none sent
+    /// before it takes a lease afterwards.
+    pub async fn vote<T>(&self, vote: impl Future<Output = T>) -> Option<T> {
+        let _rounds_wait = self.gate.lock().await;
+        if self.lock().refuses_votes(self.clock.mono()) {
+            return None;
+        }
+        let answer = vote.await;
         let now = self.clock.mono();
-        self.lock().refuses_votes(now)
+        self.lock().voted(now);
+        Some(answer)
     }
 
     /// See [`LeaseState::give_up`].
@@ -160,20 +212,59 @@ mod tests {
         assert_eq!(lease_duration(max, LEASE_DRIFT_PERCENT_MAX), Duration::from_millis(200));
     }
 
+    /// A round sent at mono `ms`, with the wall clock reading `WALL + ms`.
+    fn sent(ms: u64) -> RoundSent {
+        RoundSent { at: at(ms), wall_ms: WALL + ms }
+    }
+
+    const WALL: u64 = 1_700_000_000_000;
+
+    /// Holds at mono `ms`, the wall clock having kept pace.
+    fn holds(s: &LeaseState, leadership: LeadershipId, ms: u64) -> bool {
+        s.holds(leadership, at(ms), WALL + ms)
+    }
+
     #[test]
     fn a_lease_holds_from_the_rounds_send_for_its_leadership_only() {
         let d = Duration::from_millis(400);
         let mut s = LeaseState::new(at(0), Duration::from_millis(600));
-        assert!(!s.holds(TERM_3, at(700)), "no round acknowledged yet");
-        s.confirmed(TERM_3, at(1_000), d);
-        assert!(s.holds(TERM_3, at(1_000)));
-        assert!(s.holds(TERM_3, at(1_399)));
-        assert!(!s.holds(TERM_3, at(1_400)), "ends exactly at send + duration");
-        assert!(!s.holds(TERM_4, at(1_100)), "another leadership holds nothing");
+        assert!(!holds(&s, TERM_3, 700), "no round acknowledged yet");
+        s.confirmed(TERM_3, sent(1_000), d);
+        assert!(holds(&s, TERM_3, 1_000));
+        assert!(holds(&s, TERM_3, 1_399));
+        assert!(!holds(&s, TERM_3, 1_400), "ends exactly at send + duration");
+        assert!(!holds(&s, TERM_4, 1_100), "another leadership holds nothing");
         // A late answer to an older round never shortens a lease.
-        s.confirmed(TERM_3, at(1_200), d);
-        s.confirmed(TERM_3, at(1_100), d);
-        assert!(s.holds(TERM_3, at(1_599)) && !s.holds(TERM_3, at(1_600)));
+        s.confirmed(TERM_3, sent(1_200), d);
+        s.confirmed(TERM_3, sent(1_100), d);
+        assert!(holds(&s, TERM_3, 1_599) && !holds(&s, TERM_3, 1_600));
+    }
+
+    /// Goal (review): a host suspended inside the lease wakes with its monotonic clock where it
+    /// stopped; the wall clock ran on, and ends the lease. A wall clock stepped back does not
+    /// extend it either.
+    #[test]
+    fn the_lease_ends_on_whichever_clock_ends_it_first() {
+        let mut s = LeaseState::new(at(0), Duration::from_millis(600));
+        s.confirmed(TERM_3, sent(1_000), Duration::from_millis(400));
+        assert!(!s.holds(TERM_3, at(1_100), WALL + 11_100), "suspended 10 s: the wall clock says it ended");
+        assert!(!s.holds(TERM_3, at(1_500), WALL), "stepped back: the monotonic clock says it ended");
+        assert!(s.holds(TERM_3, at(1_100), WALL + 1_100));
+    }
+
+    /// Goal (review): a round sent before this node answered a vote takes no lease (the node
+    /// may have voted itself out of the quorum that acknowledged the round).
+    #[test]
+    fn a_round_sent_before_a_vote_was_answered_takes_no_lease() {
+        let d = Duration::from_millis(400);
+        let mut s = LeaseState::new(at(0), Duration::from_millis(600));
+        s.voted(at(1_050));
+        s.confirmed(TERM_3, sent(1_000), d);
+        assert!(!holds(&s, TERM_3, 1_100));
+        s.confirmed(TERM_3, sent(1_050), d);
+        assert!(!holds(&s, TERM_3, 1_100), "sent in the same instant: not after the vote");
+        s.confirmed(TERM_3, sent(1_060), d);
+        assert!(holds(&s, TERM_3, 1_100));
     }
 
     #[test]
@@ -181,14 +272,14 @@ mod tests {
         let mut s = LeaseState::new(at(0), Duration::from_millis(600));
         assert!(s.refuses_votes(at(599)), "a process refuses votes for election_max after its start");
         assert!(!s.refuses_votes(at(600)));
-        s.confirmed(TERM_3, at(1_000), Duration::from_millis(400));
+        s.confirmed(TERM_3, sent(1_000), Duration::from_millis(400));
         s.give_up();
-        assert!(!s.holds(TERM_3, at(1_100)), "given up: no memory answers");
+        assert!(!holds(&s, TERM_3, 1_100), "given up: no memory answers");
         assert!(s.refuses_votes(at(1_399)), "answers already given still rely on the lease");
         assert!(!s.refuses_votes(at(1_400)));
         // A new leadership's lease replaces the old one for answers, and extends the refusal.
-        s.confirmed(TERM_4, at(2_000), Duration::from_millis(400));
-        assert!(s.holds(TERM_4, at(2_100)) && !s.holds(TERM_3, at(2_100)));
+        s.confirmed(TERM_4, sent(2_000), Duration::from_millis(400));
+        assert!(holds(&s, TERM_4, 2_100) && !holds(&s, TERM_3, 2_100));
         assert!(s.refuses_votes(at(2_399)) && !s.refuses_votes(at(2_400)));
     }
 }

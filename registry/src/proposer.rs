@@ -12,6 +12,7 @@ use crate::error::RegistryError;
 use crate::lease::{Batch, Command, Outcome, Rules};
 use crate::limits::{COMMANDS_PER_ENTRY_MAX, ENTRY_BYTES_MAX, PROPOSAL_QUEUE_MAX};
 use crate::raft::types::{NodeId, PeerNode, Raft};
+use crate::storage::SharedState;
 
 /// Entries in flight at once. Two keep the leader busy (one fsyncing, one filling) without
 /// splitting the queue into many small entries.
@@ -46,9 +47,10 @@ pub trait Stamp: Send + Sync + 'static {
 impl Proposer {
     /// Start the batcher. Each entry is given `timeout` to commit and apply; after that its
     /// outcome is unknown (it may still commit) and callers get `Indeterminate`.
-    pub fn start(raft: Raft, stamp: Arc<dyn Stamp>, timeout: Duration) -> Proposer {
+    /// `state` is read for the apply rules in force, which every entry is written under.
+    pub fn start(raft: Raft, state: SharedState, stamp: Arc<dyn Stamp>, timeout: Duration) -> Proposer {
         let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
-        tokio::spawn(run_batcher(raft, stamp, timeout, rx));
+        tokio::spawn(run_batcher(raft, state, stamp, timeout, rx));
         Proposer { tx }
     }
 
@@ -65,7 +67,13 @@ impl Proposer {
     }
 }
 
-async fn run_batcher(raft: Raft, stamp: Arc<dyn Stamp>, timeout: Duration, mut rx: mpsc::Receiver<Pending>) {
+async fn run_batcher(
+    raft: Raft,
+    state: SharedState,
+    stamp: Arc<dyn Stamp>,
+    timeout: Duration,
+    mut rx: mpsc::Receiver<Pending>,
+) {
     let in_flight = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT_MAX));
     // A command that did not fit the previous entry opens the next one.
     let mut carried: Option<Pending> = None;
@@ -109,9 +117,13 @@ async fn run_batcher(raft: Raft, stamp: Arc<dyn Stamp>, timeout: Duration, mut r
                 wall_ms
             }
         };
+        // Written under the rules in force, never newer: a node of the previous release stops
+        // at an entry under rules it does not know, so newer rules appear in the log only once
+        // `EnableRules` raised them, which waits until every member knows them (`rules_raise.rs`).
+        let rules = state.read().table.rules_in_force(Rules::CURRENT);
         let raft = raft.clone();
         tokio::spawn(async move {
-            write_entry(&raft, leader_wall_ms, timeout, entry.pending).await;
+            write_entry(&raft, leader_wall_ms, rules, timeout, entry.pending).await;
             drop(permit);
         });
     }
@@ -154,10 +166,10 @@ fn encoded_len(command: &Command) -> Result<usize, RegistryError> {
     Ok(bytes)
 }
 
-async fn write_entry(raft: &Raft, leader_wall_ms: u64, timeout: Duration, pending: Vec<Pending>) {
+async fn write_entry(raft: &Raft, leader_wall_ms: u64, rules: Rules, timeout: Duration, pending: Vec<Pending>) {
     let (commands, replies): (Vec<_>, Vec<_>) = pending.into_iter().map(|p| (p.command, p.reply)).unzip();
     let count = commands.len();
-    let batch = Batch { leader_wall_ms, commands, rules: Rules::CURRENT };
+    let batch = Batch { leader_wall_ms, commands, rules };
     let result = match tokio::time::timeout(timeout, raft.client_write(batch)).await {
         Err(_) => Err(RegistryError::Indeterminate {
             waited_ms: timeout.as_millis() as u64,

@@ -371,7 +371,7 @@ async fn start_node(
     .map_err(|e| ServerError::Raft(e.to_string()))?;
     let elections = ElectionSwitch::new(raft.clone());
     let clocks = ClockWatch::new(config.node_id, clock.clone(), config.max_clock_offset, config.clock_check, elections);
-    let proposer = Proposer::start(raft.clone(), Arc::new(clocks.clone()), config.request_timeout);
+    let proposer = Proposer::start(raft.clone(), state.clone(), Arc::new(clocks.clone()), config.request_timeout);
     let settings = LeaderSettings {
         node_id: config.node_id,
         cluster_config: config.bootstrap_config(),

@@ -187,10 +187,12 @@ pub fn command() -> impl Strategy<Value = Command> {
                 owner,
                 incarnation: incarnation.map(Incarnation),
             });
-    let restore_with_offset = (any_backup(), any::<u64>()).prop_map(|(backup, bits)| Command::RestoreWithOffset {
-        backup: Box::new(backup),
-        token_offset: TokenOffset::from_random_bits(bits),
-    });
+    let restore_with_offset =
+        (any_backup(), any::<u64>(), any::<u64>()).prop_map(|(backup, bits, window_ms)| Command::RestoreWithOffset {
+            backup: Box::new(backup),
+            token_offset: TokenOffset::from_random_bits(bits),
+            window_ms,
+        });
     prop_oneof![
         any_config().prop_map(Command::Configure),
         grant,

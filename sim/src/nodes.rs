@@ -32,10 +32,12 @@ pub const RESTORED_CLUSTER_ID: &str = "sim-restored";
 /// run after one.
 pub const TTL_MS_MAX: u64 = 5_000;
 pub const COOL_DOWN_MS: u64 = 500;
-/// The registry's `--renew-window`: a few TTLs, so most renewals are answered from the
-/// leader's memory and windows are extended many times a run, while the next holder of a
-/// vanished holder's ID waits for its `not_before` seconds rather than production's 30 s.
-pub const RENEW_WINDOW: Duration = Duration::from_secs(4);
+/// The registry's `--renew-window`: longer than the largest TTL plus the cool-down, as
+/// production's 30 s is for its 10 s leases, so that a lease can lapse inside its window and
+/// the registry client's race at expiry meets a memory renewal (the renewal reservation's
+/// self-test); short enough that windows are extended many times a run and the next holder
+/// of a vanished holder's ID waits seconds, not production's 30 s.
+pub const RENEW_WINDOW: Duration = Duration::from_secs(8);
 
 /// A node's peer-port address in the simulated network.
 pub fn peer_addr(id: NodeId) -> String {

@@ -102,6 +102,11 @@ pub enum Command {
     RestoreWithOffset {
         backup: Box<TableBackup>,
         token_offset: TokenOffset,
+        /// The restoring leader's `--renew-window` (under [`Rules::WINDOWS`]): a lost holder's
+        /// `mint_until` may lie that far past its reach, so every high-water mark is raised
+        /// that much further past the embargo.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        window_ms: u64,
     },
     /// Raise the apply rules in force to `rules` (never lowered): proposed by a leader once
     /// every member runs a release that knows them. Until then a newer leader's entries are
@@ -298,6 +303,7 @@ mod tests {
                 Command::RestoreWithOffset {
                     backup: Box::new(table),
                     token_offset: TokenOffset::try_from(77).unwrap(),
+                    window_ms: 0,
                 },
             ),
         ];

@@ -201,9 +201,10 @@ impl LeaseTable {
                 self.set_quarantine(leader_wall_ms, *worker_id, Some(reason))
             }
             Command::Unquarantine(Unquarantine { worker_id }) => self.set_quarantine(leader_wall_ms, *worker_id, None),
-            Command::Restore(backup) => self.restore(pos, leader_wall_ms, backup, TokenOffset::NONE),
-            Command::RestoreWithOffset { backup, token_offset } => {
-                self.restore(pos, leader_wall_ms, backup, *token_offset)
+            Command::Restore(backup) => self.restore(pos, leader_wall_ms, backup, TokenOffset::NONE, 0),
+            Command::RestoreWithOffset { backup, token_offset, window_ms } => {
+                let window_ms = if rules >= Rules::WINDOWS { (*window_ms).min(RENEW_WINDOW_MAX_MS) } else { 0 };
+                self.restore(pos, leader_wall_ms, backup, *token_offset, window_ms)
             }
             Command::EnableRules(raised) => {
                 self.enabled_rules = self.enabled_rules.max(*raised);
@@ -511,13 +512,16 @@ impl LeaseTable {
     /// registry-owned embargo holder with the maximum TTL, which the normal expiry (mechanism
     /// 3) releases only after a leader has itself seen `ttl_ms_max + cool_down_ms` pass; and
     /// each high-water mark is raised past any timestamp a lost holder could have minted
-    /// before its deadline.
+    /// before its deadline, and past its `mint_until` (`window_ms`: a memory renewal's
+    /// `mint_until` lies up to a window past its reach, and a lost holder whose wall clock jumps
+    /// forward mints up to it).
     fn restore(
         &mut self,
         pos: LogPos,
         leader_wall_ms: u64,
         backup: &TableBackup,
         token_offset: TokenOffset,
+        window_ms: u64,
     ) -> Outcome {
         if let Err(rejection) = self.restorable() {
             return Outcome::Rejected(rejection);
@@ -538,8 +542,9 @@ impl LeaseTable {
         let mut backed_up: BTreeMap<WorkerId, &LeaseRecord> = backup.records.iter().map(|(w, r)| (*w, r)).collect();
         for worker_id in (0..config.worker_id_count()).map(WorkerId) {
             let old = backed_up.remove(&worker_id);
-            let high_water_ms =
-                old.map_or(0, |r| r.high_water_ms.max(r.max_minted_ms.saturating_add(1))).max(embargo_until_ms);
+            let high_water_ms = old
+                .map_or(0, |r| r.high_water_ms.max(r.max_minted_ms.saturating_add(1)))
+                .max(embargo_until_ms.saturating_add(window_ms));
             let record = LeaseRecord {
                 holder: Some(HolderId::restore_embargo(worker_id)),
                 token,

@@ -182,6 +182,7 @@ impl Run {
             Step::Restore { backup, offset_bits: Some(bits) } => Command::RestoreWithOffset {
                 backup: backup.clone(),
                 token_offset: TokenOffset::from_random_bits(*bits),
+                window_ms: 30_000,
             },
             Step::NodeServed(node_id) => Command::NodeServed { node_id: *node_id },
             Step::EnableRules(rules) => Command::EnableRules(Rules(*rules)),
@@ -259,7 +260,7 @@ proptest! {
         }
         let mut restored = LeaseTable::default();
         let token_offset = TokenOffset::from_random_bits(offset_bits);
-        let command = Command::RestoreWithOffset { backup: Box::new(backup.clone()), token_offset };
+        let command = Command::RestoreWithOffset { backup: Box::new(backup.clone()), token_offset, window_ms: 0 };
         let outcome = restored.apply(LogPos::new(1, 0), WALL, &command);
         if backup.generation == u8::MAX {
             prop_assert!(matches!(outcome, Outcome::Rejected(Rejection::BadBackup { .. })), "{:?}", outcome);

@@ -313,7 +313,7 @@ fn backup_of_generation(generation: u8) -> (TableBackup, Token) {
 
 fn restored(backup: &TableBackup, token_offset: TokenOffset) -> LeaseTable {
     let mut t = configured();
-    let command = Command::RestoreWithOffset { backup: Box::new(backup.clone()), token_offset };
+    let command = Command::RestoreWithOffset { backup: Box::new(backup.clone()), token_offset, window_ms: 0 };
     let outcome = t.apply(LogPos::new(2, 0), WALL, &command);
     assert!(matches!(outcome, Outcome::Restored { .. }), "{outcome:?}");
     t
@@ -756,4 +756,23 @@ fn a_renewal_is_covered_only_inside_the_window_for_the_current_owner_in_good_sta
         None,
         "rules below windows"
     );
+}
+
+/// Goal (issue 11, review): a lost holder's `mint_until` may lie a window past its reach, so a
+/// restore raises every high-water mark that much past the embargo — under the rules that know
+/// windows; the grant embargo itself (when the IDs may be granted again) does not move.
+#[test]
+fn a_restore_raises_every_mark_a_window_past_the_embargo() {
+    let (backup, _) = backup_of_generation(0);
+    let command =
+        Command::RestoreWithOffset { backup: Box::new(backup), token_offset: TokenOffset::NONE, window_ms: 30_000 };
+    let embargo = WALL + 60_000 + 1_000;
+    for (rules, window) in [(Rules::CURRENT, 30_000), (Rules::INCARNATIONS, 0)] {
+        let mut t = configured();
+        let outcome = t.apply_under(rules, LogPos::new(2, 0), WALL, &command);
+        let Outcome::Restored { embargo_until_ms, .. } = outcome else { panic!("{outcome:?}") };
+        assert_eq!(embargo_until_ms, embargo, "the grant embargo is max TTL + cool-down");
+        assert!(t.records().all(|(_, r)| r.high_water_ms >= embargo + window), "under {rules:?}");
+        assert!(t.records().any(|(_, r)| r.high_water_ms == embargo + window), "under {rules:?}");
+    }
 }

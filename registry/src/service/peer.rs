@@ -156,15 +156,14 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
         // this process started, a vote could elect a leader that memory renewals assumed
         // impossible. openraft does the same for a follower's committed vote; this covers the
         // leader itself and a voter whose vote was lost with its disk.
-        if self.node.leader.lease().refuses_votes() {
-            tracing::debug!(
-                candidate = rpc.vote.leader_id().node_id,
-                term = rpc.vote.leader_id().term,
-                "vote refused: a leader lease this node relies on is still running"
-            );
-            return Err(Status::unavailable("vote refused: a leader lease this node relies on is still running"));
+        let (candidate, term) = (rpc.vote.leader_id().node_id, rpc.vote.leader_id().term);
+        match self.node.leader.lease().vote(self.node.raft.vote(rpc)).await {
+            Some(answer) => self.seal(&answer),
+            None => {
+                tracing::debug!(candidate, term, "vote refused: a leader lease this node relies on is still running");
+                Err(Status::unavailable("vote refused: a leader lease this node relies on is still running"))
+            }
         }
-        self.seal(&self.node.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
