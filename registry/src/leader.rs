@@ -76,8 +76,8 @@ pub struct Leader {
     clocks: ClockWatch,
     /// While held, renewals the durable high-water mark covers are answered from memory.
     lease: LeaderLease,
-    /// Worker IDs whose high-water window is being extended in the background: one at a time.
-    extending: Arc<Mutex<HashSet<WorkerId>>>,
+    /// High-water windows to extend in the background, gathered so that one entry carries many.
+    extensions: Arc<Mutex<Extensions>>,
     metrics: Arc<RegistryMetrics>,
     /// One snapshot import at a time: an import is megabytes in one log entry, and a restore
     /// is a one-off operation; more at once would only queue renewals behind them.
@@ -106,6 +106,19 @@ impl Reserved {
     }
 }
 
+/// Background window extensions: queued by memory renewals, proposed together every
+/// [`WINDOW_FLUSH_EVERY`], one at a time per worker ID.
+#[derive(Debug, Default)]
+struct Extensions {
+    queued: BTreeMap<WorkerId, Renew>,
+    in_flight: HashSet<WorkerId>,
+}
+
+/// How often queued window extensions are proposed: together they fill a few entries instead
+/// of one entry each (the log write is what a window saves; one per extension would give most
+/// of it back). Far below the quarter window left when one is queued (7.5 s by default).
+const WINDOW_FLUSH_EVERY: Duration = Duration::from_secs(1);
+
 /// Releases a reserved worker ID when the grant attempt ends, however it ends.
 struct Reservation<'a> {
     reserved: &'a Mutex<Reserved>,
@@ -125,18 +138,21 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// What a node's leader logic is built from (besides its settings).
+pub struct LeaderParts {
+    pub raft: Raft,
+    pub state: SharedState,
+    pub tracker: ExpiryTracker,
+    pub proposer: Proposer,
+    pub clocks: ClockWatch,
+    pub peers: PeerClients,
+    pub lease: LeaderLease,
+    pub metrics: Arc<RegistryMetrics>,
+}
+
 impl Leader {
-    pub fn new(
-        raft: Raft,
-        state: SharedState,
-        tracker: ExpiryTracker,
-        proposer: Proposer,
-        clocks: ClockWatch,
-        settings: LeaderSettings,
-        peers: PeerClients,
-        lease: LeaderLease,
-        metrics: Arc<RegistryMetrics>,
-    ) -> Leader {
+    pub fn new(parts: LeaderParts, settings: LeaderSettings) -> Leader {
+        let LeaderParts { raft, state, tracker, proposer, clocks, peers, lease, metrics } = parts;
         // A new leader normally wins within one or two election timeouts after the leader
         // falls silent; allow three, during which this node refuses requests. Each hold call
         // gets one election timeout.
@@ -158,7 +174,7 @@ impl Leader {
             hold,
             clocks,
             lease,
-            extending: Arc::default(),
+            extensions: Arc::default(),
             metrics,
             import,
         }
@@ -377,28 +393,50 @@ impl Leader {
         Ok(Some(Reply::Lease(LeaseReply { grant: covered.grant, registry_time_ms: wall_ms, config })))
     }
 
-    /// Raise the high-water window of `renew`'s lease in the background (a logged renewal of
-    /// the same claims), before the renewals that follow outrun it; one at a time per ID.
+    /// Queue a raise of the high-water window of `renew`'s lease (a logged renewal of the same
+    /// claims), before the renewals that follow outrun it; [`Leader::keep_lease`] proposes the
+    /// queue every [`WINDOW_FLUSH_EVERY`].
     fn extend_window(&self, renew: &Renew) {
-        let worker_id = renew.worker_id;
-        if !self.extending.lock().unwrap_or_else(PoisonError::into_inner).insert(worker_id) {
+        let mut extensions = self.extensions.lock().unwrap_or_else(PoisonError::into_inner);
+        if !extensions.in_flight.contains(&renew.worker_id) {
+            extensions.queued.entry(renew.worker_id).or_insert_with(|| renew.clone());
+        }
+    }
+
+    /// Propose every queued window extension at once (the proposer packs them into entries).
+    fn flush_windows(&self) {
+        let queued = {
+            let mut extensions = self.extensions.lock().unwrap_or_else(PoisonError::into_inner);
+            let queued = std::mem::take(&mut extensions.queued);
+            extensions.in_flight.extend(queued.keys().copied());
+            queued
+        };
+        if queued.is_empty() {
             return;
         }
-        let windowed = Command::Renew(Renew { window_ms: self.window_ms(), ..renew.clone() });
-        let (proposer, extending, metrics) = (self.proposer.clone(), self.extending.clone(), self.metrics.clone());
+        let window_ms = self.window_ms();
+        let (proposer, extensions, metrics) = (self.proposer.clone(), self.extensions.clone(), self.metrics.clone());
         tokio::spawn(async move {
-            // The holder already has its answer; a failure here only means its next renewal
-            // extends the window on the log path (and a fenced token needs no window).
-            match proposer.propose(windowed).await {
-                Ok(Outcome::Renewed(_)) => _ = metrics.window_extensions.fetch_add(1, Ordering::Relaxed),
-                Ok(other) => {
-                    tracing::debug!(worker_id = worker_id.0, outcome = ?other, "high-water window not extended: the lease changed")
-                }
-                Err(e) => {
-                    tracing::debug!(worker_id = worker_id.0, error = %e, "high-water window not extended; the next renewal will");
-                }
+            let mut proposals = tokio::task::JoinSet::new();
+            for (worker_id, renew) in queued {
+                let (proposer, windowed) = (proposer.clone(), Command::Renew(Renew { window_ms, ..renew }));
+                proposals.spawn(async move { (worker_id, proposer.propose(windowed).await) });
             }
-            extending.lock().unwrap_or_else(PoisonError::into_inner).remove(&worker_id);
+            while let Some(joined) = proposals.join_next().await {
+                let Ok((worker_id, outcome)) = joined else { continue };
+                // The holder already has its answer; a failure here only means its next
+                // renewal extends the window on the log path (and a fenced token needs none).
+                match outcome {
+                    Ok(Outcome::Renewed(_)) => _ = metrics.window_extensions.fetch_add(1, Ordering::Relaxed),
+                    Ok(other) => {
+                        tracing::debug!(worker_id = worker_id.0, outcome = ?other, "high-water window not extended: the lease changed")
+                    }
+                    Err(e) => {
+                        tracing::debug!(worker_id = worker_id.0, error = %e, "high-water window not extended; the next renewal will")
+                    }
+                }
+                extensions.lock().unwrap_or_else(PoisonError::into_inner).in_flight.remove(&worker_id);
+            }
         });
     }
 
@@ -407,6 +445,7 @@ impl Leader {
     pub async fn keep_lease(&self, stopped: fenceflake_proto::serving::Stopped) {
         let stop = stopped.wait();
         tokio::pin!(stop);
+        let mut flushed_at = self.clock.mono();
         loop {
             tokio::select! {
                 () = &mut stop => return,
@@ -414,6 +453,10 @@ impl Leader {
             }
             if self.settings.renew_window.is_zero() {
                 continue;
+            }
+            if self.clock.mono().since(flushed_at) >= WINDOW_FLUSH_EVERY {
+                flushed_at = self.clock.mono();
+                self.flush_windows();
             }
             let Ok((leadership, _)) = self.leadership() else {
                 self.lease.give_up();

@@ -23,7 +23,7 @@ use crate::clock::Clock;
 use crate::clock_watch::{self, ClockWatch};
 use crate::config::{initial_cluster_mismatches, ConfigError, InitialClusterState, LayoutMismatch, NodeConfig};
 use crate::expiry::ExpiryTracker;
-use crate::leader::{member_roles, Leader, LeaderSettings};
+use crate::leader::{member_roles, Leader, LeaderParts, LeaderSettings};
 use crate::leader_lease::LeaderLease;
 use crate::lease::ClusterConfig;
 use crate::limits::{CLIENT_MESSAGE_BYTES_MAX, PEER_MESSAGE_BYTES_MAX};
@@ -383,17 +383,17 @@ async fn start_node(
     let election_max = std::time::Duration::from_millis(config.timing.election_max_ms);
     let lease = LeaderLease::new(clock.clone(), election_max, config.lease_drift_percent);
     let metrics = Arc::new(RegistryMetrics::default());
-    let leader = Leader::new(
-        raft.clone(),
-        state.clone(),
-        tracker.clone(),
+    let parts = LeaderParts {
+        raft: raft.clone(),
+        state: state.clone(),
+        tracker: tracker.clone(),
         proposer,
-        clocks.clone(),
-        settings,
-        peers.clone(),
+        clocks: clocks.clone(),
+        peers: peers.clone(),
         lease,
-        metrics.clone(),
-    );
+        metrics: metrics.clone(),
+    };
+    let leader = Leader::new(parts, settings);
     let node = RegistryNode {
         raft: raft.clone(),
         state,

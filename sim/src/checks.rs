@@ -13,7 +13,7 @@ use fenceflake_jepsen::history::Event;
 use fenceflake_jepsen::registry_workload;
 
 use crate::nemesis::{QUORUM_LOSS, QUORUM_LOSS_CALM};
-use crate::nodes::{SimNode, COOL_DOWN_MS};
+use crate::nodes::{SimNode, COOL_DOWN_MS, RENEW_WINDOW};
 use crate::replicas;
 use crate::restore::DISASTER;
 
@@ -55,8 +55,10 @@ fn parking_config() -> parking::Config {
         // states with its next batch, at most 20 ms later.
         commit_grace_ms: 1_200,
         // The nemesis heals everything at the end of the window and then injects nothing for
-        // this long: a worker that served before must serve again within it.
-        resume_within_ms: u64::try_from(QUORUM_LOSS_CALM.as_millis()).unwrap_or(u64::MAX),
+        // this long: a worker that served before must serve again within it. After a restore
+        // the high-water marks lie a renew window past the embargo, so the bound has the
+        // window on top (one bound for every window: the quorum loss's is that much looser).
+        resume_within_ms: u64::try_from((QUORUM_LOSS_CALM + RENEW_WINDOW).as_millis()).unwrap_or(u64::MAX),
     }
 }
 

@@ -39,7 +39,7 @@ use crate::adversary;
 use crate::clock::MonoStall;
 use crate::membership::{self, Operator};
 use crate::net::{Latency, Net};
-use crate::nodes::{client_addr, SimNode};
+use crate::nodes::{client_addr, SimNode, RENEW_WINDOW};
 use crate::recorder::Recorder;
 use crate::registry_client;
 use crate::restore::{self, Restore};
@@ -714,7 +714,9 @@ impl Nemesis {
             self.heal_all(cluster);
         }
         cluster.recorder.nemesis(NemesisPhase::Stop, restore::DISASTER, answer);
-        self.idle(cluster, QUORUM_LOSS_CALM).await;
+        // The restored marks lie a renew window past the embargo: the workers' new leases
+        // start that much later.
+        self.idle(cluster, QUORUM_LOSS_CALM + RENEW_WINDOW).await;
     }
 
     /// Why the restore failed, if one did.

@@ -206,8 +206,9 @@ impl Restore {
 /// How long the operator waits before importing: as long as the fastest wall clock of the run
 /// (any machine's, at any time) was ahead of true time past the cool-down. A lost holder minted
 /// below its `mint_until`, at most its wall clock at a renewal (or the leader's at a grant) plus
-/// a TTL of at most `ttl_max`; the embargo ends `ttl_max + cool_down` past the restoring
-/// leader's wall clock at the import, which is true time on the fresh machines.
+/// a TTL of at most `ttl_max`, plus the renew window at a renewal; the restored high-water
+/// marks lie `ttl_max + cool_down` plus the restoring leader's (equal) window past its wall
+/// clock at the import, which is true time on the fresh machines.
 pub fn clock_wait(cluster: &Cluster<'_>) -> Duration {
     let elapsed = cluster.recorder.world().elapsed();
     let walls = cluster.nodes.iter().map(|n| &n.wall).chain(cluster.workers.iter().map(|w| &w.wall));

@@ -260,6 +260,11 @@ impl Process {
                     recorder.push(Event::Op(invoke.ok(recorder.now_ns(), clock.wall_ms(), ranges, lease)));
                 }
                 Err(error) => {
+                    // A status poll, as the harness's workload makes: a renewal answered while
+                    // the worker mints nothing (a boot wait for a `not_before` up to a
+                    // high-water window ahead) is recorded when it happened, not with the
+                    // first batch after the wait.
+                    self.lease_event(generator, None, clock.wall_ms(), lease);
                     let failed = invoke.failed(Phase::Fail, recorder.now_ns(), clock.wall_ms(), &error.to_string());
                     recorder.push(Event::Op(failed));
                 }
