@@ -119,22 +119,32 @@ struct Extensions {
 /// of it back). Far below the quarter window left when one is queued (7.5 s by default).
 const WINDOW_FLUSH_EVERY: Duration = Duration::from_secs(1);
 
-/// Releases a reserved worker ID when the grant attempt ends, however it ends.
+/// Window extensions proposed per flush at most (the rest wait for the next): two full entries.
+const WINDOW_FLUSH_MAX: usize = 2 * crate::limits::COMMANDS_PER_ENTRY_MAX;
+
+/// Releases a reserved worker ID when the grant attempt ends, however it ends: into
+/// `unsettled` unless the grant's outcome was learned ([`Reservation::settled`]) — an error,
+/// or a request dropped mid-proposal (its caller gave up: the entry may still commit).
 struct Reservation<'a> {
     reserved: &'a Mutex<Reserved>,
     worker_id: WorkerId,
+    settled: bool,
 }
 
 impl Reservation<'_> {
-    /// The grant's outcome is unknown: keep the ID reserved until a new leadership settles it.
-    fn unsettled(&self) {
-        self.reserved.lock().unwrap_or_else(PoisonError::into_inner).unsettled.insert(self.worker_id);
+    /// The proposal answered with an outcome (the grant applied or was refused at apply).
+    fn settled(&mut self) {
+        self.settled = true;
     }
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        self.reserved.lock().unwrap_or_else(PoisonError::into_inner).in_flight.remove(&self.worker_id);
+        let mut reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        reserved.in_flight.remove(&self.worker_id);
+        if !self.settled {
+            reserved.unsettled.insert(self.worker_id);
+        }
     }
 }
 
@@ -407,7 +417,16 @@ impl Leader {
     fn flush_windows(&self) {
         let queued = {
             let mut extensions = self.extensions.lock().unwrap_or_else(PoisonError::into_inner);
-            let queued = std::mem::take(&mut extensions.queued);
+            // At most a few entries' worth per flush: a burst (marks that line up after a
+            // failover) must not fill the proposer's queue and refuse clients `OVERLOADED`.
+            let rest = match extensions.queued.keys().nth(WINDOW_FLUSH_MAX) {
+                Some(first_left) => {
+                    let first_left = *first_left;
+                    extensions.queued.split_off(&first_left)
+                }
+                None => BTreeMap::new(),
+            };
+            let queued = std::mem::replace(&mut extensions.queued, rest);
             extensions.in_flight.extend(queued.keys().copied());
             queued
         };
@@ -665,7 +684,7 @@ impl Leader {
         let Asking { holder, wanted, ttl_ms, owner, incarnation } = asking;
         for _ in 0..ACQUIRE_ATTEMPTS_MAX {
             let asker = Asker { owner: owner.as_deref(), holder: &holder, incarnation };
-            let (reservation, expect) = self.plan_grant(asker, wanted)?;
+            let (mut reservation, expect) = self.plan_grant(asker, wanted)?;
             let worker_id = reservation.worker_id;
             let specific = wanted.is_some();
             let command = Command::Grant {
@@ -678,8 +697,8 @@ impl Leader {
                 incarnation,
             };
             let proposed = self.proposer.propose(command).await;
-            if proposed.is_err() {
-                reservation.unsettled();
+            if proposed.is_ok() {
+                reservation.settled();
             }
             match proposed? {
                 Outcome::Granted(grant) => {
@@ -715,7 +734,7 @@ impl Leader {
             grant_plan::plan_grant(inputs, asker, wanted)
         })?;
         reserved.in_flight.insert(worker_id);
-        Ok((Reservation { reserved: &self.reserved, worker_id }, expect))
+        Ok((Reservation { reserved: &self.reserved, worker_id, settled: false }, expect))
     }
 
     fn view(&self, worker_id: WorkerId) -> LeaseView {
