@@ -426,6 +426,25 @@ pub(crate) mod tests {
         assert_eq!(parse_initial_cluster("1=a:1,1=b:2"), Err(ConfigError::DuplicateNode(1)));
     }
 
+    /// Goal (issue 11): a window or a drift bound the memory renewals could not honour is
+    /// refused naming the flag; the bounds themselves are accepted.
+    #[test]
+    fn renew_window_and_lease_drift_are_bounded() {
+        let field = |c: NodeConfig| match c.validate() {
+            Err(ConfigError::Invalid { field, .. }) => Some(field),
+            _ => None,
+        };
+        let base = node(LayoutFlags::default());
+        let at_most = NodeConfig { renew_window: Duration::from_millis(RENEW_WINDOW_MAX_MS), ..base.clone() };
+        assert_eq!(field(at_most), None);
+        let over = NodeConfig { renew_window: Duration::from_millis(RENEW_WINDOW_MAX_MS + 1), ..base.clone() };
+        assert_eq!(field(over), Some("--renew-window"));
+        assert_eq!(field(NodeConfig { renew_window: Duration::ZERO, ..base.clone() }), None, "0 logs every renewal");
+        let drift = |d| NodeConfig { lease_drift_percent: d, ..base.clone() };
+        assert_eq!(field(drift(LEASE_DRIFT_PERCENT_MAX)), None);
+        assert_eq!(field(drift(LEASE_DRIFT_PERCENT_MAX + 1)), Some("--leader-lease-drift"));
+    }
+
     /// A valid one-node config with `layout` (shared by the tests of config and server).
     pub(crate) fn node(layout: LayoutFlags) -> NodeConfig {
         let advertise = PeerNode { peer_addr: "127.0.0.1:2380".into(), client_addr: "127.0.0.1:2379".into() };
