@@ -38,7 +38,10 @@ async fn restored_cluster(args: &[&str]) -> (Cluster, Instant) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_started_during_the_restore_embargo_waits_and_serves() {
     let max_ttl = format!("{MAX_TTL_MS}ms");
-    let (cluster, importing) = restored_cluster(&["--max-ttl", &max_ttl]).await;
+    // A short renew window: a restore raises every high-water mark that far past the embargo
+    // (a lost holder's `mint_until` may lie a window ahead), and the default 30 s would keep
+    // the workers waiting past this test's bounds.
+    let (cluster, importing) = restored_cluster(&["--max-ttl", &max_ttl, "--renew-window", "2s"]).await;
     let registry = cluster.client_addrs();
     let mut auto = WorkerProcess::spawn(&cluster, "auto", &registry, &SHORT_LEASE);
     let mut explicit_args = SHORT_LEASE.to_vec();
