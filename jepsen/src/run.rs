@@ -407,6 +407,10 @@ impl Cluster {
                 self.dir.join("data").join(&name).display().to_string(),
                 "--initial-cluster".into(),
                 initial.join(","),
+                // Stated, not left to the default: the registry-clock checker bounds every
+                // `mint_until` by it.
+                "--renew-window".into(),
+                format!("{}ms", crate::checker::registry_clock::REGISTRY_RENEW_WINDOW_MS),
             ];
             if self.unsafe_clock_check {
                 args.push("--unsafe-disable-clock-check".into());

@@ -7,8 +7,9 @@
 //! - workers keep serving: of the client calls started while a registry clock is off, at least
 //!   [`MIN_AVAILABILITY`] succeed (`unavailable`);
 //! - every grant and renewal of the registry workload states a `registry_time_ms` within
-//!   [`STAMP_SLACK_MS`] of the harness's wall clock around the call, and a `not_before` and
-//!   `mint_until` at most the lease's TTL plus that slack past it (`stamp-ahead`,
+//!   [`STAMP_SLACK_MS`] of the harness's wall clock around the call, a `not_before` at most the
+//!   lease's TTL plus that slack past it, and a `mint_until` at most the TTL plus the
+//!   registry's renew window ([`REGISTRY_RENEW_WINDOW_MS`]) plus the slack (`stamp-ahead`,
 //!   `stamp-behind`).
 //!
 //! "Not exercised" (valid) in a run whose nemesis stepped no registry clock.
@@ -32,6 +33,11 @@ pub const MIN_AVAILABILITY: f64 = 0.9;
 /// `--max-clock-offset` (250 ms), twice the workers' `--max-skew`. The nodes' clocks are the
 /// machine's, so an honest stamp is within milliseconds; the fault is ten minutes.
 pub const STAMP_SLACK_MS: u64 = 1_000;
+
+/// The registries' `--renew-window`, which the harness passes them (the product's default): a
+/// renewal's `mint_until` is its high-water mark, which a logged renewal raises this far past
+/// the worker's clock plus the TTL, so memory renewals inside it need no log write.
+pub const REGISTRY_RENEW_WINDOW_MS: u64 = 30_000;
 
 /// The park reason of a worker whose clock disagrees with the registry's.
 const CLOCK_SKEW: &str = "CLOCK_SKEW";
@@ -97,7 +103,9 @@ fn judge_stamps(events: &[Event], violations: &mut Evidence) -> (usize, usize) {
         stamped += 1;
         let latest = s.received_wall_ms.saturating_add(STAMP_SLACK_MS);
         let lease_latest = latest.saturating_add(s.ttl_ms);
-        let ahead = s.registry_time_ms > latest || s.not_before_ms > lease_latest || s.mint_until_ms > lease_latest;
+        let mint_until_latest = lease_latest.saturating_add(REGISTRY_RENEW_WINDOW_MS);
+        let ahead =
+            s.registry_time_ms > latest || s.not_before_ms > lease_latest || s.mint_until_ms > mint_until_latest;
         let behind = s.registry_time_ms.saturating_add(STAMP_SLACK_MS) < s.sent_wall_ms;
         if ahead || behind {
             off += 1;
@@ -188,6 +196,24 @@ mod tests {
         assert!(r.summary.contains("10 of 10 calls ok"), "{}", r.summary);
         let r = check(&H::default().events);
         assert!(r.valid == Valid::True && r.summary.starts_with("not exercised"), "{}", r.summary);
+    }
+
+    /// Goal (issue 11): a `mint_until` up to the renew window past the lease's reach is the
+    /// registry's high-water window, not a fast clock; one further is still caught.
+    #[test]
+    fn mint_until_may_lie_a_renew_window_ahead_and_no_further() {
+        let with_mint_until = |past_reach_ms: u64| {
+            let mut h = served();
+            if let Some(Event::Registry(op)) = h.events.last_mut() {
+                let s = op.stamps.as_mut().expect("a stamped renewal");
+                s.mint_until_ms = s.received_wall_ms + STAMP_SLACK_MS + s.ttl_ms + past_reach_ms;
+            }
+            check(&h.events)
+        };
+        let r = with_mint_until(REGISTRY_RENEW_WINDOW_MS);
+        assert_eq!(r.valid, Valid::True, "{}: {:?}", r.summary, r.evidence);
+        let r = with_mint_until(REGISTRY_RENEW_WINDOW_MS + 1);
+        assert_eq!((r.valid, r.evidence[0]["violation"].as_str()), (Valid::False, Some("stamp-ahead")));
     }
 
     /// Goal: each symptom of a fast leader that kept stamping is caught on its own — a
