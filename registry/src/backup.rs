@@ -126,6 +126,68 @@ mod tests {
         assert!(matches!(decode(&huge), Err(BackupError::TooLarge { .. })));
     }
 
+    /// A table whose every one of 2^16 worker IDs is held, each re-granted once, with
+    /// production-sized names: a cloud host name, pid and boot nonce as the holder, a SPIFFE
+    /// ID per host as the owner (and as the past owner of the earlier token).
+    fn full_sixteen_bit_table() -> TableBackup {
+        use crate::lease::record::PastOwner;
+        use crate::lease::{HolderId, Incarnation, LeaseRecord, Token, WorkerId};
+        let config = ClusterConfig {
+            epoch_ms: 1_704_067_200_000,
+            worker_id_bits: 16,
+            sequence_bits: 6,
+            ttl_ms_max: 60_000,
+            cool_down_ms: 1_000,
+        };
+        let wall = 1_764_000_000_000u64;
+        let records: Vec<_> = (0..1u32 << 16)
+            .map(|w| {
+                let host = format!("ip-10-{}-{}-{}.eu-west-1.compute.internal", w >> 12, (w >> 6) & 63, w & 63);
+                let owner = format!("spiffe://prod.example.com/fenceflake/worker/{host}");
+                let token = Token((u64::from(w) + 70_000) << 12);
+                let record = LeaseRecord {
+                    holder: Some(HolderId(format!("{host}/{}/{:016x}", 40_000 + w, u64::from(w) * 7919))),
+                    token,
+                    ttl_ms: 10_000,
+                    last_renew: LogPos(token.0),
+                    high_water_ms: wall + 40_000,
+                    not_before_ms: wall - 20_000,
+                    max_minted_ms: wall - 3_000,
+                    quarantine: None,
+                    owner: Some(owner.clone()),
+                    past_owners: vec![PastOwner { token: Token(u64::from(w + 1) << 12), owner }],
+                    incarnation: Some(Incarnation(0x9e37_79b9_7f4a_7c15 ^ u64::from(w))),
+                    superseded: None,
+                };
+                (WorkerId(w), record)
+            })
+            .collect();
+        let last_token = records.iter().map(|(_, r)| r.token).max().expect("records");
+        TableBackup { config, generation: 0, last_token, records, audit: Vec::new() }
+    }
+
+    /// Goal (issue 11): a full 16-bit table (65,536 held IDs with production-sized names)
+    /// exports as a backup file under the backup limit, imports (decodes and passes the
+    /// restore's checks), and its restore command fits one Raft entry — so fits a peer message
+    /// — with room to spare. Its encoded size is printed for BENCHMARKS.md.
+    #[test]
+    fn a_full_sixteen_bit_table_exports_and_restores_within_the_limits() {
+        use crate::lease::{Command, TokenOffset};
+        use crate::limits::ENTRY_BYTES_MAX;
+        let table = full_sixteen_bit_table();
+        let file = encode(&table, provenance()).unwrap();
+        let (decoded, _) = decode(&file).expect("a full table imports");
+        assert_eq!(decoded.records.len(), 1 << 16);
+        let restore = Command::RestoreWithOffset {
+            backup: Box::new(decoded),
+            token_offset: TokenOffset::from_random_bits(u64::MAX),
+            window_ms: 30_000,
+        };
+        let entry = serde_json::to_vec(&restore).unwrap().len();
+        eprintln!("full 16-bit table: backup file {} bytes (limit {BACKUP_BYTES_MAX}), restore entry {entry} bytes (limit {ENTRY_BYTES_MAX})", file.len());
+        assert!(entry <= ENTRY_BYTES_MAX / 2, "restore entry {entry} bytes: under half of headroom");
+    }
+
     mod props {
         use proptest::collection::vec;
         use proptest::prelude::*;

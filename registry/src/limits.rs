@@ -49,7 +49,9 @@ pub const TOKEN_LOG_INDEX_BITS: u32 = 43;
 pub const TOKEN_OFFSET_BITS: u32 = 55;
 
 /// Largest backup `ctl snapshot import` accepts, in bytes: the restore travels as one Raft
-/// entry, which must fit a peer message with room to spare.
+/// entry, which must fit a peer message with room to spare. A full 16-bit table (65,536 held
+/// IDs with production-sized holder and identity names) is a 49 MB file (pretty-printed; its
+/// compact form in the entry is about two thirds of that): `backup::tests` checks it fits.
 pub const BACKUP_BYTES_MAX: usize = PEER_MESSAGE_BYTES_MAX / 2;
 
 /// Largest message on the client port: a backup plus its envelope.
@@ -64,7 +66,9 @@ pub const AUDIT_ENTRIES_MAX: usize = 4096;
 pub const PROPOSAL_QUEUE_MAX: usize = 16 * 1024;
 
 /// Encoded Raft payloads accepted on the peer port (snapshots are chunked well below this).
-pub const PEER_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Sized by the largest restore (see [`BACKUP_BYTES_MAX`]); peers are authenticated members,
+/// and only a restore's entry comes near it.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 128 * 1024 * 1024;
 
 /// Largest body of one peer message (its JSON), leaving room for the protobuf envelope.
 /// An AppendEntries above it goes back to openraft as `PayloadTooLarge` with fewer entries.

@@ -14,7 +14,8 @@ use fenceflake_tests::cluster::Cluster;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
-/// Concurrent imports: together far above the 16 MiB peer message limit.
+/// Concurrent imports of about 1 MB each: 24 MB together, which once filled entries past the
+/// peer message limit of the time (16 MiB).
 const IMPORTS: usize = 24;
 /// How long one renewal may take while the flood goes on: a worker on the default 10 s lease
 /// renews 3.3 s after its last commit and has until 9 s.

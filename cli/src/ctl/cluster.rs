@@ -12,8 +12,9 @@ use fenceflake_proto::v1::registry_client::RegistryClient;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
-/// Largest message ctl accepts or sends (a backup is the largest there is).
-const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest message ctl accepts or sends (a backup is the largest there is): what the registry's
+/// client port accepts.
+const MESSAGE_BYTES_MAX: usize = fenceflake_registry::limits::CLIENT_MESSAGE_BYTES_MAX;
 
 /// The registry nodes named by `--registry`.
 pub struct Cluster {

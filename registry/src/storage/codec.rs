@@ -10,6 +10,8 @@ const FORMAT_V1: u8 = 1;
 /// to read it (and so to install it) instead of reading it and applying later entries
 /// differently.
 const FORMAT_V2: u8 = 2;
+/// A head (JSON) and a large opaque body kept as it is: [`encode_framed`].
+const FORMAT_FRAME: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -19,6 +21,8 @@ pub enum CodecError {
     UnknownFormat(u8),
     #[error("stored value does not decode: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("stored frame is cut short: {0}")]
+    ShortFrame(&'static str),
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
@@ -44,6 +48,42 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     }
 }
 
+/// Encode `head` as JSON followed by `body` as it is: the format byte, the head's length
+/// (u32, little-endian), the head, the body. For a value whose bulk is already-encoded bytes
+/// (a snapshot: its metadata, then the encoded table): JSON would spell the body as an array
+/// of numbers, about 3.6 bytes per byte, and build that copy in memory first.
+pub fn encode_framed<H: Serialize>(head: &H, body: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let head = serde_json::to_vec(head)?;
+    let head_len = u32::try_from(head.len()).map_err(|_| CodecError::ShortFrame("head over 4 GiB"))?;
+    let mut out = Vec::with_capacity(1 + 4 + head.len() + body.len());
+    out.push(FORMAT_FRAME);
+    out.extend_from_slice(&head_len.to_le_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+/// Whether `bytes` were written by [`encode_framed`] (rather than [`encode`]).
+pub fn is_framed(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&FORMAT_FRAME)
+}
+
+/// Decode what [`encode_framed`] wrote: the head, and the body as it was.
+pub fn decode_framed<H: DeserializeOwned>(bytes: &[u8]) -> Result<(H, Vec<u8>), CodecError> {
+    let rest = match bytes.split_first() {
+        None => return Err(CodecError::Empty),
+        Some((&FORMAT_FRAME, rest)) => rest,
+        Some((&other, _)) => return Err(CodecError::UnknownFormat(other)),
+    };
+    let (len, rest) = rest.split_first_chunk::<4>().ok_or(CodecError::ShortFrame("no head length"))?;
+    let head_len = usize::try_from(u32::from_le_bytes(*len)).map_err(|_| CodecError::ShortFrame("head length"))?;
+    if rest.len() < head_len {
+        return Err(CodecError::ShortFrame("head longer than the value"));
+    }
+    let (head, body) = rest.split_at(head_len);
+    Ok((serde_json::from_slice(head)?, body.to_vec()))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -57,6 +97,26 @@ mod tests {
         assert!(matches!(decode::<u32>(&[]), Err(CodecError::Empty)));
         let raised = encode_for_raised_rules(&5u32).unwrap();
         assert_eq!((raised[0], decode::<u32>(&raised).unwrap()), (FORMAT_V2, 5));
+    }
+
+    /// A framed value keeps its body byte for byte (no JSON array of numbers), refuses to be
+    /// read as plain JSON, and a cut or foreign frame is an error, not a panic.
+    #[test]
+    fn framed_values_keep_their_body_as_it_is() {
+        let body: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        let bytes = encode_framed(&("meta", 7u32), &body).unwrap();
+        assert!(
+            is_framed(&bytes) && bytes.len() < body.len() + 32,
+            "{} bytes for a {}-byte body",
+            bytes.len(),
+            body.len()
+        );
+        assert_eq!(decode_framed::<(String, u32)>(&bytes).unwrap(), (("meta".to_string(), 7), body.clone()));
+        assert!(matches!(decode::<(String, u32)>(&bytes), Err(CodecError::UnknownFormat(FORMAT_FRAME))));
+        for cut in [0, 1, 3, 5, 12] {
+            assert!(decode_framed::<(String, u32)>(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(matches!(decode_framed::<u32>(&encode(&5u32).unwrap()), Err(CodecError::UnknownFormat(FORMAT_V1))));
     }
 
     /// Goal: issue 9 — a cluster config stored before the registry recorded the sequence width
@@ -102,6 +162,7 @@ mod tests {
             let _ = decode::<AuditEntry>(bytes);
             let _ = decode::<TableGlobals>(bytes);
             let _ = decode::<LeaseTable>(bytes);
+            let _ = decode_framed::<TableGlobals>(bytes);
         }
 
         proptest! {
