@@ -186,6 +186,7 @@ mod tests {
                 specific: true,
                 owner: None,
                 incarnation: None,
+                window_ms: 0,
             };
             assert!(matches!(self.apply(cmd), Outcome::Granted(_)));
             self.renewals.note_renewal(planned, self.clock.mono());
@@ -309,6 +310,7 @@ mod tests {
             specific: false,
             owner: None,
             incarnation,
+            window_ms: 0,
         };
         assert!(matches!(
             f.table.apply(LogPos::new(3, 0), wall, &grant(0, &holder, Some(Incarnation(1)))),
@@ -355,6 +357,7 @@ mod tests {
             specific: true,
             owner: None,
             incarnation: None,
+            window_ms: 0,
         };
         // ID 0 granted and released at once: free, but its mark lies 10 s ahead.
         let Outcome::Granted(g) = f.table.apply(LogPos::new(3, 0), wall, &grant(0, "a")) else { panic!() };

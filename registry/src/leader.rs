@@ -695,6 +695,7 @@ impl Leader {
                 specific,
                 owner: owner.clone(),
                 incarnation,
+                window_ms: self.window_ms(),
             };
             let proposed = self.proposer.propose(command).await;
             if proposed.is_ok() {

@@ -38,7 +38,7 @@ pub async fn run(node: RegistryNode, stopped: Stopped) {
             Ok(now) => tracing::info!(
                 node_id = node.node_id,
                 rules = now.0,
-                "every member runs a release that knows the current apply rules: raised them (high-water windows in force: renewals answered from memory)"
+                "every member runs a release that knows the current apply rules: raised them (high-water windows in force on grants and renewals: renewals answered from memory)"
             ),
             Err(e) => tracing::warn!(node_id = node.node_id, error = %e, "could not raise the apply rules; retrying"),
         }

@@ -176,17 +176,26 @@ fn quarantine() -> impl Strategy<Value = Quarantine> {
 /// Any command, with any values.
 pub fn command() -> impl Strategy<Value = Command> {
     let expect = (token(), any::<u64>()).prop_map(|(token, pos)| GrantExpectation { token, last_renew: LogPos(pos) });
-    let grant =
-        (any::<u32>(), holder(), any::<u64>(), expect, any::<bool>(), option::of(text()), option::of(any::<u64>()))
-            .prop_map(|(w, holder, ttl_ms, expect, specific, owner, incarnation)| Command::Grant {
-                worker_id: WorkerId(w),
-                holder,
-                ttl_ms,
-                expect,
-                specific,
-                owner,
-                incarnation: incarnation.map(Incarnation),
-            });
+    let grant = (
+        any::<u32>(),
+        holder(),
+        any::<u64>(),
+        expect,
+        any::<bool>(),
+        option::of(text()),
+        option::of(any::<u64>()),
+        any::<u64>(),
+    )
+        .prop_map(|(w, holder, ttl_ms, expect, specific, owner, incarnation, window_ms)| Command::Grant {
+            worker_id: WorkerId(w),
+            holder,
+            ttl_ms,
+            expect,
+            specific,
+            owner,
+            incarnation: incarnation.map(Incarnation),
+            window_ms,
+        });
     let restore_with_offset =
         (any_backup(), any::<u64>(), any::<u64>()).prop_map(|(backup, bits, window_ms)| Command::RestoreWithOffset {
             backup: Box::new(backup),

@@ -82,6 +82,11 @@ pub enum Command {
         /// incarnation takes its lease over under a new token instead of getting it back.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         incarnation: Option<Incarnation>,
+        /// How far past `leader_wall_ms + ttl` the grant raises the durable high-water mark
+        /// (under [`Rules::GRANT_WINDOWS`]; 0 before): set by the leader, like
+        /// [`Renew::window_ms`], so that a lease's first renewals are answered from memory too.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        window_ms: u64,
     },
     /// Extend the lease `(worker_id, token)`.
     Renew(Renew),
@@ -180,9 +185,12 @@ impl Rules {
     /// High-water windows: a renewal's `window_ms` raises the high-water mark that far past
     /// `wall_ms_at_send + ttl` (before, the field is ignored).
     pub const WINDOWS: Rules = Rules(3);
+    /// Grant windows: a grant's `window_ms` raises the high-water mark that far past
+    /// `leader_wall_ms + ttl`, as a renewal's does (before, the field is ignored).
+    pub const GRANT_WINDOWS: Rules = Rules(4);
     /// What this build's leaders write, and the newest rules it can apply: an entry written
     /// under newer rules stops this node (applying it under older ones could diverge).
-    pub const CURRENT: Rules = Rules::WINDOWS;
+    pub const CURRENT: Rules = Rules::GRANT_WINDOWS;
     /// The newest rules in force without an `EnableRules`: those every release that writes
     /// them could already apply when they were introduced. Newer ones need the raise.
     pub const UNGATED: Rules = Rules::IDENTITIES;

@@ -183,10 +183,11 @@ impl LeaseTable {
                 let applied = self.config.get_or_insert_with(|| config.clone());
                 Outcome::Configured(applied.clone())
             }
-            Command::Grant { worker_id, holder, ttl_ms, expect, specific, owner, incarnation } => {
+            Command::Grant { worker_id, holder, ttl_ms, expect, specific, owner, incarnation, window_ms } => {
                 let ask = GrantAsk {
                     holder,
                     ttl_ms: *ttl_ms,
+                    window_ms: if rules >= Rules::GRANT_WINDOWS { (*window_ms).min(RENEW_WINDOW_MAX_MS) } else { 0 },
                     expect: *expect,
                     specific: *specific,
                     owner: owner.as_deref(),
@@ -230,7 +231,7 @@ impl LeaseTable {
     }
 
     fn grant(&mut self, pos: LogPos, leader_wall_ms: u64, worker_id: WorkerId, ask: GrantAsk<'_>) -> Outcome {
-        let GrantAsk { holder, ttl_ms, expect, specific, owner, incarnation, takeovers } = ask;
+        let GrantAsk { holder, ttl_ms, window_ms, expect, specific, owner, incarnation, takeovers } = ask;
         let config = match self.check_range(worker_id) {
             Ok(config) => config,
             Err(rejection) => return Outcome::Rejected(rejection),
@@ -289,7 +290,8 @@ impl LeaseTable {
         record.last_renew = pos;
         record.not_before_ms = if switches::is_off(Mechanism::NotBefore) { 0 } else { record.high_water_ms };
         record.max_minted_ms = 0;
-        record.high_water_ms = record.high_water_ms.max(leader_wall_ms.saturating_add(ttl_ms));
+        record.high_water_ms =
+            record.high_water_ms.max(leader_wall_ms.saturating_add(ttl_ms).saturating_add(window_ms));
         self.holders.insert((record.owner.clone(), holder.clone()), worker_id);
         Outcome::Granted(grant_view(worker_id, record))
     }
@@ -339,7 +341,8 @@ impl LeaseTable {
         }
         record.last_renew = pos;
         record.ttl_ms = ask.ttl_ms;
-        record.high_water_ms = record.high_water_ms.max(leader_wall_ms.saturating_add(ask.ttl_ms));
+        record.high_water_ms =
+            record.high_water_ms.max(leader_wall_ms.saturating_add(ask.ttl_ms).saturating_add(ask.window_ms));
         // The holder may come back as a process that remembers less than it minted (a
         // retried Acquire after a restart): it must start past every timestamp it reported.
         let minted_floor = if record.max_minted_ms > 0 { record.max_minted_ms.saturating_add(1) } else { 0 };
@@ -623,6 +626,9 @@ fn not_owner(record: &LeaseRecord) -> Rejection {
 struct GrantAsk<'a> {
     holder: &'a HolderId,
     ttl_ms: u64,
+    /// How far past `leader_wall_ms + ttl` the mark goes (0 under rules before
+    /// [`Rules::GRANT_WINDOWS`]).
+    window_ms: u64,
     expect: GrantExpectation,
     specific: bool,
     owner: Option<&'a str>,

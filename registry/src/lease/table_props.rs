@@ -38,13 +38,42 @@ enum Claim {
 /// incarnations, so that commands keep meeting each other's leases.
 #[derive(Debug, Clone)]
 enum Step {
-    Grant { w: u32, holder: u8, ttl_ms: u64, expect: Pick, specific: bool, owner: Option<u8>, incarnation: Option<u8> },
-    Renew { w: u32, token: Pick, send_ms: i64, minted: Claim, caller: Option<u8>, window_ms: u64 },
-    Release { w: u32, token: Pick, last: Claim, caller: Option<u8> },
-    Quarantine { w: u32, reason: String },
-    Unquarantine { w: u32 },
+    Grant {
+        w: u32,
+        holder: u8,
+        ttl_ms: u64,
+        expect: Pick,
+        specific: bool,
+        owner: Option<u8>,
+        incarnation: Option<u8>,
+        window_ms: u64,
+    },
+    Renew {
+        w: u32,
+        token: Pick,
+        send_ms: i64,
+        minted: Claim,
+        caller: Option<u8>,
+        window_ms: u64,
+    },
+    Release {
+        w: u32,
+        token: Pick,
+        last: Claim,
+        caller: Option<u8>,
+    },
+    Quarantine {
+        w: u32,
+        reason: String,
+    },
+    Unquarantine {
+        w: u32,
+    },
     Configure(ClusterConfig),
-    Restore { backup: Box<TableBackup>, offset_bits: Option<u64> },
+    Restore {
+        backup: Box<TableBackup>,
+        offset_bits: Option<u64>,
+    },
     NodeServed(u64),
     EnableRules(u8),
 }
@@ -65,8 +94,9 @@ fn step() -> impl Strategy<Value = Step> {
     let w = prop_oneof![9 => 0..2u32, 3 => 2..8u32, 1 => any::<u32>()];
     let ttl_ms = prop_oneof![8 => 1..=10_000u64, 1 => Just(0), 1 => any::<u64>()];
     let who = || proptest::option::of(0..3u8);
-    let grant = (w.clone(), 0..4u8, ttl_ms, pick(), any::<bool>(), who(), who()).prop_map(
-        |(w, holder, ttl_ms, expect, specific, owner, incarnation)| Step::Grant {
+    let window = || prop_oneof![3 => Just(0), 3 => 1..120_000u64, 1 => any::<u64>()];
+    let grant = (w.clone(), 0..4u8, ttl_ms, pick(), any::<bool>(), who(), who(), window()).prop_map(
+        |(w, holder, ttl_ms, expect, specific, owner, incarnation, window_ms)| Step::Grant {
             w,
             holder,
             ttl_ms,
@@ -74,10 +104,10 @@ fn step() -> impl Strategy<Value = Step> {
             specific,
             owner,
             incarnation,
+            window_ms,
         },
     );
-    let window = prop_oneof![3 => Just(0), 3 => 1..120_000u64, 1 => any::<u64>()];
-    let renew = (w.clone(), pick(), -90_000..90_000i64, claim(), who(), window).prop_map(
+    let renew = (w.clone(), pick(), -90_000..90_000i64, claim(), who(), window()).prop_map(
         |(w, token, send_ms, minted, caller, window_ms)| Step::Renew { w, token, send_ms, minted, caller, window_ms },
     );
     let release = (w.clone(), pick(), claim(), who()).prop_map(|(w, token, last, caller)| Step::Release {
@@ -150,7 +180,7 @@ impl Run {
     fn command(&self, step: &Step) -> Command {
         let owner = |o: &Option<u8>| o.map(|o| format!("spiffe://td/fenceflake/worker/w{o}"));
         match step {
-            Step::Grant { w, holder, ttl_ms, expect, specific, owner: o, incarnation } => Command::Grant {
+            Step::Grant { w, holder, ttl_ms, expect, specific, owner: o, incarnation, window_ms } => Command::Grant {
                 worker_id: WorkerId(*w),
                 holder: HolderId(format!("h{holder}")),
                 ttl_ms: *ttl_ms,
@@ -158,6 +188,7 @@ impl Run {
                 specific: *specific,
                 owner: owner(o),
                 incarnation: incarnation.map(|i| Incarnation(u64::from(i) + 1)),
+                window_ms: *window_ms,
             },
             Step::Renew { w, token, send_ms, minted, caller, window_ms } => Command::Renew(Renew {
                 worker_id: WorkerId(*w),

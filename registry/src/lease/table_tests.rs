@@ -49,7 +49,16 @@ fn claim(
     specific: bool,
     owner: Option<String>,
 ) -> Command {
-    Command::Grant { worker_id, holder: HolderId(holder.into()), ttl_ms, expect, specific, owner, incarnation: None }
+    Command::Grant {
+        worker_id,
+        holder: HolderId(holder.into()),
+        ttl_ms,
+        expect,
+        specific,
+        owner,
+        incarnation: None,
+        window_ms: 0,
+    }
 }
 
 fn granted(o: Outcome) -> LeaseGrant {
@@ -553,6 +562,7 @@ fn claim_from(t: &mut LeaseTable, idx: u64, w: u32, holder: &str, incarnation: u
         specific,
         owner: None,
         incarnation: Some(Incarnation(incarnation)),
+        window_ms: 0,
     };
     t.apply(LogPos::new(idx, 0), WALL, &cmd)
 }
@@ -578,6 +588,7 @@ fn a_new_incarnation_takes_the_lease_over_under_a_new_token() {
         specific: true,
         owner: None,
         incarnation: Some(Incarnation(2)),
+        window_ms: 0,
     };
     let taken = granted(t.apply(LogPos::new(5, 0), WALL, &cmd));
     assert!(taken.token > first.token, "a new incarnation must get a new token");
@@ -607,6 +618,7 @@ fn incarnations_apply_only_under_their_rules() {
             specific: true,
             owner: None,
             incarnation: Some(Incarnation(idx)),
+            window_ms: 0,
         };
         granted(t.apply_under(rules, LogPos::new(idx, 0), WALL, &cmd))
     };
@@ -707,6 +719,54 @@ fn a_windowed_renewal_raises_the_high_water_mark_past_its_reach_under_its_rules_
     assert_eq!(now.mint_until_ms, reach + 30_000);
     let forged = granted(t.apply(LogPos::new(3, 0), WALL, &windowed(0, lease.token, WALL, 0, u64::MAX)));
     assert_eq!(forged.mint_until_ms, reach + crate::limits::RENEW_WINDOW_MAX_MS, "bounded");
+}
+
+/// Goal (issue 11, grant windows): a grant raises the high-water mark a window past
+/// `leader_wall + ttl` under its rules only (an entry written under older rules keeps its
+/// outcome), bounded like a renewal's; so is a retried Acquire's regrant; and the lease's first
+/// renewal is then covered, so it is answered from memory instead of logged.
+#[test]
+fn a_windowed_grant_raises_the_mark_under_its_rules_and_covers_the_first_renewal() {
+    let t = configured();
+    let none = GrantExpectation { token: Token::NONE, last_renew: LogPos::default() };
+    let ask = |holder: &str, window_ms, expect| Command::Grant {
+        worker_id: WorkerId(0),
+        holder: HolderId(holder.into()),
+        ttl_ms: 10_000,
+        expect,
+        specific: false,
+        owner: None,
+        incarnation: None,
+        window_ms,
+    };
+    let old = granted(t.clone().apply_under(Rules::WINDOWS, LogPos::new(2, 0), WALL, &ask("a", 30_000, none)));
+    assert_eq!(old.mint_until_ms, WALL + 10_000, "before grant windows the field is ignored");
+    let forged = granted(t.clone().apply(LogPos::new(2, 0), WALL, &ask("a", u64::MAX, none)));
+    assert_eq!(forged.mint_until_ms, WALL + 10_000 + crate::limits::RENEW_WINDOW_MAX_MS, "bounded");
+
+    let mut t = t;
+    let lease = granted(t.apply(LogPos::new(2, 0), WALL, &ask("a", 30_000, none)));
+    assert_eq!((lease.mint_until_ms, lease.not_before_ms), (WALL + 40_000, 0));
+    let first = Renew {
+        worker_id: WorkerId(0),
+        token: lease.token,
+        wall_ms_at_send: WALL + 3_300,
+        max_minted_ts_ms: WALL + 3_000,
+        caller: None,
+        window_ms: 0,
+    };
+    let covered = t.covered_renewal(&first, WALL + 3_300).expect("the first renewal is inside the grant's window");
+    assert_eq!((covered.grant.mint_until_ms, covered.headroom_ms), (WALL + 40_000, 26_700));
+
+    // A retried Acquire an hour on gets its lease back with the mark a window past again.
+    let later = WALL + 3_600_000;
+    let retried = granted(t.apply(LogPos::new(3, 0), later, &ask("a", 30_000, none)));
+    assert_eq!((retried.token, retried.mint_until_ms), (lease.token, later + 40_000));
+    // The next holder after a release waits only past what was minted, window or not.
+    release(&mut t, 4, 0, lease.token, later + 1_000);
+    let expect = t.record(WorkerId(0)).unwrap().expectation();
+    let next = granted(t.apply(LogPos::new(5, 0), later + 2_000, &ask("b", 30_000, expect)));
+    assert_eq!(next.not_before_ms, later + 1_001);
 }
 
 /// Goal (issue 11, memory renewals): a renewal is answered from memory only when the durable

@@ -215,6 +215,7 @@ async fn a_given_up_id_is_persisted_with_the_grant() {
             specific: false,
             owner: None,
             incarnation: Some(Incarnation(incarnation)),
+            window_ms: 0,
         };
         let entry = |index, commands| crate::raft::types::Entry {
             log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
