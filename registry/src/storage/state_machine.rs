@@ -53,10 +53,21 @@ impl SharedState {
 }
 
 /// The latest snapshot as the `sm` tree keeps it: its metadata, then its data byte for byte
-/// ([`encode_framed`]). Releases before the frame stored this as JSON, the data an array of
-/// numbers (3.6 bytes per byte: 70 MB for a 65,536-ID table); that form is still read.
-fn encode_stored_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<Vec<u8>, CodecError> {
-    encode_framed(meta, data)
+/// ([`encode_framed`]) once every member runs a release that reads frames (apply rules
+/// [`Rules::GRANT_WINDOWS`] in force, past which a node is not rolled back); before, as releases
+/// before the frame stored it, and still read: JSON, the data an array of numbers (3.6 bytes
+/// per byte: 120 MB for a 65,536-ID table), so that a node rolled back mid-upgrade can start.
+fn encode_stored_snapshot(meta: &SnapshotMeta, data: &[u8], rules: Rules) -> Result<Vec<u8>, CodecError> {
+    #[derive(Serialize)]
+    struct Unframed<'a> {
+        meta: &'a SnapshotMeta,
+        data: &'a [u8],
+    }
+    if rules >= Rules::GRANT_WINDOWS {
+        encode_framed(meta, data)
+    } else {
+        encode(&Unframed { meta, data })
+    }
 }
 
 fn decode_stored_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), CodecError> {
@@ -314,8 +325,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         state.last_applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
         // Replace everything in one atomic batch: no key of the old state survives.
-        let stored =
-            encode_stored_snapshot(meta, &data).map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        let stored = encode_stored_snapshot(meta, &data, state.table.rules_in_force(Rules::CURRENT))
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
         drop(data);
         let mut batch = KvBatch::default();
         for (key, _) in self.tree.iter().map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))? {
@@ -366,7 +377,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineSnapshotBuilder {
         };
         let meta =
             SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership.clone(), snapshot_id };
-        let bytes = encode_stored_snapshot(&meta, &data).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let rules = state.table.rules_in_force(Rules::CURRENT);
+        let bytes =
+            encode_stored_snapshot(&meta, &data, rules).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         self.tree.insert(KEY_SNAPSHOT, bytes).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         // openraft purges the log behind this snapshot next: it must be on disk first.
         self.db.flush().await.map_err(|e| StorageIOError::write_snapshot(None, &e))?;
@@ -380,16 +393,20 @@ mod tests {
     use super::*;
 
     /// Goal (issue 11): a data dir written before snapshots were framed still serves its
-    /// snapshot (the JSON form: data as an array of numbers), and a framed one costs its data
-    /// plus the metadata, not 3.6 bytes per byte.
+    /// snapshot (the JSON form: data as an array of numbers), a cluster not yet wholly on this
+    /// release still writes that form (a node rolled back can read it), and a framed one costs
+    /// its data plus the metadata, not 3.6 bytes per byte.
     #[test]
     fn a_snapshot_stored_before_the_frame_still_reads_and_a_framed_one_is_compact() {
         let meta = SnapshotMeta { snapshot_id: "3-41-2".into(), ..SnapshotMeta::default() };
         let data: Vec<u8> = encode(&serde_json::json!({"records": vec![[1_700_000_000_123u64, 42]; 500]})).unwrap();
         let legacy = encode(&serde_json::json!({ "meta": meta, "data": data })).unwrap();
         assert_eq!(decode_stored_snapshot(&legacy).unwrap(), (meta.clone(), data.clone()));
+        let mid_upgrade = encode_stored_snapshot(&meta, &data, Rules::WINDOWS).unwrap();
+        assert!(!is_framed(&mid_upgrade), "mid-upgrade: the form an older release reads");
+        assert_eq!(decode_stored_snapshot(&mid_upgrade).unwrap(), (meta.clone(), data.clone()));
 
-        let framed = encode_stored_snapshot(&meta, &data).unwrap();
+        let framed = encode_stored_snapshot(&meta, &data, Rules::CURRENT).unwrap();
         assert_eq!(decode_stored_snapshot(&framed).unwrap(), (meta, data.clone()));
         assert!(framed.len() < data.len() + 256, "{} bytes stored for {} bytes of data", framed.len(), data.len());
         assert!(legacy.len() > data.len() * 3, "the old form spelled each byte as a number");
