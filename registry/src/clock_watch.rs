@@ -28,6 +28,7 @@ use crate::clock_check::{self, Now, Policy, Probe, Verdict};
 use crate::config::ClockCheck;
 use crate::error::RegistryError;
 use crate::leader::member_roles;
+use crate::leader_lease;
 use crate::lease::Rules;
 use crate::node::RegistryNode;
 use crate::proposer::Stamp;
@@ -66,6 +67,8 @@ pub struct ClockWatch {
     probes: Arc<Mutex<BTreeMap<NodeId, Probe>>>,
     /// The newest apply rules each voter's release knows, from its latest probe answer, and when.
     rules: Arc<Mutex<BTreeMap<NodeId, (Rules, MonoTime)>>>,
+    /// The `election_timeout_max` each voter stated in its latest probe answer that stated one.
+    election_max: Arc<Mutex<BTreeMap<NodeId, Duration>>>,
     /// Completed probe rounds: admission waits for the next one.
     rounds: watch::Sender<u64>,
     /// Asks the probe loop for a round now.
@@ -96,6 +99,7 @@ impl ClockWatch {
             elections,
             probes: Arc::default(),
             rules: Arc::default(),
+            election_max: Arc::default(),
             rounds: watch::Sender::new(0),
             wake: Arc::default(),
         }
@@ -189,6 +193,39 @@ impl ClockWatch {
             .all(|id| rules.get(&id).is_some_and(|(known, at)| *known >= wanted && now.since(*at) <= PROBE_FRESH_FOR))
     }
 
+    /// This node's `election_timeout_max` (stated in its own probe answers).
+    pub fn own_election_max(&self) -> Duration {
+        Duration::from_millis(self.raft.config().election_timeout_max)
+    }
+
+    /// The `election_timeout_max` the leader lease may count on, given this node's `own`: see
+    /// [`leader_lease::voters_election_max`]. A voter's statement is kept until a newer one
+    /// (the value changes only with a restart, which the next probe round sees).
+    pub fn voters_election_max(&self, own: Duration) -> Duration {
+        let stated = self.election_max.lock().unwrap_or_else(PoisonError::into_inner);
+        let voters = voters(&self.raft);
+        leader_lease::voters_election_max(
+            own,
+            voters.iter().filter(|id| **id != self.me).map(|id| stated.get(id).copied()),
+        )
+    }
+
+    /// Keep `node_id`'s stated `election_timeout_max`, and say so once when it differs from
+    /// this node's: the leader lease then counts on the smaller of the two.
+    fn note_election_max(&self, node_id: NodeId, stated: Duration) {
+        let previous = self.election_max.lock().unwrap_or_else(PoisonError::into_inner).insert(node_id, stated);
+        let own = self.own_election_max();
+        if previous != Some(stated) && stated != own {
+            tracing::warn!(
+                node_id = self.me,
+                peer = node_id,
+                peer_election_timeout_max_ms = stated.as_millis() as u64,
+                election_timeout_max_ms = own.as_millis() as u64,
+                "a member runs another --election-timeout-max: leader leases count on the smaller one; give every node the same Raft timing (docs/operations.md, changing the Raft timing)"
+            );
+        }
+    }
+
     /// Probe every other voter once, concurrently, and keep each answer.
     async fn probe_round(&self, peers: &PeerClients) {
         let mut calls = tokio::task::JoinSet::new();
@@ -200,9 +237,12 @@ impl ClockWatch {
             calls.spawn(async move { (node_id, probe(&peers, clock.as_ref(), node_id, &node.peer_addr).await) });
         }
         while let Some(joined) = calls.join_next().await {
-            if let Ok((node_id, Some((probe, rules)))) = joined {
+            if let Ok((node_id, Some((probe, reading)))) = joined {
                 let now = Now { mono: self.clock.mono(), wall_ms: self.clock.wall_ms() };
-                self.rules.lock().unwrap_or_else(PoisonError::into_inner).insert(node_id, (rules, now.mono));
+                self.rules.lock().unwrap_or_else(PoisonError::into_inner).insert(node_id, (reading.rules, now.mono));
+                if reading.election_timeout_max_ms > 0 {
+                    self.note_election_max(node_id, Duration::from_millis(reading.election_timeout_max_ms));
+                }
                 let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
                 if clock_check::replaces(&self.policy, probes.get(&node_id), &probe, now) {
                     probes.insert(node_id, probe);
@@ -215,13 +255,13 @@ impl ClockWatch {
 
 /// One `ClockProbe` of node `target`, timed on both of this node's clocks. `None` if it did
 /// not answer (an older node does not know the call: it simply counts as not answering).
-async fn probe(peers: &PeerClients, clock: &dyn Clock, target: NodeId, addr: &str) -> Option<(Probe, Rules)> {
+async fn probe(peers: &PeerClients, clock: &dyn Clock, target: NodeId, addr: &str) -> Option<(Probe, ClockReading)> {
     let (sent_at, send_wall_ms) = (clock.mono(), clock.wall_ms());
     let answer = peers.call::<(), ClockReading>(target, addr, PeerRpc::ClockProbe, &(), PROBE_TIMEOUT).await;
     let (receive_wall_ms, elapsed) = (clock.wall_ms(), clock.mono().since(sent_at));
     match answer {
         Ok(reading) => {
-            Some((Probe { sent_at, send_wall_ms, receive_wall_ms, elapsed, remote_ms: reading.wall_ms }, reading.rules))
+            Some((Probe { sent_at, send_wall_ms, receive_wall_ms, elapsed, remote_ms: reading.wall_ms }, reading))
         }
         Err(e) => {
             tracing::debug!(target_node = target, error = %e, "clock probe failed");
@@ -236,11 +276,15 @@ impl Stamp for ClockWatch {
     }
 }
 
-/// A `ClockProbe` answer: the peer's wall clock, and the newest apply rules its release knows.
+/// A `ClockProbe` answer: the peer's wall clock, the newest apply rules its release knows, and
+/// its `election_timeout_max` (0: a release that does not state it), which bounds the leader
+/// leases that count on its refusal of votes.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct ClockReading {
     pub wall_ms: u64,
     pub rules: Rules,
+    #[serde(default)]
+    pub election_timeout_max_ms: u64,
 }
 
 /// The voters of the membership this node knows.

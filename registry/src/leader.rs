@@ -486,7 +486,8 @@ impl Leader {
             // Still the same leadership, and not handing over (a round sent before a hand-over
             // began must not take the lease back).
             if matches!(acknowledged, Ok(Ok(_))) && self.leadership().is_ok_and(|(now, _)| now == leadership) {
-                self.lease.confirmed(leadership, sent_at).await;
+                let voters_max = self.clocks.voters_election_max(self.lease.election_max());
+                self.lease.confirmed(leadership, sent_at, voters_max).await;
             }
         }
     }

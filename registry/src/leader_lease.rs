@@ -38,6 +38,15 @@ use crate::expiry::LeadershipId;
 /// `election_timeout_max`, and a larger bound leaves too little to be worth holding.
 pub const LEASE_DRIFT_PERCENT_MAX: u8 = 50;
 
+/// The `election_timeout_max` a lease may count on: the smallest among this node's own and
+/// every other voter's, as each last stated it in a clock probe answer (`None`: a voter of a
+/// release that does not state it, or not heard yet, is taken to run this node's). A voter
+/// refuses votes for its own value, so a leader counting on its own larger one would hold its
+/// lease past that voter's refusal (an operator who changed the timing on some nodes only).
+pub fn voters_election_max(own: Duration, stated: impl IntoIterator<Item = Option<Duration>>) -> Duration {
+    stated.into_iter().map(|s| s.unwrap_or(own)).fold(own, Duration::min)
+}
+
 /// How long a lease taken at a round's send lasts, for voters refusing votes for
 /// `election_max` and clocks whose rates differ from true time by at most `drift_percent`.
 pub fn lease_duration(election_max: Duration, drift_percent: u8) -> Duration {
@@ -128,6 +137,10 @@ impl LeaseState {
 #[derive(Debug, Clone)]
 pub struct LeaderLease {
     clock: Arc<dyn Clock>,
+    /// This node's `election_timeout_max`.
+    election_max: Duration,
+    drift_percent: u8,
+    /// The lease with this node's own `election_timeout_max` (the longest any round takes).
     duration: Duration,
     state: Arc<Mutex<LeaseState>>,
     /// Orders votes let through against rounds confirmed (held across a vote's handling).
@@ -139,7 +152,14 @@ impl LeaderLease {
     pub fn new(clock: Arc<dyn Clock>, election_max: Duration, drift_percent: u8) -> LeaderLease {
         let state = LeaseState::new(clock.mono(), election_max);
         let duration = lease_duration(election_max, drift_percent);
-        LeaderLease { clock, duration, state: Arc::new(Mutex::new(state)), gate: Arc::default() }
+        LeaderLease {
+            clock,
+            election_max,
+            drift_percent,
+            duration,
+            state: Arc::new(Mutex::new(state)),
+            gate: Arc::default(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LeaseState> {
@@ -147,9 +167,15 @@ impl LeaderLease {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How long a lease lasts from the send of the round that took it.
+    /// How long a lease lasts at most from the send of the round that took it (with every
+    /// voter on this node's `election_timeout_max`).
     pub fn duration(&self) -> Duration {
         self.duration
+    }
+
+    /// This node's `election_timeout_max`.
+    pub fn election_max(&self) -> Duration {
+        self.election_max
     }
 
     /// When a round about to be sent starts: the lease it may take counts from here.
@@ -157,10 +183,12 @@ impl LeaderLease {
         RoundSent { at: self.clock.mono(), wall_ms: self.clock.wall_ms() }
     }
 
-    /// See [`LeaseState::confirmed`].
-    pub async fn confirmed(&self, leadership: LeadershipId, sent: RoundSent) {
+    /// See [`LeaseState::confirmed`]; the lease counts on `voters_election_max` (see
+    /// [`voters_election_max`]), never on more than this node's own.
+    pub async fn confirmed(&self, leadership: LeadershipId, sent: RoundSent, voters_election_max: Duration) {
+        let duration = lease_duration(voters_election_max.min(self.election_max), self.drift_percent);
         let _votes_wait = self.gate.lock().await;
-        self.lock().confirmed(leadership, sent, self.duration);
+        self.lock().confirmed(leadership, sent, duration);
     }
 
     /// See [`LeaseState::holds`], at the clock's now.
@@ -210,6 +238,34 @@ mod tests {
         let fast_voter = max.as_secs_f64() / 1.1;
         assert!(slow_leader <= fast_voter + 1e-9, "{slow_leader} > {fast_voter}");
         assert_eq!(lease_duration(max, LEASE_DRIFT_PERCENT_MAX), Duration::from_millis(200));
+    }
+
+    /// Goal (issue 11): a voter that runs a smaller `election_timeout_max` than the leader (the
+    /// timing changed on some nodes only) shortens the lease to what its refusal covers; a
+    /// voter that states none (an older release, not heard yet) is taken to run the leader's;
+    /// a larger one changes nothing. The LeaderLease applies it to the round it confirms.
+    #[tokio::test]
+    async fn a_voter_with_a_smaller_election_timeout_shortens_the_lease() {
+        let own = Duration::from_millis(600);
+        let ms = Duration::from_millis;
+        assert_eq!(voters_election_max(own, [Some(ms(600)), None, Some(ms(900)), None]), own);
+        assert_eq!(voters_election_max(own, [Some(ms(600)), Some(ms(200)), None, None]), ms(200));
+        assert_eq!(voters_election_max(own, []), own);
+
+        let clock = Arc::new(crate::clock::ManualClock::new(WALL));
+        let lease = LeaderLease::new(clock.clone(), own, 0);
+        clock.advance(ms(700)); // past the refusal every process starts with
+        lease.confirmed(TERM_3, lease.round_starts(), ms(200)).await;
+        assert!(lease.holds(TERM_3));
+        clock.advance(ms(199));
+        assert!(lease.holds(TERM_3), "inside the smaller voter's refusal");
+        clock.advance(ms(1));
+        assert!(!lease.holds(TERM_3), "the lease ends with the smaller voter's refusal, not this node's");
+        lease.confirmed(TERM_3, lease.round_starts(), ms(5_000)).await;
+        clock.advance(ms(599));
+        assert!(lease.holds(TERM_3));
+        clock.advance(ms(1));
+        assert!(!lease.holds(TERM_3), "never longer than this node's own");
     }
 
     /// A round sent at mono `ms`, with the wall clock reading `WALL + ms`.

@@ -219,9 +219,11 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
 
     /// A member asks for this node's wall clock (its clock check, `clock_watch.rs`); read as
     /// late as possible, so the reading lies within the caller's round trip. The answer also
-    /// names the newest apply rules this release knows (`rules_raise.rs`).
+    /// names the newest apply rules this release knows (`rules_raise.rs`) and this node's
+    /// `election_timeout_max` (the leader lease counts on the smallest: `leader_lease.rs`).
     async fn clock_probe(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let () = self.open_from_member(&request, "ClockProbe")?;
-        self.seal(&ClockReading { wall_ms: self.node.clock.wall_ms(), rules: Rules::CURRENT })
+        let election_timeout_max_ms = self.node.clocks.own_election_max().as_millis() as u64;
+        self.seal(&ClockReading { wall_ms: self.node.clock.wall_ms(), rules: Rules::CURRENT, election_timeout_max_ms })
     }
 }
