@@ -3,7 +3,7 @@
 //! decided only through [`Renewals::expiry`] at the instant `now` given (mechanism 3). No
 //! clock, lock, IO or gRPC here, so every branch is tested below with hand-made instants.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use crate::clock::MonoTime;
 use crate::expiry::{Expiry, Renewals};
@@ -20,6 +20,40 @@ pub enum NoGrant {
     Rejected(Rejection),
 }
 
+/// Worker IDs with a grant attempt running, counted: two attempts may plan the same ID (a
+/// holder's own lease asked for twice at once, one specific ID asked for twice), and it stays
+/// reserved until the last of them ends, not the first.
+#[derive(Debug, Default)]
+pub struct InFlight(HashMap<WorkerId, usize>);
+
+impl InFlight {
+    pub fn contains(&self, worker_id: &WorkerId) -> bool {
+        self.0.contains_key(worker_id)
+    }
+
+    pub fn insert(&mut self, worker_id: WorkerId) {
+        *self.0.entry(worker_id).or_default() += 1;
+    }
+
+    /// One attempt on `worker_id` ended.
+    pub fn remove_one(&mut self, worker_id: WorkerId) {
+        if let std::collections::hash_map::Entry::Occupied(mut attempts) = self.0.entry(worker_id) {
+            *attempts.get_mut() -= 1;
+            if *attempts.get() == 0 {
+                attempts.remove();
+            }
+        }
+    }
+}
+
+impl FromIterator<WorkerId> for InFlight {
+    fn from_iter<I: IntoIterator<Item = WorkerId>>(ids: I) -> InFlight {
+        let mut in_flight = InFlight::default();
+        ids.into_iter().for_each(|id| in_flight.insert(id));
+        in_flight
+    }
+}
+
 /// What the planner reads: the table, the leader's renewal knowledge at `now`, and the IDs
 /// with a grant in flight (skipped, so concurrent acquires do not all race for one ID).
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +64,7 @@ pub struct GrantInputs<'a> {
     /// The leader's wall clock (the stamp its next batch carries): how far ahead a held ID's
     /// high-water mark lies, for a holder's new incarnation.
     pub wall_ms: u64,
-    pub reserved: &'a HashSet<WorkerId>,
+    pub reserved: &'a InFlight,
 }
 
 /// Who asks: the holder within its owner's namespace, and the process incarnation it stated.
@@ -196,7 +230,7 @@ mod tests {
             &self,
             holder: &str,
             wanted: Option<u32>,
-            reserved: &HashSet<WorkerId>,
+            reserved: &InFlight,
         ) -> Result<(WorkerId, GrantExpectation), NoGrant> {
             let (now, wall_ms) = (self.clock.mono(), self.clock.wall_ms());
             let inputs = GrantInputs { table: &self.table, renewals: &self.renewals, now, wall_ms, reserved };
@@ -205,7 +239,7 @@ mod tests {
         }
 
         fn plan(&self, holder: &str, wanted: Option<u32>) -> Result<(WorkerId, GrantExpectation), NoGrant> {
-            self.plan_reserving(holder, wanted, &HashSet::new())
+            self.plan_reserving(holder, wanted, &InFlight::default())
         }
     }
 
@@ -215,8 +249,21 @@ mod tests {
         assert_eq!(f.plan("a", None).unwrap().0, WorkerId(0));
         f.grant("a", 0);
         assert_eq!(f.plan("b", None).unwrap().0, WorkerId(1));
-        let reserved = HashSet::from([WorkerId(1), WorkerId(2)]);
+        let reserved = InFlight::from_iter([WorkerId(1), WorkerId(2)]);
         assert_eq!(f.plan_reserving("b", None, &reserved).unwrap().0, WorkerId(3));
+    }
+
+    /// Goal (issue 11, review): an ID two attempts planned at once stays reserved until the
+    /// second ends (a memory renewal must not slip in while a grant of it is in flight).
+    #[test]
+    fn an_id_planned_twice_stays_reserved_until_both_attempts_end() {
+        let mut in_flight = InFlight::from_iter([WorkerId(4), WorkerId(4)]);
+        in_flight.remove_one(WorkerId(4));
+        assert!(in_flight.contains(&WorkerId(4)), "the second attempt still runs");
+        in_flight.remove_one(WorkerId(4));
+        assert!(!in_flight.contains(&WorkerId(4)));
+        in_flight.remove_one(WorkerId(4));
+        assert!(!in_flight.contains(&WorkerId(4)), "an extra end changes nothing");
     }
 
     /// Goal: a retried Acquire gets the holder's own lease back, whatever it asked for.
@@ -317,7 +364,7 @@ mod tests {
             Outcome::Granted(_)
         ));
         let plan = |f: &Fixture, incarnation, wanted: Option<u32>| {
-            let reserved = HashSet::new();
+            let reserved = InFlight::default();
             let inputs = GrantInputs {
                 table: &f.table,
                 renewals: &f.renewals,
@@ -364,7 +411,7 @@ mod tests {
         let release =
             crate::lease::Release { worker_id: WorkerId(0), token: g.token, last_ts_ms: wall + 5_000, caller: None };
         assert_eq!(f.table.apply(LogPos::new(4, 0), wall, &Command::Release(release)), Outcome::Released);
-        let (now, reserved) = (f.clock.mono(), HashSet::new());
+        let (now, reserved) = (f.clock.mono(), InFlight::default());
         let plan = |f: &Fixture| {
             let inputs =
                 GrantInputs { table: &f.table, renewals: &f.renewals, now, wall_ms: wall, reserved: &reserved };

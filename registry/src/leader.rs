@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::clock_watch::ClockWatch;
 use crate::error::RegistryError;
 use crate::expiry::{Expiry, ExpiryTracker, LeadershipId};
-use crate::grant_plan::{self, Asker, GrantInputs};
+use crate::grant_plan::{self, Asker, GrantInputs, InFlight};
 use crate::leader_lease::LeaderLease;
 use crate::lease::{
     ClusterConfig, Command, GrantExpectation, HolderId, Incarnation, LeaseGrant, LeaseTable, Outcome, Rejection, Renew,
@@ -94,7 +94,7 @@ impl std::fmt::Debug for Leader {
 #[derive(Debug, Default)]
 struct Reserved {
     /// A grant attempt is running: concurrent "any ID" acquires skip them too.
-    in_flight: HashSet<WorkerId>,
+    in_flight: InFlight,
     /// A grant whose outcome this leader never learned (a commit timeout): its entry may still
     /// commit, so until a new leadership has applied its whole log the ID stays reserved.
     unsettled: HashSet<WorkerId>,
@@ -141,7 +141,7 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         let mut reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
-        reserved.in_flight.remove(&self.worker_id);
+        reserved.in_flight.remove_one(self.worker_id);
         if !self.settled {
             reserved.unsettled.insert(self.worker_id);
         }

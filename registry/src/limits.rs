@@ -22,6 +22,8 @@ pub const CLAIM_AHEAD_MAX_MS: u64 = 30_000;
 /// The largest high-water window (`--renew-window`) a renewal may carry: the next holder of
 /// a worker ID whose holder vanished may wait up to the window for its `not_before`, so the
 /// bound keeps a mistyped flag (or a forged entry) from making an ID unusable for long.
+/// Part of how apply rules 3 and 4 apply an entry (a window above it counts as it): a release
+/// that changes it must bring new apply rules, or replicas would apply one entry two ways.
 pub const RENEW_WINDOW_MAX_MS: u64 = 300_000;
 
 /// Commands packed into one Raft entry by the proposer. One entry costs one fsync on each
@@ -71,8 +73,13 @@ pub const PROPOSAL_QUEUE_MAX: usize = 16 * 1024;
 pub const PEER_MESSAGE_BYTES_MAX: usize = 128 * 1024 * 1024;
 
 /// Largest body of one peer message (its JSON), leaving room for the protobuf envelope.
-/// An AppendEntries above it goes back to openraft as `PayloadTooLarge` with fewer entries.
 pub const PEER_BODY_BYTES_MAX: usize = PEER_MESSAGE_BYTES_MAX - 64 * 1024;
+
+/// The body an AppendEntries of several entries is cut down to (above it, it goes back to
+/// openraft as `PayloadTooLarge` with fewer entries): what releases before the 128 MiB peer
+/// message accepted, so that a rolling upgrade's older nodes keep catching up. Only a single
+/// entry above it (a large restore, into a cluster whose nodes all run one release) goes whole.
+pub const APPEND_BODY_BYTES_BUDGET: usize = 16 * 1024 * 1024 - 64 * 1024;
 
 /// Largest Raft entry (a batch of encoded commands) the proposer builds: above the largest
 /// restore a client can send, and small enough that one entry always fits a peer message
@@ -90,3 +97,4 @@ const _: () = assert!(
 );
 const _: () = assert!(CLIENT_MESSAGE_BYTES_MAX < ENTRY_BYTES_MAX);
 const _: () = assert!(ENTRY_BYTES_MAX + 1024 * 1024 <= PEER_BODY_BYTES_MAX);
+const _: () = assert!(APPEND_BODY_BYTES_BUDGET <= PEER_BODY_BYTES_MAX);

@@ -290,6 +290,11 @@ impl LeaseTable {
         record.last_renew = pos;
         record.not_before_ms = if switches::is_off(Mechanism::NotBefore) { 0 } else { record.high_water_ms };
         record.max_minted_ms = 0;
+        // No window on a takeover: a new incarnation that refuses to wait out its `not_before`
+        // (a worker's boot-wait bound) and is restarted would otherwise push the mark a window
+        // further each time, and an ID in a restart loop would never serve again. Without it
+        // each takeover's wait is shorter than the last.
+        let window_ms = if compare { window_ms } else { 0 };
         record.high_water_ms =
             record.high_water_ms.max(leader_wall_ms.saturating_add(ttl_ms).saturating_add(window_ms));
         self.holders.insert((record.owner.clone(), holder.clone()), worker_id);

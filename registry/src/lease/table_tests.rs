@@ -769,6 +769,38 @@ fn a_windowed_grant_raises_the_mark_under_its_rules_and_covers_the_first_renewal
     assert_eq!(next.not_before_ms, later + 1_001);
 }
 
+/// Goal (issue 11, review): a takeover by a new incarnation carries no window. Otherwise a worker
+/// that refuses to wait out its `not_before` and is restarted in a loop pushes its ID's mark a
+/// TTL and a window further at every restart, and the ID never serves again; without it every
+/// takeover waits for less than the one before, and the loop ends.
+#[test]
+fn takeovers_in_a_restart_loop_wait_less_each_time() {
+    let mut t = configured();
+    let take = |t: &mut LeaseTable, idx: u64, wall: u64, incarnation: u64| {
+        let cmd = Command::Grant {
+            worker_id: WorkerId(0),
+            holder: HolderId("a".into()),
+            ttl_ms: 10_000,
+            expect: GrantExpectation { token: Token::NONE, last_renew: LogPos::default() },
+            specific: true,
+            owner: None,
+            incarnation: Some(Incarnation(incarnation)),
+            window_ms: 120_000,
+        };
+        granted(t.apply(LogPos::new(idx, 0), wall, &cmd))
+    };
+    let first = take(&mut t, 2, WALL, 1);
+    assert_eq!(first.mint_until_ms, WALL + 130_000, "a first grant carries the window");
+    let mut waits = Vec::new();
+    for restart in 1..6u64 {
+        let wall = WALL + restart * 6_000;
+        let lease = take(&mut t, 2 + restart, wall, 1 + restart);
+        assert_eq!(lease.mint_until_ms, WALL + 130_000, "restart {restart}: the mark did not move");
+        waits.push(lease.not_before_ms - wall);
+    }
+    assert!(waits.windows(2).all(|w| w[1] < w[0]), "every wait shorter than the last: {waits:?}");
+}
+
 /// Goal (issue 11, memory renewals): a renewal is answered from memory only when the durable
 /// high-water mark covers its reach and the log could not decide otherwise; then it gets what
 /// logging it would give.

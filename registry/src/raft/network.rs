@@ -26,7 +26,7 @@ use tonic::transport::Endpoint;
 
 use super::types::{NodeId, PeerNode, TypeConfig};
 use crate::clock::{Clock, MonoTime};
-use crate::limits::{PEER_BODY_BYTES_MAX, PEER_MESSAGE_BYTES_MAX};
+use crate::limits::{APPEND_BODY_BYTES_BUDGET, PEER_MESSAGE_BYTES_MAX};
 
 /// How long a connection attempt to a peer may take. A dead peer behind a DROP rule would
 /// otherwise hold a replication stream for the OS connect timeout.
@@ -329,11 +329,11 @@ fn backs_off(error: &PeerCallError) -> bool {
     }
 }
 
-/// How many of `entries` entries that encode to `bytes` fit [`PEER_BODY_BYTES_MAX`], if they
+/// How many of `entries` entries that encode to `bytes` fit [`APPEND_BODY_BYTES_BUDGET`], if they
 /// do not all fit (at least 1: the proposer keeps every single entry below the limit).
 fn entries_that_fit(entries: usize, bytes: usize) -> Option<u64> {
-    (bytes > PEER_BODY_BYTES_MAX && entries > 1).then(|| {
-        let fitting = (entries as u128 * PEER_BODY_BYTES_MAX as u128 / bytes as u128) as u64;
+    (bytes > APPEND_BODY_BYTES_BUDGET && entries > 1).then(|| {
+        let fitting = (entries as u128 * APPEND_BODY_BYTES_BUDGET as u128 / bytes as u128) as u64;
         fitting.clamp(1, entries as u64 - 1)
     })
 }
@@ -401,9 +401,9 @@ mod tests {
     #[test]
     fn oversized_appends_ask_for_fewer_entries() {
         assert_eq!(entries_that_fit(300, 1024), None);
-        assert_eq!(entries_that_fit(1, PEER_BODY_BYTES_MAX * 2), None, "one entry always goes");
-        assert_eq!(entries_that_fit(4, PEER_BODY_BYTES_MAX * 2), Some(2));
-        assert_eq!(entries_that_fit(2, PEER_BODY_BYTES_MAX * 10), Some(1));
-        assert_eq!(entries_that_fit(300, PEER_BODY_BYTES_MAX + 1), Some(299));
+        assert_eq!(entries_that_fit(1, APPEND_BODY_BYTES_BUDGET * 2), None, "one entry always goes");
+        assert_eq!(entries_that_fit(4, APPEND_BODY_BYTES_BUDGET * 2), Some(2));
+        assert_eq!(entries_that_fit(2, APPEND_BODY_BYTES_BUDGET * 10), Some(1));
+        assert_eq!(entries_that_fit(300, APPEND_BODY_BYTES_BUDGET + 1), Some(299));
     }
 }

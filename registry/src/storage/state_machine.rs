@@ -155,6 +155,25 @@ fn refuse_newer_rules(entries: &[Entry]) -> Result<(), StorageError> {
     Err(StorageIOError::apply(log_id, &std::io::Error::other(why)).into())
 }
 
+/// Refuse a snapshot whose apply rules were raised past what this release knows: it would
+/// install it and then apply the entries after it under older rules (a release from before
+/// this check installs it and stops at the first such entry instead).
+fn refuse_newer_snapshot(state: &SmState, meta: &SnapshotMeta) -> Result<(), StorageError> {
+    let raised = state.table.globals().enabled_rules;
+    if raised <= Rules::CURRENT {
+        return Ok(());
+    }
+    let why = format!(
+        "snapshot {} was taken under apply rules {}, newer than this release's {}: upgrade this node to the \
+         release the leader runs (it stops rather than apply later entries differently)",
+        meta.snapshot_id,
+        raised.0,
+        Rules::CURRENT.0
+    );
+    tracing::error!(snapshot = %meta.snapshot_id, rules = raised.0, known = Rules::CURRENT.0, "{why}");
+    Err(StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(why)).into())
+}
+
 /// Apply one log entry to the state; the outcomes of its commands, in order.
 fn apply_entry(state: &mut SmState, entry: Entry, changes: &mut Changes) -> Vec<Outcome> {
     state.last_applied = Some(entry.log_id);
@@ -321,6 +340,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let signature = Some(meta.signature());
         let mut state: SmState = decode(&data).map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        refuse_newer_snapshot(&state, meta)?;
         state.table.reindex();
         state.last_applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
@@ -391,6 +411,20 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineSnapshotBuilder {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Goal (issue 11, review): a snapshot raised past this release's apply rules is refused on
+    /// install, saying to upgrade, rather than installed and followed by entries applied under
+    /// older rules; one at this release's rules installs.
+    #[test]
+    fn a_snapshot_under_newer_rules_is_refused() {
+        let meta = SnapshotMeta { snapshot_id: "9-1-1".into(), ..SnapshotMeta::default() };
+        let mut state = SmState::default();
+        state.table.apply(LogPos::new(1, 0), 0, &Command::EnableRules(Rules::CURRENT));
+        assert!(refuse_newer_snapshot(&state, &meta).is_ok());
+        state.table.apply(LogPos::new(2, 0), 0, &Command::EnableRules(Rules(Rules::CURRENT.0 + 1)));
+        let refused = refuse_newer_snapshot(&state, &meta).unwrap_err().to_string();
+        assert!(refused.contains("upgrade this node"), "{refused}");
+    }
 
     /// Goal (issue 11): a data dir written before snapshots were framed still serves its
     /// snapshot (the JSON form: data as an array of numbers), a cluster not yet wholly on this
