@@ -85,7 +85,7 @@ async fn serve(security: Security) -> String {
     let (_, health) = tonic_health::server::health_reporter();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .layer(tls::RefuseStrangersLayer)
+            .layer(tls::RefuseStrangersLayer::default())
             .add_service(health)
             .add_service(GeneratorServer::new(Echo))
             .serve_with_incoming(incoming),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use fenceflake_proto::channel::BoxChannel;
 use fenceflake_proto::serving::Stopped;
-use fenceflake_proto::tls::{self, Security};
+use fenceflake_proto::tls::{self, Role, Security};
 use fenceflake_proto::v1::raft_transport_server::RaftTransportServer;
 use fenceflake_proto::v1::registry_server::RegistryServer;
 use openraft::error::{InitializeError, RaftError};
@@ -489,7 +489,7 @@ fn serve_ports<H: Health, R: ServerReflection>(
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
     };
     let client_server = tonic::transport::Server::builder()
-        .layer(tls::RefuseStrangersLayer)
+        .layer(tls::RefuseStrangersLayer::default())
         .add_service(health.clone())
         .add_service(reflection)
         .add_service(registry(Listener::Client { admin_only }))
@@ -497,7 +497,7 @@ fn serve_ports<H: Health, R: ServerReflection>(
     let mut tasks = vec![("client", tokio::spawn(client_server))];
     if let Some(listener) = admin {
         let admin_server = tonic::transport::Server::builder()
-            .layer(tls::RefuseStrangersLayer)
+            .layer(tls::RefuseStrangersLayer::default())
             .add_service(health)
             .add_service(registry(Listener::Admin))
             .serve_with_incoming_shutdown(tls::incoming(listener, security.clone(), "admin"), stopped.clone().wait());
@@ -531,7 +531,8 @@ fn serve_peer(
     stopped: &Stopped,
 ) -> ServeTask {
     let peer_server = tonic::transport::Server::builder()
-        .layer(tls::RefuseStrangersLayer)
+        // Nodes only, before the body: a peer message may be as large as a restore's entry.
+        .layer(tls::RefuseStrangersLayer::only(Role::Node))
         .http2_keepalive_interval(Some(std::time::Duration::from_millis(500)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(1)))
         .add_service(peer_server(node, gate))

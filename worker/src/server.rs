@@ -49,7 +49,7 @@ pub async fn run(
     }
     let incoming = tls::incoming(listeners.grpc, generator.security().clone(), "grpc");
     let result = tonic::transport::Server::builder()
-        .layer(tls::RefuseStrangersLayer)
+        .layer(tls::RefuseStrangersLayer::default())
         .add_service(health_service)
         .add_service(GeneratorServer::new(GeneratorService::new(generator.clone(), limiter)))
         .serve_with_incoming_shutdown(incoming, shutdown)
