@@ -181,9 +181,11 @@ fn throughput_table(
     ));
     out.push("| ours vs etcd | clients | ours ops/s | etcd ops/s | ratio (target ≥ 2) | ours p50 / p99 ms | etcd p50 / p99 ms | p99 ratio (target ≤ 0.5) | throughput met? | p99 met? |".into());
     out.push("|---|---:|---:|---:|---:|---:|---:|---:|---|---|".into());
-    for (op, etcd_op, label) in
-        [("renew", "keepalive", "renew vs lease keepalive"), ("acquire", "claim", "acquire vs txn claim")]
-    {
+    for (op, etcd_op, label) in [
+        ("renew", "keepalive", "renew vs lease keepalive"),
+        ("renew-stream", "keepalive", "renew stream vs lease keepalive"),
+        ("acquire", "claim", "acquire vs txn claim"),
+    ] {
         for &c in &clients {
             let (o_ops, o_p50, o_p99) = load(ours, op, c, profile);
             let (e_ops, e_p50, e_p99) = load(etcd, etcd_op, c, etcd_profile);

@@ -9,7 +9,11 @@
 //! latency (HDR), leases refused as lost (re-acquired and counted), deadline misses (an answer
 //! after the deadline the previous grant or renewal gave: its send time + TTL on this
 //! process's monotonic clock), and per node CPU, peak RSS, bytes written and data dir size.
+//!
+//! Renewals are unary `Renew` calls, or with `--stream` go over one `RenewStream` per
+//! connection, shared by the leases on it (many renewals in flight, told apart by tag).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -23,7 +27,8 @@ use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::registry_client::RegistryClient;
 use fenceflake_proto::wire::Reason;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::cluster::{self, holder_name, Cluster, ClusterOpts, NodeInfo};
@@ -77,6 +82,10 @@ pub struct FleetArgs {
     /// (followers forward to the leader).
     #[arg(long, env = "FENCEFLAKE_BENCH_FLEET_TO_LEADER")]
     pub to_leader: bool,
+    /// Renew over one RenewStream per connection (renewals multiplexed by tag) instead of a
+    /// unary Renew call each.
+    #[arg(long, env = "FENCEFLAKE_BENCH_FLEET_STREAM")]
+    pub stream: bool,
     /// Client deadline of one Acquire or Renew call.
     #[arg(long, env = "FENCEFLAKE_BENCH_FLEET_OP_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub op_timeout: Duration,
@@ -229,6 +238,111 @@ async fn rpc<T>(
     }
 }
 
+/// One connection of the fleet: Acquires (and unary renewals) on its client; with `--stream`
+/// its renewals go over its shared RenewStream.
+#[derive(Clone)]
+struct Conn {
+    client: RegistryClient<Channel>,
+    stream: Option<Arc<SharedStream>>,
+}
+
+impl Conn {
+    async fn renew(&mut self, req: pb::RenewRequest, timeout: Duration) -> Answer<pb::Lease> {
+        match &self.stream {
+            Some(stream) => stream.renew(req, timeout).await,
+            None => rpc(timeout, self.client.renew(req)).await,
+        }
+    }
+}
+
+/// The answers a stream still owes, by tag; `None` once the stream ended (a new one is opened).
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<pb::RenewStreamResponse>>>>>;
+
+/// A RenewStream shared by every lease of a connection, (re)opened on demand.
+struct SharedStream {
+    client: RegistryClient<Channel>,
+    next_tag: AtomicU64,
+    open: tokio::sync::Mutex<Option<(mpsc::Sender<pb::RenewStreamRequest>, Pending)>>,
+}
+
+impl SharedStream {
+    fn new(client: RegistryClient<Channel>) -> SharedStream {
+        SharedStream { client, next_tag: AtomicU64::new(1), open: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The open stream, or a new one if there is none or it ended.
+    async fn lane(&self, timeout: Duration) -> Result<(mpsc::Sender<pb::RenewStreamRequest>, Pending), String> {
+        let mut open = self.open.lock().await;
+        if let Some((tx, pending)) = open.as_ref() {
+            if pending.lock().unwrap_or_else(PoisonError::into_inner).is_some() {
+                return Ok((tx.clone(), pending.clone()));
+            }
+        }
+        // Bounded like the semaphore: when full, renewals wait to be sent.
+        let (tx, rx) = mpsc::channel(1024);
+        let mut client = self.client.clone();
+        let answers = match tokio::time::timeout(timeout, client.renew_stream(ReceiverStream::new(rx))).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(s)) => return Err(crate::load::status_msg(&s)),
+            Err(_) => return Err(format!("client timeout {timeout:?} opening the renew stream")),
+        };
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        tokio::spawn(route_answers(answers, pending.clone()));
+        *open = Some((tx.clone(), pending.clone()));
+        Ok((tx, pending))
+    }
+
+    async fn renew(&self, renewal: pb::RenewRequest, timeout: Duration) -> Answer<pb::Lease> {
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let (tx, pending) = match self.lane(timeout).await {
+            Ok(lane) => lane,
+            Err(e) => return Answer::Retry(e),
+        };
+        let (answer_tx, answer_rx) = oneshot::channel();
+        match pending.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            Some(waiting) => waiting.insert(tag, answer_tx),
+            None => return Answer::Retry("renew stream ended".into()),
+        };
+        if tx.send(pb::RenewStreamRequest { tag, renew: Some(renewal) }).await.is_err() {
+            return Answer::Retry("renew stream closed".into());
+        }
+        match tokio::time::timeout(timeout, answer_rx).await {
+            Ok(Ok(answer)) => stream_answer(answer),
+            Ok(Err(_)) => Answer::Retry("renew stream ended before the answer".into()),
+            Err(_) => {
+                if let Some(waiting) = pending.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+                    waiting.remove(&tag);
+                }
+                Answer::Retry(format!("client timeout {timeout:?}"))
+            }
+        }
+    }
+}
+
+/// Hand each answer of a stream to the renewal waiting for its tag; when the stream ends,
+/// every renewal still waiting is told (its sender dropped) and the stream marked ended.
+async fn route_answers(mut answers: tonic::Streaming<pb::RenewStreamResponse>, pending: Pending) {
+    while let Ok(Some(answer)) = answers.message().await {
+        let waiting =
+            pending.lock().unwrap_or_else(PoisonError::into_inner).as_mut().and_then(|w| w.remove(&answer.tag));
+        if let Some(waiting) = waiting {
+            let _ = waiting.send(answer);
+        }
+    }
+    pending.lock().unwrap_or_else(PoisonError::into_inner).take();
+}
+
+/// A stream answer as a unary call's: lost when its reason says the lease is gone for good.
+fn stream_answer(answer: pb::RenewStreamResponse) -> Answer<pb::Lease> {
+    let lost = matches!(&answer.result,
+        Some(pb::renew_stream_response::Result::Error(e)) if e.reason.parse::<Reason>().is_ok_and(Reason::lease_is_lost));
+    match crate::load::answer_result(answer) {
+        Ok(lease) => Answer::Ok(lease),
+        Err(e) if lost => Answer::Lost(e),
+        Err(e) => Answer::Retry(e),
+    }
+}
+
 /// Acquire lease `i` under `holder`, retrying until granted or `give_up`.
 async fn acquire(
     s: &Shared,
@@ -267,12 +381,7 @@ async fn acquire(
 }
 
 /// Renew `held` until one renewal succeeds (true) or the lease is lost (false).
-async fn renew_once(
-    s: &Shared,
-    client: &mut RegistryClient<Channel>,
-    held: &mut Held,
-    due: Instant,
-) -> anyhow::Result<bool> {
+async fn renew_once(s: &Shared, conn: &mut Conn, held: &mut Held, due: Instant) -> anyhow::Result<bool> {
     loop {
         let req = pb::RenewRequest {
             worker_id: held.worker_id,
@@ -283,7 +392,7 @@ async fn renew_once(
         let (sent, answer) = {
             let _permit = s.permits.acquire().await.context("the semaphore closed")?;
             let sent = Instant::now();
-            (sent, rpc(s.op_timeout, client.renew(req)).await)
+            (sent, conn.renew(req, s.op_timeout).await)
         };
         let answered = Instant::now();
         let measured = s.measured(sent);
@@ -327,14 +436,14 @@ async fn renew_once(
 /// own schedule until `stop`; a lease refused as lost is acquired again.
 async fn lease_task(
     s: Arc<Shared>,
-    mut client: RegistryClient<Channel>,
+    mut conn: Conn,
     i: u32,
     acquired: mpsc::UnboundedSender<anyhow::Result<()>>,
     give_up: Instant,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let holder = holder_name("fleet");
-    let first = acquire(&s, &mut client, i, &holder, give_up).await;
+    let first = acquire(&s, &mut conn.client, i, &holder, give_up).await;
     let mut held = match first {
         Ok(h) => {
             let _ = acquired.send(Ok(()));
@@ -352,13 +461,13 @@ async fn lease_task(
             _ = stop.changed() => return Ok(()),
         }
         let kept = tokio::select! {
-            r = renew_once(&s, &mut client, &mut held, due) => r?,
+            r = renew_once(&s, &mut conn, &mut held, due) => r?,
             _ = stop.changed() => return Ok(()),
         };
         if !kept {
             let again = tokio::select! {
                 // Until granted or stopped: a lost lease is taken again, however long that takes.
-                r = acquire(&s, &mut client, i, &holder, Instant::now() + Duration::from_secs(86_400)) => r?,
+                r = acquire(&s, &mut conn.client, i, &holder, Instant::now() + Duration::from_secs(86_400)) => r?,
                 _ = stop.changed() => return Ok(()),
             };
             if s.measured(again.last_sent) {
@@ -385,18 +494,16 @@ fn sample(n: &NodeInfo) -> NodeSample {
     }
 }
 
-/// The connections the leases use: `channels_per_node` per node (or per the leader only).
-fn clients(
-    a: &FleetArgs,
-    cluster: &Cluster,
-    nodes: &[NodeInfo],
-    leader: u64,
-) -> anyhow::Result<Vec<RegistryClient<Channel>>> {
+/// The connections the leases use: `channels_per_node` per node (or per the leader only),
+/// each with its RenewStream under `--stream`.
+fn clients(a: &FleetArgs, cluster: &Cluster, nodes: &[NodeInfo], leader: u64) -> anyhow::Result<Vec<Conn>> {
     let security = cluster.side().security(Role::Worker, CLIENT_NAME)?;
     let mut out = Vec::new();
     for _ in 0..a.channels_per_node {
         for n in nodes.iter().filter(|n| !a.to_leader || n.id == leader) {
-            out.push(RegistryClient::new(tls::channel(&n.client_addr, &security, &[Role::Node])?));
+            let client = RegistryClient::new(tls::channel(&n.client_addr, &security, &[Role::Node])?);
+            let stream = a.stream.then(|| Arc::new(SharedStream::new(client.clone())));
+            out.push(Conn { client, stream });
         }
     }
     if out.is_empty() {
@@ -442,8 +549,8 @@ pub async fn run(a: FleetArgs, tls: &TlsOpts) -> anyhow::Result<()> {
     let give_up = t_acquire + a.acquire_timeout;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..a.leases {
-        let client = conns[i as usize % conns.len()].clone();
-        tasks.spawn(lease_task(shared.clone(), client, i, acq_tx.clone(), give_up, stop_rx.clone()));
+        let conn = conns[i as usize % conns.len()].clone();
+        tasks.spawn(lease_task(shared.clone(), conn, i, acq_tx.clone(), give_up, stop_rx.clone()));
     }
     drop(acq_tx);
     await_acquired(&mut acq_rx, a.leases).await?;
@@ -483,19 +590,7 @@ pub async fn run(a: FleetArgs, tls: &TlsOpts) -> anyhow::Result<()> {
     let phases = Phases { initial, before, after, leader_start, leader_end, killed_leader, acquire_s, duration_s };
     let row = report(&a, tls.is_tls(), &shared.tally, &nodes, &phases);
     drop(cluster);
-    eprintln!(
-        "fenceflake fleet [{}] {} leases ttl {:?}: {} renewals, p50 {} p99 {} max {} ms, {} lost, {} deadline misses, {} B written/renewal",
-        crate::tls_label(tls.is_tls()),
-        a.leases,
-        a.ttl,
-        row["renewals"],
-        row["renew_p50_ms"],
-        row["renew_p99_ms"],
-        row["renew_max_ms"],
-        row["leases_lost"],
-        row["deadline_misses"],
-        row["bytes_written_per_renewal"]
-    );
+    print_row(&a, tls.is_tls(), &row);
     out.emit(&row)
 }
 
@@ -509,6 +604,33 @@ struct Phases {
     killed_leader: Option<u64>,
     acquire_s: f64,
     duration_s: f64,
+}
+
+/// The readable line of a run, on stderr.
+fn print_row(a: &FleetArgs, tls: bool, row: &Value) {
+    eprintln!(
+        "fenceflake fleet [{}, {} renew] {} leases ttl {:?}: {} renewals, p50 {} p99 {} max {} ms, {} lost, {} deadline misses, {} B written/renewal",
+        crate::tls_label(tls),
+        renew_rpc(a),
+        a.leases,
+        a.ttl,
+        row["renewals"],
+        row["renew_p50_ms"],
+        row["renew_p99_ms"],
+        row["renew_max_ms"],
+        row["leases_lost"],
+        row["deadline_misses"],
+        row["bytes_written_per_renewal"]
+    );
+}
+
+/// How the run renewed, in its JSON line.
+fn renew_rpc(a: &FleetArgs) -> &'static str {
+    if a.stream {
+        "stream"
+    } else {
+        "unary"
+    }
 }
 
 /// The JSON line of a run.
@@ -543,6 +665,7 @@ fn report(a: &FleetArgs, tls: bool, t: &Tally, nodes: &[NodeInfo], p: &Phases) -
         "layout": format!("41/{WORKER_ID_BITS}/{SEQUENCE_BITS}"),
         "worker_ids": format!("{:?}", a.worker_ids).to_lowercase(),
         "in_flight": a.in_flight,
+        "renew_rpc": renew_rpc(a),
         "channels": if a.to_leader { a.channels_per_node } else { a.channels_per_node * nodes.len() },
         "to_leader": a.to_leader,
         "duration_s": round(p.duration_s, 2),
@@ -603,6 +726,37 @@ mod tests {
         assert!(validate(&args(&["--duration", "0s"])).is_err());
         assert!(validate(&args(&["--in-flight", "0"])).is_err());
         assert!(validate(&args(&["--ttl", "10ms"])).is_err());
+    }
+
+    /// Goal: renewals are unary unless `--stream`, and the JSON line says which.
+    #[test]
+    fn stream_flag_names_the_renew_rpc() {
+        assert_eq!(renew_rpc(&args(&[])), "unary");
+        assert_eq!(renew_rpc(&args(&["--stream"])), "stream");
+    }
+
+    /// Goal: a stream answer is read as the unary call's: a lease, a lost lease when its reason
+    /// says so, and anything else retried.
+    #[test]
+    fn stream_answers_are_classified_by_reason() {
+        let error = |code: tonic::Code, reason: &str| pb::RenewStreamResponse {
+            tag: 1,
+            result: Some(pb::renew_stream_response::Result::Error(pb::RenewError {
+                code: code as i32,
+                message: format!("{reason}: ..."),
+                reason: reason.to_string(),
+            })),
+        };
+        let lease = pb::RenewStreamResponse {
+            tag: 2,
+            result: Some(pb::renew_stream_response::Result::Lease(pb::Lease { token: 9, ..Default::default() })),
+        };
+        assert!(matches!(stream_answer(lease), Answer::Ok(l) if l.token == 9));
+        assert!(
+            matches!(stream_answer(error(tonic::Code::FailedPrecondition, "FENCED")), Answer::Lost(m) if m.contains("FailedPrecondition"))
+        );
+        assert!(matches!(stream_answer(error(tonic::Code::Unavailable, "NO_LEADER")), Answer::Retry(_)));
+        assert!(matches!(stream_answer(error(tonic::Code::Unavailable, "")), Answer::Retry(_)));
     }
 
     /// Goal: the nodes get the 41/16/6 layout flags, and `--max-ttl` only when the TTL is above

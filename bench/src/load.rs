@@ -5,6 +5,9 @@
 //! * `acquire`: Acquire any worker ID with a fresh holder (recorded), then Release it (recorded
 //!   apart), so the 1024-ID space never runs out. Throughput counts acquires only.
 //! * `renew`: each client holds one lease and renews it in a loop.
+//! * `renew-stream`: the same over one `RenewStream` per client, opened before the run; one op
+//!   = one renewal and its answer on that stream (the shape of etcd's keepalive op). A stream
+//!   that failed or timed out is reopened by the next op.
 //!
 //! Only requests that *start* inside the measured window are recorded; ops/s = recorded / window.
 
@@ -14,6 +17,8 @@ use clap::ValueEnum;
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::registry_client::RegistryClient;
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::cluster::{self, holder_name, View};
@@ -26,6 +31,8 @@ pub const ERROR_BACKOFF: Duration = Duration::from_millis(5);
 pub enum Op {
     Acquire,
     Renew,
+    /// Renew over one RenewStream per client (not part of `both`).
+    RenewStream,
     Both,
 }
 
@@ -41,6 +48,7 @@ impl Op {
         match self {
             Op::Acquire => "acquire",
             Op::Renew => "renew",
+            Op::RenewStream => "renew-stream",
             Op::Both => "both",
         }
     }
@@ -104,9 +112,78 @@ impl Target {
     }
 }
 
+/// The lease a renew client holds.
+struct Held {
+    client: RegistryClient<Channel>,
+    worker_id: u32,
+    token: u64,
+}
+
+impl Held {
+    fn renewal(&self) -> pb::RenewRequest {
+        pb::RenewRequest {
+            worker_id: self.worker_id,
+            token: self.token,
+            wall_ms_at_send: wall_ms(),
+            max_minted_ts_ms: 0,
+        }
+    }
+}
+
 enum Worker {
-    Acquire { client: RegistryClient<Channel>, tag: String },
-    Renew { client: RegistryClient<Channel>, worker_id: u32, token: u64 },
+    Acquire {
+        client: RegistryClient<Channel>,
+        tag: String,
+    },
+    Renew(Held),
+    /// The stream boxed: its buffers would make every worker of a run that large.
+    RenewStream {
+        held: Held,
+        stream: Option<Box<RenewLane>>,
+    },
+}
+
+/// An open RenewStream with one renewal at a time on it.
+pub struct RenewLane {
+    tx: mpsc::Sender<pb::RenewStreamRequest>,
+    rx: tonic::Streaming<pb::RenewStreamResponse>,
+    tag: u64,
+}
+
+impl RenewLane {
+    pub async fn open(client: &mut RegistryClient<Channel>) -> Result<RenewLane, String> {
+        let (tx, rx) = mpsc::channel(4);
+        let rx = client.renew_stream(ReceiverStream::new(rx)).await.map_err(|s| status_msg(&s))?.into_inner();
+        Ok(RenewLane { tx, rx, tag: 0 })
+    }
+
+    /// One renewal round trip.
+    async fn renew(&mut self, renewal: pb::RenewRequest) -> Result<(), String> {
+        self.tag += 1;
+        let request = pb::RenewStreamRequest { tag: self.tag, renew: Some(renewal) };
+        self.tx.send(request).await.map_err(|_| "renew stream closed".to_string())?;
+        match self.rx.message().await {
+            Ok(Some(answer)) if answer.tag != self.tag => {
+                Err(format!("answer to tag {} while waiting for {}", answer.tag, self.tag))
+            }
+            Ok(Some(answer)) => answer_result(answer).map(drop),
+            Ok(None) => Err("renew stream closed by the server".into()),
+            Err(s) => Err(status_msg(&s)),
+        }
+    }
+}
+
+/// The lease of a RenewStream answer, or its error as [`status_msg`] words it.
+pub fn answer_result(answer: pb::RenewStreamResponse) -> Result<pb::Lease, String> {
+    match answer.result {
+        Some(pb::renew_stream_response::Result::Lease(lease)) => Ok(lease),
+        Some(pb::renew_stream_response::Result::Error(e)) => {
+            let mut msg = format!("{:?}: {}", tonic::Code::from_i32(e.code), e.message);
+            msg.truncate(200);
+            Err(msg)
+        }
+        None => Err(format!("answer to tag {} without a result", answer.tag)),
+    }
 }
 
 struct Rec {
@@ -136,6 +213,31 @@ pub async fn call<T>(
 
 pub fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Rec {
+    /// Record a renewal sent at `t0` if `measured`; whether it succeeded.
+    fn renewal(&mut self, r: Result<(), String>, measured: bool, t0: Instant) -> bool {
+        let ok = r.is_ok();
+        match (r, measured) {
+            (Ok(()), true) => self.main.record(t0.elapsed()),
+            (Err(e), true) => self.main.error(e),
+            _ => {}
+        }
+        ok
+    }
+}
+
+/// One renewal on the client's stream, reopening it first if the last op left none.
+async fn renew_on_stream(held: &mut Held, stream: &mut Option<Box<RenewLane>>) -> Result<(), String> {
+    // Taken out first: a failed or timed-out op leaves no stream, the next reopens it.
+    let mut lane = match stream.take() {
+        Some(lane) => lane,
+        None => Box::new(RenewLane::open(&mut held.client).await?),
+    };
+    lane.renew(held.renewal()).await?;
+    *stream = Some(lane);
+    Ok(())
 }
 
 async fn drive(mut w: Worker, via_leader: bool, cfg: LoadCfg, t_measure: Instant, t_end: Instant) -> (Rec, Worker) {
@@ -178,22 +280,16 @@ async fn drive(mut w: Worker, via_leader: bool, cfg: LoadCfg, t_measure: Instant
                     }
                 }
             }
-            Worker::Renew { client, worker_id, token } => {
-                let req = pb::RenewRequest {
-                    worker_id: *worker_id,
-                    token: *token,
-                    wall_ms_at_send: wall_ms(),
-                    max_minted_ts_ms: 0,
+            Worker::Renew(held) => {
+                let r = call(cfg.op_timeout, held.client.renew(held.renewal())).await.map(drop);
+                rec.renewal(r, measured, t0)
+            }
+            Worker::RenewStream { held, stream } => {
+                let r = match tokio::time::timeout(cfg.op_timeout, renew_on_stream(held, stream)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("client timeout {:?}", cfg.op_timeout)),
                 };
-                let r = call(cfg.op_timeout, client.renew(req)).await;
-                let t1 = Instant::now();
-                let ok = r.is_ok();
-                match (r, measured) {
-                    (Ok(_), true) => rec.main.record(t1 - t0),
-                    (Err(e), true) => rec.main.error(e),
-                    _ => {}
-                }
-                ok
+                rec.renewal(r, measured, t0)
             }
         };
         if !ok {
@@ -262,7 +358,17 @@ async fn workers(op: Op, target: &Target, cfg: LoadCfg, tag: &str) -> anyhow::Re
                 let lease = call(cfg.op_timeout, client.acquire(req))
                     .await
                     .map_err(|e| anyhow::anyhow!("acquiring the lease of renew client {i}: {e}"))?;
-                Worker::Renew { client, worker_id: lease.worker_id, token: lease.token }
+                let held = Held { client, worker_id: lease.worker_id, token: lease.token };
+                if op == Op::RenewStream {
+                    let mut held = held;
+                    let stream = tokio::time::timeout(cfg.op_timeout, RenewLane::open(&mut held.client))
+                        .await
+                        .map_err(|_| anyhow::anyhow!("client timeout opening the renew stream of client {i}"))?
+                        .map_err(|e| anyhow::anyhow!("opening the renew stream of client {i}: {e}"))?;
+                    Worker::RenewStream { held, stream: Some(Box::new(stream)) }
+                } else {
+                    Worker::Renew(held)
+                }
             }
         });
     }
@@ -316,8 +422,9 @@ pub async fn run(op: Op, target: &Target, cfg: LoadCfg) -> anyhow::Result<Value>
     let after = cluster::view(&target.channels).await;
     // Give the renew leases back (best effort): a reused cluster then starts empty again.
     for w in back {
-        if let Worker::Renew { mut client, worker_id, token } = w {
-            let _ = call(cfg.op_timeout, client.release(pb::ReleaseRequest { worker_id, token, last_ts_ms: 0 })).await;
+        if let Worker::Renew(mut held) | Worker::RenewStream { mut held, .. } = w {
+            let release = pb::ReleaseRequest { worker_id: held.worker_id, token: held.token, last_ts_ms: 0 };
+            let _ = call(cfg.op_timeout, held.client.release(release)).await;
         }
     }
 

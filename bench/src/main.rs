@@ -54,7 +54,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Closed-loop acquire and/or renew load; a fresh 5-node cluster per (op, clients).
+    /// Closed-loop acquire and/or renew load (`--op renew-stream`: renewals over one RenewStream
+    /// per client); a fresh 5-node cluster per (op, clients).
     Registry(RegistryArgs),
     /// SIGKILL the leader while probing acquires through the other nodes; report the gap.
     Failover(FailoverArgs),
@@ -104,6 +105,7 @@ enum Cmd {
 struct RegistryArgs {
     #[command(flatten)]
     window: WindowOpts,
+    /// `both` is acquire and renew; `renew-stream` runs only when asked for.
     #[arg(long, value_enum, default_value = "both")]
     op: Op,
     /// TTL of every lease asked for.
@@ -387,6 +389,13 @@ mod tests {
                 assert_eq!(a.window.clients, vec![16, 64]);
                 assert_eq!(a.op, Op::Renew);
                 assert_eq!(a.cluster.node_args, vec!["--snapshot-logs=20000".to_string()]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["fenceflake-bench", "registry", "--op", "renew-stream"]).expect("parses");
+        match cli.cmd {
+            Cmd::Registry(a) => {
+                assert_eq!((a.op, a.op.expand(), a.op.name()), (Op::RenewStream, vec![Op::RenewStream], "renew-stream"))
             }
             other => panic!("parsed as {other:?}"),
         }

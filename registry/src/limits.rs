@@ -67,6 +67,15 @@ pub const AUDIT_ENTRIES_MAX: usize = 4096;
 /// instead of an unbounded queue.
 pub const PROPOSAL_QUEUE_MAX: usize = 16 * 1024;
 
+/// Renewals of one `RenewStream` in flight at once; beyond this the server stops reading the
+/// stream (HTTP/2 flow control then holds the caller back) instead of buffering without bound.
+/// A stream is one caller's renewals multiplexed: a process holding the whole 16-bit worker-ID
+/// space renews about 20 000 leases a second (TTL 10 s, every TTL/3), a few dozen in flight at
+/// a few ms each, well under this. The bound also keeps one caller from taking more than a
+/// 64th of the proposal queue; answers waiting for a caller that does not read are bounded by
+/// as many again (the stream's answer channel).
+pub const RENEW_STREAM_IN_FLIGHT_MAX: usize = 256;
+
 /// Encoded Raft payloads accepted on the peer port (snapshots are chunked well below this).
 /// Sized by the largest restore (see [`BACKUP_BYTES_MAX`]); peers are authenticated members,
 /// and only a restore's entry comes near it.
@@ -96,5 +105,6 @@ const _: () = assert!(
         < 1u64 << TOKEN_GENERATION_SHIFT
 );
 const _: () = assert!(CLIENT_MESSAGE_BYTES_MAX < ENTRY_BYTES_MAX);
+const _: () = assert!(RENEW_STREAM_IN_FLIGHT_MAX * 64 <= PROPOSAL_QUEUE_MAX);
 const _: () = assert!(ENTRY_BYTES_MAX + 1024 * 1024 <= PEER_BODY_BYTES_MAX);
 const _: () = assert!(APPEND_BODY_BYTES_BUDGET <= PEER_BODY_BYTES_MAX);

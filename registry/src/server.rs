@@ -294,8 +294,9 @@ impl Serving {
         let mut tasks = match (self.client_sockets.take(), &self.served) {
             (Some((client, admin)), _) => serve_ports(node, client, admin, services, stopped),
             (None, served) => {
-                let registry =
-                    RegistryServer::new(RegistryService::new(node.clone(), Listener::Client { admin_only: false }));
+                let service =
+                    RegistryService::new(node.clone(), Listener::Client { admin_only: false }, stopped.clone());
+                let registry = RegistryServer::new(service);
                 served.iter().for_each(|s| ServedServices::publish(&s.client, Some(as_channel(registry.clone()))));
                 Vec::new()
             }
@@ -484,7 +485,7 @@ fn serve_ports<H: Health, R: ServerReflection>(
     let Services { health, reflection, security, admin_only } = services;
     // Room for a backup on import and export; every other message is far smaller.
     let registry = |listener| {
-        RegistryServer::new(RegistryService::new(node.clone(), listener))
+        RegistryServer::new(RegistryService::new(node.clone(), listener, stopped.clone()))
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
     };

@@ -1,11 +1,12 @@
 //! The public `fenceflake.v1.Registry` gRPC service on the client port: validates every field,
 //! hands the proposal to the node (which forwards to the leader), and maps the answer.
 
+use fenceflake_proto::serving::Stopped;
 use fenceflake_proto::tls::{self, Caller, Role};
 use fenceflake_proto::v1 as pb;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
-use super::validate;
+use super::{renew_stream, validate};
 use crate::backup::{self, Provenance};
 use crate::error::RegistryError;
 use crate::lease::{
@@ -30,11 +31,13 @@ pub enum Listener {
 pub struct RegistryService {
     node: RegistryNode,
     listener: Listener,
+    /// The node's stop signal: a `RenewStream` ends with it (the server waits for open streams).
+    stopped: Stopped,
 }
 
 impl RegistryService {
-    pub fn new(node: RegistryNode, listener: Listener) -> RegistryService {
-        RegistryService { node, listener }
+    pub fn new(node: RegistryNode, listener: Listener, stopped: Stopped) -> RegistryService {
+        RegistryService { node, listener, stopped }
     }
 
     /// The caller of `request` if it may call `rpc` here (the table is [`Rpc::roles`]).
@@ -89,11 +92,35 @@ impl RegistryService {
         }
     }
 
-    async fn lease(&self, proposal: Proposal) -> Result<Response<pb::Lease>, Status> {
+    async fn lease(&self, proposal: Proposal) -> Result<pb::Lease, Status> {
         match self.run(proposal).await? {
-            Reply::Lease(reply) => Ok(Response::new(lease_pb(&reply))),
+            Reply::Lease(reply) => Ok(lease_pb(&reply)),
             other => Err(wrong_reply(&other)),
         }
+    }
+
+    /// One renewal for `caller` (authorized already): validated, executed and logged alike
+    /// whether it came as a unary `Renew` or on a `RenewStream`.
+    async fn renew_lease(&self, caller: Option<String>, r: pb::RenewRequest) -> Result<pb::Lease, Status> {
+        let config = self.config();
+        let worker_id = validate::worker_id(r.worker_id, config.as_ref()).map_err(invalid)?;
+        let token = validate::token(r.token).map_err(invalid)?;
+        let proposal = Proposal::Renew(Renew {
+            worker_id,
+            token,
+            wall_ms_at_send: r.wall_ms_at_send,
+            max_minted_ts_ms: r.max_minted_ts_ms,
+            caller,
+            // The leader sets the window (`Leader::renew`): a caller never chooses it.
+            window_ms: 0,
+        });
+        let result = self.lease(proposal).await;
+        if let Err(status) = &result {
+            if status.code() == tonic::Code::FailedPrecondition {
+                tracing::warn!(worker_id = worker_id.0, token = token.0, reason = status.message(), "renewal refused");
+            }
+        }
+        result
     }
 
     async fn lease_info(&self, proposal: Proposal) -> Result<LeaseView, Status> {
@@ -245,31 +272,29 @@ impl pb::registry_server::Registry for RegistryService {
         let worker_id = r.worker_id.map(|w| validate::worker_id(w, config.as_ref())).transpose().map_err(invalid)?;
         let ttl_ms = validate::ttl_ms(r.ttl_ms, config.as_ref()).map_err(invalid)?;
         let incarnation = Incarnation::stated(r.incarnation);
-        self.lease(Proposal::Acquire { holder, worker_id, ttl_ms, owner, incarnation }).await
+        self.lease(Proposal::Acquire { holder, worker_id, ttl_ms, owner, incarnation }).await.map(Response::new)
     }
 
     async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::Lease>, Status> {
         let caller = self.authorize(&request, Rpc::Renew)?.identity().map(|i| i.uri());
-        let r = request.into_inner();
-        let config = self.config();
-        let worker_id = validate::worker_id(r.worker_id, config.as_ref()).map_err(invalid)?;
-        let token = validate::token(r.token).map_err(invalid)?;
-        let proposal = Proposal::Renew(Renew {
-            worker_id,
-            token,
-            wall_ms_at_send: r.wall_ms_at_send,
-            max_minted_ts_ms: r.max_minted_ts_ms,
-            caller,
-            // The leader sets the window (`Leader::renew`): a caller never chooses it.
-            window_ms: 0,
-        });
-        let result = self.lease(proposal).await;
-        if let Err(status) = &result {
-            if status.code() == tonic::Code::FailedPrecondition {
-                tracing::warn!(worker_id = worker_id.0, token = token.0, reason = status.message(), "renewal refused");
-            }
-        }
-        result
+        self.renew_lease(caller, request.into_inner()).await.map(Response::new)
+    }
+
+    type RenewStreamStream = renew_stream::Answers;
+
+    async fn renew_stream(
+        &self,
+        request: Request<Streaming<pb::RenewStreamRequest>>,
+    ) -> Result<Response<Self::RenewStreamStream>, Status> {
+        // Once for the stream: its every message comes from the certificate of this connection.
+        let caller = self.authorize(&request, Rpc::Renew)?.identity().map(|i| i.uri());
+        tracing::debug!(caller = caller.as_deref().unwrap_or("-"), "RenewStream opened");
+        let service = self.clone();
+        let renew = move |r: pb::RenewRequest| {
+            let (service, caller) = (service.clone(), caller.clone());
+            async move { service.renew_lease(caller, r).await }
+        };
+        Ok(Response::new(renew_stream::serve(request.into_inner(), renew, self.stopped.clone().wait())))
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
