@@ -56,8 +56,14 @@ pub const TOKEN_OFFSET_BITS: u32 = 55;
 /// compact form in the entry is about two thirds of that): `backup::tests` checks it fits.
 pub const BACKUP_BYTES_MAX: usize = PEER_MESSAGE_BYTES_MAX / 2;
 
-/// Largest message on the client port: a backup plus its envelope.
+/// Largest message on the client port: a backup plus its envelope. Only `ImportSnapshot`
+/// may send one that large, and only `ExportSnapshot` answers with one.
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = BACKUP_BYTES_MAX + 64 * 1024;
+
+/// Largest request any other client RPC may send (each stream message of `RenewStream` too):
+/// far above any valid one (the longest field is a 512-byte reason), so that an authenticated
+/// caller cannot make a node buffer a backup's worth of memory per call.
+pub const CLIENT_REQUEST_BYTES_MAX: usize = 1024 * 1024;
 
 /// Audit entries kept (oldest dropped first); each is a proven overlap and pages a human,
 /// so this is far more than any sane cluster will see.

@@ -26,7 +26,7 @@ use crate::expiry::ExpiryTracker;
 use crate::leader::{member_roles, Leader, LeaderParts, LeaderSettings};
 use crate::leader_lease::LeaderLease;
 use crate::lease::ClusterConfig;
-use crate::limits::{CLIENT_MESSAGE_BYTES_MAX, PEER_MESSAGE_BYTES_MAX};
+use crate::limits::PEER_MESSAGE_BYTES_MAX;
 use crate::lost_disk::{self, Start, StartGate};
 use crate::metrics::RegistryMetrics;
 use crate::node::RegistryNode;
@@ -37,6 +37,7 @@ use crate::rules_raise;
 use crate::served;
 use crate::service::peer::PeerService;
 use crate::service::registry::{Listener, RegistryService};
+use crate::service::sized::SizedRegistry;
 use crate::storage::{self, DataDirIdentity, MemDisk, OpenError};
 use crate::transfer::ElectionSwitch;
 
@@ -483,12 +484,8 @@ fn serve_ports<H: Health, R: ServerReflection>(
     stopped: &Stopped,
 ) -> Vec<ServeTask> {
     let Services { health, reflection, security, admin_only } = services;
-    // Room for a backup on import and export; every other message is far smaller.
-    let registry = |listener| {
-        RegistryServer::new(RegistryService::new(node.clone(), listener, stopped.clone()))
-            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
-    };
+    // Room for a backup on import (that RPC only) and export: `SizedRegistry`.
+    let registry = |listener| SizedRegistry::new(RegistryService::new(node.clone(), listener, stopped.clone()));
     let client_server = tonic::transport::Server::builder()
         .layer(tls::RefuseStrangersLayer::default())
         .add_service(health.clone())

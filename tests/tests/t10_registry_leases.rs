@@ -185,6 +185,10 @@ async fn every_bad_input_is_invalid_argument_naming_the_field() {
     let bad_member = pb::AddMemberRequest { node_id: 9, peer_addr: "nope".into(), client_addr: String::new() };
     let err = op.add_learner(bad_member).await.expect_err("add");
     assert!(err.message().contains("peer_addr"));
+    // A request far above any valid one is refused before it is buffered (only an import may
+    // be that large: issue 11 raised its limit to a full table's backup).
+    let err = c.acquire(acquire(&"h".repeat(2 << 20), None, 1000)).await.expect_err("a 2 MiB acquire");
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
     // The cluster still serves after all that.
     c.acquire(acquire("h", None, 1000)).await.expect("still serving");
 }
