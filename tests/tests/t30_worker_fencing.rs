@@ -32,7 +32,9 @@ async fn duplicate_explicit_worker_id_is_refused() {
 /// gets out of the way), while the new holder serves. No ID repeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paused_worker_is_fenced_and_the_new_holder_serves() {
-    let cluster = Cluster::start(5, &[]).await;
+    // A 2 s renew window: the next holder of an ID whose holder vanished waits up to a window
+    // past the old mark (30 s by default), and this test waits for it within 15 s.
+    let cluster = Cluster::start(5, &["--renew-window", "2s"]).await;
     let registry = cluster.client_addrs();
     let mut lease_args = SHORT_LEASE.to_vec();
     lease_args.extend(["--worker-id", "9"]);

@@ -14,10 +14,12 @@ use fenceflake_tests::worker::{WorkerProcess, SHORT_LEASE};
 /// token (the dead process's could never be renewed again), waits past its ceiling and the
 /// previous token's mint window, and mints only IDs above every ID minted before the crash —
 /// with `auto` (which may take a free worker ID rather than wait) and with an explicit ID
-/// (which takes its own lease over). The wait is bounded by the TTL.
+/// (which takes its own lease over). The wait is bounded by the TTL and the renew window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_and_immediate_restart_repeat_no_id() {
-    let cluster = Cluster::start(5, &[]).await;
+    // A 2 s renew window: the next holder of an ID whose holder vanished waits up to a window
+    // past the old mark (30 s by default), and this test waits for it within 15 s.
+    let cluster = Cluster::start(5, &["--renew-window", "2s"]).await;
     for (name, id_args) in [("auto", &[][..]), ("explicit", &["--worker-id", "7"][..])] {
         let args: Vec<&str> = SHORT_LEASE.iter().copied().chain(id_args.iter().copied()).collect();
         let mut worker = WorkerProcess::spawn(&cluster, name, &cluster.client_addrs(), &args);

@@ -33,7 +33,9 @@ struct Seen {
 /// the holder that has the ID. Neither is superseded more than once (no ping-pong).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn copies_of_one_state_dir_converge_and_repeat_no_id() {
-    let cluster = Cluster::start(5, &[]).await;
+    // A 2 s renew window: the next holder of an ID whose holder vanished waits up to a window
+    // past the old mark (30 s by default), and this test waits for it within 15 s.
+    let cluster = Cluster::start(5, &["--renew-window", "2s"]).await;
     let registry = cluster.client_addrs();
     for (label, id_args) in [("auto", &[][..]), ("explicit", &["--worker-id", "3"][..])] {
         let args: Vec<&str> = SHORT_LEASE.iter().copied().chain(id_args.iter().copied()).collect();

@@ -65,8 +65,10 @@ fn refusal(info: Option<&ConnInfo>, path: &str, only: Option<Role>) -> Option<to
         }
         (Some(Peer::Verified(identity)), Some(role)) if identity.role != role => {
             Some(tonic::Status::permission_denied(format!(
-                "{} may not call this port: only {role:?} certificates may",
-                identity.uri()
+                "{} may not call this port: it answers {} certificates only (a registry's peer port? ctl, \
+                 workers and readers call its client port)",
+                identity.uri(),
+                format!("{role:?}").to_lowercase()
             )))
         }
         _ => None,
