@@ -8,6 +8,7 @@ pub mod clock_watch;
 pub mod config;
 pub mod error;
 pub mod expiry;
+pub mod forward;
 pub mod grant_plan;
 pub mod leader;
 pub mod leader_lease;

@@ -82,6 +82,15 @@ pub const PROPOSAL_QUEUE_MAX: usize = 16 * 1024;
 /// as many again (the stream's answer channel).
 pub const RENEW_STREAM_IN_FLIGHT_MAX: usize = 256;
 
+/// Renewals one `ForwardRenewals` peer call carries at most (a leader refuses more): what two
+/// calls in flight drain from the queue of a follower that a whole 16-bit fleet renews
+/// through (about 4 000 a second each) with room to spare, at ~200 bytes each a small call.
+pub const FORWARDED_RENEWALS_PER_CALL_MAX: usize = 512;
+
+/// Renewals waiting on a follower for a forwarding call; a renewal that cannot enter the queue
+/// before its deadline is answered `UNAVAILABLE` (overloaded; definite: never sent).
+pub const FORWARD_QUEUE_MAX: usize = 16 * 1024;
+
 /// Encoded Raft payloads accepted on the peer port (snapshots are chunked well below this).
 /// Sized by the largest restore (see [`BACKUP_BYTES_MAX`]); peers are authenticated members,
 /// and only a restore's entry comes near it.
@@ -113,4 +122,6 @@ const _: () = assert!(
 const _: () = assert!(CLIENT_MESSAGE_BYTES_MAX < ENTRY_BYTES_MAX);
 const _: () = assert!(RENEW_STREAM_IN_FLIGHT_MAX * 64 <= PROPOSAL_QUEUE_MAX);
 const _: () = assert!(ENTRY_BYTES_MAX + 1024 * 1024 <= PEER_BODY_BYTES_MAX);
+// A full batch of the largest valid renewals (each far below 1 KiB) fits a peer message.
+const _: () = assert!(FORWARDED_RENEWALS_PER_CALL_MAX * 1024 <= APPEND_BODY_BYTES_BUDGET);
 const _: () = assert!(APPEND_BODY_BYTES_BUDGET <= PEER_BODY_BYTES_MAX);

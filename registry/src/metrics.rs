@@ -16,6 +16,8 @@ pub mod names {
     pub const RENEWALS: &str = "fenceflake_registry_renewals_total";
     pub const MEMORY_RENEWALS: &str = "fenceflake_registry_memory_renewals_total";
     pub const WINDOW_EXTENSIONS: &str = "fenceflake_registry_window_extensions_total";
+    pub const FORWARDED_RENEWALS: &str = "fenceflake_registry_forwarded_renewals_total";
+    pub const FORWARDED_RENEWAL_CALLS: &str = "fenceflake_registry_forwarded_renewal_calls_total";
     pub const RELEASES: &str = "fenceflake_registry_releases_total";
     pub const FENCED_RENEWALS: &str = "fenceflake_registry_fenced_renewals_total";
     pub const CANARY_HITS: &str = "fenceflake_registry_canary_hits_total";
@@ -54,6 +56,9 @@ pub struct RegistryMetrics {
     /// Counted by the leader that answered them.
     pub memory_renewals: AtomicU64,
     pub window_extensions: AtomicU64,
+    /// Counted by the follower that forwarded them.
+    pub forwarded_renewals: AtomicU64,
+    pub forwarded_renewal_calls: AtomicU64,
     pub releases: AtomicU64,
     pub fenced_renewals: AtomicU64,
     pub canary_hits: AtomicU64,
@@ -103,7 +108,7 @@ impl RegistryMetrics {
     }
 
     /// The counters: (name, help, value).
-    fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 12] {
+    fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 14] {
         [
             (names::GRANTS, "Leases granted (new grants, and re-acquires by the same holder).", &self.grants),
             (names::RENEWALS, "Leases renewed.", &self.renewals),
@@ -116,6 +121,16 @@ impl RegistryMetrics {
                 names::WINDOW_EXTENSIONS,
                 "High-water windows this leader extended in the background (one log write covers the renewals after).",
                 &self.window_extensions,
+            ),
+            (
+                names::FORWARDED_RENEWALS,
+                "Renewals this node forwarded to the leader as a follower, in batches.",
+                &self.forwarded_renewals,
+            ),
+            (
+                names::FORWARDED_RENEWAL_CALLS,
+                "Peer calls that carried them: renewals over calls is the average batch.",
+                &self.forwarded_renewal_calls,
             ),
             (names::RELEASES, "Leases released.", &self.releases),
             (

@@ -9,11 +9,12 @@ use openraft::ServerState;
 use crate::clock::{Clock, MonoTime};
 use crate::clock_watch::ClockWatch;
 use crate::error::RegistryError;
+use crate::forward::{self, RenewalForwarder};
 use crate::leader::{member_roles, Leader};
 use crate::lease::Rules;
 use crate::metrics::{Gauges, RegistryMetrics};
 use crate::proposal::{Proposal, Reply};
-use crate::raft::network::{PeerCallError, PeerClients, PeerRpc};
+use crate::raft::network::PeerClients;
 use crate::raft::types::{NodeId, PeerNode, Raft};
 use crate::storage::{Db, SharedState};
 
@@ -59,6 +60,8 @@ pub struct RegistryNode {
     pub leader: Leader,
     pub peers: PeerClients,
     pub metrics: Arc<RegistryMetrics>,
+    /// A follower's batching of the renewals it forwards to the leader.
+    pub renewals: RenewalForwarder,
     pub node_id: NodeId,
     pub cluster_id: String,
     pub request_timeout: Duration,
@@ -86,27 +89,15 @@ impl RegistryNode {
             return self.leader.execute(proposal).await;
         }
         let addr = self.member_addr(leader).ok_or(RegistryError::NotLeader { leader: Some(leader) })?;
-        let remaining = deadline.since(self.clock.mono()).max(Duration::from_millis(10));
-        let answer: Result<Result<Reply, RegistryError>, PeerCallError> =
-            self.peers.call(leader, &addr, PeerRpc::Forward, &proposal, remaining).await;
-        match answer {
-            Ok(result) => result,
-            // Definite, safe to retry: the address is unusable, or the peer's envelope check or
-            // decoding refused it (a gRPC error status rather than a sealed answer comes only
-            // from there, before anything is executed). Anything else — UNAVAILABLE included,
-            // which tonic also answers for an HTTP/2 keep-alive timeout on a request already
-            // sent — may have been executed: unknown.
-            Err(PeerCallError::BadAddress { .. }) => Err(RegistryError::NotLeader { leader: Some(leader) }),
-            Err(PeerCallError::Failed { status, .. })
-                if matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument) =>
-            {
-                Err(RegistryError::NotLeader { leader: Some(leader) })
-            }
-            Err(e) => Err(RegistryError::Indeterminate {
-                waited_ms: self.clock.mono().since(started).as_millis() as u64,
-                why: format!("forwarding to leader {leader} failed: {e}"),
-            }),
-        }
+        // Renewals, the bulk of a follower's forwarding, go many to one peer call.
+        let proposal = match proposal {
+            Proposal::Renew(renew) => return self.renewals.forward(leader, addr, renew, started, deadline).await,
+            other => other,
+        };
+        let remaining = deadline.since(self.clock.mono()).max(forward::MIN_CALL_TIMEOUT);
+        forward::forward_one(&self.peers, leader, &addr, &proposal, remaining).await.unwrap_or_else(|e| {
+            Err(forward::forward_failure(&e, leader, self.clock.mono().since(started).as_millis() as u64))
+        })
     }
 
     /// Execute a proposal forwarded by a follower: only as leader, never forwarding again.

@@ -23,6 +23,7 @@ use crate::clock::Clock;
 use crate::clock_watch::{self, ClockWatch};
 use crate::config::{initial_cluster_mismatches, ConfigError, InitialClusterState, LayoutMismatch, NodeConfig};
 use crate::expiry::ExpiryTracker;
+use crate::forward::RenewalForwarder;
 use crate::leader::{member_roles, Leader, LeaderParts, LeaderSettings};
 use crate::leader_lease::LeaderLease;
 use crate::lease::ClusterConfig;
@@ -396,12 +397,14 @@ async fn start_node(
         metrics: metrics.clone(),
     };
     let leader = Leader::new(parts, settings);
+    let renewals = RenewalForwarder::start(peers.clone(), clock.clone(), metrics.clone());
     let node = RegistryNode {
         raft: raft.clone(),
         state,
         leader,
         peers,
         metrics,
+        renewals,
         node_id: config.node_id,
         cluster_id: config.cluster_id.clone(),
         request_timeout: config.request_timeout,

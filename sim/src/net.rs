@@ -329,12 +329,13 @@ async fn twins(request: http::Request<Body>) -> Result<(http::Request<Body>, htt
 /// op's answer for its only effect: a copy served later would run an Acquire again after its
 /// Release) and the adversary (a copy of its Acquire served after it released its lease grants
 /// it a lease whose token it never heard of, which its reads then report as leaked) — and not
-/// a node's `Forward` of a caller's request, which the product sends once, with no retry, over
+/// a node's `Forward` (or `ForwardRenewals`) of a caller's request, which the product sends once, with no retry, over
 /// a mutual-TLS connection pinned to the target node (no retrying proxy sits in it); a worker's
 /// duplicated request still reaches the leader twice, forwarded once per copy. Everything else may: the workers' calls (a proxy or client library retrying) and
 /// Raft's own messages.
 fn duplicable(from: &str, path: &str) -> bool {
     ![registry_client::MACHINE, adversary::MACHINE].contains(&machine(from)) && !path.ends_with("/Forward")
+        && !path.ends_with("/ForwardRenewals")
 }
 
 /// The duplicate of a request, served once more after `again`; nobody hears its answer.

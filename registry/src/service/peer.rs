@@ -13,8 +13,12 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use crate::clock_watch::ClockReading;
+use crate::error::RegistryError;
+use crate::forward;
 use crate::leader::member_roles;
+use crate::lease::Renew;
 use crate::lease::Rules;
+use crate::limits::FORWARDED_RENEWALS_PER_CALL_MAX;
 use crate::lost_disk::StartGate;
 use crate::metrics::inc;
 use crate::node::RegistryNode;
@@ -176,6 +180,30 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
     async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let proposal: Proposal = self.open_from_member(&request, "Forward")?;
         self.seal(&self.node.execute_forwarded(proposal).await)
+    }
+
+    /// Many forwarded renewals: each executed as a single forwarded one would be, all at once,
+    /// and answered in their order (`crate::forward`).
+    async fn forward_renewals(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let renewals: Vec<Renew> = self.open_from_member(&request, "ForwardRenewals")?;
+        if renewals.len() > FORWARDED_RENEWALS_PER_CALL_MAX {
+            return Err(Status::invalid_argument(format!(
+                "ForwardRenewals: {} renewals in one call, at most {FORWARDED_RENEWALS_PER_CALL_MAX}",
+                renewals.len()
+            )));
+        }
+        let calls = renewals.into_iter().map(|renew| {
+            let node = self.node.clone();
+            async move { node.execute_forwarded(Proposal::Renew(renew)).await }
+        });
+        let answers: Vec<forward::Answer> = forward::all_in_order(calls)
+            .await
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| Err(RegistryError::Fatal("a forwarded renewal's task panicked".into())))
+            })
+            .collect();
+        self.seal(&answers)
     }
 
     /// Answered in both shapes: `data` the bool older releases read, `detail` this release's.
