@@ -16,23 +16,29 @@
 //! answers `UNIMPLEMENTED` before running anything, and the batch then goes as single forwards.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::oneshot;
 
 use crate::clock::{Clock, MonoTime};
 use crate::error::RegistryError;
 use crate::lease::Renew;
 use crate::limits::{FORWARDED_RENEWALS_PER_CALL_MAX, FORWARD_QUEUE_MAX};
-use crate::metrics::RegistryMetrics;
+use crate::metrics::{inc, RegistryMetrics};
 use crate::proposal::{Proposal, Reply};
 use crate::raft::network::{PeerCallError, PeerClients, PeerRpc};
 use crate::raft::types::NodeId;
 
-/// Renewal batches in flight at once: one on the wire while the next fills, as the proposer
-/// does with entries. More would split the queue into smaller calls for no gain.
-const CALLS_IN_FLIGHT_MAX: usize = 2;
+/// Forwarding calls in flight at once; renewals queue only while all are busy. Measured
+/// (BENCHMARKS.md, "Forwarded renewals in batches"): 2 gave the most at 64 closed-loop clients
+/// (+22 % over a call per renewal) but queued the third of the ~3 renewals a follower sees at 16
+/// clients behind a round trip (−15 %); 4 keeps 16 clients at par and still gains at 64; 8 and
+/// unbounded gained nothing.
+const CALLS_IN_FLIGHT_MAX: usize = 4;
 
 /// After a leader answered `UNIMPLEMENTED` (an older release, mid-upgrade), renewals to it go
 /// as single forwards for this long before a batch is tried again.
@@ -73,34 +79,73 @@ fn refused_before_running(status: &tonic::Status) -> bool {
     matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument)
 }
 
-/// One renewal waiting to be forwarded, and where its answer goes.
-struct Waiting {
-    leader: NodeId,
-    addr: String,
+/// A renewal to forward: what goes to the leader, and the request's times.
+struct Renewal {
     renew: Renew,
     started: MonoTime,
     deadline: MonoTime,
+}
+
+/// One renewal waiting in the queue, and where its answer goes.
+struct Waiting {
+    leader: NodeId,
+    addr: String,
+    renewal: Renewal,
     answer: oneshot::Sender<Answer>,
 }
 
-/// Handle to the follower's renewal batching task. Cheap to clone.
-#[derive(Debug, Clone)]
+/// The renewals waiting for a call, and the calls running.
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Waiting>,
+    calls: usize,
+}
+
+impl Queue {
+    /// The next call's renewals: the oldest waiting one and every other for the same leader,
+    /// up to [`FORWARDED_RENEWALS_PER_CALL_MAX`]; renewals whose callers stopped waiting are
+    /// dropped (they already answered "unknown", which stays true).
+    fn take_batch(&mut self) -> Vec<Waiting> {
+        self.waiting.retain(|w| !w.answer.is_closed());
+        let Some(first) = self.waiting.pop_front() else { return Vec::new() };
+        let mut batch = vec![first];
+        let mut rest = VecDeque::new();
+        while let Some(next) = self.waiting.pop_front() {
+            let same_leader = next.leader == batch[0].leader && next.addr == batch[0].addr;
+            if same_leader && batch.len() < FORWARDED_RENEWALS_PER_CALL_MAX {
+                batch.push(next);
+            } else {
+                rest.push_back(next);
+            }
+        }
+        self.waiting = rest;
+        batch
+    }
+}
+
+/// A follower's renewal batching. Cheap to clone.
+#[derive(Clone)]
 pub struct RenewalForwarder {
-    queue: mpsc::Sender<Waiting>,
-    clock: Arc<dyn Clock>,
+    inner: Arc<Carrier>,
+}
+
+impl std::fmt::Debug for RenewalForwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenewalForwarder").finish_non_exhaustive()
+    }
 }
 
 impl RenewalForwarder {
-    /// Start the batching task; it ends when the last handle is dropped.
-    pub fn start(peers: PeerClients, clock: Arc<dyn Clock>, metrics: Arc<RegistryMetrics>) -> RenewalForwarder {
-        let (queue, rx) = mpsc::channel(FORWARD_QUEUE_MAX);
-        let sender = Sender { peers, clock: clock.clone(), metrics, older_leader: Arc::default() };
-        tokio::spawn(run(sender, rx));
-        RenewalForwarder { queue, clock }
+    pub fn new(peers: PeerClients, clock: Arc<dyn Clock>, metrics: Arc<RegistryMetrics>) -> RenewalForwarder {
+        let inner = Carrier { peers, clock, metrics, older_leader: Mutex::default(), queue: Mutex::default() };
+        RenewalForwarder { inner: Arc::new(inner) }
     }
 
     /// Forward `renew` to the leader `leader` at `addr` and wait for its answer until
-    /// `deadline` (the request's, which began at `started`).
+    /// `deadline` (the request's, which began at `started`). With a call slot free and nothing
+    /// queued, the renewal goes at once, in a call of its own made by this caller (no task, no
+    /// hand-off: what an idle follower pays). Otherwise it joins the queue, which the next
+    /// call to start or end takes with it.
     pub async fn forward(
         &self,
         leader: NodeId,
@@ -109,115 +154,135 @@ impl RenewalForwarder {
         started: MonoTime,
         deadline: MonoTime,
     ) -> Answer {
+        let renewal = Renewal { renew, started, deadline };
         let (answer, rx) = oneshot::channel();
-        let waiting = Waiting { leader, addr, renew, started, deadline, answer };
-        let waited_ms = |clock: &dyn Clock| clock.mono().since(started).as_millis() as u64;
-        let remaining = deadline.since(self.clock.mono());
-        // A renewal that never entered the queue was never sent: definite.
-        match tokio::time::timeout(remaining, self.queue.send(waiting)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(RegistryError::Fatal("the renewal forwarder stopped".into())),
-            Err(_) => return Err(RegistryError::Overloaded { queued: FORWARD_QUEUE_MAX }),
+        // `Ok`: a slot is ours and the renewal comes back to go at once; `Err(start_call)`: it
+        // was queued, and whether this caller must start a call for the queue.
+        let route: Result<Renewal, bool> = {
+            let mut queue = self.inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let slot_free = queue.calls < CALLS_IN_FLIGHT_MAX;
+            if slot_free && queue.waiting.is_empty() {
+                queue.calls += 1;
+                Ok(renewal)
+            } else if queue.waiting.len() >= FORWARD_QUEUE_MAX {
+                // A renewal that never entered the queue was never sent: definite.
+                return Err(RegistryError::Overloaded { queued: FORWARD_QUEUE_MAX });
+            } else {
+                queue.waiting.push_back(Waiting { leader, addr: addr.clone(), renewal, answer });
+                queue.calls += usize::from(slot_free);
+                Err(slot_free)
+            }
+        };
+        match route {
+            Ok(renewal) => {
+                let slot = Slot(self.inner.clone());
+                let answer = self.inner.carry(leader, &addr, vec![renewal]).await.pop();
+                drop(slot);
+                return answer
+                    .unwrap_or_else(|| Err(RegistryError::Fatal("a forwarded renewal went unanswered".into())));
+            }
+            Err(true) => drop(tokio::spawn(Slot(self.inner.clone()).calls())),
+            Err(false) => {}
         }
-        let remaining = deadline.since(self.clock.mono());
-        match tokio::time::timeout(remaining, rx).await {
+        let clock = self.inner.clock.as_ref();
+        let waited_ms = || clock.mono().since(started).as_millis() as u64;
+        // Queued, so possibly sent: from here on a missing answer is an unknown outcome.
+        match tokio::time::timeout(deadline.since(clock.mono()), rx).await {
             Ok(Ok(answer)) => answer,
-            // Queued, so possibly sent: from here on the outcome is unknown.
             Ok(Err(_)) => Err(RegistryError::Indeterminate {
-                waited_ms: waited_ms(self.clock.as_ref()),
+                waited_ms: waited_ms(),
                 why: "the renewal forwarder dropped the renewal".into(),
             }),
             Err(_) => Err(RegistryError::Indeterminate {
-                waited_ms: waited_ms(self.clock.as_ref()),
+                waited_ms: waited_ms(),
                 why: format!("no answer from leader {leader} in time"),
             }),
         }
     }
 }
 
-/// What the batching task sends with.
-#[derive(Clone)]
-struct Sender {
+/// One of the [`CALLS_IN_FLIGHT_MAX`] call slots, held by a caller forwarding its own renewal
+/// or by a task emptying the queue. Given back when dropped — also when its holder is
+/// cancelled mid-call (a caller that left) — and then handed to a new task if renewals wait,
+/// so the queue never waits for a call that will not come.
+struct Slot(Arc<Carrier>);
+
+impl Slot {
+    /// Send what waits, then what waited meanwhile, until the queue is empty.
+    async fn calls(self) {
+        loop {
+            let batch = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner).take_batch();
+            if batch.is_empty() {
+                return; // the drop gives the slot back, or hands it on if one queued since
+            }
+            self.0.send(batch).await;
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if queue.waiting.is_empty() {
+            queue.calls -= 1;
+        } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            drop(queue);
+            runtime.spawn(Slot(self.0.clone()).calls());
+        } else {
+            // The runtime is shutting down: nobody is left to answer.
+            queue.calls -= 1;
+        }
+    }
+}
+
+/// What the calls send with, and the queue they take from.
+struct Carrier {
     peers: PeerClients,
     clock: Arc<dyn Clock>,
     metrics: Arc<RegistryMetrics>,
     /// The last leader that answered `UNIMPLEMENTED` to a batch, and when.
-    older_leader: Arc<Mutex<Option<(NodeId, MonoTime)>>>,
+    older_leader: Mutex<Option<(NodeId, MonoTime)>>,
+    queue: Mutex<Queue>,
 }
 
-async fn run(sender: Sender, mut rx: mpsc::Receiver<Waiting>) {
-    let in_flight = Arc::new(Semaphore::new(CALLS_IN_FLIGHT_MAX));
-    // Renewals for another leader than the batch being filled (leadership moved) go next.
-    let mut carried: VecDeque<Waiting> = VecDeque::new();
-    loop {
-        let first = match carried.pop_front() {
-            Some(w) => w,
-            None => match rx.recv().await {
-                Some(w) => w,
-                None => return,
-            },
-        };
-        // Wait for a slot *before* draining: while we wait, the queue fills the next call.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < FORWARDED_RENEWALS_PER_CALL_MAX {
-            let next = match carried.pop_front() {
-                Some(w) => w,
-                None => match rx.try_recv() {
-                    Ok(w) => w,
-                    Err(_) => break,
-                },
-            };
-            if next.leader == batch[0].leader && next.addr == batch[0].addr {
-                batch.push(next);
-            } else {
-                carried.push_back(next);
-            }
-        }
-        // Answers nobody waits for any more are not sent (their callers already answered
-        // "unknown", which stays true).
-        batch.retain(|w| !w.answer.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        let sender = sender.clone();
-        tokio::spawn(async move {
-            sender.send(batch).await;
-            drop(permit);
-        });
-    }
-}
-
-impl Sender {
+impl Carrier {
+    /// Send a batch taken from the queue and hand each waiting caller its answer.
     async fn send(&self, batch: Vec<Waiting>) {
         let (leader, addr) = (batch[0].leader, batch[0].addr.clone());
         debug_assert!(batch.iter().all(|w| w.leader == leader && w.addr == addr));
+        let (renewals, answers): (Vec<_>, Vec<_>) = batch.into_iter().map(|w| (w.renewal, w.answer)).unzip();
+        for (answer, to) in self.carry(leader, &addr, renewals).await.into_iter().zip(answers) {
+            let _ = to.send(answer);
+        }
+    }
+
+    /// Send `renewals` to the leader in one `ForwardRenewals` call (or singly, to a leader of
+    /// an older release) and return one answer per renewal, in their order.
+    async fn carry(&self, leader: NodeId, addr: &str, renewals: Vec<Renewal>) -> Vec<Answer> {
         if self.leader_is_older(leader) {
-            return self.send_singly(batch).await;
+            return self.carry_singly(leader, addr, renewals).await;
         }
         let now = self.clock.mono();
         // Long enough for the renewal that may wait longest; each caller keeps its own deadline.
-        let timeout = batch.iter().map(|w| w.deadline.since(now)).max().unwrap_or_default().max(MIN_CALL_TIMEOUT);
-        let renewals: Vec<&Renew> = batch.iter().map(|w| &w.renew).collect();
-        crate::metrics::inc(&self.metrics.forwarded_renewal_calls);
-        self.metrics.forwarded_renewals.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let timeout = renewals.iter().map(|r| r.deadline.since(now)).max().unwrap_or_default().max(MIN_CALL_TIMEOUT);
+        let body: Vec<&Renew> = renewals.iter().map(|r| &r.renew).collect();
+        inc(&self.metrics.forwarded_renewal_calls);
+        self.metrics.forwarded_renewals.fetch_add(renewals.len() as u64, Ordering::Relaxed);
         let result: Result<Vec<Answer>, PeerCallError> =
-            self.peers.call(leader, &addr, PeerRpc::ForwardRenewals, &renewals, timeout).await;
+            self.peers.call(leader, addr, PeerRpc::ForwardRenewals, &body, timeout).await;
         match result {
-            Ok(answers) if answers.len() == batch.len() => {
-                for (waiting, answer) in batch.into_iter().zip(answers) {
-                    let _ = waiting.answer.send(answer);
-                }
-            }
+            Ok(answers) if answers.len() == renewals.len() => answers,
             Ok(answers) => {
                 tracing::error!(
                     leader,
-                    sent = batch.len(),
+                    sent = renewals.len(),
                     answered = answers.len(),
                     "the leader answered a renewal batch with the wrong number of answers"
                 );
-                let why = format!("leader {leader} answered {} renewals of {}", answers.len(), batch.len());
-                self.answer_all(batch, |waited_ms| RegistryError::Indeterminate { waited_ms, why: why.clone() });
+                let why = format!("leader {leader} answered {} renewals of {}", answers.len(), renewals.len());
+                let unknown =
+                    |r: &Renewal| RegistryError::Indeterminate { waited_ms: self.waited_ms(r), why: why.clone() };
+                renewals.iter().map(|r| Err(unknown(r))).collect()
             }
             // An older release: nothing ran. Single forwards, and no batches to it for a while.
             Err(PeerCallError::Failed { status, .. }) if status.code() == tonic::Code::Unimplemented => {
@@ -226,9 +291,9 @@ impl Sender {
                     "the leader does not take renewal batches (an older release?); forwarding singly"
                 );
                 *self.older_leader.lock().unwrap_or_else(PoisonError::into_inner) = Some((leader, self.clock.mono()));
-                self.send_singly(batch).await;
+                self.carry_singly(leader, addr, renewals).await
             }
-            Err(e) => self.answer_all(batch, |waited_ms| forward_failure(&e, leader, waited_ms)),
+            Err(e) => renewals.iter().map(|r| Err(forward_failure(&e, leader, self.waited_ms(r)))).collect(),
         }
     }
 
@@ -238,31 +303,26 @@ impl Sender {
     }
 
     /// Each renewal as its own `Forward`, all at once (what releases before batches did).
-    async fn send_singly(&self, batch: Vec<Waiting>) {
-        let calls = batch.into_iter().map(|waiting| {
-            let sender = self.clone();
+    async fn carry_singly(&self, leader: NodeId, addr: &str, renewals: Vec<Renewal>) -> Vec<Answer> {
+        let calls = renewals.into_iter().map(|renewal| {
+            let (peers, clock, addr) = (self.peers.clone(), self.clock.clone(), addr.to_string());
             async move {
-                let timeout = waiting.deadline.since(sender.clock.mono()).max(MIN_CALL_TIMEOUT);
-                let proposal = Proposal::Renew(waiting.renew.clone());
-                let answer = match forward_one(&sender.peers, waiting.leader, &waiting.addr, &proposal, timeout).await {
-                    Ok(answer) => answer,
-                    Err(e) => Err(forward_failure(&e, waiting.leader, sender.waited_ms(&waiting))),
-                };
-                let _ = waiting.answer.send(answer);
+                let timeout = renewal.deadline.since(clock.mono()).max(MIN_CALL_TIMEOUT);
+                let proposal = Proposal::Renew(renewal.renew);
+                forward_one(&peers, leader, &addr, &proposal, timeout).await.unwrap_or_else(|e| {
+                    Err(forward_failure(&e, leader, clock.mono().since(renewal.started).as_millis() as u64))
+                })
             }
         });
-        all_in_order(calls).await;
+        all_in_order(calls)
+            .await
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(|| Err(RegistryError::Fatal("a forwarding task panicked".into()))))
+            .collect()
     }
 
-    fn answer_all(&self, batch: Vec<Waiting>, error: impl Fn(u64) -> RegistryError) {
-        for waiting in batch {
-            let e = error(self.waited_ms(&waiting));
-            let _ = waiting.answer.send(Err(e));
-        }
-    }
-
-    fn waited_ms(&self, waiting: &Waiting) -> u64 {
-        self.clock.mono().since(waiting.started).as_millis() as u64
+    fn waited_ms(&self, renewal: &Renewal) -> u64 {
+        self.clock.mono().since(renewal.started).as_millis() as u64
     }
 }
 
@@ -270,19 +330,26 @@ impl Sender {
 /// still gets a call that can complete, as the single forward always did.
 pub const MIN_CALL_TIMEOUT: Duration = Duration::from_millis(10);
 
-/// Run `futures` as tasks of their own and return their outputs in their order. A task that
-/// panicked yields `None` (its panic is already logged by the runtime).
+/// Run `futures` and return their outputs in their order: each is polled once here, and only
+/// those that must wait (a renewal that takes the log path) continue as tasks of their own, so
+/// a batch of renewals answered from memory costs no task spawns. A task that panicked yields
+/// `None` (its panic is already logged by the runtime).
 pub async fn all_in_order<T: Send + 'static>(
-    futures: impl IntoIterator<Item = impl std::future::Future<Output = T> + Send + 'static>,
+    futures: impl IntoIterator<Item = impl Future<Output = T> + Send + 'static>,
 ) -> Vec<Option<T>> {
-    let mut set = tokio::task::JoinSet::new();
-    let mut count = 0;
+    let mut outputs = Vec::new();
+    let mut waiting = tokio::task::JoinSet::new();
     for (i, future) in futures.into_iter().enumerate() {
-        set.spawn(async move { (i, future.await) });
-        count += 1;
+        let mut future = Box::pin(future);
+        match std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
+            Poll::Ready(output) => outputs.push(Some(output)),
+            Poll::Pending => {
+                outputs.push(None);
+                waiting.spawn(async move { (i, future.await) });
+            }
+        }
     }
-    let mut outputs: Vec<Option<T>> = (0..count).map(|_| None).collect();
-    while let Some(joined) = set.join_next().await {
+    while let Some(joined) = waiting.join_next().await {
         if let Ok((i, output)) = joined {
             outputs[i] = Some(output);
         }

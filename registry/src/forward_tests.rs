@@ -139,7 +139,7 @@ fn setup(mode: Mode, open_calls: usize) -> Setup {
         Security::Insecure,
         Arc::new(InProcess(leader.clone())),
     );
-    let forwarder = RenewalForwarder::start(peers, clock.clone(), Arc::default());
+    let forwarder = RenewalForwarder::new(peers, clock.clone(), Arc::default());
     Setup { leader, forwarder, clock }
 }
 
@@ -164,6 +164,16 @@ impl Setup {
         })
     }
 
+    /// Renewals 0, 1, … sent one after the other until every call slot holds one.
+    async fn fill_slots(&self) -> Vec<tokio::task::JoinHandle<Answer>> {
+        let mut tasks = Vec::new();
+        for id in 0..CALLS_IN_FLIGHT_MAX {
+            tasks.push(self.send(id as u32));
+            self.calls_seen(id + 1).await;
+        }
+        tasks
+    }
+
     async fn calls_seen(&self, count: usize) {
         for _ in 0..10_000 {
             if self.leader.batches.lock().unwrap().len() >= count {
@@ -185,18 +195,17 @@ fn named_worker(answer: Answer) -> String {
 #[tokio::test]
 async fn renewals_that_queue_while_calls_are_in_flight_share_one_call_and_each_gets_its_own_answer() {
     let s = setup(Mode::Answer, 0);
-    // Two renewals take both call slots and are held there by the leader.
-    let zero = s.send(0);
-    s.calls_seen(1).await;
-    let one = s.send(1);
-    s.calls_seen(2).await;
-    let queued: Vec<_> = (2..12).map(|id| s.send(id)).collect();
+    // The first renewals take every call slot, each its own call, held there by the leader.
+    let in_calls = s.fill_slots().await;
+    let queued: Vec<_> = (0..10).map(|i| s.send((CALLS_IN_FLIGHT_MAX + i) as u32)).collect();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    s.leader.gate.add_permits(3);
-    for (id, task) in (0..).zip([zero, one].into_iter().chain(queued)) {
+    s.leader.gate.add_permits(CALLS_IN_FLIGHT_MAX + 1);
+    for (id, task) in (0..).zip(in_calls.into_iter().chain(queued)) {
         assert_eq!(named_worker(task.await.unwrap()), id.to_string());
     }
-    assert_eq!(*s.leader.batches.lock().unwrap(), vec![1, 1, 10], "the ten queued renewals went in one call");
+    let mut expected = vec![1; CALLS_IN_FLIGHT_MAX];
+    expected.push(10);
+    assert_eq!(*s.leader.batches.lock().unwrap(), expected, "the ten queued renewals went in one call");
     assert_eq!(s.leader.singles.load(Ordering::SeqCst), 0);
 }
 
@@ -241,4 +250,22 @@ async fn a_renewal_whose_leader_does_not_answer_in_time_is_unknown_and_its_calle
     let forward = s.forwarder.forward(LEADER, "leader:1".into(), renew(0), now, now.plus(Duration::from_millis(50)));
     let answer = tokio::time::timeout(Duration::from_secs(5), forward).await.expect("the caller's deadline holds");
     assert!(matches!(answer, Err(RegistryError::Indeterminate { .. })), "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_caller_that_leaves_mid_call_hands_its_slot_to_the_queue() {
+    let s = setup(Mode::Answer, 0);
+    let mut in_calls = s.fill_slots().await;
+    // Every slot is held by a caller sending its own renewal; the next one queues.
+    let queued = s.send(CALLS_IN_FLIGHT_MAX as u32);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let leaving = in_calls.remove(0);
+    leaving.abort();
+    assert!(leaving.await.unwrap_err().is_cancelled());
+    s.calls_seen(CALLS_IN_FLIGHT_MAX + 1).await;
+    s.leader.gate.add_permits(CALLS_IN_FLIGHT_MAX + 1);
+    for (id, task) in (1..).zip(in_calls.into_iter().chain([queued])) {
+        assert_eq!(named_worker(task.await.unwrap()), id.to_string());
+    }
+    assert_eq!(*s.leader.batches.lock().unwrap(), vec![1; CALLS_IN_FLIGHT_MAX + 1]);
 }

@@ -397,7 +397,7 @@ async fn start_node(
         metrics: metrics.clone(),
     };
     let leader = Leader::new(parts, settings);
-    let renewals = RenewalForwarder::start(peers.clone(), clock.clone(), metrics.clone());
+    let renewals = RenewalForwarder::new(peers.clone(), clock.clone(), metrics.clone());
     let node = RegistryNode {
         raft: raft.clone(),
         state,
