@@ -4,25 +4,29 @@
 //! Why renewals are batched: a leader answers most renewals from memory in microseconds, so
 //! on a follower the forwarding call itself — an HTTP/2 request over mutual TLS, an encode
 //! and a decode on each side — is most of a renewal's cost, and at fleet scale followers
-//! forward thousands a second. [`RenewalForwarder`] sends whatever renewals queued up while
-//! the previous calls were in flight as one call (the proposer's pattern, `proposer.rs`):
-//! idle, a renewal goes out alone at once; under load, one call carries many.
+//! forward thousands a second. [`RenewalForwarder`] keeps a queue per leader: a renewal that
+//! finds a call slot free and nothing queued goes at once, in a call of its own; otherwise it
+//! queues, and the next call to start or end takes the queue with it. Idle, nothing waits;
+//! under load, one call carries many.
 //!
 //! Nothing about a renewal's meaning changes: the leader executes each renewal of a batch
-//! exactly as it executes a forwarded one (`RegistryNode::execute_forwarded`) and answers each
-//! on its own; a call that fails leaves every renewal in it with the outcome a single forward
-//! would have had (definite when the call was refused before anything ran, unknown otherwise:
-//! a renewal is idempotent, so a retry is safe either way). A leader of an older release
-//! answers `UNIMPLEMENTED` before running anything, and the batch then goes as single forwards.
+//! exactly as it executes a forwarded one (`RegistryNode::execute_forwarded`) and streams each
+//! answer back as soon as it is done ([`answer_each`]), so a renewal that takes the log path
+//! never holds back the ones answered from memory. A call that fails before the leader ran
+//! anything leaves each renewal with the answer a single forward would have had; once the
+//! answers started, a renewal left unanswered is an unknown outcome (a renewal is idempotent,
+//! so a retry is safe either way). A leader of an older release answers `UNIMPLEMENTED`
+//! before running anything, and the batch then goes as single forwards.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{Clock, MonoTime};
 use crate::error::RegistryError;
@@ -33,19 +37,31 @@ use crate::proposal::{Proposal, Reply};
 use crate::raft::network::{PeerCallError, PeerClients, PeerRpc};
 use crate::raft::types::NodeId;
 
-/// Forwarding calls in flight at once; renewals queue only while all are busy. Measured
-/// (BENCHMARKS.md, "Forwarded renewals in batches"): 2 gave the most at 64 closed-loop clients
-/// (+22 % over a call per renewal) but queued the third of the ~3 renewals a follower sees at 16
-/// clients behind a round trip (−15 %); 4 keeps 16 clients at par and still gains at 64; 8 and
-/// unbounded gained nothing.
-const CALLS_IN_FLIGHT_MAX: usize = 4;
+/// Forwarding calls in flight at once per leader; renewals queue only while all are busy.
+/// Measured (BENCHMARKS.md, "Forwarded renewals in batches"): 2 gave the most at 64
+/// closed-loop clients but queued the third of the ~3 renewals a follower sees at 16 clients
+/// behind a round trip; 4 keeps 16 clients at par and still gains at 64; 8 and unbounded
+/// gained nothing.
+pub const CALLS_IN_FLIGHT_MAX: usize = 4;
 
 /// After a leader answered `UNIMPLEMENTED` (an older release, mid-upgrade), renewals to it go
 /// as single forwards for this long before a batch is tried again.
-const OLDER_LEADER_RETRY: Duration = Duration::from_secs(30);
+pub const OLDER_LEADER_RETRY: Duration = Duration::from_secs(30);
+
+/// The shortest time a forwarding call is given: a caller whose deadline is (nearly) past
+/// still gets a call that can complete, as the single forward always did.
+pub const MIN_CALL_TIMEOUT: Duration = Duration::from_millis(10);
 
 /// The answer to one forwarded proposal, as the leader sent it.
 pub type Answer = Result<Reply, RegistryError>;
+
+/// One message of a `ForwardRenewals` answer stream: the answer to the renewal at `index` of
+/// the call's body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardedAnswer {
+    pub index: usize,
+    pub answer: Answer,
+}
 
 /// Send `proposal` to the leader `leader` at `addr` as one `Forward`, within `timeout`.
 pub async fn forward_one(
@@ -58,7 +74,8 @@ pub async fn forward_one(
     peers.call(leader, addr, PeerRpc::Forward, proposal, timeout).await
 }
 
-/// What a forwarding call that failed means for each proposal it carried.
+/// What a forwarding call that failed *before the leader answered anything* means for each
+/// proposal it carried.
 pub fn forward_failure(error: &PeerCallError, leader: NodeId, waited_ms: u64) -> RegistryError {
     match error {
         // Definite, safe to retry: the address is unusable, or the peer's envelope check or
@@ -79,47 +96,66 @@ fn refused_before_running(status: &tonic::Status) -> bool {
     matches!(status.code(), tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument)
 }
 
-/// A renewal to forward: what goes to the leader, and the request's times.
+/// The leader's side of `ForwardRenewals`: run every future, and send each answer with its
+/// index as soon as it is ready. Each is polled once here (a renewal answered from memory is
+/// done then, at no task's cost); only those that must wait (the log path) continue as tasks
+/// of their own. The channel ends when the last answer is sent; a task that panicked sends
+/// nothing, and the follower counts that renewal's outcome as unknown.
+pub async fn answer_each(
+    futures: Vec<impl Future<Output = Answer> + Send + 'static>,
+) -> mpsc::Receiver<ForwardedAnswer> {
+    // Room for every answer: sending never waits, whatever the reader does.
+    let (tx, rx) = mpsc::channel(futures.len().max(1));
+    for (index, future) in futures.into_iter().enumerate() {
+        let mut future = Box::pin(future);
+        match std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
+            Poll::Ready(answer) => {
+                let _ = tx.try_send(ForwardedAnswer { index, answer });
+            }
+            Poll::Pending => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let answer = future.await;
+                    let _ = tx.try_send(ForwardedAnswer { index, answer });
+                });
+            }
+        }
+    }
+    rx
+}
+
+/// A renewal to forward: what goes to the leader, the request's times, and where its answer
+/// goes.
 struct Renewal {
     renew: Renew,
     started: MonoTime,
     deadline: MonoTime,
-}
-
-/// One renewal waiting in the queue, and where its answer goes.
-struct Waiting {
-    leader: NodeId,
-    addr: String,
-    renewal: Renewal,
     answer: oneshot::Sender<Answer>,
 }
 
-/// The renewals waiting for a call, and the calls running.
+/// Which leader a queue is for: its id and its peer address.
+type LeaderKey = (NodeId, String);
+
+/// The renewals waiting for a call to one leader, and the calls to it running. Per leader, so
+/// that calls stuck on a leader that went away never hold back renewals for its successor.
 #[derive(Default)]
 struct Queue {
-    waiting: VecDeque<Waiting>,
+    waiting: VecDeque<Renewal>,
     calls: usize,
 }
 
 impl Queue {
-    /// The next call's renewals: the oldest waiting one and every other for the same leader,
-    /// up to [`FORWARDED_RENEWALS_PER_CALL_MAX`]; renewals whose callers stopped waiting are
-    /// dropped (they already answered "unknown", which stays true).
-    fn take_batch(&mut self) -> Vec<Waiting> {
-        self.waiting.retain(|w| !w.answer.is_closed());
-        let Some(first) = self.waiting.pop_front() else { return Vec::new() };
-        let mut batch = vec![first];
-        let mut rest = VecDeque::new();
-        while let Some(next) = self.waiting.pop_front() {
-            let same_leader = next.leader == batch[0].leader && next.addr == batch[0].addr;
-            if same_leader && batch.len() < FORWARDED_RENEWALS_PER_CALL_MAX {
-                batch.push(next);
-            } else {
-                rest.push_back(next);
-            }
-        }
-        self.waiting = rest;
-        batch
+    /// Forget renewals whose callers stopped waiting: they already answered "unknown", which
+    /// stays true.
+    fn prune(&mut self) {
+        self.waiting.retain(|r| !r.answer.is_closed());
+    }
+
+    /// The next call's renewals: the oldest, up to [`FORWARDED_RENEWALS_PER_CALL_MAX`].
+    fn take_batch(&mut self) -> Vec<Renewal> {
+        self.prune();
+        let count = self.waiting.len().min(FORWARDED_RENEWALS_PER_CALL_MAX);
+        self.waiting.drain(..count).collect()
     }
 }
 
@@ -137,15 +173,12 @@ impl std::fmt::Debug for RenewalForwarder {
 
 impl RenewalForwarder {
     pub fn new(peers: PeerClients, clock: Arc<dyn Clock>, metrics: Arc<RegistryMetrics>) -> RenewalForwarder {
-        let inner = Carrier { peers, clock, metrics, older_leader: Mutex::default(), queue: Mutex::default() };
+        let inner = Carrier { peers, clock, metrics, older_leader: Mutex::default(), queues: Mutex::default() };
         RenewalForwarder { inner: Arc::new(inner) }
     }
 
     /// Forward `renew` to the leader `leader` at `addr` and wait for its answer until
-    /// `deadline` (the request's, which began at `started`). With a call slot free and nothing
-    /// queued, the renewal goes at once, in a call of its own made by this caller (no task, no
-    /// hand-off: what an idle follower pays). Otherwise it joins the queue, which the next
-    /// call to start or end takes with it.
+    /// `deadline` (the request's, which began at `started`).
     pub async fn forward(
         &self,
         leader: NodeId,
@@ -154,34 +187,31 @@ impl RenewalForwarder {
         started: MonoTime,
         deadline: MonoTime,
     ) -> Answer {
-        let renewal = Renewal { renew, started, deadline };
         let (answer, rx) = oneshot::channel();
-        // `Ok`: a slot is ours and the renewal comes back to go at once; `Err(start_call)`: it
-        // was queued, and whether this caller must start a call for the queue.
+        let renewal = Renewal { renew, started, deadline, answer };
+        let key = (leader, addr);
+        // `Ok`: a slot is ours and the renewal comes back to go at once; `Err(start)`: it was
+        // queued, and whether a call should start for the queue.
         let route: Result<Renewal, bool> = {
-            let mut queue = self.inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            let slot_free = queue.calls < CALLS_IN_FLIGHT_MAX;
-            if slot_free && queue.waiting.is_empty() {
+            let mut queues = self.inner.queues();
+            let queue = queues.entry(key.clone()).or_default();
+            if queue.calls < CALLS_IN_FLIGHT_MAX && queue.waiting.is_empty() {
                 queue.calls += 1;
                 Ok(renewal)
             } else if queue.waiting.len() >= FORWARD_QUEUE_MAX {
                 // A renewal that never entered the queue was never sent: definite.
                 return Err(RegistryError::Overloaded { queued: FORWARD_QUEUE_MAX });
             } else {
-                queue.waiting.push_back(Waiting { leader, addr: addr.clone(), renewal, answer });
-                queue.calls += usize::from(slot_free);
-                Err(slot_free)
+                queue.waiting.push_back(renewal);
+                Err(queue.calls < CALLS_IN_FLIGHT_MAX)
             }
         };
         match route {
             Ok(renewal) => {
-                let slot = Slot(self.inner.clone());
-                let answer = self.inner.carry(leader, &addr, vec![renewal]).await.pop();
-                drop(slot);
-                return answer
-                    .unwrap_or_else(|| Err(RegistryError::Fatal("a forwarded renewal went unanswered".into())));
+                let slot = Slot { carrier: self.inner.clone(), key };
+                slot.carrier.carry(&slot.key, vec![renewal]).await;
             }
-            Err(true) => drop(tokio::spawn(Slot(self.inner.clone()).calls())),
+            Err(true) => drop(tokio::spawn(drain(self.inner.clone(), key))),
             Err(false) => {}
         }
         let clock = self.inner.clock.as_ref();
@@ -191,7 +221,7 @@ impl RenewalForwarder {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(RegistryError::Indeterminate {
                 waited_ms: waited_ms(),
-                why: "the renewal forwarder dropped the renewal".into(),
+                why: format!("the forwarding to leader {leader} ended without an answer"),
             }),
             Err(_) => Err(RegistryError::Indeterminate {
                 waited_ms: waited_ms(),
@@ -201,64 +231,73 @@ impl RenewalForwarder {
     }
 }
 
-/// One of the [`CALLS_IN_FLIGHT_MAX`] call slots, held by a caller forwarding its own renewal
-/// or by a task emptying the queue. Given back when dropped — also when its holder is
-/// cancelled mid-call (a caller that left) — and then handed to a new task if renewals wait,
-/// so the queue never waits for a call that will not come.
-struct Slot(Arc<Carrier>);
+/// One of a leader's [`CALLS_IN_FLIGHT_MAX`] call slots, held by a caller forwarding its own
+/// renewal or by a [`drain`] task. Given back when dropped — also when its holder is cancelled
+/// mid-call (a caller that left) — and if renewals wait then, a new drain task is started for
+/// them. That task takes its slot when it first runs, never before, so a task dropped unrun
+/// (a runtime shutting down) holds nothing and starts nothing.
+struct Slot {
+    carrier: Arc<Carrier>,
+    key: LeaderKey,
+}
 
-impl Slot {
-    /// Send what waits, then what waited meanwhile, until the queue is empty.
-    async fn calls(self) {
-        loop {
-            let batch = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner).take_batch();
-            if batch.is_empty() {
-                return; // the drop gives the slot back, or hands it on if one queued since
-            }
-            self.0.send(batch).await;
+/// Take a free slot for the renewals queued for `key`, and carry them until none wait.
+async fn drain(carrier: Arc<Carrier>, key: LeaderKey) {
+    let slot = {
+        let mut queues = carrier.queues();
+        let Some(queue) = queues.get_mut(&key) else { return };
+        queue.prune();
+        if queue.calls >= CALLS_IN_FLIGHT_MAX || queue.waiting.is_empty() {
+            return;
         }
+        queue.calls += 1;
+        Slot { carrier: carrier.clone(), key }
+    };
+    loop {
+        let batch = slot.carrier.queues().get_mut(&slot.key).map(Queue::take_batch).unwrap_or_default();
+        if batch.is_empty() {
+            return; // the slot's drop gives it back, or starts a drain if one queued since
+        }
+        slot.carrier.carry(&slot.key, batch).await;
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut queues = self.carrier.queues();
+        let Some(queue) = queues.get_mut(&self.key) else { return };
+        queue.calls -= 1;
+        queue.prune();
         if queue.waiting.is_empty() {
-            queue.calls -= 1;
+            if queue.calls == 0 {
+                queues.remove(&self.key);
+            }
         } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            drop(queue);
-            runtime.spawn(Slot(self.0.clone()).calls());
-        } else {
-            // The runtime is shutting down: nobody is left to answer.
-            queue.calls -= 1;
+            drop(queues);
+            drop(runtime.spawn(drain(self.carrier.clone(), self.key.clone())));
         }
     }
 }
 
-/// What the calls send with, and the queue they take from.
+/// What the calls send with, and the queues they take from.
 struct Carrier {
     peers: PeerClients,
     clock: Arc<dyn Clock>,
     metrics: Arc<RegistryMetrics>,
     /// The last leader that answered `UNIMPLEMENTED` to a batch, and when.
     older_leader: Mutex<Option<(NodeId, MonoTime)>>,
-    queue: Mutex<Queue>,
+    queues: Mutex<HashMap<LeaderKey, Queue>>,
 }
 
 impl Carrier {
-    /// Send a batch taken from the queue and hand each waiting caller its answer.
-    async fn send(&self, batch: Vec<Waiting>) {
-        let (leader, addr) = (batch[0].leader, batch[0].addr.clone());
-        debug_assert!(batch.iter().all(|w| w.leader == leader && w.addr == addr));
-        let (renewals, answers): (Vec<_>, Vec<_>) = batch.into_iter().map(|w| (w.renewal, w.answer)).unzip();
-        for (answer, to) in self.carry(leader, &addr, renewals).await.into_iter().zip(answers) {
-            let _ = to.send(answer);
-        }
+    fn queues(&self) -> MutexGuard<'_, HashMap<LeaderKey, Queue>> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Send `renewals` to the leader in one `ForwardRenewals` call (or singly, to a leader of
-    /// an older release) and return one answer per renewal, in their order.
-    async fn carry(&self, leader: NodeId, addr: &str, renewals: Vec<Renewal>) -> Vec<Answer> {
+    /// an older release) and hand each its answer as it arrives.
+    async fn carry(&self, (leader, addr): &LeaderKey, renewals: Vec<Renewal>) {
+        let leader = *leader;
         if self.leader_is_older(leader) {
             return self.carry_singly(leader, addr, renewals).await;
         }
@@ -266,35 +305,69 @@ impl Carrier {
         // Long enough for the renewal that may wait longest; each caller keeps its own deadline.
         let timeout = renewals.iter().map(|r| r.deadline.since(now)).max().unwrap_or_default().max(MIN_CALL_TIMEOUT);
         let body: Vec<&Renew> = renewals.iter().map(|r| &r.renew).collect();
-        inc(&self.metrics.forwarded_renewal_calls);
-        self.metrics.forwarded_renewals.fetch_add(renewals.len() as u64, Ordering::Relaxed);
-        let result: Result<Vec<Answer>, PeerCallError> =
-            self.peers.call(leader, addr, PeerRpc::ForwardRenewals, &body, timeout).await;
-        match result {
-            Ok(answers) if answers.len() == renewals.len() => answers,
-            Ok(answers) => {
-                tracing::error!(
-                    leader,
-                    sent = renewals.len(),
-                    answered = answers.len(),
-                    "the leader answered a renewal batch with the wrong number of answers"
-                );
-                let why = format!("leader {leader} answered {} renewals of {}", answers.len(), renewals.len());
-                let unknown =
-                    |r: &Renewal| RegistryError::Indeterminate { waited_ms: self.waited_ms(r), why: why.clone() };
-                renewals.iter().map(|r| Err(unknown(r))).collect()
-            }
+        let mut answers = match self.peers.forward_renewals(leader, addr, &body, timeout).await {
+            Ok(answers) => answers,
             // An older release: nothing ran. Single forwards, and no batches to it for a while.
             Err(PeerCallError::Failed { status, .. }) if status.code() == tonic::Code::Unimplemented => {
-                tracing::info!(
-                    leader,
-                    "the leader does not take renewal batches (an older release?); forwarding singly"
-                );
-                *self.older_leader.lock().unwrap_or_else(PoisonError::into_inner) = Some((leader, self.clock.mono()));
-                self.carry_singly(leader, addr, renewals).await
+                self.note_older(leader);
+                return self.carry_singly(leader, addr, renewals).await;
             }
-            Err(e) => renewals.iter().map(|r| Err(forward_failure(&e, leader, self.waited_ms(r)))).collect(),
+            // Refused before running (a batch this leader will not take, e.g. a release with a
+            // smaller batch bound): each renewal goes on its own and gets its own answer.
+            Err(PeerCallError::Failed { status, .. }) if status.code() == tonic::Code::InvalidArgument => {
+                tracing::warn!(leader, refusal = %status.message(), "the leader refused a renewal batch; forwarding it singly");
+                return self.carry_singly(leader, addr, renewals).await;
+            }
+            Err(e) => {
+                for r in renewals {
+                    let _ = r.answer.send(Err(forward_failure(&e, leader, self.waited_ms(r.started))));
+                }
+                return;
+            }
+        };
+        inc(&self.metrics.forwarded_renewal_calls);
+        self.metrics.forwarded_renewals.fetch_add(renewals.len() as u64, Ordering::Relaxed);
+        let mut open: Vec<Option<Renewal>> = renewals.into_iter().map(Some).collect();
+        let mut unanswered = open.len();
+        // The leader has begun: whatever is not answered now may have been applied.
+        let why = loop {
+            let next = tokio::time::timeout(timeout.saturating_sub(self.clock.mono().since(now)), answers.next()).await;
+            match next {
+                Err(_) => break format!("leader {leader} did not answer every renewal within {timeout:?}"),
+                Ok(None) => break format!("leader {leader} ended the answers early"),
+                Ok(Some(Err(e))) => break format!("the answers from leader {leader} broke off: {e}"),
+                Ok(Some(Ok(ForwardedAnswer { index, answer }))) => {
+                    match open.get_mut(index).and_then(Option::take) {
+                        Some(renewal) => {
+                            let _ = renewal.answer.send(answer);
+                            unanswered -= 1;
+                        }
+                        None => {
+                            tracing::error!(leader, index, "the leader answered a renewal twice or one it was not sent")
+                        }
+                    }
+                    if unanswered == 0 {
+                        return;
+                    }
+                }
+            }
+        };
+        for renewal in open.into_iter().flatten() {
+            let waited_ms = self.waited_ms(renewal.started);
+            let _ = renewal.answer.send(Err(RegistryError::Indeterminate { waited_ms, why: why.clone() }));
         }
+    }
+
+    /// Remember that `leader` answered `UNIMPLEMENTED` to a batch (logged when it is news).
+    fn note_older(&self, leader: NodeId) {
+        let mut older = self.older_leader.lock().unwrap_or_else(PoisonError::into_inner);
+        if older.is_none_or(|(id, _)| id != leader) {
+            tracing::info!(
+                leader,
+                "the leader does not take renewal batches (an older release?); forwarding singly, a batch is tried again every {OLDER_LEADER_RETRY:?}"
+            );
+        }
+        *older = Some((leader, self.clock.mono()));
     }
 
     fn leader_is_older(&self, leader: NodeId) -> bool {
@@ -302,59 +375,27 @@ impl Carrier {
         older.is_some_and(|(id, at)| id == leader && self.clock.mono().since(at) < OLDER_LEADER_RETRY)
     }
 
-    /// Each renewal as its own `Forward`, all at once (what releases before batches did).
-    async fn carry_singly(&self, leader: NodeId, addr: &str, renewals: Vec<Renewal>) -> Vec<Answer> {
-        let calls = renewals.into_iter().map(|renewal| {
+    /// Each renewal as its own `Forward`, all at once (what releases before batches did). A
+    /// task that panicked drops its renewal's answer, which its caller reads as unknown.
+    async fn carry_singly(&self, leader: NodeId, addr: &str, renewals: Vec<Renewal>) {
+        let mut calls = tokio::task::JoinSet::new();
+        for renewal in renewals {
             let (peers, clock, addr) = (self.peers.clone(), self.clock.clone(), addr.to_string());
-            async move {
+            calls.spawn(async move {
                 let timeout = renewal.deadline.since(clock.mono()).max(MIN_CALL_TIMEOUT);
                 let proposal = Proposal::Renew(renewal.renew);
-                forward_one(&peers, leader, &addr, &proposal, timeout).await.unwrap_or_else(|e| {
+                let answer = forward_one(&peers, leader, &addr, &proposal, timeout).await.unwrap_or_else(|e| {
                     Err(forward_failure(&e, leader, clock.mono().since(renewal.started).as_millis() as u64))
-                })
-            }
-        });
-        all_in_order(calls)
-            .await
-            .into_iter()
-            .map(|answer| answer.unwrap_or_else(|| Err(RegistryError::Fatal("a forwarding task panicked".into()))))
-            .collect()
-    }
-
-    fn waited_ms(&self, renewal: &Renewal) -> u64 {
-        self.clock.mono().since(renewal.started).as_millis() as u64
-    }
-}
-
-/// The shortest time a forwarding call is given: a caller whose deadline is (nearly) past
-/// still gets a call that can complete, as the single forward always did.
-pub const MIN_CALL_TIMEOUT: Duration = Duration::from_millis(10);
-
-/// Run `futures` and return their outputs in their order: each is polled once here, and only
-/// those that must wait (a renewal that takes the log path) continue as tasks of their own, so
-/// a batch of renewals answered from memory costs no task spawns. A task that panicked yields
-/// `None` (its panic is already logged by the runtime).
-pub async fn all_in_order<T: Send + 'static>(
-    futures: impl IntoIterator<Item = impl Future<Output = T> + Send + 'static>,
-) -> Vec<Option<T>> {
-    let mut outputs = Vec::new();
-    let mut waiting = tokio::task::JoinSet::new();
-    for (i, future) in futures.into_iter().enumerate() {
-        let mut future = Box::pin(future);
-        match std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
-            Poll::Ready(output) => outputs.push(Some(output)),
-            Poll::Pending => {
-                outputs.push(None);
-                waiting.spawn(async move { (i, future.await) });
-            }
+                });
+                let _ = renewal.answer.send(answer);
+            });
         }
+        while calls.join_next().await.is_some() {}
     }
-    while let Some(joined) = waiting.join_next().await {
-        if let Ok((i, output)) = joined {
-            outputs[i] = Some(output);
-        }
+
+    fn waited_ms(&self, started: MonoTime) -> u64 {
+        self.clock.mono().since(started).as_millis() as u64
     }
-    outputs
 }
 
 #[cfg(test)]

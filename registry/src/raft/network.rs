@@ -5,6 +5,7 @@
 //! cluster reusing the port, a replaced node) refuses it, so it can never vote in our elections.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -44,7 +45,6 @@ pub enum PeerRpc {
     Vote,
     InstallSnapshot,
     Forward,
-    ForwardRenewals,
     NodeHistory,
     HoldElections,
     ClockProbe,
@@ -195,45 +195,116 @@ impl PeerClients {
         data: Vec<u8>,
         timeout: Duration,
     ) -> Result<Resp, PeerCallError> {
-        let payload = RaftPayload {
-            cluster_id: self.cluster_id.clone(),
-            target_node_id: target,
-            sender_node_id: self.my_id,
-            data,
-        };
-        let mut client = RaftTransportClient::new(self.channel(target, addr)?)
-            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-        let mut request = tonic::Request::new(payload);
-        request.set_timeout(timeout);
+        let mut client = self.client(target, addr)?;
+        let request = self.request(target, data, timeout);
         let call = async {
             match rpc {
                 PeerRpc::AppendEntries => client.append_entries(request).await,
                 PeerRpc::Vote => client.vote(request).await,
                 PeerRpc::InstallSnapshot => client.install_snapshot(request).await,
                 PeerRpc::Forward => client.forward(request).await,
-                PeerRpc::ForwardRenewals => client.forward_renewals(request).await,
                 PeerRpc::NodeHistory => client.node_history(request).await.map(|r| r.map(history_payload)),
                 PeerRpc::HoldElections => client.hold_elections(request).await,
                 PeerRpc::ClockProbe => client.clock_probe(request).await,
             }
         };
-        let addr = addr.to_string();
         let response = match tokio::time::timeout(timeout, call).await {
-            Err(_) => return Err(PeerCallError::Timeout { addr, timeout }),
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                return Err(PeerCallError::Unreachable { addr, status })
-            }
-            Ok(Err(status)) => return Err(PeerCallError::Failed { addr, status }),
+            Err(_) => return Err(PeerCallError::Timeout { addr: addr.to_string(), timeout }),
+            Ok(Err(status)) => return Err(PeerCallError::of_status(addr, status)),
             Ok(Ok(response)) => response.into_inner(),
         };
+        self.answered(target, addr, response)
+    }
+
+    /// Open `ForwardRenewals` to node `target` at `addr` with `request` (the renewals): the
+    /// leader's answers, as they come. `timeout` bounds the opening, and each caller bounds
+    /// its reading.
+    pub async fn forward_renewals<Req: Serialize, Item: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<PeerAnswers<Item>, PeerCallError> {
+        let mut client = self.client(target, addr)?;
+        let request = self.request(target, serde_json::to_vec(request)?, timeout);
+        let answers = match tokio::time::timeout(timeout, client.forward_renewals(request)).await {
+            Err(_) => return Err(PeerCallError::Timeout { addr: addr.to_string(), timeout }),
+            Ok(Err(status)) => return Err(PeerCallError::of_status(addr, status)),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        Ok(PeerAnswers { peers: self.clone(), target, addr: addr.to_string(), answers, item: PhantomData })
+    }
+
+    fn client(&self, target: NodeId, addr: &str) -> Result<RaftTransportClient<BoxChannel>, PeerCallError> {
+        Ok(RaftTransportClient::new(self.channel(target, addr)?)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
+    }
+
+    /// The envelope of a call to `target`: this cluster, the target, this node as sender.
+    fn request(&self, target: NodeId, data: Vec<u8>, timeout: Duration) -> tonic::Request<RaftPayload> {
+        let payload = RaftPayload {
+            cluster_id: self.cluster_id.clone(),
+            target_node_id: target,
+            sender_node_id: self.my_id,
+            data,
+        };
+        let mut request = tonic::Request::new(payload);
+        request.set_timeout(timeout);
+        request
+    }
+
+    /// The body of `target`'s answer, once it is shown to come from `target`.
+    fn answered<Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        response: RaftPayload,
+    ) -> Result<Resp, PeerCallError> {
         // The reply names its sender: a different node at this address must not count as
         // `target` (nor as having acknowledged anything).
         if response.sender_node_id != target {
-            return Err(PeerCallError::WrongNode { addr, expected: target, found: response.sender_node_id });
+            return Err(PeerCallError::WrongNode {
+                addr: addr.to_string(),
+                expected: target,
+                found: response.sender_node_id,
+            });
         }
         self.answered_at.lock().unwrap_or_else(PoisonError::into_inner).insert(target, self.clock.mono());
         Ok(serde_json::from_slice(&response.data)?)
+    }
+}
+
+/// The answers of a server-streaming peer call, each checked to come from the node called.
+pub struct PeerAnswers<Item> {
+    peers: PeerClients,
+    target: NodeId,
+    addr: String,
+    answers: tonic::Streaming<RaftPayload>,
+    item: PhantomData<fn() -> Item>,
+}
+
+impl<Item: DeserializeOwned> PeerAnswers<Item> {
+    /// The next answer; `None` once the peer ended the stream.
+    pub async fn next(&mut self) -> Option<Result<Item, PeerCallError>> {
+        match self.answers.message().await {
+            Ok(None) => None,
+            Err(status) => Some(Err(PeerCallError::of_status(&self.addr, status))),
+            Ok(Some(payload)) => Some(self.peers.answered(self.target, &self.addr, payload)),
+        }
+    }
+}
+
+impl PeerCallError {
+    /// A peer call's error status: `UNAVAILABLE` is a peer that cannot be reached.
+    fn of_status(addr: &str, status: tonic::Status) -> PeerCallError {
+        let addr = addr.to_string();
+        if status.code() == tonic::Code::Unavailable {
+            PeerCallError::Unreachable { addr, status }
+        } else {
+            PeerCallError::Failed { addr, status }
+        }
     }
 }
 

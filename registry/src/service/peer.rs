@@ -3,6 +3,8 @@
 //! node starting without Raft state (the only call answered while this node itself decides
 //! whether it may start). Payloads for another cluster or node are refused.
 
+use std::pin::Pin;
+
 use fenceflake_proto::tls::{self, Role};
 use fenceflake_proto::v1 as pb;
 use fenceflake_proto::v1::{NodeHistoryAnswer, RaftPayload};
@@ -10,10 +12,11 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::Vote;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::clock_watch::ClockReading;
-use crate::error::RegistryError;
 use crate::forward;
 use crate::leader::member_roles;
 use crate::lease::Renew;
@@ -134,13 +137,17 @@ impl PeerService {
     }
 
     fn seal<T: Serialize>(&self, body: &T) -> Result<Response<RaftPayload>, Status> {
+        self.payload(body).map(Response::new)
+    }
+
+    fn payload<T: Serialize>(&self, body: &T) -> Result<RaftPayload, Status> {
         let data = serde_json::to_vec(body).map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
-        Ok(Response::new(RaftPayload {
+        Ok(RaftPayload {
             cluster_id: self.node.cluster_id.clone(),
             target_node_id: 0,
             sender_node_id: self.node.node_id,
             data,
-        }))
+        })
     }
 }
 
@@ -182,9 +189,14 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
         self.seal(&self.node.execute_forwarded(proposal).await)
     }
 
+    type ForwardRenewalsStream = Pin<Box<dyn Stream<Item = Result<RaftPayload, Status>> + Send + 'static>>;
+
     /// Many forwarded renewals: each executed as a single forwarded one would be, all at once,
-    /// and answered in their order (`crate::forward`).
-    async fn forward_renewals(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    /// each answer sent as soon as it is ready (`crate::forward`).
+    async fn forward_renewals(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<Self::ForwardRenewalsStream>, Status> {
         let renewals: Vec<Renew> = self.open_from_member(&request, "ForwardRenewals")?;
         if renewals.len() > FORWARDED_RENEWALS_PER_CALL_MAX {
             return Err(Status::invalid_argument(format!(
@@ -192,18 +204,17 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
                 renewals.len()
             )));
         }
-        let calls = renewals.into_iter().map(|renew| {
-            let node = self.node.clone();
-            async move { node.execute_forwarded(Proposal::Renew(renew)).await }
-        });
-        let answers: Vec<forward::Answer> = forward::all_in_order(calls)
-            .await
+        let runs: Vec<_> = renewals
             .into_iter()
-            .map(|answer| {
-                answer.unwrap_or_else(|| Err(RegistryError::Fatal("a forwarded renewal's task panicked".into())))
+            .map(|renew| {
+                let node = self.node.clone();
+                async move { node.execute_forwarded(Proposal::Renew(renew)).await }
             })
             .collect();
-        self.seal(&answers)
+        let answers = forward::answer_each(runs).await;
+        let service = self.clone();
+        let sealed = ReceiverStream::new(answers).map(move |answer| service.payload(&answer));
+        Ok(Response::new(Box::pin(sealed)))
     }
 
     /// Answered in both shapes: `data` the bool older releases read, `detail` this release's.
