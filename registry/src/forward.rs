@@ -331,7 +331,7 @@ impl Carrier {
         let mut unanswered = open.len();
         // The leader has begun: whatever is not answered now may have been applied.
         let why = loop {
-            let next = tokio::time::timeout(timeout.saturating_sub(self.clock.mono().since(now)), answers.next()).await;
+            let next = tokio::time::timeout(self.remaining(now, timeout), answers.next()).await;
             match next {
                 Err(_) => break format!("leader {leader} did not answer every renewal within {timeout:?}"),
                 Ok(None) => break format!("leader {leader} ended the answers early"),
@@ -347,6 +347,11 @@ impl Carrier {
                         }
                     }
                     if unanswered == 0 {
+                        // Read the stream's end, which follows at once: a stream dropped before
+                        // it is reset, and a server takes many resets for an attack (HTTP/2
+                        // rapid reset) and closes the whole connection.
+                        let rest = self.remaining(now, timeout);
+                        let _ = tokio::time::timeout(rest, answers.next()).await;
                         return;
                     }
                 }
@@ -391,6 +396,11 @@ impl Carrier {
             });
         }
         while calls.join_next().await.is_some() {}
+    }
+
+    /// What is left of `timeout` counted from `since`.
+    fn remaining(&self, since: MonoTime, timeout: Duration) -> Duration {
+        timeout.saturating_sub(self.clock.mono().since(since))
     }
 
     fn waited_ms(&self, started: MonoTime) -> u64 {

@@ -82,9 +82,10 @@ pub const PROPOSAL_QUEUE_MAX: usize = 16 * 1024;
 /// as many again (the stream's answer channel).
 pub const RENEW_STREAM_IN_FLIGHT_MAX: usize = 256;
 
-/// Renewals one `ForwardRenewals` peer call carries at most (a leader refuses more): what two
-/// calls in flight drain from the queue of a follower that a whole 16-bit fleet renews
-/// through (about 4 000 a second each) with room to spare, at ~200 bytes each a small call.
+/// Renewals one `ForwardRenewals` peer call carries at most (a leader refuses more, and the
+/// follower then forwards them singly): far more than a follower's queue holds while its calls
+/// are in flight, even when a whole 16-bit fleet renews through it (about 4 000 a second
+/// each); at ~200 bytes each, a small call.
 pub const FORWARDED_RENEWALS_PER_CALL_MAX: usize = 512;
 
 /// Renewals waiting on a follower for a forwarding call; a renewal that cannot enter the queue

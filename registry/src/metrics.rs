@@ -124,7 +124,7 @@ impl RegistryMetrics {
             ),
             (
                 names::FORWARDED_RENEWALS,
-                "Renewals this node forwarded to the leader as a follower, in batches.",
+                "Renewals this node forwarded to the leader as a follower in ForwardRenewals calls (one or more per call).",
                 &self.forwarded_renewals,
             ),
             (

@@ -7,7 +7,8 @@
 //! Faults, all decided from the seed: latency and jitter per hop; packet loss as TCP sees it
 //! (a retransmission: extra delay); duplicated requests (a proxy or a client library that
 //! retries a call whose answer it did not see: the server runs it twice, the caller sees one
-//! answer; never the registry client's, the adversary's nor a node's `Forward`, see
+//! answer; never the registry client's, the adversary's nor a node's `Forward` or
+//! `ForwardRenewals`, see
 //! [`duplicable`]); directed cuts (a partition, one-way or both ways), under
 //! which a request or its answer is lost and the caller waits out its own timeout, as behind
 //! a firewall DROP rule; a stopped process, whose port refuses at once (`UNAVAILABLE`); a
@@ -329,7 +330,7 @@ async fn twins(request: http::Request<Body>) -> Result<(http::Request<Body>, htt
 /// op's answer for its only effect: a copy served later would run an Acquire again after its
 /// Release) and the adversary (a copy of its Acquire served after it released its lease grants
 /// it a lease whose token it never heard of, which its reads then report as leaked) — and not
-/// a node's `Forward` (or `ForwardRenewals`) of a caller's request, which the product sends once, with no retry, over
+/// a node's `Forward` (or `ForwardRenewals`) of callers' requests, which the product sends once, with no retry, over
 /// a mutual-TLS connection pinned to the target node (no retrying proxy sits in it); a worker's
 /// duplicated request still reaches the leader twice, forwarded once per copy. Everything else may: the workers' calls (a proxy or client library retrying) and
 /// Raft's own messages.
