@@ -143,3 +143,45 @@ async fn only_workers_open_a_renew_stream() {
         assert!(err.message().contains("Renew"), "{role}: {err:?}");
     }
 }
+
+/// Goal: thousands of renewals through one follower at once — which it forwards to the leader
+/// many per `ForwardRenewals` call, the answers streamed back — are each answered with their
+/// own lease under their own tag, and none fails: neither a renewal lost from a batch, nor an
+/// answer given to another, nor the connection reset under the follower by HTTP/2's guard
+/// against rapidly reset streams (each batch's answer stream is read to its end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_renewals_through_a_follower_each_get_their_own_answer() {
+    const STREAMS: u32 = 8;
+    const RENEWALS_PER_STREAM: u64 = 400;
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_all_know_the_leader(Duration::from_secs(15)).await;
+    let follower = (1..=3).find(|n| *n != leader).expect("a follower");
+    let mut tasks = Vec::new();
+    for s in 0..STREAMS {
+        let mut client = cluster.client(follower);
+        let lease = client.acquire(acquire(&format!("holder-{s}"), s)).await.expect("acquire").into_inner();
+        tasks.push(tokio::spawn(async move {
+            let Stream { tx, mut rx } = Stream::open(&mut client).await.expect("open");
+            let renewal = renewal(&lease);
+            let sender = tokio::spawn(async move {
+                for tag in 0..RENEWALS_PER_STREAM {
+                    let request = pb::RenewStreamRequest { tag, renew: Some(renewal) };
+                    tx.send(request).await.expect("the stream takes a message");
+                }
+                tx
+            });
+            let mut answered = BTreeSet::new();
+            for _ in 0..RENEWALS_PER_STREAM {
+                let answer = next(&mut rx).await.expect("an answer");
+                let renewed = lease_of(&answer);
+                assert_eq!((renewed.worker_id, renewed.token), (s, lease.token), "tag {}", answer.tag);
+                assert!(answered.insert(answer.tag), "tag {} answered twice", answer.tag);
+            }
+            drop(sender.await.expect("sender"));
+            answered.len()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.expect("a stream's task"), RENEWALS_PER_STREAM as usize);
+    }
+}
