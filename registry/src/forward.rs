@@ -99,10 +99,15 @@ fn refused_before_running(status: &tonic::Status) -> bool {
 /// The leader's side of `ForwardRenewals`: run every future, and send each answer with its
 /// index as soon as it is ready. Each is polled once here (a renewal answered from memory is
 /// done then, at no task's cost); only those that must wait (the log path) continue as tasks
-/// of their own. The channel ends when the last answer is sent; a task that panicked sends
-/// nothing, and the follower counts that renewal's outcome as unknown.
+/// of their own, for at most `limit` (the node's request timeout: a single `Forward` stops
+/// when its caller leaves, and these tasks outlive the call, so they end on their own and
+/// answer unknown). The channel ends when the last answer is sent; a task that panicked sends
+/// nothing, and the follower counts that renewal's outcome as unknown. The inline polls share
+/// the handler's cooperative budget: past it, a renewal that could be answered from memory
+/// is spawned too (correct, only dearer).
 pub async fn answer_each(
     futures: Vec<impl Future<Output = Answer> + Send + 'static>,
+    limit: Duration,
 ) -> mpsc::Receiver<ForwardedAnswer> {
     // Room for every answer: sending never waits, whatever the reader does.
     let (tx, rx) = mpsc::channel(futures.len().max(1));
@@ -115,7 +120,10 @@ pub async fn answer_each(
             Poll::Pending => {
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let answer = future.await;
+                    let answer = tokio::time::timeout(limit, future).await.unwrap_or_else(|_| {
+                        let waited_ms = limit.as_millis() as u64;
+                        Err(RegistryError::Indeterminate { waited_ms, why: "still running on the leader".into() })
+                    });
                     let _ = tx.try_send(ForwardedAnswer { index, answer });
                 });
             }
@@ -247,6 +255,10 @@ async fn drain(carrier: Arc<Carrier>, key: LeaderKey) {
         let mut queues = carrier.queues();
         let Some(queue) = queues.get_mut(&key) else { return };
         queue.prune();
+        if queue.waiting.is_empty() && queue.calls == 0 {
+            queues.remove(&key); // every caller that queued left before this task ran
+            return;
+        }
         if queue.calls >= CALLS_IN_FLIGHT_MAX || queue.waiting.is_empty() {
             return;
         }
@@ -275,6 +287,10 @@ impl Drop for Slot {
         } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             drop(queues);
             drop(runtime.spawn(drain(self.carrier.clone(), self.key.clone())));
+        } else {
+            // No runtime to carry them: their callers hear "no answer" (unknown) now rather
+            // than at their deadlines.
+            queue.waiting.clear();
         }
     }
 }
@@ -284,7 +300,7 @@ struct Carrier {
     peers: PeerClients,
     clock: Arc<dyn Clock>,
     metrics: Arc<RegistryMetrics>,
-    /// The last leader that answered `UNIMPLEMENTED` to a batch, and when.
+    /// The last leader that refused a batch before running it, and when.
     older_leader: Mutex<Option<(NodeId, MonoTime)>>,
     queues: Mutex<HashMap<LeaderKey, Queue>>,
 }
@@ -309,13 +325,13 @@ impl Carrier {
             Ok(answers) => answers,
             // An older release: nothing ran. Single forwards, and no batches to it for a while.
             Err(PeerCallError::Failed { status, .. }) if status.code() == tonic::Code::Unimplemented => {
-                self.note_older(leader);
+                self.note_singly(leader, "the leader does not take renewal batches (an older release?)");
                 return self.carry_singly(leader, addr, renewals).await;
             }
             // Refused before running (a batch this leader will not take, e.g. a release with a
             // smaller batch bound): each renewal goes on its own and gets its own answer.
             Err(PeerCallError::Failed { status, .. }) if status.code() == tonic::Code::InvalidArgument => {
-                tracing::warn!(leader, refusal = %status.message(), "the leader refused a renewal batch; forwarding it singly");
+                self.note_singly(leader, &format!("the leader refused a renewal batch: {}", status.message()));
                 return self.carry_singly(leader, addr, renewals).await;
             }
             Err(e) => {
@@ -363,13 +379,16 @@ impl Carrier {
         }
     }
 
-    /// Remember that `leader` answered `UNIMPLEMENTED` to a batch (logged when it is news).
-    fn note_older(&self, leader: NodeId) {
+    /// Remember that `leader` refused a batch before running it (`UNIMPLEMENTED`: an older
+    /// release; `INVALID_ARGUMENT`: one with other bounds), so that renewals to it go singly
+    /// for [`OLDER_LEADER_RETRY`] instead of paying a refused call first each time (logged
+    /// when it is news).
+    fn note_singly(&self, leader: NodeId, why: &str) {
         let mut older = self.older_leader.lock().unwrap_or_else(PoisonError::into_inner);
         if older.is_none_or(|(id, _)| id != leader) {
-            tracing::info!(
+            tracing::warn!(
                 leader,
-                "the leader does not take renewal batches (an older release?); forwarding singly, a batch is tried again every {OLDER_LEADER_RETRY:?}"
+                "{why}; forwarding renewals to it singly, a batch is tried again every {OLDER_LEADER_RETRY:?}"
             );
         }
         *older = Some((leader, self.clock.mono()));

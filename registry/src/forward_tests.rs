@@ -374,7 +374,7 @@ fn a_runtime_dropped_with_renewals_queued_stops_cleanly() {
 }
 
 #[tokio::test]
-async fn the_leader_sends_each_answer_when_it_is_ready_and_nothing_for_a_task_that_panicked() {
+async fn the_leader_sends_each_answer_when_it_is_ready_unknown_past_its_limit_and_nothing_for_a_panic() {
     let (release, wait) = oneshot::channel::<()>();
     let ready = |id: u32| -> std::pin::Pin<Box<dyn Future<Output = Answer> + Send>> {
         Box::pin(async move { answer_for(&renew(id)) })
@@ -390,14 +390,18 @@ async fn the_leader_sends_each_answer_when_it_is_ready_and_nothing_for_a_task_th
             panic!("a renewal's task panicked")
         }),
         ready(3),
+        Box::pin(std::future::pending()),
     ];
-    let mut answers = answer_each(runs).await;
+    let mut answers = answer_each(runs, Duration::from_millis(300)).await;
     let mut next = || answers.try_recv().map(|a| (a.index, named_worker(a.answer)));
     assert_eq!(next(), Ok((1, "1".into())), "answered when first polled, in order");
     assert_eq!(next(), Ok((3, "3".into())));
     release.send(()).unwrap();
     let late = answers.recv().await.unwrap();
     assert_eq!((late.index, named_worker(late.answer)), (0, "0".into()));
+    let stuck = answers.recv().await.unwrap();
+    assert_eq!(stuck.index, 4);
+    assert!(matches!(stuck.answer, Err(RegistryError::Indeterminate { .. })), "past its limit: {:?}", stuck.answer);
     assert!(answers.recv().await.is_none(), "the panicked renewal sends nothing, and the answers end");
 }
 

@@ -211,7 +211,7 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
                 async move { node.execute_forwarded(Proposal::Renew(renew)).await }
             })
             .collect();
-        let answers = forward::answer_each(runs).await;
+        let answers = forward::answer_each(runs, self.node.request_timeout).await;
         let service = self.clone();
         let sealed = ReceiverStream::new(answers).map(move |answer| service.payload(&answer));
         Ok(Response::new(Box::pin(sealed)))
