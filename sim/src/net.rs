@@ -335,7 +335,8 @@ async fn twins(request: http::Request<Body>) -> Result<(http::Request<Body>, htt
 /// duplicated request still reaches the leader twice, forwarded once per copy. Everything else may: the workers' calls (a proxy or client library retrying) and
 /// Raft's own messages.
 fn duplicable(from: &str, path: &str) -> bool {
-    ![registry_client::MACHINE, adversary::MACHINE].contains(&machine(from)) && !path.ends_with("/Forward")
+    ![registry_client::MACHINE, adversary::MACHINE].contains(&machine(from))
+        && !path.ends_with("/Forward")
         && !path.ends_with("/ForwardRenewals")
 }
 
