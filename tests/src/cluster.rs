@@ -27,6 +27,9 @@ pub struct RegistryProcess {
     child: Option<Child>,
 }
 
+/// How long one status call may take before a wait polls again on a fresh connection.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A cluster under test, on mutual TLS: every node has the node certificate of its id from
 /// the cluster's own CA ([`Certs`]), and every client the helpers make has a certificate of the
 /// role it needs. Dropping it SIGKILLs every node; on a test failure the directory with data
@@ -241,6 +244,14 @@ impl Cluster {
         client.cluster_status(pb::ClusterStatusRequest {}).await.ok().map(|r| r.into_inner())
     }
 
+    /// [`Cluster::status`] within [`STATUS_TIMEOUT`], for the waits below, which poll it: one
+    /// call stuck on a connection made while the node was still starting must not use up a
+    /// whole wait (seen: a healthy cluster with a leader within a second, and a 15 s wait for
+    /// it that timed out).
+    async fn polled_status(&self, node_id: u64) -> Option<pb::ClusterStatusResponse> {
+        tokio::time::timeout(STATUS_TIMEOUT, self.status(node_id)).await.ok()?
+    }
+
     /// Wait until every running node answers on its client port and names the same running
     /// leader. Waiting for just one node is not enough: on a loaded machine a slower process
     /// may not have bound its client port yet when the test sends it its first request.
@@ -248,7 +259,7 @@ impl Cluster {
         eventually(timeout, "every node serving with one leader", || async {
             let mut leaders = BTreeSet::new();
             for node_id in self.running() {
-                let s = self.status(node_id).await?;
+                let s = self.polled_status(node_id).await?;
                 leaders.insert(s.leader_id);
             }
             let leader = *leaders.first()?;
@@ -262,7 +273,7 @@ impl Cluster {
         eventually(timeout, "every node applied the same index", || async {
             let mut applied = BTreeSet::new();
             for node_id in self.running() {
-                applied.insert(self.status(node_id).await?.applied_index);
+                applied.insert(self.polled_status(node_id).await?.applied_index);
             }
             (applied.len() == 1).then(|| applied.into_iter().next()).flatten()
         })
@@ -273,7 +284,7 @@ impl Cluster {
     pub async fn wait_leader(&self, timeout: Duration) -> u64 {
         eventually(timeout, "a registry leader", || async {
             for node_id in self.running() {
-                if let Some(s) = self.status(node_id).await {
+                if let Some(s) = self.polled_status(node_id).await {
                     if s.leader_id != 0 && self.running().contains(&s.leader_id) && s.epoch_ms != 0 {
                         return Some(s.leader_id);
                     }
