@@ -134,6 +134,8 @@ impl RaftTransport for FakeLeader {
         }
     }
 
+    // The rest of the generated trait (it has no default methods): the forwarder never calls
+    // them, and a call reaching one would fail its test with UNIMPLEMENTED.
     async fn append_entries(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         Err(Status::unimplemented("fake"))
     }
