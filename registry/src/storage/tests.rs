@@ -246,3 +246,18 @@ async fn a_given_up_id_is_persisted_with_the_grant() {
     let reopened = open(dir.path(), &identity(1), tracker()).unwrap().state_machine;
     assert_eq!(reopened.shared().read().table, applied, "the reloaded table differs from the applied one");
 }
+
+/// Goal: every snapshot a process builds gets its own ID, even at the same applied position
+/// (the count used to live in each new builder and so never moved past 1).
+#[tokio::test]
+async fn each_built_snapshot_has_its_own_id() {
+    use openraft::RaftSnapshotBuilder;
+    let (_disk, mut opened) = on_memory();
+    opened.state_machine.apply(vec![blank_entry(1)]).await.unwrap();
+    let first = opened.state_machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let second = opened.state_machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(first.meta.last_log_id, second.meta.last_log_id);
+    assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
+    let current = opened.state_machine.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.snapshot_id, second.meta.snapshot_id);
+}
