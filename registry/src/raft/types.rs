@@ -2,7 +2,6 @@
 //! of lease commands, and members carry both their peer and client addresses.
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +32,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = PeerNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::storage::SnapshotData,
         AsyncRuntime = super::runtime::RegistryRuntime,
 );
 

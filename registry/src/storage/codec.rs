@@ -1,6 +1,8 @@
 //! Versioned encoding of everything the registry keeps in its `Db`: one format byte, then JSON.
 //! The byte lets a later release change the encoding without misreading old data.
 
+use std::io::{Read, Write};
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -23,6 +25,8 @@ pub enum CodecError {
     Json(#[from] serde_json::Error),
     #[error("stored frame is cut short: {0}")]
     ShortFrame(&'static str),
+    #[error("stored value cannot be read or written: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
@@ -35,9 +39,21 @@ pub fn encode_for_raised_rules<T: Serialize>(value: &T) -> Result<Vec<u8>, Codec
 }
 
 fn encode_as<T: Serialize>(format: u8, value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![format];
-    serde_json::to_writer(&mut out, value)?;
+    let mut out = Vec::new();
+    encode_as_into(&mut out, format, value)?;
     Ok(out)
+}
+
+/// [`encode`], or with `raised` [`encode_for_raised_rules`], written straight into `out`: for a
+/// value too large to build in memory first (a snapshot of the whole table).
+pub fn encode_into<W: Write, T: Serialize>(out: W, value: &T, raised: bool) -> Result<(), CodecError> {
+    encode_as_into(out, if raised { FORMAT_V2 } else { FORMAT_V1 }, value)
+}
+
+fn encode_as_into<W: Write, T: Serialize>(mut out: W, format: u8, value: &T) -> Result<(), CodecError> {
+    out.write_all(&[format])?;
+    serde_json::to_writer(out, value)?;
+    Ok(())
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
@@ -45,6 +61,16 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         None => Err(CodecError::Empty),
         Some((&(FORMAT_V1 | FORMAT_V2), body)) => Ok(serde_json::from_slice(body)?),
         Some((&other, _)) => Err(CodecError::UnknownFormat(other)),
+    }
+}
+
+/// [`decode`], read from `input` as it goes (give it a buffered reader).
+pub fn decode_from<R: Read, T: DeserializeOwned>(mut input: R) -> Result<T, CodecError> {
+    let mut format = [0u8; 1];
+    match input.read(&mut format)? {
+        0 => Err(CodecError::Empty),
+        _ if matches!(format[0], FORMAT_V1 | FORMAT_V2) => Ok(serde_json::from_reader(input)?),
+        _ => Err(CodecError::UnknownFormat(format[0])),
     }
 }
 
@@ -97,6 +123,22 @@ mod tests {
         assert!(matches!(decode::<u32>(&[]), Err(CodecError::Empty)));
         let raised = encode_for_raised_rules(&5u32).unwrap();
         assert_eq!((raised[0], decode::<u32>(&raised).unwrap()), (FORMAT_V2, 5));
+    }
+
+    /// What is written or read as a stream is what `encode`/`decode` make of it, and a bad
+    /// stream is an error.
+    #[test]
+    fn streamed_values_are_the_same_bytes() {
+        for raised in [false, true] {
+            let mut streamed = Vec::new();
+            encode_into(&mut streamed, &(7u32, "x"), raised).unwrap();
+            let whole = if raised { encode_for_raised_rules(&(7u32, "x")) } else { encode(&(7u32, "x")) };
+            assert_eq!(streamed, whole.unwrap());
+            assert_eq!(decode_from::<_, (u32, String)>(&streamed[..]).unwrap(), (7, "x".to_string()));
+        }
+        assert!(matches!(decode_from::<_, u32>(&[][..]), Err(CodecError::Empty)));
+        assert!(matches!(decode_from::<_, u32>(&[9, b'1'][..]), Err(CodecError::UnknownFormat(9))));
+        assert!(matches!(decode_from::<_, (u32, String)>(&[FORMAT_V1, b'['][..]), Err(CodecError::Json(_))));
     }
 
     /// A framed value keeps its body byte for byte (no JSON array of numbers), refuses to be

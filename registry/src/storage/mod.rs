@@ -10,6 +10,7 @@ pub mod codec;
 pub mod kv;
 pub mod log_store;
 pub mod memory;
+pub mod snapshot_store;
 pub mod state_machine;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use crate::raft::types::NodeId;
 pub use kv::{Db, KvError};
 pub use log_store::LogStore;
 pub use memory::{MemDisk, MemDiskError};
+pub use snapshot_store::SnapshotData;
 pub use state_machine::{SharedState, SmState, StateMachine};
 
 /// sled's page cache: the whole table is ~100 KB, so the default 1 GiB would only waste memory.
@@ -70,7 +72,7 @@ pub fn open(path: &Path, identity: &DataDirIdentity, tracker: ExpiryTracker) -> 
         .mode(sled::Mode::LowSpace)
         .open()
         .map_err(|source| OpenError::Sled { path: path.to_path_buf(), source })?;
-    open_db(Db::Sled(db), path, identity, tracker)
+    open_db(Db::Sled(db), path, Some(path), identity, tracker)
 }
 
 /// `open` on a simulated node's memory disk, with the same identity checks.
@@ -79,12 +81,14 @@ pub fn open_memory(
     identity: &DataDirIdentity,
     tracker: ExpiryTracker,
 ) -> Result<OpenedStorage, OpenError> {
-    open_db(Db::Memory(disk.clone()), Path::new(MEMORY_DISK_PATH), identity, tracker)
+    open_db(Db::Memory(disk.clone()), Path::new(MEMORY_DISK_PATH), None, identity, tracker)
 }
 
+/// `snapshot_dir`: the data dir whose `snapshots/` keeps snapshot files (`None`: in `db`).
 fn open_db(
     db: Db,
     path: &Path,
+    snapshot_dir: Option<&Path>,
     identity: &DataDirIdentity,
     tracker: ExpiryTracker,
 ) -> Result<OpenedStorage, OpenError> {
@@ -123,7 +127,7 @@ fn open_db(
         }
     };
     let log_store = LogStore::open(&db).map_err(kv_err)?;
-    let state_machine = StateMachine::open(&db, tracker)
+    let state_machine = StateMachine::open(&db, snapshot_dir, tracker)
         .map_err(|source| OpenError::StateMachine { path: path.to_path_buf(), source })?;
     Ok(OpenedStorage { log_store, state_machine, had_state })
 }

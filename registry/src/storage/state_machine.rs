@@ -3,15 +3,16 @@
 //! builds and installs snapshots.
 
 use std::collections::BTreeSet;
-use std::io::Cursor;
+use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
-use super::codec::{decode, decode_framed, encode, encode_for_raised_rules, encode_framed, is_framed, CodecError};
+use super::codec::{decode, encode};
 use super::kv::{Db, KvBatch, Tree};
+use super::snapshot_store::{SnapshotData, SnapshotStore};
 use crate::expiry::ExpiryTracker;
 use crate::lease::{Command, LeaseTable, LogPos, Outcome, Rejection, Rules, WorkerId};
 use crate::raft::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -19,7 +20,6 @@ use crate::raft::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, Sto
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_GLOBALS: &[u8] = b"globals";
 const KEY_AUDIT: &[u8] = b"audit";
-const KEY_SNAPSHOT: &[u8] = b"snapshot";
 /// Prefix of per-worker-ID records: `r` + worker ID (big-endian u32).
 const RECORD_PREFIX: u8 = b'r';
 
@@ -52,45 +52,14 @@ impl SharedState {
     }
 }
 
-/// The latest snapshot as the `sm` tree keeps it: its metadata, then its data byte for byte
-/// ([`encode_framed`]) once every member runs a release that reads frames (apply rules
-/// [`Rules::GRANT_WINDOWS`] in force, past which a node is not rolled back); before, as releases
-/// before the frame stored it, and still read: JSON, the data an array of numbers (3.6 bytes
-/// per byte: 120 MB for a 65,536-ID table), so that a node rolled back mid-upgrade can start.
-fn encode_stored_snapshot(meta: &SnapshotMeta, data: &[u8], rules: Rules) -> Result<Vec<u8>, CodecError> {
-    #[derive(Serialize)]
-    struct Unframed<'a> {
-        meta: &'a SnapshotMeta,
-        data: &'a [u8],
-    }
-    if rules >= Rules::GRANT_WINDOWS {
-        encode_framed(meta, data)
-    } else {
-        encode(&Unframed { meta, data })
-    }
-}
-
-fn decode_stored_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), CodecError> {
-    #[derive(Deserialize)]
-    struct Unframed {
-        meta: SnapshotMeta,
-        data: Vec<u8>,
-    }
-    if is_framed(bytes) {
-        return decode_framed(bytes);
-    }
-    let Unframed { meta, data } = decode(bytes)?;
-    Ok((meta, data))
-}
-
 /// The applied position, the table's globals, its audit log and one key per worker ID live in
 /// the `sm` tree. Each apply writes the position and only what it changed in one atomic
 /// `apply_batch`, so after a crash position and data always agree.
 #[derive(Debug)]
 pub struct StateMachine {
     tree: Tree,
-    db: Db,
     state: SharedState,
+    pub(super) snapshots: SnapshotStore,
     tracker: ExpiryTracker,
     snapshots_built: u64,
 }
@@ -236,8 +205,14 @@ struct AppliedPosition {
 }
 
 impl StateMachine {
-    pub fn open(db: &Db, tracker: ExpiryTracker) -> Result<StateMachine, StorageError> {
+    /// The state machine kept in `db`, its snapshots in `data_dir` (`None`: in `db`, which is
+    /// how a memory disk keeps them).
+    pub fn open(db: &Db, data_dir: Option<&Path>, tracker: ExpiryTracker) -> Result<StateMachine, StorageError> {
         let tree = db.open_tree("sm").map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let snapshots = match data_dir {
+            Some(dir) => SnapshotStore::in_dir(db, &tree, dir)?,
+            None => SnapshotStore::in_tree(db, &tree)?,
+        };
         let mut state = SmState::default();
         if let Some(bytes) = tree.get(KEY_APPLIED).map_err(|e| StorageIOError::read_state_machine(&e))? {
             let pos: AppliedPosition = decode(&bytes).map_err(|e| StorageIOError::read_state_machine(&e))?;
@@ -247,8 +222,8 @@ impl StateMachine {
         state.table = load_table(&tree)?;
         Ok(StateMachine {
             tree,
-            db: db.clone(),
             state: SharedState(Arc::new(RwLock::new(state))),
+            snapshots,
             tracker,
             snapshots_built: 0,
         })
@@ -277,14 +252,6 @@ impl StateMachine {
         // crash that loses this batch only makes openraft re-apply them (apply is deterministic).
         // The next log append or snapshot flushes the whole Db anyway.
         self.tree.apply_batch(batch).map_err(|e| StorageIOError::write_state_machine(&e).into())
-    }
-
-    fn encode_snapshot(state: &SmState) -> Result<Vec<u8>, StorageError> {
-        // Once raised apply rules are in force, a node of an older release must not install
-        // this snapshot (it would ignore the raise and apply later entries differently).
-        let raised = state.table.rules_in_force(Rules::CURRENT) > Rules::UNGATED;
-        let encoded = if raised { encode_for_raised_rules(state) } else { encode(state) };
-        encoded.map_err(|e| StorageIOError::write_snapshot(None, &e).into())
     }
 }
 
@@ -324,33 +291,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // started from the same number every time.
         self.snapshots_built += 1;
         StateMachineSnapshotBuilder {
-            tree: self.tree.clone(),
-            db: self.db.clone(),
+            snapshots: self.snapshots.clone(),
             state: self.state.clone(),
             counter: self.snapshots_built,
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        Ok(Box::new(self.snapshots.begin_receiving().await?))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotData>) -> Result<(), StorageError> {
         let signature = Some(meta.signature());
-        let mut state: SmState = decode(&data).map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        let (mut state, received) = self.snapshots.read_received(meta, *snapshot).await?;
         refuse_newer_snapshot(&state, meta)?;
         state.table.reindex();
         state.last_applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
         // Replace everything in one atomic batch: no key of the old state survives.
-        let stored = encode_stored_snapshot(meta, &data, state.table.rules_in_force(Rules::CURRENT))
-            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-        drop(data);
         let mut batch = KvBatch::default();
         for (key, _) in self.tree.iter().map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))? {
             batch.remove(key);
@@ -364,53 +322,42 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for (worker_id, record) in state.table.records() {
             batch.insert(record_key(worker_id), encode(record).map_err(encode_err)?);
         }
-        batch.insert(KEY_SNAPSHOT, stored);
-        self.tree.apply_batch(batch).map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-        self.db.flush().await.map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        self.snapshots.install(meta, received, state.table.rules_in_force(Rules::CURRENT), batch).await?;
         *self.state.write() = state;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let Some(bytes) = self.tree.get(KEY_SNAPSHOT).map_err(|e| StorageIOError::read_snapshot(None, &e))? else {
-            return Ok(None);
-        };
-        let (meta, data) = decode_stored_snapshot(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        self.snapshots.current().await
     }
 }
 
 /// Builds snapshots from a copy of the shared state, concurrently with later applies.
 #[derive(Debug)]
 pub struct StateMachineSnapshotBuilder {
-    tree: Tree,
-    db: Db,
+    pub(super) snapshots: SnapshotStore,
     state: SharedState,
     counter: u64,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        // A copy, so that applies go on while it is encoded (encoding under the read lock
+        // stalled applies for the whole encode: ~250 ms at 65,536 IDs, long enough for an
+        // election; BENCHMARKS.md "Memory at 65,536 leases").
         let state = self.state.read().clone();
-        let data = StateMachine::encode_snapshot(&state)?;
         let snapshot_id = match state.last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id, id.index, self.counter),
             None => format!("empty-{}", self.counter),
         };
         let meta =
             SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership.clone(), snapshot_id };
-        let rules = state.table.rules_in_force(Rules::CURRENT);
-        let bytes =
-            encode_stored_snapshot(&meta, &data, rules).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        self.tree.insert(KEY_SNAPSHOT, bytes).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        // openraft purges the log behind this snapshot next: it must be on disk first.
-        self.db.flush().await.map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        // What a snapshot costs grows with the table (65,536 IDs: ~17.7 MB, held about five
-        // times over while it is built and stored; BENCHMARKS.md "Memory at 65,536 leases"):
-        // the operator's measure of it, once per `--snapshot-logs` entries. (No duration: the
-        // storage reads no clock; the line's timestamp against openraft's build request shows it.)
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built and stored");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        let built = self.snapshots.store_built(meta, state).await?;
+        // What a snapshot costs grows with the table (65,536 IDs: ~17.7 MB): the operator's
+        // measure of it, once per `--snapshot-logs` entries. (No duration: the storage reads no
+        // clock; the line's timestamp against openraft's build request shows it.)
+        tracing::info!(snapshot = %built.snapshot.meta.snapshot_id, bytes = built.bytes, "snapshot built and stored");
+        Ok(built.snapshot)
     }
 }
 
@@ -431,25 +378,5 @@ mod tests {
         state.table.apply(LogPos::new(2, 0), 0, &Command::EnableRules(Rules(Rules::CURRENT.0 + 1)));
         let refused = refuse_newer_snapshot(&state, &meta).unwrap_err().to_string();
         assert!(refused.contains("upgrade this node"), "{refused}");
-    }
-
-    /// Goal (issue 11): a data dir written before snapshots were framed still serves its
-    /// snapshot (the JSON form: data as an array of numbers), a cluster not yet wholly on this
-    /// release still writes that form (a node rolled back can read it), and a framed one costs
-    /// its data plus the metadata, not 3.6 bytes per byte.
-    #[test]
-    fn a_snapshot_stored_before_the_frame_still_reads_and_a_framed_one_is_compact() {
-        let meta = SnapshotMeta { snapshot_id: "3-41-2".into(), ..SnapshotMeta::default() };
-        let data: Vec<u8> = encode(&serde_json::json!({"records": vec![[1_700_000_000_123u64, 42]; 500]})).unwrap();
-        let legacy = encode(&serde_json::json!({ "meta": meta, "data": data })).unwrap();
-        assert_eq!(decode_stored_snapshot(&legacy).unwrap(), (meta.clone(), data.clone()));
-        let mid_upgrade = encode_stored_snapshot(&meta, &data, Rules::WINDOWS).unwrap();
-        assert!(!is_framed(&mid_upgrade), "mid-upgrade: the form an older release reads");
-        assert_eq!(decode_stored_snapshot(&mid_upgrade).unwrap(), (meta.clone(), data.clone()));
-
-        let framed = encode_stored_snapshot(&meta, &data, Rules::CURRENT).unwrap();
-        assert_eq!(decode_stored_snapshot(&framed).unwrap(), (meta, data.clone()));
-        assert!(framed.len() < data.len() + 256, "{} bytes stored for {} bytes of data", framed.len(), data.len());
-        assert!(legacy.len() > data.len() * 3, "the old form spelled each byte as a number");
     }
 }
