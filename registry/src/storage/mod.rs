@@ -10,6 +10,7 @@ pub mod codec;
 pub mod kv;
 pub mod log_store;
 pub mod memory;
+pub mod snapshot_file;
 pub mod snapshot_store;
 pub mod state_machine;
 
@@ -22,7 +23,7 @@ use crate::raft::types::NodeId;
 pub use kv::{Db, KvError};
 pub use log_store::LogStore;
 pub use memory::{MemDisk, MemDiskError};
-pub use snapshot_store::SnapshotData;
+pub use snapshot_file::SnapshotData;
 pub use state_machine::{SharedState, SmState, StateMachine};
 
 /// sled's page cache: the whole table is ~100 KB, so the default 1 GiB would only waste memory.

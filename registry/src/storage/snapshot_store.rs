@@ -1,8 +1,8 @@
-//! Where a node keeps its latest snapshot, and [`SnapshotData`], what openraft moves it in.
+//! Where a node keeps its latest snapshot.
 //!
 //! On a data dir the snapshot is a file in `<data dir>/snapshots/`: built by writing the table
 //! straight into it, sent from it in chunks, received into a file of its own. The `sm` tree
-//! keeps only its metadata and the file's name ([`KEY_SNAPSHOT_FILE`]). Kept as one sled value
+//! keeps its metadata, the file's name and its length and CRC32 ([`KEY_SNAPSHOT_FILE`]; a corrupt file is never sent). Kept as one sled value
 //! (before), a 65,536-ID snapshot (17.7 MB) was held about five times over in memory while it
 //! was stored (the encoded bytes, the framed value, sled's copy and blob buffer), which set
 //! every node's peak memory (BENCHMARKS.md, "Memory at 65,536 leases"). The bytes of a snapshot
@@ -17,93 +17,36 @@
 //! after the tree's flush; at open, every file the tree does not name is removed (what a crash
 //! left of a build or a receive).
 
-use std::io::{BufReader, BufWriter, Cursor};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use openraft::StorageIOError;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
-use super::codec::{self, decode, decode_framed, encode, encode_framed, is_framed, CodecError};
+use super::codec::{decode, decode_framed, encode, encode_framed, is_framed, CodecError};
 use super::kv::{Db, KvBatch, Tree};
+pub use super::snapshot_file::SnapshotData;
+use super::snapshot_file::{self as file, blocking, Checksum, FileError, Unkept};
 use super::state_machine::SmState;
 use crate::lease::Rules;
 use crate::raft::types::{LogId, Snapshot, SnapshotMeta, StorageError};
 
 /// The snapshot itself, in the tree (memory disk; data dirs written before snapshot files).
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
-/// The snapshot's metadata and file name (data dir).
+/// The snapshot's metadata, file name and checksum (data dir).
 const KEY_SNAPSHOT_FILE: &[u8] = b"snapshot-file";
 /// The snapshot directory, inside the data dir.
 const SNAPSHOT_DIR: &str = "snapshots";
-/// A snapshot file the tree may name: `<sequence number>.snap`.
+/// A snapshot file the tree may name: `<file number>.snap`.
 const KEPT_SUFFIX: &str = ".snap";
-/// Write buffer of a snapshot file: few, large writes, not one per JSON token.
-const WRITE_BUFFER_BYTES: usize = 256 * 1024;
-
-/// A snapshot's bytes as openraft reads, sends and receives them: in memory, or an open file.
-#[derive(Debug)]
-pub enum SnapshotData {
-    Memory(Cursor<Vec<u8>>),
-    /// `path`: where the file is, so that a received one can be renamed into place.
-    File {
-        file: tokio::fs::File,
-        path: PathBuf,
-    },
-}
-
-impl SnapshotData {
-    fn pinned(self: Pin<&mut Self>) -> Pin<&mut (dyn AsyncReadWriteSeek + Unpin + '_)> {
-        let inner: &mut (dyn AsyncReadWriteSeek + Unpin) = match self.get_mut() {
-            SnapshotData::Memory(cursor) => cursor,
-            SnapshotData::File { file, .. } => file,
-        };
-        Pin::new(inner)
-    }
-}
-
-/// The three traits openraft needs of snapshot data, as one object type to delegate to.
-trait AsyncReadWriteSeek: AsyncRead + AsyncWrite + AsyncSeek {}
-impl<T: AsyncRead + AsyncWrite + AsyncSeek> AsyncReadWriteSeek for T {}
-
-impl AsyncRead for SnapshotData {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        self.pinned().poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SnapshotData {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        self.pinned().poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.pinned().poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.pinned().poll_shutdown(cx)
-    }
-}
-
-impl AsyncSeek for SnapshotData {
-    fn start_seek(self: Pin<&mut Self>, position: std::io::SeekFrom) -> std::io::Result<()> {
-        self.pinned().start_seek(position)
-    }
-
-    fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
-        self.pinned().poll_complete(cx)
-    }
-}
 
 /// What the tree keeps of a snapshot file.
 #[derive(Debug, Serialize, Deserialize)]
 struct FileRecord {
     meta: SnapshotMeta,
     file: String,
+    checksum: Checksum,
 }
 
 /// The snapshot the store holds now, and the next free file number.
@@ -114,11 +57,19 @@ struct Current {
     next_file: u64,
 }
 
-/// A received snapshot, decoded and ready to be kept by [`SnapshotStore::keep_received`].
+impl Current {
+    fn take_number(&mut self) -> u64 {
+        let number = self.next_file;
+        self.next_file = number.saturating_add(1);
+        number
+    }
+}
+
+/// A received snapshot, decoded, for [`SnapshotStore::install`] to keep.
 #[derive(Debug)]
 pub enum Received {
     Memory(Vec<u8>),
-    File(PathBuf),
+    File { path: Unkept, checksum: Checksum },
 }
 
 /// A built snapshot: what openraft gets back, and its size (for the log line).
@@ -142,6 +93,10 @@ pub struct SnapshotStore {
 
 fn io_read(e: &(impl std::error::Error + 'static)) -> StorageError {
     StorageIOError::read_snapshot(None, e).into()
+}
+
+fn io_read_of(meta: &SnapshotMeta, e: &(impl std::error::Error + 'static)) -> StorageError {
+    StorageIOError::read_snapshot(Some(meta.signature()), e).into()
 }
 
 fn io_write(meta: Option<&SnapshotMeta>, e: &(impl std::error::Error + 'static)) -> StorageError {
@@ -178,20 +133,8 @@ fn decode_stored_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), Codec
     Ok((meta, data))
 }
 
-/// Encode the applied state as a snapshot's data into `out`. Once raised apply rules are in
-/// force, a node of an older release must not install it (it would ignore the raise and apply
-/// later entries differently): the format byte says so.
-fn write_state<W: std::io::Write>(out: W, state: &SmState) -> Result<(), CodecError> {
-    codec::encode_into(out, state, state.table.rules_in_force(Rules::CURRENT) > Rules::UNGATED)
-}
-
 fn file_number(name: &str) -> Option<u64> {
     name.split_once('.').and_then(|(number, _)| number.parse().ok())
-}
-
-/// fsync a directory, so that a rename or removal in it survives a crash.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 impl SnapshotStore {
@@ -205,33 +148,27 @@ impl SnapshotStore {
         Ok(SnapshotStore { tree: tree.clone(), db: db.clone(), dir: None, current: Arc::new(current.into()) })
     }
 
-    /// The store of data dir `data_dir`: snapshot files in its `snapshots/`. Removes what a
-    /// crash left there, and moves a snapshot an older release kept in the tree into a file.
+    /// The store of data dir `data_dir`: snapshot files in its `snapshots/`. Checks the named
+    /// file, removes what a crash left there, and moves a snapshot an older release kept in the
+    /// tree into a file.
     pub fn in_dir(db: &Db, tree: &Tree, data_dir: &Path) -> Result<SnapshotStore, StorageError> {
         let dir = data_dir.join(SNAPSHOT_DIR);
-        std::fs::create_dir_all(&dir).map_err(|e| io_write(None, &e))?;
-        let mut record: Option<FileRecord> = match tree.get(KEY_SNAPSHOT_FILE).map_err(|e| io_read(&e))? {
-            Some(bytes) => Some(decode(&bytes).map_err(|e| io_read(&e))?),
-            None => None,
-        };
-        if let Some(kept) = &record {
-            if !dir.join(&kept.file).is_file() {
-                // Someone removed it: openraft builds a new one at start if the log behind it
-                // was purged, so this is repaired, not fatal.
-                tracing::warn!(file = %dir.join(&kept.file).display(), snapshot = %kept.meta.snapshot_id, "the snapshot file the data dir names is missing; a new snapshot will be built");
-                let mut batch = KvBatch::default();
-                batch.remove(KEY_SNAPSHOT_FILE);
-                tree.apply_batch(batch).map_err(|e| io_write(None, &e))?;
-                record = None;
-            }
-        }
-        let mut next_file = 0;
-        for entry in std::fs::read_dir(&dir).map_err(|e| io_read(&e))? {
-            let entry = entry.map_err(|e| io_read(&e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| io_write(None, &FileError::Io { op: "create", path: dir.clone(), source }))?;
+        let record = Self::checked_record(tree, &dir)?;
+        let mut next_file = 0u64;
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|source| io_read(&FileError::Io { op: "list", path: dir.clone(), source }))?;
+        for entry in entries {
+            let entry = entry.map_err(|source| io_read(&FileError::Io { op: "list", path: dir.clone(), source }))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            next_file = next_file.max(file_number(&name).map_or(0, |n| n + 1));
+            next_file = next_file.max(file_number(&name).map_or(0, |n| n.saturating_add(1)));
             if record.as_ref().is_none_or(|kept| kept.file != name) {
-                std::fs::remove_file(entry.path()).map_err(|e| io_write(None, &e))?;
+                // A build or receive a crash cut short, or a file renamed into place whose
+                // naming never became durable.
+                let path = entry.path();
+                std::fs::remove_file(&path)
+                    .map_err(|source| io_write(None, &FileError::Io { op: "remove leftover", path, source }))?;
             }
         }
         let current = Current {
@@ -245,6 +182,25 @@ impl SnapshotStore {
         Ok(store)
     }
 
+    /// The tree's record of the snapshot file, if the file is there and matches it. A missing
+    /// or corrupt file is forgotten (and left to the cleanup to remove): the snapshot is derived
+    /// data, and openraft builds a new one at start when the log behind it was purged.
+    fn checked_record(tree: &Tree, dir: &Path) -> Result<Option<FileRecord>, StorageError> {
+        let Some(bytes) = tree.get(KEY_SNAPSHOT_FILE).map_err(|e| io_read(&e))? else { return Ok(None) };
+        let record: FileRecord = decode(&bytes).map_err(|e| io_read(&e))?;
+        let problem = match file::open_checked(&dir.join(&record.file), record.checksum) {
+            Ok(_) => return Ok(Some(record)),
+            Err(e @ FileError::Corrupt { .. }) => e,
+            Err(e) if e.is_not_found() => e,
+            Err(e) => return Err(io_read_of(&record.meta, &e)),
+        };
+        tracing::error!(snapshot = %record.meta.snapshot_id, error = %problem, "forgetting the data dir's snapshot; a new one is built from the state machine (at start if the log behind it was purged, else at the next --snapshot-logs)");
+        let mut batch = KvBatch::default();
+        batch.remove(KEY_SNAPSHOT_FILE);
+        tree.apply_batch(batch).map_err(|e| io_write(None, &e))?;
+        Ok(None)
+    }
+
     /// A data dir from before snapshot files keeps its snapshot in the tree: write it to a file
     /// (once, at the first start of this release) so that there is one place to read it from.
     fn move_tree_snapshot_to_file(&self) -> Result<(), StorageError> {
@@ -254,24 +210,22 @@ impl SnapshotStore {
         let (meta, data) = decode_stored_snapshot(&bytes).map_err(|e| io_read(&e))?;
         drop(bytes);
         let mut current = self.current.try_lock().map_err(|e| io_write(Some(&meta), &e))?;
-        let name = format!("{}{KEPT_SUFFIX}", current.next_file);
-        current.next_file += 1;
-        let path = dir.join(&name);
-        std::fs::write(&path, &data)
-            .and_then(|()| std::fs::File::open(&path)?.sync_all())
-            .and_then(|()| sync_dir(dir))
+        let number = current.take_number();
+        let name = format!("{number}{KEPT_SUFFIX}");
+        let checksum = file::write_bytes_kept(&data, &dir.join(format!("{number}.building")), &dir.join(&name))
             .map_err(|e| io_write(Some(&meta), &e))?;
         let mut batch = KvBatch::default();
         batch.remove(KEY_SNAPSHOT);
-        let record = FileRecord { meta, file: name.clone() };
-        batch.insert(KEY_SNAPSHOT_FILE, encode(&record).map_err(|e| io_write(Some(&record.meta), &e))?);
-        self.tree.apply_batch(batch).map_err(|e| io_write(Some(&record.meta), &e))?;
-        self.db.flush_blocking().map_err(|e| io_write(Some(&record.meta), &e))?;
-        tracing::info!(snapshot = %record.meta.snapshot_id, file = %path.display(), "moved the snapshot an older release kept in the database into its own file");
-        self.forget_replaced(&mut current, &record.meta, Some(name))
+        self.name_file(&mut batch, &meta, name.clone(), checksum)?;
+        self.tree.apply_batch(batch).map_err(|e| io_write(Some(&meta), &e))?;
+        self.db.flush_blocking().map_err(|e| io_write(Some(&meta), &e))?;
+        tracing::info!(snapshot = %meta.snapshot_id, file = %dir.join(&name).display(), "moved the snapshot an older release kept in the database into its own file");
+        self.forget_replaced_now(&mut current, &meta, Some(name));
+        Ok(())
     }
 
-    /// The snapshot kept now, ready to be read from its start.
+    /// The snapshot kept now, checked against its recorded checksum, ready to be read from its
+    /// start.
     pub async fn current(&self) -> Result<Option<Snapshot>, StorageError> {
         let Some(dir) = &self.dir else {
             let Some(bytes) = self.tree.get(KEY_SNAPSHOT).map_err(|e| io_read(&e))? else { return Ok(None) };
@@ -282,121 +236,115 @@ impl SnapshotStore {
         // the file stays readable however long openraft takes to send it.
         let _current = self.current.lock().await;
         let Some(bytes) = self.tree.get(KEY_SNAPSHOT_FILE).map_err(|e| io_read(&e))? else { return Ok(None) };
-        let FileRecord { meta, file } = decode(&bytes).map_err(|e| io_read(&e))?;
-        let path = dir.join(file);
-        let file = tokio::fs::File::open(&path).await.map_err(|e| io_read(&e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(SnapshotData::File { file, path }) }))
+        let FileRecord { meta, file: name, checksum } = decode(&bytes).map_err(|e| io_read(&e))?;
+        let path = dir.join(name);
+        // A corrupt file is an error here, not something to send: the node stops, and at the
+        // next start forgets the file and builds a new snapshot.
+        let file = blocking(move || file::open_checked(&path, checksum)).await.map_err(|e| io_read_of(&meta, &e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(SnapshotData::File(tokio::fs::File::from_std(file))) }))
     }
 
     /// Write `state` as the snapshot `meta` and keep it, unless a newer one was kept meanwhile.
     pub async fn store_built(&self, meta: SnapshotMeta, state: SmState) -> Result<Built, StorageError> {
-        let Some(dir) = &self.dir else {
-            let mut data = Vec::new();
-            write_state(&mut data, &state).map_err(|e| io_write(Some(&meta), &e))?;
-            let rules = state.table.rules_in_force(Rules::CURRENT);
-            drop(state);
-            let stored = encode_stored_snapshot(&meta, &data, rules).map_err(|e| io_write(Some(&meta), &e))?;
-            let mut current = self.current.lock().await;
-            if meta.last_log_id >= current.last_log_id {
-                self.tree.insert(KEY_SNAPSHOT, stored).map_err(|e| io_write(Some(&meta), &e))?;
-                // openraft purges the log behind this snapshot next: it must be on disk first.
-                self.db.flush().await.map_err(|e| io_write(Some(&meta), &e))?;
-                current.last_log_id = meta.last_log_id;
-            }
-            let bytes = u64::try_from(data.len()).unwrap_or(u64::MAX);
-            return Ok(Built {
-                snapshot: Snapshot { meta, snapshot: Box::new(SnapshotData::Memory(Cursor::new(data))) },
-                bytes,
-            });
-        };
-        let number = {
-            let mut current = self.current.lock().await;
-            current.next_file += 1;
-            current.next_file - 1
-        };
+        let Some(dir) = &self.dir else { return self.store_built_in_tree(meta, state).await };
+        let number = self.current.lock().await.take_number();
         let name = format!("{number}{KEPT_SUFFIX}");
-        let (path, written) = (dir.join(&name), dir.join(format!("{number}.building")));
-        let (from, to, dir_path) = (written.clone(), path.clone(), dir.clone());
+        let (building, path) = (dir.join(format!("{number}.building")), dir.join(&name));
+        let kept = path.clone();
         // Encoding a large table takes long (65,536 IDs: ~250 ms): off the async workers.
-        let bytes = tokio::task::spawn_blocking(move || -> Result<u64, CodecError> {
-            let file = std::fs::File::create(&from)?;
-            let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
-            write_state(&mut out, &state)?;
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            let bytes = file.metadata()?.len();
-            std::fs::rename(&from, &to)?;
-            sync_dir(&dir_path)?;
-            Ok(bytes)
+        let (checksum, file) = blocking(move || {
+            let checksum = file::write_kept(&state, &building, &kept)?;
+            drop(state);
+            // Opened before it may be replaced: the returned snapshot reads this file either way.
+            let file = std::fs::File::open(&kept).map_err(|source| FileError::Io { op: "open", path: kept, source })?;
+            Ok((checksum, file))
         })
         .await
-        .map_err(|e| io_write(Some(&meta), &e))?
         .map_err(|e| io_write(Some(&meta), &e))?;
-        // Opened before it may be replaced: the returned snapshot reads this file either way.
-        let file = tokio::fs::File::open(&path).await.map_err(|e| io_write(Some(&meta), &e))?;
         let mut current = self.current.lock().await;
         if meta.last_log_id >= current.last_log_id {
             let mut batch = KvBatch::default();
-            self.name_file(&mut batch, &meta, name.clone())?;
+            self.name_file(&mut batch, &meta, name.clone(), checksum)?;
             self.tree.apply_batch(batch).map_err(|e| io_write(Some(&meta), &e))?;
             // openraft purges the log behind this snapshot next: it must be on disk first.
             self.db.flush().await.map_err(|e| io_write(Some(&meta), &e))?;
-            self.forget_replaced(&mut current, &meta, Some(name))?;
+            self.forget_replaced(&mut current, &meta, Some(name)).await;
         } else {
             tracing::info!(snapshot = %meta.snapshot_id, "a newer snapshot was kept while this one was built; dropping its file");
-            std::fs::remove_file(&path).map_err(|e| io_write(Some(&meta), &e))?;
+            remove_quietly(path).await;
         }
-        Ok(Built { snapshot: Snapshot { meta, snapshot: Box::new(SnapshotData::File { file, path }) }, bytes })
+        let snapshot = Snapshot { meta, snapshot: Box::new(SnapshotData::File(tokio::fs::File::from_std(file))) };
+        Ok(Built { snapshot, bytes: checksum.bytes })
     }
 
-    /// A new, empty [`SnapshotData`] for a snapshot about to be received. In a data dir, a file
-    /// left by a receive that never finished (the leader moved on) is removed first.
+    async fn store_built_in_tree(&self, meta: SnapshotMeta, state: SmState) -> Result<Built, StorageError> {
+        let mut data = Vec::new();
+        file::write_state(&mut data, &state).map_err(|e| io_write(Some(&meta), &e))?;
+        let rules = state.table.rules_in_force(Rules::CURRENT);
+        drop(state);
+        let stored = encode_stored_snapshot(&meta, &data, rules).map_err(|e| io_write(Some(&meta), &e))?;
+        let mut current = self.current.lock().await;
+        if meta.last_log_id >= current.last_log_id {
+            self.tree.insert(KEY_SNAPSHOT, stored).map_err(|e| io_write(Some(&meta), &e))?;
+            // openraft purges the log behind this snapshot next: it must be on disk first.
+            self.db.flush().await.map_err(|e| io_write(Some(&meta), &e))?;
+            current.last_log_id = meta.last_log_id;
+        }
+        let bytes = data.len() as u64;
+        Ok(Built { snapshot: Snapshot { meta, snapshot: Box::new(SnapshotData::Memory(Cursor::new(data))) }, bytes })
+    }
+
+    /// A new, empty [`SnapshotData`] for a snapshot about to be received (in a data dir, a new
+    /// file that is removed if openraft drops it unkept).
     pub async fn begin_receiving(&self) -> Result<SnapshotData, StorageError> {
         let Some(dir) = &self.dir else { return Ok(SnapshotData::Memory(Cursor::new(Vec::new()))) };
-        let mut current = self.current.lock().await;
-        for entry in std::fs::read_dir(dir).map_err(|e| io_read(&e))? {
-            let entry = entry.map_err(|e| io_read(&e))?;
-            if entry.file_name().to_string_lossy().ends_with(".receiving") {
-                std::fs::remove_file(entry.path()).map_err(|e| io_write(None, &e))?;
-            }
-        }
-        let path = dir.join(format!("{}.receiving", current.next_file));
-        current.next_file += 1;
+        let (file, path) = self.new_receiving(dir).await?;
+        Ok(SnapshotData::Receiving { file, path })
+    }
+
+    async fn new_receiving(&self, dir: &Path) -> Result<(tokio::fs::File, Unkept), StorageError> {
+        let path = dir.join(format!("{}.receiving", self.current.lock().await.take_number()));
         let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
             .await
-            .map_err(|e| io_write(None, &e))?;
-        Ok(SnapshotData::File { file, path })
+            .map_err(|source| io_write(None, &FileError::Io { op: "create", path: path.clone(), source }))?;
+        Ok((file, Unkept::new(path)))
     }
 
-    /// The state a received snapshot holds.
+    /// The state a received snapshot holds. Data that did not come through
+    /// [`SnapshotStore::begin_receiving`] (openraft's storage suite hands one store's snapshot to
+    /// another) is first copied to where this store keeps what it receives.
     pub async fn read_received(
         &self,
         meta: &SnapshotMeta,
         data: SnapshotData,
     ) -> Result<(SmState, Received), StorageError> {
-        match data {
-            SnapshotData::Memory(cursor) => {
+        let (file, path) = match (data, &self.dir) {
+            (SnapshotData::Receiving { file, path }, Some(_)) => (file.into_std().await, path),
+            (SnapshotData::Memory(cursor), None) => {
                 let bytes = cursor.into_inner();
                 let state = decode(&bytes).map_err(|e| io_read_of(meta, &e))?;
-                Ok((state, Received::Memory(bytes)))
+                return Ok((state, Received::Memory(bytes)));
             }
-            SnapshotData::File { file, path } => {
-                file.sync_all().await.map_err(|e| io_write(Some(meta), &e))?;
-                drop(file);
-                let from = path.clone();
-                let state = tokio::task::spawn_blocking(move || -> Result<SmState, CodecError> {
-                    codec::decode_from(BufReader::new(std::fs::File::open(from)?))
-                })
-                .await
-                .map_err(|e| io_read_of(meta, &e))?
-                .map_err(|e| io_read_of(meta, &e))?;
-                Ok((state, Received::File(path)))
+            (SnapshotData::File(file) | SnapshotData::Receiving { file, .. }, None) => {
+                let mut file = file.into_std().await;
+                let bytes = blocking(move || file::read_all(&mut file)).await.map_err(|e| io_read_of(meta, &e))?;
+                return Box::pin(self.read_received(meta, SnapshotData::Memory(Cursor::new(bytes)))).await;
             }
-        }
+            (mut other, Some(dir)) => {
+                let (mut file, path) = self.new_receiving(dir).await?;
+                tokio::io::AsyncSeekExt::rewind(&mut other).await.map_err(|e| io_read_of(meta, &e))?;
+                tokio::io::copy(&mut other, &mut file).await.map_err(|e| io_write(Some(meta), &e))?;
+                (file.into_std().await, path)
+            }
+        };
+        let at = path.path().to_path_buf();
+        let (state, checksum) =
+            blocking(move || file::read_received(file, &at)).await.map_err(|e| io_read_of(meta, &e))?;
+        Ok((state, Received::File { path, checksum }))
     }
 
     /// Keep a received snapshot as the current one: what names it goes into `batch`, the
@@ -417,52 +365,75 @@ impl SnapshotStore {
                 batch.insert(KEY_SNAPSHOT, stored);
                 None
             }
-            (Received::File(received), Some(dir)) => {
-                let name = format!("{}{KEPT_SUFFIX}", current.next_file);
-                current.next_file += 1;
-                std::fs::rename(&received, dir.join(&name))
-                    .and_then(|()| sync_dir(dir))
-                    .map_err(|e| io_write(Some(meta), &e))?;
-                self.name_file(&mut batch, meta, name.clone())?;
+            (Received::File { path, checksum }, Some(dir)) => {
+                let name = format!("{}{KEPT_SUFFIX}", current.take_number());
+                let (from, to) = (path.path().to_path_buf(), dir.join(&name));
+                blocking(move || file::rename_durably(&from, &to)).await.map_err(|e| io_write(Some(meta), &e))?;
+                path.keep();
+                self.name_file(&mut batch, meta, name.clone(), checksum)?;
                 Some(name)
             }
-            (Received::File(_), None) => {
+            (Received::File { .. }, None) => {
                 return Err(io_write(Some(meta), &std::io::Error::other("a snapshot file received on a memory disk")))
             }
         };
         self.tree.apply_batch(batch).map_err(|e| io_write(Some(meta), &e))?;
         self.db.flush().await.map_err(|e| io_write(Some(meta), &e))?;
-        self.forget_replaced(&mut current, meta, kept)
+        self.forget_replaced(&mut current, meta, kept).await;
+        Ok(())
     }
 
     /// Name `file` (already durable in the snapshot dir) as the snapshot `meta`, in `batch`.
-    fn name_file(&self, batch: &mut KvBatch, meta: &SnapshotMeta, file: String) -> Result<(), StorageError> {
-        let record = FileRecord { meta: meta.clone(), file };
+    fn name_file(
+        &self,
+        batch: &mut KvBatch,
+        meta: &SnapshotMeta,
+        file: String,
+        checksum: Checksum,
+    ) -> Result<(), StorageError> {
+        let record = FileRecord { meta: meta.clone(), file, checksum };
         batch.insert(KEY_SNAPSHOT_FILE, encode(&record).map_err(|e| io_write(Some(meta), &e))?);
         Ok(())
     }
 
     /// After the tree durably names the snapshot `meta` (kept in file `kept`, or in the tree):
-    /// remember it, and remove the file of the one it replaced.
-    fn forget_replaced(
-        &self,
-        current: &mut Current,
-        meta: &SnapshotMeta,
-        kept: Option<String>,
-    ) -> Result<(), StorageError> {
-        current.last_log_id = meta.last_log_id;
-        let (Some(dir), Some(kept)) = (&self.dir, kept) else { return Ok(()) };
-        match current.file.replace(kept) {
-            Some(old) if Some(&old) != current.file.as_ref() => {
-                std::fs::remove_file(dir.join(old)).map_err(|e| io_write(Some(meta), &e))
-            }
-            _ => Ok(()),
+    /// remember it; the file of the one it replaced is removed (off the async workers).
+    async fn forget_replaced(&self, current: &mut Current, meta: &SnapshotMeta, kept: Option<String>) {
+        if let Some(replaced) = self.note_kept(current, meta, kept) {
+            remove_quietly(replaced).await;
         }
+    }
+
+    /// [`SnapshotStore::forget_replaced`], blocking (at open).
+    fn forget_replaced_now(&self, current: &mut Current, meta: &SnapshotMeta, kept: Option<String>) {
+        if let Some(replaced) = self.note_kept(current, meta, kept) {
+            remove_logged(&replaced);
+        }
+    }
+
+    /// Remember the snapshot `meta` as the current one; the path of the file it replaced.
+    fn note_kept(&self, current: &mut Current, meta: &SnapshotMeta, kept: Option<String>) -> Option<PathBuf> {
+        current.last_log_id = meta.last_log_id;
+        let (dir, kept) = (self.dir.as_ref()?, kept?);
+        let replaced = current.file.replace(kept)?;
+        (current.file.as_ref() != Some(&replaced)).then(|| dir.join(replaced))
     }
 }
 
-fn io_read_of(meta: &SnapshotMeta, e: &(impl std::error::Error + 'static)) -> StorageError {
-    StorageIOError::read_snapshot(Some(meta.signature()), e).into()
+/// Remove a file no longer named, off the async workers. It is already unreferenced, so a
+/// failure is logged, not a storage error: the next start removes it.
+async fn remove_quietly(path: PathBuf) {
+    let _ = blocking(move || {
+        remove_logged(&path);
+        Ok(())
+    })
+    .await;
+}
+
+fn remove_logged(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path) {
+        tracing::warn!(file = %path.display(), %error, "could not remove a replaced snapshot file (it is removed at the next start)");
+    }
 }
 
 #[cfg(test)]
