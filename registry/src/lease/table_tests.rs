@@ -868,3 +868,23 @@ fn a_restore_raises_every_mark_a_window_past_the_embargo() {
         assert!(t.records().any(|(_, r)| r.high_water_ms == embargo + window), "under {rules:?}");
     }
 }
+
+/// Goal (issue 11): the copy a snapshot is written from serializes exactly as the table does,
+/// shares its records (no second table in memory), and keeps what the table held when it was
+/// taken while later applies change the table.
+#[test]
+fn the_copy_a_snapshot_is_written_from_is_the_table_then() {
+    let mut t = configured();
+    let lease = granted(grant(&mut t, 1, 3, "a"));
+    granted(grant(&mut t, 2, 2, "b"));
+    let copy = t.copy_to_write();
+    assert_eq!(serde_json::to_vec(&copy).unwrap(), serde_json::to_vec(&t).unwrap());
+    assert!(Arc::ptr_eq(&copy.records[&WorkerId(3)], &t.records[&WorkerId(3)]), "records are shared");
+    assert!(copy.holders.is_empty(), "the index is not written, so not copied");
+
+    let before = copy.record(WorkerId(3)).unwrap().clone();
+    assert!(matches!(renew(&mut t, 3, 3, lease.token, 5_000, 4_000), Outcome::Renewed(_)));
+    assert_eq!(copy.record(WorkerId(3)), Some(&before), "the copy still holds the record as it was");
+    assert_ne!(t.record(WorkerId(3)), Some(&before));
+    assert!(Arc::ptr_eq(&copy.records[&WorkerId(2)], &t.records[&WorkerId(2)]), "an unchanged record stays shared");
+}

@@ -145,17 +145,22 @@ impl Tree {
         }
     }
 
+    /// The keys that fall in `range`, in key order, without copying their values (a purge of
+    /// thousands of log entries would otherwise copy tens of MB of entries only to drop them).
+    pub fn keys<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Result<Vec<Vec<u8>>, KvError> {
+        let bounds = (bound_slice(range.start_bound()), bound_slice(range.end_bound()));
+        match self {
+            Tree::Sled(tree) => tree.range::<&[u8], _>(bounds).keys().map(|key| Ok(key?.to_vec())).collect(),
+            Tree::Memory(tree) => Ok(tree.range(bounds)?.into_iter().map(|(key, _)| key).collect()),
+        }
+    }
+
     /// The pairs whose keys start with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KvPair>, KvError> {
         match self {
             Tree::Sled(tree) => tree.scan_prefix(prefix).map(owned).collect(),
             Tree::Memory(tree) => Ok(tree.scan_prefix(prefix)?),
         }
-    }
-
-    /// Every pair, in key order.
-    pub fn iter(&self) -> Result<Vec<KvPair>, KvError> {
-        self.range::<&[u8], _>(..)
     }
 
     /// The pair with the greatest key.

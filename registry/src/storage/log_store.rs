@@ -73,7 +73,7 @@ impl LogStore {
     /// One batch removing every entry of the log in `range`.
     fn removal(&self, range: impl RangeBounds<[u8; 8]>) -> Result<KvBatch, StorageError> {
         let mut batch = KvBatch::default();
-        for (key, _) in self.log.range(range).map_err(|e| StorageIOError::write_logs(&e))? {
+        for key in self.log.keys(range).map_err(|e| StorageIOError::write_logs(&e))? {
             batch.remove(key);
         }
         Ok(batch)

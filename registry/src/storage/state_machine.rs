@@ -310,7 +310,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         state.membership = meta.last_membership.clone();
         // Replace everything in one atomic batch: no key of the old state survives.
         let mut batch = KvBatch::default();
-        for (key, _) in self.tree.iter().map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))? {
+        for key in self.tree.keys::<&[u8], _>(..).map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))? {
             batch.remove(key);
         }
         let position = AppliedPosition { last_applied: state.last_applied, membership: state.membership.clone() };
@@ -344,8 +344,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         // A copy, so that applies go on while it is encoded (encoding under the read lock
         // stalled applies for the whole encode: ~250 ms at 65,536 IDs, long enough for an
-        // election; BENCHMARKS.md "Memory at 65,536 leases").
-        let state = self.state.read().clone();
+        // election; BENCHMARKS.md "Memory at 65,536 leases"). It shares the records.
+        let state = {
+            let applied = self.state.read();
+            SmState {
+                last_applied: applied.last_applied,
+                membership: applied.membership.clone(),
+                table: applied.table.copy_to_write(),
+            }
+        };
         let snapshot_id = match state.last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id, id.index, self.counter),
             None => format!("empty-{}", self.counter),
