@@ -76,6 +76,9 @@ pub struct NodeConfig {
     pub lease_drift_percent: u8,
     /// Log entries between snapshots (the log is purged behind each snapshot).
     pub snapshot_logs: u64,
+    /// `--cache-mib`: sled's page cache, in MiB. It holds recent log entries and records, so
+    /// it is most of a node's memory beyond the lease table (docs/operations.md).
+    pub cache_mib: u64,
     pub metrics_addr: Option<SocketAddr>,
     /// Operator RPCs only on the admin listener: the client port refuses them, so a
     /// NetworkPolicy that lets workers reach the client port keeps them from membership,
@@ -94,6 +97,15 @@ pub enum ClockCheck {
     #[cfg(any(test, feature = "unsafe-test-switches"))]
     DisabledUnsafe,
 }
+
+/// `--cache-mib` by default. Measured at 65,536 leases under fleet load (BENCHMARKS.md, "sled's
+/// cache"): 64 MiB filled with log entries the log is about to purge anyway and set a node's
+/// peak; 16 MiB served the same renewals. Raft reads back only the newest entries (to
+/// replicate them) and the lease table is in memory, so a large cache buys little here.
+pub const DEFAULT_CACHE_MIB: u64 = 16;
+/// The cache sizes `--cache-mib` accepts: below 1 MiB sled thrashes on every log read; above
+/// 64 GiB is a typo.
+const CACHE_MIB_RANGE: std::ops::RangeInclusive<u64> = 1..=65_536;
 
 /// `--max-clock-offset` by default: half the workers' default `--max-skew` (500 ms), so a
 /// worker whose clock is within 250 ms of the quorum's median never parks on a leader the
@@ -265,6 +277,7 @@ impl NodeConfig {
             renew_window: DEFAULT_RENEW_WINDOW,
             lease_drift_percent: DEFAULT_LEASE_DRIFT_PERCENT,
             snapshot_logs: 5_000,
+            cache_mib: DEFAULT_CACHE_MIB,
             metrics_addr: None,
             admin_only: false,
         }
@@ -343,8 +356,18 @@ impl NodeConfig {
         if self.cluster_id.is_empty() {
             return invalid("--cluster-id", "must not be empty".into());
         }
+        self.validate_storage()
+    }
+
+    /// The storage flags' part of [`NodeConfig::validate`].
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        let invalid = |field, why: String| Err(ConfigError::Invalid { field, why });
         if self.snapshot_logs < 10 {
             return invalid("--snapshot-logs", format!("{} is below 10", self.snapshot_logs));
+        }
+        if !CACHE_MIB_RANGE.contains(&self.cache_mib) {
+            let (low, high) = (CACHE_MIB_RANGE.start(), CACHE_MIB_RANGE.end());
+            return invalid("--cache-mib", format!("{} is outside {low}..={high}", self.cache_mib));
         }
         Ok(())
     }
@@ -443,6 +466,24 @@ pub(crate) mod tests {
         let drift = |d| NodeConfig { lease_drift_percent: d, ..base.clone() };
         assert_eq!(field(drift(LEASE_DRIFT_PERCENT_MAX)), None);
         assert_eq!(field(drift(LEASE_DRIFT_PERCENT_MAX + 1)), Some("--leader-lease-drift"));
+    }
+
+    /// Goal (issue 11): a sled cache of 0 MiB (sled would thrash on every log read) or past
+    /// 64 GiB is refused naming `--cache-mib`; the default and both bounds are accepted.
+    #[test]
+    fn cache_size_is_bounded() {
+        let field = |cache_mib| match (NodeConfig { cache_mib, ..node(LayoutFlags::default()) }).validate() {
+            Err(ConfigError::Invalid { field, why }) => Some((field, why)),
+            _ => None,
+        };
+        for accepted in [1, DEFAULT_CACHE_MIB, 65_536] {
+            assert_eq!(field(accepted), None, "{accepted}");
+        }
+        for refused in [0, 65_537] {
+            let (flag, why) = field(refused).unwrap();
+            assert_eq!(flag, "--cache-mib");
+            assert!(why.starts_with(&refused.to_string()), "{why}");
+        }
     }
 
     /// A valid one-node config with `layout` (shared by the tests of config and server).

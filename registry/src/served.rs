@@ -126,7 +126,7 @@ mod tests {
         let identity = DataDirIdentity { node_id: 1, cluster_id: "c".into() };
         let open = || {
             let tracker = ExpiryTracker::new(std::sync::Arc::new(ManualClock::new(0)));
-            storage::open(dir.path(), &identity, tracker).unwrap()
+            storage::open(dir.path(), &identity, tracker, crate::config::DEFAULT_CACHE_MIB).unwrap()
         };
         let opened = open();
         assert!(!holds_raft_state(&opened).await.unwrap(), "a new dir");

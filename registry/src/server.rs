@@ -345,7 +345,7 @@ async fn start_node(
     let (peers, opened) = match simulated {
         None => (
             PeerClients::new(cluster_id, node_id, clock.clone(), security),
-            storage::open(&config.data_dir, &identity, tracker.clone())?,
+            storage::open(&config.data_dir, &identity, tracker.clone(), config.cache_mib)?,
         ),
         Some(sim) => (
             PeerClients::with_connector(cluster_id, node_id, clock.clone(), security, sim.connector.clone()),

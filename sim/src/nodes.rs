@@ -152,6 +152,8 @@ impl SimNode {
             lease_drift_percent: fenceflake_registry::config::DEFAULT_LEASE_DRIFT_PERCENT,
             // Small, so that runs take and install snapshots.
             snapshot_logs: 200,
+            // Unused: a simulated node's disk is memory, with no sled cache.
+            cache_mib: fenceflake_registry::config::DEFAULT_CACHE_MIB,
             metrics_addr: None,
             admin_only: false,
         }

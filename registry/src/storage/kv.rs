@@ -163,6 +163,14 @@ impl Tree {
         }
     }
 
+    /// The smallest key.
+    pub fn first_key(&self) -> Result<Option<Vec<u8>>, KvError> {
+        match self {
+            Tree::Sled(tree) => Ok(tree.first()?.map(|(key, _)| key.to_vec())),
+            Tree::Memory(tree) => Ok(tree.first_key()?),
+        }
+    }
+
     /// The pair with the greatest key.
     pub fn last(&self) -> Result<Option<KvPair>, KvError> {
         match self {

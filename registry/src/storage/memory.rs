@@ -262,6 +262,10 @@ impl MemTree {
     pub fn last(&self) -> Result<Option<KvPair>, MemDiskError> {
         self.read(|tree| tree.last_key_value().map(owned))
     }
+
+    pub fn first_key(&self) -> Result<Option<Vec<u8>>, MemDiskError> {
+        self.read(|tree| tree.first_key_value().map(|(key, _)| key.to_vec()))
+    }
 }
 
 #[cfg(test)]

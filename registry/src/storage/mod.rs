@@ -26,8 +26,6 @@ pub use memory::{MemDisk, MemDiskError};
 pub use snapshot_file::SnapshotData;
 pub use state_machine::{SharedState, SmState, StateMachine};
 
-/// sled's page cache: the whole table is ~100 KB, so the default 1 GiB would only waste memory.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const KEY_IDENTITY: &[u8] = b"identity";
 /// Stands for the data dir in the errors of a memory disk.
 const MEMORY_DISK_PATH: &str = "<memory disk>";
@@ -65,11 +63,17 @@ pub struct OpenedStorage {
 }
 
 /// Open (or create) the data dir of node `node_id` in cluster `cluster_id`; refuse a dir that
-/// belongs to another node or cluster.
-pub fn open(path: &Path, identity: &DataDirIdentity, tracker: ExpiryTracker) -> Result<OpenedStorage, OpenError> {
+/// belongs to another node or cluster. `cache_mib`: sled's page cache (`--cache-mib`; sled's own
+/// default, 1 GiB, would mostly keep log entries that are about to be purged).
+pub fn open(
+    path: &Path,
+    identity: &DataDirIdentity,
+    tracker: ExpiryTracker,
+    cache_mib: u64,
+) -> Result<OpenedStorage, OpenError> {
     let db = sled::Config::new()
         .path(path)
-        .cache_capacity(CACHE_BYTES)
+        .cache_capacity(cache_mib.saturating_mul(1024 * 1024))
         .mode(sled::Mode::LowSpace)
         .open()
         .map_err(|source| OpenError::Sled { path: path.to_path_buf(), source })?;

@@ -16,7 +16,7 @@ use crate::storage::{open, DataDirIdentity, OpenedStorage};
 
 fn open_dir(dir: &Path) -> OpenedStorage {
     let identity = DataDirIdentity { node_id: 1, cluster_id: "test".into() };
-    open(dir, &identity, ExpiryTracker::new(Arc::new(SystemClock))).unwrap()
+    open(dir, &identity, ExpiryTracker::new(Arc::new(SystemClock)), crate::config::DEFAULT_CACHE_MIB).unwrap()
 }
 
 /// The names in `<dir>/snapshots`, sorted.

@@ -33,7 +33,7 @@ impl<G: Send + Sync> StoreBuilder<TypeConfig, LogStore, StateMachine, G> for Fre
 
 fn on_sled() -> (tempfile::TempDir, OpenedStorage) {
     let dir = tempfile::tempdir().unwrap();
-    let opened = open(dir.path(), &identity(1), tracker()).unwrap();
+    let opened = open(dir.path(), &identity(1), tracker(), crate::config::DEFAULT_CACHE_MIB).unwrap();
     (dir, opened)
 }
 
@@ -72,7 +72,7 @@ fn a_data_dir_refuses_another_node_or_cluster() {
         // A dropped sled database lets its file lock go from its flusher thread, a moment
         // later on a loaded machine: a reopen waits for that (up to 5 s), as a restart would.
         for _ in 0..50 {
-            match open(dir.path(), identity, tracker()) {
+            match open(dir.path(), identity, tracker(), crate::config::DEFAULT_CACHE_MIB) {
                 Err(OpenError::Sled { source: sled::Error::Io(e), .. })
                     if e.kind() == std::io::ErrorKind::WouldBlock =>
                 {
@@ -81,7 +81,7 @@ fn a_data_dir_refuses_another_node_or_cluster() {
                 other => return other,
             }
         }
-        open(dir.path(), identity, tracker())
+        open(dir.path(), identity, tracker(), crate::config::DEFAULT_CACHE_MIB)
     });
 }
 
@@ -103,6 +103,41 @@ async fn log_indexes(opened: &mut OpenedStorage) -> Vec<u64> {
 /// The next process on `disk` (after a crash or not), with its storage opened.
 fn reopen(disk: &MemDisk) -> OpenedStorage {
     open_memory(&disk.restart(), &identity(1), tracker()).unwrap()
+}
+
+/// Goal (issue 11): a purge that spans several of its removal batches removes every entry
+/// through the purged index and none after it, on both disks, also when it starts past the
+/// log's first index (as after an earlier purge, or entries a crash left behind), and a
+/// purge at the last index empties the log while `get_log_state` still names it.
+#[tokio::test]
+async fn a_purge_spanning_many_batches_removes_exactly_through_its_index() {
+    async fn check(mut opened: OpenedStorage) {
+        let last = 3 * super::log_store::PURGE_BATCH + 17;
+        let flushed = opened.log_store.write_entries((1..=last).map(blank_entry).collect::<Vec<_>>()).await.unwrap();
+        assert!(flushed.is_ok(), "{flushed:?}");
+        let first_cut = super::log_store::PURGE_BATCH + 3;
+        opened.log_store.purge(blank_entry(first_cut).log_id).await.unwrap();
+        assert_eq!(log_indexes(&mut opened).await, ((first_cut + 1)..=last).collect::<Vec<_>>());
+        let second_cut = last - 5;
+        opened.log_store.purge(blank_entry(second_cut).log_id).await.unwrap();
+        assert_eq!(log_indexes(&mut opened).await, ((second_cut + 1)..=last).collect::<Vec<_>>());
+        opened.log_store.purge(blank_entry(last).log_id).await.unwrap();
+        assert_eq!(log_indexes(&mut opened).await, Vec::<u64>::new());
+        let state = opened.log_store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|id| id.index), Some(last));
+        assert_eq!(state.last_log_id.map(|id| id.index), Some(last));
+        // Past the log's end (a snapshot installed far ahead): the next entry is kept.
+        let flushed = opened.log_store.write_entries(vec![blank_entry(last + 1)]).await.unwrap();
+        assert!(flushed.is_ok(), "{flushed:?}");
+        opened.log_store.purge(blank_entry(last).log_id).await.unwrap();
+        assert_eq!(log_indexes(&mut opened).await, [last + 1]);
+        opened.log_store.purge(blank_entry(u64::MAX - 1).log_id).await.unwrap();
+        assert_eq!(log_indexes(&mut opened).await, Vec::<u64>::new());
+    }
+    let (_dir, opened) = on_sled();
+    check(opened).await;
+    let (_disk, opened) = on_memory();
+    check(opened).await;
 }
 
 /// Goal: the durable-ack property on the memory disk. An append flushes before it reports
@@ -165,7 +200,7 @@ async fn an_oversized_entry_is_refused_not_a_panic() {
     use crate::limits::TOKEN_SLOT_BITS;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut sm = open(dir.path(), &identity(1), tracker()).unwrap().state_machine;
+    let mut sm = open(dir.path(), &identity(1), tracker(), crate::config::DEFAULT_CACHE_MIB).unwrap().state_machine;
     let config = ClusterConfig { epoch_ms: 0, worker_id_bits: 2, sequence_bits: 12, ttl_ms_max: 1000, cool_down_ms: 0 };
     let commands = vec![Command::Configure(config); (1 << TOKEN_SLOT_BITS) + 1];
     let batch = Batch { leader_wall_ms: 1, commands, rules: Rules::CURRENT };
@@ -190,7 +225,7 @@ async fn an_entry_under_newer_rules_stops_the_node_before_applying() {
     use crate::lease::{Batch, ClusterConfig, Command, Rules};
 
     let dir = tempfile::tempdir().unwrap();
-    let mut sm = open(dir.path(), &identity(1), tracker()).unwrap().state_machine;
+    let mut sm = open(dir.path(), &identity(1), tracker(), crate::config::DEFAULT_CACHE_MIB).unwrap().state_machine;
     let config = ClusterConfig { epoch_ms: 0, worker_id_bits: 2, sequence_bits: 12, ttl_ms_max: 1000, cool_down_ms: 0 };
     let entry = |index, rules| crate::raft::types::Entry {
         log_id: openraft::LogId::new(CommittedLeaderId::new(1, 1), index),
@@ -218,7 +253,7 @@ async fn a_given_up_id_is_persisted_with_the_grant() {
 
     let dir = tempfile::tempdir().unwrap();
     let applied = {
-        let mut sm = open(dir.path(), &identity(1), tracker()).unwrap().state_machine;
+        let mut sm = open(dir.path(), &identity(1), tracker(), crate::config::DEFAULT_CACHE_MIB).unwrap().state_machine;
         let config =
             ClusterConfig { epoch_ms: 0, worker_id_bits: 2, sequence_bits: 12, ttl_ms_max: 60_000, cool_down_ms: 0 };
         let grant = |w, incarnation| Command::Grant {
@@ -243,7 +278,7 @@ async fn a_given_up_id_is_persisted_with_the_grant() {
         assert!(table.record(WorkerId(0)).unwrap().holder.is_none(), "ID 0 was given up");
         table
     };
-    let reopened = open(dir.path(), &identity(1), tracker()).unwrap().state_machine;
+    let reopened = open(dir.path(), &identity(1), tracker(), crate::config::DEFAULT_CACHE_MIB).unwrap().state_machine;
     assert_eq!(reopened.shared().read().table, applied, "the reloaded table differs from the applied one");
 }
 
