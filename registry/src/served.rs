@@ -12,18 +12,17 @@ use crate::lost_disk::{HistoryAnswer, KnownMembership};
 use crate::node::RegistryNode;
 use crate::proposal::Proposal;
 use crate::raft::types::{Entry, LogId, NodeId, StorageError, Vote};
-use crate::storage::{LogStore, OpenedStorage};
+use crate::storage::{LogReader, OpenedStorage};
 
 /// Pause between attempts to record that this node served.
 const ANNOUNCE_RETRY: Duration = Duration::from_millis(500);
 
 /// Whether a just-opened data dir holds Raft state: a vote, a log or applied state. A dir
 /// without (new, wiped, or only its identity written before a crash) goes through the guard.
-pub async fn holds_raft_state(opened: &OpenedStorage) -> Result<bool, StorageError> {
+pub async fn holds_raft_state(opened: &mut OpenedStorage) -> Result<bool, StorageError> {
     use openraft::storage::RaftLogStorage;
-    let mut log = opened.log_store.clone();
-    let voted = log.read_vote().await?.is_some();
-    let logged = log.get_log_state().await?.last_log_id.is_some();
+    let voted = opened.log_store.read_vote().await?.is_some();
+    let logged = opened.log_store.get_log_state().await?.last_log_id.is_some();
     let state = opened.state_machine.shared();
     let applied = state.read().last_applied.is_some();
     Ok(voted || logged || applied)
@@ -64,7 +63,7 @@ pub async fn answer(node: &RegistryNode, asked: NodeId) -> Result<HistoryAnswer,
 
 /// The log past `applied` (committed entries a full stop left unapplied, and uncommitted ones).
 async fn log_tail(node: &RegistryNode, applied: Option<LogId>) -> Result<Vec<Entry>, StorageError> {
-    let mut log = LogStore::open(&node.db).map_err(|e| openraft::StorageIOError::read_logs(&e))?;
+    let mut log = LogReader::open(&node.db).map_err(|e| openraft::StorageIOError::read_logs(&e))?;
     let from = applied.map_or(0, |id| id.index + 1);
     log.try_get_log_entries(from..).await
 }
@@ -128,13 +127,13 @@ mod tests {
             let tracker = ExpiryTracker::new(std::sync::Arc::new(ManualClock::new(0)));
             storage::open(dir.path(), &identity, tracker, crate::config::DEFAULT_CACHE_MIB).unwrap()
         };
-        let opened = open();
-        assert!(!holds_raft_state(&opened).await.unwrap(), "a new dir");
+        let mut opened = open();
+        assert!(!holds_raft_state(&mut opened).await.unwrap(), "a new dir");
         drop(opened);
         let mut opened = open();
-        assert!(opened.had_state && !holds_raft_state(&opened).await.unwrap(), "identity only");
+        assert!(opened.had_state && !holds_raft_state(&mut opened).await.unwrap(), "identity only");
         opened.log_store.save_vote(&Vote::new(1, 2)).await.unwrap();
         drop(opened);
-        assert!(holds_raft_state(&open()).await.unwrap(), "a vote");
+        assert!(holds_raft_state(&mut open()).await.unwrap(), "a vote");
     }
 }

@@ -342,7 +342,7 @@ async fn start_node(
     let raft_config = Arc::new(config.raft_config()?);
     let identity = DataDirIdentity { node_id: config.node_id, cluster_id: config.cluster_id.clone() };
     let (cluster_id, node_id) = (config.cluster_id.clone(), config.node_id);
-    let (peers, opened) = match simulated {
+    let (peers, mut opened) = match simulated {
         None => (
             PeerClients::new(cluster_id, node_id, clock.clone(), security),
             storage::open(&config.data_dir, &identity, tracker.clone(), config.cache_mib)?,
@@ -352,7 +352,7 @@ async fn start_node(
             storage::open_memory(&sim.disk, &identity, tracker.clone())?,
         ),
     };
-    let blank = !served::holds_raft_state(&opened)
+    let blank = !served::holds_raft_state(&mut opened)
         .await
         .map_err(|e| ServerError::Raft(format!("cannot read the Raft state in the data dir: {e}")))?;
     let db = opened.log_store.db().clone();

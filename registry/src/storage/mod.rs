@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::expiry::ExpiryTracker;
 use crate::raft::types::NodeId;
 pub use kv::{Db, KvError};
-pub use log_store::LogStore;
+pub use log_store::{LogReader, LogStore};
 pub use memory::{MemDisk, MemDiskError};
 pub use snapshot_file::SnapshotData;
 pub use state_machine::{SharedState, SmState, StateMachine};
@@ -131,9 +131,9 @@ fn open_db(
             false
         }
     };
-    let log_store = LogStore::open(&db).map_err(kv_err)?;
     let state_machine = StateMachine::open(&db, snapshot_dir, tracker)
         .map_err(|source| OpenError::StateMachine { path: path.to_path_buf(), source })?;
+    let log_store = LogStore::open(&db, state_machine.applied_watch()).map_err(kv_err)?;
     Ok(OpenedStorage { log_store, state_machine, had_state })
 }
 

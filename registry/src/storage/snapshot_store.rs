@@ -266,7 +266,7 @@ impl SnapshotStore {
             let mut batch = KvBatch::default();
             self.name_file(&mut batch, &meta, name.clone(), checksum)?;
             self.tree.apply_batch(batch).map_err(|e| io_write(Some(&meta), &e))?;
-            // openraft purges the log behind this snapshot next: it must be on disk first.
+            // openraft purges the log behind a snapshot it built next: it must be on disk first.
             self.db.flush().await.map_err(|e| io_write(Some(&meta), &e))?;
             self.forget_replaced(&mut current, &meta, Some(name)).await;
         } else {
@@ -286,7 +286,7 @@ impl SnapshotStore {
         let mut current = self.current.lock().await;
         if meta.last_log_id >= current.last_log_id {
             self.tree.insert(KEY_SNAPSHOT, stored).map_err(|e| io_write(Some(&meta), &e))?;
-            // openraft purges the log behind this snapshot next: it must be on disk first.
+            // openraft purges the log behind a snapshot it built next: it must be on disk first.
             self.db.flush().await.map_err(|e| io_write(Some(&meta), &e))?;
             current.last_log_id = meta.last_log_id;
         }
@@ -378,6 +378,8 @@ impl SnapshotStore {
             }
         };
         self.tree.apply_batch(batch).map_err(|e| io_write(Some(meta), &e))?;
+        // openraft runs the log purge behind an install without waiting for it; the log store
+        // holds that purge until the state machine reports this install (`wait_until_applied`).
         self.db.flush().await.map_err(|e| io_write(Some(meta), &e))?;
         self.forget_replaced(&mut current, meta, kept).await;
         Ok(())

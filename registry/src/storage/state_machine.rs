@@ -9,6 +9,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::codec::{decode, encode};
 use super::kv::{Db, KvBatch, Tree};
@@ -62,6 +63,9 @@ pub struct StateMachine {
     pub(super) snapshots: SnapshotStore,
     tracker: ExpiryTracker,
     snapshots_built: u64,
+    /// The last log id applied or installed into the `Db`, for the log store's purge; closed
+    /// when this state machine is dropped (openraft's worker ends on a storage error).
+    applied: watch::Sender<Option<LogId>>,
 }
 
 /// What one apply call changed, so only that is written, and which worker IDs the expiry
@@ -220,17 +224,25 @@ impl StateMachine {
             state.membership = pos.membership;
         }
         state.table = load_table(&tree)?;
+        let (applied, _) = watch::channel(state.last_applied);
         Ok(StateMachine {
             tree,
             state: SharedState(Arc::new(RwLock::new(state))),
             snapshots,
             tracker,
             snapshots_built: 0,
+            applied,
         })
     }
 
     pub fn shared(&self) -> SharedState {
         self.state.clone()
+    }
+
+    /// How far this state machine has applied or installed into the `Db` (not necessarily
+    /// flushed: the next flush of the `Db` makes it durable).
+    pub fn applied_watch(&self) -> watch::Receiver<Option<LogId>> {
+        self.applied.subscribe()
     }
 
     fn persist(&self, state: &SmState, changed: &Changes) -> Result<(), StorageError> {
@@ -271,15 +283,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<Entry> = entries.into_iter().collect();
         refuse_newer_rules(&entries)?;
         let mut changes = Changes::default();
-        let responses = {
+        let (responses, last_applied) = {
             let mut state = self.state.write();
             // One response per entry, in order: openraft matches them to waiting clients by
             // position and only debug-asserts the count.
             let responses: Vec<_> =
                 entries.into_iter().map(|entry| apply_entry(&mut state, entry, &mut changes)).collect();
             self.persist(&state, &changes)?;
-            responses
+            (responses, state.last_applied)
         };
+        self.applied.send_replace(last_applied);
         for worker_id in changes.renewed {
             self.tracker.note_renewal(worker_id);
         }
@@ -324,6 +337,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         self.snapshots.install(meta, received, state.table.rules_in_force(Rules::CURRENT), batch).await?;
         *self.state.write() = state;
+        // Durable already (the install flushed): the log purge behind it may go on.
+        self.applied.send_replace(meta.last_log_id);
         Ok(())
     }
 

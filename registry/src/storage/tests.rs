@@ -27,7 +27,8 @@ struct FreshStorage<G>(fn() -> (G, OpenedStorage));
 impl<G: Send + Sync> StoreBuilder<TypeConfig, LogStore, StateMachine, G> for FreshStorage<G> {
     async fn build(&self) -> Result<(G, LogStore, StateMachine), StorageError> {
         let (guard, opened) = (self.0)();
-        Ok((guard, opened.log_store, opened.state_machine))
+        // The suite purges logs it never applies, which a linked store would wait for forever.
+        Ok((guard, opened.log_store.unlinked_from_state_machine(), opened.state_machine))
     }
 }
 
@@ -114,6 +115,8 @@ fn reopen(disk: &MemDisk) -> OpenedStorage {
 #[tokio::test]
 async fn a_purge_spanning_many_batches_removes_exactly_through_its_index() {
     async fn check(mut opened: OpenedStorage) {
+        // What is purged here was never applied: see the next tests for that wait.
+        opened.log_store = opened.log_store.unlinked_from_state_machine();
         let last = 3 * super::log_store::PURGE_BATCH + 17;
         let flushed = opened.log_store.write_entries((1..=last).map(blank_entry).collect::<Vec<_>>()).await.unwrap();
         assert!(flushed.is_ok(), "{flushed:?}");
@@ -140,6 +143,88 @@ async fn a_purge_spanning_many_batches_removes_exactly_through_its_index() {
     check(opened).await;
     let (_disk, opened) = on_memory();
     check(opened).await;
+}
+
+/// A snapshot of a state machine that applied blank entries through `index`, and its bytes.
+async fn snapshot_through(index: u64) -> (crate::raft::types::SnapshotMeta, Vec<u8>) {
+    use openraft::RaftSnapshotBuilder;
+    let (_disk, mut sender) = on_memory();
+    sender.state_machine.apply(vec![blank_entry(index)]).await.unwrap();
+    let mut built = sender.state_machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let mut data = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut built.snapshot, &mut data).await.unwrap();
+    (built.meta, data)
+}
+
+/// A follower behind a snapshot: entries 1..=4 in its log, 1..=2 applied, all durable; the
+/// purge openraft runs behind the install of a snapshot through 10, started on its own task
+/// and given every chance to run.
+async fn purge_behind_an_install(
+    disk: &MemDisk,
+    mut opened: OpenedStorage,
+) -> (StateMachine, tokio::task::JoinHandle<Result<(), StorageError>>) {
+    let flushed = opened.log_store.write_entries((1..=4).map(blank_entry).collect::<Vec<_>>()).await.unwrap();
+    assert!(flushed.is_ok(), "{flushed:?}");
+    opened.state_machine.apply(vec![blank_entry(1), blank_entry(2)]).await.unwrap();
+    disk.flush().unwrap();
+    let mut log_store = opened.log_store;
+    let purge = tokio::spawn(async move { log_store.purge(blank_entry(10).log_id).await });
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    (opened.state_machine, purge)
+}
+
+/// The purge marker and last applied id on the durable image of `disk` (what a crash now
+/// would leave).
+async fn durable_purge_and_applied(disk: &MemDisk) -> (Option<u64>, Option<u64>) {
+    let mut image = open_memory(&disk.clone_image(), &identity(1), tracker()).unwrap();
+    let purged = image.log_store.get_log_state().await.unwrap().last_purged_log_id;
+    let (applied, _) = image.state_machine.applied_state().await.unwrap();
+    (purged.map(|id| id.index), applied.map(|id| id.index))
+}
+
+/// Goal (issue 11, review of the purge): openraft 0.9 runs a follower's log purge behind a
+/// snapshot install without waiting for it. The purge waits until the state machine holds the
+/// snapshot, so no crash can leave a purge marker past the durable state machine (entries
+/// 3..=10 held by no one on the node); then it purges, and a restart starts from the snapshot.
+#[tokio::test]
+async fn a_purge_waits_for_the_snapshot_install_it_follows() {
+    let (meta, data) = snapshot_through(10).await;
+    let (disk, opened) = on_memory();
+    let (mut state_machine, purge) = purge_behind_an_install(&disk, opened).await;
+    assert!(!purge.is_finished(), "the purge went ahead of the install");
+    assert_eq!(durable_purge_and_applied(&disk).await, (None, Some(2)), "a crash now keeps the log");
+
+    let mut incoming = state_machine.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut incoming, &data).await.unwrap();
+    state_machine.install_snapshot(&meta, incoming).await.unwrap();
+    purge.await.unwrap().unwrap();
+    assert_eq!(durable_purge_and_applied(&disk).await, (Some(10), Some(10)));
+
+    disk.crash(0);
+    let mut reopened = reopen(&disk);
+    let initial = openraft::storage::StorageHelper::new(&mut reopened.log_store, &mut reopened.state_machine)
+        .get_initial_state()
+        .await
+        .unwrap();
+    assert_eq!(initial.committed.map(|id| id.index), Some(10), "starts from the installed snapshot");
+    assert_eq!(initial.snapshot_meta, meta, "the installed snapshot is the current one");
+    assert_eq!(log_indexes(&mut reopened).await, Vec::<u64>::new());
+}
+
+/// Goal (issue 11, review of the purge): if the state machine stops before it reaches the
+/// purged id (a failed install ends openraft's state-machine worker, dropping it), the purge
+/// fails and writes no marker.
+#[tokio::test]
+async fn a_purge_fails_without_a_marker_when_the_state_machine_stops_first() {
+    let (disk, opened) = on_memory();
+    let (state_machine, purge) = purge_behind_an_install(&disk, opened).await;
+    assert!(!purge.is_finished(), "the purge went ahead of the install");
+    drop(state_machine);
+    let error = purge.await.unwrap().unwrap_err().to_string();
+    assert!(error.contains("state machine stopped before it reached log index 10"), "{error}");
+    assert_eq!(durable_purge_and_applied(&disk).await, (None, Some(2)));
 }
 
 /// Goal: the durable-ack property on the memory disk. An append flushes before it reports
