@@ -78,9 +78,24 @@ impl Db {
     }
 
     /// Make every write so far durable (fsync); no write is durable before.
+    ///
+    /// On sled, its blocking `flush` on tokio's blocking threads, never sled 0.34's
+    /// `flush_async`: that runs the flush on sled's own small IO thread pool, where it blocks
+    /// until log writes queued on the same pool are done, and concurrent flushes can starve
+    /// that pool for good (spacejam/sled#1308; fixed by giving each kind of work its own
+    /// threads, a change in no 0.34 release). A node whose flush hangs so stops answering its
+    /// peers with nothing in its log.
     pub async fn flush(&self) -> Result<(), KvError> {
         match self {
-            Db::Sled(db) => db.flush_async().await.map(drop).map_err(KvError::from),
+            Db::Sled(db) => {
+                let db = db.clone();
+                match tokio::task::spawn_blocking(move || db.flush()).await {
+                    Ok(flushed) => flushed.map(drop).map_err(KvError::from),
+                    Err(ended) => Err(KvError::Sled(sled::Error::Io(std::io::Error::other(format!(
+                        "the flush ended without an answer: {ended}"
+                    ))))),
+                }
+            }
             Db::Memory(disk) => disk.flush().map_err(KvError::from),
         }
     }

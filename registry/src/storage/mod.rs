@@ -51,6 +51,10 @@ pub enum OpenError {
     BadIdentity { path: PathBuf, why: String },
     #[error("state machine in {path} cannot be loaded: {source}")]
     StateMachine { path: PathBuf, source: crate::raft::types::StorageError },
+    #[error("data dir {path} has its log purged through index {purged} but its state machine only through {applied:?}: the entries in between are gone (a crash during a snapshot install, under a release from before log purges waited for installs). Treat this node as lost: remove it from the cluster, wipe the dir, and add it back under a new node id")]
+    PurgedPastApplied { path: PathBuf, purged: u64, applied: Option<u64> },
+    #[error("the Raft log in {path} cannot be read: {source}")]
+    Log { path: PathBuf, source: crate::raft::types::StorageError },
 }
 
 /// An opened data dir.
@@ -134,7 +138,30 @@ fn open_db(
     let state_machine = StateMachine::open(&db, snapshot_dir, tracker)
         .map_err(|source| OpenError::StateMachine { path: path.to_path_buf(), source })?;
     let log_store = LogStore::open(&db, state_machine.applied_watch()).map_err(kv_err)?;
+    refuse_purged_past_applied(&log_store, &state_machine, path)?;
     Ok(OpenedStorage { log_store, state_machine, had_state })
+}
+
+/// A log purged past the state machine cannot be replayed: openraft would fail at the first
+/// apply after start with an error naming missing entries; say what happened instead. No data
+/// dir written under `LogStore::wait_until_applied` is in this state.
+fn refuse_purged_past_applied(
+    log_store: &LogStore,
+    state_machine: &StateMachine,
+    path: &Path,
+) -> Result<(), OpenError> {
+    let purged = log_store.purged().map_err(|source| OpenError::Log { path: path.to_path_buf(), source })?;
+    let applied = state_machine.shared().read().last_applied;
+    match purged {
+        Some(purged) if applied.is_none_or(|applied| applied.index < purged.index) => {
+            Err(OpenError::PurgedPastApplied {
+                path: path.to_path_buf(),
+                purged: purged.index,
+                applied: applied.map(|id| id.index),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

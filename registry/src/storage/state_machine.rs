@@ -64,7 +64,9 @@ pub struct StateMachine {
     tracker: ExpiryTracker,
     snapshots_built: u64,
     /// The last log id applied or installed into the `Db`, for the log store's purge; closed
-    /// when this state machine is dropped (openraft's worker ends on a storage error).
+    /// when this state machine is dropped (openraft's worker ends on a storage error). The one
+    /// sender: a `StateMachine` must never be `Clone`, or a purge waiting on a failed install
+    /// would hang instead of failing.
     applied: watch::Sender<Option<LogId>>,
 }
 

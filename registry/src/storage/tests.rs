@@ -227,6 +227,69 @@ async fn a_purge_fails_without_a_marker_when_the_state_machine_stops_first() {
     assert_eq!(durable_purge_and_applied(&disk).await, (None, Some(2)));
 }
 
+/// Goal (issue 11, review of the purge): a purge past the applied entries waits for their
+/// apply, not only for an install, and its flush makes the applies before it durable: after
+/// a crash the state machine is never behind the purge marker.
+#[tokio::test]
+async fn a_purge_waits_for_applies_and_makes_them_durable() {
+    let (disk, mut opened) = on_memory();
+    let flushed = opened.log_store.write_entries((1..=20).map(blank_entry).collect::<Vec<_>>()).await.unwrap();
+    assert!(flushed.is_ok(), "{flushed:?}");
+    opened.state_machine.apply((1..=10).map(blank_entry).collect::<Vec<_>>()).await.unwrap();
+    let mut log_store = opened.log_store;
+    let purge = tokio::spawn(async move { log_store.purge(blank_entry(12).log_id).await.map(|()| log_store) });
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!purge.is_finished(), "the purge went ahead of the applies");
+    assert_eq!(durable_purge_and_applied(&disk).await, (None, None), "the applies are not flushed by themselves");
+    opened.state_machine.apply((11..=12).map(blank_entry).collect::<Vec<_>>()).await.unwrap();
+    purge.await.unwrap().unwrap();
+    disk.crash(0);
+    assert_eq!(durable_purge_and_applied(&disk).await, (Some(12), Some(12)));
+}
+
+/// Goal (review of the purge): a node that installed a snapshot and stopped before purging
+/// the log behind it starts: openraft purges at start (its log ends below what is applied),
+/// which a linked store lets through at once.
+#[tokio::test]
+async fn a_start_after_an_install_without_its_purge_purges_at_once() {
+    let (meta, data) = snapshot_through(10).await;
+    let (disk, mut opened) = on_memory();
+    let flushed = opened.log_store.write_entries((1..=4).map(blank_entry).collect::<Vec<_>>()).await.unwrap();
+    assert!(flushed.is_ok(), "{flushed:?}");
+    let mut incoming = opened.state_machine.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut incoming, &data).await.unwrap();
+    opened.state_machine.install_snapshot(&meta, incoming).await.unwrap();
+    disk.crash(0);
+    let mut reopened = reopen(&disk);
+    let initial = openraft::storage::StorageHelper::new(&mut reopened.log_store, &mut reopened.state_machine)
+        .get_initial_state()
+        .await
+        .unwrap();
+    assert_eq!(initial.committed, meta.last_log_id);
+    assert_eq!(log_indexes(&mut reopened).await, Vec::<u64>::new());
+    assert_eq!(reopened.log_store.get_log_state().await.unwrap().last_purged_log_id, meta.last_log_id);
+}
+
+/// Goal (review of the purge): a data dir an earlier release left with its log purged past its
+/// state machine (a crash during an install) is refused at open, saying so, instead of
+/// failing at the first apply with missing entries.
+#[tokio::test]
+async fn a_log_purged_past_the_state_machine_is_refused_at_open() {
+    let (disk, mut opened) = on_memory();
+    let flushed = opened.log_store.write_entries((1..=4).map(blank_entry).collect::<Vec<_>>()).await.unwrap();
+    assert!(flushed.is_ok(), "{flushed:?}");
+    opened.state_machine.apply(vec![blank_entry(1), blank_entry(2)]).await.unwrap();
+    // What a purge did before it waited for the state machine.
+    let mut unlinked = opened.log_store.unlinked_from_state_machine();
+    unlinked.purge(blank_entry(10).log_id).await.unwrap();
+    disk.crash(0);
+    let refused = open_memory(&disk.restart(), &identity(1), tracker()).unwrap_err();
+    assert!(matches!(refused, OpenError::PurgedPastApplied { purged: 10, applied: Some(2), .. }), "{refused}");
+    assert!(refused.to_string().contains("Treat this node as lost"), "{refused}");
+}
+
 /// Goal: the durable-ack property on the memory disk. An append flushes before it reports
 /// done, so a crash right after it, losing every unflushed write, keeps the entries.
 #[tokio::test]
@@ -382,4 +445,26 @@ async fn each_built_snapshot_has_its_own_id() {
     assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
     let current = opened.state_machine.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta.snapshot_id, second.meta.snapshot_id);
+}
+
+/// Goal: many concurrent flushes of one sled data dir all finish. With sled 0.34's
+/// `flush_async` they could starve sled's IO pool for good (spacejam/sled#1308); `Db::flush`
+/// keeps its flushes off that pool. A hang here is a failure by nextest's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_flushes_of_a_data_dir_all_finish() {
+    let (_dir, opened) = on_sled();
+    let db = opened.log_store.db().clone();
+    let tree = db.open_tree("flushes").unwrap();
+    let flushes: Vec<_> = (0..200u32)
+        .map(|i| {
+            let (db, tree) = (db.clone(), tree.clone());
+            tokio::spawn(async move {
+                tree.insert(&i.to_be_bytes(), vec![7; 64]).unwrap();
+                db.flush().await
+            })
+        })
+        .collect();
+    for flush in flushes {
+        flush.await.unwrap().unwrap();
+    }
 }
