@@ -51,6 +51,7 @@ ff_libfaketime() {
 #   chrony, systemd  chronyd -p and systemd-analyze in deploy/check-manifests.sh
 #   python3-venv the venv deploy/check-manifests.sh installs kubernetes-validate into
 #   docker-compose, file  deploy/docker/test.sh (the Docker daemon itself is not installed)
+#   gdb          the thread dumps of the registry nodes a failing process test keeps
 ff_apt_missing() {
     ff_libfaketime >/dev/null || echo "libfaketime libfaketime faketime"
     ff_have nft || echo "nft nftables"
@@ -63,6 +64,7 @@ ff_apt_missing() {
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || echo "python3-venv python3 python3-venv"
     ff_have docker-compose || echo "docker-compose docker-compose"
     ff_have file || echo "file file"
+    ff_have gdb || echo "gdb gdb"
 }
 
 # Installs what is missing: as root the Debian packages (`apt-get update` once, only if

@@ -314,15 +314,39 @@ pub fn json_of(output: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("ctl --json prints JSON")
 }
 
+impl Cluster {
+    /// Beside each running node's log, what its threads are doing (`gdb`'s backtraces), for a
+    /// failing test: a node that stops answering with nothing in its log (seen at cluster
+    /// start on a loaded machine) shows where it is stuck. Skipped, saying so, without gdb.
+    fn dump_threads(&self) {
+        for node in self.nodes.values() {
+            let Some(child) = &node.child else { continue };
+            let path = self.dir.path().join(format!("node-{}.threads.txt", node.node_id));
+            let Ok(out) = File::create(&path) else { return };
+            let Ok(err) = out.try_clone() else { return };
+            let pid = child.id().to_string();
+            let args = ["-p", &pid, "-batch", "-nx", "-ex", "set pagination off", "-ex", "thread apply all bt"];
+            if Command::new("gdb").args(args).stdin(Stdio::null()).stdout(out).stderr(err).status().is_err() {
+                eprintln!("no thread dumps of the registry nodes: gdb is not installed");
+                let _ = std::fs::remove_file(path);
+                return;
+            }
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_threads();
+        }
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
             self.kill(id);
         }
         if std::thread::panicking() {
             let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
-            eprintln!("cluster data and node logs kept in {}", kept.display());
+            eprintln!("cluster data, node logs and thread dumps kept in {}", kept.display());
         }
     }
 }
