@@ -156,6 +156,27 @@ async fn snapshot_through(index: u64) -> (crate::raft::types::SnapshotMeta, Vec<
     (built.meta, data)
 }
 
+/// Install the snapshot `meta` with bytes `data`, received as openraft receives it.
+async fn install(state_machine: &mut StateMachine, meta: &crate::raft::types::SnapshotMeta, data: &[u8]) {
+    let mut incoming = state_machine.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut incoming, data).await.unwrap();
+    state_machine.install_snapshot(meta, incoming).await.unwrap();
+}
+
+/// `disk` crashes, losing what was not flushed, and a node starts on it: its storage after
+/// openraft's start-up (which may purge), the committed id and the snapshot openraft starts from.
+async fn crash_and_start(
+    disk: &MemDisk,
+) -> (OpenedStorage, Option<crate::raft::types::LogId>, crate::raft::types::SnapshotMeta) {
+    disk.crash(0);
+    let mut reopened = reopen(disk);
+    let initial = openraft::storage::StorageHelper::new(&mut reopened.log_store, &mut reopened.state_machine)
+        .get_initial_state()
+        .await
+        .unwrap();
+    (reopened, initial.committed, initial.snapshot_meta)
+}
+
 /// A follower behind a snapshot: entries 1..=4 in its log, 1..=2 applied, all durable; the
 /// purge openraft runs behind the install of a snapshot through 10, started on its own task
 /// and given every chance to run.
@@ -196,21 +217,14 @@ async fn a_purge_waits_for_the_snapshot_install_it_follows() {
     assert!(!purge.is_finished(), "the purge went ahead of the install");
     assert_eq!(durable_purge_and_applied(&disk).await, (None, Some(2)), "a crash now keeps the log");
 
-    let mut incoming = state_machine.begin_receiving_snapshot().await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut incoming, &data).await.unwrap();
-    state_machine.install_snapshot(&meta, incoming).await.unwrap();
+    install(&mut state_machine, &meta, &data).await;
     purge.await.unwrap().unwrap();
     assert_eq!(durable_purge_and_applied(&disk).await, (Some(10), Some(10)));
 
-    disk.crash(0);
-    let mut reopened = reopen(&disk);
-    let initial = openraft::storage::StorageHelper::new(&mut reopened.log_store, &mut reopened.state_machine)
-        .get_initial_state()
-        .await
-        .unwrap();
-    assert_eq!(initial.committed.map(|id| id.index), Some(10), "starts from the installed snapshot");
-    assert_eq!(initial.snapshot_meta, meta, "the installed snapshot is the current one");
-    assert_eq!(log_indexes(&mut reopened).await, Vec::<u64>::new());
+    let (mut started, committed, snapshot) = crash_and_start(&disk).await;
+    assert_eq!(committed, meta.last_log_id, "starts from the installed snapshot");
+    assert_eq!(snapshot, meta, "the installed snapshot is the current one");
+    assert_eq!(log_indexes(&mut started).await, Vec::<u64>::new());
 }
 
 /// Goal (issue 11, review of the purge): if the state machine stops before it reaches the
@@ -258,18 +272,11 @@ async fn a_start_after_an_install_without_its_purge_purges_at_once() {
     let (disk, mut opened) = on_memory();
     let flushed = opened.log_store.write_entries((1..=4).map(blank_entry).collect::<Vec<_>>()).await.unwrap();
     assert!(flushed.is_ok(), "{flushed:?}");
-    let mut incoming = opened.state_machine.begin_receiving_snapshot().await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut incoming, &data).await.unwrap();
-    opened.state_machine.install_snapshot(&meta, incoming).await.unwrap();
-    disk.crash(0);
-    let mut reopened = reopen(&disk);
-    let initial = openraft::storage::StorageHelper::new(&mut reopened.log_store, &mut reopened.state_machine)
-        .get_initial_state()
-        .await
-        .unwrap();
-    assert_eq!(initial.committed, meta.last_log_id);
-    assert_eq!(log_indexes(&mut reopened).await, Vec::<u64>::new());
-    assert_eq!(reopened.log_store.get_log_state().await.unwrap().last_purged_log_id, meta.last_log_id);
+    install(&mut opened.state_machine, &meta, &data).await;
+    let (mut started, committed, _) = crash_and_start(&disk).await;
+    assert_eq!(committed, meta.last_log_id);
+    assert_eq!(log_indexes(&mut started).await, Vec::<u64>::new());
+    assert_eq!(started.log_store.get_log_state().await.unwrap().last_purged_log_id, meta.last_log_id);
 }
 
 /// Goal (review of the purge): a data dir an earlier release left with its log purged past its
