@@ -13,6 +13,9 @@ use fenceflake_proto::v1::registry_client::RegistryClient;
 use tonic::transport::Channel;
 
 use crate::certs::{self, Certs, TEST_NAME};
+
+/// How long one node's thread dump may take (`timeout`'s duration).
+const GDB_LIMIT: &str = "20s";
 use crate::{eventually, free_port};
 
 /// One registry process and where it lives.
@@ -322,12 +325,27 @@ impl Cluster {
         for node in self.nodes.values() {
             let Some(child) = &node.child else { continue };
             let path = self.dir.path().join(format!("node-{}.threads.txt", node.node_id));
-            let Ok(out) = File::create(&path) else { return };
-            let Ok(err) = out.try_clone() else { return };
+            let Ok(out) = File::create(&path) else { continue };
+            let Ok(err) = out.try_clone() else { continue };
             let pid = child.id().to_string();
-            let args = ["-p", &pid, "-batch", "-nx", "-ex", "set pagination off", "-ex", "thread apply all bt"];
-            if Command::new("gdb").args(args).stdin(Stdio::null()).stdout(out).stderr(err).status().is_err() {
-                eprintln!("no thread dumps of the registry nodes: gdb is not installed");
+            // Bounded: gdb waits for ever on a process stuck in the kernel (an fsync that does
+            // not return), and the test's own time limit would then hide where its data is kept.
+            let args = [
+                GDB_LIMIT,
+                "gdb",
+                "-p",
+                &pid,
+                "-batch",
+                "-nx",
+                "-ex",
+                "set pagination off",
+                "-ex",
+                "thread apply all bt",
+            ];
+            let status = Command::new("timeout").args(args).stdin(Stdio::null()).stdout(out).stderr(err).status();
+            // `timeout` answers 127 for a command it cannot find.
+            if status.is_err() || status.is_ok_and(|s| s.code() == Some(127)) {
+                eprintln!("no thread dumps of the registry nodes: gdb (or timeout) is not installed");
                 let _ = std::fs::remove_file(path);
                 return;
             }

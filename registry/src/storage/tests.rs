@@ -170,9 +170,12 @@ async fn crash_and_start(
 ) -> (OpenedStorage, Option<crate::raft::types::LogId>, crate::raft::types::SnapshotMeta) {
     disk.crash(0);
     let mut reopened = reopen(disk);
-    let initial = openraft::storage::StorageHelper::new(&mut reopened.log_store, &mut reopened.state_machine)
-        .get_initial_state()
+    let mut helper = openraft::storage::StorageHelper::new(&mut reopened.log_store, &mut reopened.state_machine);
+    // A start-up purge that waited for ever (a watch that does not know what is applied)
+    // fails here rather than at nextest's limit.
+    let initial = tokio::time::timeout(std::time::Duration::from_secs(30), helper.get_initial_state())
         .await
+        .expect("openraft's start-up hung (in a log purge?)")
         .unwrap();
     (reopened, initial.committed, initial.snapshot_meta)
 }
