@@ -154,6 +154,15 @@ impl RegistryNode {
                 MemberView { node_id, node, voter, role, matched_index, last_ack }
             })
             .collect();
+        // One read guard for both: a guard taken inside the struct literal below lives to the
+        // end of the statement, and a second `read()` there waits behind any writer queued
+        // meanwhile (std's lock lets writers go first), which waits for the first guard: the
+        // node's runtime deadlocked, both workers blocked, no peer answered and nothing was
+        // logged (the cluster-start flake of t47/t10, caught with the tests' thread dumps).
+        let (served_node_ids, apply_rules) = {
+            let state = self.state.read();
+            (state.table.served_nodes().collect(), state.table.rules_in_force(Rules::CURRENT))
+        };
         StatusView {
             node_id: self.node_id,
             leader_id: m.current_leader,
@@ -163,14 +172,14 @@ impl RegistryNode {
             last_log_index: m.last_log_index.unwrap_or(0),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             members,
-            served_node_ids: self.state.read().table.served_nodes().collect(),
+            served_node_ids,
             state: role_name(m.state),
             quorum_ack_age: m
                 .millis_since_quorum_ack
                 .filter(|_| m.state == ServerState::Leader)
                 .map(Duration::from_millis),
             leader_lease: self.leader.leader_lease(),
-            apply_rules: self.state.read().table.rules_in_force(Rules::CURRENT),
+            apply_rules,
         }
     }
 
