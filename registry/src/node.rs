@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::ServerState;
+use openraft::{Membership, ServerState};
 
 use crate::clock::{Clock, MonoTime};
 use crate::clock_watch::ClockWatch;
@@ -95,9 +95,35 @@ impl RegistryNode {
             other => other,
         };
         let remaining = deadline.since(self.clock.mono()).max(forward::MIN_CALL_TIMEOUT);
-        forward::forward_one(&self.peers, leader, &addr, &proposal, remaining).await.unwrap_or_else(|e| {
+        let answer = forward::forward_one(&self.peers, leader, &addr, &proposal, remaining).await.unwrap_or_else(|e| {
             Err(forward::forward_failure(&e, leader, self.clock.mono().since(started).as_millis() as u64))
-        })
+        });
+        if matches!(answer, Ok(Reply::MembershipChanged)) {
+            self.wait_to_see_change(&proposal, deadline).await;
+        }
+        answer
+    }
+
+    /// After the leader committed a membership change forwarded from here, wait (to `deadline`)
+    /// until this node's own membership shows it: the reply carries this node's status, and a
+    /// follower that had not yet received the change's entry answered `remove-member 5` with
+    /// node 5 still listed (a t47 flake). The change has committed either way, so running out
+    /// of time is logged, not an error: the reply then shows this node's older view.
+    async fn wait_to_see_change(&self, proposal: &Proposal, deadline: MonoTime) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if membership_shows(proposal, metrics.borrow_and_update().membership_config.membership()) {
+                return;
+            }
+            let remaining = deadline.since(self.clock.mono());
+            if !matches!(tokio::time::timeout(remaining, metrics.changed()).await, Ok(Ok(()))) {
+                tracing::warn!(
+                    ?proposal,
+                    "the leader committed this membership change, but this node has not received it yet; its reply shows its older view (`ctl members` a moment later shows the change)"
+                );
+                return;
+            }
+        }
     }
 
     /// Execute a proposal forwarded by a follower: only as leader, never forwarding again.
@@ -210,6 +236,19 @@ impl RegistryNode {
     }
 }
 
+/// Whether `membership` shows what the membership-changing `proposal` did: the node listed
+/// (learner), a voter (promoted) or gone (removed), and no joint configuration left over.
+/// Any other proposal changes no membership: true.
+fn membership_shows(proposal: &Proposal, membership: &Membership<NodeId, PeerNode>) -> bool {
+    let settled = membership.get_joint_config().len() == 1;
+    match proposal {
+        Proposal::AddLearner { node_id, .. } => membership.get_node(node_id).is_some(),
+        Proposal::PromoteMember { node_id } => settled && membership.voter_ids().any(|v| v == *node_id),
+        Proposal::RemoveMember { node_id } => settled && membership.get_node(node_id).is_none(),
+        _ => true,
+    }
+}
+
 fn role_name(state: ServerState) -> &'static str {
     match state {
         ServerState::Leader => "LEADER",
@@ -217,5 +256,43 @@ fn role_name(state: ServerState) -> &'static str {
         ServerState::Candidate => "CANDIDATE",
         ServerState::Learner => "LEARNER",
         ServerState::Shutdown => "SHUTDOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    fn membership(configs: &[&[NodeId]], nodes: &[NodeId]) -> Membership<NodeId, PeerNode> {
+        let configs = configs.iter().map(|c| c.iter().copied().collect::<BTreeSet<_>>()).collect();
+        let node = |id: NodeId| PeerNode { peer_addr: format!("127.0.0.1:{}", 2380 + id), client_addr: String::new() };
+        Membership::new(configs, nodes.iter().map(|id| (*id, node(*id))).collect::<BTreeMap<_, _>>())
+    }
+
+    /// Goal: a forwarded membership change's reply waits for exactly the view that shows it —
+    /// neither the joint configuration between the two steps nor the view before it.
+    #[test]
+    fn a_membership_shows_a_change_only_once_it_is_settled() {
+        let remove_5 = Proposal::RemoveMember { node_id: 5 };
+        assert!(!membership_shows(&remove_5, &membership(&[&[1, 2, 3, 4, 5, 6]], &[1, 2, 3, 4, 5, 6])), "before");
+        assert!(
+            !membership_shows(&remove_5, &membership(&[&[1, 2, 3, 4, 5, 6], &[1, 2, 3, 4, 6]], &[1, 2, 3, 4, 5, 6])),
+            "joint"
+        );
+        assert!(membership_shows(&remove_5, &membership(&[&[1, 2, 3, 4, 6]], &[1, 2, 3, 4, 6])), "after");
+
+        let promote_6 = Proposal::PromoteMember { node_id: 6 };
+        assert!(!membership_shows(&promote_6, &membership(&[&[1, 2, 3]], &[1, 2, 3, 6])), "still a learner");
+        assert!(!membership_shows(&promote_6, &membership(&[&[1, 2, 3], &[1, 2, 3, 6]], &[1, 2, 3, 6])), "joint");
+        assert!(membership_shows(&promote_6, &membership(&[&[1, 2, 3, 6]], &[1, 2, 3, 6])), "a voter");
+
+        let node = PeerNode { peer_addr: "127.0.0.1:2386".into(), client_addr: String::new() };
+        let learn_6 = Proposal::AddLearner { node_id: 6, node };
+        assert!(!membership_shows(&learn_6, &membership(&[&[1, 2, 3]], &[1, 2, 3])), "not yet listed");
+        assert!(membership_shows(&learn_6, &membership(&[&[1, 2, 3]], &[1, 2, 3, 6])), "a learner");
+
+        assert!(membership_shows(&Proposal::ListAudit, &membership(&[&[1]], &[1])), "no membership change");
     }
 }
