@@ -132,6 +132,13 @@ pub struct RegistryArgs {
     /// Raft election timeout, upper bound (also the leader lease for admission control).
     #[arg(long, env = "FENCEFLAKE_ELECTION_TIMEOUT_MAX", default_value = "600ms", value_parser = parse_duration)]
     election_timeout_max: Duration,
+    /// Campaign only when a majority of the voters say they would vote (pre-vote): a node
+    /// its host did not schedule for a while, or cut off from the leader alone, then cannot
+    /// depose a healthy leader by raising its term. `false` campaigns on openraft's own timer
+    /// (`election-timeout-max` + a random election timeout after the last heartbeat), as
+    /// releases before pre-vote did; mixed clusters work either way.
+    #[arg(long, env = "FENCEFLAKE_PRE_VOTE", default_value_t = true, action = clap::ArgAction::Set)]
+    pre_vote: bool,
     /// Bound on every client request (waiting for a leader, a quorum, a commit).
     #[arg(long, env = "FENCEFLAKE_REQUEST_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     request_timeout: Duration,
@@ -208,6 +215,7 @@ impl RegistryArgs {
                 heartbeat_ms: self.heartbeat.as_millis() as u64,
                 election_min_ms: self.election_timeout_min.as_millis() as u64,
                 election_max_ms: self.election_timeout_max.as_millis() as u64,
+                pre_vote: self.pre_vote,
             },
             request_timeout: self.request_timeout,
             max_clock_offset: self.max_clock_offset,

@@ -32,11 +32,13 @@ pub struct RaftTiming {
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
+    /// Campaign only after a majority's pre-vote (`pre_vote.rs`), not on openraft's timer.
+    pub pre_vote: bool,
 }
 
 impl Default for RaftTiming {
     fn default() -> Self {
-        RaftTiming { heartbeat_ms: 100, election_min_ms: 300, election_max_ms: 600 }
+        RaftTiming { heartbeat_ms: 100, election_min_ms: 300, election_max_ms: 600, pre_vote: true }
     }
 }
 
@@ -391,6 +393,9 @@ impl NodeConfig {
             heartbeat_interval: self.timing.heartbeat_ms,
             election_timeout_min: self.timing.election_min_ms,
             election_timeout_max: self.timing.election_max_ms,
+            // With pre-vote this node campaigns through `pre_vote::run`, never on openraft's
+            // timer (which would raise its term without asking).
+            enable_elect: !self.timing.pre_vote,
             // Covers sending the last chunk *and* installing it on the follower.
             install_snapshot_timeout: 2000,
             max_payload_entries: 300,

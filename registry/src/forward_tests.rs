@@ -154,6 +154,9 @@ impl RaftTransport for FakeLeader {
     async fn clock_probe(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         Err(Status::unimplemented("fake"))
     }
+    async fn pre_vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// Connects every peer call to the fake leader.

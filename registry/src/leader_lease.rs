@@ -125,6 +125,11 @@ impl LeaseState {
         now < self.quiet_until
     }
 
+    /// How much longer from `now` this node refuses votes (zero: it does not).
+    pub fn refuses_votes_for(&self, now: MonoTime) -> Duration {
+        self.quiet_until.since(now)
+    }
+
     /// Stop answering from memory (the leadership ended or is being handed over); votes stay
     /// refused until the lease would have ended, since answers already given rely on it.
     pub fn give_up(&mut self) {
@@ -209,6 +214,12 @@ impl LeaderLease {
         let now = self.clock.mono();
         self.lock().voted(now);
         Some(answer)
+    }
+
+    /// How much longer this node refuses votes (zero: it does not); see
+    /// [`LeaseState::refuses_votes_for`].
+    pub fn refuses_votes_for(&self) -> Duration {
+        self.lock().refuses_votes_for(self.clock.mono())
     }
 
     /// See [`LeaseState::give_up`].

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod lost_disk;
 pub mod metrics;
 pub mod node;
+pub mod pre_vote;
 pub mod proposal;
 pub mod proposer;
 pub mod raft;

@@ -31,6 +31,7 @@ use crate::limits::PEER_MESSAGE_BYTES_MAX;
 use crate::lost_disk::{self, Start, StartGate};
 use crate::metrics::RegistryMetrics;
 use crate::node::RegistryNode;
+use crate::pre_vote;
 use crate::proposer::Proposer;
 use crate::raft::network::{NetworkFactory, PeerClients, PeerConnector};
 use crate::raft::types::{NodeId, PeerNode, Raft};
@@ -169,6 +170,19 @@ impl From<Listeners> for NodeIo {
 
 /// Run a registry node, on sockets or on the simulator's network and disk, until `shutdown`
 /// resolves or Raft stops with a fatal error.
+/// The node's background loops, each until the node stops: the clock check, the apply-rules
+/// raise, the pre-vote campaigns and the leader lease's rounds.
+fn spawn_watchers(node: &RegistryNode, config: &NodeConfig, stopped: &Stopped) {
+    tokio::spawn(clock_watch::run(node.clone(), stopped.clone()));
+    tokio::spawn(rules_raise::run(node.clone(), stopped.clone()));
+    if config.timing.pre_vote {
+        tokio::spawn(pre_vote::run(node.clone(), stopped.clone()));
+    }
+    let leader = node.leader.clone();
+    let until = stopped.clone();
+    tokio::spawn(async move { leader.keep_lease(until).await });
+}
+
 pub async fn run(
     config: NodeConfig,
     io: impl Into<NodeIo>,
@@ -218,11 +232,7 @@ pub async fn run(
         serving.client_ports(&node, &config, &security, &stopped).map_err(ServerError::Reflection)?;
     security.follow_files(stopped.clone().wait());
     tokio::spawn(watch_leadership(node.clone(), health_reporter, tracker));
-    tokio::spawn(clock_watch::run(node.clone(), stopped.clone()));
-    tokio::spawn(rules_raise::run(node.clone(), stopped.clone()));
-    let leader = node.leader.clone();
-    let until = stopped.clone();
-    tokio::spawn(async move { leader.keep_lease(until).await });
+    spawn_watchers(&node, &config, &stopped);
     bootstrap(&config, &raft, fresh).await?;
     if config.initial_cluster_state == InitialClusterState::New {
         tokio::spawn(compare_initial_cluster(raft.clone(), config.initial_cluster.clone()));
@@ -372,7 +382,7 @@ async fn start_node(
     )
     .await
     .map_err(|e| ServerError::Raft(e.to_string()))?;
-    let elections = ElectionSwitch::new(raft.clone());
+    let elections = ElectionSwitch::new(raft.clone(), config.timing.pre_vote);
     let clocks = ClockWatch::new(config.node_id, clock.clone(), config.max_clock_offset, config.clock_check, elections);
     let proposer = Proposer::start(raft.clone(), state.clone(), Arc::new(clocks.clone()), config.request_timeout);
     let settings = LeaderSettings {

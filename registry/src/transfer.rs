@@ -36,12 +36,16 @@ pub enum NoElections {
     Clock,
 }
 
-/// openraft's `elect` switch, shared by every reason to turn it off.
+/// openraft's `elect` switch, shared by every reason to turn it off. With pre-vote
+/// (`pre_vote.rs`) openraft's own election timer stays off for good and the switch only
+/// says whether this node may campaign ([`ElectionSwitch::may_campaign`]).
 #[derive(Clone)]
 pub struct ElectionSwitch {
     raft: Raft,
     /// The standing reasons, as bits of `1 << NoElections as u8`.
     off: Arc<Mutex<u8>>,
+    /// Campaigns go through the pre-vote, never openraft's own timer.
+    pre_vote: bool,
 }
 
 impl std::fmt::Debug for ElectionSwitch {
@@ -51,8 +55,19 @@ impl std::fmt::Debug for ElectionSwitch {
 }
 
 impl ElectionSwitch {
-    pub fn new(raft: Raft) -> ElectionSwitch {
-        ElectionSwitch { raft, off: Arc::default() }
+    pub fn new(raft: Raft, pre_vote: bool) -> ElectionSwitch {
+        raft.runtime_config().elect(!pre_vote);
+        ElectionSwitch { raft, off: Arc::default(), pre_vote }
+    }
+
+    /// Whether no reason to stay out of elections stands.
+    pub fn may_campaign(&self) -> bool {
+        *self.off.lock().unwrap_or_else(PoisonError::into_inner) == 0
+    }
+
+    /// Whether `why` stands.
+    pub fn stands(&self, why: NoElections) -> bool {
+        *self.off.lock().unwrap_or_else(PoisonError::into_inner) & (1u8 << why as u8) != 0
     }
 
     /// Set (`standing`) or lift one reason, and the switch with it (under one lock, so two
@@ -61,7 +76,7 @@ impl ElectionSwitch {
         let mut off = self.off.lock().unwrap_or_else(PoisonError::into_inner);
         let bit = 1u8 << why as u8;
         *off = if standing { *off | bit } else { *off & !bit };
-        self.raft.runtime_config().elect(*off == 0);
+        self.raft.runtime_config().elect(*off == 0 && !self.pre_vote);
     }
 
     /// The Raft instance whose switch this is.

@@ -257,3 +257,53 @@ async fn renewals_inside_the_window_write_no_log_entry_and_survive_a_leader_kill
     let err = cluster.client(via).acquire(thief).await.expect_err("worker ID 9 must still be held");
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
 }
+
+/// SIGSTOP follower `follower` for `pause`, `rounds` times, letting the cluster settle after
+/// each; the leader's term before and after every round.
+async fn pause_a_follower(cluster: &Cluster, follower: u64, rounds: usize, pause: Duration) -> (u64, Vec<u64>) {
+    let leader = cluster.wait_all_know_the_leader(Duration::from_secs(10)).await;
+    let term_before = cluster.status(leader).await.expect("leader status").term;
+    let mut terms = Vec::new();
+    for round in 0..rounds {
+        cluster.signal(follower, "STOP");
+        tokio::time::sleep(pause).await;
+        cluster.signal(follower, "CONT");
+        // Longer than a deposed leader's election: a term bump has shown by then.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let leader = cluster.wait_all_know_the_leader(Duration::from_secs(10)).await;
+        let term = cluster.status(leader).await.expect("leader status").term;
+        eprintln!("round {round}: node {follower} paused {pause:?}; leader {leader}, term {term_before} -> {term}");
+        terms.push(term);
+    }
+    (term_before, terms)
+}
+
+/// The first follower of a fresh 5-node cluster with `args`, and the cluster.
+async fn cluster_and_follower(args: &[&str]) -> (Cluster, u64) {
+    let cluster = Cluster::start(5, args).await;
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    let follower = (1..=5).find(|id| *id != leader).expect("a follower");
+    (cluster, follower)
+}
+
+/// Goal: pre-vote (registry/src/pre_vote.rs). A follower its host does not run for longer
+/// than an election timeout — SIGSTOPped 1.5 s, three times, at the default timing — wakes
+/// up to a leader the others still hear: it asks for votes first, nobody grants them, and
+/// the leader and its term stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_follower_deposes_nobody() {
+    let (cluster, follower) = cluster_and_follower(&[]).await;
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    let (before, after) = pause_a_follower(&cluster, follower, 3, Duration::from_millis(1500)).await;
+    assert!(after.iter().all(|t| *t == before), "the term moved from {before}: {after:?}");
+    assert_eq!(cluster.wait_leader(Duration::from_secs(5)).await, leader, "the leader changed");
+}
+
+/// Goal: the control of `a_paused_follower_deposes_nobody` — without pre-vote the same pauses
+/// depose the leader (openraft raises the woken follower's term), so the test above can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pre_vote_a_paused_follower_deposes_the_leader() {
+    let (cluster, follower) = cluster_and_follower(&["--pre-vote", "false"]).await;
+    let (before, after) = pause_a_follower(&cluster, follower, 3, Duration::from_millis(1500)).await;
+    assert!(after.iter().any(|t| *t > before), "no pause moved the term from {before}: {after:?}");
+}

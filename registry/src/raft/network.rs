@@ -48,6 +48,7 @@ pub enum PeerRpc {
     NodeHistory,
     HoldElections,
     ClockProbe,
+    PreVote,
 }
 
 /// Why a peer call failed, before openraft's error types are involved.
@@ -206,6 +207,7 @@ impl PeerClients {
                 PeerRpc::NodeHistory => client.node_history(request).await.map(|r| r.map(history_payload)),
                 PeerRpc::HoldElections => client.hold_elections(request).await,
                 PeerRpc::ClockProbe => client.clock_probe(request).await,
+                PeerRpc::PreVote => client.pre_vote(request).await,
             }
         };
         let response = match tokio::time::timeout(timeout, call).await {

@@ -25,6 +25,7 @@ use crate::limits::FORWARDED_RENEWALS_PER_CALL_MAX;
 use crate::lost_disk::StartGate;
 use crate::metrics::inc;
 use crate::node::RegistryNode;
+use crate::pre_vote::{self, PreVoteRequest};
 use crate::proposal::Proposal;
 use crate::raft::types::{NodeId, TypeConfig};
 use crate::served;
@@ -264,5 +265,17 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
         let () = self.open_from_member(&request, "ClockProbe")?;
         let election_timeout_max_ms = self.node.clocks.own_election_max().as_millis() as u64;
         self.seal(&ClockReading { wall_ms: self.node.clock.wall_ms(), rules: Rules::CURRENT, election_timeout_max_ms })
+    }
+
+    /// A voter about to campaign asks whether this node would vote for it (`pre_vote.rs`).
+    /// Members only, and a node asks only for itself (the envelope's sender is checked
+    /// against its certificate): the answer changes nothing here.
+    async fn pre_vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let body: PreVoteRequest = self.open_from_member(&request, "PreVote")?;
+        let sender = request.get_ref().sender_node_id;
+        if body.candidate != sender {
+            return Err(self.refuse(format!("PreVote from node {sender} asks for node {}", body.candidate)));
+        }
+        self.seal(&pre_vote::answer(&self.node, &body).await)
     }
 }

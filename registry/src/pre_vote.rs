@@ -1,0 +1,351 @@
+//! Pre-vote: a voter campaigns only when a majority of the voters would vote for it.
+//!
+//! openraft 0.9.25 has no pre-vote (Raft thesis §9.6). Its follower campaigns on its own timer
+//! (`election_timeout_max` + a random election timeout after its leader's last AppendEntries)
+//! and raises its term first: a follower that its host did not schedule for that long wakes
+//! up, campaigns, and its higher term deposes a healthy leader as soon as the leader's next
+//! AppendEntries meets it — an election nobody needed, which on a loaded 2-core machine is
+//! what kept the default timing slow (BENCHMARKS.md, "Elections without a fault").
+//!
+//! With `--pre-vote` (the default) openraft's own election timer stays off (its `elect`
+//! switch, [`ElectionSwitch`]) and [`run`] campaigns instead, through `Trigger::elect`:
+//! - it waits until this node has not heard from a leader ([`LeaderContact`]) for
+//!   `election_timeout_max` plus a random part of the election-timeout spread (so that
+//!   followers of one dead leader do not all campaign at once);
+//! - it asks every other voter `PreVote` ([`PreVoteRequest`]): would you vote for me? A voter
+//!   says yes ([`grants`]) only if it has not heard from a leader for its own
+//!   `election_timeout_max` either — exactly when openraft's real vote would no longer refuse
+//!   on its leader lease — and the candidate's log is at least as up to date as its own;
+//! - only with a majority of yeses (its own included) does it start the election. A refused
+//!   pre-vote changes nothing anywhere: no term moves, and it is asked again a heartbeat
+//!   later.
+//!
+//! This is liveness only. Safety stays where it was: openraft's vote handling, and the leader
+//! lease's refusal (`leader_lease.rs`), which count no pre-vote. A pre-vote answered wrongly
+//! (a lying or buggy peer) can at worst start an election openraft's votes then decide; a
+//! pre-vote never answered (a peer of an older release answers `UNIMPLEMENTED`, counted as a
+//! yes: it votes as openraft does) cannot stop a majority that would vote.
+//!
+//! The gain is also speed: a campaign starts once the voters' refusals have run out
+//! (`election_timeout_max` after the last heartbeat), not a whole election timeout later, so
+//! a dead leader is replaced about `election_timeout_min` sooner at the same timing.
+
+use std::time::Duration;
+
+use fenceflake_proto::entropy;
+use fenceflake_proto::serving::Stopped;
+use openraft::{RaftLogReader, ServerState};
+use serde::{Deserialize, Serialize};
+
+use crate::leader::member_roles;
+use crate::node::RegistryNode;
+use crate::raft::network::{PeerCallError, PeerRpc};
+use crate::raft::types::{LogId, NodeId};
+use crate::storage::LogReader;
+use crate::transfer::NoElections;
+
+/// A candidate's question: would you vote for `candidate`, whose log ends at `last_log_id`?
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreVoteRequest {
+    pub candidate: NodeId,
+    pub last_log_id: Option<LogId>,
+}
+
+/// A voter's answer; `why` says what refused it (logged by the candidate).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreVoteAnswer {
+    pub granted: bool,
+    pub why: String,
+}
+
+/// openraft's election state on one node, as its core sees it.
+#[derive(Debug, Clone, Copy)]
+struct RaftView {
+    state: ServerState,
+    term: u64,
+    /// The node's vote is a leader's committed one (it follows a leader, or leads).
+    committed: bool,
+    /// Since the vote was last refreshed (a leader's AppendEntries, a vote granted); `None`
+    /// before any.
+    silence: Option<Duration>,
+}
+
+impl RaftView {
+    async fn of(node: &RegistryNode) -> Option<RaftView> {
+        node.raft
+            .with_raft_state(|st| RaftView {
+                state: st.server_state,
+                term: st.vote_ref().leader_id().term,
+                committed: st.vote_ref().is_committed(),
+                silence: st.vote_last_modified().map(|at| tokio::time::Instant::now().saturating_duration_since(at)),
+            })
+            .await
+            .ok()
+    }
+
+    /// How long openraft's real vote still refuses on this node's leader lease: it refuses
+    /// while its vote is committed and refreshed within `election_max`.
+    fn refuses_for(&self, election_max: Duration) -> Duration {
+        match (self.committed, self.silence) {
+            (true, Some(silence)) => (election_max + Duration::from_millis(1)).saturating_sub(silence),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// What a voter knows when it answers a pre-vote.
+#[derive(Debug, Clone, Copy)]
+pub struct VoterView {
+    /// This node leads (and is not handing its leadership over).
+    pub leads: bool,
+    /// How much longer a real vote would be refused: openraft's follower lease, or a leader
+    /// lease this node took (`leader_lease.rs`).
+    pub refuses_for: Duration,
+    /// Where this node's log ends; `Err` if it could not be read (the check is then left to
+    /// the real vote).
+    pub last_log_id: Result<Option<LogId>, ()>,
+}
+
+/// Whether a voter in `view` would vote for a candidate whose log ends at `candidate_log`:
+/// the reasons a real vote is refused, checked without voting.
+pub fn grants(view: &VoterView, candidate_log: Option<&LogId>) -> PreVoteAnswer {
+    let refuse = |why: String| PreVoteAnswer { granted: false, why };
+    if view.leads {
+        return refuse("this node leads".into());
+    }
+    if !view.refuses_for.is_zero() {
+        return refuse(format!(
+            "this node follows a leader (or its lease) and refuses votes for another {} ms",
+            view.refuses_for.as_millis()
+        ));
+    }
+    match &view.last_log_id {
+        Ok(own) if candidate_log < own.as_ref() => {
+            refuse(format!("the candidate's log ends at {candidate_log:?}, before this node's {own:?}"))
+        }
+        _ => PreVoteAnswer { granted: true, why: String::new() },
+    }
+}
+
+/// This node's answer to `request`.
+pub async fn answer(node: &RegistryNode, request: &PreVoteRequest) -> PreVoteAnswer {
+    let Some(raft) = RaftView::of(node).await else {
+        return PreVoteAnswer { granted: false, why: "this node's Raft has stopped".into() };
+    };
+    let handing_over = node.clocks.elections().stands(NoElections::HandingOver);
+    let view = VoterView {
+        leads: raft.state == ServerState::Leader && !handing_over,
+        refuses_for: raft.refuses_for(node.clocks.own_election_max()).max(node.leader.lease().refuses_votes_for()),
+        last_log_id: last_log_id(node).await,
+    };
+    let answer = grants(&view, request.last_log_id.as_ref());
+    tracing::debug!(candidate = request.candidate, granted = answer.granted, why = %answer.why, "pre-vote answered");
+    answer
+}
+
+/// Where this node's log ends (its last entry, or the snapshot that replaced it).
+async fn last_log_id(node: &RegistryNode) -> Result<Option<LogId>, ()> {
+    let (last_index, snapshot) = {
+        let m = node.raft.metrics();
+        let m = m.borrow();
+        (m.last_log_index, m.snapshot)
+    };
+    let Some(index) = last_index else { return Ok(None) };
+    if snapshot.is_some_and(|s| s.index == index) {
+        return Ok(snapshot);
+    }
+    let mut log = LogReader::open(&node.db).map_err(drop)?;
+    let entries = log.try_get_log_entries(index..=index).await.map_err(drop)?;
+    // Truncated or purged since the metrics were read: leave the check to the real vote.
+    entries.first().map(|e| Some(e.log_id)).ok_or(())
+}
+
+/// The silence after which this node asks for votes. Following a leader: its
+/// `election_timeout_max` (until then every voter that heard the same last heartbeat refuses)
+/// plus a random part of half the election-timeout spread, so that followers of one dead
+/// leader rarely ask together. Otherwise (a lost or split election), as openraft's candidate
+/// timer: a random election timeout.
+fn campaign_after(committed: bool, election_min: Duration, election_max: Duration) -> Duration {
+    let spread = election_max.saturating_sub(election_min).as_millis() as u64;
+    if committed {
+        election_max + Duration::from_millis(entropy::random_in(0..=spread / 2))
+    } else {
+        election_min + Duration::from_millis(entropy::random_in(0..=spread))
+    }
+}
+
+/// The campaign loop of a voter (with `--pre-vote`), until the node or its Raft stops.
+pub async fn run(node: RegistryNode, stopped: Stopped) {
+    let config = node.raft.config();
+    let (heartbeat, election_min, election_max) = (
+        Duration::from_millis(config.heartbeat_interval),
+        Duration::from_millis(config.election_timeout_min),
+        Duration::from_millis(config.election_timeout_max),
+    );
+    let stop = stopped.wait();
+    tokio::pin!(stop);
+    // The wait drawn for the vote refreshed at `drawn_at` (its silence then): a refresh
+    // (a heartbeat) draws again.
+    let mut drawn: Option<(Option<Duration>, bool, Duration)> = None;
+    let mut sleep = heartbeat;
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(sleep) => {}
+        }
+        sleep = heartbeat;
+        let Some(raft) = RaftView::of(&node).await else { return };
+        if raft.state == ServerState::Leader || raft.state == ServerState::Learner {
+            continue;
+        }
+        let refreshed = match drawn {
+            Some((silence, committed, _)) => committed != raft.committed || raft.silence < silence,
+            None => true,
+        };
+        if refreshed {
+            drawn = Some((raft.silence, raft.committed, campaign_after(raft.committed, election_min, election_max)));
+        }
+        let wait = drawn.map_or(election_max, |(_, _, wait)| wait);
+        let silence = raft.silence.unwrap_or(Duration::MAX);
+        if silence < wait {
+            sleep = (wait - silence).min(election_max);
+            continue;
+        }
+        if !node.clocks.elections().may_campaign() {
+            continue;
+        }
+        let voters: Vec<(NodeId, String)> = member_roles(&node.raft)
+            .into_iter()
+            .filter(|(_, (_, voter))| *voter)
+            .map(|(id, (peer, _))| (id, peer.peer_addr))
+            .collect();
+        if !voters.iter().any(|(id, _)| *id == node.node_id) {
+            continue;
+        }
+        let silence_ms = raft.silence.map(|s| s.as_millis() as u64);
+        if ask_for_votes(&node, &voters, heartbeat.max(election_min / 2)).await {
+            tracing::info!(
+                node_id = node.node_id,
+                term = raft.term,
+                ?silence_ms,
+                "a majority granted the pre-vote; campaigning"
+            );
+            if let Err(e) = node.raft.trigger().elect().await {
+                tracing::warn!(error = %e, "could not start an election");
+                return;
+            }
+            drawn = None; // the election refreshed the vote: the next wait is a candidate's
+        } else {
+            tracing::debug!(
+                node_id = node.node_id,
+                term = raft.term,
+                ?silence_ms,
+                "no majority granted the pre-vote; not campaigning"
+            );
+        }
+    }
+}
+
+/// Ask every other voter at once; true when this node and the others that granted make a
+/// majority of `voters`.
+async fn ask_for_votes(node: &RegistryNode, voters: &[(NodeId, String)], timeout: Duration) -> bool {
+    let Ok(last_log_id) = last_log_id(node).await else { return false };
+    let request = PreVoteRequest { candidate: node.node_id, last_log_id };
+    let needed = voters.len() / 2 + 1;
+    if needed <= 1 {
+        return true; // the only voter
+    }
+    let mut granted = 1;
+    let mut calls = tokio::task::JoinSet::new();
+    for (id, addr) in voters.iter().filter(|(id, _)| *id != node.node_id).cloned() {
+        let (peers, request) = (node.peers.clone(), request.clone());
+        calls.spawn(async move {
+            let answer =
+                peers.call::<PreVoteRequest, PreVoteAnswer>(id, &addr, PeerRpc::PreVote, &request, timeout).await;
+            (id, answer)
+        });
+    }
+    while let Some(joined) = calls.join_next().await {
+        match joined {
+            Ok((_, Ok(answer))) if answer.granted => granted += 1,
+            Ok((id, Ok(answer))) => tracing::debug!(voter = id, why = %answer.why, "pre-vote refused"),
+            Ok((_, Err(PeerCallError::Failed { status, .. }))) if status.code() == tonic::Code::Unimplemented => {
+                granted += 1 // an older release: it votes as openraft does, without pre-vote
+            }
+            Ok((id, Err(e))) => tracing::debug!(voter = id, error = %e, "pre-vote not answered"),
+            Err(_) => {}
+        }
+        if granted >= needed {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    fn log(term: u64, index: u64) -> Option<LogId> {
+        Some(LogId::new(CommittedLeaderId::new(term, 1), index))
+    }
+
+    fn follower(refuses_for_ms: u64, last: Option<LogId>) -> VoterView {
+        VoterView { leads: false, refuses_for: Duration::from_millis(refuses_for_ms), last_log_id: Ok(last) }
+    }
+
+    /// Goal: a pre-vote is granted exactly when the real vote would be: not while the voter's
+    /// lease runs, not by a leader, not to a candidate with a shorter log.
+    #[test]
+    fn a_pre_vote_is_granted_only_when_the_real_vote_would_be() {
+        assert!(!grants(&follower(1, log(2, 10)), log(2, 10).as_ref()).granted, "lease still running");
+        assert!(grants(&follower(0, log(2, 10)), log(2, 10).as_ref()).granted, "lease over, same log");
+        assert!(grants(&follower(0, log(2, 10)), log(3, 4).as_ref()).granted, "a later term wins");
+        assert!(!grants(&follower(0, log(2, 10)), log(2, 9).as_ref()).granted, "shorter log");
+        assert!(!grants(&follower(0, log(3, 1)), log(2, 10).as_ref()).granted, "older term");
+        assert!(!grants(&follower(0, log(2, 1)), None).granted, "empty log");
+        let unread = VoterView { last_log_id: Err(()), ..follower(0, None) };
+        assert!(grants(&unread, None).granted, "an unreadable log leaves the check to the real vote");
+        let leader = VoterView { leads: true, ..follower(0, None) };
+        assert!(!grants(&leader, log(9, 9).as_ref()).granted, "a leader does not step down for a pre-vote");
+    }
+
+    /// Goal: openraft's follower lease is mirrored: refused up to and at `election_max` after
+    /// the vote's refresh, and only for a committed vote.
+    #[test]
+    fn the_real_vote_refuses_for_election_max_after_a_committed_refresh() {
+        let max = Duration::from_millis(600);
+        let view = |committed: bool, silence_ms: Option<u64>| RaftView {
+            state: ServerState::Follower,
+            term: 3,
+            committed,
+            silence: silence_ms.map(Duration::from_millis),
+        };
+        assert_eq!(view(true, Some(100)).refuses_for(max), Duration::from_millis(501));
+        assert_eq!(
+            view(true, Some(600)).refuses_for(max),
+            Duration::from_millis(1),
+            "openraft refuses at now == utime + lease"
+        );
+        assert!(view(true, Some(601)).refuses_for(max).is_zero());
+        assert!(view(false, Some(10)).refuses_for(max).is_zero(), "a candidate's vote is not a lease");
+        assert!(view(true, None).refuses_for(max).is_zero());
+    }
+
+    /// Goal: a follower's campaign waits past every voter's refusal, spread so that two
+    /// followers of one dead leader rarely campaign together; a candidate's, a random
+    /// election timeout.
+    #[test]
+    fn a_campaign_waits_past_the_refusal_by_a_random_part_of_the_spread() {
+        entropy::seed_this_thread(7);
+        let (min, max) = (Duration::from_millis(300), Duration::from_millis(600));
+        let following: Vec<_> = (0..200).map(|_| campaign_after(true, min, max)).collect();
+        let candidate: Vec<_> = (0..200).map(|_| campaign_after(false, min, max)).collect();
+        entropy::unseed_this_thread();
+        assert!(following.iter().all(|w| *w >= max && *w <= max + Duration::from_millis(150)), "{following:?}");
+        assert!(following.iter().collect::<std::collections::BTreeSet<_>>().len() > 50, "spread: {following:?}");
+        assert!(candidate.iter().all(|w| *w >= min && *w <= max), "{candidate:?}");
+    }
+}
