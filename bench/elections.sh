@@ -7,7 +7,8 @@
 #
 #   bash bench/elections.sh                         # 30 idle minutes, default timing only
 #   DURATION=600 HOGS=3 bash bench/elections.sh default "100ms 500ms 1000ms"
-#       # each argument: "default" or "HEARTBEAT ELECTION_MIN ELECTION_MAX"
+#       # each argument: "default" or "HEARTBEAT ELECTION_MIN ELECTION_MAX", then any
+#       # extra registry flags for that cluster: "default --pre-vote false"
 #   INSECURE=1 bash bench/elections.sh              # nodes plaintext (default: mutual TLS)
 #
 # Needs target/release/fenceflake (or FENCEFLAKE_BIN) and curl. Only 127.0.0.1 is used;
@@ -41,10 +42,13 @@ trap cleanup EXIT INT TERM
 
 # start_cluster INDEX TIMING: five nodes; data, logs and term samples under $WORK/INDEX.
 start_cluster() {
-    local idx=$1 timing=$2 base=$((BASE + 30 * $1)) flags=() ic="" i
-    if [ "$timing" != default ]; then
-        read -r hb emin emax <<<"$timing"
-        flags=(--heartbeat "$hb" --election-timeout-min "$emin" --election-timeout-max "$emax")
+    local idx=$1 timing=$2 base=$((BASE + 30 * $1)) flags=() words=() ic="" i
+    read -r -a words <<<"$timing"
+    if [ "${words[0]}" = default ]; then
+        flags=("${words[@]:1}")
+    else
+        flags=(--heartbeat "${words[0]}" --election-timeout-min "${words[1]}" --election-timeout-max "${words[2]}")
+        flags+=("${words[@]:3}")
     fi
     mkdir -p "$WORK/$idx"
     for i in 1 2 3 4 5; do ic="$ic${ic:+,}$i=127.0.0.1:$((base + 10 + i))/127.0.0.1:$((base + i))"; done

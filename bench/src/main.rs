@@ -302,6 +302,7 @@ async fn failover(a: FailoverArgs, tls: &TlsOpts) -> anyhow::Result<()> {
     summary["tls"] = json!(tls.is_tls());
     summary["profile"] = json!(a.cluster.profile);
     summary["timing"] = json!(timing);
+    summary["node_args"] = json!(a.cluster.node_args);
     summary["probe_interval_ms"] = json!(a.probe.probe_interval.as_millis() as u64);
     eprintln!(
         "fenceflake failover [{}, {}] ({timing}): median {} ms, min {} ms, max {} ms over {} trials ({} unrecovered); new leader seen median {} ms",

@@ -21,12 +21,13 @@ pub enum InitialClusterState {
     Existing,
 }
 
-/// Raft timing. Failover ≈ election_max + U[election_min, election_max) + heartbeat ticks.
+/// Raft timing, and how a voter campaigns. Failover ≈ election_max + U[0, (election_max −
+/// election_min)/2) + two round trips with pre-vote (`pre_vote.rs`); election_max +
+/// U[election_min, election_max) + heartbeat ticks on openraft's own timer.
 ///
-/// The defaults (100 ms / 300–600 ms) are chosen for stability on a loaded machine: openraft
-/// 0.9 uses the heartbeat interval as the AppendEntries timeout and has no pre-vote, so with
-/// 50 ms / 150–300 ms a follower starved of CPU for a few hundred ms missed heartbeats,
-/// campaigned and deposed a healthy leader (`bench/elections.sh`, BENCHMARKS.md "Elections").
+/// Without pre-vote, 50 ms / 150–300 ms deposed healthy leaders on a loaded machine: a
+/// follower starved of CPU for a few hundred ms woke up, campaigned and raised the term
+/// (`bench/elections.sh`, BENCHMARKS.md "Elections").
 #[derive(Debug, Clone, Copy)]
 pub struct RaftTiming {
     pub heartbeat_ms: u64,

@@ -5,7 +5,9 @@
 //! openraft 0.9.25 keeps the followers' half: a voter whose vote is committed (it accepted an
 //! AppendEntries of the leader) refuses every VoteRequest for `election_timeout_max` after the
 //! last one it accepted (`Engine::handle_vote_req`), and campaigns itself only after
-//! `election_timeout_max` + its election timeout (`RaftCore::handle_tick_election`). So once a
+//! `election_timeout_max` + its election timeout (`RaftCore::handle_tick_election`; with
+//! pre-vote, only after `pre_vote::elect_if_free` found that refusal run out, checked under a
+//! gate the appends also take, so no acknowledgement slips in between). So once a
 //! quorum acknowledged a round of heartbeats sent at or after `t`, a candidate's quorum meets
 //! a voter that refuses it until `t + election_timeout_max` on that voter's clock. Two members
 //! of such a quorum do not refuse on their own, and this module closes both:

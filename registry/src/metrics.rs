@@ -26,6 +26,8 @@ pub mod names {
     pub const DUPLICATE_CLAIMS: &str = "fenceflake_registry_duplicate_claims_total";
     pub const EXHAUSTED: &str = "fenceflake_registry_acquire_exhausted_total";
     pub const NO_QUORUM: &str = "fenceflake_registry_no_quorum_rejections_total";
+    pub const CAMPAIGNS: &str = "fenceflake_registry_campaigns_total";
+    pub const PRE_VOTES_DENIED: &str = "fenceflake_registry_pre_votes_denied_total";
     pub const REQUEST_SECONDS: &str = "fenceflake_registry_request_duration_seconds";
     pub const REQUEST_ERRORS: &str = "fenceflake_registry_request_errors_total";
     pub const TERM: &str = "fenceflake_registry_raft_term";
@@ -67,6 +69,10 @@ pub struct RegistryMetrics {
     pub duplicate_claims: AtomicU64,
     pub exhausted: AtomicU64,
     pub no_quorum: AtomicU64,
+    /// Elections this node started after a majority granted its pre-vote.
+    pub campaigns: AtomicU64,
+    /// Pre-vote rounds of this node that no majority granted.
+    pub pre_votes_denied: AtomicU64,
     rpcs: [RpcStats; Rpc::ALL.len()],
 }
 
@@ -108,7 +114,7 @@ impl RegistryMetrics {
     }
 
     /// The counters: (name, help, value).
-    fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 14] {
+    fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 16] {
         [
             (names::GRANTS, "Leases granted (new grants, and re-acquires by the same holder).", &self.grants),
             (names::RENEWALS, "Leases renewed.", &self.renewals),
@@ -161,6 +167,17 @@ impl RegistryMetrics {
                 &self.refused_calls,
             ),
             (names::NO_QUORUM, "Requests refused because the leader could not confirm a quorum.", &self.no_quorum),
+            (
+                names::CAMPAIGNS,
+                "Elections this node started after a majority of the voters granted its pre-vote.",
+                &self.campaigns,
+            ),
+            (
+                names::PRE_VOTES_DENIED,
+                "Pre-vote rounds of this node that no majority granted (its log says why, per voter): it heard no leader \
+                 while the voters did (a paused host, a link to the leader down) or could not reach them. It deposes nobody.",
+                &self.pre_votes_denied,
+            ),
         ]
     }
 

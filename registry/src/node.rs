@@ -13,6 +13,7 @@ use crate::forward::{self, RenewalForwarder};
 use crate::leader::{member_roles, Leader};
 use crate::lease::Rules;
 use crate::metrics::{Gauges, RegistryMetrics};
+use crate::pre_vote::CampaignGate;
 use crate::proposal::{Proposal, Reply};
 use crate::raft::network::PeerClients;
 use crate::raft::types::{NodeId, PeerNode, Raft};
@@ -70,6 +71,8 @@ pub struct RegistryNode {
     /// What this node's peers say about its wall clock, and whether it may lead.
     pub clocks: ClockWatch,
     pub db: Db,
+    /// Orders a pre-vote campaign's last check against the appends of a leader (`pre_vote.rs`).
+    pub campaign_gate: CampaignGate,
 }
 
 impl std::fmt::Debug for RegistryNode {

@@ -8,28 +8,39 @@
 //! what kept the default timing slow (BENCHMARKS.md, "Elections without a fault").
 //!
 //! With `--pre-vote` (the default) openraft's own election timer stays off (its `elect`
-//! switch, [`ElectionSwitch`]) and [`run`] campaigns instead, through `Trigger::elect`:
-//! - it waits until this node has not heard from a leader ([`LeaderContact`]) for
-//!   `election_timeout_max` plus a random part of the election-timeout spread (so that
-//!   followers of one dead leader do not all campaign at once);
+//! switch, `ElectionSwitch`) and [`run`] campaigns instead, through `Trigger::elect`:
+//! - it waits until this node's vote has not been refreshed by a leader for
+//!   `election_timeout_max` plus a random part of half the election-timeout spread (so that
+//!   followers of one dead leader rarely ask together);
 //! - it asks every other voter `PreVote` ([`PreVoteRequest`]): would you vote for me? A voter
-//!   says yes ([`grants`]) only if it has not heard from a leader for its own
-//!   `election_timeout_max` either — exactly when openraft's real vote would no longer refuse
-//!   on its leader lease — and the candidate's log is at least as up to date as its own;
-//! - only with a majority of yeses (its own included) does it start the election. A refused
-//!   pre-vote changes nothing anywhere: no term moves, and it is asked again a heartbeat
-//!   later.
+//!   says yes ([`grants`]) unless a reason to refuse the real vote stands — it heard a leader
+//!   within its own `election_timeout_max` (openraft's follower lease), a leader lease it took
+//!   still runs (`leader_lease.rs`), or its log is more up to date — or it leads and a quorum
+//!   acknowledged it within `election_timeout_max` (a leader that lost its quorum says yes, so
+//!   that the others can replace it);
+//! - with a majority of yeses (its own included) it checks its own vote once more and starts
+//!   the election (`elect_if_free`). A refused pre-vote changes nothing anywhere: no term
+//!   moves, and it asks again a heartbeat later.
 //!
-//! This is liveness only. Safety stays where it was: openraft's vote handling, and the leader
-//! lease's refusal (`leader_lease.rs`), which count no pre-vote. A pre-vote answered wrongly
-//! (a lying or buggy peer) can at worst start an election openraft's votes then decide; a
-//! pre-vote never answered (a peer of an older release answers `UNIMPLEMENTED`, counted as a
-//! yes: it votes as openraft does) cannot stop a majority that would vote.
+//! **The one thing that touches safety: the candidate's vote for itself.** openraft's timer
+//! decided inside its core, in order with AppendEntries, that the candidate's own leader
+//! lease had run out; `Trigger::elect` votes for itself without any check. Had a leader's
+//! heartbeat reached this node during the pre-vote round, this node would have acknowledged a
+//! round the leader's lease counts on and then voted for itself within that lease. So the
+//! final check and the `Elect` command happen under the [`CampaignGate`], which the peer
+//! port's AppendEntries and InstallSnapshot handlers also hold while openraft handles them:
+//! every append handled before the check refreshed the vote time the check reads, and every
+//! append after it reaches openraft's queue behind `Elect`.
+//!
+//! Everything else is liveness. Who leads is still decided by openraft's vote handling and
+//! the leader lease's refusal, which count no pre-vote: a pre-vote answered wrongly (a lying
+//! or buggy peer) can at worst start an election those votes then decide; a peer of an older
+//! release answers `UNIMPLEMENTED`, counted as a yes (it votes as openraft does).
 //!
 //! The gain is also speed: a campaign starts once the voters' refusals have run out
-//! (`election_timeout_max` after the last heartbeat), not a whole election timeout later, so
-//! a dead leader is replaced about `election_timeout_min` sooner at the same timing.
+//! (`election_timeout_max` after the last heartbeat), not a whole election timeout later.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fenceflake_proto::entropy;
@@ -38,6 +49,7 @@ use openraft::{RaftLogReader, ServerState};
 use serde::{Deserialize, Serialize};
 
 use crate::leader::member_roles;
+use crate::metrics::inc;
 use crate::node::RegistryNode;
 use crate::raft::network::{PeerCallError, PeerRpc};
 use crate::raft::types::{LogId, NodeId};
@@ -96,8 +108,9 @@ impl RaftView {
 /// What a voter knows when it answers a pre-vote.
 #[derive(Debug, Clone, Copy)]
 pub struct VoterView {
-    /// This node leads (and is not handing its leadership over).
-    pub leads: bool,
+    /// This node leads, is not handing its leadership over, and a quorum acknowledged it
+    /// within its `election_timeout_max`.
+    pub leads_a_quorum: bool,
     /// How much longer a real vote would be refused: openraft's follower lease, or a leader
     /// lease this node took (`leader_lease.rs`).
     pub refuses_for: Duration,
@@ -107,11 +120,11 @@ pub struct VoterView {
 }
 
 /// Whether a voter in `view` would vote for a candidate whose log ends at `candidate_log`:
-/// the reasons a real vote is refused, checked without voting.
+/// the reasons a real vote is refused, checked without voting, and a leader's quorum.
 pub fn grants(view: &VoterView, candidate_log: Option<&LogId>) -> PreVoteAnswer {
     let refuse = |why: String| PreVoteAnswer { granted: false, why };
-    if view.leads {
-        return refuse("this node leads".into());
+    if view.leads_a_quorum {
+        return refuse("this node leads and a quorum acknowledged it".into());
     }
     if !view.refuses_for.is_zero() {
         return refuse(format!(
@@ -132,15 +145,76 @@ pub async fn answer(node: &RegistryNode, request: &PreVoteRequest) -> PreVoteAns
     let Some(raft) = RaftView::of(node).await else {
         return PreVoteAnswer { granted: false, why: "this node's Raft has stopped".into() };
     };
+    let election_max = node.clocks.own_election_max();
+    let quorum_ack = node.raft.metrics().borrow().millis_since_quorum_ack.map(Duration::from_millis);
     let handing_over = node.clocks.elections().stands(NoElections::HandingOver);
     let view = VoterView {
-        leads: raft.state == ServerState::Leader && !handing_over,
-        refuses_for: raft.refuses_for(node.clocks.own_election_max()).max(node.leader.lease().refuses_votes_for()),
+        leads_a_quorum: raft.state == ServerState::Leader
+            && !handing_over
+            && quorum_ack.is_some_and(|age| age <= election_max),
+        refuses_for: raft.refuses_for(election_max).max(node.leader.lease().refuses_votes_for()),
         last_log_id: last_log_id(node).await,
     };
     let answer = grants(&view, request.last_log_id.as_ref());
     tracing::debug!(candidate = request.candidate, granted = answer.granted, why = %answer.why, "pre-vote answered");
     answer
+}
+
+/// Why this node may not vote for itself now (`None`: it may): it leads, a leader refreshed
+/// its vote within `election_max` (`follower_refusal`), a leader lease it took or its start
+/// still refuses votes (`lease_refusal`), or a reason to stay out of elections stands.
+fn own_vote_refusal(
+    raft: &RaftView,
+    follower_refusal: Duration,
+    lease_refusal: Duration,
+    may_campaign: bool,
+) -> Option<String> {
+    if raft.state == ServerState::Leader {
+        Some("this node leads".into())
+    } else if !follower_refusal.is_zero() {
+        Some(format!("a leader was heard: this node refuses votes for another {} ms", follower_refusal.as_millis()))
+    } else if !lease_refusal.is_zero() {
+        Some(format!(
+            "a leader lease this node took (or its start) refuses votes for another {} ms",
+            lease_refusal.as_millis()
+        ))
+    } else if !may_campaign {
+        Some("this node's elections are off (a transfer's hold, a hand-over or its clock check)".into())
+    } else {
+        None
+    }
+}
+
+/// Exclusive between a campaign's last check and its `Elect`, and openraft's handling of an
+/// AppendEntries or InstallSnapshot from a leader (module docs: the candidate's own vote).
+#[derive(Debug, Clone, Default)]
+pub struct CampaignGate(Arc<tokio::sync::Mutex<()>>);
+
+impl CampaignGate {
+    pub async fn hold(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.lock().await
+    }
+}
+
+/// Check this node's own vote once more, under the gate, and start the election if it may
+/// vote for itself: `Ok(true)` if it did, `Err` once its Raft has stopped.
+async fn elect_if_free(node: &RegistryNode) -> Result<bool, String> {
+    let _gate = node.campaign_gate.hold().await;
+    let raft = RaftView::of(node).await.ok_or("this node's Raft has stopped")?;
+    let follower_refusal = raft.refuses_for(node.clocks.own_election_max());
+    let lease_refusal = node.leader.lease().refuses_votes_for();
+    if let Some(why) = own_vote_refusal(&raft, follower_refusal, lease_refusal, node.clocks.elections().may_campaign())
+    {
+        tracing::info!(
+            node_id = node.node_id,
+            term = raft.term,
+            why,
+            "a majority granted the pre-vote, but this node may not vote for itself now; not campaigning"
+        );
+        return Ok(false);
+    }
+    node.raft.trigger().elect().await.map_err(|e| e.to_string())?;
+    Ok(true)
 }
 
 /// Where this node's log ends (its last entry, or the snapshot that replaced it).
@@ -184,9 +258,10 @@ pub async fn run(node: RegistryNode, stopped: Stopped) {
     );
     let stop = stopped.wait();
     tokio::pin!(stop);
-    // The wait drawn for the vote refreshed at `drawn_at` (its silence then): a refresh
-    // (a heartbeat) draws again.
+    // The wait drawn for the current vote, with the vote's silence and kind when drawn: a
+    // refresh (shorter silence) or a change of kind draws again.
     let mut drawn: Option<(Option<Duration>, bool, Duration)> = None;
+    let mut denied_in_a_row = 0u64;
     let mut sleep = heartbeat;
     loop {
         tokio::select! {
@@ -194,14 +269,16 @@ pub async fn run(node: RegistryNode, stopped: Stopped) {
             () = tokio::time::sleep(sleep) => {}
         }
         sleep = heartbeat;
-        let Some(raft) = RaftView::of(&node).await else { return };
+        let Some(raft) = RaftView::of(&node).await else {
+            tracing::info!(node_id = node.node_id, "Raft stopped: no more campaigns from this node");
+            return;
+        };
         if raft.state == ServerState::Leader || raft.state == ServerState::Learner {
+            denied_in_a_row = 0;
             continue;
         }
-        let refreshed = match drawn {
-            Some((silence, committed, _)) => committed != raft.committed || raft.silence < silence,
-            None => true,
-        };
+        let refreshed =
+            drawn.is_none_or(|(silence, committed, _)| committed != raft.committed || raft.silence < silence);
         if refreshed {
             drawn = Some((raft.silence, raft.committed, campaign_after(raft.committed, election_min, election_max)));
         }
@@ -223,39 +300,51 @@ pub async fn run(node: RegistryNode, stopped: Stopped) {
             continue;
         }
         let silence_ms = raft.silence.map(|s| s.as_millis() as u64);
-        if ask_for_votes(&node, &voters, heartbeat.max(election_min / 2)).await {
-            tracing::info!(
-                node_id = node.node_id,
-                term = raft.term,
-                ?silence_ms,
-                "a majority granted the pre-vote; campaigning"
-            );
-            if let Err(e) = node.raft.trigger().elect().await {
-                tracing::warn!(error = %e, "could not start an election");
-                return;
+        match ask_for_votes(&node, &voters, election_min).await {
+            Ok(()) => match elect_if_free(&node).await {
+                Ok(true) => {
+                    tracing::info!(
+                        node_id = node.node_id,
+                        term = raft.term,
+                        ?silence_ms,
+                        "a majority granted the pre-vote; campaigning"
+                    );
+                    inc(&node.metrics.campaigns);
+                    denied_in_a_row = 0;
+                    drawn = None; // the election refreshed the vote: the next wait is a candidate's
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::info!(node_id = node.node_id, error = %e, "no more campaigns from this node");
+                    return;
+                }
+            },
+            Err(refusals) => {
+                inc(&node.metrics.pre_votes_denied);
+                denied_in_a_row += 1;
+                // The first denial of a spell and every 50th after (about 5 s at the default
+                // heartbeat) at info: a node that keeps asking hears no leader the others hear.
+                if denied_in_a_row % 50 == 1 {
+                    tracing::info!(node_id = node.node_id, term = raft.term, ?silence_ms, denied_in_a_row, ?refusals, "this node hears no leader, but no majority of the voters would vote for it: not campaigning (check its link to the leader)");
+                } else {
+                    tracing::debug!(node_id = node.node_id, ?refusals, "no majority granted the pre-vote");
+                }
             }
-            drawn = None; // the election refreshed the vote: the next wait is a candidate's
-        } else {
-            tracing::debug!(
-                node_id = node.node_id,
-                term = raft.term,
-                ?silence_ms,
-                "no majority granted the pre-vote; not campaigning"
-            );
         }
     }
 }
 
-/// Ask every other voter at once; true when this node and the others that granted make a
-/// majority of `voters`.
-async fn ask_for_votes(node: &RegistryNode, voters: &[(NodeId, String)], timeout: Duration) -> bool {
-    let Ok(last_log_id) = last_log_id(node).await else { return false };
-    let request = PreVoteRequest { candidate: node.node_id, last_log_id };
+/// Ask every other voter at once: `Ok` when this node and the others that granted make a
+/// majority of `voters`, else each refusal or failure, by voter.
+async fn ask_for_votes(node: &RegistryNode, voters: &[(NodeId, String)], timeout: Duration) -> Result<(), Vec<String>> {
     let needed = voters.len() / 2 + 1;
     if needed <= 1 {
-        return true; // the only voter
+        return Ok(()); // the only voter
     }
+    let last_log_id = last_log_id(node).await.map_err(|()| vec!["this node's log could not be read".to_string()])?;
+    let request = PreVoteRequest { candidate: node.node_id, last_log_id };
     let mut granted = 1;
+    let mut refusals = Vec::new();
     let mut calls = tokio::task::JoinSet::new();
     for (id, addr) in voters.iter().filter(|(id, _)| *id != node.node_id).cloned() {
         let (peers, request) = (node.peers.clone(), request.clone());
@@ -268,18 +357,18 @@ async fn ask_for_votes(node: &RegistryNode, voters: &[(NodeId, String)], timeout
     while let Some(joined) = calls.join_next().await {
         match joined {
             Ok((_, Ok(answer))) if answer.granted => granted += 1,
-            Ok((id, Ok(answer))) => tracing::debug!(voter = id, why = %answer.why, "pre-vote refused"),
+            Ok((id, Ok(answer))) => refusals.push(format!("node {id}: {}", answer.why)),
             Ok((_, Err(PeerCallError::Failed { status, .. }))) if status.code() == tonic::Code::Unimplemented => {
                 granted += 1 // an older release: it votes as openraft does, without pre-vote
             }
-            Ok((id, Err(e))) => tracing::debug!(voter = id, error = %e, "pre-vote not answered"),
-            Err(_) => {}
+            Ok((id, Err(e))) => refusals.push(format!("node {id}: {e}")),
+            Err(e) => refusals.push(format!("a pre-vote call failed: {e}")),
         }
         if granted >= needed {
-            return true;
+            return Ok(());
         }
     }
-    false
+    Err(refusals)
 }
 
 #[cfg(test)]
@@ -293,7 +382,7 @@ mod tests {
     }
 
     fn follower(refuses_for_ms: u64, last: Option<LogId>) -> VoterView {
-        VoterView { leads: false, refuses_for: Duration::from_millis(refuses_for_ms), last_log_id: Ok(last) }
+        VoterView { leads_a_quorum: false, refuses_for: Duration::from_millis(refuses_for_ms), last_log_id: Ok(last) }
     }
 
     /// Goal: a pre-vote is granted exactly when the real vote would be: not while the voter's
@@ -308,8 +397,26 @@ mod tests {
         assert!(!grants(&follower(0, log(2, 1)), None).granted, "empty log");
         let unread = VoterView { last_log_id: Err(()), ..follower(0, None) };
         assert!(grants(&unread, None).granted, "an unreadable log leaves the check to the real vote");
-        let leader = VoterView { leads: true, ..follower(0, None) };
-        assert!(!grants(&leader, log(9, 9).as_ref()).granted, "a leader does not step down for a pre-vote");
+        let leader = VoterView { leads_a_quorum: true, ..follower(0, None) };
+        assert!(
+            !grants(&leader, log(9, 9).as_ref()).granted,
+            "a leader with a quorum does not step down for a pre-vote"
+        );
+    }
+
+    /// Goal: the candidate's last check (the module docs' one safety point): no vote for
+    /// itself while it leads, while a leader's refresh or a lease of its own still refuses
+    /// votes, or while its elections are off.
+    #[test]
+    fn a_candidate_votes_for_itself_only_when_every_refusal_has_run_out() {
+        let follower = RaftView { state: ServerState::Follower, term: 3, committed: true, silence: None };
+        let ms = Duration::from_millis;
+        assert_eq!(own_vote_refusal(&follower, ms(0), ms(0), true), None);
+        assert!(own_vote_refusal(&follower, ms(1), ms(0), true).is_some_and(|w| w.contains("a leader was heard")));
+        assert!(own_vote_refusal(&follower, ms(0), ms(5), true).is_some_and(|w| w.contains("leader lease")));
+        assert!(own_vote_refusal(&follower, ms(0), ms(0), false).is_some_and(|w| w.contains("elections are off")));
+        let leader = RaftView { state: ServerState::Leader, ..follower };
+        assert!(own_vote_refusal(&leader, ms(0), ms(0), true).is_some_and(|w| w.contains("leads")));
     }
 
     /// Goal: openraft's follower lease is mirrored: refused up to and at `election_max` after

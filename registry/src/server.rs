@@ -31,7 +31,7 @@ use crate::limits::PEER_MESSAGE_BYTES_MAX;
 use crate::lost_disk::{self, Start, StartGate};
 use crate::metrics::RegistryMetrics;
 use crate::node::RegistryNode;
-use crate::pre_vote;
+use crate::pre_vote::{self, CampaignGate};
 use crate::proposer::Proposer;
 use crate::raft::network::{NetworkFactory, PeerClients, PeerConnector};
 use crate::raft::types::{NodeId, PeerNode, Raft};
@@ -168,8 +168,6 @@ impl From<Listeners> for NodeIo {
     }
 }
 
-/// Run a registry node, on sockets or on the simulator's network and disk, until `shutdown`
-/// resolves or Raft stops with a fatal error.
 /// The node's background loops, each until the node stops: the clock check, the apply-rules
 /// raise, the pre-vote campaigns and the leader lease's rounds.
 fn spawn_watchers(node: &RegistryNode, config: &NodeConfig, stopped: &Stopped) {
@@ -183,6 +181,8 @@ fn spawn_watchers(node: &RegistryNode, config: &NodeConfig, stopped: &Stopped) {
     tokio::spawn(async move { leader.keep_lease(until).await });
 }
 
+/// Run a registry node, on sockets or on the simulator's network and disk, until `shutdown`
+/// resolves or Raft stops with a fatal error.
 pub async fn run(
     config: NodeConfig,
     io: impl Into<NodeIo>,
@@ -421,6 +421,7 @@ async fn start_node(
         clock,
         clocks,
         db,
+        campaign_gate: CampaignGate::default(),
     };
     Ok((node, blank))
 }

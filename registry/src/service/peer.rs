@@ -158,6 +158,8 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
         let rpc: AppendEntriesRequest<TypeConfig> = self.open(&request, "AppendEntries")?;
         self.speaks_for_itself(&request, "AppendEntries", &rpc.vote)?;
         self.not_removed(&request, "AppendEntries")?;
+        // Ordered against a pre-vote campaign's last check of this node's own vote.
+        let _gate = self.node.campaign_gate.hold().await;
         self.seal(&self.node.raft.append_entries(rpc).await)
     }
 
@@ -182,6 +184,7 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
         let rpc: InstallSnapshotRequest<TypeConfig> = self.open(&request, "InstallSnapshot")?;
         self.speaks_for_itself(&request, "InstallSnapshot", &rpc.vote)?;
         self.not_removed(&request, "InstallSnapshot")?;
+        let _gate = self.node.campaign_gate.hold().await;
         self.seal(&self.node.raft.install_snapshot(rpc).await)
     }
 
