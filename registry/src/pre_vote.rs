@@ -28,9 +28,15 @@
 //! heartbeat reached this node during the pre-vote round, this node would have acknowledged a
 //! round the leader's lease counts on and then voted for itself within that lease. So the
 //! final check and the `Elect` command happen under the [`CampaignGate`], which the peer
-//! port's AppendEntries and InstallSnapshot handlers also hold while openraft handles them:
-//! every append handled before the check refreshed the vote time the check reads, and every
-//! append after it reaches openraft's queue behind `Elect`.
+//! port's AppendEntries handler also holds while openraft handles the append. The argument:
+//! a lease counts only answers to the leader's AppendEntries other than `HigherVote`, and
+//! openraft refreshes the vote time (`update_vote`) while it handles such an append, before
+//! it answers; AppendEntries, `with_raft_state` and `Trigger::elect` all reach openraft's core
+//! through its one FIFO queue (`tx_api`). So every append the check did not see is handled
+//! after `Elect`, meets the higher vote and is answered `HigherVote`: it counts for no lease.
+//! InstallSnapshot takes no gate: a snapshot's answers count for no lease, and holding the
+//! gate through an install (up to about half a second at 65,536 IDs) would time out the
+//! heartbeats queued behind it.
 //!
 //! Everything else is liveness. Who leads is still decided by openraft's vote handling and
 //! the leader lease's refusal, which count no pre-vote: a pre-vote answered wrongly (a lying
@@ -196,20 +202,24 @@ impl CampaignGate {
     }
 }
 
+/// Why this node may not vote for itself now, as `raft` shows it (`None`: it may).
+fn own_refusal_now(node: &RegistryNode, raft: &RaftView) -> Option<String> {
+    let follower_refusal = raft.refuses_for(node.clocks.own_election_max());
+    let lease_refusal = node.leader.lease().refuses_votes_for();
+    own_vote_refusal(raft, follower_refusal, lease_refusal, node.clocks.elections().may_campaign())
+}
+
 /// Check this node's own vote once more, under the gate, and start the election if it may
 /// vote for itself: `Ok(true)` if it did, `Err` once its Raft has stopped.
 async fn elect_if_free(node: &RegistryNode) -> Result<bool, String> {
     let _gate = node.campaign_gate.hold().await;
     let raft = RaftView::of(node).await.ok_or("this node's Raft has stopped")?;
-    let follower_refusal = raft.refuses_for(node.clocks.own_election_max());
-    let lease_refusal = node.leader.lease().refuses_votes_for();
-    if let Some(why) = own_vote_refusal(&raft, follower_refusal, lease_refusal, node.clocks.elections().may_campaign())
-    {
-        tracing::info!(
+    if let Some(why) = own_refusal_now(node, &raft) {
+        tracing::debug!(
             node_id = node.node_id,
             term = raft.term,
             why,
-            "a majority granted the pre-vote, but this node may not vote for itself now; not campaigning"
+            "a majority granted the pre-vote, but this node may not vote for itself now"
         );
         return Ok(false);
     }
@@ -288,7 +298,9 @@ pub async fn run(node: RegistryNode, stopped: Stopped) {
             sleep = (wait - silence).min(election_max);
             continue;
         }
-        if !node.clocks.elections().may_campaign() {
+        // Not worth a round while this node could not vote for itself (a restart's or a
+        // deposed leader's refusal, a hold); `elect_if_free` checks again under the gate.
+        if own_refusal_now(&node, &raft).is_some() {
             continue;
         }
         let voters: Vec<(NodeId, String)> = member_roles(&node.raft)

@@ -72,6 +72,8 @@ pub struct SimNode {
     pub mono_stall: Arc<MonoStall>,
     /// The cluster it was bootstrapped into (or joined).
     pub cluster_id: &'static str,
+    /// `--pre-vote` of its processes (the default, on, unless a test compares without it).
+    pub pre_vote: bool,
     /// The members its `--initial-cluster` names (itself among them for a founding member).
     initial_cluster: Vec<NodeId>,
     /// `New` for the five founding members; `Existing` for a replacement started later.
@@ -105,6 +107,7 @@ impl SimNode {
             wall: Arc::new(WallError::default()),
             mono_stall: Arc::new(MonoStall::default()),
             cluster_id,
+            pre_vote: RaftTiming::default().pre_vote,
             initial_cluster: members.to_vec(),
             initial_state,
             retired: false,
@@ -144,7 +147,7 @@ impl SimNode {
             layout: LayoutFlags::default(),
             ttl_ms_max: TTL_MS_MAX,
             cool_down_ms: COOL_DOWN_MS,
-            timing: RaftTiming::default(),
+            timing: RaftTiming { pre_vote: self.pre_vote, ..RaftTiming::default() },
             request_timeout: Duration::from_secs(2),
             max_clock_offset: Duration::from_millis(250),
             clock_check: ClockCheck::Enforced,

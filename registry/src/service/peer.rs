@@ -158,7 +158,8 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
         let rpc: AppendEntriesRequest<TypeConfig> = self.open(&request, "AppendEntries")?;
         self.speaks_for_itself(&request, "AppendEntries", &rpc.vote)?;
         self.not_removed(&request, "AppendEntries")?;
-        // Ordered against a pre-vote campaign's last check of this node's own vote.
+        // Ordered against a pre-vote campaign's last check of this node's own vote: an ack a
+        // leader's lease counts never slips between that check and the self-vote (pre_vote.rs).
         let _gate = self.node.campaign_gate.hold().await;
         self.seal(&self.node.raft.append_entries(rpc).await)
     }
@@ -184,7 +185,6 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
         let rpc: InstallSnapshotRequest<TypeConfig> = self.open(&request, "InstallSnapshot")?;
         self.speaks_for_itself(&request, "InstallSnapshot", &rpc.vote)?;
         self.not_removed(&request, "InstallSnapshot")?;
-        let _gate = self.node.campaign_gate.hold().await;
         self.seal(&self.node.raft.install_snapshot(rpc).await)
     }
 

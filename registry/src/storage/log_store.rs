@@ -166,7 +166,8 @@ impl LogStore {
     /// the install) nor publishes metrics, and a shutdown waits for it. An install of a
     /// 65,536-ID table took 0.37-0.67 s in a one-off measurement (docs/operations.md), under
     /// the election timeout of a follower that heard its leader just before; the heartbeats
-    /// queued meanwhile are handled before its election tick.
+    /// queued meanwhile are handled before its election tick (with pre-vote, before the
+    /// `with_raft_state` read of `pre_vote::elect_if_free`: the same queue).
     async fn wait_until_applied(&self, log_id: LogId) -> Result<(), StorageError> {
         let reached = |applied: &Option<LogId>| applied.is_some_and(|applied| applied.index >= log_id.index);
         let mut applied = self.applied.clone();
