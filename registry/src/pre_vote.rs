@@ -191,14 +191,22 @@ fn own_vote_refusal(
     }
 }
 
-/// Exclusive between a campaign's last check and its `Elect`, and openraft's handling of an
-/// AppendEntries or InstallSnapshot from a leader (module docs: the candidate's own vote).
+/// Orders a campaign's last check and its `Elect` against openraft's handling of a leader's
+/// AppendEntries (module docs: the candidate's own vote). Appends share it, so that they never
+/// wait on one another (openraft's leader check sends its heartbeats beside the replication
+/// stream, and the leader lease is taken from those); a campaign holds it alone.
 #[derive(Debug, Clone, Default)]
-pub struct CampaignGate(Arc<tokio::sync::Mutex<()>>);
+pub struct CampaignGate(Arc<tokio::sync::RwLock<()>>);
 
 impl CampaignGate {
-    pub async fn hold(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.0.lock().await
+    /// Held while openraft handles one AppendEntries.
+    pub async fn append(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.0.read().await
+    }
+
+    /// Held from a campaign's last check to its `Elect`.
+    async fn campaign(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.0.write().await
     }
 }
 
@@ -212,7 +220,7 @@ fn own_refusal_now(node: &RegistryNode, raft: &RaftView) -> Option<String> {
 /// Check this node's own vote once more, under the gate, and start the election if it may
 /// vote for itself: `Ok(true)` if it did, `Err` once its Raft has stopped.
 async fn elect_if_free(node: &RegistryNode) -> Result<bool, String> {
-    let _gate = node.campaign_gate.hold().await;
+    let _gate = node.campaign_gate.campaign().await;
     let raft = RaftView::of(node).await.ok_or("this node's Raft has stopped")?;
     if let Some(why) = own_refusal_now(node, &raft) {
         tracing::debug!(

@@ -160,7 +160,7 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
         self.not_removed(&request, "AppendEntries")?;
         // Ordered against a pre-vote campaign's last check of this node's own vote: an ack a
         // leader's lease counts never slips between that check and the self-vote (pre_vote.rs).
-        let _gate = self.node.campaign_gate.hold().await;
+        let _gate = self.node.campaign_gate.append().await;
         self.seal(&self.node.raft.append_entries(rpc).await)
     }
 
