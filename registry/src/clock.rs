@@ -76,3 +76,9 @@ impl Clock for ManualClock {
         (self.wall_offset_ms.load(Ordering::SeqCst) + mono_ms as i64).max(0) as u64
     }
 }
+
+/// How long ago openraft stamped `at` on its own clock (tokio's, which `Clock` cannot stand
+/// in for: openraft times its votes with it, and `pre_vote.rs` mirrors openraft's checks).
+pub fn raft_instant_age(at: openraft::TokioInstant) -> Duration {
+    openraft::TokioInstant::now().saturating_duration_since(at)
+}

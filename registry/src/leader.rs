@@ -376,21 +376,31 @@ impl Leader {
             return Ok(None);
         }
         let (leadership, _) = self.leadership()?;
+        let worker_id = renew.worker_id.0;
         // Only a leadership that applied its predecessors' log answers from its table.
         if !self.tracker.is_confirmed(leadership) {
+            tracing::debug!(worker_id, "renewal takes the log path: this leadership is not confirmed yet");
             return Ok(None);
         }
         if !self.lease.holds(leadership) && !switches::is_off(Mechanism::LeaderLease) {
+            tracing::debug!(worker_id, "renewal takes the log path: no leader lease held");
             return Ok(None);
         }
-        let Ok(wall_ms) = self.clocks.checked_wall_ms() else { return Ok(None) };
+        let Ok(wall_ms) = self.clocks.checked_wall_ms() else {
+            tracing::debug!(worker_id, "renewal takes the log path: this node's clock is not vouched for");
+            return Ok(None);
+        };
         let covered = {
             let state = self.state.read();
             let reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
             if reserved.holds(renew.worker_id) && !switches::is_off(Mechanism::RenewalReservation) {
+                tracing::debug!(worker_id, "renewal takes the log path: a grant of the worker ID is in flight");
                 return Ok(None);
             }
-            let Some(covered) = state.table.covered_renewal(renew, wall_ms) else { return Ok(None) };
+            let Some(covered) = state.table.covered_renewal(renew, wall_ms) else {
+                tracing::debug!(worker_id, "renewal takes the log path: the committed window does not cover it");
+                return Ok(None);
+            };
             let config = state.table.config().cloned().ok_or(RegistryError::NotConfigured)?;
             self.tracker.note_renewal(renew.worker_id);
             (covered, config)

@@ -95,7 +95,7 @@ impl RaftView {
                 state: st.server_state,
                 term: st.vote_ref().leader_id().term,
                 committed: st.vote_ref().is_committed(),
-                silence: st.vote_last_modified().map(|at| tokio::time::Instant::now().saturating_duration_since(at)),
+                silence: st.vote_last_modified().map(crate::clock::raft_instant_age),
             })
             .await
             .ok()

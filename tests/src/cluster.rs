@@ -135,7 +135,9 @@ impl Cluster {
             .args(&self.common_args)
             .args(&node.extra_args)
             .args(args)
-            .env("RUST_LOG", "info,openraft=warn")
+            // FENCEFLAKE_TEST_NODE_LOG overrides it to chase a flake (e.g. `info,openraft=warn,
+            // fenceflake_registry::leader=debug`).
+            .env("RUST_LOG", std::env::var("FENCEFLAKE_TEST_NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .envs(self.common_env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
