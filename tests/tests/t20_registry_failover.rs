@@ -229,6 +229,15 @@ async fn renewals_inside_the_window_write_no_log_entry_and_survive_a_leader_kill
     let opened = cluster.client(2).renew(renew(0)).await.expect("first renewal").into_inner();
     assert!(opened.mint_until_ms >= now_ms() + 30_000, "no window opened: mint_until {}", opened.mint_until_ms);
     let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    // A new leader answers from memory once a heartbeat round took its leader lease (the
+    // first a heartbeat interval into its leadership); the cluster may have elected it just
+    // before the test began, so renewals may take the log path until then.
+    eventually(Duration::from_secs(10), "a renewal answered from the leader's memory", || async {
+        let before = cluster.wait_all_applied(Duration::from_secs(5)).await;
+        cluster.client(leader).renew(renew(now_ms() - 1)).await.expect("renewal");
+        (cluster.wait_all_applied(Duration::from_secs(5)).await == before).then_some(())
+    })
+    .await;
     let before = cluster.wait_all_applied(Duration::from_secs(5)).await;
     for i in 0..20u64 {
         let sent = now_ms();
