@@ -12,11 +12,12 @@ use super::*;
 use crate::clock::SystemClock;
 use crate::expiry::ExpiryTracker;
 use crate::lease::{Batch, ClusterConfig, Command, GrantExpectation, HolderId, LeaseTable};
-use crate::storage::{open, DataDirIdentity, OpenedStorage};
+use crate::storage::{open_when_unlocked, DataDirIdentity, OpenedStorage};
 
 fn open_dir(dir: &Path) -> OpenedStorage {
     let identity = DataDirIdentity { node_id: 1, cluster_id: "test".into() };
-    open(dir, &identity, ExpiryTracker::new(Arc::new(SystemClock)), crate::config::DEFAULT_CACHE_MIB).unwrap()
+    // Several tests reopen a dir this process just dropped.
+    open_when_unlocked(dir, &identity, ExpiryTracker::new(Arc::new(SystemClock))).unwrap()
 }
 
 /// The names in `<dir>/snapshots`, sorted.

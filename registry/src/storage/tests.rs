@@ -69,23 +69,7 @@ fn refuses_another_node_or_cluster(open: impl Fn(&DataDirIdentity) -> Result<Ope
 #[test]
 fn a_data_dir_refuses_another_node_or_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    refuses_another_node_or_cluster(|identity| {
-        // A dropped sled database lets its file lock go from its flusher thread, a moment
-        // later on a loaded machine: a reopen waits for that (up to 5 s), as a restart would.
-        // sled 0.34 reports a held lock as `ErrorKind::Other` with this text (the OS's
-        // `WouldBlock` only inside the message), so the kind alone never matched it.
-        for _ in 0..50 {
-            match open(dir.path(), identity, tracker(), crate::config::DEFAULT_CACHE_MIB) {
-                Err(OpenError::Sled { source: sled::Error::Io(e), .. })
-                    if e.to_string().contains("could not acquire lock") =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                other => return other,
-            }
-        }
-        open(dir.path(), identity, tracker(), crate::config::DEFAULT_CACHE_MIB)
-    });
+    refuses_another_node_or_cluster(|identity| super::open_when_unlocked(dir.path(), identity, tracker()));
 }
 
 #[test]
@@ -438,7 +422,7 @@ async fn a_given_up_id_is_persisted_with_the_grant() {
         assert!(table.record(WorkerId(0)).unwrap().holder.is_none(), "ID 0 was given up");
         table
     };
-    let reopened = open(dir.path(), &identity(1), tracker(), crate::config::DEFAULT_CACHE_MIB).unwrap().state_machine;
+    let reopened = super::open_when_unlocked(dir.path(), &identity(1), tracker()).unwrap().state_machine;
     assert_eq!(reopened.shared().read().table, applied, "the reloaded table differs from the applied one");
 }
 
