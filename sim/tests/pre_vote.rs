@@ -29,6 +29,21 @@ async fn leader_and_term(net: &Arc<Net>, nodes: &[SimNode]) -> Option<(u64, u64)
     None
 }
 
+/// [`leader_and_term`] once some node says it leads, polled in simulated time, at most
+/// `within` (`None` if none did).
+async fn until_a_leader(net: &Arc<Net>, nodes: &[SimNode], within: Duration) -> Option<(u64, u64)> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(found) = leader_and_term(net, nodes).await {
+            return Some(found);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Five nodes (each with `pre_vote`) under `seed`; once a leader serves, one follower is cut
 /// from it in both directions for `cut`, then healed. The leader and term before the cut and
 /// after the heal.
@@ -50,16 +65,21 @@ fn cut_a_follower_from_the_leader(seed: u64, pre_vote: bool, cut: Duration) -> (
             node.pre_vote = pre_vote;
             node.start(&net, &recorder);
         }
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let before = leader_and_term(&net, &nodes).await.expect("a leader after 10 s");
+        let before = until_a_leader(&net, &nodes, Duration::from_secs(30)).await.expect("a leader within 30 s");
+        // Let the leader settle (its lease rounds, the apply rules) before the fault.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = leader_and_term(&net, &nodes).await.filter(|now| *now == before).expect("the first leader stays");
         let follower = nodes.iter().find(|n| n.id != before.0).expect("a follower").name.clone();
         let leader = format!("r{}", before.0);
         net.cut(&follower, &leader);
         net.cut(&leader, &follower);
         tokio::time::sleep(cut).await;
         net.heal();
+        // An observation window, not a wait for a condition: without pre-vote the cut-off
+        // follower's higher term reaches the leader with its first append after the heal and
+        // deposes it within an election; 5 s (simulated) is many elections.
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let after = leader_and_term(&net, &nodes).await.expect("a leader after the heal");
+        let after = until_a_leader(&net, &nodes, Duration::from_secs(30)).await.expect("a leader after the heal");
         for node in &mut nodes {
             let pending = node.disk.pending_len();
             node.crash(&net, pending);
