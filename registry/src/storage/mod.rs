@@ -164,28 +164,32 @@ fn refuse_purged_past_applied(
     }
 }
 
-/// [`open`] for a test that reopens a sled data dir its own process just dropped: a dropped
-/// sled database lets its file lock go from its own threads, a moment later on a loaded
-/// machine, so the reopen waits for that (up to 5 s), as a restarted process would not need
-/// to. sled 0.34 reports a held lock as `ErrorKind::Other` with this text (the OS's
+/// For a test that reopens a sled data dir its own process just dropped: a dropped sled
+/// database lets its file lock go from its own threads, a moment later on a loaded machine,
+/// so `open_it` is retried while the lock is held (up to 5 s), as a restarted process would
+/// not need. sled 0.34 reports a held lock as `ErrorKind::Other` with this text (the OS's
 /// `WouldBlock` only inside the message), so the kind alone never matches it.
+#[cfg(test)]
+pub(crate) fn when_unlocked<T, E: std::fmt::Display>(mut open_it: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    for _ in 0..50 {
+        match open_it() {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+    open_it()
+}
+
+/// [`open`], through [`when_unlocked`].
 #[cfg(test)]
 pub(crate) fn open_when_unlocked(
     path: &Path,
     identity: &DataDirIdentity,
     tracker: ExpiryTracker,
 ) -> Result<OpenedStorage, OpenError> {
-    for _ in 0..50 {
-        match open(path, identity, tracker.clone(), crate::config::DEFAULT_CACHE_MIB) {
-            Err(OpenError::Sled { source: sled::Error::Io(e), .. })
-                if e.to_string().contains("could not acquire lock") =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            other => return other,
-        }
-    }
-    open(path, identity, tracker, crate::config::DEFAULT_CACHE_MIB)
+    when_unlocked(|| open(path, identity, tracker.clone(), crate::config::DEFAULT_CACHE_MIB))
 }
 
 #[cfg(test)]

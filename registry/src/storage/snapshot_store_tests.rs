@@ -12,7 +12,7 @@ use super::*;
 use crate::clock::SystemClock;
 use crate::expiry::ExpiryTracker;
 use crate::lease::{Batch, ClusterConfig, Command, GrantExpectation, HolderId, LeaseTable};
-use crate::storage::{open_when_unlocked, DataDirIdentity, OpenedStorage};
+use crate::storage::{open_when_unlocked, when_unlocked, DataDirIdentity, OpenedStorage};
 
 fn open_dir(dir: &Path) -> OpenedStorage {
     let identity = DataDirIdentity { node_id: 1, cluster_id: "test".into() };
@@ -172,7 +172,7 @@ async fn a_snapshot_an_older_release_kept_in_the_tree_moves_into_a_file() {
     };
     {
         // As the older release left it: the framed snapshot under `snapshot`, no file.
-        let db = sled::open(dir.path()).unwrap();
+        let db = when_unlocked(|| sled::open(dir.path())).unwrap();
         let tree = db.open_tree("sm").unwrap();
         tree.insert(KEY_SNAPSHOT, encode_framed(&meta, &data).unwrap()).unwrap();
         db.flush().unwrap();
@@ -184,7 +184,7 @@ async fn a_snapshot_an_older_release_kept_in_the_tree_moves_into_a_file() {
     assert_eq!(read_all(current).await, data);
     assert_eq!(snapshot_files(dir.path()).len(), 1);
     drop(opened);
-    let db = sled::open(dir.path()).unwrap();
+    let db = when_unlocked(|| sled::open(dir.path())).unwrap();
     assert!(db.open_tree("sm").unwrap().get(KEY_SNAPSHOT).unwrap().is_none(), "moved out of the tree");
 }
 
