@@ -200,7 +200,9 @@ impl ClockWatch {
 
     /// The `election_timeout_max` the leader lease may count on, given this node's `own`: see
     /// [`leader_lease::voters_election_max`]. A voter's statement is kept until a newer one
-    /// (the value changes only with a restart, which the next probe round sees).
+    /// (the value changes only with a restart, which the next probe round sees; a voter whose
+    /// value shrank refuses votes for the earlier one until [`PROBE_FRESH_FOR`] after its
+    /// start, `start_quiet.rs`).
     pub fn voters_election_max(&self, own: Duration) -> Duration {
         let stated = self.election_max.lock().unwrap_or_else(PoisonError::into_inner);
         let voters = voters(&self.raft);

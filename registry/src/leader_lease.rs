@@ -16,7 +16,8 @@
 //!   lease it took is running ([`LeaderLease::refuses_votes`], asked by the peer service);
 //! - **a voter that lost its vote** (a wiped disk the lost-disk guard let back in) votes at
 //!   once. Every process refuses votes for `election_timeout_max` after it started, which covers
-//!   any acknowledgement its earlier process gave.
+//!   any acknowledgement its earlier process gave — longer when it runs a smaller value than
+//!   it stated before, until every leader heard the new one (`start_quiet.rs`).
 //!
 //! The lease runs `election_timeout_max × (1 − drift) / (1 + drift)` from the send of the round
 //! (`--leader-lease-drift`): a leader clock slow by `drift` and a voter clock fast by `drift`
@@ -62,8 +63,8 @@ pub fn lease_duration(election_max: Duration, drift_percent: u8) -> Duration {
 pub struct LeaseState {
     /// The leadership the running lease was taken in, and its end on both clocks.
     held: Option<Held>,
-    /// No vote granted before this: the end of every lease taken, and `election_max` after
-    /// the process started.
+    /// No vote granted before this: the end of every lease taken, and the start's quiet
+    /// (`start_quiet.rs`) after the process started.
     quiet_until: MonoTime,
     /// When the last vote this node let through was answered: rounds sent before it take no
     /// lease.
@@ -86,9 +87,10 @@ pub struct RoundSent {
 }
 
 impl LeaseState {
-    /// A process started at `started_at`, with voters refusing votes for `election_max`.
-    pub fn new(started_at: MonoTime, election_max: Duration) -> LeaseState {
-        LeaseState { held: None, quiet_until: started_at.plus(election_max), last_vote_at: None }
+    /// A process started at `started_at`, refusing votes for `quiet` (at least the
+    /// `election_max` the voters refuse for).
+    pub fn new(started_at: MonoTime, quiet: Duration) -> LeaseState {
+        LeaseState { held: None, quiet_until: started_at.plus(quiet), last_vote_at: None }
     }
 
     /// A quorum acknowledged a heartbeat round of `leadership` sent at or after `sent`: hold
@@ -155,9 +157,11 @@ pub struct LeaderLease {
 }
 
 impl LeaderLease {
-    /// The lease of a process starting now, for `election_max` and `drift_percent`.
-    pub fn new(clock: Arc<dyn Clock>, election_max: Duration, drift_percent: u8) -> LeaderLease {
-        let state = LeaseState::new(clock.mono(), election_max);
+    /// The lease of a process starting now, for `election_max` and `drift_percent`, refusing
+    /// votes for `quiet` from now (`start_quiet.rs`; never less than `election_max`).
+    pub fn new(clock: Arc<dyn Clock>, election_max: Duration, drift_percent: u8, quiet: Duration) -> LeaderLease {
+        debug_assert!(quiet >= election_max, "a start refuses votes for at least election_max");
+        let state = LeaseState::new(clock.mono(), quiet.max(election_max));
         let duration = lease_duration(election_max, drift_percent);
         LeaderLease {
             clock,
@@ -266,7 +270,7 @@ mod tests {
         assert_eq!(voters_election_max(own, []), own);
 
         let clock = Arc::new(crate::clock::ManualClock::new(WALL));
-        let lease = LeaderLease::new(clock.clone(), own, 0);
+        let lease = LeaderLease::new(clock.clone(), own, 0, own);
         clock.advance(ms(700)); // past the refusal every process starts with
         lease.confirmed(TERM_3, lease.round_starts(), ms(200)).await;
         assert!(lease.holds(TERM_3));

@@ -26,6 +26,7 @@ pub mod rules_raise;
 pub mod served;
 pub mod server;
 pub mod service;
+pub mod start_quiet;
 pub mod storage;
 #[cfg(test)]
 mod strategies;

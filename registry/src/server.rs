@@ -40,6 +40,7 @@ use crate::served;
 use crate::service::peer::PeerService;
 use crate::service::registry::{Listener, RegistryService};
 use crate::service::sized::SizedRegistry;
+use crate::start_quiet::{self, StartQuiet};
 use crate::storage::{self, DataDirIdentity, MemDisk, OpenError};
 use crate::transfer::ElectionSwitch;
 
@@ -51,6 +52,8 @@ pub enum ServerError {
     Storage(#[from] OpenError),
     #[error("raft failed to start: {0}")]
     Raft(String),
+    #[error("cannot read or write the election timeout this node stated before, in its data dir {}: {source}", data_dir.display())]
+    StatedTiming { data_dir: std::path::PathBuf, source: storage::KvError },
     #[error("raft stopped with a fatal error: {0} (storage failure? check the disk; the supervisor should restart this node)")]
     Fatal(String),
     #[error("node {node_id} starts without Raft state in its data dir {}, but peer {peer_id} remembers node {node_id} serving in this cluster: its disk was lost. Restarted empty under its old id it could help elect a leader that lacks acknowledged leases, so it refuses. Remove it (`fenceflake ctl --registry <a live node's client address> remove-member {node_id}`) and add a replacement under a NEW node id (docs/operations.md, \"Replace a node whose disk is lost\")", data_dir.display())]
@@ -170,8 +173,9 @@ impl From<Listeners> for NodeIo {
 
 /// The node's background loops, each until the node stops: the clock check, the apply-rules
 /// raise, the pre-vote campaigns and the leader lease's rounds.
-fn spawn_watchers(node: &RegistryNode, config: &NodeConfig, stopped: &Stopped) {
+fn spawn_watchers(node: &RegistryNode, config: &NodeConfig, quiet: StartQuiet, stopped: &Stopped) {
     tokio::spawn(clock_watch::run(node.clone(), stopped.clone()));
+    tokio::spawn(start_quiet::end(node.db.clone(), quiet, stopped.clone()));
     tokio::spawn(rules_raise::run(node.clone(), stopped.clone()));
     if config.timing.pre_vote {
         tokio::spawn(pre_vote::run(node.clone(), stopped.clone()));
@@ -205,7 +209,7 @@ pub async fn run(
         NodeIo::Sockets(_) => None,
         NodeIo::Simulated(sim) => Some(sim),
     };
-    let (node, blank) = start_node(&config, clock.clone(), tracker.clone(), security.clone(), simulated).await?;
+    let (node, blank, quiet) = start_node(&config, clock.clone(), tracker.clone(), security.clone(), simulated).await?;
     let raft = node.raft.clone();
     let (stop, stopped) = fenceflake_proto::serving::stop_signal();
     let gate = StartGate::new(!blank);
@@ -232,7 +236,7 @@ pub async fn run(
         serving.client_ports(&node, &config, &security, &stopped).map_err(ServerError::Reflection)?;
     security.follow_files(stopped.clone().wait());
     tokio::spawn(watch_leadership(node.clone(), health_reporter, tracker));
-    spawn_watchers(&node, &config, &stopped);
+    spawn_watchers(&node, &config, quiet, &stopped);
     bootstrap(&config, &raft, fresh).await?;
     if config.initial_cluster_state == InitialClusterState::New {
         tokio::spawn(compare_initial_cluster(raft.clone(), config.initial_cluster.clone()));
@@ -341,14 +345,15 @@ async fn guard_start(
 }
 
 /// Open the data dir, start Raft, and assemble the node; with whether the data dir held no
-/// Raft state (then the lost-disk guard decides before the node takes part in anything).
+/// Raft state (then the lost-disk guard decides before the node takes part in anything), and
+/// how long it refuses votes after its start (`start_quiet.rs`).
 async fn start_node(
     config: &NodeConfig,
     clock: Arc<dyn Clock>,
     tracker: ExpiryTracker,
     security: Security,
     simulated: Option<&SimulatedIo>,
-) -> Result<(RegistryNode, bool), ServerError> {
+) -> Result<(RegistryNode, bool, StartQuiet), ServerError> {
     let raft_config = Arc::new(config.raft_config()?);
     let identity = DataDirIdentity { node_id: config.node_id, cluster_id: config.cluster_id.clone() };
     let (cluster_id, node_id) = (config.cluster_id.clone(), config.node_id);
@@ -394,7 +399,10 @@ async fn start_node(
         lease_round_every: std::time::Duration::from_millis(config.timing.heartbeat_ms),
     };
     let election_max = std::time::Duration::from_millis(config.timing.election_max_ms);
-    let lease = LeaderLease::new(clock.clone(), election_max, config.lease_drift_percent);
+    let quiet = start_quiet::begin(&db, !blank, election_max, clock_watch::PROBE_FRESH_FOR)
+        .await
+        .map_err(|source| ServerError::StatedTiming { data_dir: config.data_dir.clone(), source })?;
+    let lease = LeaderLease::new(clock.clone(), election_max, config.lease_drift_percent, quiet.refuse_for);
     let metrics = Arc::new(RegistryMetrics::default());
     let parts = LeaderParts {
         raft: raft.clone(),
@@ -423,7 +431,7 @@ async fn start_node(
         db,
         campaign_gate: CampaignGate::default(),
     };
-    Ok((node, blank))
+    Ok((node, blank, quiet))
 }
 
 /// The refusal of a node whose layout flags disagree with the layout its data dir holds

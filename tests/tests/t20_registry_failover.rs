@@ -316,3 +316,39 @@ async fn without_pre_vote_a_paused_follower_deposes_the_leader() {
     let (before, after) = pause_a_follower(&cluster, follower, 3, Duration::from_millis(1500)).await;
     assert!(after.iter().any(|t| *t > before), "no pause moved the term from {before}: {after:?}");
 }
+
+/// Goal: a node restarted with a smaller `--election-timeout-max` (a timing change, or an
+/// upgrade to a release with a faster default) refuses votes for the value it stated before
+/// plus the 3 s a leader takes to hear the new one (registry/src/start_quiet.rs): a leader's
+/// lease still counts on the old value until its next clock probe of the node. Three nodes
+/// at 100 / 300–600 ms; one follower restarts at 50 / 150–300 ms, and the leader is killed
+/// as soon as it serves: the two left need the restarted node's vote, so no leader is
+/// elected until 600 ms + 3 s after its start (measured from before its spawn, so a slow
+/// machine only makes the gap longer). Without the record the gap is about one election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_election_timeout_shrank_refuses_votes_until_leaders_heard_it() {
+    let old = [
+        ("FENCEFLAKE_HEARTBEAT", "100ms"),
+        ("FENCEFLAKE_ELECTION_TIMEOUT_MIN", "300ms"),
+        ("FENCEFLAKE_ELECTION_TIMEOUT_MAX", "600ms"),
+    ];
+    let mut cluster = Cluster::start_with_env(3, &[], &old).await;
+    let leader = cluster.wait_all_know_the_leader(Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(follower);
+    let spawned = Instant::now();
+    let new = ["--heartbeat", "50ms", "--election-timeout-min", "150ms", "--election-timeout-max", "300ms"];
+    cluster.spawn_with(follower, &new, &[]);
+    cluster.wait_all_know_the_leader(Duration::from_secs(10)).await;
+    cluster.kill(leader);
+    let elected = cluster.wait_leader(Duration::from_secs(20)).await;
+    let gap = spawned.elapsed();
+    eprintln!("node {follower} restarted at 300 ms; node {elected} elected {gap:?} after its spawn");
+    assert!(gap >= Duration::from_millis(3_600), "a leader was elected {gap:?} after the restart");
+    let log = cluster.log(follower);
+    assert!(log.contains("runs a smaller --election-timeout-max than it stated before"), "{log}");
+    eventually(Duration::from_secs(10), "the restarted node to record its new value", || async {
+        cluster.log(follower).contains("the earlier --election-timeout-max no longer binds this node").then_some(())
+    })
+    .await;
+}

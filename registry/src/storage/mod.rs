@@ -13,6 +13,7 @@ pub mod memory;
 pub mod snapshot_file;
 pub mod snapshot_store;
 pub mod state_machine;
+pub mod stated_timing;
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,8 @@ pub use memory::{MemDisk, MemDiskError};
 pub use snapshot_file::SnapshotData;
 pub use state_machine::{SharedState, SmState, StateMachine};
 
+/// The tree of the data dir's own facts: its identity, and what its node stated to leaders.
+const IDENTITY_TREE: &str = "identity";
 const KEY_IDENTITY: &[u8] = b"identity";
 /// Stands for the data dir in the errors of a memory disk.
 const MEMORY_DISK_PATH: &str = "<memory disk>";
@@ -105,7 +108,7 @@ fn open_db(
         KvError::Sled(source) => OpenError::Sled { path: path.to_path_buf(), source },
         KvError::Memory(source) => OpenError::MemoryDisk { source },
     };
-    let meta = db.open_tree("identity").map_err(kv_err)?;
+    let meta = db.open_tree(IDENTITY_TREE).map_err(kv_err)?;
     let had_state = match meta.get(KEY_IDENTITY).map_err(kv_err)? {
         Some(bytes) => {
             let found: DataDirIdentity = codec::decode(&bytes)

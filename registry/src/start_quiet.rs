@@ -1,0 +1,150 @@
+//! How long a process refuses votes after it starts, so that no leader lease relies on more
+//! than this node's refusal covers (`leader_lease.rs`):
+//!
+//! - its own `election_timeout_max` covers any acknowledgement an earlier process of this data
+//!   dir gave (a vote lost with a wiped disk included), as long as no leader counted on more;
+//! - a leader counts on the value a voter last stated in a clock probe answer, and keeps that
+//!   statement until it hears a newer one. A node restarted with a *smaller* value (its flags
+//!   changed, or a release whose default is smaller: a rolling upgrade nobody thought of as a
+//!   timing change) refuses for the earlier value, plus the time a leader takes to hear the
+//!   new one (`PROBE_FRESH_FOR`, six probe rounds), before it relies on its own.
+//!
+//! The data dir records the largest value a leader may still count on
+//! (`storage::stated_timing`): raised before the node answers anything, lowered only once the
+//! longer refusal ran out, so a crash in between leaves the larger one for the next start.
+
+use std::time::Duration;
+
+use fenceflake_proto::serving::Stopped;
+
+use crate::storage::stated_timing::{self, EarlierStatement};
+use crate::storage::{Db, KvError};
+
+/// The default `--election-timeout-max` of every release that kept no record of the value it
+/// stated: a data dir of such a release is taken to have stated this.
+pub const UNRECORDED_ELECTION_MAX: Duration = Duration::from_millis(600);
+
+/// The refusal a process starts with, and what its record becomes when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartQuiet {
+    /// Votes refused for this long after the start.
+    pub refuse_for: Duration,
+    /// The record to write once `refuse_for` has run out (`None`: it already holds this
+    /// process's value).
+    pub then_record: Option<Duration>,
+}
+
+/// The refusal of a process running `own`, given what earlier processes stated, and
+/// `learned_within`: how long a leader takes at most to hear a new statement.
+pub fn quiet_after_start(own: Duration, earlier: EarlierStatement, learned_within: Duration) -> StartQuiet {
+    let earlier = match earlier {
+        EarlierStatement::None => own,
+        EarlierStatement::Unrecorded => UNRECORDED_ELECTION_MAX,
+        EarlierStatement::Recorded(stated) => stated,
+    };
+    if earlier > own {
+        StartQuiet { refuse_for: earlier + learned_within, then_record: Some(own) }
+    } else {
+        StartQuiet { refuse_for: own, then_record: None }
+    }
+}
+
+/// Read the record of `db`, write `own` at once when it is no smaller than anything stated
+/// before, and say how long to refuse votes.
+pub async fn begin(db: &Db, had_state: bool, own: Duration, learned_within: Duration) -> Result<StartQuiet, KvError> {
+    let earlier = stated_timing::read(db, had_state)?;
+    let quiet = quiet_after_start(own, earlier, learned_within);
+    match quiet.then_record {
+        None => {
+            if earlier != EarlierStatement::Recorded(own) {
+                stated_timing::record(db, own).await?;
+            }
+        }
+        Some(_) => tracing::warn!(
+            election_timeout_max_ms = own.as_millis() as u64,
+            earlier = ?earlier,
+            refuse_votes_for_ms = quiet.refuse_for.as_millis() as u64,
+            "this node runs a smaller --election-timeout-max than it stated before: it refuses votes for the earlier value until every leader has heard the new one (docs/operations.md, changing the Raft timing)"
+        ),
+    }
+    Ok(quiet)
+}
+
+/// Once `quiet` has run out (unless `stopped` first), record the value this process states.
+pub async fn end(db: Db, quiet: StartQuiet, stopped: Stopped) {
+    let Some(own) = quiet.then_record else { return };
+    tokio::select! {
+        () = stopped.wait() => return,
+        () = tokio::time::sleep(quiet.refuse_for) => {}
+    }
+    match stated_timing::record(&db, own).await {
+        Ok(()) => tracing::info!(
+            election_timeout_max_ms = own.as_millis() as u64,
+            "the earlier --election-timeout-max no longer binds this node: it refuses votes for its own from now"
+        ),
+        // The larger record stays: the next start refuses longer than it needs to, nothing worse.
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record this node's --election-timeout-max; the next start will refuse votes for the earlier one")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRESH: Duration = Duration::from_secs(3);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Goal (issue 11, default timing): a node whose `election_timeout_max` shrank refuses for
+    /// the old one plus the time a leader takes to hear the new; the same or a larger value, or
+    /// a blank dir, refuses for its own, as every process did before.
+    #[test]
+    fn a_node_refuses_for_what_it_stated_before_until_leaders_heard_the_new_value() {
+        let own = ms(300);
+        let same = quiet_after_start(own, EarlierStatement::Recorded(own), FRESH);
+        assert_eq!(same, StartQuiet { refuse_for: own, then_record: None });
+        assert_eq!(quiet_after_start(own, EarlierStatement::None, FRESH), same, "a blank dir stated nothing");
+        assert_eq!(quiet_after_start(own, EarlierStatement::Recorded(ms(200)), FRESH), same, "grown: own covers");
+        assert_eq!(
+            quiet_after_start(own, EarlierStatement::Recorded(ms(900)), FRESH),
+            StartQuiet { refuse_for: ms(3_900), then_record: Some(own) }
+        );
+        assert_eq!(
+            quiet_after_start(own, EarlierStatement::Unrecorded, FRESH),
+            StartQuiet { refuse_for: UNRECORDED_ELECTION_MAX + FRESH, then_record: Some(own) },
+            "an older release's dir is taken to have stated its default"
+        );
+        assert_eq!(quiet_after_start(ms(600), EarlierStatement::Unrecorded, FRESH).refuse_for, ms(600));
+    }
+
+    /// The record is raised before anything is answered and lowered only once the refusal
+    /// ended: a process stopped inside it leaves the larger value to the next.
+    #[tokio::test]
+    async fn the_record_is_lowered_only_after_the_longer_refusal_ran_out() {
+        let db = Db::Memory(crate::storage::MemDisk::default());
+        stated_timing::record(&db, ms(600)).await.unwrap();
+        let short = ms(100);
+        let quiet = begin(&db, true, ms(300), short).await.unwrap();
+        assert_eq!(quiet.refuse_for, ms(700));
+        assert_eq!(stated_timing::read(&db, true).unwrap(), EarlierStatement::Recorded(ms(600)));
+        let (_stop, stopped) = fenceflake_proto::serving::stop_signal();
+        end(db.clone(), quiet, stopped).await;
+        assert_eq!(stated_timing::read(&db, true).unwrap(), EarlierStatement::Recorded(ms(300)));
+
+        stated_timing::record(&db, ms(600)).await.unwrap();
+        let quiet = begin(&db, true, ms(300), FRESH).await.unwrap();
+        let (stop, stopped) = fenceflake_proto::serving::stop_signal();
+        stop.stop();
+        end(db.clone(), quiet, stopped).await;
+        assert_eq!(stated_timing::read(&db, true).unwrap(), EarlierStatement::Recorded(ms(600)), "stopped inside");
+
+        // A blank dir records its own at once.
+        let blank = Db::Memory(crate::storage::MemDisk::default());
+        assert_eq!(begin(&blank, false, ms(300), FRESH).await.unwrap().refuse_for, ms(300));
+        assert_eq!(stated_timing::read(&blank, true).unwrap(), EarlierStatement::Recorded(ms(300)));
+    }
+}
