@@ -28,7 +28,7 @@ use crate::clock_check::{self, Now, Policy, Probe, Verdict};
 use crate::config::ClockCheck;
 use crate::error::RegistryError;
 use crate::leader::member_roles;
-use crate::leader_lease;
+use crate::leader_lease::{self, VoterTiming};
 use crate::lease::Rules;
 use crate::node::RegistryNode;
 use crate::proposer::Stamp;
@@ -67,8 +67,12 @@ pub struct ClockWatch {
     probes: Arc<Mutex<BTreeMap<NodeId, Probe>>>,
     /// The newest apply rules each voter's release knows, from its latest probe answer, and when.
     rules: Arc<Mutex<BTreeMap<NodeId, (Rules, MonoTime)>>>,
-    /// The `election_timeout_max` each voter stated in its latest probe answer that stated one.
-    election_max: Arc<Mutex<BTreeMap<NodeId, Duration>>>,
+    /// What each voter stated in its latest probe answer and when its latest probe failed
+    /// (`answered` unused here: read from `peers` when a lease asks).
+    timings: Arc<Mutex<BTreeMap<NodeId, VoterTiming>>>,
+    /// The peer calls of this node: probes go out through them, and they say when each peer
+    /// last answered anything.
+    peers: PeerClients,
     /// Completed probe rounds: admission waits for the next one.
     rounds: watch::Sender<u64>,
     /// Asks the probe loop for a round now.
@@ -88,6 +92,7 @@ impl ClockWatch {
         max_offset: Duration,
         check: ClockCheck,
         elections: ElectionSwitch,
+        peers: PeerClients,
     ) -> ClockWatch {
         let policy = Policy { max_offset_ms: max_offset.as_millis() as u64, fresh_for: PROBE_FRESH_FOR };
         ClockWatch {
@@ -99,7 +104,8 @@ impl ClockWatch {
             elections,
             probes: Arc::default(),
             rules: Arc::default(),
-            election_max: Arc::default(),
+            timings: Arc::default(),
+            peers,
             rounds: watch::Sender::new(0),
             wake: Arc::default(),
         }
@@ -198,26 +204,40 @@ impl ClockWatch {
         Duration::from_millis(self.raft.config().election_timeout_max)
     }
 
-    /// The `election_timeout_max` the leader lease may count on, given this node's `own`: see
-    /// [`leader_lease::voters_election_max`]. A voter's statement is kept until a newer one
-    /// (the value changes only with a restart, which the next probe round sees; a voter whose
-    /// value shrank refuses votes for the earlier one until [`PROBE_FRESH_FOR`] after its
-    /// start, `start_quiet.rs`).
-    pub fn voters_election_max(&self, own: Duration) -> Duration {
-        let stated = self.election_max.lock().unwrap_or_else(PoisonError::into_inner);
+    /// The `election_timeout_max` a lease from a round sent at `round_sent` may count on,
+    /// given this node's `own`, or `None` when a voter that may have acknowledged the round was
+    /// not heard since a probe of it failed (see [`leader_lease::voters_election_max`]; the
+    /// value changes only with a restart: `start_quiet.rs` covers one the probes did not see).
+    pub fn voters_election_max(&self, own: Duration, round_sent: MonoTime) -> Option<Duration> {
+        let timings = self.timings.lock().unwrap_or_else(PoisonError::into_inner);
         let voters = voters(&self.raft);
-        leader_lease::voters_election_max(
-            own,
-            voters.iter().filter(|id| **id != self.me).map(|id| stated.get(id).copied()),
-        )
+        let known = voters.iter().filter(|id| **id != self.me).map(|id| VoterTiming {
+            answered: self.peers.answered_at(*id),
+            ..timings.get(id).copied().unwrap_or_default()
+        });
+        leader_lease::voters_election_max(own, round_sent, known)
     }
 
-    /// Keep `node_id`'s stated `election_timeout_max`, and say so once when it differs from
-    /// this node's: the leader lease then counts on the smaller of the two.
-    fn note_election_max(&self, node_id: NodeId, stated: Duration) {
-        let previous = self.election_max.lock().unwrap_or_else(PoisonError::into_inner).insert(node_id, stated);
+    /// Ask the probe loop for a round now (a lease waits for a voter to be heard).
+    pub fn probe_soon(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Keep what `node_id` answered to a probe sent at `sent` (its `election_timeout_max`, 0
+    /// from a release that states none), and say once when it differs from this node's: the
+    /// leader lease then counts on the smaller of the two.
+    fn note_election_max(&self, node_id: NodeId, sent: MonoTime, stated_ms: u64) {
+        let stated = (stated_ms > 0).then(|| Duration::from_millis(stated_ms));
+        let previous = {
+            let mut timings = self.timings.lock().unwrap_or_else(PoisonError::into_inner);
+            let timing = timings.entry(node_id).or_default();
+            let previous = timing.stated.map(|(value, _)| value);
+            timing.stated = Some((stated, sent));
+            previous
+        };
         let own = self.own_election_max();
-        if previous != Some(stated) && stated != own {
+        let Some(stated) = stated else { return };
+        if previous != Some(Some(stated)) && stated != own {
             tracing::warn!(
                 node_id = self.me,
                 peer = node_id,
@@ -228,27 +248,37 @@ impl ClockWatch {
         }
     }
 
-    /// Probe every other voter once, concurrently, and keep each answer.
-    async fn probe_round(&self, peers: &PeerClients) {
+    /// Probe every other voter once, concurrently, and keep each answer (and each failure:
+    /// it may hide a restart, see [`ClockWatch::voters_election_max`]).
+    async fn probe_round(&self) {
+        let voters: BTreeSet<NodeId> = voters(&self.raft);
+        // A node that stops being a voter loses what it stated: added back later, it is heard
+        // anew before a lease counts on it.
+        self.timings.lock().unwrap_or_else(PoisonError::into_inner).retain(|id, _| voters.contains(id));
         let mut calls = tokio::task::JoinSet::new();
         for (node_id, (node, voter)) in member_roles(&self.raft) {
             if !voter || node_id == self.me {
                 continue;
             }
-            let (peers, clock) = (peers.clone(), self.clock.clone());
-            calls.spawn(async move { (node_id, probe(&peers, clock.as_ref(), node_id, &node.peer_addr).await) });
+            let (peers, clock) = (self.peers.clone(), self.clock.clone());
+            calls.spawn(async move {
+                let sent = clock.mono();
+                (node_id, sent, probe(&peers, clock.as_ref(), node_id, &node.peer_addr).await)
+            });
         }
         while let Some(joined) = calls.join_next().await {
-            if let Ok((node_id, Some((probe, reading)))) = joined {
-                let now = Now { mono: self.clock.mono(), wall_ms: self.clock.wall_ms() };
-                self.rules.lock().unwrap_or_else(PoisonError::into_inner).insert(node_id, (reading.rules, now.mono));
-                if reading.election_timeout_max_ms > 0 {
-                    self.note_election_max(node_id, Duration::from_millis(reading.election_timeout_max_ms));
-                }
-                let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
-                if clock_check::replaces(&self.policy, probes.get(&node_id), &probe, now) {
-                    probes.insert(node_id, probe);
-                }
+            let Ok((node_id, sent, answer)) = joined else { continue };
+            let Some((probe, reading)) = answer else {
+                self.timings.lock().unwrap_or_else(PoisonError::into_inner).entry(node_id).or_default().probe_failed =
+                    Some(sent);
+                continue;
+            };
+            let now = Now { mono: self.clock.mono(), wall_ms: self.clock.wall_ms() };
+            self.rules.lock().unwrap_or_else(PoisonError::into_inner).insert(node_id, (reading.rules, now.mono));
+            self.note_election_max(node_id, sent, reading.election_timeout_max_ms);
+            let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
+            if clock_check::replaces(&self.policy, probes.get(&node_id), &probe, now) {
+                probes.insert(node_id, probe);
             }
         }
         self.rounds.send_modify(|round| *round += 1);
@@ -315,7 +345,7 @@ pub async fn run(node: RegistryNode, stopped: Stopped) {
     let stop = stopped.wait();
     tokio::pin!(stop);
     loop {
-        watch.probe_round(&node.peers).await;
+        watch.probe_round().await;
         act(&node, &watch.verdict(), &mut standing);
         tokio::select! {
             () = &mut stop => return,

@@ -496,8 +496,13 @@ impl Leader {
             // Still the same leadership, and not handing over (a round sent before a hand-over
             // began must not take the lease back).
             if matches!(acknowledged, Ok(Ok(_))) && self.leadership().is_ok_and(|(now, _)| now == leadership) {
-                let voters_max = self.clocks.voters_election_max(self.lease.election_max());
-                self.lease.confirmed(leadership, sent_at, voters_max).await;
+                match self.clocks.voters_election_max(self.lease.election_max(), sent_at.at) {
+                    Some(voters_max) => self.lease.confirmed(leadership, sent_at, voters_max).await,
+                    None => {
+                        tracing::debug!("no leader lease from this round: a voter that answered since a failed clock probe has not been heard since");
+                        self.clocks.probe_soon();
+                    }
+                }
             }
         }
     }

@@ -41,13 +41,45 @@ use crate::expiry::LeadershipId;
 /// `election_timeout_max`, and a larger bound leaves too little to be worth holding.
 pub const LEASE_DRIFT_PERCENT_MAX: u8 = 50;
 
-/// The `election_timeout_max` a lease may count on: the smallest among this node's own and
-/// every other voter's, as each last stated it in a clock probe answer (`None`: a voter of a
-/// release that does not state it, or not heard yet, is taken to run this node's). A voter
-/// refuses votes for its own value, so a leader counting on its own larger one would hold its
-/// lease past that voter's refusal (an operator who changed the timing on some nodes only).
-pub fn voters_election_max(own: Duration, stated: impl IntoIterator<Item = Option<Duration>>) -> Duration {
-    stated.into_iter().map(|s| s.unwrap_or(own)).fold(own, Duration::min)
+/// What a leader knows of one other voter's `election_timeout_max`, from its clock probes
+/// (`clock_watch.rs`) and its peer calls; instants are this node's monotonic clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VoterTiming {
+    /// The latest probe the voter answered: what it stated (`None`: a release that states
+    /// nothing, taken to run this node's value) and when that probe was sent.
+    pub stated: Option<(Option<Duration>, MonoTime)>,
+    /// When the latest probe it did not answer was sent.
+    pub probe_failed: Option<MonoTime>,
+    /// When it last answered any peer call of this node (an AppendEntries among them).
+    pub answered: Option<MonoTime>,
+}
+
+/// The `election_timeout_max` a lease from a round sent at `round_sent` may count on: the
+/// smallest among this node's own and every other voter's. A voter refuses votes for its own
+/// value, so a leader counting on a larger one would hold its lease past that voter's refusal
+/// (the timing changed on some nodes only, or a node restarted with a smaller value).
+///
+/// A voter's statement counts only while no probe failed after it: a failure may hide a
+/// restart whose new value the leader has not heard (`start_quiet.rs` covers the restart only
+/// until a leader's first probe could have heard it). A voter with no statement that counts
+/// and that answered nothing since the round was sent did not acknowledge it and is left out;
+/// one that did answer may have acknowledged it with a value nobody knows, and the round takes
+/// no lease (`None`) until a probe hears the voter.
+pub fn voters_election_max(
+    own: Duration,
+    round_sent: MonoTime,
+    voters: impl IntoIterator<Item = VoterTiming>,
+) -> Option<Duration> {
+    let mut smallest = own;
+    for voter in voters {
+        let current = voter.stated.filter(|(_, sent)| voter.probe_failed.is_none_or(|failed| *sent > failed));
+        match current {
+            Some((stated, _)) => smallest = smallest.min(stated.unwrap_or(own)),
+            None if voter.answered.is_some_and(|at| at >= round_sent) => return None,
+            None => {}
+        }
+    }
+    Some(smallest)
 }
 
 /// How long a lease taken at a round's send lasts, for voters refusing votes for
@@ -257,17 +289,29 @@ mod tests {
         assert_eq!(lease_duration(max, LEASE_DRIFT_PERCENT_MAX), Duration::from_millis(200));
     }
 
+    /// A voter that stated `value` in a probe sent at mono `at_ms`, and answered since.
+    fn stated(value: Option<u64>, at_ms: u64) -> VoterTiming {
+        VoterTiming {
+            stated: Some((value.map(Duration::from_millis), at(at_ms))),
+            probe_failed: None,
+            answered: Some(at(at_ms)),
+        }
+    }
+
     /// Goal (issue 11): a voter that runs a smaller `election_timeout_max` than the leader (the
     /// timing changed on some nodes only) shortens the lease to what its refusal covers; a
-    /// voter that states none (an older release, not heard yet) is taken to run the leader's;
-    /// a larger one changes nothing. The LeaderLease applies it to the round it confirms.
+    /// voter of a release that states none is taken to run the leader's; a larger one changes
+    /// nothing. The LeaderLease applies it to the round it confirms.
     #[tokio::test]
     async fn a_voter_with_a_smaller_election_timeout_shortens_the_lease() {
         let own = Duration::from_millis(600);
         let ms = Duration::from_millis;
-        assert_eq!(voters_election_max(own, [Some(ms(600)), None, Some(ms(900)), None]), own);
-        assert_eq!(voters_election_max(own, [Some(ms(600)), Some(ms(200)), None, None]), ms(200));
-        assert_eq!(voters_election_max(own, []), own);
+        let round = at(1_000);
+        let voters = [stated(Some(600), 900), stated(None, 900), stated(Some(900), 900)];
+        assert_eq!(voters_election_max(own, round, voters), Some(own));
+        let voters = [stated(Some(600), 900), stated(Some(200), 900), stated(None, 900)];
+        assert_eq!(voters_election_max(own, round, voters), Some(ms(200)));
+        assert_eq!(voters_election_max(own, round, []), Some(own));
 
         let clock = Arc::new(crate::clock::ManualClock::new(WALL));
         let lease = LeaderLease::new(clock.clone(), own, 0, own);
@@ -283,6 +327,30 @@ mod tests {
         assert!(lease.holds(TERM_3));
         clock.advance(ms(1));
         assert!(!lease.holds(TERM_3), "never longer than this node's own");
+    }
+
+    /// Goal (review of the start quiet): a statement a later failed probe may have outdated
+    /// (the voter restarted while the leader could not reach it, or a voter never heard: just
+    /// promoted, or this leader just started) counts for nothing. If the voter answered
+    /// anything since the round was sent it may have acknowledged the round with a smaller
+    /// value than any the leader knows: no lease. If it answered nothing it did not, and it is
+    /// left out.
+    #[test]
+    fn a_voter_whose_value_may_have_changed_unheard_takes_no_lease_if_it_may_have_acknowledged() {
+        let own = Duration::from_millis(600);
+        let round = at(5_000);
+        let outdated =
+            VoterTiming { probe_failed: Some(at(2_000)), answered: Some(at(1_000)), ..stated(Some(600), 1_000) };
+        assert_eq!(voters_election_max(own, round, [outdated]), Some(own), "not answering: left out");
+        let healed = VoterTiming { answered: Some(at(5_010)), ..outdated };
+        assert_eq!(voters_election_max(own, round, [stated(Some(600), 4_900), healed]), None);
+        let reheard = VoterTiming { stated: Some((Some(Duration::from_millis(300)), at(5_020))), ..healed };
+        assert_eq!(voters_election_max(own, round, [reheard]), Some(Duration::from_millis(300)));
+        let never_heard = VoterTiming { answered: Some(at(5_001)), ..VoterTiming::default() };
+        assert_eq!(voters_election_max(own, round, [never_heard]), None);
+        assert_eq!(voters_election_max(own, round, [VoterTiming::default()]), Some(own), "never answered");
+        let failed_before = VoterTiming { probe_failed: Some(at(900)), ..stated(Some(450), 1_000) };
+        assert_eq!(voters_election_max(own, round, [failed_before]), Some(Duration::from_millis(450)));
     }
 
     /// A round sent at mono `ms`, with the wall clock reading `WALL + ms`.

@@ -175,7 +175,7 @@ impl From<Listeners> for NodeIo {
 /// raise, the pre-vote campaigns and the leader lease's rounds.
 fn spawn_watchers(node: &RegistryNode, config: &NodeConfig, quiet: StartQuiet, stopped: &Stopped) {
     tokio::spawn(clock_watch::run(node.clone(), stopped.clone()));
-    tokio::spawn(start_quiet::end(node.db.clone(), quiet, stopped.clone()));
+    tokio::spawn(start_quiet::end(node.db.clone(), quiet, node.clocks.elections().clone(), stopped.clone()));
     tokio::spawn(rules_raise::run(node.clone(), stopped.clone()));
     if config.timing.pre_vote {
         tokio::spawn(pre_vote::run(node.clone(), stopped.clone()));
@@ -344,6 +344,31 @@ async fn guard_start(
     }
 }
 
+/// The peer clients and the opened data dir of a node: sockets and sled, or the simulator's
+/// network and memory disk.
+// `OpenError` carries openraft's `StorageError` (storage/mod.rs says why it is not boxed).
+#[allow(clippy::result_large_err)]
+fn open_io(
+    config: &NodeConfig,
+    clock: &Arc<dyn Clock>,
+    tracker: &ExpiryTracker,
+    security: Security,
+    simulated: Option<&SimulatedIo>,
+) -> Result<(PeerClients, storage::OpenedStorage), OpenError> {
+    let identity = DataDirIdentity { node_id: config.node_id, cluster_id: config.cluster_id.clone() };
+    let (cluster_id, node_id) = (config.cluster_id.clone(), config.node_id);
+    Ok(match simulated {
+        None => (
+            PeerClients::new(cluster_id, node_id, clock.clone(), security),
+            storage::open(&config.data_dir, &identity, tracker.clone(), config.cache_mib)?,
+        ),
+        Some(sim) => (
+            PeerClients::with_connector(cluster_id, node_id, clock.clone(), security, sim.connector.clone()),
+            storage::open_memory(&sim.disk, &identity, tracker.clone())?,
+        ),
+    })
+}
+
 /// Open the data dir, start Raft, and assemble the node; with whether the data dir held no
 /// Raft state (then the lost-disk guard decides before the node takes part in anything), and
 /// how long it refuses votes after its start (`start_quiet.rs`).
@@ -355,18 +380,7 @@ async fn start_node(
     simulated: Option<&SimulatedIo>,
 ) -> Result<(RegistryNode, bool, StartQuiet), ServerError> {
     let raft_config = Arc::new(config.raft_config()?);
-    let identity = DataDirIdentity { node_id: config.node_id, cluster_id: config.cluster_id.clone() };
-    let (cluster_id, node_id) = (config.cluster_id.clone(), config.node_id);
-    let (peers, mut opened) = match simulated {
-        None => (
-            PeerClients::new(cluster_id, node_id, clock.clone(), security),
-            storage::open(&config.data_dir, &identity, tracker.clone(), config.cache_mib)?,
-        ),
-        Some(sim) => (
-            PeerClients::with_connector(cluster_id, node_id, clock.clone(), security, sim.connector.clone()),
-            storage::open_memory(&sim.disk, &identity, tracker.clone())?,
-        ),
-    };
+    let (peers, mut opened) = open_io(config, &clock, &tracker, security, simulated)?;
     let blank = !served::holds_raft_state(&mut opened)
         .await
         .map_err(|e| ServerError::Raft(format!("cannot read the Raft state in the data dir: {e}")))?;
@@ -388,7 +402,15 @@ async fn start_node(
     .await
     .map_err(|e| ServerError::Raft(e.to_string()))?;
     let elections = ElectionSwitch::new(raft.clone(), config.timing.pre_vote);
-    let clocks = ClockWatch::new(config.node_id, clock.clone(), config.max_clock_offset, config.clock_check, elections);
+    start_quiet::hold_elections(&elections);
+    let clocks = ClockWatch::new(
+        config.node_id,
+        clock.clone(),
+        config.max_clock_offset,
+        config.clock_check,
+        elections,
+        peers.clone(),
+    );
     let proposer = Proposer::start(raft.clone(), state.clone(), Arc::new(clocks.clone()), config.request_timeout);
     let settings = LeaderSettings {
         node_id: config.node_id,

@@ -19,6 +19,7 @@ use fenceflake_proto::serving::Stopped;
 
 use crate::storage::stated_timing::{self, EarlierStatement};
 use crate::storage::{Db, KvError};
+use crate::transfer::{ElectionSwitch, NoElections};
 
 /// The default `--election-timeout-max` of every release that kept no record of the value it
 /// stated: a data dir of such a release is taken to have stated this.
@@ -70,13 +71,31 @@ pub async fn begin(db: &Db, had_state: bool, own: Duration, learned_within: Dura
     Ok(quiet)
 }
 
-/// Once `quiet` has run out (unless `stopped` first), record the value this process states.
-pub async fn end(db: Db, quiet: StartQuiet, stopped: Stopped) {
-    let Some(own) = quiet.then_record else { return };
+/// Keep this node out of elections from its start (`NoElections::StartQuiet`, set before
+/// Raft runs anything that could campaign). Its votes for others are refused by the leader
+/// lease (`LeaderLease::new`); this covers its vote for itself, which with pre-vote
+/// `pre_vote::run` checks anyway, and which without it openraft's timer would cast after its
+/// own `election_timeout_max` plus an election timeout: less than an earlier, larger value.
+pub fn hold_elections(elections: &ElectionSwitch) {
+    elections.set(NoElections::StartQuiet, true);
+}
+
+/// Once `quiet` has run out (unless `stopped` first), let this node campaign again and record
+/// the value this process states.
+pub async fn end(db: Db, quiet: StartQuiet, elections: ElectionSwitch, stopped: Stopped) {
+    if record_when_over(db, quiet, stopped).await {
+        elections.set(NoElections::StartQuiet, false);
+    }
+}
+
+/// Once `quiet` has run out, record the value this process states; whether it ran out
+/// (`false`: stopped first).
+async fn record_when_over(db: Db, quiet: StartQuiet, stopped: Stopped) -> bool {
     tokio::select! {
-        () = stopped.wait() => return,
+        () = stopped.wait() => return false,
         () = tokio::time::sleep(quiet.refuse_for) => {}
     }
+    let Some(own) = quiet.then_record else { return true };
     match stated_timing::record(&db, own).await {
         Ok(()) => tracing::info!(
             election_timeout_max_ms = own.as_millis() as u64,
@@ -87,6 +106,7 @@ pub async fn end(db: Db, quiet: StartQuiet, stopped: Stopped) {
             tracing::warn!(error = %e, "cannot record this node's --election-timeout-max; the next start will refuse votes for the earlier one")
         }
     }
+    true
 }
 
 #[cfg(test)]
@@ -132,14 +152,14 @@ mod tests {
         assert_eq!(quiet.refuse_for, ms(700));
         assert_eq!(stated_timing::read(&db, true).unwrap(), EarlierStatement::Recorded(ms(600)));
         let (_stop, stopped) = fenceflake_proto::serving::stop_signal();
-        end(db.clone(), quiet, stopped).await;
+        record_when_over(db.clone(), quiet, stopped).await;
         assert_eq!(stated_timing::read(&db, true).unwrap(), EarlierStatement::Recorded(ms(300)));
 
         stated_timing::record(&db, ms(600)).await.unwrap();
         let quiet = begin(&db, true, ms(300), FRESH).await.unwrap();
         let (stop, stopped) = fenceflake_proto::serving::stop_signal();
         stop.stop();
-        end(db.clone(), quiet, stopped).await;
+        record_when_over(db.clone(), quiet, stopped).await;
         assert_eq!(stated_timing::read(&db, true).unwrap(), EarlierStatement::Recorded(ms(600)), "stopped inside");
 
         // A blank dir records its own at once.

@@ -10,8 +10,9 @@
 //! entries would renew the followers' leases and keep it leader. Requests retried during
 //! the hand-over (one election, normally well under a second) reach the new leader.
 //!
-//! openraft has one `elect` switch and three reasons to turn it off: a leader's hold, this
-//! node's own hand-over, and a clock this node cannot vouch for (`clock_watch.rs`).
+//! openraft has one `elect` switch and four reasons to turn it off: a leader's hold, this
+//! node's own hand-over, a clock this node cannot vouch for (`clock_watch.rs`), and the
+//! quiet after a start (`start_quiet.rs`).
 //! [`ElectionSwitch`] keeps the reasons apart, so that lifting one (a hold running out, a
 //! hand-over ending) never turns elections back on while another still stands.
 
@@ -34,6 +35,9 @@ pub enum NoElections {
     HandingOver,
     /// This node cannot vouch for its wall clock (`clock_watch.rs`).
     Clock,
+    /// This process has just started and refuses votes for a while (`start_quiet.rs`): it
+    /// must not vote for itself either (openraft's own timer, under `--pre-vote false`).
+    StartQuiet,
 }
 
 /// openraft's `elect` switch, shared by every reason to turn it off. With pre-vote

@@ -318,21 +318,21 @@ async fn without_pre_vote_a_paused_follower_deposes_the_leader() {
 }
 
 /// Goal: a node restarted with a smaller `--election-timeout-max` (a timing change, or an
-/// upgrade to a release with a faster default) refuses votes for the value it stated before
-/// plus the 3 s a leader takes to hear the new one (registry/src/start_quiet.rs): a leader's
-/// lease still counts on the old value until its next clock probe of the node. Three nodes
-/// at 100 / 300–600 ms; one follower restarts at 50 / 150–300 ms, and the leader is killed
-/// as soon as it serves: the two left need the restarted node's vote, so no leader is
-/// elected until 600 ms + 3 s after its start (measured from before its spawn, so a slow
-/// machine only makes the gap longer). Without the record the gap is about one election.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_whose_election_timeout_shrank_refuses_votes_until_leaders_heard_it() {
+/// upgrade to a release with a faster default) refuses votes — and does not campaign — for the
+/// value it stated before plus the 3 s a leader takes to hear the new one
+/// (registry/src/start_quiet.rs): a leader's lease still counts on the old value until its
+/// next clock probe of the node. Three nodes at 100 / 300–600 ms (and `args`); one follower
+/// restarts at 50 / 150–300 ms, and the leader is killed as soon as it serves: the two left
+/// need the restarted node's vote or campaign, so no leader is elected until 600 ms + 3 s
+/// after its start (measured from before its spawn, so a slow machine only makes the gap
+/// longer). Without the record the gap is about one election.
+async fn restart_with_a_smaller_election_timeout_then_kill_the_leader(args: &[&str]) {
     let old = [
         ("FENCEFLAKE_HEARTBEAT", "100ms"),
         ("FENCEFLAKE_ELECTION_TIMEOUT_MIN", "300ms"),
         ("FENCEFLAKE_ELECTION_TIMEOUT_MAX", "600ms"),
     ];
-    let mut cluster = Cluster::start_with_env(3, &[], &old).await;
+    let mut cluster = Cluster::start_with_env(3, args, &old).await;
     let leader = cluster.wait_all_know_the_leader(Duration::from_secs(10)).await;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     cluster.kill(follower);
@@ -351,4 +351,19 @@ async fn a_node_whose_election_timeout_shrank_refuses_votes_until_leaders_heard_
         cluster.log(follower).contains("the earlier --election-timeout-max no longer binds this node").then_some(())
     })
     .await;
+}
+
+/// Goal: see [`restart_with_a_smaller_election_timeout_then_kill_the_leader`], with pre-vote:
+/// the other node's campaign is denied by the restarted node's pre-vote answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_election_timeout_shrank_refuses_votes_until_leaders_heard_it() {
+    restart_with_a_smaller_election_timeout_then_kill_the_leader(&[]).await;
+}
+
+/// Goal: the same on openraft's own election timer (`--pre-vote false`): the restarted node
+/// refuses the other's vote requests, and its own timer stays off (`NoElections::StartQuiet`;
+/// the review found it campaigning 450 ms after the last heartbeat, inside a 491 ms lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pre_vote_a_node_whose_election_timeout_shrank_does_not_campaign_either() {
+    restart_with_a_smaller_election_timeout_then_kill_the_leader(&["--pre-vote", "false"]).await;
 }

@@ -145,6 +145,11 @@ impl PeerClients {
         &self.security
     }
 
+    /// When node `node_id` last answered a peer call of this node (None: never).
+    pub fn answered_at(&self, node_id: NodeId) -> Option<MonoTime> {
+        self.answered_at.lock().unwrap_or_else(PoisonError::into_inner).get(&node_id).copied()
+    }
+
     /// How long ago node `node_id` last answered a peer call of this node (None: never).
     pub fn since_answer(&self, node_id: NodeId) -> Option<Duration> {
         let at = *self.answered_at.lock().unwrap_or_else(PoisonError::into_inner).get(&node_id)?;
