@@ -157,14 +157,15 @@ impl Output {
 }
 
 /// The nodes' Raft timing in the output rows; an unset flag shows the registry's default
-/// (`RaftTiming::default()` in registry/src/config.rs: 100 ms / 300–600 ms since issue 14).
+/// (`RaftTiming::default()` in registry/src/config.rs: 50 ms / 150–300 ms since issue 11's
+/// pre-vote; 100 ms / 300–600 ms from issue 14 until then).
 fn timing_label(c: &ClusterOpts) -> String {
     let or = |v: &Option<String>, d: &str| v.clone().unwrap_or_else(|| d.to_string());
     format!(
         "heartbeat {} / election {}–{}",
-        or(&c.heartbeat, "100ms"),
-        or(&c.election_timeout_min, "300ms"),
-        or(&c.election_timeout_max, "600ms")
+        or(&c.heartbeat, "50ms"),
+        or(&c.election_timeout_min, "150ms"),
+        or(&c.election_timeout_max, "300ms")
     )
 }
 

@@ -124,13 +124,13 @@ pub struct RegistryArgs {
     cool_down: Duration,
     /// Raft heartbeat interval (also the replication RPC timeout: keep it well above the disk's
     /// fsync p99 plus the round trip, and above scheduling hiccups of a busy host).
-    #[arg(long, env = "FENCEFLAKE_HEARTBEAT", default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, env = "FENCEFLAKE_HEARTBEAT", default_value = "50ms", value_parser = parse_duration)]
     heartbeat: Duration,
     /// Raft election timeout, lower bound.
-    #[arg(long, env = "FENCEFLAKE_ELECTION_TIMEOUT_MIN", default_value = "300ms", value_parser = parse_duration)]
+    #[arg(long, env = "FENCEFLAKE_ELECTION_TIMEOUT_MIN", default_value = "150ms", value_parser = parse_duration)]
     election_timeout_min: Duration,
     /// Raft election timeout, upper bound (also the leader lease for admission control).
-    #[arg(long, env = "FENCEFLAKE_ELECTION_TIMEOUT_MAX", default_value = "600ms", value_parser = parse_duration)]
+    #[arg(long, env = "FENCEFLAKE_ELECTION_TIMEOUT_MAX", default_value = "300ms", value_parser = parse_duration)]
     election_timeout_max: Duration,
     /// Campaign only when a majority of the voters say they would vote (pre-vote): a node
     /// its host did not schedule for a while, or cut off from the leader alone, then cannot

@@ -25,9 +25,11 @@ pub enum InitialClusterState {
 /// election_min)/2) + two round trips with pre-vote (`pre_vote.rs`); election_max +
 /// U[election_min, election_max) + heartbeat ticks on openraft's own timer.
 ///
-/// Without pre-vote, 50 ms / 150–300 ms deposed healthy leaders on a loaded machine: a
-/// follower starved of CPU for a few hundred ms woke up, campaigned and raised the term
-/// (`bench/elections.sh`, BENCHMARKS.md "Elections").
+/// The default, 50 ms / 150–300 ms, fails over in about 0.3 s. Without pre-vote it deposed
+/// healthy leaders on a loaded machine (a follower starved of CPU for a few hundred ms woke up,
+/// campaigned and raised the term: `bench/elections.sh`, BENCHMARKS.md "Elections"), which is
+/// why 100 ms / 300–600 ms was the default until pre-vote; a node restarted from the old
+/// default refuses votes for it a while longer (`start_quiet.rs`).
 #[derive(Debug, Clone, Copy)]
 pub struct RaftTiming {
     pub heartbeat_ms: u64,
@@ -39,7 +41,7 @@ pub struct RaftTiming {
 
 impl Default for RaftTiming {
     fn default() -> Self {
-        RaftTiming { heartbeat_ms: 100, election_min_ms: 300, election_max_ms: 600, pre_vote: true }
+        RaftTiming { heartbeat_ms: 50, election_min_ms: 150, election_max_ms: 300, pre_vote: true }
     }
 }
 
