@@ -500,6 +500,7 @@ impl Leader {
                     Some(voters_max) => self.lease.confirmed(leadership, sent_at, voters_max).await,
                     None => {
                         tracing::debug!("no leader lease from this round: a voter that answered since a failed clock probe has not been heard since");
+                        self.metrics.lease_rounds_unheard.fetch_add(1, Ordering::Relaxed);
                         self.clocks.probe_soon();
                     }
                 }

@@ -28,6 +28,7 @@ pub mod names {
     pub const NO_QUORUM: &str = "fenceflake_registry_no_quorum_rejections_total";
     pub const CAMPAIGNS: &str = "fenceflake_registry_campaigns_total";
     pub const PRE_VOTES_DENIED: &str = "fenceflake_registry_pre_votes_denied_total";
+    pub const LEASE_ROUNDS_UNHEARD: &str = "fenceflake_registry_lease_rounds_unheard_total";
     pub const REQUEST_SECONDS: &str = "fenceflake_registry_request_duration_seconds";
     pub const REQUEST_ERRORS: &str = "fenceflake_registry_request_errors_total";
     pub const TERM: &str = "fenceflake_registry_raft_term";
@@ -73,6 +74,8 @@ pub struct RegistryMetrics {
     pub campaigns: AtomicU64,
     /// Pre-vote rounds of this node that no majority granted.
     pub pre_votes_denied: AtomicU64,
+    /// Leader-lease rounds that took no lease: a voter was not heard since a failed probe.
+    pub lease_rounds_unheard: AtomicU64,
     rpcs: [RpcStats; Rpc::ALL.len()],
 }
 
@@ -114,7 +117,7 @@ impl RegistryMetrics {
     }
 
     /// The counters: (name, help, value).
-    fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 16] {
+    fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 17] {
         [
             (names::GRANTS, "Leases granted (new grants, and re-acquires by the same holder).", &self.grants),
             (names::RENEWALS, "Leases renewed.", &self.renewals),
@@ -177,6 +180,13 @@ impl RegistryMetrics {
                 "Pre-vote rounds of this node that no majority granted (its log says why, per voter): it heard no leader \
                  while the voters did (a paused host, a link to the leader down) or could not reach them. It deposes nobody.",
                 &self.pre_votes_denied,
+            ),
+            (
+                names::LEASE_ROUNDS_UNHEARD,
+                "Leader-lease rounds that took no lease because a voter that may have acknowledged them has not answered a \
+                 clock probe since one failed (a restart behind a partition could hide a smaller election timeout): renewals \
+                 take the log path until a probe hears it. Rising steadily: a voter answers appends but not probes.",
+                &self.lease_rounds_unheard,
             ),
         ]
     }
