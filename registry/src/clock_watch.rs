@@ -28,7 +28,7 @@ use crate::clock_check::{self, Now, Policy, Probe, Verdict};
 use crate::config::ClockCheck;
 use crate::error::RegistryError;
 use crate::leader::member_roles;
-use crate::leader_lease::{self, VoterTiming};
+use crate::leader_lease::{self, RoundSent, VoterTiming};
 use crate::lease::Rules;
 use crate::node::RegistryNode;
 use crate::proposer::Stamp;
@@ -40,6 +40,14 @@ use crate::transfer::{ElectionSwitch, NoElections};
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// Bound on one probe; a slower answer would prove little anyway.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long after the probe that got it a leader lease trusts a voter's stated
+/// `election_timeout_max` (`leader_lease::voters_election_max`): two probe intervals of the
+/// slowest kind, a pause and a timed-out probe each. Probing refreshes it every 0.5–1 s; a
+/// leader whose probing stalled (a paused process, a suspended host) distrusts what it knew.
+/// A restarted node's start quiet outlasts it on any clocks within the drift bound
+/// (`start_quiet::outlasting`).
+pub const STATEMENT_TRUSTED_FOR: Duration =
+    Duration::from_millis(2 * (PROBE_EVERY.as_millis() as u64 + PROBE_TIMEOUT.as_millis() as u64));
 /// Probes older than this are not counted: six rounds, so a node that misses a few answers
 /// under load keeps its verdict, and one cut off loses it within seconds.
 pub const PROBE_FRESH_FOR: Duration = Duration::from_secs(3);
@@ -204,29 +212,24 @@ impl ClockWatch {
         Duration::from_millis(self.raft.config().election_timeout_max)
     }
 
-    /// The `election_timeout_max` a lease from a round sent at `round_sent` may count on,
-    /// given this node's `own`, or `None` when a voter that may have acknowledged the round was
-    /// not heard since a probe of it failed (see [`leader_lease::voters_election_max`]; the
-    /// value changes only with a restart: `start_quiet.rs` covers one the probes did not see).
-    pub fn voters_election_max(&self, own: Duration, round_sent: MonoTime) -> Option<Duration> {
+    /// The `election_timeout_max` a lease from a round sent at `round` may count on, given
+    /// this node's `own`, or `None` when a voter that may have acknowledged the round has no
+    /// statement the lease may trust (see [`leader_lease::voters_election_max`]; the value
+    /// changes only with a restart: `start_quiet.rs` covers one the probes did not see).
+    pub fn voters_election_max(&self, own: Duration, round: RoundSent) -> Option<Duration> {
         let timings = self.timings.lock().unwrap_or_else(PoisonError::into_inner);
         let voters = voters(&self.raft);
         let known = voters.iter().filter(|id| **id != self.me).map(|id| VoterTiming {
             answered: self.peers.answered_at(*id),
             ..timings.get(id).copied().unwrap_or_default()
         });
-        leader_lease::voters_election_max(own, round_sent, known)
-    }
-
-    /// Ask the probe loop for a round now (a lease waits for a voter to be heard).
-    pub fn probe_soon(&self) {
-        self.wake.notify_one();
+        leader_lease::voters_election_max(own, round, STATEMENT_TRUSTED_FOR, known)
     }
 
     /// Keep what `node_id` answered to a probe sent at `sent` (its `election_timeout_max`, 0
     /// from a release that states none), and say once when it differs from this node's: the
     /// leader lease then counts on the smaller of the two.
-    fn note_election_max(&self, node_id: NodeId, sent: MonoTime, stated_ms: u64) {
+    fn note_election_max(&self, node_id: NodeId, sent: RoundSent, stated_ms: u64) {
         let stated = (stated_ms > 0).then(|| Duration::from_millis(stated_ms));
         let previous = {
             let mut timings = self.timings.lock().unwrap_or_else(PoisonError::into_inner);
@@ -262,7 +265,7 @@ impl ClockWatch {
             }
             let (peers, clock) = (self.peers.clone(), self.clock.clone());
             calls.spawn(async move {
-                let sent = clock.mono();
+                let sent = RoundSent { at: clock.mono(), wall_ms: clock.wall_ms() };
                 (node_id, sent, probe(&peers, clock.as_ref(), node_id, &node.peer_addr).await)
             });
         }
@@ -270,7 +273,7 @@ impl ClockWatch {
             let Ok((node_id, sent, answer)) = joined else { continue };
             let Some((probe, reading)) = answer else {
                 self.timings.lock().unwrap_or_else(PoisonError::into_inner).entry(node_id).or_default().probe_failed =
-                    Some(sent);
+                    Some(sent.at);
                 continue;
             };
             let now = Now { mono: self.clock.mono(), wall_ms: self.clock.wall_ms() };

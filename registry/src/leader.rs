@@ -496,12 +496,13 @@ impl Leader {
             // Still the same leadership, and not handing over (a round sent before a hand-over
             // began must not take the lease back).
             if matches!(acknowledged, Ok(Ok(_))) && self.leadership().is_ok_and(|(now, _)| now == leadership) {
-                match self.clocks.voters_election_max(self.lease.election_max(), sent_at.at) {
+                // `None` until the next probe round hears every voter that answers (waking the
+                // probe loop here would shorten the clock check's step-aside, counted in rounds).
+                match self.clocks.voters_election_max(self.lease.election_max(), sent_at) {
                     Some(voters_max) => self.lease.confirmed(leadership, sent_at, voters_max).await,
                     None => {
-                        tracing::debug!("no leader lease from this round: a voter that answered since a failed clock probe has not been heard since");
+                        tracing::debug!("no leader lease from this round: a voter that answered it has no trusted clock probe statement");
                         self.metrics.lease_rounds_unheard.fetch_add(1, Ordering::Relaxed);
-                        self.clocks.probe_soon();
                     }
                 }
             }

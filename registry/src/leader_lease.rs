@@ -42,40 +42,48 @@ use crate::expiry::LeadershipId;
 pub const LEASE_DRIFT_PERCENT_MAX: u8 = 50;
 
 /// What a leader knows of one other voter's `election_timeout_max`, from its clock probes
-/// (`clock_watch.rs`) and its peer calls; instants are this node's monotonic clock.
+/// (`clock_watch.rs`) and its peer calls; instants are this node's clocks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VoterTiming {
     /// The latest probe the voter answered: what it stated (`None`: a release that states
     /// nothing, taken to run this node's value) and when that probe was sent.
-    pub stated: Option<(Option<Duration>, MonoTime)>,
+    pub stated: Option<(Option<Duration>, RoundSent)>,
     /// When the latest probe it did not answer was sent.
     pub probe_failed: Option<MonoTime>,
     /// When it last answered any peer call of this node (an AppendEntries among them).
     pub answered: Option<MonoTime>,
 }
 
-/// The `election_timeout_max` a lease from a round sent at `round_sent` may count on: the
+/// The `election_timeout_max` a lease from a round sent at `round` may count on: the
 /// smallest among this node's own and every other voter's. A voter refuses votes for its own
 /// value, so a leader counting on a larger one would hold its lease past that voter's refusal
 /// (the timing changed on some nodes only, or a node restarted with a smaller value).
 ///
-/// A voter's statement counts only while no probe failed after it: a failure may hide a
-/// restart whose new value the leader has not heard (`start_quiet.rs` covers the restart only
-/// until a leader's first probe could have heard it). A voter with no statement that counts
-/// and that answered nothing since the round was sent did not acknowledge it and is left out;
-/// one that did answer may have acknowledged it with a value nobody knows, and the round takes
-/// no lease (`None`) until a probe hears the voter.
+/// A voter's statement counts only while it may still describe the voter's running process:
+/// no probe failed after it (a failure may hide a restart), and it is at most `trusted_for`
+/// old on both clocks (a leader whose probes stalled — its process paused, its host suspended —
+/// has heard nothing of a restart meanwhile). `start_quiet.rs` covers a restart for longer than
+/// a statement is trusted. A voter with no statement that counts and that answered nothing
+/// since the round was sent did not acknowledge it and is left out; one that did answer may
+/// have acknowledged it with a value nobody knows, and the round takes no lease (`None`) until
+/// a probe hears the voter.
 pub fn voters_election_max(
     own: Duration,
-    round_sent: MonoTime,
+    round: RoundSent,
+    trusted_for: Duration,
     voters: impl IntoIterator<Item = VoterTiming>,
 ) -> Option<Duration> {
+    let trusted_ms = trusted_for.as_millis() as u64;
     let mut smallest = own;
     for voter in voters {
-        let current = voter.stated.filter(|(_, sent)| voter.probe_failed.is_none_or(|failed| *sent > failed));
+        let current = voter.stated.filter(|(_, sent)| {
+            voter.probe_failed.is_none_or(|failed| sent.at > failed)
+                && round.at.since(sent.at) <= trusted_for
+                && round.wall_ms.saturating_sub(sent.wall_ms) <= trusted_ms
+        });
         match current {
             Some((stated, _)) => smallest = smallest.min(stated.unwrap_or(own)),
-            None if voter.answered.is_some_and(|at| at >= round_sent) => return None,
+            None if voter.answered.is_some_and(|at| at >= round.at) => return None,
             None => {}
         }
     }
@@ -111,8 +119,8 @@ struct Held {
     wall_until_ms: u64,
 }
 
-/// When a heartbeat round was sent, on both clocks.
-#[derive(Debug, Clone, Copy)]
+/// When a heartbeat round (or a clock probe) was sent, on both clocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoundSent {
     pub at: MonoTime,
     pub wall_ms: u64,
@@ -289,14 +297,17 @@ mod tests {
         assert_eq!(lease_duration(max, LEASE_DRIFT_PERCENT_MAX), Duration::from_millis(200));
     }
 
-    /// A voter that stated `value` in a probe sent at mono `at_ms`, and answered since.
+    /// A voter that stated `value` in a probe sent at mono `at_ms` (the wall clock keeping
+    /// pace), and answered since.
     fn stated(value: Option<u64>, at_ms: u64) -> VoterTiming {
         VoterTiming {
-            stated: Some((value.map(Duration::from_millis), at(at_ms))),
+            stated: Some((value.map(Duration::from_millis), sent(at_ms))),
             probe_failed: None,
             answered: Some(at(at_ms)),
         }
     }
+
+    const TRUSTED: Duration = Duration::from_secs(2);
 
     /// Goal (issue 11): a voter that runs a smaller `election_timeout_max` than the leader (the
     /// timing changed on some nodes only) shortens the lease to what its refusal covers; a
@@ -306,12 +317,12 @@ mod tests {
     async fn a_voter_with_a_smaller_election_timeout_shortens_the_lease() {
         let own = Duration::from_millis(600);
         let ms = Duration::from_millis;
-        let round = at(1_000);
+        let round = sent(1_000);
         let voters = [stated(Some(600), 900), stated(None, 900), stated(Some(900), 900)];
-        assert_eq!(voters_election_max(own, round, voters), Some(own));
+        assert_eq!(voters_election_max(own, round, TRUSTED, voters), Some(own));
         let voters = [stated(Some(600), 900), stated(Some(200), 900), stated(None, 900)];
-        assert_eq!(voters_election_max(own, round, voters), Some(ms(200)));
-        assert_eq!(voters_election_max(own, round, []), Some(own));
+        assert_eq!(voters_election_max(own, round, TRUSTED, voters), Some(ms(200)));
+        assert_eq!(voters_election_max(own, round, TRUSTED, []), Some(own));
 
         let clock = Arc::new(crate::clock::ManualClock::new(WALL));
         let lease = LeaderLease::new(clock.clone(), own, 0, own);
@@ -338,19 +349,37 @@ mod tests {
     #[test]
     fn a_voter_whose_value_may_have_changed_unheard_takes_no_lease_if_it_may_have_acknowledged() {
         let own = Duration::from_millis(600);
-        let round = at(5_000);
+        let round = sent(5_000);
         let outdated =
-            VoterTiming { probe_failed: Some(at(2_000)), answered: Some(at(1_000)), ..stated(Some(600), 1_000) };
-        assert_eq!(voters_election_max(own, round, [outdated]), Some(own), "not answering: left out");
+            VoterTiming { probe_failed: Some(at(4_500)), answered: Some(at(4_000)), ..stated(Some(600), 4_000) };
+        assert_eq!(voters_election_max(own, round, TRUSTED, [outdated]), Some(own), "not answering: left out");
         let healed = VoterTiming { answered: Some(at(5_010)), ..outdated };
-        assert_eq!(voters_election_max(own, round, [stated(Some(600), 4_900), healed]), None);
-        let reheard = VoterTiming { stated: Some((Some(Duration::from_millis(300)), at(5_020))), ..healed };
-        assert_eq!(voters_election_max(own, round, [reheard]), Some(Duration::from_millis(300)));
+        assert_eq!(voters_election_max(own, round, TRUSTED, [stated(Some(600), 4_900), healed]), None);
+        let reheard = VoterTiming { stated: Some((Some(Duration::from_millis(300)), sent(5_020))), ..healed };
+        assert_eq!(voters_election_max(own, round, TRUSTED, [reheard]), Some(Duration::from_millis(300)));
         let never_heard = VoterTiming { answered: Some(at(5_001)), ..VoterTiming::default() };
-        assert_eq!(voters_election_max(own, round, [never_heard]), None);
-        assert_eq!(voters_election_max(own, round, [VoterTiming::default()]), Some(own), "never answered");
-        let failed_before = VoterTiming { probe_failed: Some(at(900)), ..stated(Some(450), 1_000) };
-        assert_eq!(voters_election_max(own, round, [failed_before]), Some(Duration::from_millis(450)));
+        assert_eq!(voters_election_max(own, round, TRUSTED, [never_heard]), None);
+        assert_eq!(voters_election_max(own, round, TRUSTED, [VoterTiming::default()]), Some(own), "never answered");
+        let failed_before = VoterTiming { probe_failed: Some(at(3_900)), ..stated(Some(450), 4_000) };
+        assert_eq!(voters_election_max(own, round, TRUSTED, [failed_before]), Some(Duration::from_millis(450)));
+    }
+
+    /// Goal (second review): a statement older than it is trusted counts for nothing either —
+    /// a leader whose process was paused, or whose host was suspended (its monotonic clock
+    /// stood still, the wall clock ran on), probed nobody meanwhile and may have missed a
+    /// restart; the first round after it takes no lease from a voter that answered it.
+    #[test]
+    fn a_statement_older_than_it_is_trusted_on_either_clock_counts_for_nothing() {
+        let own = Duration::from_millis(600);
+        let voter = stated(Some(600), 1_000);
+        let answered = VoterTiming { answered: Some(at(3_100)), ..voter };
+        assert_eq!(voters_election_max(own, sent(3_000), TRUSTED, [answered]), Some(own), "2 s old: trusted");
+        assert_eq!(voters_election_max(own, sent(3_001), TRUSTED, [answered]), None, "paused: too old");
+        let suspended = RoundSent { at: at(1_100), wall_ms: WALL + 60_000 };
+        let answered = VoterTiming { answered: Some(at(1_100)), ..voter };
+        assert_eq!(voters_election_max(own, suspended, TRUSTED, [answered]), None, "the wall clock ran on");
+        let not_answered = VoterTiming { answered: Some(at(1_000)), ..voter };
+        assert_eq!(voters_election_max(own, sent(9_000), TRUSTED, [not_answered]), Some(own), "left out");
     }
 
     /// A round sent at mono `ms`, with the wall clock reading `WALL + ms`.

@@ -421,7 +421,8 @@ async fn start_node(
         lease_round_every: std::time::Duration::from_millis(config.timing.heartbeat_ms),
     };
     let election_max = std::time::Duration::from_millis(config.timing.election_max_ms);
-    let quiet = start_quiet::begin(&db, !blank, election_max, clock_watch::PROBE_FRESH_FOR)
+    let learned_within = start_quiet::outlasting(clock_watch::STATEMENT_TRUSTED_FOR, config.lease_drift_percent);
+    let quiet = start_quiet::begin(&db, !blank, election_max, learned_within)
         .await
         .map_err(|source| ServerError::StatedTiming { data_dir: config.data_dir.clone(), source })?;
     let lease = LeaderLease::new(clock.clone(), election_max, config.lease_drift_percent, quiet.refuse_for);

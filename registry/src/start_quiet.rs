@@ -6,8 +6,9 @@
 //! - a leader counts on the value a voter last stated in a clock probe answer, and keeps that
 //!   statement until it hears a newer one. A node restarted with a *smaller* value (its flags
 //!   changed, or a release whose default is smaller: a rolling upgrade nobody thought of as a
-//!   timing change) refuses for the earlier value, plus the time a leader takes to hear the
-//!   new one (`PROBE_FRESH_FOR`, six probe rounds), before it relies on its own.
+//!   timing change) refuses for the earlier value, plus as long as a leader may still trust
+//!   the earlier statement (`clock_watch::STATEMENT_TRUSTED_FOR` on the leader's clock,
+//!   [`outlasting`] on this one's), before it relies on its own.
 //!
 //! The data dir records the largest value a leader may still count on
 //! (`storage::stated_timing`): raised before the node answers anything, lowered only once the
@@ -24,6 +25,14 @@ use crate::transfer::{ElectionSwitch, NoElections};
 /// The default `--election-timeout-max` of every release that kept no record of the value it
 /// stated: a data dir of such a release is taken to have stated this.
 pub const UNRECORDED_ELECTION_MAX: Duration = Duration::from_millis(600);
+
+/// How long after a restart a leader may still trust what the earlier process stated, on the
+/// restarted node's clock: `trusted_for` on the leader's clock, which may run slow by
+/// `drift_percent` while this one runs fast by as much (`--leader-lease-drift`).
+pub fn outlasting(trusted_for: Duration, drift_percent: u8) -> Duration {
+    let drift = u32::from(drift_percent.min(crate::leader_lease::LEASE_DRIFT_PERCENT_MAX));
+    trusted_for * (100 + drift) / (100 - drift)
+}
 
 /// The refusal a process starts with, and what its record becomes when it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +148,20 @@ mod tests {
             "an older release's dir is taken to have stated its default"
         );
         assert_eq!(quiet_after_start(ms(600), EarlierStatement::Unrecorded, FRESH).refuse_for, ms(600));
+    }
+
+    /// Goal (second review): the quiet outlasts a leader's trust in a statement even when the
+    /// leader's clock runs slow and this node's fast, each by the drift bound.
+    #[test]
+    fn the_quiet_outlasts_a_statements_trust_on_clocks_within_the_drift_bound() {
+        let trusted = Duration::from_secs(2);
+        for drift in [0u8, 10, 33, 50] {
+            let quiet = outlasting(trusted, drift).as_secs_f64();
+            let d = f64::from(drift) / 100.0;
+            // Real time: this node's clock fast by d, the leader's slow by d.
+            assert!(quiet / (1.0 + d) >= trusted.as_secs_f64() / (1.0 - d) - 1e-9, "drift {drift}: {quiet}");
+        }
+        assert_eq!(outlasting(trusted, 10), Duration::from_nanos(2_444_444_444));
     }
 
     /// The record is raised before anything is answered and lowered only once the refusal
