@@ -266,14 +266,19 @@ fn campaign_after(committed: bool, election_min: Duration, election_max: Duratio
     }
 }
 
-/// The campaign loop of a voter (with `--pre-vote`), until the node or its Raft stops.
-pub async fn run(node: RegistryNode, stopped: Stopped) {
+/// The heartbeat and the election timeout's bounds `node` runs.
+fn timing_of(node: &RegistryNode) -> (Duration, Duration, Duration) {
     let config = node.raft.config();
-    let (heartbeat, election_min, election_max) = (
+    (
         Duration::from_millis(config.heartbeat_interval),
         Duration::from_millis(config.election_timeout_min),
         Duration::from_millis(config.election_timeout_max),
-    );
+    )
+}
+
+/// The campaign loop of a voter (with `--pre-vote`), until the node or its Raft stops.
+pub async fn run(node: RegistryNode, stopped: Stopped) {
+    let (heartbeat, election_min, election_max) = timing_of(&node);
     let stop = stopped.wait();
     tokio::pin!(stop);
     // The wait drawn for the current vote, with the vote's silence and kind when drawn: a
@@ -303,6 +308,7 @@ pub async fn run(node: RegistryNode, stopped: Stopped) {
         let wait = drawn.map_or(election_max, |(_, _, wait)| wait);
         let silence = raft.silence.unwrap_or(Duration::MAX);
         if silence < wait {
+            denied_in_a_row = 0; // a leader is heard: the next denial starts a new spell
             sleep = (wait - silence).min(election_max);
             continue;
         }
