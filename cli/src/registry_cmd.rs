@@ -129,7 +129,9 @@ pub struct RegistryArgs {
     /// Raft election timeout, lower bound.
     #[arg(long, env = "FENCEFLAKE_ELECTION_TIMEOUT_MIN", default_value = "150ms", value_parser = parse_duration)]
     election_timeout_min: Duration,
-    /// Raft election timeout, upper bound (also the leader lease for admission control).
+    /// Raft election timeout, upper bound (also the leader lease for admission control); at
+    /// most 10s. The data dir records it: restarted with a smaller value, a node refuses votes
+    /// for the recorded one (plus ~2.4 s) before it takes the new one.
     #[arg(long, env = "FENCEFLAKE_ELECTION_TIMEOUT_MAX", default_value = "300ms", value_parser = parse_duration)]
     election_timeout_max: Duration,
     /// Campaign only when a majority of the voters say they would vote (pre-vote): a node

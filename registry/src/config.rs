@@ -9,7 +9,7 @@ use fenceflake_proto::wire::{LayoutBound, SEQUENCE_BITS_MAX, TIMESTAMP_BITS_MIN}
 
 use crate::leader_lease::LEASE_DRIFT_PERCENT_MAX;
 use crate::lease::ClusterConfig;
-use crate::limits::{RENEW_WINDOW_MAX_MS, WORKER_ID_BITS_MAX};
+use crate::limits::{ELECTION_TIMEOUT_MAX_MS_LIMIT, RENEW_WINDOW_MAX_MS, WORKER_ID_BITS_MAX};
 use crate::raft::types::{NodeId, PeerNode};
 
 /// Whether this node may bootstrap a new cluster (etcd's `--initial-cluster-state`).
@@ -42,6 +42,43 @@ pub struct RaftTiming {
 impl Default for RaftTiming {
     fn default() -> Self {
         RaftTiming { heartbeat_ms: 50, election_min_ms: 150, election_max_ms: 300, pre_vote: true }
+    }
+}
+
+impl RaftTiming {
+    /// The timing's own rules, and that `request_timeout` outlasts an election.
+    fn check(&self, request_timeout: Duration) -> Result<(), ConfigError> {
+        let invalid = |field, why: String| Err(ConfigError::Invalid { field, why });
+        let t = self;
+        if t.election_min_ms <= 2 * t.heartbeat_ms || t.election_max_ms <= t.election_min_ms {
+            return invalid(
+                "--election-timeout",
+                format!(
+                    "need heartbeat*2 < election-min < election-max, got {} / {} / {}",
+                    t.heartbeat_ms, t.election_min_ms, t.election_max_ms
+                ),
+            );
+        }
+        if t.election_max_ms > ELECTION_TIMEOUT_MAX_MS_LIMIT {
+            return invalid(
+                "--election-timeout-max",
+                format!(
+                    "{} ms is above the limit of {ELECTION_TIMEOUT_MAX_MS_LIMIT} ms: a failover waits at least this long, and \
+                     the data dir keeps the value, so a node restarted later with a smaller one refuses votes for it first",
+                    t.election_max_ms
+                ),
+            );
+        }
+        if request_timeout.as_millis() as u64 <= t.election_max_ms {
+            return invalid(
+                "--request-timeout",
+                format!(
+                    "{:?} must exceed the election timeout ({} ms) to ride through a failover",
+                    request_timeout, t.election_max_ms
+                ),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -311,25 +348,7 @@ impl NodeConfig {
         if c.ttl_ms_max == 0 {
             return invalid("--max-ttl", "must be > 0".into());
         }
-        let t = &self.timing;
-        if t.election_min_ms <= 2 * t.heartbeat_ms || t.election_max_ms <= t.election_min_ms {
-            return invalid(
-                "--election-timeout",
-                format!(
-                    "need heartbeat*2 < election-min < election-max, got {} / {} / {}",
-                    t.heartbeat_ms, t.election_min_ms, t.election_max_ms
-                ),
-            );
-        }
-        if self.request_timeout.as_millis() as u64 <= t.election_max_ms {
-            return invalid(
-                "--request-timeout",
-                format!(
-                    "{:?} must exceed the election timeout ({} ms) to ride through a failover",
-                    self.request_timeout, t.election_max_ms
-                ),
-            );
-        }
+        self.timing.check(self.request_timeout)?;
         if self.max_clock_offset < MAX_CLOCK_OFFSET_MIN {
             return invalid(
                 "--max-clock-offset",
@@ -474,6 +493,24 @@ pub(crate) mod tests {
         let drift = |d| NodeConfig { lease_drift_percent: d, ..base.clone() };
         assert_eq!(field(drift(LEASE_DRIFT_PERCENT_MAX)), None);
         assert_eq!(field(drift(LEASE_DRIFT_PERCENT_MAX + 1)), Some("--leader-lease-drift"));
+    }
+
+    /// Goal (issue 11): an `--election-timeout-max` above the limit is refused naming the flag
+    /// (a data dir records it, and a later restart with less refuses votes for it first); the
+    /// limit itself is accepted.
+    #[test]
+    fn election_timeout_max_is_bounded() {
+        let field = |election_max_ms: u64| {
+            let timing = RaftTiming { election_max_ms, ..RaftTiming::default() };
+            let config =
+                NodeConfig { timing, request_timeout: Duration::from_secs(60), ..node(LayoutFlags::default()) };
+            match config.validate() {
+                Err(ConfigError::Invalid { field, .. }) => Some(field),
+                _ => None,
+            }
+        };
+        assert_eq!(field(ELECTION_TIMEOUT_MAX_MS_LIMIT), None);
+        assert_eq!(field(ELECTION_TIMEOUT_MAX_MS_LIMIT + 1), Some("--election-timeout-max"));
     }
 
     /// Goal (issue 11): a sled cache of 0 MiB (sled would thrash on every log read) or past

@@ -26,6 +26,15 @@ pub const CLAIM_AHEAD_MAX_MS: u64 = 30_000;
 /// that changes it must bring new apply rules, or replicas would apply one entry two ways.
 pub const RENEW_WINDOW_MAX_MS: u64 = 300_000;
 
+/// The largest `--election-timeout-max`. A node's data dir records the largest value it
+/// stated to leaders, and a restart with a smaller one refuses votes for the recorded value
+/// first (`start_quiet.rs`): without a bound, one mistyped restart (`10m` for `100ms`) would
+/// leave the node unable to vote for that long after every later restart until one process
+/// outlived it, and a rolling fix of all nodes would leave the cluster unable to elect. Ten
+/// seconds is far above any timing that keeps a failover shorter than a worker's lease (a
+/// failover waits one election timeout and more) and below what an outage of a mistake costs.
+pub const ELECTION_TIMEOUT_MAX_MS_LIMIT: u64 = 10_000;
+
 /// Commands packed into one Raft entry by the proposer. One entry costs one fsync on each
 /// replica, so batching is what lets renewals scale; the bound keeps an entry small.
 pub const COMMANDS_PER_ENTRY_MAX: usize = 1024;
