@@ -73,8 +73,8 @@ pub struct ClockWatch {
     check: ClockCheck,
     elections: ElectionSwitch,
     probes: Arc<Mutex<BTreeMap<NodeId, Probe>>>,
-    /// The newest apply rules each voter's release knows, from its latest probe answer, and when.
-    rules: Arc<Mutex<BTreeMap<NodeId, (Rules, MonoTime)>>>,
+    /// What each voter's latest probe answer said besides its clock (`Heard`).
+    heard: Arc<Mutex<BTreeMap<NodeId, Heard>>>,
     /// What each voter stated in its latest probe answer and when its latest probe failed
     /// (`answered` unused here: read from `peers` when a lease asks).
     timings: Arc<Mutex<BTreeMap<NodeId, VoterTiming>>>,
@@ -111,7 +111,7 @@ impl ClockWatch {
             check,
             elections,
             probes: Arc::default(),
-            rules: Arc::default(),
+            heard: Arc::default(),
             timings: Arc::default(),
             peers,
             rounds: watch::Sender::new(0),
@@ -200,11 +200,19 @@ impl ClockWatch {
     /// release that knows `wanted` (learners are not probed: while one exists, no).
     pub fn members_know(&self, wanted: Rules) -> bool {
         let now = self.clock.mono();
-        let rules = self.rules.lock().unwrap_or_else(PoisonError::into_inner);
+        let heard = self.heard.lock().unwrap_or_else(PoisonError::into_inner);
         member_roles(&self.raft)
             .into_keys()
             .filter(|id| *id != self.me)
-            .all(|id| rules.get(&id).is_some_and(|(known, at)| *known >= wanted && now.since(*at) <= PROBE_FRESH_FOR))
+            .all(|id| heard.get(&id).is_some_and(|h| h.rules >= wanted && now.since(h.at) <= PROBE_FRESH_FOR))
+    }
+
+    /// How much longer voter `node_id` certainly stays out of elections after its start
+    /// (`start_quiet.rs`), as its latest probe answer said, counted from the probe's send
+    /// (zero: it may campaign, or it did not say). A transfer to it could not land meanwhile.
+    pub fn quiet_for(&self, node_id: NodeId) -> Duration {
+        let heard = self.heard.lock().unwrap_or_else(PoisonError::into_inner);
+        heard.get(&node_id).map_or(Duration::ZERO, |h| h.quiet_until.since(self.clock.mono()))
     }
 
     /// This node's `election_timeout_max` (stated in its own probe answers).
@@ -277,7 +285,9 @@ impl ClockWatch {
                 continue;
             };
             let now = Now { mono: self.clock.mono(), wall_ms: self.clock.wall_ms() };
-            self.rules.lock().unwrap_or_else(PoisonError::into_inner).insert(node_id, (reading.rules, now.mono));
+            let quiet_until = sent.at.plus(Duration::from_millis(reading.quiet_for_ms));
+            let heard = Heard { rules: reading.rules, at: now.mono, quiet_until };
+            self.heard.lock().unwrap_or_else(PoisonError::into_inner).insert(node_id, heard);
             self.note_election_max(node_id, sent, reading.election_timeout_max_ms);
             let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
             if clock_check::replaces(&self.policy, probes.get(&node_id), &probe, now) {
@@ -311,15 +321,28 @@ impl Stamp for ClockWatch {
     }
 }
 
-/// A `ClockProbe` answer: the peer's wall clock, the newest apply rules its release knows, and
-/// its `election_timeout_max` (0: a release that does not state it), which bounds the leader
-/// leases that count on its refusal of votes.
+/// A `ClockProbe` answer: the peer's wall clock, the newest apply rules its release knows, its
+/// `election_timeout_max` (0: a release that does not state it), which bounds the leader
+/// leases that count on its refusal of votes, and how much longer it stays out of elections
+/// after its start (0: it may campaign, or a release that does not say).
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct ClockReading {
     pub wall_ms: u64,
     pub rules: Rules,
     #[serde(default)]
     pub election_timeout_max_ms: u64,
+    #[serde(default)]
+    pub quiet_for_ms: u64,
+}
+
+/// What a voter's latest probe answer said besides its clock, and when it came.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    /// The newest apply rules its release knows.
+    rules: Rules,
+    at: MonoTime,
+    /// Until when it certainly stays out of elections (its start quiet from the probe's send).
+    quiet_until: MonoTime,
 }
 
 /// The voters of the membership this node knows.

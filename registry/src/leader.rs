@@ -330,6 +330,15 @@ impl Leader {
             None => refuse(format!("node {to} is not a member")),
             Some((_, false)) => refuse(format!("node {to} is a learner; promote it first (ctl promote-member {to})")),
             Some((_, true)) => {
+                let quiet = self.clocks.quiet_for(to);
+                if !quiet.is_zero() {
+                    return refuse(format!(
+                        "node {to} has just started and stays out of elections for {} ms more (its start quiet, which \
+                         is longer after a restart with a smaller --election-timeout-max: docs/operations.md, changing \
+                         the Raft timing); retry after that",
+                        quiet.as_millis()
+                    ));
+                }
                 let m = self.raft.metrics().borrow().clone();
                 let last = m.last_log_index.unwrap_or(0);
                 let matched = m.replication.and_then(|r| r.get(&to).copied().flatten()).map_or(0, |l| l.index);

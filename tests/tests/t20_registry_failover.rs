@@ -368,3 +368,46 @@ async fn a_node_whose_election_timeout_shrank_refuses_votes_until_leaders_heard_
 async fn without_pre_vote_a_node_whose_election_timeout_shrank_does_not_campaign_either() {
     restart_with_a_smaller_election_timeout_then_kill_the_leader(&["--pre-vote", "false"]).await;
 }
+
+/// Goal: a leader refuses to hand leadership to a voter inside its start quiet, naming how
+/// long it has left (it could not campaign: the transfer would fail after about three election
+/// timeouts, refusing requests meanwhile), and hands over once the quiet ended. Three nodes at
+/// 150 / 600–1500 ms; one follower restarts at the default 50 / 150–300 ms, so it stays out of
+/// elections for 1.5 s + 2.44 s after its start; the leader learns it from its next clock probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_to_a_node_in_its_start_quiet_is_refused_until_the_quiet_ends() {
+    let old = [
+        ("FENCEFLAKE_HEARTBEAT", "150ms"),
+        ("FENCEFLAKE_ELECTION_TIMEOUT_MIN", "600ms"),
+        ("FENCEFLAKE_ELECTION_TIMEOUT_MAX", "1500ms"),
+    ];
+    let mut cluster = Cluster::start_with_env(3, &[], &old).await;
+    let leader = cluster.wait_all_know_the_leader(Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(follower);
+    cluster.spawn_with(
+        follower,
+        &["--heartbeat", "50ms", "--election-timeout-min", "150ms", "--election-timeout-max", "300ms"],
+        &[],
+    );
+    cluster.wait_all_know_the_leader(Duration::from_secs(10)).await;
+    // Two probe rounds: the leader has heard the restarted node's answer.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let transfer = || async {
+        cluster.operator(leader).transfer_leader(pb::TransferLeaderRequest { to_node_id: Some(follower) }).await
+    };
+    let refused = transfer().await.expect_err("a transfer to a node in its start quiet is refused");
+    assert_eq!(
+        fenceflake_proto::wire::Reason::of(&refused),
+        Some(fenceflake_proto::wire::Reason::Membership),
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("stays out of elections for"), "{}", refused.message());
+    eventually(Duration::from_secs(15), "the restarted node's quiet to end", || async {
+        cluster.log(follower).contains("the earlier --election-timeout-max no longer binds this node").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let moved = transfer().await.expect("the transfer once the quiet ended").into_inner();
+    assert_eq!((moved.from_node_id, moved.leader_id), (leader, follower));
+}

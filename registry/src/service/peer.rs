@@ -29,6 +29,7 @@ use crate::pre_vote::{self, PreVoteRequest};
 use crate::proposal::Proposal;
 use crate::raft::types::{NodeId, TypeConfig};
 use crate::served;
+use crate::transfer::NoElections;
 
 #[derive(Debug, Clone)]
 pub struct PeerService {
@@ -263,11 +264,19 @@ impl pb::raft_transport_server::RaftTransport for PeerService {
     /// A member asks for this node's wall clock (its clock check, `clock_watch.rs`); read as
     /// late as possible, so the reading lies within the caller's round trip. The answer also
     /// names the newest apply rules this release knows (`rules_raise.rs`) and this node's
-    /// `election_timeout_max` (the leader lease counts on the smallest: `leader_lease.rs`).
+    /// `election_timeout_max` (the leader lease counts on the smallest: `leader_lease.rs`), and
+    /// how much longer its start keeps it out of elections (a leader refuses to transfer
+    /// leadership to it meanwhile: it could not campaign).
     async fn clock_probe(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let () = self.open_from_member(&request, "ClockProbe")?;
         let election_timeout_max_ms = self.node.clocks.own_election_max().as_millis() as u64;
-        self.seal(&ClockReading { wall_ms: self.node.clock.wall_ms(), rules: Rules::CURRENT, election_timeout_max_ms })
+        let quiet_for_ms = if self.node.clocks.elections().stands(NoElections::StartQuiet) {
+            self.node.leader.lease().refuses_votes_for().as_millis() as u64
+        } else {
+            0
+        };
+        let wall_ms = self.node.clock.wall_ms();
+        self.seal(&ClockReading { wall_ms, rules: Rules::CURRENT, election_timeout_max_ms, quiet_for_ms })
     }
 
     /// A voter about to campaign asks whether this node would vote for it (`pre_vote.rs`).
