@@ -29,6 +29,8 @@ pub struct MemberView {
     pub matched_index: Option<u64>,
     /// Leader only: how long ago this member last answered the leader.
     pub last_ack: Option<Duration>,
+    /// Leader only: how much longer this voter stays out of elections after its start.
+    pub start_quiet: Option<Duration>,
 }
 
 /// This node's view of the cluster (any node can answer; it is not linearizable).
@@ -179,8 +181,10 @@ impl RegistryNode {
                 };
                 let matched_index = replication.get(&node_id).and_then(|l| l.map(|l| l.index));
                 let leads = m.state == ServerState::Leader;
-                let last_ack = if leads && node_id != self.node_id { self.peers.since_answer(node_id) } else { None };
-                MemberView { node_id, node, voter, role, matched_index, last_ack }
+                let other = leads && node_id != self.node_id;
+                let last_ack = if other { self.peers.since_answer(node_id) } else { None };
+                let start_quiet = Some(self.clocks.quiet_for(node_id)).filter(|quiet| other && !quiet.is_zero());
+                MemberView { node_id, node, voter, role, matched_index, last_ack, start_quiet }
             })
             .collect();
         // One read guard for both: a guard taken inside the struct literal below lives to the

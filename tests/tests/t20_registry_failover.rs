@@ -403,11 +403,17 @@ async fn a_transfer_to_a_node_in_its_start_quiet_is_refused_until_the_quiet_ends
         "{refused:?}"
     );
     assert!(refused.message().contains("stays out of elections for"), "{}", refused.message());
+    let quiet_ms = || async {
+        let status = cluster.operator(leader).cluster_status(pb::ClusterStatusRequest {}).await.expect("status");
+        status.into_inner().members.into_iter().find(|m| m.node_id == follower).and_then(|m| m.start_quiet_ms)
+    };
+    assert!(quiet_ms().await.is_some_and(|ms| ms > 0), "the leader's status shows no start quiet for node {follower}");
     eventually(Duration::from_secs(15), "the restarted node's quiet to end", || async {
         cluster.log(follower).contains("the earlier --election-timeout-max no longer binds this node").then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(quiet_ms().await, None, "the start quiet ended");
     let moved = transfer().await.expect("the transfer once the quiet ended").into_inner();
     assert_eq!((moved.from_node_id, moved.leader_id), (leader, follower));
 }

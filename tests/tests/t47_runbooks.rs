@@ -166,12 +166,12 @@ fn skipped_lines_name_real_scenarios_packages_and_tests() {
     }
 }
 
-/// One member's row of a `status`/`members` table: NODE ROLE KIND PEER CLIENT MATCHED LAST_ACK_MS REACHABLE.
+/// One member's row of a `status`/`members` table: NODE ROLE KIND PEER CLIENT MATCHED LAST_ACK_MS REACHABLE QUIET_MS.
 fn row(ran: &Ran, node: u64) -> Option<Vec<String>> {
     ran.stdout
         .lines()
         .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .find(|cols| cols.len() == 8 && cols[0] == node.to_string())
+        .find(|cols| cols.len() == 9 && cols[0] == node.to_string())
 }
 
 /// A `status` table's number after `word` on its `leader N  term T  commit C …` line.

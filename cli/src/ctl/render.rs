@@ -26,7 +26,7 @@ pub fn member_json(m: &pb::Member, from_leader: bool) -> Value {
     json!({"node_id": m.node_id, "role": m.role, "voter": m.voter, "peer_addr": m.peer_addr,
            "client_addr": m.client_addr,
            "matched_index": from_leader.then_some(m.matched_index),
-           "last_ack_ms": m.last_ack_ms})
+           "last_ack_ms": m.last_ack_ms, "start_quiet_ms": m.start_quiet_ms})
 }
 
 /// `s` as JSON; `from_leader` says whether `s` is the leader's own report.
@@ -88,8 +88,9 @@ pub fn status_table(view: &ClusterView) -> String {
     )
 }
 
-/// Members; MATCHED and LAST_ACK only from the leader's report (`-` where unknown), and
-/// REACHABLE = answered the leader within its lease.
+/// Members; MATCHED, LAST_ACK and QUIET_MS only from the leader's report (`-` where unknown
+/// or none), REACHABLE = answered the leader within its lease, QUIET_MS = how much longer the
+/// member stays out of elections after its start (no leadership transfer to it meanwhile).
 pub fn members_table(s: &pb::ClusterStatusResponse, from_leader: bool) -> String {
     let dash = || "-".to_string();
     let rows = s
@@ -112,10 +113,11 @@ pub fn members_table(s: &pb::ClusterStatusResponse, from_leader: bool) -> String
                 if from_leader { m.matched_index.to_string() } else { dash() },
                 m.last_ack_ms.map_or_else(dash, |ms| ms.to_string()),
                 reachable,
+                m.start_quiet_ms.map_or_else(dash, |ms| ms.to_string()),
             ]
         })
         .collect();
-    table(&["NODE", "ROLE", "KIND", "PEER", "CLIENT", "MATCHED", "LAST_ACK_MS", "REACHABLE"], rows)
+    table(&["NODE", "ROLE", "KIND", "PEER", "CLIENT", "MATCHED", "LAST_ACK_MS", "REACHABLE", "QUIET_MS"], rows)
 }
 
 pub fn leases_table(leases: &[pb::LeaseInfo]) -> String {

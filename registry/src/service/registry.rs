@@ -241,6 +241,7 @@ pub fn status_pb(status: &StatusView, config: Option<ClusterConfig>, cluster_id:
                 voter: m.voter,
                 matched_index: m.matched_index.unwrap_or(0),
                 last_ack_ms: m.last_ack.map(|d| d.as_millis() as u64),
+                start_quiet_ms: m.start_quiet.map(|d| d.as_millis() as u64),
             })
             .collect(),
         commit_index: status.commit_index,
