@@ -34,6 +34,7 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod supervise;
+pub mod tcp_trace;
 pub mod tls;
 pub mod workload;
 

@@ -30,6 +30,7 @@ use crate::scenario::{
     Shape, Sizes, Step,
 };
 use crate::supervise::{Seen, Supervisor, RESTART_PAUSE};
+use crate::tcp_trace::{TcpTrace, Traced};
 use crate::tls::{CertDir, Transport, CONTROLLER, WORKLOAD_CLIENT, WORKLOAD_REGISTRY};
 use crate::workload::WorkloadClient;
 
@@ -39,8 +40,19 @@ const WORKER_PORT: u16 = 7379;
 /// Workers' lease: short, so pauses and outages longer than it fit in a 20–30 s run.
 const WORKER_TTL: Duration = Duration::from_secs(3);
 const WORKER_MARGIN: Duration = Duration::from_millis(500);
+/// Between two delays applied in place, how long nothing is delayed: a round trip begun under
+/// the old delays ends (its request released at the change, the registry's commit, its
+/// answer) before the new ones start, so none goes one way under each.
+const DELAY_CHANGE_PAUSE: Duration = Duration::from_millis(250);
 /// How often the controller looks for workers that exited on their own.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(100);
+/// The workers' log filter (`RUST_LOG`): their own debug lines (each registry node a call
+/// failed or timed out on, and why) and their registry client's connection events (tonic's
+/// reconnects and connect errors, hyper's connection errors, the HTTP/2 frames of the client
+/// side only: a new connection starts with SETTINGS, each call is HEADERS/DATA out and in), so
+/// a worker that parks leaves in its log where its renewals went and what became of them.
+/// About ten lines per renewal; the worker's server side (the ID load) logs nothing more.
+const WORKER_LOG: &str = "info,fenceflake_worker=debug,tonic=debug,hyper=debug,h2[Connection{peer=Client}]=debug";
 
 /// Everything a run needs to know; printed as the command that reproduces it.
 #[derive(Debug, Clone)]
@@ -141,6 +153,9 @@ struct Cluster {
     /// dropped (its held packets released, its thread out of the bridge namespace) before
     /// the network is torn down.
     delay: Option<DelayQueue>,
+    /// The workers' TCP connections to the registry, sampled from the first delay on
+    /// (`logs/tcp-<worker>.log`).
+    tcp_trace: Option<TcpTrace>,
     network: Network,
     registries: Vec<Managed>,
     workers: Vec<Managed>,
@@ -206,6 +221,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<Outcome> {
     let clock = RunClock::start();
     let mut cluster = Cluster {
         delay: None,
+        tcp_trace: None,
         network,
         registries: Vec::new(),
         workers: Vec::new(),
@@ -445,7 +461,7 @@ impl Cluster {
             crate::clock::write_offset(&clock_file, 0)?;
             let mut args = self.worker_args(&name, &self.state_dir(&name), &format!("{ip}:{WORKER_PORT}"), None);
             args.extend(["--log-format".into(), "json".into()]);
-            let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
+            let mut env = vec![("RUST_LOG".to_string(), WORKER_LOG.to_string())];
             env.extend(self.transport.env(("worker", &name))?);
             if let (true, Some(lib)) = (clock_faults, &faketime) {
                 env.extend(crate::clock::faketime_env(lib, &clock_file));
@@ -691,16 +707,29 @@ impl Cluster {
             }
         }
         self.faults.loss_percent = percent;
+        self.ensure_no_delay_held("packet loss")?;
         self.network.apply(&self.faults)?;
         self.record(NemesisPhase::Start, "packet-loss", format!("{percent}%"));
         Ok(())
     }
 
-    /// Lift every network fault.
+    /// Replacing the fault table unregisters a netfilter hook of the bridge namespace, and the
+    /// kernel then drops every packet a delay thread holds: no scenario combines the two, and
+    /// one that did would have to lift the delays first (`crate::delay`).
+    fn ensure_no_delay_held(&self, what: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.delay.is_none(),
+            "{what} while a delay holds packets would drop them; heal the delay first"
+        );
+        Ok(())
+    }
+
+    /// Lift every network fault: the delays first, since replacing the fault table while a
+    /// delay thread holds packets would make the kernel drop every one of them.
     fn heal(&mut self) -> anyhow::Result<()> {
+        self.lift_delays()?;
         self.faults = Faults::default();
         self.network.apply(&self.faults)?;
-        self.lift_delays()?;
         self.stop_active("partition");
         self.stop_active("packet-loss");
         self.stop_active("quorum-loss");
@@ -716,10 +745,14 @@ impl Cluster {
         managed.map(ip_of).with_context(|| format!("no host for {end:?}"))
     }
 
-    /// Hold the packets of `links` (replacing any delay in place): the rules first, then the
-    /// thread that holds what they queue, its jitter seeded from the run's nemesis RNG.
+    /// Hold the packets of `links` (replacing any delay in place), its jitter seeded from the
+    /// run's nemesis RNG. If the rules in place already send every direction of `links` to the
+    /// running thread (as `latency`'s one-way window after its both-ways one), the thread ends
+    /// the old delays (releasing what it holds), lets everything through for
+    /// [`DELAY_CHANGE_PAUSE`] and takes the new ones, without leaving the queue: nothing dropped.
+    /// Otherwise the old delay is lifted, then the thread is started (its queue bound and
+    /// configured) before the rules that send it packets (see `crate::delay` for why).
     fn delay(&mut self, budget: DelayBudget, links: &[LinkDelay], seed: u64) -> anyhow::Result<()> {
-        self.lift_delays()?;
         let held = links
             .iter()
             .map(|l| {
@@ -731,17 +764,63 @@ impl Cluster {
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        self.network.apply_delays(&held)?;
-        match DelayQueue::start(self.network.bridge_ns(), &held, seed) {
-            Ok(queue) => self.delay = Some(queue),
-            Err(e) => {
-                // Without a thread the rules would only bypass: remove them, and say why.
-                let _ = self.network.apply_delays(&[]);
-                return Err(e.into());
+        if self.delay.as_ref().is_some_and(|q| q.covers(&held)) {
+            // The old delays end as the held packets go; then a pause without delay, so that
+            // no round trip goes one way under the old delays and back under the new ones
+            // (up to TTL/8 + TTL/4 from both-ways to one-way: over the budget, and over a
+            // worker's registry attempt).
+            let at = self.clock.now_ns();
+            let stats = self.delay.as_ref().map(DelayQueue::pause).transpose();
+            let detail = match &stats {
+                Ok(Some(stats)) => stats.to_string(),
+                Ok(None) => String::new(),
+                Err(e) => format!("the delay thread failed: {e}"),
+            };
+            let names: Vec<String> = self.active.iter().filter(|n| n.starts_with("latency-")).cloned().collect();
+            for name in names {
+                self.record_at(at, NemesisPhase::Stop, &name, detail.clone());
             }
+            stats?;
+            self.wait(DELAY_CHANGE_PAUSE);
+            if let Some(queue) = self.delay.as_ref() {
+                queue.retarget(&held, seed)?;
+            }
+            self.record(NemesisPhase::Start, budget.nemesis_name(), describe_delays(links));
+            return Ok(());
         }
+        self.lift_delays()?;
+        self.trace_tcp();
+        let trace = delay::PacketTrace {
+            file: self.dir.join("logs").join("delay-packets.log"),
+            origin_ns: self.clock.origin_ns,
+            hosts: self.worker_ips().into_iter().collect(),
+        };
+        let queue = DelayQueue::start(self.network.bridge_ns(), &held, seed, Some(trace))?;
+        if let Err(e) = self.network.apply_delays(&held) {
+            let _ = queue.stop();
+            let _ = self.network.apply_delays(&[]);
+            return Err(e.into());
+        }
+        self.delay = Some(queue);
         self.record(NemesisPhase::Start, budget.nemesis_name(), describe_delays(links));
         Ok(())
+    }
+
+    /// Start sampling the workers' TCP connections to the registry, once (it runs until the
+    /// processes stop); a trace that cannot start is said, never fatal.
+    fn trace_tcp(&mut self) {
+        if self.tcp_trace.is_some() {
+            return;
+        }
+        let workers = self
+            .workers
+            .iter()
+            .map(|w| Traced { name: w.spec.name.clone(), netns: w.spec.host.netns.clone() })
+            .collect();
+        match TcpTrace::start(workers, REGISTRY_CLIENT_PORT, self.dir.join("logs"), self.clock) {
+            Ok(trace) => self.tcp_trace = Some(trace),
+            Err(e) => println!("  cannot trace the workers' TCP connections: {e}"),
+        }
     }
 
     /// Release every held packet and stop the thread, then remove the rules (in this order:
@@ -870,6 +949,7 @@ impl Cluster {
         };
         faults.lossy = self.faults.lossy.clone();
         faults.loss_percent = self.faults.loss_percent;
+        self.ensure_no_delay_held("a partition")?;
         self.network.apply(&faults)?;
         self.faults = faults;
         let (label, detail) = name.split_once(' ').map_or((name.as_str(), ""), |(l, d)| (l, d));
@@ -934,7 +1014,7 @@ impl Cluster {
         let ip = ip_of(&self.workers[worker]);
         let args =
             self.worker_args("standby", &self.state_dir("standby"), &format!("{ip}:{}", WORKER_PORT + 1), Some(id));
-        let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
+        let mut env = vec![("RUST_LOG".to_string(), WORKER_LOG.to_string())];
         env.extend(self.transport.env(("worker", "standby"))?);
         let mut spec = self.spec(&name, args, env)?;
         spec.name = "standby".into();
@@ -970,7 +1050,7 @@ impl Cluster {
             let ip = self.network.host(&name).with_context(|| format!("no host {name}"))?.ip;
             let mut args = self.worker_args(&source, &copy, &format!("{ip}:{WORKER_PORT}"), None);
             args.extend(["--log-format".into(), "json".into()]);
-            let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
+            let mut env = vec![("RUST_LOG".to_string(), WORKER_LOG.to_string())];
             env.extend(self.transport.env(("worker", &source))?);
             specs.push(self.spec(&name, args, env)?);
         }
@@ -1053,6 +1133,7 @@ impl Cluster {
         if let Err(e) = self.lift_delays() {
             println!("  lifting the delays failed: {e:#}");
         }
+        self.tcp_trace = None;
         for worker in &mut self.workers {
             worker.terminate(Duration::from_secs(5));
         }

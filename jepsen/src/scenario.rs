@@ -562,6 +562,11 @@ mod tests {
                 );
             }
             assert!(worst >= sizes.ttl / 6, "seed {seed}: the budget is barely used ({worst:?})");
+            // The run changes windows in place (nothing released early or dropped) only if the
+            // first window's rules already send every direction of the second to the queue.
+            let directions = |links: &[LinkDelay]| links.iter().map(|l| (l.from, l.to)).collect::<Vec<_>>();
+            let first = directions(rounds[0].1);
+            assert!(directions(rounds[1].1).iter().all(|d| first.contains(d)), "seed {seed}");
             assert_eq!(steps.last().map(|s| &s.action), Some(&Action::Heal));
         }
     }
