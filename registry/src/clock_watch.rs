@@ -60,6 +60,18 @@ const UNPROVEN_ROUNDS: u32 = 5;
 /// own clock stepped, say) before refusing the request.
 const VOUCH_WAIT: Duration = Duration::from_secs(1);
 
+/// At most one warning per peer this often that its round trip nears the heartbeat.
+const SLOW_LINK_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether a probe's round trip to a peer deserves the slow-link warning (last given at
+/// `warned_at`): openraft 0.9 times every AppendEntries out after the heartbeat interval, so
+/// once a peer's round trip plus its fsync pass `heartbeat`, nothing replicates to it, and a
+/// cluster whose majority is that far commits nothing. Half the heartbeat leaves the fsync the
+/// other half.
+fn slow_link(round_trip: Duration, heartbeat: Duration, warned_at: Option<MonoTime>, now: MonoTime) -> bool {
+    round_trip * 2 > heartbeat && warned_at.is_none_or(|at| now.since(at) >= SLOW_LINK_WARN_EVERY)
+}
+
 /// This node's clock as its peers see it: the latest probe of each voter, the policy, and the
 /// election switch the verdict drives. Cheap to clone; shared by the probe loop, the leader's
 /// admission and the metrics.
@@ -259,6 +271,26 @@ impl ClockWatch {
         }
     }
 
+    /// Keep what `node_id`'s probe answer said besides its clock, and warn when its round trip
+    /// nears the heartbeat ([`slow_link`]).
+    fn hear(&self, node_id: NodeId, sent: RoundSent, reading: &ClockReading, round_trip: Duration, now: MonoTime) {
+        let mut heard = self.heard.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slow_warned_at = heard.get(&node_id).and_then(|h| h.slow_warned_at);
+        let heartbeat = Duration::from_millis(self.raft.config().heartbeat_interval);
+        if slow_link(round_trip, heartbeat, slow_warned_at, now) {
+            slow_warned_at = Some(now);
+            tracing::warn!(
+                node_id = self.me,
+                peer = node_id,
+                round_trip_ms = round_trip.as_millis() as u64,
+                heartbeat_ms = heartbeat.as_millis() as u64,
+                "the round trip to a member is over half the --heartbeat, which is also Raft's replication timeout: appends to it fail once its round trip plus its fsync pass the heartbeat, and a cluster whose majority is that slow commits nothing; give every node a --heartbeat above the round trip plus the fsync p99 (docs/operations.md, changing the Raft timing)"
+            );
+        }
+        let quiet_until = sent.at.plus(Duration::from_millis(reading.quiet_for_ms));
+        heard.insert(node_id, Heard { rules: reading.rules, at: now, quiet_until, slow_warned_at });
+    }
+
     /// Probe every other voter once, concurrently, and keep each answer (and each failure:
     /// it may hide a restart, see [`ClockWatch::voters_election_max`]).
     async fn probe_round(&self) {
@@ -285,9 +317,7 @@ impl ClockWatch {
                 continue;
             };
             let now = Now { mono: self.clock.mono(), wall_ms: self.clock.wall_ms() };
-            let quiet_until = sent.at.plus(Duration::from_millis(reading.quiet_for_ms));
-            let heard = Heard { rules: reading.rules, at: now.mono, quiet_until };
-            self.heard.lock().unwrap_or_else(PoisonError::into_inner).insert(node_id, heard);
+            self.hear(node_id, sent, &reading, probe.elapsed, now.mono);
             self.note_election_max(node_id, sent, reading.election_timeout_max_ms);
             let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
             if clock_check::replaces(&self.policy, probes.get(&node_id), &probe, now) {
@@ -343,6 +373,8 @@ struct Heard {
     at: MonoTime,
     /// Until when it certainly stays out of elections (its start quiet from the probe's send).
     quiet_until: MonoTime,
+    /// When the slow-link warning about it was last given ([`slow_link`]).
+    slow_warned_at: Option<MonoTime>,
 }
 
 /// The voters of the membership this node knows.
@@ -443,5 +475,25 @@ fn log_change(node_id: NodeId, term: u64, max_offset_ms: u64, verdict: &Verdict,
             %verdict,
             "clock check unproven: this node does not campaign until a quorum of peers proves its clock within --max-clock-offset"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> MonoTime {
+        MonoTime(Duration::from_millis(ms))
+    }
+
+    /// Goal: a member whose round trip passes half the heartbeat (openraft's replication
+    /// timeout) is warned about, once a minute at most; a quick one never.
+    #[test]
+    fn a_round_trip_over_half_the_heartbeat_is_warned_about_once_a_minute() {
+        let (heartbeat, ms) = (Duration::from_millis(50), Duration::from_millis);
+        assert!(!slow_link(ms(25), heartbeat, None, at(0)), "exactly half leaves the fsync the rest");
+        assert!(slow_link(ms(26), heartbeat, None, at(0)));
+        assert!(!slow_link(ms(80), heartbeat, Some(at(1_000)), at(60_999)), "warned within the minute");
+        assert!(slow_link(ms(80), heartbeat, Some(at(1_000)), at(61_000)));
     }
 }
