@@ -34,10 +34,14 @@ pub enum Mechanism {
     /// A memory renewal's refusal while the leader has a grant of the worker ID in flight (what
     /// stands in for the grant's compare-and-set, which a memory renewal does not move).
     RenewalReservation,
+    /// A restarted registry node's longer refusal of votes when it runs a smaller
+    /// `election_timeout_max` than it stated before (`start_quiet.rs`): off, it refuses for its
+    /// own only, while a leader's lease may still count on the earlier, larger value.
+    StartQuiet,
 }
 
 impl Mechanism {
-    pub const ALL: [Mechanism; 9] = [
+    pub const ALL: [Mechanism; 10] = [
         Mechanism::DeadlineCheck,
         Mechanism::MintUntil,
         Mechanism::GrantCas,
@@ -47,6 +51,7 @@ impl Mechanism {
         Mechanism::Incarnations,
         Mechanism::LeaderLease,
         Mechanism::RenewalReservation,
+        Mechanism::StartQuiet,
     ];
 
     /// The kebab-case name.
@@ -61,6 +66,7 @@ impl Mechanism {
             Mechanism::Incarnations => "incarnations",
             Mechanism::LeaderLease => "leader-lease",
             Mechanism::RenewalReservation => "renewal-reservation",
+            Mechanism::StartQuiet => "start-quiet",
         }
     }
 

@@ -23,6 +23,7 @@ pub mod replicas;
 pub mod report;
 pub mod restore;
 pub mod seeds;
+pub mod upgrade;
 pub mod worker_disk;
 pub mod workers;
 pub mod world;

@@ -41,6 +41,11 @@ struct RunArgs {
     /// ID-safety checkers. About twice the seeds per hour, for long soaks; CI runs both.
     #[arg(long, env = "FENCEFLAKE_SIM_IDS_ONLY")]
     ids_only: bool,
+    /// A rolling upgrade to a release with a smaller Raft timing: the nodes start on the old
+    /// default (100 ms / 300–600 ms), every restart runs today's, and once the upgrade restarts
+    /// the leader's followers, then cuts the leader off from them (`start-quiet`'s self-test).
+    #[arg(long, env = "FENCEFLAKE_SIM_ROLLING_UPGRADE")]
+    rolling_upgrade: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +119,7 @@ fn config(seed: u64, args: &RunArgs) -> RunConfig {
         duration: args.duration,
         disabled: args.disabled.clone(),
         ids_only: args.ids_only,
+        rolling_upgrade: args.rolling_upgrade,
         ..RunConfig::new(seed)
     }
 }

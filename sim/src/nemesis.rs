@@ -11,7 +11,9 @@
 //! id, in the background (`membership.rs`); quorum loss, a majority of the voters cut off
 //! for a few seconds, for the parking checker; and, once at most, the disaster a backup is
 //! for: every registry disk lost, and the newest backup restored into a fresh cluster
-//! (`restore.rs`). A supervisor restarts node processes that exit
+//! (`restore.rs`); in a rolling upgrade's runs (`--rolling-upgrade`), once, the upgrade of
+//! the leader's followers to a smaller Raft timing, the leader then cut off from them
+//! (`upgrade.rs`). A supervisor restarts node processes that exit
 //! on their own. Each is recorded in the history as a nemesis
 //! event, and everything is healed before the run ends (a replacement under way goes on).
 //!
@@ -43,6 +45,7 @@ use crate::nodes::{client_addr, SimNode, RENEW_WINDOW};
 use crate::recorder::Recorder;
 use crate::registry_client;
 use crate::restore::{self, Restore};
+use crate::upgrade::Upgrade;
 use crate::worker_disk::{self, DeadDiskFault};
 use crate::workers::{clone_of, SimWorker, WorkerEnv};
 
@@ -104,11 +107,13 @@ pub struct Nemesis {
     operator: Operator,
     /// Backs the registry up, and restores it once every disk is lost.
     restore: Restore,
+    /// A rolling upgrade's turn at the leader's followers, in runs that have one.
+    upgrade: Option<Upgrade>,
 }
 
 impl Nemesis {
-    /// The nemesis of a cluster bootstrapped with `members`.
-    pub fn new(seed: u64, members: &[NodeId], restore: Restore) -> Nemesis {
+    /// The nemesis of a cluster bootstrapped with `members`, with the rolling upgrade if any.
+    pub fn new(seed: u64, members: &[NodeId], restore: Restore, upgrade: Option<Upgrade>) -> Nemesis {
         Nemesis {
             rng: StdRng::seed_from_u64(seed),
             restarts: Vec::new(),
@@ -121,6 +126,7 @@ impl Nemesis {
             quorum_lost: false,
             operator: Operator::new(members),
             restore,
+            upgrade,
         }
     }
 
@@ -129,6 +135,14 @@ impl Nemesis {
         let pause = Duration::from_millis(self.rng.gen_range(200..2_500));
         tokio::time::sleep(pause).await;
         self.restart_due(cluster);
+        // From its own stream, and instead of this step's draw: runs without an upgrade draw
+        // exactly as before it existed.
+        let (now, down_max) = (cluster.recorder.world().elapsed(), self.nodes_down_max());
+        if let Some(upgrade) = self.upgrade.as_mut().filter(|u| u.is_due(now)) {
+            if upgrade.strike(cluster, down_max).await {
+                return;
+            }
+        }
         match self.rng.gen_range(0..120) {
             0..=10 => self.partition(cluster),
             11..=16 => self.one_way_cut(cluster),
@@ -201,7 +215,7 @@ impl Nemesis {
     }
 
     /// Registry nodes that cannot take part now: crashed or paused (not those removed).
-    fn nodes_down(cluster: &Cluster<'_>) -> usize {
+    pub(crate) fn nodes_down(cluster: &Cluster<'_>) -> usize {
         let down = |n: &&SimNode| !n.is_running() || cluster.net.is_paused(&n.name);
         cluster.nodes.iter().filter(|n| !n.is_retired()).filter(down).count()
     }
@@ -436,18 +450,24 @@ impl Nemesis {
             // It comes back cut off from its peers but not from its callers (a switch port
             // that flaps with the reboot): it cannot learn what it lost from them, and stays
             // leader to itself until the network heals.
-            let name = cluster.nodes[index].name.clone();
-            for peer in cluster.nodes.iter().filter(|n| n.name != name) {
-                cluster.net.cut(&name, &peer.name);
-                cluster.net.cut(&peer.name, &name);
-            }
-            cluster.recorder.nemesis(NemesisPhase::Start, "partition", format!("{name} cut off from its peers"));
+            Nemesis::cut_from_peers(cluster, index);
         }
+    }
+
+    /// Node `index` cut off from every other node, both ways, until the network heals; its
+    /// callers still reach it.
+    pub(crate) fn cut_from_peers(cluster: &Cluster<'_>, index: usize) {
+        let name = &cluster.nodes[index].name;
+        for peer in cluster.nodes.iter().filter(|n| n.name != *name) {
+            cluster.net.cut(name, &peer.name);
+            cluster.net.cut(&peer.name, name);
+        }
+        cluster.recorder.nemesis(NemesisPhase::Start, "partition", format!("{name} cut off from its peers"));
     }
 
     /// The node that says it leads, as a chaos tool finds it: `ClusterStatus` of each running
     /// node in turn, through the network as it is.
-    async fn leader(cluster: &Cluster<'_>) -> Option<usize> {
+    pub(crate) async fn leader(cluster: &Cluster<'_>) -> Option<usize> {
         for (index, node) in cluster.nodes.iter().enumerate().filter(|(_, n)| n.is_running()) {
             let mut client = RegistryClient::new(cluster.net.channel(CHAOS, &client_addr(node.id)));
             let asked = tokio::time::timeout(STATUS_TIMEOUT, client.cluster_status(pb::ClusterStatusRequest {})).await;

@@ -72,8 +72,12 @@ pub struct SimNode {
     pub mono_stall: Arc<MonoStall>,
     /// The cluster it was bootstrapped into (or joined).
     pub cluster_id: &'static str,
-    /// `--pre-vote` of its processes (the default, on, unless a test compares without it).
-    pub pre_vote: bool,
+    /// The Raft timing of its processes: the default (`--pre-vote` among it, on unless a test
+    /// compares without it).
+    pub timing: RaftTiming,
+    /// The timing of its first process, when it differs: a rolling upgrade's node starts on
+    /// the replaced release's timing, and every later process runs `timing` (`upgrade.rs`).
+    first_timing: Option<RaftTiming>,
     /// The members its `--initial-cluster` names (itself among them for a founding member).
     initial_cluster: Vec<NodeId>,
     /// `New` for the five founding members; `Existing` for a replacement started later.
@@ -107,13 +111,28 @@ impl SimNode {
             wall: Arc::new(WallError::default()),
             mono_stall: Arc::new(MonoStall::default()),
             cluster_id,
-            pre_vote: RaftTiming::default().pre_vote,
+            timing: RaftTiming::default(),
+            first_timing: None,
             initial_cluster: members.to_vec(),
             initial_state,
             retired: false,
             starts: 0,
             running: None,
             exit: Arc::default(),
+        }
+    }
+
+    /// This node as one of a cluster a rolling upgrade reaches: its first process runs
+    /// `first`, the replaced release's timing, and every later one the default.
+    pub fn upgraded_from(self, first: RaftTiming) -> SimNode {
+        SimNode { first_timing: Some(first), ..self }
+    }
+
+    /// The timing of the process starting now (`starts` counts it already).
+    fn process_timing(&self) -> RaftTiming {
+        match self.first_timing {
+            Some(first) if self.starts == 1 => first,
+            _ => self.timing,
         }
     }
 
@@ -147,7 +166,7 @@ impl SimNode {
             layout: LayoutFlags::default(),
             ttl_ms_max: TTL_MS_MAX,
             cool_down_ms: COOL_DOWN_MS,
-            timing: RaftTiming { pre_vote: self.pre_vote, ..RaftTiming::default() },
+            timing: self.process_timing(),
             request_timeout: Duration::from_secs(2),
             max_clock_offset: Duration::from_millis(250),
             clock_check: ClockCheck::Enforced,

@@ -23,6 +23,9 @@ pub fn reproduce(config: &RunConfig) -> String {
     if config.ids_only {
         line.push_str(" --ids-only");
     }
+    if config.rolling_upgrade {
+        line.push_str(" --rolling-upgrade");
+    }
     line.push_str(&format!(" --history sim-{}.jsonl", config.seed));
     line
 }

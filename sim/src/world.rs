@@ -29,6 +29,7 @@ use crate::nodes::{client_addr, SimNode, CLUSTER_ID};
 use crate::recorder::Recorder;
 use crate::registry_client;
 use crate::restore::{self, Restore};
+use crate::upgrade::{self, Upgrade};
 use crate::workers::{SimWorker, WorkerEnv};
 
 /// What one run simulates.
@@ -45,6 +46,9 @@ pub struct RunConfig {
     /// Leave out the registry client and the adversary: the workers, the registry and the
     /// nemesis only, judged by the ID-safety checkers (about twice as fast: BENCHMARKS.md).
     pub ids_only: bool,
+    /// The nodes start on the replaced release's Raft timing and every restart runs the
+    /// default; once, the upgrade reaches the leader's followers (`upgrade.rs`).
+    pub rolling_upgrade: bool,
 }
 
 impl RunConfig {
@@ -57,6 +61,7 @@ impl RunConfig {
             lease_ttl: Duration::from_secs(3),
             disabled: Vec::new(),
             ids_only: false,
+            rolling_upgrade: false,
         }
     }
 }
@@ -81,7 +86,7 @@ impl RunOutcome {
 }
 
 /// Independent streams of one seed (network, nemesis, product entropy, tokio, workers' callers,
-/// the registry client, the adversary).
+/// the registry client, the adversary, the rolling upgrade).
 fn stream(seed: u64, which: u64) -> u64 {
     // SplitMix64's finalizer: nearby seeds give unrelated streams.
     let mut z = seed.wrapping_add(which.wrapping_mul(0x9e37_79b9_7f4a_7c15));
@@ -128,6 +133,10 @@ async fn simulate(config: &RunConfig, state_root: &Path) -> anyhow::Result<RunOu
     let net = Net::new(stream(config.seed, 3), Identities::new(recorder.clone()));
     let members: Vec<NodeId> = (1..=config.nodes).collect();
     let mut nodes: Vec<SimNode> = members.iter().map(|id| SimNode::founding(*id, &members, CLUSTER_ID)).collect();
+    let upgrade = config.rolling_upgrade.then(|| Upgrade::new(stream(config.seed, 8)));
+    if upgrade.is_some() {
+        nodes = nodes.into_iter().map(|node| node.upgraded_from(upgrade::OLD_TIMING)).collect();
+    }
     for node in &mut nodes {
         node.start(&net, &recorder);
     }
@@ -150,7 +159,7 @@ async fn simulate(config: &RunConfig, state_root: &Path) -> anyhow::Result<RunOu
     }
     let restore = Restore::start(&net, &recorder, &members, callers);
     net.set_running(crate::nemesis::CHAOS, true);
-    let mut nemesis = Nemesis::new(stream(config.seed, 5), &members, restore);
+    let mut nemesis = Nemesis::new(stream(config.seed, 5), &members, restore, upgrade);
     let mut cluster =
         Cluster { net: &net, recorder: &recorder, nodes: &mut nodes, workers: &mut workers, env: &env, state_root };
     while world.elapsed() < config.duration {

@@ -62,7 +62,7 @@ fn cut_a_follower_from_the_leader(seed: u64, pre_vote: bool, cut: Duration) -> (
         let members: Vec<u64> = (1..=5).collect();
         let mut nodes: Vec<SimNode> = members.iter().map(|id| SimNode::founding(*id, &members, CLUSTER_ID)).collect();
         for node in &mut nodes {
-            node.pre_vote = pre_vote;
+            node.timing.pre_vote = pre_vote;
             node.start(&net, &recorder);
         }
         let before = until_a_leader(&net, &nodes, Duration::from_secs(30)).await.expect("a leader within 30 s");
