@@ -45,6 +45,12 @@ pub struct WorkerArgs {
     /// if that one was quarantined), ordinal (N from a hostname `name-N`), or a number.
     #[arg(long, env = "FENCEFLAKE_WORKER_ID", default_value = "auto")]
     pub worker_id: WorkerIdSpec,
+    /// Bound on connecting to one registry node (TCP and TLS handshakes: two round trips);
+    /// a node that does not answer in this long is passed over for the next. Raise it above
+    /// twice the round trip when the registry is far (over ~100 ms away): below that no
+    /// connection can complete. At most 2s; a registry call as a whole has a third of the TTL.
+    #[arg(long, env = "FENCEFLAKE_REGISTRY_CONNECT_TIMEOUT", default_value = "250ms", value_parser = parse_duration)]
+    pub registry_connect_timeout: Duration,
     /// Lease TTL asked of the registry; renewed every third of it.
     #[arg(long, env = "FENCEFLAKE_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
@@ -113,6 +119,7 @@ impl WorkerArgs {
         config.worker_id = self.worker_id.clone();
         config.lease_ttl = self.lease_ttl;
         config.margin = self.margin;
+        config.registry_connect_timeout = self.registry_connect_timeout;
         config.max_spin = self.max_spin;
         config.grace = self.grace;
         config.max_skew = self.max_skew;

@@ -13,8 +13,9 @@ use crate::ceiling::{CeilingPolicy, CeilingPolicyError};
 use crate::clock_guard::{ClockGuardPolicy, ClockGuardPolicyError};
 use crate::limits::{
     DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_ID_WAIT_MS, DEFAULT_LEASE_TTL_MS, DEFAULT_MARGIN_MAX_MS,
-    DEFAULT_MARGIN_TTL_DIVISOR, DEFAULT_MAX_SKEW_MS, DEFAULT_MAX_SPIN_MS, MAX_ID_WAIT_MS, MAX_LEASE_TTL_MS,
-    MAX_REGISTRY_ADDRS, MIN_LEASE_TTL_MS, SEQUENCE_BITS_MAX,
+    DEFAULT_MARGIN_TTL_DIVISOR, DEFAULT_MAX_SKEW_MS, DEFAULT_MAX_SPIN_MS, DEFAULT_REGISTRY_CONNECT_TIMEOUT_MS,
+    MAX_ID_WAIT_MS, MAX_LEASE_TTL_MS, MAX_REGISTRY_ADDRS, MIN_LEASE_TTL_MS, MIN_REGISTRY_CONNECT_TIMEOUT_MS,
+    REGISTRY_RPC_TIMEOUT_MAX_MS, REGISTRY_RPC_TIMEOUT_MIN_MS, SEQUENCE_BITS_MAX,
 };
 use crate::worker_id::WorkerId;
 
@@ -82,6 +83,10 @@ pub fn default_margin(ttl: Duration) -> Duration {
 pub struct WorkerConfig {
     /// Registry client addresses (`host:port`); any node will do, followers forward.
     pub registry: Vec<String>,
+    /// Bound on connecting to one registry node, TCP and TLS handshakes together (two round
+    /// trips): set it above twice the round trip to the registry. A whole attempt, connection
+    /// included, is bounded by [`WorkerConfig::registry_rpc_timeout`] anyway (`ttl/3`, 200 ms..2 s).
+    pub registry_connect_timeout: Duration,
     /// Holds the ceiling, the holder ID and a lock; one per worker process.
     pub state_dir: PathBuf,
     pub worker_id: WorkerIdSpec,
@@ -156,6 +161,7 @@ impl WorkerConfig {
     pub fn new(registry: Vec<String>, state_dir: PathBuf, hostname: String, security: Security) -> WorkerConfig {
         WorkerConfig {
             registry,
+            registry_connect_timeout: Duration::from_millis(DEFAULT_REGISTRY_CONNECT_TIMEOUT_MS),
             state_dir,
             worker_id: WorkerIdSpec::Auto,
             hostname,
@@ -188,6 +194,12 @@ impl WorkerConfig {
         if margin.is_zero() || margin * 3 >= self.lease_ttl {
             return Err(ConfigError::Margin { margin, ttl: self.lease_ttl });
         }
+        let connect_ms = self.registry_connect_timeout.as_millis();
+        if !(u128::from(MIN_REGISTRY_CONNECT_TIMEOUT_MS)..=u128::from(REGISTRY_RPC_TIMEOUT_MAX_MS))
+            .contains(&connect_ms)
+        {
+            return Err(ConfigError::ConnectTimeout { connect: self.registry_connect_timeout });
+        }
         if let Some(bits) = self.sequence_bits.filter(|b| !(1..=SEQUENCE_BITS_MAX).contains(b)) {
             return Err(ConfigError::SequenceBits { bits });
         }
@@ -216,6 +228,16 @@ impl WorkerConfig {
         self.margin.unwrap_or_else(|| default_margin(self.lease_ttl))
     }
 
+    /// Timeout of one registry RPC, connection included: long enough for a round trip of a
+    /// quarter of the TTL plus the commit, short enough to try another node before the
+    /// deadline (a renewal starts with `ttl - margin - ttl/3 > ttl/3` left; see `keeper`).
+    pub fn registry_rpc_timeout(&self) -> Duration {
+        (self.lease_ttl / 3).clamp(
+            Duration::from_millis(REGISTRY_RPC_TIMEOUT_MIN_MS),
+            Duration::from_millis(REGISTRY_RPC_TIMEOUT_MAX_MS),
+        )
+    }
+
     /// How often the lease is renewed (before jitter).
     pub fn renew_interval(&self) -> Duration {
         self.lease_ttl / 3
@@ -235,6 +257,8 @@ pub enum ConfigError {
     LeaseTtl { ttl: Duration },
     #[error("--margin {margin:?} must be above 0 and below a third of --lease-ttl {ttl:?}, so one missed renewal does not park the worker (leave --margin out for the default, min(1s, TTL/10))")]
     Margin { margin: Duration, ttl: Duration },
+    #[error("--registry-connect-timeout {connect:?} outside {MIN_REGISTRY_CONNECT_TIMEOUT_MS}ms..={REGISTRY_RPC_TIMEOUT_MAX_MS}ms (a whole registry attempt, connection included, has a third of --lease-ttl within 200ms..2s)")]
+    ConnectTimeout { connect: Duration },
     #[error("--sequence-bits {bits} outside 1..={SEQUENCE_BITS_MAX} (leave it out to use the cluster's layout)")]
     SequenceBits { bits: u8 },
     #[error("--id-wait {id_wait_ms}ms exceeds the limit of {MAX_ID_WAIT_MS}ms (1h)")]
@@ -282,6 +306,14 @@ mod tests {
             (WorkerConfig { margin: Some(Duration::ZERO), ..config() }, "--margin"),
             (WorkerConfig { max_spin: Duration::from_secs(5), ..config() }, "--max-spin"),
             (WorkerConfig { flush_interval: Duration::ZERO, ..config() }, "--flush-interval"),
+            (
+                WorkerConfig { registry_connect_timeout: Duration::from_millis(9), ..config() },
+                "--registry-connect-timeout",
+            ),
+            (
+                WorkerConfig { registry_connect_timeout: Duration::from_millis(2_001), ..config() },
+                "--registry-connect-timeout",
+            ),
             (WorkerConfig { id_wait: Duration::from_secs(3_601), ..config() }, "--id-wait"),
             (WorkerConfig { sequence_bits: Some(0), ..config() }, "--sequence-bits"),
             (WorkerConfig { sequence_bits: Some(23), ..config() }, "--sequence-bits"),
@@ -292,6 +324,7 @@ mod tests {
             assert!(err.contains(flag), "{flag}: {err}");
         }
         WorkerConfig { id_wait: Duration::ZERO, ..config() }.validate().unwrap();
+        WorkerConfig { registry_connect_timeout: Duration::from_secs(2), ..config() }.validate().unwrap();
         WorkerConfig { sequence_bits: Some(22), ..config() }.validate().unwrap();
         assert_eq!(config().sequence_bits, None, "the cluster's layout unless given");
         assert_eq!(config().id_wait, Duration::from_secs(300));

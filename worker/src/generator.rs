@@ -54,10 +54,7 @@ use crate::holder::{HolderId, Incarnation};
 use crate::keeper::{self, Backoff};
 use crate::layout::{Layout, LayoutError};
 use crate::lease::{LeaseGrant, SequenceBitsDisagree, Token};
-use crate::limits::{
-    GENERATE_TIMEOUT_MS, MAX_BATCH_COUNT, MAX_BOOT_WAIT_MS, REGISTRY_RPC_TIMEOUT_MAX_MS, REGISTRY_RPC_TIMEOUT_MIN_MS,
-    RELEASE_TIMEOUT_MS, STATE_POLL_MS,
-};
+use crate::limits::{GENERATE_TIMEOUT_MS, MAX_BATCH_COUNT, MAX_BOOT_WAIT_MS, RELEASE_TIMEOUT_MS, STATE_POLL_MS};
 use crate::metrics::{Gauges, Rpc, WorkerMetrics};
 use crate::mint_state::{mint_step, GenerateError, MintSetup, MintState, Step};
 use crate::minter::{IdRun, Minter, MinterError};
@@ -149,14 +146,6 @@ impl std::fmt::Debug for Generator {
     }
 }
 
-/// Timeout of one registry RPC for a lease of `ttl`: long enough for a round trip of a
-/// quarter of the TTL plus the commit, short enough to try another node before the deadline
-/// (a renewal starts with `ttl - margin - ttl/3 > ttl/3` left; see `keeper`).
-fn registry_rpc_timeout(ttl: Duration) -> Duration {
-    (ttl / 3)
-        .clamp(Duration::from_millis(REGISTRY_RPC_TIMEOUT_MIN_MS), Duration::from_millis(REGISTRY_RPC_TIMEOUT_MAX_MS))
-}
-
 impl Generator {
     /// Start a worker against the registry nodes in `config`: lock the state directory,
     /// acquire a lease, check the clock, plan the boot wait and start the lease keeper.
@@ -173,7 +162,12 @@ impl Generator {
     /// at once. The future may also be dropped at any point (e.g. under
     /// `tokio::time::timeout`): a lease granted meanwhile simply expires.
     pub async fn start(config: WorkerConfig, clock: Arc<dyn Clock>) -> Result<Generator, StartError> {
-        let registry = GrpcRegistry::new(&config.registry, registry_rpc_timeout(config.lease_ttl), &config.security)?;
+        let registry = GrpcRegistry::new(
+            &config.registry,
+            config.registry_rpc_timeout(),
+            config.registry_connect_timeout,
+            &config.security,
+        )?;
         Generator::start_with_registry(config, clock, Arc::new(registry)).await
     }
 
@@ -184,7 +178,7 @@ impl Generator {
         clock: Arc<dyn Clock>,
         channels: Vec<(String, BoxChannel)>,
     ) -> Result<Generator, StartError> {
-        let registry = GrpcRegistry::over(channels, registry_rpc_timeout(config.lease_ttl))?;
+        let registry = GrpcRegistry::over(channels, config.registry_rpc_timeout())?;
         Generator::start_with_registry(config, clock, Arc::new(registry)).await
     }
 

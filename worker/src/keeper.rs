@@ -6,7 +6,7 @@
 //! Slow networks: the deadline is extended from the send time, so the schedule is counted
 //! from it too — counting from the reply would lose one round trip of slack per renewal (with
 //! round trips of a quarter of the TTL, a renewal would answer just at the deadline). One
-//! registry attempt may take TTL/3 (`generator::registry_rpc_timeout`), above a round trip
+//! registry attempt may take TTL/3 (`WorkerConfig::registry_rpc_timeout`), above a round trip
 //! of TTL/4 plus the commit; and a renewal whose reply can no longer extend the deadline
 //! (older than `ttl - margin`) is abandoned and sent afresh instead of waiting on the other
 //! nodes of its sweep.

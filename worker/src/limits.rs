@@ -88,9 +88,13 @@ pub const RENEW_JITTER_PERCENT: u64 = 20;
 pub const REGISTRY_RPC_TIMEOUT_MIN_MS: u64 = 200;
 pub const REGISTRY_RPC_TIMEOUT_MAX_MS: u64 = 2_000;
 
-/// Connect timeout to one registry node: loopback or a LAN; a node that does not accept in
-/// this long is treated as down and the next one is tried.
-pub const REGISTRY_CONNECT_TIMEOUT_MS: u64 = 250;
+/// Default connect timeout to one registry node (`--registry-connect-timeout`), TCP and TLS
+/// handshakes together (two round trips): a LAN; a node that does not accept in this long is
+/// treated as down and the next one is tried, so a sweep past dead nodes stays short.
+pub const DEFAULT_REGISTRY_CONNECT_TIMEOUT_MS: u64 = 250;
+/// The smallest connect timeout accepted: below it even a loopback TLS handshake under load
+/// would fail.
+pub const MIN_REGISTRY_CONNECT_TIMEOUT_MS: u64 = 10;
 
 /// Backoff between sweeps over all registry nodes: starts here, doubles, with jitter.
 pub const REGISTRY_BACKOFF_MIN_MS: u64 = 50;

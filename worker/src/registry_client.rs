@@ -20,7 +20,6 @@ use tonic::Code;
 
 use crate::holder::{HolderId, Incarnation};
 use crate::lease::{LeaseDecodeError, LeaseGrant, Token};
-use crate::limits::REGISTRY_CONNECT_TIMEOUT_MS;
 use crate::worker_id::WorkerId;
 
 /// A boxed future, so [`LeaseRegistry`] can be a trait object.
@@ -250,10 +249,12 @@ pub struct GrpcRegistry {
 
 impl GrpcRegistry {
     /// Clients for `addrs` (`host:port` or a URL; TLS or not is `security`'s business, not
-    /// the scheme's); nothing is connected yet.
+    /// the scheme's), each connection (TCP and TLS handshakes) bounded by `connect_timeout`;
+    /// nothing is connected yet.
     pub fn new(
         addrs: &[String],
         rpc_timeout: Duration,
+        connect_timeout: Duration,
         security: &Security,
     ) -> Result<GrpcRegistry, RegistryAddrError> {
         let nodes = addrs
@@ -261,7 +262,7 @@ impl GrpcRegistry {
             .map(|addr| {
                 let endpoint = Endpoint::from_shared(tls::endpoint_url(addr))
                     .map_err(|e| RegistryAddrError { addr: addr.clone(), why: e.to_string() })?
-                    .connect_timeout(Duration::from_millis(REGISTRY_CONNECT_TIMEOUT_MS))
+                    .connect_timeout(connect_timeout)
                     .tcp_nodelay(true);
                 Ok((addr.clone(), channel::boxed(tls::connect_lazy(endpoint, security, &[Role::Node]))))
             })
@@ -507,7 +508,8 @@ mod tests {
             })
             .collect();
         let registry =
-            GrpcRegistry::new(&dead, Duration::from_millis(500), &Security::Insecure).expect("addresses parse");
+            GrpcRegistry::new(&dead, Duration::from_millis(500), Duration::from_millis(250), &Security::Insecure)
+                .expect("addresses parse");
         let err = registry.renew(RenewRequest {
             worker_id: WorkerId::new(1),
             token: Token::new(1),
@@ -515,8 +517,15 @@ mod tests {
             max_minted_ts_ms: 0,
         });
         assert!(err.await.is_err_and(|e| e.is_retryable() && e.is_indeterminate()));
-        assert!(GrpcRegistry::new(&["bad addr with spaces".to_string()], Duration::from_secs(1), &Security::Insecure)
-            .is_err());
-        assert!(GrpcRegistry::new(&[], Duration::from_secs(1), &Security::Insecure).is_err());
+        assert!(GrpcRegistry::new(
+            &["bad addr with spaces".to_string()],
+            Duration::from_secs(1),
+            Duration::from_millis(250),
+            &Security::Insecure
+        )
+        .is_err());
+        assert!(
+            GrpcRegistry::new(&[], Duration::from_secs(1), Duration::from_millis(250), &Security::Insecure).is_err()
+        );
     }
 }
