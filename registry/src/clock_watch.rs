@@ -63,13 +63,21 @@ const VOUCH_WAIT: Duration = Duration::from_secs(1);
 /// At most one warning per peer this often that its round trip nears the heartbeat.
 const SLOW_LINK_WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// Whether a probe's round trip to a peer deserves the slow-link warning (last given at
-/// `warned_at`): openraft 0.9 times every AppendEntries out after the heartbeat interval, so
-/// once a peer's round trip plus its fsync pass `heartbeat`, nothing replicates to it, and a
-/// cluster whose majority is that far commits nothing. Half the heartbeat leaves the fsync the
-/// other half.
-fn slow_link(round_trip: Duration, heartbeat: Duration, warned_at: Option<MonoTime>, now: MonoTime) -> bool {
-    round_trip * 2 > heartbeat && warned_at.is_none_or(|at| now.since(at) >= SLOW_LINK_WARN_EVERY)
+/// Slow probes in a row before the slow-link warning: the first probe after a connect carries
+/// the TCP and TLS handshakes, so one slow probe alone says nothing.
+const SLOW_PROBES_TO_WARN: u8 = 3;
+
+/// Whether a probe's round trip to a peer is slow for `heartbeat`: openraft 0.9 times every
+/// AppendEntries out after the heartbeat interval, so once a peer's round trip plus its fsync
+/// pass `heartbeat`, nothing replicates to it, and a cluster whose majority is that far commits
+/// nothing. Half the heartbeat leaves the fsync the other half.
+fn slow_round_trip(round_trip: Duration, heartbeat: Duration) -> bool {
+    round_trip * 2 > heartbeat
+}
+
+/// Whether `in_a_row` slow probes deserve the slow-link warning, last given at `warned_at`.
+fn warn_slow_link(in_a_row: u8, warned_at: Option<MonoTime>, now: MonoTime) -> bool {
+    in_a_row >= SLOW_PROBES_TO_WARN && warned_at.is_none_or(|at| now.since(at) >= SLOW_LINK_WARN_EVERY)
 }
 
 /// This node's clock as its peers see it: the latest probe of each voter, the policy, and the
@@ -221,10 +229,13 @@ impl ClockWatch {
 
     /// How much longer voter `node_id` certainly stays out of elections after its start
     /// (`start_quiet.rs`), as its latest probe answer said, counted from the probe's send
-    /// (zero: it may campaign, or it did not say). A transfer to it could not land meanwhile.
-    pub fn quiet_for(&self, node_id: NodeId) -> Duration {
+    /// (zero: it may campaign, or a release that does not say); `None` when unknown: never
+    /// heard, or a probe of it failed since (it may be restarting). A transfer to it could
+    /// not land meanwhile.
+    pub fn quiet_for(&self, node_id: NodeId) -> Option<Duration> {
         let heard = self.heard.lock().unwrap_or_else(PoisonError::into_inner);
-        heard.get(&node_id).map_or(Duration::ZERO, |h| h.quiet_until.since(self.clock.mono()))
+        let heard = heard.get(&node_id).filter(|h| !h.failed_since)?;
+        Some(heard.quiet_until.since(self.clock.mono()))
     }
 
     /// This node's `election_timeout_max` (stated in its own probe answers).
@@ -271,14 +282,33 @@ impl ClockWatch {
         }
     }
 
-    /// Keep what `node_id`'s probe answer said besides its clock, and warn when its round trip
-    /// nears the heartbeat ([`slow_link`]).
+    /// Keep what `node_id`'s probe answer said besides its clock, and warn when its round
+    /// trips keep nearing the heartbeat ([`slow_round_trip`]).
     fn hear(&self, node_id: NodeId, sent: RoundSent, reading: &ClockReading, round_trip: Duration, now: MonoTime) {
-        let mut heard = self.heard.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut slow_warned_at = heard.get(&node_id).and_then(|h| h.slow_warned_at);
         let heartbeat = Duration::from_millis(self.raft.config().heartbeat_interval);
-        if slow_link(round_trip, heartbeat, slow_warned_at, now) {
-            slow_warned_at = Some(now);
+        let warn = {
+            let mut heard = self.heard.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = heard.get(&node_id);
+            let (mut slow_warned_at, in_a_row) =
+                (before.and_then(|h| h.slow_warned_at), before.map_or(0, |h| h.slow_in_a_row));
+            let slow_in_a_row = if slow_round_trip(round_trip, heartbeat) { in_a_row.saturating_add(1) } else { 0 };
+            let warn = warn_slow_link(slow_in_a_row, slow_warned_at, now);
+            if warn {
+                slow_warned_at = Some(now);
+            }
+            let quiet_until = sent.at.plus(Duration::from_millis(reading.quiet_for_ms));
+            let answer = Heard {
+                rules: reading.rules,
+                at: now,
+                quiet_until,
+                failed_since: false,
+                slow_in_a_row,
+                slow_warned_at,
+            };
+            heard.insert(node_id, answer);
+            warn
+        };
+        if warn {
             tracing::warn!(
                 node_id = self.me,
                 peer = node_id,
@@ -287,8 +317,6 @@ impl ClockWatch {
                 "the round trip to a member is over half the --heartbeat, which is also Raft's replication timeout: appends to it fail once its round trip plus its fsync pass the heartbeat, and a cluster whose majority is that slow commits nothing; give every node a --heartbeat above the round trip plus the fsync p99 (docs/operations.md, changing the Raft timing)"
             );
         }
-        let quiet_until = sent.at.plus(Duration::from_millis(reading.quiet_for_ms));
-        heard.insert(node_id, Heard { rules: reading.rules, at: now, quiet_until, slow_warned_at });
     }
 
     /// Probe every other voter once, concurrently, and keep each answer (and each failure:
@@ -314,6 +342,9 @@ impl ClockWatch {
             let Some((probe, reading)) = answer else {
                 self.timings.lock().unwrap_or_else(PoisonError::into_inner).entry(node_id).or_default().probe_failed =
                     Some(sent.at);
+                if let Some(heard) = self.heard.lock().unwrap_or_else(PoisonError::into_inner).get_mut(&node_id) {
+                    heard.failed_since = true;
+                }
                 continue;
             };
             let now = Now { mono: self.clock.mono(), wall_ms: self.clock.wall_ms() };
@@ -373,7 +404,11 @@ struct Heard {
     at: MonoTime,
     /// Until when it certainly stays out of elections (its start quiet from the probe's send).
     quiet_until: MonoTime,
-    /// When the slow-link warning about it was last given ([`slow_link`]).
+    /// A probe of it failed after this answer: it may have restarted, its quiet is unknown.
+    failed_since: bool,
+    /// Slow probes of it in a row ([`slow_round_trip`]).
+    slow_in_a_row: u8,
+    /// When the slow-link warning about it was last given.
     slow_warned_at: Option<MonoTime>,
 }
 
@@ -486,14 +521,17 @@ mod tests {
         MonoTime(Duration::from_millis(ms))
     }
 
-    /// Goal: a member whose round trip passes half the heartbeat (openraft's replication
-    /// timeout) is warned about, once a minute at most; a quick one never.
+    /// Goal: a member whose round trips keep passing half the heartbeat (openraft's
+    /// replication timeout) is warned about, once a minute at most; a quick one never, nor one
+    /// slow probe (a connect's handshakes).
     #[test]
-    fn a_round_trip_over_half_the_heartbeat_is_warned_about_once_a_minute() {
+    fn round_trips_over_half_the_heartbeat_are_warned_about_once_a_minute() {
         let (heartbeat, ms) = (Duration::from_millis(50), Duration::from_millis);
-        assert!(!slow_link(ms(25), heartbeat, None, at(0)), "exactly half leaves the fsync the rest");
-        assert!(slow_link(ms(26), heartbeat, None, at(0)));
-        assert!(!slow_link(ms(80), heartbeat, Some(at(1_000)), at(60_999)), "warned within the minute");
-        assert!(slow_link(ms(80), heartbeat, Some(at(1_000)), at(61_000)));
+        assert!(!slow_round_trip(ms(25), heartbeat), "exactly half leaves the fsync the rest");
+        assert!(slow_round_trip(ms(26), heartbeat));
+        assert!(!warn_slow_link(SLOW_PROBES_TO_WARN - 1, None, at(0)), "a connect's first probe alone");
+        assert!(warn_slow_link(SLOW_PROBES_TO_WARN, None, at(0)));
+        assert!(!warn_slow_link(SLOW_PROBES_TO_WARN, Some(at(1_000)), at(60_999)), "warned within the minute");
+        assert!(warn_slow_link(SLOW_PROBES_TO_WARN, Some(at(1_000)), at(61_000)));
     }
 }

@@ -330,8 +330,7 @@ impl Leader {
             None => refuse(format!("node {to} is not a member")),
             Some((_, false)) => refuse(format!("node {to} is a learner; promote it first (ctl promote-member {to})")),
             Some((_, true)) => {
-                let quiet = self.clocks.quiet_for(to);
-                if !quiet.is_zero() {
+                if let Some(quiet) = self.clocks.quiet_for(to).filter(|quiet| !quiet.is_zero()) {
                     return refuse(format!(
                         "node {to} has just started and stays out of elections for {} ms more (its start quiet, which \
                          is longer after a restart with a smaller --election-timeout-max: docs/operations.md, changing \

@@ -29,7 +29,8 @@ pub struct MemberView {
     pub matched_index: Option<u64>,
     /// Leader only: how long ago this member last answered the leader.
     pub last_ack: Option<Duration>,
-    /// Leader only: how much longer this voter stays out of elections after its start.
+    /// Leader only: how much longer this voter stays out of elections after its start (zero:
+    /// it may campaign; `None`: unknown, e.g. a probe of it failed since it last answered).
     pub start_quiet: Option<Duration>,
 }
 
@@ -183,7 +184,7 @@ impl RegistryNode {
                 let leads = m.state == ServerState::Leader;
                 let other = leads && node_id != self.node_id;
                 let last_ack = if other { self.peers.since_answer(node_id) } else { None };
-                let start_quiet = Some(self.clocks.quiet_for(node_id)).filter(|quiet| other && !quiet.is_zero());
+                let start_quiet = if other { self.clocks.quiet_for(node_id) } else { None };
                 MemberView { node_id, node, voter, role, matched_index, last_ack, start_quiet }
             })
             .collect();

@@ -413,7 +413,7 @@ async fn a_transfer_to_a_node_in_its_start_quiet_is_refused_until_the_quiet_ends
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    assert_eq!(quiet_ms().await, None, "the start quiet ended");
+    assert_eq!(quiet_ms().await, Some(0), "the start quiet ended");
     let moved = transfer().await.expect("the transfer once the quiet ended").into_inner();
     assert_eq!((moved.from_node_id, moved.leader_id), (leader, follower));
 }

@@ -88,9 +88,10 @@ pub fn status_table(view: &ClusterView) -> String {
     )
 }
 
-/// Members; MATCHED, LAST_ACK and QUIET_MS only from the leader's report (`-` where unknown
-/// or none), REACHABLE = answered the leader within its lease, QUIET_MS = how much longer the
-/// member stays out of elections after its start (no leadership transfer to it meanwhile).
+/// Members; MATCHED, LAST_ACK and QUIET_MS only from the leader's report (`-` where unknown),
+/// REACHABLE = answered the leader within its lease, QUIET_MS = how much longer the member
+/// stays out of elections after its start (0: it may campaign; `?`: the leader has not heard
+/// it since a failed probe, e.g. while it restarts; no leadership transfer to it meanwhile).
 pub fn members_table(s: &pb::ClusterStatusResponse, from_leader: bool) -> String {
     let dash = || "-".to_string();
     let rows = s
@@ -113,7 +114,11 @@ pub fn members_table(s: &pb::ClusterStatusResponse, from_leader: bool) -> String
                 if from_leader { m.matched_index.to_string() } else { dash() },
                 m.last_ack_ms.map_or_else(dash, |ms| ms.to_string()),
                 reachable,
-                m.start_quiet_ms.map_or_else(dash, |ms| ms.to_string()),
+                match (from_leader && !is_self, m.start_quiet_ms) {
+                    (true, Some(ms)) => ms.to_string(),
+                    (true, None) => "?".to_string(),
+                    (false, _) => dash(),
+                },
             ]
         })
         .collect();
