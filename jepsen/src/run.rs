@@ -706,8 +706,8 @@ impl Cluster {
                 }
             }
         }
-        self.faults.loss_percent = percent;
         self.ensure_no_delay_held("packet loss")?;
+        self.faults.loss_percent = percent;
         self.network.apply(&self.faults)?;
         self.record(NemesisPhase::Start, "packet-loss", format!("{percent}%"));
         Ok(())
@@ -727,13 +727,15 @@ impl Cluster {
     /// Lift every network fault: the delays first, since replacing the fault table while a
     /// delay thread holds packets would make the kernel drop every one of them.
     fn heal(&mut self) -> anyhow::Result<()> {
-        self.lift_delays()?;
+        // The rest of the heal goes on if the delays could not be lifted cleanly (the thread
+        // is gone either way), and the error is reported after it.
+        let lifted = self.lift_delays();
         self.faults = Faults::default();
         self.network.apply(&self.faults)?;
         self.stop_active("partition");
         self.stop_active("packet-loss");
         self.stop_active("quorum-loss");
-        Ok(())
+        lifted
     }
 
     /// The address of one end of a delayed link.
